@@ -1,0 +1,102 @@
+/** `create`: make a new image of a format, optionally on a backing file. */
+import { openImage, resolveRelative } from '../chain/open.js';
+import type { CreateOptionSpec } from '../core/driver.js';
+import { VdiskError } from '../core/errors.js';
+import { getDriver } from '../core/formats.js';
+import { parseImageSize } from '../core/size.js';
+import { registerBuiltinFormats } from '../formats/index.js';
+
+export interface CreateCommandOptions {
+  filename: string;
+  format: string;
+  /** Virtual size in bytes; defaults to the backing file's. */
+  size?: number | undefined;
+  /** -o options (size, backing_file and backing_fmt may come here too). */
+  options: Record<string, string>;
+  backingFile?: string | undefined;
+  backingFormat?: string | undefined;
+  /** -u: do not open the backing file. */
+  unsafe?: boolean;
+}
+
+export interface CreateCommandResult {
+  /** qemu-img's "Formatting '…', fmt=… …" line, without the newline. */
+  formatLine: string;
+  size: number;
+}
+
+export async function createCommand(o: CreateCommandOptions): Promise<CreateCommandResult> {
+  registerBuiltinFormats();
+  const driver = await getDriver(o.format);
+  if (driver.create === undefined) {
+    throw new VdiskError('UNSUPPORTED', `Format driver '${o.format}' does not support image creation`);
+  }
+  const options = { ...o.options };
+  const specs = driver.createOptions ?? [];
+  const known = new Set(specs.map((s) => s.name));
+  for (const k of Object.keys(options)) {
+    if (!known.has(k)) throw new VdiskError('INVALID_ARGUMENT', `Invalid parameter '${k}'`);
+  }
+  const backingFile = o.backingFile ?? options['backing_file'];
+  const backingFormat = o.backingFormat ?? options['backing_fmt'];
+  if (backingFile !== undefined && !known.has('backing_file')) {
+    throw new VdiskError('INVALID_ARGUMENT', `Backing file not supported for file format '${o.format}'`);
+  }
+  let size = o.size ?? (options['size'] !== undefined ? parseImageSize(options['size']) : undefined);
+  if (backingFile !== undefined) {
+    if (backingFormat === undefined) {
+      throw new VdiskError(
+        'INVALID_ARGUMENT',
+        `${o.filename}: Backing file specified without backing format`,
+      );
+    }
+    if (!o.unsafe) {
+      // Open the backing chain read-only to check it and take its size, as qemu-img does.
+      const path = resolveRelative(o.filename, backingFile);
+      const backing = await openImage(path, {
+        format: backingFormat,
+        backing: 'follow',
+        forceShare: true,
+        allowDataFile: true,
+      }).catch((err: unknown) => {
+        throw new VdiskError(
+          (err as VdiskError).code ?? 'ENOENT',
+          `${o.filename}: ${(err as Error).message}\nCould not open backing image.`,
+          { cause: err },
+        );
+      });
+      try {
+        size ??= backing.size;
+      } finally {
+        await backing.close();
+      }
+    }
+    options['backing_file'] = backingFile;
+    options['backing_fmt'] = backingFormat;
+  }
+  if (size === undefined)
+    throw new VdiskError('INVALID_ARGUMENT', `${o.filename}: Image creation needs a size parameter`);
+  options['size'] = String(size);
+  const formatLine = `Formatting '${o.filename}', fmt=${o.format}${formatOptions(specs, options)}`;
+  const req = { path: o.filename, size, options: withoutGeneric(options) } as const;
+  await driver.create({
+    ...req,
+    ...(backingFile !== undefined ? { backing: { filename: backingFile, format: backingFormat } } : {}),
+  });
+  return { formatLine, size };
+}
+
+function withoutGeneric(options: Record<string, string>): Record<string, string> {
+  const { size: _s, backing_file: _b, backing_fmt: _f, ...rest } = options;
+  return rest;
+}
+
+/** " name=value" for each option that is set or has a default, in the driver's print order. */
+function formatOptions(specs: readonly CreateOptionSpec[], options: Record<string, string>): string {
+  let s = '';
+  for (const spec of specs) {
+    const v = options[spec.name] ?? spec.default;
+    if (v !== undefined) s += ` ${spec.name}=${v}`;
+  }
+  return s;
+}

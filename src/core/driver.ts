@@ -1,0 +1,131 @@
+/**
+ * What a format driver provides. Drivers see only aligned, in-range requests: bounds,
+ * alignment (read-modify-write) and the backing chain live once in core/image.ts.
+ */
+import type { Extent } from './device.js';
+import type { HostFile } from './host-file.js';
+
+/** A file named by an image: a backing file or a data file, as the image stores it. */
+export interface FileRef {
+  /** The name exactly as stored in the image. */
+  filename: string;
+  /** The format stored with it, if any. */
+  format?: string | undefined;
+}
+
+export interface DriverContext {
+  /**
+   * Read the content below this layer (the backing chain, zero past its end, zeros without
+   * one) into buf. Drivers call it for unallocated ranges and for copy-on-write.
+   */
+  readBacking(buf: Uint8Array, offset: number): Promise<void>;
+  /** Whether a backing image is attached (drivers may skip copy-on-write reads without one). */
+  readonly hasBacking: boolean;
+}
+
+export interface DriverOpenOptions {
+  writable: boolean;
+  /** -U: take no image lock. */
+  forceShare: boolean;
+  /** Open an external data file the image names (qcow2 data_file). */
+  openDataFile?: (ref: FileRef, writable: boolean) => Promise<HostFile>;
+  /** Repair what can be repaired on open (e.g. lazy refcounts after a crash), as QEMU does when writable. */
+  repairOnOpen?: boolean;
+}
+
+/** One entry of the image's format-specific information, in qemu-img's shape. */
+export type FormatSpecific = { type: string; data: Record<string, unknown> };
+
+export interface CheckResult {
+  corruptions: number;
+  leaks: number;
+  checkErrors: number;
+  corruptionsFixed: number;
+  leaksFixed: number;
+  allocatedClusters?: number;
+  totalClusters?: number;
+  fragmentedClusters?: number;
+  compressedClusters?: number;
+  imageEndOffset?: number;
+  /** Messages qemu-img prints on stderr/stdout while checking (ERROR/Leaked cluster lines). */
+  messages: string[];
+}
+
+export interface SnapshotInfo {
+  id: string;
+  name: string;
+  vmStateSize: number;
+  dateSec: number;
+  dateNsec: number;
+  vmClockNsec: number;
+  icount?: number;
+  diskSize?: number;
+}
+
+export interface FormatImage {
+  readonly format: string;
+  /** Virtual size in bytes. */
+  readonly size: number;
+  /** Requests reaching read/write are multiples of this and aligned to it (a power of two). */
+  readonly alignment: number;
+  readonly readOnly: boolean;
+  /** Cluster (or block/grain) size, when the format has one. */
+  readonly clusterSize?: number;
+  /** The backing file the image names, if any. */
+  readonly backing?: FileRef | undefined;
+  /** The external data file the image names, if any. */
+  readonly dataFile?: FileRef | undefined;
+  /** Called once by core after open, before any I/O. */
+  attach(ctx: DriverContext): void;
+  /** Layer-local status: allocated=false means the range falls through to the backing chain. */
+  blockStatus(offset: number, length: number): Promise<Extent>;
+  read(buf: Uint8Array, offset: number): Promise<void>;
+  write(buf: Uint8Array, offset: number): Promise<void>;
+  writeZeroes(offset: number, length: number, unmap: boolean): Promise<void>;
+  discard(offset: number, length: number): Promise<void>;
+  flush(): Promise<void>;
+  close(): Promise<void>;
+  /** Bytes the image occupies on the host (all files). */
+  actualSize(): Promise<number>;
+  /** qemu-img info's "Format specific information". */
+  formatSpecific?(): FormatSpecific | undefined;
+  check?(repair: 'none' | 'leaks' | 'all'): Promise<CheckResult>;
+  snapshots?(): SnapshotInfo[];
+  /** Is the image marked dirty (e.g. lazy refcounts, need-check)? */
+  readonly dirty?: boolean;
+  /** Largest offset used in the file (qemu-img check's image end offset). */
+}
+
+/** A value given to create with -o. */
+export type CreateOptions = Record<string, string>;
+
+export interface CreateRequest {
+  path: string;
+  size: number;
+  options: CreateOptions;
+  backing?: FileRef;
+  /** Virtual size of the backing (already opened and measured by core, unless -u). */
+  backingSize?: number;
+}
+
+export interface CreateOptionSpec {
+  name: string;
+  type: 'size' | 'number' | 'bool' | 'string';
+  help: string;
+  /** Value printed in the "Formatting" line when the option is not given. */
+  default?: string;
+  /** A protocol-level option: accepted and printed, but not listed by `-o help` (qemu-img lists
+   * only the format's own options there). */
+  protocol?: boolean;
+}
+
+export interface FormatDriver {
+  readonly name: string;
+  /** Score 0..100 that the first bytes (up to 2 KiB) and name are this format. Raw has none. */
+  probe?(head: Uint8Array, filename: string): number;
+  open(file: HostFile, opts: DriverOpenOptions): Promise<FormatImage>;
+  create?(req: CreateRequest): Promise<void>;
+  readonly createOptions?: readonly CreateOptionSpec[];
+  /** Does this format store a backing file reference? */
+  readonly supportsBacking?: boolean;
+}

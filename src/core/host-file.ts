@@ -1,0 +1,245 @@
+/**
+ * HostFile: one file on the host, the only place that touches node:fs for image I/O.
+ *
+ * - pread/pwrite that always complete (short reads past end of file read as zeros, as
+ *   QEMU's file protocol does);
+ * - data/hole discovery with lseek SEEK_DATA/SEEK_HOLE through the native addon: one
+ *   system call per extent, no data read. Without the addon, `st_blocks` tells whether a
+ *   file is fully allocated, and otherwise every byte is reported as data (callers then
+ *   detect zeros by reading);
+ * - hole punching and preallocation through fallocate(2);
+ * - QEMU-compatible OFD byte-range locks, so that vdisk and qemu see each other's locks.
+ */
+import { type FileHandle, constants as fsc, open as fsOpen, stat } from 'node:fs/promises';
+import { native } from '../native/index.js';
+import { fromHostError, VdiskError } from './errors.js';
+
+export interface HostExtent {
+  offset: number;
+  length: number;
+  data: boolean;
+}
+
+export type LockMode = 'none' | 'read' | 'write';
+
+export interface HostOpenOptions {
+  writable?: boolean;
+  create?: boolean; // create (truncate) the file
+  /** Image lock to take: 'read' forbids other writers, 'write' forbids others entirely except
+   * force-share readers. 'none' is -U / force-share. Default: 'read' or 'write' by `writable`. */
+  lock?: LockMode;
+}
+
+// QEMU (block/file-posix.c) locks one byte per permission at 100 + bit ("I use it") and at
+// 200 + bit ("I do not share it"). Bits: 0 consistent read, 1 write, 2 write unchanged, 3 resize.
+const PERM_BASE = 100;
+const SHARED_BASE = 200;
+const PERM_READ = 0;
+const PERM_WRITE = 1;
+const PERM_RESIZE = 3;
+
+export class HostFile {
+  private constructor(
+    readonly path: string,
+    readonly handle: FileHandle,
+    readonly writable: boolean,
+  ) {}
+
+  static async open(path: string, opts: HostOpenOptions = {}): Promise<HostFile> {
+    const writable = opts.writable === true || opts.create === true;
+    const flags = opts.create ? fsc.O_RDWR | fsc.O_CREAT | fsc.O_TRUNC : writable ? fsc.O_RDWR : fsc.O_RDONLY;
+    let handle: FileHandle;
+    try {
+      handle = await fsOpen(path, flags, 0o644);
+    } catch (err) {
+      throw fromHostError(err, { path, op: 'open' });
+    }
+    const file = new HostFile(path, handle, writable);
+    try {
+      const st = await handle.stat();
+      if (st.isDirectory())
+        throw new VdiskError('INVALID_ARGUMENT', `Could not open '${path}': Is a directory`, { path });
+      file.lock(opts.lock ?? (writable ? 'write' : 'read'));
+    } catch (err) {
+      await handle.close().catch(() => {});
+      throw err;
+    }
+    return file;
+  }
+
+  get fd(): number {
+    return this.handle.fd;
+  }
+
+  private lock(mode: LockMode): void {
+    const n = native;
+    if (mode === 'none' || n === null) return;
+    const fd = this.fd;
+    const used = mode === 'write' ? [PERM_READ, PERM_WRITE, PERM_RESIZE] : [PERM_READ];
+    const unshared = mode === 'write' ? [PERM_WRITE, PERM_RESIZE] : [PERM_WRITE];
+    // Take our bytes first (shared locks), then test for the conflicting bytes of others.
+    for (const b of used) n.ofdLock(fd, 1, PERM_BASE + b, 1);
+    for (const b of unshared) n.ofdLock(fd, 1, SHARED_BASE + b, 1);
+    const conflict = (start: number) => n.ofdTest(fd, 2, start, 1) === 1;
+    for (const b of used) {
+      if (conflict(SHARED_BASE + b)) throw this.lockError(b, false);
+    }
+    for (const b of unshared) {
+      if (conflict(PERM_BASE + b)) throw this.lockError(b, true);
+    }
+  }
+
+  private lockError(bit: number, shared: boolean): VdiskError {
+    const name = bit === PERM_WRITE ? 'write' : bit === PERM_RESIZE ? 'resize' : 'consistent read';
+    return new VdiskError(
+      'LOCKED',
+      `Failed to get ${shared ? 'shared ' : ''}"${name}" lock\nIs another process using the image [${this.path}]?`,
+      { path: this.path },
+    );
+  }
+
+  async size(): Promise<number> {
+    try {
+      return (await this.handle.stat()).size;
+    } catch (err) {
+      throw fromHostError(err, { path: this.path, op: 'stat', message: `Could not stat '${this.path}': ` });
+    }
+  }
+
+  /** Bytes the host has allocated for the file (st_blocks * 512). */
+  async allocatedSize(): Promise<number> {
+    const st = await this.handle.stat();
+    return st.blocks * 512;
+  }
+
+  /** Read exactly buf.length bytes at offset; bytes past end of file read as zeros. */
+  async read(buf: Uint8Array, offset: number): Promise<void> {
+    let done = 0;
+    while (done < buf.length) {
+      let n: number;
+      try {
+        ({ bytesRead: n } = await this.handle.read(buf, done, buf.length - done, offset + done));
+      } catch (err) {
+        throw fromHostError(err, {
+          path: this.path,
+          offset: offset + done,
+          op: 'read',
+          message: `Could not read '${this.path}' at offset ${offset + done}: ${(err as Error).message}`,
+        });
+      }
+      if (n === 0) {
+        buf.fill(0, done);
+        return;
+      }
+      done += n;
+    }
+  }
+
+  async write(buf: Uint8Array, offset: number): Promise<void> {
+    if (!this.writable)
+      throw new VdiskError('READ_ONLY', `'${this.path}' is open read-only`, { path: this.path });
+    let done = 0;
+    while (done < buf.length) {
+      try {
+        const { bytesWritten } = await this.handle.write(buf, done, buf.length - done, offset + done);
+        done += bytesWritten;
+      } catch (err) {
+        throw fromHostError(err, {
+          path: this.path,
+          offset: offset + done,
+          op: 'write',
+          message: `Could not write '${this.path}' at offset ${offset + done}: ${(err as Error).message}`,
+        });
+      }
+    }
+  }
+
+  async truncate(length: number): Promise<void> {
+    try {
+      await this.handle.truncate(length);
+    } catch (err) {
+      throw fromHostError(err, {
+        path: this.path,
+        op: 'truncate',
+        message: `Could not resize '${this.path}': ${(err as Error).message}`,
+      });
+    }
+  }
+
+  /**
+   * Data and hole extents of [offset, offset+length), clipped to the file size. Without the
+   * native addon a file with holes is reported as all data.
+   */
+  async extents(offset: number, length: number): Promise<HostExtent[]> {
+    const fileSize = await this.size();
+    const end = Math.min(offset + length, fileSize);
+    const out: HostExtent[] = [];
+    if (offset >= end) return out;
+    if (native === null) {
+      out.push({ offset, length: end - offset, data: true });
+      return out;
+    }
+    let pos = offset;
+    while (pos < end) {
+      const data = native.seekData(this.fd, pos);
+      if (data < -1) {
+        // lseek unsupported (e.g. some filesystems): everything is data.
+        out.push({ offset: pos, length: end - pos, data: true });
+        break;
+      }
+      const dataStart = data === -1 ? end : Math.min(data, end);
+      if (dataStart > pos) out.push({ offset: pos, length: dataStart - pos, data: false });
+      if (dataStart >= end) break;
+      const hole = native.seekHole(this.fd, dataStart);
+      const dataEnd = hole < 0 ? end : Math.min(hole, end);
+      out.push({ offset: dataStart, length: dataEnd - dataStart, data: true });
+      pos = dataEnd;
+    }
+    return out;
+  }
+
+  /** Is [offset, offset+length) a hole (reads as zero without data)? Cheap with the addon. */
+  async isHole(offset: number, length: number): Promise<boolean> {
+    if (native === null) return false;
+    const data = native.seekData(this.fd, offset);
+    return data === -1 || data >= offset + length;
+  }
+
+  /** Deallocate a range (it then reads as zeros). Returns false where the host cannot. */
+  punchHole(offset: number, length: number): boolean {
+    if (native === null || length <= 0) return false;
+    return native.fallocate(this.fd, 1, offset, length) === 0;
+  }
+
+  /** Allocate blocks for a range (growing the file if needed). Returns false where the host cannot. */
+  allocate(offset: number, length: number): boolean {
+    if (native === null || length <= 0) return false;
+    return native.fallocate(this.fd, 0, offset, length) === 0;
+  }
+
+  async flush(): Promise<void> {
+    if (!this.writable) return;
+    try {
+      await this.handle.datasync();
+    } catch (err) {
+      throw fromHostError(err, {
+        path: this.path,
+        op: 'flush',
+        message: `Could not flush '${this.path}': ${(err as Error).message}`,
+      });
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.handle.close();
+  }
+}
+
+export async function fileExists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}

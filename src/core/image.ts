@@ -1,0 +1,215 @@
+/**
+ * Image: the BlockDevice users see. It wraps one format driver and owns, once for every
+ * format, what QEMU's generic block layer owns: bounds checks, read-modify-write of
+ * unaligned requests, the backing rule (unallocated ranges read from the backing image,
+ * zeros past its end) and chain-aware block status with depth.
+ */
+import type { BlockDevice, Extent } from './device.js';
+import type { FormatImage } from './driver.js';
+import { VdiskError } from './errors.js';
+import { RwLock } from './lock.js';
+
+export class Image implements BlockDevice {
+  /** The backing image, when it was opened. */
+  backing: Image | null = null;
+  private readonly rmw = new RwLock();
+
+  constructor(
+    readonly driver: FormatImage,
+    /** Path the image was opened with. */
+    readonly path: string,
+  ) {
+    driver.attach({
+      readBacking: (buf, offset) => this.readBacking(buf, offset),
+      get hasBacking() {
+        return false;
+      },
+    });
+  }
+
+  /** Attach the opened backing image (done by the chain opener). */
+  setBacking(backing: Image | null): void {
+    this.backing = backing;
+    const self = this;
+    this.driver.attach({
+      readBacking: (buf, offset) => self.readBacking(buf, offset),
+      get hasBacking() {
+        return self.backing !== null;
+      },
+    });
+  }
+
+  get format(): string {
+    return this.driver.format;
+  }
+
+  get size(): number {
+    return this.driver.size;
+  }
+
+  get readOnly(): boolean {
+    return this.driver.readOnly;
+  }
+
+  /** Number of images in the chain from this one down. */
+  get chainLength(): number {
+    let n = 0;
+    for (let i: Image | null = this; i !== null; i = i.backing) n++;
+    return n;
+  }
+
+  private checkRange(offset: number, length: number, op: string): void {
+    if (
+      !Number.isSafeInteger(offset) ||
+      !Number.isSafeInteger(length) ||
+      offset < 0 ||
+      length < 0 ||
+      offset + length > this.size
+    ) {
+      throw new VdiskError(
+        'OUT_OF_RANGE',
+        `${op} of ${length} bytes at offset ${offset} is outside the image (size ${this.size})`,
+        {
+          path: this.path,
+          offset,
+          op,
+        },
+      );
+    }
+  }
+
+  private checkWritable(op: string): void {
+    if (this.driver.readOnly)
+      throw new VdiskError('READ_ONLY', `Cannot ${op}: '${this.path}' is open read-only`, {
+        path: this.path,
+        op,
+      });
+  }
+
+  /** Content below this layer at [offset, offset+buf.length): backing data, zeros past its end. */
+  async readBacking(buf: Uint8Array, offset: number): Promise<void> {
+    const b = this.backing;
+    if (b === null || offset >= b.size) {
+      buf.fill(0);
+      return;
+    }
+    const n = Math.min(buf.length, b.size - offset);
+    await b.readAt(n === buf.length ? buf : buf.subarray(0, n), offset);
+    if (n < buf.length) buf.fill(0, n);
+  }
+
+  async readAt(buf: Uint8Array, offset: number): Promise<void> {
+    this.checkRange(offset, buf.length, 'read');
+    if (buf.length === 0) return;
+    const a = this.driver.alignment;
+    if (a <= 1 || (offset % a === 0 && buf.length % a === 0)) return this.driver.read(buf, offset);
+    const start = offset - (offset % a);
+    const end = Math.min(roundUp(offset + buf.length, a), roundUp(this.size, a));
+    const tmp = new Uint8Array(end - start);
+    await this.readAligned(tmp, start);
+    buf.set(tmp.subarray(offset - start, offset - start + buf.length));
+  }
+
+  /** Read an aligned range that may run past a size that is not a multiple of the alignment. */
+  private async readAligned(buf: Uint8Array, offset: number): Promise<void> {
+    await this.driver.read(buf, offset);
+  }
+
+  async writeAt(buf: Uint8Array, offset: number): Promise<void> {
+    this.checkWritable('write');
+    this.checkRange(offset, buf.length, 'write');
+    if (buf.length === 0) return;
+    const a = this.driver.alignment;
+    if (a <= 1 || (offset % a === 0 && buf.length % a === 0)) {
+      const release = await this.rmw.shared();
+      try {
+        return await this.driver.write(buf, offset);
+      } finally {
+        release();
+      }
+    }
+    // Read-modify-write the aligned blocks around the request, exclusive of other writers.
+    const release = await this.rmw.exclusive();
+    try {
+      const start = offset - (offset % a);
+      const end = roundUp(offset + buf.length, a);
+      const tmp = new Uint8Array(end - start);
+      await this.driver.read(tmp, start);
+      tmp.set(buf, offset - start);
+      await this.driver.write(tmp, start);
+    } finally {
+      release();
+    }
+  }
+
+  async writeZeroes(offset: number, length: number, opts: { unmap?: boolean } = {}): Promise<void> {
+    this.checkWritable('write zeroes');
+    this.checkRange(offset, length, 'write zeroes');
+    if (length === 0) return;
+    const a = this.driver.alignment;
+    const head = a > 1 ? Math.min(length, (a - (offset % a)) % a) : 0;
+    const bodyEnd = a > 1 ? offset + length - ((offset + length) % a) : offset + length;
+    if (head > 0) await this.writeAt(new Uint8Array(head), offset);
+    const bodyStart = offset + head;
+    if (bodyEnd > bodyStart) {
+      const release = await this.rmw.shared();
+      try {
+        await this.driver.writeZeroes(bodyStart, bodyEnd - bodyStart, opts.unmap === true);
+      } finally {
+        release();
+      }
+    }
+    const tailStart = Math.max(bodyEnd, bodyStart);
+    if (tailStart < offset + length)
+      await this.writeAt(new Uint8Array(offset + length - tailStart), tailStart);
+  }
+
+  async discard(offset: number, length: number): Promise<void> {
+    this.checkWritable('discard');
+    this.checkRange(offset, length, 'discard');
+    const a = this.driver.alignment;
+    // Discard is advisory: only the aligned middle is passed on.
+    const start = roundUp(offset, a);
+    const end = offset + length - ((offset + length) % a);
+    if (end > start) await this.driver.discard(start, end - start);
+  }
+
+  /**
+   * Chain-aware status of the range at offset: the first layer (top down) that allocates it
+   * decides, with `depth` set; a range no layer allocates is reported with the depth of the
+   * last layer and zero=true (as qemu-img map does).
+   */
+  async blockStatus(offset: number, length: number): Promise<Extent> {
+    this.checkRange(offset, length, 'block status');
+    return this.statusAt(offset, length, 0);
+  }
+
+  private async statusAt(offset: number, length: number, depth: number): Promise<Extent> {
+    const e = await this.driver.blockStatus(offset, length);
+    if (e.allocated || this.backing === null) return { ...e, depth };
+    const b = this.backing;
+    if (offset >= b.size) return { ...e, zero: true, data: false, depth: depth + 1 };
+    const below = await b.statusAt(offset, Math.min(e.length, b.size - offset), depth + 1);
+    return below;
+  }
+
+  async flush(): Promise<void> {
+    await this.driver.flush();
+  }
+
+  /** Close this image and its backing chain. */
+  async close(): Promise<void> {
+    let err: unknown = null;
+    try {
+      await this.driver.close();
+    } catch (e) {
+      err = e;
+    }
+    if (this.backing !== null) await this.backing.close();
+    if (err !== null) throw err;
+  }
+}
+
+export function roundUp(n: number, a: number): number {
+  return Math.ceil(n / a) * a;
+}

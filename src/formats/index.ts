@@ -1,0 +1,10 @@
+/** Every built-in format, registered with its cheap probe and a lazy loader. */
+import { registerFormat } from '../core/formats.js';
+
+let done = false;
+
+export function registerBuiltinFormats(): void {
+  if (done) return;
+  done = true;
+  registerFormat({ name: 'raw', load: async () => (await import('./raw/driver.js')).rawDriver });
+}

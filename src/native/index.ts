@@ -1,0 +1,33 @@
+/**
+ * Loader for the small C addon in native/ (lseek SEEK_DATA/SEEK_HOLE, fallocate, OFD locks).
+ * When it is absent (not built), callers fall back to portable but slower paths, so vdisk
+ * still works; `hasNative` tells which one runs.
+ */
+import { createRequire } from 'node:module';
+
+export interface NativeFs {
+  /** Next data offset at or after off, or -1 when there is none before end of file (ENXIO). */
+  seekData(fd: number, off: number): number;
+  /** Next hole offset at or after off (end of file counts as a hole), or -1 at ENXIO. */
+  seekHole(fd: number, off: number): number;
+  /** mode 0 allocate, 1 punch hole (keep size), 2 zero range. Returns 0 or -errno. */
+  fallocate(fd: number, mode: 0 | 1 | 2, off: number, len: number): number;
+  /** type 0 unlock, 1 shared, 2 exclusive. Returns 0 or -errno. */
+  ofdLock(fd: number, type: 0 | 1 | 2, start: number, len: number): number;
+  /** 1 when another open file description holds a conflicting lock on the range. */
+  ofdTest(fd: number, type: 1 | 2, start: number, len: number): number;
+}
+
+function load(): NativeFs | null {
+  if (process.env['VDISK_NO_NATIVE'] === '1') return null;
+  try {
+    const require = createRequire(import.meta.url);
+    // dist/native/index.js and src/native/index.ts both sit two levels below the package root.
+    return require('../../native/build/Release/vdisk_native.node') as NativeFs;
+  } catch {
+    return null;
+  }
+}
+
+export const native: NativeFs | null = load();
+export const hasNative = native !== null;

@@ -1,0 +1,80 @@
+/**
+ * Test helpers that run the oracle (the real qemu-img and qemu-io) and vdisk side by side.
+ * Tests import these; nothing here is part of the shipped build.
+ */
+import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { bufferIo } from '../cli/io.js';
+import { main } from '../cli/main.js';
+
+export interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+function run(cmd: string, args: string[], cwd?: string): RunResult {
+  const r = spawnSync(cmd, args, { cwd, encoding: 'utf8', maxBuffer: 256 << 20 });
+  if (r.error) throw r.error;
+  return { code: r.status ?? 128, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** Run the real qemu-img. */
+export function qemuImg(args: string[], cwd?: string): RunResult {
+  return run('qemu-img', args, cwd);
+}
+
+/** Run the real qemu-img and fail the test if it fails. */
+export function qemuImgOk(args: string[], cwd?: string): string {
+  const r = qemuImg(args, cwd);
+  if (r.code !== 0) throw new Error(`qemu-img ${args.join(' ')} failed (${r.code}): ${r.stderr}`);
+  return r.stdout;
+}
+
+/** Run qemu-io commands (-c each) on an image. */
+export function qemuIo(image: string, commands: string[], format?: string): string {
+  const args = [...(format ? ['-f', format] : []), ...commands.flatMap((c) => ['-c', c]), image];
+  const r = run('qemu-io', args);
+  if (r.code !== 0 || /error|failed/i.test(r.stderr + r.stdout)) {
+    throw new Error(`qemu-io ${args.join(' ')} failed (${r.code}): ${r.stderr}${r.stdout}`);
+  }
+  return r.stdout;
+}
+
+/** Run vdisk in-process (same code as bin/vdisk, without the process start-up). */
+export async function vdisk(args: string[], cwd?: string): Promise<RunResult> {
+  const io = bufferIo();
+  const prev = process.cwd();
+  if (cwd !== undefined) process.chdir(cwd);
+  try {
+    const code = await main(args, io);
+    return { code, stdout: io.stdout, stderr: io.stderr };
+  } finally {
+    if (cwd !== undefined) process.chdir(prev);
+  }
+}
+
+/** A fresh temporary directory, removed by the returned cleanup. */
+export function tempDir(prefix = 'vdisk-test-'): { dir: string; cleanup: () => void } {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+/** sha256 of the guest content as qemu-img sees it (convert -O raw). */
+export function qemuRawDigest(image: string, format?: string): string {
+  const { dir, cleanup } = tempDir('vdisk-digest-');
+  try {
+    const out = join(dir, 'out.raw');
+    qemuImgOk(['convert', ...(format ? ['-f', format] : []), '-O', 'raw', image, out]);
+    return createHash('sha256').update(readFileSync(out)).digest('hex');
+  } finally {
+    cleanup();
+  }
+}
+
+export function sha256(buf: Uint8Array): string {
+  return createHash('sha256').update(buf).digest('hex');
+}
