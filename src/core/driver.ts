@@ -2,7 +2,7 @@
  * What a format driver provides. Drivers see only aligned, in-range requests: bounds,
  * alignment (read-modify-write) and the backing chain live once in core/image.ts.
  */
-import type { Extent } from './device.js';
+import type { BlockDevice, Extent } from './device.js';
 import type { HostFile } from './host-file.js';
 
 /** A file named by an image: a backing file or a data file, as the image stores it. */
@@ -93,7 +93,20 @@ export interface FormatImage {
   snapshots?(): SnapshotInfo[];
   /** Is the image marked dirty (e.g. lazy refcounts, need-check)? */
   readonly dirty?: boolean;
-  /** Largest offset used in the file (qemu-img check's image end offset). */
+  /**
+   * Write one whole cluster compressed (convert -c). offset is cluster-aligned; buf is one
+   * cluster long, or shorter only for the last cluster of the image.
+   */
+  writeCompressed?(buf: Uint8Array, offset: number): Promise<void>;
+  /** A read-only view of the image as it was at an internal snapshot (convert -s/-l). */
+  openSnapshot?(idOrName: { id?: string; name?: string }): Promise<FormatImage>;
+}
+
+export interface MeasureResult {
+  /** Bytes the new image needs for the data in question. */
+  required: number;
+  /** Bytes it would need fully allocated. */
+  fullyAllocated: number;
 }
 
 /** A value given to create with -o. */
@@ -128,4 +141,9 @@ export interface FormatDriver {
   readonly createOptions?: readonly CreateOptionSpec[];
   /** Does this format store a backing file reference? */
   readonly supportsBacking?: boolean;
+  /**
+   * qemu-img measure: the size of an image of this format with these options holding `size`
+   * bytes of virtual disk, or the content of `source` when given.
+   */
+  measure?(size: number, options: CreateOptions, source?: BlockDevice): Promise<MeasureResult>;
 }
