@@ -34,6 +34,8 @@ export interface OpenOptions {
   backingFormat?: string | undefined;
   /** Open an external data file named by the image. */
   allowDataFile?: boolean;
+  /** Open extent files named by a descriptor outside the image's own directory. */
+  allowExternalExtents?: boolean;
   maxDepth?: number;
 }
 
@@ -133,6 +135,21 @@ async function openLayer(path: string, opts: OpenOptions, depth: number, seen: S
     throw err;
   }
   return image;
+}
+
+/** Does `target` (after resolving symlinks) lie inside directory `dir`? */
+async function insideDirectory(dir: string, target: string): Promise<boolean> {
+  let realDir: string;
+  let realTarget: string;
+  try {
+    realDir = await realpath(dir);
+    realTarget = await realpath(target);
+  } catch {
+    // A missing file: judge the name itself (the open then fails with ENOENT).
+    realDir = resolve(dir);
+    realTarget = resolve(target);
+  }
+  return realTarget.startsWith(realDir.endsWith('/') ? realDir : `${realDir}/`);
 }
 
 /** A name stored in an image, resolved as QEMU does: relative to the image's directory. */

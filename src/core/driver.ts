@@ -29,6 +29,12 @@ export interface DriverOpenOptions {
   forceShare: boolean;
   /** Open an external data file the image names (qcow2 data_file). */
   openDataFile?: (ref: FileRef, writable: boolean) => Promise<HostFile>;
+  /**
+   * Open a file that the image's descriptor names as one of its own extents (vmdk). The chain
+   * layer allows a relative name inside the image's directory and refuses an absolute name or
+   * one that leaves the directory unless the caller allowed external extents (CVE-2022-47951).
+   */
+  openExtentFile?: (name: string, writable: boolean) => Promise<HostFile>;
   /** Repair what can be repaired on open (e.g. lazy refcounts after a crash), as QEMU does when writable. */
   repairOnOpen?: boolean;
 }
