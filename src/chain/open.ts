@@ -96,6 +96,17 @@ async function openLayer(path: string, opts: OpenOptions, depth: number, seen: S
           lock: opts.forceShare ? 'none' : w ? 'write' : 'read',
         });
       },
+      openExtentFile: async (name: string, w: boolean) => {
+        const target = resolveRelative(path, name);
+        if (opts.allowExternalExtents !== true && !(await insideDirectory(dirname(resolve(path)), target))) {
+          throw new VdiskError(
+            'NOT_ALLOWED',
+            `'${path}' names the extent file '${name}' outside its own directory, which was not allowed to be opened`,
+            { path },
+          );
+        }
+        return HostFile.open(target, { writable: w, lock: opts.forceShare ? 'none' : w ? 'write' : 'read' });
+      },
     });
   } catch (err) {
     await file.close().catch(() => {});
