@@ -163,8 +163,13 @@ async function insideDirectory(dir: string, target: string): Promise<boolean> {
   return realTarget.startsWith(realDir.endsWith('/') ? realDir : `${realDir}/`);
 }
 
-/** A name stored in an image, resolved as QEMU does: relative to the image's directory. */
+/**
+ * A name stored in an image, resolved as QEMU's path_combine() does: an absolute name as is, a
+ * relative one taken from the directory of the image's path *as given* (so a relative image path
+ * yields a relative result, which is what qemu-img prints).
+ */
 export function resolveRelative(imagePath: string, name: string): string {
   if (isAbsolute(name)) return name;
-  return resolve(dirname(imagePath), name);
+  const slash = imagePath.lastIndexOf('/');
+  return slash < 0 ? name : imagePath.slice(0, slash + 1) + name;
 }

@@ -186,11 +186,12 @@ export class Image implements BlockDevice {
 
   private async statusAt(offset: number, length: number, depth: number): Promise<Extent> {
     const e = await this.driver.blockStatus(offset, length);
-    if (e.allocated || this.backing === null) return { ...e, depth };
+    if (e.allocated) return { ...e, depth };
+    // Nothing at this layer: the backing decides. With no backing, or past its end, the range
+    // reads as zeros and (as in qemu-img map) its depth is this layer's.
     const b = this.backing;
-    if (offset >= b.size) return { ...e, zero: true, data: false, depth: depth + 1 };
-    const below = await b.statusAt(offset, Math.min(e.length, b.size - offset), depth + 1);
-    return below;
+    if (b === null || offset >= b.size) return { ...e, zero: true, data: false, depth };
+    return b.statusAt(offset, Math.min(e.length, b.size - offset), depth + 1);
   }
 
   async flush(): Promise<void> {
