@@ -17,6 +17,9 @@ export const VERSION = '0.1.0';
 const commands: Record<string, () => Promise<CliCommand>> = {
   create: async () => (await import('./cmd/create.js')).default,
   info: async () => (await import('./cmd/info.js')).default,
+  commit: async () => (await import('./cmd/commit.js')).default,
+  rebase: async () => (await import('./cmd/rebase.js')).default,
+  resize: async () => (await import('./cmd/resize.js')).default,
 };
 
 export function registerCommand(name: string, load: () => Promise<CliCommand>): void {

@@ -331,6 +331,24 @@ export class QedImage implements FormatImage {
     });
   }
 
+  /** Grow the virtual size (QED cannot shrink); the tables must be able to map it. */
+  async resize(size: number, opts: { preallocation?: string; shrink: boolean }): Promise<void> {
+    if (opts.preallocation !== undefined && opts.preallocation !== 'off') {
+      throw new VdiskError('UNSUPPORTED', `Unsupported preallocation mode '${opts.preallocation}'`);
+    }
+    const h = this.header;
+    if (size < h.imageSize)
+      throw new VdiskError('UNSUPPORTED', 'Shrinking images is currently not supported');
+    const entries = this.entriesPerTable;
+    if (size % 512 !== 0 || size > entries * entries * h.clusterSize) {
+      throw new VdiskError('INVALID_ARGUMENT', 'Invalid image size specified');
+    }
+    await this.writeLock.run(async () => {
+      h.imageSize = size;
+      await this.writeHeader(h.features | (this.needCheckOnDisk ? F_NEED_CHECK : 0));
+    });
+  }
+
   /** Rewrite the backing file name (rebase). */
   async setBacking(ref: FileRef | undefined): Promise<void> {
     const h = this.header;
