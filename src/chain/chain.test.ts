@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { qemuImg, qemuImgOk, qemuIo, qemuRawDigest, tempDir, vdisk } from '../test/oracle.js';
+import { qemuImg, qemuImgOk, qemuIo, qemuRawDigest, TSX_LOADER, tempDir, vdisk } from '../test/oracle.js';
 
 let dir: string;
 let cleanup: () => void;
@@ -120,7 +120,9 @@ describe('commit against qemu-img', () => {
       `import { main } from '${join(process.cwd(), 'src/cli/main.ts')}';\nprocess.exitCode = await main(['commit', '-d', process.argv[2]]);\n`,
     );
     for (let round = 0; round < 3; round++) {
-      const child = spawn(process.execPath, ['--import', 'tsx', script, p('top.qed')], { stdio: 'ignore' });
+      const child = spawn(process.execPath, ['--import', TSX_LOADER, script, p('top.qed')], {
+        stdio: 'ignore',
+      });
       const exited = new Promise((r) => child.once('exit', r));
       await new Promise((r) => setTimeout(r, 300 + round * 150));
       child.kill('SIGKILL');

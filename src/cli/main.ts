@@ -20,6 +20,7 @@ const commands: Record<string, () => Promise<CliCommand>> = {
   commit: async () => (await import('./cmd/commit.js')).default,
   rebase: async () => (await import('./cmd/rebase.js')).default,
   resize: async () => (await import('./cmd/resize.js')).default,
+  tree: async () => (await import('./cmd/tree.js')).default,
 };
 
 export function registerCommand(name: string, load: () => Promise<CliCommand>): void {

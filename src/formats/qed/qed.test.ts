@@ -5,7 +5,16 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { openImage } from '../../chain/open.js';
 import { runDeviceConformance } from '../../test/conformance.js';
-import { qemuImg, qemuImgOk, qemuIo, qemuRawDigest, sha256, tempDir, vdisk } from '../../test/oracle.js';
+import {
+  qemuImg,
+  qemuImgOk,
+  qemuIo,
+  qemuRawDigest,
+  sha256,
+  TSX_LOADER,
+  tempDir,
+  vdisk,
+} from '../../test/oracle.js';
 
 runDeviceConformance({
   format: 'qed',
@@ -245,7 +254,7 @@ describe('qed check and repair', () => {
     const scriptPath = join(dir, 'writer.mts');
     writeFileSync(scriptPath, script);
     for (let round = 0; round < 4; round++) {
-      const child = spawn(process.execPath, ['--import', 'tsx', scriptPath, p], {
+      const child = spawn(process.execPath, ['--import', TSX_LOADER, scriptPath, p], {
         stdio: ['ignore', 'pipe', 'inherit'],
       });
       await new Promise<void>((resolve) => child.stdout.once('data', () => resolve()));
