@@ -76,7 +76,12 @@ async function openLayer(path: string, opts: OpenOptions, depth: number, seen: S
   let driverImage: FormatImage;
   try {
     const format = opts.format ?? (await probeFormat(file));
-    const driver = await getDriver(format);
+    // Opening names an unknown format "driver", as qemu does (create says "file format").
+    const driver = await getDriver(format).catch((err: unknown) => {
+      throw err instanceof VdiskError && err.code === 'UNKNOWN_FORMAT'
+        ? new VdiskError('UNKNOWN_FORMAT', `Unknown driver '${format}'`, { path })
+        : err;
+    });
     driverImage = await driver.open(file, {
       writable,
       forceShare: opts.forceShare === true,
