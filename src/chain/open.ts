@@ -95,7 +95,12 @@ async function openLayer(path: string, opts: OpenOptions, depth: number, seen: S
           "         Specify the 'raw' format explicitly to remove the restrictions.",
       );
     }
-    const driver = await getDriver(format);
+    // Opening names an unknown format "driver", as qemu does (create says "file format").
+    const driver = await getDriver(format).catch((err: unknown) => {
+      throw err instanceof VdiskError && err.code === 'UNKNOWN_FORMAT'
+        ? new VdiskError('UNKNOWN_FORMAT', `Unknown driver '${format}'`, { path })
+        : err;
+    });
     driverImage = await driver.open(file, {
       writable,
       forceShare: opts.forceShare === true,

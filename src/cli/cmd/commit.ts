@@ -37,7 +37,7 @@ const command: CliCommand = {
     const filename = args[0];
     if (filename === undefined) throw new VdiskError('INVALID_ARGUMENT', 'Expecting one image file name');
     const progress = new Progress(io, progressMode({ p, quiet, progressArg }), 1);
-    await commitCommand({ filename, format, base, drop, onProgress: progress.report });
+    await commitCommand({ filename, format, base, drop, onProgress: (pct) => progress.set(pct) });
     progress.end();
     if (!quiet) io.out('Image committed.\n');
     return 0;

@@ -63,7 +63,7 @@ const command: CliCommand = {
       unsafe,
       compress,
       forceShare,
-      onProgress: progress.report,
+      onProgress: (pct) => progress.set(pct),
     });
     progress.end();
     return 0;

@@ -26,10 +26,18 @@ export class RawImage implements FormatImage {
   attach(_ctx: DriverContext): void {}
 
   async blockStatus(offset: number, length: number): Promise<Extent> {
-    const [first] = await this.file.extents(offset, Math.min(length, 1 << 30));
+    const [first] = await this.file.extents(offset, length, 1);
     if (first === undefined) {
       // Past the end of the file (the file is shorter than the size): reads as zeros.
-      return { offset, length, allocated: true, zero: true, data: false };
+      return {
+        offset,
+        length,
+        allocated: true,
+        zero: true,
+        data: false,
+        hostOffset: offset,
+        file: this.file.path,
+      };
     }
     return first.data
       ? {
@@ -41,7 +49,16 @@ export class RawImage implements FormatImage {
           hostOffset: offset,
           file: this.file.path,
         }
-      : { offset, length: first.length, allocated: true, zero: true, data: false };
+      : // A hole: qemu's file driver reports it with its offset in the file (map shows it).
+        {
+          offset,
+          length: first.length,
+          allocated: true,
+          zero: true,
+          data: false,
+          hostOffset: offset,
+          file: this.file.path,
+        };
   }
 
   read(buf: Uint8Array, offset: number): Promise<void> {
@@ -153,4 +170,10 @@ export const rawDriver: FormatDriver = {
     return new RawImage(file, Math.ceil(size / 512) * 512);
   },
   create: createRaw,
+  // block/raw-format.c raw_measure: the virtual size (of the source, or the given size rounded
+  // up to sectors); unallocated sectors count towards a raw file's size.
+  async measure(size, _options, source) {
+    const required = source !== undefined ? source.size : Math.ceil(size / 512) * 512;
+    return { required, fullyAllocated: required };
+  },
 };
