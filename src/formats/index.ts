@@ -4,6 +4,7 @@
  */
 import type { FormatDriver } from '../core/driver.js';
 import { registerFormat } from '../core/formats.js';
+import { probeQcow } from './qcow/probe.js';
 import { probeQed } from './qed/probe.js';
 import { probeVdi } from './vdi/probe.js';
 import { probeVpc } from './vpc/probe.js';
@@ -13,6 +14,7 @@ type Loader = () => Promise<FormatDriver>;
 
 const FORMATS: Array<[string, Probe | undefined, Loader]> = [
   ['raw', undefined, async () => (await import('./raw/driver.js')).rawDriver],
+  ['qcow', probeQcow, async () => (await import('./qcow/driver.js')).qcowDriver],
   ['qed', probeQed, async () => (await import('./qed/driver.js')).qedDriver],
   ['vdi', probeVdi, async () => (await import('./vdi/driver.js')).vdiDriver],
   ['vpc', probeVpc, async () => (await import('./vpc/driver.js')).vpcDriver],
