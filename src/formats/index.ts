@@ -1,5 +1,6 @@
 /** Every built-in format, registered with its cheap probe and a lazy loader. */
 import { registerFormat } from '../core/formats.js';
+import { probeVhdx } from './vhdx/probe.js';
 import { probeVpc } from './vpc/probe.js';
 
 let done = false;
@@ -12,5 +13,10 @@ export function registerBuiltinFormats(): void {
     name: 'vpc',
     probe: probeVpc,
     load: async () => (await import('./vpc/driver.js')).vpcDriver,
+  });
+  registerFormat({
+    name: 'vhdx',
+    probe: probeVhdx,
+    load: async () => (await import('./vhdx/driver.js')).vhdxDriver,
   });
 }
