@@ -96,7 +96,7 @@ function formatOptions(specs: readonly CreateOptionSpec[], options: Record<strin
   let s = '';
   for (const spec of specs) {
     let v = options[spec.name] ?? spec.default;
-    // qemu-img prints size options as the number of bytes they parse to ("2M" → 2097152).
+    // QEMU prints size-typed options as byte counts, whatever suffix they were given with.
     if (v !== undefined && spec.type === 'size') v = String(parseSize(v) ?? v);
     if (v !== undefined) s += ` ${spec.name}=${v}`;
   }

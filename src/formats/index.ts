@@ -1,5 +1,6 @@
 /** Every built-in format, registered with its cheap probe and a lazy loader. */
 import { registerFormat } from '../core/formats.js';
+import { probeQed } from './qed/probe.js';
 import { probeVhdx } from './vhdx/probe.js';
 import { probeVpc } from './vpc/probe.js';
 
@@ -9,6 +10,11 @@ export function registerBuiltinFormats(): void {
   if (done) return;
   done = true;
   registerFormat({ name: 'raw', load: async () => (await import('./raw/driver.js')).rawDriver });
+  registerFormat({
+    name: 'qed',
+    probe: probeQed,
+    load: async () => (await import('./qed/driver.js')).qedDriver,
+  });
   registerFormat({
     name: 'vpc',
     probe: probeVpc,
