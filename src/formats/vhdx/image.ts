@@ -146,7 +146,9 @@ export class VhdxImage implements FormatImage {
     }
     if (isZeroState(first.state)) {
       const n = span((st) => isZeroState(st) && st !== PAYLOAD_BLOCK_ZERO);
-      return { offset, length: n, allocated: false, zero: true, data: false };
+      // Present in this layer, as QEMU's generic layer counts ranges that read as zero (a
+      // VHDX has no backing file in QEMU 7.2).
+      return { offset, length: n, allocated: true, zero: true, data: false };
     }
     throw this.unreadable(offset, first.state);
   }
