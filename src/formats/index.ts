@@ -9,6 +9,7 @@ import { probeCloop } from './cloop/probe.js';
 import { probeQcow } from './qcow/probe.js';
 import { probeQed } from './qed/probe.js';
 import { probeVdi } from './vdi/probe.js';
+import { probeVhdx } from './vhdx/probe.js';
 import { probeVpc } from './vpc/probe.js';
 
 type Probe = (head: Uint8Array, filename: string) => number;
@@ -21,6 +22,7 @@ const FORMATS: Array<[string, Probe | undefined, Loader]> = [
   ['qcow', probeQcow, async () => (await import('./qcow/driver.js')).qcowDriver],
   ['qed', probeQed, async () => (await import('./qed/driver.js')).qedDriver],
   ['vdi', probeVdi, async () => (await import('./vdi/driver.js')).vdiDriver],
+  ['vhdx', probeVhdx, async () => (await import('./vhdx/driver.js')).vhdxDriver],
   ['vpc', probeVpc, async () => (await import('./vpc/driver.js')).vpcDriver],
 ];
 

@@ -1,7 +1,7 @@
 /** The vpc (VHD) format driver: fixed and dynamic images, as qemu-img 7.2 reads and writes them. */
 import type { FormatDriver, FormatImage } from '../../core/driver.js';
-import { VdiskError } from '../../core/errors.js';
 import type { HostFile } from '../../core/host-file.js';
+import { prefixError } from '../errors.js';
 import { createVpc } from './create.js';
 import { VpcImage } from './image.js';
 import { readVpcLayout } from './open.js';
@@ -36,8 +36,3 @@ export const vpcDriver: FormatDriver = {
     }
   },
 };
-
-export function prefixError(err: unknown, path: string): unknown {
-  if (!(err instanceof VdiskError)) return err;
-  return new VdiskError(err.code, `${path}: ${err.message}`, { path, cause: err });
-}
