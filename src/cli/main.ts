@@ -15,6 +15,7 @@ export interface CliCommand {
 export const VERSION = '0.1.0';
 
 const commands: Record<string, () => Promise<CliCommand>> = {
+  check: async () => (await import('./cmd/check.js')).default,
   create: async () => (await import('./cmd/create.js')).default,
   info: async () => (await import('./cmd/info.js')).default,
 };

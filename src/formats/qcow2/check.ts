@@ -60,7 +60,6 @@ async function checkL1(
   const raw = new Uint8Array(l1Size * 8);
   await img.file.read(raw, l1Offset);
   const v = new DataView(raw.buffer);
-  let nextContiguous = 0;
   for (let i = 0; i < l1Size; i++) {
     const hi = v.getUint32(i * 8);
     const lo = v.getUint32(i * 8 + 4);
@@ -77,22 +76,16 @@ async function checkL1(
     if (l2 + cs > st.fileLen) continue;
     const table = new Uint8Array(cs);
     await img.file.read(table, l2);
-    nextContiguous = checkL2(st, table, l2, fragInfo, nextContiguous, active);
+    checkL2(st, table, l2, fragInfo, active);
   }
 }
 
-function checkL2(
-  st: State,
-  table: Uint8Array,
-  l2off: number,
-  fragInfo: boolean,
-  nextContiguousIn: number,
-  _active: boolean,
-): number {
+function checkL2(st: State, table: Uint8Array, l2off: number, fragInfo: boolean, _active: boolean): void {
   const img = st.img;
   const cs = img.clusterSize;
   const v = new DataView(table.buffer);
-  let nextContiguous = nextContiguousIn;
+  // Fragmentation is counted within each L2 table (as QEMU does).
+  let nextContiguous = 0;
   const ext = img.extL2;
   for (let i = 0; i < img.l2Entries; i++) {
     const e = i * img.entryBytes;
@@ -162,7 +155,6 @@ function checkL2(
       st.res.corruptions++;
     }
   }
-  return nextContiguous;
 }
 
 /** Check (and with repair, fix) the image's refcounts. The image's caches must be flushed. */
@@ -222,19 +214,61 @@ export async function checkImage(img: Qcow2Image, repair: 'none' | 'leaks' | 'al
     }
   }
 
-  // Compare with the stored refcounts.
+  // Compare with the stored refcounts: first without fixing (QEMU prints the problems),
+  // then, when repairing and something is wrong, again with fixing from the same start.
   const fixLeaks = repair !== 'none';
   const fixErrors = repair === 'all';
-  let highest = -1;
+  const before = { corruptions: res.corruptions, leaks: res.leaks };
   const n = Math.max(st.counts.length, Math.ceil(fileLen / cs));
+  const pass = await compareRefcounts(st, n, false, false);
+  let highest = pass.highest;
+  if (pass.rebuild && fixErrors) {
+    // QEMU rebuilds the whole refcount structure here; vdisk raises the missing refcounts
+    // in place (allocating refcount blocks as needed), which reaches the same consistency.
+    res.messages.push('Rebuilding refcount structure');
+    res.corruptions = before.corruptions;
+    res.leaks = before.leaks;
+    highest = (await compareRefcounts(st, n, true, true)).highest;
+  } else if (fixLeaks) {
+    if (pass.rebuild) {
+      res.messages.push('ERROR need to rebuild refcount structures');
+      res.checkErrors++;
+    } else if (res.leaks > before.leaks || res.corruptions > before.corruptions) {
+      res.corruptions = before.corruptions;
+      res.leaks = before.leaks;
+      highest = (await compareRefcounts(st, n, fixLeaks, fixErrors)).highest;
+    }
+  }
+
+  // QCOW_OFLAG_COPIED must be set exactly where the refcount is 1 (active tables only).
+  await checkCopied(img, res);
+  if (fixLeaks || fixErrors) await rc.flush();
+  res.imageEndOffset = (highest + 1) * cs;
+  return res;
+}
+
+/** QEMU's compare_refcounts. */
+async function compareRefcounts(
+  st: State,
+  n: number,
+  fixLeaks: boolean,
+  fixErrors: boolean,
+): Promise<{ highest: number; rebuild: boolean }> {
+  const { res, img } = st;
+  const rc = img.refcounts!;
+  const cs = img.clusterSize;
+  let highest = -1;
+  let rebuild = false;
   for (let i = 0; i < n; i++) {
     const stored = await rc.get(i);
     const refs = st.counts[i] ?? 0;
     if (stored > 0 || refs > 0) highest = i;
     if (stored === refs) continue;
     let fixed: 'leaks' | 'corruptions' | null = null;
-    if (stored !== 0 && stored > refs && fixLeaks) fixed = 'leaks';
+    if (stored === 0) rebuild = true;
+    else if (stored > refs && fixLeaks) fixed = 'leaks';
     else if (stored < refs && fixErrors) fixed = 'corruptions';
+    if (stored === 0 && fixErrors) fixed = 'corruptions';
     res.messages.push(
       `${fixed !== null ? 'Repairing' : stored < refs ? 'ERROR' : 'Leaked'} cluster ${i} refcount=${stored} reference=${refs}`,
     );
@@ -248,12 +282,7 @@ export async function checkImage(img: Qcow2Image, repair: 'none' | 'leaks' | 'al
     if (stored < refs) res.corruptions++;
     else res.leaks++;
   }
-
-  // QCOW_OFLAG_COPIED must be set exactly where the refcount is 1 (active tables only).
-  await checkCopied(img, res);
-  if (fixLeaks || fixErrors) await rc.flush();
-  res.imageEndOffset = (highest + 1) * cs;
-  return res;
+  return { highest, rebuild };
 }
 
 /** (vdisk reports wrong COPIED flags but does not repair them yet.) */

@@ -328,6 +328,10 @@ export class Refcounts {
         );
       }
       if (next === 0 && ci < this.freeClusterIndex) this.freeClusterIndex = ci;
+      // A freed cluster may be reused whole: compressed data must not be appended to it.
+      if (next === 0 && this.freeByteOffset !== 0 && Math.floor(this.freeByteOffset / cs) === ci) {
+        this.freeByteOffset = 0;
+      }
       this.setIn(block, bi, next);
       this.cache.markDirty(blockOff, block);
     }
