@@ -59,7 +59,9 @@ async function sameInfo(q: string, v: string, extra: string[] = [], loose = fals
   // With falloc/full the file system's own extent blocks (st_blocks) vary by a block or
   // two from file to file: "disk size" is then compared to within 64 KiB.
   const fix = (s: string) =>
-    loose ? s.replace(/^disk size: .*$/m, 'disk size: X').replace(/"actual-size": \d+/, '"actual-size": X') : s;
+    loose
+      ? s.replace(/^disk size: .*$/m, 'disk size: X').replace(/"actual-size": \d+/, '"actual-size": X')
+      : s;
   const qi = qemuImgOk(['info', ...extra, q]);
   const vi = await vdisk(['info', ...extra, v]);
   expect(vi.stderr).toBe('');
