@@ -16,6 +16,7 @@ export const VERSION = '0.1.0';
 
 const commands: Record<string, () => Promise<CliCommand>> = {
   compare: async () => (await import('./cmd/compare.js')).default,
+  convert: async () => (await import('./cmd/convert.js')).default,
   create: async () => (await import('./cmd/create.js')).default,
   info: async () => (await import('./cmd/info.js')).default,
   map: async () => (await import('./cmd/map.js')).default,

@@ -142,6 +142,11 @@ export interface FormatDriver {
   /** Does this format store a backing file reference? */
   readonly supportsBacking?: boolean;
   /**
+   * Images of this format implement writeCompressed (qemu's block_driver_can_compress).
+   * convert -c checks it before creating the target, as qemu-img does.
+   */
+  readonly compressedWrites?: boolean;
+  /**
    * qemu-img measure: the size of an image of this format with these options holding `size`
    * bytes of virtual disk, or the content of `source` when given.
    */
