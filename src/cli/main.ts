@@ -19,6 +19,10 @@ const commands: Record<string, () => Promise<CliCommand>> = {
   convert: async () => (await import('./cmd/convert.js')).default,
   create: async () => (await import('./cmd/create.js')).default,
   info: async () => (await import('./cmd/info.js')).default,
+  commit: async () => (await import('./cmd/commit.js')).default,
+  rebase: async () => (await import('./cmd/rebase.js')).default,
+  resize: async () => (await import('./cmd/resize.js')).default,
+  tree: async () => (await import('./cmd/tree.js')).default,
   map: async () => (await import('./cmd/map.js')).default,
 };
 

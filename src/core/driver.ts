@@ -29,6 +29,12 @@ export interface DriverOpenOptions {
   forceShare: boolean;
   /** Open an external data file the image names (qcow2 data_file). */
   openDataFile?: (ref: FileRef, writable: boolean) => Promise<HostFile>;
+  /**
+   * Open a file that the image's descriptor names as one of its own extents (vmdk). The chain
+   * layer allows a relative name inside the image's directory and refuses an absolute name or
+   * one that leaves the directory unless the caller allowed external extents (CVE-2022-47951).
+   */
+  openExtentFile?: (name: string, writable: boolean) => Promise<HostFile>;
   /** Repair what can be repaired on open (e.g. lazy refcounts after a crash), as QEMU does when writable. */
   repairOnOpen?: boolean;
 }
@@ -98,6 +104,12 @@ export interface FormatImage {
    * cluster long, or shorter only for the last cluster of the image.
    */
   writeCompressed?(buf: Uint8Array, offset: number): Promise<void>;
+  /** Rewrite the backing file reference stored in the image (rebase, amend); undefined detaches. */
+  setBacking?(ref: FileRef | undefined): Promise<void>;
+  /** Make every cluster unallocated (after commit), as QEMU's bdrv_make_empty. */
+  makeEmpty?(): Promise<void>;
+  /** Change the virtual size (resize). Shrinking discards what lies past the new end. */
+  resize?(size: number, opts: { preallocation?: string; shrink: boolean }): Promise<void>;
   /** A read-only view of the image as it was at an internal snapshot (convert -s/-l). */
   openSnapshot?(idOrName: { id?: string; name?: string }): Promise<FormatImage>;
 }

@@ -96,10 +96,26 @@ export class RawImage implements FormatImage {
     return this.file.allocatedSize();
   }
 
-  /** Grow or shrink the file (resize). */
-  async truncate(size: number): Promise<void> {
+  /** Grow or shrink the file (resize), preallocating what grows as asked. */
+  async resize(size: number, opts: { preallocation?: string; shrink: boolean }): Promise<void> {
+    const mode = opts.preallocation ?? 'off';
+    if (!(PREALLOC_MODES as readonly string[]).includes(mode)) {
+      throw new VdiskError('INVALID_ARGUMENT', `Unsupported preallocation mode '${mode}'`);
+    }
+    const old = await this.file.size();
     await this.file.truncate(size);
-    this.size = size;
+    if (size > old && mode === 'falloc' && !this.file.allocate(old, size - old)) {
+      throw new VdiskError(
+        'UNSUPPORTED',
+        `Could not preallocate '${this.file.path}': the file system does not support fallocate`,
+      );
+    }
+    if (size > old && mode === 'full') {
+      const zero = new Uint8Array(Math.min(4 << 20, size - old));
+      for (let pos = old; pos < size; pos += zero.length)
+        await this.file.write(zero.subarray(0, Math.min(zero.length, size - pos)), pos);
+    }
+    this.size = Math.ceil(size / 512) * 512;
   }
 }
 
