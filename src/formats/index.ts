@@ -1,22 +1,27 @@
-/** Every built-in format, registered with its cheap probe and a lazy loader. */
+/**
+ * Every built-in format: its cheap probe (loaded eagerly, a few lines each) and a lazy loader
+ * for the driver. One line per format.
+ */
+import type { FormatDriver } from '../core/driver.js';
 import { registerFormat } from '../core/formats.js';
 import { probeQed } from './qed/probe.js';
+import { probeVdi } from './vdi/probe.js';
 import { probeVpc } from './vpc/probe.js';
+
+type Probe = (head: Uint8Array, filename: string) => number;
+type Loader = () => Promise<FormatDriver>;
+
+const FORMATS: Array<[string, Probe | undefined, Loader]> = [
+  ['raw', undefined, async () => (await import('./raw/driver.js')).rawDriver],
+  ['qed', probeQed, async () => (await import('./qed/driver.js')).qedDriver],
+  ['vdi', probeVdi, async () => (await import('./vdi/driver.js')).vdiDriver],
+  ['vpc', probeVpc, async () => (await import('./vpc/driver.js')).vpcDriver],
+];
 
 let done = false;
 
 export function registerBuiltinFormats(): void {
   if (done) return;
   done = true;
-  registerFormat({ name: 'raw', load: async () => (await import('./raw/driver.js')).rawDriver });
-  registerFormat({
-    name: 'qed',
-    probe: probeQed,
-    load: async () => (await import('./qed/driver.js')).qedDriver,
-  });
-  registerFormat({
-    name: 'vpc',
-    probe: probeVpc,
-    load: async () => (await import('./vpc/driver.js')).vpcDriver,
-  });
+  for (const [name, probe, load] of FORMATS) registerFormat({ name, load, ...(probe ? { probe } : {}) });
 }
