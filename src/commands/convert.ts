@@ -181,7 +181,9 @@ export async function convertCommand(o: ConvertOptions): Promise<void> {
       try {
         await prepared.driver.create!(prepared.request);
       } catch (err) {
-        const msg = err instanceof Error ? err.message : String(err);
+        let msg = err instanceof Error ? err.message : String(err);
+        // Some drivers name the file themselves (as qemu-img create prints it): drop that.
+        if (msg.startsWith(`${o.output}: `)) msg = msg.slice(o.output.length + 2);
         throw new VdiskError(
           err instanceof VdiskError ? err.code : 'EIO',
           `${o.output}: error while converting ${outFmt}: ${msg}`,

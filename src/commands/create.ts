@@ -48,7 +48,8 @@ export async function createCommand(
   try {
     await p.driver.create!(p.request);
   } catch (err) {
-    if (err instanceof VdiskError) {
+    // qemu-img prefixes creation errors with the file name (some drivers already do).
+    if (err instanceof VdiskError && !err.message.startsWith(`${o.filename}: `)) {
       throw new VdiskError(err.code, `${o.filename}: ${err.message}`, { path: o.filename, cause: err });
     }
     throw err;

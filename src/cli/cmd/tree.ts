@@ -59,7 +59,7 @@ const command: CliCommand = {
       lines.push(`${prefix}${branch}${describe(n)}`);
       const childPrefix = top ? '' : prefix + (last ? '    ' : '│   ');
       for (const w of n.warnings) lines.push(`${childPrefix}${n.children.length > 0 ? '│ ' : '  '} ! ${w}`);
-      n.children.forEach((c, i) => walk(c, childPrefix, i === n.children.length - 1, false));
+      for (const [i, c] of n.children.entries()) walk(c, childPrefix, i === n.children.length - 1, false);
     };
     for (const root of r.roots) walk(root, '', true, true);
     io.out(`${lines.join('\n')}\n`);
