@@ -117,7 +117,9 @@ export class VpcImage implements FormatImage {
     }
     let n = Math.min(length, inBlock);
     while (n < length && this.hostOffset(offset + n) < 0) n = Math.min(length, n + this.blockSize);
-    return { offset, length: n, allocated: false, zero: true, data: false };
+    // QEMU's vpc reports unallocated blocks as ZERO, which its block layer counts as allocated
+    // (a VHD has no backing file): qemu-img map shows them "present".
+    return { offset, length: n, allocated: true, zero: true, data: false };
   }
 
   async read(buf: Uint8Array, offset: number): Promise<void> {
