@@ -252,8 +252,11 @@ function pow2floor(n: number): number {
   return 2 ** Math.floor(Math.log2(n));
 }
 
-/** bdrv_snapshot_load_tmp[_by_id_or_name]: a read-only view of the image at a snapshot. */
-async function loadSnapshot(image: Image, ref: SnapshotRef): Promise<Image> {
+/**
+ * bdrv_snapshot_load_tmp[_by_id_or_name]: a read-only view of the image at a snapshot, on the
+ * image's backing chain. Close it with `snap.driver.close()` before the image itself.
+ */
+export async function loadSnapshot(image: Image, ref: SnapshotRef): Promise<Image> {
   const d = image.driver;
   const failLoad = (msg: string, code: VdiskError['code'] = 'NOT_FOUND'): never => {
     throw new VdiskError(code, `Failed to load snapshot: ${msg}`, { path: image.path });

@@ -119,6 +119,8 @@ export interface MeasureResult {
   required: number;
   /** Bytes it would need fully allocated. */
   fullyAllocated: number;
+  /** Bytes for persistent bitmaps copied from the source (qemu-img prints it when set). */
+  bitmaps?: number;
 }
 
 /** A value given to create with -o. */
