@@ -21,6 +21,11 @@ export interface DriverContext {
   readBacking(buf: Uint8Array, offset: number): Promise<void>;
   /** Whether a backing image is attached (drivers may skip copy-on-write reads without one). */
   readonly hasBacking: boolean;
+  /**
+   * The driver of the attached backing image, for formats that check their parent (vmdk
+   * compares its parentCID with the parent's CID before reading through it).
+   */
+  readonly backingImage?: FormatImage | undefined;
 }
 
 export interface DriverOpenOptions {

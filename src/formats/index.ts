@@ -1,6 +1,7 @@
 /** Every built-in format, registered with its cheap probe and a lazy loader. */
 import { registerFormat } from '../core/formats.js';
 import { probeVdi } from './vdi/probe.js';
+import { probeVmdk } from './vmdk/probe.js';
 
 let done = false;
 
@@ -12,5 +13,10 @@ export function registerBuiltinFormats(): void {
     name: 'vdi',
     probe: probeVdi,
     load: async () => (await import('./vdi/driver.js')).vdiDriver,
+  });
+  registerFormat({
+    name: 'vmdk',
+    probe: probeVmdk,
+    load: async () => (await import('./vmdk/driver.js')).vmdkDriver,
   });
 }
