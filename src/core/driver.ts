@@ -60,6 +60,12 @@ export interface CheckResult {
   imageEndOffset?: number;
   /** Messages qemu-img prints on stderr/stdout while checking (ERROR/Leaked cluster lines). */
   messages: string[];
+  /**
+   * The check itself failed (QEMU's check returned an error, as vmdk's does on its first
+   * corruption): qemu-img prints the messages, then "Check failed: <failure>", and exits 1
+   * without the summary.
+   */
+  failure?: string;
 }
 
 export interface SnapshotInfo {

@@ -9,6 +9,12 @@ export interface Below {
   read(buf: Uint8Array, offset: number): Promise<void>;
 }
 
+export interface CheckProblem {
+  message: string;
+  /** strerror of the error QEMU's check returns. */
+  failure: string;
+}
+
 export interface VmdkExtent {
   readonly file: HostFile;
   /** Virtual offset of the extent's first byte in the image. */
@@ -29,8 +35,8 @@ export interface VmdkExtent {
   writeZeroes(offset: number, length: number, below: Below): Promise<void>;
   /** One whole grain, compressed (streamOptimized). */
   writeCompressed?(buf: Uint8Array, offset: number): Promise<void>;
-  /** qemu-img check's walk: the first problem as its message, or null. */
-  check(): Promise<string | null>;
+  /** qemu-img check's walk: the first problem (its message and QEMU's error), or null. */
+  check(): Promise<CheckProblem | null>;
   /** Write back pending metadata. */
   flushMetadata(): Promise<void>;
 }

@@ -1,7 +1,7 @@
 /** A FLAT (or VMFS) extent: the extent's bytes lie in a file from a start offset on. */
 import type { Extent } from '../../core/device.js';
 import type { HostFile } from '../../core/host-file.js';
-import type { VmdkExtent } from './extent.js';
+import type { CheckProblem, VmdkExtent } from './extent.js';
 
 const ZERO_CHUNK = 1 << 20;
 
@@ -58,10 +58,14 @@ export class FlatExtent implements VmdkExtent {
   }
 
   /** QEMU's check looks only at the start offset of a flat extent. */
-  async check(): Promise<string | null> {
+  async check(): Promise<CheckProblem | null> {
     const len = await this.file.size();
-    if (this.fileOffset >= len)
-      return `ERROR: cluster offset for sector ${this.start / 512} points after EOF`;
+    if (this.fileOffset >= len) {
+      return {
+        message: `ERROR: cluster offset for sector ${this.start / 512} points after EOF`,
+        failure: 'Invalid argument',
+      };
+    }
     return null;
   }
 

@@ -41,7 +41,7 @@ export interface SparseHeader {
 }
 
 function safe(v: bigint, what: string): number {
-  if (v > BigInt(Number.MAX_SAFE_INTEGER) / 512n) {
+  if (v > BigInt(Number.MAX_SAFE_INTEGER)) {
     throw new VdiskError('INVALID_IMAGE', `Invalid VMDK header: ${what} ${v} is out of range`);
   }
   return Number(v);

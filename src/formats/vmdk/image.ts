@@ -262,7 +262,8 @@ export class VmdkImage implements FormatImage {
 
   /**
    * qemu-img check for vmdk (vmdk_co_check): the first grain that cannot be looked up or
-   * points past the end of its file is one corruption. `check -r` is refused as QEMU does.
+   * points past the end of its file is one corruption, and the check fails with QEMU's error
+   * (qemu-img: "Check failed: Invalid argument", exit 1). `check -r` is refused as QEMU does.
    */
   async check(repair: 'none' | 'leaks' | 'all'): Promise<CheckResult> {
     if (repair !== 'none') throw new VdiskError('UNSUPPORTED', 'This image format does not support checks');
@@ -275,10 +276,11 @@ export class VmdkImage implements FormatImage {
       messages: [],
     };
     for (const e of this.extents) {
-      const msg = await e.check();
-      if (msg !== null) {
-        res.messages.push(msg);
+      const problem = await e.check();
+      if (problem !== null) {
+        res.messages.push(problem.message);
         res.corruptions = 1;
+        res.failure = problem.failure;
         break;
       }
     }

@@ -36,7 +36,7 @@ function magicOf(head: Uint8Array): string {
 
 export async function openVmdk(file: HostFile, opts: DriverOpenOptions): Promise<VmdkImage> {
   const fileSize = await file.size();
-  if (fileSize < 4) throw new VdiskError('INVALID_IMAGE', 'File is too small, not a valid image');
+  // (A file of fewer than 4 bytes is read as a descriptor, as QEMU 7.2 does.)
   const head = new Uint8Array(4);
   await file.read(head, 0);
   const magic = magicOf(head);
@@ -76,10 +76,7 @@ async function openDescriptorFile(
   const raw = new Uint8Array(Math.min(fileSize, MAX_DESCRIPTOR_BYTES));
   await file.read(raw, 0);
   const text = descriptorText(raw);
-  // QEMU's checks first, in its words.
-  const ct = /createType[ \t]*=[ \t]*"([^"\n]*)"/.exec(text)?.[1];
-  if (ct === undefined) throw new VdiskError('INVALID_IMAGE', 'invalid VMDK image descriptor');
-  if (!DESCRIPTOR_TYPES.includes(ct)) throw new VdiskError('UNSUPPORTED', `Unsupported image type '${ct}'`);
+  const ct = checkDescriptorType(text);
   if (fileSize > MAX_DESCRIPTOR_BYTES) {
     throw new VdiskError('INVALID_IMAGE', `VMDK descriptor file too big (${fileSize} bytes)`);
   }
@@ -105,6 +102,14 @@ async function openDescriptorFile(
     parentHint: d.keys.get('parentFileNameHint'),
     readOnly: !opts.writable,
   });
+}
+
+/** QEMU's checks of a descriptor file's createType, first and in its words. */
+function checkDescriptorType(text: string): string {
+  const ct = /createType[ \t]*=[ \t]*"([^"\n]*)"/.exec(text)?.[1];
+  if (ct === undefined) throw new VdiskError('INVALID_IMAGE', 'invalid VMDK image descriptor');
+  if (!DESCRIPTOR_TYPES.includes(ct)) throw new VdiskError('UNSUPPORTED', `Unsupported image type '${ct}'`);
+  return ct;
 }
 
 /** QEMU's extent filename as info shows it: the descriptor's directory (as given) + the name. */
@@ -184,6 +189,14 @@ async function openSparse(
   else if (magic === 'COWD') header = decodeCowd(raw);
   else throw new VdiskError('INVALID_IMAGE', 'Image not in VMDK format');
   if (header.kind === 'vmdk4' && header.capacity === 0 && header.descOffset > 0) {
+    // QEMU reads such a file's embedded descriptor as a descriptor file (so an empty
+    // monolithicSparse, which it creates, is refused for its createType). vdisk applies the
+    // same createType rule and otherwise refuses the nesting.
+    const raw = new Uint8Array(
+      Math.max(0, Math.min(MAX_DESCRIPTOR_BYTES, fileSize - header.descOffset * SECTOR)),
+    );
+    await file.read(raw, header.descOffset * SECTOR);
+    checkDescriptorType(descriptorText(raw));
     throw new VdiskError('UNSUPPORTED', 'VMDK sparse file whose embedded descriptor names other extents');
   }
   let gdAtEnd = false;

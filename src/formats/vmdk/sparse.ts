@@ -14,7 +14,7 @@ import type { Extent } from '../../core/device.js';
 import { VdiskError } from '../../core/errors.js';
 import type { HostFile } from '../../core/host-file.js';
 import { Mutex } from '../../core/lock.js';
-import { type Below, Jobs, type VmdkExtent } from './extent.js';
+import { type Below, type CheckProblem, Jobs, type VmdkExtent } from './extent.js';
 import { SECTOR, type SparseHeader, VMDK4_FLAG_MARKER, VMDK4_FLAG_ZERO_GRAIN } from './header.js';
 
 const inflate = promisify(inflateCb);
@@ -121,6 +121,15 @@ export class SparseExtent implements VmdkExtent {
     if (h.granularity > MAX_GRAIN_SECTORS)
       throw new VdiskError('TOO_LARGE', 'Invalid granularity, image may be corrupt');
     if (gdEntries > MAX_GD_ENTRIES) throw new VdiskError('TOO_LARGE', 'L1 size too big');
+    for (const [v, what] of [
+      [h.capacity, 'capacity'],
+      [h.gdOffset, 'grain directory offset'],
+      [h.rgdOffset, 'redundant grain directory offset'],
+      [h.grainOffset, 'grain offset'],
+    ] as const) {
+      if (v * SECTOR > Number.MAX_SAFE_INTEGER)
+        throw inv(`Invalid VMDK header: ${what} ${v} is out of range`);
+    }
     // Beyond QEMU (which reads zeros past the end and fails later, or never):
     if (gdEntries * l1EntrySectors < h.capacity) {
       throw inv(`Invalid VMDK image: the grain directory (${gdEntries} entries) does not cover the capacity`);
@@ -624,29 +633,37 @@ export class SparseExtent implements VmdkExtent {
 
   /**
    * QEMU's vmdk_co_check walk: every grain's table entry is looked up, and an allocated one
-   * must start inside the file. The first problem ends the walk.
+   * must start inside the file. The first problem ends the walk (QEMU then fails the check
+   * with -EINVAL, or -1 = EPERM when a table cannot be read).
    */
-  async check(): Promise<string | null> {
+  async check(): Promise<CheckProblem | null> {
+    const lookupFailed = (sector: number) => ({
+      message: `ERROR: could not get cluster_offset for sector ${sector}`,
+      failure: 'Operation not permitted',
+    });
     const len = await this.file.size();
     const grains = Math.ceil(this.size / this.grainSize);
     const gsSectors = this.header.granularity;
     for (let l1 = 0; l1 * this.gtEntries < grains; l1++) {
       const firstGrain = l1 * this.gtEntries;
       const sectorOf = (g: number) => this.start / SECTOR + g * gsSectors;
-      if (l1 >= this.gd.length)
-        return `ERROR: could not get cluster_offset for sector ${sectorOf(firstGrain)}`;
+      if (l1 >= this.gd.length) return lookupFailed(sectorOf(firstGrain));
       if (this.gd[l1] === 0) continue;
       let table: Uint32Array;
       try {
         table = await this.loadGt(l1, this.gd[l1]!);
       } catch {
-        return `ERROR: could not get cluster_offset for sector ${sectorOf(firstGrain)}`;
+        return lookupFailed(sectorOf(firstGrain));
       }
       for (let i = 0; i < this.gtEntries && firstGrain + i < grains; i++) {
         const e = table[i]!;
         if (e === 0 || (this.zeroGrain && e === GTE_ZEROED)) continue;
-        if (e * SECTOR >= len)
-          return `ERROR: cluster offset for sector ${sectorOf(firstGrain + i)} points after EOF`;
+        if (e * SECTOR >= len) {
+          return {
+            message: `ERROR: cluster offset for sector ${sectorOf(firstGrain + i)} points after EOF`,
+            failure: 'Invalid argument',
+          };
+        }
       }
     }
     return null;
