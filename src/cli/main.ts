@@ -15,8 +15,14 @@ export interface CliCommand {
 export const VERSION = '0.1.0';
 
 const commands: Record<string, () => Promise<CliCommand>> = {
+  compare: async () => (await import('./cmd/compare.js')).default,
   create: async () => (await import('./cmd/create.js')).default,
   info: async () => (await import('./cmd/info.js')).default,
+  commit: async () => (await import('./cmd/commit.js')).default,
+  rebase: async () => (await import('./cmd/rebase.js')).default,
+  resize: async () => (await import('./cmd/resize.js')).default,
+  tree: async () => (await import('./cmd/tree.js')).default,
+  map: async () => (await import('./cmd/map.js')).default,
 };
 
 export function registerCommand(name: string, load: () => Promise<CliCommand>): void {

@@ -3,7 +3,7 @@ import { openImage, resolveRelative } from '../chain/open.js';
 import type { CreateOptionSpec } from '../core/driver.js';
 import { VdiskError } from '../core/errors.js';
 import { getDriver } from '../core/formats.js';
-import { parseImageSize } from '../core/size.js';
+import { parseImageSize, parseSize } from '../core/size.js';
 import { registerBuiltinFormats } from '../formats/index.js';
 
 export interface CreateCommandOptions {
@@ -95,7 +95,9 @@ function withoutGeneric(options: Record<string, string>): Record<string, string>
 function formatOptions(specs: readonly CreateOptionSpec[], options: Record<string, string>): string {
   let s = '';
   for (const spec of specs) {
-    const v = options[spec.name] ?? spec.default;
+    let v = options[spec.name] ?? spec.default;
+    // QEMU prints size-typed options as byte counts, whatever suffix they were given with.
+    if (v !== undefined && spec.type === 'size') v = String(parseSize(v) ?? v);
     if (v !== undefined) s += ` ${spec.name}=${v}`;
   }
   return s;

@@ -108,6 +108,11 @@ export interface FormatImage {
   formatSpecific?(): FormatSpecific | undefined;
   check?(repair: 'none' | 'leaks' | 'all'): Promise<CheckResult>;
   snapshots?(): SnapshotInfo[];
+  /**
+   * False for formats whose QEMU driver has no get_info (bochs, cloop, dmg): qemu-img info then
+   * prints neither cluster size nor dirty flag.
+   */
+  readonly hasInfo?: boolean;
   /** Is the image marked dirty (e.g. lazy refcounts, need-check)? */
   readonly dirty?: boolean;
   /**
@@ -115,6 +120,12 @@ export interface FormatImage {
    * cluster long, or shorter only for the last cluster of the image.
    */
   writeCompressed?(buf: Uint8Array, offset: number): Promise<void>;
+  /** Rewrite the backing file reference stored in the image (rebase, amend); undefined detaches. */
+  setBacking?(ref: FileRef | undefined): Promise<void>;
+  /** Make every cluster unallocated (after commit), as QEMU's bdrv_make_empty. */
+  makeEmpty?(): Promise<void>;
+  /** Change the virtual size (resize). Shrinking discards what lies past the new end. */
+  resize?(size: number, opts: { preallocation?: string; shrink: boolean }): Promise<void>;
   /** A read-only view of the image as it was at an internal snapshot (convert -s/-l). */
   openSnapshot?(idOrName: { id?: string; name?: string }): Promise<FormatImage>;
 }

@@ -179,10 +179,11 @@ export class HostFile {
   }
 
   /**
-   * Data and hole extents of [offset, offset+length), clipped to the file size. Without the
-   * native addon a file with holes is reported as all data.
+   * Data and hole extents of [offset, offset+length), clipped to the file size, at most `max`
+   * of them (block status wants only the first). Without the native addon a file with holes
+   * is reported as all data.
    */
-  async extents(offset: number, length: number): Promise<HostExtent[]> {
+  async extents(offset: number, length: number, max = Number.POSITIVE_INFINITY): Promise<HostExtent[]> {
     const fileSize = await this.size();
     const end = Math.min(offset + length, fileSize);
     const out: HostExtent[] = [];
@@ -192,7 +193,7 @@ export class HostFile {
       return out;
     }
     let pos = offset;
-    while (pos < end) {
+    while (pos < end && out.length < max) {
       const data = native.seekData(this.fd, pos);
       if (data < -1) {
         // lseek unsupported (e.g. some filesystems): everything is data.
@@ -201,7 +202,7 @@ export class HostFile {
       }
       const dataStart = data === -1 ? end : Math.min(data, end);
       if (dataStart > pos) out.push({ offset: pos, length: dataStart - pos, data: false });
-      if (dataStart >= end) break;
+      if (dataStart >= end || out.length >= max) break;
       const hole = native.seekHole(this.fd, dataStart);
       const dataEnd = hole < 0 ? end : Math.min(hole, end);
       out.push({ offset: dataStart, length: dataEnd - dataStart, data: true });

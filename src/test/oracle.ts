@@ -5,8 +5,10 @@
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { closeSync, mkdtempSync, openSync, readSync, rmSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { bufferIo } from '../cli/io.js';
 import { main } from '../cli/main.js';
 
@@ -91,3 +93,9 @@ export function qemuRawDigest(image: string, format?: string): string {
 export function sha256(buf: Uint8Array): string {
   return createHash('sha256').update(buf).digest('hex');
 }
+
+/** `node --import <this>` runs TypeScript sources directly (child processes in tests). */
+export const TSX_LOADER = pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href;
+
+/** The CLI entry as TypeScript source, for child processes that run vdisk without a build. */
+export const CLI_ENTRY = join(dirname(fileURLToPath(import.meta.url)), '..', 'cli', 'bin.ts');

@@ -18,7 +18,11 @@ const command: CliCommand = {
     '  -q               quiet: print nothing but errors',
   ].join('\n'),
   async run(argv, io) {
-    const { opts, args } = getopt(argv, { short: 'F:b:f:ho:qu', long: { object: { value: true } } });
+    const { opts, args } = getopt(argv, {
+      command: 'create',
+      short: 'F:b:f:ho:qu',
+      long: { object: { value: true } },
+    });
     let format = 'raw';
     const optionStrings: string[] = [];
     let backingFile: string | undefined;
