@@ -17,6 +17,7 @@ export const VERSION = '0.1.0';
 const commands: Record<string, () => Promise<CliCommand>> = {
   create: async () => (await import('./cmd/create.js')).default,
   info: async () => (await import('./cmd/info.js')).default,
+  serve: async () => (await import('./cmd/serve.js')).default,
 };
 
 export function registerCommand(name: string, load: () => Promise<CliCommand>): void {
