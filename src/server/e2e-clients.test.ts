@@ -10,7 +10,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ADMIN_PASSWORD, Api, runClient, startTestServer, type TestServer } from './test/harness.js';
+import { runClient, startTestServer, type TestServer } from './test/harness.js';
 
 let ts: TestServer;
 const alice = { user: 'alice', password: 'alice-pw', project: 'alpha' };
