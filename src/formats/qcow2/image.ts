@@ -257,6 +257,7 @@ export class Qcow2Image implements FormatImage {
     }
     this.indexMetadata();
     if (this.readOnly) return;
+    this.checkOverlaps();
     await this.loadRefcounts();
     if (this.dirty && opts.repairOnOpen !== false) {
       // QEMU rebuilds the refcounts of a dirty lazy-refcounts image on a writable open.
@@ -318,6 +319,33 @@ export class Qcow2Image implements FormatImage {
     addRange(this.header.snapshotsOffset, this.snapshotTableBytes);
     for (let i = 0; i < this.l1Size; i++) if (this.l1Off[i]! !== 0) m.add(this.l1Off[i]!);
     if (this.refcounts !== null) for (const off of this.refcounts.table) if (off !== 0) m.add(off);
+  }
+
+  /**
+   * Before writing: L2 tables must not overlap the header, the L1 table, the refcount table
+   * or each other (a looping image would make writes destroy its own metadata).
+   */
+  private checkOverlaps(): void {
+    const cs = this.clusterSize;
+    const fixed = new Set<number>();
+    const add = (off: number, len: number) => {
+      for (let c = Math.floor(off / cs) * cs; c < off + len; c += cs) fixed.add(c);
+    };
+    add(0, cs);
+    add(this.l1TableOffset, this.l1Size * 8);
+    add(this.header.refcountTableOffset, this.header.refcountTableClusters * cs);
+    const seen = new Set<number>();
+    for (let i = 0; i < this.l1Size; i++) {
+      const o = this.l1Off[i]!;
+      if (o === 0) continue;
+      if (fixed.has(o) || (seen.has(o) && this.l1Copied[i] === 1)) {
+        throw this.corrupt(
+          `L2 table at offset 0x${o.toString(16)} (L1 index ${i}) overlaps other metadata; the image is corrupt`,
+          this.l1TableOffset + i * 8,
+        );
+      }
+      seen.add(o);
+    }
   }
 
   // ---------------------------------------------------------------- mapping
