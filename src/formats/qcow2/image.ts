@@ -266,8 +266,10 @@ export class Qcow2Image implements FormatImage {
       await this.setIncompatible(this.header.incompatible & ~INCOMPAT_DIRTY);
     }
     // Autoclear bits we do not maintain must be cleared when we may modify the image
-    // (qcow2.rst); we keep data_file_raw, which we honour.
-    const keep = this.header.autoclear & AUTOCLEAR_DATA_FILE_RAW;
+    // (qcow2.rst). We keep data_file_raw, which we honour, and bitmaps: rather than orphan
+    // the bitmaps (qemu would then count their clusters as leaked), the first write marks
+    // each of them in use, i.e. inconsistent, which is what they then are.
+    const keep = this.header.autoclear & (AUTOCLEAR_DATA_FILE_RAW | AUTOCLEAR_BITMAPS);
     if (this.header.autoclear !== keep && this.version === 3) {
       this.header.autoclear = keep;
       const b = new Uint8Array(8);
@@ -597,8 +599,31 @@ export class Qcow2Image implements FormatImage {
     if (!this.modified) {
       this.modified = true;
       if (this.lazy && !this.dirty) await this.setIncompatible(this.header.incompatible | INCOMPAT_DIRTY);
+      await this.markBitmapsInUse();
     }
     return rc;
+  }
+
+  /** Set the in-use flag of every persistent bitmap (our writes do not update them). */
+  private async markBitmapsInUse(): Promise<void> {
+    const h = this.header;
+    const bm = h.extensions.find((e) => e.type === EXT_BITMAPS);
+    if (bm === undefined || (h.autoclear & AUTOCLEAR_BITMAPS) === 0 || bm.data.length < 24) return;
+    const v = new DataView(bm.data.buffer, bm.data.byteOffset, bm.data.length);
+    const count = v.getUint32(0);
+    const dirSize = getU64(v, 8);
+    const dirOffset = getU64(v, 16);
+    if (count > 65535 || dirSize > 64 << 20 || dirOffset + dirSize > this.fileEnd) return;
+    const dir = new Uint8Array(dirSize);
+    await this.file.read(dir, dirOffset);
+    const dv = new DataView(dir.buffer);
+    let off = 0;
+    for (let i = 0; i < count && off + 24 <= dir.length; i++) {
+      dv.setUint32(off + 12, dv.getUint32(off + 12) | 1);
+      off = Math.ceil((off + 24 + dv.getUint32(off + 20) + dv.getUint16(off + 18)) / 8) * 8;
+    }
+    await this.file.write(dir, dirOffset);
+    this.bitmaps = parseBitmapDirectory(dir, count);
   }
 
   private async setIncompatible(value: number): Promise<void> {

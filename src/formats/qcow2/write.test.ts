@@ -4,7 +4,7 @@
  * `qemu-img check` with no errors and no leaks, and `qemu-img compare` finds them equal to a
  * raw file with the same writes applied.
  */
-import { closeSync, ftruncateSync, openSync, writeSync } from 'node:fs';
+import { closeSync, ftruncateSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../chain/open.js';
@@ -160,11 +160,40 @@ describe('qcow2 write path against qemu', () => {
     }
   });
 
+  it('keeps header extensions and marks persistent bitmaps in use when it writes', async () => {
+    const p = join(dir, 'bitmaps.qcow2');
+    qemuImgOk(['create', '-f', 'qcow2', p, '64M']);
+    qemuImgOk(['bitmap', '--add', p, 'b0']);
+    qemuImgOk(['bitmap', '--add', '-g', '1M', p, 'b1']);
+    const img = await openImage(p, { writable: true });
+    await img.writeAt(Buffer.alloc(65536, 3), 1 << 20);
+    await img.close();
+    const check = qemuImg(['check', p]);
+    expect(check.stderr).toBe('');
+    expect(check.code).toBe(0);
+    const info = JSON.parse(qemuImgOk(['info', '--output=json', p])) as {
+      'format-specific': { data: { bitmaps: Array<{ name: string; flags: string[] }> } };
+    };
+    expect(info['format-specific'].data.bitmaps.map((b) => [b.name, b.flags])).toEqual([
+      ['b0', ['in-use', 'auto']],
+      ['b1', ['in-use', 'auto']],
+    ]);
+  });
+
   it('refuses to write a corrupt image and opens read-only images read-only', async () => {
     const p = join(dir, 'ro.qcow2');
     qemuImgOk(['create', '-f', 'qcow2', p, '1M']);
     const img = await openImage(p);
     await expect(img.writeAt(Buffer.alloc(512), 0)).rejects.toMatchObject({ code: 'READ_ONLY' });
     await img.close();
+    const b = readFileSync(p);
+    b[79] = b[79]! | 2; // the corrupt bit
+    writeFileSync(p, b);
+    await expect(openImage(p, { writable: true })).rejects.toMatchObject({
+      code: 'CORRUPT_IMAGE',
+      message: expect.stringContaining('Image is corrupt; cannot be opened read/write'),
+    });
+    const ro = await openImage(p);
+    await ro.close();
   });
 });
