@@ -1165,10 +1165,9 @@ export class Qcow2Image implements FormatImage {
         if (this.modified && this.dirty && this.lazy) {
           await this.setIncompatible(this.header.incompatible & ~INCOMPAT_DIRTY);
         }
-        if (this.modified) {
-          await this.file.flush();
-          if (this.dataHost !== this.file) await this.dataHost.flush();
-        }
+        // No fsync on close (as the raw driver, and qemu-img's default cache=unsafe for
+        // convert targets): durability is flush()'s job; crash safety only needs the
+        // order of the writes above.
       }
     } catch (e) {
       err = e;

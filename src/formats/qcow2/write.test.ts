@@ -4,11 +4,24 @@
  * `qemu-img check` with no errors and no leaks, and `qemu-img compare` finds them equal to a
  * raw file with the same writes applied.
  */
-import { closeSync, ftruncateSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
+
+import { spawnSync } from 'node:child_process';
+import {
+  closeSync,
+  existsSync,
+  ftruncateSync,
+  openSync,
+  readFileSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../chain/open.js';
 import { qemuImg, qemuImgOk, qemuIo, tempDir } from '../../test/oracle.js';
+
+const distOpen = fileURLToPath(new URL('../../../dist/chain/open.js', import.meta.url));
 
 let dir: string;
 let cleanup: () => void;
@@ -158,6 +171,39 @@ describe('qcow2 write path against qemu', () => {
       );
       expect(out).not.toMatch(/fail|mismatch/i);
     }
+  });
+
+  it.skipIf(!existsSync(distOpen))('compresses zstd clusters on worker threads (the built code)', () => {
+    const p = join(dir, 'zstd-pool.qcow2');
+    const raw = join(dir, 'zstd-pool.raw');
+    qemuImgOk(['create', '-f', 'qcow2', '-o', 'compression_type=zstd', p, '8M']);
+    const script = `
+      import { openImage } from ${JSON.stringify(distOpen)};
+      import { writeFileSync } from 'node:fs';
+      const img = await openImage(${JSON.stringify(p)}, { writable: true });
+      const all = Buffer.alloc(8 << 20);
+      await Promise.all(Array.from({ length: 100 }, (_, i) => {
+        const b = Buffer.alloc(65536, i + 1);
+        b.write('cluster ' + i, 1000);
+        b.copy(all, i * 65536);
+        return img.driver.writeCompressed(b, i * 65536);
+      }));
+      await img.close();
+      writeFileSync(${JSON.stringify(raw)}, all);
+    `;
+    const file = join(dir, 'zstd-pool.mjs');
+    writeFileSync(file, script);
+    const r = spawnSync(process.execPath, [file], {
+      encoding: 'utf8',
+      env: { ...process.env, VDISK_ZSTD_THREADS: '2' },
+    });
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(qemuImg(['check', p]).code).toBe(0);
+    const cmp = qemuImg(['compare', '-f', 'qcow2', '-F', 'raw', p, raw]);
+    expect(cmp.code).toBe(0);
+    const map = qemuImgOk(['check', '--output=json', p]);
+    expect((JSON.parse(map) as { 'compressed-clusters': number })['compressed-clusters']).toBe(100);
   });
 
   it('keeps header extensions and marks persistent bitmaps in use when it writes', async () => {
