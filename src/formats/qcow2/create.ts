@@ -201,8 +201,8 @@ export async function createQcow2(
   let dataFile: HostFile | null = null;
   try {
     if (s.dataFile !== undefined) {
-      const { resolveRelative } = await import('../../chain/open.js');
-      dataFile = await HostFile.open(resolveRelative(req.path, s.dataFile), { create: true });
+      // Relative to the working directory, as qemu creates (and later opens) it.
+      dataFile = await HostFile.open(s.dataFile, { create: true });
       await dataFile.truncate(size);
       // QEMU's file driver writes the first block of a new file (allocate_first_block).
       if (size > 0) await dataFile.write(new Uint8Array(Math.min(size, 4096)), 0);
