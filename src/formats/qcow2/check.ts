@@ -126,7 +126,7 @@ function checkL2(st: State, table: Uint8Array, l2off: number, fragInfo: boolean,
       continue;
     }
     const host = (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
-    if (host !== 0) {
+    if (img.hasHost(hi, host)) {
       if (ext && (bhi & blo) !== 0) {
         st.res.messages.push(
           `ERROR offset=${host.toString(16)}: Allocated cluster has corrupted subcluster allocation bitmap`,

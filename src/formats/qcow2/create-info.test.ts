@@ -151,6 +151,21 @@ describe('qcow2 create against qemu-img', () => {
 });
 
 describe('qcow2 info against qemu-img', () => {
+  it('shows a backing chain (--backing-chain) as qemu-img does', async () => {
+    const base = join(dir, 'chain-base.qcow2');
+    qemuImgOk(['create', '-f', 'qcow2', base, '64M']);
+    qemuIo(base, ['write -P 1 0 1M'], 'qcow2');
+    qemuImgOk(['snapshot', '-c', 's1', base]);
+    const top = join(dir, 'chain-top.qcow2');
+    qemuImgOk(['create', '-f', 'qcow2', '-b', 'chain-base.qcow2', '-F', 'qcow2', top]);
+    qemuIo(top, ['write -P 2 0 64k'], 'qcow2');
+    for (const out of [[], ['--output=json']]) {
+      const q = qemuImgOk(['info', '--backing-chain', ...out, top]);
+      const v = await vdisk(['info', '--backing-chain', ...out, top]);
+      expect(v.stdout).toBe(q);
+    }
+  });
+
   it('shows snapshots, bitmaps, dirty and corrupt state as qemu-img does', async () => {
     const p = join(dir, 'snap.qcow2');
     qemuImgOk(['create', '-f', 'qcow2', p, '64M']);

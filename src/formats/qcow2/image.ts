@@ -204,6 +204,15 @@ export class Qcow2Image implements FormatImage {
     return this.dataHostFile;
   }
 
+  /**
+   * Does a (non-compressed) L2 entry name a host cluster? Offset 0 means "none", except in
+   * an external data file, where 0 is a real offset and the COPIED flag (always set there)
+   * tells them apart (as QEMU's qcow2_get_cluster_type).
+   */
+  hasHost(hi: number, host: number): boolean {
+    return host !== 0 || (this.hasDataFile && (hi & COPIED_HI) !== 0);
+  }
+
   /** Name of the file holding guest data (for block status). */
   private get dataPath(): string {
     return this.dataHostFile?.path ?? this.header.dataFile ?? this.file.path;
@@ -412,12 +421,13 @@ export class Qcow2Image implements FormatImage {
         [cOffset, cSize] = this.compressedRange(hi, lo, l2off, ci);
       } else {
         const h = (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
+        const hh = this.hasHost(hi, h);
         if (this.extL2) {
           const sc = Math.floor(inCluster / unit);
           const zbit = (v.getUint32(e + 8) >>> sc) & 1;
           const abit = (v.getUint32(e + 12) >>> sc) & 1;
           if (abit && zbit) throw this.corrupt(`Invalid subcluster bitmap in L2 entry ${ci}`, l2off + e);
-          if (h !== 0) {
+          if (hh) {
             kind = zbit ? Kind.ZeroAlloc : abit ? Kind.Data : Kind.UnallocAlloc;
           } else {
             if (abit)
@@ -425,11 +435,11 @@ export class Qcow2Image implements FormatImage {
             kind = zbit ? Kind.Zero : Kind.Unalloc;
           }
         } else if ((lo & 1) !== 0) {
-          kind = h !== 0 ? Kind.ZeroAlloc : Kind.Zero;
+          kind = hh ? Kind.ZeroAlloc : Kind.Zero;
         } else {
-          kind = h !== 0 ? Kind.Data : Kind.Unalloc;
+          kind = hh ? Kind.Data : Kind.Unalloc;
         }
-        if (h !== 0) {
+        if (hh) {
           this.checkDataCluster(h, l2off, ci);
           host = h + inCluster;
         }
@@ -781,7 +791,8 @@ export class Qcow2Image implements FormatImage {
       const compressed = (hi & COMPRESSED_HI) !== 0;
       const host = compressed ? 0 : (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
       const copied = (hi & COPIED_HI) !== 0;
-      if (host !== 0) this.checkDataCluster(host, l2off, ci);
+      const hh = !compressed && this.hasHost(hi, host);
+      if (hh) this.checkDataCluster(host, l2off, ci);
       const dataFile = this.hasDataFile;
       if (this.extL2) {
         const zbits = v.getUint32(e + 8);
@@ -801,7 +812,7 @@ export class Qcow2Image implements FormatImage {
           piece = cur.slice(ea, eb);
           piece.set(chunk, a - ea);
         }
-        if (host !== 0 && (copied || dataFile)) {
+        if (hh && (copied || dataFile)) {
           this.assertNotMetadata(host + ea, eb - ea);
           addPiece(host + ea, piece);
           updates.push({
@@ -814,7 +825,7 @@ export class Qcow2Image implements FormatImage {
         } else {
           const fresh = dataFile ? clusterStart : await rc.allocClusters(1);
           this.noteAlloc(fresh, cs);
-          if (host !== 0 || compressed) {
+          if (hh || compressed) {
             // The whole old cluster moves (shared or compressed): copy it with the new data.
             const cur = await this.readCluster(clusterStart);
             cur.set(chunk, a);
@@ -841,7 +852,7 @@ export class Qcow2Image implements FormatImage {
         }
       } else {
         const zeroFlag = (lo & 1) !== 0;
-        if (host !== 0 && (copied || dataFile) && !zeroFlag) {
+        if (hh && (copied || dataFile) && !zeroFlag) {
           this.assertNotMetadata(host + a, b - a);
           addPiece(host + a, chunk);
         } else {
@@ -852,7 +863,7 @@ export class Qcow2Image implements FormatImage {
           }
           let fresh: number;
           if (dataFile) fresh = clusterStart;
-          else if (host !== 0 && copied)
+          else if (hh && copied)
             fresh = host; // a zero cluster that keeps its allocation
           else fresh = await rc.allocClusters(1);
           this.noteAlloc(fresh, cs);
@@ -866,7 +877,7 @@ export class Qcow2Image implements FormatImage {
             blo: 0,
           });
           if (compressed) frees.push(this.compressedFreeRange(hi, lo, l2off, ci));
-          else if (host !== 0 && fresh !== host && !dataFile) frees.push([host, cs]);
+          else if (hh && fresh !== host && !dataFile) frees.push([host, cs]);
         }
       }
       pos += b - a;
@@ -995,6 +1006,7 @@ export class Qcow2Image implements FormatImage {
       const lo = v.getUint32(e + 4);
       const compressed = (hi & COMPRESSED_HI) !== 0;
       const host = compressed ? 0 : (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
+      const hh = !compressed && this.hasHost(hi, host);
       if (this.extL2) {
         const s0 = u % 32;
         const s1 = Math.min(32, s0 + (firstUnit + units - u));
@@ -1008,7 +1020,7 @@ export class Qcow2Image implements FormatImage {
           const cur = await this.readCluster(cStart);
           cur.fill(0, s0 * this.subclusterSize, s1 * this.subclusterSize);
           await this.writeLocked(cur, cStart);
-        } else if (whole && (compressed || (unmap && host !== 0))) {
+        } else if (whole && (compressed || (unmap && hh))) {
           if (compressed) this.pendingFrees.push(this.compressedFreeRange(hi, lo, l2off, ci));
           else if (!this.hasDataFile) this.pendingFrees.push([host, this.clusterSize]);
           this.setEntry(v, { index: ci, hi: 0, lo: 0, bhi: 0xffffffff, blo: 0 });
@@ -1027,7 +1039,7 @@ export class Qcow2Image implements FormatImage {
         u += s1 - s0;
         continue;
       }
-      const allocated = host !== 0;
+      const allocated = hh;
       const drop = compressed || (unmap && allocated);
       let nhi = drop ? 0 : hi;
       let nlo = drop ? 1 : lo | 1;
@@ -1084,7 +1096,8 @@ export class Qcow2Image implements FormatImage {
       const lo = v.getUint32(e + 4);
       const compressed = (hi & COMPRESSED_HI) !== 0;
       const host = compressed ? 0 : (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
-      const allocated = compressed || host !== 0;
+      const hh = !compressed && this.hasHost(hi, host);
+      const allocated = compressed || hh;
       if (!(this.ctx.hasBacking || allocated)) continue;
       let nhi = 0;
       let nlo = this.version >= 3 && !this.extL2 ? 1 : 0;
@@ -1102,7 +1115,7 @@ export class Qcow2Image implements FormatImage {
       this.setEntry(v, { index: ci, hi: nhi, lo: nlo, bhi: nbhi, blo: 0 });
       changed = true;
       if (compressed) this.pendingFrees.push(this.compressedFreeRange(hi, lo, l2off, ci));
-      else if (host !== 0 && !this.hasDataFile) this.pendingFrees.push([host, this.clusterSize]);
+      else if (hh && !this.hasDataFile) this.pendingFrees.push([host, this.clusterSize]);
     }
     if (changed) {
       this.lastCompressed = null;

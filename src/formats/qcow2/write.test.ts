@@ -159,6 +159,7 @@ describe('qcow2 write path against qemu', () => {
         '4M',
       ]);
       const img = await openImage(p, { writable: true, allowDataFile: true });
+      await img.writeAt(Buffer.alloc(4096, 0x60), 0);
       await img.writeAt(Buffer.alloc(100_000, 0x61), 70_000);
       await img.writeZeroes(1 << 20, 128 << 10, { unmap: true });
       await img.writeAt(Buffer.alloc(4096, 0x62), 3 << 20);
@@ -166,7 +167,7 @@ describe('qcow2 write path against qemu', () => {
       expect(qemuImg(['check', p]).code).toBe(0);
       const out = qemuIo(
         p,
-        ['read -P 0x61 70000 100000', 'read -P 0 1M 128k', 'read -P 0x62 3M 4k'],
+        ['read -P 0x60 0 4k', 'read -P 0x61 70000 100000', 'read -P 0 1M 128k', 'read -P 0x62 3M 4k'],
         'qcow2',
       );
       expect(out).not.toMatch(/fail|mismatch/i);
