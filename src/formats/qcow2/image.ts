@@ -78,6 +78,19 @@ interface Piece {
   length: number;
 }
 
+interface Prepared {
+  l2off: number;
+  pieces: Piece[];
+  updates: L2Update[];
+  frees: Array<[number, number]>;
+}
+
+interface Claim {
+  start: number;
+  end: number;
+  done: Promise<void>;
+}
+
 interface L2Update {
   index: number;
   hi: number;
@@ -116,6 +129,7 @@ export class Qcow2Image implements FormatImage {
   /** Host end of the image file as far as we know (tables and data must lie before it). */
   fileEnd: number;
   private readonly writeLock = new Mutex();
+  private readonly claims = new Set<Claim>();
   /** Opens the external data file on first use (read-only opens). */
   dataOpener: (() => Promise<HostFile>) | null = null;
   private dataOpening: Promise<HostFile> | null = null;
@@ -728,27 +742,107 @@ export class Qcow2Image implements FormatImage {
     }
   }
 
+  /**
+   * Several writes may be in flight: allocation and the L2 update run under the metadata
+   * lock, the data pwrites in between run without it. Writes to overlapping clusters wait
+   * for each other (claim), so that two writers never allocate the same guest cluster.
+   */
   async write(buf: Uint8Array, offset: number): Promise<void> {
-    const release = await this.writeLock.lock();
+    const unclaim = await this.claim(offset, buf.length);
     try {
-      await this.beginWrite();
-      await this.writeLocked(buf, offset);
-      await this.settleFrees();
+      const prepared: Prepared[] = [];
+      let release = await this.writeLock.lock();
+      try {
+        await this.beginWrite();
+        await this.forEachTableChunk(buf, offset, async (l1i, chunk, g) => {
+          prepared.push(await this.prepareInTable(l1i, chunk, g));
+        });
+      } finally {
+        release();
+      }
+      await Promise.all(prepared.map((p) => this.writePieces(p)));
+      release = await this.writeLock.lock();
+      try {
+        for (const p of prepared) await this.applyPrepared(p);
+        await this.settleFrees();
+      } finally {
+        release();
+      }
     } finally {
-      release();
+      unclaim();
     }
   }
 
-  private async writeLocked(buf: Uint8Array, offset: number): Promise<void> {
+  /** Wait until no other operation works on the clusters of [offset, offset+length), then own them. */
+  private async claim(offset: number, length: number): Promise<() => void> {
+    const cs = this.clusterSize;
+    const start = Math.floor(offset / cs) * cs;
+    const end = Math.ceil((offset + length) / cs) * cs;
+    for (;;) {
+      let blocker: Claim | undefined;
+      for (const c of this.claims) {
+        if (c.start < end && start < c.end) {
+          blocker = c;
+          break;
+        }
+      }
+      if (blocker === undefined) break;
+      await blocker.done;
+    }
+    let resolve!: () => void;
+    const done = new Promise<void>((r) => {
+      resolve = r;
+    });
+    const c: Claim = { start, end, done };
+    this.claims.add(c);
+    return () => {
+      this.claims.delete(c);
+      resolve();
+    };
+  }
+
+  private async forEachTableChunk(
+    buf: Uint8Array,
+    offset: number,
+    fn: (l1i: number, chunk: Uint8Array, g: number) => Promise<void>,
+  ): Promise<void> {
     const span = this.l2Entries * this.clusterSize;
     let pos = 0;
     while (pos < buf.length) {
       const g = offset + pos;
       const l1i = Math.floor(g / span);
       const n = Math.min(buf.length - pos, (l1i + 1) * span - g);
-      await this.writeInTable(l1i, buf.subarray(pos, pos + n), g);
+      await fn(l1i, buf.subarray(pos, pos + n), g);
       pos += n;
     }
+  }
+
+  /** A whole write with the lock held throughout (zero fallbacks use it). */
+  private async writeLocked(buf: Uint8Array, offset: number): Promise<void> {
+    await this.forEachTableChunk(buf, offset, async (l1i, chunk, g) => {
+      const p = await this.prepareInTable(l1i, chunk, g);
+      await this.writePieces(p);
+      await this.applyPrepared(p);
+    });
+  }
+
+  /** Data first... */
+  private async writePieces(p: Prepared): Promise<void> {
+    if (p.pieces.length === 0) return;
+    const target = await this.data();
+    await Promise.all(p.pieces.map((x) => target.writev(x.bufs, x.host)));
+  }
+
+  /** ...then the L2 entries that point at it; the clusters they dropped are freed later. */
+  private async applyPrepared(p: Prepared): Promise<void> {
+    if (p.updates.length > 0) {
+      const table = await this.l2Cache.get(p.l2off);
+      const v = new DataView(table.buffer, table.byteOffset, table.length);
+      this.lastCompressed = null;
+      for (const u of p.updates) this.setEntry(v, u);
+      this.l2Cache.markDirty(p.l2off, table);
+    }
+    this.pendingFrees.push(...p.frees);
   }
 
   /** Current guest content of one cluster, as this layer (and the chain below) reads it. */
@@ -758,8 +852,12 @@ export class Qcow2Image implements FormatImage {
     return tmp;
   }
 
-  /** Write guest data that lies within one L2 table. */
-  private async writeInTable(l1i: number, data: Uint8Array, offset: number): Promise<void> {
+  /**
+   * Plan a write of guest data that lies within one L2 table: allocate what is needed (the
+   * refcounts go up now), gather the data pieces (with copy-on-write content around partial
+   * (sub)clusters) and the L2 updates to make once the data is on disk.
+   */
+  private async prepareInTable(l1i: number, data: Uint8Array, offset: number): Promise<Prepared> {
     const rc = this.refcounts!;
     const cs = this.clusterSize;
     const [l2off, table] = await this.l2ForWrite(l1i);
@@ -882,15 +980,7 @@ export class Qcow2Image implements FormatImage {
       }
       pos += b - a;
     }
-    // Data first, then the L2 entries that point at it.
-    const target = await this.data();
-    await Promise.all(pieces.map((p) => target.writev(p.bufs, p.host)));
-    if (updates.length > 0) {
-      this.lastCompressed = null;
-      for (const u of updates) this.setEntry(v, u);
-      this.l2Cache.markDirty(l2off, table);
-    }
-    this.pendingFrees.push(...frees);
+    return { l2off, pieces, updates, frees };
   }
 
   private setEntry(v: DataView, u: L2Update): void {
@@ -922,6 +1012,7 @@ export class Qcow2Image implements FormatImage {
   // ---------------------------------------------------------------- zero, discard
 
   async writeZeroes(offset: number, length: number, unmap: boolean): Promise<void> {
+    const unclaim = await this.claim(offset, length);
     const release = await this.writeLock.lock();
     try {
       await this.beginWrite();
@@ -929,6 +1020,7 @@ export class Qcow2Image implements FormatImage {
       await this.settleFrees();
     } finally {
       release();
+      unclaim();
     }
   }
 
@@ -990,13 +1082,14 @@ export class Qcow2Image implements FormatImage {
 
   private async zeroInTable(
     l2off: number,
-    table: Uint8Array,
+    tableIn: Uint8Array,
     firstUnit: number,
     units: number,
     l1i: number,
     unmap: boolean,
   ): Promise<void> {
-    const v = new DataView(table.buffer, table.byteOffset, table.length);
+    let table = tableIn;
+    let v = new DataView(table.buffer, table.byteOffset, table.length);
     const per = this.extL2 ? 32 : 1;
     let changed = false;
     for (let u = firstUnit; u < firstUnit + units; ) {
@@ -1020,6 +1113,9 @@ export class Qcow2Image implements FormatImage {
           const cur = await this.readCluster(cStart);
           cur.fill(0, s0 * this.subclusterSize, s1 * this.subclusterSize);
           await this.writeLocked(cur, cStart);
+          // The table may have left the cache meanwhile: continue on the current copy.
+          table = await this.l2Cache.get(l2off);
+          v = new DataView(table.buffer, table.byteOffset, table.length);
         } else if (whole && (compressed || (unmap && hh))) {
           if (compressed) this.pendingFrees.push(this.compressedFreeRange(hi, lo, l2off, ci));
           else if (!this.hasDataFile) this.pendingFrees.push([host, this.clusterSize]);
@@ -1070,6 +1166,7 @@ export class Qcow2Image implements FormatImage {
     let end = offset + length;
     end = end === this.size ? Math.ceil(end / cs) * cs : end - (end % cs);
     if (end <= start) return;
+    const unclaim = await this.claim(start, end - start);
     const release = await this.writeLock.lock();
     try {
       await this.beginWrite();
@@ -1084,6 +1181,7 @@ export class Qcow2Image implements FormatImage {
       await this.settleFrees();
     } finally {
       release();
+      unclaim();
     }
   }
 
@@ -1146,6 +1244,7 @@ export class Qcow2Image implements FormatImage {
     // Compress outside the lock: several clusters compress at once on the thread pool.
     const out = await compressCluster(this.compressionType, src, cs);
     if (out === null) return this.write(src.subarray(0, buf.length), offset);
+    const unclaim = await this.claim(offset, cs);
     const release = await this.writeLock.lock();
     try {
       const rc = await this.beginWrite();
@@ -1176,6 +1275,7 @@ export class Qcow2Image implements FormatImage {
       await this.settleFrees();
     } finally {
       release();
+      unclaim();
     }
   }
 
