@@ -176,6 +176,36 @@ describe('qcow2 write path against qemu', () => {
     }
   });
 
+  it('copies shared clusters and L2 tables on write when internal snapshots hold them', async () => {
+    for (const opts of ['', 'extended_l2=on', 'compat=0.10']) {
+      const p = join(dir, `snapshots-${opts.replace(/\W/g, '_')}.qcow2`);
+      qemuImgOk(['create', '-f', 'qcow2', ...(opts ? ['-o', opts] : []), p, '8M']);
+      qemuIo(p, ['write -P 1 0 2M', 'write -c -P 2 4M 64k'], 'qcow2');
+      qemuImgOk(['snapshot', '-c', 'before', p]);
+      const snapRaw = join(dir, 'snap-before.raw');
+      qemuImgOk(['convert', '-O', 'raw', p, snapRaw]);
+      const img = await openImage(p, { writable: true });
+      await img.writeAt(Buffer.alloc(4096, 9), 65536 + 512);
+      await img.writeAt(Buffer.alloc(3 << 20, 8), 1 << 20);
+      await img.writeZeroes(0, 65536, { unmap: true });
+      await img.discard(4 << 20, 65536);
+      await img.close();
+      const check = qemuImg(['check', p]);
+      expect(check.stdout + check.stderr).not.toMatch(/ERROR|Leaked/);
+      expect(check.code).toBe(0);
+      // The snapshot still reads as it was taken; the active layer has the new writes.
+      const after = join(dir, 'snap-after.raw');
+      qemuImgOk(['convert', '-l', 'snapshot.name=before', '-O', 'raw', p, after]);
+      expect(qemuImg(['compare', '-f', 'raw', '-F', 'raw', snapRaw, after]).code).toBe(0);
+      const out = qemuIo(
+        p,
+        ['read -P 0 0 64k', 'read -P 1 64k 512', 'read -P 9 66048 4k', 'read -P 8 1M 3M', 'read -P 0 4M 64k'],
+        'qcow2',
+      );
+      expect(out).not.toMatch(/fail|mismatch/i);
+    }
+  });
+
   it('writes an image with an external data file that qemu reads back', async () => {
     for (const rawFlag of [false, true]) {
       const p = join(dir, `df-${rawFlag}.qcow2`);
