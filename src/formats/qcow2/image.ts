@@ -413,7 +413,8 @@ export class Qcow2Image implements FormatImage {
     const spanEnd = Math.min((l1i + 1) * span, offset + maxLen);
     const l2off = l1i < this.l1Size ? this.l1Off[l1i]! : 0;
     const run: Run = { kind: Kind.Unalloc, length: spanEnd - offset, host: 0, cOffset: 0, cSize: 0 };
-    if (l2off === 0) return run;
+    if (l2off === 0) return this.extendUnallocated(run, offset, maxLen, l1i);
+    if (this.l2Cache.peek(l2off) === undefined) this.readAhead(l1i, offset + maxLen);
     const table = await this.l2Cache.get(l2off);
     const v = new DataView(table.buffer, table.byteOffset, table.length);
     const unit = this.subclusterSize;
@@ -478,6 +479,33 @@ export class Qcow2Image implements FormatImage {
       }
       pos = unitEnd;
     }
+    if (run.kind === Kind.Unalloc && pos === (l1i + 1) * span)
+      return this.extendUnallocated(run, offset, maxLen, l1i);
+    return run;
+  }
+
+  /**
+   * On an L2 cache miss, start loading the next few tables of the range too: walks over
+   * many small tables (map, convert of a sparse image) then keep several reads in flight.
+   */
+  private readAhead(l1i: number, end: number): void {
+    const span = this.l2Entries * this.clusterSize;
+    let started = 0;
+    for (let i = l1i + 1; i < this.l1Size && i * span < end && started < 16; i++) {
+      const off = this.l1Off[i]!;
+      if (off === 0 || this.l2Cache.peek(off) !== undefined) continue;
+      this.l2Cache.prefetch(off);
+      started++;
+    }
+  }
+
+  /** Grow an unallocated run that reached the end of L1 entry `l1i` over the L1 entries without a table. */
+  private extendUnallocated(run: Run, offset: number, maxLen: number, l1i: number): Run {
+    const span = this.l2Entries * this.clusterSize;
+    const end = offset + maxLen;
+    let i = l1i + 1;
+    while (i * span < end && (i >= this.l1Size || this.l1Off[i] === 0)) i++;
+    run.length = Math.min(end, i * span) - offset;
     return run;
   }
 
