@@ -49,6 +49,8 @@ export interface CheckResult {
   imageEndOffset?: number;
   /** Messages qemu-img prints on stderr/stdout while checking (ERROR/Leaked cluster lines). */
   messages: string[];
+  /** A failure that aborted the check (qemu-img then prints "Check failed: <error>", exit 1). */
+  error?: string;
 }
 
 export interface SnapshotInfo {

@@ -109,6 +109,9 @@ describe('qcow2 check against qemu-img', () => {
     const p2 = made('low2.qcow2', [], ['write -P 1 0 128k']);
     setRefcount(p2, 4, 0);
     await compareCheck(p2);
+    // A refcount of 0 under a reference: -r all rebuilds the refcount structure.
+    await compareCheck(p2, ['-r', 'all']);
+    await compareCheck(p2, ['-r', 'leaks']);
   });
 
   it('reports L2 entries past the end of the file and overlapping references', async () => {

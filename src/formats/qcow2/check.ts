@@ -7,7 +7,7 @@
  */
 import type { CheckResult } from '../../core/driver.js';
 import { VdiskError } from '../../core/errors.js';
-import { EXT_BITMAPS, getU64 } from './header.js';
+import { EXT_BITMAPS, getU64, setU64 } from './header.js';
 import type { Qcow2Image } from './image.js';
 
 const COPIED_HI = 0x80000000;
@@ -216,6 +216,73 @@ export async function checkImage(img: Qcow2Image, repair: 'none' | 'leaks' | 'al
   const cs = img.clusterSize;
   const fileLen = await img.file.size();
   const st: State = { counts: new Float64Array(Math.ceil(fileLen / cs)), fileLen, res, img };
+  await calculate(st);
+
+  // Compare with the stored refcounts: first without fixing (QEMU prints the problems),
+  // then, when repairing and something is wrong, again with fixing from the same start.
+  const fixLeaks = repair !== 'none';
+  const fixErrors = repair === 'all';
+  const before = { corruptions: res.corruptions, leaks: res.leaks };
+  const n = Math.max(st.counts.length, Math.ceil(fileLen / cs));
+  const pass = await compareRefcounts(st, n, false, false);
+  let highest = pass.highest;
+  if (pass.rebuild && fixErrors) {
+    // QEMU's path: new refcount structures from the counted references, then a recount
+    // (the old structures are now leaked, and those leaks are repaired silently).
+    res.messages.push('Rebuilding refcount structure');
+    const old = { corruptions: res.corruptions, leaks: res.leaks };
+    await rebuildRefcounts(st);
+    res.corruptions = 0;
+    res.leaks = 0;
+    st.counts = new Float64Array(Math.ceil(st.fileLen / cs));
+    const frag = {
+      a: res.allocatedClusters,
+      f: res.fragmentedClusters,
+      c: res.compressedClusters,
+    };
+    await calculate(st);
+    res.allocatedClusters = frag.a;
+    res.fragmentedClusters = frag.f;
+    res.compressedClusters = frag.c;
+    const saved = { ...res };
+    res.leaks = 0;
+    res.corruptions = 0;
+    const m = Math.max(st.counts.length, Math.ceil(st.fileLen / cs));
+    const again = await compareRefcounts(st, m, true, false);
+    highest = again.highest;
+    if (again.rebuild) res.messages.push('ERROR rebuilt refcount structure is still broken');
+    const freshLeaks = res.leaks;
+    res.corruptions = saved.corruptions;
+    res.leaks = saved.leaks;
+    res.leaksFixed = saved.leaksFixed;
+    if (res.corruptions < old.corruptions) res.corruptionsFixed += old.corruptions - res.corruptions;
+    if (res.leaks < old.leaks) res.leaksFixed += old.leaks - res.leaks;
+    res.leaks += freshLeaks;
+  } else if (fixLeaks) {
+    if (pass.rebuild) {
+      // QEMU gives up here with -EIO.
+      res.messages.push('ERROR need to rebuild refcount structures');
+      res.checkErrors++;
+      res.error = 'Input/output error';
+    } else if (res.leaks > before.leaks || res.corruptions > before.corruptions) {
+      res.corruptions = before.corruptions;
+      res.leaks = before.leaks;
+      highest = (await compareRefcounts(st, n, fixLeaks, fixErrors)).highest;
+    }
+  }
+
+  if (res.error !== undefined) return res;
+  // QCOW_OFLAG_COPIED must be set exactly where the refcount is 1 (active tables only).
+  await checkCopied(img, res);
+  if (fixLeaks || fixErrors) await img.refcounts!.flush();
+  res.imageEndOffset = (highest + 1) * cs;
+  return res;
+}
+
+/** QEMU's calculate_refcounts: count every reference to every host cluster. */
+async function calculate(st: State): Promise<void> {
+  const { img, res, fileLen } = st;
+  const cs = img.clusterSize;
   const rc = await img.loadRefcounts();
   const h = img.header;
 
@@ -255,38 +322,83 @@ export async function checkImage(img: Qcow2Image, repair: 'none' | 'leaks' | 'al
       res.corruptions++;
     }
   }
+}
 
-  // Compare with the stored refcounts: first without fixing (QEMU prints the problems),
-  // then, when repairing and something is wrong, again with fixing from the same start.
-  const fixLeaks = repair !== 'none';
-  const fixErrors = repair === 'all';
-  const before = { corruptions: res.corruptions, leaks: res.leaks };
-  const n = Math.max(st.counts.length, Math.ceil(fileLen / cs));
-  const pass = await compareRefcounts(st, n, false, false);
-  let highest = pass.highest;
-  if (pass.rebuild && fixErrors) {
-    // QEMU rebuilds the whole refcount structure here; vdisk raises the missing refcounts
-    // in place (allocating refcount blocks as needed), which reaches the same consistency.
-    res.messages.push('Rebuilding refcount structure');
-    res.corruptions = before.corruptions;
-    res.leaks = before.leaks;
-    highest = (await compareRefcounts(st, n, true, true)).highest;
-  } else if (fixLeaks) {
-    if (pass.rebuild) {
-      res.messages.push('ERROR need to rebuild refcount structures');
-      res.checkErrors++;
-    } else if (res.leaks > before.leaks || res.corruptions > before.corruptions) {
-      res.corruptions = before.corruptions;
-      res.leaks = before.leaks;
-      highest = (await compareRefcounts(st, n, fixLeaks, fixErrors)).highest;
+/**
+ * QEMU's rebuild_refcount_structure: refcount blocks for every range that has references,
+ * placed first-fit in the counted space, then a refcount table after them, repeated until
+ * the new structures cover themselves; then written and put in the header.
+ */
+async function rebuildRefcounts(st: State): Promise<void> {
+  const { img } = st;
+  const cs = img.clusterSize;
+  const rc = img.refcounts!;
+  const per = rc.blockEntries;
+  let firstFree = 0;
+  const alloc = (n: number): number => {
+    for (let start = firstFree; ; start++) {
+      let ok = true;
+      for (let k = 0; k < n; k++) {
+        if ((st.counts[start + k] ?? 0) !== 0) {
+          ok = false;
+          start += k;
+          break;
+        }
+      }
+      if (!ok) continue;
+      grow(st, start + n - 1);
+      for (let k = 0; k < n; k++) st.counts[start + k] = 1;
+      if (start === firstFree) firstFree = start + n;
+      return start;
+    }
+  };
+  const table: number[] = [];
+  let tableOffset = -1;
+  let tableClusters = 0;
+  for (let changed = true; changed; ) {
+    changed = false;
+    for (let b = 0; b * per < st.counts.length; b++) {
+      if ((table[b] ?? 0) !== 0) continue;
+      let used = false;
+      const end = Math.min(st.counts.length, (b + 1) * per);
+      for (let i = b * per; i < end && !used; i++) used = st.counts[i] !== 0;
+      if (used) {
+        table[b] = alloc(1) * cs;
+        changed = true;
+      }
+    }
+    const needed = Math.max(1, Math.ceil((table.length * 8) / cs));
+    if (needed > tableClusters) {
+      tableClusters = needed;
+      tableOffset = alloc(needed) * cs;
+      changed = true;
     }
   }
-
-  // QCOW_OFLAG_COPIED must be set exactly where the refcount is 1 (active tables only).
-  await checkCopied(img, res);
-  if (fixLeaks || fixErrors) await rc.flush();
-  res.imageEndOffset = (highest + 1) * cs;
-  return res;
+  for (let b = 0; b < table.length; b++) {
+    const off = table[b] ?? 0;
+    if (off === 0) continue;
+    const buf = new Uint8Array(cs);
+    const end = Math.min(st.counts.length, (b + 1) * per);
+    for (let i = b * per; i < end; i++) {
+      const c = st.counts[i]!;
+      if (c !== 0) rc.setIn(buf, i - b * per, Math.min(c, rc.maxRefcount));
+    }
+    await img.file.write(buf, off);
+  }
+  const raw = new Uint8Array(tableClusters * cs);
+  const v = new DataView(raw.buffer);
+  for (let i = 0; i < table.length; i++) setU64(v, i * 8, table[i] ?? 0);
+  await img.file.write(raw, tableOffset);
+  const hdr = new Uint8Array(12);
+  const hv = new DataView(hdr.buffer);
+  setU64(hv, 0, tableOffset);
+  hv.setUint32(8, tableClusters);
+  await img.file.write(hdr, 48);
+  img.header.refcountTableOffset = tableOffset;
+  img.header.refcountTableClusters = tableClusters;
+  st.fileLen = Math.max(st.fileLen, await img.file.size());
+  img.fileEnd = Math.max(img.fileEnd, st.fileLen);
+  await img.reloadRefcounts();
 }
 
 /** QEMU's compare_refcounts. */

@@ -360,6 +360,14 @@ export class Qcow2Image implements FormatImage {
     return this.refcounts;
   }
 
+  /** Forget the refcount state and read it again (after check rebuilt the structures). */
+  async reloadRefcounts(): Promise<Refcounts> {
+    this.refcounts = null;
+    const rc = await this.loadRefcounts();
+    this.indexMetadata();
+    return rc;
+  }
+
   /** Remember which host clusters hold metadata (in-place data writes must not touch them). */
   private indexMetadata(): void {
     const m = this.metadataClusters;
