@@ -39,6 +39,8 @@ const combos: Array<[string, string]> = [
   ['preallocation=falloc', '200M'],
   ['preallocation=full', '20M'],
   ['preallocation=metadata,compat=0.10', '64M'],
+  ['preallocation=metadata,extended_l2=on', '64M'],
+  ['preallocation=falloc,extended_l2=on', '32M'],
   ['', '0'],
   ['', '12345'],
 ];
@@ -114,6 +116,18 @@ describe('qcow2 create against qemu-img', () => {
       const q = qemuImgOk(['info', ...out, join(dir, 'qqq.qcow2')]);
       const v = await vdisk(['info', ...out, join(dir, 'vvv.qcow2')]);
       expect(v.stdout).toBe(q.replaceAll('qqq', 'vvv'));
+    }
+  });
+
+  it('preallocates with an external data file like qemu-img', async () => {
+    for (const p of ['metadata', 'falloc', 'full']) {
+      await both(['-o', `preallocation=${p},data_file=@.data`, '@.qcow2', '32M']);
+      const q = readFileSync(join(dir, 'qqq.qcow2'));
+      const v = readFileSync(join(dir, 'vvv.qcow2'));
+      expect(Buffer.from(v.toString('latin1').replaceAll('vvv', 'qqq'), 'latin1').equals(q)).toBe(true);
+      expect(readFileSync(join(dir, 'vvv.data')).length).toBe(readFileSync(join(dir, 'qqq.data')).length);
+      const r = spawnSync('qemu-img', ['check', 'vvv.qcow2'], { cwd: dir });
+      expect(r.status).toBe(0);
     }
   });
 
