@@ -28,6 +28,8 @@ export interface CheckCommandOptions {
 }
 
 export interface CheckCommandResult {
+  /** The check failed (internal errors): qemu-img prints no report then. */
+  failed?: string;
   /** The first pass, when it repaired something (the report then comes from a second pass). */
   repaired?: { leaksFixed: number; corruptionsFixed: number };
   check: ImageCheckJson;
@@ -48,9 +50,11 @@ export async function checkCommand(o: CheckCommandOptions): Promise<CheckCommand
     if (d.check === undefined) {
       throw new VdiskError('UNSUPPORTED', 'This image format does not support checks', { path: o.filename });
     }
+    let failed: string | undefined;
     const run = async (repair: 'none' | 'leaks' | 'all'): Promise<ImageCheckJson> => {
       const r = await d.check!(repair);
       for (const m of r.messages) o.onMessage?.(m);
+      if (r.failure !== undefined || r.checkErrors > 0) failed ??= r.failure ?? '';
       return {
         filename: o.filename,
         format: d.format,
@@ -67,13 +71,18 @@ export async function checkCommand(o: CheckCommandOptions): Promise<CheckCommand
       };
     };
     const first = await run(o.repair);
+    if (failed !== undefined) return { failed, check: first };
     const leaksFixed = first['leaks-fixed'] ?? 0;
     const corruptionsFixed = first['corruptions-fixed'] ?? 0;
     if (o.repair !== 'none' && (leaksFixed > 0 || corruptionsFixed > 0)) {
       const again = await run('none');
       again['leaks-fixed'] = nz(leaksFixed);
       again['corruptions-fixed'] = nz(corruptionsFixed);
-      return { repaired: { leaksFixed, corruptionsFixed }, check: again };
+      return {
+        repaired: { leaksFixed, corruptionsFixed },
+        check: again,
+        ...(failed !== undefined ? { failed } : {}),
+      };
     }
     return { check: first };
   } finally {

@@ -79,6 +79,11 @@ const command: CliCommand = {
       throw err;
     }
     const c = res.check;
+    if (res.failed !== undefined) {
+      // qemu-img prints no report when the check itself failed.
+      io.err(`vdisk: Check failed${res.failed ? `: ${res.failed}` : ''}\n`);
+      return 1;
+    }
     if (output === 'json') {
       io.out(`${qemuJson(c)}\n`);
     } else if (!quiet) {
@@ -92,10 +97,6 @@ const command: CliCommand = {
       }
       s += renderHuman(c);
       io.out(s);
-    }
-    if (c['check-errors'] > 0) {
-      io.err('vdisk: Check failed\n');
-      return 1;
     }
     if ((c.corruptions ?? 0) > 0) return 2;
     if ((c.leaks ?? 0) > 0) return 3;

@@ -54,6 +54,16 @@ export class TableCache {
     }
   }
 
+  /** Start loading a table without waiting for it (read-ahead); errors surface on get(). */
+  prefetch(offset: number): void {
+    if (this.map.has(offset) || this.loading.has(offset)) return;
+    const p = this.load(offset);
+    this.loading.set(offset, p);
+    p.catch(() => {}).finally(() => {
+      if (this.loading.get(offset) === p) this.loading.delete(offset);
+    });
+  }
+
   private async load(offset: number): Promise<Uint8Array> {
     if (offset + this.tableSize > this.fileEnd) {
       throw new VdiskError(

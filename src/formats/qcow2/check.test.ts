@@ -82,6 +82,11 @@ describe('qcow2 check against qemu-img', () => {
     await compareCheck(
       made('extl2.qcow2', ['-o', 'extended_l2=on'], ['write -P 1 4k 4k', 'write -c -P 2 1M 64k']),
     );
+    await compareCheck(made('v2.qcow2', ['-o', 'compat=0.10'], ['write -P 1 0 1M', 'write -c -P 2 2M 64k']));
+    const df = join(dir, 'df.qcow2');
+    await compareCheck(
+      made('df.qcow2', ['-o', `data_file=${df}.data`], ['write -P 1 0 1M', 'write -P 2 8M 64k']),
+    );
   });
 
   it('finds leaked clusters and repairs them with -r leaks and -r all', async () => {
@@ -104,6 +109,9 @@ describe('qcow2 check against qemu-img', () => {
     const p2 = made('low2.qcow2', [], ['write -P 1 0 128k']);
     setRefcount(p2, 4, 0);
     await compareCheck(p2);
+    // A refcount of 0 under a reference: -r all rebuilds the refcount structure.
+    await compareCheck(p2, ['-r', 'all']);
+    await compareCheck(p2, ['-r', 'leaks']);
   });
 
   it('reports L2 entries past the end of the file and overlapping references', async () => {

@@ -7,7 +7,7 @@
  */
 import type { CheckResult } from '../../core/driver.js';
 import { VdiskError } from '../../core/errors.js';
-import { EXT_BITMAPS, getU64 } from './header.js';
+import { EXT_BITMAPS, getU64, setU64 } from './header.js';
 import type { Qcow2Image } from './image.js';
 
 const COPIED_HI = 0x80000000;
@@ -60,6 +60,7 @@ async function checkL1(
   const raw = new Uint8Array(l1Size * 8);
   await img.file.read(raw, l1Offset);
   const v = new DataView(raw.buffer);
+  const tables = new AheadReader(img, l2Offsets(v, l1Size, cs, st.fileLen));
   for (let i = 0; i < l1Size; i++) {
     const hi = v.getUint32(i * 8);
     const lo = v.getUint32(i * 8 + 4);
@@ -74,10 +75,51 @@ async function checkL1(
       continue;
     }
     if (l2 + cs > st.fileLen) continue;
-    const table = new Uint8Array(cs);
-    await img.file.read(table, l2);
-    checkL2(st, table, l2, fragInfo, active);
+    checkL2(st, await tables.next(l2), l2, fragInfo, active);
   }
+}
+
+/**
+ * Reads the tables a walk will visit, in the walk's order, with up to 32 reads in flight
+ * (a 1 TiB image with small clusters has tens of thousands of L2 tables).
+ */
+class AheadReader {
+  private readonly queue: Array<{ off: number; p: Promise<Uint8Array> }> = [];
+  private pos = 0;
+
+  constructor(
+    private readonly img: Qcow2Image,
+    private readonly offsets: number[],
+  ) {
+    while (this.queue.length < 32 && this.pos < offsets.length) this.start();
+  }
+
+  private start(): void {
+    const off = this.offsets[this.pos++]!;
+    const buf = new Uint8Array(this.img.clusterSize);
+    const p = this.img.file.read(buf, off).then(() => buf);
+    p.catch(() => {});
+    this.queue.push({ off, p });
+  }
+
+  async next(off: number): Promise<Uint8Array> {
+    const head = this.queue.shift();
+    if (this.pos < this.offsets.length) this.start();
+    if (head === undefined || head.off !== off) throw new Error('check: tables read out of order');
+    return head.p;
+  }
+}
+
+/** The L2 tables a walk over an L1 table reads, in order. */
+function l2Offsets(v: DataView, count: number, cs: number, fileLen: number): number[] {
+  const out: number[] = [];
+  for (let i = 0; i < count; i++) {
+    const hi = v.getUint32(i * 8);
+    const lo = v.getUint32(i * 8 + 4);
+    const l2 = (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
+    if (l2 !== 0 && l2 % cs === 0 && l2 + cs <= fileLen) out.push(l2);
+  }
+  return out;
 }
 
 function checkL2(st: State, table: Uint8Array, l2off: number, fragInfo: boolean, _active: boolean): void {
@@ -126,7 +168,7 @@ function checkL2(st: State, table: Uint8Array, l2off: number, fragInfo: boolean,
       continue;
     }
     const host = (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
-    if (host !== 0) {
+    if (img.hasHost(hi, host)) {
       if (ext && (bhi & blo) !== 0) {
         st.res.messages.push(
           `ERROR offset=${host.toString(16)}: Allocated cluster has corrupted subcluster allocation bitmap`,
@@ -174,6 +216,73 @@ export async function checkImage(img: Qcow2Image, repair: 'none' | 'leaks' | 'al
   const cs = img.clusterSize;
   const fileLen = await img.file.size();
   const st: State = { counts: new Float64Array(Math.ceil(fileLen / cs)), fileLen, res, img };
+  await calculate(st);
+
+  // Compare with the stored refcounts: first without fixing (QEMU prints the problems),
+  // then, when repairing and something is wrong, again with fixing from the same start.
+  const fixLeaks = repair !== 'none';
+  const fixErrors = repair === 'all';
+  const before = { corruptions: res.corruptions, leaks: res.leaks };
+  const n = Math.max(st.counts.length, Math.ceil(fileLen / cs));
+  const pass = await compareRefcounts(st, n, false, false);
+  let highest = pass.highest;
+  if (pass.rebuild && fixErrors) {
+    // QEMU's path: new refcount structures from the counted references, then a recount
+    // (the old structures are now leaked, and those leaks are repaired silently).
+    res.messages.push('Rebuilding refcount structure');
+    const old = { corruptions: res.corruptions, leaks: res.leaks };
+    await rebuildRefcounts(st);
+    res.corruptions = 0;
+    res.leaks = 0;
+    st.counts = new Float64Array(Math.ceil(st.fileLen / cs));
+    const frag = {
+      a: res.allocatedClusters,
+      f: res.fragmentedClusters,
+      c: res.compressedClusters,
+    };
+    await calculate(st);
+    res.allocatedClusters = frag.a;
+    res.fragmentedClusters = frag.f;
+    res.compressedClusters = frag.c;
+    const saved = { ...res };
+    res.leaks = 0;
+    res.corruptions = 0;
+    const m = Math.max(st.counts.length, Math.ceil(st.fileLen / cs));
+    const again = await compareRefcounts(st, m, true, false);
+    highest = again.highest;
+    if (again.rebuild) res.messages.push('ERROR rebuilt refcount structure is still broken');
+    const freshLeaks = res.leaks;
+    res.corruptions = saved.corruptions;
+    res.leaks = saved.leaks;
+    res.leaksFixed = saved.leaksFixed;
+    if (res.corruptions < old.corruptions) res.corruptionsFixed += old.corruptions - res.corruptions;
+    if (res.leaks < old.leaks) res.leaksFixed += old.leaks - res.leaks;
+    res.leaks += freshLeaks;
+  } else if (fixLeaks) {
+    if (pass.rebuild) {
+      // QEMU gives up here with -EIO.
+      res.messages.push('ERROR need to rebuild refcount structures');
+      res.checkErrors++;
+      res.failure = 'Input/output error';
+    } else if (res.leaks > before.leaks || res.corruptions > before.corruptions) {
+      res.corruptions = before.corruptions;
+      res.leaks = before.leaks;
+      highest = (await compareRefcounts(st, n, fixLeaks, fixErrors)).highest;
+    }
+  }
+
+  if (res.failure !== undefined) return res;
+  // QCOW_OFLAG_COPIED must be set exactly where the refcount is 1 (active tables only).
+  await checkCopied(img, res);
+  if (fixLeaks || fixErrors) await img.refcounts!.flush();
+  res.imageEndOffset = (highest + 1) * cs;
+  return res;
+}
+
+/** QEMU's calculate_refcounts: count every reference to every host cluster. */
+async function calculate(st: State): Promise<void> {
+  const { img, res, fileLen } = st;
+  const cs = img.clusterSize;
   const rc = await img.loadRefcounts();
   const h = img.header;
 
@@ -213,38 +322,83 @@ export async function checkImage(img: Qcow2Image, repair: 'none' | 'leaks' | 'al
       res.corruptions++;
     }
   }
+}
 
-  // Compare with the stored refcounts: first without fixing (QEMU prints the problems),
-  // then, when repairing and something is wrong, again with fixing from the same start.
-  const fixLeaks = repair !== 'none';
-  const fixErrors = repair === 'all';
-  const before = { corruptions: res.corruptions, leaks: res.leaks };
-  const n = Math.max(st.counts.length, Math.ceil(fileLen / cs));
-  const pass = await compareRefcounts(st, n, false, false);
-  let highest = pass.highest;
-  if (pass.rebuild && fixErrors) {
-    // QEMU rebuilds the whole refcount structure here; vdisk raises the missing refcounts
-    // in place (allocating refcount blocks as needed), which reaches the same consistency.
-    res.messages.push('Rebuilding refcount structure');
-    res.corruptions = before.corruptions;
-    res.leaks = before.leaks;
-    highest = (await compareRefcounts(st, n, true, true)).highest;
-  } else if (fixLeaks) {
-    if (pass.rebuild) {
-      res.messages.push('ERROR need to rebuild refcount structures');
-      res.checkErrors++;
-    } else if (res.leaks > before.leaks || res.corruptions > before.corruptions) {
-      res.corruptions = before.corruptions;
-      res.leaks = before.leaks;
-      highest = (await compareRefcounts(st, n, fixLeaks, fixErrors)).highest;
+/**
+ * QEMU's rebuild_refcount_structure: refcount blocks for every range that has references,
+ * placed first-fit in the counted space, then a refcount table after them, repeated until
+ * the new structures cover themselves; then written and put in the header.
+ */
+async function rebuildRefcounts(st: State): Promise<void> {
+  const { img } = st;
+  const cs = img.clusterSize;
+  const rc = img.refcounts!;
+  const per = rc.blockEntries;
+  let firstFree = 0;
+  const alloc = (n: number): number => {
+    for (let start = firstFree; ; start++) {
+      let ok = true;
+      for (let k = 0; k < n; k++) {
+        if ((st.counts[start + k] ?? 0) !== 0) {
+          ok = false;
+          start += k;
+          break;
+        }
+      }
+      if (!ok) continue;
+      grow(st, start + n - 1);
+      for (let k = 0; k < n; k++) st.counts[start + k] = 1;
+      if (start === firstFree) firstFree = start + n;
+      return start;
+    }
+  };
+  const table: number[] = [];
+  let tableOffset = -1;
+  let tableClusters = 0;
+  for (let changed = true; changed; ) {
+    changed = false;
+    for (let b = 0; b * per < st.counts.length; b++) {
+      if ((table[b] ?? 0) !== 0) continue;
+      let used = false;
+      const end = Math.min(st.counts.length, (b + 1) * per);
+      for (let i = b * per; i < end && !used; i++) used = st.counts[i] !== 0;
+      if (used) {
+        table[b] = alloc(1) * cs;
+        changed = true;
+      }
+    }
+    const needed = Math.max(1, Math.ceil((table.length * 8) / cs));
+    if (needed > tableClusters) {
+      tableClusters = needed;
+      tableOffset = alloc(needed) * cs;
+      changed = true;
     }
   }
-
-  // QCOW_OFLAG_COPIED must be set exactly where the refcount is 1 (active tables only).
-  await checkCopied(img, res);
-  if (fixLeaks || fixErrors) await rc.flush();
-  res.imageEndOffset = (highest + 1) * cs;
-  return res;
+  for (let b = 0; b < table.length; b++) {
+    const off = table[b] ?? 0;
+    if (off === 0) continue;
+    const buf = new Uint8Array(cs);
+    const end = Math.min(st.counts.length, (b + 1) * per);
+    for (let i = b * per; i < end; i++) {
+      const c = st.counts[i]!;
+      if (c !== 0) rc.setIn(buf, i - b * per, Math.min(c, rc.maxRefcount));
+    }
+    await img.file.write(buf, off);
+  }
+  const raw = new Uint8Array(tableClusters * cs);
+  const v = new DataView(raw.buffer);
+  for (let i = 0; i < table.length; i++) setU64(v, i * 8, table[i] ?? 0);
+  await img.file.write(raw, tableOffset);
+  const hdr = new Uint8Array(12);
+  const hv = new DataView(hdr.buffer);
+  setU64(hv, 0, tableOffset);
+  hv.setUint32(8, tableClusters);
+  await img.file.write(hdr, 48);
+  img.header.refcountTableOffset = tableOffset;
+  img.header.refcountTableClusters = tableClusters;
+  st.fileLen = Math.max(st.fileLen, await img.file.size());
+  img.fileEnd = Math.max(img.fileEnd, st.fileLen);
+  await img.reloadRefcounts();
 }
 
 /** QEMU's compare_refcounts. */
@@ -289,6 +443,11 @@ async function compareRefcounts(
 async function checkCopied(img: Qcow2Image, res: CheckResult): Promise<void> {
   const rc = img.refcounts!;
   const cs = img.clusterSize;
+  const offsets: number[] = [];
+  for (const l2 of img.l1Off.subarray(0, img.l1Size)) {
+    if (l2 !== 0 && l2 % cs === 0 && l2 + cs <= img.fileEnd) offsets.push(l2);
+  }
+  const tables = new AheadReader(img, offsets);
   for (let i = 0; i < img.l1Size; i++) {
     const l2 = img.l1Off[i]!;
     if (l2 === 0 || l2 % cs !== 0) continue;
@@ -302,8 +461,7 @@ async function checkCopied(img: Qcow2Image, res: CheckResult): Promise<void> {
       res.corruptions++;
     }
     if (l2 + cs > img.fileEnd) continue;
-    const table = new Uint8Array(cs);
-    await img.file.read(table, l2);
+    const table = await tables.next(l2);
     const v = new DataView(table.buffer);
     for (let j = 0; j < img.l2Entries; j++) {
       const e = j * img.entryBytes;

@@ -8,7 +8,11 @@
  * headers to find its exact length first (the wasm build only offers one-shot decompression,
  * which wants the exact frame, and QEMU's frames carry no content size).
  */
+import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { availableParallelism } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
 import { deflateRaw, inflateRaw, constants as zc } from 'node:zlib';
 import { VdiskError } from '../../core/errors.js';
 
@@ -122,6 +126,75 @@ export async function decompressCluster(
 }
 
 /**
+ * A small pool of worker threads for zstd compression (the wasm build runs on the thread
+ * that calls it). Idle workers are unref'd: they never keep the process alive. Where the worker
+ * script is missing (tests running the TypeScript sources) compression runs inline.
+ */
+class ZstdPool {
+  private workers: Worker[] = [];
+  private pending = new Map<number, { resolve: (b: Uint8Array) => void; reject: (e: Error) => void }>();
+  private nextId = 1;
+  private rr = 0;
+  private failed = false;
+
+  static scriptPath(): string | null {
+    const p = fileURLToPath(new URL('./zstd-worker.js', import.meta.url));
+    return existsSync(p) ? p : null;
+  }
+
+  private start(): boolean {
+    if (this.workers.length > 0) return true;
+    const script = ZstdPool.scriptPath();
+    if (script === null || this.failed) return false;
+    // VDISK_ZSTD_THREADS: pool size (default 2: each worker holds its own wasm heap, and
+    // the RSS budget is 200 MiB); 0 compresses on the main thread.
+    const want = Number(process.env['VDISK_ZSTD_THREADS'] ?? 2);
+    if (!(want >= 1)) return false;
+    const n = Math.max(1, Math.min(want, availableParallelism()));
+    for (let i = 0; i < n; i++) {
+      const w = new Worker(script);
+      w.on('message', (m: { id?: number; out?: Uint8Array; error?: string }) => {
+        if (m.id === undefined) return;
+        const p = this.pending.get(m.id);
+        if (p === undefined) return;
+        this.pending.delete(m.id);
+        if (this.pending.size === 0) for (const x of this.workers) x.unref();
+        if (m.error !== undefined || m.out === undefined)
+          p.reject(new Error(m.error ?? 'zstd worker failed'));
+        else p.resolve(m.out);
+      });
+      w.on('error', (err) => this.fail(err));
+      // After the listeners (adding one refs the port again).
+      w.unref();
+      this.workers.push(w);
+    }
+    return true;
+  }
+
+  private fail(err: Error): void {
+    this.failed = true;
+    for (const p of this.pending.values()) p.reject(err);
+    this.pending.clear();
+    for (const w of this.workers) void w.terminate();
+    this.workers = [];
+  }
+
+  compress(data: Uint8Array, level: number): Promise<Uint8Array> | null {
+    if (!this.start()) return null;
+    const id = this.nextId++;
+    const w = this.workers[this.rr++ % this.workers.length]!;
+    // Workers hold the process alive only while they have work.
+    if (this.pending.size === 0) for (const x of this.workers) x.ref();
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      w.postMessage({ id, data, level });
+    });
+  }
+}
+
+const zstdPool = new ZstdPool();
+
+/**
  * Compress one cluster. Returns null when the result would not be smaller than the cluster
  * minus one byte (QEMU then writes the cluster uncompressed).
  */
@@ -132,8 +205,8 @@ export async function compressCluster(
 ): Promise<Uint8Array | null> {
   let out: Uint8Array;
   if (type === COMPRESSION_ZSTD) {
-    const z = await zstd();
-    out = z.compress(src, 3);
+    const viaPool = zstdPool.compress(src, 3);
+    out = viaPool !== null ? await viaPool : (await zstd()).compress(src, 3);
   } else {
     out = await new Promise<Buffer>((resolve, reject) => {
       deflateRaw(src, { windowBits: 12, level: 6, memLevel: 9 }, (err, data) =>

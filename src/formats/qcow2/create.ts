@@ -201,8 +201,8 @@ export async function createQcow2(
   let dataFile: HostFile | null = null;
   try {
     if (s.dataFile !== undefined) {
-      const { resolveRelative } = await import('../../chain/open.js');
-      dataFile = await HostFile.open(resolveRelative(req.path, s.dataFile), { create: true });
+      // Relative to the working directory, as qemu creates (and later opens) it.
+      dataFile = await HostFile.open(s.dataFile, { create: true });
       await dataFile.truncate(size);
       // QEMU's file driver writes the first block of a new file (allocate_first_block).
       if (size > 0) await dataFile.write(new Uint8Array(Math.min(size, 4096)), 0);
@@ -314,13 +314,14 @@ async function writeImage(
       const e = (firstIdx + i) * entryBytes;
       setU64(v, e, host);
       v.setUint32(e, v.getUint32(e) | 0x80000000);
-      if (s.extendedL2) v.setUint32(e + 12, 0xffffffff);
     }
     await rc.flush();
     await file.write(buf, l2);
     l1[l1i] = l2;
   };
 
+  // (With extended L2, preallocated clusters keep their subclusters unallocated, as qemu
+  // does: they read as zeros, or from the backing file.)
   if (s.preallocation === 'metadata' && nbData > 0) {
     // Per L2 table: the table, then its data clusters (qcow2's handle_alloc order).
     let endOfData = 0;
@@ -336,7 +337,6 @@ async function writeImage(
         const e = ((c + i) % l2Entries) * entryBytes;
         setU64(v, e, host + i * cs);
         v.setUint32(e, v.getUint32(e) | 0x80000000);
-        if (s.extendedL2) v.setUint32(e + 12, 0xffffffff);
       }
       await file.write(buf, l2);
       l1[l1i] = l2;

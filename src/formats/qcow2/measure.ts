@@ -1,6 +1,7 @@
 /** qemu-img measure for qcow2 (QEMU's qcow2_measure and qcow2_calc_prealloc_size). */
 import type { BlockDevice } from '../../core/device.js';
 import type { CreateOptions, MeasureResult } from '../../core/driver.js';
+import { VdiskError } from '../../core/errors.js';
 import { parseCreateOptions } from './create.js';
 import { refcountMetadataSize } from './refcount.js';
 
@@ -51,8 +52,13 @@ export async function measureQcow2(
       }
     }
   } else {
+    // A new, empty image: only metadata is required.
     virtualSize = Math.ceil(size / cs) * cs;
-    required = virtualSize;
+    required = 0;
+  }
+  const l2Tables = Math.ceil(virtualSize / cs / (cs / (s.extendedL2 ? 16 : 8)));
+  if (l2Tables * 8 > 32 * 1024 * 1024) {
+    throw new VdiskError('INVALID_ARGUMENT', 'The image size is too large (try using a larger cluster size)');
   }
   const full = preallocSize(virtualSize, cs, s.refcountOrder, s.extendedL2);
   return { required: full - virtualSize + required, fullyAllocated: full };

@@ -138,7 +138,12 @@ describe('qcow2 read path against qemu', () => {
         p,
         '8M',
       ]);
-      qemuIo(p, ['write -P 0x12 64k 192k', 'write -z 1M 64k', 'write -P 0x34 7M 4k'], 'qcow2');
+      // Guest cluster 0 sits at host offset 0 of the data file (told apart by the COPIED flag).
+      qemuIo(
+        p,
+        ['write -P 0x11 0 64k', 'write -P 0x12 64k 192k', 'write -z 1M 64k', 'write -P 0x34 7M 4k'],
+        'qcow2',
+      );
       await expect(openImage(p, { format: 'qcow2' })).rejects.toMatchObject({ code: 'NOT_ALLOWED' });
       const img = await openImage(p, { format: 'qcow2', allowDataFile: true });
       try {

@@ -4,11 +4,24 @@
  * `qemu-img check` with no errors and no leaks, and `qemu-img compare` finds them equal to a
  * raw file with the same writes applied.
  */
-import { closeSync, ftruncateSync, openSync, writeSync } from 'node:fs';
+
+import { spawnSync } from 'node:child_process';
+import {
+  closeSync,
+  existsSync,
+  ftruncateSync,
+  openSync,
+  readFileSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../chain/open.js';
 import { qemuImg, qemuImgOk, qemuIo, tempDir } from '../../test/oracle.js';
+
+const distOpen = fileURLToPath(new URL('../../../dist/chain/open.js', import.meta.url));
 
 let dir: string;
 let cleanup: () => void;
@@ -133,6 +146,66 @@ describe('qcow2 write path against qemu', () => {
     });
   }
 
+  it('keeps many writes in flight at once (sharing clusters and L2 tables) without losing any', async () => {
+    for (const opts of ['', 'extended_l2=on', 'cluster_size=4096,refcount_bits=2']) {
+      const p = join(dir, `concurrent-${opts.replace(/\W/g, '_')}.qcow2`);
+      const raw = join(dir, 'concurrent.raw');
+      const size = 32 << 20;
+      qemuImgOk(['create', '-f', 'qcow2', ...(opts ? ['-o', opts] : []), p, String(size)]);
+      const expected = Buffer.alloc(size);
+      const img = await openImage(p, { writable: true });
+      const rand = rng(42);
+      // Disjoint sector ranges, in a random order, many sharing a cluster with another.
+      const sectors = Array.from({ length: size / 512 / 64 }, (_, i) => i * 64 + Math.floor(rand() * 40));
+      for (let i = sectors.length - 1; i > 0; i--) {
+        const j = Math.floor(rand() * (i + 1));
+        [sectors[i], sectors[j]] = [sectors[j]!, sectors[i]!];
+      }
+      const ops = sectors.map((sec, i) => {
+        const len = 512 * (1 + (i % 24));
+        const b = Buffer.alloc(len, (i % 250) + 1);
+        b.copy(expected, sec * 512);
+        return img.writeAt(b, sec * 512);
+      });
+      await Promise.all(ops);
+      await img.close();
+      writeFileSync(raw, expected);
+      const check = qemuImg(['check', p]);
+      expect(check.code).toBe(0);
+      expect(qemuImg(['compare', '-f', 'qcow2', '-F', 'raw', p, raw]).code).toBe(0);
+    }
+  });
+
+  it('copies shared clusters and L2 tables on write when internal snapshots hold them', async () => {
+    for (const opts of ['', 'extended_l2=on', 'compat=0.10']) {
+      const p = join(dir, `snapshots-${opts.replace(/\W/g, '_')}.qcow2`);
+      qemuImgOk(['create', '-f', 'qcow2', ...(opts ? ['-o', opts] : []), p, '8M']);
+      qemuIo(p, ['write -P 1 0 2M', 'write -c -P 2 4M 64k'], 'qcow2');
+      qemuImgOk(['snapshot', '-c', 'before', p]);
+      const snapRaw = join(dir, 'snap-before.raw');
+      qemuImgOk(['convert', '-O', 'raw', p, snapRaw]);
+      const img = await openImage(p, { writable: true });
+      await img.writeAt(Buffer.alloc(4096, 9), 65536 + 512);
+      await img.writeAt(Buffer.alloc(3 << 20, 8), 1 << 20);
+      await img.writeZeroes(0, 65536, { unmap: true });
+      await img.discard(4 << 20, 65536);
+      await img.close();
+      const check = qemuImg(['check', p]);
+      expect(check.stdout + check.stderr).not.toMatch(/ERROR|Leaked/);
+      expect(check.code).toBe(0);
+      // The snapshot still reads as it was taken; the active layer has the new writes.
+      const after = join(dir, 'snap-after.raw');
+      qemuImgOk(['convert', '-l', 'snapshot.name=before', '-O', 'raw', p, after]);
+      expect(qemuImg(['compare', '-f', 'raw', '-F', 'raw', snapRaw, after]).code).toBe(0);
+      const out = qemuIo(
+        p,
+        ['read -P 0 0 64k', 'read -P 1 64k 512', 'read -P 9 66048 4k', 'read -P 8 1M 3M', 'read -P 0 4M 64k'],
+        'qcow2',
+      );
+      expect(out).not.toMatch(/fail|mismatch/i);
+    }
+  });
+
   it('writes an image with an external data file that qemu reads back', async () => {
     for (const rawFlag of [false, true]) {
       const p = join(dir, `df-${rawFlag}.qcow2`);
@@ -146,6 +219,7 @@ describe('qcow2 write path against qemu', () => {
         '4M',
       ]);
       const img = await openImage(p, { writable: true, allowDataFile: true });
+      await img.writeAt(Buffer.alloc(4096, 0x60), 0);
       await img.writeAt(Buffer.alloc(100_000, 0x61), 70_000);
       await img.writeZeroes(1 << 20, 128 << 10, { unmap: true });
       await img.writeAt(Buffer.alloc(4096, 0x62), 3 << 20);
@@ -153,11 +227,64 @@ describe('qcow2 write path against qemu', () => {
       expect(qemuImg(['check', p]).code).toBe(0);
       const out = qemuIo(
         p,
-        ['read -P 0x61 70000 100000', 'read -P 0 1M 128k', 'read -P 0x62 3M 4k'],
+        ['read -P 0x60 0 4k', 'read -P 0x61 70000 100000', 'read -P 0 1M 128k', 'read -P 0x62 3M 4k'],
         'qcow2',
       );
       expect(out).not.toMatch(/fail|mismatch/i);
     }
+  });
+
+  it.skipIf(!existsSync(distOpen))('compresses zstd clusters on worker threads (the built code)', () => {
+    const p = join(dir, 'zstd-pool.qcow2');
+    const raw = join(dir, 'zstd-pool.raw');
+    qemuImgOk(['create', '-f', 'qcow2', '-o', 'compression_type=zstd', p, '8M']);
+    const script = `
+      import { openImage } from ${JSON.stringify(distOpen)};
+      import { writeFileSync } from 'node:fs';
+      const img = await openImage(${JSON.stringify(p)}, { writable: true });
+      const all = Buffer.alloc(8 << 20);
+      await Promise.all(Array.from({ length: 100 }, (_, i) => {
+        const b = Buffer.alloc(65536, i + 1);
+        b.write('cluster ' + i, 1000);
+        b.copy(all, i * 65536);
+        return img.driver.writeCompressed(b, i * 65536);
+      }));
+      await img.close();
+      writeFileSync(${JSON.stringify(raw)}, all);
+    `;
+    const file = join(dir, 'zstd-pool.mjs');
+    writeFileSync(file, script);
+    const r = spawnSync(process.execPath, [file], {
+      encoding: 'utf8',
+      env: { ...process.env, VDISK_ZSTD_THREADS: '2' },
+    });
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(qemuImg(['check', p]).code).toBe(0);
+    const cmp = qemuImg(['compare', '-f', 'qcow2', '-F', 'raw', p, raw]);
+    expect(cmp.code).toBe(0);
+    const map = qemuImgOk(['check', '--output=json', p]);
+    expect((JSON.parse(map) as { 'compressed-clusters': number })['compressed-clusters']).toBe(100);
+  });
+
+  it('keeps header extensions and marks persistent bitmaps in use when it writes', async () => {
+    const p = join(dir, 'bitmaps.qcow2');
+    qemuImgOk(['create', '-f', 'qcow2', p, '64M']);
+    qemuImgOk(['bitmap', '--add', p, 'b0']);
+    qemuImgOk(['bitmap', '--add', '-g', '1M', p, 'b1']);
+    const img = await openImage(p, { writable: true });
+    await img.writeAt(Buffer.alloc(65536, 3), 1 << 20);
+    await img.close();
+    const check = qemuImg(['check', p]);
+    expect(check.stderr).toBe('');
+    expect(check.code).toBe(0);
+    const info = JSON.parse(qemuImgOk(['info', '--output=json', p])) as {
+      'format-specific': { data: { bitmaps: Array<{ name: string; flags: string[] }> } };
+    };
+    expect(info['format-specific'].data.bitmaps.map((b) => [b.name, b.flags])).toEqual([
+      ['b0', ['in-use', 'auto']],
+      ['b1', ['in-use', 'auto']],
+    ]);
   });
 
   it('refuses to write a corrupt image and opens read-only images read-only', async () => {
@@ -166,5 +293,14 @@ describe('qcow2 write path against qemu', () => {
     const img = await openImage(p);
     await expect(img.writeAt(Buffer.alloc(512), 0)).rejects.toMatchObject({ code: 'READ_ONLY' });
     await img.close();
+    const b = readFileSync(p);
+    b[79] = b[79]! | 2; // the corrupt bit
+    writeFileSync(p, b);
+    await expect(openImage(p, { writable: true })).rejects.toMatchObject({
+      code: 'CORRUPT_IMAGE',
+      message: expect.stringContaining('Image is corrupt; cannot be opened read/write'),
+    });
+    const ro = await openImage(p);
+    await ro.close();
   });
 });
