@@ -16,6 +16,7 @@ export const VERSION = '0.1.0';
 
 const commands: Record<string, () => Promise<CliCommand>> = {
   compare: async () => (await import('./cmd/compare.js')).default,
+  check: async () => (await import('./cmd/check.js')).default,
   convert: async () => (await import('./cmd/convert.js')).default,
   create: async () => (await import('./cmd/create.js')).default,
   dd: async () => (await import('./cmd/dd.js')).default,

@@ -3,6 +3,7 @@ import { openImage, resolveRelative } from '../chain/open.js';
 import type { CreateOptionSpec, CreateRequest, FormatDriver } from '../core/driver.js';
 import { VdiskError } from '../core/errors.js';
 import { getDriver } from '../core/formats.js';
+import { parseBoolOption } from '../core/options.js';
 import { parseImageSize, parseSize } from '../core/size.js';
 import { registerBuiltinFormats } from '../formats/index.js';
 
@@ -17,6 +18,9 @@ export interface CreateCommandOptions {
   backingFormat?: string | undefined;
   /** -u: do not open the backing file. */
   unsafe?: boolean;
+  /** Called with the "Formatting …" line before the image is written (qemu-img prints it
+   * first, then any error the format driver reports). */
+  onFormatting?: (line: string) => void;
 }
 
 export interface CreateCommandResult {
@@ -34,27 +38,19 @@ export interface PreparedCreate {
   size: number;
 }
 
-/**
- * `create`. The "Formatting" line goes to `onFormatLine` just before the image is created,
- * as qemu-img prints it (after the options and the backing file were checked); errors from
- * the driver's create are prefixed with the file name, as qemu-img does.
- */
-export async function createCommand(
-  o: CreateCommandOptions,
-  onFormatLine?: (line: string) => void,
-): Promise<CreateCommandResult> {
-  const p = await prepareCreate(o);
-  onFormatLine?.(p.formatLine);
+export async function createCommand(o: CreateCommandOptions): Promise<CreateCommandResult> {
+  const { driver, request, formatLine, size } = await prepareCreate(o);
+  o.onFormatting?.(formatLine);
   try {
-    await p.driver.create!(p.request);
+    await driver.create!(request);
   } catch (err) {
-    // qemu-img prefixes creation errors with the file name (some drivers already do).
-    if (err instanceof VdiskError && !err.message.startsWith(`${o.filename}: `)) {
+    // qemu-img names the image in front of every error of the format driver.
+    if (err instanceof VdiskError) {
       throw new VdiskError(err.code, `${o.filename}: ${err.message}`, { path: o.filename, cause: err });
     }
     throw err;
   }
-  return { formatLine: p.formatLine, size: p.size };
+  return { formatLine, size };
 }
 
 /** Check a create request (format, options, backing, size) without creating anything. */
@@ -69,6 +65,32 @@ export async function prepareCreate(o: CreateCommandOptions): Promise<PreparedCr
   const known = new Set(specs.map((s) => s.name));
   for (const k of Object.keys(options)) {
     if (!known.has(k)) throw new VdiskError('INVALID_ARGUMENT', `Invalid parameter '${k}'`);
+  }
+  // Typed options are checked (and sizes and booleans normalized) before anything is
+  // printed, as QemuOpts parsing does.
+  for (const spec of specs) {
+    const v = options[spec.name];
+    if (v === undefined || spec.name === 'size') continue;
+    const prefix = (e: unknown) =>
+      new VdiskError('INVALID_ARGUMENT', `${o.filename}: ${(e as Error).message}`, { cause: e });
+    if (spec.type === 'bool') {
+      try {
+        options[spec.name] = parseBoolOption(spec.name, v) ? 'on' : 'off';
+      } catch (e) {
+        throw prefix(e);
+      }
+    } else if (spec.type === 'size') {
+      const n = parseSize(v);
+      if (n === null) {
+        throw new VdiskError(
+          'INVALID_ARGUMENT',
+          `${o.filename}: Parameter '${spec.name}' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.`,
+        );
+      }
+      options[spec.name] = String(n);
+    } else if (spec.type === 'number' && !/^\s*\d+\s*$/.test(v)) {
+      throw new VdiskError('INVALID_ARGUMENT', `${o.filename}: Parameter '${spec.name}' expects a number`);
+    }
   }
   const backingFile = o.backingFile ?? options['backing_file'];
   const backingFormat = o.backingFormat ?? options['backing_fmt'];

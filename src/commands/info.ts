@@ -64,8 +64,10 @@ export async function imageInfo(image: Image, filename: string): Promise<ImageIn
   };
   const actual = await d.actualSize().catch(() => undefined);
   if (actual !== undefined) info['actual-size'] = actual;
-  if (d.clusterSize !== undefined) info['cluster-size'] = d.clusterSize;
-  info['dirty-flag'] = d.dirty === true;
+  if (d.hasInfo !== false) {
+    if (d.clusterSize !== undefined) info['cluster-size'] = d.clusterSize;
+    info['dirty-flag'] = d.dirty === true;
+  }
   if (d.backing !== undefined) {
     info['backing-filename'] = d.backing.filename;
     info['full-backing-filename'] = resolveRelative(filename, d.backing.filename);

@@ -97,6 +97,11 @@ export interface FormatImage {
   formatSpecific?(): FormatSpecific | undefined;
   check?(repair: 'none' | 'leaks' | 'all'): Promise<CheckResult>;
   snapshots?(): SnapshotInfo[];
+  /**
+   * False for formats whose QEMU driver has no get_info (bochs, cloop, dmg): qemu-img info then
+   * prints neither cluster size nor dirty flag.
+   */
+  readonly hasInfo?: boolean;
   /** Is the image marked dirty (e.g. lazy refcounts, need-check)? */
   readonly dirty?: boolean;
   /**

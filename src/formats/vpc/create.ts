@@ -77,6 +77,8 @@ export async function createVpc(req: CreateRequest, identity?: VpcCreateIdentity
       await file.write(new Uint8Array(batBytes).fill(0xff), 3 * 512);
       await file.write(footer, 3 * 512 + batBytes);
     }
+    // qemu-img flushes the new image when it closes it (and `disk size` then agrees).
+    await file.flush();
   } finally {
     await file.close();
   }

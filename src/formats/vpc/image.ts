@@ -99,7 +99,17 @@ export class VpcImage implements FormatImage {
             hostOffset: offset,
             file: this.file.path,
           }
-        : { offset, length: first.length, allocated: true, zero: true, data: false };
+        : // QEMU passes a fixed VHD's status down to the file (BDRV_BLOCK_RECURSE): a hole is
+          // reported as zero data at its offset.
+          {
+            offset,
+            length: first.length,
+            allocated: true,
+            zero: true,
+            data: true,
+            hostOffset: offset,
+            file: this.file.path,
+          };
     }
     const host = this.hostOffset(offset);
     const inBlock = this.blockSize - (offset % this.blockSize);
@@ -117,8 +127,8 @@ export class VpcImage implements FormatImage {
     }
     let n = Math.min(length, inBlock);
     while (n < length && this.hostOffset(offset + n) < 0) n = Math.min(length, n + this.blockSize);
-    // QEMU's vpc reports unallocated blocks as ZERO, which its block layer counts as allocated
-    // (a VHD has no backing file): qemu-img map shows them "present".
+    // QEMU's generic layer counts a range the driver reports as zero as allocated in this
+    // layer (a VHD has no backing file in QEMU 7.2), so qemu-img map shows it present.
     return { offset, length: n, allocated: true, zero: true, data: false };
   }
 

@@ -376,3 +376,24 @@ describe('vpc hostile input', () => {
     });
   }
 });
+
+describe('vpc map and compare against qemu-img', () => {
+  it('maps dynamic and fixed images as qemu-img map does', async () => {
+    for (const opts of ['subformat=dynamic', 'subformat=fixed']) {
+      const p = join(dir, 'm.vhd');
+      qemuImgOk(['create', '-q', '-f', 'vpc', '-o', opts, p, '20M']);
+      qemuIo(p, ['write -P 0x11 0 64k', 'write -P 0x22 5M 3M', 'write -z 12M 1M'], 'vpc');
+      for (const out of ['--output=json', '--output=human']) {
+        const q = qemuImgOk(['map', '-f', 'vpc', out, p]);
+        const v = await vdisk(['map', '-f', 'vpc', out, p]);
+        expect(v.stdout).toBe(q);
+      }
+      const other = join(dir, 'o.vhd');
+      qemuImgOk(['convert', '-f', 'vpc', '-O', 'vpc', p, other]);
+      const q = qemuImg(['compare', '-f', 'vpc', '-F', 'vpc', p, other]);
+      const v = await vdisk(['compare', '-f', 'vpc', '-F', 'vpc', p, other]);
+      expect(v.stdout).toBe(q.stdout);
+      expect(v.code).toBe(q.code);
+    }
+  });
+});
