@@ -51,9 +51,11 @@ export async function measureQcow2(
       }
     }
   } else {
+    // Without an input image the new image holds no data (measured against qemu-img 7.2).
     virtualSize = Math.ceil(size / cs) * cs;
-    required = virtualSize;
   }
+  // Preallocated data counts in full.
+  if (s.preallocation === 'full' || s.preallocation === 'falloc') required = virtualSize;
   const full = preallocSize(virtualSize, cs, s.refcountOrder, s.extendedL2);
   return { required: full - virtualSize + required, fullyAllocated: full };
 }
