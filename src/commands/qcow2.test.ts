@@ -184,6 +184,40 @@ describe('convert with qcow2', () => {
       'o.qcow2',
       'qcow2',
     ));
+  it('-c over several sources (a cluster spans two of them)', async () => {
+    const odd = join(dir, 'odd1000.raw');
+    if (!existsSync(odd)) {
+      qemuImgOk(['create', '-f', 'raw', odd, '1k']);
+      qemuIo(odd, ['write -P 0x31 0 1k'], 'raw');
+    }
+    await convertBoth(
+      ['-c', '-p', '-O', 'qcow2', 'odd1000.raw', 'c.qcow2', 'odd1000.raw', 'flat.raw', 'OUT'],
+      'o.qcow2',
+      'qcow2',
+    );
+  });
+  it('-c -n into an empty qcow2', async () => {
+    n++;
+    const q = join(dir, `q${n}`);
+    const v = join(dir, `v${n}`);
+    for (const d of [q, v]) {
+      mkdirSync(d);
+      qemuImgOk(['create', '-f', 'qcow2', join(d, 'o.qcow2'), '48M']);
+    }
+    const { qemu } = await runBoth(
+      ['convert', '-c', '-n', '-O', 'qcow2', 'a.qcow2', join(q, 'o.qcow2')],
+      dir,
+    );
+    const { ours } = await runBoth(
+      ['convert', '-c', '-n', '-O', 'qcow2', 'a.qcow2', join(v, 'o.qcow2')],
+      dir,
+    );
+    expect(ours).toEqual(qemu);
+    expect(qemuImg(['compare', join(v, 'o.qcow2'), join(q, 'o.qcow2')], dir).stdout).toBe(
+      'Images are identical.\n',
+    );
+    expect(qemuImg(['check', join(v, 'o.qcow2')]).code).toBe(0);
+  });
   it('-l by name', () => convertBoth(['-l', 'one', 'snap.qcow2', 'OUT'], 'o.raw', 'raw'));
   it('-l by id', () => convertBoth(['-O', 'qcow2', '-l', '2', 'snap.qcow2', 'OUT'], 'o.qcow2', 'qcow2'));
   it('-l snapshot.name=', () =>
