@@ -2,7 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, linkSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { qemuImg, qemuImgOk, qemuIo, sha256, tempDir } from '../test/oracle.js';
+import { qemuImg, qemuImgOk, qemuIo, sha256, tempDir, vdisk } from '../test/oracle.js';
 import { runBoth } from '../test/same.js';
 
 let dir: string;
@@ -188,4 +188,27 @@ describe('convert errors against qemu-img', () => {
       expect(existsSync(join(v, 'out.img'))).toBe(existsSync(join(q, 'out.img')));
     });
   }
+});
+
+describe('--progress=json (a vdisk extension)', () => {
+  it('prints one JSON object per update, rising to 100, and nothing else', async () => {
+    const { v } = twoDirs(['mixed.img']);
+    const ours = await vdisk(['convert', '--progress=json', 'mixed.img', 'out.img'], v);
+    expect(ours.code).toBe(0);
+    expect(ours.stderr).toBe('');
+    const values = ours.stdout
+      .trim()
+      .split('\n')
+      .map((l) => (JSON.parse(l) as { progress: number }).progress);
+    expect(values[0]).toBe(0);
+    expect(values[values.length - 1]).toBe(100);
+    expect(values.length).toBeGreaterThan(3);
+    for (let i = 1; i < values.length; i++) expect(values[i]!).toBeGreaterThanOrEqual(values[i - 1]!);
+  });
+  it('compare reports the same way', async () => {
+    const ours = await vdisk(['compare', '--progress=json', 'mixed.img', 'mixed.img'], dir);
+    const lines = ours.stdout.trim().split('\n');
+    expect(lines[lines.length - 1]).toBe('Images are identical.');
+    for (const l of lines.slice(0, -1)) expect(l).toMatch(/^\{"progress": \d+\.\d\d\}$/);
+  });
 });

@@ -225,7 +225,9 @@ export async function convertCommand(o: ConvertOptions): Promise<void> {
       hasZeroInit: o.targetIsZero === true || (!skipCreate && minSparse > 0 && !targetHasBacking),
       // Ranges past the end of the new backing file read as zeros there already.
       targetBackingSize:
-        targetHasBacking && !skipCreate && target.backing !== null ? target.backing.size : -1,
+        targetHasBacking && !skipCreate && target.backing !== null
+          ? roundUp(target.backing.size, SECTOR)
+          : -1,
       alignment: Math.max(pow2floor(minSparse / SECTOR), Math.ceil(target.driver.alignment / SECTOR)),
       onProgress: o.onProgress,
     });

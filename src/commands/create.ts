@@ -35,27 +35,19 @@ export interface PreparedCreate {
   size: number;
 }
 
-/**
- * `create`. The "Formatting" line goes to `onFormatLine` just before the image is created,
- * as qemu-img prints it (after the options and the backing file were checked); errors from
- * the driver's create are prefixed with the file name, as qemu-img does.
- */
-export async function createCommand(
-  o: CreateCommandOptions,
-  onFormatLine?: (line: string) => void,
-): Promise<CreateCommandResult> {
-  const p = await prepareCreate(o);
-  onFormatLine?.(p.formatLine);
+export async function createCommand(o: CreateCommandOptions): Promise<CreateCommandResult> {
+  const { driver, request, formatLine, size } = await prepareCreate(o);
+  o.onFormatting?.(formatLine);
   try {
-    await p.driver.create!(p.request);
+    await driver.create!(request);
   } catch (err) {
-    // qemu-img prefixes creation errors with the file name (some drivers already do).
-    if (err instanceof VdiskError && !err.message.startsWith(`${o.filename}: `)) {
+    // qemu-img names the image in front of every error of the format driver.
+    if (err instanceof VdiskError) {
       throw new VdiskError(err.code, `${o.filename}: ${err.message}`, { path: o.filename, cause: err });
     }
     throw err;
   }
-  return { formatLine: p.formatLine, size: p.size };
+  return { formatLine, size };
 }
 
 /** Check a create request (format, options, backing, size) without creating anything. */

@@ -69,7 +69,22 @@ export async function measureCommand(o: MeasureOptions): Promise<MeasureResult> 
     const input = snapshot ?? source;
     if (o.size !== undefined) options['size'] = String(o.size);
     const size = o.size ?? input?.size ?? 0;
-    return await driver.measure(size, options, input ?? undefined);
+    const res = await driver.measure(size, options, input ?? undefined);
+    // qemu-img adds "bitmaps size" when both the source and the new image could hold
+    // persistent bitmaps (qcow2 v3 on both sides); vdisk copies no bitmaps, so it is the size
+    // of the source's bitmaps to copy, 0 unless the source has some.
+    if (
+      res.bitmaps === undefined &&
+      outFmt === 'qcow2' &&
+      !['0.10', 'v2'].includes(options['compat'] ?? '')
+    ) {
+      const d = input?.driver;
+      if (d?.format === 'qcow2' && (d as { version?: number }).version === 3) {
+        const fs = d.formatSpecific?.()?.data;
+        if (fs?.['bitmaps'] === undefined) return { ...res, bitmaps: 0 };
+      }
+    }
+    return res;
   } finally {
     if (snapshot !== null) await snapshot.driver.close().catch(() => {});
     if (source !== null) await source.close().catch(() => {});

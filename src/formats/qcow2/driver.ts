@@ -12,5 +12,6 @@ export const qcow2Driver: FormatDriver = {
   create: (req) => createQcow2(req),
   createOptions: QCOW2_CREATE_OPTIONS,
   supportsBacking: true,
+  compressedWrites: true,
   measure: measureQcow2,
 };

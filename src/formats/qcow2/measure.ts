@@ -52,14 +52,15 @@ export async function measureQcow2(
       }
     }
   } else {
-    // A new, empty image: only metadata is required.
+    // Without an input image the new image holds no data (measured against qemu-img 7.2).
     virtualSize = Math.ceil(size / cs) * cs;
-    required = 0;
   }
   const l2Tables = Math.ceil(virtualSize / cs / (cs / (s.extendedL2 ? 16 : 8)));
   if (l2Tables * 8 > 32 * 1024 * 1024) {
     throw new VdiskError('INVALID_ARGUMENT', 'The image size is too large (try using a larger cluster size)');
   }
+  // Preallocated data counts in full.
+  if (s.preallocation === 'full' || s.preallocation === 'falloc') required = virtualSize;
   const full = preallocSize(virtualSize, cs, s.refcountOrder, s.extendedL2);
   return { required: full - virtualSize + required, fullyAllocated: full };
 }
