@@ -1,8 +1,9 @@
 /** `create`: make a new image of a format, optionally on a backing file. */
 import { openImage, resolveRelative } from '../chain/open.js';
-import type { CreateOptionSpec } from '../core/driver.js';
+import type { CreateOptionSpec, CreateRequest, FormatDriver } from '../core/driver.js';
 import { VdiskError } from '../core/errors.js';
 import { getDriver } from '../core/formats.js';
+import { parseBoolOption } from '../core/options.js';
 import { parseImageSize, parseSize } from '../core/size.js';
 import { registerBuiltinFormats } from '../formats/index.js';
 
@@ -25,7 +26,40 @@ export interface CreateCommandResult {
   size: number;
 }
 
-export async function createCommand(o: CreateCommandOptions): Promise<CreateCommandResult> {
+/** A create request checked and ready: what convert and dd reuse before creating a target. */
+export interface PreparedCreate {
+  driver: FormatDriver;
+  request: CreateRequest;
+  /** qemu-img's "Formatting '…', fmt=… …" line, without the newline. */
+  formatLine: string;
+  size: number;
+}
+
+/**
+ * `create`. The "Formatting" line goes to `onFormatLine` just before the image is created,
+ * as qemu-img prints it (after the options and the backing file were checked); errors from
+ * the driver's create are prefixed with the file name, as qemu-img does.
+ */
+export async function createCommand(
+  o: CreateCommandOptions,
+  onFormatLine?: (line: string) => void,
+): Promise<CreateCommandResult> {
+  const p = await prepareCreate(o);
+  onFormatLine?.(p.formatLine);
+  try {
+    await p.driver.create!(p.request);
+  } catch (err) {
+    // qemu-img prefixes creation errors with the file name (some drivers already do).
+    if (err instanceof VdiskError && !err.message.startsWith(`${o.filename}: `)) {
+      throw new VdiskError(err.code, `${o.filename}: ${err.message}`, { path: o.filename, cause: err });
+    }
+    throw err;
+  }
+  return { formatLine: p.formatLine, size: p.size };
+}
+
+/** Check a create request (format, options, backing, size) without creating anything. */
+export async function prepareCreate(o: CreateCommandOptions): Promise<PreparedCreate> {
   registerBuiltinFormats();
   const driver = await getDriver(o.format);
   if (driver.create === undefined) {
@@ -36,6 +70,32 @@ export async function createCommand(o: CreateCommandOptions): Promise<CreateComm
   const known = new Set(specs.map((s) => s.name));
   for (const k of Object.keys(options)) {
     if (!known.has(k)) throw new VdiskError('INVALID_ARGUMENT', `Invalid parameter '${k}'`);
+  }
+  // Typed options are checked (and sizes and booleans normalized) before anything is
+  // printed, as QemuOpts parsing does.
+  for (const spec of specs) {
+    const v = options[spec.name];
+    if (v === undefined || spec.name === 'size') continue;
+    const prefix = (e: unknown) =>
+      new VdiskError('INVALID_ARGUMENT', `${o.filename}: ${(e as Error).message}`, { cause: e });
+    if (spec.type === 'bool') {
+      try {
+        options[spec.name] = parseBoolOption(spec.name, v) ? 'on' : 'off';
+      } catch (e) {
+        throw prefix(e);
+      }
+    } else if (spec.type === 'size') {
+      const n = parseSize(v);
+      if (n === null) {
+        throw new VdiskError(
+          'INVALID_ARGUMENT',
+          `${o.filename}: Parameter '${spec.name}' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.`,
+        );
+      }
+      options[spec.name] = String(n);
+    } else if (spec.type === 'number' && !/^\s*\d+\s*$/.test(v)) {
+      throw new VdiskError('INVALID_ARGUMENT', `${o.filename}: Parameter '${spec.name}' expects a number`);
+    }
   }
   const backingFile = o.backingFile ?? options['backing_file'];
   const backingFormat = o.backingFormat ?? options['backing_fmt'];
@@ -78,12 +138,9 @@ export async function createCommand(o: CreateCommandOptions): Promise<CreateComm
     throw new VdiskError('INVALID_ARGUMENT', `${o.filename}: Image creation needs a size parameter`);
   options['size'] = String(size);
   const formatLine = `Formatting '${o.filename}', fmt=${o.format}${formatOptions(specs, options)}`;
-  const req = { path: o.filename, size, options: withoutGeneric(options) } as const;
-  await driver.create({
-    ...req,
-    ...(backingFile !== undefined ? { backing: { filename: backingFile, format: backingFormat } } : {}),
-  });
-  return { formatLine, size };
+  const request: CreateRequest = { path: o.filename, size, options: withoutGeneric(options) };
+  if (backingFile !== undefined) request.backing = { filename: backingFile, format: backingFormat };
+  return { driver, request, formatLine, size };
 }
 
 function withoutGeneric(options: Record<string, string>): Record<string, string> {

@@ -135,6 +135,8 @@ export interface MeasureResult {
   required: number;
   /** Bytes it would need fully allocated. */
   fullyAllocated: number;
+  /** Bytes for persistent bitmaps copied from the source (qemu-img prints it when set). */
+  bitmaps?: number;
 }
 
 /** A value given to create with -o. */
@@ -169,6 +171,11 @@ export interface FormatDriver {
   readonly createOptions?: readonly CreateOptionSpec[];
   /** Does this format store a backing file reference? */
   readonly supportsBacking?: boolean;
+  /**
+   * Images of this format implement writeCompressed (qemu's block_driver_can_compress).
+   * convert -c checks it before creating the target, as qemu-img does.
+   */
+  readonly compressedWrites?: boolean;
   /**
    * qemu-img measure: the size of an image of this format with these options holding `size`
    * bytes of virtual disk, or the content of `source` when given.

@@ -166,6 +166,34 @@ export class HostFile {
     }
   }
 
+  /** Write several buffers back to back at offset (one pwritev where the host allows). */
+  async writev(bufs: Uint8Array[], offset: number): Promise<void> {
+    if (bufs.length === 1) return this.write(bufs[0]!, offset);
+    if (!this.writable)
+      throw new VdiskError('READ_ONLY', `'${this.path}' is open read-only`, { path: this.path });
+    let written: number;
+    try {
+      ({ bytesWritten: written } = await this.handle.writev(bufs, offset));
+    } catch (err) {
+      throw fromHostError(err, {
+        path: this.path,
+        offset,
+        op: 'write',
+        message: `Could not write '${this.path}' at offset ${offset}: ${(err as Error).message}`,
+      });
+    }
+    // A short vectored write: finish buffer by buffer.
+    let pos = 0;
+    for (const b of bufs) {
+      const end = pos + b.length;
+      if (written < end) {
+        const skip = Math.max(0, written - pos);
+        await this.write(b.subarray(skip), offset + pos + skip);
+      }
+      pos = end;
+    }
+  }
+
   async truncate(length: number): Promise<void> {
     try {
       await this.handle.truncate(length);

@@ -7,6 +7,7 @@ import { registerFormat } from '../core/formats.js';
 import { probeBochs } from './bochs/probe.js';
 import { probeCloop } from './cloop/probe.js';
 import { probeQcow } from './qcow/probe.js';
+import { probeQcow2 } from './qcow2/probe.js';
 import { probeQed } from './qed/probe.js';
 import { probeVdi } from './vdi/probe.js';
 import { probeVhdx } from './vhdx/probe.js';
@@ -21,6 +22,7 @@ const FORMATS: Array<[string, Probe | undefined, Loader]> = [
   ['cloop', probeCloop, async () => (await import('./cloop/driver.js')).cloopDriver],
   ['raw', undefined, async () => (await import('./raw/driver.js')).rawDriver],
   ['qcow', probeQcow, async () => (await import('./qcow/driver.js')).qcowDriver],
+  ['qcow2', probeQcow2, async () => (await import('./qcow2/driver.js')).qcow2Driver],
   ['qed', probeQed, async () => (await import('./qed/driver.js')).qedDriver],
   ['vdi', probeVdi, async () => (await import('./vdi/driver.js')).vdiDriver],
   ['vhdx', probeVhdx, async () => (await import('./vhdx/driver.js')).vhdxDriver],

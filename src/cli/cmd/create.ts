@@ -39,15 +39,16 @@ const command: CliCommand = {
     }
     const options = mergeOptionStrings(optionStrings);
     if ('help' in options || '?' in options) {
-      await printOptionHelp(io, format);
+      await printOptionHelp(io, format, args[0] !== undefined);
       return 0;
     }
     const filename = args[0];
     if (filename === undefined) throw new VdiskError('INVALID_ARGUMENT', 'Expecting image file name');
     if (args.length > 2) throw new VdiskError('INVALID_ARGUMENT', `Unexpected argument: ${args[2]}`);
     const size = args[1] !== undefined ? parseImageSize(args[1]) : undefined;
-    const res = await createCommand({ filename, format, size, options, backingFile, backingFormat, unsafe });
-    if (!quiet) io.out(`${res.formatLine}\n`);
+    await createCommand({ filename, format, size, options, backingFile, backingFormat, unsafe }, (line) => {
+      if (!quiet) io.out(`${line}\n`);
+    });
     return 0;
   },
 };
