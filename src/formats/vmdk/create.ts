@@ -129,9 +129,19 @@ export async function createVmdk(req: CreateRequest): Promise<void> {
 
 /** The parent's CID (the backing file must be a vmdk image, as QEMU requires). */
 async function parentCidOf(path: string, backing: string): Promise<number> {
-  const { openImage, resolveRelative } = await import('../../chain/open.js');
+  const { openImage } = await import('../../chain/open.js');
   const { VmdkImage } = await import('./image.js');
-  const img = await openImage(resolveRelative(path, backing), { backing: 'ignore', forceShare: true });
+  // QEMU names the parent relative to the new image's directory, as the path was given.
+  const slash = path.lastIndexOf('/');
+  const full = backing.startsWith('/') || slash < 0 ? backing : path.slice(0, slash + 1) + backing;
+  const img = await openImage(full, { backing: 'ignore', forceShare: true }).catch((err: unknown) => {
+    // openImage words it "Could not open 'x': <reason>"; the reason already names the file.
+    const inner = err instanceof VdiskError && err.cause instanceof VdiskError ? err.cause : err;
+    const msg = inner instanceof Error ? inner.message : String(inner);
+    throw new VdiskError(inner instanceof VdiskError ? inner.code : 'ENOENT', `${path}: ${msg}`, {
+      cause: err,
+    });
+  });
   try {
     if (!(img.driver instanceof VmdkImage)) {
       throw new VdiskError(

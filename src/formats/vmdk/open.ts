@@ -14,6 +14,7 @@ import type { VmdkExtent } from './extent.js';
 import { FlatExtent } from './flat.js';
 import { decodeCowd, decodeFooter, decodeVmdk4, SECTOR, type SparseHeader } from './header.js';
 import { VmdkImage } from './image.js';
+import { SeSparseExtent } from './sesparse.js';
 import { SparseExtent } from './sparse.js';
 
 /** createType values QEMU accepts in a descriptor file (vmdk_open_desc_file). */
@@ -143,7 +144,6 @@ async function openExtents(
       throw new VdiskError('UNSUPPORTED', `Unsupported extent type '${t}'`);
     }
     if (line.filename === undefined || line.filename === '' || line.sectors <= 0) throw invalid();
-    if (t === 'SESPARSE') throw new VdiskError('UNSUPPORTED', `Unsupported extent type '${t}' (seSparse)`);
     if (opts.openExtentFile === undefined) {
       throw new VdiskError(
         'NOT_ALLOWED',
@@ -160,6 +160,8 @@ async function openExtents(
     let extent: VmdkExtent;
     if (t === 'FLAT' || t === 'VMFS') {
       extent = new FlatExtent(f, start, line.sectors * SECTOR, (line.offset ?? 0) * SECTOR, t, name);
+    } else if (t === 'SESPARSE') {
+      extent = await SeSparseExtent.open(f, await f.size(), start, opts.writable, name);
     } else {
       const size = await f.size();
       if (size < 4) throw new VdiskError('INVALID_IMAGE', 'File is too small, not a valid image');

@@ -29,8 +29,12 @@ const MAX_GD_ENTRIES = 32 * 1024 * 1024;
 /** GT entries are 32-bit sector numbers. */
 const MAX_SECTOR = 0xffffffff;
 const MARKER_BYTES = 12;
+/** Grain tables read at once when they follow each other on disk. */
+const READ_AHEAD_TABLES = 64;
 
 type GrainState = { kind: 'unallocated' } | { kind: 'zero' } | { kind: 'data'; sector: number };
+const UNALLOCATED: GrainState = { kind: 'unallocated' };
+const ZEROED: GrainState = { kind: 'zero' };
 
 interface CachedGt {
   table: Uint32Array;
@@ -170,14 +174,39 @@ export class SparseExtent implements VmdkExtent {
           { path: this.file.path, offset: sector * SECTOR },
         );
       }
-      const raw = new Uint8Array(this.gtBytes());
+      // Read ahead over the following tables when they lie right after this one (QEMU lays
+      // them out so): one read instead of one per 32 MiB of disk.
+      const stride = Math.ceil(this.gtBytes() / SECTOR);
+      let n = 1;
+      while (
+        n < READ_AHEAD_TABLES &&
+        l1 + n < this.gd.length &&
+        this.gd[l1 + n] === sector + n * stride &&
+        !this.cache.has(l1 + n) &&
+        !this.loading.has(l1 + n) &&
+        (sector + (n + 1) * stride) * SECTOR <= this.fileSize
+      ) {
+        n++;
+      }
+      const raw = new Uint8Array(n * stride * SECTOR);
       await this.file.read(raw, sector * SECTOR);
       const v = new DataView(raw.buffer);
-      const table = new Uint32Array(this.gtEntries);
-      for (let i = 0; i < table.length; i++) table[i] = v.getUint32(i * 4, true);
-      this.cache.set(l1, { table, pins: 0 });
+      let mine: Uint32Array | undefined;
+      for (let t = 0; t < n; t++) {
+        // A table that reached the cache meanwhile (and may hold newer entries) wins.
+        const existing = this.cache.get(l1 + t);
+        if (existing !== undefined) {
+          if (t === 0) mine = existing.table;
+          continue;
+        }
+        const table = new Uint32Array(this.gtEntries);
+        const base = t * stride * SECTOR;
+        for (let i = 0; i < table.length; i++) table[i] = v.getUint32(base + i * 4, true);
+        this.cache.set(l1 + t, { table, pins: 0 });
+        if (t === 0) mine = table;
+      }
       this.evict();
-      return table;
+      return mine!;
     })();
     this.loading.set(l1, p);
     try {
@@ -195,6 +224,19 @@ export class SparseExtent implements VmdkExtent {
     }
   }
 
+  /** State of grain `g` when it is known without I/O (table cached or absent). */
+  private peek(g: number): GrainState | undefined {
+    const l1 = Math.floor(g / this.gtEntries);
+    if (l1 >= this.gd.length) return undefined;
+    if (this.gd[l1] === 0) return UNALLOCATED;
+    const cached = this.cache.get(l1);
+    if (cached === undefined) return undefined;
+    const e = cached.table[g % this.gtEntries]!;
+    if (e === 0) return UNALLOCATED;
+    if (this.zeroGrain && e === GTE_ZEROED) return ZEROED;
+    return { kind: 'data', sector: e };
+  }
+
   /** State of grain `g` (index within the extent). */
   private async lookup(g: number): Promise<GrainState> {
     const l1 = Math.floor(g / this.gtEntries);
@@ -204,11 +246,11 @@ export class SparseExtent implements VmdkExtent {
       });
     }
     const gtSector = this.gd[l1]!;
-    if (gtSector === 0) return { kind: 'unallocated' };
+    if (gtSector === 0) return UNALLOCATED;
     const table = await this.loadGt(l1, gtSector);
     const e = table[g % this.gtEntries]!;
-    if (e === 0) return { kind: 'unallocated' };
-    if (this.zeroGrain && e === GTE_ZEROED) return { kind: 'zero' };
+    if (e === 0) return UNALLOCATED;
+    if (this.zeroGrain && e === GTE_ZEROED) return ZEROED;
     return { kind: 'data', sector: e };
   }
 
@@ -234,16 +276,24 @@ export class SparseExtent implements VmdkExtent {
 
   async status(offset: number, length: number): Promise<Extent> {
     const gs = this.grainSize;
+    const per = this.gtEntries;
     let g = Math.floor(offset / gs);
     const end = offset + length;
     const first = await this.lookup(g);
     const firstHost = first.kind === 'data' ? this.dataOffset(g, first.sector) : 0;
-    let pos = (g + 1) * gs;
     let nextHost = firstHost + gs;
+    let pos = (g + 1) * gs;
     g++;
-    // Extend over grains of the same state (and, for plain data, contiguous on the host).
+    // Extend over grains of the same state (and, for plain data, contiguous on the host):
+    // synchronously over cached tables, a whole table at once where the directory has none.
     while (pos < end) {
-      const s = await this.lookup(g);
+      const l1 = Math.floor(g / per);
+      if (first.kind === 'unallocated' && g % per === 0 && l1 < this.gd.length && this.gd[l1] === 0) {
+        g += per;
+        pos += per * gs;
+        continue;
+      }
+      const s = this.peek(g) ?? (await this.lookup(g));
       if (s.kind !== first.kind) break;
       if (s.kind === 'data' && !this.compressed) {
         if (this.dataOffset(g, s.sector) !== nextHost) break;

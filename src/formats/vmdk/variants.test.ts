@@ -191,4 +191,71 @@ describe('vmdk: VMware variants QEMU reads', () => {
     expect(qemuRawDigest(p, 'vmdk')).toBe(sha256(data));
     expect(qemuImg(['check', p]).stdout).toBe('No errors were found on the image.\n');
   });
+
+  it('createType "seSparse" (read-only, as in QEMU)', async () => {
+    const capacity = 16384; // sectors: 8 MiB, 2048 grains of 4 KiB, one grain table
+    const grainsOffset = 3 + 64;
+    const f = Buffer.alloc((grainsOffset + 3 * 8) * S);
+    const q = (i: number, v: bigint) => f.writeBigUInt64LE(v, i * 8);
+    q(0, 0xcafebaben);
+    q(1, 0x0000000200000001n);
+    q(2, BigInt(capacity));
+    q(3, 8n); // grain size (sectors)
+    q(4, 64n); // grain table size (sectors)
+    q(10, 1n); // volatile header
+    q(11, 1n);
+    q(16, 2n); // grain directory: sector 2, one sector
+    q(17, 1n);
+    q(18, 3n); // grain tables from sector 3
+    q(19, 64n);
+    q(24, BigInt(grainsOffset));
+    q(25, 24n);
+    f.writeBigUInt64LE(0xcafecafen, S); // volatile header magic
+    f.writeBigUInt64LE(0x1000000000000000n, 2 * S); // GD[0] -> grain table 0
+    const data = Buffer.alloc(capacity * S);
+    const entry = (c: bigint) => (3n << 60n) | ((c & 0xfffn) << 48n) | (c >> 12n);
+    for (const [g, c] of [
+      [0, 0n],
+      [100, 1n],
+      [2047, 2n],
+    ] as const) {
+      f.writeBigUInt64LE(entry(c), 3 * S + g * 8);
+      const bytes = randomBytes(4096);
+      bytes.copy(f, (grainsOffset + Number(c) * 8) * S);
+      bytes.copy(data, g * 4096);
+    }
+    f.writeBigUInt64LE(2n << 60n, 3 * S + 5 * 8); // a zero grain
+    f.writeBigUInt64LE(1n << 60n, 3 * S + 7 * 8); // an unmapped grain
+    writeFileSync(join(dir, 'e-sesparse.vmdk'), f);
+    const p = join(dir, 'e.vmdk');
+    writeFileSync(
+      p,
+      '# Disk DescriptorFile\nversion=1\nCID=7\nparentCID=ffffffff\ncreateType="seSparse"\n\n' +
+        `# Extent description\nRW ${capacity} SESPARSE "e-sesparse.vmdk"\n`,
+    );
+    expect(qemuRawDigest(p, 'vmdk')).toBe(sha256(data));
+    const img = await openImage(p);
+    expect(sha256(await readAll(img))).toBe(sha256(data));
+    await img.close();
+    expect(await vdiskMap(p)).toEqual(qemuMap(p));
+    expect((await vdisk(['info', '--output=json', p])).stdout).toBe(qemuImgOk(['info', '--output=json', p]));
+    expect(qemuImg(['check', p]).code).toBe(0);
+    await expect(openImage(p, { writable: true })).rejects.toThrow(
+      /No write support for seSparse images available/,
+    );
+    // QEMU's strict header checks, in its words.
+    for (const [at, value] of [
+      [0, 0x1234n],
+      [8 * 3, 16n],
+      [8 * 6, 1n],
+    ] as const) {
+      const bad = Buffer.from(f);
+      bad.writeBigUInt64LE(value, at);
+      writeFileSync(join(dir, 'e-sesparse.vmdk'), bad);
+      const qe = qemuImg(['info', p]);
+      const ve = await vdisk(['info', p]);
+      expect(qe.code).toBe(1);
+      expect(ve.stderr.replace('vdisk:', 'qemu-img:')).toBe(qe.stderr);
+    }
+  });
 });

@@ -151,6 +151,8 @@ describe('vmdk: create and info against qemu-img', () => {
       ['-o', 'subformat=monolithicFlat,zeroed_grain=on', 'x.vmdk', '1G'],
       ['-b', 'base.vmdk', '-F', 'vmdk', '-o', 'subformat=monolithicFlat', 'x.vmdk'],
       ['-b', 'base.raw', '-F', 'raw', 'x.vmdk'],
+      ['-u', '-b', 'nope.vmdk', '-F', 'vmdk', 'x.vmdk', '1G'],
+      ['-u', '-b', 'base.raw', '-F', 'vmdk', 'x.vmdk', '1G'],
     ]) {
       const q = qemuImg(['create', '-f', 'vmdk', ...args], dir);
       const v = await vdisk(['create', '-f', 'vmdk', ...args], dir);
