@@ -17,6 +17,9 @@ export interface CreateCommandOptions {
   backingFormat?: string | undefined;
   /** -u: do not open the backing file. */
   unsafe?: boolean;
+  /** Called with the "Formatting" line before the driver creates the image (qemu-img prints
+   * it before a driver error too). */
+  onFormatLine?: (line: string) => void;
 }
 
 export interface CreateCommandResult {
@@ -40,7 +43,10 @@ export async function createCommand(o: CreateCommandOptions): Promise<CreateComm
   const backingFile = o.backingFile ?? options['backing_file'];
   const backingFormat = o.backingFormat ?? options['backing_fmt'];
   if (backingFile !== undefined && !known.has('backing_file')) {
-    throw new VdiskError('INVALID_ARGUMENT', `Backing file not supported for file format '${o.format}'`);
+    throw new VdiskError(
+      'INVALID_ARGUMENT',
+      `${o.filename}: Backing file not supported for file format '${o.format}'`,
+    );
   }
   let size = o.size ?? (options['size'] !== undefined ? parseImageSize(options['size']) : undefined);
   if (backingFile !== undefined) {
@@ -79,6 +85,7 @@ export async function createCommand(o: CreateCommandOptions): Promise<CreateComm
   options['size'] = String(size);
   const formatLine = `Formatting '${o.filename}', fmt=${o.format}${formatOptions(specs, options)}`;
   const req = { path: o.filename, size, options: withoutGeneric(options) } as const;
+  o.onFormatLine?.(formatLine);
   await driver.create({
     ...req,
     ...(backingFile !== undefined ? { backing: { filename: backingFile, format: backingFormat } } : {}),

@@ -46,8 +46,18 @@ const command: CliCommand = {
     if (filename === undefined) throw new VdiskError('INVALID_ARGUMENT', 'Expecting image file name');
     if (args.length > 2) throw new VdiskError('INVALID_ARGUMENT', `Unexpected argument: ${args[2]}`);
     const size = args[1] !== undefined ? parseImageSize(args[1]) : undefined;
-    const res = await createCommand({ filename, format, size, options, backingFile, backingFormat, unsafe });
-    if (!quiet) io.out(`${res.formatLine}\n`);
+    await createCommand({
+      filename,
+      format,
+      size,
+      options,
+      backingFile,
+      backingFormat,
+      unsafe,
+      onFormatLine: (line) => {
+        if (!quiet) io.out(`${line}\n`);
+      },
+    });
     return 0;
   },
 };
