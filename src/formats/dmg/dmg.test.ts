@@ -276,6 +276,23 @@ describe('dmg: images built by the UDIF description read as qemu-img reads them'
     const zl = join(dir, 'zl.dmg');
     writeFileSync(zl, buildDmg({ parts: parts('zlib') }).file);
     expect(qemuRawDigest(zl)).toBe(d);
+    // A chunk whose stream is damaged, or that decodes to another size, fails to read.
+    for (const patchMish of [
+      (m: Buffer) => m.writeBigUInt64BE(2047n, 204 + 0x10),
+      (m: Buffer) => m.writeBigUInt64BE(2049n, 204 + 0x10),
+    ]) {
+      const bad = join(dir, 'bad.dmg');
+      writeFileSync(bad, buildDmg({ parts: parts('bzip2'), patchMish }).file);
+      const img = await openImage(bad);
+      await expect(img.readAt(Buffer.alloc(512), 0)).rejects.toMatchObject({ code: 'EIO' });
+      await img.close();
+    }
+    const damaged = Buffer.from(bz.file);
+    damaged[200] = damaged[200]! ^ 0x55;
+    writeFileSync(join(dir, 'bad.dmg'), damaged);
+    const img = await openImage(join(dir, 'bad.dmg'));
+    await expect(img.readAt(Buffer.alloc(512), 0)).rejects.toMatchObject({ code: 'EIO' });
+    await img.close();
     // Debian's qemu-img 7.2 has no dmg-bz2 module: it fails where vdisk reads.
     const q = qemuImg(['convert', '-O', 'raw', p, join(dir, 'q.raw')]);
     expect(q.code).toBe(1);
@@ -390,6 +407,24 @@ describe('dmg: hostile images', () => {
         .file,
     );
     await refused(p, /Invalid argument/, true);
+  });
+
+  it('resource forks with bad lengths, in qemu-img words', async () => {
+    const p = join(dir, 'h.dmg');
+    const b = buildDmg({ parts: one(), resourceFork: true });
+    const rsrc = Number(b.file.readBigUInt64BE(b.file.length - 512 + 0x28));
+    for (const [at, value] of [
+      [0, 0xffffff00], // data offset past the fork
+      [8, 0], // no resource data
+      [8, 0x7fffffff], // resource data past the fork
+      [256, 0], // an empty resource
+      [256, 0x7fffffff], // a resource past the data
+    ] as const) {
+      const f = Buffer.from(b.file);
+      f.writeUInt32BE(value, rsrc + at);
+      writeFileSync(p, f);
+      await refused(p, /Invalid argument/, true);
+    }
   });
 
   it('chunks larger than qemu allows', async () => {

@@ -81,7 +81,7 @@ class DmgImage implements FormatImage {
         if (out.length !== want) throw new Error('size');
         return new Uint8Array(out.buffer, out.byteOffset, out.length);
       }
-      if (type === UDBZ) return bunzip2Exact(src, want);
+      if (type === UDBZ) return await bunzip2Exact(src, want);
     } catch {
       throw new VdiskError('EIO', `dmg: chunk ${i} does not decompress: Input/output error`, {
         path: this.file.path,
