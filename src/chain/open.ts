@@ -42,6 +42,8 @@ export interface OpenOptions {
   /** Open extent files named by a descriptor outside the image's own directory. */
   allowExternalExtents?: boolean;
   maxDepth?: number;
+  /** Opened by `check` (QEMU's BDRV_O_CHECK): see DriverOpenOptions.forCheck. */
+  forCheck?: boolean;
   /** Warnings QEMU prints while opening (e.g. a probed raw image opened for writing). */
   onWarning?: (message: string) => void;
 }
@@ -105,6 +107,7 @@ async function openLayer(path: string, opts: OpenOptions, depth: number, seen: S
       writable,
       forceShare: opts.forceShare === true,
       repairOnOpen: writable,
+      ...(opts.forCheck === true && depth === 0 ? { forCheck: true } : {}),
       openDataFile: async (ref: FileRef, w: boolean) => {
         if (opts.allowDataFile !== true) {
           throw new VdiskError(

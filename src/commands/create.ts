@@ -18,6 +18,11 @@ export interface CreateCommandOptions {
   backingFormat?: string | undefined;
   /** -u: do not open the backing file. */
   unsafe?: boolean;
+  /**
+   * Called with the "Formatting …" line once the request is checked, before the image is
+   * written: qemu-img prints it first, then any error the format driver reports.
+   */
+  onFormatting?: (line: string) => void;
 }
 
 export interface CreateCommandResult {
@@ -92,7 +97,10 @@ export async function prepareCreate(o: CreateCommandOptions): Promise<PreparedCr
   const backingFile = o.backingFile ?? options['backing_file'];
   const backingFormat = o.backingFormat ?? options['backing_fmt'];
   if (backingFile !== undefined && !known.has('backing_file')) {
-    throw new VdiskError('INVALID_ARGUMENT', `Backing file not supported for file format '${o.format}'`);
+    throw new VdiskError(
+      'INVALID_ARGUMENT',
+      `${o.filename}: Backing file not supported for file format '${o.format}'`,
+    );
   }
   let size = o.size ?? (options['size'] !== undefined ? parseImageSize(options['size']) : undefined);
   if (backingFile !== undefined) {

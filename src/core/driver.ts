@@ -42,6 +42,11 @@ export interface DriverOpenOptions {
   openExtentFile?: (name: string, writable: boolean) => Promise<HostFile>;
   /** Repair what can be repaired on open (e.g. lazy refcounts after a crash), as QEMU does when writable. */
   repairOnOpen?: boolean;
+  /**
+   * Opened by `check` (QEMU's BDRV_O_CHECK): a writable open of an image that needs repair
+   * succeeds so that check can repair it (parallels refuses it otherwise).
+   */
+  forCheck?: boolean;
 }
 
 /** One entry of the image's format-specific information, in qemu-img's shape. */

@@ -6,6 +6,8 @@ import type { FormatDriver } from '../core/driver.js';
 import { registerFormat } from '../core/formats.js';
 import { probeBochs } from './bochs/probe.js';
 import { probeCloop } from './cloop/probe.js';
+import { probeDmg } from './dmg/probe.js';
+import { probeParallels } from './parallels/probe.js';
 import { probeQcow } from './qcow/probe.js';
 import { probeQcow2 } from './qcow2/probe.js';
 import { probeQed } from './qed/probe.js';
@@ -20,6 +22,8 @@ type Loader = () => Promise<FormatDriver>;
 const FORMATS: Array<[string, Probe | undefined, Loader]> = [
   ['bochs', probeBochs, async () => (await import('./bochs/driver.js')).bochsDriver],
   ['cloop', probeCloop, async () => (await import('./cloop/driver.js')).cloopDriver],
+  ['dmg', probeDmg, async () => (await import('./dmg/driver.js')).dmgDriver],
+  ['parallels', probeParallels, async () => (await import('./parallels/driver.js')).parallelsDriver],
   ['raw', undefined, async () => (await import('./raw/driver.js')).rawDriver],
   ['qcow', probeQcow, async () => (await import('./qcow/driver.js')).qcowDriver],
   ['qcow2', probeQcow2, async () => (await import('./qcow2/driver.js')).qcow2Driver],

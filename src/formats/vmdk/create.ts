@@ -36,7 +36,7 @@ const MAX_GD_ENTRIES = 32 * 1024 * 1024;
 
 export async function createVmdk(req: CreateRequest): Promise<void> {
   const fail = (code: 'INVALID_ARGUMENT' | 'UNSUPPORTED' | 'TOO_LARGE', msg: string) =>
-    new VdiskError(code, `${req.path}: ${msg}`);
+    new VdiskError(code, msg);
   const o = req.options;
   if (req.backing?.format !== undefined && req.backing.format !== 'vmdk') {
     throw fail('INVALID_ARGUMENT', 'backing_file must be a vmdk image');
@@ -138,16 +138,13 @@ async function parentCidOf(path: string, backing: string): Promise<number> {
     // openImage words it "Could not open 'x': <reason>"; the reason already names the file.
     const inner = err instanceof VdiskError && err.cause instanceof VdiskError ? err.cause : err;
     const msg = inner instanceof Error ? inner.message : String(inner);
-    throw new VdiskError(inner instanceof VdiskError ? inner.code : 'ENOENT', `${path}: ${msg}`, {
+    throw new VdiskError(inner instanceof VdiskError ? inner.code : 'ENOENT', msg, {
       cause: err,
     });
   });
   try {
     if (!(img.driver instanceof VmdkImage)) {
-      throw new VdiskError(
-        'INVALID_ARGUMENT',
-        `${path}: Invalid backing file format: ${img.format}. Must be vmdk`,
-      );
+      throw new VdiskError('INVALID_ARGUMENT', `Invalid backing file format: ${img.format}. Must be vmdk`);
     }
     return img.driver.cid;
   } finally {
