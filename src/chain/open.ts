@@ -23,6 +23,11 @@ export interface OpenOptions {
   /** Explicit format; probing otherwise. */
   format?: string | undefined;
   writable?: boolean;
+  /**
+   * Depths of the chain to open writable besides the top (commit writes into a backing file,
+   * as QEMU reopens its base read-write). Backing images are read-only otherwise.
+   */
+  writableBackingDepths?: readonly number[];
   /** -U: no image locks. */
   forceShare?: boolean;
   /**
@@ -34,7 +39,11 @@ export interface OpenOptions {
   backingFormat?: string | undefined;
   /** Open an external data file named by the image. */
   allowDataFile?: boolean;
+  /** Open extent files named by a descriptor outside the image's own directory. */
+  allowExternalExtents?: boolean;
   maxDepth?: number;
+  /** Warnings QEMU prints while opening (e.g. a probed raw image opened for writing). */
+  onWarning?: (message: string) => void;
 }
 
 export async function openImage(path: string, opts: OpenOptions = {}): Promise<Image> {
@@ -68,7 +77,8 @@ async function openLayer(path: string, opts: OpenOptions, depth: number, seen: S
   }
   seen.add(real);
 
-  const writable = depth === 0 && opts.writable === true;
+  const writable =
+    depth === 0 ? opts.writable === true : (opts.writableBackingDepths?.includes(depth) ?? false);
   const file = await HostFile.open(path, {
     writable,
     lock: opts.forceShare ? 'none' : writable ? 'write' : 'read',
@@ -76,7 +86,21 @@ async function openLayer(path: string, opts: OpenOptions, depth: number, seen: S
   let driverImage: FormatImage;
   try {
     const format = opts.format ?? (await probeFormat(file));
-    const driver = await getDriver(format);
+    if (opts.format === undefined && format === 'raw' && writable) {
+      // QEMU's words (block.c); vdisk does not restrict writes to block 0, the format is fixed
+      // for the life of the open image.
+      opts.onWarning?.(
+        `WARNING: Image format was not specified for '${path}' and probing guessed raw.\n` +
+          '         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n' +
+          "         Specify the 'raw' format explicitly to remove the restrictions.",
+      );
+    }
+    // Opening names an unknown format "driver", as qemu does (create says "file format").
+    const driver = await getDriver(format).catch((err: unknown) => {
+      throw err instanceof VdiskError && err.code === 'UNKNOWN_FORMAT'
+        ? new VdiskError('UNKNOWN_FORMAT', `Unknown driver '${format}'`, { path })
+        : err;
+    });
     driverImage = await driver.open(file, {
       writable,
       forceShare: opts.forceShare === true,
@@ -95,6 +119,17 @@ async function openLayer(path: string, opts: OpenOptions, depth: number, seen: S
           writable: w,
           lock: opts.forceShare ? 'none' : w ? 'write' : 'read',
         });
+      },
+      openExtentFile: async (name: string, w: boolean) => {
+        const target = resolveRelative(path, name);
+        if (opts.allowExternalExtents !== true && !(await insideDirectory(dirname(resolve(path)), target))) {
+          throw new VdiskError(
+            'NOT_ALLOWED',
+            `'${path}' names the extent file '${name}' outside its own directory, which was not allowed to be opened`,
+            { path },
+          );
+        }
+        return HostFile.open(target, { writable: w, lock: opts.forceShare ? 'none' : w ? 'write' : 'read' });
       },
     });
   } catch (err) {
@@ -117,7 +152,7 @@ async function openLayer(path: string, opts: OpenOptions, depth: number, seen: S
     const backingFormat = ref.format ?? (depth === 0 ? opts.backingFormat : undefined);
     const backing = await openLayer(
       backingPath,
-      { ...opts, format: backingFormat, writable: false, backingFormat: undefined },
+      { ...opts, format: backingFormat, backingFormat: undefined },
       depth + 1,
       seen,
     ).catch((err: unknown) => {
@@ -137,8 +172,28 @@ async function openLayer(path: string, opts: OpenOptions, depth: number, seen: S
   return image;
 }
 
-/** A name stored in an image, resolved as QEMU does: relative to the image's directory. */
+/** Does `target` (after resolving symlinks) lie inside directory `dir`? */
+async function insideDirectory(dir: string, target: string): Promise<boolean> {
+  let realDir: string;
+  let realTarget: string;
+  try {
+    realDir = await realpath(dir);
+    realTarget = await realpath(target);
+  } catch {
+    // A missing file: judge the name itself (the open then fails with ENOENT).
+    realDir = resolve(dir);
+    realTarget = resolve(target);
+  }
+  return realTarget.startsWith(realDir.endsWith('/') ? realDir : `${realDir}/`);
+}
+
+/**
+ * A name stored in an image, resolved as QEMU's path_combine() does: an absolute name as is, a
+ * relative one taken from the directory of the image's path *as given* (so a relative image path
+ * yields a relative result, which is what qemu-img prints).
+ */
 export function resolveRelative(imagePath: string, name: string): string {
   if (isAbsolute(name)) return name;
-  return resolve(dirname(imagePath), name);
+  const slash = imagePath.lastIndexOf('/');
+  return slash < 0 ? name : imagePath.slice(0, slash + 1) + name;
 }

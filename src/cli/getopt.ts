@@ -1,7 +1,15 @@
 /**
  * GNU getopt_long as qemu-img uses it: grouped short flags (-pq), attached or separate
- * values (-fqcow2, -f qcow2), --long=value and --long value, permutation (options may
- * follow operands), and `--` to end options. Errors are worded as glibc words them.
+ * values (-fqcow2, -f qcow2), --long=value and --long value, unambiguous prefixes of long
+ * names, permutation (options may follow operands), and `--` to end options.
+ *
+ * Errors are worded as qemu-img words them. qemu-img passes an optstring starting with ':'
+ * so glibc stays silent, and reports `unrecognized option '<argv[optind-1]>'` or
+ * `missing argument for option '<argv[optind-1]>'`. argv[optind-1] is glibc's index after the
+ * failing option: the element itself, except for an unknown letter in the middle of a group
+ * (-xq), where glibc has not advanced yet and qemu-img names the previous element (the command
+ * name for the first one). We reproduce that quirk. A few commands (measure) omit the ':'; glibc
+ * then prints its own message (`measure: invalid option -- 'x'`): `glibcErrors` selects that.
  */
 import { VdiskError } from '../core/errors.js';
 
@@ -10,12 +18,21 @@ export interface OptSpec {
   short: string;
   /** Long options: name → takes a value. A long option may alias a short letter. */
   long?: Record<string, { value: boolean; short?: string }>;
+  /** The command name (qemu-img's argv[0] while parsing a command's options). */
+  command?: string;
+  /** Word errors as glibc does when the optstring has no leading ':' (see above). */
+  glibcErrors?: boolean;
 }
 
 export interface ParsedOpts {
   /** Options in command-line order, keyed by short letter or long name. */
   opts: Array<[string, string]>;
   args: string[];
+}
+
+/** A usage error from getopt; `op` is 'usage' so callers can tell it apart. */
+export function isUsageError(err: unknown): err is VdiskError {
+  return err instanceof VdiskError && err.op === 'usage';
 }
 
 export function getopt(argv: string[], spec: OptSpec): ParsedOpts {
@@ -26,6 +43,9 @@ export function getopt(argv: string[], spec: OptSpec): ParsedOpts {
     shortTakes.set(c, spec.short[i + 1] === ':');
   }
   const long = spec.long ?? {};
+  const cmd = spec.command ?? '';
+  const glibc = spec.glibcErrors === true;
+  const prev = (i: number) => (i > 0 ? argv[i - 1]! : cmd);
   const opts: Array<[string, string]> = [];
   const args: string[] = [];
   for (let i = 0; i < argv.length; i++) {
@@ -46,17 +66,25 @@ export function getopt(argv: string[], spec: OptSpec): ParsedOpts {
           key = matches[0]!;
           def = long[key];
         } else if (matches.length > 1) {
-          throw usage(`option '${a}' is ambiguous`);
+          throw usage(glibc ? `${cmd}: option '${a}' is ambiguous` : `unrecognized option '${a}'`, glibc);
         }
       }
-      if (def === undefined) throw usage(`unrecognized option '${a}'`);
+      if (def === undefined)
+        throw usage(glibc ? `${cmd}: unrecognized option '${a}'` : `unrecognized option '${a}'`, glibc);
       let value = '';
       if (def.value) {
         if (eq >= 0) value = a.slice(eq + 1);
         else if (i + 1 < argv.length) value = argv[++i]!;
-        else throw usage(`option '--${key}' requires an argument`);
+        else
+          throw usage(
+            glibc ? `${cmd}: option '--${key}' requires an argument` : `missing argument for option '${a}'`,
+            glibc,
+          );
       } else if (eq >= 0) {
-        throw usage(`option '--${key}' doesn't allow an argument`);
+        throw usage(
+          glibc ? `${cmd}: option '--${key}' doesn't allow an argument` : `unrecognized option '${a}'`,
+          glibc,
+        );
       }
       opts.push([def.short ?? key, value]);
       continue;
@@ -65,14 +93,24 @@ export function getopt(argv: string[], spec: OptSpec): ParsedOpts {
       for (let j = 1; j < a.length; j++) {
         const c = a[j]!;
         const takes = shortTakes.get(c);
-        if (takes === undefined) throw usage(`invalid option -- '${c}'`);
+        if (takes === undefined) {
+          const last = j === a.length - 1;
+          throw usage(
+            glibc ? `${cmd}: invalid option -- '${c}'` : `unrecognized option '${last ? a : prev(i)}'`,
+            glibc,
+          );
+        }
         if (!takes) {
           opts.push([c, '']);
           continue;
         }
         if (j + 1 < a.length) opts.push([c, a.slice(j + 1)]);
         else if (i + 1 < argv.length) opts.push([c, argv[++i]!]);
-        else throw usage(`option requires an argument -- '${c}'`);
+        else
+          throw usage(
+            glibc ? `${cmd}: option requires an argument -- '${c}'` : `missing argument for option '${a}'`,
+            glibc,
+          );
         break;
       }
       continue;
@@ -82,8 +120,15 @@ export function getopt(argv: string[], spec: OptSpec): ParsedOpts {
   return { opts, args };
 }
 
-function usage(message: string): VdiskError {
-  return new VdiskError('INVALID_ARGUMENT', `${message}\nTry 'vdisk --help' for more information`, {
-    op: 'usage',
-  });
+/** qemu-img's error_exit(): the message, then the line pointing to --help. */
+export function usageError(message: string): VdiskError {
+  return usage(message, false);
+}
+
+function usage(message: string, glibc: boolean): VdiskError {
+  return new VdiskError(
+    'INVALID_ARGUMENT',
+    glibc ? message : `${message}\nTry 'vdisk --help' for more information`,
+    { op: 'usage' },
+  );
 }

@@ -54,7 +54,7 @@ export async function checkCommand(o: CheckCommandOptions): Promise<CheckCommand
     const run = async (repair: 'none' | 'leaks' | 'all'): Promise<ImageCheckJson> => {
       const r = await d.check!(repair);
       for (const m of r.messages) o.onMessage?.(m);
-      if (r.error !== undefined || r.checkErrors > 0) failed ??= r.error ?? '';
+      if (r.failure !== undefined || r.checkErrors > 0) failed ??= r.failure ?? '';
       return {
         filename: o.filename,
         format: d.format,

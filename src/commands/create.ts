@@ -1,6 +1,6 @@
 /** `create`: make a new image of a format, optionally on a backing file. */
 import { openImage, resolveRelative } from '../chain/open.js';
-import type { CreateOptionSpec } from '../core/driver.js';
+import type { CreateOptionSpec, CreateRequest, FormatDriver } from '../core/driver.js';
 import { VdiskError } from '../core/errors.js';
 import { getDriver } from '../core/formats.js';
 import { parseBoolOption } from '../core/options.js';
@@ -18,9 +18,6 @@ export interface CreateCommandOptions {
   backingFormat?: string | undefined;
   /** -u: do not open the backing file. */
   unsafe?: boolean;
-  /** Called with the "Formatting …" line before the image is written (qemu-img prints it
-   * first, then any error the format driver reports). */
-  onFormatting?: (line: string) => void;
 }
 
 export interface CreateCommandResult {
@@ -29,7 +26,40 @@ export interface CreateCommandResult {
   size: number;
 }
 
-export async function createCommand(o: CreateCommandOptions): Promise<CreateCommandResult> {
+/** A create request checked and ready: what convert and dd reuse before creating a target. */
+export interface PreparedCreate {
+  driver: FormatDriver;
+  request: CreateRequest;
+  /** qemu-img's "Formatting '…', fmt=… …" line, without the newline. */
+  formatLine: string;
+  size: number;
+}
+
+/**
+ * `create`. The "Formatting" line goes to `onFormatLine` just before the image is created,
+ * as qemu-img prints it (after the options and the backing file were checked); errors from
+ * the driver's create are prefixed with the file name, as qemu-img does.
+ */
+export async function createCommand(
+  o: CreateCommandOptions,
+  onFormatLine?: (line: string) => void,
+): Promise<CreateCommandResult> {
+  const p = await prepareCreate(o);
+  onFormatLine?.(p.formatLine);
+  try {
+    await p.driver.create!(p.request);
+  } catch (err) {
+    // qemu-img prefixes creation errors with the file name (some drivers already do).
+    if (err instanceof VdiskError && !err.message.startsWith(`${o.filename}: `)) {
+      throw new VdiskError(err.code, `${o.filename}: ${err.message}`, { path: o.filename, cause: err });
+    }
+    throw err;
+  }
+  return { formatLine: p.formatLine, size: p.size };
+}
+
+/** Check a create request (format, options, backing, size) without creating anything. */
+export async function prepareCreate(o: CreateCommandOptions): Promise<PreparedCreate> {
   registerBuiltinFormats();
   const driver = await getDriver(o.format);
   if (driver.create === undefined) {
@@ -108,21 +138,9 @@ export async function createCommand(o: CreateCommandOptions): Promise<CreateComm
     throw new VdiskError('INVALID_ARGUMENT', `${o.filename}: Image creation needs a size parameter`);
   options['size'] = String(size);
   const formatLine = `Formatting '${o.filename}', fmt=${o.format}${formatOptions(specs, options)}`;
-  const req = { path: o.filename, size, options: withoutGeneric(options) } as const;
-  o.onFormatting?.(formatLine);
-  try {
-    await driver.create({
-      ...req,
-      ...(backingFile !== undefined ? { backing: { filename: backingFile, format: backingFormat } } : {}),
-    });
-  } catch (err) {
-    // qemu-img names the image in front of every error of the format driver.
-    if (err instanceof VdiskError) {
-      throw new VdiskError(err.code, `${o.filename}: ${err.message}`, { path: o.filename, cause: err });
-    }
-    throw err;
-  }
-  return { formatLine, size };
+  const request: CreateRequest = { path: o.filename, size, options: withoutGeneric(options) };
+  if (backingFile !== undefined) request.backing = { filename: backingFile, format: backingFormat };
+  return { driver, request, formatLine, size };
 }
 
 function withoutGeneric(options: Record<string, string>): Record<string, string> {
@@ -134,7 +152,9 @@ function withoutGeneric(options: Record<string, string>): Record<string, string>
 function formatOptions(specs: readonly CreateOptionSpec[], options: Record<string, string>): string {
   let s = '';
   for (const spec of specs) {
-    const v = options[spec.name] ?? spec.default;
+    let v = options[spec.name] ?? spec.default;
+    // QEMU prints size-typed options as byte counts, whatever suffix they were given with.
+    if (v !== undefined && spec.type === 'size') v = String(parseSize(v) ?? v);
     if (v !== undefined) s += ` ${spec.name}=${v}`;
   }
   return s;

@@ -1,5 +1,5 @@
 /** `info`: what qemu-img info reports about an image (and, with backingChain, its chain). */
-import { openImage } from '../chain/open.js';
+import { openImage, resolveRelative } from '../chain/open.js';
 import type { SnapshotInfo } from '../core/driver.js';
 import type { Image } from '../core/image.js';
 
@@ -52,19 +52,12 @@ export async function infoCommand(o: InfoOptions): Promise<ImageInfo[]> {
     for (let i: Image | null = image; i !== null; i = o.backingChain ? i.backing : null) {
       out.push(await imageInfo(i, name));
       const ref = i.driver.backing;
-      if (ref !== undefined) name = pathCombine(name, ref.filename);
+      if (ref !== undefined) name = resolveRelative(name, ref.filename);
     }
     return out;
   } finally {
     await image.close();
   }
-}
-
-/** QEMU's path_combine(): a relative name is taken from the directory of the base path as given. */
-export function pathCombine(base: string, name: string): string {
-  if (name.startsWith('/')) return name;
-  const slash = base.lastIndexOf('/');
-  return slash < 0 ? name : base.slice(0, slash + 1) + name;
 }
 
 export async function imageInfo(image: Image, filename: string): Promise<ImageInfo> {
@@ -76,11 +69,13 @@ export async function imageInfo(image: Image, filename: string): Promise<ImageIn
   };
   const actual = await d.actualSize().catch(() => undefined);
   if (actual !== undefined) info['actual-size'] = actual;
-  if (d.clusterSize !== undefined) info['cluster-size'] = d.clusterSize;
-  info['dirty-flag'] = d.dirty === true;
+  if (d.hasInfo !== false) {
+    if (d.clusterSize !== undefined) info['cluster-size'] = d.clusterSize;
+    info['dirty-flag'] = d.dirty === true;
+  }
   if (d.backing !== undefined) {
     info['backing-filename'] = d.backing.filename;
-    info['full-backing-filename'] = pathCombine(filename, d.backing.filename);
+    info['full-backing-filename'] = resolveRelative(filename, d.backing.filename);
     if (d.backing.format !== undefined) info['backing-filename-format'] = d.backing.format;
   }
   const snaps = d.snapshots?.() ?? [];

@@ -21,6 +21,11 @@ export interface DriverContext {
   readBacking(buf: Uint8Array, offset: number): Promise<void>;
   /** Whether a backing image is attached (drivers may skip copy-on-write reads without one). */
   readonly hasBacking: boolean;
+  /**
+   * The driver of the attached backing image, for formats that check their parent (vmdk
+   * compares its parentCID with the parent's CID before reading through it).
+   */
+  readonly backingImage?: FormatImage | undefined;
 }
 
 export interface DriverOpenOptions {
@@ -29,6 +34,12 @@ export interface DriverOpenOptions {
   forceShare: boolean;
   /** Open an external data file the image names (qcow2 data_file). */
   openDataFile?: (ref: FileRef, writable: boolean) => Promise<HostFile>;
+  /**
+   * Open a file that the image's descriptor names as one of its own extents (vmdk). The chain
+   * layer allows a relative name inside the image's directory and refuses an absolute name or
+   * one that leaves the directory unless the caller allowed external extents (CVE-2022-47951).
+   */
+  openExtentFile?: (name: string, writable: boolean) => Promise<HostFile>;
   /** Repair what can be repaired on open (e.g. lazy refcounts after a crash), as QEMU does when writable. */
   repairOnOpen?: boolean;
 }
@@ -49,8 +60,12 @@ export interface CheckResult {
   imageEndOffset?: number;
   /** Messages qemu-img prints on stderr/stdout while checking (ERROR/Leaked cluster lines). */
   messages: string[];
-  /** A failure that aborted the check (qemu-img then prints "Check failed: <error>", exit 1). */
-  error?: string;
+  /**
+   * The check itself failed (QEMU's check returned an error, as vmdk's does on its first
+   * corruption): qemu-img prints the messages, then "Check failed: <failure>", and exits 1
+   * without the summary.
+   */
+  failure?: string;
 }
 
 export interface SnapshotInfo {
@@ -93,6 +108,11 @@ export interface FormatImage {
   formatSpecific?(): FormatSpecific | undefined;
   check?(repair: 'none' | 'leaks' | 'all'): Promise<CheckResult>;
   snapshots?(): SnapshotInfo[];
+  /**
+   * False for formats whose QEMU driver has no get_info (bochs, cloop, dmg): qemu-img info then
+   * prints neither cluster size nor dirty flag.
+   */
+  readonly hasInfo?: boolean;
   /** Is the image marked dirty (e.g. lazy refcounts, need-check)? */
   readonly dirty?: boolean;
   /**
@@ -100,6 +120,12 @@ export interface FormatImage {
    * cluster long, or shorter only for the last cluster of the image.
    */
   writeCompressed?(buf: Uint8Array, offset: number): Promise<void>;
+  /** Rewrite the backing file reference stored in the image (rebase, amend); undefined detaches. */
+  setBacking?(ref: FileRef | undefined): Promise<void>;
+  /** Make every cluster unallocated (after commit), as QEMU's bdrv_make_empty. */
+  makeEmpty?(): Promise<void>;
+  /** Change the virtual size (resize). Shrinking discards what lies past the new end. */
+  resize?(size: number, opts: { preallocation?: string; shrink: boolean }): Promise<void>;
   /** A read-only view of the image as it was at an internal snapshot (convert -s/-l). */
   openSnapshot?(idOrName: { id?: string; name?: string }): Promise<FormatImage>;
 }
@@ -109,6 +135,8 @@ export interface MeasureResult {
   required: number;
   /** Bytes it would need fully allocated. */
   fullyAllocated: number;
+  /** Bytes for persistent bitmaps copied from the source (qemu-img prints it when set). */
+  bitmaps?: number;
 }
 
 /** A value given to create with -o. */
@@ -143,6 +171,11 @@ export interface FormatDriver {
   readonly createOptions?: readonly CreateOptionSpec[];
   /** Does this format store a backing file reference? */
   readonly supportsBacking?: boolean;
+  /**
+   * Images of this format implement writeCompressed (qemu's block_driver_can_compress).
+   * convert -c checks it before creating the target, as qemu-img does.
+   */
+  readonly compressedWrites?: boolean;
   /**
    * qemu-img measure: the size of an image of this format with these options holding `size`
    * bytes of virtual disk, or the content of `source` when given.

@@ -37,6 +37,8 @@ const SHARED_BASE = 200;
 const PERM_READ = 0;
 const PERM_WRITE = 1;
 const PERM_RESIZE = 3;
+/** Largest single read/write: Node's fs asserts (aborts the process) on lengths of 2 GiB and more. */
+const MAX_IO = 1 << 30;
 
 export class HostFile {
   private constructor(
@@ -118,7 +120,12 @@ export class HostFile {
     while (done < buf.length) {
       let n: number;
       try {
-        ({ bytesRead: n } = await this.handle.read(buf, done, buf.length - done, offset + done));
+        ({ bytesRead: n } = await this.handle.read(
+          buf,
+          done,
+          Math.min(buf.length - done, MAX_IO),
+          offset + done,
+        ));
       } catch (err) {
         throw fromHostError(err, {
           path: this.path,
@@ -141,7 +148,12 @@ export class HostFile {
     let done = 0;
     while (done < buf.length) {
       try {
-        const { bytesWritten } = await this.handle.write(buf, done, buf.length - done, offset + done);
+        const { bytesWritten } = await this.handle.write(
+          buf,
+          done,
+          Math.min(buf.length - done, MAX_IO),
+          offset + done,
+        );
         done += bytesWritten;
       } catch (err) {
         throw fromHostError(err, {
@@ -195,10 +207,11 @@ export class HostFile {
   }
 
   /**
-   * Data and hole extents of [offset, offset+length), clipped to the file size. Without the
-   * native addon a file with holes is reported as all data.
+   * Data and hole extents of [offset, offset+length), clipped to the file size, at most `max`
+   * of them (block status wants only the first). Without the native addon a file with holes
+   * is reported as all data.
    */
-  async extents(offset: number, length: number): Promise<HostExtent[]> {
+  async extents(offset: number, length: number, max = Number.POSITIVE_INFINITY): Promise<HostExtent[]> {
     const fileSize = await this.size();
     const end = Math.min(offset + length, fileSize);
     const out: HostExtent[] = [];
@@ -208,7 +221,7 @@ export class HostFile {
       return out;
     }
     let pos = offset;
-    while (pos < end) {
+    while (pos < end && out.length < max) {
       const data = native.seekData(this.fd, pos);
       if (data < -1) {
         // lseek unsupported (e.g. some filesystems): everything is data.
@@ -217,7 +230,7 @@ export class HostFile {
       }
       const dataStart = data === -1 ? end : Math.min(data, end);
       if (dataStart > pos) out.push({ offset: pos, length: dataStart - pos, data: false });
-      if (dataStart >= end) break;
+      if (dataStart >= end || out.length >= max) break;
       const hole = native.seekHole(this.fd, dataStart);
       const dataEnd = hole < 0 ? end : Math.min(hole, end);
       out.push({ offset: dataStart, length: dataEnd - dataStart, data: true });

@@ -36,6 +36,9 @@ export class Image implements BlockDevice {
       get hasBacking() {
         return self.backing !== null;
       },
+      get backingImage() {
+        return self.backing?.driver;
+      },
     });
   }
 
@@ -185,12 +188,28 @@ export class Image implements BlockDevice {
   }
 
   private async statusAt(offset: number, length: number, depth: number): Promise<Extent> {
-    const e = await this.driver.blockStatus(offset, length);
-    if (e.allocated || this.backing === null) return { ...e, depth };
+    const e = await this.layerStatus(offset, length);
+    // As qemu-img map (get_block_status): stop at the first layer that allocates the range or
+    // knows it reads as zeros (no backing, or past the backing's end); depth is that layer's.
+    if (e.allocated || e.zero || this.backing === null) return { ...e, depth };
     const b = this.backing;
-    if (offset >= b.size) return { ...e, zero: true, data: false, depth: depth + 1 };
-    const below = await b.statusAt(offset, Math.min(e.length, b.size - offset), depth + 1);
-    return below;
+    return b.statusAt(offset, Math.min(e.length, b.size - offset), depth + 1);
+  }
+
+  /**
+   * Status of this layer alone (QEMU's bdrv_block_status, not _above), with the generic
+   * block layer's rule: a range this layer does not allocate reads as zeros when there is no
+   * backing image, or when it starts at or past the backing image's end (allocated stays
+   * false). convert -B copies by this status.
+   */
+  async layerStatus(offset: number, length: number): Promise<Extent> {
+    this.checkRange(offset, length, 'block status');
+    const e = await this.driver.blockStatus(offset, length);
+    if (e.allocated) return e;
+    const b = this.backing;
+    if (b === null || offset >= b.size) return { ...e, zero: true, data: false };
+    // Falls through to the backing image: what it reads is decided below.
+    return { ...e, zero: false, data: false };
   }
 
   async flush(): Promise<void> {

@@ -4,9 +4,11 @@
  */
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readSync, rmSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { bufferIo } from '../cli/io.js';
 import { main } from '../cli/main.js';
 
@@ -69,7 +71,20 @@ export function qemuRawDigest(image: string, format?: string): string {
   try {
     const out = join(dir, 'out.raw');
     qemuImgOk(['convert', ...(format ? ['-f', format] : []), '-O', 'raw', image, out]);
-    return createHash('sha256').update(readFileSync(out)).digest('hex');
+    // In pieces: images may be larger than a Buffer can hold.
+    const h = createHash('sha256');
+    const fd = openSync(out, 'r');
+    try {
+      const chunk = Buffer.alloc(16 << 20);
+      for (;;) {
+        const n = readSync(fd, chunk, 0, chunk.length, null);
+        if (n === 0) break;
+        h.update(chunk.subarray(0, n));
+      }
+    } finally {
+      closeSync(fd);
+    }
+    return h.digest('hex');
   } finally {
     cleanup();
   }
@@ -78,3 +93,9 @@ export function qemuRawDigest(image: string, format?: string): string {
 export function sha256(buf: Uint8Array): string {
   return createHash('sha256').update(buf).digest('hex');
 }
+
+/** `node --import <this>` runs TypeScript sources directly (child processes in tests). */
+export const TSX_LOADER = pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href;
+
+/** The CLI entry as TypeScript source, for child processes that run vdisk without a build. */
+export const CLI_ENTRY = join(dirname(fileURLToPath(import.meta.url)), '..', 'cli', 'bin.ts');

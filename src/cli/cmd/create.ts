@@ -18,7 +18,11 @@ const command: CliCommand = {
     '  -q               quiet: print nothing but errors',
   ].join('\n'),
   async run(argv, io) {
-    const { opts, args } = getopt(argv, { short: 'F:b:f:ho:qu', long: { object: { value: true } } });
+    const { opts, args } = getopt(argv, {
+      command: 'create',
+      short: 'F:b:f:ho:qu',
+      long: { object: { value: true } },
+    });
     let format = 'raw';
     const optionStrings: string[] = [];
     let backingFile: string | undefined;
@@ -35,24 +39,15 @@ const command: CliCommand = {
     }
     const options = mergeOptionStrings(optionStrings);
     if ('help' in options || '?' in options) {
-      await printOptionHelp(io, format);
+      await printOptionHelp(io, format, args[0] !== undefined);
       return 0;
     }
     const filename = args[0];
     if (filename === undefined) throw new VdiskError('INVALID_ARGUMENT', 'Expecting image file name');
     if (args.length > 2) throw new VdiskError('INVALID_ARGUMENT', `Unexpected argument: ${args[2]}`);
     const size = args[1] !== undefined ? parseImageSize(args[1]) : undefined;
-    await createCommand({
-      filename,
-      format,
-      size,
-      options,
-      backingFile,
-      backingFormat,
-      unsafe,
-      onFormatting: (line) => {
-        if (!quiet) io.out(`${line}\n`);
-      },
+    await createCommand({ filename, format, size, options, backingFile, backingFormat, unsafe }, (line) => {
+      if (!quiet) io.out(`${line}\n`);
     });
     return 0;
   },

@@ -18,6 +18,7 @@ const command: CliCommand = {
   ].join('\n'),
   async run(argv, io) {
     const { opts, args } = getopt(argv, {
+      command: 'info',
       short: 'f:hU',
       long: {
         output: { value: true },

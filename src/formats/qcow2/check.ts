@@ -263,7 +263,7 @@ export async function checkImage(img: Qcow2Image, repair: 'none' | 'leaks' | 'al
       // QEMU gives up here with -EIO.
       res.messages.push('ERROR need to rebuild refcount structures');
       res.checkErrors++;
-      res.error = 'Input/output error';
+      res.failure = 'Input/output error';
     } else if (res.leaks > before.leaks || res.corruptions > before.corruptions) {
       res.corruptions = before.corruptions;
       res.leaks = before.leaks;
@@ -271,7 +271,7 @@ export async function checkImage(img: Qcow2Image, repair: 'none' | 'leaks' | 'al
     }
   }
 
-  if (res.error !== undefined) return res;
+  if (res.failure !== undefined) return res;
   // QCOW_OFLAG_COPIED must be set exactly where the refcount is 1 (active tables only).
   await checkCopied(img, res);
   if (fixLeaks || fixErrors) await img.refcounts!.flush();

@@ -26,10 +26,18 @@ export class RawImage implements FormatImage {
   attach(_ctx: DriverContext): void {}
 
   async blockStatus(offset: number, length: number): Promise<Extent> {
-    const [first] = await this.file.extents(offset, Math.min(length, 1 << 30));
+    const [first] = await this.file.extents(offset, length, 1);
     if (first === undefined) {
       // Past the end of the file (the file is shorter than the size): reads as zeros.
-      return { offset, length, allocated: true, zero: true, data: false };
+      return {
+        offset,
+        length,
+        allocated: true,
+        zero: true,
+        data: false,
+        hostOffset: offset,
+        file: this.file.path,
+      };
     }
     return first.data
       ? {
@@ -41,7 +49,16 @@ export class RawImage implements FormatImage {
           hostOffset: offset,
           file: this.file.path,
         }
-      : { offset, length: first.length, allocated: true, zero: true, data: false };
+      : // A hole: qemu's file driver reports it with its offset in the file (map shows it).
+        {
+          offset,
+          length: first.length,
+          allocated: true,
+          zero: true,
+          data: false,
+          hostOffset: offset,
+          file: this.file.path,
+        };
   }
 
   read(buf: Uint8Array, offset: number): Promise<void> {
@@ -79,10 +96,26 @@ export class RawImage implements FormatImage {
     return this.file.allocatedSize();
   }
 
-  /** Grow or shrink the file (resize). */
-  async truncate(size: number): Promise<void> {
+  /** Grow or shrink the file (resize), preallocating what grows as asked. */
+  async resize(size: number, opts: { preallocation?: string; shrink: boolean }): Promise<void> {
+    const mode = opts.preallocation ?? 'off';
+    if (!(PREALLOC_MODES as readonly string[]).includes(mode)) {
+      throw new VdiskError('INVALID_ARGUMENT', `Unsupported preallocation mode '${mode}'`);
+    }
+    const old = await this.file.size();
     await this.file.truncate(size);
-    this.size = size;
+    if (size > old && mode === 'falloc' && !this.file.allocate(old, size - old)) {
+      throw new VdiskError(
+        'UNSUPPORTED',
+        `Could not preallocate '${this.file.path}': the file system does not support fallocate`,
+      );
+    }
+    if (size > old && mode === 'full') {
+      const zero = new Uint8Array(Math.min(4 << 20, size - old));
+      for (let pos = old; pos < size; pos += zero.length)
+        await this.file.write(zero.subarray(0, Math.min(zero.length, size - pos)), pos);
+    }
+    this.size = Math.ceil(size / 512) * 512;
   }
 }
 
@@ -91,7 +124,8 @@ export const PREALLOC_MODES = ['off', 'falloc', 'full'] as const;
 export async function createRaw(req: CreateRequest): Promise<void> {
   const prealloc = req.options['preallocation'] ?? 'off';
   if (!(PREALLOC_MODES as readonly string[]).includes(prealloc)) {
-    throw new VdiskError('INVALID_ARGUMENT', `Invalid parameter '${prealloc}'`);
+    // qemu's file driver words it so (qemu-img: x.img: invalid parameter value: xyz).
+    throw new VdiskError('INVALID_ARGUMENT', `invalid parameter value: ${prealloc}`);
   }
   const file = await HostFile.open(req.path, { create: true });
   try {
@@ -137,4 +171,10 @@ export const rawDriver: FormatDriver = {
     return new RawImage(file, Math.ceil(size / 512) * 512);
   },
   create: createRaw,
+  // block/raw-format.c raw_measure: the virtual size (of the source, or the given size rounded
+  // up to sectors); unallocated sectors count towards a raw file's size.
+  async measure(size, _options, source) {
+    const required = source !== undefined ? source.size : Math.ceil(size / 512) * 512;
+    return { required, fullyAllocated: required };
+  },
 };

@@ -1,0 +1,198 @@
+import { spawn } from 'node:child_process';
+import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { qemuImg, qemuImgOk, qemuIo, qemuRawDigest, TSX_LOADER, tempDir, vdisk } from '../test/oracle.js';
+
+let dir: string;
+let cleanup: () => void;
+beforeEach(() => {
+  ({ dir, cleanup } = tempDir());
+});
+afterEach(() => cleanup());
+
+const p = (name: string) => join(dir, name);
+
+/** base.qed ← mid.qed ← top.qed with data in every layer (qed: the seeds' format). */
+function makeChain(sizes: { base?: string; top?: string } = {}): void {
+  qemuImgOk(['create', '-q', '-f', 'qed', p('base.qed'), sizes.base ?? '16M']);
+  qemuIo(p('base.qed'), ['write -P 0x11 0 8M', 'write -z 4M 64k'], 'qed');
+  qemuImgOk(['create', '-q', '-f', 'qed', '-b', 'base.qed', '-F', 'qed', p('mid.qed')]);
+  qemuIo(p('mid.qed'), ['write -P 0x22 1M 1M', 'write -z 6M 128k'], 'qed');
+  qemuImgOk([
+    'create',
+    '-q',
+    '-f',
+    'qed',
+    '-b',
+    'mid.qed',
+    '-F',
+    'qed',
+    p('top.qed'),
+    ...(sizes.top ? [sizes.top] : []),
+  ]);
+  qemuIo(p('top.qed'), ['write -P 0x33 1536k 3M', 'write -P 0x44 15M 1M', 'write -z 7M 64k'], 'qed');
+}
+
+/** Copy the three files to a twin set with a prefix, keeping the relative backing names valid. */
+function twin(prefix: string): void {
+  const sub = join(dir, prefix);
+  mkdirSync(sub, { recursive: true });
+  for (const f of ['base.qed', 'mid.qed', 'top.qed']) copyFileSync(p(f), join(sub, f));
+}
+
+describe('commit against qemu-img', () => {
+  it('commits into the immediate backing: same bytes in every image, clean checks', async () => {
+    makeChain();
+    twin('q');
+    const before = qemuRawDigest(p('top.qed'));
+    const v = await vdisk(['commit', p('top.qed')]);
+    expect(v).toMatchObject({ code: 0, stdout: 'Image committed.\n', stderr: '' });
+    expect(qemuImgOk(['commit', join(dir, 'q', 'top.qed')])).toBe('Image committed.\n');
+    for (const f of ['base.qed', 'mid.qed', 'top.qed']) {
+      expect(qemuImg(['compare', p(f), join(dir, 'q', f)]).code, f).toBe(0);
+      expect(qemuImg(['check', p(f)]).code, f).toBe(0);
+    }
+    expect(qemuRawDigest(p('top.qed'))).toBe(before);
+  });
+
+  it('commits through the chain into a deeper base with -b (implies -d)', async () => {
+    makeChain();
+    twin('q');
+    const before = qemuRawDigest(p('top.qed'));
+    expect((await vdisk(['commit', '-b', p('base.qed'), p('top.qed')])).code).toBe(0);
+    qemuImgOk(['commit', '-b', join(dir, 'q', 'base.qed'), join(dir, 'q', 'top.qed')]);
+    expect(qemuImg(['compare', p('base.qed'), join(dir, 'q', 'base.qed')]).code).toBe(0);
+    expect(qemuRawDigest(p('base.qed'))).toBe(before);
+    expect(qemuImg(['check', p('base.qed')]).code).toBe(0);
+  });
+
+  it('grows a smaller base to the overlay size', async () => {
+    makeChain({ base: '8M', top: '16M' });
+    twin('q');
+    expect((await vdisk(['commit', p('top.qed')])).code).toBe(0);
+    qemuImgOk(['commit', join(dir, 'q', 'top.qed')]);
+    const vi = JSON.parse(qemuImgOk(['info', '--output=json', p('mid.qed')])) as Record<string, unknown>;
+    const qi = JSON.parse(qemuImgOk(['info', '--output=json', join(dir, 'q', 'mid.qed')])) as Record<
+      string,
+      unknown
+    >;
+    expect(vi['virtual-size']).toBe(qi['virtual-size']);
+    expect(qemuImg(['compare', p('mid.qed'), join(dir, 'q', 'mid.qed')]).code).toBe(0);
+  });
+
+  it('words errors as qemu-img', async () => {
+    makeChain();
+    for (const args of [
+      ['commit', 'base.qed'],
+      ['commit', '-b', 'nope', 'top.qed'],
+      ['commit', 'missing.qed'],
+    ]) {
+      const q = qemuImg(args, dir);
+      const v = await vdisk(args, dir);
+      expect(v.code).toBe(q.code);
+      expect(v.stderr.replace(/^vdisk:/gm, 'qemu-img:')).toBe(q.stderr);
+    }
+  });
+
+  it('leaves the chain readable with unchanged content when killed mid-commit', async () => {
+    qemuImgOk(['create', '-q', '-f', 'qed', '-o', 'cluster_size=4k', p('base.qed'), '64M']);
+    qemuImgOk([
+      'create',
+      '-q',
+      '-f',
+      'qed',
+      '-o',
+      'cluster_size=4k',
+      '-b',
+      'base.qed',
+      '-F',
+      'qed',
+      p('top.qed'),
+    ]);
+    const cmds = [];
+    for (let i = 0; i < 64; i++) cmds.push(`write -P ${i + 1} ${i}M 900k`);
+    qemuIo(p('top.qed'), cmds, 'qed');
+    const before = qemuRawDigest(p('top.qed'));
+    const script = join(dir, 'commit.mts');
+    writeFileSync(
+      script,
+      `import { main } from '${join(process.cwd(), 'src/cli/main.ts')}';\nprocess.exitCode = await main(['commit', '-d', process.argv[2]]);\n`,
+    );
+    for (let round = 0; round < 3; round++) {
+      const child = spawn(process.execPath, ['--import', TSX_LOADER, script, p('top.qed')], {
+        stdio: 'ignore',
+      });
+      const exited = new Promise((r) => child.once('exit', r));
+      await new Promise((r) => setTimeout(r, 300 + round * 150));
+      child.kill('SIGKILL');
+      await exited;
+      expect([0, 3]).toContain(qemuImg(['check', p('base.qed')]).code);
+      expect(qemuRawDigest(p('top.qed'))).toBe(before);
+    }
+  });
+});
+
+describe('rebase against qemu-img', () => {
+  function twoBases(): void {
+    qemuImgOk(['create', '-q', '-f', 'qed', p('b1.qed'), '16M']);
+    qemuIo(p('b1.qed'), ['write -P 0x11 0 4M', 'write -P 0x12 10M 1M'], 'qed');
+    qemuImgOk(['create', '-q', '-f', 'qed', p('b2.qed'), '12M']);
+    qemuIo(p('b2.qed'), ['write -P 0x11 0 2M', 'write -P 0x21 3M 2M'], 'qed');
+    qemuImgOk(['create', '-q', '-f', 'qed', '-b', 'b1.qed', '-F', 'qed', p('o.qed')]);
+    qemuIo(p('o.qed'), ['write -P 0x31 3584k 1M'], 'qed');
+    copyFileSync(p('o.qed'), p('q.qed'));
+  }
+
+  it('safe rebase keeps the visible content and matches qemu-img', async () => {
+    twoBases();
+    const before = qemuRawDigest(p('o.qed'));
+    const v = await vdisk(['rebase', '-b', 'b2.qed', '-F', 'qed', p('o.qed')]);
+    expect(v).toMatchObject({ code: 0, stdout: '', stderr: '' });
+    qemuImgOk(['rebase', '-b', 'b2.qed', '-F', 'qed', p('q.qed')]);
+    expect(qemuRawDigest(p('o.qed'))).toBe(before);
+    expect(qemuImg(['compare', p('o.qed'), p('q.qed')]).code).toBe(0);
+    expect(qemuImg(['check', p('o.qed')]).code).toBe(0);
+    // Same clusters at the same offsets; only the host's block count (disk size) may differ.
+    const noDisk = (t: string) => t.replace(/"actual-size": \d+/, '');
+    const vi = await vdisk(['info', '--output=json', p('o.qed')]);
+    expect(noDisk(vi.stdout)).toBe(
+      noDisk(qemuImgOk(['info', '--output=json', p('q.qed')]).replaceAll('q.qed', 'o.qed')),
+    );
+  });
+
+  it('detaches with -b "" and rewrites only the reference with -u', async () => {
+    twoBases();
+    const before = qemuRawDigest(p('o.qed'));
+    expect((await vdisk(['rebase', '-b', '', p('o.qed')])).code).toBe(0);
+    qemuImgOk(['rebase', '-b', '', p('q.qed')]);
+    expect(qemuRawDigest(p('o.qed'))).toBe(before);
+    expect(qemuImgOk(['info', p('o.qed')])).not.toContain('backing file');
+    expect(qemuImg(['compare', p('o.qed'), p('q.qed')]).code).toBe(0);
+    expect((await vdisk(['rebase', '-u', '-b', 'b2.qed', '-F', 'qed', p('o.qed')])).code).toBe(0);
+    qemuImgOk(['rebase', '-u', '-b', 'b2.qed', '-F', 'qed', p('q.qed')]);
+    expect(qemuImgOk(['info', '--output=json', p('o.qed')]).replace(/"actual-size": \d+/, '')).toBe(
+      qemuImgOk(['info', '--output=json', p('q.qed')])
+        .replaceAll('q.qed', 'o.qed')
+        .replace(/"actual-size": \d+/, ''),
+    );
+  });
+
+  it('refuses without -F and with a missing new backing, changing nothing', async () => {
+    twoBases();
+    const before = qemuRawDigest(p('o.qed'));
+    for (const args of [
+      ['rebase', '-b', 'b2.qed', 'o.qed'],
+      ['rebase', '-b', 'nonexist.qed', '-F', 'qed', 'o.qed'],
+    ]) {
+      const v = await vdisk(args, dir);
+      const q = qemuImg(
+        args.map((a) => (a === 'o.qed' ? 'q.qed' : a)),
+        dir,
+      );
+      expect(v.code).toBe(q.code);
+      expect(v.stderr.replace(/^vdisk:/gm, 'qemu-img:').replaceAll('o.qed', 'q.qed')).toBe(q.stderr);
+    }
+    expect(qemuRawDigest(p('o.qed'))).toBe(before);
+  });
+});

@@ -1,0 +1,94 @@
+import { copyFileSync, truncateSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { qemuImgOk, qemuIo, tempDir } from '../test/oracle.js';
+import { runBoth } from '../test/same.js';
+
+let dir: string;
+let cleanup: () => void;
+
+function raw(name: string, size: string, writes: string[]): void {
+  qemuImgOk(['create', '-f', 'raw', join(dir, name), size]);
+  if (writes.length > 0) qemuIo(join(dir, name), writes, 'raw');
+}
+
+beforeAll(() => {
+  ({ dir, cleanup } = tempDir('vdisk-compare-'));
+  const base = ['write -P 0xab 1M 64k', 'write -P 0xcd 8M 3M', 'write -P 0x11 15M 1M'];
+  raw('a.img', '16M', base);
+  copyFileSync(join(dir, 'a.img'), join(dir, 'a-copy.img'));
+  // Same content, different layout: zeros written as data where a.img has holes.
+  raw('layout.img', '16M', [...base, 'write -P 0 4M 1M', 'write -P 0 12M 512k']);
+  // One byte differs in the middle of a sector.
+  raw('byte.img', '16M', [...base, 'write -P 0x12 9437884 1']);
+  // Data where a.img has a hole (one side allocated, the other a hole).
+  raw('extra.img', '16M', [...base, 'write -P 0x01 5M 4k']);
+  // A hole where a.img has data.
+  raw('hole.img', '16M', ['write -P 0xab 1M 64k', 'write -P 0xcd 8M 3M']);
+  // Larger: zeros past the end (identical with a warning), or data past the end.
+  raw('bigger-zero.img', '20M', [...base, 'write -P 0 17M 1M']);
+  raw('bigger-data.img', '20M', [...base, 'write -P 0x22 18M 7k']);
+  raw('smaller.img', '12M', ['write -P 0xab 1M 64k', 'write -P 0xcd 8M 3M']);
+  writeFileSync(join(dir, 'empty.img'), Buffer.alloc(0));
+  writeFileSync(join(dir, 'empty2.img'), Buffer.alloc(0));
+  // Sparse 1 TiB twins.
+  for (const n of ['huge1.img', 'huge2.img']) {
+    writeFileSync(join(dir, n), Buffer.alloc(0));
+    truncateSync(join(dir, n), 2 ** 40);
+  }
+  qemuIo(join(dir, 'huge2.img'), ['write -P 0x33 600G 64k'], 'raw');
+});
+afterAll(() => cleanup());
+
+const cases: string[][] = [
+  ['a.img', 'a-copy.img'],
+  ['a.img', 'layout.img'],
+  ['-s', 'a.img', 'layout.img'],
+  ['-s', 'a.img', 'a-copy.img'],
+  ['a.img', 'byte.img'],
+  ['byte.img', 'a.img'],
+  ['a.img', 'extra.img'],
+  ['extra.img', 'a.img'],
+  ['a.img', 'hole.img'],
+  ['hole.img', 'a.img'],
+  ['a.img', 'bigger-zero.img'],
+  ['bigger-zero.img', 'a.img'],
+  ['a.img', 'bigger-data.img'],
+  ['bigger-data.img', 'a.img'],
+  ['-s', 'a.img', 'bigger-zero.img'],
+  ['a.img', 'smaller.img'],
+  ['smaller.img', 'a.img'],
+  ['empty.img', 'empty2.img'],
+  ['empty.img', 'a.img'],
+  ['-q', 'a.img', 'byte.img'],
+  ['-q', 'a.img', 'a-copy.img'],
+  ['-f', 'raw', '-F', 'raw', '-U', 'a.img', 'layout.img'],
+  ['-T', 'none', 'a.img', 'a-copy.img'],
+  ['-p', 'a.img', 'a-copy.img'],
+  ['-p', 'a.img', 'byte.img'],
+  ['-p', 'a.img', 'bigger-data.img'],
+  ['-p', 'empty.img', 'empty2.img'],
+  ['-p', '-q', 'a.img', 'byte.img'],
+  ['-U', 'huge1.img', 'huge2.img'],
+  ['-p', 'huge1.img', 'huge1.img'],
+  // errors
+  ['a.img'],
+  ['a.img', 'b.img', 'c.img'],
+  ['a.img', 'missing.img'],
+  ['missing.img', 'a.img'],
+  ['-p', 'missing.img', 'a.img'],
+  ['-T', 'bogus', 'a.img', 'a-copy.img'],
+  ['-p', '-T', 'bogus', 'a.img', 'a-copy.img'],
+  ['-f', 'nosuch', 'a.img', 'a-copy.img'],
+  ['-x', 'a.img', 'a-copy.img'],
+  ['a.img', 'a-copy.img', '-F'],
+];
+
+describe('compare against qemu-img (raw)', () => {
+  for (const args of cases) {
+    it(args.join(' '), async () => {
+      const { qemu, ours } = await runBoth(['compare', ...args], dir);
+      expect(ours).toEqual(qemu);
+    });
+  }
+});
