@@ -27,6 +27,7 @@ const commands: Record<string, () => Promise<CliCommand>> = {
   tree: async () => (await import('./cmd/tree.js')).default,
   map: async () => (await import('./cmd/map.js')).default,
   measure: async () => (await import('./cmd/measure.js')).default,
+  serve: async () => (await import('./cmd/serve.js')).default,
 };
 
 export function registerCommand(name: string, load: () => Promise<CliCommand>): void {

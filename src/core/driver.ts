@@ -21,6 +21,11 @@ export interface DriverContext {
   readBacking(buf: Uint8Array, offset: number): Promise<void>;
   /** Whether a backing image is attached (drivers may skip copy-on-write reads without one). */
   readonly hasBacking: boolean;
+  /**
+   * The driver of the attached backing image, for formats that check their parent (vmdk
+   * compares its parentCID with the parent's CID before reading through it).
+   */
+  readonly backingImage?: FormatImage | undefined;
 }
 
 export interface DriverOpenOptions {
@@ -55,6 +60,12 @@ export interface CheckResult {
   imageEndOffset?: number;
   /** Messages qemu-img prints on stderr/stdout while checking (ERROR/Leaked cluster lines). */
   messages: string[];
+  /**
+   * The check itself failed (QEMU's check returned an error, as vmdk's does on its first
+   * corruption): qemu-img prints the messages, then "Check failed: <failure>", and exits 1
+   * without the summary.
+   */
+  failure?: string;
 }
 
 export interface SnapshotInfo {

@@ -37,6 +37,8 @@ const SHARED_BASE = 200;
 const PERM_READ = 0;
 const PERM_WRITE = 1;
 const PERM_RESIZE = 3;
+/** Largest single read/write: Node's fs asserts (aborts the process) on lengths of 2 GiB and more. */
+const MAX_IO = 1 << 30;
 
 export class HostFile {
   private constructor(
@@ -118,7 +120,12 @@ export class HostFile {
     while (done < buf.length) {
       let n: number;
       try {
-        ({ bytesRead: n } = await this.handle.read(buf, done, buf.length - done, offset + done));
+        ({ bytesRead: n } = await this.handle.read(
+          buf,
+          done,
+          Math.min(buf.length - done, MAX_IO),
+          offset + done,
+        ));
       } catch (err) {
         throw fromHostError(err, {
           path: this.path,
@@ -141,7 +148,12 @@ export class HostFile {
     let done = 0;
     while (done < buf.length) {
       try {
-        const { bytesWritten } = await this.handle.write(buf, done, buf.length - done, offset + done);
+        const { bytesWritten } = await this.handle.write(
+          buf,
+          done,
+          Math.min(buf.length - done, MAX_IO),
+          offset + done,
+        );
         done += bytesWritten;
       } catch (err) {
         throw fromHostError(err, {

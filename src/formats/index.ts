@@ -11,6 +11,7 @@ import { probeQcow2 } from './qcow2/probe.js';
 import { probeQed } from './qed/probe.js';
 import { probeVdi } from './vdi/probe.js';
 import { probeVhdx } from './vhdx/probe.js';
+import { probeVmdk } from './vmdk/probe.js';
 import { probeVpc } from './vpc/probe.js';
 
 type Probe = (head: Uint8Array, filename: string) => number;
@@ -25,6 +26,7 @@ const FORMATS: Array<[string, Probe | undefined, Loader]> = [
   ['qed', probeQed, async () => (await import('./qed/driver.js')).qedDriver],
   ['vdi', probeVdi, async () => (await import('./vdi/driver.js')).vdiDriver],
   ['vhdx', probeVhdx, async () => (await import('./vhdx/driver.js')).vhdxDriver],
+  ['vmdk', probeVmdk, async () => (await import('./vmdk/driver.js')).vmdkDriver],
   ['vpc', probeVpc, async () => (await import('./vpc/driver.js')).vpcDriver],
 ];
 
