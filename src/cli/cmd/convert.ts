@@ -197,7 +197,10 @@ const command: CliCommand = {
     try {
       await convertCommand({
         ...o,
-        onProgress: (done, total) => progress.set((100 * done) / total),
+        // Counting what will be copied costs a second walk of the source: only when shown.
+        ...(progress.mode !== 'off'
+          ? { onProgress: (done, total) => progress.set((100 * done) / total) }
+          : {}),
       });
       progress.set(100);
     } finally {
