@@ -51,6 +51,11 @@ export async function checkCommand(o: CheckCommandOptions): Promise<CheckCommand
     const run = async (repair: 'none' | 'leaks' | 'all'): Promise<ImageCheckJson> => {
       const r = await d.check!(repair);
       for (const m of r.messages) o.onMessage?.(m);
+      // The format's check itself failed (vmdk's does on its first corruption): qemu-img then
+      // prints "Check failed: <strerror>" and exits 1 without a report.
+      if (r.failure !== undefined) {
+        throw new VdiskError('CORRUPT_IMAGE', `Check failed: ${r.failure}`, { path: o.filename });
+      }
       return {
         filename: o.filename,
         format: d.format,
