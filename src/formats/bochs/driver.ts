@@ -3,31 +3,29 @@
  * bitmap + data sectors; a sector is present when its bit is set (QEMU's block/bochs.c).
  */
 import type { Extent } from '../../core/device.js';
-import type { DriverContext, DriverOpenOptions, FormatDriver, FormatImage } from '../../core/driver.js';
+import type { DriverOpenOptions, FormatDriver, FormatImage } from '../../core/driver.js';
 import { VdiskError } from '../../core/errors.js';
 import type { HostFile } from '../../core/host-file.js';
+import { ReadOnlyImage, refuseWritable } from '../readonly.js';
 import { probeBochs } from './probe.js';
 
 const HEADER_V1 = 0x00010000;
 const UNALLOCATED = 0xffffffff;
 
-class BochsImage implements FormatImage {
+class BochsImage extends ReadOnlyImage {
   readonly format = 'bochs';
-  readonly alignment = 512;
-  readonly readOnly = true;
-  readonly hasInfo = false;
 
   constructor(
-    private readonly file: HostFile,
+    file: HostFile,
     readonly size: number,
     private readonly catalog: Uint32Array,
     private readonly dataOffset: number,
     private readonly extentSize: number,
     private readonly bitmapBlocks: number,
     private readonly extentBlocks: number,
-  ) {}
-
-  attach(_ctx: DriverContext): void {}
+  ) {
+    super(file);
+  }
 
   /** File offset of a guest sector, or -1 when it is not stored. */
   private async sectorOffset(sector: number): Promise<number> {
@@ -74,25 +72,10 @@ class BochsImage implements FormatImage {
       else await this.file.read(part, o);
     }
   }
-
-  async write(): Promise<void> {
-    throw new VdiskError('READ_ONLY', 'The bochs format is read-only');
-  }
-  async writeZeroes(): Promise<void> {
-    throw new VdiskError('READ_ONLY', 'The bochs format is read-only');
-  }
-  async discard(): Promise<void> {}
-  async flush(): Promise<void> {}
-  close(): Promise<void> {
-    return this.file.close();
-  }
-  actualSize(): Promise<number> {
-    return this.file.allocatedSize();
-  }
 }
 
 async function openBochs(file: HostFile, opts: DriverOpenOptions): Promise<FormatImage> {
-  if (opts.writable) throw new VdiskError('READ_ONLY', 'The bochs format is read-only');
+  refuseWritable('bochs', opts);
   const head = new Uint8Array(512);
   await file.read(head, 0);
   if (probeBochs(head) === 0) throw new VdiskError('INVALID_IMAGE', 'Image not in Bochs format');

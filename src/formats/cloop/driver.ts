@@ -5,34 +5,31 @@
 import { promisify } from 'node:util';
 import { inflate as inflateCb } from 'node:zlib';
 import type { Extent } from '../../core/device.js';
-import type { DriverContext, DriverOpenOptions, FormatDriver, FormatImage } from '../../core/driver.js';
+import type { DriverOpenOptions, FormatDriver, FormatImage } from '../../core/driver.js';
 import { VdiskError } from '../../core/errors.js';
 import type { HostFile } from '../../core/host-file.js';
+import { ReadOnlyImage, refuseWritable } from '../readonly.js';
 
 const inflate = promisify(inflateCb);
 const MAX_BLOCK = 64 << 20;
 
-class CloopImage implements FormatImage {
+class CloopImage extends ReadOnlyImage {
   readonly format = 'cloop';
-  readonly alignment = 512;
-  readonly readOnly = true;
-  readonly hasInfo = false;
   private cached = -1;
   private cache: Uint8Array;
 
   constructor(
-    private readonly file: HostFile,
+    file: HostFile,
     private readonly blockSize: number,
     private readonly offsets: number[],
   ) {
+    super(file);
     this.cache = new Uint8Array(blockSize);
   }
 
   get size(): number {
     return (this.offsets.length - 1) * this.blockSize;
   }
-
-  attach(_ctx: DriverContext): void {}
 
   async blockStatus(offset: number, length: number): Promise<Extent> {
     return { offset, length, allocated: true, zero: false, data: true, compressed: true };
@@ -79,25 +76,10 @@ class CloopImage implements FormatImage {
       done += n;
     }
   }
-
-  async write(): Promise<void> {
-    throw new VdiskError('READ_ONLY', 'The cloop format is read-only');
-  }
-  async writeZeroes(): Promise<void> {
-    throw new VdiskError('READ_ONLY', 'The cloop format is read-only');
-  }
-  async discard(): Promise<void> {}
-  async flush(): Promise<void> {}
-  close(): Promise<void> {
-    return this.file.close();
-  }
-  actualSize(): Promise<number> {
-    return this.file.allocatedSize();
-  }
 }
 
 async function openCloop(file: HostFile, opts: DriverOpenOptions): Promise<FormatImage> {
-  if (opts.writable) throw new VdiskError('READ_ONLY', 'The cloop format is read-only');
+  refuseWritable('cloop', opts);
   const head = new Uint8Array(136);
   await file.read(head, 0);
   const v = new DataView(head.buffer);

@@ -9,31 +9,28 @@
  */
 import { inflateSync } from 'node:zlib';
 import type { Extent } from '../../core/device.js';
-import type { DriverContext, DriverOpenOptions, FormatDriver, FormatImage } from '../../core/driver.js';
+import type { DriverOpenOptions, FormatDriver, FormatImage } from '../../core/driver.js';
 import { VdiskError } from '../../core/errors.js';
 import type { HostFile } from '../../core/host-file.js';
+import { ReadOnlyImage, refuseWritable } from '../readonly.js';
 import { bunzip2Exact } from './bzip2.js';
 import { probeDmg } from './probe.js';
 import { type ChunkTable, readUdif, searchChunk, UDBZ, UDIG, UDRW, UDZE, UDZO } from './udif.js';
 
-class DmgImage implements FormatImage {
+class DmgImage extends ReadOnlyImage {
   readonly format = 'dmg';
-  readonly alignment = 512;
-  readonly readOnly = true;
-  readonly hasInfo = false;
   readonly size: number;
   /** The last chunk decompressed (QEMU keeps one too). */
   private cached: { chunk: number; data: Promise<Uint8Array> } | null = null;
 
   constructor(
-    private readonly file: HostFile,
+    file: HostFile,
     totalSectors: number,
     private readonly t: ChunkTable,
   ) {
+    super(file);
     this.size = totalSectors * 512;
   }
-
-  attach(_ctx: DriverContext): void {}
 
   async blockStatus(offset: number, length: number): Promise<Extent> {
     // No bdrv_co_block_status in QEMU's dmg: the generic layer reports allocated data.
@@ -111,25 +108,10 @@ class DmgImage implements FormatImage {
       done += n;
     }
   }
-
-  async write(): Promise<void> {
-    throw new VdiskError('READ_ONLY', 'The dmg format is read-only');
-  }
-  async writeZeroes(): Promise<void> {
-    throw new VdiskError('READ_ONLY', 'The dmg format is read-only');
-  }
-  async discard(): Promise<void> {}
-  async flush(): Promise<void> {}
-  close(): Promise<void> {
-    return this.file.close();
-  }
-  actualSize(): Promise<number> {
-    return this.file.allocatedSize();
-  }
 }
 
 async function openDmg(file: HostFile, opts: DriverOpenOptions): Promise<FormatImage> {
-  if (opts.writable) throw new VdiskError('READ_ONLY', 'The dmg format is read-only');
+  refuseWritable('dmg', opts);
   const { totalSectors, table } = await readUdif(file);
   return new DmgImage(file, totalSectors, table);
 }
