@@ -116,7 +116,9 @@ async function openLayer(path: string, opts: OpenOptions, depth: number, seen: S
             { path },
           );
         }
-        return HostFile.open(resolveRelative(path, ref.filename), {
+        // qemu 7.2 opens a relative data file name as given, i.e. relative to the working
+        // directory (bdrv_open_child on the stored name), unlike backing file names.
+        return HostFile.open(ref.filename, {
           writable: w,
           lock: opts.forceShare ? 'none' : w ? 'write' : 'read',
         });

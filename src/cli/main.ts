@@ -16,20 +16,25 @@ export const VERSION = '0.1.0';
 
 const commands: Record<string, () => Promise<CliCommand>> = {
   compare: async () => (await import('./cmd/compare.js')).default,
+  check: async () => (await import('./cmd/check.js')).default,
+  convert: async () => (await import('./cmd/convert.js')).default,
   create: async () => (await import('./cmd/create.js')).default,
+  dd: async () => (await import('./cmd/dd.js')).default,
   info: async () => (await import('./cmd/info.js')).default,
   commit: async () => (await import('./cmd/commit.js')).default,
   rebase: async () => (await import('./cmd/rebase.js')).default,
   resize: async () => (await import('./cmd/resize.js')).default,
   tree: async () => (await import('./cmd/tree.js')).default,
   map: async () => (await import('./cmd/map.js')).default,
+  measure: async () => (await import('./cmd/measure.js')).default,
+  serve: async () => (await import('./cmd/serve.js')).default,
 };
 
 export function registerCommand(name: string, load: () => Promise<CliCommand>): void {
   commands[name] = load;
 }
 
-async function usage(io: Io): Promise<void> {
+export async function usage(io: Io): Promise<void> {
   const lines = [
     'usage: vdisk [standard options] command [command options]',
     'VM disk image utility (qemu-img compatible)',

@@ -44,7 +44,7 @@ export class Progress {
 
   private update(value: number): void {
     if (this.mode === 'off') return;
-    const current = value > 100 ? 100 : value;
+    const current = Math.min(value, 100);
     this.current = current;
     if (
       current > this.lastPrint + this.minSkip ||

@@ -15,6 +15,8 @@ function view(b: Uint8Array): Buffer {
 
 /** Is the sector at [pos, pos+n) zero? (n ≤ 512) */
 function sectorIsZero(b: Buffer, pos: number, n: number): boolean {
+  // Data sectors almost always start with a non-zero byte: answer those without a native call.
+  if (b[pos] !== 0 || b[pos + n - 1] !== 0) return false;
   return b.compare(ZERO_SECTOR, 0, n, pos, pos + n) === 0;
 }
 

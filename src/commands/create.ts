@@ -1,8 +1,9 @@
 /** `create`: make a new image of a format, optionally on a backing file. */
 import { openImage, resolveRelative } from '../chain/open.js';
-import type { CreateOptionSpec } from '../core/driver.js';
+import type { CreateOptionSpec, CreateRequest, FormatDriver } from '../core/driver.js';
 import { VdiskError } from '../core/errors.js';
 import { getDriver } from '../core/formats.js';
+import { parseBoolOption } from '../core/options.js';
 import { parseImageSize, parseSize } from '../core/size.js';
 import { registerBuiltinFormats } from '../formats/index.js';
 
@@ -19,7 +20,7 @@ export interface CreateCommandOptions {
   unsafe?: boolean;
   /** Called with the "Formatting" line before the driver creates the image (qemu-img prints
    * it before a driver error too). */
-  onFormatLine?: (line: string) => void;
+  onFormatting?: (line: string) => void;
 }
 
 export interface CreateCommandResult {
@@ -28,7 +29,32 @@ export interface CreateCommandResult {
   size: number;
 }
 
+/** A create request checked and ready: what convert and dd reuse before creating a target. */
+export interface PreparedCreate {
+  driver: FormatDriver;
+  request: CreateRequest;
+  /** qemu-img's "Formatting '…', fmt=… …" line, without the newline. */
+  formatLine: string;
+  size: number;
+}
+
 export async function createCommand(o: CreateCommandOptions): Promise<CreateCommandResult> {
+  const { driver, request, formatLine, size } = await prepareCreate(o);
+  o.onFormatting?.(formatLine);
+  try {
+    await driver.create!(request);
+  } catch (err) {
+    // qemu-img names the image in front of every error of the format driver.
+    if (err instanceof VdiskError) {
+      throw new VdiskError(err.code, `${o.filename}: ${err.message}`, { path: o.filename, cause: err });
+    }
+    throw err;
+  }
+  return { formatLine, size };
+}
+
+/** Check a create request (format, options, backing, size) without creating anything. */
+export async function prepareCreate(o: CreateCommandOptions): Promise<PreparedCreate> {
   registerBuiltinFormats();
   const driver = await getDriver(o.format);
   if (driver.create === undefined) {
@@ -39,6 +65,32 @@ export async function createCommand(o: CreateCommandOptions): Promise<CreateComm
   const known = new Set(specs.map((s) => s.name));
   for (const k of Object.keys(options)) {
     if (!known.has(k)) throw new VdiskError('INVALID_ARGUMENT', `Invalid parameter '${k}'`);
+  }
+  // Typed options are checked (and sizes and booleans normalized) before anything is
+  // printed, as QemuOpts parsing does.
+  for (const spec of specs) {
+    const v = options[spec.name];
+    if (v === undefined || spec.name === 'size') continue;
+    const prefix = (e: unknown) =>
+      new VdiskError('INVALID_ARGUMENT', `${o.filename}: ${(e as Error).message}`, { cause: e });
+    if (spec.type === 'bool') {
+      try {
+        options[spec.name] = parseBoolOption(spec.name, v) ? 'on' : 'off';
+      } catch (e) {
+        throw prefix(e);
+      }
+    } else if (spec.type === 'size') {
+      const n = parseSize(v);
+      if (n === null) {
+        throw new VdiskError(
+          'INVALID_ARGUMENT',
+          `${o.filename}: Parameter '${spec.name}' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.`,
+        );
+      }
+      options[spec.name] = String(n);
+    } else if (spec.type === 'number' && !/^\s*\d+\s*$/.test(v)) {
+      throw new VdiskError('INVALID_ARGUMENT', `${o.filename}: Parameter '${spec.name}' expects a number`);
+    }
   }
   const backingFile = o.backingFile ?? options['backing_file'];
   const backingFormat = o.backingFormat ?? options['backing_fmt'];
@@ -84,13 +136,9 @@ export async function createCommand(o: CreateCommandOptions): Promise<CreateComm
     throw new VdiskError('INVALID_ARGUMENT', `${o.filename}: Image creation needs a size parameter`);
   options['size'] = String(size);
   const formatLine = `Formatting '${o.filename}', fmt=${o.format}${formatOptions(specs, options)}`;
-  const req = { path: o.filename, size, options: withoutGeneric(options) } as const;
-  o.onFormatLine?.(formatLine);
-  await driver.create({
-    ...req,
-    ...(backingFile !== undefined ? { backing: { filename: backingFile, format: backingFormat } } : {}),
-  });
-  return { formatLine, size };
+  const request: CreateRequest = { path: o.filename, size, options: withoutGeneric(options) };
+  if (backingFile !== undefined) request.backing = { filename: backingFile, format: backingFormat };
+  return { driver, request, formatLine, size };
 }
 
 function withoutGeneric(options: Record<string, string>): Record<string, string> {

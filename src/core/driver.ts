@@ -21,6 +21,11 @@ export interface DriverContext {
   readBacking(buf: Uint8Array, offset: number): Promise<void>;
   /** Whether a backing image is attached (drivers may skip copy-on-write reads without one). */
   readonly hasBacking: boolean;
+  /**
+   * The driver of the attached backing image, for formats that check their parent (vmdk
+   * compares its parentCID with the parent's CID before reading through it).
+   */
+  readonly backingImage?: FormatImage | undefined;
 }
 
 export interface DriverOpenOptions {
@@ -60,6 +65,12 @@ export interface CheckResult {
   imageEndOffset?: number;
   /** Messages qemu-img prints on stderr/stdout while checking (ERROR/Leaked cluster lines). */
   messages: string[];
+  /**
+   * The check itself failed (QEMU's check returned an error, as vmdk's does on its first
+   * corruption): qemu-img prints the messages, then "Check failed: <failure>", and exits 1
+   * without the summary.
+   */
+  failure?: string;
 }
 
 export interface SnapshotInfo {
@@ -129,6 +140,8 @@ export interface MeasureResult {
   required: number;
   /** Bytes it would need fully allocated. */
   fullyAllocated: number;
+  /** Bytes for persistent bitmaps copied from the source (qemu-img prints it when set). */
+  bitmaps?: number;
 }
 
 /** A value given to create with -o. */
@@ -163,6 +176,11 @@ export interface FormatDriver {
   readonly createOptions?: readonly CreateOptionSpec[];
   /** Does this format store a backing file reference? */
   readonly supportsBacking?: boolean;
+  /**
+   * Images of this format implement writeCompressed (qemu's block_driver_can_compress).
+   * convert -c checks it before creating the target, as qemu-img does.
+   */
+  readonly compressedWrites?: boolean;
   /**
    * qemu-img measure: the size of an image of this format with these options holding `size`
    * bytes of virtual disk, or the content of `source` when given.

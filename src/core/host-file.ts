@@ -37,6 +37,8 @@ const SHARED_BASE = 200;
 const PERM_READ = 0;
 const PERM_WRITE = 1;
 const PERM_RESIZE = 3;
+/** Largest single read/write: Node's fs asserts (aborts the process) on lengths of 2 GiB and more. */
+const MAX_IO = 1 << 30;
 
 export class HostFile {
   private constructor(
@@ -118,7 +120,12 @@ export class HostFile {
     while (done < buf.length) {
       let n: number;
       try {
-        ({ bytesRead: n } = await this.handle.read(buf, done, buf.length - done, offset + done));
+        ({ bytesRead: n } = await this.handle.read(
+          buf,
+          done,
+          Math.min(buf.length - done, MAX_IO),
+          offset + done,
+        ));
       } catch (err) {
         throw fromHostError(err, {
           path: this.path,
@@ -141,7 +148,12 @@ export class HostFile {
     let done = 0;
     while (done < buf.length) {
       try {
-        const { bytesWritten } = await this.handle.write(buf, done, buf.length - done, offset + done);
+        const { bytesWritten } = await this.handle.write(
+          buf,
+          done,
+          Math.min(buf.length - done, MAX_IO),
+          offset + done,
+        );
         done += bytesWritten;
       } catch (err) {
         throw fromHostError(err, {
@@ -151,6 +163,34 @@ export class HostFile {
           message: `Could not write '${this.path}' at offset ${offset + done}: ${(err as Error).message}`,
         });
       }
+    }
+  }
+
+  /** Write several buffers back to back at offset (one pwritev where the host allows). */
+  async writev(bufs: Uint8Array[], offset: number): Promise<void> {
+    if (bufs.length === 1) return this.write(bufs[0]!, offset);
+    if (!this.writable)
+      throw new VdiskError('READ_ONLY', `'${this.path}' is open read-only`, { path: this.path });
+    let written: number;
+    try {
+      ({ bytesWritten: written } = await this.handle.writev(bufs, offset));
+    } catch (err) {
+      throw fromHostError(err, {
+        path: this.path,
+        offset,
+        op: 'write',
+        message: `Could not write '${this.path}' at offset ${offset}: ${(err as Error).message}`,
+      });
+    }
+    // A short vectored write: finish buffer by buffer.
+    let pos = 0;
+    for (const b of bufs) {
+      const end = pos + b.length;
+      if (written < end) {
+        const skip = Math.max(0, written - pos);
+        await this.write(b.subarray(skip), offset + pos + skip);
+      }
+      pos = end;
     }
   }
 

@@ -36,6 +36,9 @@ export class Image implements BlockDevice {
       get hasBacking() {
         return self.backing !== null;
       },
+      get backingImage() {
+        return self.backing?.driver;
+      },
     });
   }
 

@@ -9,9 +9,11 @@ import { probeCloop } from './cloop/probe.js';
 import { probeDmg } from './dmg/probe.js';
 import { probeParallels } from './parallels/probe.js';
 import { probeQcow } from './qcow/probe.js';
+import { probeQcow2 } from './qcow2/probe.js';
 import { probeQed } from './qed/probe.js';
 import { probeVdi } from './vdi/probe.js';
 import { probeVhdx } from './vhdx/probe.js';
+import { probeVmdk } from './vmdk/probe.js';
 import { probeVpc } from './vpc/probe.js';
 
 type Probe = (head: Uint8Array, filename: string) => number;
@@ -24,9 +26,11 @@ const FORMATS: Array<[string, Probe | undefined, Loader]> = [
   ['parallels', probeParallels, async () => (await import('./parallels/driver.js')).parallelsDriver],
   ['raw', undefined, async () => (await import('./raw/driver.js')).rawDriver],
   ['qcow', probeQcow, async () => (await import('./qcow/driver.js')).qcowDriver],
+  ['qcow2', probeQcow2, async () => (await import('./qcow2/driver.js')).qcow2Driver],
   ['qed', probeQed, async () => (await import('./qed/driver.js')).qedDriver],
   ['vdi', probeVdi, async () => (await import('./vdi/driver.js')).vdiDriver],
   ['vhdx', probeVhdx, async () => (await import('./vhdx/driver.js')).vhdxDriver],
+  ['vmdk', probeVmdk, async () => (await import('./vmdk/driver.js')).vmdkDriver],
   ['vpc', probeVpc, async () => (await import('./vpc/driver.js')).vpcDriver],
 ];
 

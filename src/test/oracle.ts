@@ -4,7 +4,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -71,7 +71,20 @@ export function qemuRawDigest(image: string, format?: string): string {
   try {
     const out = join(dir, 'out.raw');
     qemuImgOk(['convert', ...(format ? ['-f', format] : []), '-O', 'raw', image, out]);
-    return createHash('sha256').update(readFileSync(out)).digest('hex');
+    // In pieces: images may be larger than a Buffer can hold.
+    const h = createHash('sha256');
+    const fd = openSync(out, 'r');
+    try {
+      const chunk = Buffer.alloc(16 << 20);
+      for (;;) {
+        const n = readSync(fd, chunk, 0, chunk.length, null);
+        if (n === 0) break;
+        h.update(chunk.subarray(0, n));
+      }
+    } finally {
+      closeSync(fd);
+    }
+    return h.digest('hex');
   } finally {
     cleanup();
   }

@@ -39,7 +39,7 @@ const command: CliCommand = {
     }
     const options = mergeOptionStrings(optionStrings);
     if ('help' in options || '?' in options) {
-      await printOptionHelp(io, format);
+      await printOptionHelp(io, format, args[0] !== undefined);
       return 0;
     }
     const filename = args[0];
@@ -54,7 +54,7 @@ const command: CliCommand = {
       backingFile,
       backingFormat,
       unsafe,
-      onFormatLine: (line) => {
+      onFormatting: (line) => {
         if (!quiet) io.out(`${line}\n`);
       },
     });

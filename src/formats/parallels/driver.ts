@@ -1,6 +1,5 @@
 /** The parallels format driver: Parallels/ploop images, read and write, as qemu-img 7.2. */
 import type { FormatDriver } from '../../core/driver.js';
-import { prefixError } from '../errors.js';
 import { createParallels } from './create.js';
 import { openParallels } from './open.js';
 import { probeParallels } from './probe.js';
@@ -19,11 +18,5 @@ export const parallelsDriver: FormatDriver = {
     },
   ],
   open: openParallels,
-  async create(req) {
-    try {
-      await createParallels(req);
-    } catch (err) {
-      throw prefixError(err, req.path);
-    }
-  },
+  create: createParallels,
 };

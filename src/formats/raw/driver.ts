@@ -124,7 +124,8 @@ export const PREALLOC_MODES = ['off', 'falloc', 'full'] as const;
 export async function createRaw(req: CreateRequest): Promise<void> {
   const prealloc = req.options['preallocation'] ?? 'off';
   if (!(PREALLOC_MODES as readonly string[]).includes(prealloc)) {
-    throw new VdiskError('INVALID_ARGUMENT', `Invalid parameter '${prealloc}'`);
+    // qemu's file driver words it so (qemu-img: x.img: invalid parameter value: xyz).
+    throw new VdiskError('INVALID_ARGUMENT', `invalid parameter value: ${prealloc}`);
   }
   const file = await HostFile.open(req.path, { create: true });
   try {

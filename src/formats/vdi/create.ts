@@ -19,7 +19,7 @@ export async function createVdi(req: CreateRequest): Promise<void> {
   if (size > VDI_DISK_SIZE_MAX) {
     throw new VdiskError(
       'UNSUPPORTED',
-      `${req.path}: Unsupported VDI image size (size is 0x${size.toString(16)}, max supported is 0x${VDI_DISK_SIZE_MAX.toString(16)})`,
+      `Unsupported VDI image size (size is 0x${size.toString(16)}, max supported is 0x${VDI_DISK_SIZE_MAX.toString(16)})`,
     );
   }
   const blocks = Math.ceil(size / DEFAULT_BLOCK_SIZE);

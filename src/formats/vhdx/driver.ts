@@ -1,7 +1,6 @@
 /** The vhdx format driver: dynamic and fixed images, as qemu-img 7.2 reads and writes them. */
 import type { DriverOpenOptions, FormatDriver, FormatImage } from '../../core/driver.js';
 import type { HostFile } from '../../core/host-file.js';
-import { prefixError } from '../errors.js';
 import { createVhdx } from './create.js';
 import { VhdxImage } from './image.js';
 import { readVhdxState } from './open.js';
@@ -34,11 +33,5 @@ export const vhdxDriver: FormatDriver = {
   async open(file: HostFile, opts: DriverOpenOptions): Promise<FormatImage> {
     return new VhdxImage(await readVhdxState(file, opts.writable));
   },
-  async create(req) {
-    try {
-      await createVhdx(req);
-    } catch (err) {
-      throw prefixError(err, req.path);
-    }
-  },
+  create: createVhdx,
 };

@@ -1,7 +1,6 @@
 /** The vpc (VHD) format driver: fixed and dynamic images, as qemu-img 7.2 reads and writes them. */
 import type { FormatDriver, FormatImage } from '../../core/driver.js';
 import type { HostFile } from '../../core/host-file.js';
-import { prefixError } from '../errors.js';
 import { createVpc } from './create.js';
 import { VpcImage } from './image.js';
 import { readVpcLayout } from './open.js';
@@ -27,12 +26,5 @@ export const vpcDriver: FormatDriver = {
   async open(file: HostFile): Promise<FormatImage> {
     return new VpcImage(file, await readVpcLayout(file));
   },
-  async create(req) {
-    try {
-      await createVpc(req);
-    } catch (err) {
-      // qemu-img names the image in front of every error the driver reports while creating.
-      throw prefixError(err, req.path);
-    }
-  },
+  create: createVpc,
 };

@@ -1,0 +1,215 @@
+/**
+ * `npm run bench`: vdisk (bin/vdisk, a real process) and qemu-img side by side on the same
+ * inputs, in one run. Each case runs REPEAT times per tool, alternating the tools, with a
+ * `sync` before every run so that one run's dirty pages do not slow the next; the table
+ * shows median wall times (measured around the process, start-up included: Node alone takes
+ * ~50 ms, which dominates the small cases), their ratio (vdisk / qemu-img) and the peak RSS of
+ * each process as GNU time reports it (`/usr/bin/time -f %M`, the child's maximum resident set).
+ *
+ * Environment: BENCH_SIZE (default 2G) sizes the mixed-data image; BENCH_REPEAT (default 3);
+ * BENCH_DIR (default the system temp dir) holds the files; BENCH_ONLY=substring picks cases.
+ * qcow2 cases run when vdisk supports qcow2.
+ */
+import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { closeSync, existsSync, ftruncateSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseSize } from '../core/size.js';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+const VDISK = join(ROOT, 'bin/vdisk');
+const SIZE = parseSize(process.env['BENCH_SIZE'] ?? '2G') ?? 2 ** 31;
+const REPEAT = Number(process.env['BENCH_REPEAT'] ?? 3);
+const ONLY = process.env['BENCH_ONLY'];
+const HAVE_TIME = existsSync('/usr/bin/time');
+const MiB = 1 << 20;
+
+interface Run {
+  seconds: number;
+  rssKiB: number | null;
+}
+
+function timed(cmd: string, args: string[], cwd: string): Run {
+  spawnSync('sync');
+  const argv = HAVE_TIME ? ['-f', '%e %M', cmd, ...args] : args;
+  const t0 = performance.now();
+  const r = spawnSync(HAVE_TIME ? '/usr/bin/time' : cmd, argv, { cwd, encoding: 'utf8', maxBuffer: 1 << 30 });
+  const wall = (performance.now() - t0) / 1000;
+  const lines = r.stderr.trim().split('\n');
+  const last = lines[lines.length - 1] ?? '';
+  const m = /^([\d.]+) (\d+)$/.exec(last);
+  // compare exits 1 on a difference, check 3 on leaks: only ≥ 2 (or a signal) is a failure here.
+  if (r.status === null || r.status >= (cmd === VDISK || cmd === 'qemu-img' ? 2 : 1)) {
+    throw new Error(`${cmd} ${args.join(' ')} failed (${r.status}): ${r.stderr}`);
+  }
+  // Wall time measured here (ms resolution; /usr/bin/time's %e has only 10 ms), spawn included
+  // for both tools alike.
+  return { seconds: wall, rssKiB: m ? Number(m[2]) : null };
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+/**
+ * A raw image of `size` bytes: per 64 MiB, 24 MiB of random data, 8 MiB of zeros written
+ * as data, 8 MiB of compressible text, 24 MiB left as a hole.
+ */
+function makeMixed(path: string, size: number): void {
+  const fd = openSync(path, 'w');
+  try {
+    ftruncateSync(fd, size);
+    const pool = randomBytes(16 * MiB);
+    const zeros = Buffer.alloc(8 * MiB);
+    const text = Buffer.alloc(8 * MiB);
+    const line = Buffer.from('The quick brown fox jumps over the lazy dog. 0123456789 ');
+    for (let i = 0; i < text.length; i++) text[i] = line[i % line.length]!;
+    for (let base = 0; base < size; base += 64 * MiB) {
+      let pos = base;
+      for (let i = 0; i < 24 && pos < size; i++, pos += MiB) {
+        const o = ((base / MiB) * 7 + i * 1048573) % (15 * MiB);
+        writeSync(fd, pool, o, Math.min(MiB, size - pos), pos);
+      }
+      for (const b of [zeros, text]) {
+        if (pos >= size) break;
+        writeSync(fd, b, 0, Math.min(b.length, size - pos), pos);
+        pos += b.length;
+      }
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** A 1 TiB sparse raw image with a little data spread over it. */
+function makeHugeRaw(path: string): void {
+  const fd = openSync(path, 'w');
+  try {
+    ftruncateSync(fd, 2 ** 40);
+    const b = randomBytes(64 * 1024);
+    for (let i = 0; i < 64; i++) writeSync(fd, b, 0, b.length, i * 16 * 2 ** 30 + i * 4096);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+interface Case {
+  name: string;
+  /** Arguments for both tools; OUT stands for a per-tool output file (removed before each run). */
+  args: string[];
+  out?: string;
+  needs?: string;
+}
+
+function vdiskFormats(): string {
+  const r = spawnSync(VDISK, ['--help'], { encoding: 'utf8' });
+  return /Supported formats: (.*)/.exec(r.stdout)?.[1] ?? '';
+}
+
+function main(): void {
+  const dir = mkdtempSync(join(process.env['BENCH_DIR'] ?? tmpdir(), 'vdisk-bench-'));
+  try {
+    const gib = (SIZE / 2 ** 30).toFixed(SIZE % 2 ** 30 === 0 ? 0 : 2);
+    process.stderr.write(`bench: making a ${gib} GiB mixed raw image and a 1 TiB sparse one in ${dir}\n`);
+    makeMixed(join(dir, 'mixed.raw'), SIZE);
+    makeHugeRaw(join(dir, 'huge.raw'));
+    spawnSync('cp', ['--sparse=always', join(dir, 'mixed.raw'), join(dir, 'mixed-copy.raw')]);
+    const qcow2 = vdiskFormats().split(' ').includes('qcow2');
+    if (qcow2) {
+      spawnSync('qemu-img', ['convert', '-O', 'qcow2', join(dir, 'mixed.raw'), join(dir, 'mixed.qcow2')]);
+      spawnSync('qemu-img', ['convert', '-O', 'qcow2', join(dir, 'huge.raw'), join(dir, 'huge.qcow2')]);
+    }
+    const cases: Case[] = [
+      {
+        name: `convert raw→raw (${gib} GiB mixed)`,
+        args: ['convert', '-O', 'raw', 'mixed.raw', 'OUT'],
+        out: 'o.raw',
+      },
+      { name: `compare raw raw (${gib} GiB mixed)`, args: ['compare', 'mixed.raw', 'mixed-copy.raw'] },
+      { name: 'map --output=json (1 TiB sparse raw)', args: ['map', '--output=json', 'huge.raw'] },
+      { name: 'compare (1 TiB sparse raw, itself)', args: ['compare', 'huge.raw', 'huge.raw'] },
+      {
+        name: `convert raw→qcow2 (${gib} GiB mixed)`,
+        args: ['convert', '-O', 'qcow2', 'mixed.raw', 'OUT'],
+        out: 'o.qcow2',
+        needs: 'qcow2',
+      },
+      {
+        name: `convert qcow2→raw (${gib} GiB mixed)`,
+        args: ['convert', '-O', 'raw', 'mixed.qcow2', 'OUT'],
+        out: 'o.raw',
+        needs: 'qcow2',
+      },
+      {
+        name: `convert -c -O qcow2 (${gib} GiB mixed)`,
+        args: ['convert', '-c', '-O', 'qcow2', 'mixed.raw', 'OUT'],
+        out: 'o.qcow2',
+        needs: 'qcow2',
+      },
+      {
+        name: `compare qcow2 raw (${gib} GiB mixed)`,
+        args: ['compare', 'mixed.qcow2', 'mixed.raw'],
+        needs: 'qcow2',
+      },
+      {
+        name: 'map --output=json (1 TiB sparse qcow2)',
+        args: ['map', '--output=json', 'huge.qcow2'],
+        needs: 'qcow2',
+      },
+      { name: 'check (1 TiB sparse qcow2)', args: ['check', 'huge.qcow2'], needs: 'qcow2' },
+    ];
+    const rows: string[][] = [];
+    for (const c of cases) {
+      if (c.needs === 'qcow2' && !qcow2) continue;
+      if (ONLY !== undefined && !c.name.includes(ONLY)) continue;
+      const times: Record<'q' | 'v', number[]> = { q: [], v: [] };
+      const rss: Record<'q' | 'v', number[]> = { q: [], v: [] };
+      for (let i = 0; i < REPEAT; i++) {
+        for (const who of i % 2 === 0 ? (['q', 'v'] as const) : (['v', 'q'] as const)) {
+          const out = c.out !== undefined ? `${who}-${c.out}` : '';
+          if (out !== '') rmSync(join(dir, out), { force: true });
+          const args = c.args.map((a) => (a === 'OUT' ? out : a));
+          const r = timed(who === 'q' ? 'qemu-img' : VDISK, args, dir);
+          times[who].push(r.seconds);
+          if (r.rssKiB !== null) rss[who].push(r.rssKiB);
+        }
+      }
+      if (c.out !== undefined) {
+        // The outputs must hold the same content.
+        const cmp = spawnSync('qemu-img', ['compare', `q-${c.out}`, `v-${c.out}`], {
+          cwd: dir,
+          encoding: 'utf8',
+        });
+        if (cmp.status !== 0) throw new Error(`${c.name}: outputs differ: ${cmp.stdout}${cmp.stderr}`);
+        rmSync(join(dir, `q-${c.out}`), { force: true });
+        rmSync(join(dir, `v-${c.out}`), { force: true });
+      }
+      const q = median(times.q);
+      const v = median(times.v);
+      const mib = (xs: number[]) => (xs.length > 0 ? (Math.max(...xs) / 1024).toFixed(0) : '?');
+      rows.push([c.name, q.toFixed(3), v.toFixed(3), (v / q).toFixed(2), mib(rss.q), mib(rss.v)]);
+      process.stderr.write(`bench: ${c.name} done\n`);
+    }
+    const head = ['case', 'qemu-img s', 'vdisk s', 'ratio', 'qemu-img MiB', 'vdisk MiB'];
+    const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+    const line = (r: string[]) =>
+      `| ${r.map((x, i) => (i === 0 ? x.padEnd(widths[i]!) : x.padStart(widths[i]!))).join(' | ')} |`;
+    const out = [
+      line(head),
+      `|${widths.map((w, i) => (i === 0 ? '-'.repeat(w + 2) : `${'-'.repeat(w + 1)}:`)).join('|')}|`,
+    ];
+    for (const r of rows) out.push(line(r));
+    const node = timed(process.execPath, ['-e', '0'], dir).seconds;
+    process.stdout.write(
+      `${out.join('\n')}\n\nmedian wall time of ${REPEAT} runs per tool (alternating, sync before each), ` +
+        `process start included (\`node -e 0\` alone: ${node.toFixed(3)} s); RSS: peak of /usr/bin/time -f %M\n`,
+    );
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+main();

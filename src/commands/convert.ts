@@ -1,0 +1,563 @@
+/**
+ * `convert`: copy one or more images (concatenated) into a new or existing target of any
+ * format, as qemu-img.c img_convert (7.2) does:
+ *
+ * - the source is walked by block status, one extent at a time (never per cluster):
+ *   ranges that read as zeros are skipped when the target is known to read as zeros
+ *   (a new image, or --target-is-zero), written as zeroes with unmap otherwise; with -B
+ *   only what the source's top layer holds is copied, the rest is left to the new backing;
+ * - data is read in large chunks (2 MiB, or the target's cluster) and scanned for runs of
+ *   at least -S bytes of zeros (default 4 KiB), which become holes or zero clusters;
+ *   -S 0 writes everything;
+ * - -m workers (default 8) read ahead concurrently; writes stay in offset order unless -W;
+ * - -c writes whole clusters through the target driver's writeCompressed.
+ *
+ * Memory is bounded by workers × chunk size (16 MiB by default), whatever the image size.
+ */
+import { openImage } from '../chain/open.js';
+import { isAllZero } from '../core/device.js';
+import type { FormatImage } from '../core/driver.js';
+import { strerror, VdiskError } from '../core/errors.js';
+import { getDriver } from '../core/formats.js';
+import { Image, roundUp } from '../core/image.js';
+import { Mutex } from '../core/lock.js';
+import { registerBuiltinFormats } from '../formats/index.js';
+import { allocatedSectorsMin, SECTOR } from './buffers.js';
+import { prepareCreate } from './create.js';
+
+export const IO_BUF_SIZE = 2 * 1024 * 1024;
+const MAX_BUF_SIZE = 16 * 1024 * 1024;
+/** QEMU's BDRV_REQUEST_MAX_SECTORS: one block status query covers at most this much. */
+const MAX_REQUEST = Math.floor(0x7fffffff / SECTOR) * SECTOR;
+export const MAX_COROUTINES = 16;
+
+/** An internal snapshot to read the (first) source from: by id and/or name, or either. */
+export type SnapshotRef = { id?: string | undefined; name?: string | undefined } | { idOrName: string };
+
+export interface ConvertOptions {
+  sources: string[];
+  /** -f: format of every source (probed when absent). */
+  sourceFormat?: string | undefined;
+  output: string;
+  /** -O (default raw). */
+  outputFormat?: string | undefined;
+  /** -o: creation options of the target. */
+  options?: Record<string, string>;
+  /** -B / -F: make the target an overlay of this backing file (only the source's top layer is copied). */
+  backingFile?: string | undefined;
+  backingFormat?: string | undefined;
+  /** -c */
+  compressed?: boolean;
+  /** -n: the target exists; do not create it. */
+  skipCreate?: boolean;
+  /** --target-is-zero (with -n): zero ranges need not be written. */
+  targetIsZero?: boolean;
+  /** -S in bytes: shortest zero run to leave unwritten (default 4096); 0 writes everything. */
+  minSparse?: number;
+  /** -m: requests in flight (1..16, default 8). */
+  coroutines?: number;
+  /** -W: allow writes out of order. */
+  outOfOrder?: boolean;
+  /** -l: read the source from an internal snapshot. */
+  snapshot?: SnapshotRef | undefined;
+  /** -U: open the sources without taking their locks. */
+  forceShare?: boolean;
+  /** -t: target cache mode; anything but 'unsafe' (the default) flushes the target at the end. */
+  cache?: string;
+  /** Progress: bytes handled so far out of the bytes the copy will read or write. */
+  onProgress?: (done: number, total: number) => void;
+}
+
+type Status = 'data' | 'zero' | 'backing';
+
+interface Part {
+  image: Image;
+  /** The image's size. */
+  size: number;
+  /** Where the part starts in the concatenation. */
+  start: number;
+  /** Its span in the concatenation: the size rounded up to whole sectors, as qemu counts. */
+  span: number;
+}
+
+function hostText(err: unknown): string {
+  const cause = err instanceof VdiskError ? err.cause : err;
+  if (cause !== undefined && cause !== null && (cause as { code?: unknown }).code !== undefined)
+    return strerror(cause);
+  return err instanceof Error ? err.message : String(err);
+}
+
+function fail(message: string, code: VdiskError['code'] = 'INVALID_ARGUMENT'): never {
+  throw new VdiskError(code, message);
+}
+
+export async function convertCommand(o: ConvertOptions): Promise<void> {
+  registerBuiltinFormats();
+  const outFmt = o.outputFormat ?? 'raw';
+  const minSparse = o.minSparse ?? 4096;
+  const coroutines = o.coroutines ?? 8;
+  const compressed = o.compressed === true;
+  const skipCreate = o.skipCreate === true;
+  const options = o.options ?? {};
+  if (minSparse % SECTOR !== 0 || minSparse < 0 || minSparse > MAX_BUF_SIZE) {
+    fail(
+      `Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 up to ${MAX_BUF_SIZE}. Select 0 to disable sparse detection (fully allocates output).`,
+    );
+  }
+  if (!Number.isInteger(coroutines) || coroutines < 1 || coroutines > MAX_COROUTINES) {
+    fail(`Invalid number of coroutines. Allowed number of coroutines is between 1 and ${MAX_COROUTINES}`);
+  }
+  if (skipCreate && Object.keys(options).length > 0) fail('-o has no effect when skipping image creation');
+  if (o.targetIsZero && !skipCreate) fail('--target-is-zero requires use of -n flag');
+  if (o.sources.length < 1) fail('Must specify image file name');
+
+  const parts: Part[] = [];
+  const closers: Array<() => Promise<void>> = [];
+  let target: Image | null = null;
+  try {
+    let total = 0;
+    for (const name of o.sources) {
+      const image = await openImage(name, {
+        format: o.sourceFormat,
+        forceShare: o.forceShare === true,
+        backing: 'follow',
+        allowDataFile: true,
+      });
+      closers.push(() => image.close());
+      const span = roundUp(image.size, SECTOR);
+      parts.push({ image, size: image.size, start: total, span });
+      total += span;
+    }
+    if (o.snapshot !== undefined) {
+      if ('idOrName' in o.snapshot && parts.length > 1)
+        fail('No support for concatenating multiple snapshot');
+      const first = parts[0]!;
+      const snap = await loadSnapshot(first.image, o.snapshot);
+      closers.push(() => snap.driver.close());
+      first.image = snap;
+    }
+
+    const backingFile = o.backingFile ?? (skipCreate ? undefined : options['backing_file']);
+    const backingFormat = o.backingFormat ?? (skipCreate ? undefined : options['backing_fmt']);
+    const targetHasBacking = backingFile !== undefined;
+    if (!skipCreate) {
+      const driver = await getDriver(outFmt);
+      if (driver.create === undefined) {
+        fail(`Format driver '${outFmt}' does not support image creation`, 'UNSUPPORTED');
+      }
+      const known = new Set((driver.createOptions ?? []).map((s) => s.name));
+      for (const k of Object.keys(options)) if (!known.has(k)) fail(`Invalid parameter '${k}'`);
+      if (o.backingFile !== undefined && !known.has('backing_file'))
+        fail(`Backing file not supported for file format '${outFmt}'`);
+      if (o.backingFormat !== undefined && !known.has('backing_fmt'))
+        fail(`Backing file format not supported for file format '${outFmt}'`);
+    }
+    if (o.targetIsZero && targetHasBacking)
+      fail('Cannot use --target-is-zero when the destination image has a backing file');
+    if (parts.length > 1 && targetHasBacking)
+      fail('Having a backing file for the target makes no sense when concatenating multiple input images');
+    if (!skipCreate && targetHasBacking && backingFormat === undefined)
+      fail('Use of backing file requires explicit backing format');
+    if (compressed && !skipCreate) {
+      const driver = await getDriver(outFmt);
+      if (driver.compressedWrites !== true)
+        fail('Compression not supported for this file format', 'UNSUPPORTED');
+      if (options['encryption'] !== undefined || options['encrypt.format'] !== undefined)
+        fail('Compression and encryption not supported at the same time', 'UNSUPPORTED');
+      const prealloc = options['preallocation'];
+      if (prealloc !== undefined && prealloc !== 'off')
+        fail('Compression and preallocation not supported at the same time', 'UNSUPPORTED');
+    }
+    if (!skipCreate) {
+      const prepared = await prepareCreate({
+        filename: o.output,
+        format: outFmt,
+        size: total,
+        options,
+        backingFile,
+        backingFormat,
+        unsafe: true,
+      });
+      try {
+        await prepared.driver.create!(prepared.request);
+      } catch (err) {
+        let msg = err instanceof Error ? err.message : String(err);
+        // Some drivers name the file themselves (as qemu-img create prints it): drop that.
+        if (msg.startsWith(`${o.output}: `)) msg = msg.slice(o.output.length + 2);
+        throw new VdiskError(
+          err instanceof VdiskError ? err.code : 'EIO',
+          `${o.output}: error while converting ${outFmt}: ${msg}`,
+          { path: o.output, cause: err },
+        );
+      }
+    }
+    const cache = o.cache ?? 'unsafe';
+    if (!['none', 'off', 'writeback', 'writethrough', 'directsync', 'unsafe'].includes(cache))
+      fail(`Invalid cache option: ${cache}`);
+
+    target = await openImage(o.output, {
+      format: outFmt,
+      writable: true,
+      backing: 'follow',
+      allowDataFile: true,
+    });
+    if (compressed && target.driver.writeCompressed === undefined)
+      fail('Compression not supported for this file format', 'UNSUPPORTED');
+    if (skipCreate && target.size < total) fail('output file is smaller than input file');
+
+    const clusterSize = target.driver.clusterSize ?? 0;
+    let bufSize = Math.min(MAX_BUF_SIZE, Math.max(IO_BUF_SIZE, clusterSize));
+    if (compressed) {
+      if (clusterSize <= 0 || clusterSize > bufSize) fail('invalid cluster size');
+      bufSize = clusterSize;
+    }
+    const copier = new Copier({
+      parts,
+      total,
+      target,
+      compressed,
+      minSparse,
+      bufSize,
+      clusterSize,
+      coroutines,
+      inOrder: o.outOfOrder !== true,
+      targetHasBacking,
+      hasZeroInit: o.targetIsZero === true || (!skipCreate && minSparse > 0 && !targetHasBacking),
+      // Ranges past the end of the new backing file read as zeros there already.
+      targetBackingSize:
+        targetHasBacking && !skipCreate && target.backing !== null
+          ? roundUp(target.backing.size, SECTOR)
+          : -1,
+      alignment: Math.max(pow2floor(minSparse / SECTOR), Math.ceil(target.driver.alignment / SECTOR)),
+      onProgress: o.onProgress,
+    });
+    await copier.run();
+    if (cache !== 'unsafe') await target.flush();
+  } catch (err) {
+    // Errors while closing after a failure are secondary: the first error wins.
+    await closeAll();
+    throw err;
+  }
+  const errors = await closeAll();
+  if (errors.length > 0) throw errors[0];
+
+  async function closeAll(): Promise<unknown[]> {
+    const errors: unknown[] = [];
+    if (target !== null) await target.close().catch((e: unknown) => errors.push(e));
+    for (const c of closers.reverse()) await c().catch((e: unknown) => errors.push(e));
+    return errors;
+  }
+}
+
+function pow2floor(n: number): number {
+  if (n < 1) return 0;
+  return 2 ** Math.floor(Math.log2(n));
+}
+
+/**
+ * bdrv_snapshot_load_tmp[_by_id_or_name]: a read-only view of the image at a snapshot, on the
+ * image's backing chain. Close it with `snap.driver.close()` before the image itself.
+ */
+export async function loadSnapshot(image: Image, ref: SnapshotRef): Promise<Image> {
+  const d = image.driver;
+  const failLoad = (msg: string, code: VdiskError['code'] = 'NOT_FOUND'): never => {
+    throw new VdiskError(code, `Failed to load snapshot: ${msg}`, { path: image.path });
+  };
+  if (d.openSnapshot === undefined) {
+    failLoad(
+      `Block format '${d.format}' used by device '' does not support temporarily loading internal snapshots`,
+      'UNSUPPORTED',
+    );
+  }
+  const open = async (id: string | undefined, name: string | undefined): Promise<FormatImage | null> => {
+    try {
+      return await d.openSnapshot!({
+        ...(id !== undefined ? { id } : {}),
+        ...(name !== undefined ? { name } : {}),
+      });
+    } catch (err) {
+      if (err instanceof VdiskError && err.code === 'NOT_FOUND') return null;
+      throw err;
+    }
+  };
+  let view: FormatImage | null;
+  if ('idOrName' in ref) {
+    view = (await open(ref.idOrName, undefined)) ?? (await open(undefined, ref.idOrName));
+  } else {
+    view = await open(ref.id, ref.name);
+  }
+  if (view === null) failLoad("Can't find snapshot");
+  const snap = new Image(view!, image.path);
+  snap.setBacking(image.backing);
+  return snap;
+}
+
+interface CopierConfig {
+  parts: Part[];
+  total: number;
+  target: Image;
+  compressed: boolean;
+  minSparse: number;
+  bufSize: number;
+  clusterSize: number;
+  coroutines: number;
+  inOrder: boolean;
+  targetHasBacking: boolean;
+  hasZeroInit: boolean;
+  targetBackingSize: number;
+  /** Alignment of zero-run ends, in sectors. */
+  alignment: number;
+  onProgress?: ((done: number, total: number) => void) | undefined;
+}
+
+interface Item {
+  offset: number;
+  length: number;
+  status: Status;
+}
+
+/**
+ * convert_iteration_sectors(): hands out the next request of the walk. The status of the
+ * current source extent is kept until the walk passes its end, as qemu-img does.
+ */
+class Planner {
+  private status: Status = 'data';
+  private statusEnd = 0;
+
+  constructor(private readonly c: CopierConfig) {}
+
+  private part(offset: number): Part {
+    const parts = this.c.parts;
+    for (const p of parts) if (offset < p.start + p.span) return p;
+    return parts[parts.length - 1]!;
+  }
+
+  async next(pos: number): Promise<Item> {
+    const c = this.c;
+    const part = this.part(pos);
+    let n = Math.min(c.total - pos, MAX_REQUEST);
+    let postBackingZero = false;
+    if (c.targetBackingSize >= 0) {
+      if (pos >= c.targetBackingSize) postBackingZero = true;
+      else if (pos + n > c.targetBackingSize) n = c.targetBackingSize - pos;
+    }
+    if (this.statusEnd <= pos) {
+      const off = pos - part.start;
+      const count = Math.min(n, part.span - off);
+      let st: { length: number; zero: boolean; data: boolean };
+      if (off >= part.size) {
+        // The sector tail past an image's odd size reads as zeros.
+        st = { length: part.span - off, zero: true, data: false };
+      } else {
+        const len = Math.min(count, part.size - off);
+        st = c.targetHasBacking
+          ? await part.image.layerStatus(off, len)
+          : await part.image.blockStatus(off, len);
+      }
+      const len = roundUp(st.length, SECTOR);
+      if (st.zero) this.status = postBackingZero ? 'backing' : 'zero';
+      else if (st.data) this.status = 'data';
+      else this.status = c.targetHasBacking ? 'backing' : 'data';
+      this.statusEnd = pos + len;
+    }
+    n = Math.min(n, this.statusEnd - pos);
+    if (this.status === 'data') n = Math.min(n, c.bufSize);
+    // Compressed images are written in whole clusters: a short range takes its whole cluster.
+    if (c.compressed) {
+      if (n < c.clusterSize) {
+        n = Math.min(c.clusterSize, c.total - pos);
+        this.status = 'data';
+      } else {
+        n -= n % c.clusterSize;
+      }
+    }
+    if (c.minSparse === 0 && this.status === 'zero') n = Math.min(n, c.bufSize);
+    return { offset: pos, length: n, status: this.status };
+  }
+}
+
+class Copier {
+  private readonly lock = new Mutex();
+  private planner: Planner;
+  private pos = 0;
+  private error: unknown = null;
+  private wrOffs = 0;
+  private readonly waiters = new Map<number, () => void>();
+  private done = 0;
+  private allocated = 0;
+
+  constructor(private readonly c: CopierConfig) {
+    this.planner = new Planner(c);
+  }
+
+  /** Counts what will be read or written (for progress), then copies with c.coroutines workers. */
+  async run(): Promise<void> {
+    const c = this.c;
+    if (c.onProgress !== undefined) {
+      const counter = new Planner(c);
+      for (let pos = 0; pos < c.total; ) {
+        const item = await counter.next(pos);
+        if (this.counts(item)) this.allocated += item.length;
+        pos += item.length;
+      }
+    }
+    const workers: Promise<void>[] = [];
+    for (let i = 0; i < c.coroutines; i++) workers.push(this.worker());
+    await Promise.all(workers);
+    if (this.error !== null) throw this.error;
+  }
+
+  private counts(item: Item): boolean {
+    return item.status === 'data' || (this.c.minSparse === 0 && item.status === 'zero');
+  }
+
+  private setError(err: unknown): void {
+    if (this.error === null) this.error = err;
+    for (const w of this.waiters.values()) w();
+    this.waiters.clear();
+  }
+
+  private async take(): Promise<Item | null> {
+    return this.lock.run(async () => {
+      if (this.error !== null || this.pos >= this.c.total) return null;
+      const item = await this.planner.next(this.pos);
+      this.pos += item.length;
+      return item;
+    });
+  }
+
+  private async worker(): Promise<void> {
+    const c = this.c;
+    let buf: Buffer | null = null;
+    for (;;) {
+      let item: Item | null;
+      try {
+        item = await this.take();
+      } catch (err) {
+        this.setError(
+          new VdiskError('EIO', `error while reading block status at offset ${this.pos}: ${hostText(err)}`, {
+            offset: this.pos,
+            cause: err,
+          }),
+        );
+        return;
+      }
+      if (item === null) return;
+      let status = item.status;
+      if (this.counts(item)) {
+        this.done += item.length;
+        c.onProgress?.(this.done, this.allocated);
+      }
+      try {
+        if (status === 'data') {
+          buf ??= Buffer.allocUnsafe(c.bufSize);
+          await this.read(buf.subarray(0, item.length), item.offset);
+        } else if (c.minSparse === 0 && status === 'zero') {
+          buf ??= Buffer.allocUnsafe(c.bufSize);
+          buf.fill(0, 0, item.length);
+          status = 'data';
+        }
+      } catch (err) {
+        this.setError(
+          new VdiskError('EIO', `error while reading at byte ${item.offset}: ${hostText(err)}`, {
+            offset: item.offset,
+            cause: err,
+          }),
+        );
+        return;
+      }
+      if (c.inOrder) {
+        while (this.wrOffs !== item.offset && this.error === null) {
+          await new Promise<void>((resolve) => this.waiters.set(item.offset, resolve));
+        }
+      }
+      if (this.error !== null) return;
+      try {
+        await this.write(item, status, buf);
+      } catch (err) {
+        this.setError(
+          new VdiskError(
+            err instanceof VdiskError && err.code === 'ENOSPC' ? 'ENOSPC' : 'EIO',
+            `error while writing at byte ${item.offset}: ${hostText(err)}`,
+            { offset: item.offset, cause: err },
+          ),
+        );
+        return;
+      }
+      if (c.inOrder) {
+        this.wrOffs = item.offset + item.length;
+        const w = this.waiters.get(this.wrOffs);
+        if (w !== undefined) {
+          this.waiters.delete(this.wrOffs);
+          w();
+        }
+      }
+    }
+  }
+
+  /** convert_co_read(): a range of the concatenation, across parts, zeros past each part's size. */
+  private async read(buf: Buffer, offset: number): Promise<void> {
+    let done = 0;
+    while (done < buf.length) {
+      const pos = offset + done;
+      let part = this.c.parts[0]!;
+      for (const p of this.c.parts) {
+        if (pos < p.start + p.span) {
+          part = p;
+          break;
+        }
+      }
+      const off = pos - part.start;
+      const n = Math.min(buf.length - done, part.span - off);
+      const inImage = Math.max(0, Math.min(n, part.size - off));
+      if (inImage > 0) await part.image.readAt(buf.subarray(done, done + inImage), off);
+      if (inImage < n) buf.fill(0, done + inImage, done + n);
+      done += n;
+    }
+  }
+
+  /** convert_co_write(). */
+  private async write(item: Item, status: Status, buf: Buffer | null): Promise<void> {
+    const c = this.c;
+    const t = c.target;
+    let sector = item.offset / SECTOR;
+    let left = item.length;
+    let pos = 0;
+    while (left > 0) {
+      let n = left;
+      let zero = status === 'zero';
+      if (status === 'backing') {
+        // Left unallocated: the target's backing file shows through.
+      } else if (status === 'data') {
+        const b = buf!.subarray(pos, pos + left);
+        let allocated = true;
+        if (c.minSparse > 0) {
+          if (c.compressed) {
+            allocated = !isAllZero(b);
+          } else {
+            const [a, sectors] = allocatedSectorsMin(
+              b,
+              Math.ceil(left / SECTOR),
+              c.minSparse / SECTOR,
+              sector,
+              c.alignment,
+            );
+            allocated = a;
+            n = Math.min(left, sectors * SECTOR);
+          }
+        }
+        if (allocated) {
+          const data = b.subarray(0, n);
+          if (c.compressed) await t.driver.writeCompressed!(data, item.offset + pos);
+          else await t.writeAt(data, item.offset + pos);
+        } else {
+          zero = true;
+        }
+      }
+      if (zero && !c.hasZeroInit) await t.writeZeroes(item.offset + pos, n, { unmap: true });
+      sector += n / SECTOR;
+      pos += n;
+      left -= n;
+    }
+  }
+}

@@ -1,0 +1,17 @@
+/** The qcow2 format driver: probe, open, create, measure. */
+import type { FormatDriver } from '../../core/driver.js';
+import { createQcow2, QCOW2_CREATE_OPTIONS } from './create.js';
+import { Qcow2Image } from './image.js';
+import { measureQcow2 } from './measure.js';
+import { probeQcow2 } from './probe.js';
+
+export const qcow2Driver: FormatDriver = {
+  name: 'qcow2',
+  probe: (head) => probeQcow2(head),
+  open: (file, opts) => Qcow2Image.open(file, opts),
+  create: (req) => createQcow2(req),
+  createOptions: QCOW2_CREATE_OPTIONS,
+  supportsBacking: true,
+  compressedWrites: true,
+  measure: measureQcow2,
+};

@@ -1,0 +1,1478 @@
+/**
+ * Qcow2Image: one open qcow2 image behind the FormatImage contract.
+ *
+ * Reads map guest ranges to runs (unallocated / zero / data / compressed) through the L1
+ * table and a bounded LRU of L2 tables; unallocated runs come from the backing chain
+ * through ctx.readBacking.
+ *
+ * Writes keep this order, so that a process killed at any instant leaves at worst leaked
+ * clusters (qemu-img check exit 3):
+ *   1. refcounts of new clusters are raised in the refcount cache;
+ *   2. guest data goes to the new clusters;
+ *   3. the L2 entries are changed in the L2 cache; before any L2 table is written, the
+ *      refcount cache is flushed (TableCache.beforeWriteback);
+ *   4. a new L2 table is written before the L1 entry points at it;
+ *   5. freed clusters are decremented only after the L2 tables that dropped them are on
+ *      disk (pendingFrees).
+ * With lazy_refcounts the dirty bit goes to the header first and step 3's ordering is
+ * relaxed, as in QEMU; opening a dirty image for writing rebuilds the refcounts.
+ */
+import type { Extent } from '../../core/device.js';
+import type {
+  CheckResult,
+  DriverContext,
+  DriverOpenOptions,
+  FileRef,
+  FormatImage,
+  FormatSpecific,
+  SnapshotInfo,
+} from '../../core/driver.js';
+import { VdiskError } from '../../core/errors.js';
+import type { HostFile } from '../../core/host-file.js';
+import { Mutex } from '../../core/lock.js';
+import { TableCache } from './cache.js';
+import { compressCluster, decompressCluster } from './compress.js';
+import {
+  AUTOCLEAR_BITMAPS,
+  AUTOCLEAR_DATA_FILE_RAW,
+  type Bitmap,
+  COMPAT_LAZY_REFCOUNTS,
+  EXT_BITMAPS,
+  getU64,
+  INCOMPAT_CORRUPT,
+  INCOMPAT_DATA_FILE,
+  INCOMPAT_DIRTY,
+  INCOMPAT_EXTL2,
+  parseBitmapDirectory,
+  parseHeader,
+  type Qcow2Header,
+  setU64,
+  V3_HEADER_LENGTH,
+} from './header.js';
+import { Refcounts } from './refcount.js';
+import { type Qcow2Snapshot, readSnapshots } from './snapshot.js';
+
+/** Run kinds of the guest address space. */
+/** UnallocAlloc: an unallocated subcluster of an allocated cluster (extended L2). */
+export const Kind = { Unalloc: 0, Zero: 1, ZeroAlloc: 2, Data: 3, Compressed: 4, UnallocAlloc: 5 } as const;
+export type Kind = (typeof Kind)[keyof typeof Kind];
+
+export interface Run {
+  kind: Kind;
+  length: number;
+  /** Host offset of the run's first byte (Data, ZeroAlloc). */
+  host: number;
+  /** Compressed: host offset and byte length of the compressed data of the first cluster. */
+  cOffset: number;
+  cSize: number;
+}
+
+const COPIED_HI = 0x80000000;
+const COMPRESSED_HI = 0x40000000;
+/** L2 cache bound (QEMU's default maximum is 32 MiB). */
+const L2_CACHE_BYTES = 32 << 20;
+
+interface Piece {
+  host: number;
+  bufs: Uint8Array[];
+  length: number;
+}
+
+interface Prepared {
+  l2off: number;
+  pieces: Piece[];
+  updates: L2Update[];
+  frees: Array<[number, number]>;
+}
+
+interface Claim {
+  start: number;
+  end: number;
+  done: Promise<void>;
+}
+
+interface L2Update {
+  index: number;
+  hi: number;
+  lo: number;
+  /** Extended L2 bitmap (zero bits hi, alloc bits lo). */
+  bhi: number;
+  blo: number;
+}
+
+export class Qcow2Image implements FormatImage {
+  readonly format = 'qcow2';
+  readonly alignment = 512;
+  readonly clusterSize: number;
+  readonly clusterBits: number;
+  readonly subclusterSize: number;
+  readonly extL2: boolean;
+  readonly entryBytes: number;
+  readonly l2Entries: number;
+  readonly backing: FileRef | undefined;
+  readonly dataFile: FileRef | undefined;
+  readonly l2Cache: TableCache;
+  refcounts: Refcounts | null = null;
+  ctx: DriverContext = {
+    readBacking: async (buf) => {
+      buf.fill(0);
+    },
+    hasBacking: false,
+  };
+  l1Off: Float64Array;
+  l1Copied: Uint8Array;
+  l1Size: number;
+  l1TableOffset: number;
+  snapshotList: Qcow2Snapshot[] = [];
+  snapshotTableBytes = 0;
+  bitmaps: Bitmap[] = [];
+  /** Host end of the image file as far as we know (tables and data must lie before it). */
+  fileEnd: number;
+  private readonly writeLock = new Mutex();
+  private readonly claims = new Set<Claim>();
+  /** Opens the external data file on first use (read-only opens). */
+  dataOpener: (() => Promise<HostFile>) | null = null;
+  private dataOpening: Promise<HostFile> | null = null;
+  private pendingFrees: Array<[number, number]> = [];
+  private modified = false;
+  private metadataPrealloc: boolean | null = null;
+  private lastCompressed: { key: number; data: Uint8Array } | null = null;
+  private readonly metadataClusters = new Set<number>();
+  private closed = false;
+
+  constructor(
+    readonly file: HostFile,
+    /** The data file when open (the image file itself without an external data file). */
+    private dataHostFile: HostFile | null,
+    readonly header: Qcow2Header,
+    readonly readOnly: boolean,
+    l1: { off: Float64Array; copied: Uint8Array; tableOffset: number },
+    fileSize: number,
+    /** A snapshot view shares the file and must not close it. */
+    private readonly ownsFiles = true,
+  ) {
+    this.clusterBits = header.clusterBits;
+    this.clusterSize = 2 ** header.clusterBits;
+    this.extL2 = (header.incompatible & INCOMPAT_EXTL2) !== 0;
+    this.entryBytes = this.extL2 ? 16 : 8;
+    this.l2Entries = this.clusterSize / this.entryBytes;
+    this.subclusterSize = this.extL2 ? this.clusterSize / 32 : this.clusterSize;
+    this.l1Off = l1.off;
+    this.l1Copied = l1.copied;
+    this.l1Size = l1.off.length;
+    this.l1TableOffset = l1.tableOffset;
+    this.fileEnd = fileSize;
+    this.backing =
+      header.backingFile !== undefined
+        ? { filename: header.backingFile, format: header.backingFormat }
+        : undefined;
+    this.dataFile = header.dataFile !== undefined ? { filename: header.dataFile } : undefined;
+    const maxL2 = Math.max(
+      16,
+      Math.min(Math.floor(L2_CACHE_BYTES / this.clusterSize), Math.max(16, this.l1Size + 8)),
+    );
+    this.l2Cache = new TableCache(file, this.clusterSize, maxL2, 'L2 table', async () => {
+      if (this.refcounts !== null && !this.lazy) await this.refcounts.flush();
+    });
+    this.l2Cache.fileEnd = fileSize;
+  }
+
+  get size(): number {
+    return this.header.size;
+  }
+
+  get version(): 2 | 3 {
+    return this.header.version;
+  }
+
+  get lazy(): boolean {
+    return !this.readOnly && (this.header.compatible & COMPAT_LAZY_REFCOUNTS) !== 0;
+  }
+
+  get dirty(): boolean {
+    return (this.header.incompatible & INCOMPAT_DIRTY) !== 0;
+  }
+
+  get hasDataFile(): boolean {
+    return (this.header.incompatible & INCOMPAT_DATA_FILE) !== 0;
+  }
+
+  get dataFileRaw(): boolean {
+    return (this.header.autoclear & AUTOCLEAR_DATA_FILE_RAW) !== 0;
+  }
+
+  get compressionType(): number {
+    return this.header.compressionType;
+  }
+
+  attach(ctx: DriverContext): void {
+    this.ctx = ctx;
+  }
+
+  /** The file holding guest data (the external data file, opened on first use). */
+  async data(): Promise<HostFile> {
+    if (this.dataHostFile !== null) return this.dataHostFile;
+    if (this.dataOpener === null) throw this.corrupt('The external data file is not available');
+    this.dataOpening ??= this.dataOpener();
+    this.dataHostFile = await this.dataOpening;
+    return this.dataHostFile;
+  }
+
+  /**
+   * Does a (non-compressed) L2 entry name a host cluster? Offset 0 means "none", except in
+   * an external data file, where 0 is a real offset and the COPIED flag (always set there)
+   * tells them apart (as QEMU's qcow2_get_cluster_type).
+   */
+  hasHost(hi: number, host: number): boolean {
+    return host !== 0 || (this.hasDataFile && (hi & COPIED_HI) !== 0);
+  }
+
+  /** Name of the file holding guest data (for block status). */
+  private get dataPath(): string {
+    return this.dataHostFile?.path ?? this.header.dataFile ?? this.file.path;
+  }
+
+  // ---------------------------------------------------------------- open
+
+  static async open(file: HostFile, opts: DriverOpenOptions): Promise<Qcow2Image> {
+    const fileSize = await file.size();
+    const first = new Uint8Array(Math.min(fileSize, 2 << 20, 4096));
+    await file.read(first, 0);
+    let headBuf = first;
+    if (first.length >= 24) {
+      const cb = new DataView(first.buffer).getUint32(20);
+      if (cb >= 9 && cb <= 21 && 2 ** cb > first.length) {
+        headBuf = new Uint8Array(Math.min(fileSize, 2 ** cb));
+        await file.read(headBuf, 0);
+      }
+    }
+    const header = parseHeader(headBuf, fileSize, file.path);
+    if (opts.writable && (header.incompatible & INCOMPAT_CORRUPT) !== 0) {
+      throw new VdiskError('CORRUPT_IMAGE', 'qcow2: Image is corrupt; cannot be opened read/write', {
+        path: file.path,
+      });
+    }
+    const l1 = await readL1(file, header.l1TableOffset, header.l1Size, header.clusterBits, fileSize);
+    let dataHost: HostFile | null = file;
+    const external = header.dataFile !== undefined && (header.incompatible & INCOMPAT_DATA_FILE) !== 0;
+    if (external) {
+      if (opts.openDataFile === undefined) {
+        throw new VdiskError(
+          'NOT_ALLOWED',
+          `'${file.path}' names the data file '${header.dataFile}', which was not allowed to be opened`,
+          { path: file.path },
+        );
+      }
+      // A read-only open tolerates a missing data file until data is read from it (qemu-img
+      // info works without it); consent (NOT_ALLOWED) and writable opens fail now.
+      try {
+        dataHost = await opts.openDataFile({ filename: header.dataFile! }, opts.writable);
+      } catch (err) {
+        if (opts.writable || !(err instanceof VdiskError) || err.code !== 'ENOENT') throw err;
+        dataHost = null;
+      }
+    }
+    const img = new Qcow2Image(file, dataHost, header, !opts.writable, l1, fileSize);
+    if (external && dataHost === null) {
+      const open = opts.openDataFile!;
+      img.dataOpener = () => open({ filename: header.dataFile! }, false);
+    }
+    try {
+      await img.init(opts);
+    } catch (err) {
+      if (dataHost !== null && dataHost !== file) await dataHost.close().catch(() => {});
+      throw err;
+    }
+    return img;
+  }
+
+  private async init(opts: DriverOpenOptions): Promise<void> {
+    const h = this.header;
+    const { snapshots, tableBytes } = await readSnapshots(
+      this.file,
+      h.snapshotsOffset,
+      h.nbSnapshots,
+      this.fileEnd,
+    );
+    this.snapshotList = snapshots;
+    this.snapshotTableBytes = tableBytes;
+    const bm = h.extensions.find((e) => e.type === EXT_BITMAPS);
+    if (bm !== undefined && (h.autoclear & AUTOCLEAR_BITMAPS) !== 0 && bm.data.length >= 24) {
+      const v = new DataView(bm.data.buffer, bm.data.byteOffset, bm.data.length);
+      const count = v.getUint32(0);
+      const dirSize = getU64(v, 8);
+      const dirOffset = getU64(v, 16);
+      if (count <= 65535 && dirSize <= 64 << 20 && dirOffset + dirSize <= this.fileEnd) {
+        const dir = new Uint8Array(dirSize);
+        await this.file.read(dir, dirOffset);
+        this.bitmaps = parseBitmapDirectory(dir, count);
+      }
+    }
+    this.indexMetadata();
+    if (this.readOnly) return;
+    this.checkOverlaps();
+    await this.loadRefcounts();
+    if (this.dirty && opts.repairOnOpen !== false) {
+      // QEMU rebuilds the refcounts of a dirty lazy-refcounts image on a writable open.
+      const { checkImage } = await import('./check.js');
+      await checkImage(this, 'all');
+      await this.setIncompatible(this.header.incompatible & ~INCOMPAT_DIRTY);
+    }
+    // Autoclear bits we do not maintain must be cleared when we may modify the image
+    // (qcow2.rst). We keep data_file_raw, which we honour, and bitmaps: rather than orphan
+    // the bitmaps (qemu would then count their clusters as leaked), the first write marks
+    // each of them in use, i.e. inconsistent, which is what they then are.
+    const keep = this.header.autoclear & (AUTOCLEAR_DATA_FILE_RAW | AUTOCLEAR_BITMAPS);
+    if (this.header.autoclear !== keep && this.version === 3) {
+      this.header.autoclear = keep;
+      const b = new Uint8Array(8);
+      setU64(new DataView(b.buffer), 0, keep);
+      await this.file.write(b, 88);
+    }
+  }
+
+  /** Load the refcount table (done at open for writing, on demand for check). */
+  async loadRefcounts(): Promise<Refcounts> {
+    if (this.refcounts !== null) return this.refcounts;
+    const h = this.header;
+    this.refcounts = await Refcounts.load(
+      {
+        file: this.file,
+        clusterBits: h.clusterBits,
+        refcountOrder: h.refcountOrder,
+        writeHeaderReftable: async (offset, clusters) => {
+          const b = new Uint8Array(12);
+          const v = new DataView(b.buffer);
+          setU64(v, 0, offset);
+          v.setUint32(8, clusters);
+          await this.file.write(b, 48);
+          h.refcountTableOffset = offset;
+          h.refcountTableClusters = clusters;
+          this.indexMetadata();
+        },
+      },
+      h.refcountTableOffset,
+      h.refcountTableClusters,
+      this.fileEnd,
+    );
+    this.refcounts.cache.fileEnd = Number.POSITIVE_INFINITY;
+    for (const off of this.refcounts.table) if (off !== 0) this.metadataClusters.add(off);
+    return this.refcounts;
+  }
+
+  /** Forget the refcount state and read it again (after check rebuilt the structures). */
+  async reloadRefcounts(): Promise<Refcounts> {
+    this.refcounts = null;
+    const rc = await this.loadRefcounts();
+    this.indexMetadata();
+    return rc;
+  }
+
+  /** Remember which host clusters hold metadata (in-place data writes must not touch them). */
+  private indexMetadata(): void {
+    const m = this.metadataClusters;
+    const cs = this.clusterSize;
+    m.clear();
+    const addRange = (off: number, len: number) => {
+      for (let c = Math.floor(off / cs) * cs; c < off + len; c += cs) m.add(c);
+    };
+    addRange(0, cs);
+    addRange(this.l1TableOffset, this.l1Size * 8);
+    addRange(this.header.refcountTableOffset, this.header.refcountTableClusters * cs);
+    addRange(this.header.snapshotsOffset, this.snapshotTableBytes);
+    for (let i = 0; i < this.l1Size; i++) if (this.l1Off[i]! !== 0) m.add(this.l1Off[i]!);
+    if (this.refcounts !== null) for (const off of this.refcounts.table) if (off !== 0) m.add(off);
+  }
+
+  /**
+   * Before writing: L2 tables must not overlap the header, the L1 table, the refcount table
+   * or each other (a looping image would make writes destroy its own metadata).
+   */
+  private checkOverlaps(): void {
+    const cs = this.clusterSize;
+    const fixed = new Set<number>();
+    const add = (off: number, len: number) => {
+      for (let c = Math.floor(off / cs) * cs; c < off + len; c += cs) fixed.add(c);
+    };
+    add(0, cs);
+    add(this.l1TableOffset, this.l1Size * 8);
+    add(this.header.refcountTableOffset, this.header.refcountTableClusters * cs);
+    const seen = new Set<number>();
+    for (let i = 0; i < this.l1Size; i++) {
+      const o = this.l1Off[i]!;
+      if (o === 0) continue;
+      if (fixed.has(o) || (seen.has(o) && this.l1Copied[i] === 1)) {
+        throw this.corrupt(
+          `L2 table at offset 0x${o.toString(16)} (L1 index ${i}) overlaps other metadata; the image is corrupt`,
+          this.l1TableOffset + i * 8,
+        );
+      }
+      seen.add(o);
+    }
+  }
+
+  // ---------------------------------------------------------------- mapping
+
+  /** The uniform run of guest space starting at `offset`, at most maxLen bytes (within one L2 table). */
+  async mapRun(offset: number, maxLen: number): Promise<Run> {
+    const cs = this.clusterSize;
+    const span = this.l2Entries * cs;
+    const l1i = Math.floor(offset / span);
+    const spanEnd = Math.min((l1i + 1) * span, offset + maxLen);
+    const l2off = l1i < this.l1Size ? this.l1Off[l1i]! : 0;
+    const run: Run = { kind: Kind.Unalloc, length: spanEnd - offset, host: 0, cOffset: 0, cSize: 0 };
+    if (l2off === 0) return this.extendUnallocated(run, offset, maxLen, l1i);
+    if (this.l2Cache.peek(l2off) === undefined) this.readAhead(l1i, offset + maxLen);
+    const table = await this.l2Cache.get(l2off);
+    const v = new DataView(table.buffer, table.byteOffset, table.length);
+    const unit = this.subclusterSize;
+    let pos = offset;
+    let started = false;
+    while (pos < spanEnd) {
+      const ci = Math.floor((pos % span) / cs);
+      const inCluster = pos % cs;
+      const unitEnd = Math.min(pos - (pos % unit) + unit, spanEnd);
+      const e = ci * this.entryBytes;
+      const hi = v.getUint32(e);
+      const lo = v.getUint32(e + 4);
+      let kind: Kind;
+      let host = 0;
+      let cOffset = 0;
+      let cSize = 0;
+      if ((hi & COMPRESSED_HI) !== 0) {
+        kind = Kind.Compressed;
+        [cOffset, cSize] = this.compressedRange(hi, lo, l2off, ci);
+      } else {
+        const h = (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
+        const hh = this.hasHost(hi, h);
+        if (this.extL2) {
+          const sc = Math.floor(inCluster / unit);
+          const zbit = (v.getUint32(e + 8) >>> sc) & 1;
+          const abit = (v.getUint32(e + 12) >>> sc) & 1;
+          if (abit && zbit) throw this.corrupt(`Invalid subcluster bitmap in L2 entry ${ci}`, l2off + e);
+          if (hh) {
+            kind = zbit ? Kind.ZeroAlloc : abit ? Kind.Data : Kind.UnallocAlloc;
+          } else {
+            if (abit)
+              throw this.corrupt(`Allocated subcluster without a host cluster (L2 entry ${ci})`, l2off + e);
+            kind = zbit ? Kind.Zero : Kind.Unalloc;
+          }
+        } else if ((lo & 1) !== 0) {
+          kind = hh ? Kind.ZeroAlloc : Kind.Zero;
+        } else {
+          kind = hh ? Kind.Data : Kind.Unalloc;
+        }
+        if (hh) {
+          this.checkDataCluster(h, l2off, ci);
+          host = h + inCluster;
+        }
+        if (kind === Kind.Unalloc) host = 0;
+      }
+      const len = unitEnd - pos;
+      if (!started) {
+        run.kind = kind;
+        run.host = host;
+        run.cOffset = cOffset;
+        run.cSize = cSize;
+        run.length = len;
+        started = true;
+      } else if (
+        kind === run.kind &&
+        ((kind !== Kind.Data && kind !== Kind.ZeroAlloc && kind !== Kind.UnallocAlloc) ||
+          run.host + run.length === host)
+      ) {
+        run.length += len;
+      } else {
+        break;
+      }
+      pos = unitEnd;
+    }
+    if (run.kind === Kind.Unalloc && pos === (l1i + 1) * span)
+      return this.extendUnallocated(run, offset, maxLen, l1i);
+    return run;
+  }
+
+  /**
+   * On an L2 cache miss, start loading the next few tables of the range too: walks over
+   * many small tables (map, convert of a sparse image) then keep several reads in flight.
+   */
+  private readAhead(l1i: number, end: number): void {
+    const span = this.l2Entries * this.clusterSize;
+    let started = 0;
+    for (let i = l1i + 1; i < this.l1Size && i * span < end && started < 16; i++) {
+      const off = this.l1Off[i]!;
+      if (off === 0 || this.l2Cache.peek(off) !== undefined) continue;
+      this.l2Cache.prefetch(off);
+      started++;
+    }
+  }
+
+  /** Grow an unallocated run that reached the end of L1 entry `l1i` over the L1 entries without a table. */
+  private extendUnallocated(run: Run, offset: number, maxLen: number, l1i: number): Run {
+    const span = this.l2Entries * this.clusterSize;
+    const end = offset + maxLen;
+    let i = l1i + 1;
+    while (i * span < end && (i >= this.l1Size || this.l1Off[i] === 0)) i++;
+    run.length = Math.min(end, i * span) - offset;
+    return run;
+  }
+
+  private corrupt(msg: string, offset?: number): VdiskError {
+    return new VdiskError('CORRUPT_IMAGE', msg, {
+      path: this.file.path,
+      ...(offset !== undefined ? { offset } : {}),
+    });
+  }
+
+  private checkDataCluster(h: number, l2off: number, ci: number): void {
+    if (h % this.clusterSize !== 0) {
+      throw this.corrupt(
+        `Cluster allocation offset 0x${h.toString(16)} unaligned (L2 offset: 0x${l2off.toString(16)}, L2 index: 0x${ci.toString(16)})`,
+        l2off + ci * this.entryBytes,
+      );
+    }
+    // (A cluster may end past end of file: qemu writes only the subclusters it needs.)
+    if (!this.hasDataFile && h >= this.fileEnd) {
+      throw this.corrupt(
+        `Data cluster at host offset 0x${h.toString(16)} lies past the end of the image file (L2 offset: 0x${l2off.toString(16)}, L2 index: 0x${ci.toString(16)})`,
+        l2off + ci * this.entryBytes,
+      );
+    }
+  }
+
+  /** Host byte offset and length of a compressed cluster's data (QEMU's qcow2_parse_compressed_l2_entry). */
+  compressedRange(hi: number, lo: number, l2off: number, ci: number): [number, number] {
+    const x = 70 - this.clusterBits; // bits of offset
+    const off = (hi & ((1 << (x - 32)) - 1)) * 0x100000000 + lo;
+    const sectors = ((hi & 0x3fffffff) >>> (x - 32)) + 1;
+    const size = sectors * 512 - (off % 512);
+    if (off >= this.fileEnd || off === 0) {
+      throw this.corrupt(
+        `Compressed cluster at host offset 0x${off.toString(16)} lies outside the image file (L2 offset: 0x${l2off.toString(16)}, L2 index: 0x${ci.toString(16)})`,
+        l2off + ci * this.entryBytes,
+      );
+    }
+    return [off, size];
+  }
+
+  async blockStatus(offset: number, length: number): Promise<Extent> {
+    const r = await this.mapRun(offset, length);
+    const base = { offset, length: r.length };
+    switch (r.kind) {
+      case Kind.Unalloc:
+        return { ...base, allocated: false, zero: false, data: false };
+      case Kind.UnallocAlloc:
+        return {
+          ...base,
+          allocated: false,
+          zero: false,
+          data: false,
+          hostOffset: r.host,
+          file: this.dataPath,
+        };
+      case Kind.Zero:
+        return { ...base, allocated: true, zero: true, data: false };
+      case Kind.ZeroAlloc:
+        return {
+          ...base,
+          allocated: true,
+          zero: true,
+          data: false,
+          hostOffset: r.host,
+          file: this.dataPath,
+        };
+      case Kind.Compressed:
+        return { ...base, allocated: true, zero: false, data: true, compressed: true };
+      default: {
+        // QEMU asks the file layer whether preallocated (or raw external) data reads as zeros.
+        let zero = false;
+        let len = r.length;
+        if (await this.hasMetadataPrealloc()) {
+          const [first] = await (await this.data()).extents(r.host, r.length);
+          if (first === undefined) zero = true;
+          else {
+            zero = !first.data;
+            len = Math.max(512, first.length - (first.length % 512));
+            len = Math.min(len, r.length);
+          }
+        }
+        return {
+          offset,
+          length: len,
+          allocated: true,
+          zero,
+          data: true,
+          hostOffset: r.host,
+          file: this.dataPath,
+        };
+      }
+    }
+  }
+
+  /** QEMU's qcow2_detect_metadata_preallocation: more clusters in use than the file allocates. */
+  private async hasMetadataPrealloc(): Promise<boolean> {
+    if (this.metadataPrealloc !== null) return this.metadataPrealloc;
+    const rc = await this.loadRefcounts().catch(() => null);
+    if (rc === null) {
+      this.metadataPrealloc = false;
+      return false;
+    }
+    const fileLength = await this.file.size();
+    const realClusters = Math.floor((await this.file.allocatedSize()) / this.clusterSize);
+    const threshold = Math.max(Math.floor((realClusters * 10) / 9), realClusters + 2);
+    const end = Math.ceil(fileLength / this.clusterSize);
+    let count = 0;
+    for (let i = 0; i < end && count < threshold; i++) if ((await rc.get(i)) !== 0) count++;
+    this.metadataPrealloc = count >= threshold;
+    return this.metadataPrealloc;
+  }
+
+  // ---------------------------------------------------------------- read
+
+  async read(buf: Uint8Array, offset: number): Promise<void> {
+    let pos = 0;
+    const pending: Promise<void>[] = [];
+    while (pos < buf.length) {
+      const r = await this.mapRun(offset + pos, buf.length - pos);
+      let len = r.length;
+      const sub = () => buf.subarray(pos, pos + len);
+      switch (r.kind) {
+        case Kind.Unalloc:
+        case Kind.UnallocAlloc:
+          pending.push(this.ctx.readBacking(sub(), offset + pos));
+          break;
+        case Kind.Zero:
+        case Kind.ZeroAlloc:
+          sub().fill(0);
+          break;
+        case Kind.Data:
+          {
+            const target = sub();
+            const file = this.dataHostFile ?? (await this.data());
+            pending.push(file.read(target, r.host));
+          }
+          break;
+        case Kind.Compressed: {
+          const g = offset + pos;
+          const inCluster = g % this.clusterSize;
+          len = Math.min(len, this.clusterSize - inCluster);
+          const data = await this.readCompressed(r.cOffset, r.cSize);
+          buf.set(data.subarray(inCluster, inCluster + len), pos);
+          break;
+        }
+      }
+      if (pending.length >= 8) await Promise.all(pending.splice(0));
+      pos += len;
+    }
+    await Promise.all(pending);
+  }
+
+  /** Decompress one cluster (the last one is kept: small sequential reads hit it again). */
+  async readCompressed(cOffset: number, cSize: number): Promise<Uint8Array> {
+    if (this.lastCompressed !== null && this.lastCompressed.key === cOffset) return this.lastCompressed.data;
+    const src = new Uint8Array(Math.min(cSize, 2 * this.clusterSize + 512));
+    await this.file.read(src, cOffset);
+    const out = new Uint8Array(this.clusterSize);
+    await decompressCluster(this.compressionType, src, out, this.file.path, cOffset);
+    this.lastCompressed = { key: cOffset, data: out };
+    return out;
+  }
+
+  // ---------------------------------------------------------------- write
+
+  private checkWritable(): Refcounts {
+    if (this.readOnly || this.refcounts === null) {
+      throw new VdiskError('READ_ONLY', `'${this.file.path}' is open read-only`, { path: this.file.path });
+    }
+    return this.refcounts;
+  }
+
+  /** First modification: with lazy refcounts the dirty bit reaches the header before anything else. */
+  private async beginWrite(): Promise<Refcounts> {
+    const rc = this.checkWritable();
+    if (!this.modified) {
+      this.modified = true;
+      if (this.lazy && !this.dirty) await this.setIncompatible(this.header.incompatible | INCOMPAT_DIRTY);
+      await this.markBitmapsInUse();
+    }
+    return rc;
+  }
+
+  /** Set the in-use flag of every persistent bitmap (our writes do not update them). */
+  private async markBitmapsInUse(): Promise<void> {
+    const h = this.header;
+    const bm = h.extensions.find((e) => e.type === EXT_BITMAPS);
+    if (bm === undefined || (h.autoclear & AUTOCLEAR_BITMAPS) === 0 || bm.data.length < 24) return;
+    const v = new DataView(bm.data.buffer, bm.data.byteOffset, bm.data.length);
+    const count = v.getUint32(0);
+    const dirSize = getU64(v, 8);
+    const dirOffset = getU64(v, 16);
+    if (count > 65535 || dirSize > 64 << 20 || dirOffset + dirSize > this.fileEnd) return;
+    const dir = new Uint8Array(dirSize);
+    await this.file.read(dir, dirOffset);
+    const dv = new DataView(dir.buffer);
+    let off = 0;
+    for (let i = 0; i < count && off + 24 <= dir.length; i++) {
+      dv.setUint32(off + 12, dv.getUint32(off + 12) | 1);
+      off = Math.ceil((off + 24 + dv.getUint32(off + 20) + dv.getUint16(off + 18)) / 8) * 8;
+    }
+    await this.file.write(dir, dirOffset);
+    this.bitmaps = parseBitmapDirectory(dir, count);
+  }
+
+  private async setIncompatible(value: number): Promise<void> {
+    this.header.incompatible = value;
+    if (this.version < 3) return;
+    const b = new Uint8Array(8);
+    setU64(new DataView(b.buffer), 0, value);
+    await this.file.write(b, 72);
+  }
+
+  /** The L2 table for a guest offset, ready to be modified (allocated or copied as needed). */
+  private async l2ForWrite(l1i: number): Promise<[number, Uint8Array]> {
+    if (l1i >= this.l1Size) throw this.corrupt(`Write beyond the L1 table (index ${l1i})`);
+    const old = this.l1Off[l1i]!;
+    if (old !== 0 && this.l1Copied[l1i] === 1) return [old, await this.l2Cache.get(old)];
+    const rc = this.refcounts!;
+    const fresh = await rc.allocClusters(1);
+    this.noteAlloc(fresh, this.clusterSize);
+    // A table shared with a snapshot is copied; its clusters keep their (shared) refcounts.
+    const content = old !== 0 ? (await this.l2Cache.get(old)).slice() : undefined;
+    const buf = await this.l2Cache.create(fresh, content);
+    this.metadataClusters.add(fresh);
+    await this.l2Cache.writeOne(fresh);
+    await this.writeL1Entry(l1i, fresh, true);
+    if (old !== 0) {
+      this.l2Cache.drop(old);
+      await rc.free(old, this.clusterSize);
+    }
+    return [fresh, buf];
+  }
+
+  private async writeL1Entry(i: number, offset: number, copied: boolean): Promise<void> {
+    const b = new Uint8Array(8);
+    const v = new DataView(b.buffer);
+    setU64(v, 0, offset);
+    if (copied) v.setUint32(0, v.getUint32(0) | COPIED_HI);
+    await this.file.write(b, this.l1TableOffset + i * 8);
+    this.l1Off[i] = offset;
+    this.l1Copied[i] = copied ? 1 : 0;
+  }
+
+  private noteAlloc(host: number, len: number): void {
+    if (this.hasDataFile) return;
+    this.fileEnd = Math.max(this.fileEnd, host + len);
+  }
+
+  /** Data writes must never land on metadata (QEMU's overlap check, "cached" mode). */
+  private assertNotMetadata(host: number, len: number): void {
+    if (this.hasDataFile) return;
+    const cs = this.clusterSize;
+    for (let c = Math.floor(host / cs) * cs; c < host + len; c += cs) {
+      if (this.metadataClusters.has(c)) {
+        throw this.corrupt(
+          `Preventing invalid write on metadata (overlaps with qcow2 metadata at 0x${c.toString(16)}); the image is corrupt`,
+          c,
+        );
+      }
+    }
+  }
+
+  /**
+   * Several writes may be in flight: allocation and the L2 update run under the metadata
+   * lock, the data pwrites in between run without it. Writes to overlapping clusters wait
+   * for each other (claim), so that two writers never allocate the same guest cluster.
+   */
+  async write(buf: Uint8Array, offset: number): Promise<void> {
+    const unclaim = await this.claim(offset, buf.length);
+    try {
+      const prepared: Prepared[] = [];
+      let release = await this.writeLock.lock();
+      try {
+        await this.beginWrite();
+        await this.forEachTableChunk(buf, offset, async (l1i, chunk, g) => {
+          prepared.push(await this.prepareInTable(l1i, chunk, g));
+        });
+      } finally {
+        release();
+      }
+      await Promise.all(prepared.map((p) => this.writePieces(p)));
+      release = await this.writeLock.lock();
+      try {
+        for (const p of prepared) await this.applyPrepared(p);
+        await this.settleFrees();
+      } finally {
+        release();
+      }
+    } finally {
+      unclaim();
+    }
+  }
+
+  /** Wait until no other operation works on the clusters of [offset, offset+length), then own them. */
+  private async claim(offset: number, length: number): Promise<() => void> {
+    const cs = this.clusterSize;
+    const start = Math.floor(offset / cs) * cs;
+    const end = Math.ceil((offset + length) / cs) * cs;
+    for (;;) {
+      let blocker: Claim | undefined;
+      for (const c of this.claims) {
+        if (c.start < end && start < c.end) {
+          blocker = c;
+          break;
+        }
+      }
+      if (blocker === undefined) break;
+      await blocker.done;
+    }
+    let resolve!: () => void;
+    const done = new Promise<void>((r) => {
+      resolve = r;
+    });
+    const c: Claim = { start, end, done };
+    this.claims.add(c);
+    return () => {
+      this.claims.delete(c);
+      resolve();
+    };
+  }
+
+  private async forEachTableChunk(
+    buf: Uint8Array,
+    offset: number,
+    fn: (l1i: number, chunk: Uint8Array, g: number) => Promise<void>,
+  ): Promise<void> {
+    const span = this.l2Entries * this.clusterSize;
+    let pos = 0;
+    while (pos < buf.length) {
+      const g = offset + pos;
+      const l1i = Math.floor(g / span);
+      const n = Math.min(buf.length - pos, (l1i + 1) * span - g);
+      await fn(l1i, buf.subarray(pos, pos + n), g);
+      pos += n;
+    }
+  }
+
+  /** A whole write with the lock held throughout (zero fallbacks use it). */
+  private async writeLocked(buf: Uint8Array, offset: number): Promise<void> {
+    await this.forEachTableChunk(buf, offset, async (l1i, chunk, g) => {
+      const p = await this.prepareInTable(l1i, chunk, g);
+      await this.writePieces(p);
+      await this.applyPrepared(p);
+    });
+  }
+
+  /** Data first... */
+  private async writePieces(p: Prepared): Promise<void> {
+    if (p.pieces.length === 0) return;
+    const target = await this.data();
+    await Promise.all(p.pieces.map((x) => target.writev(x.bufs, x.host)));
+  }
+
+  /** ...then the L2 entries that point at it; the clusters they dropped are freed later. */
+  private async applyPrepared(p: Prepared): Promise<void> {
+    if (p.updates.length > 0) {
+      const table = await this.l2Cache.get(p.l2off);
+      const v = new DataView(table.buffer, table.byteOffset, table.length);
+      this.lastCompressed = null;
+      for (const u of p.updates) this.setEntry(v, u);
+      this.l2Cache.markDirty(p.l2off, table);
+    }
+    this.pendingFrees.push(...p.frees);
+  }
+
+  /** Current guest content of one cluster, as this layer (and the chain below) reads it. */
+  private async readCluster(clusterStart: number): Promise<Uint8Array> {
+    const tmp = new Uint8Array(this.clusterSize);
+    await this.read(tmp, clusterStart);
+    return tmp;
+  }
+
+  /**
+   * Plan a write of guest data that lies within one L2 table: allocate what is needed (the
+   * refcounts go up now), gather the data pieces (with copy-on-write content around partial
+   * (sub)clusters) and the L2 updates to make once the data is on disk.
+   */
+  private async prepareInTable(l1i: number, data: Uint8Array, offset: number): Promise<Prepared> {
+    const rc = this.refcounts!;
+    const cs = this.clusterSize;
+    const [l2off, table] = await this.l2ForWrite(l1i);
+    const v = new DataView(table.buffer, table.byteOffset, table.length);
+    const span = this.l2Entries * cs;
+    const pieces: Piece[] = [];
+    const updates: L2Update[] = [];
+    const frees: Array<[number, number]> = [];
+    const addPiece = (host: number, b: Uint8Array) => {
+      const last = pieces[pieces.length - 1];
+      if (last !== undefined && last.host + last.length === host && last.bufs.length < 512) {
+        last.bufs.push(b);
+        last.length += b.length;
+      } else {
+        pieces.push({ host, bufs: [b], length: b.length });
+      }
+    };
+    let pos = 0;
+    while (pos < data.length) {
+      const g = offset + pos;
+      const ci = Math.floor((g % span) / cs);
+      const clusterStart = g - (g % cs);
+      const a = g - clusterStart;
+      const b = Math.min(cs, a + data.length - pos);
+      const chunk = data.subarray(pos, pos + (b - a));
+      const e = ci * this.entryBytes;
+      const hi = v.getUint32(e);
+      const lo = v.getUint32(e + 4);
+      const compressed = (hi & COMPRESSED_HI) !== 0;
+      const host = compressed ? 0 : (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
+      const copied = (hi & COPIED_HI) !== 0;
+      const hh = !compressed && this.hasHost(hi, host);
+      if (hh) this.checkDataCluster(host, l2off, ci);
+      const dataFile = this.hasDataFile;
+      if (this.extL2) {
+        const zbits = v.getUint32(e + 8);
+        const abits = v.getUint32(e + 12);
+        const sc = this.subclusterSize;
+        const sa = Math.floor(a / sc);
+        const sb = Math.ceil(b / sc);
+        const ea = sa * sc;
+        const eb = sb * sc;
+        let mask = 0;
+        for (let i = sa; i < sb; i++) mask |= 1 << i;
+        mask >>>= 0;
+        // The written range widened to whole subclusters, with the current content around it.
+        let piece = chunk;
+        if (ea !== a || eb !== b) {
+          const cur = await this.readCluster(clusterStart);
+          piece = cur.slice(ea, eb);
+          piece.set(chunk, a - ea);
+        }
+        if (hh && (copied || dataFile)) {
+          this.assertNotMetadata(host + ea, eb - ea);
+          addPiece(host + ea, piece);
+          updates.push({
+            index: ci,
+            hi,
+            lo,
+            bhi: (zbits & ~mask) >>> 0,
+            blo: (abits | mask) >>> 0,
+          });
+        } else {
+          const fresh = dataFile ? clusterStart : await rc.allocClusters(1);
+          this.noteAlloc(fresh, cs);
+          if (hh || compressed) {
+            // The whole old cluster moves (shared or compressed): copy it with the new data.
+            const cur = await this.readCluster(clusterStart);
+            cur.set(chunk, a);
+            addPiece(fresh, cur);
+            updates.push({
+              index: ci,
+              hi: COPIED_HI | Math.floor(fresh / 0x100000000),
+              lo: fresh >>> 0,
+              bhi: compressed ? 0 : (zbits & ~mask) >>> 0,
+              blo: compressed ? 0xffffffff : (abits | mask) >>> 0,
+            });
+            if (compressed) frees.push(this.compressedFreeRange(hi, lo, l2off, ci));
+            else if (!dataFile) frees.push([host, cs]);
+          } else {
+            addPiece(fresh + ea, piece);
+            updates.push({
+              index: ci,
+              hi: COPIED_HI | Math.floor(fresh / 0x100000000),
+              lo: fresh >>> 0,
+              bhi: (zbits & ~mask) >>> 0,
+              blo: (abits | mask) >>> 0,
+            });
+          }
+        }
+      } else {
+        const zeroFlag = (lo & 1) !== 0;
+        if (hh && (copied || dataFile) && !zeroFlag) {
+          this.assertNotMetadata(host + a, b - a);
+          addPiece(host + a, chunk);
+        } else {
+          let whole = chunk;
+          if (a !== 0 || b !== cs) {
+            whole = await this.readCluster(clusterStart);
+            whole.set(chunk, a);
+          }
+          let fresh: number;
+          if (dataFile) fresh = clusterStart;
+          else if (hh && copied)
+            fresh = host; // a zero cluster that keeps its allocation
+          else fresh = await rc.allocClusters(1);
+          this.noteAlloc(fresh, cs);
+          if (fresh !== host) this.assertNotMetadata(fresh, cs);
+          addPiece(fresh, whole);
+          updates.push({
+            index: ci,
+            hi: COPIED_HI | Math.floor(fresh / 0x100000000),
+            lo: fresh >>> 0,
+            bhi: 0,
+            blo: 0,
+          });
+          if (compressed) frees.push(this.compressedFreeRange(hi, lo, l2off, ci));
+          else if (hh && fresh !== host && !dataFile) frees.push([host, cs]);
+        }
+      }
+      pos += b - a;
+    }
+    return { l2off, pieces, updates, frees };
+  }
+
+  private setEntry(v: DataView, u: L2Update): void {
+    const e = u.index * this.entryBytes;
+    v.setUint32(e, u.hi >>> 0);
+    v.setUint32(e + 4, u.lo >>> 0);
+    if (this.extL2) {
+      v.setUint32(e + 8, u.bhi >>> 0);
+      v.setUint32(e + 12, u.blo >>> 0);
+    }
+  }
+
+  /** The host range QEMU frees for a compressed cluster (qcow2_free_any_cluster). */
+  private compressedFreeRange(hi: number, lo: number, l2off: number, ci: number): [number, number] {
+    const [off, size] = this.compressedRange(hi, lo, l2off, ci);
+    const start = off - (off % 512);
+    return [start, size + (off % 512)];
+  }
+
+  /** Apply pending decrements once the L2 tables that dropped the clusters are on disk. */
+  private async settleFrees(): Promise<void> {
+    if (this.pendingFrees.length === 0) return;
+    if (!this.lazy) await this.l2Cache.flush();
+    const frees = this.pendingFrees;
+    this.pendingFrees = [];
+    for (const [off, len] of frees) await this.refcounts!.free(off, len);
+  }
+
+  // ---------------------------------------------------------------- zero, discard
+
+  async writeZeroes(offset: number, length: number, unmap: boolean): Promise<void> {
+    const unclaim = await this.claim(offset, length);
+    const release = await this.writeLock.lock();
+    try {
+      await this.beginWrite();
+      await this.zeroLocked(offset, length, unmap);
+      await this.settleFrees();
+    } finally {
+      release();
+      unclaim();
+    }
+  }
+
+  private async zeroLocked(offset: number, length: number, unmap: boolean): Promise<void> {
+    const unit = this.subclusterSize;
+    const end = offset + length;
+    if (this.version < 3) {
+      // v2 has no zero flag: QEMU falls back to writing zeros.
+      await this.writeZeroData(offset, length);
+      return;
+    }
+    // Whole (sub)clusters get the zero flag; partial ones at either end are written.
+    // (The image's last cluster counts as whole when the request runs to the end.)
+    const vEnd = this.size;
+    let alignedStart = Math.ceil(offset / unit) * unit;
+    let alignedEnd = end === vEnd ? Math.ceil(end / unit) * unit : end - (end % unit);
+    if (alignedEnd <= alignedStart) {
+      await this.writeZeroData(offset, length);
+      return;
+    }
+    if (alignedStart > offset) await this.writeZeroData(offset, alignedStart - offset);
+    if (end === vEnd) alignedEnd = Math.ceil(end / unit) * unit;
+    alignedStart = Math.max(alignedStart, offset);
+    await this.forEachTable(alignedStart, alignedEnd - alignedStart, (l2off, table, ci, n, l1i) =>
+      this.zeroInTable(l2off, table, ci, n, l1i, unmap),
+    );
+    if (end !== vEnd && alignedEnd < end) await this.writeZeroData(alignedEnd, end - alignedEnd);
+  }
+
+  private async writeZeroData(offset: number, length: number): Promise<void> {
+    const chunk = new Uint8Array(Math.min(length, 4 << 20));
+    for (let p = offset; p < offset + length; p += chunk.length) {
+      const n = Math.min(chunk.length, offset + length - p);
+      await this.writeLocked(n === chunk.length ? chunk : chunk.subarray(0, n), p);
+    }
+  }
+
+  /**
+   * Call fn for each L2 table covering [offset, offset+length) with the first cluster index
+   * and the number of units (clusters, or subclusters with extended L2) in it.
+   */
+  private async forEachTable(
+    offset: number,
+    length: number,
+    fn: (l2off: number, table: Uint8Array, firstUnit: number, units: number, l1i: number) => Promise<void>,
+  ): Promise<void> {
+    const span = this.l2Entries * this.clusterSize;
+    const unit = this.subclusterSize;
+    let g = offset;
+    const end = offset + length;
+    while (g < end) {
+      const l1i = Math.floor(g / span);
+      const n = Math.min(end, (l1i + 1) * span) - g;
+      const [l2off, table] = await this.l2ForWrite(l1i);
+      await fn(l2off, table, Math.floor((g % span) / unit), n / unit, l1i);
+      g += n;
+    }
+  }
+
+  private async zeroInTable(
+    l2off: number,
+    tableIn: Uint8Array,
+    firstUnit: number,
+    units: number,
+    l1i: number,
+    unmap: boolean,
+  ): Promise<void> {
+    let table = tableIn;
+    let v = new DataView(table.buffer, table.byteOffset, table.length);
+    const per = this.extL2 ? 32 : 1;
+    let changed = false;
+    for (let u = firstUnit; u < firstUnit + units; ) {
+      const ci = Math.floor(u / per);
+      const e = ci * this.entryBytes;
+      const hi = v.getUint32(e);
+      const lo = v.getUint32(e + 4);
+      const compressed = (hi & COMPRESSED_HI) !== 0;
+      const host = compressed ? 0 : (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
+      const hh = !compressed && this.hasHost(hi, host);
+      if (this.extL2) {
+        const s0 = u % 32;
+        const s1 = Math.min(32, s0 + (firstUnit + units - u));
+        const whole = s0 === 0 && s1 === 32;
+        let mask = 0;
+        for (let i = s0; i < s1; i++) mask |= 1 << i;
+        mask >>>= 0;
+        if (compressed && !whole) {
+          // Partial zeroing of a compressed cluster: rewrite it uncompressed.
+          const cStart = (l1i * this.l2Entries + ci) * this.clusterSize;
+          const cur = await this.readCluster(cStart);
+          cur.fill(0, s0 * this.subclusterSize, s1 * this.subclusterSize);
+          await this.writeLocked(cur, cStart);
+          // The table may have left the cache meanwhile: continue on the current copy.
+          table = await this.l2Cache.get(l2off);
+          v = new DataView(table.buffer, table.byteOffset, table.length);
+        } else if (whole && (compressed || (unmap && hh))) {
+          if (compressed) this.pendingFrees.push(this.compressedFreeRange(hi, lo, l2off, ci));
+          else if (!this.hasDataFile) this.pendingFrees.push([host, this.clusterSize]);
+          this.setEntry(v, { index: ci, hi: 0, lo: 0, bhi: 0xffffffff, blo: 0 });
+          changed = true;
+        } else {
+          const zb = v.getUint32(e + 8);
+          const ab = v.getUint32(e + 12);
+          const nz = (zb | mask) >>> 0;
+          const na = (ab & ~mask) >>> 0;
+          if (nz !== zb || na !== ab) {
+            v.setUint32(e + 8, nz);
+            v.setUint32(e + 12, na);
+            changed = true;
+          }
+        }
+        u += s1 - s0;
+        continue;
+      }
+      const allocated = hh;
+      const drop = compressed || (unmap && allocated);
+      let nhi = drop ? 0 : hi;
+      let nlo = drop ? 1 : lo | 1;
+      if (drop && !compressed && this.hasDataFile) {
+        // The data file keeps its (identity-mapped) cluster: nothing to free.
+        nhi = 0;
+        nlo = 1;
+      }
+      if (nhi !== hi || nlo !== lo) {
+        v.setUint32(e, nhi >>> 0);
+        v.setUint32(e + 4, nlo >>> 0);
+        changed = true;
+        if (compressed) this.pendingFrees.push(this.compressedFreeRange(hi, lo, l2off, ci));
+        else if (drop && allocated && !this.hasDataFile) this.pendingFrees.push([host, this.clusterSize]);
+      }
+      u++;
+    }
+    if (changed) {
+      this.lastCompressed = null;
+      this.l2Cache.markDirty(l2off, table);
+    }
+  }
+
+  async discard(offset: number, length: number): Promise<void> {
+    const cs = this.clusterSize;
+    // Only whole clusters are discarded (and the image's last, partial cluster).
+    const start = Math.ceil(offset / cs) * cs;
+    let end = offset + length;
+    end = end === this.size ? Math.ceil(end / cs) * cs : end - (end % cs);
+    if (end <= start) return;
+    const unclaim = await this.claim(start, end - start);
+    const release = await this.writeLock.lock();
+    try {
+      await this.beginWrite();
+      const span = this.l2Entries * cs;
+      for (let g = start; g < end; ) {
+        const l1i = Math.floor(g / span);
+        const n = Math.min(end, (l1i + 1) * span) - g;
+        const [l2off, table] = await this.l2ForWrite(l1i);
+        this.discardInTable(l2off, table, Math.floor((g % span) / cs), n / cs);
+        g += n;
+      }
+      await this.settleFrees();
+    } finally {
+      release();
+      unclaim();
+    }
+  }
+
+  private discardInTable(l2off: number, table: Uint8Array, first: number, count: number): void {
+    const v = new DataView(table.buffer, table.byteOffset, table.length);
+    let changed = false;
+    for (let ci = first; ci < first + count; ci++) {
+      const e = ci * this.entryBytes;
+      const hi = v.getUint32(e);
+      const lo = v.getUint32(e + 4);
+      const compressed = (hi & COMPRESSED_HI) !== 0;
+      const host = compressed ? 0 : (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
+      const hh = !compressed && this.hasHost(hi, host);
+      const allocated = compressed || hh;
+      if (!(this.ctx.hasBacking || allocated)) continue;
+      let nhi = 0;
+      let nlo = this.version >= 3 && !this.extL2 ? 1 : 0;
+      let nbhi = 0;
+      if (this.extL2) {
+        nhi = 0;
+        nlo = 0;
+        nbhi = 0xffffffff;
+      }
+      const same =
+        nhi === hi &&
+        nlo === lo &&
+        (!this.extL2 || (v.getUint32(e + 8) === nbhi && v.getUint32(e + 12) === 0));
+      if (same) continue;
+      this.setEntry(v, { index: ci, hi: nhi, lo: nlo, bhi: nbhi, blo: 0 });
+      changed = true;
+      if (compressed) this.pendingFrees.push(this.compressedFreeRange(hi, lo, l2off, ci));
+      else if (hh && !this.hasDataFile) this.pendingFrees.push([host, this.clusterSize]);
+    }
+    if (changed) {
+      this.lastCompressed = null;
+      this.l2Cache.markDirty(l2off, table);
+    }
+  }
+
+  // ---------------------------------------------------------------- compressed writes
+
+  async writeCompressed(buf: Uint8Array, offset: number): Promise<void> {
+    const cs = this.clusterSize;
+    if (offset % cs !== 0 || buf.length > cs || (buf.length < cs && offset + buf.length < this.size)) {
+      throw new VdiskError('INVALID_ARGUMENT', 'Compressed writes must cover exactly one cluster', {
+        path: this.file.path,
+        offset,
+      });
+    }
+    if (this.hasDataFile) {
+      throw new VdiskError('UNSUPPORTED', 'Compression is not supported with an external data file', {
+        path: this.file.path,
+      });
+    }
+    let src = buf;
+    if (buf.length < cs) {
+      src = new Uint8Array(cs);
+      src.set(buf);
+    }
+    // Compress outside the lock: several clusters compress at once on the thread pool.
+    const out = await compressCluster(this.compressionType, src, cs);
+    if (out === null) return this.write(src.subarray(0, buf.length), offset);
+    const unclaim = await this.claim(offset, cs);
+    const release = await this.writeLock.lock();
+    try {
+      const rc = await this.beginWrite();
+      const span = this.l2Entries * cs;
+      const l1i = Math.floor(offset / span);
+      const [l2off, table] = await this.l2ForWrite(l1i);
+      const v = new DataView(table.buffer, table.byteOffset, table.length);
+      const ci = Math.floor((offset % span) / cs);
+      const e = ci * this.entryBytes;
+      const hi = v.getUint32(e);
+      const lo = v.getUint32(e + 4);
+      const host = await rc.allocBytes(out.length);
+      this.noteAlloc(host, out.length);
+      this.assertNotMetadata(host, out.length);
+      await this.file.write(out, host);
+      const x = 70 - this.clusterBits;
+      const sectors = Math.floor((host + out.length - 1) / 512) - Math.floor(host / 512);
+      const nhi = (COMPRESSED_HI | (sectors << (x - 32)) | Math.floor(host / 0x100000000)) >>> 0;
+      const nlo = host >>> 0;
+      this.setEntry(v, { index: ci, hi: nhi, lo: nlo, bhi: 0, blo: 0 });
+      this.lastCompressed = null;
+      this.l2Cache.markDirty(l2off, table);
+      if ((hi & COMPRESSED_HI) !== 0) this.pendingFrees.push(this.compressedFreeRange(hi, lo, l2off, ci));
+      else {
+        const old = (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
+        if (old !== 0) this.pendingFrees.push([old, cs]);
+      }
+      await this.settleFrees();
+    } finally {
+      release();
+      unclaim();
+    }
+  }
+
+  // ---------------------------------------------------------------- flush, close
+
+  /** Metadata to disk in crash-safe order (no fsync). */
+  async flushMetadata(): Promise<void> {
+    if (this.refcounts === null) return;
+    if (!this.lazy) await this.refcounts.flush();
+    await this.l2Cache.flush();
+    await this.settleFrees();
+    await this.refcounts.flush();
+  }
+
+  async flush(): Promise<void> {
+    const release = await this.writeLock.lock();
+    try {
+      await this.flushMetadata();
+      if (this.modified) {
+        await this.file.flush();
+        if (this.dataHostFile !== null && this.dataHostFile !== this.file) await this.dataHostFile.flush();
+      }
+    } finally {
+      release();
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    let err: unknown = null;
+    try {
+      if (!this.readOnly) {
+        await this.flushMetadata();
+        if (this.modified && this.dirty && this.lazy) {
+          await this.setIncompatible(this.header.incompatible & ~INCOMPAT_DIRTY);
+        }
+        // No fsync on close (as the raw driver, and qemu-img's default cache=unsafe for
+        // convert targets): durability is flush()'s job; crash safety only needs the
+        // order of the writes above.
+      }
+    } catch (e) {
+      err = e;
+    }
+    if (this.ownsFiles) {
+      if (this.dataHostFile !== null && this.dataHostFile !== this.file) {
+        await this.dataHostFile.close().catch(() => {});
+      }
+      await this.file.close().catch(() => {});
+    }
+    if (err !== null) throw err;
+  }
+
+  // ---------------------------------------------------------------- info
+
+  /**
+   * The image file's allocation only: qemu-img 7.2 leaves an external data file out of
+   * "disk size" (measured; the brief expected the sum, the oracle says otherwise).
+   */
+  async actualSize(): Promise<number> {
+    return this.file.allocatedSize();
+  }
+
+  formatSpecific(): FormatSpecific {
+    const h = this.header;
+    const compression = h.compressionType === 1 ? 'zstd' : 'zlib';
+    if (h.version === 2) {
+      return {
+        type: 'qcow2',
+        data: { compat: '0.10', 'compression-type': compression, 'refcount-bits': 2 ** h.refcountOrder },
+      };
+    }
+    const data: Record<string, unknown> = {
+      compat: '1.1',
+      'compression-type': compression,
+      'lazy-refcounts': (h.compatible & COMPAT_LAZY_REFCOUNTS) !== 0,
+      'refcount-bits': 2 ** h.refcountOrder,
+      corrupt: (h.incompatible & INCOMPAT_CORRUPT) !== 0,
+      'extended-l2': this.extL2,
+    };
+    if (this.bitmaps.length > 0) {
+      data['bitmaps'] = this.bitmaps.map((b) => ({
+        flags: b.flags,
+        name: b.name,
+        granularity: b.granularity,
+      }));
+    }
+    if (h.dataFile !== undefined) data['data-file'] = h.dataFile;
+    if (this.hasDataFile) data['data-file-raw'] = this.dataFileRaw;
+    return { type: 'qcow2', data };
+  }
+
+  snapshots(): SnapshotInfo[] {
+    return this.snapshotList.map(({ l1TableOffset: _o, l1Size: _s, entryOffset: _e, ...rest }) => rest);
+  }
+
+  async check(repair: 'none' | 'leaks' | 'all'): Promise<CheckResult> {
+    const release = await this.writeLock.lock();
+    try {
+      await this.flushMetadata();
+      const { checkImage } = await import('./check.js');
+      return await checkImage(this, repair);
+    } finally {
+      release();
+    }
+  }
+
+  async openSnapshot(which: { id?: string; name?: string }): Promise<FormatImage> {
+    const s =
+      (which.id !== undefined ? this.snapshotList.find((x) => x.id === which.id) : undefined) ??
+      (which.name !== undefined ? this.snapshotList.find((x) => x.name === which.name) : undefined);
+    if (
+      s === undefined ||
+      (which.id !== undefined && which.name !== undefined && (s.id !== which.id || s.name !== which.name))
+    ) {
+      const label = which.id ?? which.name ?? '';
+      throw new VdiskError('NOT_FOUND', `Can't find snapshot '${label}'`, { path: this.file.path });
+    }
+    const l1 = await readL1(this.file, s.l1TableOffset, s.l1Size, this.clusterBits, this.fileEnd);
+    const header: Qcow2Header = { ...this.header, size: s.diskSize ?? this.header.size };
+    const view = new Qcow2Image(this.file, this.dataHostFile, header, true, l1, this.fileEnd, false);
+    view.ctx = this.ctx;
+    view.dataOpener = () => this.data();
+    return view;
+  }
+
+  /** Whether the header is v3 with the standard length (for rewrites). */
+  get standardHeader(): boolean {
+    return this.header.version === 2 || this.header.headerLength === V3_HEADER_LENGTH;
+  }
+}
+
+/** Read and validate an L1 table. */
+export async function readL1(
+  file: HostFile,
+  offset: number,
+  size: number,
+  clusterBits: number,
+  fileSize: number,
+): Promise<{ off: Float64Array; copied: Uint8Array; tableOffset: number }> {
+  const raw = new Uint8Array(size * 8);
+  if (size > 0) await file.read(raw, offset);
+  const v = new DataView(raw.buffer);
+  const off = new Float64Array(size);
+  const copied = new Uint8Array(size);
+  const cs = 2 ** clusterBits;
+  for (let i = 0; i < size; i++) {
+    const hi = v.getUint32(i * 8);
+    const lo = v.getUint32(i * 8 + 4);
+    const o = (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
+    if (o !== 0 && (o % cs !== 0 || o + cs > fileSize)) {
+      throw new VdiskError(
+        'CORRUPT_IMAGE',
+        o % cs !== 0
+          ? `L2 table offset 0x${o.toString(16)} unaligned (L1 index: 0x${i.toString(16)})`
+          : `L2 table at offset 0x${o.toString(16)} lies past the end of the file (L1 index: 0x${i.toString(16)})`,
+        { path: file.path, offset: offset + i * 8 },
+      );
+    }
+    off[i] = o;
+    copied[i] = (hi & COPIED_HI) !== 0 ? 1 : 0;
+  }
+  return { off, copied, tableOffset: offset };
+}

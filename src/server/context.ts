@@ -1,0 +1,58 @@
+/** What every handler shares: the database, the blob store, settings, and the caller. */
+import type { Kysely } from 'kysely';
+import type { Database } from './db/schema.js';
+import type { BlobStore } from './store/store.js';
+
+export interface ServerSettings {
+  /** Largest image accepted, bytes (Glance's image_size_cap, default 1 TiB). */
+  imageSizeCap: number;
+  /** Total bytes of image data one project may hold (-1: unlimited). */
+  userStorageQuota: number;
+  /** Images one project may own (-1: unlimited). */
+  imageCountQuota: number;
+  /** Members per image (Glance's image_member_quota, default 128). */
+  imageMemberQuota: number;
+  /** Tags per image (Glance's image_tag_quota, default 128). */
+  imageTagQuota: number;
+  /** Properties per image (Glance's image_property_quota, default 128). */
+  imagePropertyQuota: number;
+  /** Token lifetime, seconds (Keystone's default: 3600). */
+  tokenTtl: number;
+  /** Base URL put in the catalog; when absent, derived from each request's Host header. */
+  publicUrl: string | undefined;
+  /** Hosts web-download may fetch from (empty: none). */
+  importAllowedHosts: string[];
+}
+
+export const defaultSettings = (): ServerSettings => ({
+  imageSizeCap: 1099511627776,
+  userStorageQuota: -1,
+  imageCountQuota: -1,
+  imageMemberQuota: 128,
+  imageTagQuota: 128,
+  imagePropertyQuota: 128,
+  tokenTtl: 3600,
+  publicUrl: undefined,
+  importAllowedHosts: [],
+});
+
+export interface AuthContext {
+  tokenId: string;
+  userId: string;
+  userName: string;
+  projectId: string | null;
+  projectName: string | null;
+  roles: { id: string; name: string }[];
+  isAdmin: boolean;
+  auditId: string;
+  issuedAt: Date;
+  expiresAt: Date;
+}
+
+export interface Services {
+  db: Kysely<Database>;
+  store: BlobStore;
+  settings: ServerSettings;
+  /** A unique id of this server process (marks the uploads it is writing). */
+  instanceId: string;
+}

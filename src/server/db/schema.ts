@@ -1,0 +1,191 @@
+/**
+ * The metadata schema (one set of tables for identity and images) and its migrations. Plain
+ * PostgreSQL DDL: it runs unchanged on PGlite and on PostgreSQL 15.
+ */
+import { type Kysely, sql } from 'kysely';
+
+export interface ProjectTable {
+  id: string;
+  name: string;
+  domain_id: string;
+  description: string;
+  enabled: boolean;
+  created_at: Date;
+}
+
+export interface UserTable {
+  id: string;
+  name: string;
+  domain_id: string;
+  password_hash: string | null;
+  default_project_id: string | null;
+  email: string | null;
+  description: string | null;
+  enabled: boolean;
+  created_at: Date;
+}
+
+export interface RoleTable {
+  id: string;
+  name: string;
+}
+
+export interface AssignmentTable {
+  user_id: string;
+  project_id: string;
+  role_id: string;
+}
+
+export interface TokenTable {
+  /** sha256 of the token text (the token itself is never stored). */
+  id: string;
+  user_id: string;
+  project_id: string | null;
+  audit_id: string;
+  issued_at: Date;
+  expires_at: Date;
+}
+
+export interface ImageTable {
+  id: string;
+  name: string | null;
+  status: string;
+  visibility: string;
+  protected: boolean;
+  os_hidden: boolean;
+  owner: string | null;
+  disk_format: string | null;
+  container_format: string | null;
+  size: number | null;
+  virtual_size: number | null;
+  checksum: string | null;
+  os_hash_algo: string | null;
+  os_hash_value: string | null;
+  min_disk: number;
+  min_ram: number;
+  created_at: Date;
+  updated_at: Date;
+  /** Free-form properties: a JSON object of strings. */
+  properties: Record<string, string>;
+  /** Tags: a JSON array of strings. */
+  tags: string[];
+  /** The key of the image's data in the blob store, once uploaded. */
+  blob: string | null;
+  /** Upload in progress: the id of the server/process that is writing it. */
+  writer: string | null;
+}
+
+export interface MemberTable {
+  image_id: string;
+  member: string;
+  status: string;
+  created_at: Date;
+  updated_at: Date;
+}
+
+export interface TaskTable {
+  id: string;
+  type: string;
+  status: string;
+  owner: string;
+  image_id: string | null;
+  input: unknown;
+  result: unknown;
+  message: string;
+  created_at: Date;
+  updated_at: Date;
+  expires_at: Date | null;
+}
+
+export interface MetaTable {
+  key: string;
+  value: string;
+}
+
+export interface Database {
+  projects: ProjectTable;
+  users: UserTable;
+  roles: RoleTable;
+  assignments: AssignmentTable;
+  tokens: TokenTable;
+  images: ImageTable;
+  image_members: MemberTable;
+  tasks: TaskTable;
+  vdisk_meta: MetaTable;
+}
+
+const MIGRATIONS: string[] = [
+  `
+  CREATE TABLE vdisk_meta (key text PRIMARY KEY, value text NOT NULL);
+  CREATE TABLE projects (
+    id text PRIMARY KEY, name text NOT NULL, domain_id text NOT NULL,
+    description text NOT NULL DEFAULT '', enabled boolean NOT NULL DEFAULT true,
+    created_at timestamptz NOT NULL DEFAULT now(), UNIQUE (domain_id, name));
+  CREATE TABLE users (
+    id text PRIMARY KEY, name text NOT NULL, domain_id text NOT NULL, password_hash text,
+    default_project_id text, email text, description text, enabled boolean NOT NULL DEFAULT true,
+    created_at timestamptz NOT NULL DEFAULT now(), UNIQUE (domain_id, name));
+  CREATE TABLE roles (id text PRIMARY KEY, name text NOT NULL UNIQUE);
+  CREATE TABLE assignments (
+    user_id text NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    project_id text NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+    role_id text NOT NULL REFERENCES roles(id) ON DELETE CASCADE,
+    PRIMARY KEY (user_id, project_id, role_id));
+  CREATE TABLE tokens (
+    id text PRIMARY KEY, user_id text NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    project_id text REFERENCES projects(id) ON DELETE CASCADE, audit_id text NOT NULL,
+    issued_at timestamptz NOT NULL, expires_at timestamptz NOT NULL);
+  CREATE INDEX tokens_expires ON tokens (expires_at);
+  CREATE TABLE images (
+    id text PRIMARY KEY, name text, status text NOT NULL, visibility text NOT NULL,
+    protected boolean NOT NULL DEFAULT false, os_hidden boolean NOT NULL DEFAULT false,
+    owner text, disk_format text, container_format text, size bigint, virtual_size bigint,
+    checksum text, os_hash_algo text, os_hash_value text,
+    min_disk integer NOT NULL DEFAULT 0, min_ram integer NOT NULL DEFAULT 0,
+    created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL,
+    properties jsonb NOT NULL DEFAULT '{}', tags jsonb NOT NULL DEFAULT '[]',
+    blob text, writer text);
+  CREATE INDEX images_owner ON images (owner);
+  CREATE INDEX images_created ON images (created_at DESC, id DESC);
+  CREATE INDEX images_visibility ON images (visibility);
+  CREATE TABLE image_members (
+    image_id text NOT NULL REFERENCES images(id) ON DELETE CASCADE, member text NOT NULL,
+    status text NOT NULL, created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL,
+    PRIMARY KEY (image_id, member));
+  CREATE INDEX image_members_member ON image_members (member);
+  CREATE TABLE tasks (
+    id text PRIMARY KEY, type text NOT NULL, status text NOT NULL, owner text NOT NULL,
+    image_id text, input jsonb, result jsonb, message text NOT NULL DEFAULT '',
+    created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL, expires_at timestamptz);
+  `,
+];
+
+/** Bring the schema up to date (idempotent; concurrent starters serialize on an advisory lock). */
+export async function migrate(db: Kysely<Database>): Promise<void> {
+  await db.connection().execute(async (c) => {
+    await sql`SELECT pg_advisory_lock(7461)`.execute(c);
+    try {
+      await sql`CREATE TABLE IF NOT EXISTS vdisk_schema (version integer NOT NULL)`.execute(c);
+      const r = await sql<{ version: number }>`SELECT version FROM vdisk_schema`.execute(c);
+      let version = r.rows[0]?.version ?? 0;
+      if (r.rows.length === 0) await sql`INSERT INTO vdisk_schema VALUES (0)`.execute(c);
+      while (version < MIGRATIONS.length) {
+        const statements = MIGRATIONS[version]!.split(';')
+          .map((s) => s.trim())
+          .filter((s) => s !== '');
+        await sql`BEGIN`.execute(c);
+        try {
+          for (const st of statements) await sql.raw(st).execute(c);
+          await sql`UPDATE vdisk_schema SET version = ${version + 1}`.execute(c);
+          await sql`COMMIT`.execute(c);
+        } catch (err) {
+          await sql`ROLLBACK`.execute(c);
+          throw err;
+        }
+        version++;
+      }
+    } finally {
+      await sql`SELECT pg_advisory_unlock(7461)`.execute(c);
+    }
+  });
+}

@@ -1,0 +1,172 @@
+/**
+ * The HTTP layer: node:http directly (no framework: streaming request bodies straight to the
+ * store is the hot path), a small router, one HttpError mapped to a response in one place.
+ * Error bodies follow the two services we imitate: Keystone answers JSON
+ * `{"error": {code, message, title}}`, Glance answers webob's plain-text page.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+
+export class HttpError extends Error {
+  readonly status: number;
+  readonly headers: Record<string, string>;
+  constructor(status: number, message: string, headers: Record<string, string> = {}) {
+    super(message);
+    this.status = status;
+    this.headers = headers;
+  }
+}
+
+export const TITLES: Record<number, string> = {
+  200: 'OK',
+  201: 'Created',
+  204: 'No Content',
+  206: 'Partial Content',
+  300: 'Multiple Choices',
+  400: 'Bad Request',
+  401: 'Unauthorized',
+  403: 'Forbidden',
+  404: 'Not Found',
+  405: 'Method Not Allowed',
+  409: 'Conflict',
+  410: 'Gone',
+  411: 'Length Required',
+  413: 'Request Entity Too Large',
+  415: 'Unsupported Media Type',
+  416: 'Requested Range Not Satisfiable',
+  500: 'Internal Server Error',
+  503: 'Service Unavailable',
+};
+
+export interface Ctx {
+  req: IncomingMessage;
+  res: ServerResponse;
+  method: string;
+  path: string;
+  query: URLSearchParams;
+  params: Record<string, string>;
+}
+
+export type Handler = (ctx: Ctx) => Promise<void>;
+
+interface Route {
+  method: string;
+  parts: string[];
+  handler: Handler;
+}
+
+/** Routes like `/v2/images/:id/file`; exact segment count, `:name` captures one segment. */
+export class Router {
+  private routes: Route[] = [];
+
+  on(method: string, pattern: string, handler: Handler): this {
+    this.routes.push({ method, parts: pattern.split('/').filter((p) => p !== ''), handler });
+    return this;
+  }
+
+  /** The handler for a request, or an HttpError (404 when no path matches, 405 on method). */
+  match(method: string, path: string): { handler: Handler; params: Record<string, string> } {
+    const segs = path.split('/').filter((p) => p !== '');
+    let pathMatched = false;
+    for (const r of this.routes) {
+      if (r.parts.length !== segs.length) continue;
+      const params: Record<string, string> = {};
+      let ok = true;
+      for (let i = 0; i < segs.length; i++) {
+        const p = r.parts[i]!;
+        const s = segs[i]!;
+        if (p.startsWith(':')) {
+          try {
+            params[p.slice(1)] = decodeURIComponent(s);
+          } catch {
+            ok = false;
+            break;
+          }
+        } else if (p !== s) {
+          ok = false;
+          break;
+        }
+      }
+      if (!ok) continue;
+      pathMatched = true;
+      if (r.method === method || (method === 'HEAD' && r.method === 'GET'))
+        return { handler: r.handler, params };
+    }
+    if (pathMatched) throw new HttpError(405, 'The method is not allowed for the requested URL.');
+    throw new HttpError(404, 'The resource could not be found.');
+  }
+}
+
+export function sendJson(
+  res: ServerResponse,
+  status: number,
+  body: unknown,
+  headers: Record<string, string> = {},
+): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, {
+    'Content-Type': 'application/json',
+    'Content-Length': String(Buffer.byteLength(text)),
+    ...headers,
+  });
+  res.end(res.req.method === 'HEAD' ? undefined : text);
+}
+
+export function sendEmpty(res: ServerResponse, status: number, headers: Record<string, string> = {}): void {
+  res.writeHead(status, { 'Content-Length': '0', ...headers });
+  res.end();
+}
+
+/** webob's plain-text error page, which Glance sends and the clients print. */
+export function sendGlanceError(res: ServerResponse, err: HttpError): void {
+  const title = TITLES[err.status] ?? 'Error';
+  const text = `${err.status} ${title}\n\n${err.message}\n\n   `;
+  res.writeHead(err.status, {
+    'Content-Type': 'text/plain; charset=UTF-8',
+    'Content-Length': String(Buffer.byteLength(text)),
+    ...err.headers,
+  });
+  res.end(res.req.method === 'HEAD' ? undefined : text);
+}
+
+/** Keystone's JSON error body. */
+export function sendKeystoneError(res: ServerResponse, err: HttpError): void {
+  sendJson(
+    res,
+    err.status,
+    { error: { code: err.status, message: err.message, title: TITLES[err.status] ?? 'Error' } },
+    err.headers,
+  );
+}
+
+export const MAX_JSON_BODY = 1 << 20;
+
+/** Read a small body (JSON documents); refuses more than `limit` bytes. */
+export async function readBody(req: IncomingMessage, limit = MAX_JSON_BODY): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let total = 0;
+  for await (const chunk of req) {
+    const b = chunk as Buffer;
+    total += b.length;
+    if (total > limit) throw new HttpError(413, 'Request body too large.');
+    chunks.push(b);
+  }
+  return Buffer.concat(chunks);
+}
+
+export async function readJson(req: IncomingMessage): Promise<unknown> {
+  const body = await readBody(req);
+  if (body.length === 0) throw new HttpError(400, 'Body expected in request.');
+  try {
+    return JSON.parse(body.toString('utf8'));
+  } catch {
+    throw new HttpError(400, 'Malformed JSON in request body.');
+  }
+}
+
+/** The media type of a request, without parameters, lower-cased. */
+export function mediaType(req: IncomingMessage): string {
+  return (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+}
+
+export const isObject = (v: unknown): v is Record<string, unknown> =>
+  typeof v === 'object' && v !== null && !Array.isArray(v);

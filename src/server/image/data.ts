@@ -1,0 +1,235 @@
+/**
+ * Image data: PUT /file streams the request body to the blob store, computing md5
+ * (`checksum`) and sha512 (`os_hash_value`) on the way and enforcing image_size_cap and the
+ * storage quota as bytes arrive; GET /file streams it back with Range support.
+ *
+ * The status machine of an upload: queued → saving (a conditional UPDATE, so two uploads of
+ * one image cannot both start) → active when the blob is committed and the row updated;
+ * any failure (client gone, cap exceeded, store error, refused content) aborts the blob and
+ * puts the image back to queued, as Glance's _restore does. The image row names the server
+ * instance that writes it (`writer`), so a restarted server can tell its crashed uploads.
+ */
+import { createHash } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { pipeline } from 'node:stream/promises';
+import type { AuthContext, Services } from '../context.js';
+import { HttpError } from '../http.js';
+import type { ImageRow } from './policy.js';
+
+export interface UploadOutcome {
+  size: number;
+  checksum: string;
+  hash: string;
+  virtualSize: number | null;
+}
+
+/** Inspects the head of an upload; throws HttpError(415) to refuse it. */
+export type ContentInspector = (head: Buffer, img: ImageRow) => { virtualSize: number | null } | undefined;
+
+const HEAD_BYTES = 1 << 20;
+
+async function usedBytes(svc: Services, owner: string, except: string): Promise<number> {
+  const r = await svc.db
+    .selectFrom('images')
+    .select((eb) => eb.fn.coalesce(eb.fn.sum<number>('size'), eb.val(0)).as('total'))
+    .where('owner', '=', owner)
+    .where('id', '<>', except)
+    .where('status', 'not in', ['killed', 'deleted'])
+    .executeTakeFirstOrThrow();
+  return Number(r.total);
+}
+
+/**
+ * Receive an image's data. `img` is the row already checked for permission; it must be in
+ * status `queued` (uploads) — the transition is made here.
+ */
+export async function receiveData(
+  svc: Services,
+  ctx: AuthContext,
+  img: ImageRow,
+  req: IncomingMessage,
+  inspect: ContentInspector | undefined,
+  opts: { fromStatus: string; toStatus: string; finalStatus: string; keyPrefix?: string } = {
+    fromStatus: 'queued',
+    toStatus: 'saving',
+    finalStatus: 'active',
+  },
+): Promise<UploadOutcome> {
+  void ctx;
+  const cap = svc.settings.imageSizeCap;
+  const declared = req.headers['content-length'];
+  if (declared !== undefined && Number(declared) > cap)
+    throw new HttpError(
+      413,
+      `Image exceeds the storage quota: The size of the data ${declared} will exceed the limit. ${cap} bytes remaining.`,
+    );
+  let remaining = Number.POSITIVE_INFINITY;
+  if (svc.settings.userStorageQuota >= 0 && img.owner !== null) {
+    remaining = svc.settings.userStorageQuota - (await usedBytes(svc, img.owner, img.id));
+    if (declared !== undefined && Number(declared) > remaining)
+      throw new HttpError(
+        413,
+        `Denying attempt to upload image because it exceeds the quota: The size of the data ${declared} will exceed the limit. ${Math.max(0, remaining)} bytes remaining.`,
+      );
+  }
+  const limit = Math.min(cap, remaining);
+
+  const started = await svc.db
+    .updateTable('images')
+    .set({ status: opts.toStatus, writer: svc.instanceId, updated_at: new Date() })
+    .where('id', '=', img.id)
+    .where('status', '=', opts.fromStatus)
+    .executeTakeFirst();
+  if (started.numUpdatedRows === 0n) {
+    const cur = await svc.db
+      .selectFrom('images')
+      .select('status')
+      .where('id', '=', img.id)
+      .executeTakeFirst();
+    if (cur === undefined) throw new HttpError(404, `No image found with ID ${img.id}`);
+    throw new HttpError(409, `Image status transition from ${cur.status} to ${opts.toStatus} is not allowed`);
+  }
+
+  const key = `${opts.keyPrefix ?? ''}${img.id}`;
+  const writer = await svc.store.create(key);
+  const md5 = createHash('md5');
+  const sha = createHash('sha512');
+  let size = 0;
+  let head: Buffer[] = [];
+  let headLen = 0;
+  let inspected = false;
+  let virtualSize: number | null = null;
+  const runInspector = () => {
+    inspected = true;
+    const h = Buffer.concat(head);
+    head = [];
+    const r = inspect?.(h, img);
+    if (r !== undefined) virtualSize = r.virtualSize;
+  };
+  try {
+    for await (const chunk of req) {
+      const b = chunk as Buffer;
+      size += b.length;
+      if (size > limit) {
+        if (size > cap)
+          throw new HttpError(
+            413,
+            `Image exceeds the storage quota: The incoming image is too large: the limit is ${cap} bytes.`,
+          );
+        throw new HttpError(
+          413,
+          `Denying attempt to upload image because it exceeds the quota: The size of the data ${size} will exceed the limit.`,
+        );
+      }
+      md5.update(b);
+      sha.update(b);
+      if (!inspected) {
+        head.push(b);
+        headLen += b.length;
+        if (headLen >= HEAD_BYTES) runInspector();
+      }
+      await writer.write(b);
+    }
+    if (!req.complete)
+      throw new HttpError(400, 'The client closed the connection before the upload finished.');
+    if (!inspected) runInspector();
+    await writer.commit();
+  } catch (err) {
+    await writer.abort();
+    await svc.db
+      .updateTable('images')
+      .set({ status: opts.fromStatus, writer: null, updated_at: new Date() })
+      .where('id', '=', img.id)
+      .where('status', '=', opts.toStatus)
+      .execute();
+    throw err;
+  }
+  const checksum = md5.digest('hex');
+  const hash = sha.digest('hex');
+  if (virtualSize === null && img.disk_format === 'raw') virtualSize = size;
+  return { size, checksum, hash, virtualSize };
+}
+
+/** Commit an upload to the row; if the image went away meanwhile, drop the blob (410). */
+export async function finishUpload(
+  svc: Services,
+  img: ImageRow,
+  out: UploadOutcome,
+  fromStatus: string,
+  toStatus: string,
+  key: string = img.id,
+): Promise<void> {
+  const r = await svc.db
+    .updateTable('images')
+    .set({
+      status: toStatus,
+      size: out.size,
+      virtual_size: out.virtualSize,
+      checksum: out.checksum,
+      os_hash_algo: 'sha512',
+      os_hash_value: out.hash,
+      blob: key,
+      writer: null,
+      updated_at: new Date(),
+    })
+    .where('id', '=', img.id)
+    .where('status', '=', fromStatus)
+    .executeTakeFirst();
+  if (r.numUpdatedRows === 0n) {
+    await svc.store.delete(key);
+    throw new HttpError(
+      410,
+      `Image ${img.id} could not be found after upload. The image may have been deleted during the upload.`,
+    );
+  }
+}
+
+/** GET /file: 204 without data, Range (one range) → 206, Content-MD5 = checksum. */
+export async function sendData(
+  svc: Services,
+  img: ImageRow,
+  req: IncomingMessage,
+  res: ServerResponse,
+): Promise<void> {
+  if (img.blob === null || img.size === null || !['active', 'deactivated'].includes(img.status)) {
+    res.writeHead(204, { 'Content-Length': '0' });
+    res.end();
+    return;
+  }
+  const size = img.size;
+  let start = 0;
+  let end = size - 1;
+  let partial = false;
+  const range = req.headers['range'];
+  const legacy = req.headers['content-range'];
+  const spec = typeof range === 'string' ? range : typeof legacy === 'string' ? legacy : undefined;
+  if (spec !== undefined) {
+    const m = /^bytes[= ](\d*)-(\d*)(?:\/(\d+|\*))?$/.exec(spec.trim());
+    if (m === null || (m[1] === '' && m[2] === ''))
+      throw new HttpError(416, 'Requested range not satisfiable', { 'Content-Range': `bytes */${size}` });
+    if (m[1] === '') {
+      const n = Number(m[2]);
+      start = Math.max(0, size - n);
+    } else {
+      start = Number(m[1]);
+      if (m[2] !== '') end = Math.min(Number(m[2]), size - 1);
+    }
+    if (start > end || start >= size)
+      throw new HttpError(416, 'Requested range not satisfiable', { 'Content-Range': `bytes */${size}` });
+    partial = true;
+  }
+  const stream = await svc.store.read(img.blob, start, end);
+  const headers: Record<string, string> = {
+    'Content-Type': 'application/octet-stream',
+    'Content-Length': String(end - start + 1),
+  };
+  if (img.checksum !== null && !partial) headers['Content-MD5'] = img.checksum;
+  if (partial) headers['Content-Range'] = `bytes ${start}-${end}/${size}`;
+  res.writeHead(partial ? 206 : 200, headers);
+  if (req.method === 'HEAD') {
+    stream.destroy();
+    res.end();
+    return;
+  }
+  await pipeline(stream, res);
+}

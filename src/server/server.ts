@@ -1,0 +1,223 @@
+/**
+ * `vdisk serve`: one HTTP server with the identity API under /v3 and the image API
+ * everywhere else, over a metadata database (PGlite in DIR, or PostgreSQL) and a blob store
+ * (files in DIR, or S3). An exclusive lock on DIR/serve.lock keeps two servers off one
+ * directory. On start it repairs what a crash left (temporary blobs, uploads stuck in
+ * `saving`, blobs no image points to); on SIGTERM it stops accepting, lets requests in
+ * flight finish (bounded), then closes the database cleanly.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdir, open } from 'node:fs/promises';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { VdiskError } from '../core/errors.js';
+import { native } from '../native/index.js';
+import { defaultSettings, type ServerSettings, type Services } from './context.js';
+import { type MetaDb, openPglite, openPostgres } from './db/connect.js';
+import { HttpError, Router, sendGlanceError, sendKeystoneError } from './http.js';
+import { Identity } from './identity/keystone.js';
+import { ImageApi, type ImageApiOptions } from './image/api.js';
+import { FsStore } from './store/fs.js';
+import type { BlobStore } from './store/store.js';
+
+export interface ServeOptions {
+  host?: string;
+  port?: number;
+  dataDir: string;
+  databaseUrl?: string;
+  /** `s3://…` or a directory (default DIR/images). */
+  store?: string;
+  adminPassword?: string;
+  settings?: Partial<ServerSettings>;
+  log?: (line: string) => void;
+  imageApi?: ImageApiOptions;
+}
+
+export interface RunningServer {
+  url: string;
+  port: number;
+  services: Services;
+  /** Set when the admin password was generated on this start. */
+  generatedPassword: string | null;
+  close(timeoutMs?: number): Promise<void>;
+}
+
+async function lockDir(dir: string): Promise<() => Promise<void>> {
+  const path = join(dir, 'serve.lock');
+  const fh = await open(path, 'a+');
+  if (native !== null) {
+    const r = native.ofdLock(fh.fd, 2, 0, 1);
+    if (r !== 0) {
+      await fh.close();
+      throw new VdiskError(
+        'LOCKED',
+        `Failed to lock '${dir}': another vdisk server is using this data directory`,
+      );
+    }
+  } else {
+    // Without the addon: a pid file, with a liveness check of the pid it names.
+    const text = (await fh.readFile('utf8')).trim();
+    const pid = Number(text);
+    if (text !== '' && Number.isInteger(pid) && pid !== process.pid) {
+      let alive = true;
+      try {
+        process.kill(pid, 0);
+      } catch {
+        alive = false;
+      }
+      if (alive) {
+        await fh.close();
+        throw new VdiskError(
+          'LOCKED',
+          `Failed to lock '${dir}': another vdisk server is using this data directory`,
+        );
+      }
+    }
+    await fh.truncate(0);
+    await fh.write(`${process.pid}\n`, 0);
+  }
+  return async () => {
+    if (native !== null) native.ofdLock(fh.fd, 0, 0, 1);
+    else await fh.truncate(0).catch(() => {});
+    await fh.close();
+  };
+}
+
+async function openStore(spec: string | undefined, dataDir: string): Promise<BlobStore> {
+  if (spec?.startsWith('s3://')) {
+    throw new VdiskError('UNSUPPORTED', 'The S3 store is not available yet');
+  }
+  return FsStore.open(spec ?? join(dataDir, 'images'));
+}
+
+/** Repair what a crash left behind. */
+async function recover(svc: Services, log: (s: string) => void): Promise<void> {
+  await svc.store.cleanup();
+  const stuck = await svc.db
+    .updateTable('images')
+    .set({ status: 'queued', writer: null, updated_at: new Date() })
+    .where('status', '=', 'saving')
+    .where('writer', '<>', svc.instanceId)
+    .executeTakeFirst();
+  if (stuck.numUpdatedRows > 0n)
+    log(`recovered ${stuck.numUpdatedRows} interrupted upload(s): back to queued`);
+  const referenced = new Set(
+    (await svc.db.selectFrom('images').select('blob').where('blob', 'is not', null).execute()).map(
+      (r) => r.blob,
+    ),
+  );
+  let orphans = 0;
+  for await (const key of svc.store.list()) {
+    if (!referenced.has(key)) {
+      await svc.store.delete(key);
+      orphans++;
+    }
+  }
+  if (orphans > 0) log(`removed ${orphans} orphaned blob(s)`);
+}
+
+export async function startServer(opts: ServeOptions): Promise<RunningServer> {
+  const log = opts.log ?? (() => {});
+  await mkdir(opts.dataDir, { recursive: true });
+  const unlock = await lockDir(opts.dataDir);
+  let meta: MetaDb | undefined;
+  let store: BlobStore | undefined;
+  try {
+    meta =
+      opts.databaseUrl !== undefined
+        ? await openPostgres(opts.databaseUrl)
+        : await openPglite(join(opts.dataDir, 'db'));
+    store = await openStore(opts.store, opts.dataDir);
+  } catch (err) {
+    await meta?.close();
+    await unlock();
+    throw err;
+  }
+  const svc: Services = {
+    db: meta.db,
+    store,
+    settings: { ...defaultSettings(), ...opts.settings },
+    instanceId: randomBytes(8).toString('hex'),
+  };
+  const identity = new Identity(svc);
+  const generatedPassword = await identity.bootstrap(opts.adminPassword);
+  await recover(svc, log);
+
+  const router = new Router();
+  identity.routes(router);
+  const { inspectUpload } = await import('./image/inspect.js');
+  new ImageApi(svc, identity, { inspect: inspectUpload, ...opts.imageApi }).routes(router);
+
+  const inflight = new Set<Promise<void>>();
+  const handle = async (req: IncomingMessage, res: ServerResponse) => {
+    const url = new URL(req.url ?? '/', 'http://x');
+    const path = url.pathname;
+    const keystone = path === '/v3' || path.startsWith('/v3/');
+    res.setHeader('x-openstack-request-id', `req-${crypto.randomUUID()}`);
+    try {
+      const { handler, params } = router.match(req.method ?? 'GET', path);
+      await handler({ req, res, method: req.method ?? 'GET', path, query: url.searchParams, params });
+    } catch (err) {
+      let e: HttpError;
+      if (err instanceof HttpError) e = err;
+      else {
+        log(
+          `error: ${req.method} ${path}: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`,
+        );
+        e = new HttpError(
+          500,
+          'The server has either erred or is incapable of performing the requested operation.',
+        );
+      }
+      if (res.headersSent) {
+        res.destroy();
+        return;
+      }
+      // Do not read the rest of a refused upload: answer and close.
+      if (!req.complete) res.setHeader('Connection', 'close');
+      if (keystone) sendKeystoneError(res, e);
+      else sendGlanceError(res, e);
+    }
+  };
+  const server: Server = createServer({ keepAliveTimeout: 5000, requestTimeout: 0 }, (req, res) => {
+    const p = handle(req, res).finally(() => inflight.delete(p));
+    inflight.add(p);
+  });
+  server.listen(opts.port ?? 9292, opts.host ?? '127.0.0.1');
+  await new Promise<void>((resolve, reject) => {
+    server.once('listening', resolve);
+    server.once('error', reject);
+  }).catch(async (err) => {
+    await meta.close();
+    await unlock();
+    throw new VdiskError(
+      'EIO',
+      `Could not listen on ${opts.host ?? '127.0.0.1'}:${opts.port ?? 9292}: ${(err as Error).message}`,
+    );
+  });
+  const addr = server.address() as AddressInfo;
+  const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
+  let closing: Promise<void> | undefined;
+  return {
+    url: `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${addr.port}`,
+    port: addr.port,
+    services: svc,
+    generatedPassword,
+    close(timeoutMs = 30000) {
+      closing ??= (async () => {
+        const stopped = new Promise<void>((r) => server.close(() => r()));
+        server.closeIdleConnections();
+        const deadline = new Promise<void>((r) => setTimeout(r, timeoutMs).unref());
+        await Promise.race([Promise.allSettled([...inflight]).then(() => undefined), deadline]);
+        server.closeAllConnections();
+        await stopped;
+        await Promise.allSettled([...inflight]);
+        await store.close();
+        await meta.close();
+        await unlock();
+      })();
+      return closing;
+    },
+  };
+}

@@ -1,0 +1,29 @@
+/**
+ * Blob stores hold image data by key. A write goes to a temporary object and becomes visible
+ * under its key only on commit (a rename on the filesystem, the completed upload on S3), so a
+ * crash or an aborted upload never leaves a partial blob under a real key; `cleanup` removes
+ * what a crash left behind.
+ */
+import type { Readable } from 'node:stream';
+
+export interface BlobWriter {
+  /** Append; resolves when the store has taken the bytes (backpressure). */
+  write(chunk: Buffer): Promise<void>;
+  /** Make the blob durable and visible under its key. */
+  commit(): Promise<void>;
+  /** Drop everything written. */
+  abort(): Promise<void>;
+}
+
+export interface BlobStore {
+  readonly kind: string;
+  create(key: string): Promise<BlobWriter>;
+  /** Bytes [start, end] (inclusive) or the whole blob. */
+  read(key: string, start?: number, end?: number): Promise<Readable>;
+  size(key: string): Promise<number | null>;
+  delete(key: string): Promise<void>;
+  list(): AsyncIterable<string>;
+  /** Remove temporary objects of uploads that never committed. */
+  cleanup(): Promise<void>;
+  close(): Promise<void>;
+}
