@@ -35,6 +35,7 @@ const SPLIT_SIZE = 0x80000000;
 const MAX_GD_ENTRIES = 32 * 1024 * 1024;
 
 export async function createVmdk(req: CreateRequest): Promise<void> {
+  // The create command names the image in front of every driver error (as qemu-img does).
   const fail = (code: 'INVALID_ARGUMENT' | 'UNSUPPORTED' | 'TOO_LARGE', msg: string) =>
     new VdiskError(code, msg);
   const o = req.options;
