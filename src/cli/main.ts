@@ -20,6 +20,7 @@ const commands: Record<string, () => Promise<CliCommand>> = {
   convert: async () => (await import('./cmd/convert.js')).default,
   create: async () => (await import('./cmd/create.js')).default,
   dd: async () => (await import('./cmd/dd.js')).default,
+  image: async () => (await import('./cmd/image.js')).default,
   info: async () => (await import('./cmd/info.js')).default,
   commit: async () => (await import('./cmd/commit.js')).default,
   rebase: async () => (await import('./cmd/rebase.js')).default,

@@ -17,7 +17,8 @@ import {
 import type { Identity } from '../identity/keystone.js';
 import { baseUrl } from '../identity/keystone.js';
 import { UUID_RE, uuid } from '../util.js';
-import { type ContentInspector, finishUpload, receiveData, sendData } from './data.js';
+import { finishUpload, receiveData, sendData } from './data.js';
+import type { InspectorFactory } from './inspect.js';
 import { listImages } from './list.js';
 import { canModify, canSee, type ImageRow, isOwner, type MemberRow } from './policy.js';
 import {
@@ -96,7 +97,7 @@ const VERSIONS: [string, string][] = [
 ];
 
 export interface ImageApiOptions {
-  inspect?: ContentInspector;
+  inspect?: InspectorFactory;
 }
 
 export class ImageApi {

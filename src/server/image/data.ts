@@ -14,6 +14,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { pipeline } from 'node:stream/promises';
 import type { AuthContext, Services } from '../context.js';
 import { HttpError } from '../http.js';
+import type { InspectorFactory } from './inspect.js';
 import type { ImageRow } from './policy.js';
 
 export interface UploadOutcome {
@@ -22,11 +23,6 @@ export interface UploadOutcome {
   hash: string;
   virtualSize: number | null;
 }
-
-/** Inspects the head of an upload; throws HttpError(415) to refuse it. */
-export type ContentInspector = (head: Buffer, img: ImageRow) => { virtualSize: number | null } | undefined;
-
-const HEAD_BYTES = 1 << 20;
 
 async function usedBytes(svc: Services, owner: string, except: string): Promise<number> {
   const r = await svc.db
@@ -48,7 +44,7 @@ export async function receiveData(
   ctx: AuthContext,
   img: ImageRow,
   req: IncomingMessage,
-  inspect: ContentInspector | undefined,
+  inspect: InspectorFactory | undefined,
   opts: { fromStatus: string; toStatus: string; finalStatus: string; keyPrefix?: string } = {
     fromStatus: 'queued',
     toStatus: 'saving',
@@ -95,21 +91,19 @@ export async function receiveData(
   const md5 = createHash('md5');
   const sha = createHash('sha512');
   let size = 0;
-  let head: Buffer[] = [];
-  let headLen = 0;
-  let inspected = false;
   let virtualSize: number | null = null;
-  const runInspector = () => {
-    inspected = true;
-    const h = Buffer.concat(head);
-    head = [];
-    const r = inspect?.(h, img);
-    if (r !== undefined) virtualSize = r.virtualSize;
-  };
+  const inspector = inspect?.(img, declared === undefined ? null : Number(declared));
+  // A refused upload is read to its end (discarding it, within the size limit) so that the
+  // client, still sending, gets the 415 rather than a broken pipe.
+  let refused: HttpError | null = null;
   try {
     for await (const chunk of req) {
       const b = chunk as Buffer;
       size += b.length;
+      if (refused !== null) {
+        if (size > limit) throw refused;
+        continue;
+      }
       if (size > limit) {
         if (size > cap)
           throw new HttpError(
@@ -121,18 +115,24 @@ export async function receiveData(
           `Denying attempt to upload image because it exceeds the quota: The size of the data ${size} will exceed the limit.`,
         );
       }
+      if (inspector !== undefined) {
+        try {
+          inspector.feed(b);
+        } catch (err) {
+          if (!(err instanceof HttpError)) throw err;
+          refused = err;
+          await writer.abort();
+          continue;
+        }
+      }
       md5.update(b);
       sha.update(b);
-      if (!inspected) {
-        head.push(b);
-        headLen += b.length;
-        if (headLen >= HEAD_BYTES) runInspector();
-      }
       await writer.write(b);
     }
+    if (refused !== null) throw refused;
     if (!req.complete)
       throw new HttpError(400, 'The client closed the connection before the upload finished.');
-    if (!inspected) runInspector();
+    if (inspector !== undefined) virtualSize = inspector.finish(size).virtualSize;
     await writer.commit();
   } catch (err) {
     await writer.abort();
@@ -146,7 +146,6 @@ export async function receiveData(
   }
   const checksum = md5.digest('hex');
   const hash = sha.digest('hex');
-  if (virtualSize === null && img.disk_format === 'raw') virtualSize = size;
   return { size, checksum, hash, virtualSize };
 }
 
