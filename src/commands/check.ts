@@ -41,6 +41,7 @@ export async function checkCommand(o: CheckCommandOptions): Promise<CheckCommand
   const image = await openImage(o.filename, {
     format: o.format,
     writable: o.repair !== 'none',
+    forCheck: true, // QEMU's BDRV_O_CHECK: formats that refuse a damaged image still open for repair
     forceShare: o.forceShare === true,
     backing: 'ignore',
     allowDataFile: true,
