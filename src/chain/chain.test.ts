@@ -299,4 +299,43 @@ describe('qcow2 chains against qemu-img', () => {
     expect(qemuRawDigest(p('mid.qcow2'))).toBe(midBefore);
     expectSame(['mid.qcow2', 'top.qcow2']);
   });
+
+  it('leaves every image consistent with unchanged content when killed mid-commit (overlay emptied)', async () => {
+    qemuImgOk(['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4k', p('base.qcow2'), '64M']);
+    qemuImgOk([
+      'create',
+      '-q',
+      '-f',
+      'qcow2',
+      '-o',
+      'cluster_size=4k',
+      '-b',
+      'base.qcow2',
+      '-F',
+      'qcow2',
+      p('top.qcow2'),
+    ]);
+    const cmds = [];
+    for (let i = 0; i < 64; i++) cmds.push(`write -P ${i + 1} ${i}M 900k`);
+    qemuIo(p('top.qcow2'), cmds, 'qcow2');
+    const before = qemuRawDigest(p('top.qcow2'));
+    const script = join(dir, 'commit.mts');
+    writeFileSync(
+      script,
+      `import { main } from '${join(process.cwd(), 'src/cli/main.ts')}';\nprocess.exitCode = await main(['commit', process.argv[2]]);\n`,
+    );
+    for (let round = 0; round < 4; round++) {
+      const child = spawn(process.execPath, ['--import', TSX_LOADER, script, p('top.qcow2')], {
+        stdio: 'ignore',
+      });
+      const exited = new Promise((r) => child.once('exit', r));
+      await new Promise((r) => setTimeout(r, 250 + round * 200));
+      child.kill('SIGKILL');
+      await exited;
+      // At worst leaked clusters (exit 3), never corruption.
+      expect([0, 3]).toContain(qemuImg(['check', p('base.qcow2')]).code);
+      expect([0, 3]).toContain(qemuImg(['check', p('top.qcow2')]).code);
+      expect(qemuRawDigest(p('top.qcow2'))).toBe(before);
+    }
+  });
 });
