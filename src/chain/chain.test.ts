@@ -196,3 +196,146 @@ describe('rebase against qemu-img', () => {
     expect(qemuRawDigest(p('o.qed'))).toBe(before);
   });
 });
+
+describe('qcow2 chains against qemu-img', () => {
+  /** base.qcow2 ← mid.qcow2 ← top.qcow2 (4k clusters for mid, to mix geometries). */
+  function makeQcow2Chain(sizes: { base?: string; top?: string } = {}): void {
+    qemuImgOk(['create', '-q', '-f', 'qcow2', p('base.qcow2'), sizes.base ?? '16M']);
+    qemuIo(p('base.qcow2'), ['write -P 0x11 0 8M', 'write -z 4M 64k'], 'qcow2');
+    qemuImgOk([
+      'create',
+      '-q',
+      '-f',
+      'qcow2',
+      '-o',
+      'cluster_size=4k',
+      '-b',
+      'base.qcow2',
+      '-F',
+      'qcow2',
+      p('mid.qcow2'),
+    ]);
+    qemuIo(p('mid.qcow2'), ['write -P 0x22 1M 1M', 'write -z 6M 128k'], 'qcow2');
+    qemuImgOk([
+      'create',
+      '-q',
+      '-f',
+      'qcow2',
+      '-b',
+      'mid.qcow2',
+      '-F',
+      'qcow2',
+      p('top.qcow2'),
+      ...(sizes.top ? [sizes.top] : []),
+    ]);
+    qemuIo(
+      p('top.qcow2'),
+      ['write -P 0x33 1536k 3M', 'write -P 0x44 15M 1M', 'write -z 7M 64k', 'write -c -P 0x55 12M 64k'],
+      'qcow2',
+    );
+    const sub = join(dir, 'q');
+    mkdirSync(sub, { recursive: true });
+    for (const f of ['base.qcow2', 'mid.qcow2', 'top.qcow2']) copyFileSync(p(f), join(sub, f));
+  }
+
+  /** Same visible content, clean check, same info JSON (apart from actual-size) for each file. */
+  function expectSame(files: string[]): void {
+    for (const f of files) {
+      const q = join(dir, 'q', f);
+      expect(qemuImg(['compare', p(f), q]).code, f).toBe(0);
+      expect(qemuImg(['check', p(f)]).code, f).toBe(0);
+      const info = (x: string) =>
+        qemuImgOk(['info', '--output=json', x])
+          .replace(/"actual-size": \d+,?/, '')
+          .replaceAll(join(dir, 'q'), dir);
+      expect(info(p(f)), f).toBe(info(q));
+    }
+  }
+
+  it('commit empties the overlay into its backing', async () => {
+    makeQcow2Chain();
+    const before = qemuRawDigest(p('top.qcow2'));
+    const v = await vdisk(['commit', p('top.qcow2')]);
+    expect(v).toMatchObject({ code: 0, stdout: 'Image committed.\n', stderr: '' });
+    expect(qemuImgOk(['commit', join(dir, 'q', 'top.qcow2')])).toBe('Image committed.\n');
+    expectSame(['base.qcow2', 'mid.qcow2', 'top.qcow2']);
+    expect(qemuRawDigest(p('top.qcow2'))).toBe(before);
+    // The overlay holds nothing any more: every range comes from below.
+    const map = JSON.parse(qemuImgOk(['map', '--output=json', p('top.qcow2')])) as Array<{ depth: number }>;
+    expect(map.every((e) => e.depth > 0)).toBe(true);
+  });
+
+  it('commit -b into the deepest base, growing it', async () => {
+    makeQcow2Chain({ base: '8M', top: '24M' });
+    const before = qemuRawDigest(p('top.qcow2'));
+    expect((await vdisk(['commit', '-b', p('base.qcow2'), p('top.qcow2')])).code).toBe(0);
+    qemuImgOk(['commit', '-b', join(dir, 'q', 'base.qcow2'), join(dir, 'q', 'top.qcow2')]);
+    expectSame(['base.qcow2', 'mid.qcow2', 'top.qcow2']);
+    expect(qemuRawDigest(p('base.qcow2'))).toBe(before);
+  });
+
+  it('safe rebase, rebase -u and detach', async () => {
+    makeQcow2Chain();
+    const before = qemuRawDigest(p('top.qcow2'));
+    const q = (f: string) => join(dir, 'q', f);
+    // Safe rebase of top straight onto base.
+    expect((await vdisk(['rebase', '-b', 'base.qcow2', '-F', 'qcow2', p('top.qcow2')])).code).toBe(0);
+    qemuImgOk(['rebase', '-b', 'base.qcow2', '-F', 'qcow2', q('top.qcow2')]);
+    expect(qemuRawDigest(p('top.qcow2'))).toBe(before);
+    expectSame(['top.qcow2']);
+    // Unsafe: only the reference changes; without -F both refuse.
+    const noFmt = ['rebase', '-u', '-b', 'mid.qcow2'];
+    const vr = await vdisk([...noFmt, p('top.qcow2')]);
+    const qr = qemuImg([...noFmt, q('top.qcow2')]);
+    expect(vr.code).toBe(qr.code);
+    expect(vr.stderr.replace(/^vdisk:/gm, 'qemu-img:').replace(dir, join(dir, 'q'))).toBe(qr.stderr);
+    expect((await vdisk(['rebase', '-u', '-b', 'mid.qcow2', '-F', 'qcow2', p('top.qcow2')])).code).toBe(0);
+    qemuImgOk(['rebase', '-u', '-b', 'mid.qcow2', '-F', 'qcow2', q('top.qcow2')]);
+    expectSame(['top.qcow2']);
+    // Detach mid: it becomes standalone with base's content copied in.
+    const midBefore = qemuRawDigest(p('mid.qcow2'));
+    expect((await vdisk(['rebase', '-b', '', p('mid.qcow2')])).code).toBe(0);
+    qemuImgOk(['rebase', '-b', '', q('mid.qcow2')]);
+    expect(qemuRawDigest(p('mid.qcow2'))).toBe(midBefore);
+    expectSame(['mid.qcow2', 'top.qcow2']);
+  });
+
+  it('leaves every image consistent with unchanged content when killed mid-commit (overlay emptied)', async () => {
+    qemuImgOk(['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4k', p('base.qcow2'), '64M']);
+    qemuImgOk([
+      'create',
+      '-q',
+      '-f',
+      'qcow2',
+      '-o',
+      'cluster_size=4k',
+      '-b',
+      'base.qcow2',
+      '-F',
+      'qcow2',
+      p('top.qcow2'),
+    ]);
+    const cmds = [];
+    for (let i = 0; i < 64; i++) cmds.push(`write -P ${i + 1} ${i}M 900k`);
+    qemuIo(p('top.qcow2'), cmds, 'qcow2');
+    const before = qemuRawDigest(p('top.qcow2'));
+    const script = join(dir, 'commit.mts');
+    writeFileSync(
+      script,
+      `import { main } from '${join(process.cwd(), 'src/cli/main.ts')}';\nprocess.exitCode = await main(['commit', process.argv[2]]);\n`,
+    );
+    for (let round = 0; round < 4; round++) {
+      const child = spawn(process.execPath, ['--import', TSX_LOADER, script, p('top.qcow2')], {
+        stdio: 'ignore',
+      });
+      const exited = new Promise((r) => child.once('exit', r));
+      await new Promise((r) => setTimeout(r, 250 + round * 200));
+      child.kill('SIGKILL');
+      await exited;
+      // At worst leaked clusters (exit 3), never corruption.
+      expect([0, 3]).toContain(qemuImg(['check', p('base.qcow2')]).code);
+      expect([0, 3]).toContain(qemuImg(['check', p('top.qcow2')]).code);
+      expect(qemuRawDigest(p('top.qcow2'))).toBe(before);
+    }
+  });
+});

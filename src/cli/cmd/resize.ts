@@ -35,7 +35,13 @@ const command: CliCommand = {
       if (k === 'f') format = v;
       else if (k === 'q') quiet = true;
       else if (k === 'shrink') shrink = true;
-      else if (k === 'preallocation') preallocation = v;
+      else if (k === 'preallocation') {
+        // qemu-img parses the mode itself (QAPI PreallocMode) before opening anything.
+        if (!['off', 'metadata', 'falloc', 'full'].includes(v ?? '')) {
+          throw new VdiskError('INVALID_ARGUMENT', `Invalid preallocation mode '${v}'`);
+        }
+        preallocation = v;
+      }
     }
     if (args.length !== 2) throw new VdiskError('INVALID_ARGUMENT', 'Expecting image file name and size');
     const [filename, text] = args as [string, string];
