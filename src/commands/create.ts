@@ -46,9 +46,8 @@ export async function createCommand(o: CreateCommandOptions): Promise<CreateComm
   try {
     await driver.create!(request);
   } catch (err) {
-    // qemu-img names the image in front of every error of the format driver (once: some
-    // drivers already do).
-    if (err instanceof VdiskError && !err.message.startsWith(`${o.filename}: `)) {
+    // qemu-img names the image in front of every error of the format driver; drivers never do.
+    if (err instanceof VdiskError) {
       throw new VdiskError(err.code, `${o.filename}: ${err.message}`, { path: o.filename, cause: err });
     }
     throw err;
