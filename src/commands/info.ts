@@ -46,13 +46,10 @@ export async function infoCommand(o: InfoOptions): Promise<ImageInfo[]> {
   });
   try {
     const out: ImageInfo[] = [];
-    // Each backing image is named as qemu-img names it: its stored name combined with the
-    // directory of the image above (path_combine), not the resolved absolute path.
-    let name = o.filename;
+    // Backing images were opened at their stored name combined with the directory of the image
+    // above (path_combine), which is how qemu-img names them.
     for (let i: Image | null = image; i !== null; i = o.backingChain ? i.backing : null) {
-      out.push(await imageInfo(i, name));
-      const ref = i.driver.backing;
-      if (ref !== undefined) name = resolveRelative(name, ref.filename);
+      out.push(await imageInfo(i, i === image ? o.filename : i.path));
     }
     return out;
   } finally {
