@@ -125,6 +125,12 @@ export interface FormatImage {
    * cluster long, or shorter only for the last cluster of the image.
    */
   writeCompressed?(buf: Uint8Array, offset: number): Promise<void>;
+  /**
+   * writeCompressed in two steps: compress now (off the main thread, several at once), write
+   * when the returned function is called. convert -c compresses clusters in parallel and still
+   * writes them in order, so the file's layout is qemu-img's.
+   */
+  prepareCompressed?(buf: Uint8Array, offset: number): Promise<() => Promise<void>>;
   /** Rewrite the backing file reference stored in the image (rebase, amend); undefined detaches. */
   setBacking?(ref: FileRef | undefined): Promise<void>;
   /** Make every cluster unallocated (after commit), as QEMU's bdrv_make_empty. */

@@ -1497,6 +1497,11 @@ export class Qcow2Image implements FormatImage {
   // ---------------------------------------------------------------- compressed writes
 
   async writeCompressed(buf: Uint8Array, offset: number): Promise<void> {
+    const commit = await this.prepareCompressed(buf, offset);
+    await commit();
+  }
+
+  async prepareCompressed(buf: Uint8Array, offset: number): Promise<() => Promise<void>> {
     const cs = this.clusterSize;
     if (offset % cs !== 0 || buf.length > cs || (buf.length < cs && offset + buf.length < this.size)) {
       throw new VdiskError('INVALID_ARGUMENT', 'Compressed writes must cover exactly one cluster', {
@@ -1516,7 +1521,13 @@ export class Qcow2Image implements FormatImage {
     }
     // Compress outside the lock: several clusters compress at once on the thread pool.
     const out = await compressCluster(this.compressionType, src, cs);
-    if (out === null) return this.write(src.subarray(0, buf.length), offset);
+    if (out === null) return () => this.write(src.subarray(0, buf.length), offset);
+    return () => this.storeCompressed(out, offset);
+  }
+
+  /** Allocate room for a compressed cluster, write it and point the L2 entry at it. */
+  private async storeCompressed(out: Uint8Array, offset: number): Promise<void> {
+    const cs = this.clusterSize;
     const unclaim = await this.claim(offset, cs);
     const release = await this.writeLock.lock();
     try {
