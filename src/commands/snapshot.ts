@@ -71,13 +71,17 @@ export async function snapshotCommand(o: SnapshotCommandOptions): Promise<Snapsh
     );
   }
   // qemu-img opens with BDRV_O_NO_BACKING: the backing file is not needed.
+  const warnings: string[] = [];
   const image = await openImage(o.filename, {
     format: o.format,
     writable: !list,
     forceShare: o.forceShare === true,
     backing: 'ignore',
     allowDataFile: true,
-    ...(o.onWarning ? { onWarning: o.onWarning } : {}),
+    onWarning: (m) => {
+      warnings.push(m);
+      o.onWarning?.(m);
+    },
   });
   try {
     const d = image.driver;
@@ -109,6 +113,9 @@ export async function snapshotCommand(o: SnapshotCommandOptions): Promise<Snapsh
       }
       case 'apply': {
         if (d.applySnapshot === undefined) {
+          // QEMU's bdrv_snapshot_goto falls back to the protocol layer and reopens the
+          // image, which prints the open warnings (probed raw) a second time.
+          for (const m of warnings) o.onWarning?.(m);
           throw new VdiskError(
             'UNSUPPORTED',
             `Could not apply snapshot '${a.name}': Block driver does not support snapshots`,
@@ -135,9 +142,8 @@ export async function snapshotCommand(o: SnapshotCommandOptions): Promise<Snapsh
         break;
       }
       case 'delete': {
-        // qemu-img's bdrv_snapshot_find: by name first, then by id.
-        const snaps = d.snapshots?.() ?? [];
-        const sn = snaps.find((s) => s.name === a.name) ?? snaps.find((s) => s.id === a.name);
+        // qemu-img 7.2's bdrv_snapshot_find: by name only (measured: `-d 1` does not find id 1).
+        const sn = (d.snapshots?.() ?? []).find((s) => s.name === a.name);
         if (sn === undefined || d.deleteSnapshot === undefined) {
           throw new VdiskError('NOT_FOUND', `Could not delete snapshot '${a.name}': snapshot not found`);
         }

@@ -52,7 +52,6 @@ const command: CliCommand = {
       },
     });
     let action: SnapshotAction = { op: 'none' };
-    let quiet = false;
     let forceShare = false;
     let imageOpts = false;
     for (const [k, v] of opts) {
@@ -61,7 +60,7 @@ const command: CliCommand = {
       else if (k === 'a') next = { op: 'apply', name: v };
       else if (k === 'c') next = { op: 'create', name: v };
       else if (k === 'd') next = { op: 'delete', name: v };
-      else if (k === 'q') quiet = true;
+      else if (k === 'q') continue;
       else if (k === 'U' || k === 'force-share') forceShare = true;
       else if (k === 'image-opts') imageOpts = true;
       if (next !== undefined) {
@@ -80,9 +79,9 @@ const command: CliCommand = {
       forceShare,
       onWarning: (m) => io.err(`${m}\n`),
     });
-    // -l prints the table only when there are snapshots (qemu-img's dump_snapshots); -q
-    // silences it as well.
-    if (action.op === 'list' && res.snapshots.length > 0 && !quiet) {
+    // -l prints the table only when there are snapshots (qemu-img's dump_snapshots), even
+    // with -q (measured: qemu-img 7.2 prints it).
+    if (action.op === 'list' && res.snapshots.length > 0) {
       io.out(`Snapshot list:\n${renderSnapshotTable(res.snapshots.map(snapshotJson))}`);
     }
     return 0;
