@@ -94,7 +94,7 @@ function rng(seed: number): () => number {
 }
 
 describe('snapshot crash safety (SIGKILL)', () => {
-  it('a killed snapshot -c / -d leaves the before or the after state, and check finds no error', async () => {
+  it('a killed snapshot -c / -d / -a leaves the before or the after state, and check finds no error', async () => {
     // Many small clusters and L2 tables, so that the work takes long enough to be hit.
     const master = p('master.qcow2');
     qemuImgOk(['create', '-f', 'qcow2', '-o', 'cluster_size=512', master, '24M']);
@@ -112,6 +112,8 @@ describe('snapshot crash safety (SIGKILL)', () => {
     const create = timed(['snapshot', '-c', 'new', probe]);
     copyFileSync(master, probe);
     const del = timed(['snapshot', '-d', 'old', probe]);
+    copyFileSync(master, probe);
+    const apply = timed(['snapshot', '-a', 'old', probe]);
 
     const masterBytes = sha256(readFileSync(master));
     const rand = rng(20261124);
@@ -119,11 +121,13 @@ describe('snapshot crash safety (SIGKILL)', () => {
     for (const [op, total] of [
       ['create', create],
       ['delete', del],
+      ['apply', apply],
     ] as const) {
       for (let round = 0; round < 10; round++) {
         const img = p(`${op}-${round}.qcow2`);
         copyFileSync(master, img);
-        const args = op === 'create' ? ['snapshot', '-c', 'new', img] : ['snapshot', '-d', 'old', img];
+        const flag = op === 'create' ? ['-c', 'new'] : op === 'delete' ? ['-d', 'old'] : ['-a', 'old'];
+        const args = ['snapshot', ...flag, img];
         // Even rounds: a random instant of the whole run; odd rounds: soon after the first write.
         const lo = startup * 0.9;
         const killed =
@@ -135,8 +139,20 @@ describe('snapshot crash safety (SIGKILL)', () => {
         const r = qemuImg(['check', img]);
         expect(r.stdout + r.stderr).not.toMatch(/ERROR|\d+ errors were found|Leaked/);
         expect(r.code).toBe(0);
-        expect(qemuRawDigest(img)).toBe(active);
         const names = snapshotNames(img);
+        const now = qemuRawDigest(img);
+        if (op === 'apply') {
+          // Before (the active content) or after (the snapshot's); the snapshot itself intact.
+          expect([active, oldDigest]).toContain(now);
+          expect(names).toEqual(['old']);
+          expect(snapDigest(img, 'old')).toBe(oldDigest);
+          if (midway && now === active) killedMidway++;
+          expect(spawnSync(process.execPath, cli(args)).status).toBe(0);
+          expect(qemuImg(['check', img]).code).toBe(0);
+          expect(qemuRawDigest(img)).toBe(oldDigest);
+          continue;
+        }
+        expect(now).toBe(active);
         if (op === 'create') {
           expect(names[0]).toBe('old');
           expect(snapDigest(img, 'old')).toBe(oldDigest);

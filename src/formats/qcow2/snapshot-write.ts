@@ -302,13 +302,6 @@ export function encodeSnapshotTable(entries: SnapshotEntry[]): Uint8Array {
   return out;
 }
 
-/** One L2 table: host data references (clusters and compressed ranges) and COPIED-capable entries. */
-interface TableScan {
-  table: Uint8Array;
-  /** [offset, length] ranges each entry references (one path each). */
-  refs: Array<[number, number]>;
-}
-
 async function readTable(img: Qcow2Image, l2: number, l1i: number): Promise<Uint8Array> {
   const cs = img.clusterSize;
   if (l2 % cs !== 0 || l2 + cs > img.fileEnd) {
@@ -323,7 +316,8 @@ async function readTable(img: Qcow2Image, l2: number, l1i: number): Promise<Uint
   return t;
 }
 
-function scanTable(img: Qcow2Image, table: Uint8Array, l2: number): TableScan {
+/** The host ranges (data clusters, compressed data) an L2 table's entries reference. */
+function scanTable(img: Qcow2Image, table: Uint8Array, l2: number): Array<[number, number]> {
   const v = new DataView(table.buffer, table.byteOffset, table.length);
   const refs: Array<[number, number]> = [];
   const cs = img.clusterSize;
@@ -347,7 +341,7 @@ function scanTable(img: Qcow2Image, table: Uint8Array, l2: number): TableScan {
     }
     refs.push([host, cs]);
   }
-  return { table, refs };
+  return refs;
 }
 
 /** Read an L1 table's entries (offsets only). */
@@ -364,24 +358,17 @@ async function readL1Offsets(img: Qcow2Image, offset: number, size: number): Pro
   return out;
 }
 
-/** Add (or remove, d = -1) the paths an L1 table holds: its L2 tables and their data. */
-async function addL1Paths(
-  img: Qcow2Image,
-  tx: Shadow,
-  entries: Float64Array,
-  d: number,
-  scans: Map<number, TableScan>,
-): Promise<void> {
+/**
+ * Add (or remove, d = -1) the paths an L1 table holds: its L2 tables and their data. Tables
+ * are read one at a time (memory stays bounded; the refcount deltas take 4 bytes per host
+ * cluster).
+ */
+async function addL1Paths(img: Qcow2Image, tx: Shadow, entries: Float64Array, d: number): Promise<void> {
   for (let i = 0; i < entries.length; i++) {
     const l2 = entries[i]!;
     if (l2 === 0) continue;
-    let scan = scans.get(l2);
-    if (scan === undefined) {
-      scan = scanTable(img, await readTable(img, l2, i), l2);
-      scans.set(l2, scan);
-    }
     tx.add(l2, img.clusterSize, d);
-    for (const [off, len] of scan.refs) tx.add(off, len, d);
+    for (const [off, len] of scanTable(img, await readTable(img, l2, i), l2)) tx.add(off, len, d);
   }
 }
 
@@ -389,14 +376,13 @@ async function addL1Paths(
  * The new active L1 table for `entries` (the L2 tables it names), with COPIED flags that
  * match the refcounts of the new state. An L2 table whose entries' flags must change is
  * copied (the copy holds the new flags, the old table loses the active's reference).
- * Returns the encoded table and whether it differs from the current active one.
+ * Returns the encoded table (callers compare it with the current one).
  */
 async function finishActive(
   img: Qcow2Image,
   tx: Shadow,
   entries: Float64Array,
   l1Size: number,
-  scans: Map<number, TableScan>,
 ): Promise<Uint8Array> {
   const cs = img.clusterSize;
   const raw = new Uint8Array(l1Size * 8);
@@ -404,12 +390,7 @@ async function finishActive(
   for (let i = 0; i < entries.length && i < l1Size; i++) {
     const l2 = entries[i]!;
     if (l2 === 0) continue;
-    let scan = scans.get(l2);
-    if (scan === undefined) {
-      scan = scanTable(img, await readTable(img, l2, i), l2);
-      scans.set(l2, scan);
-    }
-    const copy = scan.table.slice();
+    const copy = await readTable(img, l2, i);
     const v = new DataView(copy.buffer);
     let differs = false;
     for (let j = 0; j < img.l2Entries; j++) {
@@ -527,12 +508,11 @@ export async function createSnapshot(img: Qcow2Image, req: CreateSnapshotRequest
     });
   }
   const tx = new Shadow(img);
-  const scans = new Map<number, TableScan>();
   const active = img.l1Off.slice(0, img.l1Size);
   // The snapshot's L1 table holds the same L2 tables: one more path to each and its data.
-  await addL1Paths(img, tx, active, 1, scans);
+  await addL1Paths(img, tx, active, 1);
   const oldRaw = await currentActiveRaw(img);
-  const newRaw = await finishActive(img, tx, active, img.l1Size, scans);
+  const newRaw = await finishActive(img, tx, active, img.l1Size);
   let snapL1: number;
   let activeL1 = img.l1TableOffset;
   const l1Clusters = Math.ceil((img.l1Size * 8) / img.clusterSize);
@@ -593,15 +573,14 @@ export async function applySnapshot(img: Qcow2Image, index: number): Promise<voi
     });
   }
   const tx = new Shadow(img);
-  const scans = new Map<number, TableScan>();
   const snapEntries = await readL1Offsets(img, sn.l1TableOffset, sn.l1Size);
-  await addL1Paths(img, tx, snapEntries, 1, scans);
+  await addL1Paths(img, tx, snapEntries, 1);
   const old = img.l1Off.slice(0, img.l1Size);
-  await addL1Paths(img, tx, old, -1, scans);
+  await addL1Paths(img, tx, old, -1);
   const size = sn.diskSize ?? img.size;
   const grown = size > img.size ? l1EntriesFor(size, img.clusterBits, img.extL2) : 0;
   const l1Size = Math.max(img.l1Size, sn.l1Size, grown);
-  const newRaw = await finishActive(img, tx, snapEntries, l1Size, scans);
+  const newRaw = await finishActive(img, tx, snapEntries, l1Size);
   if (img.l1Size > 0) tx.add(img.l1TableOffset, img.l1Size * 8, -1);
   const activeL1 = l1Size > 0 ? await tx.alloc(Math.ceil((l1Size * 8) / img.clusterSize)) : 0;
   if (l1Size > 0) await img.file.write(newRaw, activeL1);
@@ -622,15 +601,14 @@ export async function applySnapshot(img: Qcow2Image, index: number): Promise<voi
 export async function deleteSnapshot(img: Qcow2Image, index: number): Promise<void> {
   const sn = img.snapshotList[index]!;
   const tx = new Shadow(img);
-  const scans = new Map<number, TableScan>();
   const snapEntries = await readL1Offsets(img, sn.l1TableOffset, sn.l1Size);
-  await addL1Paths(img, tx, snapEntries, -1, scans);
+  await addL1Paths(img, tx, snapEntries, -1);
   tx.add(sn.l1TableOffset, sn.l1Size * 8, -1);
   const entries = (await currentEntries(img)).filter((_, i) => i !== index);
   const tableAt = await writeTable(img, tx, entries);
   const active = img.l1Off.slice(0, img.l1Size);
   const oldRaw = await currentActiveRaw(img);
-  const newRaw = await finishActive(img, tx, active, img.l1Size, scans);
+  const newRaw = await finishActive(img, tx, active, img.l1Size);
   let activeL1 = img.l1TableOffset;
   if (!sameBytes(oldRaw, newRaw)) {
     tx.add(img.l1TableOffset, img.l1Size * 8, -1);
