@@ -139,6 +139,15 @@ export interface FormatImage {
   resize?(size: number, opts: { preallocation?: string; shrink: boolean }): Promise<void>;
   /** A read-only view of the image as it was at an internal snapshot (convert -s/-l). */
   openSnapshot?(idOrName: { id?: string; name?: string }): Promise<FormatImage>;
+  /**
+   * Internal snapshots (qemu-img snapshot -c/-a/-d). A format without them leaves these out;
+   * the command then reports qemu-img's error for that case. createSnapshot picks the id;
+   * applySnapshot finds the snapshot by id first, then by name (QEMU's goto) and throws
+   * NOT_FOUND; deleteSnapshot removes the entry with exactly this id and name.
+   */
+  createSnapshot?(name: string, date: { sec: number; nsec: number }): Promise<SnapshotInfo>;
+  applySnapshot?(idOrName: string): Promise<void>;
+  deleteSnapshot?(which: { id: string; name: string }): Promise<void>;
 }
 
 export interface MeasureResult {

@@ -1686,6 +1686,51 @@ export class Qcow2Image implements FormatImage {
     return view;
   }
 
+  // ---------------------------------------------------------------- internal snapshots
+  // (the write logic lives in snapshot-write.ts)
+
+  async createSnapshot(name: string, date: { sec: number; nsec: number }): Promise<SnapshotInfo> {
+    const w = await import('./snapshot-write.js');
+    const s = await this.snapshotOp(() =>
+      w.createSnapshot(this, { name, dateSec: date.sec, dateNsec: date.nsec }),
+    );
+    const { l1TableOffset: _o, l1Size: _s, entryOffset: _e, ...info } = s;
+    return info;
+  }
+
+  async applySnapshot(idOrName: string): Promise<void> {
+    const w = await import('./snapshot-write.js');
+    await this.snapshotOp(async () => {
+      const i = w.findByIdOrName(this, idOrName);
+      if (i < 0)
+        throw new VdiskError('NOT_FOUND', `Can't find snapshot '${idOrName}'`, { path: this.file.path });
+      await w.applySnapshot(this, i);
+    });
+  }
+
+  async deleteSnapshot(which: { id: string; name: string }): Promise<void> {
+    const w = await import('./snapshot-write.js');
+    await this.snapshotOp(async () => {
+      const i = this.snapshotList.findIndex((s) => s.id === which.id && s.name === which.name);
+      if (i < 0)
+        throw new VdiskError('NOT_FOUND', `Can't find snapshot '${which.name}'`, { path: this.file.path });
+      await w.deleteSnapshot(this, i);
+    });
+  }
+
+  private async snapshotOp<T>(fn: () => Promise<T>): Promise<T> {
+    const release = await this.writeLock.lock();
+    try {
+      this.checkWritable();
+      await this.flushMetadata();
+      this.modified = true;
+      this.lastCompressed = null;
+      return await fn();
+    } finally {
+      release();
+    }
+  }
+
   /** Whether the header is v3 with the standard length (for rewrites). */
   get standardHeader(): boolean {
     return this.header.version === 2 || this.header.headerLength === V3_HEADER_LENGTH;
