@@ -133,7 +133,16 @@ export interface FormatImage {
   resize?(size: number, opts: { preallocation?: string; shrink: boolean }): Promise<void>;
   /** A read-only view of the image as it was at an internal snapshot (convert -s/-l). */
   openSnapshot?(idOrName: { id?: string; name?: string }): Promise<FormatImage>;
+  /**
+   * qemu-img amend: change the options given (names from FormatDriver.amendOptions, values
+   * already typed: sizes and numbers as numbers, booleans as booleans). onProgress(done, total)
+   * reports work in any unit.
+   */
+  amend?(opts: AmendValues, onProgress?: (done: number, total: number) => void): Promise<void>;
 }
+
+/** Typed -o values given to amend. */
+export type AmendValues = Record<string, string | number | boolean>;
 
 export interface MeasureResult {
   /** Bytes the new image needs for the data in question. */
@@ -186,4 +195,6 @@ export interface FormatDriver {
    * bytes of virtual disk, or the content of `source` when given.
    */
   measure?(size: number, options: CreateOptions, source?: BlockDevice): Promise<MeasureResult>;
+  /** The options `amend` accepts (images of this format implement FormatImage.amend). */
+  readonly amendOptions?: readonly CreateOptionSpec[];
 }

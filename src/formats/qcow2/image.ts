@@ -19,6 +19,7 @@
  */
 import type { Extent } from '../../core/device.js';
 import type {
+  AmendValues,
   CheckResult,
   DriverContext,
   DriverOpenOptions,
@@ -1673,6 +1674,13 @@ export class Qcow2Image implements FormatImage {
     view.ctx = this.ctx;
     view.dataOpener = () => this.data();
     return view;
+  }
+
+  /** qemu-img amend (QEMU's qcow2_amend_options): the work is in amend.ts. */
+  async amend(opts: AmendValues, onProgress?: (done: number, total: number) => void): Promise<void> {
+    this.checkWritable();
+    const { amendQcow2 } = await import('./amend.js');
+    await amendQcow2(this, opts, onProgress);
   }
 
   /** Whether the header is v3 with the standard length (for rewrites). */
