@@ -148,7 +148,16 @@ export interface FormatImage {
   createSnapshot?(name: string, date: { sec: number; nsec: number }): Promise<SnapshotInfo>;
   applySnapshot?(idOrName: string): Promise<void>;
   deleteSnapshot?(which: { id: string; name: string }): Promise<void>;
+  /**
+   * qemu-img amend: change the options given (names from FormatDriver.amendOptions, values
+   * already typed: sizes and numbers as numbers, booleans as booleans). onProgress(done, total)
+   * reports work in any unit.
+   */
+  amend?(opts: AmendValues, onProgress?: (done: number, total: number) => void): Promise<void>;
 }
+
+/** Typed -o values given to amend. */
+export type AmendValues = Record<string, string | number | boolean>;
 
 export interface MeasureResult {
   /** Bytes the new image needs for the data in question. */
@@ -201,4 +210,6 @@ export interface FormatDriver {
    * bytes of virtual disk, or the content of `source` when given.
    */
   measure?(size: number, options: CreateOptions, source?: BlockDevice): Promise<MeasureResult>;
+  /** The options `amend` accepts (images of this format implement FormatImage.amend). */
+  readonly amendOptions?: readonly CreateOptionSpec[];
 }

@@ -19,6 +19,7 @@
  */
 import type { Extent } from '../../core/device.js';
 import type {
+  AmendValues,
   CheckResult,
   DriverContext,
   DriverOpenOptions,
@@ -738,7 +739,7 @@ export class Qcow2Image implements FormatImage {
   }
 
   /** The L2 table for a guest offset, ready to be modified (allocated or copied as needed). */
-  private async l2ForWrite(l1i: number): Promise<[number, Uint8Array]> {
+  async l2ForWrite(l1i: number): Promise<[number, Uint8Array]> {
     if (l1i >= this.l1Size) throw this.corrupt(`Write beyond the L1 table (index ${l1i})`);
     const old = this.l1Off[l1i]!;
     if (old !== 0 && this.l1Copied[l1i] === 1) return [old, await this.l2Cache.get(old)];
@@ -768,9 +769,11 @@ export class Qcow2Image implements FormatImage {
     this.l1Copied[i] = copied ? 1 : 0;
   }
 
-  private noteAlloc(host: number, len: number): void {
+  noteAlloc(host: number, len: number): void {
     if (this.hasDataFile) return;
     this.fileEnd = Math.max(this.fileEnd, host + len);
+    // New L2 tables may leave the cache and be read back (many of them after a resize).
+    this.l2Cache.fileEnd = Math.max(this.l2Cache.fileEnd, this.fileEnd);
   }
 
   /** Data writes must never land on metadata (QEMU's overlap check, "cached" mode). */
@@ -1374,10 +1377,6 @@ export class Qcow2Image implements FormatImage {
     if (newSize % 512 !== 0) {
       throw new VdiskError('INVALID_ARGUMENT', 'The new size must be a multiple of 512');
     }
-    if (mode !== 'off') {
-      // Not implemented yet: QEMU allocates (and for falloc/full preallocates) data clusters.
-      throw new VdiskError('UNSUPPORTED', `qcow2 resize with preallocation=${mode} is not supported yet`);
-    }
     if (this.hasDataFile) {
       throw new VdiskError(
         'UNSUPPORTED',
@@ -1442,6 +1441,11 @@ export class Qcow2Image implements FormatImage {
         }
         if (need > this.l1Size) await this.growL1(need);
         await this.writeSize(newSize);
+        if (mode !== 'off') {
+          // QEMU's qcow2_co_truncate preallocates the new area (see prealloc.ts).
+          const { preallocateGrowth } = await import('./prealloc.js');
+          await preallocateGrowth(this, old, newSize, mode as 'metadata' | 'falloc' | 'full');
+        }
       }
     } finally {
       release();
@@ -1729,6 +1733,13 @@ export class Qcow2Image implements FormatImage {
     } finally {
       release();
     }
+  }
+
+  /** qemu-img amend (QEMU's qcow2_amend_options): the work is in amend.ts. */
+  async amend(opts: AmendValues, onProgress?: (done: number, total: number) => void): Promise<void> {
+    this.checkWritable();
+    const { amendQcow2 } = await import('./amend.js');
+    await amendQcow2(this, opts, onProgress);
   }
 
   /** Whether the header is v3 with the standard length (for rewrites). */
