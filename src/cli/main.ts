@@ -30,6 +30,7 @@ const commands: Record<string, () => Promise<CliCommand>> = {
   map: async () => (await import('./cmd/map.js')).default,
   measure: async () => (await import('./cmd/measure.js')).default,
   serve: async () => (await import('./cmd/serve.js')).default,
+  snapshot: async () => (await import('./cmd/snapshot.js')).default,
 };
 
 export function registerCommand(name: string, load: () => Promise<CliCommand>): void {

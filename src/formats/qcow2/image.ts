@@ -1501,6 +1501,11 @@ export class Qcow2Image implements FormatImage {
   // ---------------------------------------------------------------- compressed writes
 
   async writeCompressed(buf: Uint8Array, offset: number): Promise<void> {
+    const commit = await this.prepareCompressed(buf, offset);
+    await commit();
+  }
+
+  async prepareCompressed(buf: Uint8Array, offset: number): Promise<() => Promise<void>> {
     const cs = this.clusterSize;
     if (offset % cs !== 0 || buf.length > cs || (buf.length < cs && offset + buf.length < this.size)) {
       throw new VdiskError('INVALID_ARGUMENT', 'Compressed writes must cover exactly one cluster', {
@@ -1520,7 +1525,13 @@ export class Qcow2Image implements FormatImage {
     }
     // Compress outside the lock: several clusters compress at once on the thread pool.
     const out = await compressCluster(this.compressionType, src, cs);
-    if (out === null) return this.write(src.subarray(0, buf.length), offset);
+    if (out === null) return () => this.write(src.subarray(0, buf.length), offset);
+    return () => this.storeCompressed(out, offset);
+  }
+
+  /** Allocate room for a compressed cluster, write it and point the L2 entry at it. */
+  private async storeCompressed(out: Uint8Array, offset: number): Promise<void> {
+    const cs = this.clusterSize;
     const unclaim = await this.claim(offset, cs);
     const release = await this.writeLock.lock();
     try {
@@ -1677,6 +1688,51 @@ export class Qcow2Image implements FormatImage {
     view.ctx = this.ctx;
     view.dataOpener = () => this.data();
     return view;
+  }
+
+  // ---------------------------------------------------------------- internal snapshots
+  // (the write logic lives in snapshot-write.ts)
+
+  async createSnapshot(name: string, date: { sec: number; nsec: number }): Promise<SnapshotInfo> {
+    const w = await import('./snapshot-write.js');
+    const s = await this.snapshotOp(() =>
+      w.createSnapshot(this, { name, dateSec: date.sec, dateNsec: date.nsec }),
+    );
+    const { l1TableOffset: _o, l1Size: _s, entryOffset: _e, ...info } = s;
+    return info;
+  }
+
+  async applySnapshot(idOrName: string): Promise<void> {
+    const w = await import('./snapshot-write.js');
+    await this.snapshotOp(async () => {
+      const i = w.findByIdOrName(this, idOrName);
+      if (i < 0)
+        throw new VdiskError('NOT_FOUND', `Can't find snapshot '${idOrName}'`, { path: this.file.path });
+      await w.applySnapshot(this, i);
+    });
+  }
+
+  async deleteSnapshot(which: { id: string; name: string }): Promise<void> {
+    const w = await import('./snapshot-write.js');
+    await this.snapshotOp(async () => {
+      const i = this.snapshotList.findIndex((s) => s.id === which.id && s.name === which.name);
+      if (i < 0)
+        throw new VdiskError('NOT_FOUND', `Can't find snapshot '${which.name}'`, { path: this.file.path });
+      await w.deleteSnapshot(this, i);
+    });
+  }
+
+  private async snapshotOp<T>(fn: () => Promise<T>): Promise<T> {
+    const release = await this.writeLock.lock();
+    try {
+      this.checkWritable();
+      await this.flushMetadata();
+      this.modified = true;
+      this.lastCompressed = null;
+      return await fn();
+    } finally {
+      release();
+    }
   }
 
   /** qemu-img amend (QEMU's qcow2_amend_options): the work is in amend.ts. */
