@@ -107,7 +107,7 @@ const cases: Case[] = [
   { name: 'size grows', io: data, args: ['-o', 'size=20M'] },
   { name: 'size shrinks (allowed, as qemu-img)', io: data, args: ['-o', 'size=2M'] },
   { name: 'size not a multiple of 512', io: data, args: ['-o', 'size=10000'] },
-  { name: 'data_file renamed', dataFile: true, io: data, args: ['-o', 'data_file=d2.raw'] },
+  { name: 'data_file renamed', dataFile: true, io: data, args: ['-o', 'data_file=DIR/d2.raw'] },
   {
     name: 'data_file_raw off',
     dataFile: true,
@@ -157,7 +157,11 @@ function makeImage(c: Case, path: string): void {
       path,
     ]);
   } else {
-    const opts = [...(c.dataFile ? ['data_file=d.raw'] : []), ...(c.create ? [c.create] : [])].join(',');
+    // qemu resolves a relative data file name against its working directory: absolute here.
+    const opts = [
+      ...(c.dataFile ? [`data_file=${join(dir, 'd.raw')}`] : []),
+      ...(c.create ? [c.create] : []),
+    ].join(',');
     qemuImgOk(['create', '-q', '-f', 'qcow2', ...(opts ? ['-o', opts] : []), path, '8M'], dir);
   }
   if (c.io) qemuIo(path, c.io, 'qcow2');
@@ -183,8 +187,9 @@ describe('amend against qemu-img', () => {
     copyFileSync(orig, q);
     copyFileSync(orig, v);
     const withFile = c.name === 'no -o' ? ['-q'] : [];
-    const qr = qemuImg(['amend', ...c.args, ...withFile, q], dir);
-    const vr = await vdisk(['amend', ...c.args, ...withFile, v], dir);
+    const args = c.args.map((a) => a.replace('DIR/', `${dir}/`));
+    const qr = qemuImg(['amend', ...args, ...withFile, q], dir);
+    const vr = await vdisk(['amend', ...args, ...withFile, v], dir);
     expect(vr.code).toBe(qr.code);
     const norm = (s: string) =>
       s
