@@ -647,3 +647,102 @@ describe('the real clients', () => {
     expect(t.input.import_req.method.name).toBe('glance-direct');
   });
 });
+
+describe('size cap and restarts', () => {
+  it('web-download over image_size_cap fails the task and keeps nothing', async () => {
+    served.set('/big.img', Buffer.alloc(3 << 20, 1));
+    const s = ts.server.services.settings;
+    const cap = s.imageSizeCap;
+    s.imageSizeCap = 1 << 20;
+    try {
+      const before = await blobs();
+      const img = await alice.createImage({ name: 'big', disk_format: 'raw', container_format: 'bare' });
+      await alice.req('POST', `/v2/images/${img.id}/import`, {
+        method: { name: 'web-download', uri: `http://127.0.0.1:${webPort}/big.img` },
+      });
+      expect((await waitFor(alice, img.id, settled)).status).toBe('queued');
+      expect((await imageTasks(alice, img.id))[0].message).toContain('Image exceeds the storage quota');
+      expect(await blobs()).toEqual(before);
+      // Staging over the cap: 413 and back to queued.
+      const st = await alice.req('PUT', `/v2/images/${img.id}/stage`, Buffer.alloc(2 << 20));
+      expect(st.status).toBe(413);
+      expect((await alice.req('GET', `/v2/images/${img.id}`)).json.status).toBe('queued');
+      expect(await blobs()).toEqual(before);
+    } finally {
+      s.imageSizeCap = cap;
+    }
+  });
+
+  it('staged data survives a restart; an import cut off by a stop fails cleanly on the next start', async () => {
+    const { startServer } = await import('./server.js');
+    const dataDir = join(work, 'restart-data');
+    const start = () => startServer({ port: 0, dataDir, adminPassword: ADMIN_PASSWORD });
+    let srv = await start();
+    let a = await Api.login(srv.url, 'admin', ADMIN_PASSWORD, 'admin');
+    const data = await qcow2('restart.qcow2', '4M', 0x77);
+    const kept = await a.createImage({ name: 'kept', disk_format: 'qcow2', container_format: 'bare' });
+    expect((await a.req('PUT', `/v2/images/${kept.id}/stage`, data)).status).toBe(204);
+    const cut = await a.createImage({ name: 'cut', disk_format: 'qcow2', container_format: 'bare' });
+    expect((await a.req('PUT', `/v2/images/${cut.id}/stage`, data)).status).toBe(204);
+    // What a server killed in the middle of an import leaves: the image importing, locked by
+    // a processing task, written by another server instance.
+    const taskId = '11111111-2222-3333-4444-555555555555';
+    const db = srv.services.db;
+    const now = new Date();
+    await db
+      .insertInto('tasks')
+      .values({
+        id: taskId,
+        type: 'api_image_import',
+        status: 'processing',
+        owner: a.projectId,
+        image_id: cut.id,
+        input: JSON.stringify({ image_id: cut.id }) as never,
+        result: null,
+        message: '',
+        created_at: now,
+        updated_at: now,
+        expires_at: null,
+        user_id: null,
+        request_id: null,
+      })
+      .execute();
+    const props = JSON.stringify({
+      os_glance_import_task: taskId,
+      os_glance_importing_to_stores: '',
+      os_glance_failed_import: '',
+    });
+    const { sql } = await import('kysely');
+    await db
+      .updateTable('images')
+      .set({ status: 'importing', writer: 'gone', properties: sql`properties || ${props}::jsonb` })
+      .where('id', '=', cut.id)
+      .execute();
+    await srv.close(5000);
+
+    srv = await start();
+    try {
+      a = await Api.login(srv.url, 'admin', ADMIN_PASSWORD, 'admin');
+      const k = (await a.req('GET', `/v2/images/${kept.id}`)).json;
+      expect(k.status).toBe('uploading');
+      expect(k.size).toBe(data.length);
+      const c = (await a.req('GET', `/v2/images/${cut.id}`)).json;
+      expect(c.status).toBe('queued');
+      expect(c).not.toHaveProperty('os_glance_import_task');
+      const t = (await a.req('GET', `/v2/tasks/${taskId}`)).json;
+      expect(t.status).toBe('failure');
+      expect(t.message).toBe('The server stopped during the import.');
+      const files = await readdir(join(dataDir, 'images'));
+      expect(files).toContain(`staging-${kept.id}`);
+      expect(files).not.toContain(`staging-${cut.id}`);
+      // The staged image imports after the restart.
+      expect(
+        (await a.req('POST', `/v2/images/${kept.id}/import`, { method: { name: 'glance-direct' } })).status,
+      ).toBe(202);
+      expect((await waitFor(a, kept.id, settled)).status).toBe('active');
+      expect((await download(a, kept.id)).equals(data)).toBe(true);
+    } finally {
+      await srv.close(5000);
+    }
+  });
+});
