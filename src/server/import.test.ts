@@ -32,6 +32,10 @@ let work: string;
 let web: Server;
 let webPort = 0;
 const served = new Map<string, Buffer | { redirect: string }>();
+let releaseSlow: () => void = () => {};
+const slowGate = new Promise<void>((r) => {
+  releaseSlow = r;
+});
 
 const md5 = (b: Buffer) => createHash('md5').update(b).digest('hex');
 const sha512 = (b: Buffer) => createHash('sha512').update(b).digest('hex');
@@ -44,6 +48,13 @@ beforeAll(async () => {
   alice = await Api.login(ts.url, 'alice', 'alice-pw', 'alpha');
   work = await mkdtemp(join(tmpdir(), 'vdisk-import-test-'));
   web = createServer((req, res) => {
+    if (req.url === '/slow') {
+      // Half the data, then the rest when the test says so.
+      res.writeHead(200, { 'Content-Length': 2 << 20 });
+      res.write(Buffer.alloc(1 << 20, 9));
+      slowGate.then(() => res.end(Buffer.alloc(1 << 20, 9)));
+      return;
+    }
     const item = served.get(req.url ?? '');
     if (item === undefined) {
       res.writeHead(404).end('not here');
@@ -645,6 +656,39 @@ describe('the real clients', () => {
     expect((await download(alice, id)).equals(data)).toBe(true);
     const [t] = await imageTasks(alice, id);
     expect(t.input.import_req.method.name).toBe('glance-direct');
+  });
+});
+
+describe('concurrency', () => {
+  it('two imports of one staged image: one 202, one 409; a delete during a download keeps nothing', async () => {
+    const img = await alice.createImage({ name: 'twice', disk_format: 'raw', container_format: 'bare' });
+    expect((await alice.req('PUT', `/v2/images/${img.id}/stage`, Buffer.alloc(1 << 20, 3))).status).toBe(204);
+    const both = await Promise.all(
+      [0, 1].map(() =>
+        alice.req('POST', `/v2/images/${img.id}/import`, { method: { name: 'glance-direct' } }),
+      ),
+    );
+    expect(both.map((r) => r.status).sort()).toEqual([202, 409]);
+    expect((await waitFor(alice, img.id, settled)).status).toBe('active');
+    expect(await imageTasks(alice, img.id)).toHaveLength(1);
+
+    const before = await blobs();
+    const slow = await alice.createImage({ name: 'slow', disk_format: 'raw', container_format: 'bare' });
+    await alice.req('POST', `/v2/images/${slow.id}/import`, {
+      method: { name: 'web-download', uri: `http://127.0.0.1:${webPort}/slow` },
+    });
+    expect((await alice.req('GET', `/v2/images/${slow.id}`)).json.status).toBe('importing');
+    expect((await alice.req('DELETE', `/v2/images/${slow.id}`)).status).toBe(204);
+    releaseSlow();
+    const tasks = await admin.req('GET', '/v2/tasks?limit=1000');
+    const mine = tasks.json.tasks.find((t: any) => t.status !== 'success' && t.status !== 'failure');
+    for (let i = 0; mine !== undefined && i < 400; i++) {
+      const t = await admin.req('GET', `/v2/tasks/${mine.id}`);
+      if (t.json.status === 'failure') break;
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    expect((await admin.req('GET', `/v2/tasks/${mine.id}`)).json.status).toBe('failure');
+    expect(await blobs()).toEqual(before);
   });
 });
 

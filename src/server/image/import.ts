@@ -276,12 +276,15 @@ export class ImportApi {
     const svc = this.svc;
     const staged = stagingKey(imageId);
     const signal = this.abort.signal;
+    let convertedFrom: string | null = null;
     try {
       await updateTask(svc, task.id, { status: 'processing' });
       let img = await this.locked(imageId, task.id);
       const ctx = { userId: task.user_id } as unknown as AuthContext;
       if (method === 'web-download') {
         const res = await fetchImage(uri!, filterOf(svc), signal);
+        const onAbort = () => res.destroy(new Error('The server is shutting down.'));
+        signal.addEventListener('abort', onAbort);
         try {
           const out = await receiveData(svc, ctx, img, res, this.opts.inspect, {
             fromStatus: 'importing',
@@ -295,6 +298,7 @@ export class ImportApi {
               `Task ${task.id} failed because downloaded data size ${out.size} is different from expected ${declared}`,
             );
         } finally {
+          signal.removeEventListener('abort', onAbort);
           res.destroy();
         }
         await this.db
@@ -316,9 +320,17 @@ export class ImportApi {
       const out = convert
         ? await this.convertInto(img, target, task.id, signal)
         : await this.copyStaged(img, img, signal);
-      await finishUpload(svc, convert ? { ...img, disk_format: target } : img, out, 'importing', 'active');
-      if (convert)
-        await this.db.updateTable('images').set({ disk_format: target }).where('id', '=', imageId).execute();
+      if (convert) {
+        // The new format before the image goes active (fail() puts the old one back).
+        await this.db
+          .updateTable('images')
+          .set({ disk_format: target })
+          .where('id', '=', imageId)
+          .where('status', '=', 'importing')
+          .execute();
+        convertedFrom = img.disk_format;
+      }
+      await finishUpload(svc, img, out, 'importing', 'active');
       await svc.store.delete(staged);
       await updateTask(svc, task.id, {
         status: 'success',
@@ -327,7 +339,7 @@ export class ImportApi {
       });
       await this.dropLock(imageId, task.id);
     } catch (e) {
-      await this.fail(task, imageId, e);
+      await this.fail(task, imageId, e, convertedFrom);
     }
   }
 
@@ -431,7 +443,7 @@ export class ImportApi {
       .execute();
   }
 
-  private async fail(task: TaskRow, imageId: string, e: unknown): Promise<void> {
+  private async fail(task: TaskRow, imageId: string, e: unknown, diskFormat: string | null): Promise<void> {
     const svc = this.svc;
     // The task first: the lock, dropped last, tells a poller that everything is settled.
     await updateTask(svc, task.id, { status: 'failure', message: message(e) }).catch(() => {});
@@ -449,12 +461,18 @@ export class ImportApi {
         writer: null,
         properties: sql`properties - ${LOCK}::text`,
         updated_at: new Date(),
+        ...(diskFormat !== null ? { disk_format: diskFormat } : {}),
       })
       .where('id', '=', imageId)
       .where('status', '=', 'importing')
       .where(sql<boolean>`properties->>${LOCK} = ${task.id}`)
       .executeTakeFirst();
-    if (r.numUpdatedRows > 0n) await svc.store.delete(stagingKey(imageId));
+    const gone =
+      r.numUpdatedRows === 0n &&
+      (await this.db.selectFrom('images').select('id').where('id', '=', imageId).executeTakeFirst()) ===
+        undefined;
+    // Ours to clean, or the image was deleted meanwhile (its staged data may be newer).
+    if (r.numUpdatedRows > 0n || gone) await svc.store.delete(stagingKey(imageId));
     // If it was not ours to reset (deleted, or the lock was taken), still drop our lock.
     await this.dropLock(imageId, task.id);
   }
