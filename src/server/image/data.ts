@@ -264,13 +264,16 @@ async function sendFile(fh: FileHandle, start: number, end: number, res: ServerR
     res.once('close', onClose);
   });
   closed.catch(() => {});
-  const write = (b: Buffer) =>
-    Promise.race([
-      new Promise<void>((resolve, reject) => {
-        res.write(b, (err) => (err ? reject(err) : resolve()));
-      }),
-      closed,
-    ]);
+  const write = (b: Buffer) => {
+    const written = new Promise<void>((resolve, reject) => {
+      res.write(b, (err) => (err ? reject(err) : resolve()));
+    });
+    const p = Promise.race([written, closed]);
+    // Awaited later (or never, after a failure): not an unhandled rejection meanwhile.
+    written.catch(() => {});
+    p.catch(() => {});
+    return p;
+  };
   const read = async (b: Buffer, at: number) => {
     const want = Math.min(b.length, end + 1 - at);
     let got = 0;
