@@ -25,7 +25,7 @@
  * therefore changes no data refcount (the path through T becomes the path through T').
  */
 import { VdiskError } from '../../core/errors.js';
-import { getU64, l1EntriesFor, MAX_SNAPSHOTS, setU64 } from './header.js';
+import { l1EntriesFor, MAX_SNAPSHOTS, setU64 } from './header.js';
 import type { Qcow2Image } from './image.js';
 import { type Qcow2Snapshot, readSnapshots } from './snapshot.js';
 
@@ -229,8 +229,6 @@ async function currentEntries(img: Qcow2Image): Promise<SnapshotEntry[]> {
     const extraSize = v.getUint32(36);
     const extra = new Uint8Array(extraSize);
     if (extraSize > 0) await img.file.read(extra, s.entryOffset + 40);
-    const ev = new DataView(extra.buffer);
-    const icount = extraSize >= 24 ? getU64(ev, 16) : Number.POSITIVE_INFINITY;
     out.push({
       id: s.id,
       name: s.name,
@@ -241,7 +239,8 @@ async function currentEntries(img: Qcow2Image): Promise<SnapshotEntry[]> {
       vmClockNsec: s.vmClockNsec,
       vmStateSize: s.vmStateSize,
       diskSize: s.diskSize ?? img.size,
-      icount: s.icount ?? (Number.isFinite(icount) ? icount : -1),
+      // The reader leaves icount out when it is -1 ("not recorded") or absent (old entries).
+      icount: s.icount ?? -1,
       unknownExtra: extraSize > 24 ? extra.slice(24) : new Uint8Array(0),
     });
   }
