@@ -15,6 +15,7 @@ export interface CliCommand {
 export const VERSION = '0.1.0';
 
 const commands: Record<string, () => Promise<CliCommand>> = {
+  amend: async () => (await import('./cmd/amend.js')).default,
   compare: async () => (await import('./cmd/compare.js')).default,
   check: async () => (await import('./cmd/check.js')).default,
   convert: async () => (await import('./cmd/convert.js')).default,
