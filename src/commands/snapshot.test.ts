@@ -80,6 +80,7 @@ const variants: Array<{ name: string; opts: string; size: string }> = [
   { name: 'extended L2', opts: 'extended_l2=on,cluster_size=128k', size: '8M' },
   { name: 'refcount_bits=64, 512-byte clusters', opts: 'refcount_bits=64,cluster_size=512', size: '2M' },
   { name: 'refcount_bits=4, zstd', opts: 'refcount_bits=4,compression_type=zstd', size: '8M' },
+  { name: 'lazy_refcounts', opts: 'lazy_refcounts=on', size: '8M' },
 ];
 
 describe('vdisk snapshot vs qemu-img snapshot', () => {
@@ -144,6 +145,30 @@ describe('vdisk snapshot vs qemu-img snapshot', () => {
       expect(allocated(a)).toBe(allocated(b));
     });
   }
+
+  it('snapshots made by one tool are applied and deleted by the other', async () => {
+    const a = p('x-a.qcow2');
+    qemuImgOk(['create', '-f', 'qcow2', a, '8M']);
+    qemuIo(a, ['write -P 1 0 2M']);
+    const first = qemuRawDigest(a);
+    expect((await vdisk(['snapshot', '-c', 'v', a])).code).toBe(0);
+    qemuIo(a, ['write -P 2 64k 1M']);
+    const second = qemuRawDigest(a);
+    qemuImgOk(['snapshot', '-c', 'q', a]);
+    qemuIo(a, ['write -P 3 0 4M']);
+    qemuImgOk(['snapshot', '-a', 'v', a]);
+    expectClean(a);
+    expect(qemuRawDigest(a)).toBe(first);
+    expect((await vdisk(['snapshot', '-a', 'q', a])).code).toBe(0);
+    expectClean(a);
+    expect(qemuRawDigest(a)).toBe(second);
+    qemuImgOk(['snapshot', '-d', 'v', a]);
+    expectClean(a);
+    expect((await vdisk(['snapshot', '-d', 'q', a])).code).toBe(0);
+    expectClean(a);
+    expect(qemuRawDigest(a)).toBe(second);
+    expect(qemuImgOk(['snapshot', '-l', a])).toBe('');
+  });
 
   it('snapshots of an overlay read through its backing file', async () => {
     const base = p('base.qcow2');
