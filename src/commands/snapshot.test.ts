@@ -5,7 +5,7 @@
  * (`qemu-img convert -l`) and from the active layer, and the snapshot must hold the content
  * of the moment it was taken, across later writes (copy-on-write), apply and delete.
  */
-import { copyFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../chain/open.js';
@@ -168,6 +168,27 @@ describe('vdisk snapshot vs qemu-img snapshot', () => {
     expectClean(a);
     expect(qemuRawDigest(a)).toBe(second);
     expect(qemuImgOk(['snapshot', '-l', a])).toBe('');
+  });
+
+  it('a snapshot table that points outside the file: one-line error, image untouched', async () => {
+    const a = p('bad.qcow2');
+    qemuImgOk(['create', '-f', 'qcow2', a, '1M']);
+    qemuIo(a, ['write -P 1 0 64k']);
+    qemuImgOk(['snapshot', '-c', 's', a]);
+    // Point the snapshot's L1 table far past the end of the file.
+    const buf = readFileSync(a);
+    const table = Number(buf.readBigUInt64BE(64));
+    buf.writeBigUInt64BE(0x7000000000n, table);
+    writeFileSync(a, buf);
+    for (const args of [
+      ['-d', 's'],
+      ['-a', 's'],
+    ]) {
+      const r = await vdisk(['snapshot', ...args, a]);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/^vdisk: Could not (delete|apply) snapshot 's': .*invalid.*\n$/);
+      expect(readFileSync(a).equals(buf)).toBe(true);
+    }
   });
 
   it('snapshots of an overlay read through its backing file', async () => {

@@ -331,10 +331,10 @@ function scanTable(img: Qcow2Image, table: Uint8Array, l2: number): Array<[numbe
     }
     const host = (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
     if (!img.hasHost(hi, host) || img.hasDataFile) continue;
-    if (host % cs !== 0) {
+    if (host % cs !== 0 || host >= img.fileEnd) {
       throw new VdiskError(
         'CORRUPT_IMAGE',
-        `Cluster allocation offset 0x${host.toString(16)} unaligned (L2 offset: 0x${l2.toString(16)}, L2 index: 0x${i.toString(16)})`,
+        `Cluster offset 0x${host.toString(16)} is ${host % cs !== 0 ? 'unaligned' : 'past the end of the file'} (L2 offset: 0x${l2.toString(16)}, L2 index: 0x${i.toString(16)})`,
         { path: img.file.path },
       );
     }
@@ -345,6 +345,11 @@ function scanTable(img: Qcow2Image, table: Uint8Array, l2: number): Array<[numbe
 
 /** Read an L1 table's entries (offsets only). */
 async function readL1Offsets(img: Qcow2Image, offset: number, size: number): Promise<Float64Array> {
+  if (size > 0 && (offset % img.clusterSize !== 0 || offset + size * 8 > img.fileEnd)) {
+    throw new VdiskError('CORRUPT_IMAGE', `Snapshot L1 table offset 0x${offset.toString(16)} is invalid`, {
+      path: img.file.path,
+    });
+  }
   const raw = new Uint8Array(size * 8);
   if (size > 0) await img.file.read(raw, offset);
   const v = new DataView(raw.buffer);
