@@ -5,7 +5,7 @@
  * (`qemu-img convert -l`) and from the active layer, and the snapshot must hold the content
  * of the moment it was taken, across later writes (copy-on-write), apply and delete.
  */
-import { copyFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../chain/open.js';
@@ -80,6 +80,7 @@ const variants: Array<{ name: string; opts: string; size: string }> = [
   { name: 'extended L2', opts: 'extended_l2=on,cluster_size=128k', size: '8M' },
   { name: 'refcount_bits=64, 512-byte clusters', opts: 'refcount_bits=64,cluster_size=512', size: '2M' },
   { name: 'refcount_bits=4, zstd', opts: 'refcount_bits=4,compression_type=zstd', size: '8M' },
+  { name: 'lazy_refcounts', opts: 'lazy_refcounts=on', size: '8M' },
 ];
 
 describe('vdisk snapshot vs qemu-img snapshot', () => {
@@ -144,6 +145,51 @@ describe('vdisk snapshot vs qemu-img snapshot', () => {
       expect(allocated(a)).toBe(allocated(b));
     });
   }
+
+  it('snapshots made by one tool are applied and deleted by the other', async () => {
+    const a = p('x-a.qcow2');
+    qemuImgOk(['create', '-f', 'qcow2', a, '8M']);
+    qemuIo(a, ['write -P 1 0 2M']);
+    const first = qemuRawDigest(a);
+    expect((await vdisk(['snapshot', '-c', 'v', a])).code).toBe(0);
+    qemuIo(a, ['write -P 2 64k 1M']);
+    const second = qemuRawDigest(a);
+    qemuImgOk(['snapshot', '-c', 'q', a]);
+    qemuIo(a, ['write -P 3 0 4M']);
+    qemuImgOk(['snapshot', '-a', 'v', a]);
+    expectClean(a);
+    expect(qemuRawDigest(a)).toBe(first);
+    expect((await vdisk(['snapshot', '-a', 'q', a])).code).toBe(0);
+    expectClean(a);
+    expect(qemuRawDigest(a)).toBe(second);
+    qemuImgOk(['snapshot', '-d', 'v', a]);
+    expectClean(a);
+    expect((await vdisk(['snapshot', '-d', 'q', a])).code).toBe(0);
+    expectClean(a);
+    expect(qemuRawDigest(a)).toBe(second);
+    expect(qemuImgOk(['snapshot', '-l', a])).toBe('');
+  });
+
+  it('a snapshot table that points outside the file: one-line error, image untouched', async () => {
+    const a = p('bad.qcow2');
+    qemuImgOk(['create', '-f', 'qcow2', a, '1M']);
+    qemuIo(a, ['write -P 1 0 64k']);
+    qemuImgOk(['snapshot', '-c', 's', a]);
+    // Point the snapshot's L1 table far past the end of the file.
+    const buf = readFileSync(a);
+    const table = Number(buf.readBigUInt64BE(64));
+    buf.writeBigUInt64BE(0x7000000000n, table);
+    writeFileSync(a, buf);
+    for (const args of [
+      ['-d', 's'],
+      ['-a', 's'],
+    ]) {
+      const r = await vdisk(['snapshot', ...args, a]);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/^vdisk: Could not (delete|apply) snapshot 's': .*invalid.*\n$/);
+      expect(readFileSync(a).equals(buf)).toBe(true);
+    }
+  });
 
   it('snapshots of an overlay read through its backing file', async () => {
     const base = p('base.qcow2');

@@ -25,7 +25,7 @@
  * therefore changes no data refcount (the path through T becomes the path through T').
  */
 import { VdiskError } from '../../core/errors.js';
-import { getU64, l1EntriesFor, MAX_SNAPSHOTS, setU64 } from './header.js';
+import { l1EntriesFor, MAX_SNAPSHOTS, setU64 } from './header.js';
 import type { Qcow2Image } from './image.js';
 import { type Qcow2Snapshot, readSnapshots } from './snapshot.js';
 
@@ -229,8 +229,6 @@ async function currentEntries(img: Qcow2Image): Promise<SnapshotEntry[]> {
     const extraSize = v.getUint32(36);
     const extra = new Uint8Array(extraSize);
     if (extraSize > 0) await img.file.read(extra, s.entryOffset + 40);
-    const ev = new DataView(extra.buffer);
-    const icount = extraSize >= 24 ? getU64(ev, 16) : Number.POSITIVE_INFINITY;
     out.push({
       id: s.id,
       name: s.name,
@@ -241,7 +239,8 @@ async function currentEntries(img: Qcow2Image): Promise<SnapshotEntry[]> {
       vmClockNsec: s.vmClockNsec,
       vmStateSize: s.vmStateSize,
       diskSize: s.diskSize ?? img.size,
-      icount: s.icount ?? (Number.isFinite(icount) ? icount : -1),
+      // The reader leaves icount out when it is -1 ("not recorded") or absent (old entries).
+      icount: s.icount ?? -1,
       unknownExtra: extraSize > 24 ? extra.slice(24) : new Uint8Array(0),
     });
   }
@@ -332,10 +331,10 @@ function scanTable(img: Qcow2Image, table: Uint8Array, l2: number): Array<[numbe
     }
     const host = (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
     if (!img.hasHost(hi, host) || img.hasDataFile) continue;
-    if (host % cs !== 0) {
+    if (host % cs !== 0 || host >= img.fileEnd) {
       throw new VdiskError(
         'CORRUPT_IMAGE',
-        `Cluster allocation offset 0x${host.toString(16)} unaligned (L2 offset: 0x${l2.toString(16)}, L2 index: 0x${i.toString(16)})`,
+        `Cluster offset 0x${host.toString(16)} is ${host % cs !== 0 ? 'unaligned' : 'past the end of the file'} (L2 offset: 0x${l2.toString(16)}, L2 index: 0x${i.toString(16)})`,
         { path: img.file.path },
       );
     }
@@ -346,6 +345,11 @@ function scanTable(img: Qcow2Image, table: Uint8Array, l2: number): Array<[numbe
 
 /** Read an L1 table's entries (offsets only). */
 async function readL1Offsets(img: Qcow2Image, offset: number, size: number): Promise<Float64Array> {
+  if (size > 0 && (offset % img.clusterSize !== 0 || offset + size * 8 > img.fileEnd)) {
+    throw new VdiskError('CORRUPT_IMAGE', `Snapshot L1 table offset 0x${offset.toString(16)} is invalid`, {
+      path: img.file.path,
+    });
+  }
   const raw = new Uint8Array(size * 8);
   if (size > 0) await img.file.read(raw, offset);
   const v = new DataView(raw.buffer);
