@@ -174,9 +174,6 @@ describe('snapshot crash safety (SIGKILL)', () => {
         }
       }
     }
-    console.log(
-      `startup ${startup.toFixed(0)} ms, create ${create.toFixed(0)} ms, delete ${del.toFixed(0)} ms, killed midway ${killedMidway}`,
-    );
     // Some kills landed after the work began and before the header switch (so the test can fail).
     expect(killedMidway).toBeGreaterThan(0);
   }, 300_000);
