@@ -1,6 +1,6 @@
 /**
  * The filesystem blob store: one file per image under DIR. Writes go to `DIR/.tmp/<key>.<rand>`
- * in large coalesced writes (4 MiB, one in flight while the next fills), fsync on commit, then
+ * in large coalesced writes (1 MiB, one in flight while the next fills), fsync on commit, then
  * rename into place: an acknowledged upload survives a crash, an unacknowledged one leaves
  * only a temporary file that `cleanup` removes.
  */
@@ -11,7 +11,10 @@ import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { BlobStore, BlobWriter } from './store.js';
 
-const CHUNK = 4 << 20;
+// 1 MiB: on this kind of VM a 4 MiB write(2) into the page cache costs ~5× the kernel CPU
+// and wall time of four 1 MiB writes (1 GiB: ~1.1–1.7 s of system time against ~0.2 s,
+// measured with writeSync; 256 KiB and 64 KiB cost the same as 1 MiB).
+const CHUNK = 1 << 20;
 const KEY_RE = /^[A-Za-z0-9._-]+$/;
 
 function checkKey(key: string): string {
