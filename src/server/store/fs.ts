@@ -11,9 +11,9 @@ import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { BlobStore, BlobWriter } from './store.js';
 
-// 1 MiB: on this kind of VM a 4 MiB write(2) into the page cache costs ~5× the kernel CPU
-// and wall time of four 1 MiB writes (1 GiB: ~1.1–1.7 s of system time against ~0.2 s,
-// measured with writeSync; 256 KiB and 64 KiB cost the same as 1 MiB).
+// 1 MiB: as fast as larger writes into the page cache, and on this kind of VM some runs of
+// 4 MiB write(2)s cost several times the kernel time (1 GiB: 1.0–1.7 s of system time against
+// ~0.2 s; the first touch of fresh page-cache memory varies a lot between runs here).
 const CHUNK = 1 << 20;
 const KEY_RE = /^[A-Za-z0-9._-]+$/;
 
