@@ -30,8 +30,10 @@ import type {
 import { VdiskError } from '../../core/errors.js';
 import type { HostFile } from '../../core/host-file.js';
 import { Mutex } from '../../core/lock.js';
+import type { LuksVolume } from '../luks/block.js';
 import { TableCache } from './cache.js';
 import { compressCluster, decompressCluster } from './compress.js';
+import { type CryptoHeaderRef, decryptAt, encryptAt, openQcow2Luks, qcow2EncryptInfo } from './crypto.js';
 import {
   AUTOCLEAR_BITMAPS,
   AUTOCLEAR_DATA_FILE_RAW,
@@ -112,6 +114,9 @@ interface L2Update {
 export class Qcow2Image implements FormatImage {
   readonly format = 'qcow2';
   readonly alignment = 512;
+  get encrypted(): boolean {
+    return this.header.cryptMethod !== 0;
+  }
   readonly clusterSize: number;
   readonly clusterBits: number;
   readonly subclusterSize: number;
@@ -148,6 +153,8 @@ export class Qcow2Image implements FormatImage {
   private lastCompressed: { key: number; data: Uint8Array } | null = null;
   private readonly metadataClusters = new Set<number>();
   private closed = false;
+  /** encrypt.format=luks: the unlocked volume and where its header lies (crypto.ts). */
+  luks: { vol: LuksVolume; ref: CryptoHeaderRef } | undefined;
 
   constructor(
     readonly file: HostFile,
@@ -297,6 +304,7 @@ export class Qcow2Image implements FormatImage {
 
   private async init(opts: DriverOpenOptions): Promise<void> {
     const h = this.header;
+    this.luks = await openQcow2Luks(this.file, h, opts);
     const { snapshots, tableBytes } = await readSnapshots(
       this.file,
       h.snapshotsOffset,
@@ -389,6 +397,7 @@ export class Qcow2Image implements FormatImage {
     addRange(this.l1TableOffset, this.l1Size * 8);
     addRange(this.header.refcountTableOffset, this.header.refcountTableClusters * cs);
     addRange(this.header.snapshotsOffset, this.snapshotTableBytes);
+    if (this.luks !== undefined) addRange(this.luks.ref.offset, this.luks.ref.length);
     for (let i = 0; i < this.l1Size; i++) if (this.l1Off[i]! !== 0) m.add(this.l1Off[i]!);
     if (this.refcounts !== null) for (const off of this.refcounts.table) if (off !== 0) m.add(off);
   }
@@ -582,6 +591,8 @@ export class Qcow2Image implements FormatImage {
       case Kind.Zero:
         return { ...base, allocated: true, zero: true, data: false };
       case Kind.ZeroAlloc:
+        // An encrypted image reports no host offset (qcow2_co_block_status: `&& !s->crypto`).
+        if (this.luks !== undefined) return { ...base, allocated: true, zero: true, data: false };
         return {
           ...base,
           allocated: true,
@@ -593,6 +604,7 @@ export class Qcow2Image implements FormatImage {
       case Kind.Compressed:
         return { ...base, allocated: true, zero: false, data: true, compressed: true };
       default: {
+        if (this.luks !== undefined) return { ...base, allocated: true, zero: false, data: true };
         // QEMU asks the file layer whether preallocated (or raw external) data reads as zeros.
         let zero = false;
         let len = r.length;
@@ -658,7 +670,13 @@ export class Qcow2Image implements FormatImage {
           {
             const target = sub();
             const file = this.dataHostFile ?? (await this.data());
-            pending.push(file.read(target, r.host));
+            const luks = this.luks;
+            const host = r.host;
+            pending.push(
+              luks === undefined
+                ? file.read(target, host)
+                : file.read(target, host).then(() => decryptAt(luks.vol, target, host)),
+            );
           }
           break;
         case Kind.Compressed: {
@@ -875,7 +893,12 @@ export class Qcow2Image implements FormatImage {
   private async writePieces(p: Prepared): Promise<void> {
     if (p.pieces.length === 0) return;
     const target = await this.data();
-    await Promise.all(p.pieces.map((x) => target.writev(x.bufs, x.host)));
+    const luks = this.luks;
+    await Promise.all(
+      p.pieces.map((x) =>
+        target.writev(luks === undefined ? x.bufs : encryptAt(luks.vol, x.bufs, x.host), x.host),
+      ),
+    );
   }
 
   /** ...then the L2 entries that point at it; the clusters they dropped are freed later. */
@@ -1504,6 +1527,11 @@ export class Qcow2Image implements FormatImage {
         offset,
       });
     }
+    if (this.luks !== undefined) {
+      throw new VdiskError('UNSUPPORTED', 'Compression and encryption not supported at the same time', {
+        path: this.file.path,
+      });
+    }
     if (this.hasDataFile) {
       throw new VdiskError('UNSUPPORTED', 'Compression is not supported with an external data file', {
         path: this.file.path,
@@ -1636,6 +1664,7 @@ export class Qcow2Image implements FormatImage {
         granularity: b.granularity,
       }));
     }
+    if (this.luks !== undefined) data['encrypt'] = qcow2EncryptInfo(this.luks.vol);
     if (h.dataFile !== undefined) data['data-file'] = h.dataFile;
     if (this.hasDataFile) data['data-file-raw'] = this.dataFileRaw;
     return { type: 'qcow2', data };
@@ -1671,6 +1700,7 @@ export class Qcow2Image implements FormatImage {
     const header: Qcow2Header = { ...this.header, size: s.diskSize ?? this.header.size };
     const view = new Qcow2Image(this.file, this.dataHostFile, header, true, l1, this.fileEnd, false);
     view.ctx = this.ctx;
+    view.luks = this.luks;
     view.dataOpener = () => this.data();
     return view;
   }
