@@ -31,9 +31,18 @@ import { VdiskError } from '../../core/errors.js';
 import type { HostFile } from '../../core/host-file.js';
 import { Mutex } from '../../core/lock.js';
 import type { LuksVolume } from '../luks/block.js';
+import type { SectorCipher } from '../luks/crypto.js';
+import { legacyAesReadOnly, openLegacyAes } from '../luks/legacy-aes.js';
 import { TableCache } from './cache.js';
 import { compressCluster, decompressCluster } from './compress.js';
-import { type CryptoHeaderRef, decryptAt, encryptAt, openQcow2Luks, qcow2EncryptInfo } from './crypto.js';
+import {
+  type CryptoHeaderRef,
+  cryptoHeaderRef,
+  decryptAt,
+  encryptAt,
+  openQcow2Luks,
+  qcow2EncryptInfo,
+} from './crypto.js';
 import {
   AUTOCLEAR_BITMAPS,
   AUTOCLEAR_DATA_FILE_RAW,
@@ -155,6 +164,8 @@ export class Qcow2Image implements FormatImage {
   private closed = false;
   /** encrypt.format=luks: the unlocked volume and where its header lies (crypto.ts). */
   luks: { vol: LuksVolume; ref: CryptoHeaderRef } | undefined;
+  /** crypt_method 1: the legacy AES cipher (read only; IV from the guest offset). */
+  aes: SectorCipher | undefined;
 
   constructor(
     readonly file: HostFile,
@@ -305,6 +316,14 @@ export class Qcow2Image implements FormatImage {
   private async init(opts: DriverOpenOptions): Promise<void> {
     const h = this.header;
     this.luks = await openQcow2Luks(this.file, h, opts);
+    if (h.cryptMethod === 1) {
+      if (opts.writable) throw legacyAesReadOnly(this.file.path);
+      cryptoHeaderRef(h, this.file.path);
+      this.aes = openLegacyAes(opts.options?.['encrypt.key-secret'], {
+        noIo: opts.noIo === true,
+        prefix: 'encrypt.',
+      });
+    }
     const { snapshots, tableBytes } = await readSnapshots(
       this.file,
       h.snapshotsOffset,
@@ -671,11 +690,15 @@ export class Qcow2Image implements FormatImage {
             const target = sub();
             const file = this.dataHostFile ?? (await this.data());
             const luks = this.luks;
+            const aes = this.aes;
             const host = r.host;
+            const guest = offset + pos;
             pending.push(
-              luks === undefined
-                ? file.read(target, host)
-                : file.read(target, host).then(() => decryptAt(luks.vol, target, host)),
+              luks !== undefined
+                ? file.read(target, host).then(() => decryptAt(luks.vol, target, host))
+                : aes !== undefined
+                  ? file.read(target, host).then(() => aes.run(false, target, target, guest / 512))
+                  : file.read(target, host),
             );
           }
           break;
@@ -1644,10 +1667,14 @@ export class Qcow2Image implements FormatImage {
     const h = this.header;
     const compression = h.compressionType === 1 ? 'zstd' : 'zlib';
     if (h.version === 2) {
-      return {
-        type: 'qcow2',
-        data: { compat: '0.10', 'compression-type': compression, 'refcount-bits': 2 ** h.refcountOrder },
+      const v2: Record<string, unknown> = {
+        compat: '0.10',
+        'compression-type': compression,
+        'refcount-bits': 2 ** h.refcountOrder,
       };
+      if (this.luks !== undefined) v2['encrypt'] = qcow2EncryptInfo(this.luks.vol);
+      else if (h.cryptMethod === 1) v2['encrypt'] = { format: 'aes' };
+      return { type: 'qcow2', data: v2 };
     }
     const data: Record<string, unknown> = {
       compat: '1.1',
@@ -1665,6 +1692,7 @@ export class Qcow2Image implements FormatImage {
       }));
     }
     if (this.luks !== undefined) data['encrypt'] = qcow2EncryptInfo(this.luks.vol);
+    else if (h.cryptMethod === 1) data['encrypt'] = { format: 'aes' };
     if (h.dataFile !== undefined) data['data-file'] = h.dataFile;
     if (this.hasDataFile) data['data-file-raw'] = this.dataFileRaw;
     return { type: 'qcow2', data };
@@ -1701,6 +1729,7 @@ export class Qcow2Image implements FormatImage {
     const view = new Qcow2Image(this.file, this.dataHostFile, header, true, l1, this.fileEnd, false);
     view.ctx = this.ctx;
     view.luks = this.luks;
+    view.aes = this.aes;
     view.dataOpener = () => this.data();
     return view;
   }
