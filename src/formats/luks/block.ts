@@ -246,3 +246,19 @@ export function luksInfo(p: ParsedLuks): Record<string, unknown> {
     ),
   };
 }
+
+/**
+ * The payload offset a LUKS volume created with these options would have (qemu-img measure:
+ * qcrypto_block_calculate_payload_offset). QEMU finds it by a dry-run create, so it wants the
+ * secret too; we check the same things without running PBKDF2.
+ */
+export function luksPayloadOffset(o: LuksCreateOptions, prefix: string): number {
+  const cipherAlg = enumOpt(prefix, 'cipher-alg', o.cipherAlg ?? 'aes-256', CIPHER_ALGS);
+  const mode = enumOpt(prefix, 'cipher-mode', o.cipherMode ?? 'xts', MODES) as CipherMode;
+  if (o.keySecret === undefined) {
+    throw new VdiskError('INVALID_ARGUMENT', `Parameter '${prefix}key-secret' is required for cipher`);
+  }
+  lookupSecretUtf8(o.keySecret);
+  const keyBytes = masterKeyLen({ alg: cipherAlg, mode, ivgen: 'plain64' });
+  return (KEY_SLOT_OFFSET / SECTOR + splitKeySectors(keyBytes, STRIPES) * NUM_SLOTS) * SECTOR;
+}

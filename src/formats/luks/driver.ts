@@ -17,7 +17,14 @@ import type {
 } from '../../core/driver.js';
 import { VdiskError } from '../../core/errors.js';
 import { HostFile } from '../../core/host-file.js';
-import { createLuks, type LuksVolume, luksInfo, openLuks } from './block.js';
+import {
+  createLuks,
+  type LuksCreateOptions,
+  type LuksVolume,
+  luksInfo,
+  luksPayloadOffset,
+  openLuks,
+} from './block.js';
 import { SECTOR } from './crypto.js';
 
 /** Bytes encrypted per step: bounds the memory of a large request. */
@@ -32,7 +39,7 @@ export class LuksImage implements FormatImage {
   constructor(
     private readonly file: HostFile,
     private readonly vol: LuksVolume,
-    readonly size: number,
+    public size: number,
   ) {}
 
   get readOnly(): boolean {
@@ -96,6 +103,26 @@ export class LuksImage implements FormatImage {
     return this.file.allocatedSize();
   }
 
+  /**
+   * block_crypto_co_truncate: the file becomes payload + size; preallocation is the file's
+   * (what grows reads as noise until written, as in QEMU).
+   */
+  async resize(size: number, opts: { preallocation?: string; shrink: boolean }): Promise<void> {
+    const mode = opts.preallocation ?? 'off';
+    if (!PREALLOC.includes(mode))
+      throw new VdiskError('INVALID_ARGUMENT', `Unsupported preallocation mode '${mode}'`);
+    const old = await this.file.size();
+    const end = this.vol.payloadOffset + size;
+    await this.file.truncate(end);
+    if (end > old && mode === 'falloc') this.file.allocate(old, end - old);
+    if (end > old && mode === 'full') {
+      const zero = new Uint8Array(Math.min(4 << 20, end - old));
+      for (let p = old; p < end; p += zero.length)
+        await this.file.write(zero.subarray(0, Math.min(zero.length, end - p)), p);
+    }
+    this.size = Math.ceil(size / SECTOR) * SECTOR;
+  }
+
   formatSpecific(): FormatSpecific {
     return { type: 'luks', data: luksInfo(this.vol.parsed) };
   }
@@ -118,24 +145,27 @@ async function openLuksFile(file: HostFile, opts: DriverOpenOptions): Promise<Fo
 
 const PREALLOC = ['off', 'falloc', 'full'];
 
+function luksOptions(o: Record<string, string>): LuksCreateOptions {
+  return {
+    keySecret: o['key-secret'],
+    cipherAlg: o['cipher-alg'],
+    cipherMode: o['cipher-mode'],
+    ivgenAlg: o['ivgen-alg'],
+    ivgenHashAlg: o['ivgen-hash-alg'],
+    hashAlg: o['hash-alg'],
+    iterTime: o['iter-time'] === undefined ? undefined : Number(o['iter-time']),
+  };
+}
+
 async function createLuksFile(req: CreateRequest): Promise<void> {
   const o = req.options;
   const prealloc = o['preallocation'] ?? 'off';
   if (!PREALLOC.includes(prealloc))
     throw new VdiskError('INVALID_ARGUMENT', `invalid parameter value: ${prealloc}`);
-  const iterTime = o['iter-time'] === undefined ? undefined : Number(o['iter-time']);
   const file = await HostFile.open(req.path, { create: true });
   try {
     await createLuks(
-      {
-        keySecret: o['key-secret'],
-        cipherAlg: o['cipher-alg'],
-        cipherMode: o['cipher-mode'],
-        ivgenAlg: o['ivgen-alg'],
-        ivgenHashAlg: o['ivgen-hash-alg'],
-        hashAlg: o['hash-alg'],
-        iterTime,
-      },
+      luksOptions(o),
       '',
       async (payload) => {
         const total = payload + req.size;
@@ -183,4 +213,10 @@ export const luksDriver: FormatDriver = {
   open: openLuksFile,
   create: createLuksFile,
   createOptions,
+  // block_crypto_measure: the payload offset plus the virtual size (no holes in a luks file).
+  async measure(size, options, source) {
+    const payload = luksPayloadOffset(luksOptions(options), '');
+    const data = source !== undefined ? source.size : Math.ceil(size / SECTOR) * SECTOR;
+    return { required: payload + data, fullyAllocated: payload + data };
+  },
 };
