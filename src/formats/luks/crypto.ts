@@ -132,8 +132,14 @@ export class SectorCipher {
       c.final();
       return;
     }
-    if (this.spec.mode === 'xts') return this.xts(encrypt, src, out, ivs, count);
-    if (this.spec.mode === 'cbc' && !encrypt) return this.cbcDecrypt(src, out, ivs, count);
+    if (this.spec.mode === 'xts') {
+      this.xts(encrypt, src, out, ivs, count);
+      return;
+    }
+    if (this.spec.mode === 'cbc' && !encrypt) {
+      this.cbcDecrypt(src, out, ivs, count);
+      return;
+    }
     for (let i = 0; i < count; i++) {
       const iv = ivs.subarray(i * 16, i * 16 + 16);
       const c = encrypt
