@@ -14,6 +14,7 @@ import { getDriver, probeFormat } from '../core/formats.js';
 import { HostFile } from '../core/host-file.js';
 import { Image } from '../core/image.js';
 import { registerBuiltinFormats } from '../formats/index.js';
+import { type ImageOpts, isImageOptsMode, parseImageOpts } from './image-opts.js';
 
 /** QEMU refuses chains deeper than this (block.c: BDRV_MAX_BACKING_DEPTH... qemu-img uses 1000 for
  * info; we keep a tighter, still generous bound). */
@@ -46,11 +47,35 @@ export interface OpenOptions {
   forCheck?: boolean;
   /** Warnings QEMU prints while opening (e.g. a probed raw image opened for writing). */
   onWarning?: (message: string) => void;
+  /**
+   * The name is an --image-opts string (`driver=luks,key-secret=s0,file.filename=x`). When
+   * undefined, the CLI's --image-opts flag decides (see image-opts.ts).
+   */
+  imageOpts?: boolean;
+  /** Driver options for the top image (see DriverOpenOptions.options). */
+  driverOptions?: Readonly<Record<string, string>>;
+  /** Open for metadata only (qemu-img info): see DriverOpenOptions.noIo. */
+  noIo?: boolean;
 }
 
 export async function openImage(path: string, opts: OpenOptions = {}): Promise<Image> {
   registerBuiltinFormats();
   try {
+    if (opts.imageOpts ?? isImageOptsMode()) {
+      const io: ImageOpts = parseImageOpts(path);
+      const image = await openLayer(
+        io.filename,
+        {
+          ...opts,
+          format: io.driver ?? opts.format,
+          driverOptions: { ...opts.driverOptions, ...io.options },
+        },
+        0,
+        new Set(),
+      );
+      image.displayName = io.displayName;
+      return image;
+    }
     return await openLayer(path, opts, 0, new Set());
   } catch (err) {
     // qemu-img prefixes every open failure with the name of the image it was asked to open.
@@ -107,6 +132,8 @@ async function openLayer(path: string, opts: OpenOptions, depth: number, seen: S
       writable,
       forceShare: opts.forceShare === true,
       repairOnOpen: writable,
+      ...(depth === 0 && opts.driverOptions !== undefined ? { options: opts.driverOptions } : {}),
+      ...(depth === 0 && opts.noIo === true ? { noIo: true } : {}),
       ...(opts.forCheck === true && depth === 0 ? { forCheck: true } : {}),
       openDataFile: async (ref: FileRef, w: boolean) => {
         if (opts.allowDataFile !== true) {
@@ -155,7 +182,7 @@ async function openLayer(path: string, opts: OpenOptions, depth: number, seen: S
     const backingFormat = ref.format ?? (depth === 0 ? opts.backingFormat : undefined);
     const backing = await openLayer(
       backingPath,
-      { ...opts, format: backingFormat, backingFormat: undefined },
+      { ...opts, format: backingFormat, backingFormat: undefined, driverOptions: undefined, noIo: false },
       depth + 1,
       seen,
     ).catch((err: unknown) => {

@@ -11,7 +11,9 @@
  * name for the first one). We reproduce that quirk. A few commands (measure) omit the ':'; glibc
  * then prints its own message (`measure: invalid option -- 'x'`): `glibcErrors` selects that.
  */
+import { setImageOptsMode, setTargetImageOptsMode } from '../chain/image-opts.js';
 import { VdiskError } from '../core/errors.js';
+import { defineObject } from '../core/secrets.js';
 
 export interface OptSpec {
   /** Short options as in getopt: "f:O:pq" (a colon after a letter takes a value). */
@@ -87,6 +89,11 @@ export function getopt(argv: string[], spec: OptSpec): ParsedOpts {
         );
       }
       opts.push([def.short ?? key, value]);
+      // qemu-img creates --object objects while it parses options
+      // (user_creatable_process_cmdline), and notes --image-opts for the names it opens.
+      if (key === 'object') defineObject(value);
+      else if (key === 'image-opts') setImageOptsMode(true);
+      else if (key === 'target-image-opts') setTargetImageOptsMode(true);
       continue;
     }
     if (a.startsWith('-') && a.length > 1) {

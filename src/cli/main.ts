@@ -78,6 +78,7 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     return 1;
   }
   try {
+    await resetCliState();
     const cmd = await load();
     const rest = argv.slice(1);
     if (rest.includes('-h') || rest.includes('--help')) {
@@ -87,5 +88,19 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     return await cmd.run(rest, io);
   } catch (err) {
     return reportError(io, err);
+  } finally {
+    // Objects and --image-opts belong to this command only (tests run many in one process).
+    await resetCliState();
   }
+}
+
+/** Forget --object objects and the --image-opts modes (each command starts afresh). */
+async function resetCliState(): Promise<void> {
+  const [{ resetObjects }, { setImageOptsMode, setTargetImageOptsMode }] = await Promise.all([
+    import('../core/secrets.js'),
+    import('../chain/image-opts.js'),
+  ]);
+  resetObjects();
+  setImageOptsMode(false);
+  setTargetImageOptsMode(false);
 }

@@ -14,6 +14,7 @@
  *
  * Memory is bounded by workers × chunk size (16 MiB by default), whatever the image size.
  */
+import { isTargetImageOptsMode } from '../chain/image-opts.js';
 import { openImage } from '../chain/open.js';
 import { isAllZero } from '../core/device.js';
 import type { FormatImage } from '../core/driver.js';
@@ -195,11 +196,16 @@ export async function convertCommand(o: ConvertOptions): Promise<void> {
     if (!['none', 'off', 'writeback', 'writethrough', 'directsync', 'unsafe'].includes(cache))
       fail(`Invalid cache option: ${cache}`);
 
+    // qemu-img carries the create options that name secrets (img_add_key_secrets: every
+    // `*key-secret`) into the target's open; --target-image-opts names the target by options.
+    const keySecrets = Object.fromEntries(Object.entries(options).filter(([k]) => k.endsWith('key-secret')));
     target = await openImage(o.output, {
       format: outFmt,
       writable: true,
       backing: 'follow',
       allowDataFile: true,
+      imageOpts: isTargetImageOptsMode(),
+      ...(skipCreate ? {} : { driverOptions: keySecrets }),
     });
     if (compressed && target.driver.writeCompressed === undefined)
       fail('Compression not supported for this file format', 'UNSUPPORTED');
@@ -222,7 +228,9 @@ export async function convertCommand(o: ConvertOptions): Promise<void> {
       coroutines,
       inOrder: o.outOfOrder !== true,
       targetHasBacking,
-      hasZeroInit: o.targetIsZero === true || (!skipCreate && minSparse > 0 && !targetHasBacking),
+      hasZeroInit:
+        o.targetIsZero === true ||
+        (!skipCreate && minSparse > 0 && !targetHasBacking && target.driver.zeroInit !== false),
       // Ranges past the end of the new backing file read as zeros there already.
       targetBackingSize:
         targetHasBacking && !skipCreate && target.backing !== null

@@ -43,13 +43,14 @@ export async function infoCommand(o: InfoOptions): Promise<ImageInfo[]> {
     forceShare: o.forceShare === true,
     backing: o.backingChain ? 'follow' : 'ignore',
     allowDataFile: true,
+    noIo: true,
   });
   try {
     const out: ImageInfo[] = [];
     // Backing images were opened at their stored name combined with the directory of the image
     // above (path_combine), which is how qemu-img names them.
     for (let i: Image | null = image; i !== null; i = o.backingChain ? i.backing : null) {
-      out.push(await imageInfo(i, i === image ? o.filename : i.path));
+      out.push(await imageInfo(i, i === image ? (image.displayName ?? o.filename) : i.path));
     }
     return out;
   } finally {
@@ -66,6 +67,7 @@ export async function imageInfo(image: Image, filename: string): Promise<ImageIn
   };
   const actual = await d.actualSize().catch(() => undefined);
   if (actual !== undefined) info['actual-size'] = actual;
+  if (d.encrypted === true) info.encrypted = true;
   if (d.hasInfo !== false) {
     if (d.clusterSize !== undefined) info['cluster-size'] = d.clusterSize;
     info['dirty-flag'] = d.dirty === true;

@@ -50,6 +50,7 @@ export async function rebaseCommand(o: RebaseCommandOptions): Promise<void> {
         backing: 'follow',
         forceShare: o.forceShare === true,
         allowDataFile: true,
+        imageOpts: false,
       }).catch((err: unknown) => {
         // openImage prefixes "Could not open '<path>': "; qemu-img words this one differently.
         const inner = err instanceof VdiskError && err.cause instanceof Error ? err.cause : (err as Error);

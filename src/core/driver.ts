@@ -47,6 +47,17 @@ export interface DriverOpenOptions {
    * succeeds so that check can repair it (parallels refuses it otherwise).
    */
   forCheck?: boolean;
+  /**
+   * Driver options given with --image-opts (or carried from create options, as qemu-img
+   * convert carries `*key-secret`), keyed as QEMU names them: `key-secret` (luks),
+   * `encrypt.key-secret` (qcow2).
+   */
+  options?: Readonly<Record<string, string>>;
+  /**
+   * Open for metadata only (QEMU's BDRV_O_NO_IO, as qemu-img info opens): an encrypted image
+   * opens without its key and no data is read.
+   */
+  noIo?: boolean;
 }
 
 /** One entry of the image's format-specific information, in qemu-img's shape. */
@@ -118,6 +129,13 @@ export interface FormatImage {
    * prints neither cluster size nor dirty flag.
    */
   readonly hasInfo?: boolean;
+  /**
+   * False when a freshly created image does not read as zeros (QEMU's bdrv_has_zero_init = 0,
+   * e.g. luks: its payload decrypts to noise), so convert must write zeros too.
+   */
+  readonly zeroInit?: boolean;
+  /** The image's data is encrypted (qemu-img info prints "encrypted: yes"). */
+  readonly encrypted?: boolean;
   /** Is the image marked dirty (e.g. lazy refcounts, need-check)? */
   readonly dirty?: boolean;
   /**

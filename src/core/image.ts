@@ -12,6 +12,8 @@ import { RwLock } from './lock.js';
 export class Image implements BlockDevice {
   /** The backing image, when it was opened. */
   backing: Image | null = null;
+  /** How qemu-img names the image when it was opened by options (`json:{…}`), if so. */
+  displayName: string | undefined;
   private readonly rmw = new RwLock();
 
   constructor(

@@ -7,6 +7,7 @@ import { registerFormat } from '../core/formats.js';
 import { probeBochs } from './bochs/probe.js';
 import { probeCloop } from './cloop/probe.js';
 import { probeDmg } from './dmg/probe.js';
+import { probeLuks } from './luks/probe.js';
 import { probeParallels } from './parallels/probe.js';
 import { probeQcow } from './qcow/probe.js';
 import { probeQcow2 } from './qcow2/probe.js';
@@ -23,6 +24,7 @@ const FORMATS: Array<[string, Probe | undefined, Loader]> = [
   ['bochs', probeBochs, async () => (await import('./bochs/driver.js')).bochsDriver],
   ['cloop', probeCloop, async () => (await import('./cloop/driver.js')).cloopDriver],
   ['dmg', probeDmg, async () => (await import('./dmg/driver.js')).dmgDriver],
+  ['luks', probeLuks, async () => (await import('./luks/driver.js')).luksDriver],
   ['parallels', probeParallels, async () => (await import('./parallels/driver.js')).parallelsDriver],
   ['raw', undefined, async () => (await import('./raw/driver.js')).rawDriver],
   ['qcow', probeQcow, async () => (await import('./qcow/driver.js')).qcowDriver],

@@ -38,7 +38,16 @@ const qemuVirtualSize = (name: string, fmt: string): number =>
   JSON.parse(qemuImg('info', '--output=json', '-f', fmt, join(work, name)).toString())['virtual-size'];
 
 async function made(name: string, ...createArgs: string[]): Promise<Buffer> {
-  qemuImg('create', ...createArgs, join(work, name), '1M');
+  // qemu-img's LUKS create times PBKDF2 with a coarse thread CPU clock and sometimes fails with
+  // "Unable to get accurate CPU usage" on a busy machine: try again.
+  for (let i = 0; ; i++) {
+    try {
+      qemuImg('create', ...createArgs, join(work, name), '1M');
+      break;
+    } catch (err) {
+      if (i >= 8 || !String((err as { stderr?: unknown }).stderr).includes('accurate CPU usage')) throw err;
+    }
+  }
   return readFile(join(work, name));
 }
 

@@ -67,7 +67,6 @@ const command: CliCommand = {
     let p = false;
     let quiet = false;
     let progressArg: string | undefined;
-    let imageOpts = false;
     for (const [k, v] of opts) {
       switch (k) {
         case 'f':
@@ -143,10 +142,6 @@ const command: CliCommand = {
           // Accepted as qemu-img accepts it; vdisk does not throttle.
           cvtnum('rate limit', v, 0n, INT64_MAX, warnTo(io));
           break;
-        case 'image-opts':
-        case 'target-image-opts':
-          imageOpts = true;
-          break;
         case 'salvage':
           salvage = true;
           break;
@@ -171,8 +166,6 @@ const command: CliCommand = {
     if (o.compressed && copyRange) throw fail('Cannot enable copy offloading when -c is used');
     if (explicitSparse && copyRange) throw fail('Cannot enable copy offloading when -S is used');
     if (copyRange && salvage) throw fail('Cannot use copy offloading in salvaging mode');
-    if (imageOpts)
-      throw new VdiskError('UNSUPPORTED', '--image-opts and --target-image-opts are not supported');
     if (o.skipCreate && optionStrings.length > 0) throw fail('-o has no effect when skipping image creation');
     if (o.targetIsZero && !o.skipCreate) throw fail('--target-is-zero requires use of -n flag');
     if (skipBroken && !bitmaps) throw fail('Use of --skip-broken-bitmaps requires --bitmaps');

@@ -36,7 +36,6 @@ const command: CliCommand = {
       if (k === 'f') inputFormat = v;
       else if (k === 'O') outputFormat = v;
       else if (k === 'U') forceShare = true;
-      else if (k === 'image-opts') throw new VdiskError('UNSUPPORTED', '--image-opts is not supported');
     }
     let input: string | undefined;
     let output: string | undefined;

@@ -59,7 +59,6 @@ const command: CliCommand = {
       else if (k === 'o') optionStrings.push(v);
       else if (k === 'l') snapshot = parseSnapshot(v);
       else if (k === 'U') forceShare = true;
-      else if (k === 'image-opts') throw new VdiskError('UNSUPPORTED', '--image-opts is not supported');
       else if (k === 'output') {
         if (v === 'json') json = true;
         else if (v === 'human') json = false;

@@ -1,30 +1,8 @@
 import { snapshotJson } from '../../commands/info.js';
 import { type SnapshotAction, snapshotCommand } from '../../commands/snapshot.js';
-import { VdiskError } from '../../core/errors.js';
 import { getopt, usageError } from '../getopt.js';
 import type { CliCommand } from '../main.js';
 import { renderSnapshotTable } from '../snapshots.js';
-
-/**
- * --image-opts: the filename is a list of options. vdisk reads the file name
- * (file.filename= or filename=) and the format (driver=) from it.
- */
-function parseImageOpts(spec: string): { filename: string; format?: string } {
-  const kv = new Map<string, string>();
-  for (const part of spec.split(',')) {
-    const eq = part.indexOf('=');
-    if (eq > 0) kv.set(part.slice(0, eq), part.slice(eq + 1));
-  }
-  const filename = kv.get('file.filename') ?? kv.get('filename');
-  if (filename === undefined) {
-    throw new VdiskError(
-      'INVALID_ARGUMENT',
-      `Could not open '${spec}': A block device must be specified for "file"`,
-    );
-  }
-  const format = kv.get('driver');
-  return format !== undefined && format !== 'file' ? { filename, format } : { filename };
-}
 
 const command: CliCommand = {
   // qemu-img 7.2's snapshot has no -f (the image format is always probed).
@@ -53,7 +31,6 @@ const command: CliCommand = {
     });
     let action: SnapshotAction = { op: 'none' };
     let forceShare = false;
-    let imageOpts = false;
     for (const [k, v] of opts) {
       let next: SnapshotAction | undefined;
       if (k === 'l') next = { op: 'list' };
@@ -62,16 +39,15 @@ const command: CliCommand = {
       else if (k === 'd') next = { op: 'delete', name: v };
       else if (k === 'q') continue;
       else if (k === 'U' || k === 'force-share') forceShare = true;
-      else if (k === 'image-opts') imageOpts = true;
       if (next !== undefined) {
         if (action.op !== 'none') throw usageError("Cannot mix '-l', '-a', '-c', '-d'");
         action = next;
       }
     }
     if (args.length !== 1) throw usageError('Expecting one image file name');
-    let filename = args[0]!;
-    let format: string | undefined;
-    if (imageOpts) ({ filename, format } = parseImageOpts(filename));
+    // --image-opts: getopt noted it and openImage reads the name as options (chain/image-opts.ts).
+    const filename = args[0]!;
+    const format: string | undefined = undefined;
     const res = await snapshotCommand({
       filename,
       format,

@@ -11,10 +11,19 @@
 import { promisify } from 'node:util';
 import { deflateRaw, inflateRaw } from 'node:zlib';
 import type { Extent } from '../../core/device.js';
-import type { CreateRequest, DriverContext, FileRef, FormatDriver, FormatImage } from '../../core/driver.js';
+import type {
+  CreateRequest,
+  DriverContext,
+  DriverOpenOptions,
+  FileRef,
+  FormatDriver,
+  FormatImage,
+} from '../../core/driver.js';
 import { VdiskError } from '../../core/errors.js';
 import { HostFile } from '../../core/host-file.js';
 import { Mutex } from '../../core/lock.js';
+import type { SectorCipher } from '../luks/crypto.js';
+import { legacyAesReadOnly, openLegacyAes } from '../luks/legacy-aes.js';
 import { COMPRESSED_HI, decodeHeader, encodeHeader, HEADER_BYTES, type QcowHeader } from './header.js';
 
 const deflate = promisify(deflateRaw);
@@ -40,6 +49,11 @@ export class QcowImage implements FormatImage {
   private readonly lock = new Mutex();
   readonly clusterSize: number;
   private readonly l2Entries: number;
+  /** crypt_method 1: the legacy AES cipher (undefined when opened for info only). */
+  aes: SectorCipher | undefined;
+  get encrypted(): boolean {
+    return this.header.cryptMethod !== 0;
+  }
 
   constructor(
     private readonly file: HostFile,
@@ -176,8 +190,11 @@ export class QcowImage implements FormatImage {
       const st = await this.blockStatus(pos, buf.length - done);
       const part = buf.subarray(done, done + st.length);
       if (!st.allocated) await this.ctx.readBacking(part, pos);
-      else if (!st.compressed) await this.file.read(part, st.hostOffset!);
-      else {
+      else if (!st.compressed) {
+        await this.file.read(part, st.hostOffset!);
+        // Legacy AES: the guest sector is the IV (compressed clusters are not encrypted).
+        this.aes?.run(false, part, part, pos / 512);
+      } else {
         // One compressed cluster at a time.
         const n = Math.min(part.length, cs - (pos % cs));
         const m = (await this.lookup(pos)) as { offset: number; size: number };
@@ -314,7 +331,7 @@ export class QcowImage implements FormatImage {
   }
 }
 
-async function openQcow(file: HostFile): Promise<FormatImage> {
+async function openQcow(file: HostFile, opts: DriverOpenOptions): Promise<FormatImage> {
   const fileSize = await file.size();
   const head = new Uint8Array(HEADER_BYTES);
   await file.read(head, 0);
@@ -327,7 +344,15 @@ async function openQcow(file: HostFile): Promise<FormatImage> {
   }
   const l1 = new Uint8Array(h.l1Size * 8);
   await file.read(l1, h.l1Offset);
-  return new QcowImage(file, h, new DataView(l1.buffer), fileSize, backing);
+  const img = new QcowImage(file, h, new DataView(l1.buffer), fileSize, backing);
+  if (h.cryptMethod === 1) {
+    if (opts.writable) throw legacyAesReadOnly(file.path);
+    img.aes = openLegacyAes(opts.options?.['encrypt.key-secret'], {
+      noIo: opts.noIo === true,
+      prefix: 'encrypt.',
+    });
+  }
+  return img;
 }
 
 async function createQcow(req: CreateRequest): Promise<void> {

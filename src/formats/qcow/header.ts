@@ -57,9 +57,7 @@ export function decodeHeader(buf: Uint8Array, fileSize: number): QcowHeader {
   if (h.l2Bits < 6 || h.l2Bits > 16)
     throw new VdiskError('INVALID_IMAGE', 'L2 table size must be between 512 and 64k');
   if (h.cryptMethod > 1) throw new VdiskError('INVALID_IMAGE', `invalid encryption method in qcow header`);
-  if (h.cryptMethod === 1) {
-    throw new VdiskError('UNSUPPORTED', 'qcow (v1) images encrypted with AES are not supported yet');
-  }
+  // crypt method 1 (AES) is read with luks/legacy-aes.ts.
   const shift = h.clusterBits + h.l2Bits;
   h.l1Size = Math.ceil(h.size / 2 ** shift);
   if (h.l1Size * 8 > 32 << 20)

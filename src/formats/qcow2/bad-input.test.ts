@@ -53,7 +53,9 @@ const cases: Array<[string, (b: Buffer) => unknown, string]> = [
   ['refcount table past end', (b) => void b.writeBigUInt64BE(1n << 40n, 48), 'INVALID_IMAGE'],
   ['unknown incompatible feature', (b) => void b.writeUInt32BE(1 << 10, 76), 'UNSUPPORTED'],
   ['high incompatible feature', (b) => void b.writeUInt32BE(1, 72), 'UNSUPPORTED'],
-  ['encrypted (LUKS)', (b) => void b.writeUInt32BE(2, 32), 'UNSUPPORTED'],
+  // crypt method 2 without its crypto header extension (qemu-img info segfaults on it; an open for
+  // I/O says "Missing CRYPTO header for crypt method 2", as vdisk does).
+  ['encrypted (LUKS) without a crypto header', (b) => void b.writeUInt32BE(2, 32), 'INVALID_IMAGE'],
   ['unknown encryption', (b) => void b.writeUInt32BE(7, 32), 'INVALID_IMAGE'],
   ['refcount order 7', (b) => void b.writeUInt32BE(7, 96), 'INVALID_IMAGE'],
   ['header length past cluster', (b) => void b.writeUInt32BE(1 << 20, 100), 'INVALID_IMAGE'],

@@ -300,6 +300,8 @@ async function calculate(st: State): Promise<void> {
   }
   inc(st, h.snapshotsOffset, img.snapshotTableBytes);
   inc(st, rc.tableOffset, rc.tableClusters * cs);
+  // The LUKS header of an encrypted image (qcow2_check_refcounts counts crypto_header).
+  if (img.luks !== undefined) inc(st, img.luks.ref.offset, img.luks.ref.length);
   await countBitmaps(st);
   // Refcount blocks.
   for (let i = 0; i < rc.table.length; i++) {

@@ -98,11 +98,12 @@ export function parseCreateOptions(
   if (options['encryption'] !== undefined && parseBoolOption('encryption', options['encryption'])) {
     throw new VdiskError('UNSUPPORTED', 'AES-encrypted images are not supported yet');
   }
-  if (options['encrypt.format'] !== undefined) {
-    throw new VdiskError(
-      'UNSUPPORTED',
-      `${options['encrypt.format'].toUpperCase()}-encrypted images are not supported yet`,
-    );
+  const encryptFormat = options['encrypt.format'];
+  if (encryptFormat !== undefined && encryptFormat !== 'luks') {
+    if (encryptFormat === 'aes') {
+      throw new VdiskError('UNSUPPORTED', 'AES-encrypted images are not supported yet');
+    }
+    throw bad(`Parameter 'encrypt.format' does not accept value '${encryptFormat}'`);
   }
   const dataFileRaw =
     options['data_file_raw'] !== undefined && parseBoolOption('data_file_raw', options['data_file_raw']);
@@ -379,6 +380,19 @@ async function writeImage(
       v.setUint32(i * 8, v.getUint32(i * 8) | 0x80000000);
     }
     await file.write(raw, l1Offset);
+  }
+  // Encryption last, as qcow2_co_create sets it up after sizing the image: the LUKS header in
+  // new clusters, its extension after the backing format and data file ones.
+  if (req.options['encrypt.format'] === 'luks') {
+    const { createQcow2Luks, CRYPT_LUKS } = await import('./crypto.js');
+    const ext = await createQcow2Luks(file, req.options, cs, async (n) => {
+      const off = await rc.allocClusters(n);
+      await rc.flush();
+      return off;
+    });
+    header.cryptMethod = CRYPT_LUKS;
+    const at = extensions.findIndex((e) => e.type !== EXT_BACKING_FORMAT && e.type !== EXT_DATA_FILE);
+    extensions.splice(at < 0 ? extensions.length : at, 0, ext);
   }
   // The final header, with every extension and the backing file name.
   const bytes = encodeHeader(header);

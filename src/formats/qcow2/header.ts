@@ -244,14 +244,8 @@ function validate(h: Qcow2Header, fileSize: number, path: string): void {
   if (h.refcountOrder > 6) {
     throw invalid('Reference count entry width too large; may not exceed 64 bits', path);
   }
-  if (h.cryptMethod === 1 || h.cryptMethod === 2) {
-    throw new VdiskError(
-      'UNSUPPORTED',
-      `${h.cryptMethod === 1 ? 'AES' : 'LUKS'}-encrypted images are not supported yet`,
-      { path },
-    );
-  }
-  if (h.cryptMethod !== 0) throw invalid(`Unsupported encryption method: ${h.cryptMethod}`, path);
+  // LUKS (2) opens in crypto.ts, legacy AES (1) in ../luks/legacy-aes.ts (read only).
+  if (h.cryptMethod > 2) throw invalid(`Unsupported encryption method: ${h.cryptMethod}`, path);
   if ((h.incompatible & INCOMPAT_COMPRESSION) !== 0) {
     if (h.compressionType === 0) {
       throw invalid('compression_type field is zero while the compression type bit is set', path);

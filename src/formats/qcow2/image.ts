@@ -31,8 +31,19 @@ import type {
 import { VdiskError } from '../../core/errors.js';
 import type { HostFile } from '../../core/host-file.js';
 import { Mutex } from '../../core/lock.js';
+import type { LuksVolume } from '../luks/block.js';
+import type { SectorCipher } from '../luks/crypto.js';
+import { legacyAesReadOnly, openLegacyAes } from '../luks/legacy-aes.js';
 import { TableCache } from './cache.js';
 import { compressCluster, decompressCluster } from './compress.js';
+import {
+  type CryptoHeaderRef,
+  cryptoHeaderRef,
+  decryptAt,
+  encryptAt,
+  openQcow2Luks,
+  qcow2EncryptInfo,
+} from './crypto.js';
 import {
   AUTOCLEAR_BITMAPS,
   AUTOCLEAR_DATA_FILE_RAW,
@@ -113,6 +124,9 @@ interface L2Update {
 export class Qcow2Image implements FormatImage {
   readonly format = 'qcow2';
   readonly alignment = 512;
+  get encrypted(): boolean {
+    return this.header.cryptMethod !== 0;
+  }
   readonly clusterSize: number;
   readonly clusterBits: number;
   readonly subclusterSize: number;
@@ -149,6 +163,10 @@ export class Qcow2Image implements FormatImage {
   private lastCompressed: { key: number; data: Uint8Array } | null = null;
   private readonly metadataClusters = new Set<number>();
   private closed = false;
+  /** encrypt.format=luks: the unlocked volume and where its header lies (crypto.ts). */
+  luks: { vol: LuksVolume; ref: CryptoHeaderRef } | undefined;
+  /** crypt_method 1: the legacy AES cipher (read only; IV from the guest offset). */
+  aes: SectorCipher | undefined;
 
   constructor(
     readonly file: HostFile,
@@ -298,6 +316,15 @@ export class Qcow2Image implements FormatImage {
 
   private async init(opts: DriverOpenOptions): Promise<void> {
     const h = this.header;
+    this.luks = await openQcow2Luks(this.file, h, opts);
+    if (h.cryptMethod === 1) {
+      if (opts.writable) throw legacyAesReadOnly(this.file.path);
+      cryptoHeaderRef(h, this.file.path);
+      this.aes = openLegacyAes(opts.options?.['encrypt.key-secret'], {
+        noIo: opts.noIo === true,
+        prefix: 'encrypt.',
+      });
+    }
     const { snapshots, tableBytes } = await readSnapshots(
       this.file,
       h.snapshotsOffset,
@@ -390,6 +417,7 @@ export class Qcow2Image implements FormatImage {
     addRange(this.l1TableOffset, this.l1Size * 8);
     addRange(this.header.refcountTableOffset, this.header.refcountTableClusters * cs);
     addRange(this.header.snapshotsOffset, this.snapshotTableBytes);
+    if (this.luks !== undefined) addRange(this.luks.ref.offset, this.luks.ref.length);
     for (let i = 0; i < this.l1Size; i++) if (this.l1Off[i]! !== 0) m.add(this.l1Off[i]!);
     if (this.refcounts !== null) for (const off of this.refcounts.table) if (off !== 0) m.add(off);
   }
@@ -583,6 +611,8 @@ export class Qcow2Image implements FormatImage {
       case Kind.Zero:
         return { ...base, allocated: true, zero: true, data: false };
       case Kind.ZeroAlloc:
+        // An encrypted image reports no host offset (qcow2_co_block_status: `&& !s->crypto`).
+        if (this.luks !== undefined) return { ...base, allocated: true, zero: true, data: false };
         return {
           ...base,
           allocated: true,
@@ -594,6 +624,7 @@ export class Qcow2Image implements FormatImage {
       case Kind.Compressed:
         return { ...base, allocated: true, zero: false, data: true, compressed: true };
       default: {
+        if (this.luks !== undefined) return { ...base, allocated: true, zero: false, data: true };
         // QEMU asks the file layer whether preallocated (or raw external) data reads as zeros.
         let zero = false;
         let len = r.length;
@@ -659,7 +690,17 @@ export class Qcow2Image implements FormatImage {
           {
             const target = sub();
             const file = this.dataHostFile ?? (await this.data());
-            pending.push(file.read(target, r.host));
+            const luks = this.luks;
+            const aes = this.aes;
+            const host = r.host;
+            const guest = offset + pos;
+            pending.push(
+              luks !== undefined
+                ? file.read(target, host).then(() => decryptAt(luks.vol, target, host))
+                : aes !== undefined
+                  ? file.read(target, host).then(() => aes.run(false, target, target, guest / 512))
+                  : file.read(target, host),
+            );
           }
           break;
         case Kind.Compressed: {
@@ -878,7 +919,12 @@ export class Qcow2Image implements FormatImage {
   private async writePieces(p: Prepared): Promise<void> {
     if (p.pieces.length === 0) return;
     const target = await this.data();
-    await Promise.all(p.pieces.map((x) => target.writev(x.bufs, x.host)));
+    const luks = this.luks;
+    await Promise.all(
+      p.pieces.map((x) =>
+        target.writev(luks === undefined ? x.bufs : encryptAt(luks.vol, x.bufs, x.host), x.host),
+      ),
+    );
   }
 
   /** ...then the L2 entries that point at it; the clusters they dropped are freed later. */
@@ -1513,6 +1559,11 @@ export class Qcow2Image implements FormatImage {
         offset,
       });
     }
+    if (this.luks !== undefined) {
+      throw new VdiskError('UNSUPPORTED', 'Compression and encryption not supported at the same time', {
+        path: this.file.path,
+      });
+    }
     if (this.hasDataFile) {
       throw new VdiskError('UNSUPPORTED', 'Compression is not supported with an external data file', {
         path: this.file.path,
@@ -1631,10 +1682,14 @@ export class Qcow2Image implements FormatImage {
     const h = this.header;
     const compression = h.compressionType === 1 ? 'zstd' : 'zlib';
     if (h.version === 2) {
-      return {
-        type: 'qcow2',
-        data: { compat: '0.10', 'compression-type': compression, 'refcount-bits': 2 ** h.refcountOrder },
+      const v2: Record<string, unknown> = {
+        compat: '0.10',
+        'compression-type': compression,
+        'refcount-bits': 2 ** h.refcountOrder,
       };
+      if (this.luks !== undefined) v2['encrypt'] = qcow2EncryptInfo(this.luks.vol);
+      else if (h.cryptMethod === 1) v2['encrypt'] = { format: 'aes' };
+      return { type: 'qcow2', data: v2 };
     }
     const data: Record<string, unknown> = {
       compat: '1.1',
@@ -1651,6 +1706,8 @@ export class Qcow2Image implements FormatImage {
         granularity: b.granularity,
       }));
     }
+    if (this.luks !== undefined) data['encrypt'] = qcow2EncryptInfo(this.luks.vol);
+    else if (h.cryptMethod === 1) data['encrypt'] = { format: 'aes' };
     if (h.dataFile !== undefined) data['data-file'] = h.dataFile;
     if (this.hasDataFile) data['data-file-raw'] = this.dataFileRaw;
     return { type: 'qcow2', data };
@@ -1686,6 +1743,8 @@ export class Qcow2Image implements FormatImage {
     const header: Qcow2Header = { ...this.header, size: s.diskSize ?? this.header.size };
     const view = new Qcow2Image(this.file, this.dataHostFile, header, true, l1, this.fileEnd, false);
     view.ctx = this.ctx;
+    view.luks = this.luks;
+    view.aes = this.aes;
     view.dataOpener = () => this.data();
     return view;
   }

@@ -62,5 +62,12 @@ export async function measureQcow2(
   // Preallocated data counts in full.
   if (s.preallocation === 'full' || s.preallocation === 'falloc') required = virtualSize;
   const full = preallocSize(virtualSize, cs, s.refcountOrder, s.extendedL2);
-  return { required: full - virtualSize + required, fullyAllocated: full };
+  // qcow2_measure: the LUKS header clusters of an encrypted image count in both.
+  let luks = 0;
+  if (options['encrypt.format'] === 'luks') {
+    const { luksCreateOptions } = await import('./crypto.js');
+    const { luksPayloadOffset } = await import('../luks/block.js');
+    luks = Math.ceil(luksPayloadOffset(luksCreateOptions(options), 'encrypt.') / cs) * cs;
+  }
+  return { required: full - virtualSize + required + luks, fullyAllocated: full + luks };
 }

@@ -1,0 +1,66 @@
+/**
+ * --image-opts: an image named by its block options (`driver=luks,key-secret=s0,
+ * file.filename=a.luks`) instead of a file name. The CLI turns the mode on while parsing a
+ * command's options (qemu-img's `--image-opts` flag); openImage then reads the names the
+ * command opens as options, unless the call says otherwise.
+ */
+import { qdictOrder } from '../cli/json.js';
+import { VdiskError } from '../core/errors.js';
+import { parseQemuOpts } from '../core/secrets.js';
+
+let imageOptsMode = false;
+let targetImageOptsMode = false;
+
+export function setImageOptsMode(on: boolean): void {
+  imageOptsMode = on;
+}
+export function isImageOptsMode(): boolean {
+  return imageOptsMode;
+}
+/** convert's --target-image-opts. */
+export function setTargetImageOptsMode(on: boolean): void {
+  targetImageOptsMode = on;
+}
+export function isTargetImageOptsMode(): boolean {
+  return targetImageOptsMode;
+}
+
+export interface ImageOpts {
+  driver: string | undefined;
+  filename: string;
+  /** The remaining options, for the format driver (key-secret, encrypt.key-secret, …). */
+  options: Record<string, string>;
+  /** qemu's name for such an image: json:{…} of its options. */
+  displayName: string;
+}
+
+export function parseImageOpts(text: string): ImageOpts {
+  let driver: string | undefined;
+  let filename: string | undefined;
+  const options: Record<string, string> = {};
+  for (const [k, v] of parseQemuOpts(text)) {
+    if (k === 'driver') driver = v;
+    else if (k === 'file.filename' || k === 'filename' || k === 'file') filename = v;
+    else if (k === 'file.driver') {
+      if (v !== 'file') throw new VdiskError('UNSUPPORTED', `Protocol driver '${v}' is not supported`);
+    } else options[k] = v;
+  }
+  if (filename === undefined) {
+    throw new VdiskError('INVALID_ARGUMENT', 'A block device must be specified for "file"');
+  }
+  const dict: Record<string, unknown> = {
+    ...(driver !== undefined ? { driver } : {}),
+    file: { driver: 'file', filename },
+    ...options,
+  };
+  return { driver, filename, options, displayName: `json:${compactJson(dict)}` };
+}
+
+/** qobject_to_json (not pretty): QDict order, ", " and ": " separators. */
+function compactJson(v: unknown): string {
+  if (typeof v !== 'object' || v === null) return JSON.stringify(v);
+  const o = v as Record<string, unknown>;
+  return `{${qdictOrder(Object.keys(o))
+    .map((k) => `${JSON.stringify(k)}: ${compactJson(o[k])}`)
+    .join(', ')}}`;
+}
