@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the tests need from Debian: the oracle (qemu-img, qemu-io, qemu-nbd), the
 # registry's clients (openstack, glance) for the end-to-end tests of `vdisk serve`, and bzip2 and
-# dmg2img for dmg images with bzip2 chunks (which Debian's qemu-img cannot read).
+# dmg2img for dmg images with bzip2 chunks (which Debian's qemu-img cannot read), and the real
+# servers the registry's conformance suite runs on (src/server/conformance.test.ts): PostgreSQL
+# (initdb/pg_ctl, a throwaway cluster on loopback) and Ceph (mon + memstore OSD + radosgw, an S3
+# endpoint on loopback). Nothing is started here; the tests start and stop them.
 # Idempotent and fast when everything is there.
 set -euo pipefail
 need=()
@@ -11,6 +14,14 @@ command -v openstack >/dev/null 2>&1 || need+=(python3-openstackclient)
 command -v glance >/dev/null 2>&1 || need+=(python3-glanceclient)
 command -v bzip2 >/dev/null 2>&1 || need+=(bzip2)
 command -v dmg2img >/dev/null 2>&1 || need+=(dmg2img)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v runuser >/dev/null 2>&1 || need+=(util-linux)
+command -v ceph-mon >/dev/null 2>&1 || need+=(ceph-mon)
+command -v monmaptool >/dev/null 2>&1 || need+=(ceph-base)
+command -v ceph-osd >/dev/null 2>&1 || need+=(ceph-osd)
+command -v radosgw >/dev/null 2>&1 || need+=(radosgw)
+command -v radosgw-admin >/dev/null 2>&1 || need+=(ceph-common)
+command -v ceph >/dev/null 2>&1 || need+=(ceph-common)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

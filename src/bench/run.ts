@@ -160,6 +160,18 @@ function main(): void {
         needs: 'qcow2',
       },
       { name: 'check (1 TiB sparse qcow2)', args: ['check', 'huge.qcow2'], needs: 'qcow2' },
+      {
+        name: `convert qcow2→vmdk streamOptimized (${gib} GiB mixed)`,
+        args: ['convert', '-O', 'vmdk', '-o', 'subformat=streamOptimized', 'mixed.qcow2', 'OUT'],
+        out: 'o.vmdk',
+        needs: 'qcow2',
+      },
+      {
+        name: `convert qcow2→vhdx (${gib} GiB mixed)`,
+        args: ['convert', '-O', 'vhdx', 'mixed.qcow2', 'OUT'],
+        out: 'o.vhdx',
+        needs: 'qcow2',
+      },
     ];
     const rows: string[][] = [];
     for (const c of cases) {

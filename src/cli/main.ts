@@ -15,6 +15,7 @@ export interface CliCommand {
 export const VERSION = '0.1.0';
 
 const commands: Record<string, () => Promise<CliCommand>> = {
+  amend: async () => (await import('./cmd/amend.js')).default,
   compare: async () => (await import('./cmd/compare.js')).default,
   check: async () => (await import('./cmd/check.js')).default,
   convert: async () => (await import('./cmd/convert.js')).default,
@@ -29,6 +30,7 @@ const commands: Record<string, () => Promise<CliCommand>> = {
   map: async () => (await import('./cmd/map.js')).default,
   measure: async () => (await import('./cmd/measure.js')).default,
   serve: async () => (await import('./cmd/serve.js')).default,
+  snapshot: async () => (await import('./cmd/snapshot.js')).default,
 };
 
 export function registerCommand(name: string, load: () => Promise<CliCommand>): void {

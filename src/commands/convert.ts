@@ -466,6 +466,24 @@ class Copier {
         );
         return;
       }
+      // Compression runs before this request's turn to write comes: several clusters compress
+      // at once (qemu-img compresses inside the ordered write, one cluster at a time).
+      let prepared: (() => Promise<void>) | null = null;
+      const prepare = c.target.driver.prepareCompressed?.bind(c.target.driver);
+      if (c.compressed && status === 'data' && prepare !== undefined) {
+        const b = buf!.subarray(0, item.length);
+        try {
+          if (!(c.minSparse > 0 && isAllZero(b))) prepared = await prepare(b, item.offset);
+        } catch (err) {
+          this.setError(
+            new VdiskError('EIO', `error while writing at byte ${item.offset}: ${hostText(err)}`, {
+              offset: item.offset,
+              cause: err,
+            }),
+          );
+          return;
+        }
+      }
       if (c.inOrder) {
         while (this.wrOffs !== item.offset && this.error === null) {
           await new Promise<void>((resolve) => this.waiters.set(item.offset, resolve));
@@ -473,7 +491,7 @@ class Copier {
       }
       if (this.error !== null) return;
       try {
-        await this.write(item, status, buf);
+        await this.write(item, status, buf, prepared);
       } catch (err) {
         this.setError(
           new VdiskError(
@@ -517,7 +535,12 @@ class Copier {
   }
 
   /** convert_co_write(). */
-  private async write(item: Item, status: Status, buf: Buffer | null): Promise<void> {
+  private async write(
+    item: Item,
+    status: Status,
+    buf: Buffer | null,
+    prepared: (() => Promise<void>) | null,
+  ): Promise<void> {
     const c = this.c;
     const t = c.target;
     let sector = item.offset / SECTOR;
@@ -548,7 +571,8 @@ class Copier {
         }
         if (allocated) {
           const data = b.subarray(0, n);
-          if (c.compressed) await t.driver.writeCompressed!(data, item.offset + pos);
+          if (prepared !== null) await prepared();
+          else if (c.compressed) await t.driver.writeCompressed!(data, item.offset + pos);
           else await t.writeAt(data, item.offset + pos);
         } else {
           zero = true;

@@ -35,6 +35,12 @@ describe('resize against qemu-img', () => {
     ['qcow2', ['--shrink', '1536k']],
     ['qcow2', ['--shrink', '--preallocation=falloc', '5M']],
     ['qcow2', ['--preallocation=bogus', '20M']],
+    ['qcow2', ['--preallocation=metadata', '20M']],
+    ['qcow2', ['--preallocation=falloc', '+5M']],
+    ['qcow2', ['--preallocation=full', '20M']],
+    ['qcow2', ['--preallocation=full', '10M']],
+    ['raw', ['--preallocation=metadata', '20M']],
+    ['raw', ['--preallocation=falloc', '10M']],
   ];
   it.each(cases)('%s %j: same output, exit code, size and content', async (fmt, args) => {
     const v = join(dir, `v.${fmt}`);
@@ -82,6 +88,54 @@ describe('resize against qemu-img', () => {
       return qemuRawDigest(out, 'raw');
     };
     expect(snapDigest(v)).toBe(snapDigest(q));
+  });
+});
+
+describe('qcow2 resize --preallocation against qemu-img', () => {
+  const setups: Array<[string, string, string[], boolean]> = [
+    ['default clusters', '', ['write -P 0x5a 1M 8M'], false],
+    ['4k clusters: new L2 tables and a larger L1 table', 'cluster_size=4k', ['write -P 0x5a 1M 2M'], false],
+    ['unaligned old size', 'cluster_size=64k', ['write -P 0x5a 0 512k'], false],
+    ['extended L2', 'extended_l2=on', ['write -P 0x5a 1M 1M'], false],
+    ['lazy refcounts', 'lazy_refcounts=on', ['write -P 0x5a 1M 1M'], false],
+    ['an overlay', 'cluster_size=4k', ['write -P 0x5a 1M 1M'], true],
+  ];
+  const modes = ['metadata', 'falloc', 'full'];
+  const cases = setups.flatMap((s) => modes.map((m) => [s[0], m, s] as const));
+  it.each(cases)('%s, %s', async (_n, mode, [, opts, io, backed]) => {
+    const v = join(dir, 'v.qcow2');
+    const q = join(dir, 'q.qcow2');
+    const oldSize = opts.startsWith('cluster_size=64k') ? '1000k' : '10M';
+    if (backed) {
+      qemuImgOk(['create', '-q', '-f', 'qcow2', join(dir, 'base.qcow2'), '32M']);
+      qemuIo(join(dir, 'base.qcow2'), ['write -P 0x33 0 32M'], 'qcow2');
+    }
+    qemuImgOk([
+      'create',
+      '-q',
+      '-f',
+      'qcow2',
+      ...(opts ? ['-o', opts] : []),
+      ...(backed ? ['-b', 'base.qcow2', '-F', 'qcow2'] : []),
+      q,
+      oldSize,
+    ]);
+    qemuIo(q, io, 'qcow2');
+    copyFileSync(q, v);
+    const size = opts === 'cluster_size=4k' ? '+600M' : '+5M';
+    const qr = qemuImg(['resize', `--preallocation=${mode}`, q, size], dir);
+    const vr = await vdisk(['resize', `--preallocation=${mode}`, v, size], dir);
+    expect(vr.code).toBe(qr.code);
+    expect(vr.stdout).toBe(qr.stdout);
+    expect(vr.stderr.replace(/^vdisk:/gm, 'qemu-img:')).toBe(qr.stderr);
+    expect(qemuImg(['compare', v, q]).code).toBe(0);
+    expectSameQcow2(v, q);
+    // Disk usage of the same order: falloc and full allocate the new area, metadata does not.
+    const actual = (f: string) =>
+      (JSON.parse(qemuImgOk(['info', '--output=json', f])) as { 'actual-size': number })['actual-size'];
+    const [a, b] = [actual(v), actual(q)];
+    expect(a).toBeGreaterThan(b / 2);
+    expect(a).toBeLessThan(b * 2);
   });
 });
 

@@ -35,9 +35,10 @@ export async function resizeCommand(o: ResizeCommandOptions): Promise<{ oldSize:
             "vdisk: warning: Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there.",
         );
       }
-      if (o.preallocation !== undefined && o.preallocation !== 'off') {
-        throw new VdiskError('INVALID_ARGUMENT', 'Preallocation can only be used for growing images');
-      }
+    }
+    // qemu's bdrv_co_truncate: preallocation needs growth (an unchanged size is refused too).
+    if (newSize <= oldSize && o.preallocation !== undefined && o.preallocation !== 'off') {
+      throw new VdiskError('INVALID_ARGUMENT', 'Preallocation can only be used for growing images');
     }
     if (image.driver.resize === undefined) {
       throw new VdiskError('UNSUPPORTED', `Image format '${image.format}' does not support resizing`);

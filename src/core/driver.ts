@@ -125,6 +125,12 @@ export interface FormatImage {
    * cluster long, or shorter only for the last cluster of the image.
    */
   writeCompressed?(buf: Uint8Array, offset: number): Promise<void>;
+  /**
+   * writeCompressed in two steps: compress now (off the main thread, several at once), write
+   * when the returned function is called. convert -c compresses clusters in parallel and still
+   * writes them in order, so the file's layout is qemu-img's.
+   */
+  prepareCompressed?(buf: Uint8Array, offset: number): Promise<() => Promise<void>>;
   /** Rewrite the backing file reference stored in the image (rebase, amend); undefined detaches. */
   setBacking?(ref: FileRef | undefined): Promise<void>;
   /** Make every cluster unallocated (after commit), as QEMU's bdrv_make_empty. */
@@ -133,7 +139,25 @@ export interface FormatImage {
   resize?(size: number, opts: { preallocation?: string; shrink: boolean }): Promise<void>;
   /** A read-only view of the image as it was at an internal snapshot (convert -s/-l). */
   openSnapshot?(idOrName: { id?: string; name?: string }): Promise<FormatImage>;
+  /**
+   * Internal snapshots (qemu-img snapshot -c/-a/-d). A format without them leaves these out;
+   * the command then reports qemu-img's error for that case. createSnapshot picks the id;
+   * applySnapshot finds the snapshot by id first, then by name (QEMU's goto) and throws
+   * NOT_FOUND; deleteSnapshot removes the entry with exactly this id and name.
+   */
+  createSnapshot?(name: string, date: { sec: number; nsec: number }): Promise<SnapshotInfo>;
+  applySnapshot?(idOrName: string): Promise<void>;
+  deleteSnapshot?(which: { id: string; name: string }): Promise<void>;
+  /**
+   * qemu-img amend: change the options given (names from FormatDriver.amendOptions, values
+   * already typed: sizes and numbers as numbers, booleans as booleans). onProgress(done, total)
+   * reports work in any unit.
+   */
+  amend?(opts: AmendValues, onProgress?: (done: number, total: number) => void): Promise<void>;
 }
+
+/** Typed -o values given to amend. */
+export type AmendValues = Record<string, string | number | boolean>;
 
 export interface MeasureResult {
   /** Bytes the new image needs for the data in question. */
@@ -186,4 +210,6 @@ export interface FormatDriver {
    * bytes of virtual disk, or the content of `source` when given.
    */
   measure?(size: number, options: CreateOptions, source?: BlockDevice): Promise<MeasureResult>;
+  /** The options `amend` accepts (images of this format implement FormatImage.amend). */
+  readonly amendOptions?: readonly CreateOptionSpec[];
 }

@@ -85,8 +85,9 @@ async function lockDir(dir: string): Promise<() => Promise<void>> {
 }
 
 async function openStore(spec: string | undefined, dataDir: string): Promise<BlobStore> {
-  if (spec?.startsWith('s3://')) {
-    throw new VdiskError('UNSUPPORTED', 'The S3 store is not available yet');
+  if (spec !== undefined && /^s3(\+https)?:\/\//.test(spec)) {
+    const { S3Store } = await import('./store/s3.js');
+    return S3Store.open(spec);
   }
   return FsStore.open(spec ?? join(dataDir, 'images'));
 }

@@ -7,7 +7,8 @@
  * Debian's qemu-img 7.2 ships without the dmg-bz2 module and fails on bzip2 chunks; vdisk
  * reads them (what QEMU with the module reads).
  */
-import { inflateSync } from 'node:zlib';
+import { promisify } from 'node:util';
+import { inflate } from 'node:zlib';
 import type { Extent } from '../../core/device.js';
 import type { DriverOpenOptions, FormatDriver, FormatImage } from '../../core/driver.js';
 import { VdiskError } from '../../core/errors.js';
@@ -17,11 +18,20 @@ import { bunzip2Exact } from './bzip2.js';
 import { probeDmg } from './probe.js';
 import { type ChunkTable, readUdif, searchChunk, UDBZ, UDIG, UDRW, UDZE, UDZO } from './udif.js';
 
+const inflateAsync = promisify(inflate);
+const CACHE_CHUNKS = 8;
+const CACHE_BYTES = 32 * 1024 * 1024;
+
 class DmgImage extends ReadOnlyImage {
   readonly format = 'dmg';
   readonly size: number;
-  /** The last chunk decompressed (QEMU keeps one too). */
-  private cached: { chunk: number; data: Promise<Uint8Array> } | null = null;
+  /**
+   * Recently decompressed chunks, least recently used first (QEMU keeps one; convert's
+   * several requests in flight read neighbouring chunks at once, so vdisk keeps a few,
+   * bounded in bytes: a hostile image's 64 MiB chunks cannot grow it past CACHE_BYTES + one).
+   */
+  private readonly cache = new Map<number, { data: Promise<Uint8Array>; bytes: number }>();
+  private cachedBytes = 0;
 
   constructor(
     file: HostFile,
@@ -46,11 +56,26 @@ class DmgImage extends ReadOnlyImage {
 
   /** The uncompressed bytes of a data-carrying chunk. */
   private chunkData(i: number): Promise<Uint8Array> {
-    if (this.cached?.chunk === i) return this.cached.data;
+    const hit = this.cache.get(i);
+    if (hit !== undefined) {
+      this.cache.delete(i);
+      this.cache.set(i, hit);
+      return hit.data;
+    }
     const data = this.loadChunk(i);
-    this.cached = { chunk: i, data };
+    const entry = { data, bytes: 512 * this.t.sectorCounts[i]! };
+    this.cache.set(i, entry);
+    this.cachedBytes += entry.bytes;
+    for (const [k, e] of this.cache) {
+      if (this.cache.size <= 1 || (this.cache.size <= CACHE_CHUNKS && this.cachedBytes <= CACHE_BYTES)) break;
+      this.cache.delete(k);
+      this.cachedBytes -= e.bytes;
+    }
     data.catch(() => {
-      if (this.cached?.chunk === i) this.cached = null;
+      if (this.cache.get(i) === entry) {
+        this.cache.delete(i);
+        this.cachedBytes -= entry.bytes;
+      }
     });
     return data;
   }
@@ -74,7 +99,8 @@ class DmgImage extends ReadOnlyImage {
       if (type === UDZO) {
         // One zlib stream that must inflate to exactly the chunk's sectors (QEMU: Z_STREAM_END
         // and total_out == 512 * sectorcount). maxOutputLength bounds a hostile stream.
-        const out = inflateSync(src, { maxOutputLength: Math.max(want, 1) });
+        // On the thread pool: several chunks inflate at once.
+        const out = await inflateAsync(src, { maxOutputLength: Math.max(want, 1) });
         if (out.length !== want) throw new Error('size');
         return new Uint8Array(out.buffer, out.byteOffset, out.length);
       }

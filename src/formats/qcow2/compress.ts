@@ -209,7 +209,10 @@ export async function compressCluster(
     out = viaPool !== null ? await viaPool : (await zstd()).compress(src, 3);
   } else {
     out = await new Promise<Buffer>((resolve, reject) => {
-      deflateRaw(src, { windowBits: 12, level: 6, memLevel: 9 }, (err, data) =>
+      // One output chunk as large as the cluster: the whole cluster deflates in one trip to
+      // the thread pool (the default 16 KiB chunk takes four or more round trips).
+      const chunkSize = Math.max(16384, src.length + 1024);
+      deflateRaw(src, { windowBits: 12, level: 6, memLevel: 9, chunkSize }, (err, data) =>
         err ? reject(err) : resolve(data),
       );
     });

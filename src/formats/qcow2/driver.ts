@@ -1,5 +1,6 @@
 /** The qcow2 format driver: probe, open, create, measure. */
 import type { FormatDriver } from '../../core/driver.js';
+import { QCOW2_AMEND_OPTIONS } from './amend-options.js';
 import { createQcow2, QCOW2_CREATE_OPTIONS } from './create.js';
 import { Qcow2Image } from './image.js';
 import { measureQcow2 } from './measure.js';
@@ -14,4 +15,5 @@ export const qcow2Driver: FormatDriver = {
   supportsBacking: true,
   compressedWrites: true,
   measure: measureQcow2,
+  amendOptions: QCOW2_AMEND_OPTIONS,
 };

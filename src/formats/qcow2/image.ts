@@ -19,6 +19,7 @@
  */
 import type { Extent } from '../../core/device.js';
 import type {
+  AmendValues,
   CheckResult,
   DriverContext,
   DriverOpenOptions,
@@ -738,7 +739,7 @@ export class Qcow2Image implements FormatImage {
   }
 
   /** The L2 table for a guest offset, ready to be modified (allocated or copied as needed). */
-  private async l2ForWrite(l1i: number): Promise<[number, Uint8Array]> {
+  async l2ForWrite(l1i: number): Promise<[number, Uint8Array]> {
     if (l1i >= this.l1Size) throw this.corrupt(`Write beyond the L1 table (index ${l1i})`);
     const old = this.l1Off[l1i]!;
     if (old !== 0 && this.l1Copied[l1i] === 1) return [old, await this.l2Cache.get(old)];
@@ -768,9 +769,11 @@ export class Qcow2Image implements FormatImage {
     this.l1Copied[i] = copied ? 1 : 0;
   }
 
-  private noteAlloc(host: number, len: number): void {
+  noteAlloc(host: number, len: number): void {
     if (this.hasDataFile) return;
     this.fileEnd = Math.max(this.fileEnd, host + len);
+    // New L2 tables may leave the cache and be read back (many of them after a resize).
+    this.l2Cache.fileEnd = Math.max(this.l2Cache.fileEnd, this.fileEnd);
   }
 
   /** Data writes must never land on metadata (QEMU's overlap check, "cached" mode). */
@@ -1374,10 +1377,6 @@ export class Qcow2Image implements FormatImage {
     if (newSize % 512 !== 0) {
       throw new VdiskError('INVALID_ARGUMENT', 'The new size must be a multiple of 512');
     }
-    if (mode !== 'off') {
-      // Not implemented yet: QEMU allocates (and for falloc/full preallocates) data clusters.
-      throw new VdiskError('UNSUPPORTED', `qcow2 resize with preallocation=${mode} is not supported yet`);
-    }
     if (this.hasDataFile) {
       throw new VdiskError(
         'UNSUPPORTED',
@@ -1442,6 +1441,11 @@ export class Qcow2Image implements FormatImage {
         }
         if (need > this.l1Size) await this.growL1(need);
         await this.writeSize(newSize);
+        if (mode !== 'off') {
+          // QEMU's qcow2_co_truncate preallocates the new area (see prealloc.ts).
+          const { preallocateGrowth } = await import('./prealloc.js');
+          await preallocateGrowth(this, old, newSize, mode as 'metadata' | 'falloc' | 'full');
+        }
       }
     } finally {
       release();
@@ -1497,6 +1501,11 @@ export class Qcow2Image implements FormatImage {
   // ---------------------------------------------------------------- compressed writes
 
   async writeCompressed(buf: Uint8Array, offset: number): Promise<void> {
+    const commit = await this.prepareCompressed(buf, offset);
+    await commit();
+  }
+
+  async prepareCompressed(buf: Uint8Array, offset: number): Promise<() => Promise<void>> {
     const cs = this.clusterSize;
     if (offset % cs !== 0 || buf.length > cs || (buf.length < cs && offset + buf.length < this.size)) {
       throw new VdiskError('INVALID_ARGUMENT', 'Compressed writes must cover exactly one cluster', {
@@ -1516,7 +1525,13 @@ export class Qcow2Image implements FormatImage {
     }
     // Compress outside the lock: several clusters compress at once on the thread pool.
     const out = await compressCluster(this.compressionType, src, cs);
-    if (out === null) return this.write(src.subarray(0, buf.length), offset);
+    if (out === null) return () => this.write(src.subarray(0, buf.length), offset);
+    return () => this.storeCompressed(out, offset);
+  }
+
+  /** Allocate room for a compressed cluster, write it and point the L2 entry at it. */
+  private async storeCompressed(out: Uint8Array, offset: number): Promise<void> {
+    const cs = this.clusterSize;
     const unclaim = await this.claim(offset, cs);
     const release = await this.writeLock.lock();
     try {
@@ -1673,6 +1688,63 @@ export class Qcow2Image implements FormatImage {
     view.ctx = this.ctx;
     view.dataOpener = () => this.data();
     return view;
+  }
+
+  // ---------------------------------------------------------------- internal snapshots
+  // (the write logic lives in snapshot-write.ts)
+
+  async createSnapshot(name: string, date: { sec: number; nsec: number }): Promise<SnapshotInfo> {
+    const w = await import('./snapshot-write.js');
+    const s = await this.snapshotOp(() =>
+      w.createSnapshot(this, { name, dateSec: date.sec, dateNsec: date.nsec }),
+    );
+    const { l1TableOffset: _o, l1Size: _s, entryOffset: _e, ...info } = s;
+    return info;
+  }
+
+  async applySnapshot(idOrName: string): Promise<void> {
+    const w = await import('./snapshot-write.js');
+    await this.snapshotOp(async () => {
+      // QEMU refuses a data-file image before looking for the snapshot.
+      if (this.hasDataFile)
+        throw new VdiskError('UNSUPPORTED', 'Operation not supported', { path: this.file.path });
+      const i = w.findByIdOrName(this, idOrName);
+      if (i < 0)
+        throw new VdiskError('NOT_FOUND', `Can't find snapshot '${idOrName}'`, { path: this.file.path });
+      await w.applySnapshot(this, i);
+    }, true);
+  }
+
+  async deleteSnapshot(which: { id: string; name: string }): Promise<void> {
+    const w = await import('./snapshot-write.js');
+    await this.snapshotOp(async () => {
+      const i = this.snapshotList.findIndex((s) => s.id === which.id && s.name === which.name);
+      if (i < 0)
+        throw new VdiskError('NOT_FOUND', `Can't find snapshot '${which.name}'`, { path: this.file.path });
+      await w.deleteSnapshot(this, i);
+    });
+  }
+
+  /** contentChanges (apply): the guest content changes, so persistent bitmaps go stale as on any write. */
+  private async snapshotOp<T>(fn: () => Promise<T>, contentChanges = false): Promise<T> {
+    const release = await this.writeLock.lock();
+    try {
+      this.checkWritable();
+      if (contentChanges) await this.beginWrite();
+      await this.flushMetadata();
+      this.modified = true;
+      this.lastCompressed = null;
+      return await fn();
+    } finally {
+      release();
+    }
+  }
+
+  /** qemu-img amend (QEMU's qcow2_amend_options): the work is in amend.ts. */
+  async amend(opts: AmendValues, onProgress?: (done: number, total: number) => void): Promise<void> {
+    this.checkWritable();
+    const { amendQcow2 } = await import('./amend.js');
+    await amendQcow2(this, opts, onProgress);
   }
 
   /** Whether the header is v3 with the standard length (for rewrites). */

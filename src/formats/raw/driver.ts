@@ -100,7 +100,8 @@ export class RawImage implements FormatImage {
   async resize(size: number, opts: { preallocation?: string; shrink: boolean }): Promise<void> {
     const mode = opts.preallocation ?? 'off';
     if (!(PREALLOC_MODES as readonly string[]).includes(mode)) {
-      throw new VdiskError('INVALID_ARGUMENT', `Unsupported preallocation mode '${mode}'`);
+      // file-posix's wording (qed and others say "mode '…'").
+      throw new VdiskError('INVALID_ARGUMENT', `Unsupported preallocation mode: ${mode}`);
     }
     const old = await this.file.size();
     await this.file.truncate(size);

@@ -35,6 +35,8 @@ export interface VmdkExtent {
   writeZeroes(offset: number, length: number, below: Below): Promise<void>;
   /** One whole grain, compressed (streamOptimized). */
   writeCompressed?(buf: Uint8Array, offset: number): Promise<void>;
+  /** Compress now, write (in the caller's order) when the returned function runs. */
+  prepareCompressed?(buf: Uint8Array, offset: number): Promise<() => Promise<void>>;
   /** qemu-img check's walk: the first problem (its message and QEMU's error), or null. */
   check(): Promise<CheckProblem | null>;
   /** Write back pending metadata. */

@@ -204,14 +204,21 @@ export class VmdkImage implements FormatImage {
   }
 
   async writeCompressed(buf: Uint8Array, offset: number): Promise<void> {
+    const commit = await this.prepareCompressed(buf, offset);
+    await commit();
+  }
+
+  async prepareCompressed(buf: Uint8Array, offset: number): Promise<() => Promise<void>> {
     const e = this.extentAt(offset);
-    if (e.writeCompressed === undefined || !e.compressed) {
+    if (e.prepareCompressed === undefined || !e.compressed) {
       // Plain extents store the grain as it is.
-      await this.write(buf, offset);
-      return;
+      return () => this.write(buf, offset);
     }
-    await e.writeCompressed(buf, offset - e.start);
-    await this.touchCid();
+    const commit = await e.prepareCompressed(buf, offset - e.start);
+    return async () => {
+      await commit();
+      await this.touchCid();
+    };
   }
 
   async writeZeroes(offset: number, length: number, _unmap: boolean): Promise<void> {

@@ -606,6 +606,11 @@ export class SparseExtent implements VmdkExtent {
    * its marker and entered in the grain table.
    */
   async writeCompressed(buf: Uint8Array, offset: number): Promise<void> {
+    const commit = await this.prepareCompressed(buf, offset);
+    await commit();
+  }
+
+  async prepareCompressed(buf: Uint8Array, offset: number): Promise<() => Promise<void>> {
     this.refuseStreamWrite();
     const g = offset / this.grainSize;
     if (!Number.isInteger(g) || buf.length !== this.grainLength(g)) {
@@ -615,12 +620,13 @@ export class SparseExtent implements VmdkExtent {
       });
     }
     const packed = await this.pack(buf, g);
-    await this.alloc.run(() => this.appendGrain(g, packed));
+    return () => this.alloc.run(() => this.appendGrain(g, packed));
   }
 
   /** Marker + zlib data, padded to whole sectors. */
   private async pack(grain: Uint8Array, g: number): Promise<Uint8Array> {
-    const z = await deflate(grain);
+    // One output chunk as large as the grain: one trip to the thread pool per grain.
+    const z = await deflate(grain, { chunkSize: Math.max(16384, grain.length + 1024) });
     const out = new Uint8Array(Math.ceil((MARKER_BYTES + z.length) / SECTOR) * SECTOR);
     const v = new DataView(out.buffer);
     // The grain's LBA in the whole disk, as QEMU writes it.

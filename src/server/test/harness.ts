@@ -142,7 +142,7 @@ export interface CliResult {
 
 /** Run `openstack` or `glance` against the server as user/project. */
 export function runClient(
-  ts: TestServer,
+  ts: Pick<TestServer, 'url' | 'home'>,
   prog: 'openstack' | 'glance',
   args: string[],
   as: { user: string; password: string; project: string } = {

@@ -1,0 +1,710 @@
+/* biome-ignore-all lint/suspicious/noExplicitAny: API answers are parsed JSON of many shapes. */
+/**
+ * The registry on real engines: the SAME cases over every metadata database (PGlite,
+ * PostgreSQL 15) × blob store (files, S3 on Ceph RGW), the BlobStore contract over both
+ * stores, and the unmodified `openstack` client against `vdisk serve --database-url
+ * postgres://… --store s3://…`. The servers are real and started here (src/server/test/
+ * servers.ts); if they cannot start, these tests fail with the reason.
+ */
+import { spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { request } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type RunningServer, startServer } from './server.js';
+import { FsStore } from './store/fs.js';
+import { S3Store } from './store/s3.js';
+import type { BlobStore } from './store/store.js';
+import { Api, addProjectUser, runClient } from './test/harness.js';
+import { type PgServer, type S3Server, startCeph, startPostgres } from './test/servers.js';
+
+const MIB = 1 << 20;
+let pg: PgServer;
+let ceph: S3Server;
+const scratch: string[] = [];
+
+beforeAll(async () => {
+  const [p, c] = await Promise.allSettled([startPostgres(), startCeph()]);
+  if (p.status === 'fulfilled') pg = p.value;
+  if (c.status === 'fulfilled') ceph = c.value;
+  const errors = [p, c].filter((r) => r.status === 'rejected').map((r) => String(r.reason));
+  if (errors.length > 0) throw new Error(errors.join('\n'));
+}, 180_000);
+
+afterAll(async () => {
+  await Promise.allSettled([pg?.stop(), ceph?.stop()]);
+  for (const d of scratch) await rm(d, { recursive: true, force: true });
+});
+
+async function tempDir(name: string): Promise<string> {
+  const d = await mkdtemp(join(tmpdir(), `vdisk-conf-${name}-`));
+  scratch.push(d);
+  return d;
+}
+
+const hex = (algo: string, b: Uint8Array) => createHash(algo).update(b).digest('hex');
+
+/** Random bytes that upload safety accepts as raw (no MBR signature at 510). */
+function rawData(n: number): Buffer {
+  const b = randomBytes(n);
+  if (n >= 512) b.fill(0, 510, 512);
+  return b;
+}
+
+async function readAll(s: Readable): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for await (const c of s) parts.push(c as Buffer);
+  return Buffer.concat(parts);
+}
+
+/** PUT a chunked body; with `abortAfter`, the client goes away after that many chunks. */
+function putChunked(url: string, token: string, chunks: Buffer[], abortAfter?: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, {
+      method: 'PUT',
+      headers: {
+        'X-Auth-Token': token,
+        'Content-Type': 'application/octet-stream',
+        'Transfer-Encoding': 'chunked',
+      },
+    });
+    req.on('response', (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+    });
+    req.on('error', (e) => (abortAfter !== undefined ? resolve(-1) : reject(e)));
+    chunks.forEach((c, i) => {
+      if (abortAfter !== undefined && i === abortAfter) {
+        setTimeout(() => {
+          req.destroy();
+          resolve(-1);
+        }, 300);
+        return;
+      }
+      if (abortAfter === undefined || i < abortAfter) req.write(c);
+    });
+    if (abortAfter === undefined) req.end();
+  });
+}
+
+/**
+ * An independent view of a store: its committed blobs and whatever temporaries exist
+ * (files in DIR/.tmp; multipart uploads in the bucket, listed by a store instance that is
+ * writing nothing, so it hides none).
+ */
+interface Probe {
+  blobs(): Promise<string[]>;
+  temps(): Promise<string[]>;
+  close(): Promise<void>;
+}
+
+async function probeFs(dir: string): Promise<Probe> {
+  const s = await FsStore.open(dir);
+  return {
+    async blobs() {
+      const out: string[] = [];
+      for await (const k of s.list()) out.push(k);
+      return out.sort();
+    },
+    async temps() {
+      return readdir(join(dir, '.tmp'));
+    },
+    close: () => s.close(),
+  };
+}
+
+async function probeS3(url: string): Promise<Probe> {
+  const s = await S3Store.open(url);
+  return {
+    async blobs() {
+      const out: string[] = [];
+      for await (const k of s.list()) out.push(k);
+      return out.sort();
+    },
+    async temps() {
+      const out: string[] = [];
+      for await (const u of s.pendingUploads()) out.push(u.key);
+      return out;
+    },
+    close: () => s.close(),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The registry over every database × store
+
+interface Config {
+  db: 'pglite' | 'postgres';
+  store: 'fs' | 's3';
+}
+const configs: Config[] = [
+  { db: 'pglite', store: 'fs' },
+  { db: 'pglite', store: 's3' },
+  { db: 'postgres', store: 'fs' },
+  { db: 'postgres', store: 's3' },
+];
+const CAP = 24 * MIB;
+const big = rawData(20 * MIB + 12345); // three 8 MiB S3 parts, the last one partial
+const small = rawData(70_000);
+
+describe.each(configs.map((c, i) => ({ ...c, i, name: `${c.db} + ${c.store}` })))('$name', (cfg) => {
+  let dataDir: string;
+  let databaseUrl: string | undefined;
+  let storeSpec: string | undefined;
+  let server: RunningServer;
+  let probe: Probe;
+  let admin: Api;
+  let alice: Api;
+  let bob: Api;
+  const ids: Record<string, string> = {};
+
+  const start = () =>
+    startServer({
+      port: 0,
+      dataDir,
+      adminPassword: 'pw-admin',
+      settings: { imageSizeCap: CAP },
+      ...(databaseUrl !== undefined ? { databaseUrl } : {}),
+      ...(storeSpec !== undefined ? { store: storeSpec } : {}),
+    });
+  const login = async () => {
+    admin = await Api.login(server.url, 'admin', 'pw-admin', 'admin');
+    alice = await Api.login(server.url, 'alice', 'pw-a', 'pa');
+    bob = await Api.login(server.url, 'bob', 'pw-b', 'pb');
+  };
+
+  beforeAll(async () => {
+    dataDir = await tempDir(`${cfg.db}-${cfg.store}`);
+    if (cfg.db === 'postgres') databaseUrl = await pg.createDatabase(`conformance_${cfg.i}`);
+    // One S3 config keeps its blobs under a prefix, the other at the bucket's root.
+    if (cfg.store === 's3')
+      storeSpec = ceph.storeUrl(`vdisk-conf-${cfg.i}`, cfg.db === 'pglite' ? 'images/v1' : undefined);
+    server = await start();
+    expect(server.services.store.kind).toBe(cfg.store === 's3' ? 's3' : 'file');
+    probe = storeSpec !== undefined ? await probeS3(storeSpec) : await probeFs(join(dataDir, 'images'));
+    admin = await Api.login(server.url, 'admin', 'pw-admin', 'admin');
+    await addProjectUser(admin, 'pa', 'alice', 'pw-a');
+    await addProjectUser(admin, 'pb', 'bob', 'pw-b');
+    await login();
+  });
+  afterAll(async () => {
+    await server?.close(5000);
+    await probe?.close();
+  });
+
+  it('upload and download: bytes, checksums, sizes; the store holds exactly the blob', async () => {
+    const a = await alice.createImage({ name: 'big', disk_format: 'raw', container_format: 'bare' });
+    const b = await alice.createImage({ name: 'small', disk_format: 'raw', container_format: 'bare' });
+    ids['big'] = a.id;
+    ids['small'] = b.id;
+    // sized (Content-Length) and chunked bodies
+    expect(await alice.upload(a.id, big)).toBe(204);
+    const chunks = [small.subarray(0, 1000), small.subarray(1000, 50_000), small.subarray(50_000)];
+    expect(await putChunked(`${server.url}/v2/images/${b.id}/file`, alice.token, chunks)).toBe(204);
+    for (const [id, data] of [
+      [a.id, big],
+      [b.id, small],
+    ] as const) {
+      const img = (await alice.req('GET', `/v2/images/${id}`)).json;
+      expect(img.status).toBe('active');
+      expect(img.size).toBe(data.length);
+      expect(img.virtual_size).toBe(data.length);
+      expect(img.checksum).toBe(hex('md5', data));
+      expect(img.os_hash_algo).toBe('sha512');
+      expect(img.os_hash_value).toBe(hex('sha512', data));
+      const r = await fetch(`${server.url}/v2/images/${id}/file`, {
+        headers: { 'X-Auth-Token': alice.token },
+      });
+      expect(r.status).toBe(200);
+      expect(r.headers.get('content-md5')).toBe(hex('md5', data));
+      const got = Buffer.from(await r.arrayBuffer());
+      expect(got.length).toBe(data.length);
+      expect(hex('sha512', got)).toBe(hex('sha512', data));
+      expect(await server.services.store.size(id)).toBe(data.length);
+    }
+    expect(await probe.blobs()).toEqual([a.id, b.id].sort());
+    expect(await probe.temps()).toEqual([]);
+    // a second upload to an active image is a conflict and changes nothing
+    expect(await alice.upload(b.id, big)).toBe(409);
+    expect(await server.services.store.size(b.id)).toBe(small.length);
+  });
+
+  it('Range reads, within and across S3 part boundaries', async () => {
+    const id = ids['big']!;
+    const range = async (spec: string) =>
+      fetch(`${server.url}/v2/images/${id}/file`, { headers: { 'X-Auth-Token': alice.token, Range: spec } });
+    const cases: [string, number, number][] = [
+      ['bytes=0-0', 0, 0],
+      ['bytes=100-199', 100, 199],
+      [`bytes=${8 * MIB - 5}-${8 * MIB + 4}`, 8 * MIB - 5, 8 * MIB + 4],
+      [`bytes=${16 * MIB - 1}-${16 * MIB + 3 * 65536}`, 16 * MIB - 1, 16 * MIB + 3 * 65536],
+      ['bytes=-10', big.length - 10, big.length - 1],
+      [`bytes=${big.length - 3}-`, big.length - 3, big.length - 1],
+      [`bytes=${big.length - 3}-${big.length + 100}`, big.length - 3, big.length - 1],
+    ];
+    for (const [spec, s, e] of cases) {
+      const r = await range(spec);
+      expect(r.status, spec).toBe(206);
+      expect(r.headers.get('content-range'), spec).toBe(`bytes ${s}-${e}/${big.length}`);
+      expect(Buffer.from(await r.arrayBuffer()).equals(big.subarray(s, e + 1)), spec).toBe(true);
+    }
+    expect((await range(`bytes=${big.length}-`)).status).toBe(416);
+    // and directly on the store
+    const s = await server.services.store.read(id, 8 * MIB - 1, 8 * MIB);
+    expect((await readAll(s)).equals(big.subarray(8 * MIB - 1, 8 * MIB + 1))).toBe(true);
+  });
+
+  it('lists: filters, sorting, pagination', async () => {
+    for (let i = 0; i < 6; i++) {
+      const img = await alice.createImage({
+        name: `list-${i}`,
+        disk_format: i % 2 === 0 ? 'raw' : 'iso',
+        container_format: 'bare',
+        flavor: i < 2 ? 'small' : 'large',
+        ...(i === 4 ? { tags: ['gold'] } : {}),
+      });
+      ids[`list-${i}`] = img.id;
+      if (i < 3) expect(await alice.upload(img.id, new Uint8Array((i + 1) * 1000))).toBe(204);
+    }
+    const names = async (q: string) =>
+      ((await alice.req('GET', `/v2/images?${q}`)).json.images as { name: string }[]).map((i) => i.name);
+    expect(await names('name=in:list-1,list-4&sort=name:asc')).toEqual(['list-1', 'list-4']);
+    expect(await names('sort=name:desc&limit=3')).toEqual(['small', 'list-5', 'list-4']);
+    expect(await names('sort_key=disk_format&sort_key=name&sort_dir=asc&sort_dir=desc&limit=4')).toEqual([
+      'list-5',
+      'list-3',
+      'list-1',
+      'small',
+    ]);
+    expect(await names('disk_format=iso&sort=name:asc')).toEqual(['list-1', 'list-3', 'list-5']);
+    expect(await names('tag=gold')).toEqual(['list-4']);
+    expect(await names('flavor=small&sort=name:asc')).toEqual(['list-0', 'list-1']);
+    expect(await names('size_min=2000&size_max=3000&sort=name:asc')).toEqual(['list-1', 'list-2']);
+    expect(await names(`size_min=${CAP}`)).toEqual([]);
+    expect(await names('status=queued&sort=name:asc')).toEqual(['list-3', 'list-4', 'list-5']);
+    expect(await names('created_at=gt:2000-01-01T00:00:00Z&limit=1')).toHaveLength(1);
+    expect(await names('created_at=lt:2000-01-01T00:00:00Z')).toEqual([]);
+    // pages of 3 following `next`, newest first: every image of alice's exactly once
+    const seen: string[] = [];
+    let next: string | undefined = '/v2/images?limit=3';
+    while (next !== undefined) {
+      const r = await alice.req('GET', next);
+      expect(r.status).toBe(200);
+      seen.push(...r.json.images.map((i: { name: string }) => i.name));
+      next = r.json.next;
+    }
+    expect(seen).toHaveLength(8);
+    expect([...seen].sort()).toEqual([
+      'big',
+      'list-0',
+      'list-1',
+      'list-2',
+      'list-3',
+      'list-4',
+      'list-5',
+      'small',
+    ]);
+    expect(seen.slice(0, 3)).toEqual(['list-5', 'list-4', 'list-3']); // newest first
+    // bob sees none of them
+    expect(await bob.req('GET', '/v2/images').then((r) => r.json.images)).toEqual([]);
+  });
+
+  it('members: pending, accepted, rejected; what each side lists', async () => {
+    const id = ids['small']!;
+    let r = await alice.req('POST', `/v2/images/${id}/members`, { member: bob.projectId });
+    expect(r.status).toBe(200);
+    expect(r.json.status).toBe('pending');
+    const bobList = async (q = '') =>
+      ((await bob.req('GET', `/v2/images${q}`)).json.images as { id: string }[]).map((i) => i.id);
+    expect(await bobList()).toEqual([]);
+    expect(await bobList('?member_status=pending')).toEqual([id]);
+    expect((await bob.req('GET', `/v2/images/${id}`)).status).toBe(200);
+    // only the member changes its status; only the owner adds members
+    expect(
+      (await alice.req('PUT', `/v2/images/${id}/members/${bob.projectId}`, { status: 'accepted' })).status,
+    ).toBe(403);
+    expect((await bob.req('POST', `/v2/images/${id}/members`, { member: admin.projectId })).status).toBe(403);
+    r = await bob.req('PUT', `/v2/images/${id}/members/${bob.projectId}`, { status: 'accepted' });
+    expect(r.status).toBe(200);
+    expect(await bobList()).toEqual([id]);
+    const members = async (api: Api) =>
+      ((await api.req('GET', `/v2/images/${id}/members`)).json.members as any[]).map(
+        (m) => `${m.member_id}:${m.status}`,
+      );
+    expect(await members(alice)).toEqual([`${bob.projectId}:accepted`]);
+    expect(await members(bob)).toEqual([`${bob.projectId}:accepted`]);
+    // the member downloads the data
+    const d = await fetch(`${server.url}/v2/images/${id}/file`, { headers: { 'X-Auth-Token': bob.token } });
+    expect(hex('md5', Buffer.from(await d.arrayBuffer()))).toBe(hex('md5', small));
+    // a second image shared then rejected
+    const rej = ids['list-0']!;
+    expect((await alice.req('POST', `/v2/images/${rej}/members`, { member: bob.projectId })).status).toBe(
+      200,
+    );
+    expect(
+      (await bob.req('PUT', `/v2/images/${rej}/members/${bob.projectId}`, { status: 'rejected' })).status,
+    ).toBe(200);
+    expect(await bobList()).toEqual([id]);
+    expect(await bobList('?member_status=rejected')).toEqual([rej]);
+    expect(await bobList('?member_status=all&sort=name:asc')).toEqual([rej, id]);
+  });
+
+  it('tags and PATCH', async () => {
+    const id = ids['list-1']!;
+    expect((await alice.req('PUT', `/v2/images/${id}/tags/blue`)).status).toBe(204);
+    expect((await alice.req('PUT', `/v2/images/${id}/tags/green`)).status).toBe(204);
+    expect((await alice.req('DELETE', `/v2/images/${id}/tags/blue`)).status).toBe(204);
+    expect((await alice.req('DELETE', `/v2/images/${id}/tags/blue`)).status).toBe(404);
+    let r = await alice.patch(id, [
+      { op: 'replace', path: '/name', value: 'renamed' },
+      { op: 'add', path: '/os_distro', value: 'debian' },
+      { op: 'remove', path: '/flavor' },
+      { op: 'replace', path: '/min_ram', value: 512 },
+      { op: 'replace', path: '/tags', value: ['green', 'red'] },
+    ]);
+    expect(r.status).toBe(200);
+    expect(r.json.name).toBe('renamed');
+    expect(r.json.os_distro).toBe('debian');
+    expect(r.json.flavor).toBeUndefined();
+    expect(r.json.min_ram).toBe(512);
+    expect([...r.json.tags].sort()).toEqual(['green', 'red']);
+    expect((await alice.patch(id, [{ op: 'remove', path: '/nothing' }])).status).toBe(409);
+    expect((await alice.patch(id, [{ op: 'replace', path: '/size', value: 1 }])).status).toBe(403);
+    expect((await bob.patch(id, [{ op: 'replace', path: '/name', value: 'x' }])).status).toBe(404);
+    r = await alice.patch(id, [{ add: '/build', value: 'k1' }], 4);
+    expect(r.status).toBe(200);
+    const got = (await alice.req('GET', `/v2/images/${id}`)).json;
+    expect(got.build).toBe('k1');
+    expect(got.os_distro).toBe('debian');
+    const tagged = (await alice.req('GET', '/v2/images?tag=green&tag=red')).json.images as any[];
+    expect(tagged.map((i) => i.id)).toEqual([id]);
+  });
+
+  it('delete removes the row and the blob', async () => {
+    const id = ids['list-2']!;
+    expect(await server.services.store.size(id)).toBe(3000);
+    expect((await bob.req('DELETE', `/v2/images/${id}`)).status).toBe(404);
+    expect((await alice.req('DELETE', `/v2/images/${id}`)).status).toBe(204);
+    expect((await alice.req('GET', `/v2/images/${id}`)).status).toBe(404);
+    expect(await server.services.store.size(id)).toBe(null);
+    expect(await probe.blobs()).not.toContain(id);
+    delete ids['list-2'];
+  });
+
+  it('aborted uploads leave nothing: no blob, no temporary, no multipart upload', async () => {
+    // the client goes away after 12 MiB (past the first S3 part)
+    const gone = await alice.createImage({ name: 'gone', disk_format: 'raw', container_format: 'bare' });
+    const chunks = [rawData(6 * MIB), randomBytes(6 * MIB), randomBytes(6 * MIB)];
+    await putChunked(`${server.url}/v2/images/${gone.id}/file`, alice.token, chunks, 2);
+    let status = '';
+    for (let i = 0; i < 100 && status !== 'queued'; i++) {
+      status = (await alice.req('GET', `/v2/images/${gone.id}`)).json.status;
+      if (status !== 'queued') await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(status).toBe('queued');
+    // over image_size_cap, chunked (no Content-Length): 413 mid-stream
+    const over = await alice.createImage({ name: 'over', disk_format: 'raw', container_format: 'bare' });
+    const parts = [rawData(8 * MIB), randomBytes(8 * MIB), randomBytes(8 * MIB), randomBytes(MIB)];
+    expect(await putChunked(`${server.url}/v2/images/${over.id}/file`, alice.token, parts)).toBe(413);
+    // refused content (a qcow2 header on a raw image is fine; a qed one never is): 415
+    const qed = await alice.createImage({ name: 'qed', disk_format: 'raw', container_format: 'bare' });
+    const qedHead = Buffer.alloc(9 * MIB);
+    qedHead.write('QED\0', 0, 'latin1');
+    expect(await alice.upload(qed.id, qedHead)).toBe(415);
+    for (const id of [gone.id, over.id, qed.id]) {
+      const img = (await alice.req('GET', `/v2/images/${id}`)).json;
+      expect(img.status).toBe('queued');
+      expect(img.size).toBe(null);
+      expect(await server.services.store.size(id)).toBe(null);
+    }
+    expect(await probe.temps()).toEqual([]);
+    const blobs = await probe.blobs();
+    for (const id of [gone.id, over.id, qed.id]) expect(blobs).not.toContain(id);
+    // and the image can still be uploaded
+    expect(await alice.upload(gone.id, small)).toBe(204);
+    ids['gone'] = gone.id;
+  });
+
+  it('restart: stop the server, start it on the same database and store, everything is there', async () => {
+    const before = (await admin.req('GET', '/v2/images?limit=100&member_status=all&sort=name:asc')).json
+      .images as any[];
+    await server.close(5000);
+    server = await start();
+    await login();
+    const after = (await admin.req('GET', '/v2/images?limit=100&member_status=all&sort=name:asc')).json
+      .images as any[];
+    const strip = (l: any[]) => l.map(({ self, file, schema, ...rest }) => rest);
+    expect(strip(after)).toEqual(strip(before));
+    // data, members and tags survived
+    const r = await fetch(`${server.url}/v2/images/${ids['big']}/file`, {
+      headers: { 'X-Auth-Token': alice.token },
+    });
+    expect(hex('sha512', Buffer.from(await r.arrayBuffer()))).toBe(hex('sha512', big));
+    const part = await fetch(`${server.url}/v2/images/${ids['big']}/file`, {
+      headers: { 'X-Auth-Token': alice.token, Range: 'bytes=12345-12444' },
+    });
+    expect(Buffer.from(await part.arrayBuffer()).equals(big.subarray(12345, 12445))).toBe(true);
+    const bobImages = (await bob.req('GET', '/v2/images')).json.images as any[];
+    expect(bobImages.map((i) => i.id)).toEqual([ids['small']]);
+    expect((await alice.req('GET', `/v2/images/${ids['list-1']}`)).json.tags.sort()).toEqual([
+      'green',
+      'red',
+    ]);
+    // recovery on start kept every live blob and nothing else
+    const live = after.filter((i) => i.status === 'active').map((i) => i.id as string);
+    expect(await probe.blobs()).toEqual(live.sort());
+    expect(await probe.temps()).toEqual([]);
+    const blobs = await probe.blobs();
+    expect(blobs).toContain(ids['gone']);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// The BlobStore contract
+
+describe.each(['fs', 's3'] as const)('BlobStore contract: %s', (kind) => {
+  let store: BlobStore;
+  let probe: Probe;
+  let reopen: () => Promise<BlobStore>;
+
+  beforeAll(async () => {
+    if (kind === 'fs') {
+      const dir = join(await tempDir('store'), 'blobs');
+      reopen = () => FsStore.open(dir);
+      store = await reopen();
+      probe = await probeFs(dir);
+    } else {
+      const url = ceph.storeUrl('vdisk-contract', 'p');
+      reopen = () => S3Store.open(url);
+      store = await reopen();
+      probe = await probeS3(url);
+    }
+  });
+  afterAll(async () => {
+    await store?.close();
+    await probe?.close();
+  });
+
+  it('a blob is invisible until commit, then whole; ranges; size; list; delete', async () => {
+    const data = randomBytes(19 * MIB + 7);
+    const w = await store.create('blob-1');
+    // odd chunk sizes, crossing every buffer and part boundary
+    let off = 0;
+    let step = 1;
+    while (off < data.length) {
+      const n = Math.min(data.length - off, step);
+      await w.write(data.subarray(off, off + n));
+      off += n;
+      step = step * 3 + 1;
+      if (step > 5 * MIB) step = 12345;
+    }
+    expect(await store.size('blob-1')).toBe(null);
+    expect(await probe.blobs()).not.toContain('blob-1');
+    expect((await probe.temps()).length).toBe(1); // the temporary file, or the multipart upload
+    await w.commit();
+    expect(await probe.temps()).toEqual([]);
+    expect(await store.size('blob-1')).toBe(data.length);
+    expect(await probe.blobs()).toContain('blob-1');
+    expect(hex('sha256', await readAll(await store.read('blob-1')))).toBe(hex('sha256', data));
+    for (const [s, e] of [
+      [0, 0],
+      [8 * MIB - 1, 8 * MIB],
+      [MIB, 17 * MIB],
+      [data.length - 1, data.length - 1],
+    ] as const) {
+      expect((await readAll(await store.read('blob-1', s, e))).equals(data.subarray(s, e + 1))).toBe(true);
+    }
+    expect((await readAll(await store.read('blob-1', data.length - 5))).equals(data.subarray(-5))).toBe(true);
+    await store.delete('blob-1');
+    expect(await store.size('blob-1')).toBe(null);
+    await store.delete('blob-1'); // idempotent
+    await expect(store.read('blob-1')).rejects.toThrow();
+  });
+
+  it('small and empty blobs; commit over an existing key replaces it', async () => {
+    for (const [key, data] of [
+      ['empty', Buffer.alloc(0)],
+      ['tiny', randomBytes(10)],
+    ] as const) {
+      const w = await store.create(key);
+      if (data.length > 0) await w.write(data);
+      expect(await store.size(key)).toBe(null);
+      await w.commit();
+      expect(await store.size(key)).toBe(data.length);
+      expect((await readAll(await store.read(key))).equals(data)).toBe(true);
+    }
+    const w = await store.create('tiny');
+    await w.write(Buffer.from('replaced'));
+    await w.commit();
+    expect((await readAll(await store.read('tiny'))).toString()).toBe('replaced');
+    const keys: string[] = [];
+    for await (const k of store.list()) keys.push(k);
+    expect(keys.sort()).toEqual(['empty', 'tiny']);
+    for (const k of keys) await store.delete(k);
+  });
+
+  it('abort drops everything written (the multipart upload included)', async () => {
+    const w = await store.create('aborted');
+    for (let i = 0; i < 5; i++) await w.write(randomBytes(4 * MIB));
+    expect((await probe.temps()).length).toBe(1);
+    await w.abort();
+    await w.abort(); // idempotent
+    expect(await probe.temps()).toEqual([]);
+    expect(await store.size('aborted')).toBe(null);
+    expect(await probe.blobs()).toEqual([]);
+  });
+
+  it('cleanup after a crash removes stale temporaries, and nothing a live writer owns', async () => {
+    // A "crashed" writer: its store is dropped without commit or abort.
+    const crashed = await reopen();
+    const w = await crashed.create('crashed');
+    await w.write(randomBytes(9 * MIB));
+    expect((await probe.temps()).length).toBe(1);
+    // a live upload in the store that runs cleanup
+    const live = await store.create('live');
+    await live.write(randomBytes(9 * MIB));
+    expect((await probe.temps()).length).toBe(2);
+    if (kind === 'fs') {
+      // the filesystem store's cleanup runs before any upload starts (server start)
+      await live.abort();
+    }
+    await store.cleanup();
+    if (kind === 's3') {
+      expect(await probe.temps()).toHaveLength(1); // the live one
+      await live.write(randomBytes(MIB));
+      await live.commit();
+      expect(await store.size('live')).toBe(9 * MIB + MIB);
+      await store.delete('live');
+    }
+    expect(await probe.temps()).toEqual([]);
+    expect(await probe.blobs()).toEqual([]);
+    await crashed.close();
+  });
+
+  it('refuses keys that are not plain names', async () => {
+    for (const k of ['../x', 'a/b', '.tmp', '', 'x y'])
+      await expect(store.create(k)).rejects.toThrow(/invalid blob key/);
+  });
+});
+
+describe('S3 store URLs', () => {
+  it('parses credentials, endpoint, bucket, prefix and region; refuses bad forms', async () => {
+    const { parseS3Url } = await import('./store/s3.js');
+    expect(parseS3Url('s3://AK:S%2Fk%2B@h:7480/bkt/a/b?region=eu-1', {})).toEqual({
+      endpoint: 'http://h:7480',
+      bucket: 'bkt',
+      prefix: 'a/b/',
+      region: 'eu-1',
+      accessKeyId: 'AK',
+      secretAccessKey: 'S/k+',
+    });
+    expect(
+      parseS3Url('s3+https://s3.example.com/images', { AWS_ACCESS_KEY_ID: 'E', AWS_SECRET_ACCESS_KEY: 'S' }),
+    ).toMatchObject({ endpoint: 'https://s3.example.com', bucket: 'images', prefix: '', accessKeyId: 'E' });
+    for (const bad of ['s3://AK:SK@h:1', 's3://h:1/bkt', 'http://AK:SK@h/bkt', 's3://AK:SK@h/B_ad'])
+      expect(() => parseS3Url(bad, {}), bad).toThrow(/Invalid S3 store URL/);
+    // the secret never appears in the message
+    expect(() => parseS3Url('s3://AK:SECRET@h:1', {})).toThrow(/s3:\/\/\*\*\*@h:1/);
+  });
+
+  it('an unreachable S3 endpoint fails `vdisk serve` with one line', async () => {
+    const dir = await tempDir('unreach');
+    await expect(
+      startServer({ port: 0, dataDir: dir, adminPassword: 'x', store: 's3://a:b@127.0.0.1:1/bucket' }),
+    ).rejects.toThrow(/Could not open the S3 store http:\/\/127\.0\.0\.1:1\/bucket/);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// The real `openstack` client against `vdisk serve --database-url postgres://… --store s3://…`
+
+describe('openstack client against vdisk serve on PostgreSQL + S3', () => {
+  it('create --file, list, show, save (byte-identical), delete (the object goes away)', async () => {
+    const dir = await tempDir('e2e');
+    const databaseUrl = await pg.createDatabase('e2e');
+    const storeUrl = ceph.storeUrl('vdisk-e2e');
+    const bin = join(process.cwd(), 'bin', 'vdisk');
+    const p = spawn(
+      process.execPath,
+      [
+        bin,
+        'serve',
+        '--port',
+        '0',
+        '--data-dir',
+        join(dir, 'data'),
+        '--database-url',
+        databaseUrl,
+        '--store',
+        storeUrl,
+        '--admin-password',
+        'e2e-pw',
+      ],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
+    let err = '';
+    const url = await new Promise<string>((resolve, reject) => {
+      p.stderr.on('data', (d: Buffer) => {
+        err += d.toString();
+        const m = /listening on (http:\/\/\S+)/.exec(err);
+        if (m) resolve(m[1]!);
+      });
+      p.on('exit', (code) => reject(new Error(`vdisk serve exited ${code}: ${err}`)));
+    });
+    const probe = await probeS3(storeUrl);
+    try {
+      const ts = { url, home: join(dir, 'home') };
+      const as = { user: 'admin', password: 'e2e-pw', project: 'admin' };
+      const file = join(dir, 'disk.raw');
+      const data = rawData(18 * MIB + 4097);
+      await writeFile(file, data);
+      let r = await runClient(
+        ts,
+        'openstack',
+        [
+          'image',
+          'create',
+          '--file',
+          file,
+          '--disk-format',
+          'raw',
+          '--container-format',
+          'bare',
+          'pg-s3',
+          '-f',
+          'json',
+        ],
+        as,
+      );
+      expect(r.code, r.stderr).toBe(0);
+      const created = JSON.parse(r.stdout);
+      expect(created.id).toMatch(/^[0-9a-f-]{36}$/);
+      expect(await probe.blobs()).toEqual([created.id]);
+      r = await runClient(ts, 'openstack', ['image', 'list', '-f', 'json'], as);
+      expect(r.code, r.stderr).toBe(0);
+      expect(JSON.parse(r.stdout)).toEqual([{ ID: created.id, Name: 'pg-s3', Status: 'active' }]);
+      r = await runClient(ts, 'openstack', ['image', 'show', 'pg-s3', '-f', 'json'], as);
+      const shown = JSON.parse(r.stdout);
+      expect(shown.checksum).toBe(hex('md5', data));
+      expect(shown.size).toBe(data.length);
+      // openstackclient 6 puts os_hash_value among `properties`
+      expect(shown.os_hash_value ?? shown.properties?.os_hash_value).toBe(hex('sha512', data));
+      const out = join(dir, 'saved.raw');
+      r = await runClient(ts, 'openstack', ['image', 'save', '--file', out, 'pg-s3'], as);
+      expect(r.code, r.stderr).toBe(0);
+      expect((await readFile(out)).equals(data)).toBe(true);
+      r = await runClient(ts, 'openstack', ['image', 'delete', 'pg-s3'], as);
+      expect(r.code, r.stderr).toBe(0);
+      expect(await probe.blobs()).toEqual([]);
+      expect(await probe.temps()).toEqual([]);
+    } finally {
+      await probe.close();
+      const exit = new Promise<number | null>((r) => p.once('exit', r));
+      p.kill('SIGTERM');
+      expect(await exit).toBe(0);
+    }
+  });
+});
