@@ -9,7 +9,8 @@
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { request } from 'node:http';
+import { createServer, request } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -392,6 +393,78 @@ describe.each(configs.map((c, i) => ({ ...c, i, name: `${c.db} + ${c.store}` }))
     expect(await server.services.store.size(id)).toBe(null);
     expect(await probe.blobs()).not.toContain(id);
     delete ids['list-2'];
+  });
+
+  it('import: stage + glance-direct, web-download, hostile staged data; staging leaves nothing', async () => {
+    const settled = async (id: string) => {
+      for (let i = 0; i < 600; i++) {
+        const img = (await alice.req('GET', `/v2/images/${id}`)).json;
+        if (img.status !== 'importing' && !('os_glance_import_task' in img)) return img;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      throw new Error(`import of ${id} never settled`);
+    };
+    const direct = await alice.createImage({
+      name: 'imp-direct',
+      disk_format: 'raw',
+      container_format: 'bare',
+    });
+    expect((await alice.req('PUT', `/v2/images/${direct.id}/stage`, big)).status).toBe(204);
+    expect(await probe.blobs()).toContain(`staging-${direct.id}`);
+    expect(
+      (await alice.req('POST', `/v2/images/${direct.id}/import`, { method: { name: 'glance-direct' } }))
+        .status,
+    ).toBe(202);
+    const d = await settled(direct.id);
+    expect(d.status).toBe('active');
+    expect(d.os_hash_value).toBe(hex('sha512', big));
+    // web-download from a server in the test, allowed explicitly (loopback is refused otherwise)
+    const web = createServer((_req, res) => {
+      res.writeHead(200, { 'Content-Length': big.length });
+      res.end(big);
+    });
+    await new Promise<void>((r) => web.listen(0, '127.0.0.1', r));
+    const port = (web.address() as AddressInfo).port;
+    Object.assign(server.services.settings, {
+      importAllowedHosts: ['127.0.0.1'],
+      importAllowedPorts: [port],
+    });
+    const wd = await alice.createImage({ name: 'imp-web', disk_format: 'raw', container_format: 'bare' });
+    try {
+      expect(
+        (
+          await alice.req('POST', `/v2/images/${wd.id}/import`, {
+            method: { name: 'web-download', uri: `http://127.0.0.1:${port}/big` },
+          })
+        ).status,
+      ).toBe(202);
+      expect((await settled(wd.id)).checksum).toBe(hex('md5', big));
+    } finally {
+      web.close();
+    }
+    for (const id of [direct.id, wd.id]) {
+      const r = await fetch(`${server.url}/v2/images/${id}/file`, {
+        headers: { 'X-Auth-Token': alice.token },
+      });
+      expect(hex('sha512', Buffer.from(await r.arrayBuffer()))).toBe(hex('sha512', big));
+    }
+    // hostile staged data: 415, back to queued, nothing staged
+    const qed = await alice.createImage({ name: 'imp-qed', disk_format: 'raw', container_format: 'bare' });
+    const qedHead = Buffer.alloc(3 * MIB);
+    qedHead.write('QED\0', 0, 'latin1');
+    expect((await alice.req('PUT', `/v2/images/${qed.id}/stage`, qedHead)).status).toBe(415);
+    expect((await alice.req('GET', `/v2/images/${qed.id}`)).json.status).toBe('queued');
+    const blobs = await probe.blobs();
+    expect(blobs.filter((k) => k.startsWith('staging-'))).toEqual([]);
+    expect(blobs).toContain(direct.id);
+    expect(blobs).toContain(wd.id);
+    expect(await probe.temps()).toEqual([]);
+    const tasks = (await alice.req('GET', `/v2/images/${direct.id}/tasks`)).json.tasks;
+    expect(tasks.map((t: any) => t.status)).toEqual(['success']);
+    for (const id of [direct.id, wd.id, qed.id])
+      expect((await alice.req('DELETE', `/v2/images/${id}`)).status).toBe(204);
+    const left = await probe.blobs();
+    for (const id of [direct.id, wd.id]) expect(left).not.toContain(id);
   });
 
   it('aborted uploads leave nothing: no blob, no temporary, no multipart upload', async () => {

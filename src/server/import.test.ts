@@ -692,6 +692,54 @@ describe('concurrency', () => {
   });
 });
 
+describe('the import lock', () => {
+  it('a running task holds it (409); a finished task left in it is stale', async () => {
+    served.set('/lock.img', Buffer.alloc(1 << 20, 5));
+    const img = await alice.createImage({ name: 'locked', disk_format: 'raw', container_format: 'bare' });
+    const db = ts.server.services.db;
+    const { sql } = await import('kysely');
+    const lockWith = async (id: string, status: string) => {
+      const now = new Date();
+      await db
+        .insertInto('tasks')
+        .values({
+          id,
+          type: 'api_image_import',
+          status,
+          owner: alice.projectId,
+          image_id: img.id,
+          input: JSON.stringify({}) as never,
+          result: null,
+          message: '',
+          created_at: now,
+          updated_at: now,
+          expires_at: null,
+          user_id: null,
+          request_id: null,
+        })
+        .execute();
+      await db
+        .updateTable('images')
+        .set({ properties: sql`properties || ${JSON.stringify({ os_glance_import_task: id })}::jsonb` })
+        .where('id', '=', img.id)
+        .execute();
+    };
+    const imp = () =>
+      alice.req('POST', `/v2/images/${img.id}/import`, {
+        method: { name: 'web-download', uri: `http://127.0.0.1:${webPort}/lock.img` },
+      });
+    await lockWith('aaaaaaaa-0000-0000-0000-000000000001', 'processing');
+    const busy = await imp();
+    expect(busy.status).toBe(409);
+    expect(busy.text).toContain('Image has active task');
+    await db.deleteFrom('tasks').where('id', '=', 'aaaaaaaa-0000-0000-0000-000000000001').execute();
+    await lockWith('aaaaaaaa-0000-0000-0000-000000000002', 'failure');
+    expect((await imp()).status).toBe(202);
+    const done = await waitFor(alice, img.id, settled);
+    expect(done.status).toBe('active');
+  });
+});
+
 describe('size cap and restarts', () => {
   it('web-download over image_size_cap fails the task and keeps nothing', async () => {
     served.set('/big.img', Buffer.alloc(3 << 20, 1));

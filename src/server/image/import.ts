@@ -30,7 +30,7 @@ import { mkdtemp, open, rm } from 'node:fs/promises';
 import type { IncomingMessage } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Readable } from 'node:stream';
+import { type Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { sql } from 'kysely';
 import type { AuthContext, Services } from '../context.js';
@@ -72,6 +72,37 @@ function asBody(stream: Readable, size: number | null): IncomingMessage {
   s.headers = size === null ? {} : { 'content-length': String(size) };
   Object.defineProperty(s, 'complete', { get: () => stream.readableEnded, configurable: true });
   return s as unknown as IncomingMessage;
+}
+
+/**
+ * The data on its way, counted: the task's message says how much was copied (Glance's
+ * `Copied N MiB`), refreshed every few seconds, which also keeps the task's `updated_at`
+ * (and so its import lock) fresh on long imports.
+ */
+function counted(svc: Services, taskId: string, source: Readable, every = 5000): Readable {
+  let bytes = 0;
+  let last = Date.now();
+  const t = new Transform({
+    highWaterMark: 1 << 20,
+    transform(chunk: Buffer, _enc, cb) {
+      bytes += chunk.length;
+      const now = Date.now();
+      if (now - last >= every) {
+        last = now;
+        // Only while processing: a late update must not overwrite a final message.
+        svc.db
+          .updateTable('tasks')
+          .set({ message: `Copied ${Math.floor(bytes / (1 << 20))} MiB`, updated_at: new Date() })
+          .where('id', '=', taskId)
+          .where('status', '=', 'processing')
+          .execute()
+          .catch(() => {});
+      }
+      cb(null, chunk);
+    },
+  });
+  pipeline(source, t).catch(() => {});
+  return t;
 }
 
 function filterOf(svc: Services): ImportFilter {
@@ -265,7 +296,10 @@ export class ImportApi {
     if (t !== undefined) {
       const age = Date.now() - t.updated_at.getTime();
       const expiry = t.status === 'pending' ? 2 * LOCK_EXPIRY_MS : LOCK_EXPIRY_MS;
-      if (age < expiry) throw new HttpError(409, 'Image has active task');
+      // A finished task still named by the lock is one whose server stopped before dropping
+      // it: stale at once (Glance waits for the expiry in that case too).
+      const finished = t.status === 'success' || t.status === 'failure';
+      if (age < expiry && !finished) throw new HttpError(409, 'Image has active task');
       if (t.status === 'pending' || t.status === 'processing')
         await updateTask(this.svc, t.id, { status: 'failure', message: 'Expired lock preempted' });
     }
@@ -286,7 +320,12 @@ export class ImportApi {
         const onAbort = () => res.destroy(new Error('The server is shutting down.'));
         signal.addEventListener('abort', onAbort);
         try {
-          const out = await receiveData(svc, ctx, img, res, this.opts.inspect, {
+          const declaredLength = Number(res.headers['content-length']);
+          const body = asBody(
+            counted(svc, task.id, res),
+            Number.isSafeInteger(declaredLength) ? declaredLength : null,
+          );
+          const out = await receiveData(svc, ctx, img, body, this.opts.inspect, {
             fromStatus: 'importing',
             toStatus: 'importing',
             finalStatus: 'importing',
@@ -319,7 +358,7 @@ export class ImportApi {
         img.disk_format in ENGINE_FORMAT;
       const out = convert
         ? await this.convertInto(img, target, task.id, signal)
-        : await this.copyStaged(img, img, signal);
+        : await this.copyStaged(img, img, task.id, signal);
       if (convert) {
         // The new format before the image goes active (fail() puts the old one back).
         await this.db
@@ -353,13 +392,14 @@ export class ImportApi {
   }
 
   /** Staged data → the image's blob, through data.ts (hashes, caps, inspection). */
-  private async copyStaged(img: ImageRow, asImage: ImageRow, signal: AbortSignal) {
+  private async copyStaged(img: ImageRow, asImage: ImageRow, taskId: string, signal: AbortSignal) {
     const stream = await this.svc.store.read(stagingKey(img.id));
     const onAbort = () => stream.destroy(new Error('The server is shutting down.'));
     signal.addEventListener('abort', onAbort);
     try {
       const ctx = {} as AuthContext;
-      return await receiveData(this.svc, ctx, asImage, asBody(stream, img.size), this.opts.inspect, {
+      const body = asBody(counted(this.svc, taskId, stream), img.size);
+      return await receiveData(this.svc, ctx, asImage, body, this.opts.inspect, {
         fromStatus: 'importing',
         toStatus: 'importing',
         finalStatus: 'importing',
@@ -443,38 +483,41 @@ export class ImportApi {
       .execute();
   }
 
+  /**
+   * Back to queued without data (nothing staged is kept), then the task's failure, then the
+   * lock: whoever polls the task or the image (status and lock) sees a finished cleanup.
+   */
   private async fail(task: TaskRow, imageId: string, e: unknown, diskFormat: string | null): Promise<void> {
     const svc = this.svc;
-    // The task first: the lock, dropped last, tells a poller that everything is settled.
-    await updateTask(svc, task.id, { status: 'failure', message: message(e) }).catch(() => {});
-    // Back to queued without data (nothing staged is kept), the lock dropped.
-    const r = await this.db
-      .updateTable('images')
-      .set({
-        status: 'queued',
-        size: null,
-        virtual_size: null,
-        checksum: null,
-        os_hash_algo: null,
-        os_hash_value: null,
-        blob: null,
-        writer: null,
-        properties: sql`properties - ${LOCK}::text`,
-        updated_at: new Date(),
-        ...(diskFormat !== null ? { disk_format: diskFormat } : {}),
-      })
-      .where('id', '=', imageId)
-      .where('status', '=', 'importing')
-      .where(sql<boolean>`properties->>${LOCK} = ${task.id}`)
-      .executeTakeFirst();
-    const gone =
-      r.numUpdatedRows === 0n &&
-      (await this.db.selectFrom('images').select('id').where('id', '=', imageId).executeTakeFirst()) ===
-        undefined;
-    // Ours to clean, or the image was deleted meanwhile (its staged data may be newer).
-    if (r.numUpdatedRows > 0n || gone) await svc.store.delete(stagingKey(imageId));
-    // If it was not ours to reset (deleted, or the lock was taken), still drop our lock.
-    await this.dropLock(imageId, task.id);
+    try {
+      const r = await this.db
+        .updateTable('images')
+        .set({
+          status: 'queued',
+          size: null,
+          virtual_size: null,
+          checksum: null,
+          os_hash_algo: null,
+          os_hash_value: null,
+          blob: null,
+          writer: null,
+          updated_at: new Date(),
+          ...(diskFormat !== null ? { disk_format: diskFormat } : {}),
+        })
+        .where('id', '=', imageId)
+        .where('status', '=', 'importing')
+        .where(sql<boolean>`properties->>${LOCK} = ${task.id}`)
+        .executeTakeFirst();
+      const gone =
+        r.numUpdatedRows === 0n &&
+        (await this.db.selectFrom('images').select('id').where('id', '=', imageId).executeTakeFirst()) ===
+          undefined;
+      // Ours to clean, or the image was deleted meanwhile (its staged data may be newer).
+      if (r.numUpdatedRows > 0n || gone) await svc.store.delete(stagingKey(imageId));
+    } finally {
+      await updateTask(svc, task.id, { status: 'failure', message: message(e) }).catch(() => {});
+      await this.dropLock(imageId, task.id);
+    }
   }
 }
 
