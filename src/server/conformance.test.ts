@@ -581,6 +581,9 @@ describe.each(['fs', 's3'] as const)('BlobStore contract: %s', (kind) => {
     }
     expect(await probe.temps()).toEqual([]);
     expect(await probe.blobs()).toEqual([]);
+    // release what the "crashed" writer holds (its file handle); nothing comes back
+    await w.abort();
+    expect(await probe.temps()).toEqual([]);
     await crashed.close();
   });
 

@@ -167,6 +167,8 @@ export class S3Store implements BlobStore {
     const parts: { PartNumber: number; ETag: string }[] = [];
     let partNo = 1;
     let buf: Buffer | null = null;
+    // Buffers of parts already sent, reused for the next parts of the same size.
+    const free: Buffer[] = [];
     let used = 0;
     // Parts in flight and their sizes; the first failure is kept and rethrown.
     const inflight = new Map<Promise<void>, number>();
@@ -188,7 +190,8 @@ export class S3Store implements BlobStore {
     const sendPart = async (): Promise<void> => {
       if (buf === null || used === 0) return;
       if (partNo > MAX_PARTS) throw new Error(`the blob needs more than ${MAX_PARTS} parts`);
-      const body = buf.subarray(0, used);
+      const full = buf;
+      const body = full.subarray(0, used);
       const n = partNo++;
       buf = null;
       used = 0;
@@ -210,6 +213,7 @@ export class S3Store implements BlobStore {
         } finally {
           inflight.delete(p);
           inflightBytes -= body.length;
+          if (!done && full.length === partSize(partNo)) free.push(full);
         }
       };
       const p: Promise<void> = upload();
@@ -228,7 +232,11 @@ export class S3Store implements BlobStore {
         let off = 0;
         while (off < chunk.length) {
           const size = partSize(partNo);
-          buf ??= Buffer.allocUnsafe(size);
+          if (buf === null) {
+            let b = free.pop();
+            while (b !== undefined && b.length !== size) b = free.pop();
+            buf = b ?? Buffer.allocUnsafe(size);
+          }
           const n = Math.min(chunk.length - off, size - used);
           chunk.copy(buf, used, off, off + n);
           used += n;
@@ -274,6 +282,7 @@ export class S3Store implements BlobStore {
         if (done) return;
         done = true;
         buf = null;
+        free.length = 0;
         await settle();
         if (uploadId !== null) {
           await client
