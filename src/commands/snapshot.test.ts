@@ -268,7 +268,12 @@ describe('vdisk snapshot vs qemu-img snapshot', () => {
     qemuImgOk(['create', '-f', 'vmdk', ma, '1M']);
     qemuImgOk(['create', '-f', 'vmdk', mb, '1M']);
     for (const args of [['-l'], ['-c', 'x'], ['-a', 'x'], ['-d', 'x']]) await expectSame(ma, mb, args);
-    // A snapshot of a read-only image (another process holds the write lock: use a read-only file).
+    // External data files: no internal snapshots (qemu-img refuses -c and -a).
+    const da = p('df-a.qcow2');
+    const db = p('df-b.qcow2');
+    qemuImgOk(['create', '-f', 'qcow2', '-o', `data_file=${p('df-a.raw')}`, da, '1M']);
+    qemuImgOk(['create', '-f', 'qcow2', '-o', `data_file=${p('df-b.raw')}`, db, '1M']);
+    for (const args of [['-l'], ['-c', 'x'], ['-a', 'x'], ['-d', 'x']]) await expectSame(da, db, args);
     const help = await vdisk(['snapshot', '--help']);
     expect(help.code).toBe(0);
     expect(help.stdout).toContain('snapshot [--object objectdef] [--image-opts] [-U] [-q] [-l | -a snapshot');

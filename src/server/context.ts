@@ -20,8 +20,19 @@ export interface ServerSettings {
   tokenTtl: number;
   /** Base URL put in the catalog; when absent, derived from each request's Host header. */
   publicUrl: string | undefined;
-  /** Hosts web-download may fetch from (empty: none). */
+  /**
+   * web-download filtering, as Glance's [import_filtering_opts] (an allowed list, when not
+   * empty, wins over its disallowed list). Hosts named in `importAllowedHosts` may also be
+   * internal addresses (loopback, private…), which are refused otherwise.
+   */
   importAllowedHosts: string[];
+  importDisallowedHosts: string[];
+  importAllowedSchemes: string[];
+  importDisallowedSchemes: string[];
+  importAllowedPorts: number[];
+  importDisallowedPorts: number[];
+  /** Convert imported images to this disk_format (Glance's image_conversion output_format). */
+  importConvertTo: 'raw' | 'qcow2' | null;
 }
 
 export const defaultSettings = (): ServerSettings => ({
@@ -34,6 +45,12 @@ export const defaultSettings = (): ServerSettings => ({
   tokenTtl: 3600,
   publicUrl: undefined,
   importAllowedHosts: [],
+  importDisallowedHosts: [],
+  importAllowedSchemes: ['http', 'https'],
+  importDisallowedSchemes: [],
+  importAllowedPorts: [80, 443],
+  importDisallowedPorts: [],
+  importConvertTo: null,
 });
 
 export interface AuthContext {

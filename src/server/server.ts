@@ -148,7 +148,14 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
   const router = new Router();
   identity.routes(router);
   const { inspectUpload } = await import('./image/inspect.js');
-  new ImageApi(svc, identity, { inspect: inspectUpload, ...opts.imageApi }).routes(router);
+  const imageApi = new ImageApi(svc, identity, { inspect: inspectUpload, ...opts.imageApi });
+  const { ImportApi, recoverImports } = await import('./image/import.js');
+  await recoverImports(svc, log);
+  const importApi = new ImportApi(svc, identity, imageApi, {
+    inspect: opts.imageApi?.inspect ?? inspectUpload,
+  });
+  importApi.routes(router);
+  imageApi.routes(router);
 
   const inflight = new Set<Promise<void>>();
   const handle = async (req: IncomingMessage, res: ServerResponse) => {
@@ -214,6 +221,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
         server.closeAllConnections();
         await stopped;
         await Promise.allSettled([...inflight]);
+        await importApi.drain(timeoutMs);
         await store.close();
         await meta.close();
         await unlock();

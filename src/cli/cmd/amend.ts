@@ -60,6 +60,7 @@ const command: CliCommand = {
       else if (k === 'q') quiet = true;
       else if (k === 'p') p = true;
       else if (k === 'progress') progressArg = v;
+      else if (k === 'image-opts') throw new VdiskError('UNSUPPORTED', '--image-opts is not supported');
       else if (k === 'o') {
         if (!validOptionList(v)) throw new VdiskError('INVALID_ARGUMENT', `Invalid option list: ${v}`);
         options = options === undefined ? v : `${options},${v}`;

@@ -18,6 +18,13 @@ const command: CliCommand = {
     '  --admin-password PW  password of user admin (also VDISK_ADMIN_PASSWORD); generated when absent',
     '  --image-size-cap N   largest image in bytes (default 1 TiB)',
     '  --public-url URL     base URL announced in the service catalog',
+    '  --import-allowed-hosts H,…     web-download: only these hosts (they may be internal addresses)',
+    '  --import-disallowed-hosts H,…  web-download: never these hosts (when no allowed list)',
+    '  --import-allowed-schemes S,…   web-download schemes (default http,https)',
+    '  --import-disallowed-schemes S,…',
+    '  --import-allowed-ports P,…     web-download ports named in URLs (default 80,443; empty: any)',
+    '  --import-disallowed-ports P,…',
+    '  --import-convert-to raw|qcow2  convert imported images (glance-direct, web-download)',
   ].join('\n'),
   async run(argv, io) {
     const { opts, args } = getopt(argv, {
@@ -33,6 +40,12 @@ const command: CliCommand = {
         'user-storage-quota': { value: true },
         'public-url': { value: true },
         'import-allowed-hosts': { value: true },
+        'import-disallowed-hosts': { value: true },
+        'import-allowed-schemes': { value: true },
+        'import-disallowed-schemes': { value: true },
+        'import-allowed-ports': { value: true },
+        'import-disallowed-ports': { value: true },
+        'import-convert-to': { value: true },
         help: { value: false, short: 'h' },
       },
     });
@@ -55,8 +68,37 @@ const command: CliCommand = {
     const quota = num('user-storage-quota');
     if (quota !== undefined) settings['userStorageQuota'] = quota;
     if (o['public-url'] !== undefined) settings['publicUrl'] = o['public-url'];
-    if (o['import-allowed-hosts'] !== undefined)
-      settings['importAllowedHosts'] = o['import-allowed-hosts'].split(',').filter((h) => h !== '');
+    const list = (name: string) =>
+      o[name] === undefined
+        ? undefined
+        : o[name]
+            .split(',')
+            .map((h) => h.trim())
+            .filter((h) => h !== '');
+    const ports = (name: string) =>
+      list(name)?.map((p) => {
+        const n = Number(p);
+        if (!Number.isInteger(n) || n < 1 || n > 65535)
+          throw new VdiskError('INVALID_ARGUMENT', `Invalid value for --${name}: ${p}`);
+        return n;
+      });
+    for (const [opt, key, parse] of [
+      ['import-allowed-hosts', 'importAllowedHosts', list],
+      ['import-disallowed-hosts', 'importDisallowedHosts', list],
+      ['import-allowed-schemes', 'importAllowedSchemes', list],
+      ['import-disallowed-schemes', 'importDisallowedSchemes', list],
+      ['import-allowed-ports', 'importAllowedPorts', ports],
+      ['import-disallowed-ports', 'importDisallowedPorts', ports],
+    ] as const) {
+      const v = parse(opt);
+      if (v !== undefined) settings[key] = v;
+    }
+    const convertTo = o['import-convert-to'];
+    if (convertTo !== undefined) {
+      if (convertTo !== 'raw' && convertTo !== 'qcow2')
+        throw new VdiskError('INVALID_ARGUMENT', `Invalid value for --import-convert-to: ${convertTo}`);
+      settings['importConvertTo'] = convertTo;
+    }
     const { startServer } = await import('../../server/server.js');
     const dataDir = o['data-dir'] ?? 'vdisk-data';
     const server = await startServer({

@@ -1705,11 +1705,14 @@ export class Qcow2Image implements FormatImage {
   async applySnapshot(idOrName: string): Promise<void> {
     const w = await import('./snapshot-write.js');
     await this.snapshotOp(async () => {
+      // QEMU refuses a data-file image before looking for the snapshot.
+      if (this.hasDataFile)
+        throw new VdiskError('UNSUPPORTED', 'Operation not supported', { path: this.file.path });
       const i = w.findByIdOrName(this, idOrName);
       if (i < 0)
         throw new VdiskError('NOT_FOUND', `Can't find snapshot '${idOrName}'`, { path: this.file.path });
       await w.applySnapshot(this, i);
-    });
+    }, true);
   }
 
   async deleteSnapshot(which: { id: string; name: string }): Promise<void> {
@@ -1722,10 +1725,12 @@ export class Qcow2Image implements FormatImage {
     });
   }
 
-  private async snapshotOp<T>(fn: () => Promise<T>): Promise<T> {
+  /** contentChanges (apply): the guest content changes, so persistent bitmaps go stale as on any write. */
+  private async snapshotOp<T>(fn: () => Promise<T>, contentChanges = false): Promise<T> {
     const release = await this.writeLock.lock();
     try {
       this.checkWritable();
+      if (contentChanges) await this.beginWrite();
       await this.flushMetadata();
       this.modified = true;
       this.lastCompressed = null;

@@ -95,6 +95,9 @@ export interface TaskTable {
   created_at: Date;
   updated_at: Date;
   expires_at: Date | null;
+  /** The user and request that made the task (Glance's user_id, request_id). */
+  user_id: string | null;
+  request_id: string | null;
 }
 
 export interface MetaTable {
@@ -157,6 +160,13 @@ const MIGRATIONS: string[] = [
     id text PRIMARY KEY, type text NOT NULL, status text NOT NULL, owner text NOT NULL,
     image_id text, input jsonb, result jsonb, message text NOT NULL DEFAULT '',
     created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL, expires_at timestamptz);
+  `,
+  // Image import (src/server/image/import.ts): who made a task, and tasks by image.
+  `
+  ALTER TABLE tasks ADD COLUMN user_id text;
+  ALTER TABLE tasks ADD COLUMN request_id text;
+  CREATE INDEX tasks_image ON tasks (image_id);
+  CREATE INDEX tasks_owner_created ON tasks (owner, created_at DESC, id DESC);
   `,
 ];
 

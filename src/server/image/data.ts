@@ -9,11 +9,12 @@
  * puts the image back to queued, as Glance's _restore does. The image row names the server
  * instance that writes it (`writer`), so a restarted server can tell its crashed uploads.
  */
-import { createHash } from 'node:crypto';
+import type { FileHandle } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { pipeline } from 'node:stream/promises';
 import type { AuthContext, Services } from '../context.js';
 import { HttpError } from '../http.js';
+import { type Digests, UploadDigester } from './hashing.js';
 import type { InspectorFactory } from './inspect.js';
 import type { ImageRow } from './policy.js';
 
@@ -88,14 +89,15 @@ export async function receiveData(
 
   const key = `${opts.keyPrefix ?? ''}${img.id}`;
   const writer = await svc.store.create(key);
-  const md5 = createHash('md5');
-  const sha = createHash('sha512');
+  // md5 + sha512 in worker threads; the store gets the data in 4 MiB blocks (hashing.ts).
+  const digester = new UploadDigester((block) => writer.write(block));
   let size = 0;
   let virtualSize: number | null = null;
   const inspector = inspect?.(img, declared === undefined ? null : Number(declared));
   // A refused upload is read to its end (discarding it, within the size limit) so that the
   // client, still sending, gets the 415 rather than a broken pipe.
   let refused: HttpError | null = null;
+  let digests: Digests = { md5: '', sha512: '' };
   try {
     for await (const chunk of req) {
       const b = chunk as Buffer;
@@ -121,20 +123,21 @@ export async function receiveData(
         } catch (err) {
           if (!(err instanceof HttpError)) throw err;
           refused = err;
+          digester.abort();
           await writer.abort();
           continue;
         }
       }
-      md5.update(b);
-      sha.update(b);
-      await writer.write(b);
+      await digester.write(b);
     }
     if (refused !== null) throw refused;
     if (!req.complete)
       throw new HttpError(400, 'The client closed the connection before the upload finished.');
     if (inspector !== undefined) virtualSize = inspector.finish(size).virtualSize;
+    digests = await digester.end();
     await writer.commit();
   } catch (err) {
+    digester.abort();
     await writer.abort();
     await svc.db
       .updateTable('images')
@@ -144,9 +147,7 @@ export async function receiveData(
       .execute();
     throw err;
   }
-  const checksum = md5.digest('hex');
-  const hash = sha.digest('hex');
-  return { size, checksum, hash, virtualSize };
+  return { size, checksum: digests.md5, hash: digests.sha512, virtualSize };
 }
 
 /** Commit an upload to the row; if the image went away meanwhile, drop the blob (410). */
@@ -217,7 +218,8 @@ export async function sendData(
       throw new HttpError(416, 'Requested range not satisfiable', { 'Content-Range': `bytes */${size}` });
     partial = true;
   }
-  const stream = await svc.store.read(img.blob, start, end);
+  const file = svc.store.openFile === undefined ? undefined : await svc.store.openFile(img.blob);
+  const stream = file === undefined ? await svc.store.read(img.blob, start, end) : undefined;
   const headers: Record<string, string> = {
     'Content-Type': 'application/octet-stream',
     'Content-Length': String(end - start + 1),
@@ -226,9 +228,84 @@ export async function sendData(
   if (partial) headers['Content-Range'] = `bytes ${start}-${end}/${size}`;
   res.writeHead(partial ? 206 : 200, headers);
   if (req.method === 'HEAD') {
-    stream.destroy();
+    stream?.destroy();
+    await file?.close();
     res.end();
     return;
   }
-  await pipeline(stream, res);
+  if (file !== undefined) {
+    try {
+      await sendFile(file, start, end, res);
+    } finally {
+      await file.close();
+    }
+  } else await pipeline(stream!, res);
+}
+
+const SEND_BUFFER = 2 << 20;
+/** Reused download buffers (two per download in flight; a few kept between downloads). */
+const sendBuffers: Buffer[] = [];
+
+/**
+ * Bytes [start, end] of a file to the response: 2 MiB reads into two reused buffers, the
+ * next read running while the previous block is written; a buffer is refilled only when the
+ * socket has taken it (the write callback), which is also the backpressure. Node has no
+ * sendfile; this keeps the copies to the one into the socket and allocates nothing per block.
+ */
+async function sendFile(fh: FileHandle, start: number, end: number, res: ServerResponse): Promise<void> {
+  const bufs = [
+    sendBuffers.pop() ?? Buffer.allocUnsafe(SEND_BUFFER),
+    sendBuffers.pop() ?? Buffer.allocUnsafe(SEND_BUFFER),
+  ];
+  // A destroyed socket may never call a write back: its 'close' ends every wait.
+  let onClose: () => void = () => {};
+  const closed = new Promise<never>((_, reject) => {
+    onClose = () => reject(new Error('the client went away during the download'));
+    res.once('close', onClose);
+  });
+  closed.catch(() => {});
+  const write = (b: Buffer) => {
+    const written = new Promise<void>((resolve, reject) => {
+      res.write(b, (err) => (err ? reject(err) : resolve()));
+    });
+    const p = Promise.race([written, closed]);
+    // Awaited later (or never, after a failure): not an unhandled rejection meanwhile.
+    written.catch(() => {});
+    p.catch(() => {});
+    return p;
+  };
+  const read = async (b: Buffer, at: number) => {
+    const want = Math.min(b.length, end + 1 - at);
+    let got = 0;
+    while (got < want) {
+      const { bytesRead } = await fh.read(b, got, want - got, at + got);
+      if (bytesRead === 0) throw new Error('image data shorter than its recorded size');
+      got += bytesRead;
+    }
+    return b.subarray(0, got);
+  };
+  let pos = start;
+  let i = 0;
+  let next: Promise<Buffer> | null = read(bufs[0]!, pos);
+  let writing: Promise<void> = Promise.resolve();
+  try {
+    while (next !== null) {
+      const block = await next;
+      next = null;
+      pos += block.length;
+      i ^= 1;
+      await writing;
+      next = pos <= end ? read(bufs[i]!, pos) : null;
+      writing = write(block);
+    }
+    await writing;
+    await Promise.race([new Promise<void>((resolve) => res.end(resolve)), closed]);
+  } catch (err) {
+    // A read may still be filling a buffer, a write still holding one: neither is reused.
+    await next?.catch(() => {});
+    throw err;
+  } finally {
+    res.off('close', onClose);
+  }
+  if (sendBuffers.length < 8) sendBuffers.push(...bufs);
 }

@@ -20,6 +20,8 @@ const SORT_KEYS = [
   'updated_at',
 ];
 const STRING_KEYS = new Set(['name', 'status', 'container_format', 'disk_format', 'id']);
+/** Sort keys whose columns are NOT NULL (no coalesce needed; see the images table). */
+const NOT_NULL_KEYS = new Set(['status', 'id', 'created_at', 'updated_at']);
 export const DEFAULT_LIMIT = 25;
 export const MAX_LIMIT = 1000;
 
@@ -217,7 +219,9 @@ export async function listImages(
   const project = ctx.projectId;
   let q = svc.db
     .selectFrom('images')
-    .selectAll()
+    // Each row as one JSON text: PGlite decodes one text value per row (JSON.parse, native)
+    // instead of 23 typed columns, which halves the time of a page of 1000.
+    .select(sql<string>`row_to_json(images)::text`.as('j'))
     .where((eb) => eb.and(conds.map((c) => c(eb))));
   if (!ctx.isAdmin) {
     q = q.where((eb) => {
@@ -249,7 +253,11 @@ export async function listImages(
     q = q.where((eb) => eb.or([eb('owner', '=', project), eb('visibility', '<>', 'community')]));
   }
 
+  // NULLs sort as '' or 0 (Glance's _paginate_query); NOT NULL columns stay bare so that
+  // the index on (created_at DESC, id DESC) serves the default order: an index scan that
+  // stops after `limit` rows instead of sorting every visible image.
   const expr = (k: SortKey) => {
+    if (NOT_NULL_KEYS.has(k)) return sql.ref(k);
     if (STRING_KEYS.has(k)) return sql`coalesce(${sql.ref(k)}, '')`;
     if (k === 'size') return sql`coalesce(size, 0)`;
     return sql.ref(k);
@@ -263,15 +271,52 @@ export async function listImages(
       if (v === null) return STRING_KEYS.has(k) ? '' : 0;
       return v;
     };
-    const ors = keys.map((k, i) => {
-      const parts = keys.slice(0, i).map((kj) => sql`${expr(kj)} = ${mv(kj)}`);
-      parts.push(dirs[i] === 'desc' ? sql`${expr(k)} < ${mv(k)}` : sql`${expr(k)} > ${mv(k)}`);
-      return sql`(${sql.join(parts, sql` AND `)})`;
-    });
-    q = q.where(sql<SqlBool>`(${sql.join(ors, sql` OR `)})`);
+    if (keys.every((k) => NOT_NULL_KEYS.has(k)) && dirs.every((d) => d === dirs[0])) {
+      // One direction over NOT NULL keys: a row comparison, which the index scan uses as
+      // its start key (the OR form below means the same but is only a filter).
+      const l = sql.join(keys.map((k) => sql.ref(k)));
+      const r = sql.join(keys.map((k) => sql`${mv(k)}`));
+      q = q.where(dirs[0] === 'desc' ? sql<SqlBool>`(${l}) < (${r})` : sql<SqlBool>`(${l}) > (${r})`);
+    } else {
+      const ors = keys.map((k, i) => {
+        const parts = keys.slice(0, i).map((kj) => sql`${expr(kj)} = ${mv(kj)}`);
+        parts.push(dirs[i] === 'desc' ? sql`${expr(k)} < ${mv(k)}` : sql`${expr(k)} > ${mv(k)}`);
+        return sql`(${sql.join(parts, sql` AND `)})`;
+      });
+      q = q.where(sql<SqlBool>`(${sql.join(ors, sql` OR `)})`);
+    }
   }
   for (let i = 0; i < keys.length; i++) q = q.orderBy(expr(keys[i]!), dirs[i]!);
-  const images = await q.limit(limit).execute();
+  refreshStats(svc);
+  const images = (await q.limit(limit).execute()).map((r) => rowFromJson(r.j));
   const nextMarker = images.length > 0 && images.length === limit ? images.at(-1)!.id : undefined;
   return { images, nextMarker };
+}
+
+/** An images row from row_to_json: the same values as a plain SELECT, dates as Dates. */
+function rowFromJson(text: string): ImageRow {
+  const o = JSON.parse(text) as Record<string, unknown>;
+  o['created_at'] = new Date(o['created_at'] as string);
+  o['updated_at'] = new Date(o['updated_at'] as string);
+  return o as unknown as ImageRow;
+}
+
+/**
+ * Planner statistics. PostgreSQL's autovacuum keeps them; PGlite has no autovacuum, and
+ * without them the planner guesses a few dozen images, sorts every visible row instead of
+ * walking the (created_at, id) index, and a page of 25 out of 10,000 takes a full sort.
+ * Lists refresh them at most every STATS_INTERVAL_MS, in the background (ANALYZE samples at
+ * most 30,000 rows per table; a few ms here).
+ */
+const STATS_INTERVAL_MS = 10_000;
+const statsAt = new WeakMap<object, number>();
+
+function refreshStats(svc: Services): void {
+  const now = Date.now();
+  const last = statsAt.get(svc.db);
+  if (last !== undefined && now - last < STATS_INTERVAL_MS) return;
+  statsAt.set(svc.db, now);
+  sql`ANALYZE images, image_members`.execute(svc.db).catch(() => {
+    // statistics are an optimisation: a failure (database closing) changes no answer
+  });
 }

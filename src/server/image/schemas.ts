@@ -268,7 +268,8 @@ export function taskSchema(): JsonSchema {
       self: { type: 'string' },
       schema: { type: 'string' },
     },
-    required: ['type', 'input'],
+    // No `required`: Glance's get_task_schema() has none, and glanceclient validates the
+    // task stubs of `GET /v2/tasks` (no input) against this schema.
     additionalProperties: false,
     links: [
       { rel: 'self', href: '{self}' },

@@ -6,7 +6,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import { type FileHandle, mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { BlobStore, BlobWriter } from './store.js';
@@ -107,6 +107,10 @@ export class FsStore implements BlobStore {
     // Open first so that a missing file is an error here, not on the stream.
     const fh = await open(path, 'r');
     return createReadStream('', { ...opts, fd: fh });
+  }
+
+  openFile(key: string): Promise<FileHandle> {
+    return open(join(this.dir, checkKey(key)), 'r');
   }
 
   async size(key: string): Promise<number | null> {

@@ -4,10 +4,14 @@
  * crash or an aborted upload never leaves a partial blob under a real key; `cleanup` removes
  * what a crash left behind.
  */
+import type { FileHandle } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 
 export interface BlobWriter {
-  /** Append; resolves when the store has taken the bytes (backpressure). */
+  /**
+   * Append; resolves when the store has taken the bytes (backpressure). The caller may reuse
+   * `chunk` once the promise resolves: a store that keeps data (buffering a part) copies it.
+   */
   write(chunk: Buffer): Promise<void>;
   /** Make the blob durable and visible under its key. */
   commit(): Promise<void>;
@@ -21,6 +25,12 @@ export interface BlobStore {
   /** Bytes [start, end] (inclusive) or the whole blob. */
   read(key: string, start?: number, end?: number): Promise<Readable>;
   size(key: string): Promise<number | null>;
+  /**
+   * Optional, for stores on the local filesystem: the blob's file opened for reading (the
+   * caller closes it). Downloads then read it in large blocks into reused buffers instead of
+   * going through a stream that allocates a buffer per read.
+   */
+  openFile?(key: string): Promise<FileHandle>;
   delete(key: string): Promise<void>;
   list(): AsyncIterable<string>;
   /** Remove temporary objects of uploads that never committed. */

@@ -1,0 +1,666 @@
+/* biome-ignore-all lint/suspicious/noExplicitAny: the bench reads JSON answers of two servers. */
+/**
+ * `npm run bench:server`: the registry's data path and list latency, measured from outside
+ * the server as a client sees them, and (when it can be started here) the real Glance 25
+ * from Debian measured the same way in the same run.
+ *
+ * For each target (vdisk: `bin/vdisk serve` on its embedded default, PGlite + file store in a
+ * temporary directory; Glance: `glance-api` with a file store, sqlite and no Keystone):
+ *   - upload SIZE bytes with `PUT /v2/images/{id}/file`, with Content-Length and chunked;
+ *   - download them with `GET /v2/images/{id}/file`;
+ *   - create COUNT images and time `GET /v2/images` (the default page of 25, and limit=1000).
+ * The client is a plain node:http client sending from one in-memory buffer (64 MiB of random
+ * bytes, repeated) and discarding what it receives, so that it is not the bottleneck (the
+ * Python clients are). Each transfer runs REPEAT times; the tables show the median MiB/s,
+ * list p50/p99 over LIST_N sequential requests, and the server's peak RSS in each phase
+ * (VmHWM, reset before the phase through /proc/PID/clear_refs).
+ *
+ * The checksums the server records (md5 `checksum`, sha512 `os_hash_value`) are checked
+ * against the ones computed here, and every download's length and Content-MD5.
+ *
+ * Environment: BENCH_SERVER_SIZE (1G), BENCH_SERVER_IMAGES (10000), BENCH_REPEAT (3),
+ * BENCH_LIST_N (200), BENCH_DIR (temp dir), BENCH_GLANCE (auto: run Glance when
+ * /usr/bin/glance-api exists; 0: never; 1: required), BENCH_SERVER_NODE_ARGS (extra node
+ * flags for the vdisk server, e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`).
+ */
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { type Agent, request } from 'node:http';
+import { connect } from 'node:net';
+import { cpus, tmpdir, totalmem } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseSize } from '../core/size.js';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+const MiB = 1 << 20;
+const SIZE = parseSize(process.env['BENCH_SERVER_SIZE'] ?? '1G') ?? 2 ** 30;
+const COUNT = Number(process.env['BENCH_SERVER_IMAGES'] ?? 10000);
+const REPEAT = Number(process.env['BENCH_REPEAT'] ?? 3);
+const LIST_N = Number(process.env['BENCH_LIST_N'] ?? 200);
+const GLANCE = process.env['BENCH_GLANCE'] ?? 'auto';
+const NODE_ARGS = (process.env['BENCH_SERVER_NODE_ARGS'] ?? '').split(' ').filter((s) => s !== '');
+const ADMIN_PASSWORD = 'bench-secret';
+
+/** 64 MiB of random data, sent again and again (the store sees SIZE distinct writes). */
+const BLOCK = randomBytes(Math.min(64 * MiB, SIZE));
+const SEND_CHUNK = 1 * MiB;
+
+function* payload(): Generator<Buffer> {
+  let left = SIZE;
+  let off = 0;
+  while (left > 0) {
+    const n = Math.min(SEND_CHUNK, left, BLOCK.length - off);
+    yield BLOCK.subarray(off, off + n);
+    left -= n;
+    off = (off + n) % BLOCK.length;
+  }
+}
+
+function expectedHashes(): { md5: string; sha512: string } {
+  const md5 = createHash('md5');
+  const sha = createHash('sha512');
+  for (const b of payload()) {
+    md5.update(b);
+    sha.update(b);
+  }
+  return { md5: md5.digest('hex'), sha512: sha.digest('hex') };
+}
+
+interface Target {
+  name: string;
+  url: string;
+  pid: number;
+  headers: Record<string, string>;
+  stop(): Promise<void>;
+}
+
+interface Resp {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: Buffer;
+}
+
+function call(
+  t: Target,
+  method: string,
+  path: string,
+  body?: unknown,
+  extra: Record<string, string> = {},
+  agent?: Agent,
+): Promise<Resp> {
+  return new Promise((res, rej) => {
+    const data = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+    const headers: Record<string, string> = { ...t.headers, ...extra };
+    if (data !== undefined) {
+      headers['Content-Type'] ??= 'application/json';
+      headers['Content-Length'] = String(data.length);
+    }
+    const r = request(`${t.url}${path}`, { method, headers, ...(agent ? { agent } : {}) }, (resp) => {
+      const chunks: Buffer[] = [];
+      resp.on('data', (c: Buffer) => chunks.push(c));
+      resp.on('end', () =>
+        res({ status: resp.statusCode ?? 0, headers: resp.headers, body: Buffer.concat(chunks) }),
+      );
+      resp.on('error', rej);
+    });
+    r.on('error', rej);
+    r.end(data);
+  });
+}
+
+async function json(t: Target, method: string, path: string, body?: unknown, want = 200): Promise<any> {
+  const r = await call(t, method, path, body);
+  if (r.status !== want) throw new Error(`${t.name}: ${method} ${path}: ${r.status} ${r.body.toString()}`);
+  return r.body.length === 0 ? undefined : JSON.parse(r.body.toString());
+}
+
+/** Upload SIZE bytes; resolves with the seconds from the first byte sent to the answer. */
+function upload(t: Target, id: string, sized: boolean): Promise<number> {
+  return new Promise((res, rej) => {
+    const headers: Record<string, string> = { ...t.headers, 'Content-Type': 'application/octet-stream' };
+    if (sized) headers['Content-Length'] = String(SIZE);
+    else headers['Transfer-Encoding'] = 'chunked';
+    const t0 = performance.now();
+    const r = request(`${t.url}/v2/images/${id}/file`, { method: 'PUT', headers }, (resp) => {
+      const chunks: Buffer[] = [];
+      resp.on('data', (c: Buffer) => chunks.push(c));
+      resp.on('end', () => {
+        const s = (performance.now() - t0) / 1000;
+        if (resp.statusCode !== 204 && resp.statusCode !== 201)
+          rej(new Error(`${t.name}: upload: ${resp.statusCode} ${Buffer.concat(chunks).toString()}`));
+        else res(s);
+      });
+    });
+    r.on('error', rej);
+    const it = payload();
+    const pump = () => {
+      for (;;) {
+        const n = it.next();
+        if (n.done) {
+          r.end();
+          return;
+        }
+        if (!r.write(n.value)) {
+          r.once('drain', pump);
+          return;
+        }
+      }
+    };
+    pump();
+  });
+}
+
+/**
+ * Download and discard: a raw socket reading into one reused 1 MiB buffer (net's `onread`),
+ * so that the client allocates nothing per chunk (node:http's client allocates a Buffer per
+ * socket read and was the slower side here). The response head is parsed here: status,
+ * Content-Length, Content-MD5; the body must be exactly Content-Length bytes.
+ */
+function download(t: Target, id: string, md5: string): Promise<number> {
+  return new Promise((res, rej) => {
+    const u = new URL(t.url);
+    const t0 = performance.now();
+    const head = Object.entries(t.headers)
+      .map(([k, v]) => `${k}: ${v}\r\n`)
+      .join('');
+    let headText = '';
+    let body = -1;
+    let want = -1;
+    let status = 0;
+    let cmd5: string | undefined;
+    const finish = (err?: Error) => {
+      sock.destroy();
+      if (err) return rej(err);
+      const s = (performance.now() - t0) / 1000;
+      if (status !== 200) rej(new Error(`${t.name}: download: ${status}`));
+      else if (body !== SIZE) rej(new Error(`${t.name}: download: ${body} bytes, expected ${SIZE}`));
+      else if (cmd5 !== undefined && cmd5 !== md5)
+        rej(new Error(`${t.name}: download: Content-MD5 ${cmd5}, expected ${md5}`));
+      else res(s);
+    };
+    const sock = connect({
+      host: u.hostname,
+      port: Number(u.port),
+      onread: {
+        buffer: Buffer.allocUnsafe(MiB),
+        callback: (n: number, buf: Uint8Array) => {
+          if (body < 0) {
+            headText += Buffer.from(buf.buffer, buf.byteOffset, n).toString('latin1');
+            const i = headText.indexOf('\r\n\r\n');
+            if (i < 0) return true;
+            const lines = headText.slice(0, i).split('\r\n');
+            status = Number(lines[0]!.split(' ')[1]);
+            for (const l of lines.slice(1)) {
+              const [k, ...v] = l.split(':');
+              const key = k!.trim().toLowerCase();
+              if (key === 'content-length') want = Number(v.join(':').trim());
+              if (key === 'content-md5') cmd5 = v.join(':').trim();
+            }
+            body = headText.length - i - 4;
+          } else body += n;
+          if (want >= 0 && body >= want) finish();
+          return true;
+        },
+      },
+    });
+    sock.on('error', finish);
+    sock.on('end', () => finish(body === want ? undefined : new Error(`${t.name}: download cut at ${body}`)));
+    sock.write(`GET /v2/images/${id}/file HTTP/1.1\r\nHost: ${u.host}\r\n${head}Connection: close\r\n\r\n`);
+  });
+}
+
+/** Peak RSS (VmHWM) of a process since the last reset, in MiB. */
+function peakRss(pid: number): number | null {
+  try {
+    const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Math.round(Number(m[1]) / 1024) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** CPU seconds (user + system, every thread) a process has used so far. */
+function cpuSeconds(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    // fields 14 and 15 (utime, stime) in clock ticks; 100 per second on Linux.
+    return (Number(f[11]) + Number(f[12])) / 100;
+  } catch {
+    return Number.NaN;
+  }
+}
+
+function resetPeak(pid: number): void {
+  try {
+    writeFileSync(`/proc/${pid}/clear_refs`, '5');
+  } catch {
+    // not permitted: the figure is then the peak since start
+  }
+}
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor((s.length - 1) / 2)]!;
+};
+const pct = (xs: number[], p: number) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)]!;
+};
+
+interface Figures {
+  uploadSized: number;
+  /** Server CPU seconds per GiB (all threads). */
+  cpuUp: number;
+  cpuDown: number;
+  uploadChunked: number;
+  download: number;
+  rss: { upload: number | null; download: number | null; list: number | null };
+  listDefault: { p50: number; p99: number };
+  list1000: { p50: number; p99: number };
+  listConc: number;
+  createRate: number;
+}
+
+async function newImage(t: Target, name: string): Promise<string> {
+  const img = await json(
+    t,
+    'POST',
+    '/v2/images',
+    { name, disk_format: 'raw', container_format: 'bare' },
+    201,
+  );
+  return img.id as string;
+}
+
+async function transfers(t: Target, hashes: { md5: string; sha512: string }) {
+  const up: Record<'sized' | 'chunked', number[]> = { sized: [], chunked: [] };
+  const down: number[] = [];
+  const cpuUp: number[] = [];
+  const cpuDown: number[] = [];
+  let rssUp = 0;
+  let rssDown = 0;
+  for (let i = 0; i < REPEAT; i++) {
+    for (const mode of ['sized', 'chunked'] as const) {
+      spawnSync('sync');
+      const id = await newImage(t, `bench-${mode}-${i}`);
+      resetPeak(t.pid);
+      const c0 = cpuSeconds(t.pid);
+      const s = await upload(t, id, mode === 'sized');
+      cpuUp.push((cpuSeconds(t.pid) - c0) / (SIZE / 2 ** 30));
+      rssUp = Math.max(rssUp, peakRss(t.pid) ?? 0);
+      up[mode].push(SIZE / MiB / s);
+      const img = await json(t, 'GET', `/v2/images/${id}`);
+      if (img.checksum !== hashes.md5 || img.os_hash_value !== hashes.sha512 || img.size !== SIZE)
+        throw new Error(
+          `${t.name}: recorded checksum ${img.checksum}/${img.os_hash_value} size ${img.size}, expected ${hashes.md5}/${hashes.sha512} ${SIZE}`,
+        );
+      resetPeak(t.pid);
+      const c1 = cpuSeconds(t.pid);
+      const d = await download(t, id, hashes.md5);
+      cpuDown.push((cpuSeconds(t.pid) - c1) / (SIZE / 2 ** 30));
+      rssDown = Math.max(rssDown, peakRss(t.pid) ?? 0);
+      down.push(SIZE / MiB / d);
+      await json(t, 'DELETE', `/v2/images/${id}`, undefined, 204);
+      process.stderr.write(
+        `  ${t.name} ${mode} #${i + 1}: upload ${(SIZE / MiB / s).toFixed(0)} MiB/s, download ${(SIZE / MiB / d).toFixed(0)} MiB/s\n`,
+      );
+    }
+  }
+  return {
+    uploadSized: median(up.sized),
+    uploadChunked: median(up.chunked),
+    download: median(down),
+    rssUp,
+    rssDown,
+    cpuUp: median(cpuUp),
+    cpuDown: median(cpuDown),
+  };
+}
+
+async function listing(t: Target) {
+  const have = ((await json(t, 'GET', '/v2/images?limit=1000')).images as unknown[]).length;
+  const t0 = performance.now();
+  let next = have;
+  const todo = Math.max(0, COUNT - have);
+  const worker = async () => {
+    while (next < COUNT) {
+      const i = next++;
+      await newImage(t, `list-${String(i).padStart(5, '0')}`);
+    }
+  };
+  await Promise.all(Array.from({ length: 8 }, worker));
+  const createRate = todo / ((performance.now() - t0) / 1000);
+  process.stderr.write(`  ${t.name}: created ${todo} images, ${createRate.toFixed(0)}/s\n`);
+  const time = async (path: string, n: number) => {
+    const ms: number[] = [];
+    for (let i = 0; i < n + 5; i++) {
+      const a = performance.now();
+      const r = await call(t, 'GET', path);
+      const dt = performance.now() - a;
+      if (r.status !== 200) throw new Error(`${t.name}: GET ${path}: ${r.status}`);
+      if (i >= 5) ms.push(dt); // 5 warm-up requests
+    }
+    return { p50: pct(ms, 50), p99: pct(ms, 99) };
+  };
+  resetPeak(t.pid);
+  const page = await json(t, 'GET', '/v2/images');
+  if (page.images.length !== 25 || page.next === undefined)
+    throw new Error(`${t.name}: default page has ${page.images.length} images`);
+  const big = await json(t, 'GET', '/v2/images?limit=1000');
+  if (big.images.length !== Math.min(1000, COUNT))
+    throw new Error(`${t.name}: limit=1000 gave ${big.images.length}`);
+  const listDefault = await time('/v2/images', LIST_N);
+  const list1000 = await time('/v2/images?limit=1000', Math.max(20, Math.floor(LIST_N / 4)));
+  // 4 clients in flight for 5 s on the default page (what `wrk -c4` measures): requests/s.
+  let done = 0;
+  const until = performance.now() + 5000;
+  await Promise.all(
+    Array.from({ length: 4 }, async () => {
+      while (performance.now() < until) {
+        const r = await call(t, 'GET', '/v2/images');
+        if (r.status !== 200) throw new Error(`${t.name}: list: ${r.status}`);
+        done++;
+      }
+    }),
+  );
+  return { listDefault, list1000, listConc: done / 5, rssList: peakRss(t.pid), createRate };
+}
+
+async function measure(t: Target, hashes: { md5: string; sha512: string }): Promise<Figures> {
+  process.stderr.write(`${t.name}: transfers of ${SIZE / MiB} MiB × ${REPEAT}\n`);
+  const tr = await transfers(t, hashes);
+  process.stderr.write(`${t.name}: list with ${COUNT} images\n`);
+  const li = await listing(t);
+  return {
+    uploadSized: tr.uploadSized,
+    uploadChunked: tr.uploadChunked,
+    download: tr.download,
+    cpuUp: tr.cpuUp,
+    cpuDown: tr.cpuDown,
+    rss: { upload: tr.rssUp, download: tr.rssDown, list: li.rssList },
+    listDefault: li.listDefault,
+    list1000: li.list1000,
+    listConc: li.listConc,
+    createRate: li.createRate,
+  };
+}
+
+function waitForLine(child: ChildProcess, re: RegExp, what: string, ms: number): Promise<RegExpExecArray> {
+  return new Promise((res, rej) => {
+    let buf = '';
+    const timer = setTimeout(() => rej(new Error(`${what} did not start in ${ms} ms:\n${buf}`)), ms);
+    const on = (c: Buffer) => {
+      buf += c.toString();
+      const m = re.exec(buf);
+      if (m) {
+        clearTimeout(timer);
+        child.stderr?.off('data', on);
+        child.stdout?.off('data', on);
+        child.stderr?.resume();
+        child.stdout?.resume();
+        res(m);
+      }
+    };
+    child.stderr?.on('data', on);
+    child.stdout?.on('data', on);
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      rej(new Error(`${what} exited (${code}):\n${buf}`));
+    });
+  });
+}
+
+function stopChild(child: ChildProcess): Promise<void> {
+  return new Promise((res) => {
+    if (child.exitCode !== null || child.signalCode !== null) return res();
+    child.once('exit', () => res());
+    child.kill('SIGTERM');
+    setTimeout(() => child.kill('SIGKILL'), 30000).unref();
+  });
+}
+
+async function startVdisk(dir: string): Promise<Target> {
+  const child = spawn(
+    process.execPath,
+    [...NODE_ARGS, join(ROOT, 'bin/vdisk'), 'serve', '--port', '0', '--data-dir', join(dir, 'vdisk')],
+    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, VDISK_ADMIN_PASSWORD: ADMIN_PASSWORD } },
+  );
+  const m = await waitForLine(child, /listening on (http:\/\/\S+) /, 'vdisk serve', 60000);
+  const url = m[1]!;
+  const r = await fetch(`${url}/v3/auth/tokens`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({
+      auth: {
+        identity: {
+          methods: ['password'],
+          password: { user: { name: 'admin', domain: { name: 'Default' }, password: ADMIN_PASSWORD } },
+        },
+        scope: { project: { name: 'admin', domain: { name: 'Default' } } },
+      },
+    }),
+  });
+  if (r.status !== 201) throw new Error(`vdisk login: ${r.status} ${await r.text()}`);
+  return {
+    name: 'vdisk',
+    url,
+    pid: child.pid!,
+    headers: { 'X-Auth-Token': r.headers.get('x-subject-token')! },
+    stop: () => stopChild(child),
+  };
+}
+
+/**
+ * Glance 25 from Debian on loopback: file store and sqlite in DIR, no Keystone (the paste
+ * pipeline without auth: `[paste_deploy] flavor =` empty), the caller named by headers as
+ * Glance's noauth context middleware reads them (X-Roles admin, X-Tenant-Id).
+ */
+async function startGlance(dir: string): Promise<Target> {
+  const g = join(dir, 'glance');
+  const port = 19292 + Math.floor(Math.random() * 1000);
+  spawnSync('mkdir', ['-p', join(g, 'images'), join(g, 'staging')]);
+  const conf = join(g, 'glance-api.conf');
+  writeFileSync(
+    conf,
+    [
+      '[DEFAULT]',
+      `bind_host = 127.0.0.1`,
+      `bind_port = ${port}`,
+      'workers = 1',
+      `log_file = ${join(g, 'api.log')}`,
+      'enabled_backends = file:file',
+      '[database]',
+      `connection = sqlite:///${join(g, 'glance.sqlite')}`,
+      '[paste_deploy]',
+      'flavor =',
+      '[glance_store]',
+      'default_backend = file',
+      '[file]',
+      `filesystem_store_datadir = ${join(g, 'images')}`,
+      '[os_glance_staging_store]',
+      `filesystem_store_datadir = ${join(g, 'staging')}`,
+      '[os_glance_tasks_store]',
+      `filesystem_store_datadir = ${join(g, 'tasks')}`,
+      '[oslo_policy]',
+      'enforce_new_defaults = false',
+      'enforce_scope = false',
+      '',
+    ].join('\n'),
+  );
+  const sync = spawnSync('glance-manage', ['--config-file', conf, 'db_sync'], { encoding: 'utf8' });
+  if (sync.status !== 0) throw new Error(`glance-manage db_sync failed: ${sync.stderr}`);
+  const child = spawn('glance-api', ['--config-file', conf], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const url = `http://127.0.0.1:${port}`;
+  const t0 = Date.now();
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`glance-api exited (${child.exitCode}); see ${g}/api.log`);
+    try {
+      const r = await fetch(`${url}/versions`);
+      if (r.status === 200) break;
+    } catch {
+      // not yet listening
+    }
+    if (Date.now() - t0 > 90000) {
+      await stopChild(child);
+      throw new Error('glance-api did not answer in 90 s');
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  process.stderr.write(`glance: started in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
+  child.stdout?.resume();
+  child.stderr?.resume();
+  // The process that does the work: with workers = 1 the parent forks one child.
+  const kids = spawnSync('pgrep', ['-P', String(child.pid)], { encoding: 'utf8' })
+    .stdout.trim()
+    .split('\n')
+    .filter((s) => s !== '');
+  return {
+    name: 'glance',
+    url,
+    pid: kids.length > 0 ? Number(kids[0]) : child.pid!,
+    headers: {
+      'X-Auth-Token': 'bench',
+      'X-Roles': 'admin,member,reader',
+      'X-Tenant-Id': 'bench-project',
+      'X-Project-Id': 'bench-project',
+      'X-User-Id': 'bench-user',
+      'X-Identity-Status': 'Confirmed',
+    },
+    stop: () => stopChild(child),
+  };
+}
+
+function fmt(n: number, d = 0) {
+  return n.toFixed(d);
+}
+
+function table(rows: string[][]): string {
+  const w = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  const line = (r: string[]) => `| ${r.map((c, i) => c.padEnd(w[i]!)).join(' | ')} |`;
+  return [line(rows[0]!), `|${w.map((n) => '-'.repeat(n + 2)).join('|')}|`, ...rows.slice(1).map(line)].join(
+    '\n',
+  );
+}
+
+async function main() {
+  const base = process.env['BENCH_DIR'] ?? tmpdir();
+  const dir = mkdtempSync(join(base, 'vdisk-bench-server-'));
+  const results: Record<string, Figures> = {};
+  let glanceWhy: string | null = null;
+  try {
+    process.stderr.write(`hashing the ${SIZE / MiB} MiB payload…\n`);
+    const hashes = expectedHashes();
+    const v = await startVdisk(dir);
+    try {
+      results['vdisk'] = await measure(v, hashes);
+    } finally {
+      await v.stop();
+    }
+    rmSync(join(dir, 'vdisk'), { recursive: true, force: true });
+    if (GLANCE !== '0') {
+      if (!existsSync('/usr/bin/glance-api')) {
+        glanceWhy = '/usr/bin/glance-api is not installed (apt-get install glance-api)';
+        if (GLANCE === '1') throw new Error(glanceWhy);
+      } else {
+        try {
+          const g = await startGlance(dir);
+          try {
+            results['glance'] = await measure(g, hashes);
+          } finally {
+            await g.stop();
+          }
+        } catch (err) {
+          if (GLANCE === '1') throw err;
+          glanceWhy = (err as Error).message;
+        }
+      }
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+
+  const names = Object.keys(results);
+  const row = (label: string, f: (x: Figures) => string, ratio?: (x: Figures) => number, better = 1) => {
+    const r = [label, ...names.map((n) => f(results[n]!))];
+    if (names.length > 1) {
+      const a = ratio?.(results['vdisk']!);
+      const b = ratio?.(results['glance']!);
+      r.push(a !== undefined && b !== undefined ? `${fmt(better > 0 ? a / b : b / a, 1)}×` : '');
+    }
+    return r;
+  };
+  const rows: string[][] = [['', ...names, ...(names.length > 1 ? ['vdisk vs glance'] : [])]];
+  rows.push(
+    row(
+      `upload ${SIZE / MiB} MiB, Content-Length (MiB/s)`,
+      (x) => fmt(x.uploadSized),
+      (x) => x.uploadSized,
+    ),
+  );
+  rows.push(
+    row(
+      `upload ${SIZE / MiB} MiB, chunked (MiB/s)`,
+      (x) => fmt(x.uploadChunked),
+      (x) => x.uploadChunked,
+    ),
+  );
+  rows.push(
+    row(
+      `download ${SIZE / MiB} MiB (MiB/s)`,
+      (x) => fmt(x.download),
+      (x) => x.download,
+    ),
+  );
+  rows.push(
+    row('server CPU s per GiB: upload / download', (x) => `${fmt(x.cpuUp, 2)} / ${fmt(x.cpuDown, 2)}`),
+  );
+  rows.push(
+    row('peak RSS upload / download (MiB)', (x) => `${x.rss.upload ?? '?'} / ${x.rss.download ?? '?'}`),
+  );
+  rows.push(
+    row(
+      `list default page, ${COUNT} images: p50 / p99 (ms)`,
+      (x) => `${fmt(x.listDefault.p50, 1)} / ${fmt(x.listDefault.p99, 1)}`,
+      (x) => x.listDefault.p99,
+      -1,
+    ),
+  );
+  rows.push(
+    row(
+      'list limit=1000: p50 / p99 (ms)',
+      (x) => `${fmt(x.list1000.p50, 1)} / ${fmt(x.list1000.p99, 1)}`,
+      (x) => x.list1000.p99,
+      -1,
+    ),
+  );
+  rows.push(
+    row(
+      'list default page, 4 in flight (req/s)',
+      (x) => fmt(x.listConc),
+      (x) => x.listConc,
+    ),
+  );
+  rows.push(row('peak RSS list (MiB)', (x) => String(x.rss.list ?? '?')));
+  rows.push(
+    row(
+      'image create, 8 in flight (/s)',
+      (x) => fmt(x.createRate),
+      (x) => x.createRate,
+    ),
+  );
+  const cpu = cpus()[0]?.model ?? '?';
+  console.log(
+    `Registry benchmark: ${SIZE / MiB} MiB transfers (median of ${REPEAT}), ${COUNT} images; ` +
+      `${cpus().length} × ${cpu}, ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}\n`,
+  );
+  console.log(table(rows));
+  if (glanceWhy !== null) console.log(`\nGlance not measured: ${glanceWhy}`);
+}
+
+main().catch((err) => {
+  console.error(`bench:server: ${err instanceof Error ? err.message : String(err)}`);
+  process.exit(1);
+});

@@ -1,0 +1,90 @@
+/**
+ * The upload hashing pipeline (md5 + sha512 in two worker threads over shared 4 MiB blocks):
+ * digests equal node:crypto's on the same bytes for every size around the block boundaries,
+ * the sink receives exactly the bytes in order, many uploads at once keep their own states,
+ * memory stays within BLOCKS blocks per upload however slow the sink, and an aborted upload
+ * leaves the workers serving the next ones.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { describe, expect, it } from 'vitest';
+import { BLOCK_BYTES, BLOCKS, UploadDigester } from './hashing.js';
+
+const hex = (algo: string, b: Uint8Array) => createHash(algo).update(b).digest('hex');
+
+/** Feed `data` in irregular chunks (as sockets deliver them); returns digests and sink bytes. */
+async function run(data: Buffer, chunk = (i: number) => 1 + ((i * 7919) % 200_000), sinkDelay = 0) {
+  const got: Buffer[] = [];
+  const blocks = new Set<ArrayBufferLike>();
+  const d = new UploadDigester(async (b) => {
+    blocks.add(b.buffer);
+    got.push(Buffer.from(b)); // the sink must copy: the block is reused afterwards
+    if (sinkDelay > 0) await new Promise((r) => setTimeout(r, sinkDelay));
+  });
+  let off = 0;
+  for (let i = 0; off < data.length; i++) {
+    const n = Math.min(chunk(i), data.length - off);
+    await d.write(data.subarray(off, off + n));
+    off += n;
+  }
+  const out = await d.end();
+  return { out, sunk: Buffer.concat(got), blocks: blocks.size };
+}
+
+describe('UploadDigester', () => {
+  it('gives node:crypto digests and the same bytes to the sink, around every block boundary', async () => {
+    const big = randomBytes(3 * BLOCK_BYTES + 12345);
+    for (const size of [
+      0,
+      1,
+      4096,
+      BLOCK_BYTES - 1,
+      BLOCK_BYTES,
+      BLOCK_BYTES + 1,
+      2 * BLOCK_BYTES,
+      3 * BLOCK_BYTES + 12345,
+    ]) {
+      const data = big.subarray(0, size);
+      const { out, sunk } = await run(data);
+      expect(out.md5, `md5 of ${size} bytes`).toBe(hex('md5', data));
+      expect(out.sha512, `sha512 of ${size} bytes`).toBe(hex('sha512', data));
+      expect(sunk.equals(data), `sink bytes of ${size}`).toBe(true);
+    }
+  });
+
+  it('keeps many concurrent uploads apart (one worker pair serves all)', async () => {
+    const datas = Array.from({ length: 6 }, (_, i) => randomBytes(BLOCK_BYTES * (1 + (i % 3)) + i * 1000));
+    const results = await Promise.all(
+      datas.map((d, i) => run(d, (j) => 1000 + ((j * (i + 3) * 104729) % (1 << 20)), i % 2)),
+    );
+    results.forEach((r, i) => {
+      expect(r.out.md5).toBe(hex('md5', datas[i]!));
+      expect(r.out.sha512).toBe(hex('sha512', datas[i]!));
+      expect(r.sunk.equals(datas[i]!)).toBe(true);
+    });
+  });
+
+  it('holds at most BLOCKS blocks per upload, however slow the sink (backpressure)', async () => {
+    const data = randomBytes(10 * BLOCK_BYTES);
+    const { out, blocks } = await run(data, () => 1 << 20, 5);
+    expect(out.md5).toBe(hex('md5', data));
+    expect(blocks).toBeLessThanOrEqual(BLOCKS);
+  });
+
+  it('an aborted upload does not disturb the next ones', async () => {
+    const d = new UploadDigester(async () => {});
+    await d.write(randomBytes(2 * BLOCK_BYTES + 5));
+    d.abort();
+    const data = randomBytes(BLOCK_BYTES + 99);
+    const { out } = await run(data);
+    expect(out.md5).toBe(hex('md5', data));
+    expect(out.sha512).toBe(hex('sha512', data));
+  });
+
+  it('a failing sink fails the upload', async () => {
+    const d = new UploadDigester(async () => {
+      throw new Error('disk full');
+    });
+    await expect(d.write(randomBytes(BLOCK_BYTES + 1))).rejects.toThrow('disk full');
+    d.abort();
+  });
+});

@@ -1,0 +1,526 @@
+/**
+ * Interoperable image import, as Glance 25 (glance/api/v2/images.py import_image,
+ * image_data.py stage, glance/async_/flows/api_image_import.py and its internal plugins),
+ * with one store:
+ *
+ * - `PUT /v2/images/{id}/stage`: queued → uploading; the data goes to the blob store under
+ *   `staging-<id>` (the image's `blob` names it, so it survives a restart and is deleted
+ *   with the image), inspected as `PUT /file` is when disk_format is known; `size` is set.
+ *   Any failure puts the image back to queued and keeps nothing.
+ * - `POST /v2/images/{id}/import` answers 202 and runs a task (`api_image_import`):
+ *   glance-direct (from the staged data) and web-download (fetched by the server, filtered
+ *   by web-download.ts, written to the staging key first as Glance does) take the image to
+ *   `importing`, then copy the staged data to the image's blob through data.ts (md5,
+ *   sha512, size cap, quota, and the upload inspection again, so hostile data is refused
+ *   whatever path it came by), optionally convert it with the engine (`importConvertTo`,
+ *   Glance's image_conversion plugin), set `active`, and remove the staged data.
+ *   On failure: the staged data is removed, the image goes back to `queued` (Glance's
+ *   _VerifyImageState/BaseDownload revert), the task fails with the reason as its message.
+ * - The import lock is Glance's: the `os_glance_import_task` property names the task while
+ *   it runs (a conditional UPDATE takes it; 409 when another task holds it, unless that
+ *   task is gone or its lock expired: 60 minutes, 120 when pending); with a single store
+ *   `os_glance_importing_to_stores` and `os_glance_failed_import` are set to '' as Glance
+ *   does when `enabled_backends` is unset.
+ * - copy-image: the image is already in the only store. Glance 25's single-store path looks
+ *   for a store name in the location metadata (it has none there); we answer what that check
+ *   means: 400 `Image is already present at store '…'` (202 and nothing to do with
+ *   `all_stores: true`), after the same status (409) and policy (admin, 403) checks.
+ */
+import { mkdtemp, open, rm } from 'node:fs/promises';
+import type { IncomingMessage } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { sql } from 'kysely';
+import type { AuthContext, Services } from '../context.js';
+import { type Ctx, HttpError, isObject, mediaType, type Router, readJson, sendEmpty } from '../http.js';
+import type { Identity } from '../identity/keystone.js';
+import type { ImageApi } from './api.js';
+import { IMPORT_METHODS } from './api.js';
+import { finishUpload, receiveData } from './data.js';
+import type { InspectorFactory } from './inspect.js';
+import { canModify, type ImageRow } from './policy.js';
+import { createTask, type TaskRow, taskRoutes, updateTask } from './tasks.js';
+import { fetchImage, type ImportFilter, isInternalAddress, validateImportUri } from './web-download.js';
+
+export const STAGING_PREFIX = 'staging-';
+const LOCK = 'os_glance_import_task';
+const IMPORTING = 'os_glance_importing_to_stores';
+const FAILED = 'os_glance_failed_import';
+const LOCK_EXPIRY_MS = 60 * 60 * 1000;
+
+/** disk_format → the engine's format name (formats the converter reads). */
+const ENGINE_FORMAT: Record<string, string> = {
+  raw: 'raw',
+  qcow2: 'qcow2',
+  vmdk: 'vmdk',
+  vdi: 'vdi',
+  vhd: 'vpc',
+  vhdx: 'vhdx',
+};
+
+export interface ImportApiOptions {
+  inspect?: InspectorFactory | undefined;
+}
+
+const stagingKey = (id: string) => `${STAGING_PREFIX}${id}`;
+
+/** A stream that data.ts's receiveData can read as it reads a request body. */
+function asBody(stream: Readable, size: number | null): IncomingMessage {
+  const s = stream as Readable & { headers: Record<string, string> };
+  s.headers = size === null ? {} : { 'content-length': String(size) };
+  Object.defineProperty(s, 'complete', { get: () => stream.readableEnded, configurable: true });
+  return s as unknown as IncomingMessage;
+}
+
+function filterOf(svc: Services): ImportFilter {
+  const s = svc.settings;
+  return {
+    allowedSchemes: s.importAllowedSchemes,
+    disallowedSchemes: s.importDisallowedSchemes,
+    allowedHosts: s.importAllowedHosts.map((h) => h.toLowerCase()),
+    disallowedHosts: s.importDisallowedHosts.map((h) => h.toLowerCase()),
+    allowedPorts: s.importAllowedPorts,
+    disallowedPorts: s.importDisallowedPorts,
+  };
+}
+
+const message = (e: unknown) => (e instanceof HttpError || e instanceof Error ? e.message : String(e));
+
+export class ImportApi {
+  private readonly jobs = new Set<Promise<void>>();
+  private readonly abort = new AbortController();
+
+  constructor(
+    private readonly svc: Services,
+    private readonly identity: Identity,
+    private readonly images: ImageApi,
+    private readonly opts: ImportApiOptions = {},
+  ) {}
+
+  private get db() {
+    return this.svc.db;
+  }
+
+  routes(router: Router): void {
+    const auth = (c: Ctx) => this.identity.authenticate(c.req);
+    router.on('GET', '/v2/info/stores', async (c) => {
+      await auth(c);
+      throw new HttpError(404, 'Multi backend is not supported at this site.');
+    });
+    router.on('GET', '/v2/info/stores/detail', async (c) => {
+      await auth(c);
+      throw new HttpError(404, 'Multi backend is not supported at this site.');
+    });
+    router.on('PUT', '/v2/images/:id/stage', async (c) => this.stage(c, await auth(c)));
+    router.on('POST', '/v2/images/:id/import', async (c) => this.importImage(c, await auth(c)));
+    taskRoutes(this.svc, router, auth, (ctx, id) => this.images.visibleImage(ctx, id));
+  }
+
+  /** Let running imports finish (at most `timeoutMs`), then abort the rest and wait. */
+  async drain(timeoutMs = 30000): Promise<void> {
+    const all = () => Promise.allSettled([...this.jobs]).then(() => undefined);
+    const deadline = new Promise<void>((r) => setTimeout(r, timeoutMs).unref());
+    await Promise.race([all(), deadline]);
+    this.abort.abort();
+    await all();
+  }
+
+  private async stage(c: Ctx, ctx: AuthContext): Promise<void> {
+    const mt = mediaType(c.req);
+    if (mt !== 'application/octet-stream' && mt !== '')
+      throw new HttpError(415, `Content-Type must be application/octet-stream; got ${mt}.`);
+    const img = await this.images.visibleImage(ctx, c.params['id']!);
+    if (!canModify(ctx, img))
+      throw new HttpError(403, 'You are not authorized to complete modify_image action.');
+    if (img.status !== 'queued')
+      throw new HttpError(409, `Image status transition from ${img.status} to uploading is not allowed`);
+    // Without a disk_format there is nothing to check the content against yet; the import
+    // (which needs one) inspects the staged data.
+    const inspect = img.disk_format === null ? undefined : this.opts.inspect;
+    const out = await receiveData(this.svc, ctx, img, c.req, inspect, {
+      fromStatus: 'queued',
+      toStatus: 'uploading',
+      finalStatus: 'uploading',
+      keyPrefix: STAGING_PREFIX,
+    });
+    const key = stagingKey(img.id);
+    const r = await this.db
+      .updateTable('images')
+      .set({ size: out.size, blob: key, writer: null, updated_at: new Date() })
+      .where('id', '=', img.id)
+      .where('status', '=', 'uploading')
+      .executeTakeFirst();
+    if (r.numUpdatedRows === 0n) {
+      await this.svc.store.delete(key);
+      throw new HttpError(
+        410,
+        `Image ${img.id} could not be found after upload. The image may have been deleted during the upload.`,
+      );
+    }
+    sendEmpty(c.res, 204);
+  }
+
+  private async importImage(c: Ctx, ctx: AuthContext): Promise<void> {
+    const body = await readJson(c.req);
+    if (!isObject(body) || !('method' in body))
+      throw new HttpError(400, "Import request requires a 'method' field.");
+    const method = body['method'];
+    if (!isObject(method) || !('name' in method))
+      throw new HttpError(400, "Import request requires a 'name' field.");
+    const name = method['name'];
+    if (typeof name !== 'string' || !IMPORT_METHODS.includes(name))
+      throw new HttpError(400, `Unknown import method name '${String(name)}'.`);
+    const mustSucceed = body['all_stores_must_succeed'] ?? true;
+    if (typeof mustSucceed !== 'boolean')
+      throw new HttpError(400, "'all_stores_must_succeed' must be boolean value only");
+    const allStores = body['all_stores'] ?? false;
+    if (typeof allStores !== 'boolean') throw new HttpError(400, "'all_stores' must be boolean value only");
+    const uri = typeof method['uri'] === 'string' ? method['uri'] : null;
+
+    const img = await this.images.visibleImage(ctx, c.params['id']!);
+    if (img.status === 'active' && name !== 'copy-image')
+      throw new HttpError(409, 'Image with status active cannot be target for import');
+    if (img.status !== 'active' && name === 'copy-image')
+      throw new HttpError(409, 'Only images with status active can be targeted for copying');
+    if (img.status !== 'queued' && name === 'web-download')
+      throw new HttpError(409, `Image needs to be in 'queued' state to use '${name}' method`);
+    if (img.status !== 'uploading' && name === 'glance-direct')
+      throw new HttpError(409, "Image needs to be staged before 'glance-direct' method can be used");
+    if (!img.container_format) throw new HttpError(409, "'container_format' needs to be set before import");
+    if (!img.disk_format) throw new HttpError(409, "'disk_format' needs to be set before import");
+    if (name === 'copy-image') {
+      if (!ctx.isAdmin) throw new HttpError(403, 'You are not authorized to complete copy_image action.');
+    } else if (!canModify(ctx, img)) {
+      throw new HttpError(403, 'You are not authorized to complete modify_image action.');
+    }
+    const stolen = LOCK in img.properties ? await this.checkLock(img) : null;
+    if (name === 'copy-image') {
+      // One store, and the image is in it.
+      if (allStores) return sendEmpty(c.res, 202);
+      throw new HttpError(400, `Image is already present at store '${this.svc.store.kind}'`);
+    }
+    if (!mustSucceed)
+      throw new HttpError(
+        400,
+        `All_stores_must_succeed can only be set with enabled_backends ${uri ?? 'None'}`,
+      );
+    const filter = filterOf(this.svc);
+    if (name === 'web-download') {
+      let literalInternal = false;
+      try {
+        const host = new URL(uri ?? '').hostname.replace(/^\[(.*)\]$/, '$1').toLowerCase();
+        literalInternal =
+          /^[\d.]+$|:/.test(host) && isInternalAddress(host) && !filter.allowedHosts.includes(host);
+      } catch {
+        // validateImportUri refuses it below
+      }
+      if (uri === null || !validateImportUri(uri, filter) || literalInternal)
+        throw new HttpError(400, `URI for web-download does not pass filtering: ${uri ?? 'None'}`);
+    }
+
+    const task = await createTask(this.svc, {
+      type: 'api_image_import',
+      owner: ctx.projectId ?? '',
+      imageId: img.id,
+      input: { image_id: img.id, import_req: body, backend: [null] },
+      userId: ctx.userId,
+      requestId: (c.res.getHeader('x-openstack-request-id') as string | undefined) ?? null,
+    });
+    // Take the lock and move to importing in one conditional statement.
+    const from = name === 'glance-direct' ? 'uploading' : 'queued';
+    const props = JSON.stringify({ [LOCK]: task.id, [IMPORTING]: '', [FAILED]: '' });
+    let q = this.db
+      .updateTable('images')
+      .set({
+        status: 'importing',
+        writer: this.svc.instanceId,
+        properties: sql`properties || ${props}::jsonb`,
+        updated_at: new Date(),
+      })
+      .where('id', '=', img.id)
+      .where('status', '=', from);
+    q =
+      stolen === null
+        ? q.where(sql<boolean>`properties->>${LOCK} IS NULL`)
+        : q.where(sql<boolean>`properties->>${LOCK} = ${stolen}`);
+    const r = await q.executeTakeFirst();
+    if (r.numUpdatedRows === 0n) {
+      await this.db.deleteFrom('tasks').where('id', '=', task.id).execute();
+      throw new HttpError(
+        409,
+        `New operation on image '${img.id}' is not permitted as prior operation is still in progress`,
+      );
+    }
+    const job = this.run(task, img.id, name, uri).finally(() => this.jobs.delete(job));
+    this.jobs.add(job);
+    sendEmpty(c.res, 202);
+  }
+
+  /** Glance's _enforce_import_lock: the task id to take the lock from, or 409. */
+  private async checkLock(img: ImageRow): Promise<string> {
+    const other = img.properties[LOCK]!;
+    const t = await this.db.selectFrom('tasks').selectAll().where('id', '=', other).executeTakeFirst();
+    if (t !== undefined) {
+      const age = Date.now() - t.updated_at.getTime();
+      const expiry = t.status === 'pending' ? 2 * LOCK_EXPIRY_MS : LOCK_EXPIRY_MS;
+      if (age < expiry) throw new HttpError(409, 'Image has active task');
+      if (t.status === 'pending' || t.status === 'processing')
+        await updateTask(this.svc, t.id, { status: 'failure', message: 'Expired lock preempted' });
+    }
+    return other;
+  }
+
+  private async run(task: TaskRow, imageId: string, method: string, uri: string | null): Promise<void> {
+    const svc = this.svc;
+    const staged = stagingKey(imageId);
+    const signal = this.abort.signal;
+    let convertedFrom: string | null = null;
+    try {
+      await updateTask(svc, task.id, { status: 'processing' });
+      let img = await this.locked(imageId, task.id);
+      const ctx = { userId: task.user_id } as unknown as AuthContext;
+      if (method === 'web-download') {
+        const res = await fetchImage(uri!, filterOf(svc), signal);
+        const onAbort = () => res.destroy(new Error('The server is shutting down.'));
+        signal.addEventListener('abort', onAbort);
+        try {
+          const out = await receiveData(svc, ctx, img, res, this.opts.inspect, {
+            fromStatus: 'importing',
+            toStatus: 'importing',
+            finalStatus: 'importing',
+            keyPrefix: STAGING_PREFIX,
+          });
+          const declared = Number(res.headers['content-length']);
+          if (Number.isFinite(declared) && declared !== out.size)
+            throw new Error(
+              `Task ${task.id} failed because downloaded data size ${out.size} is different from expected ${declared}`,
+            );
+        } finally {
+          signal.removeEventListener('abort', onAbort);
+          res.destroy();
+        }
+        await this.db
+          .updateTable('images')
+          .set({ blob: staged, updated_at: new Date() })
+          .where('id', '=', imageId)
+          .where('status', '=', 'importing')
+          .execute();
+        img = await this.locked(imageId, task.id);
+      }
+      if (signal.aborted) throw new Error('The server is shutting down.');
+      await updateTask(svc, task.id, { message: 'Copied 0 MiB' });
+      const target = svc.settings.importConvertTo;
+      const convert =
+        target !== null &&
+        img.disk_format !== target &&
+        img.disk_format !== null &&
+        img.disk_format in ENGINE_FORMAT;
+      const out = convert
+        ? await this.convertInto(img, target, task.id, signal)
+        : await this.copyStaged(img, img, signal);
+      if (convert) {
+        // The new format before the image goes active (fail() puts the old one back).
+        await this.db
+          .updateTable('images')
+          .set({ disk_format: target })
+          .where('id', '=', imageId)
+          .where('status', '=', 'importing')
+          .execute();
+        convertedFrom = img.disk_format;
+      }
+      await finishUpload(svc, img, out, 'importing', 'active');
+      await svc.store.delete(staged);
+      await updateTask(svc, task.id, {
+        status: 'success',
+        result: { image_id: imageId },
+        message: `Copied ${Math.floor(out.size / (1 << 20))} MiB`,
+      });
+      await this.dropLock(imageId, task.id);
+    } catch (e) {
+      await this.fail(task, imageId, e, convertedFrom);
+    }
+  }
+
+  /** The image, after checking that our task still holds its lock (Glance's _ImageLock). */
+  private async locked(imageId: string, taskId: string): Promise<ImageRow> {
+    const img = await this.db.selectFrom('images').selectAll().where('id', '=', imageId).executeTakeFirst();
+    if (img === undefined) throw new Error('Image has been deleted, aborting import.');
+    if (img.properties[LOCK] !== taskId)
+      throw new Error(`Image ${imageId} import task ${taskId} lost its lock; aborting.`);
+    return img;
+  }
+
+  /** Staged data → the image's blob, through data.ts (hashes, caps, inspection). */
+  private async copyStaged(img: ImageRow, asImage: ImageRow, signal: AbortSignal) {
+    const stream = await this.svc.store.read(stagingKey(img.id));
+    const onAbort = () => stream.destroy(new Error('The server is shutting down.'));
+    signal.addEventListener('abort', onAbort);
+    try {
+      const ctx = {} as AuthContext;
+      return await receiveData(this.svc, ctx, asImage, asBody(stream, img.size), this.opts.inspect, {
+        fromStatus: 'importing',
+        toStatus: 'importing',
+        finalStatus: 'importing',
+      });
+    } finally {
+      signal.removeEventListener('abort', onAbort);
+      stream.destroy();
+    }
+  }
+
+  /**
+   * image_conversion: the staged data is inspected (as an upload of its disk_format), written
+   * to a temporary file, converted by the engine's convert, and the result stored as the
+   * image's data (inspected again, as `target`).
+   */
+  private async convertInto(img: ImageRow, target: 'raw' | 'qcow2', taskId: string, signal: AbortSignal) {
+    const dir = await mkdtemp(join(tmpdir(), 'vdisk-import-'));
+    try {
+      const src = join(dir, 'source');
+      const dst = join(dir, 'converted');
+      const inspector = this.opts.inspect?.(img, img.size);
+      const stream = await this.svc.store.read(stagingKey(img.id));
+      const fh = await open(src, 'wx', 0o600);
+      let size = 0;
+      try {
+        await pipeline(
+          stream,
+          async function* (source: AsyncIterable<Buffer>) {
+            for await (const chunk of source) {
+              inspector?.feed(chunk);
+              size += chunk.length;
+              yield chunk;
+            }
+          },
+          fh.createWriteStream(),
+          { signal },
+        );
+      } finally {
+        await fh.close().catch(() => {});
+      }
+      inspector?.finish(size);
+      await updateTask(this.svc, taskId, { message: `Converting from ${img.disk_format} to ${target}` });
+      const { convertCommand } = await import('../../commands/convert.js');
+      await convertCommand({
+        sources: [src],
+        sourceFormat: ENGINE_FORMAT[img.disk_format!]!,
+        output: dst,
+        outputFormat: target,
+      });
+      const { createReadStream } = await import('node:fs');
+      const { stat } = await import('node:fs/promises');
+      const convertedSize = (await stat(dst)).size;
+      const rs = createReadStream(dst, { highWaterMark: 1 << 20 });
+      const onAbort = () => rs.destroy(new Error('The server is shutting down.'));
+      signal.addEventListener('abort', onAbort);
+      try {
+        return await receiveData(
+          this.svc,
+          {} as AuthContext,
+          { ...img, disk_format: target },
+          asBody(rs, convertedSize),
+          this.opts.inspect,
+          { fromStatus: 'importing', toStatus: 'importing', finalStatus: 'importing' },
+        );
+      } finally {
+        signal.removeEventListener('abort', onAbort);
+        rs.destroy();
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  /** _CompleteTask._drop_lock: remove os_glance_import_task if it is still ours. */
+  private async dropLock(imageId: string, taskId: string): Promise<void> {
+    await this.db
+      .updateTable('images')
+      .set({ properties: sql`properties - ${LOCK}::text` })
+      .where('id', '=', imageId)
+      .where(sql<boolean>`properties->>${LOCK} = ${taskId}`)
+      .execute();
+  }
+
+  private async fail(task: TaskRow, imageId: string, e: unknown, diskFormat: string | null): Promise<void> {
+    const svc = this.svc;
+    // The task first: the lock, dropped last, tells a poller that everything is settled.
+    await updateTask(svc, task.id, { status: 'failure', message: message(e) }).catch(() => {});
+    // Back to queued without data (nothing staged is kept), the lock dropped.
+    const r = await this.db
+      .updateTable('images')
+      .set({
+        status: 'queued',
+        size: null,
+        virtual_size: null,
+        checksum: null,
+        os_hash_algo: null,
+        os_hash_value: null,
+        blob: null,
+        writer: null,
+        properties: sql`properties - ${LOCK}::text`,
+        updated_at: new Date(),
+        ...(diskFormat !== null ? { disk_format: diskFormat } : {}),
+      })
+      .where('id', '=', imageId)
+      .where('status', '=', 'importing')
+      .where(sql<boolean>`properties->>${LOCK} = ${task.id}`)
+      .executeTakeFirst();
+    const gone =
+      r.numUpdatedRows === 0n &&
+      (await this.db.selectFrom('images').select('id').where('id', '=', imageId).executeTakeFirst()) ===
+        undefined;
+    // Ours to clean, or the image was deleted meanwhile (its staged data may be newer).
+    if (r.numUpdatedRows > 0n || gone) await svc.store.delete(stagingKey(imageId));
+    // If it was not ours to reset (deleted, or the lock was taken), still drop our lock.
+    await this.dropLock(imageId, task.id);
+  }
+}
+
+/**
+ * Start-up repair: imports that were running in a server that stopped fail (their images go
+ * back to queued and their staged data is removed); a stage that was cut off goes back to
+ * queued. Images staged completely stay `uploading`, ready for `POST /import`.
+ */
+export async function recoverImports(svc: Services, log: (s: string) => void): Promise<void> {
+  const stuck = await svc.db
+    .selectFrom('images')
+    .selectAll()
+    .where('status', 'in', ['importing', 'uploading'])
+    .where((eb) => eb.or([eb('writer', 'is', null), eb('writer', '<>', svc.instanceId)]))
+    .execute();
+  let n = 0;
+  for (const img of stuck) {
+    if (img.status === 'uploading' && img.blob !== null) continue;
+    const task = img.properties[LOCK];
+    await svc.db
+      .updateTable('images')
+      .set({
+        status: 'queued',
+        size: null,
+        blob: null,
+        writer: null,
+        properties: sql`properties - ${LOCK}::text`,
+        updated_at: new Date(),
+      })
+      .where('id', '=', img.id)
+      .where('status', '=', img.status)
+      .execute();
+    await svc.store.delete(stagingKey(img.id));
+    if (task !== undefined)
+      await svc.db
+        .updateTable('tasks')
+        .set({
+          status: 'failure',
+          message: 'The server stopped during the import.',
+          updated_at: new Date(),
+          expires_at: new Date(Date.now() + 48 * 3600 * 1000),
+        })
+        .where('id', '=', task)
+        .where('status', 'in', ['pending', 'processing'])
+        .execute();
+    n++;
+  }
+  if (n > 0) log(`recovered ${n} interrupted import(s): back to queued`);
+}
