@@ -428,6 +428,34 @@ describe.each(configs.map((c, i) => ({ ...c, i, name: `${c.db} + ${c.store}` }))
     ids['gone'] = gone.id;
   });
 
+  it('import: glance-direct stages to the store, then imports (staging blob gone, bytes identical)', async () => {
+    const data = rawData(9 * MIB + 3);
+    const img = await alice.createImage({ name: 'imported', disk_format: 'raw', container_format: 'bare' });
+    expect((await alice.req('PUT', `/v2/images/${img.id}/stage`, data)).status).toBe(204);
+    expect((await alice.req('GET', `/v2/images/${img.id}`)).json.status).toBe('uploading');
+    expect(await probe.blobs()).toContain(`staging-${img.id}`);
+    const imp = await alice.req('POST', `/v2/images/${img.id}/import`, { method: { name: 'glance-direct' } });
+    expect(imp.status).toBe(202);
+    let got: any;
+    for (let i = 0; i < 400; i++) {
+      got = (await alice.req('GET', `/v2/images/${img.id}`)).json;
+      if (got.status !== 'importing' && got.status !== 'uploading' && !('os_glance_import_task' in got))
+        break;
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    expect(got.status).toBe('active');
+    expect(got.checksum).toBe(hex('md5', data));
+    expect(got.os_hash_value).toBe(hex('sha512', data));
+    const r = await fetch(`${server.url}/v2/images/${img.id}/file`, {
+      headers: { 'X-Auth-Token': alice.token },
+    });
+    expect(Buffer.from(await r.arrayBuffer()).equals(data)).toBe(true);
+    const blobs = await probe.blobs();
+    expect(blobs).toContain(img.id);
+    expect(blobs).not.toContain(`staging-${img.id}`);
+    expect(await probe.temps()).toEqual([]);
+  });
+
   it('restart: stop the server, start it on the same database and store, everything is there', async () => {
     const before = (await admin.req('GET', '/v2/images?limit=100&member_status=all&sort=name:asc')).json
       .images as any[];

@@ -15,7 +15,8 @@
  * (default us-east-1). Keys and secrets are percent-decoded. The bucket is created when it
  * does not exist.
  */
-import type { Readable } from 'node:stream';
+import { PassThrough, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { VdiskError } from '../../core/errors.js';
 import type { BlobStore, BlobWriter } from './store.js';
@@ -307,7 +308,13 @@ export class S3Store implements BlobStore {
       }),
     );
     if (r.Body === undefined) throw new Error(`GetObject ${key} returned no body`);
-    return r.Body as Readable;
+    // A plain stream, as the filesystem store gives: the SDK's body is the HTTP response
+    // itself (an IncomingMessage, whose `complete`/`headers` callers must not see or change).
+    const out = new PassThrough({ highWaterMark: 1 << 20 });
+    pipeline(r.Body as Readable, out).catch(() => {
+      // pipeline destroys `out` with the error: the reader sees it
+    });
+    return out;
   }
 
   async size(key: string): Promise<number | null> {
