@@ -501,6 +501,34 @@ describe.each(configs.map((c, i) => ({ ...c, i, name: `${c.db} + ${c.store}` }))
     ids['gone'] = gone.id;
   });
 
+  it('import: glance-direct stages to the store, then imports (staging blob gone, bytes identical)', async () => {
+    const data = rawData(9 * MIB + 3);
+    const img = await alice.createImage({ name: 'imported', disk_format: 'raw', container_format: 'bare' });
+    expect((await alice.req('PUT', `/v2/images/${img.id}/stage`, data)).status).toBe(204);
+    expect((await alice.req('GET', `/v2/images/${img.id}`)).json.status).toBe('uploading');
+    expect(await probe.blobs()).toContain(`staging-${img.id}`);
+    const imp = await alice.req('POST', `/v2/images/${img.id}/import`, { method: { name: 'glance-direct' } });
+    expect(imp.status).toBe(202);
+    let got: any;
+    for (let i = 0; i < 400; i++) {
+      got = (await alice.req('GET', `/v2/images/${img.id}`)).json;
+      if (got.status !== 'importing' && got.status !== 'uploading' && !('os_glance_import_task' in got))
+        break;
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    expect(got.status).toBe('active');
+    expect(got.checksum).toBe(hex('md5', data));
+    expect(got.os_hash_value).toBe(hex('sha512', data));
+    const r = await fetch(`${server.url}/v2/images/${img.id}/file`, {
+      headers: { 'X-Auth-Token': alice.token },
+    });
+    expect(Buffer.from(await r.arrayBuffer()).equals(data)).toBe(true);
+    const blobs = await probe.blobs();
+    expect(blobs).toContain(img.id);
+    expect(blobs).not.toContain(`staging-${img.id}`);
+    expect(await probe.temps()).toEqual([]);
+  });
+
   it('restart: stop the server, start it on the same database and store, everything is there', async () => {
     const before = (await admin.req('GET', '/v2/images?limit=100&member_status=all&sort=name:asc')).json
       .images as any[];
@@ -654,6 +682,9 @@ describe.each(['fs', 's3'] as const)('BlobStore contract: %s', (kind) => {
     }
     expect(await probe.temps()).toEqual([]);
     expect(await probe.blobs()).toEqual([]);
+    // release what the "crashed" writer holds (its file handle); nothing comes back
+    await w.abort();
+    expect(await probe.temps()).toEqual([]);
     await crashed.close();
   });
 
@@ -694,39 +725,98 @@ describe('S3 store URLs', () => {
 // ---------------------------------------------------------------------------------------------
 // The real `openstack` client against `vdisk serve --database-url postgres://… --store s3://…`
 
-describe('openstack client against vdisk serve on PostgreSQL + S3', () => {
-  it('create --file, list, show, save (byte-identical), delete (the object goes away)', async () => {
+/** `vdisk serve` as a child process on PostgreSQL + S3; resolves once it listens. */
+function serve(dataDir: string, databaseUrl: string, storeUrl: string, password: string) {
+  const bin = join(process.cwd(), 'bin', 'vdisk');
+  const p = spawn(
+    process.execPath,
+    [
+      bin,
+      'serve',
+      '--port',
+      '0',
+      '--data-dir',
+      dataDir,
+      '--database-url',
+      databaseUrl,
+      '--store',
+      storeUrl,
+      '--admin-password',
+      password,
+    ],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  let err = '';
+  return new Promise<{ p: typeof p; url: string; err: () => string }>((resolve, reject) => {
+    p.stderr.on('data', (d: Buffer) => {
+      err += d.toString();
+      const m = /listening on (http:\/\/\S+)/.exec(err);
+      if (m) resolve({ p, url: m[1]!, err: () => err });
+    });
+    p.on('exit', (code) => reject(new Error(`vdisk serve exited ${code}: ${err}`)));
+  });
+}
+
+describe('vdisk serve on PostgreSQL + S3', () => {
+  it('`vdisk serve` killed mid-upload restarts clean: no multipart upload left, the image queued', async () => {
+    const dir = await tempDir('kill');
+    const databaseUrl = await pg.createDatabase('killed');
+    const storeUrl = ceph.storeUrl('vdisk-killed', 'glance');
+    const probe = await probeS3(storeUrl);
+    let s = await serve(join(dir, 'data'), databaseUrl, storeUrl, 'k');
+    try {
+      let a = await Api.login(s.url, 'admin', 'k', 'admin');
+      const img = await a.createImage({ disk_format: 'raw', container_format: 'bare' });
+      // 12 MiB sent (one 8 MiB part uploaded), the client still connected, then the server dies
+      const req = request(`${s.url}/v2/images/${img.id}/file`, {
+        method: 'PUT',
+        headers: {
+          'X-Auth-Token': a.token,
+          'Content-Type': 'application/octet-stream',
+          'Transfer-Encoding': 'chunked',
+        },
+      });
+      const up = new Promise<void>((resolve) => {
+        req.on('error', () => resolve());
+        req.on('response', (res) => {
+          res.resume();
+          resolve();
+        });
+      });
+      req.write(rawData(6 * MIB));
+      req.write(randomBytes(6 * MIB));
+      let temps: string[] = [];
+      for (let i = 0; i < 100 && temps.length === 0; i++) {
+        temps = await probe.temps();
+        if (temps.length === 0) await new Promise((r) => setTimeout(r, 100));
+      }
+      expect(temps).toHaveLength(1); // the multipart upload exists while the upload runs
+      expect((await a.req('GET', `/v2/images/${img.id}`)).json.status).toBe('saving');
+      s.p.kill('SIGKILL');
+      await up;
+      await new Promise((r) => s.p.once('exit', r));
+      expect(await probe.temps()).toHaveLength(1); // what the crash left
+      s = await serve(join(dir, 'data'), databaseUrl, storeUrl, 'k');
+      expect(s.err()).toMatch(/recovered 1 interrupted upload/);
+      expect(await probe.temps()).toEqual([]);
+      expect(await probe.blobs()).toEqual([]);
+      a = await Api.login(s.url, 'admin', 'k', 'admin');
+      expect((await a.req('GET', `/v2/images/${img.id}`)).json.status).toBe('queued');
+      expect(await a.upload(img.id, small)).toBe(204);
+      expect(await probe.blobs()).toEqual([img.id]);
+    } finally {
+      await probe.close();
+      const exit = new Promise<number | null>((r) => s.p.once('exit', r));
+      s.p.kill('SIGTERM');
+      expect(await exit).toBe(0);
+    }
+  });
+
+  it('the real openstack client: create --file, list, show, save (byte-identical), delete (the object goes away)', async () => {
     const dir = await tempDir('e2e');
     const databaseUrl = await pg.createDatabase('e2e');
     const storeUrl = ceph.storeUrl('vdisk-e2e');
-    const bin = join(process.cwd(), 'bin', 'vdisk');
-    const p = spawn(
-      process.execPath,
-      [
-        bin,
-        'serve',
-        '--port',
-        '0',
-        '--data-dir',
-        join(dir, 'data'),
-        '--database-url',
-        databaseUrl,
-        '--store',
-        storeUrl,
-        '--admin-password',
-        'e2e-pw',
-      ],
-      { stdio: ['ignore', 'ignore', 'pipe'] },
-    );
-    let err = '';
-    const url = await new Promise<string>((resolve, reject) => {
-      p.stderr.on('data', (d: Buffer) => {
-        err += d.toString();
-        const m = /listening on (http:\/\/\S+)/.exec(err);
-        if (m) resolve(m[1]!);
-      });
-      p.on('exit', (code) => reject(new Error(`vdisk serve exited ${code}: ${err}`)));
-    });
+    const { p, url } = await serve(join(dir, 'data'), databaseUrl, storeUrl, 'e2e-pw');
     const probe = await probeS3(storeUrl);
     try {
       const ts = { url, home: join(dir, 'home') };

@@ -15,7 +15,8 @@
  * (default us-east-1). Keys and secrets are percent-decoded. The bucket is created when it
  * does not exist.
  */
-import type { Readable } from 'node:stream';
+import { PassThrough, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { VdiskError } from '../../core/errors.js';
 import type { BlobStore, BlobWriter } from './store.js';
@@ -167,6 +168,8 @@ export class S3Store implements BlobStore {
     const parts: { PartNumber: number; ETag: string }[] = [];
     let partNo = 1;
     let buf: Buffer | null = null;
+    // Buffers of parts already sent, reused for the next parts of the same size.
+    const free: Buffer[] = [];
     let used = 0;
     // Parts in flight and their sizes; the first failure is kept and rethrown.
     const inflight = new Map<Promise<void>, number>();
@@ -188,7 +191,8 @@ export class S3Store implements BlobStore {
     const sendPart = async (): Promise<void> => {
       if (buf === null || used === 0) return;
       if (partNo > MAX_PARTS) throw new Error(`the blob needs more than ${MAX_PARTS} parts`);
-      const body = buf.subarray(0, used);
+      const full = buf;
+      const body = full.subarray(0, used);
       const n = partNo++;
       buf = null;
       used = 0;
@@ -210,6 +214,7 @@ export class S3Store implements BlobStore {
         } finally {
           inflight.delete(p);
           inflightBytes -= body.length;
+          if (!done && full.length === partSize(partNo)) free.push(full);
         }
       };
       const p: Promise<void> = upload();
@@ -228,7 +233,11 @@ export class S3Store implements BlobStore {
         let off = 0;
         while (off < chunk.length) {
           const size = partSize(partNo);
-          buf ??= Buffer.allocUnsafe(size);
+          if (buf === null) {
+            let b = free.pop();
+            while (b !== undefined && b.length !== size) b = free.pop();
+            buf = b ?? Buffer.allocUnsafe(size);
+          }
           const n = Math.min(chunk.length - off, size - used);
           chunk.copy(buf, used, off, off + n);
           used += n;
@@ -274,6 +283,7 @@ export class S3Store implements BlobStore {
         if (done) return;
         done = true;
         buf = null;
+        free.length = 0;
         await settle();
         if (uploadId !== null) {
           await client
@@ -298,7 +308,13 @@ export class S3Store implements BlobStore {
       }),
     );
     if (r.Body === undefined) throw new Error(`GetObject ${key} returned no body`);
-    return r.Body as Readable;
+    // A plain stream, as the filesystem store gives: the SDK's body is the HTTP response
+    // itself (an IncomingMessage, whose `complete`/`headers` callers must not see or change).
+    const out = new PassThrough({ highWaterMark: 1 << 20 });
+    pipeline(r.Body as Readable, out).catch(() => {
+      // pipeline destroys `out` with the error: the reader sees it
+    });
+    return out;
   }
 
   async size(key: string): Promise<number | null> {
