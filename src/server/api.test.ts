@@ -11,7 +11,14 @@ import { request } from 'node:http';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startServer } from './server.js';
-import { ADMIN_PASSWORD, Api, addProjectUser, startTestServer, type TestServer } from './test/harness.js';
+import {
+  ADMIN_PASSWORD,
+  Api,
+  addProjectUser,
+  putChunked,
+  startTestServer,
+  type TestServer,
+} from './test/harness.js';
 
 let ts: TestServer;
 let admin: Api;
@@ -28,36 +35,6 @@ afterAll(async () => {
 });
 
 const hex = (algo: string, b: Uint8Array) => createHash(algo).update(b).digest('hex');
-
-/** PUT a body with Transfer-Encoding: chunked (no Content-Length). */
-function putChunked(url: string, token: string, chunks: Buffer[], abortAfter?: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const req = request(url, {
-      method: 'PUT',
-      headers: {
-        'X-Auth-Token': token,
-        'Content-Type': 'application/octet-stream',
-        'Transfer-Encoding': 'chunked',
-      },
-    });
-    req.on('response', (res) => {
-      res.resume();
-      resolve(res.statusCode ?? 0);
-    });
-    req.on('error', (e) => (abortAfter !== undefined ? resolve(-1) : reject(e)));
-    chunks.forEach((c, i) => {
-      if (abortAfter !== undefined && i === abortAfter) {
-        setTimeout(() => {
-          req.destroy();
-          resolve(-1);
-        }, 200);
-        return;
-      }
-      if (abortAfter === undefined || i < abortAfter) req.write(c);
-    });
-    if (abortAfter === undefined) req.end();
-  });
-}
 
 describe('PATCH', () => {
   it('follows Glance rules for both media types', async () => {

@@ -19,7 +19,7 @@ import { type RunningServer, startServer } from './server.js';
 import { FsStore } from './store/fs.js';
 import { S3Store } from './store/s3.js';
 import type { BlobStore } from './store/store.js';
-import { Api, addProjectUser, runClient } from './test/harness.js';
+import { Api, addProjectUser, putChunked, runClient } from './test/harness.js';
 import { type PgServer, type S3Server, startCeph, startPostgres } from './test/servers.js';
 
 const MIB = 1 << 20;
@@ -59,36 +59,6 @@ async function readAll(s: Readable): Promise<Buffer> {
   const parts: Buffer[] = [];
   for await (const c of s) parts.push(c as Buffer);
   return Buffer.concat(parts);
-}
-
-/** PUT a chunked body; with `abortAfter`, the client goes away after that many chunks. */
-function putChunked(url: string, token: string, chunks: Buffer[], abortAfter?: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const req = request(url, {
-      method: 'PUT',
-      headers: {
-        'X-Auth-Token': token,
-        'Content-Type': 'application/octet-stream',
-        'Transfer-Encoding': 'chunked',
-      },
-    });
-    req.on('response', (res) => {
-      res.resume();
-      resolve(res.statusCode ?? 0);
-    });
-    req.on('error', (e) => (abortAfter !== undefined ? resolve(-1) : reject(e)));
-    chunks.forEach((c, i) => {
-      if (abortAfter !== undefined && i === abortAfter) {
-        setTimeout(() => {
-          req.destroy();
-          resolve(-1);
-        }, 300);
-        return;
-      }
-      if (abortAfter === undefined || i < abortAfter) req.write(c);
-    });
-    if (abortAfter === undefined) req.end();
-  });
 }
 
 /**

@@ -6,6 +6,7 @@
  */
 import { execFile } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
+import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type RunningServer, type ServeOptions, startServer } from '../server.js';
@@ -169,5 +170,43 @@ export function runClient(
       const code = err === null ? 0 : typeof err.code === 'number' ? err.code : 1;
       resolve({ code, stdout, stderr });
     });
+  });
+}
+
+/**
+ * PUT a body with Transfer-Encoding: chunked (no Content-Length). With `abortAfter`, the
+ * client goes away after that many chunks (resolves -1).
+ */
+export function putChunked(
+  url: string,
+  token: string,
+  chunks: Buffer[],
+  abortAfter?: number,
+): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, {
+      method: 'PUT',
+      headers: {
+        'X-Auth-Token': token,
+        'Content-Type': 'application/octet-stream',
+        'Transfer-Encoding': 'chunked',
+      },
+    });
+    req.on('response', (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+    });
+    req.on('error', (e) => (abortAfter !== undefined ? resolve(-1) : reject(e)));
+    chunks.forEach((c, i) => {
+      if (abortAfter !== undefined && i === abortAfter) {
+        setTimeout(() => {
+          req.destroy();
+          resolve(-1);
+        }, 300);
+        return;
+      }
+      if (abortAfter === undefined || i < abortAfter) req.write(c);
+    });
+    if (abortAfter === undefined) req.end();
   });
 }
