@@ -490,16 +490,20 @@ class Copier {
         }
       }
       if (this.error !== null) return;
-      try {
-        await this.write(item, status, buf, prepared);
-      } catch (err) {
-        this.setError(
-          new VdiskError(
-            err instanceof VdiskError && err.code === 'ENOSPC' ? 'ENOSPC' : 'EIO',
-            `error while writing at byte ${item.offset}: ${hostText(err)}`,
-            { offset: item.offset, cause: err },
-          ),
+      const writeError = (err: unknown) =>
+        new VdiskError(
+          err instanceof VdiskError && err.code === 'ENOSPC' ? 'ENOSPC' : 'EIO',
+          `error while writing at byte ${item.offset}: ${hostText(err)}`,
+          { offset: item.offset, cause: err },
         );
+      // The request takes its place in the target in order (qcow2: its clusters are allocated,
+      // so the file's layout is qemu-img's); its data I/O then overlaps with the next requests'.
+      const finishing: Promise<void>[] = [];
+      try {
+        await this.write(item, status, buf, prepared, finishing);
+      } catch (err) {
+        await Promise.allSettled(finishing);
+        this.setError(writeError(err));
         return;
       }
       if (c.inOrder) {
@@ -509,6 +513,13 @@ class Copier {
           this.waiters.delete(this.wrOffs);
           w();
         }
+      }
+      try {
+        await Promise.all(finishing);
+      } catch (err) {
+        await Promise.allSettled(finishing);
+        this.setError(writeError(err));
+        return;
       }
     }
   }
@@ -540,6 +551,7 @@ class Copier {
     status: Status,
     buf: Buffer | null,
     prepared: (() => Promise<void>) | null,
+    finishing: Promise<void>[],
   ): Promise<void> {
     const c = this.c;
     const t = c.target;
@@ -573,7 +585,13 @@ class Copier {
           const data = b.subarray(0, n);
           if (prepared !== null) await prepared();
           else if (c.compressed) await t.driver.writeCompressed!(data, item.offset + pos);
-          else await t.writeAt(data, item.offset + pos);
+          else {
+            const finish = await t.prepareWrite(data, item.offset + pos);
+            const p = finish();
+            // Handled by the caller (Promise.all): no unhandled rejection in the meantime.
+            p.catch(() => {});
+            finishing.push(p);
+          }
         } else {
           zero = true;
         }

@@ -121,6 +121,14 @@ export interface FormatImage {
   /** Is the image marked dirty (e.g. lazy refcounts, need-check)? */
   readonly dirty?: boolean;
   /**
+   * write() in two steps, for copies that keep qemu-img's file layout while several writes
+   * are in flight (convert): the returned promise settles once the write has its place in the
+   * file (clusters allocated, in call order); the returned function does the data I/O and the
+   * metadata updates that follow it, and must be called exactly once. offset and length are
+   * multiples of `alignment`.
+   */
+  prepareWrite?(buf: Uint8Array, offset: number): Promise<() => Promise<void>>;
+  /**
    * Write one whole cluster compressed (convert -c). offset is cluster-aligned; buf is one
    * cluster long, or shorter only for the last cluster of the image.
    */
