@@ -139,6 +139,14 @@ export interface FormatImage {
    * writes them in order, so the file's layout is qemu-img's.
    */
   prepareCompressed?(buf: Uint8Array, offset: number): Promise<() => Promise<void>>;
+  /**
+   * True where every write of this image is stored compressed (vmdk streamOptimized): convert
+   * then compresses runs of whole clusters with prepareCompressedRange before their ordered
+   * write, as it does for -c.
+   */
+  readonly compressesWrites?: boolean;
+  /** prepareCompressed for a run of whole clusters (offset cluster-aligned, the last may be short at the end). */
+  prepareCompressedRange?(buf: Uint8Array, offset: number): Promise<() => Promise<void>>;
   /** Rewrite the backing file reference stored in the image (rebase, amend); undefined detaches. */
   setBacking?(ref: FileRef | undefined): Promise<void>;
   /** Make every cluster unallocated (after commit), as QEMU's bdrv_make_empty. */

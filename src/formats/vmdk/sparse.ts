@@ -623,6 +623,46 @@ export class SparseExtent implements VmdkExtent {
     return () => this.alloc.run(() => this.appendGrain(g, packed));
   }
 
+  /**
+   * A run of whole grains (the last may be the extent's short last grain), each compressed on
+   * the pool now; the returned function appends them back to back with one vectored write
+   * and enters them with one grain-table update, as consecutive writeCompressed calls would.
+   */
+  async prepareCompressedRange(buf: Uint8Array, offset: number): Promise<() => Promise<void>> {
+    this.refuseStreamWrite();
+    const gs = this.grainSize;
+    const g0 = offset / gs;
+    const count = Math.ceil(buf.length / gs);
+    let expected = 0;
+    for (let i = 0; i < count && Number.isInteger(g0); i++) expected += this.grainLength(g0 + i);
+    if (!Number.isInteger(g0) || count === 0 || buf.length !== expected) {
+      throw new VdiskError('INVALID_ARGUMENT', 'Compressed writes must cover whole grains', {
+        path: this.file.path,
+        offset,
+      });
+    }
+    const packed = await Promise.all(
+      Array.from({ length: count }, (_, i) =>
+        this.pack(buf.subarray(i * gs, Math.min(buf.length, (i + 1) * gs)), g0 + i),
+      ),
+    );
+    return () =>
+      this.alloc.run(async () => {
+        let sectors = 0;
+        for (const p of packed) sectors += p.length / SECTOR;
+        const first = this.allocateSectors(sectors, false);
+        await this.file.writev(packed, first * SECTOR);
+        this.fileSize = Math.max(this.fileSize, (first + sectors) * SECTOR);
+        const updates: Array<[number, number]> = [];
+        let sector = first;
+        for (let i = 0; i < count; i++) {
+          updates.push([g0 + i, sector]);
+          sector += packed[i]!.length / SECTOR;
+        }
+        await this.setEntries(updates);
+      });
+  }
+
   /** Marker + zlib data, padded to whole sectors. */
   private async pack(grain: Uint8Array, g: number): Promise<Uint8Array> {
     // One output chunk as large as the grain: one trip to the thread pool per grain.
