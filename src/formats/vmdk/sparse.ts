@@ -57,6 +57,24 @@ export interface SparseExtentInit {
   gdAtEnd: boolean;
 }
 
+/**
+ * Grains compressed at once, process-wide: libuv's pool runs 4 at a time, and each one in
+ * flight holds a zlib state and an output chunk (~350 KiB), so convert's requests in flight
+ * (8 × 32 grains) must not all queue at once (peak RSS stays under the 200 MiB budget).
+ */
+const MAX_PACKING = 8;
+let packing = 0;
+const packWaiters: Array<() => void> = [];
+
+async function packSlot(): Promise<() => void> {
+  while (packing >= MAX_PACKING) await new Promise<void>((resolve) => packWaiters.push(resolve));
+  packing++;
+  return () => {
+    packing--;
+    packWaiters.shift()?.();
+  };
+}
+
 export class SparseExtent implements VmdkExtent {
   readonly flat = false;
   readonly file: HostFile;
@@ -666,7 +684,13 @@ export class SparseExtent implements VmdkExtent {
   /** Marker + zlib data, padded to whole sectors. */
   private async pack(grain: Uint8Array, g: number): Promise<Uint8Array> {
     // One output chunk as large as the grain: one trip to the thread pool per grain.
-    const z = await deflate(grain, { chunkSize: Math.max(16384, grain.length + 1024) });
+    const release = await packSlot();
+    let z: Buffer;
+    try {
+      z = await deflate(grain, { chunkSize: Math.max(16384, grain.length + 1024) });
+    } finally {
+      release();
+    }
     const out = new Uint8Array(Math.ceil((MARKER_BYTES + z.length) / SECTOR) * SECTOR);
     const v = new DataView(out.buffer);
     // The grain's LBA in the whole disk, as QEMU writes it.
