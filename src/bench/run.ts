@@ -4,7 +4,9 @@
  * `sync` before every run so that one run's dirty pages do not slow the next; the table
  * shows median wall times (measured around the process, start-up included: Node alone takes
  * ~50 ms, which dominates the small cases), their ratio (vdisk / qemu-img) and the peak RSS of
- * each process as GNU time reports it (`/usr/bin/time -f %M`, the child's maximum resident set).
+ * each process as GNU time reports it (`/usr/bin/time -f %M`, the child's maximum resident set),
+ * and the CPU seconds (user + system, every thread) each process used: on a shared machine
+ * wall times move by ±50 %, CPU seconds much less.
  *
  * Environment: BENCH_SIZE (default 2G) sizes the mixed-data image; BENCH_REPEAT (default 3);
  * BENCH_DIR (default the system temp dir) holds the files; BENCH_ONLY=substring picks cases.
@@ -29,24 +31,26 @@ const MiB = 1 << 20;
 interface Run {
   seconds: number;
   rssKiB: number | null;
+  /** CPU seconds of the process (user + system, all threads), from GNU time. */
+  cpu: number | null;
 }
 
 function timed(cmd: string, args: string[], cwd: string): Run {
   spawnSync('sync');
-  const argv = HAVE_TIME ? ['-f', '%e %M', cmd, ...args] : args;
+  const argv = HAVE_TIME ? ['-f', '%e %M %U %S', cmd, ...args] : args;
   const t0 = performance.now();
   const r = spawnSync(HAVE_TIME ? '/usr/bin/time' : cmd, argv, { cwd, encoding: 'utf8', maxBuffer: 1 << 30 });
   const wall = (performance.now() - t0) / 1000;
   const lines = r.stderr.trim().split('\n');
   const last = lines[lines.length - 1] ?? '';
-  const m = /^([\d.]+) (\d+)$/.exec(last);
+  const m = /^([\d.]+) (\d+) ([\d.]+) ([\d.]+)$/.exec(last);
   // compare exits 1 on a difference, check 3 on leaks: only ≥ 2 (or a signal) is a failure here.
   if (r.status === null || r.status >= (cmd === VDISK || cmd === 'qemu-img' ? 2 : 1)) {
     throw new Error(`${cmd} ${args.join(' ')} failed (${r.status}): ${r.stderr}`);
   }
   // Wall time measured here (ms resolution; /usr/bin/time's %e has only 10 ms), spawn included
   // for both tools alike.
-  return { seconds: wall, rssKiB: m ? Number(m[2]) : null };
+  return { seconds: wall, rssKiB: m ? Number(m[2]) : null, cpu: m ? Number(m[3]) + Number(m[4]) : null };
 }
 
 function median(xs: number[]): number {
@@ -179,6 +183,7 @@ function main(): void {
       if (ONLY !== undefined && !c.name.includes(ONLY)) continue;
       const times: Record<'q' | 'v', number[]> = { q: [], v: [] };
       const rss: Record<'q' | 'v', number[]> = { q: [], v: [] };
+      const cpu: Record<'q' | 'v', number[]> = { q: [], v: [] };
       for (let i = 0; i < REPEAT; i++) {
         for (const who of i % 2 === 0 ? (['q', 'v'] as const) : (['v', 'q'] as const)) {
           const out = c.out !== undefined ? `${who}-${c.out}` : '';
@@ -187,6 +192,7 @@ function main(): void {
           const r = timed(who === 'q' ? 'qemu-img' : VDISK, args, dir);
           times[who].push(r.seconds);
           if (r.rssKiB !== null) rss[who].push(r.rssKiB);
+          if (r.cpu !== null) cpu[who].push(r.cpu);
         }
       }
       if (c.out !== undefined) {
@@ -202,10 +208,30 @@ function main(): void {
       const q = median(times.q);
       const v = median(times.v);
       const mib = (xs: number[]) => (xs.length > 0 ? (Math.max(...xs) / 1024).toFixed(0) : '?');
-      rows.push([c.name, q.toFixed(3), v.toFixed(3), (v / q).toFixed(2), mib(rss.q), mib(rss.v)]);
+      const cq = cpu.q.length > 0 ? median(cpu.q) : null;
+      const cv = cpu.v.length > 0 ? median(cpu.v) : null;
+      rows.push([
+        c.name,
+        q.toFixed(3),
+        v.toFixed(3),
+        (v / q).toFixed(2),
+        cq === null ? '?' : cq.toFixed(2),
+        cv === null ? '?' : cv.toFixed(2),
+        mib(rss.q),
+        mib(rss.v),
+      ]);
       process.stderr.write(`bench: ${c.name} done\n`);
     }
-    const head = ['case', 'qemu-img s', 'vdisk s', 'ratio', 'qemu-img MiB', 'vdisk MiB'];
+    const head = [
+      'case',
+      'qemu-img s',
+      'vdisk s',
+      'ratio',
+      'qemu-img CPU s',
+      'vdisk CPU s',
+      'qemu-img MiB',
+      'vdisk MiB',
+    ];
     const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
     const line = (r: string[]) =>
       `| ${r.map((x, i) => (i === 0 ? x.padEnd(widths[i]!) : x.padStart(widths[i]!))).join(' | ')} |`;
@@ -217,7 +243,8 @@ function main(): void {
     const node = timed(process.execPath, ['-e', '0'], dir).seconds;
     process.stdout.write(
       `${out.join('\n')}\n\nmedian wall time of ${REPEAT} runs per tool (alternating, sync before each), ` +
-        `process start included (\`node -e 0\` alone: ${node.toFixed(3)} s); RSS: peak of /usr/bin/time -f %M\n`,
+        `process start included (\`node -e 0\` alone: ${node.toFixed(3)} s); CPU: median user + system ` +
+        `seconds (/usr/bin/time -f '%U %S', all threads); RSS: peak of /usr/bin/time -f %M\n`,
     );
   } finally {
     rmSync(dir, { recursive: true, force: true });

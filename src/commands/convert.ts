@@ -222,6 +222,11 @@ export async function convertCommand(o: ConvertOptions): Promise<void> {
       total,
       target,
       compressed,
+      precompress:
+        !compressed &&
+        target.driver.compressesWrites === true &&
+        target.driver.prepareCompressedRange !== undefined &&
+        clusterSize > 0,
       minSparse,
       bufSize,
       clusterSize,
@@ -305,6 +310,8 @@ interface CopierConfig {
   total: number;
   target: Image;
   compressed: boolean;
+  /** The target compresses every write (prepareCompressedRange): compress ahead of the turn. */
+  precompress: boolean;
   minSparse: number;
   bufSize: number;
   clusterSize: number;
@@ -316,6 +323,15 @@ interface CopierConfig {
   /** Alignment of zero-run ends, in sectors. */
   alignment: number;
   onProgress?: ((done: number, total: number) => void) | undefined;
+}
+
+interface WriteRun {
+  /** Start within the request. */
+  pos: number;
+  length: number;
+  kind: 'data' | 'zero' | 'backing';
+  /** Data compressed ahead of the request's turn (precompress): the ordered write. */
+  commit: (() => Promise<void>) | null;
 }
 
 interface Item {
@@ -477,20 +493,24 @@ class Copier {
       // Compression runs before this request's turn to write comes: several clusters compress
       // at once (qemu-img compresses inside the ordered write, one cluster at a time).
       let prepared: (() => Promise<void>) | null = null;
+      let runs: WriteRun[];
       const prepare = c.target.driver.prepareCompressed?.bind(c.target.driver);
-      if (c.compressed && status === 'data' && prepare !== undefined) {
-        const b = buf!.subarray(0, item.length);
-        try {
-          if (!(c.minSparse > 0 && isAllZero(b))) prepared = await prepare(b, item.offset);
-        } catch (err) {
-          this.setError(
-            new VdiskError('EIO', `error while writing at byte ${item.offset}: ${hostText(err)}`, {
-              offset: item.offset,
-              cause: err,
-            }),
-          );
-          return;
+      try {
+        runs = this.plan(item, status, buf);
+        if (c.compressed && status === 'data' && prepare !== undefined) {
+          const b = buf!.subarray(0, item.length);
+          if (runs.some((r) => r.kind === 'data')) prepared = await prepare(b, item.offset);
+        } else if (c.precompress && status === 'data') {
+          runs = await this.precompress(item, runs, buf!);
         }
+      } catch (err) {
+        this.setError(
+          new VdiskError('EIO', `error while writing at byte ${item.offset}: ${hostText(err)}`, {
+            offset: item.offset,
+            cause: err,
+          }),
+        );
+        return;
       }
       if (c.inOrder) {
         while (this.wrOffs !== item.offset && this.error === null) {
@@ -498,16 +518,20 @@ class Copier {
         }
       }
       if (this.error !== null) return;
-      try {
-        await this.write(item, status, buf, prepared);
-      } catch (err) {
-        this.setError(
-          new VdiskError(
-            err instanceof VdiskError && err.code === 'ENOSPC' ? 'ENOSPC' : 'EIO',
-            `error while writing at byte ${item.offset}: ${hostText(err)}`,
-            { offset: item.offset, cause: err },
-          ),
+      const writeError = (err: unknown) =>
+        new VdiskError(
+          err instanceof VdiskError && err.code === 'ENOSPC' ? 'ENOSPC' : 'EIO',
+          `error while writing at byte ${item.offset}: ${hostText(err)}`,
+          { offset: item.offset, cause: err },
         );
+      // The request takes its place in the target in order (qcow2: its clusters are allocated,
+      // so the file's layout is qemu-img's); its data I/O then overlaps with the next requests'.
+      const finishing: Promise<void>[] = [];
+      try {
+        await this.write(item, runs, buf, prepared, finishing);
+      } catch (err) {
+        await Promise.allSettled(finishing);
+        this.setError(writeError(err));
         return;
       }
       if (c.inOrder) {
@@ -517,6 +541,13 @@ class Copier {
           this.waiters.delete(this.wrOffs);
           w();
         }
+      }
+      try {
+        await Promise.all(finishing);
+      } catch (err) {
+        await Promise.allSettled(finishing);
+        this.setError(writeError(err));
+        return;
       }
     }
   }
@@ -542,24 +573,21 @@ class Copier {
     }
   }
 
-  /** convert_co_write(). */
-  private async write(
-    item: Item,
-    status: Status,
-    buf: Buffer | null,
-    prepared: (() => Promise<void>) | null,
-  ): Promise<void> {
+  /**
+   * How convert_co_write() cuts a request: data runs, zero runs (holes or zero clusters) and
+   * ranges left to the backing file. Computed before the request's turn to write comes, so the
+   * zero scan runs outside the ordered part.
+   */
+  private plan(item: Item, status: Status, buf: Buffer | null): WriteRun[] {
     const c = this.c;
-    const t = c.target;
+    const runs: WriteRun[] = [];
     let sector = item.offset / SECTOR;
     let left = item.length;
     let pos = 0;
     while (left > 0) {
       let n = left;
-      let zero = status === 'zero';
-      if (status === 'backing') {
-        // Left unallocated: the target's backing file shows through.
-      } else if (status === 'data') {
+      let kind: WriteRun['kind'] = status === 'backing' ? 'backing' : 'zero';
+      if (status === 'data') {
         const b = buf!.subarray(pos, pos + left);
         let allocated = true;
         if (c.minSparse > 0) {
@@ -577,19 +605,81 @@ class Copier {
             n = Math.min(left, sectors * SECTOR);
           }
         }
-        if (allocated) {
-          const data = b.subarray(0, n);
-          if (prepared !== null) await prepared();
-          else if (c.compressed) await t.driver.writeCompressed!(data, item.offset + pos);
-          else await t.writeAt(data, item.offset + pos);
-        } else {
-          zero = true;
-        }
+        kind = allocated ? 'data' : 'zero';
       }
-      if (zero && !c.hasZeroInit) await t.writeZeroes(item.offset + pos, n, { unmap: true });
+      runs.push({ pos, length: n, kind, commit: null });
       sector += n / SECTOR;
       pos += n;
       left -= n;
+    }
+    return runs;
+  }
+
+  /**
+   * Targets that compress every write (vmdk streamOptimized): the whole clusters of each data
+   * run are compressed now, several requests at once; their ordered write only appends them.
+   * Partial clusters at a run's edges go through the normal write at the request's turn.
+   */
+  private async precompress(item: Item, runs: WriteRun[], buf: Buffer): Promise<WriteRun[]> {
+    const c = this.c;
+    const t = c.target;
+    const cs = c.clusterSize;
+    const out: WriteRun[] = [];
+    const jobs: Promise<void>[] = [];
+    for (const r of runs) {
+      if (r.kind !== 'data') {
+        out.push(r);
+        continue;
+      }
+      const off = item.offset + r.pos;
+      const end = off + r.length;
+      const a = roundUp(off, cs);
+      const b = end === t.size ? end : end - (end % cs);
+      if (b <= a) {
+        out.push(r);
+        continue;
+      }
+      if (a > off) out.push({ pos: r.pos, length: a - off, kind: 'data', commit: null });
+      const mid: WriteRun = { pos: a - item.offset, length: b - a, kind: 'data', commit: null };
+      out.push(mid);
+      jobs.push(
+        t.driver.prepareCompressedRange!(buf.subarray(mid.pos, mid.pos + mid.length), a).then((fn) => {
+          mid.commit = fn;
+        }),
+      );
+      if (end > b) out.push({ pos: b - item.offset, length: end - b, kind: 'data', commit: null });
+    }
+    await Promise.all(jobs);
+    return out;
+  }
+
+  /** convert_co_write(). */
+  private async write(
+    item: Item,
+    runs: WriteRun[],
+    buf: Buffer | null,
+    prepared: (() => Promise<void>) | null,
+    finishing: Promise<void>[],
+  ): Promise<void> {
+    const c = this.c;
+    const t = c.target;
+    for (const r of runs) {
+      const off = item.offset + r.pos;
+      if (r.kind === 'data') {
+        const data = buf!.subarray(r.pos, r.pos + r.length);
+        if (prepared !== null) await prepared();
+        else if (r.commit !== null) await r.commit();
+        else if (c.compressed) await t.driver.writeCompressed!(data, off);
+        else {
+          const finish = await t.prepareWrite(data, off);
+          const p = finish();
+          // Handled by the caller (Promise.all): no unhandled rejection in the meantime.
+          p.catch(() => {});
+          finishing.push(p);
+        }
+      } else if (r.kind === 'zero' && !c.hasZeroInit) {
+        await t.writeZeroes(off, r.length, { unmap: true });
+      }
     }
   }
 }

@@ -139,6 +139,14 @@ export interface FormatImage {
   /** Is the image marked dirty (e.g. lazy refcounts, need-check)? */
   readonly dirty?: boolean;
   /**
+   * write() in two steps, for copies that keep qemu-img's file layout while several writes
+   * are in flight (convert): the returned promise settles once the write has its place in the
+   * file (clusters allocated, in call order); the returned function does the data I/O and the
+   * metadata updates that follow it, and must be called exactly once. offset and length are
+   * multiples of `alignment`.
+   */
+  prepareWrite?(buf: Uint8Array, offset: number): Promise<() => Promise<void>>;
+  /**
    * Write one whole cluster compressed (convert -c). offset is cluster-aligned; buf is one
    * cluster long, or shorter only for the last cluster of the image.
    */
@@ -149,6 +157,14 @@ export interface FormatImage {
    * writes them in order, so the file's layout is qemu-img's.
    */
   prepareCompressed?(buf: Uint8Array, offset: number): Promise<() => Promise<void>>;
+  /**
+   * True where every write of this image is stored compressed (vmdk streamOptimized): convert
+   * then compresses runs of whole clusters with prepareCompressedRange before their ordered
+   * write, as it does for -c.
+   */
+  readonly compressesWrites?: boolean;
+  /** prepareCompressed for a run of whole clusters (offset cluster-aligned, the last may be short at the end). */
+  prepareCompressedRange?(buf: Uint8Array, offset: number): Promise<() => Promise<void>>;
   /** Rewrite the backing file reference stored in the image (rebase, amend); undefined detaches. */
   setBacking?(ref: FileRef | undefined): Promise<void>;
   /** Make every cluster unallocated (after commit), as QEMU's bdrv_make_empty. */

@@ -147,6 +147,37 @@ export class Image implements BlockDevice {
     }
   }
 
+  /**
+   * writeAt in two steps (see FormatImage.prepareWrite): resolves once the write has its place
+   * in the file; the returned function finishes it. Drivers without prepareWrite, and
+   * unaligned requests, are written in full before this resolves.
+   */
+  async prepareWrite(buf: Uint8Array, offset: number): Promise<() => Promise<void>> {
+    const a = this.driver.alignment;
+    const prepare = this.driver.prepareWrite;
+    if (prepare === undefined || buf.length === 0 || (a > 1 && (offset % a !== 0 || buf.length % a !== 0))) {
+      await this.writeAt(buf, offset);
+      return async () => {};
+    }
+    this.checkWritable('write');
+    this.checkRange(offset, buf.length, 'write');
+    const release = await this.rmw.shared();
+    let finish: () => Promise<void>;
+    try {
+      finish = await prepare.call(this.driver, buf, offset);
+    } catch (err) {
+      release();
+      throw err;
+    }
+    return async () => {
+      try {
+        await finish();
+      } finally {
+        release();
+      }
+    };
+  }
+
   async writeZeroes(offset: number, length: number, opts: { unmap?: boolean } = {}): Promise<void> {
     this.checkWritable('write zeroes');
     this.checkRange(offset, length, 'write zeroes');

@@ -837,10 +837,19 @@ export class Qcow2Image implements FormatImage {
    * for each other (claim), so that two writers never allocate the same guest cluster.
    */
   async write(buf: Uint8Array, offset: number): Promise<void> {
+    await (await this.prepareWrite(buf, offset))();
+  }
+
+  /**
+   * write() in two steps (convert keeps qemu-img's layout with several writes in flight):
+   * the claim and the allocation now, in call order; the data and the L2 update when the
+   * returned function runs.
+   */
+  async prepareWrite(buf: Uint8Array, offset: number): Promise<() => Promise<void>> {
     const unclaim = await this.claim(offset, buf.length);
+    const prepared: Prepared[] = [];
     try {
-      const prepared: Prepared[] = [];
-      let release = await this.writeLock.lock();
+      const release = await this.writeLock.lock();
       try {
         await this.beginWrite();
         await this.forEachTableChunk(buf, offset, async (l1i, chunk, g) => {
@@ -849,17 +858,24 @@ export class Qcow2Image implements FormatImage {
       } finally {
         release();
       }
-      await Promise.all(prepared.map((p) => this.writePieces(p)));
-      release = await this.writeLock.lock();
-      try {
-        for (const p of prepared) await this.applyPrepared(p);
-        await this.settleFrees();
-      } finally {
-        release();
-      }
-    } finally {
+    } catch (err) {
       unclaim();
+      throw err;
     }
+    return async () => {
+      try {
+        await Promise.all(prepared.map((p) => this.writePieces(p)));
+        const release = await this.writeLock.lock();
+        try {
+          for (const p of prepared) await this.applyPrepared(p);
+          await this.settleFrees();
+        } finally {
+          release();
+        }
+      } finally {
+        unclaim();
+      }
+    };
   }
 
   /** Wait until no other operation works on the clusters of [offset, offset+length), then own them. */

@@ -69,6 +69,11 @@ export class RawImage implements FormatImage {
     return this.file.write(buf, offset);
   }
 
+  /** No allocation to order: the write itself may overlap with the ones around it. */
+  async prepareWrite(buf: Uint8Array, offset: number): Promise<() => Promise<void>> {
+    return () => this.file.write(buf, offset);
+  }
+
   async writeZeroes(offset: number, length: number, unmap: boolean): Promise<void> {
     if (unmap && this.file.punchHole(offset, length)) return;
     // Already a hole: nothing to write.

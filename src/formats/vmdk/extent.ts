@@ -37,6 +37,8 @@ export interface VmdkExtent {
   writeCompressed?(buf: Uint8Array, offset: number): Promise<void>;
   /** Compress now, write (in the caller's order) when the returned function runs. */
   prepareCompressed?(buf: Uint8Array, offset: number): Promise<() => Promise<void>>;
+  /** prepareCompressed for a run of whole grains: one append and one table update for all. */
+  prepareCompressedRange?(buf: Uint8Array, offset: number): Promise<() => Promise<void>>;
   /** qemu-img check's walk: the first problem (its message and QEMU's error), or null. */
   check(): Promise<CheckProblem | null>;
   /** Write back pending metadata. */

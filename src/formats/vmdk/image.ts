@@ -221,6 +221,26 @@ export class VmdkImage implements FormatImage {
     };
   }
 
+  /** Every write is compressed (streamOptimized): convert compresses before its ordered writes. */
+  get compressesWrites(): boolean {
+    return (
+      this.extents.length === 1 && this.compressed && this.extents[0]!.prepareCompressedRange !== undefined
+    );
+  }
+
+  /** prepareCompressed for a run of whole grains inside the (single) compressed extent. */
+  async prepareCompressedRange(buf: Uint8Array, offset: number): Promise<() => Promise<void>> {
+    const e = this.extentAt(offset);
+    if (e.prepareCompressedRange === undefined || !e.compressed || offset + buf.length > e.start + e.size) {
+      return () => this.write(buf, offset);
+    }
+    const commit = await e.prepareCompressedRange(buf, offset - e.start);
+    return async () => {
+      await commit();
+      await this.touchCid();
+    };
+  }
+
   async writeZeroes(offset: number, length: number, _unmap: boolean): Promise<void> {
     const below = this.belowLayer();
     await this.eachExtent(offset, length, (e, rel, _pos, n) => e.writeZeroes(rel, n, below));

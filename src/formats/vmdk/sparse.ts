@@ -57,6 +57,24 @@ export interface SparseExtentInit {
   gdAtEnd: boolean;
 }
 
+/**
+ * Grains compressed at once, process-wide: libuv's pool runs 4 at a time, and each one in
+ * flight holds a zlib state and an output chunk (~350 KiB), so convert's requests in flight
+ * (8 × 32 grains) must not all queue at once (peak RSS stays under the 200 MiB budget).
+ */
+const MAX_PACKING = 8;
+let packing = 0;
+const packWaiters: Array<() => void> = [];
+
+async function packSlot(): Promise<() => void> {
+  while (packing >= MAX_PACKING) await new Promise<void>((resolve) => packWaiters.push(resolve));
+  packing++;
+  return () => {
+    packing--;
+    packWaiters.shift()?.();
+  };
+}
+
 export class SparseExtent implements VmdkExtent {
   readonly flat = false;
   readonly file: HostFile;
@@ -623,10 +641,56 @@ export class SparseExtent implements VmdkExtent {
     return () => this.alloc.run(() => this.appendGrain(g, packed));
   }
 
+  /**
+   * A run of whole grains (the last may be the extent's short last grain), each compressed on
+   * the pool now; the returned function appends them back to back with one vectored write
+   * and enters them with one grain-table update, as consecutive writeCompressed calls would.
+   */
+  async prepareCompressedRange(buf: Uint8Array, offset: number): Promise<() => Promise<void>> {
+    this.refuseStreamWrite();
+    const gs = this.grainSize;
+    const g0 = offset / gs;
+    const count = Math.ceil(buf.length / gs);
+    let expected = 0;
+    for (let i = 0; i < count && Number.isInteger(g0); i++) expected += this.grainLength(g0 + i);
+    if (!Number.isInteger(g0) || count === 0 || buf.length !== expected) {
+      throw new VdiskError('INVALID_ARGUMENT', 'Compressed writes must cover whole grains', {
+        path: this.file.path,
+        offset,
+      });
+    }
+    const packed = await Promise.all(
+      Array.from({ length: count }, (_, i) =>
+        this.pack(buf.subarray(i * gs, Math.min(buf.length, (i + 1) * gs)), g0 + i),
+      ),
+    );
+    return () =>
+      this.alloc.run(async () => {
+        let sectors = 0;
+        for (const p of packed) sectors += p.length / SECTOR;
+        const first = this.allocateSectors(sectors, false);
+        await this.file.writev(packed, first * SECTOR);
+        this.fileSize = Math.max(this.fileSize, (first + sectors) * SECTOR);
+        const updates: Array<[number, number]> = [];
+        let sector = first;
+        for (let i = 0; i < count; i++) {
+          updates.push([g0 + i, sector]);
+          sector += packed[i]!.length / SECTOR;
+        }
+        await this.setEntries(updates);
+      });
+  }
+
   /** Marker + zlib data, padded to whole sectors. */
   private async pack(grain: Uint8Array, g: number): Promise<Uint8Array> {
     // One output chunk as large as the grain: one trip to the thread pool per grain.
-    const z = await deflate(grain, { chunkSize: Math.max(16384, grain.length + 1024) });
+    const release = await packSlot();
+    let z: Buffer;
+    try {
+      z = await deflate(grain, { chunkSize: Math.max(16384, grain.length + 1024) });
+    } finally {
+      release();
+    }
     const out = new Uint8Array(Math.ceil((MARKER_BYTES + z.length) / SECTOR) * SECTOR);
     const v = new DataView(out.buffer);
     // The grain's LBA in the whole disk, as QEMU writes it.
