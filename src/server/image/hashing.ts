@@ -11,9 +11,10 @@
  * written it. An upload holds at most BLOCKS blocks: when all are in flight, `push` returns a
  * promise for the oldest and the caller pauses the socket until it settles (backpressure to
  * the client, bounded memory per upload). Otherwise `push` copies the chunk and returns at
- * once, so that a socket chunk lives only as long as its 'data' event: chunks that outlive a
- * scavenge are promoted, and their 64 KiB external buffers then cost full (mark-compact)
- * collections — dozens per GiB when the receive loop awaited each chunk on a busy machine.
+ * once: the receive loop needs no promise per chunk, and a socket chunk (a 64 KiB external
+ * buffer node:http allocates per read) is garbage as soon as its 'data' event returns. Those
+ * buffers still make V8 run full collections on a busy machine ("external memory pressure",
+ * docs/benchmarks-registry.md); that part is node:http's, not this pipeline's.
  *
  * One pair of workers serves every upload of the process (each keeps one hash state per
  * upload id). They are started on the first upload larger than a block, are unref'd while
