@@ -21,11 +21,12 @@
  * Environment: BENCH_SERVER_SIZE (1G), BENCH_SERVER_IMAGES (10000), BENCH_REPEAT (3),
  * BENCH_LIST_N (200), BENCH_DIR (temp dir), BENCH_GLANCE (auto: run Glance when
  * /usr/bin/glance-api exists; 0: never; 1: required), BENCH_SERVER_NODE_ARGS (extra node
- * flags for the vdisk server, e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`).
+ * flags for the vdisk server, e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`),
+ * BENCH_SERVER_THREADS (1: print each upload's CPU per thread of the server).
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { type Agent, request } from 'node:http';
 import { connect } from 'node:net';
 import { cpus, tmpdir, totalmem } from 'node:os';
@@ -40,6 +41,7 @@ const COUNT = Number(process.env['BENCH_SERVER_IMAGES'] ?? 10000);
 const REPEAT = Number(process.env['BENCH_REPEAT'] ?? 3);
 const LIST_N = Number(process.env['BENCH_LIST_N'] ?? 200);
 const GLANCE = process.env['BENCH_GLANCE'] ?? 'auto';
+const THREADS = process.env['BENCH_SERVER_THREADS'] === '1';
 const NODE_ARGS = (process.env['BENCH_SERVER_NODE_ARGS'] ?? '').split(' ').filter((s) => s !== '');
 const ADMIN_PASSWORD = 'bench-secret';
 
@@ -235,6 +237,43 @@ function cpuSeconds(pid: number): number {
   }
 }
 
+/** CPU seconds [user, system] of each thread of a process so far, by thread id. */
+function threadCpu(pid: number): Map<string, [number, number]> {
+  const out = new Map<string, [number, number]>();
+  try {
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      try {
+        const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+        const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+        out.set(tid, [Number(f[11]) / 100, Number(f[12]) / 100]);
+      } catch {
+        // the thread ended meanwhile
+      }
+    }
+  } catch {
+    // the process is gone: no figures
+  }
+  return out;
+}
+
+/**
+ * BENCH_SERVER_THREADS=1: per-thread CPU-s per GiB of an upload, the main thread first, then
+ * the others by decreasing CPU (for vdisk: the md5 and sha512 workers, then libuv's pool
+ * (file writes: mostly system time) and V8's platform threads (concurrent GC)).
+ */
+function threadReport(pid: number, before: Map<string, [number, number]>): string {
+  const gib = SIZE / 2 ** 30;
+  const rows: { tid: string; u: number; s: number }[] = [];
+  for (const [tid, [u, s]] of threadCpu(pid)) {
+    const [u0, s0] = before.get(tid) ?? [0, 0];
+    if (u - u0 + s - s0 > 0) rows.push({ tid, u: (u - u0) / gib, s: (s - s0) / gib });
+  }
+  rows.sort((a, b) => (a.tid === String(pid) ? -1 : b.tid === String(pid) ? 1 : b.u + b.s - (a.u + a.s)));
+  return rows
+    .map((r) => `${r.tid === String(pid) ? 'main ' : ''}${r.u.toFixed(2)}+${r.s.toFixed(2)}s`)
+    .join(' ');
+}
+
 function resetPeak(pid: number): void {
   try {
     writeFileSync(`/proc/${pid}/clear_refs`, '5');
@@ -302,8 +341,11 @@ async function transferRound(t: Target, i: number, hashes: { md5: string; sha512
     const id = await newImage(t, `bench-${mode}-${i}`);
     resetPeak(t.pid);
     const c0 = cpuSeconds(t.pid);
+    const th0 = THREADS ? threadCpu(t.pid) : null;
     const s = await upload(t, id, mode === 'sized');
     r.cpuUp.push((cpuSeconds(t.pid) - c0) / (SIZE / 2 ** 30));
+    if (th0 !== null)
+      process.stderr.write(`  ${t.name} ${mode} upload, CPU-s/GiB per thread: ${threadReport(t.pid, th0)}\n`);
     r.rssUp = Math.max(r.rssUp, peakRss(t.pid) ?? 0);
     r.up[mode].push(SIZE / MiB / s);
     const img = await json(t, 'GET', `/v2/images/${id}`);

@@ -99,12 +99,11 @@ export async function receiveData(
   let refused: HttpError | null = null;
   let digests: Digests = { md5: '', sha512: '' };
   try {
-    for await (const chunk of req) {
-      const b = chunk as Buffer;
+    await readBody(req, (b) => {
       size += b.length;
       if (refused !== null) {
         if (size > limit) throw refused;
-        continue;
+        return undefined;
       }
       if (size > limit) {
         if (size > cap)
@@ -123,13 +122,14 @@ export async function receiveData(
         } catch (err) {
           if (!(err instanceof HttpError)) throw err;
           refused = err;
-          digester.abort();
-          await writer.abort();
-          continue;
+          return (async () => {
+            await digester.abort();
+            await writer.abort();
+          })();
         }
       }
-      await digester.write(b);
-    }
+      return digester.push(b);
+    });
     if (refused !== null) throw refused;
     if (!req.complete)
       throw new HttpError(400, 'The client closed the connection before the upload finished.');
@@ -137,7 +137,7 @@ export async function receiveData(
     digests = await digester.end();
     await writer.commit();
   } catch (err) {
-    digester.abort();
+    await digester.abort();
     await writer.abort();
     await svc.db
       .updateTable('images')
@@ -148,6 +148,60 @@ export async function receiveData(
     throw err;
   }
   return { size, checksum: digests.md5, hash: digests.sha512, virtualSize };
+}
+
+/**
+ * Give each chunk of a request body to `take` in its 'data' event. `take` copies what it keeps
+ * before it returns (so a socket chunk dies young: no promise per chunk, no buffering in the
+ * stream), or returns a promise when it must wait: the stream is paused until it settles
+ * (backpressure). Resolves at the end of the body or when the client went away (the caller
+ * checks `req.complete`); rejects with what `take` threw (the rest of the body is left unread:
+ * the request is paused) or with the stream's error.
+ */
+export function readBody(
+  req: IncomingMessage,
+  take: (b: Buffer) => Promise<void> | undefined,
+): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    let pending: Promise<void> | undefined;
+    let finished = false;
+    const done = (err?: unknown) => {
+      if (finished) return;
+      finished = true;
+      req.off('data', onData);
+      req.off('end', onEnd);
+      req.off('error', done);
+      req.off('close', onEnd);
+      if (err === undefined) return resolve();
+      // The rest is not read: the error answer goes out with `Connection: close` (server.ts).
+      req.pause();
+      reject(err);
+    };
+    const onData = (b: Buffer) => {
+      if (finished) return;
+      try {
+        pending = take(b);
+      } catch (err) {
+        done(err);
+        return;
+      }
+      if (pending === undefined) return;
+      req.pause();
+      pending.then(() => {
+        pending = undefined;
+        if (!finished) req.resume();
+      }, done);
+    };
+    // 'end' (or 'close') may come while the last chunk's promise is pending.
+    const onEnd = () => {
+      if (pending === undefined) done();
+      else pending.then(() => done(), done);
+    };
+    req.on('data', onData);
+    req.on('end', onEnd);
+    req.on('error', done);
+    req.on('close', onEnd);
+  });
 }
 
 /** Commit an upload to the row; if the image went away meanwhile, drop the blob (410). */

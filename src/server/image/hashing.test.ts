@@ -7,7 +7,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { BLOCK_BYTES, BLOCKS, UploadDigester } from './hashing.js';
+import { BLOCK_BYTES, BLOCKS, copyInto, UploadDigester } from './hashing.js';
 
 const hex = (algo: string, b: Uint8Array) => createHash(algo).update(b).digest('hex');
 
@@ -73,18 +73,100 @@ describe('UploadDigester', () => {
   it('an aborted upload does not disturb the next ones', async () => {
     const d = new UploadDigester(async () => {});
     await d.write(randomBytes(2 * BLOCK_BYTES + 5));
-    d.abort();
+    await d.abort();
     const data = randomBytes(BLOCK_BYTES + 99);
     const { out } = await run(data);
     expect(out.md5).toBe(hex('md5', data));
     expect(out.sha512).toBe(hex('sha512', data));
   });
 
-  it('a failing sink fails the upload', async () => {
+  it('a failing sink fails the upload (at a later write or at the end)', async () => {
     const d = new UploadDigester(async () => {
       throw new Error('disk full');
     });
-    await expect(d.write(randomBytes(BLOCK_BYTES + 1))).rejects.toThrow('disk full');
-    d.abort();
+    await expect(
+      (async () => {
+        await d.write(randomBytes(BLOCK_BYTES + 1));
+        await d.end();
+      })(),
+    ).rejects.toThrow('disk full');
+    await d.abort();
+    // However much more is written, the failure comes back (within BLOCKS blocks).
+    const e = new UploadDigester(async () => {
+      throw new Error('disk full');
+    });
+    await expect(
+      (async () => {
+        for (let i = 0; i < BLOCKS + 2; i++) await e.write(randomBytes(BLOCK_BYTES));
+      })(),
+    ).rejects.toThrow('disk full');
+    await e.abort();
+  });
+
+  it('writes one block at a time, in order, while the next block fills', async () => {
+    let active = 0;
+    let maxActive = 0;
+    const order: number[] = [];
+    let release: () => void = () => {};
+    let gate = new Promise<void>((r) => {
+      release = r;
+    });
+    const d = new UploadDigester(async (b) => {
+      active++;
+      maxActive = Math.max(maxActive, active);
+      order.push(b[0]!);
+      await gate;
+      active--;
+    });
+    const data = Buffer.alloc(3 * BLOCK_BYTES);
+    for (let i = 0; i < 3; i++) data.fill(i + 1, i * BLOCK_BYTES, (i + 1) * BLOCK_BYTES);
+    // Two full blocks go in while the store still holds the first: the receive loop does not
+    // wait for the store's write (only for a free block).
+    await d.write(data.subarray(0, 2 * BLOCK_BYTES));
+    expect(order).toEqual([1]);
+    release();
+    gate = Promise.resolve();
+    await d.write(data.subarray(2 * BLOCK_BYTES));
+    const out = await d.end();
+    expect(order).toEqual([1, 2, 3]);
+    expect(maxActive).toBe(1);
+    expect(out.md5).toBe(hex('md5', data));
+  });
+
+  it('abort waits for the write in progress and sends nothing more to the store', async () => {
+    let calls = 0;
+    let finished = 0;
+    const d = new UploadDigester(async () => {
+      calls++;
+      await new Promise((r) => setTimeout(r, 30));
+      finished++;
+    });
+    await d.write(randomBytes(2 * BLOCK_BYTES + 7));
+    await d.abort();
+    expect(finished).toBe(calls);
+    await new Promise((r) => setTimeout(r, 60));
+    expect(calls).toBe(1);
+  });
+});
+
+describe('copyInto', () => {
+  it('copies any range into shared memory and plain buffers', () => {
+    const src = randomBytes(70_000);
+    for (const dst of [Buffer.from(new SharedArrayBuffer(100_000)), Buffer.alloc(100_000)]) {
+      for (const [dOff, sOff, n] of [
+        [0, 0, 70_000],
+        [5, 3, 1],
+        [30_000, 69_999, 1],
+        [99_000, 1000, 1000],
+        [17, 0, 0],
+      ] as const) {
+        dst.fill(0xaa);
+        copyInto(dst, dOff, src, sOff, n);
+        expect(dst.subarray(dOff, dOff + n).equals(src.subarray(sOff, sOff + n))).toBe(true);
+        // Nothing outside the range is touched.
+        expect(dst.subarray(0, dOff).every((x) => x === 0xaa)).toBe(true);
+        expect(dst.subarray(dOff + n).every((x) => x === 0xaa)).toBe(true);
+      }
+    }
   });
 });

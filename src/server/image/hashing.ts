@@ -6,10 +6,15 @@
  * hash is sequential by nature) they run side by side. The incoming chunks are coalesced into
  * 4 MiB blocks of shared memory (SharedArrayBuffer: the workers read the very bytes the store
  * is given, nothing is copied to them); each full block goes to both workers and to the
- * store's writer, and comes back to the upload's free list when both workers have hashed it.
- * An upload holds at most BLOCKS blocks: when all are in flight, `write` waits for the oldest,
- * and since the caller awaits `write` before it reads the next chunk, the socket is paused
- * (backpressure to the client, bounded memory per upload).
+ * store's writer (which writes from it in place, one block at a time, while the next fills),
+ * and comes back to the upload's free list when both workers have hashed it and the store has
+ * written it. An upload holds at most BLOCKS blocks: when all are in flight, `push` returns a
+ * promise for the oldest and the caller pauses the socket until it settles (backpressure to
+ * the client, bounded memory per upload). Otherwise `push` copies the chunk and returns at
+ * once: the receive loop needs no promise per chunk, and a socket chunk (a 64 KiB external
+ * buffer node:http allocates per read) is garbage as soon as its 'data' event returns. Those
+ * buffers still make V8 run full collections on a busy machine ("external memory pressure",
+ * docs/benchmarks-registry.md); that part is node:http's, not this pipeline's.
  *
  * One pair of workers serves every upload of the process (each keeps one hash state per
  * upload id). They are started on the first upload larger than a block, are unref'd while
@@ -133,6 +138,13 @@ function workers(): { md5: HashWorker; sha512: HashWorker } {
 const spare: SharedArrayBuffer[] = [];
 const MAX_SPARE = 8;
 
+/** A block given to the workers and the store; `ready` once both hashes and the write are done. */
+interface InFlight {
+  buf: SharedArrayBuffer;
+  done: Promise<unknown>;
+  ready: boolean;
+}
+
 export interface Digests {
   md5: string;
   sha512: string;
@@ -146,26 +158,58 @@ export interface Digests {
 export class UploadDigester {
   private readonly id = nextUpload++;
   private block: SharedArrayBuffer | null = null;
+  /** A Buffer over `block`. */
+  private view: Buffer | null = null;
   private used = 0;
+  /** The store's writes, one after the other (a block is written while the next one fills). */
+  private writing: Promise<void> = Promise.resolve();
   private started = false;
   /** Blocks given to the workers, oldest first, with the promise of both hashes done. */
-  private readonly inflight: { buf: SharedArrayBuffer; done: Promise<unknown> }[] = [];
+  private readonly inflight: InFlight[] = [];
   private readonly free: SharedArrayBuffer[] = [];
   private allocated = 0;
   private failed: Error | null = null;
 
   constructor(private readonly sink: (block: Buffer) => Promise<void>) {}
 
-  async write(chunk: Buffer): Promise<void> {
+  /**
+   * Take a chunk. Normally it is copied into the current block before this returns
+   * (undefined): the caller may drop or reuse it at once, and a receive loop need not wait.
+   * When every block is still being hashed or written, the rest of the chunk waits for the
+   * oldest: a promise is returned (the caller pauses its source until it settles, and keeps
+   * the chunk unchanged meanwhile). Throws (or rejects) once a worker or the store failed.
+   */
+  push(chunk: Buffer): Promise<void> | undefined {
+    if (this.failed !== null) throw this.failed;
     let off = 0;
     while (off < chunk.length) {
-      if (this.block === null) this.block = await this.takeBlock();
+      if (this.block === null) {
+        const b = this.tryTakeBlock();
+        if (b === null) return this.pushLater(chunk, off);
+        this.block = b;
+        this.view = Buffer.from(b);
+      }
       const n = Math.min(chunk.length - off, BLOCK_BYTES - this.used);
-      chunk.copy(new Uint8Array(this.block), this.used, off, off + n);
+      copyInto(this.view!, this.used, chunk, off, n);
       this.used += n;
       off += n;
-      if (this.used === BLOCK_BYTES) await this.submit();
+      if (this.used === BLOCK_BYTES) this.submit();
     }
+    return undefined;
+  }
+
+  /** `push`, awaited. */
+  async write(chunk: Buffer): Promise<void> {
+    await this.push(chunk);
+  }
+
+  private async pushLater(chunk: Buffer, off: number): Promise<void> {
+    const oldest = this.inflight.shift()!;
+    await oldest.done;
+    if (this.failed !== null) throw this.failed;
+    this.block = oldest.buf;
+    this.view = Buffer.from(oldest.buf);
+    await this.push(chunk.subarray(off));
   }
 
   /** Flush the last block; the hex digests of everything written. */
@@ -181,61 +225,95 @@ export class UploadDigester {
       this.release();
       return out;
     }
-    if (this.used > 0) await this.submit();
+    if (this.used > 0) this.submit();
     await Promise.all(this.inflight.map((b) => b.done));
+    await this.writing;
     if (this.failed !== null) throw this.failed;
+    // Every block is hashed and written: all may serve the next upload.
+    for (const b of this.inflight) this.free.push(b.buf);
+    this.inflight.length = 0;
     const w = workers();
     const [md5, sha512] = await Promise.all([w.md5.digest(this.id), w.sha512.digest(this.id)]);
     this.release();
     return { md5, sha512 };
   }
 
-  /** Forget the upload (after a failure): the workers drop its state, blocks go back. */
-  abort(): void {
+  /**
+   * Forget the upload (after a failure): the workers drop its state, blocks go back, no
+   * further block goes to the store. Resolves when the store's write in progress (if any) has
+   * finished, so that the caller may then abort the store's writer.
+   */
+  async abort(): Promise<void> {
+    this.failed ??= new Error('upload aborted');
     if (this.started && pool !== null) {
       pool.md5.drop(this.id);
       pool.sha512.drop(this.id);
     }
-    // Blocks still being hashed are not reused: they are left to the garbage collector.
+    // Blocks still being hashed or written are not reused: they are left to the garbage collector.
     this.inflight.length = 0;
     this.release();
+    await this.writing;
   }
 
   private release(): void {
     if (this.block !== null) this.free.push(this.block);
     this.block = null;
+    this.view = null;
     this.used = 0;
     for (const b of this.free) if (spare.length < MAX_SPARE) spare.push(b);
     this.free.length = 0;
   }
 
-  private async takeBlock(): Promise<SharedArrayBuffer> {
+  /** A free block now, or null when the caller must wait for the oldest in flight. */
+  private tryTakeBlock(): SharedArrayBuffer | null {
     const f = this.free.pop();
     if (f !== undefined) return f;
     if (this.allocated < BLOCKS) {
       this.allocated++;
       return spare.pop() ?? new SharedArrayBuffer(BLOCK_BYTES);
     }
-    const oldest = this.inflight.shift()!;
-    await oldest.done;
-    if (this.failed !== null) throw this.failed;
+    const oldest = this.inflight[0];
+    if (oldest?.ready !== true) return null;
+    this.inflight.shift();
     return oldest.buf;
   }
 
-  private async submit(): Promise<void> {
+  private submit(): void {
     const buf = this.block!;
+    const view = this.view!;
     const len = this.used;
     this.block = null;
+    this.view = null;
     this.used = 0;
     this.started = true;
     const w = workers();
-    const done = Promise.all([w.md5.update(this.id, buf, len), w.sha512.update(this.id, buf, len)]).catch(
-      (err: Error) => {
-        this.failed ??= err;
-      },
+    const fail = (err: Error) => {
+      this.failed ??= err;
+    };
+    const hashed = Promise.all([w.md5.update(this.id, buf, len), w.sha512.update(this.id, buf, len)]);
+    // The store writes straight from the shared block (no copy), in order, while the next
+    // block fills; the block comes back when it is hashed and written.
+    const written = this.writing.then(() =>
+      this.failed === null ? this.sink(view.subarray(0, len)) : undefined,
     );
-    this.inflight.push({ buf, done });
-    await this.sink(Buffer.from(buf, 0, len));
-    if (this.failed !== null) throw this.failed;
+    this.writing = written.catch(fail);
+    const entry: InFlight = { buf, done: Promise.resolve(), ready: false };
+    entry.done = Promise.all([hashed, written]).then(() => {
+      entry.ready = this.failed === null;
+    }, fail);
+    this.inflight.push(entry);
   }
+}
+
+/**
+ * Copy n bytes of src (from sOff) into dst at dOff. Buffer#copy and TypedArray#set copy into
+ * shared memory with V8's relaxed-atomic byte loop (for SharedArrayBuffer semantics), ~2×
+ * the cost of memcpy on cold data (perf: 5–6 % of the upload's CPU). Buffer#fill with a
+ * Buffer value of the fill's length is one native memcpy; it has no such concern (nothing
+ * reads the block while it is being filled: it is handed to the workers only when full).
+ */
+export function copyInto(dst: Buffer, dOff: number, src: Buffer, sOff: number, n: number): void {
+  if (n <= 0) return;
+  const part = sOff === 0 && n === src.length ? src : src.subarray(sOff, sOff + n);
+  dst.fill(part, dOff, dOff + n);
 }
