@@ -70,3 +70,22 @@ it('qcow2 → vmdk → vdi → vhdx → vpc → qed → qcow2 is lossless', asyn
   };
   expect(info['actual-size']).toBeLessThan(16 * 1024 * 1024);
 });
+
+it('convert -c -O vmdk: accepted and refused per subformat as qemu-img', async () => {
+  const src = join(dir, 'c.raw');
+  qemuImgOk(['create', '-q', '-f', 'raw', src, '8M']);
+  qemuIo(src, ['write -P 0x5a 0 1M', 'write -P 0xa5 5M 64k'], 'raw');
+  for (const sf of ['monolithicSparse', 'streamOptimized', 'twoGbMaxExtentSparse', 'monolithicFlat']) {
+    const args = ['convert', '-c', '-O', 'vmdk', '-o', `subformat=${sf}`, src];
+    const q = qemuImg([...args, join(dir, `q-${sf}.vmdk`)]);
+    const v = await vdisk([...args, join(dir, `v-${sf}.vmdk`)]);
+    expect(v.code, sf).toBe(q.code);
+    expect(v.stderr, sf).toBe(q.stderr.replace(/^qemu-img: /, 'vdisk: '));
+    if (q.code !== 0) continue;
+    const out = join(dir, `v-${sf}.vmdk`);
+    expect(qemuImg(['compare', '-f', 'raw', '-F', 'vmdk', src, out]).stdout, sf).toBe(
+      'Images are identical.\n',
+    );
+    expect(qemuImg(['check', '-f', 'vmdk', out]).code, sf).toBe(0);
+  }
+});

@@ -9,6 +9,9 @@ export const vmdkDriver: FormatDriver = {
   name: 'vmdk',
   probe: (head) => probeVmdk(head),
   supportsBacking: true,
+  // QEMU's vmdk has bdrv_co_pwritev_compressed: `convert -c -O vmdk` is accepted; grains are
+  // deflated in streamOptimized extents and stored as they are in the others.
+  compressedWrites: true,
   // In QEMU's order (the "Formatting" line prints them so).
   createOptions: [
     { name: 'size', type: 'size', help: 'Virtual disk size' },
