@@ -8,7 +8,7 @@
  * `openstack` 6.0.0 clients. Images are made by qemu-img; downloads are compared byte for
  * byte and conversions with `qemu-img compare`.
  */
-import { execFile, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
@@ -21,6 +21,7 @@ import {
   Api,
   addProjectUser,
   type CliResult,
+  runClient,
   startTestServer,
   type TestServer,
 } from './test/harness.js';
@@ -491,29 +492,7 @@ function client(
   args: string[],
   as = { user: 'alice', password: 'alice-pw', project: 'alpha' },
 ): Promise<CliResult> {
-  const env: Record<string, string> = {
-    PATH: process.env['PATH'] ?? '/usr/bin:/bin',
-    HOME: ts.home,
-    LANG: 'C.UTF-8',
-    OS_AUTH_URL: `${ts.url}/v3`,
-    OS_USERNAME: as.user,
-    OS_PASSWORD: as.password,
-    OS_PROJECT_NAME: as.project,
-    OS_USER_DOMAIN_NAME: 'Default',
-    OS_PROJECT_DOMAIN_NAME: 'Default',
-    OS_IDENTITY_API_VERSION: '3',
-    OS_IMAGE_API_VERSION: '2',
-  };
-  return new Promise((resolve) => {
-    execFile(
-      'sh',
-      ['-c', 'exec "$0" "$@" <&-', prog, ...args],
-      { env, maxBuffer: 16 << 20, timeout: 120_000 },
-      (err, stdout, stderr) => {
-        resolve({ code: err === null ? 0 : typeof err.code === 'number' ? err.code : 1, stdout, stderr });
-      },
-    );
-  });
+  return runClient(ts, prog, args, as, { closeStdin: true });
 }
 
 /** glance's print_dict table: | Property | Value | rows. */

@@ -151,6 +151,7 @@ export function runClient(
     password: ADMIN_PASSWORD,
     project: 'admin',
   },
+  opts: { closeStdin?: boolean } = {},
 ): Promise<CliResult> {
   const env: Record<string, string> = {
     PATH: process.env['PATH'] ?? '/usr/bin:/bin',
@@ -166,7 +167,9 @@ export function runClient(
     OS_IMAGE_API_VERSION: '2',
   };
   return new Promise((resolve) => {
-    execFile(prog, args, { env, maxBuffer: 16 << 20, timeout: 120_000 }, (err, stdout, stderr) => {
+    // closeStdin: glanceclient treats any non-tty stdin (a pipe, /dev/null) as image data.
+    const [file, argv] = opts.closeStdin ? ['sh', ['-c', 'exec "$0" "$@" <&-', prog, ...args]] : [prog, args];
+    execFile(file, argv, { env, maxBuffer: 16 << 20, timeout: 120_000 }, (err, stdout, stderr) => {
       const code = err === null ? 0 : typeof err.code === 'number' ? err.code : 1;
       resolve({ code, stdout, stderr });
     });
