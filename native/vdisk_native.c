@@ -9,7 +9,9 @@
  *   ofdTest(fd, type, start, len)          fcntl(F_OFD_GETLK): 1 when a conflicting lock is
  *                                          held by another open file description, else 0
  *
- * All calls are synchronous: each is one cheap system call on an already open descriptor.
+ *   deflateCluster(buf, mode, limit, probe)  compression on the thread pool: vdisk_deflate.c
+ *
+ * The file calls are synchronous: each is one cheap system call on an already open descriptor.
  * Node's fs uses pread/pwrite, so the lseek here never disturbs its reads and writes.
  */
 #define _GNU_SOURCE
@@ -20,6 +22,8 @@
 #include <stdint.h>
 #include <string.h>
 #include <unistd.h>
+
+#include "vdisk_deflate.h"
 
 static int get_i64(napi_env env, napi_value v, int64_t *out) {
   double d;
@@ -98,6 +102,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"fallocate", NULL, do_fallocate, NULL, NULL, NULL, napi_default, NULL},
       {"ofdLock", NULL, ofd_lock, NULL, NULL, NULL, napi_default, NULL},
       {"ofdTest", NULL, ofd_test, NULL, NULL, NULL, napi_default, NULL},
+      {"deflateCluster", NULL, vdisk_deflate_cluster, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -56,6 +56,8 @@ export interface OpenOptions {
   driverOptions?: Readonly<Record<string, string>>;
   /** Open for metadata only (qemu-img info): see DriverOpenOptions.noIo. */
   noIo?: boolean;
+  /** cache=unsafe for the top image and its own files: flushes do nothing (HostOpenOptions). */
+  noFlush?: boolean;
 }
 
 export async function openImage(path: string, opts: OpenOptions = {}): Promise<Image> {
@@ -106,9 +108,11 @@ async function openLayer(path: string, opts: OpenOptions, depth: number, seen: S
 
   const writable =
     depth === 0 ? opts.writable === true : (opts.writableBackingDepths?.includes(depth) ?? false);
+  const noFlush = depth === 0 && opts.noFlush === true;
   const file = await HostFile.open(path, {
     writable,
     lock: opts.forceShare ? 'none' : writable ? 'write' : 'read',
+    noFlush,
   });
   let driverImage: FormatImage;
   try {
@@ -148,6 +152,7 @@ async function openLayer(path: string, opts: OpenOptions, depth: number, seen: S
         return HostFile.open(ref.filename, {
           writable: w,
           lock: opts.forceShare ? 'none' : w ? 'write' : 'read',
+          noFlush,
         });
       },
       openExtentFile: async (name: string, w: boolean) => {
@@ -159,7 +164,11 @@ async function openLayer(path: string, opts: OpenOptions, depth: number, seen: S
             { path },
           );
         }
-        return HostFile.open(target, { writable: w, lock: opts.forceShare ? 'none' : w ? 'write' : 'read' });
+        return HostFile.open(target, {
+          writable: w,
+          lock: opts.forceShare ? 'none' : w ? 'write' : 'read',
+          noFlush,
+        });
       },
     });
   } catch (err) {

@@ -28,6 +28,12 @@ export interface HostOpenOptions {
   /** Image lock to take: 'read' forbids other writers, 'write' forbids others entirely except
    * force-share readers. 'none' is -U / force-share. Default: 'read' or 'write' by `writable`. */
   lock?: LockMode;
+  /**
+   * cache=unsafe (QEMU's BDRV_O_NO_FLUSH): flush() does nothing. qemu-img convert opens its
+   * target so by default: a target left by a crash is thrown away anyway, and a format whose
+   * metadata protocol flushes (vhdx's log) would otherwise write the whole copy back to disk.
+   */
+  noFlush?: boolean;
 }
 
 // QEMU (block/file-posix.c) locks one byte per permission at 100 + bit ("I use it") and at
@@ -47,6 +53,8 @@ export class HostFile {
     readonly writable: boolean,
   ) {}
 
+  private noFlush = false;
+
   static async open(path: string, opts: HostOpenOptions = {}): Promise<HostFile> {
     const writable = opts.writable === true || opts.create === true;
     const flags = opts.create ? fsc.O_RDWR | fsc.O_CREAT | fsc.O_TRUNC : writable ? fsc.O_RDWR : fsc.O_RDONLY;
@@ -57,6 +65,7 @@ export class HostFile {
       throw fromHostError(err, { path, op: 'open' });
     }
     const file = new HostFile(path, handle, writable);
+    if (opts.noFlush === true) file.noFlush = true;
     try {
       const st = await handle.stat();
       if (st.isDirectory())
@@ -259,7 +268,7 @@ export class HostFile {
   }
 
   async flush(): Promise<void> {
-    if (!this.writable) return;
+    if (!this.writable || this.noFlush) return;
     try {
       await this.handle.datasync();
     } catch (err) {

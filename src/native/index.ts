@@ -1,5 +1,6 @@
 /**
- * Loader for the small C addon in native/ (lseek SEEK_DATA/SEEK_HOLE, fallocate, OFD locks).
+ * Loader for the small C addon in native/ (lseek SEEK_DATA/SEEK_HOLE, fallocate, OFD locks,
+ * deflate on the thread pool).
  * When it is absent (not built), callers fall back to portable but slower paths, so vdisk
  * still works; `hasNative` tells which one runs.
  */
@@ -16,6 +17,12 @@ export interface NativeFs {
   ofdLock(fd: number, type: 0 | 1 | 2, start: number, len: number): number;
   /** 1 when another open file description holds a conflicting lock on the range. */
   ofdTest(fd: number, type: 1 | 2, start: number, len: number): number;
+  /**
+   * Compress on the thread pool (native/vdisk_deflate.c): mode 0 raw deflate (qcow2), 1 zlib
+   * (vmdk). null when the output would exceed `limit` bytes or, with probe 1, mode 0 data
+   * is incompressible. Absent from an addon built before it existed.
+   */
+  deflateCluster?(input: Buffer, mode: 0 | 1, limit: number, probe: 0 | 1): Promise<Buffer | null>;
 }
 
 function load(): NativeFs | null {

@@ -16,6 +16,7 @@ import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { qemuImgLuks } from '../test/oracle.js';
 import { ADMIN_PASSWORD, Api, runClient, startTestServer, type TestServer } from './test/harness.js';
 
 let ts: TestServer;
@@ -38,16 +39,9 @@ const qemuVirtualSize = (name: string, fmt: string): number =>
   JSON.parse(qemuImg('info', '--output=json', '-f', fmt, join(work, name)).toString())['virtual-size'];
 
 async function made(name: string, ...createArgs: string[]): Promise<Buffer> {
-  // qemu-img's LUKS create times PBKDF2 with a coarse thread CPU clock and sometimes fails with
-  // "Unable to get accurate CPU usage" on a busy machine: try again.
-  for (let i = 0; ; i++) {
-    try {
-      qemuImg('create', ...createArgs, join(work, name), '1M');
-      break;
-    } catch (err) {
-      if (i >= 8 || !String((err as { stderr?: unknown }).stderr).includes('accurate CPU usage')) throw err;
-    }
-  }
+  // qemu-img's LUKS create times PBKDF2 with a coarse clock: qemuImgLuks tries again.
+  const r = qemuImgLuks(['create', ...createArgs, join(work, name), '1M'], work);
+  if (r.code !== 0) throw new Error(r.stderr);
   return readFile(join(work, name));
 }
 

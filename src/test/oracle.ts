@@ -29,6 +29,20 @@ export function qemuImg(args: string[], cwd?: string): RunResult {
   return run('qemu-img', args, cwd);
 }
 
+/**
+ * Run the real qemu-img, again while it fails with "Unable to get accurate CPU usage": QEMU
+ * times PBKDF2 (LUKS create, measure of an encrypted target) with the thread's CPU clock,
+ * whose tick is coarse here, and gives up when it reads 0 ms — on a busy machine, several
+ * times in a row. Waits a little longer before each new try.
+ */
+export function qemuImgLuks(args: string[], cwd?: string): RunResult {
+  for (let i = 0; ; i++) {
+    const r = qemuImg(args, cwd);
+    if (r.code === 0 || i >= 20 || !r.stderr.includes('Unable to get accurate CPU usage')) return r;
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20 * (i + 1));
+  }
+}
+
 /** Run the real qemu-img and fail the test if it fails. */
 export function qemuImgOk(args: string[], cwd?: string): string {
   const r = qemuImg(args, cwd);

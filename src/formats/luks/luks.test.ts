@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { openImage } from '../../chain/open.js';
 import { defineSecret, resetObjects } from '../../core/secrets.js';
-import { qemuImg, qemuImgOk, tempDir, vdisk } from '../../test/oracle.js';
+import { qemuImg, qemuImgLuks, qemuImgOk, tempDir, vdisk } from '../../test/oracle.js';
 
 let dir: string;
 let cleanup: () => void;
@@ -27,17 +27,10 @@ function qemuIoLuks(p: string, cmds: string[]): void {
     throw new Error(`qemu-io: ${r.stderr}${r.stdout}`);
 }
 
-/**
- * qemu-img create of a luks image. QEMU times PBKDF2 with the thread's CPU time, whose tick is
- * coarse here: it sometimes measures 0 ms and fails ("Unable to get accurate CPU usage"), so
- * try again.
- */
+/** qemu-img create of a luks image (again while QEMU's PBKDF2 timing fails: see qemuImgLuks). */
 function qemuCreate(args: string[]): void {
-  for (let i = 0; ; i++) {
-    const r = qemuImg(['create', '-q', '-f', 'luks', ...OBJ, ...args]);
-    if (r.code === 0) return;
-    if (i >= 8 || !r.stderr.includes('Unable to get accurate CPU usage')) throw new Error(r.stderr);
-  }
+  const r = qemuImgLuks(['create', '-q', '-f', 'luks', ...OBJ, ...args]);
+  if (r.code !== 0) throw new Error(r.stderr);
 }
 
 /** qemu-img's raw content of a luks image. */
@@ -309,13 +302,8 @@ describe('hostile luks headers', () => {
 });
 
 describe('luks measure and resize', () => {
-  /** qemu-img, again when its PBKDF2 timing measures 0 ms (measure does a dry-run create). */
-  function qemuRetry(args: string[]) {
-    for (let i = 0; ; i++) {
-      const r = qemuImg(args);
-      if (i >= 8 || !r.stderr.includes('Unable to get accurate CPU usage')) return r;
-    }
-  }
+  /** measure does a dry-run create: the same PBKDF2 timing (see qemuImgLuks). */
+  const qemuRetry = (args: string[]) => qemuImgLuks(args);
 
   it('measure -O luks and -O qcow2 encrypt.format=luks as qemu-img', async () => {
     const src = join(dir, 'src.raw');

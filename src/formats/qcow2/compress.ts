@@ -1,6 +1,6 @@
 /**
  * Compressed clusters: deflate as QEMU writes it (raw deflate, 4 KiB window, level 6), on
- * libuv's thread pool through async node:zlib; zstd through @bokuweb/zstd-wasm.
+ * libuv's thread pool (core/deflate.ts); zstd through @bokuweb/zstd-wasm.
  *
  * QEMU stores the compressed length rounded up to 512-byte sectors, so the bytes read for a
  * compressed cluster carry trailing garbage (often the start of the next compressed
@@ -13,7 +13,8 @@ import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import { deflateRaw, inflateRaw, constants as zc } from 'node:zlib';
+import { inflateRaw, constants as zc } from 'node:zlib';
+import { deflateCluster } from '../../core/deflate.js';
 import { VdiskError } from '../../core/errors.js';
 
 export const COMPRESSION_ZLIB = 0;
@@ -208,14 +209,7 @@ export async function compressCluster(
     const viaPool = zstdPool.compress(src, 3);
     out = viaPool !== null ? await viaPool : (await zstd()).compress(src, 3);
   } else {
-    out = await new Promise<Buffer>((resolve, reject) => {
-      // One output chunk as large as the cluster: the whole cluster deflates in one trip to
-      // the thread pool (the default 16 KiB chunk takes four or more round trips).
-      const chunkSize = Math.max(16384, src.length + 1024);
-      deflateRaw(src, { windowBits: 12, level: 6, memLevel: 9, chunkSize }, (err, data) =>
-        err ? reject(err) : resolve(data),
-      );
-    });
+    return deflateCluster(src, clusterSize - 1);
   }
   return out.length >= clusterSize - 1 ? null : out;
 }

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { openImage } from '../../chain/open.js';
 import { defineSecret, resetObjects } from '../../core/secrets.js';
-import { qemuImg, qemuImgOk, tempDir, vdisk } from '../../test/oracle.js';
+import { qemuImg, qemuImgLuks, qemuImgOk, tempDir, vdisk } from '../../test/oracle.js';
 
 let dir: string;
 let cleanup: () => void;
@@ -20,13 +20,10 @@ const OBJ = ['--object', 'secret,id=s0,data=hunter2'];
 const opts = (p: string) => `driver=qcow2,encrypt.key-secret=s0,file.filename=${p}`;
 const ENC = 'encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10';
 
-/** qemu-img create, again when QEMU's PBKDF2 timing measures 0 ms (coarse thread CPU clock). */
+/** qemu-img create (again while QEMU's PBKDF2 timing fails: see qemuImgLuks). */
 function qemuCreate(args: string[]): void {
-  for (let i = 0; ; i++) {
-    const r = qemuImg(['create', '-q', '-f', 'qcow2', ...OBJ, ...args]);
-    if (r.code === 0) return;
-    if (i >= 8 || !r.stderr.includes('Unable to get accurate CPU usage')) throw new Error(r.stderr);
-  }
+  const r = qemuImgLuks(['create', '-q', '-f', 'qcow2', ...OBJ, ...args]);
+  if (r.code !== 0) throw new Error(r.stderr);
 }
 
 function qemuIoEnc(p: string, cmds: string[]): void {

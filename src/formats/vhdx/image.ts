@@ -176,20 +176,35 @@ export class VhdxImage implements FormatImage {
   }
 
   async write(buf: Uint8Array, offset: number): Promise<void> {
+    const finish = await this.prepareWrite(buf, offset);
+    await finish();
+  }
+
+  /**
+   * A write in two steps (FormatImage.prepareWrite): the payload blocks it touches are placed
+   * now, in request order (new blocks at the end of the file, as QEMU allocates them); the
+   * returned function writes the data and commits the BAT when enough sectors changed. A BAT
+   * entry committed before its data landed points at a new block past the old end of the
+   * file, which reads as zeros until then: what the guest saw before the write.
+   */
+  async prepareWrite(buf: Uint8Array, offset: number): Promise<() => Promise<void>> {
     await this.beginWrite();
     const bs = this.s.blockSize;
-    const jobs: Promise<void>[] = [];
+    const pieces: Array<[Uint8Array, number]> = [];
     for (let done = 0; done < buf.length; ) {
       const pos = offset + done;
       const n = Math.min(buf.length - done, bs - (pos % bs));
-      jobs.push(this.writeInBlock(buf.subarray(done, done + n), pos));
+      pieces.push([buf.subarray(done, done + n), await this.place(pos)]);
       done += n;
     }
-    await Promise.all(jobs);
-    if (this.dirtySectors.size >= this.maxPerEntry) await this.commit();
+    return async () => {
+      await Promise.all(pieces.map(([data, host]) => this.file.write(data, host)));
+      if (this.dirtySectors.size >= this.maxPerEntry) await this.commit();
+    };
   }
 
-  private async writeInBlock(data: Uint8Array, offset: number): Promise<void> {
+  /** The file offset for guest offset `offset`, allocating its payload block if needed. */
+  private async place(offset: number): Promise<number> {
     const { state } = this.locate(offset);
     let { host } = this.locate(offset);
     if (state !== PAYLOAD_BLOCK_FULLY_PRESENT) {
@@ -213,7 +228,7 @@ export class VhdxImage implements FormatImage {
         return start + (offset % this.s.blockSize);
       });
     }
-    await this.file.write(data, host);
+    return host;
   }
 
   private async zeroFill(offset: number, length: number): Promise<void> {

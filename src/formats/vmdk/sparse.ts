@@ -9,7 +9,8 @@
  * descriptor's CID. A crash leaves at worst a grain no table names.
  */
 import { promisify } from 'node:util';
-import { deflate as deflateCb, inflate as inflateCb } from 'node:zlib';
+import { inflate as inflateCb } from 'node:zlib';
+import { deflateZlib } from '../../core/deflate.js';
 import type { Extent } from '../../core/device.js';
 import { VdiskError } from '../../core/errors.js';
 import type { HostFile } from '../../core/host-file.js';
@@ -18,7 +19,6 @@ import { type Below, type CheckProblem, Jobs, type VmdkExtent } from './extent.j
 import { SECTOR, type SparseHeader, VMDK4_FLAG_MARKER, VMDK4_FLAG_ZERO_GRAIN } from './header.js';
 
 const inflate = promisify(inflateCb);
-const deflate = promisify(deflateCb);
 
 const GTE_ZEROED = 1;
 /** Bytes of grain tables kept in memory per extent. */
@@ -685,9 +685,9 @@ export class SparseExtent implements VmdkExtent {
   private async pack(grain: Uint8Array, g: number): Promise<Uint8Array> {
     // One output chunk as large as the grain: one trip to the thread pool per grain.
     const release = await packSlot();
-    let z: Buffer;
+    let z: Uint8Array;
     try {
-      z = await deflate(grain, { chunkSize: Math.max(16384, grain.length + 1024) });
+      z = await deflateZlib(grain);
     } finally {
       release();
     }
