@@ -14,7 +14,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, ftruncateSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, ftruncateSync, mkdtempSync, openSync, rmSync, statSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -195,7 +195,12 @@ function main(): void {
           if (r.cpu !== null) cpu[who].push(r.cpu);
         }
       }
+      let outSizes = '';
       if (c.out !== undefined) {
+        // Output files' allocated size (du), qemu-img's / vdisk's: a faster compressed convert
+        // must not be a worse-compressed one.
+        const du = (f: string) => (statSync(join(dir, f)).blocks * 512) / MiB;
+        outSizes = `${du(`q-${c.out}`).toFixed(0)} / ${du(`v-${c.out}`).toFixed(0)}`;
         // The outputs must hold the same content.
         const cmp = spawnSync('qemu-img', ['compare', `q-${c.out}`, `v-${c.out}`], {
           cwd: dir,
@@ -219,6 +224,7 @@ function main(): void {
         cv === null ? '?' : cv.toFixed(2),
         mib(rss.q),
         mib(rss.v),
+        outSizes,
       ]);
       process.stderr.write(`bench: ${c.name} done\n`);
     }
@@ -231,6 +237,7 @@ function main(): void {
       'vdisk CPU s',
       'qemu-img MiB',
       'vdisk MiB',
+      'output MiB q / v',
     ];
     const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
     const line = (r: string[]) =>
@@ -244,7 +251,8 @@ function main(): void {
     process.stdout.write(
       `${out.join('\n')}\n\nmedian wall time of ${REPEAT} runs per tool (alternating, sync before each), ` +
         `process start included (\`node -e 0\` alone: ${node.toFixed(3)} s); CPU: median user + system ` +
-        `seconds (/usr/bin/time -f '%U %S', all threads); RSS: peak of /usr/bin/time -f %M\n`,
+        `seconds (/usr/bin/time -f '%U %S', all threads); RSS: peak of /usr/bin/time -f %M; ` +
+        `output: the last run's output file, allocated MiB (qemu-img / vdisk)\n`,
     );
   } finally {
     rmSync(dir, { recursive: true, force: true });

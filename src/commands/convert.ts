@@ -413,13 +413,6 @@ class Copier {
   private readonly waiters = new Map<number, () => void>();
   private done = 0;
   private allocated = 0;
-  /**
-   * The data writes' second halves, chained: one pwrite in flight per target. Buffered writes
-   * to one file serialise on its inode lock in the kernel anyway; issued together they spin on
-   * it (ext4's i_rwsem: 10–20 % of convert's CPU in `perf`), so they go one after another while
-   * reads and the next requests' planning still overlap them.
-   */
-  private writeTail: Promise<void> = Promise.resolve();
 
   constructor(private readonly c: CopierConfig) {
     this.planner = new Planner(c);
@@ -683,8 +676,7 @@ class Copier {
         else if (c.compressed) await t.driver.writeCompressed!(data, off);
         else {
           const finish = await t.prepareWrite(data, off);
-          const p = this.writeTail.then(finish);
-          this.writeTail = p.catch(() => {});
+          const p = finish();
           // Handled by the caller (Promise.all): no unhandled rejection in the meantime.
           p.catch(() => {});
           finishing.push(p);

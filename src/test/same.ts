@@ -2,7 +2,10 @@
  * Run qemu-img and vdisk on the same arguments and compare what they print: vdisk's text is
  * qemu-img's with the program name changed ("qemu-img: …" → "vdisk: …").
  */
-import { qemuImg, type RunResult, vdisk } from './oracle.js';
+import { existsSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { expect } from 'vitest';
+import { qemuImg, qemuImgOk, type RunResult, vdisk } from './oracle.js';
 
 /** qemu-img's output as vdisk would print it. */
 export function asVdisk(text: string): string {
@@ -22,4 +25,78 @@ export async function runBoth(args: string[], cwd?: string): Promise<Both> {
     qemu: { code: qemu.code, stdout: asVdisk(qemu.stdout), stderr: asVdisk(qemu.stderr) },
     ours,
   };
+}
+
+export interface ConvertBothOptions {
+  /** Compare `qemu-img map --output=json` of the two outputs (default true). */
+  layout?: boolean;
+  /** ... including host offsets (default true). */
+  offsets?: boolean;
+  /** Compare `qemu-img info --output=json` too (actual-size within 64 KiB; default false). */
+  info?: boolean;
+}
+
+let convertRuns = 0;
+
+/**
+ * `convert ARGS` by qemu-img and by vdisk, each writing OUT inside its own new directory under
+ * `dir`: the same messages and exit code, then (when it succeeded) outputs that qemu-img
+ * compares equal, the same layout, a clean `qemu-img check` where the format has one.
+ */
+export async function convertBoth(
+  dir: string,
+  args: string[],
+  out: string,
+  fmt: string,
+  opts: ConvertBothOptions = {},
+): Promise<void> {
+  convertRuns++;
+  const q = join(dir, `qc${convertRuns}`);
+  const v = join(dir, `vc${convertRuns}`);
+  mkdirSync(q);
+  mkdirSync(v);
+  const abs = (d: string) => args.map((a) => (a === 'OUT' ? join(d, out) : a));
+  const { qemu } = await runBoth(['convert', ...abs(q)], dir);
+  const { ours } = await runBoth(['convert', ...abs(v)], dir);
+  expect(ours).toEqual({
+    ...qemu,
+    stderr: qemu.stderr.replaceAll(q, v),
+    stdout: qemu.stdout.replaceAll(q, v),
+  });
+  if (qemu.code !== 0) {
+    expect(existsSync(join(v, out))).toBe(existsSync(join(q, out)));
+    return;
+  }
+  const qo = join(q, out);
+  const vo = join(v, out);
+  expect(qemuImg(['compare', '-f', fmt, '-F', fmt, qo, vo]).stdout).toBe('Images are identical.\n');
+  if (opts.layout !== false) {
+    const map = (f: string, d: string) => {
+      const text = qemuImgOk(['map', '--output=json', '-f', fmt, f]).replaceAll(d, '');
+      return opts.offsets === false ? text.replace(/, "offset": \d+/g, '') : text;
+    };
+    expect(map(vo, v)).toBe(map(qo, q));
+  }
+  const check = qemuImg(['check', '-f', fmt, vo]);
+  if (!check.stderr.includes('does not support checks')) {
+    expect(check.stderr).toBe('');
+    expect(check.code).toBe(0);
+  }
+  if (opts.info === true) {
+    // actual-size is the file system's allocation, which may differ by a block or two between
+    // two files written alike (delayed allocation): compared within 64 KiB, the rest exactly.
+    const info = (f: string, from: string) => {
+      const j = JSON.parse(qemuImgOk(['info', '--output=json', '-f', fmt, f]).replaceAll(from, q)) as Record<
+        string,
+        unknown
+      >;
+      const actual = j['actual-size'] as number;
+      delete j['actual-size'];
+      return { j, actual };
+    };
+    const vi = info(vo, v);
+    const qi = info(qo, q);
+    expect(vi.j).toEqual(qi.j);
+    expect(Math.abs(vi.actual - qi.actual)).toBeLessThanOrEqual(65536);
+  }
 }
