@@ -33,17 +33,8 @@ import type { HostFile } from '../../core/host-file.js';
 import { Mutex } from '../../core/lock.js';
 import type { LuksVolume } from '../luks/block.js';
 import type { SectorCipher } from '../luks/crypto.js';
-import { legacyAesReadOnly, openLegacyAes } from '../luks/legacy-aes.js';
 import { TableCache } from './cache.js';
-import { compressCluster, decompressCluster } from './compress.js';
-import {
-  type CryptoHeaderRef,
-  cryptoHeaderRef,
-  decryptAt,
-  encryptAt,
-  openQcow2Luks,
-  qcow2EncryptInfo,
-} from './crypto.js';
+import type { CryptoHeaderRef } from './crypto.js';
 import {
   AUTOCLEAR_BITMAPS,
   AUTOCLEAR_DATA_FILE_RAW,
@@ -72,6 +63,13 @@ import {
 } from './header.js';
 import { Refcounts } from './refcount.js';
 import { type Qcow2Snapshot, readSnapshots } from './snapshot.js';
+
+// Loaded when an image needs them (encrypted images, compressed clusters): they pull in
+// node:crypto, zlib and worker_threads, ~15 ms of start-up that most commands never use.
+type CryptoModule = typeof import('./crypto.js');
+type CompressModule = typeof import('./compress.js');
+let compressModule: Promise<CompressModule> | null = null;
+const loadCompress = (): Promise<CompressModule> => (compressModule ??= import('./compress.js'));
 
 /** Run kinds of the guest address space. */
 /** UnallocAlloc: an unallocated subcluster of an allocated cluster (extended L2). */
@@ -165,6 +163,8 @@ export class Qcow2Image implements FormatImage {
   private closed = false;
   /** encrypt.format=luks: the unlocked volume and where its header lies (crypto.ts). */
   luks: { vol: LuksVolume; ref: CryptoHeaderRef } | undefined;
+  /** The crypto module, loaded when the header names an encryption method. */
+  private crypto: CryptoModule | undefined;
   /** crypt_method 1: the legacy AES cipher (read only; IV from the guest offset). */
   aes: SectorCipher | undefined;
 
@@ -316,10 +316,12 @@ export class Qcow2Image implements FormatImage {
 
   private async init(opts: DriverOpenOptions): Promise<void> {
     const h = this.header;
-    this.luks = await openQcow2Luks(this.file, h, opts);
+    if (h.cryptMethod !== 0) this.crypto = await import('./crypto.js');
+    this.luks = await this.crypto?.openQcow2Luks(this.file, h, opts);
     if (h.cryptMethod === 1) {
+      const { legacyAesReadOnly, openLegacyAes } = await import('../luks/legacy-aes.js');
       if (opts.writable) throw legacyAesReadOnly(this.file.path);
-      cryptoHeaderRef(h, this.file.path);
+      this.crypto!.cryptoHeaderRef(h, this.file.path);
       this.aes = openLegacyAes(opts.options?.['encrypt.key-secret'], {
         noIo: opts.noIo === true,
         prefix: 'encrypt.',
@@ -696,7 +698,7 @@ export class Qcow2Image implements FormatImage {
             const guest = offset + pos;
             pending.push(
               luks !== undefined
-                ? file.read(target, host).then(() => decryptAt(luks.vol, target, host))
+                ? file.read(target, host).then(() => this.crypto!.decryptAt(luks.vol, target, host))
                 : aes !== undefined
                   ? file.read(target, host).then(() => aes.run(false, target, target, guest / 512))
                   : file.read(target, host),
@@ -724,7 +726,7 @@ export class Qcow2Image implements FormatImage {
     const src = new Uint8Array(Math.min(cSize, 2 * this.clusterSize + 512));
     await this.file.read(src, cOffset);
     const out = new Uint8Array(this.clusterSize);
-    await decompressCluster(this.compressionType, src, out, this.file.path, cOffset);
+    await (await loadCompress()).decompressCluster(this.compressionType, src, out, this.file.path, cOffset);
     this.lastCompressed = { key: cOffset, data: out };
     return out;
   }
@@ -938,7 +940,7 @@ export class Qcow2Image implements FormatImage {
     const luks = this.luks;
     await Promise.all(
       p.pieces.map((x) =>
-        target.writev(luks === undefined ? x.bufs : encryptAt(luks.vol, x.bufs, x.host), x.host),
+        target.writev(luks === undefined ? x.bufs : this.crypto!.encryptAt(luks.vol, x.bufs, x.host), x.host),
       ),
     );
   }
@@ -1591,7 +1593,7 @@ export class Qcow2Image implements FormatImage {
       src.set(buf);
     }
     // Compress outside the lock: several clusters compress at once on the thread pool.
-    const out = await compressCluster(this.compressionType, src, cs);
+    const out = await (await loadCompress()).compressCluster(this.compressionType, src, cs);
     if (out === null) return () => this.write(src.subarray(0, buf.length), offset);
     return () => this.storeCompressed(out, offset);
   }
@@ -1703,7 +1705,7 @@ export class Qcow2Image implements FormatImage {
         'compression-type': compression,
         'refcount-bits': 2 ** h.refcountOrder,
       };
-      if (this.luks !== undefined) v2['encrypt'] = qcow2EncryptInfo(this.luks.vol);
+      if (this.luks !== undefined) v2['encrypt'] = this.crypto!.qcow2EncryptInfo(this.luks.vol);
       else if (h.cryptMethod === 1) v2['encrypt'] = { format: 'aes' };
       return { type: 'qcow2', data: v2 };
     }
@@ -1722,7 +1724,7 @@ export class Qcow2Image implements FormatImage {
         granularity: b.granularity,
       }));
     }
-    if (this.luks !== undefined) data['encrypt'] = qcow2EncryptInfo(this.luks.vol);
+    if (this.luks !== undefined) data['encrypt'] = this.crypto!.qcow2EncryptInfo(this.luks.vol);
     else if (h.cryptMethod === 1) data['encrypt'] = { format: 'aes' };
     if (h.dataFile !== undefined) data['data-file'] = h.dataFile;
     if (this.hasDataFile) data['data-file-raw'] = this.dataFileRaw;
