@@ -10,6 +10,19 @@ import { VdiskError } from '../../core/errors.js';
 import { EXT_BITMAPS, getU64, setU64 } from './header.js';
 import type { Qcow2Image } from './image.js';
 
+const ZERO_BLOCK = Buffer.alloc(512);
+
+/**
+ * Entries [i, i + 512 / entryBytes) of an L2 table are all zero (one memcmp): the walks below
+ * skip such blocks, which are nearly all of a sparse image's tables (a 1 TiB image with a few
+ * clusters of data is mostly zero entries, and the per-entry loop ran before V8 optimised it).
+ */
+function zeroBlockAt(table: Uint8Array, i: number, entryBytes: number): boolean {
+  const start = i * entryBytes;
+  if (start % 512 !== 0 || start + 512 > table.length) return false;
+  return Buffer.from(table.buffer, table.byteOffset + start, 512).equals(ZERO_BLOCK);
+}
+
 const COPIED_HI = 0x80000000;
 const COMPRESSED_HI = 0x40000000;
 
@@ -129,7 +142,12 @@ function checkL2(st: State, table: Uint8Array, l2off: number, fragInfo: boolean,
   // Fragmentation is counted within each L2 table (as QEMU does).
   let nextContiguous = 0;
   const ext = img.extL2;
+  const perBlock = 512 / img.entryBytes;
   for (let i = 0; i < img.l2Entries; i++) {
+    if (zeroBlockAt(table, i, img.entryBytes)) {
+      i += perBlock - 1;
+      continue;
+    }
     const e = i * img.entryBytes;
     const hi = v.getUint32(e);
     const lo = v.getUint32(e + 4);
@@ -465,7 +483,12 @@ async function checkCopied(img: Qcow2Image, res: CheckResult): Promise<void> {
     if (l2 + cs > img.fileEnd) continue;
     const table = await tables.next(l2);
     const v = new DataView(table.buffer);
+    const perBlock = 512 / img.entryBytes;
     for (let j = 0; j < img.l2Entries; j++) {
+      if (zeroBlockAt(table, j, img.entryBytes)) {
+        j += perBlock - 1;
+        continue;
+      }
       const e = j * img.entryBytes;
       const hi = v.getUint32(e);
       const lo = v.getUint32(e + 4);
