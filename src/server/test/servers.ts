@@ -64,6 +64,28 @@ process.once('exit', () => {
   for (const c of children) c.kill('SIGKILL');
 });
 
+/**
+ * A watchdog for daemons a test starts: a detached shell that polls this process and, once it
+ * is gone without having called stop() (a runner killed with SIGKILL runs no exit hook),
+ * runs `cleanup` (kill the daemons, remove their directory). stop() kills the watchdog first,
+ * so it never acts on process ids the system may since have given to someone else.
+ */
+function watchdog(cleanup: string): () => void {
+  const w = spawn('sh', ['-c', `while kill -0 ${process.pid} 2>/dev/null; do sleep 1; done; ${cleanup}`], {
+    detached: true,
+    stdio: 'ignore',
+  });
+  w.unref();
+  return () => {
+    try {
+      w.kill('SIGKILL');
+    } catch {}
+  };
+}
+
+/** A path quoted for sh. */
+const shq = (p: string) => `'${p.replaceAll("'", "'\\''")}'`;
+
 async function stopChild(c: ChildProcess, graceMs = 5000): Promise<void> {
   if (c.exitCode !== null || c.signalCode !== null) {
     children.delete(c);
@@ -82,6 +104,8 @@ async function stopChild(c: ChildProcess, graceMs = 5000): Promise<void> {
 
 export interface PgServer {
   port: number;
+  /** The server's directory (data, log, socket); removed by stop(). */
+  dir: string;
   /** `postgres://postgres@127.0.0.1:PORT/<db>`. */
   url(db?: string): string;
   /** Create an empty database; returns its URL. */
@@ -138,10 +162,15 @@ export async function startPostgres(): Promise<PgServer> {
     throw new Error(`PostgreSQL did not start: ${(err as Error).message}\n${log}`);
   }
   const url = (db = 'postgres') => `postgres://postgres@127.0.0.1:${port}/${db}`;
+  const pidFile = shq(join(data, 'postmaster.pid'));
+  const unwatch = watchdog(
+    `[ -f ${pidFile} ] && kill -QUIT "$(head -n 1 ${pidFile})" 2>/dev/null; sleep 2; rm -rf ${shq(dir)}`,
+  );
   let stopped = false;
   const stop = async () => {
     if (stopped) return;
     stopped = true;
+    unwatch();
     await asPg('pg_ctl', ['-D', data, '-m', 'immediate', '-w', 'stop']).catch(() => {});
     await rm(dir, { recursive: true, force: true });
   };
@@ -156,6 +185,7 @@ export async function startPostgres(): Promise<PgServer> {
   });
   return {
     port,
+    dir,
     url,
     async createDatabase(name: string) {
       if (!/^[a-z_][a-z0-9_]*$/.test(name)) throw new Error(`bad database name ${name}`);
@@ -205,13 +235,16 @@ export async function startCeph(): Promise<S3Server> {
   const secretKey = randomUUID().replace(/-/g, '');
   const cli = ['-c', conf, '--connect-timeout', '30'];
 
+  const unwatch: Array<() => void> = [];
   const daemon = (cmd: string, args: string[]) => {
     const c = spawn(cmd, ['-f', '-c', conf, ...args], { stdio: 'ignore' });
     children.add(c);
     started.push(c);
+    if (c.pid !== undefined) unwatch.push(watchdog(`kill -9 ${c.pid} 2>/dev/null; rm -rf ${shq(dir)}`));
     return c;
   };
   const stop = async () => {
+    for (const u of unwatch) u();
     for (const c of [...started].reverse()) await stopChild(c);
     await rm(dir, { recursive: true, force: true });
   };
