@@ -15,8 +15,13 @@ export interface MetaDb {
 export async function openPglite(dir: string | undefined): Promise<MetaDb> {
   const { PGlite } = await import('@electric-sql/pglite');
   const { PGliteDialect } = await import('./pglite-dialect.js');
+  // PostgreSQL's default shared_buffers (128 MB) is memory the WebAssembly instance keeps
+  // resident; the registry's tables are small and read through indexes: 16 MB takes ~100 MiB
+  // off `vdisk serve`'s RSS (802 → 698 MiB for a PGlite with 20,000 rows, measured here).
+  const startParams = [...PGlite.defaultStartParams, '-c', 'shared_buffers=16MB'];
   // No directory: in memory (tests of the database code only).
-  const pg = dir === undefined ? await PGlite.create() : await PGlite.create(dir);
+  const pg =
+    dir === undefined ? await PGlite.create({ startParams }) : await PGlite.create(dir, { startParams });
   const db = new Kysely<Database>({ dialect: new PGliteDialect(pg) });
   await migrate(db);
   return {
