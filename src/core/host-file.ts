@@ -10,6 +10,7 @@
  * - hole punching and preallocation through fallocate(2);
  * - QEMU-compatible OFD byte-range locks, so that vdisk and qemu see each other's locks.
  */
+import { fstatSync } from 'node:fs';
 import { type FileHandle, constants as fsc, open as fsOpen, stat } from 'node:fs/promises';
 import { native } from '../native/index.js';
 import { fromHostError, VdiskError } from './errors.js';
@@ -111,7 +112,9 @@ export class HostFile {
 
   async size(): Promise<number> {
     try {
-      return (await this.handle.stat()).size;
+      // fstat on an open descriptor never waits on the disk: called synchronously, it costs
+      // ~2 µs instead of a trip through libuv's pool (block status asks on every extent).
+      return fstatSync(this.handle.fd).size;
     } catch (err) {
       throw fromHostError(err, { path: this.path, op: 'stat', message: `Could not stat '${this.path}': ` });
     }
