@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { qemuImg, qemuImgOk, qemuIo, qemuRawDigest, TSX_LOADER, tempDir, vdisk } from '../test/oracle.js';
@@ -40,6 +40,50 @@ function twin(prefix: string): void {
   mkdirSync(sub, { recursive: true });
   for (const f of ['base.qed', 'mid.qed', 'top.qed']) copyFileSync(p(f), join(sub, f));
 }
+
+describe('commit of a qcow2 overlay against qemu-img', () => {
+  /** base.qcow2 ← top.qcow2 (data at both ends of the top), and a twin set in q/. */
+  function makeQcow2(withSnapshot: boolean): void {
+    qemuImgOk(['create', '-q', '-f', 'qcow2', p('base.qcow2'), '256M']);
+    qemuIo(p('base.qcow2'), ['write -P 0x11 0 4M'], 'qcow2');
+    qemuImgOk(['create', '-q', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', p('top.qcow2')]);
+    qemuIo(p('top.qcow2'), ['write -P 0x5a 1M 32M'], 'qcow2');
+    if (withSnapshot) qemuImgOk(['snapshot', '-c', 's1', p('top.qcow2')]);
+    qemuIo(p('top.qcow2'), ['write -P 0x33 16M 32M', 'write -P 0x44 200M 8M'], 'qcow2');
+    mkdirSync(join(dir, 'q'));
+    for (const f of ['base.qcow2', 'top.qcow2']) copyFileSync(p(f), join(dir, 'q', f));
+  }
+  const blocks = (f: string) => statSync(f).blocks * 512;
+
+  it('empties the overlay back to its metadata, as qemu-img does', async () => {
+    makeQcow2(false);
+    expect(blocks(p('top.qcow2'))).toBeGreaterThan(48 << 20);
+    expect((await vdisk(['commit', p('top.qcow2')])).code).toBe(0);
+    qemuImgOk(['commit', join(dir, 'q', 'top.qcow2')]);
+    for (const f of ['base.qcow2', 'top.qcow2']) {
+      expect(qemuImg(['compare', p(f), join(dir, 'q', f)]).code, f).toBe(0);
+      expect(qemuImg(['check', p(f)]).code, f).toBe(0);
+    }
+    // qemu-img leaves the overlay at 256 KiB: header, refcount table and block, L1 table.
+    expect(statSync(p('top.qcow2')).size).toBeLessThanOrEqual(statSync(join(dir, 'q', 'top.qcow2')).size);
+    expect(blocks(p('top.qcow2'))).toBeLessThanOrEqual(blocks(join(dir, 'q', 'top.qcow2')));
+    const map = JSON.parse(qemuImgOk(['map', '--output=json', p('top.qcow2')])) as Array<{ depth: number }>;
+    expect(map.every((e) => e.depth === 1)).toBe(true);
+  });
+
+  it('keeps what an internal snapshot still holds', async () => {
+    makeQcow2(true);
+    expect((await vdisk(['commit', p('top.qcow2')])).code).toBe(0);
+    qemuImgOk(['commit', join(dir, 'q', 'top.qcow2')]);
+    expect(qemuImg(['check', p('top.qcow2')]).code).toBe(0);
+    expect(qemuImg(['compare', p('top.qcow2'), join(dir, 'q', 'top.qcow2')]).code).toBe(0);
+    expect(blocks(p('top.qcow2'))).toBeLessThanOrEqual(blocks(join(dir, 'q', 'top.qcow2')) + 65536);
+    // The snapshot's content is intact in both.
+    for (const d of [dir, join(dir, 'q')]) qemuImgOk(['snapshot', '-a', 's1', join(d, 'top.qcow2')]);
+    expect(qemuImg(['compare', p('top.qcow2'), join(dir, 'q', 'top.qcow2')]).code).toBe(0);
+    expect(qemuImg(['check', p('top.qcow2')]).code).toBe(0);
+  });
+});
 
 describe('commit against qemu-img', () => {
   it('commits into the immediate backing: same bytes in every image, clean checks', async () => {

@@ -1407,10 +1407,17 @@ export class Qcow2Image implements FormatImage {
    * truncates the file to four clusters but sets the dirty bit meanwhile; the guest-visible
    * result and qemu-img info are the same, only the file's end differs.)
    */
+  /**
+   * Empty the image after a commit (QEMU's qcow2_make_empty): every cluster is discarded, the
+   * L2 tables are dropped from the L1 table and freed, freed clusters are punched out of the
+   * file and the file is truncated after its last cluster in use, so the overlay shrinks back
+   * to its metadata as qemu-img's does (QEMU rebuilds a minimal file under the dirty flag;
+   * vdisk gets there in steps that leave at worst leaked clusters if killed in between).
+   */
   async makeEmpty(): Promise<void> {
     const release = await this.writeLock.lock();
     try {
-      await this.beginWrite();
+      const rc = await this.beginWrite();
       const cs = this.clusterSize;
       const span = this.l2Entries * cs;
       for (let l1i = 0; l1i < this.l1Size; l1i++) {
@@ -1420,9 +1427,50 @@ export class Qcow2Image implements FormatImage {
         const [l2off, table] = await this.l2ForWrite(l1i);
         this.discardInTable(l2off, table, 0, clusters, true);
       }
+      const freed = this.pendingFrees.map(([off, len]): [number, number] => [off, len]);
       await this.settleFrees();
+      // The cleared tables and the lower refcounts reach the file before anything else.
+      await this.flushMetadata();
+      // Then the L1 entries (all at once), then the tables they named.
+      const tables: number[] = [];
+      for (let i = 0; i < this.l1Size; i++) {
+        const off = this.l1Off[i]!;
+        if (off === 0) continue;
+        this.l1Off[i] = 0;
+        this.l1Copied[i] = 0;
+        this.l2Cache.drop(off);
+        tables.push(off);
+      }
+      if (tables.length > 0) {
+        await this.file.write(new Uint8Array(this.l1Size * 8), this.l1TableOffset);
+        for (const off of tables) await rc.free(off, cs);
+        await rc.flush();
+        this.indexMetadata();
+        freed.push(...tables.map((off): [number, number] => [off, cs]));
+      }
+      // Nothing on disk names the freed clusters any more: give their space back to the host
+      // (QEMU passes these discards through to the file by default, pass-discard-snapshot).
+      // Only whole clusters nobody else holds (a snapshot may share them).
+      for (const [off, len] of freed) {
+        for (let c = Math.floor(off / cs); c * cs < off + len; c++) {
+          if ((await rc.get(c)) === 0) this.file.punchHole(c * cs, cs);
+        }
+      }
+      await this.truncateUnused(rc);
     } finally {
       release();
+    }
+  }
+
+  /** Truncate the file after its last cluster still in use (refcount > 0). */
+  private async truncateUnused(rc: Refcounts): Promise<void> {
+    const cs = this.clusterSize;
+    const fileSize = await this.file.size();
+    let last = Math.ceil(fileSize / cs) - 1;
+    while (last > 0 && (await rc.get(last)) === 0) last--;
+    if ((last + 1) * cs < fileSize) {
+      await this.file.truncate((last + 1) * cs);
+      this.fileEnd = (last + 1) * cs;
     }
   }
 
@@ -1490,14 +1538,7 @@ export class Qcow2Image implements FormatImage {
           await rc.flush();
           this.indexMetadata();
         }
-        // Truncate after the last cluster still in use (refcount > 0).
-        const fileSize = await this.file.size();
-        let last = Math.ceil(fileSize / cs) - 1;
-        while (last > 0 && (await rc.get(last)) === 0) last--;
-        if ((last + 1) * cs < fileSize) {
-          await this.file.truncate((last + 1) * cs);
-          this.fileEnd = (last + 1) * cs;
-        }
+        await this.truncateUnused(rc);
       } else if (newSize > old) {
         const need = l1EntriesFor(newSize, this.clusterBits, this.extL2);
         if (need * 8 > MAX_L1_BYTES) {
