@@ -24,7 +24,7 @@ function corpus(): Array<[string, Buffer]> {
   const r2 = randomBytes(2048);
   for (let i = 0; i < CS; i += 2048) r2.copy(rep2k, i);
   // A 32 KiB repeat: beyond qcow2's 4 KiB window, within zlib's 32 KiB one.
-  const rep32k = Buffer.concat([randomBytes(CS / 2)]);
+  const rep32k = randomBytes(CS / 2);
   const rep32 = Buffer.concat([rep32k, rep32k]);
   const half = Buffer.concat([randomBytes(CS / 2), Buffer.alloc(CS / 2)]);
   const sparseZeros = randomBytes(CS);

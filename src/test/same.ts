@@ -27,6 +27,19 @@ export async function runBoth(args: string[], cwd?: string): Promise<Both> {
   };
 }
 
+/**
+ * qemu-img and vdisk on the same arguments: the same stderr (vdisk's "vdisk:" read as
+ * "qemu-img:"), exit code and, unless `stdout: false`, stdout. Returns vdisk's result.
+ */
+export async function expectSameAsQemu(args: string[], opts: { stdout?: boolean } = {}): Promise<RunResult> {
+  const q = qemuImg(args);
+  const v = await vdisk(args);
+  if (opts.stdout !== false) expect(v.stdout).toBe(q.stdout);
+  expect(v.stderr.replaceAll('vdisk:', 'qemu-img:')).toBe(q.stderr);
+  expect(v.code).toBe(q.code);
+  return v;
+}
+
 export interface ConvertBothOptions {
   /** Compare `qemu-img map --output=json` of the two outputs (default true). */
   layout?: boolean;

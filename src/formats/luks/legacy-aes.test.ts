@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { openImage } from '../../chain/open.js';
 import { defineSecret, resetObjects } from '../../core/secrets.js';
-import { qemuImg, qemuImgOk, tempDir, vdisk } from '../../test/oracle.js';
+import { qemuImgOk, tempDir, vdisk } from '../../test/oracle.js';
+import { expectSameAsQemu } from '../../test/same.js';
 
 let dir: string;
 let cleanup: () => void;
@@ -16,13 +17,7 @@ afterEach(() => {
   cleanup();
 });
 
-async function same(args: string[]): Promise<void> {
-  const q = qemuImg(args);
-  const v = await vdisk(args);
-  expect(v.stdout).toBe(q.stdout);
-  expect(v.stderr.replaceAll('vdisk:', 'qemu-img:')).toBe(q.stderr);
-  expect(v.code).toBe(q.code);
-}
+const same = (args: string[]) => expectSameAsQemu(args);
 
 // qemu-img 7.2 still creates legacy AES images (only the system emulators refuse them).
 describe('legacy AES (qcow v1 and qcow2 crypt_method 1) made by qemu-img', () => {

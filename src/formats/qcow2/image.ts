@@ -1427,7 +1427,7 @@ export class Qcow2Image implements FormatImage {
         const [l2off, table] = await this.l2ForWrite(l1i);
         this.discardInTable(l2off, table, 0, clusters, true);
       }
-      const freed = this.pendingFrees.map(([off, len]): [number, number] => [off, len]);
+      const freed = [...this.pendingFrees];
       await this.settleFrees();
       // The cleared tables and the lower refcounts reach the file before anything else.
       await this.flushMetadata();

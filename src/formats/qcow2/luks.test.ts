@@ -5,6 +5,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { openImage } from '../../chain/open.js';
 import { defineSecret, resetObjects } from '../../core/secrets.js';
 import { qemuImg, qemuImgLuks, qemuImgOk, tempDir, vdisk } from '../../test/oracle.js';
+import { expectSameAsQemu } from '../../test/same.js';
 
 let dir: string;
 let cleanup: () => void;
@@ -40,13 +41,7 @@ function qemuRaw(p: string): Buffer {
   return readFileSync(out);
 }
 
-async function same(args: string[]): Promise<void> {
-  const q = qemuImg(args);
-  const v = await vdisk(args);
-  expect(v.stdout).toBe(q.stdout);
-  expect(v.stderr.replaceAll('vdisk:', 'qemu-img:')).toBe(q.stderr);
-  expect(v.code).toBe(q.code);
-}
+const same = (args: string[]) => expectSameAsQemu(args);
 
 describe('qcow2 encrypt.format=luks made by qemu-img', () => {
   for (const extra of ['', ',encrypt.cipher-alg=aes-128,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=essiv']) {
