@@ -109,6 +109,11 @@ export class ParallelsImage implements FormatImage {
     let expect = first < 0 ? -1 : first + cs;
     // One extent: following clusters that are unallocated too, or allocated contiguously.
     while (pos < end) {
+      // Past the BAT nothing is allocated: a hostile header can make that petabytes of clusters.
+      if (first < 0 && pos / cs >= this.bat.length) {
+        pos = end;
+        break;
+      }
       const h = this.clusterHost(pos / cs);
       if (first < 0 ? h >= 0 : h !== expect) break;
       if (first >= 0) expect += cs;
@@ -289,6 +294,29 @@ export class ParallelsImage implements FormatImage {
     }
   }
 
+  /**
+   * Write the BAT entries `indices` (ascending) from memory, one write per run of entries that
+   * lie within 64 KiB of each other: a hostile image can need a million repairs, and one
+   * 4-byte write each took seconds (QEMU writes its BAT back by sectors too).
+   */
+  private async writeBatEntries(indices: readonly number[]): Promise<void> {
+    const GAP = 16384; // entries: 64 KiB of BAT
+    const MAX = 1 << 20; // entries per write: 4 MiB
+    let k = 0;
+    while (k < indices.length) {
+      const first = indices[k]!;
+      let last = first;
+      while (k + 1 < indices.length && indices[k + 1]! - last <= GAP && indices[k + 1]! - first < MAX) {
+        last = indices[++k]!;
+      }
+      k++;
+      const n = last - first + 1;
+      const out = Buffer.allocUnsafe(n * 4);
+      for (let i = 0; i < n; i++) out.writeUInt32LE(this.bat[first + i]!, i * 4);
+      await this.file.write(out, batEntryOffset(first));
+    }
+  }
+
   actualSize(): Promise<number> {
     return this.file.allocatedSize();
   }
@@ -355,10 +383,7 @@ export class ParallelsImage implements FormatImage {
         if (prevOff !== 0 && prevOff + cs !== off) r.fragmentedClusters!++;
         prevOff = off;
       }
-      for (const i of fixed) {
-        const e = new Uint8Array(4);
-        await this.file.write(e, batEntryOffset(i));
-      }
+      await this.writeBatEntries(fixed);
       if (fixed.length > 0) await this.file.flush();
       // QEMU 7.2 puts the end one cluster past the highest cluster even when none is
       // allocated (so an empty image whose BAT ends before its first cluster "leaks").
