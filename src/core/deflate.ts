@@ -9,11 +9,18 @@
  * VDISK_DEFLATE_PROBE=0 to deflate everything, as qemu-img does.
  */
 import { promisify } from 'node:util';
-import { deflate as deflateCb, deflateRaw as deflateRawCb } from 'node:zlib';
+import {
+  createInflateRaw,
+  deflate as deflateCb,
+  deflateRaw as deflateRawCb,
+  inflateRaw as inflateRawCb,
+  constants as zc,
+} from 'node:zlib';
 import { native } from '../native/index.js';
 
 const deflateAsync = promisify(deflateCb);
 const deflateRawAsync = promisify(deflateRawCb);
+const inflateRawAsync = promisify(inflateRawCb);
 
 function probeOn(): boolean {
   return process.env['VDISK_DEFLATE_PROBE'] !== '0';
@@ -51,4 +58,46 @@ export async function deflateZlib(src: Uint8Array): Promise<Uint8Array> {
     if (out !== null) return out;
   }
   return deflateAsync(src, { chunkSize: Math.max(16384, src.length + 1024) });
+}
+
+/**
+ * A compressed cluster of qcow2 or qcow: exactly `n` bytes inflated from a raw deflate stream
+ * with a 4 KiB window, or null when the stream cannot produce them. As in QEMU
+ * (qcow2_zlib_decompress, qcow's decompress_buffer: inflate with Z_FINISH, success when the
+ * output is full), a stream that goes on past the cluster gives its first `n` bytes, whatever
+ * follows; one that ends or breaks before is an error.
+ */
+export async function inflateCluster(src: Uint8Array, n: number): Promise<Buffer | null> {
+  try {
+    const out = await inflateRawAsync(src, {
+      windowBits: 12,
+      maxOutputLength: n,
+      finishFlush: zc.Z_SYNC_FLUSH,
+    });
+    return out.length === n ? out : null;
+  } catch {
+    // Too much output, or an error that may lie past the cluster's end: decide by the prefix.
+    return inflatePrefix(src, n);
+  }
+}
+
+/**
+ * The first `n` bytes of a stream that inflates to more: the stream's output chunk is `n`
+ * bytes, so its first chunk is the answer and what the stream holds after it is never decoded.
+ */
+function inflatePrefix(src: Uint8Array, n: number): Promise<Buffer | null> {
+  return new Promise((resolve) => {
+    const z = createInflateRaw({ windowBits: 12, chunkSize: Math.max(n, 64) });
+    let done = false;
+    const finish = (v: Buffer | null) => {
+      if (done) return;
+      done = true;
+      z.destroy();
+      resolve(v);
+    };
+    z.on('data', (chunk: Buffer) => finish(chunk.length >= n ? chunk.subarray(0, n) : null));
+    z.on('error', () => finish(null));
+    z.on('end', () => finish(null));
+    z.end(src);
+  });
 }

@@ -9,7 +9,8 @@
  * L2 entry that points at it, a new L2 table before the L1 entry that points at it.
  */
 import { promisify } from 'node:util';
-import { deflateRaw, inflateRaw } from 'node:zlib';
+import { deflateRaw } from 'node:zlib';
+import { inflateCluster } from '../../core/deflate.js';
 import type { Extent } from '../../core/device.js';
 import type {
   CreateRequest,
@@ -27,7 +28,6 @@ import { legacyAesReadOnly, openLegacyAes } from '../luks/legacy-aes.js';
 import { COMPRESSED_HI, decodeHeader, encodeHeader, HEADER_BYTES, type QcowHeader } from './header.js';
 
 const deflate = promisify(deflateRaw);
-const inflate = promisify(inflateRaw);
 
 /** An L2 (or L1) entry split into its 32-bit halves (JS numbers hold 53 bits). */
 interface Entry {
@@ -68,7 +68,9 @@ export class QcowImage implements FormatImage {
   }
 
   get size(): number {
-    return this.header.size;
+    // QEMU 7.2 (qcow_open) keeps total_sectors = size / 512: a header size that is not a
+    // multiple of 512 (qemu-img never writes one) reads as the whole sectors it covers.
+    return Math.floor(this.header.size / 512) * 512;
   }
   get readOnly(): boolean {
     return !this.file.writable;
@@ -168,18 +170,13 @@ export class QcowImage implements FormatImage {
   private async readCompressed(m: { offset: number; size: number }): Promise<Uint8Array> {
     const raw = new Uint8Array(m.size);
     await this.file.read(raw, m.offset);
-    let out: Buffer;
-    try {
-      out = await inflate(raw, { maxOutputLength: this.clusterSize, finishFlush: 2 /* Z_SYNC_FLUSH */ });
-    } catch (err) {
+    const out = await inflateCluster(raw, this.clusterSize);
+    if (out === null) {
       throw new VdiskError('CORRUPT_IMAGE', `qcow compressed cluster at ${m.offset} does not inflate`, {
         path: this.file.path,
-        cause: err,
       });
     }
-    const cluster = new Uint8Array(this.clusterSize);
-    cluster.set(out.subarray(0, this.clusterSize));
-    return cluster;
+    return out;
   }
 
   async read(buf: Uint8Array, offset: number): Promise<void> {

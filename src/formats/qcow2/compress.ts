@@ -13,8 +13,7 @@ import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import { inflateRaw, constants as zc } from 'node:zlib';
-import { deflateCluster } from '../../core/deflate.js';
+import { deflateCluster, inflateCluster } from '../../core/deflate.js';
 import { VdiskError } from '../../core/errors.js';
 
 export const COMPRESSION_ZLIB = 0;
@@ -110,18 +109,10 @@ export async function decompressCluster(
     out.set(res);
     return;
   }
-  const res = await new Promise<Buffer>((resolve, reject) => {
-    inflateRaw(
-      src,
-      { windowBits: 12, maxOutputLength: out.length, finishFlush: zc.Z_SYNC_FLUSH },
-      (err, data) => (err ? reject(err) : resolve(data)),
-    );
-  }).catch(() => {
+  // QEMU's qcow2_zlib_decompress: raw deflate, 4 KiB window, the cluster must fill.
+  const res = await inflateCluster(src, out.length);
+  if (res === null) {
     throw corrupt(`Could not decompress the cluster at host offset ${hostOffset}`, path, hostOffset);
-  });
-  // QEMU accepts a stream that fills the cluster exactly (ended or not).
-  if (res.length !== out.length) {
-    throw corrupt(`Compressed cluster at host offset ${hostOffset} has the wrong size`, path, hostOffset);
   }
   out.set(res);
 }
