@@ -103,6 +103,20 @@ describe('qcow against qemu-img', () => {
     expect(qemuImg(['check', p('o.qcow')]).code).toBe(63);
   });
 
+  it('reads a header size that is not a multiple of 512 as the whole sectors it covers (npm run fuzz)', async () => {
+    qemuImgOk(['create', '-q', '-f', 'qcow', p('s.qcow'), '1M']);
+    qemuIo(p('s.qcow'), ['write -P 3 0 4k'], 'qcow');
+    const b = readFileSync(p('s.qcow'));
+    b.writeBigUInt64BE(1000n, 24);
+    writeFileSync(p('s.qcow'), b);
+    expect((await vdisk(['info', '--output=json', p('s.qcow')])).stdout).toBe(
+      qemuImgOk(['info', '--output=json', p('s.qcow')]),
+    );
+    expect((await vdisk(['convert', '-O', 'raw', p('s.qcow'), p('v.raw')])).code).toBe(0);
+    qemuImgOk(['convert', '-O', 'raw', p('s.qcow'), p('q.raw')]);
+    expect(readFileSync(p('v.raw')).equals(readFileSync(p('q.raw')))).toBe(true);
+  });
+
   it('refuses hostile headers with one line', async () => {
     qemuImgOk(['create', '-q', '-f', 'qcow', p('h.qcow'), '10M']);
     const good = readFileSync(p('h.qcow'));

@@ -135,3 +135,22 @@ describe('qcow2 bad input', () => {
     await img.close().catch(() => {});
   });
 });
+
+describe('qcow2: a header size that is not a multiple of 512 (npm run fuzz)', () => {
+  it('reads as the whole sectors it covers, as qemu-img reads it', async () => {
+    for (const size of [1000n, 512n + 1n, 65535n]) {
+      const p = variant(`size-${size}.qcow2`, (b) => void b.writeBigUInt64BE(size, 24));
+      const v = await vdisk(['info', '--output=json', p]);
+      expect(v.stdout).toBe(qemuImgOk(['info', '--output=json', p]));
+      const out = join(dir, 'v.raw');
+      expect((await vdisk(['convert', '-O', 'raw', p, out])).code).toBe(0);
+      expect(readFileSync(out).equals(readFileSync(qemuRaw(p)))).toBe(true);
+    }
+  });
+});
+
+function qemuRaw(p: string): string {
+  const out = join(dir, 'q.raw');
+  qemuImgOk(['convert', '-O', 'raw', p, out]);
+  return out;
+}

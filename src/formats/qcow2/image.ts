@@ -206,7 +206,9 @@ export class Qcow2Image implements FormatImage {
   }
 
   get size(): number {
-    return this.header.size;
+    // QEMU 7.2 (qcow2_do_open) keeps total_sectors = size / 512: a header size that is not a
+    // multiple of 512 (qemu-img never writes one) reads as the whole sectors it covers.
+    return Math.floor(this.header.size / 512) * 512;
   }
 
   get version(): 2 | 3 {

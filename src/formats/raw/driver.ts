@@ -133,23 +133,26 @@ export async function createRaw(req: CreateRequest): Promise<void> {
     // qemu's file driver words it so (qemu-img: x.img: invalid parameter value: xyz).
     throw new VdiskError('INVALID_ARGUMENT', `invalid parameter value: ${prealloc}`);
   }
+  // qemu-img create rounds the size up to whole sectors (`create -f raw x 1000` makes 1024
+  // bytes), as every other driver does.
+  const size = Math.ceil(req.size / 512) * 512;
   const file = await HostFile.open(req.path, { create: true });
   try {
-    await file.truncate(req.size);
+    await file.truncate(size);
     // QEMU's file driver allocates the first block of a new image (file-posix.c,
     // allocate_first_block) so that later alignment probing works; we do the same so that
     // `disk size` matches.
-    if (prealloc === 'off' && req.size > 0) await file.write(new Uint8Array(Math.min(req.size, 4096)), 0);
-    if (prealloc === 'falloc' && !file.allocate(0, req.size)) {
+    if (prealloc === 'off' && size > 0) await file.write(new Uint8Array(Math.min(size, 4096)), 0);
+    if (prealloc === 'falloc' && !file.allocate(0, size)) {
       throw new VdiskError(
         'UNSUPPORTED',
         `Could not preallocate '${req.path}': the file system does not support fallocate`,
       );
     }
     if (prealloc === 'full') {
-      const zero = new Uint8Array(Math.min(4 << 20, Math.max(req.size, 1)));
-      for (let pos = 0; pos < req.size; pos += zero.length) {
-        const n = Math.min(zero.length, req.size - pos);
+      const zero = new Uint8Array(Math.min(4 << 20, Math.max(size, 1)));
+      for (let pos = 0; pos < size; pos += zero.length) {
+        const n = Math.min(zero.length, size - pos);
         await file.write(zero.subarray(0, n), pos);
       }
       await file.flush();

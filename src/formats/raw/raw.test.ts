@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { readFileSync, truncateSync, writeFileSync } from 'node:fs';
+import { readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { openImage } from '../../chain/open.js';
@@ -79,13 +79,23 @@ describe('raw driver', () => {
 
 describe('create and info (raw) against qemu-img', () => {
   it('prints the same Formatting line, info text and JSON', async () => {
-    for (const args of [['1G'], ['100M'], ['1000'], ['1.5k'], ['-o', 'preallocation=falloc', '3M']]) {
+    for (const args of [
+      ['1G'],
+      ['100M'],
+      ['1000'],
+      ['1.5k'],
+      ['-o', 'preallocation=falloc', '3M'],
+      ['-o', 'preallocation=falloc', '1000'],
+      ['-o', 'preallocation=full', '1000'],
+    ]) {
       const q = join(dir, 'q.img');
       const v = join(dir, 'v.img');
       const qOut = qemuImgOk(['create', '-f', 'raw', ...args.slice(0, -1), 'q.img', args.at(-1)!], dir);
       const vOut = await vdisk(['create', '-f', 'raw', ...args.slice(0, -1), 'v.img', args.at(-1)!], dir);
       expect(vOut.code).toBe(0);
       expect(vOut.stdout).toBe(qOut.replace("'q.img'", "'v.img'"));
+      // The file itself: qemu-img rounds 1000 bytes up to 1024.
+      expect(statSync(v).size, args.join(' ')).toBe(statSync(q).size);
       const qi = qemuImgOk(['info', q]);
       const vi = await vdisk(['info', v]);
       expect(vi.stdout).toBe(qi.replaceAll(q, v));
