@@ -5,6 +5,18 @@ import type { Io } from './io.js';
 export const PROGRAM = 'vdisk';
 
 /**
+ * Messages quote what images contain (descriptor lines, snapshot and file names): control
+ * characters, which could move the cursor or recolour the user's terminal, are shown as \xNN.
+ * Line feeds stay: some of qemu-img's messages have a second line.
+ */
+export function printable(msg: string): string {
+  return msg.replace(
+    /[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g,
+    (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`,
+  );
+}
+
+/**
  * Print an error as one `vdisk: …` line (never a stack trace) and return the exit status:
  * qemu-img exits 1 on errors. VDISK_DEBUG=1 adds the stack for developers.
  */
@@ -14,7 +26,7 @@ export function reportError(io: Io, err: unknown, exitCode = 1): number {
     : err instanceof Error
       ? `internal error: ${err.message}`
       : String(err);
-  io.err(`${PROGRAM}: ${msg}\n`);
+  io.err(`${PROGRAM}: ${printable(msg)}\n`);
   if (process.env['VDISK_DEBUG'] === '1' && err instanceof Error && err.stack) io.err(`${err.stack}\n`);
   return exitCode;
 }

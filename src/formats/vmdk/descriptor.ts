@@ -107,13 +107,19 @@ export function createTypeOf(d: Descriptor): string {
   return ct;
 }
 
-/** CID / parentCID: 32-bit hexadecimal. QEMU fails the open without them (-EINVAL). */
+/**
+ * CID / parentCID, read as QEMU's vmdk_read_cid does: sscanf("%x") into a uint32, so leading
+ * hex digits count and whatever follows them is ignored (`fffffffz` is 0xfffffff); more than
+ * eight digits keep the low 32 bits (strtoul's value truncated), more than sixteen saturate.
+ * QEMU fails the open when the key is missing or starts with no digit (-EINVAL, with its own
+ * doubled "Could not open" message).
+ */
 export function cidOf(d: Descriptor, key: 'CID' | 'parentCID', path: string): number {
-  const v = d.keys.get(key);
-  if (v === undefined || !/^(0x)?[0-9a-fA-F]{1,8}$/.test(v)) {
-    throw new VdiskError('INVALID_IMAGE', `Could not open '${path}': Invalid argument`);
-  }
-  return Number.parseInt(v.replace(/^0x/, ''), 16);
+  const m = /^\s*(?:0[xX])?([0-9a-fA-F]+)/.exec(d.keys.get(key) ?? '');
+  if (m === null) throw new VdiskError('INVALID_IMAGE', `Could not open '${path}': Invalid argument`);
+  const digits = m[1]!.replace(/^0+(?=.)/, '');
+  if (digits.length > 16) return 0xffffffff;
+  return Number.parseInt(digits.slice(-8), 16);
 }
 
 /** The descriptor text with its CID replaced (the rest kept byte for byte). */

@@ -115,6 +115,31 @@ describe('vmdk: hostile descriptors', () => {
     expect(b.every((x) => x === 0x41)).toBe(true);
     await img.close();
   });
+
+  it('a descriptor line with terminal escapes is quoted with them shown as \\xNN', async () => {
+    writeFileSync(join(dir, 'f'), Buffer.alloc(51200));
+    const p = join(dir, 'x.vmdk');
+    writeFileSync(
+      p,
+      descriptor('monolithicFlat', ['RW 100 FLAT "f" 0'], 'ddb.x\x1b[2J\x1b]0;owned\x07\r= "1"\n'),
+    );
+    const err = await expectRefused(p, false, /Invalid VMDK descriptor/);
+    expect(err).toContain('ddb.x\\x1b[2J\\x1b]0;owned\\x07\\x0d= "1"');
+    expect(err).not.toMatch(/[\x00-\x08\x0b-\x1f\x7f]/);
+  });
+
+  it('CID and parentCID as sscanf("%x") reads them: leading digits count (npm run fuzz)', async () => {
+    writeFileSync(join(dir, 'f'), Buffer.alloc(51200));
+    const p = join(dir, 'x.vmdk');
+    for (const cid of ['fffffffz', '0x12ab', ' 12ab', '123456789', '00000000012ab', 'z12', '', '0xg']) {
+      writeFileSync(p, descriptor('monolithicFlat', ['RW 100 FLAT "f" 0']).replace('CID=12ab', `CID=${cid}`));
+      const q = qemuImg(['info', '--output=json', '-f', 'vmdk', p]);
+      const v = await vdisk(['info', '--output=json', '-f', 'vmdk', p]);
+      expect(v.code, cid).toBe(q.code);
+      expect(v.stdout, cid).toBe(q.stdout);
+      expect(v.stderr.replace('vdisk:', 'qemu-img:'), cid).toBe(q.stderr);
+    }
+  });
 });
 
 describe('vmdk: hostile sparse headers', () => {
