@@ -1,12 +1,8 @@
-/**
- * qemu-img cannot create bochs images; the test writes them by the format's description
- * (Bochs' growing redolog) and requires vdisk to read what qemu-img reads.
- */
-import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, expect, it } from 'vitest';
 import { openImage } from '../../chain/open.js';
+import { makeBochs } from '../../test/builders.js';
 import { qemuImgOk, qemuRawDigest, sha256, tempDir, vdisk } from '../../test/oracle.js';
 
 let dir: string;
@@ -15,38 +11,6 @@ beforeEach(() => {
   ({ dir, cleanup } = tempDir());
 });
 afterEach(() => cleanup());
-
-/** A growing redolog of `size` bytes, extents of `extent` bytes, some sectors present. */
-function makeBochs(size: number, extent: number, version: 1 | 2): Buffer {
-  const catalogSize = Math.ceil(size / extent);
-  const bitmapBytes = Math.ceil(extent / 512 / 8);
-  const bitmapBlocks = Math.ceil(bitmapBytes / 512);
-  const extentBlocks = extent / 512;
-  const header = Buffer.alloc(512);
-  header.write('Bochs Virtual HD Image', 0, 'latin1');
-  header.write('Redolog', 32, 'latin1');
-  header.write('Growing', 48, 'latin1');
-  header.writeUInt32LE(version === 2 ? 0x00020000 : 0x00010000, 64);
-  header.writeUInt32LE(512, 68);
-  header.writeUInt32LE(catalogSize, 72);
-  header.writeUInt32LE(bitmapBytes, 76);
-  header.writeUInt32LE(extent, 80);
-  header.writeBigUInt64LE(BigInt(size), version === 2 ? 88 : 84);
-  const catalog = Buffer.alloc(catalogSize * 4, 0xff);
-  const blocks: Buffer[] = [];
-  // Extents 1 and 3 stored (in reverse order in the file), with every third sector present.
-  for (const [slot, ext] of [
-    [0, 3],
-    [1, 1],
-  ] as const) {
-    if (ext >= catalogSize) continue;
-    catalog.writeUInt32LE(slot, ext * 4);
-    const bitmap = Buffer.alloc(bitmapBlocks * 512);
-    for (let s = 0; s < extentBlocks; s += 3) bitmap[s >> 3]! |= 1 << (s & 7);
-    blocks.push(bitmap, randomBytes(extent));
-  }
-  return Buffer.concat([header, catalog, ...blocks]);
-}
 
 it.each([
   [1, 1 << 20, 64 << 10],

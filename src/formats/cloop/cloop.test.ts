@@ -2,11 +2,10 @@
 import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { deflateSync } from 'node:zlib';
 import { afterEach, beforeEach, expect, it } from 'vitest';
 import { openImage } from '../../chain/open.js';
+import { makeCloop } from '../../test/builders.js';
 import { qemuImgOk, qemuRawDigest, sha256, tempDir, vdisk } from '../../test/oracle.js';
-import { CLOOP_MAGIC } from './probe.js';
 
 let dir: string;
 let cleanup: () => void;
@@ -14,21 +13,6 @@ beforeEach(() => {
   ({ dir, cleanup } = tempDir());
 });
 afterEach(() => cleanup());
-
-function makeCloop(blockSize: number, blocks: Buffer[]): Buffer {
-  const head = Buffer.alloc(136);
-  head.write(CLOOP_MAGIC, 0, 'latin1');
-  head.writeUInt32BE(blockSize, 128);
-  head.writeUInt32BE(blocks.length, 132);
-  const compressed = blocks.map((b) => deflateSync(b));
-  const table = Buffer.alloc((blocks.length + 1) * 8);
-  let off = 136 + table.length;
-  for (let i = 0; i <= blocks.length; i++) {
-    table.writeBigUInt64BE(BigInt(off), i * 8);
-    off += compressed[i]?.length ?? 0;
-  }
-  return Buffer.concat([head, table, ...compressed]);
-}
 
 it('reads blocks of random, zero and text data as qemu-img does', async () => {
   const bs = 64 << 10;
