@@ -666,9 +666,7 @@ export class Qcow2Image implements FormatImage {
     const realClusters = Math.floor((await this.file.allocatedSize()) / this.clusterSize);
     const threshold = Math.max(Math.floor((realClusters * 10) / 9), realClusters + 2);
     const end = Math.ceil(fileLength / this.clusterSize);
-    let count = 0;
-    for (let i = 0; i < end && count < threshold; i++) if ((await rc.get(i)) !== 0) count++;
-    this.metadataPrealloc = count >= threshold;
+    this.metadataPrealloc = (await rc.countInUse(end, threshold)) >= threshold;
     return this.metadataPrealloc;
   }
 
