@@ -5,9 +5,11 @@
  * clusters, zero clusters), then mutated deterministically: bytes near the metadata
  * (non-zero bytes that are not the seeds' data patterns) flipped, 32/64-bit fields set to
  * boundary values, files truncated. Each mutant goes through `info`, `check`, `map`,
- * `convert -O raw` and `check -r all` (on a copy). A finding is anything but a `vdisk: …`
- * error or success: an internal error (an exception that is not a VdiskError), an exit status
- * qemu-img never uses, a command slower than FUZZ_SLOW_MS, a crash or a hang of the child.
+ * `convert -O raw`, `check -r all` (on a copy) and writes (on a copy: `convert -n` of guest
+ * data into it, `resize`, `snapshot -c`, `rebase -u`, then a read). A finding is anything but
+ * a `vdisk: …` error or success: an internal error (an exception that is not a VdiskError),
+ * an exit status qemu-img never uses, a command slower than FUZZ_SLOW_MS, a crash or a hang of
+ * the child.
  *
  * dmg (zlib and bzip2 chunks, XML and resource-fork tables), cloop and bochs seeds come from
  * the builders the format tests use (src/test/builders.ts): qemu-img cannot create them.
@@ -34,7 +36,7 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { bufferIo } from '../cli/io.js';
 import { main } from '../cli/main.js';
@@ -309,13 +311,43 @@ async function runCase(seed: Seed, path: string, out: string): Promise<Problem[]
     problems.push(...(await runOne(['check', ...extra, '-r', 'all', ...repairImage])).found);
     // A repaired image must then read: repair may give up (exit 1/2/3) but not corrupt more.
     problems.push(...(await runOne(['convert', ...extra, ...repairImage, '-O', 'raw', out])).found);
+    // Writes into the mutant (on a copy): guest data through its tables (convert -n), a
+    // resize, an internal snapshot, a header rewrite; then it must still read or refuse.
+    copyFileSync(path, repairCopy);
+    const target = seed.imageArgs
+      ? ['--target-image-opts', seed.imageArgs(repairCopy)[1]!]
+      : ['-O', seed.fmt, repairCopy];
+    const writes: string[][] = [
+      ['convert', ...extra, '-n', '-f', 'raw', writeSource(dirname(path)), ...target],
+      ['resize', ...extra, ...repairImage, '+1M'],
+      ['snapshot', ...extra, '-c', 'fuzz', ...repairImage],
+      ['rebase', ...extra, '-u', '-b', '', ...repairImage],
+      ['convert', ...extra, ...repairImage, '-O', 'raw', out],
+    ];
+    for (const args of writes) problems.push(...(await runOne(args)).found);
     rmSync(repairCopy, { force: true });
   }
   rmSync(out, { force: true });
   return problems;
 }
 
+/** A raw image of 2 MiB with data at 0 and at 1 MiB, written into mutants by `convert -n`. */
+function writeSource(dir: string): string {
+  const p = join(dir, 'write-source.raw');
+  if (!existsSync(p)) {
+    const b = Buffer.alloc(2 << 20);
+    b.fill(0x5a, 0, 65536);
+    b.fill(0xab, 1 << 20, (1 << 20) + 200_000);
+    writeFileSync(p, b);
+  }
+  return p;
+}
+
+/** Where the child logs each case and command, so that a hang names what hung. */
+let progressFile = '';
+
 async function runOne(args: string[]): Promise<{ code: number; stderr: string; found: Problem[] }> {
+  if (progressFile !== '') appendFileSync(progressFile, `\t${args.join(' ')}\n`);
   const io = bufferIo();
   const t0 = performance.now();
   let code: number;
@@ -391,6 +423,7 @@ async function child(dir: string, seedName: string, seedIndex: number, progress:
     const { buf, what } = mutate(orig, offsets, seedIndex, n);
     writeFileSync(mutant, buf);
     appendFileSync(progress, `${n}\t${what}\n`);
+    progressFile = progress;
     const problems = await runCase(seed, mutant, join(work, 'out.raw'));
     for (const p of problems) {
       const f: Finding = { seed: seed.name, case: n, what, ...p };
@@ -455,7 +488,10 @@ async function parent(): Promise<number> {
     findings += found.length;
     for (const l of found) process.stdout.write(`${l}\n`);
     if (status !== 'ok') {
-      const lastCase = readFileSync(progress, 'utf8').trim().split('\n').pop() ?? '';
+      // The case line, and the command it was running.
+      const log = readFileSync(progress, 'utf8').trimEnd().split('\n');
+      const caseAt = log.findLastIndex((l) => !l.startsWith('\t'));
+      const lastCase = `${log[caseAt] ?? ''} |${log.at(-1) ?? ''}`;
       process.stdout.write(`${JSON.stringify({ seed: seed.name, case: lastCase, problem: status })}\n`);
       findings++;
     }
