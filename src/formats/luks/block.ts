@@ -166,7 +166,7 @@ export async function createLuks(
   }
   const password = lookupSecretUtf8(o.keySecret);
   const spec: CipherSpec = { alg: cipherAlg, mode, ivgen, ivgenHash };
-  cipherKeyLen(cipherAlg); // refuses what node:crypto cannot do
+  cipherKeyLen(cipherAlg); // refuses what vdisk has no cipher for (des, 3des, sm4)
   if (ivgen === 'essiv') essivCipher(cipherAlg, ivgenHash!);
   const keyBytes = masterKeyLen(spec);
   if ((keyBytes * STRIPES) % SECTOR !== 0) {
@@ -177,7 +177,7 @@ export async function createLuks(
     );
   }
   const masterKey = randomBytes(keyBytes);
-  const cipher = new SectorCipher(spec, masterKey); // also refuses aes-192-xts early
+  const cipher = new SectorCipher(spec, masterKey); // also refuses cast5 xts, as QEMU
 
   const mkSalt = randomBytes(SALT_LEN);
   const mkRate = await pbkdf2IterationsPerSecond(hash, masterKey, mkSalt, DIGEST_LEN);

@@ -136,6 +136,16 @@ export function parseHeader(buf: Uint8Array): ParsedLuks {
 }
 
 const MODES: readonly string[] = ['ecb', 'cbc', 'xts', 'ctr'];
+/**
+ * qcrypto_block_luks_cipher_name_map: the LUKS cipher names QEMU knows and their key sizes in
+ * bytes; the QEMU algorithm is `<name>-<bits>` (aes-256, twofish-128, cast5-128, ...).
+ */
+const LUKS_CIPHERS = new Map<string, readonly number[]>([
+  ['aes', [16, 24, 32]],
+  ['cast5', [16]],
+  ['serpent', [16, 24, 32]],
+  ['twofish', [16, 24, 32]],
+]);
 const IVGENS: readonly string[] = ['plain', 'plain64', 'essiv'];
 
 /** "<mode>-<ivgen>[:<hash>]" and the cipher name with the key size (qcrypto_block_luks_parse_header). */
@@ -156,11 +166,9 @@ function parseCipher(h: LuksHeader): CipherSpec {
   if (!MODES.includes(mode)) throw new VdiskError('UNSUPPORTED', `Cipher mode ${mode} not supported`);
   let keyBytes = h.keyBytes;
   if (mode === 'xts') keyBytes = Math.floor(keyBytes / 2);
-  let alg: string | undefined;
-  if (h.cipherName === 'aes' && (keyBytes === 16 || keyBytes === 24 || keyBytes === 32))
-    alg = `aes-${keyBytes * 8}`;
+  const sizes = LUKS_CIPHERS.get(h.cipherName);
+  const alg = sizes?.includes(keyBytes) ? `${h.cipherName}-${keyBytes * 8}` : undefined;
   if (alg === undefined) {
-    // QEMU also knows serpent, twofish and cast5; node:crypto has none of them.
     throw new VdiskError(
       'UNSUPPORTED',
       `Algorithm ${h.cipherName} with key size ${keyBytes} bytes not supported`,
