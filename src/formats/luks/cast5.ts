@@ -6,10 +6,11 @@
 import type { BlockCipher } from './crypto.js';
 
 /** The S-boxes S1..S8 of RFC 2144 Appendix A, in its layout (256 words each, row by row). */
-function sbox(hex: string): Uint32Array {
+function sbox(hex: string): Int32Array {
   const words = hex.trim().split(/\s+/);
   if (words.length !== 256) throw new Error('CAST5 S-box must have 256 words');
-  return Uint32Array.from(words, (w) => Number.parseInt(w, 16));
+  // Signed words: the round arithmetic then stays in 32-bit integers.
+  return Int32Array.from(words, (w) => Number.parseInt(w, 16) | 0);
 }
 
 const S1 = sbox(`
@@ -355,7 +356,7 @@ const K_STEPS: readonly (readonly [number, number, number, number, number])[][] 
   ],
 ];
 
-const BOX: Record<number, Uint32Array> = { 5: S5, 6: S6, 7: S7, 8: S8 };
+const BOX: Record<number, Int32Array> = { 5: S5, 6: S6, 7: S7, 8: S8 };
 
 /** The 32 words K1..K32 of section 2.4 for a 16-byte key. */
 function keySchedule(key: Uint8Array): Uint32Array {
@@ -413,17 +414,29 @@ export class Cast5 implements BlockCipher {
     }
   }
 
+  // Feistel rounds without the swaps: even rounds change L from R, odd rounds R from L, so
+  // after the 16th l is L16 and r is R16 (the ciphertext is R16 then L16).
   encrypt(src: Uint8Array, dst: Uint8Array, start = 0, end = src.length): void {
     const { km, kr } = this;
     for (let o = start; o + 8 <= end; o += 8) {
       let l = (src[o]! << 24) | (src[o + 1]! << 16) | (src[o + 2]! << 8) | src[o + 3]!;
       let r = (src[o + 4]! << 24) | (src[o + 5]! << 16) | (src[o + 6]! << 8) | src[o + 7]!;
-      for (let i = 0; i < 16; i++) {
-        const t = l ^ f(i, r, km[i]!, kr[i]!);
-        l = r;
-        r = t;
-      }
-      // The output is R16 then L16.
+      l ^= f1(r, km[0]!, kr[0]!);
+      r ^= f2(l, km[1]!, kr[1]!);
+      l ^= f3(r, km[2]!, kr[2]!);
+      r ^= f1(l, km[3]!, kr[3]!);
+      l ^= f2(r, km[4]!, kr[4]!);
+      r ^= f3(l, km[5]!, kr[5]!);
+      l ^= f1(r, km[6]!, kr[6]!);
+      r ^= f2(l, km[7]!, kr[7]!);
+      l ^= f3(r, km[8]!, kr[8]!);
+      r ^= f1(l, km[9]!, kr[9]!);
+      l ^= f2(r, km[10]!, kr[10]!);
+      r ^= f3(l, km[11]!, kr[11]!);
+      l ^= f1(r, km[12]!, kr[12]!);
+      r ^= f2(l, km[13]!, kr[13]!);
+      l ^= f3(r, km[14]!, kr[14]!);
+      r ^= f1(l, km[15]!, kr[15]!);
       store(dst, o, r);
       store(dst, o + 4, l);
     }
@@ -434,29 +447,45 @@ export class Cast5 implements BlockCipher {
     for (let o = start; o + 8 <= end; o += 8) {
       let r = (src[o]! << 24) | (src[o + 1]! << 16) | (src[o + 2]! << 8) | src[o + 3]!;
       let l = (src[o + 4]! << 24) | (src[o + 5]! << 16) | (src[o + 6]! << 8) | src[o + 7]!;
-      for (let i = 15; i >= 0; i--) {
-        const t = r ^ f(i, l, km[i]!, kr[i]!);
-        r = l;
-        l = t;
-      }
+      r ^= f1(l, km[15]!, kr[15]!);
+      l ^= f3(r, km[14]!, kr[14]!);
+      r ^= f2(l, km[13]!, kr[13]!);
+      l ^= f1(r, km[12]!, kr[12]!);
+      r ^= f3(l, km[11]!, kr[11]!);
+      l ^= f2(r, km[10]!, kr[10]!);
+      r ^= f1(l, km[9]!, kr[9]!);
+      l ^= f3(r, km[8]!, kr[8]!);
+      r ^= f2(l, km[7]!, kr[7]!);
+      l ^= f1(r, km[6]!, kr[6]!);
+      r ^= f3(l, km[5]!, kr[5]!);
+      l ^= f2(r, km[4]!, kr[4]!);
+      r ^= f1(l, km[3]!, kr[3]!);
+      l ^= f3(r, km[2]!, kr[2]!);
+      r ^= f2(l, km[1]!, kr[1]!);
+      l ^= f1(r, km[0]!, kr[0]!);
       store(dst, o, l);
       store(dst, o + 4, r);
     }
   }
 }
 
-/** The round function of round i + 1: types 1, 2, 3 in turn (section 2.2). */
-function f(i: number, d: number, km: number, kr: number): number {
-  const type = i % 3;
-  let v = type === 0 ? (km + d) | 0 : type === 1 ? km ^ d : (km - d) | 0;
-  v = (v << kr) | (v >>> ((32 - kr) & 31));
-  const a = S1[v >>> 24]!;
-  const b = S2[(v >>> 16) & 255]!;
-  const c = S3[(v >>> 8) & 255]!;
-  const e = S4[v & 255]!;
-  if (type === 0) return (((a ^ b) - c) | 0) + e;
-  if (type === 1) return (((a - b) | 0) + c) ^ e;
-  return (((a + b) ^ c) - e) | 0;
+const rotl = (v: number, n: number) => (v << n) | (v >>> ((32 - n) & 31));
+
+// The three round functions of section 2.2 (rounds 1, 4, 7, ... are type 1; 2, 5, ... type 2;
+// 3, 6, ... type 3). Ia is the most significant byte of I.
+function f1(d: number, km: number, kr: number): number {
+  const v = rotl((km + d) | 0, kr);
+  return ((((S1[v >>> 24]! ^ S2[(v >>> 16) & 255]!) - S3[(v >>> 8) & 255]!) | 0) + S4[v & 255]!) | 0;
+}
+
+function f2(d: number, km: number, kr: number): number {
+  const v = rotl(km ^ d, kr);
+  return ((((S1[v >>> 24]! - S2[(v >>> 16) & 255]!) | 0) + S3[(v >>> 8) & 255]!) | 0) ^ S4[v & 255]!;
+}
+
+function f3(d: number, km: number, kr: number): number {
+  const v = rotl((km - d) | 0, kr);
+  return ((((S1[v >>> 24]! + S2[(v >>> 16) & 255]!) | 0) ^ S3[(v >>> 8) & 255]!) - S4[v & 255]!) | 0;
 }
 
 function store(dst: Uint8Array, o: number, w: number): void {

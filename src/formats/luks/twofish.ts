@@ -126,12 +126,12 @@ const rol = (x: number, n: number) => ((x << n) | (x >>> (32 - n))) >>> 0;
 export class Twofish implements BlockCipher {
   readonly blockSize = 16;
   /** The 40 subkeys: input whitening K0..3, output whitening K4..7, two per round. */
-  private readonly k = new Uint32Array(40);
+  private readonly k = new Int32Array(40);
   // g(X) = S0[x0] ^ S1[x1] ^ S2[x2] ^ S3[x3], key-dependent.
-  private readonly s0 = new Uint32Array(256);
-  private readonly s1 = new Uint32Array(256);
-  private readonly s2 = new Uint32Array(256);
-  private readonly s3 = new Uint32Array(256);
+  private readonly s0 = new Int32Array(256);
+  private readonly s1 = new Int32Array(256);
+  private readonly s2 = new Int32Array(256);
+  private readonly s3 = new Int32Array(256);
 
   constructor(key: Uint8Array) {
     if (key.length !== 16 && key.length !== 24 && key.length !== 32) {
