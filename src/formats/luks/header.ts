@@ -171,7 +171,7 @@ function parseCipher(h: LuksHeader): CipherSpec {
   if (alg === undefined) {
     throw new VdiskError(
       'UNSUPPORTED',
-      `Algorithm ${h.cipherName} with key size ${keyBytes} bytes not supported`,
+      `Algorithm '${h.cipherName}' with key size ${keyBytes} bytes not supported`,
     );
   }
   if (!IVGENS.includes(ivgen)) throw new VdiskError('UNSUPPORTED', `IV generator ${ivgen} not supported`);
