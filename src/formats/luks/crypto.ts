@@ -24,6 +24,11 @@ export const HASH_LEN: Record<string, number> = {
   ripemd160: 20,
 };
 
+/** The digest length of a hash QEMU knows, or undefined (own keys only: names come from headers). */
+export function hashLen(name: string): number | undefined {
+  return Object.hasOwn(HASH_LEN, name) ? HASH_LEN[name] : undefined;
+}
+
 export type CipherMode = 'ecb' | 'cbc' | 'xts' | 'ctr';
 export type IvGen = 'plain' | 'plain64' | 'essiv';
 
@@ -71,17 +76,17 @@ class NodeAes implements BlockCipher {
 
 /**
  * The cipher families of QEMU's LUKS name map (crypto/block-luks.c), with their key sizes in
- * bytes, block size, and the word QEMU's essiv errors use. des, 3des and sm4 are QEMU cipher
- * algorithms too, but LUKS has no name for them.
+ * bytes, block size, and, for the families qcrypto_block_luks_essiv_cipher can resize, the word
+ * its errors use. des, 3des and sm4 are QEMU cipher algorithms too, but LUKS has no name for them.
  */
 const FAMILIES: Record<
   string,
-  { keys: number[]; block: number; word: string; make: (key: Uint8Array) => BlockCipher }
+  { keys: number[]; block: number; essiv?: string; make: (key: Uint8Array) => BlockCipher }
 > = {
-  aes: { keys: [16, 24, 32], block: 16, word: 'AES', make: (k) => new NodeAes(`aes-${k.length * 8}`, k) },
-  twofish: { keys: [16, 24, 32], block: 16, word: 'Twofish', make: (k) => new Twofish(k) },
-  serpent: { keys: [16, 24, 32], block: 16, word: 'Serpent', make: (k) => new Serpent(k) },
-  cast5: { keys: [16], block: 8, word: 'CAST5', make: (k) => new Cast5(k) },
+  aes: { keys: [16, 24, 32], block: 16, essiv: 'AES', make: (k) => new NodeAes(`aes-${k.length * 8}`, k) },
+  twofish: { keys: [16, 24, 32], block: 16, essiv: 'Twofish', make: (k) => new Twofish(k) },
+  serpent: { keys: [16, 24, 32], block: 16, essiv: 'Serpent', make: (k) => new Serpent(k) },
+  cast5: { keys: [16], block: 8, make: (k) => new Cast5(k) },
 };
 
 function splitAlg(alg: string): { family: string; keyLen: number } {
@@ -120,15 +125,15 @@ const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 /**
  * qcrypto_block_luks_essiv_cipher: the essiv cipher is the payload cipher when its key length
  * is the hash's digest length, else the member of the same family whose key length is (AES,
- * Serpent and Twofish have 16, 24 and 32 bytes; anything else has no essiv but its own size).
+ * Serpent and Twofish have 16, 24 and 32 bytes; cast5 has essiv with md5 only).
  */
 export function essivCipher(alg: string, hash: string): string {
-  const digest = HASH_LEN[hash];
-  if (digest === undefined) throw new VdiskError('UNSUPPORTED', `Hash algorithm ${hash} not supported`);
+  const digest = hashLen(hash);
+  if (digest === undefined) throw new VdiskError('UNSUPPORTED', `Hash algorithm '${hash}' not supported`);
   if (digest === cipherKeyLen(alg)) return alg;
   const { family } = splitAlg(alg);
-  const word = FAMILIES[family]!.word;
-  if (family === 'cast5') throw new VdiskError('UNSUPPORTED', `Cipher ${alg} not supported with essiv`);
+  const word = FAMILIES[family]!.essiv;
+  if (word === undefined) throw new VdiskError('UNSUPPORTED', `Cipher ${alg} not supported with essiv`);
   if (digest === 16 || digest === 24 || digest === 32) return `${family}-${digest * 8}`;
   throw new VdiskError('UNSUPPORTED', `No ${word} cipher with key size ${digest} available`);
 }

@@ -170,7 +170,7 @@ describe('luks cipher errors as qemu-img', () => {
     }
   });
 
-  it('a header with a cipher name QEMU does not know, or a key size its cipher has not', async () => {
+  it('a header with a cipher, mode, IV generator or hash QEMU does not know: its words', async () => {
     const p = join(dir, 'a.luks');
     qemuCreate(['-o', 'key-secret=s0,iter-time=10,cipher-alg=cast5-128,cipher-mode=cbc', p, '1M']);
     const buf = readFileSync(p);
@@ -188,6 +188,15 @@ describe('luks cipher errors as qemu-img', () => {
         (b: Buffer) => b.write('constructor\0', 8, 'latin1'),
         "Algorithm 'constructor' with key size 16 bytes not supported",
       ],
+      [(b: Buffer) => b.write('foo-plain64\0', 40, 'latin1'), "Cipher mode 'foo' not supported"],
+      [(b: Buffer) => b.write('cbc-foo\0', 40, 'latin1'), "IV generator 'foo' not supported"],
+      [(b: Buffer) => b.write('cbcplain\0', 40, 'latin1'), "Unexpected cipher mode string format 'cbcplain'"],
+      // Names that are properties of every JavaScript object.
+      [
+        (b: Buffer) => b.write('cbc-essiv:constructor\0', 40, 'latin1'),
+        "Hash algorithm 'constructor' not supported",
+      ],
+      [(b: Buffer) => b.write('toString\0', 72, 'latin1'), "Hash algorithm 'toString' not supported"],
     ] as const) {
       const b = Buffer.from(buf);
       mutate(b);
