@@ -12,7 +12,7 @@ import {
   afSplit,
   type CipherMode,
   type CipherSpec,
-  cipherKeyLen,
+  cipherBlockLen,
   essivCipher,
   HASH_LEN,
   type IvGen,
@@ -129,8 +129,18 @@ const CIPHER_ALGS = [
   'twofish-128',
   'twofish-192',
   'twofish-256',
-  'sm4',
 ];
+// sm4 is in QEMU's list only when built with CONFIG_CRYPTO_SM4 (Debian's 7.2 is not).
+
+/**
+ * The QEMU cipher algorithms LUKS has a name for (qcrypto_block_luks_cipher_alg_lookup): des
+ * and 3des are refused with QEMU's words; the others are all implemented.
+ */
+function luksCipherAlg(alg: string): string {
+  if (alg === 'des' || alg === '3des')
+    throw new VdiskError('UNSUPPORTED', `Algorithm '${alg}' not supported`);
+  return alg;
+}
 const MODES = ['ecb', 'cbc', 'xts', 'ctr'];
 const IVGENS = ['plain', 'plain64', 'essiv'];
 
@@ -139,6 +149,35 @@ function enumOpt(prefix: string, name: string, value: string, allowed: readonly 
     throw new VdiskError('INVALID_ARGUMENT', `Parameter '${prefix}${name}' does not accept value '${value}'`);
   }
   return value;
+}
+
+/**
+ * The checked create options: QEMU's defaults, its enum words, the secret, then the cipher
+ * checks of qcrypto_block_luks_create (LUKS name, essiv cipher, a cipher object for the mode).
+ */
+function createSpec(
+  o: LuksCreateOptions,
+  prefix: string,
+): { spec: CipherSpec; hash: string; password: Uint8Array } {
+  const cipherAlg = enumOpt(prefix, 'cipher-alg', o.cipherAlg ?? 'aes-256', CIPHER_ALGS);
+  const mode = enumOpt(prefix, 'cipher-mode', o.cipherMode ?? 'xts', MODES) as CipherMode;
+  const ivgen = enumOpt(prefix, 'ivgen-alg', o.ivgenAlg ?? 'plain64', IVGENS) as IvGen;
+  const hashes = Object.keys(HASH_LEN);
+  const hash = enumOpt(prefix, 'hash-alg', o.hashAlg ?? 'sha256', hashes);
+  let ivgenHash =
+    o.ivgenHashAlg === undefined ? undefined : enumOpt(prefix, 'ivgen-hash-alg', o.ivgenHashAlg, hashes);
+  if (ivgen === 'essiv' && ivgenHash === undefined) ivgenHash = 'sha256';
+  if (o.keySecret === undefined) {
+    throw new VdiskError('INVALID_ARGUMENT', `Parameter '${prefix}key-secret' is required for cipher`);
+  }
+  const password = lookupSecretUtf8(o.keySecret);
+  luksCipherAlg(cipherAlg);
+  if (ivgen === 'essiv') essivCipher(cipherAlg, ivgenHash!);
+  // QEMU's XTS is for 128-bit blocks: cast5 has none (cipher-nettle.c.inc).
+  if (mode === 'xts' && cipherBlockLen(cipherAlg) !== 16) {
+    throw new VdiskError('UNSUPPORTED', 'Unsupported cipher mode xts');
+  }
+  return { spec: { alg: cipherAlg, mode, ivgen, ivgenHash }, hash, password };
 }
 
 /**
@@ -153,31 +192,17 @@ export async function createLuks(
   write: WriteFn,
 ): Promise<{ cipher: SectorCipher; payloadOffset: number }> {
   const iterTime = o.iterTime ?? 2000;
-  const cipherAlg = enumOpt(prefix, 'cipher-alg', o.cipherAlg ?? 'aes-256', CIPHER_ALGS);
-  const mode = enumOpt(prefix, 'cipher-mode', o.cipherMode ?? 'xts', MODES) as CipherMode;
-  const ivgen = enumOpt(prefix, 'ivgen-alg', o.ivgenAlg ?? 'plain64', IVGENS) as IvGen;
-  const hashes = Object.keys(HASH_LEN);
-  const hash = enumOpt(prefix, 'hash-alg', o.hashAlg ?? 'sha256', hashes);
-  let ivgenHash =
-    o.ivgenHashAlg === undefined ? undefined : enumOpt(prefix, 'ivgen-hash-alg', o.ivgenHashAlg, hashes);
-  if (ivgen === 'essiv' && ivgenHash === undefined) ivgenHash = 'sha256';
-  if (o.keySecret === undefined) {
-    throw new VdiskError('INVALID_ARGUMENT', `Parameter '${prefix}key-secret' is required for cipher`);
-  }
-  const password = lookupSecretUtf8(o.keySecret);
-  const spec: CipherSpec = { alg: cipherAlg, mode, ivgen, ivgenHash };
-  cipherKeyLen(cipherAlg); // refuses what node:crypto cannot do
-  if (ivgen === 'essiv') essivCipher(cipherAlg, ivgenHash!);
+  const { spec, hash, password } = createSpec(o, prefix);
   const keyBytes = masterKeyLen(spec);
   if ((keyBytes * STRIPES) % SECTOR !== 0) {
     // QEMU 7.2 aborts on this (an assertion in do_qcrypto_block_cipher_encdec): refuse it.
     throw new VdiskError(
       'UNSUPPORTED',
-      `Cipher ${cipherAlg} in ${mode} mode gives key material of ${keyBytes * STRIPES} bytes, not whole sectors: QEMU cannot create it`,
+      `Cipher ${spec.alg} in ${spec.mode} mode gives key material of ${keyBytes * STRIPES} bytes, not whole sectors: QEMU cannot create it`,
     );
   }
   const masterKey = randomBytes(keyBytes);
-  const cipher = new SectorCipher(spec, masterKey); // also refuses aes-192-xts early
+  const cipher = new SectorCipher(spec, masterKey);
 
   const mkSalt = randomBytes(SALT_LEN);
   const mkRate = await pbkdf2IterationsPerSecond(hash, masterKey, mkSalt, DIGEST_LEN);
@@ -197,8 +222,11 @@ export async function createLuks(
   }
   const header: LuksHeader = {
     version: 1,
-    cipherName: cipherAlg.replace(/-\d+$/, ''),
-    cipherMode: ivgenHash !== undefined ? `${mode}-${ivgen}:${ivgenHash}` : `${mode}-${ivgen}`,
+    cipherName: spec.alg.replace(/-\d+$/, ''),
+    cipherMode:
+      spec.ivgenHash !== undefined
+        ? `${spec.mode}-${spec.ivgen}:${spec.ivgenHash}`
+        : `${spec.mode}-${spec.ivgen}`,
     hashSpec: hash,
     payloadOffset: headerSectors + slotSectors * NUM_SLOTS,
     keyBytes,
@@ -253,12 +281,6 @@ export function luksInfo(p: ParsedLuks): Record<string, unknown> {
  * secret too; we check the same things without running PBKDF2.
  */
 export function luksPayloadOffset(o: LuksCreateOptions, prefix: string): number {
-  const cipherAlg = enumOpt(prefix, 'cipher-alg', o.cipherAlg ?? 'aes-256', CIPHER_ALGS);
-  const mode = enumOpt(prefix, 'cipher-mode', o.cipherMode ?? 'xts', MODES) as CipherMode;
-  if (o.keySecret === undefined) {
-    throw new VdiskError('INVALID_ARGUMENT', `Parameter '${prefix}key-secret' is required for cipher`);
-  }
-  lookupSecretUtf8(o.keySecret);
-  const keyBytes = masterKeyLen({ alg: cipherAlg, mode, ivgen: 'plain64' });
+  const keyBytes = masterKeyLen(createSpec(o, prefix).spec);
   return (KEY_SLOT_OFFSET / SECTOR + splitKeySectors(keyBytes, STRIPES) * NUM_SLOTS) * SECTOR;
 }

@@ -1,11 +1,15 @@
 /**
  * The cryptography of LUKS as QEMU implements it (crypto/block-luks.c, crypto/afsplit.c,
- * crypto/ivgen-*.c, crypto/pbkdf.c), on node:crypto: sector ciphers with their IV generators,
+ * crypto/ivgen-*.c, crypto/pbkdf.c), on node:crypto (AES, hashes, PBKDF2) and on the TypeScript
+ * Twofish, Serpent and CAST5 of this directory: sector ciphers with their IV generators,
  * PBKDF2 (async: it runs on libuv's thread pool, off the main thread) and the anti-forensic
  * split.
  */
 import { createCipheriv, createDecipheriv, createHash, pbkdf2 } from 'node:crypto';
 import { VdiskError } from '../../core/errors.js';
+import { Cast5 } from './cast5.js';
+import { Serpent } from './serpent.js';
+import { Twofish } from './twofish.js';
 
 export const SECTOR = 512;
 
@@ -20,11 +24,19 @@ export const HASH_LEN: Record<string, number> = {
   ripemd160: 20,
 };
 
+/** The digest length of a hash QEMU knows, or undefined (own keys only: names come from headers). */
+export function hashLen(name: string): number | undefined {
+  return Object.hasOwn(HASH_LEN, name) ? HASH_LEN[name] : undefined;
+}
+
 export type CipherMode = 'ecb' | 'cbc' | 'xts' | 'ctr';
 export type IvGen = 'plain' | 'plain64' | 'essiv';
 
 export interface CipherSpec {
-  /** QCryptoCipherAlgorithm name: aes-128, aes-192, aes-256 (the ones vdisk implements). */
+  /**
+   * QCryptoCipherAlgorithm name: aes-128|192|256 (node:crypto), twofish-128|192|256,
+   * serpent-128|192|256, cast5-128 (pure TypeScript).
+   */
   alg: string;
   mode: CipherMode;
   ivgen: IvGen;
@@ -32,11 +44,69 @@ export interface CipherSpec {
   ivgenHash?: string | undefined;
 }
 
+/**
+ * The block-cipher seam: ECB over the whole blocks of [start, end) of `src` into the same
+ * positions of `dst` (which may be `src`). Every sector mode below is built on it.
+ */
+export interface BlockCipher {
+  readonly blockSize: number;
+  encrypt(src: Uint8Array, dst: Uint8Array, start?: number, end?: number): void;
+  decrypt(src: Uint8Array, dst: Uint8Array, start?: number, end?: number): void;
+}
+
+/** AES on node:crypto (OpenSSL, AES-NI): one ECB cipher object per call. */
+class NodeAes implements BlockCipher {
+  readonly blockSize = 16;
+  private readonly name: string;
+  constructor(
+    alg: string,
+    private readonly key: Uint8Array,
+  ) {
+    this.name = `${alg}-ecb`;
+  }
+  encrypt(src: Uint8Array, dst: Uint8Array, start = 0, end = src.length): void {
+    const c = createCipheriv(this.name, this.key, null).setAutoPadding(false);
+    dst.set(c.update(src.subarray(start, end)), start);
+  }
+  decrypt(src: Uint8Array, dst: Uint8Array, start = 0, end = src.length): void {
+    const c = createDecipheriv(this.name, this.key, null).setAutoPadding(false);
+    dst.set(c.update(src.subarray(start, end)), start);
+  }
+}
+
+/**
+ * The cipher families of QEMU's LUKS name map (crypto/block-luks.c), with their key sizes in
+ * bytes, block size, and, for the families qcrypto_block_luks_essiv_cipher can resize, the word
+ * its errors use. des, 3des and sm4 are QEMU cipher algorithms too, but LUKS has no name for them.
+ */
+const FAMILIES: Record<
+  string,
+  { keys: number[]; block: number; essiv?: string; make: (key: Uint8Array) => BlockCipher }
+> = {
+  aes: { keys: [16, 24, 32], block: 16, essiv: 'AES', make: (k) => new NodeAes(`aes-${k.length * 8}`, k) },
+  twofish: { keys: [16, 24, 32], block: 16, essiv: 'Twofish', make: (k) => new Twofish(k) },
+  serpent: { keys: [16, 24, 32], block: 16, essiv: 'Serpent', make: (k) => new Serpent(k) },
+  cast5: { keys: [16], block: 8, make: (k) => new Cast5(k) },
+};
+
+function splitAlg(alg: string): { family: string; keyLen: number } {
+  const m = /^(aes|twofish|serpent|cast5)-(\d+)$/.exec(alg);
+  const f = m === null ? undefined : FAMILIES[m[1]!];
+  const keyLen = m === null ? 0 : Number(m[2]) / 8;
+  if (m === null || f === undefined || !f.keys.includes(keyLen)) {
+    throw new VdiskError('UNSUPPORTED', `Cipher algorithm '${alg}' is not supported by vdisk`);
+  }
+  return { family: m[1]!, keyLen };
+}
+
 /** Key length in bytes of a cipher algorithm (one half of an xts key). */
 export function cipherKeyLen(alg: string): number {
-  const m = /^aes-(128|192|256)$/.exec(alg);
-  if (m === null) throw new VdiskError('UNSUPPORTED', `Cipher algorithm '${alg}' is not supported by vdisk`);
-  return Number(m[1]) / 8;
+  return splitAlg(alg).keyLen;
+}
+
+/** Block length in bytes of a cipher algorithm: the IV length of cbc, ctr and xts. */
+export function cipherBlockLen(alg: string): number {
+  return FAMILIES[splitAlg(alg).family]!.block;
 }
 
 /** The master key length of a spec: the cipher's key, doubled for xts. */
@@ -44,63 +114,91 @@ export function masterKeyLen(spec: CipherSpec): number {
   return cipherKeyLen(spec.alg) * (spec.mode === 'xts' ? 2 : 1);
 }
 
-function nodeCipherName(alg: string, mode: CipherMode): string {
-  // XTS is built on ECB below (OpenSSL has no AES-192-XTS; QEMU's nettle has it).
-  return mode === 'xts' ? `${alg}-ecb` : `${alg}-${mode}`;
+/** A block cipher for `alg` with `key` (its whole key length). */
+export function blockCipher(alg: string, key: Uint8Array): BlockCipher {
+  return FAMILIES[splitAlg(alg).family]!.make(key);
 }
 
 /** The XTS path below views bytes as little-endian 32-bit words. */
 const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 
-/** qcrypto_block_luks_essiv_cipher: the essiv cipher takes its key size from the hash. */
+/**
+ * qcrypto_block_luks_essiv_cipher: the essiv cipher is the payload cipher when its key length
+ * is the hash's digest length, else the member of the same family whose key length is (AES,
+ * Serpent and Twofish have 16, 24 and 32 bytes; cast5 has essiv with md5 only).
+ */
 export function essivCipher(alg: string, hash: string): string {
-  const digest = HASH_LEN[hash];
-  if (digest === undefined) throw new VdiskError('UNSUPPORTED', `Hash algorithm ${hash} not supported`);
+  const digest = hashLen(hash);
+  if (digest === undefined) throw new VdiskError('UNSUPPORTED', `Hash algorithm '${hash}' not supported`);
   if (digest === cipherKeyLen(alg)) return alg;
-  if (digest === 16 || digest === 24 || digest === 32) return `aes-${digest * 8}`;
-  throw new VdiskError('UNSUPPORTED', `No AES cipher with key size ${digest} available`);
+  const { family } = splitAlg(alg);
+  const word = FAMILIES[family]!.essiv;
+  if (word === undefined) throw new VdiskError('UNSUPPORTED', `Cipher ${alg} not supported with essiv`);
+  if (digest === 16 || digest === 24 || digest === 32) return `${family}-${digest * 8}`;
+  throw new VdiskError('UNSUPPORTED', `No ${word} cipher with key size ${digest} available`);
 }
 
 /**
  * Encrypts and decrypts whole 512-byte sectors with one key, the IV of each sector generated
- * from its number (relative to the start of the encrypted area, as QEMU counts).
+ * from its number (relative to the start of the encrypted area, as QEMU counts). AES runs on
+ * node:crypto (cipher objects per call, as OpenSSL likes); the other ciphers are TypeScript
+ * objects keyed once here.
  */
 export class SectorCipher {
-  private readonly name: string;
-  private readonly essivKey: Buffer | undefined;
-  private readonly essivName: string | undefined;
+  /** AES in a mode node:crypto has (cbc encryption and ctr go through OpenSSL per sector). */
+  private readonly name: string | undefined;
+  /** The data cipher (the first half of the key for xts). */
+  private readonly main: BlockCipher;
+  /** xts: the tweak cipher (second half of the key). */
+  private readonly tweak: BlockCipher | undefined;
+  private readonly essiv: BlockCipher | undefined;
+  /** Bytes of IV per sector: the cipher's block length (qcrypto_cipher_get_iv_len), 0 for ecb. */
+  private readonly ivLen: number;
+  private readonly block: number;
 
   constructor(
     readonly spec: CipherSpec,
     private readonly key: Buffer,
   ) {
-    this.name = nodeCipherName(spec.alg, spec.mode);
-    if (spec.mode === 'xts' && !LITTLE_ENDIAN) {
-      throw new VdiskError('UNSUPPORTED', 'XTS needs a little-endian host in vdisk');
+    const { family } = splitAlg(spec.alg);
+    this.block = cipherBlockLen(spec.alg);
+    this.ivLen = spec.mode === 'ecb' ? 0 : this.block;
+    if (spec.mode === 'xts') {
+      if (!LITTLE_ENDIAN) throw new VdiskError('UNSUPPORTED', 'XTS needs a little-endian host in vdisk');
+      // QEMU's XTS is for 16-byte blocks only (cipher-nettle.c.inc has no CAST5 XTS).
+      if (this.block !== 16) throw new VdiskError('UNSUPPORTED', 'Unsupported cipher mode xts');
+      const half = key.length / 2;
+      this.main = blockCipher(spec.alg, key.subarray(0, half));
+      this.tweak = blockCipher(spec.alg, key.subarray(half));
+    } else {
+      this.main = blockCipher(spec.alg, key);
     }
+    this.name = family === 'aes' && spec.mode !== 'xts' ? `${spec.alg}-${spec.mode}` : undefined;
     if (spec.ivgen === 'essiv') {
       const hash = spec.ivgenHash;
       if (hash === undefined)
         throw new VdiskError('INVALID_IMAGE', 'Missing IV generator hash specification');
       const alg = essivCipher(spec.alg, hash);
-      this.essivName = `${alg}-ecb`;
-      this.essivKey = createHash(hash).update(key).digest();
+      // qcrypto_ivgen_essiv_init: the digest, cut to the essiv cipher's key length.
+      const digest = createHash(hash).update(key).digest();
+      this.essiv = blockCipher(alg, digest.subarray(0, Math.min(digest.length, cipherKeyLen(alg))));
     }
   }
 
-  /** IVs for `count` sectors from `first` (16 bytes each), or undefined for ecb. */
-  private ivs(first: number, count: number): Buffer | undefined {
-    if (this.spec.mode === 'ecb') return undefined;
-    const out = Buffer.alloc(16 * count);
+  /**
+   * IVs for `count` sectors from `first` (ivLen bytes each): plain is the sector number's low
+   * 32 bits, plain64 all 64 (little-endian, zero-padded to ivLen); essiv encrypts the 64-bit
+   * number, zero-padded to the essiv cipher's block (the same family: the same block length).
+   */
+  private ivs(first: number, count: number): Buffer {
+    const n = this.ivLen;
+    const out = Buffer.alloc(n * count);
     for (let i = 0; i < count; i++) {
-      const s = BigInt(first + i);
-      if (this.spec.ivgen === 'plain') out.writeUInt32LE(Number(s & 0xffffffffn), i * 16);
-      else out.writeBigUInt64LE(s, i * 16);
+      const s = first + i;
+      out.writeUInt32LE(s % 2 ** 32, i * n);
+      if (this.spec.ivgen !== 'plain') out.writeUInt32LE(Math.floor(s / 2 ** 32), i * n + 4);
     }
-    if (this.essivName !== undefined) {
-      const c = createCipheriv(this.essivName, this.essivKey!, null).setAutoPadding(false);
-      return Buffer.concat([c.update(out), c.final()]);
-    }
+    this.essiv?.encrypt(out, out);
     return out;
   }
 
@@ -122,32 +220,35 @@ export class SectorCipher {
       }
       return;
     }
-    const ivs = this.ivs(first, count);
-    const out = Buffer.from(dst.buffer, dst.byteOffset, dst.length);
-    if (ivs === undefined) {
-      const c = encrypt
-        ? createCipheriv(this.name, this.key, null).setAutoPadding(false)
-        : createDecipheriv(this.name, this.key, null).setAutoPadding(false);
-      out.set(c.update(src));
-      c.final();
+    if (this.spec.mode === 'ecb') {
+      if (encrypt) this.main.encrypt(src, dst);
+      else this.main.decrypt(src, dst);
       return;
     }
+    const ivs = this.ivs(first, count);
     if (this.spec.mode === 'xts') {
-      this.xts(encrypt, src, out, ivs, count);
+      this.xts(encrypt, src, dst, ivs, count);
       return;
     }
     if (this.spec.mode === 'cbc' && !encrypt) {
-      this.cbcDecrypt(src, out, ivs, count);
+      this.cbcDecrypt(src, dst, ivs, count);
       return;
     }
-    for (let i = 0; i < count; i++) {
-      const iv = ivs.subarray(i * 16, i * 16 + 16);
-      const c = encrypt
-        ? createCipheriv(this.name, this.key, iv).setAutoPadding(false)
-        : createDecipheriv(this.name, this.key, iv).setAutoPadding(false);
-      out.set(c.update(src.subarray(i * SECTOR, (i + 1) * SECTOR)), i * SECTOR);
-      c.final();
+    if (this.name !== undefined) {
+      // AES cbc encryption and ctr: OpenSSL, one cipher object per sector.
+      const out = Buffer.from(dst.buffer, dst.byteOffset, dst.length);
+      for (let i = 0; i < count; i++) {
+        const iv = ivs.subarray(i * 16, i * 16 + 16);
+        const c = encrypt
+          ? createCipheriv(this.name, this.key, iv).setAutoPadding(false)
+          : createDecipheriv(this.name, this.key, iv).setAutoPadding(false);
+        out.set(c.update(src.subarray(i * SECTOR, (i + 1) * SECTOR)), i * SECTOR);
+        c.final();
+      }
+      return;
     }
+    if (this.spec.mode === 'cbc') this.cbcEncrypt(src, dst, ivs, count);
+    else this.ctr(src, dst, ivs, count);
   }
 
   /**
@@ -155,14 +256,12 @@ export class SectorCipher {
    * sector: the first tweak of each sector is E_K2(IV); each next block's tweak is the previous
    * times x in GF(2^128) (little-endian, reduction 0x87). C = E_K1(P xor T) xor T.
    */
-  private xts(encrypt: boolean, src: Uint8Array, out: Buffer, ivs: Buffer, count: number): void {
-    const half = this.key.length / 2;
-    const ecb = `${this.spec.alg}-ecb`;
-    const t0 = createCipheriv(ecb, this.key.subarray(half), null).setAutoPadding(false).update(ivs);
+  private xts(encrypt: boolean, src: Uint8Array, out: Uint8Array, ivs: Buffer, count: number): void {
+    const first = new Uint32Array(count * 4);
+    const t0 = new Uint8Array(first.buffer);
+    this.tweak!.encrypt(ivs, t0);
     const n = count * SECTOR;
     const tweaks = new Uint32Array(n / 4);
-    const first = new Uint32Array(count * 4);
-    new Uint8Array(first.buffer).set(t0);
     for (let s = 0; s < count; s++) {
       let w0 = first[s * 4]!;
       let w1 = first[s * 4 + 1]!;
@@ -184,27 +283,62 @@ export class SectorCipher {
     const bytes = new Uint8Array(work.buffer);
     bytes.set(src);
     for (let i = 0; i < work.length; i++) work[i]! ^= tweaks[i]!;
-    const k1 = this.key.subarray(0, half);
-    const c = encrypt
-      ? createCipheriv(ecb, k1, null).setAutoPadding(false)
-      : createDecipheriv(ecb, k1, null).setAutoPadding(false);
-    bytes.set(c.update(bytes));
+    if (encrypt) this.main.encrypt(bytes, bytes);
+    else this.main.decrypt(bytes, bytes);
     for (let i = 0; i < work.length; i++) work[i]! ^= tweaks[i]!;
     out.set(bytes);
   }
 
   /** CBC decryption is parallel: P_i = D(C_i) xor C_(i-1), C_(-1) being the sector's IV. */
-  private cbcDecrypt(src: Uint8Array, out: Buffer, ivs: Buffer, count: number): void {
-    const ecb = `${this.spec.alg}-ecb`;
-    const plain = createDecipheriv(ecb, this.key, null).setAutoPadding(false).update(src);
+  private cbcDecrypt(src: Uint8Array, out: Uint8Array, ivs: Buffer, count: number): void {
+    const b = this.block;
+    const plain = new Uint8Array(src.length);
+    this.main.decrypt(src, plain);
     for (let s = 0; s < count; s++) {
       const base = s * SECTOR;
       for (let i = 0; i < SECTOR; i++) {
-        const prev = i < 16 ? ivs[s * 16 + i]! : src[base + i - 16]!;
+        const prev = i < b ? ivs[s * b + i]! : src[base + i - b]!;
         plain[base + i] = plain[base + i]! ^ prev;
       }
     }
     out.set(plain);
+  }
+
+  /** CBC encryption, block after block: C_i = E(P_i xor C_(i-1)). */
+  private cbcEncrypt(src: Uint8Array, out: Uint8Array, ivs: Buffer, count: number): void {
+    const b = this.block;
+    if (out !== src) out.set(src);
+    for (let s = 0; s < count; s++) {
+      const base = s * SECTOR;
+      for (let i = 0; i < b; i++) out[base + i]! ^= ivs[s * b + i]!;
+      this.main.encrypt(out, out, base, base + b);
+      for (let at = base + b; at < base + SECTOR; at += b) {
+        for (let i = 0; i < b; i++) out[at + i]! ^= out[at + i - b]!;
+        this.main.encrypt(out, out, at, at + b);
+      }
+    }
+  }
+
+  /**
+   * CTR as nettle's ctr_crypt: the keystream is E(IV), E(IV + 1), ..., the counter being the
+   * whole block as a big-endian number; the IV is set again at each sector.
+   */
+  private ctr(src: Uint8Array, out: Uint8Array, ivs: Buffer, count: number): void {
+    const b = this.block;
+    const stream = new Uint8Array(src.length);
+    for (let s = 0; s < count; s++) {
+      let at = s * SECTOR;
+      stream.set(ivs.subarray(s * b, s * b + b), at);
+      for (at += b; at < (s + 1) * SECTOR; at += b) {
+        stream.copyWithin(at, at - b, at);
+        for (let i = at + b - 1; i >= at; i--) {
+          stream[i] = (stream[i]! + 1) & 255;
+          if (stream[i] !== 0) break;
+        }
+      }
+    }
+    this.main.encrypt(stream, stream);
+    for (let i = 0; i < src.length; i++) out[i] = src[i]! ^ stream[i]!;
   }
 }
 

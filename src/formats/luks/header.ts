@@ -5,7 +5,7 @@
  * offsets are refused before anything is read or allocated.
  */
 import { VdiskError } from '../../core/errors.js';
-import { type CipherMode, type CipherSpec, HASH_LEN, type IvGen, SECTOR } from './crypto.js';
+import { type CipherMode, type CipherSpec, hashLen, type IvGen, SECTOR } from './crypto.js';
 
 export const MAGIC = Buffer.from([0x4c, 0x55, 0x4b, 0x53, 0xba, 0xbe]);
 export const HEADER_SIZE = 592;
@@ -130,18 +130,28 @@ export function parseHeader(buf: Uint8Array): ParsedLuks {
   // Then the algorithms (qcrypto_block_luks_parse_header).
   const spec = parseCipher(header);
   const hash = header.hashSpec;
-  if (HASH_LEN[hash] === undefined)
-    throw new VdiskError('UNSUPPORTED', `Hash algorithm ${hash} not supported`);
+  if (hashLen(hash) === undefined)
+    throw new VdiskError('UNSUPPORTED', `Hash algorithm '${hash}' not supported`);
   return { header, spec, hash };
 }
 
 const MODES: readonly string[] = ['ecb', 'cbc', 'xts', 'ctr'];
+/**
+ * qcrypto_block_luks_cipher_name_map: the LUKS cipher names QEMU knows and their key sizes in
+ * bytes; the QEMU algorithm is `<name>-<bits>` (aes-256, twofish-128, cast5-128, ...).
+ */
+const LUKS_CIPHERS = new Map<string, readonly number[]>([
+  ['aes', [16, 24, 32]],
+  ['cast5', [16]],
+  ['serpent', [16, 24, 32]],
+  ['twofish', [16, 24, 32]],
+]);
 const IVGENS: readonly string[] = ['plain', 'plain64', 'essiv'];
 
 /** "<mode>-<ivgen>[:<hash>]" and the cipher name with the key size (qcrypto_block_luks_parse_header). */
 function parseCipher(h: LuksHeader): CipherSpec {
   const dash = h.cipherMode.indexOf('-');
-  if (dash < 0) throw invalid(`Unexpected cipher mode string format ${h.cipherMode}`);
+  if (dash < 0) throw invalid(`Unexpected cipher mode string format '${h.cipherMode}'`);
   const mode = h.cipherMode.slice(0, dash);
   let ivgen = h.cipherMode.slice(dash + 1);
   let ivgenHash: string | undefined;
@@ -149,24 +159,22 @@ function parseCipher(h: LuksHeader): CipherSpec {
   if (colon >= 0) {
     ivgenHash = ivgen.slice(colon + 1);
     ivgen = ivgen.slice(0, colon);
-    if (HASH_LEN[ivgenHash] === undefined) {
-      throw new VdiskError('UNSUPPORTED', `Hash algorithm ${ivgenHash} not supported`);
+    if (hashLen(ivgenHash) === undefined) {
+      throw new VdiskError('UNSUPPORTED', `Hash algorithm '${ivgenHash}' not supported`);
     }
   }
-  if (!MODES.includes(mode)) throw new VdiskError('UNSUPPORTED', `Cipher mode ${mode} not supported`);
+  if (!MODES.includes(mode)) throw new VdiskError('UNSUPPORTED', `Cipher mode '${mode}' not supported`);
   let keyBytes = h.keyBytes;
   if (mode === 'xts') keyBytes = Math.floor(keyBytes / 2);
-  let alg: string | undefined;
-  if (h.cipherName === 'aes' && (keyBytes === 16 || keyBytes === 24 || keyBytes === 32))
-    alg = `aes-${keyBytes * 8}`;
+  const sizes = LUKS_CIPHERS.get(h.cipherName);
+  const alg = sizes?.includes(keyBytes) ? `${h.cipherName}-${keyBytes * 8}` : undefined;
   if (alg === undefined) {
-    // QEMU also knows serpent, twofish and cast5; node:crypto has none of them.
     throw new VdiskError(
       'UNSUPPORTED',
-      `Algorithm ${h.cipherName} with key size ${keyBytes} bytes not supported`,
+      `Algorithm '${h.cipherName}' with key size ${keyBytes} bytes not supported`,
     );
   }
-  if (!IVGENS.includes(ivgen)) throw new VdiskError('UNSUPPORTED', `IV generator ${ivgen} not supported`);
+  if (!IVGENS.includes(ivgen)) throw new VdiskError('UNSUPPORTED', `IV generator '${ivgen}' not supported`);
   if (ivgen === 'essiv' && ivgenHash === undefined) throw invalid('Missing IV generator hash specification');
   return { alg, mode: mode as CipherMode, ivgen: ivgen as IvGen, ivgenHash };
 }

@@ -285,7 +285,7 @@ describe('hostile luks headers', () => {
       ],
       [(b) => b.writeUInt16BE(2, 6), 'LUKS version 2 is not supported'],
       [(b) => b.fill(0x41, 8, 40), 'LUKS header cipher name is not NUL terminated'],
-      [(b) => b.writeUInt32BE(17, 108), 'Algorithm aes with key size 8 bytes not supported'],
+      [(b) => b.writeUInt32BE(17, 108), "Algorithm 'aes' with key size 8 bytes not supported"],
     ];
     for (const [mutate, msg] of cases) {
       const b = Buffer.from(buf);

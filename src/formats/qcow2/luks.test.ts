@@ -44,7 +44,11 @@ function qemuRaw(p: string): Buffer {
 const same = (args: string[]) => expectSameAsQemu(args);
 
 describe('qcow2 encrypt.format=luks made by qemu-img', () => {
-  for (const extra of ['', ',encrypt.cipher-alg=aes-128,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=essiv']) {
+  for (const extra of [
+    '',
+    ',encrypt.cipher-alg=aes-128,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=essiv',
+    ',encrypt.cipher-alg=twofish-256',
+  ]) {
     it(`reads, info, map, check as qemu-img${extra}`, async () => {
       const p = join(dir, 'e.qcow2');
       qemuCreate(['-o', `${ENC}${extra}`, p, '8M']);
@@ -120,6 +124,24 @@ describe('qcow2 encrypt.format=luks made by vdisk', () => {
     const theirs = head(ref);
     expect(mine.equals(theirs)).toBe(true);
     expect(readFileSync(join(dir, 'c.qcow2')).length).toBe(readFileSync(ref).length);
+  });
+
+  it('convert -O qcow2 -o encrypt.cipher-alg=twofish-256 (TypeScript cipher): qemu-img compare, info', async () => {
+    const src = join(dir, 'src.raw');
+    const content = Buffer.alloc(1 << 20);
+    for (let i = 0; i < content.length; i += 512) content.writeUInt32LE((i * 2654435761) >>> 0, i);
+    writeFileSync(src, content);
+    const p = join(dir, 'v.qcow2');
+    const enc = `${ENC},encrypt.cipher-alg=twofish-256`;
+    const r = await vdisk(['convert', ...OBJ, '-O', 'qcow2', '-o', enc, src, p]);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(qemuRaw(p).equals(content)).toBe(true);
+    expect(
+      qemuImg(['compare', ...OBJ, '--image-opts', opts(p), `driver=raw,file.filename=${src}`]).code,
+    ).toBe(0);
+    await same(['info', '--output=json', p]);
+    await same(['check', ...OBJ, '--image-opts', opts(p)]);
   });
 
   it('errors: wrong passphrase, no key, compression with encryption', async () => {
