@@ -87,11 +87,10 @@ export function decodeHeader(buf: Uint8Array, fileSize: number): QedHeader {
   if (h.headerSize === 0 || h.headerSize > 1024 || h.headerSize * h.clusterSize > 64 << 20) {
     throw new VdiskError('INVALID_IMAGE', `Invalid QED header size ${h.headerSize}`);
   }
-  if (h.imageSize % 512 !== 0)
-    throw new VdiskError('INVALID_IMAGE', `QED image size ${h.imageSize} is not a multiple of 512`);
+  // QEMU's qed_is_image_size_valid (whole sectors, within what the tables map), in its words.
   const entries = (h.tableSize * h.clusterSize) / 8;
-  if (h.imageSize > entries * entries * h.clusterSize) {
-    throw new VdiskError('INVALID_IMAGE', `QED image size ${h.imageSize} is larger than its tables can map`);
+  if (h.imageSize % 512 !== 0 || h.imageSize > entries * entries * h.clusterSize) {
+    throw new VdiskError('INVALID_IMAGE', 'QED image size is invalid');
   }
   if (h.l1Offset % h.clusterSize !== 0 || h.l1Offset < h.clusterSize * h.headerSize) {
     throw new VdiskError('INVALID_IMAGE', `Invalid QED L1 table offset ${h.l1Offset}`);
