@@ -20,6 +20,7 @@ import {
   TSX_LOADER,
   tempDir,
 } from '../test/oracle.js';
+import { rng } from '../test/rng.js';
 
 let dir: string;
 let cleanup: () => void;
@@ -79,18 +80,6 @@ function snapDigest(image: string, name: string): string {
   const out = p('snap.raw');
   qemuImgOk(['convert', '-l', name, '-O', 'raw', image, out]);
   return qemuRawDigest(out, 'raw');
-}
-
-/** Deterministic pseudo-random delays (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 describe('snapshot crash safety (SIGKILL)', () => {

@@ -41,6 +41,7 @@ import { fileURLToPath } from 'node:url';
 import { bufferIo } from '../cli/io.js';
 import { main } from '../cli/main.js';
 import { buildDmg, makeBochs, makeCloop } from './builders.js';
+import { rng } from './rng.js';
 
 const ITER = Number(process.env['FUZZ_ITER'] ?? 150);
 const RNG = Number(process.env['FUZZ_RNG'] ?? 1);
@@ -184,18 +185,6 @@ function makeSeeds(dir: string): Seed[] {
   );
   seeds.push({ name: 'bochs', fmt: 'bochs', file: 'bochs.bochs' });
   return seeds;
-}
-
-/** mulberry32: a small deterministic generator, so that every case can be replayed. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** Offsets worth mutating: non-zero metadata bytes in the first 4 MiB and the last 64 KiB. */

@@ -20,6 +20,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../chain/open.js';
 import { qemuImg, qemuImgOk, qemuIo, tempDir } from '../../test/oracle.js';
+import { rng } from '../../test/rng.js';
 
 const distOpen = fileURLToPath(new URL('../../../dist/chain/open.js', import.meta.url));
 
@@ -29,18 +30,6 @@ beforeAll(() => {
   ({ dir, cleanup } = tempDir('vdisk-qcow2-write-'));
 });
 afterAll(() => cleanup());
-
-/** A small deterministic PRNG (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Case {
   name: string;
