@@ -1,13 +1,8 @@
-/**
- * LUKS with the ciphers vdisk implements in TypeScript (twofish, serpent, cast5) against the
- * real qemu-img and qemu-io: images QEMU made and wrote read byte for byte, images vdisk made
- * read by QEMU, the same info, the same errors.
- */
-import { spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { resetObjects } from '../../core/secrets.js';
+import { luksOpts, OBJ, qemuCreateLuks, qemuIoLuks, qemuRawLuks, vdiskRawLuks } from '../../test/luks.js';
 import { qemuImg, qemuImgLuks, qemuImgOk, tempDir, vdisk } from '../../test/oracle.js';
 
 let dir: string;
@@ -19,40 +14,6 @@ afterEach(() => {
   resetObjects();
   cleanup();
 });
-
-const OBJ = ['--object', 'secret,id=s0,data=hunter2'];
-const opts = (p: string) => `driver=luks,key-secret=s0,file.filename=${p}`;
-
-/** qemu-io on a luks image (again while QEMU's PBKDF2 timing fails, as qemuImgLuks). */
-function qemuIoLuks(p: string, cmds: string[]): void {
-  for (let i = 0; ; i++) {
-    const r = spawnSync('qemu-io', [...OBJ, '--image-opts', opts(p), ...cmds.flatMap((c) => ['-c', c])], {
-      encoding: 'utf8',
-    });
-    const out = r.stderr + r.stdout;
-    if (r.status === 0 && !/error|failed/i.test(out)) return;
-    if (i >= 20 || !out.includes('Unable to get accurate CPU usage')) throw new Error(`qemu-io: ${out}`);
-  }
-}
-
-function qemuCreate(args: string[]): void {
-  const r = qemuImgLuks(['create', '-q', '-f', 'luks', ...OBJ, ...args]);
-  if (r.code !== 0) throw new Error(r.stderr);
-}
-
-function qemuRaw(p: string): Buffer {
-  const out = join(dir, 'q.raw');
-  qemuImgOk(['convert', ...OBJ, '--image-opts', opts(p), '-O', 'raw', out]);
-  return readFileSync(out);
-}
-
-async function vdiskRaw(p: string): Promise<Buffer> {
-  const out = join(dir, 'v.raw');
-  const r = await vdisk(['convert', ...OBJ, '--image-opts', opts(p), '-O', 'raw', out]);
-  expect(r.stderr).toBe('');
-  expect(r.code).toBe(0);
-  return readFileSync(out);
-}
 
 /** cipher-alg, cipher-mode, ivgen-alg[, ivgen-hash-alg]: xts and cbc for each algorithm and key size. */
 const VARIANTS: string[][] = [
@@ -81,15 +42,15 @@ describe('luks twofish, serpent and cast5 images made by qemu-img', () => {
   for (const v of VARIANTS) {
     it(`${v.join(' ')}: reads qemu-io's data byte-identical, info equal`, async () => {
       const p = join(dir, 'a.luks');
-      qemuCreate(['-o', `key-secret=s0,iter-time=10,${optString(v)}`, p, '2M']);
+      qemuCreateLuks(['-o', `key-secret=s0,iter-time=10,${optString(v)}`, p, '2M']);
       qemuIoLuks(p, ['write -P 0x5a 0 64k', 'write -P 0xc3 1000k 3000', 'write -P 0x01 2045k 3k']);
-      const want = qemuRaw(p);
+      const want = qemuRawLuks(dir, p);
       expect(want.subarray(0, 65536).equals(Buffer.alloc(65536, 0x5a))).toBe(true);
-      expect((await vdiskRaw(p)).equals(want)).toBe(true);
+      expect((await vdiskRawLuks(dir, p)).equals(want)).toBe(true);
       for (const args of [
         ['info', p],
         ['info', '--output=json', p],
-        ['info', '--output=json', ...OBJ, '--image-opts', opts(p)],
+        ['info', '--output=json', ...OBJ, '--image-opts', luksOpts(p)],
       ]) {
         const q = qemuImg(args);
         const r = await vdisk(args);
@@ -120,17 +81,17 @@ describe('luks twofish, serpent and cast5 images made by vdisk', () => {
       ]);
       expect(r.stderr).toBe('');
       expect(r.code).toBe(0);
-      expect(qemuRaw(p).equals(content)).toBe(true);
+      expect(qemuRawLuks(dir, p).equals(content)).toBe(true);
       // qemu-io reads vdisk's sectors at an odd offset, and vdisk reads what qemu-io writes.
       qemuIoLuks(p, ['write -P 0x77 1536 1024']);
       content.fill(0x77, 1536, 2560);
-      expect((await vdiskRaw(p)).equals(content)).toBe(true);
+      expect((await vdiskRawLuks(dir, p)).equals(content)).toBe(true);
       const q = qemuImg(['info', '--output=json', p]);
       const i = await vdisk(['info', '--output=json', p]);
       expect(i.stdout).toBe(q.stdout);
       // QEMU's layout: same key offsets, payload offset and file size as qemu-img's own image.
       const ref = join(dir, 'ref.luks');
-      qemuCreate(['-o', `key-secret=s0,iter-time=10,${optString(v)}`, ref, '2M']);
+      qemuCreateLuks(['-o', `key-secret=s0,iter-time=10,${optString(v)}`, ref, '2M']);
       const layout = (s: string) => {
         const d = JSON.parse(s)['format-specific'].data;
         return {
@@ -172,7 +133,7 @@ describe('luks cipher errors as qemu-img', () => {
 
   it('a header with a cipher, mode, IV generator or hash QEMU does not know: its words', async () => {
     const p = join(dir, 'a.luks');
-    qemuCreate(['-o', 'key-secret=s0,iter-time=10,cipher-alg=cast5-128,cipher-mode=cbc', p, '1M']);
+    qemuCreateLuks(['-o', 'key-secret=s0,iter-time=10,cipher-alg=cast5-128,cipher-mode=cbc', p, '1M']);
     const buf = readFileSync(p);
     for (const [mutate, msg] of [
       // xts halves the 16 key bytes: cast5 has no 8-byte key.
@@ -201,7 +162,7 @@ describe('luks cipher errors as qemu-img', () => {
       const b = Buffer.from(buf);
       mutate(b);
       writeFileSync(p, b);
-      const args = ['convert', ...OBJ, '--image-opts', opts(p), '-O', 'raw', join(dir, 'o.raw')];
+      const args = ['convert', ...OBJ, '--image-opts', luksOpts(p), '-O', 'raw', join(dir, 'o.raw')];
       const r = await vdisk(args);
       expect(r.code).toBe(1);
       expect(r.stderr).toContain(msg);

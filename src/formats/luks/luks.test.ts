@@ -1,9 +1,9 @@
-import { spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { openImage } from '../../chain/open.js';
 import { defineSecret, resetObjects } from '../../core/secrets.js';
+import { luksOpts, OBJ, qemuCreateLuks, qemuIoLuks, qemuRawLuks, vdiskRawLuks } from '../../test/luks.js';
 import { qemuImg, qemuImgLuks, qemuImgOk, tempDir, vdisk } from '../../test/oracle.js';
 import { expectSameAsQemu } from '../../test/same.js';
 
@@ -16,38 +16,6 @@ afterEach(() => {
   resetObjects();
   cleanup();
 });
-
-const OBJ = ['--object', 'secret,id=s0,data=hunter2'];
-const opts = (p: string) => `driver=luks,key-secret=s0,file.filename=${p}`;
-
-function qemuIoLuks(p: string, cmds: string[]): void {
-  const r = spawnSync('qemu-io', [...OBJ, '--image-opts', opts(p), ...cmds.flatMap((c) => ['-c', c])], {
-    encoding: 'utf8',
-  });
-  if (r.status !== 0 || /error|failed/i.test(r.stdout + r.stderr))
-    throw new Error(`qemu-io: ${r.stderr}${r.stdout}`);
-}
-
-/** qemu-img create of a luks image (again while QEMU's PBKDF2 timing fails: see qemuImgLuks). */
-function qemuCreate(args: string[]): void {
-  const r = qemuImgLuks(['create', '-q', '-f', 'luks', ...OBJ, ...args]);
-  if (r.code !== 0) throw new Error(r.stderr);
-}
-
-/** qemu-img's raw content of a luks image. */
-function qemuRaw(p: string): Buffer {
-  const out = join(dir, 'q.raw');
-  qemuImgOk(['convert', ...OBJ, '--image-opts', opts(p), '-O', 'raw', out]);
-  return readFileSync(out);
-}
-
-async function vdiskRaw(p: string): Promise<Buffer> {
-  const out = join(dir, 'v.raw');
-  const r = await vdisk(['convert', ...OBJ, '--image-opts', opts(p), '-O', 'raw', out]);
-  expect(r.stderr).toBe('');
-  expect(r.code).toBe(0);
-  return readFileSync(out);
-}
 
 const VARIANTS: Array<[string, string]> = [
   ['default (aes-256 xts plain64 sha256)', ''],
@@ -66,16 +34,16 @@ describe('luks images made by qemu-img', () => {
   for (const [name, extra] of VARIANTS) {
     it(`reads ${name} byte-identical, info equal`, async () => {
       const p = join(dir, 'a.luks');
-      qemuCreate(['-o', `key-secret=s0,iter-time=10${extra}`, p, '3M']);
+      qemuCreateLuks(['-o', `key-secret=s0,iter-time=10${extra}`, p, '3M']);
       qemuIoLuks(p, ['write -P 0x5a 4096 100k', 'write -P 0xc3 1000k 3000', 'write -P 0x01 3069k 3k']);
-      const want = qemuRaw(p);
+      const want = qemuRawLuks(dir, p);
       expect(want.subarray(4096, 4097)[0]).toBe(0x5a);
-      expect((await vdiskRaw(p)).equals(want)).toBe(true);
+      expect((await vdiskRawLuks(dir, p)).equals(want)).toBe(true);
       for (const args of [
         ['info', p],
         ['info', '--output=json', p],
-        ['info', ...OBJ, '--image-opts', opts(p)],
-        ['info', '--output=json', ...OBJ, '--image-opts', opts(p)],
+        ['info', ...OBJ, '--image-opts', luksOpts(p)],
+        ['info', '--output=json', ...OBJ, '--image-opts', luksOpts(p)],
       ]) {
         const q = qemuImg(args);
         const v = await vdisk(args);
@@ -87,9 +55,9 @@ describe('luks images made by qemu-img', () => {
 
   it('writes what qemu-img reads (unaligned, across sectors)', async () => {
     const p = join(dir, 'a.luks');
-    qemuCreate(['-o', 'key-secret=s0,iter-time=10,cipher-mode=cbc,ivgen-alg=essiv', p, '2M']);
+    qemuCreateLuks(['-o', 'key-secret=s0,iter-time=10,cipher-mode=cbc,ivgen-alg=essiv', p, '2M']);
     // A fresh luks payload decrypts to noise: what lies around the write must stay as it was.
-    const before = qemuRaw(p);
+    const before = qemuRawLuks(dir, p);
     defineSecret('s0', new TextEncoder().encode('hunter2'));
     const img = await openImage(p, { format: 'luks', writable: true, driverOptions: { 'key-secret': 's0' } });
     const data = Buffer.alloc(70000, 0x77);
@@ -97,7 +65,7 @@ describe('luks images made by qemu-img', () => {
     await img.writeZeroes(1 << 20, 4096);
     await img.flush();
     await img.close();
-    const raw = qemuRaw(p);
+    const raw = qemuRawLuks(dir, p);
     expect(raw.subarray(1001, 71001).equals(data)).toBe(true);
     expect(raw.subarray(0, 1001).equals(before.subarray(0, 1001))).toBe(true);
     expect(raw.subarray(71001, 1 << 20).equals(before.subarray(71001, 1 << 20))).toBe(true);
@@ -126,15 +94,21 @@ describe('luks images made by vdisk', () => {
       ]);
       expect(r.stderr).toBe('');
       expect(r.code).toBe(0);
-      expect(qemuRaw(p).equals(content)).toBe(true);
-      const cmp = qemuImg(['compare', ...OBJ, '--image-opts', opts(p), `driver=raw,file.filename=${src}`]);
+      expect(qemuRawLuks(dir, p).equals(content)).toBe(true);
+      const cmp = qemuImg([
+        'compare',
+        ...OBJ,
+        '--image-opts',
+        luksOpts(p),
+        `driver=raw,file.filename=${src}`,
+      ]);
       expect(cmp.code).toBe(0);
       const q = qemuImg(['info', '--output=json', p]);
       const v = await vdisk(['info', '--output=json', p]);
       expect(v.stdout).toBe(q.stdout);
       // The layout is QEMU's: same key offsets and payload offset as an image qemu-img makes.
       const ref = join(dir, 'ref.luks');
-      qemuCreate(['-o', `key-secret=s0,iter-time=10${extra}`, ref, '3M']);
+      qemuCreateLuks(['-o', `key-secret=s0,iter-time=10${extra}`, ref, '3M']);
       const layout = (s: string) => {
         const d = JSON.parse(s)['format-specific'].data;
         return {
@@ -156,8 +130,8 @@ describe('luks images made by vdisk', () => {
     expect(v.code).toBe(0);
     expect(v.stdout).toBe(`Formatting '${p}', fmt=luks size=1048576 key-secret=s0 iter-time=10\n`);
     qemuIoLuks(p, ['write -P 0x42 0 512']);
-    expect(qemuRaw(p)[0]).toBe(0x42);
-    expect((await vdiskRaw(p))[0]).toBe(0x42);
+    expect(qemuRawLuks(dir, p)[0]).toBe(0x42);
+    expect((await vdiskRawLuks(dir, p))[0]).toBe(0x42);
   });
 
   it('takes the passphrase from a file and in base64', async () => {
@@ -183,13 +157,13 @@ describe('luks images made by vdisk', () => {
       '--object',
       `secret,id=s0,data=${b64},format=base64`,
       '--image-opts',
-      opts(p),
+      luksOpts(p),
       '-O',
       'raw',
       join(dir, 'o.raw'),
     ]);
     expect(v.stderr).toBe('');
-    expect(qemuRaw(p).equals(readFileSync(join(dir, 'o.raw')))).toBe(true);
+    expect(qemuRawLuks(dir, p).equals(readFileSync(join(dir, 'o.raw')))).toBe(true);
   });
 });
 
@@ -201,10 +175,19 @@ describe('luks errors as qemu-img', () => {
 
   it('wrong passphrase, missing secret, missing key-secret, bad objects', async () => {
     const p = join(dir, 'a.luks');
-    qemuCreate(['-o', 'key-secret=s0,iter-time=10', p, '1M']);
+    qemuCreateLuks(['-o', 'key-secret=s0,iter-time=10', p, '1M']);
     const out = join(dir, 'o.raw');
-    await same(['convert', '--object', 'secret,id=s0,data=wrong', '--image-opts', opts(p), '-O', 'raw', out]);
-    await same(['convert', '--image-opts', opts(p), '-O', 'raw', out]);
+    await same([
+      'convert',
+      '--object',
+      'secret,id=s0,data=wrong',
+      '--image-opts',
+      luksOpts(p),
+      '-O',
+      'raw',
+      out,
+    ]);
+    await same(['convert', '--image-opts', luksOpts(p), '-O', 'raw', out]);
     await same(['convert', '-f', 'luks', p, '-O', 'raw', out]);
     await same(['create', '-f', 'luks', join(dir, 'n.luks'), '1M']);
     await same(['create', '-f', 'luks', '-o', 'key-secret=nope', join(dir, 'n.luks'), '1M']);
@@ -230,7 +213,7 @@ describe('luks errors as qemu-img', () => {
 describe('hostile luks headers', () => {
   async function fails(p: string, code = 'vdisk: ') {
     const t0 = Date.now();
-    const v = await vdisk(['convert', ...OBJ, '--image-opts', opts(p), '-O', 'raw', join(dir, 'o.raw')]);
+    const v = await vdisk(['convert', ...OBJ, '--image-opts', luksOpts(p), '-O', 'raw', join(dir, 'o.raw')]);
     expect(v.code).toBe(1);
     expect(v.stderr.startsWith(code)).toBe(true);
     expect(v.stderr.trim().split('\n')).toHaveLength(1);
@@ -240,7 +223,7 @@ describe('hostile luks headers', () => {
 
   function base(): { p: string; buf: Buffer } {
     const p = join(dir, 'a.luks');
-    qemuCreate(['-o', 'key-secret=s0,iter-time=10', p, '1M']);
+    qemuCreateLuks(['-o', 'key-secret=s0,iter-time=10', p, '1M']);
     return { p, buf: readFileSync(p) };
   }
 
@@ -255,7 +238,7 @@ describe('hostile luks headers', () => {
     const { p, buf } = base();
     for (const n of [0, 5, 300, 8192, 600000]) {
       writeFileSync(p, buf.subarray(0, n));
-      await sameAsQemu(['convert', ...OBJ, '--image-opts', opts(p), '-O', 'raw', join(dir, 'o.raw')]);
+      await sameAsQemu(['convert', ...OBJ, '--image-opts', luksOpts(p), '-O', 'raw', join(dir, 'o.raw')]);
       await sameAsQemu(['info', '-f', 'luks', p]);
       expect((await fails(p)).trim().split('\n')).toHaveLength(1);
     }
@@ -291,7 +274,15 @@ describe('hostile luks headers', () => {
       const b = Buffer.from(buf);
       mutate(b);
       writeFileSync(p, b);
-      const v = await vdisk(['convert', ...OBJ, '--image-opts', opts(p), '-O', 'raw', join(dir, 'o.raw')]);
+      const v = await vdisk([
+        'convert',
+        ...OBJ,
+        '--image-opts',
+        luksOpts(p),
+        '-O',
+        'raw',
+        join(dir, 'o.raw'),
+      ]);
       expect(v.code).toBe(1);
       expect(v.stderr).toContain(msg);
       expect(v.stderr.trim().split('\n')).toHaveLength(1);
@@ -351,11 +342,11 @@ describe('luks measure and resize', () => {
 
   it('resize grows the payload; qemu-img reads the old data back', async () => {
     const p = join(dir, 'a.luks');
-    qemuCreate(['-o', 'key-secret=s0,iter-time=10', p, '1M']);
+    qemuCreateLuks(['-o', 'key-secret=s0,iter-time=10', p, '1M']);
     qemuIoLuks(p, ['write -P 0x5a 0 1M']);
-    const r = await vdisk(['resize', ...OBJ, '--image-opts', opts(p), '3M']);
+    const r = await vdisk(['resize', ...OBJ, '--image-opts', luksOpts(p), '3M']);
     expect(r.stdout).toBe('Image resized.\n');
-    const raw = qemuRaw(p);
+    const raw = qemuRawLuks(dir, p);
     expect(raw.length).toBe(3 << 20);
     expect(raw.subarray(0, 1 << 20).equals(Buffer.alloc(1 << 20, 0x5a))).toBe(true);
   });
