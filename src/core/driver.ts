@@ -4,6 +4,7 @@
  */
 import type { BlockDevice, Extent } from './device.js';
 import type { HostFile } from './host-file.js';
+import type { SeqOutput, SeqSource } from './seq.js';
 
 /** A file named by an image: a backing file or a data file, as the image stores it. */
 export interface FileRef {
@@ -246,4 +247,12 @@ export interface FormatDriver {
   measure?(size: number, options: CreateOptions, source?: BlockDevice): Promise<MeasureResult>;
   /** The options `amend` accepts (images of this format implement FormatImage.amend). */
   readonly amendOptions?: readonly CreateOptionSpec[];
+  /**
+   * Write an image of this format front to back, without seeking (src/core/seq.ts): an
+   * export streamed over HTTP, a pipe, a blob store's upload. `options` are create's -o
+   * options (the writer refuses those it cannot honour with a VdiskError, before any byte);
+   * the backing file, if any, is `source.backing`. Only formats that can be laid out from
+   * the block map up front have it; others are written to a file and copied.
+   */
+  createSequential?(source: SeqSource, options: CreateOptions): Promise<SeqOutput>;
 }

@@ -180,6 +180,9 @@ export const rawDriver: FormatDriver = {
     return new RawImage(file, Math.ceil(size / 512) * 512);
   },
   create: createRaw,
+  async createSequential(src, options) {
+    return (await import('./stream.js')).createRawSequential(src, options);
+  },
   // block/raw-format.c raw_measure: the virtual size (of the source, or the given size rounded
   // up to sectors); unallocated sectors count towards a raw file's size.
   async measure(size, _options, source) {
