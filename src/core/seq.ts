@@ -115,12 +115,15 @@ export interface SeqOutput {
   readonly length: number | null;
   /**
    * The bytes, front to back. Each yielded buffer belongs to the consumer (the writer does not
-   * touch it again). Stopping the iteration early (break, return) releases everything.
+   * touch it again; consumers never modify what they are given, so a writer may yield views of
+   * one shared zero buffer). Stopping the iteration early (break, return) releases everything.
    */
   chunks(): AsyncIterable<Uint8Array>;
 }
 
 export const SEQ_READ_CHUNK = 2 << 20;
+/** At most 2^28 blocks in a map (64 MiB of map: 16 TiB in 64 KiB clusters). */
+export const MAX_MAP_BLOCKS = 1 << 28;
 const SEQ_READS_IN_FLIGHT = 4;
 
 /**
@@ -215,6 +218,11 @@ export function imageSeqSource(image: Image, opts: ImageSeqOptions): SeqSource {
     async map(granularity: number): Promise<BlockMap> {
       if (granularity < 512 || (granularity & (granularity - 1)) !== 0)
         throw new VdiskError('INVALID_ARGUMENT', `invalid block size ${granularity}`);
+      if (Math.ceil(image.size / granularity) > MAX_MAP_BLOCKS)
+        throw new VdiskError(
+          'TOO_LARGE',
+          `a ${image.size}-byte image in ${granularity}-byte blocks is too many blocks to lay out; use larger clusters`,
+        );
       const map = new BlockMap(image.size, granularity);
       // The block being gathered and which kinds its extents had (1 hole, 2 zero, 4 data).
       let block = -1;
