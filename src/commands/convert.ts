@@ -37,6 +37,11 @@ export type SnapshotRef = { id?: string | undefined; name?: string | undefined }
 
 export interface ConvertOptions {
   sources: string[];
+  /**
+   * Sources already opened by the caller (images that live elsewhere than in files: the
+   * registry's blobs), in place of opening `sources`; the caller closes them.
+   */
+  sourceImages?: Image[];
   /** -f: format of every source (probed when absent). */
   sourceFormat?: string | undefined;
   output: string;
@@ -110,21 +115,26 @@ export async function convertCommand(o: ConvertOptions): Promise<void> {
   }
   if (skipCreate && Object.keys(options).length > 0) fail('-o has no effect when skipping image creation');
   if (o.targetIsZero && !skipCreate) fail('--target-is-zero requires use of -n flag');
-  if (o.sources.length < 1) fail('Must specify image file name');
+  if (o.sources.length < 1 && (o.sourceImages?.length ?? 0) < 1) fail('Must specify image file name');
 
   const parts: Part[] = [];
   const closers: Array<() => Promise<void>> = [];
   let target: Image | null = null;
   try {
     let total = 0;
-    for (const name of o.sources) {
-      const image = await openImage(name, {
-        format: o.sourceFormat,
-        forceShare: o.forceShare === true,
-        backing: 'follow',
-        allowDataFile: true,
-      });
-      closers.push(() => image.close());
+    const given = o.sourceImages;
+    for (const name of given === undefined ? o.sources : given) {
+      let image: Image;
+      if (typeof name === 'string') {
+        const opened = await openImage(name, {
+          format: o.sourceFormat,
+          forceShare: o.forceShare === true,
+          backing: 'follow',
+          allowDataFile: true,
+        });
+        closers.push(() => opened.close());
+        image = opened;
+      } else image = name;
       const span = roundUp(image.size, SECTOR);
       parts.push({ image, size: image.size, start: total, span });
       total += span;

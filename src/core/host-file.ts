@@ -23,6 +23,18 @@ export interface HostExtent {
 
 export type LockMode = 'none' | 'read' | 'write';
 
+/**
+ * A read-only random-access byte source that is not a local file: an object in a blob store
+ * read by ranges (the registry's S3 store). HostFile.fromSource makes the engine read it as it
+ * reads a file, so that drivers need not know where their bytes come from.
+ */
+export interface ReadSource {
+  readonly size: number;
+  /** Read up to buf.length bytes at offset; resolves with the count (less only at the end). */
+  read(buf: Uint8Array, offset: number): Promise<number>;
+  close(): Promise<void>;
+}
+
 export interface HostOpenOptions {
   writable?: boolean;
   create?: boolean; // create (truncate) the file
@@ -50,9 +62,23 @@ const MAX_IO = 1 << 30;
 export class HostFile {
   private constructor(
     readonly path: string,
-    readonly handle: FileHandle,
+    private readonly fh: FileHandle | null,
     readonly writable: boolean,
+    private readonly source: ReadSource | null = null,
   ) {}
+
+  /**
+   * A read-only file over a ReadSource, named `name` in messages. Everything reads as data (no
+   * hole discovery), nothing is locked, and writes fail as on any read-only file.
+   */
+  static fromSource(name: string, source: ReadSource): HostFile {
+    return new HostFile(name, null, false, source);
+  }
+
+  get handle(): FileHandle {
+    if (this.fh === null) throw new VdiskError('UNSUPPORTED', `'${this.path}' is not a local file`);
+    return this.fh;
+  }
 
   private noFlush = false;
 
@@ -111,6 +137,7 @@ export class HostFile {
   }
 
   async size(): Promise<number> {
+    if (this.source !== null) return this.source.size;
     try {
       // fstat on an open descriptor never waits on the disk: called synchronously, it costs
       // ~2 µs instead of a trip through libuv's pool (block status asks on every extent).
@@ -122,6 +149,7 @@ export class HostFile {
 
   /** Bytes the host has allocated for the file (st_blocks * 512). */
   async allocatedSize(): Promise<number> {
+    if (this.source !== null) return this.source.size;
     const st = await this.handle.stat();
     return st.blocks * 512;
   }
@@ -132,12 +160,14 @@ export class HostFile {
     while (done < buf.length) {
       let n: number;
       try {
-        ({ bytesRead: n } = await this.handle.read(
-          buf,
-          done,
-          Math.min(buf.length - done, MAX_IO),
-          offset + done,
-        ));
+        if (this.source !== null) n = await this.source.read(buf.subarray(done), offset + done);
+        else
+          ({ bytesRead: n } = await this.handle.read(
+            buf,
+            done,
+            Math.min(buf.length - done, MAX_IO),
+            offset + done,
+          ));
       } catch (err) {
         throw fromHostError(err, {
           path: this.path,
@@ -207,6 +237,8 @@ export class HostFile {
   }
 
   async truncate(length: number): Promise<void> {
+    if (!this.writable)
+      throw new VdiskError('READ_ONLY', `'${this.path}' is open read-only`, { path: this.path });
     try {
       await this.handle.truncate(length);
     } catch (err) {
@@ -228,7 +260,7 @@ export class HostFile {
     const end = Math.min(offset + length, fileSize);
     const out: HostExtent[] = [];
     if (offset >= end) return out;
-    if (native === null) {
+    if (native === null || this.source !== null) {
       out.push({ offset, length: end - offset, data: true });
       return out;
     }
@@ -253,20 +285,20 @@ export class HostFile {
 
   /** Is [offset, offset+length) a hole (reads as zero without data)? Cheap with the addon. */
   async isHole(offset: number, length: number): Promise<boolean> {
-    if (native === null) return false;
+    if (native === null || this.source !== null) return false;
     const data = native.seekData(this.fd, offset);
     return data === -1 || data >= offset + length;
   }
 
   /** Deallocate a range (it then reads as zeros). Returns false where the host cannot. */
   punchHole(offset: number, length: number): boolean {
-    if (native === null || length <= 0) return false;
+    if (native === null || length <= 0 || this.source !== null) return false;
     return native.fallocate(this.fd, 1, offset, length) === 0;
   }
 
   /** Allocate blocks for a range (growing the file if needed). Returns false where the host cannot. */
   allocate(offset: number, length: number): boolean {
-    if (native === null || length <= 0) return false;
+    if (native === null || length <= 0 || this.source !== null) return false;
     return native.fallocate(this.fd, 0, offset, length) === 0;
   }
 
@@ -284,7 +316,8 @@ export class HostFile {
   }
 
   async close(): Promise<void> {
-    await this.handle.close();
+    if (this.source !== null) await this.source.close();
+    else await this.handle.close();
   }
 }
 

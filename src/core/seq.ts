@@ -297,3 +297,84 @@ export function joinBuffers(parts: Uint8Array[]): Buffer {
     parts.map((p) => (Buffer.isBuffer(p) ? p : Buffer.from(p.buffer, p.byteOffset, p.length))),
   );
 }
+
+/**
+ * The same source with its virtual size raised to `size` (the added part reads as zeros and
+ * is a hole): a vhd for Azure wants a whole number of MiB.
+ */
+export function padSource(src: SeqSource, size: number): SeqSource {
+  if (size <= src.size) return src;
+  return {
+    size,
+    backing: src.backing,
+    async read(buf: Uint8Array, offset: number) {
+      const inside = Math.max(0, Math.min(buf.length, src.size - offset));
+      if (inside > 0) await src.read(buf.subarray(0, inside), offset);
+      buf.fill(0, inside);
+    },
+    async map(granularity: number) {
+      const inner = await src.map(granularity);
+      const map = new BlockMap(size, granularity);
+      for (const run of inner.runs())
+        if (run.kind !== HOLE) for (let i = run.start; i < run.start + run.count; i++) map.set(i, run.kind);
+      return map;
+    },
+  };
+}
+
+/**
+ * The difference between `image` (its whole chain) and `base`: the top layer of an overlay
+ * of `base` that reads as `image` does (what `qemu-img rebase` onto `base` leaves in an
+ * overlay, written fresh). Blocks that read the same in both are holes (they fall through to
+ * `base`), blocks that read as zeros where `base` has data are ZERO, the rest DATA. Building
+ * the map reads both images once, block by block, with reads in flight on both.
+ */
+export function diffSeqSource(
+  image: Image,
+  base: Image,
+  backing: { filename: string; format: string },
+): SeqSource {
+  const readBase = async (buf: Uint8Array, offset: number) => {
+    // The base may be smaller: past its end it reads as zeros (the backing rule).
+    const inside = Math.max(0, Math.min(buf.length, base.size - offset));
+    if (inside > 0) await base.readAt(buf.subarray(0, inside), offset);
+    buf.fill(0, inside);
+  };
+  return {
+    size: image.size,
+    backing: { ...backing, size: base.size },
+    read: (buf, offset) => image.readAt(buf, offset),
+    async map(granularity: number): Promise<BlockMap> {
+      if (granularity < 512 || (granularity & (granularity - 1)) !== 0)
+        throw new VdiskError('INVALID_ARGUMENT', `invalid block size ${granularity}`);
+      if (Math.ceil(image.size / granularity) > MAX_MAP_BLOCKS)
+        throw new VdiskError(
+          'TOO_LARGE',
+          `a ${image.size}-byte image in ${granularity}-byte blocks is too many blocks`,
+        );
+      const map = new BlockMap(image.size, granularity);
+      const whole = [{ offset: 0, length: image.size }];
+      const chunk = Math.max(granularity, SEQ_READ_CHUNK - (SEQ_READ_CHUNK % granularity));
+      const mine = orderedReads((b, o) => image.readAt(b, o), whole, { chunk, depth: 2 });
+      const theirs = orderedReads(readBase, whole, { chunk, depth: 2 });
+      try {
+        for (;;) {
+          const [a, b] = await Promise.all([mine.next(), theirs.next()]);
+          if (a.done === true || b.done === true) break;
+          const x = a.value.data;
+          const y = b.value.data;
+          for (let at = 0; at < x.length; at += granularity) {
+            const end = Math.min(at + granularity, x.length);
+            const p = x.subarray(at, end);
+            if (p.equals(y.subarray(at, end))) continue;
+            map.set((a.value.offset + at) / granularity, isAllZero(p) ? ZERO : DATA);
+          }
+        }
+      } finally {
+        await mine.return(undefined);
+        await theirs.return(undefined);
+      }
+      return map;
+    },
+  };
+}

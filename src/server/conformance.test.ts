@@ -15,6 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { qemuImg, qemuImgOk, qemuIo } from '../test/oracle.js';
 import { type RunningServer, startServer } from './server.js';
 import { FsStore } from './store/fs.js';
 import { S3Store } from './store/s3.js';
@@ -499,6 +500,65 @@ describe.each(configs.map((c, i) => ({ ...c, i, name: `${c.db} + ${c.store}` }))
     expect(await probe.temps()).toEqual([]);
   });
 
+  it('layered images: an overlay two levels deep on its masters, exported in every sequential format and flattened, read from the store', async () => {
+    const work = await tempDir(`layers-${cfg.i}`);
+    const q = (n: string) => join(work, n);
+    qemuImgOk(['create', '-f', 'qcow2', q('m.qcow2'), `${12 * MIB}`]);
+    qemuIo(q('m.qcow2'), ['write -P 0x61 0 3m', 'write -P 0x62 9m 2m'], 'qcow2');
+    qemuImgOk(['create', '-f', 'qcow2', '-b', 'm.qcow2', '-F', 'qcow2', q('o1.qcow2')]);
+    qemuIo(q('o1.qcow2'), ['write -P 0x71 1m 1m', 'write -z 9m 512k'], 'qcow2');
+    qemuImgOk(['create', '-f', 'qcow2', '-b', 'o1.qcow2', '-F', 'qcow2', q('o2.qcow2')]);
+    qemuIo(q('o2.qcow2'), ['write -P 0x81 2m 2m'], 'qcow2');
+    const up = async (file: string, extra: Record<string, string>) => {
+      const img = await alice.createImage({ disk_format: 'qcow2', container_format: 'bare', ...extra });
+      expect(await alice.upload(img.id, await readFile(q(file)))).toBe(204);
+      return img.id as string;
+    };
+    const m = await up('m.qcow2', { name: 'layer-m' });
+    const o1 = await up('o1.qcow2', { name: 'layer-o1', backing_image_id: m });
+    const o2 = await up('o2.qcow2', { name: 'layer-o2', backing_image_id: o1 });
+    ids['layer-m'] = m;
+    ids['layer-o1'] = o1;
+    ids['layer-o2'] = o2;
+    for (const [query, fmt] of [
+      ['disk_format=raw', 'raw'],
+      ['disk_format=qcow2', 'qcow2'],
+      ['disk_format=vmdk&subformat=streamOptimized', 'vmdk'],
+      ['disk_format=vhd', 'vpc'],
+      ['disk_format=vdi', 'vdi'],
+    ] as const) {
+      const r = await fetch(`${server.url}/v2/images/${o2}/export?${query}`, {
+        headers: { 'X-Auth-Token': alice.token },
+      });
+      expect(r.status, query).toBe(200);
+      const out = q(`out-${fmt}`);
+      await writeFile(out, Buffer.from(await r.arrayBuffer()));
+      const cmp = qemuImg(['compare', '-f', 'qcow2', '-F', fmt, q('o2.qcow2'), out]);
+      expect(cmp.stdout + cmp.stderr, query).toContain('Images are identical');
+    }
+    // flatten: a new master, stored like any upload
+    const f = await alice.req('POST', `/v2/images/${o2}/actions/flatten`, { name: 'layer-flat' });
+    expect(f.status).toBe(202);
+    let flat: any;
+    for (let i = 0; i < 600; i++) {
+      flat = (await alice.req('GET', `/v2/images/${f.json.id}`)).json;
+      if (flat.status !== 'importing') break;
+      await new Promise((res) => setTimeout(res, 50));
+    }
+    expect(flat.status).toBe('active');
+    ids['layer-flat'] = f.json.id;
+    const r = await fetch(`${server.url}/v2/images/${f.json.id}/file`, {
+      headers: { 'X-Auth-Token': alice.token },
+    });
+    const body = Buffer.from(await r.arrayBuffer());
+    expect(hex('md5', body)).toBe(flat.checksum);
+    await writeFile(q('flat.qcow2'), body);
+    expect(qemuImg(['compare', q('o2.qcow2'), q('flat.qcow2')]).stdout).toContain('Images are identical');
+    expect(await probe.temps()).toEqual([]);
+    // a master with dependents stays
+    expect((await alice.req('DELETE', `/v2/images/${o1}`)).status).toBe(409);
+  });
+
   it('restart: stop the server, start it on the same database and store, everything is there', async () => {
     const before = (await admin.req('GET', '/v2/images?limit=100&member_status=all&sort=name:asc')).json
       .images as any[];
@@ -593,6 +653,39 @@ describe.each(['fs', 's3'] as const)('BlobStore contract: %s', (kind) => {
     expect(await store.size('blob-1')).toBe(null);
     await store.delete('blob-1'); // idempotent
     await expect(store.read('blob-1')).rejects.toThrow();
+  });
+
+  it('random reads (openRandom): any range, forward walks, the end; reads from a closed blob fail', async () => {
+    const data = randomBytes(11 * MIB + 333);
+    const w = await store.create('random-1');
+    await w.write(data);
+    await w.commit();
+    const src = await store.openRandom('random-1');
+    expect(src.size).toBe(data.length);
+    const at = async (offset: number, length: number) => {
+      const b = Buffer.alloc(length);
+      const n = await src.read(b, offset);
+      return b.subarray(0, n);
+    };
+    for (const [o, n] of [
+      [0, 1],
+      [MIB - 3, 10],
+      [5 * MIB + 17, 3 * MIB],
+      [data.length - 100, 100],
+      [data.length - 10, 100],
+      [123, 64 * 1024],
+    ] as const) {
+      expect((await at(o, n)).equals(data.subarray(o, Math.min(o + n, data.length))), `${o}+${n}`).toBe(true);
+    }
+    expect((await at(data.length, 10)).length).toBe(0);
+    // a forward walk in 64 KiB reads, as a driver reads its data
+    const walked: Buffer[] = [];
+    for (let o = 0; o < data.length; o += 65536) walked.push(await at(o, 65536));
+    expect(hex('sha256', Buffer.concat(walked))).toBe(hex('sha256', data));
+    await src.close();
+    await expect(src.read(Buffer.alloc(1), 0)).rejects.toThrow();
+    await expect(store.openRandom('no-such-blob')).rejects.toThrow();
+    await store.delete('random-1');
   });
 
   it('small and empty blobs; commit over an existing key replaces it', async () => {

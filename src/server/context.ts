@@ -33,6 +33,8 @@ export interface ServerSettings {
   importDisallowedPorts: number[];
   /** Convert imported images to this disk_format (Glance's image_conversion output_format). */
   importConvertTo: 'raw' | 'qcow2' | null;
+  /** Masters below an overlay at most (backing_image_id chains). */
+  maxChainDepth: number;
 }
 
 export const defaultSettings = (): ServerSettings => ({
@@ -51,6 +53,7 @@ export const defaultSettings = (): ServerSettings => ({
   importAllowedPorts: [80, 443],
   importDisallowedPorts: [],
   importConvertTo: null,
+  maxChainDepth: 16,
 });
 
 export interface AuthContext {

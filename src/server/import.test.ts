@@ -236,7 +236,7 @@ describe('glance-direct', () => {
     const r = await alice.req('PUT', `/v2/images/${img.id}/stage`, data);
     expect(r.status).toBe(415);
     expect(r.text).toContain(
-      'Image has disallowed configuration: the qcow2 image names a backing file "/etc/passwd".',
+      'Image has disallowed configuration: the qcow2 image names a backing file "/etc/passwd"; to upload an overlay, name its master with the property backing_image_id.',
     );
     const after = (await alice.req('GET', `/v2/images/${img.id}`)).json;
     expect(after.status).toBe('queued');
@@ -384,7 +384,7 @@ describe('web-download', () => {
     const [t] = await imageTasks(alice, img.id);
     expect(t.status).toBe('failure');
     expect(t.message).toContain(
-      'Image has disallowed configuration: the qcow2 image names a backing file "/etc/passwd".',
+      'Image has disallowed configuration: the qcow2 image names a backing file "/etc/passwd"; to upload an overlay, name its master with the property backing_image_id.',
     );
     expect(await blobs()).toEqual(before);
     // A 404 from the remote server fails the task too.

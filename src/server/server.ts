@@ -155,6 +155,10 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     inspect: opts.imageApi?.inspect ?? inspectUpload,
   });
   importApi.routes(router);
+  const { ExportApi } = await import('./image/export.js');
+  new ExportApi(svc, identity, imageApi, importApi, {
+    inspect: opts.imageApi?.inspect ?? inspectUpload,
+  }).routes(router);
   imageApi.routes(router);
 
   const inflight = new Set<Promise<void>>();

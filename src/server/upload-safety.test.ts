@@ -201,10 +201,18 @@ describe('hostile uploads are refused with 415 and leave nothing behind', () => 
     await expectRefused(zero, 'vmdk', /capacity 0/);
   });
 
-  it('qed, whatever disk_format it claims', async () => {
+  it('qed under another disk_format, and a qed naming a backing file without a master', async () => {
     const data = await made('q.qed', '-f', 'qed');
-    await expectRefused(data, 'qcow2', /qed images are not accepted/);
-    await expectRefused(data, 'raw', /qed images are not accepted/);
+    await expectRefused(data, 'qcow2', /not in disk_format qcow2 \(it is qed\)/);
+    await expectRefused(data, 'raw', /not in disk_format raw \(it is qed\)/);
+    const overlay = await made('o.qed', '-f', 'qed', '-b', '/etc/passwd', '-F', 'raw');
+    await expectRefused(overlay, 'qed', /the qed image names a backing file "\/etc\/passwd"; to upload an overlay/);
+  });
+
+  it('vmdk naming a parent file', async () => {
+    await made('parent.vmdk', '-f', 'vmdk');
+    const child = await made('child.vmdk', '-f', 'vmdk', '-b', 'parent.vmdk', '-F', 'vmdk');
+    await expectRefused(child, 'vmdk', /the vmdk descriptor names a parent file "parent.vmdk"/);
   });
 
   it('format mismatches', async () => {

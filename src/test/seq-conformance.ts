@@ -7,14 +7,15 @@
  *
  * A format's test file calls `runSeqConformance({ format: 'qcow2', … })` in a few lines.
  */
-import { createWriteStream } from 'node:fs';
+import { createWriteStream, existsSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../chain/open.js';
+import { VdiskError } from '../core/errors.js';
 import { getDriver } from '../core/formats.js';
-import { imageSeqSource, type SeqOutput } from '../core/seq.js';
+import { imageSeqSource, type SeqOutput, type SeqSource } from '../core/seq.js';
 import { registerBuiltinFormats } from '../formats/index.js';
 import { qemuImg, qemuImgOk, qemuIo, tempDir } from './oracle.js';
 
@@ -34,21 +35,73 @@ export interface SeqCase {
    * qemu-img compare then checks the extra part reads as zeros.
    */
   sizeMayGrow?: boolean;
+  /**
+   * Requests qemu-img create refuses for this format (-o options, a virtual size; 1 MiB and no
+   * options by default): the writer must refuse each in qemu-img's words, before reading or
+   * mapping the source.
+   */
+  refused?: Array<{ options?: Record<string, string>; size?: number }>;
+  /**
+   * Options qemu-img create takes but a stream cannot honour (preallocation, encryption…):
+   * the writer must refuse each with this code, in one line, before reading or mapping the
+   * source.
+   */
+  unsupported?: Array<{ options: Record<string, string>; code: 'UNSUPPORTED' | 'INVALID_ARGUMENT' }>;
+  /**
+   * Bound on the length of the layered output for these options (default 8 MiB: the top layer
+   * holds a few MiB); large clusters need more for their metadata clusters alone.
+   */
+  layerLimit?: (options: Record<string, string>) => number;
+  /**
+   * With `backing: false`, the words that refuse the suite's layered source (its backing file
+   * is qcow2): by default qemu-img's for a format without backing files; a format whose
+   * backing file can only be of its own format (vmdk) says that instead.
+   */
+  layeredRefusal?: string;
 }
 
-/** Write a sequential output to a file; returns the bytes written. */
-export async function writeSeq(out: SeqOutput, path: string): Promise<number> {
+/** Write a sequential output to a file; returns the bytes written (and the largest buffer, in `stats`). */
+export async function writeSeq(out: SeqOutput, path: string, stats?: { largest: number }): Promise<number> {
   let n = 0;
   await pipeline(
     (async function* () {
       for await (const c of out.chunks()) {
         n += c.length;
+        if (stats !== undefined) stats.largest = Math.max(stats.largest, c.length);
         yield c;
       }
     })(),
     createWriteStream(path),
   );
   return n;
+}
+
+/**
+ * Write the image at `path` (its chain flattened, unless a backing name is given) sequentially
+ * in `format` to `out`; returns the output as announced, the bytes written and the largest
+ * buffer the writer yielded.
+ */
+export async function writeImageSeq(
+  source: { path: string; fmt: string },
+  format: string,
+  options: Record<string, string>,
+  out: string,
+  opts: { backing?: { filename: string; format: string }; scanZeros?: boolean } = {},
+): Promise<{ seq: SeqOutput; written: number; largest: number }> {
+  const image = await openImage(source.path, { format: source.fmt, backing: 'follow' });
+  try {
+    const src = imageSeqSource(image, {
+      flatten: opts.backing === undefined,
+      scanZeros: opts.scanZeros ?? false,
+      backing: opts.backing,
+    });
+    const seq = await (await getDriver(format)).createSequential!(src, options);
+    const stats = { largest: 0 };
+    const written = await writeSeq(seq, out, stats);
+    return { seq, written, largest: stats.largest };
+  } finally {
+    await image.close();
+  }
 }
 
 const MiB = 1 << 20;
@@ -91,6 +144,13 @@ function buildSources(dir: string): Record<SourceName, { path: string; fmt: stri
   };
 }
 
+/** A source that fails the test when read or mapped: refusals come before either. */
+const untouchable = (size: number): SeqSource => ({
+  size,
+  read: () => Promise.reject(new Error('the source was read')),
+  map: () => Promise.reject(new Error('the source was mapped')),
+});
+
 export function runSeqConformance(c: SeqCase): void {
   describe(`sequential ${c.format} writer (qemu-img check and compare)`, () => {
     let dir: string;
@@ -110,23 +170,13 @@ export function runSeqConformance(c: SeqCase): void {
       scanZeros: boolean,
       out: string,
     ) => {
-      const s = sources[name];
-      const image = await openImage(s.path, { format: s.fmt, backing: 'follow' });
-      try {
-        const driver = await getDriver(c.format);
-        const src = imageSeqSource(image, {
-          flatten,
-          scanZeros,
-          backing: flatten ? undefined : { filename: 'ov1.qcow2', format: 'qcow2' },
-        });
-        const seq = await driver.createSequential!(src, options);
-        const n = await writeSeq(seq, out);
-        if (c.knownLength(options)) expect(seq.length).toBe(n);
-        expect((await stat(out)).size).toBe(n);
-        return n;
-      } finally {
-        await image.close();
-      }
+      const { seq, written: n } = await writeImageSeq(sources[name], c.format, options, out, {
+        scanZeros,
+        ...(flatten ? {} : { backing: { filename: 'ov1.qcow2', format: 'qcow2' } }),
+      });
+      if (c.knownLength(options)) expect(seq.length).toBe(n);
+      expect((await stat(out)).size).toBe(n);
+      return n;
     };
 
     const verify = (source: { path: string; fmt: string }, out: string) => {
@@ -148,6 +198,40 @@ export function runSeqConformance(c: SeqCase): void {
       expect(cmp.code).toBe(0);
     };
 
+    for (const [n, { options = {}, size = MiB }] of (c.refused ?? []).entries()) {
+      const o = Object.entries(options).map(([k, v]) => `${k}=${v}`);
+      it(`refuses what qemu-img create refuses: size ${size}${o.length > 0 ? `, ${o}` : ''}`, async () => {
+        const path = join(dir, `refused-${n}.${c.format}`);
+        const r = qemuImg([
+          'create',
+          '-f',
+          c.format,
+          ...(o.length > 0 ? ['-o', o.join(',')] : []),
+          path,
+          `${size}`,
+        ]);
+        expect(r.code).toBe(1);
+        const message = r.stderr.slice(`qemu-img: ${path}: `.length).trim();
+        expect(message).not.toBe('');
+        const driver = await getDriver(c.format);
+        await expect(driver.createSequential!(untouchable(size), options)).rejects.toThrow(message);
+      });
+    }
+
+    for (const { options, code } of c.unsupported ?? []) {
+      const o = Object.entries(options).map(([k, v]) => `${k}=${v}`);
+      it(`refuses what a stream cannot honour: ${o}`, async () => {
+        const driver = await getDriver(c.format);
+        const err = await driver.createSequential!(untouchable(MiB), options).then(
+          () => null,
+          (e: unknown) => e,
+        );
+        expect(err).toBeInstanceOf(VdiskError);
+        expect((err as VdiskError).code).toBe(code);
+        expect((err as VdiskError).message).not.toContain('\n');
+      });
+    }
+
     for (const options of c.variants) {
       const label = Object.entries(options)
         .map(([k, v]) => `${k}=${v}`)
@@ -164,7 +248,7 @@ export function runSeqConformance(c: SeqCase): void {
           const out = join(dir, `layer-${c.format}-${label}.out`);
           const n = await write('chain', options, false, false, out);
           // The layer is small: only what ov2 holds (a few MiB), not the 40 MiB chain.
-          expect(n).toBeLessThan(8 * MiB);
+          expect(n).toBeLessThan(c.layerLimit?.(options) ?? 8 * MiB);
           const info = JSON.parse(qemuImgOk(['info', '--output=json', '-f', c.format, out]));
           expect(info['backing-filename']).toBe('ov1.qcow2');
           expect(info['virtual-size']).toBe(40 * MiB);
@@ -175,6 +259,15 @@ export function runSeqConformance(c: SeqCase): void {
           // Read through the chain it names (ov1.qcow2 → master.qcow2, in the same directory).
           const cmp = qemuImg(['compare', '-f', c.format, '-F', 'qcow2', out, sources.chain.path]);
           expect(cmp.stdout + cmp.stderr).toMatch(/Images are identical/);
+        });
+      } else {
+        it(`chain${label ? ` (${label})` : ''}: a layered source is refused, before any byte`, async () => {
+          const out = join(dir, `layer-${c.format}-${label}.out`);
+          // qemu-img create -b's words for a format without backing files.
+          await expect(write('chain', options, false, false, out)).rejects.toThrow(
+            c.layeredRefusal ?? `Backing file not supported for file format '${c.format}'`,
+          );
+          expect(existsSync(out)).toBe(false);
         });
       }
     }

@@ -4,44 +4,43 @@ import { VdiskError } from '../../core/errors.js';
 import { HostFile } from '../../core/host-file.js';
 import { parseBoolOption } from '../../core/options.js';
 import {
-  bmapSize,
+  bmapPieces,
   DEFAULT_BLOCK_SIZE,
   encodeNewHeader,
   SECTOR_SIZE,
   VDI_DISK_SIZE_MAX,
   VDI_UNALLOCATED,
 } from './header.js';
+import { VDI_HEADER_SIZE } from './probe.js';
 
-export async function createVdi(req: CreateRequest): Promise<void> {
-  const isStatic = parseBoolOption('static', req.options['static'] ?? 'off');
+/** The size of a new image: the request in whole sectors, QEMU's maximum checked. */
+export function newVdiSize(requested: number): number {
   // QEMU silently rounds the size up to a sector.
-  const size = Math.ceil(req.size / SECTOR_SIZE) * SECTOR_SIZE;
+  const size = Math.ceil(requested / SECTOR_SIZE) * SECTOR_SIZE;
   if (size > VDI_DISK_SIZE_MAX) {
     throw new VdiskError(
       'UNSUPPORTED',
       `Unsupported VDI image size (size is 0x${size.toString(16)}, max supported is 0x${VDI_DISK_SIZE_MAX.toString(16)})`,
     );
   }
+  return size;
+}
+
+export async function createVdi(req: CreateRequest): Promise<void> {
+  const isStatic = parseBoolOption('static', req.options['static'] ?? 'off');
+  const size = newVdiSize(req.size);
   const blocks = Math.ceil(size / DEFAULT_BLOCK_SIZE);
   const header = encodeNewHeader(size, isStatic);
   const file = await HostFile.open(req.path, { create: true });
   try {
     await file.write(header, 0);
-    const mapBytes = bmapSize(blocks);
-    // The map is written in bounded pieces (a 1 PiB image has a 4 GiB map).
-    const chunk = 1 << 20;
-    for (let pos = 0; pos < mapBytes; pos += chunk) {
-      const n = Math.min(chunk, mapBytes - pos);
-      const out = new Uint8Array(n);
-      const v = new DataView(out.buffer);
-      for (let j = 0; j < n; j += 4) {
-        const i = (pos + j) / 4;
-        if (i >= blocks) break;
-        v.setUint32(j, isStatic ? i : VDI_UNALLOCATED, true);
-      }
-      await file.write(out, 512 + pos);
+    // A static image's blocks are all allocated, in order.
+    let pos = VDI_HEADER_SIZE;
+    for (const piece of bmapPieces(blocks, (i) => (isStatic ? i : VDI_UNALLOCATED))) {
+      await file.write(piece, pos);
+      pos += piece.length;
     }
-    if (isStatic) await file.truncate(512 + mapBytes + blocks * DEFAULT_BLOCK_SIZE);
+    if (isStatic) await file.truncate(pos + blocks * DEFAULT_BLOCK_SIZE);
   } finally {
     await file.close();
   }

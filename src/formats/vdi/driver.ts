@@ -24,6 +24,9 @@ export const vdiDriver: FormatDriver = {
     return new VdiImage(file, header, bmap, size, fileSize);
   },
   create: createVdi,
+  async createSequential(src, options) {
+    return (await import('./stream.js')).createVdiSequential(src, options);
+  },
 };
 
 /**

@@ -186,6 +186,26 @@ export function bmapSize(blocks: number): number {
   return Math.ceil((blocks * 4) / SECTOR_SIZE) * SECTOR_SIZE;
 }
 
+/**
+ * The block map as written to disk, in pieces of at most `chunk` bytes (a 1 PiB image has a
+ * 4 GiB map): entry(i) for each block in order (called once each, in order), then zeros to a
+ * whole sector.
+ */
+export function* bmapPieces(
+  blocks: number,
+  entry: (i: number) => number,
+  chunk = 1 << 20,
+): Generator<Uint8Array> {
+  const bytes = bmapSize(blocks);
+  for (let pos = 0; pos < bytes; pos += chunk) {
+    const out = new Uint8Array(Math.min(chunk, bytes - pos));
+    const v = new DataView(out.buffer);
+    const end = Math.min(blocks, (pos + out.length) / 4);
+    for (let i = pos / 4; i < end; i++) v.setUint32(i * 4 - pos, entry(i), true);
+    yield out;
+  }
+}
+
 /** A UUID as VDI stores it: RFC 4122 bytes with the first three fields little endian. */
 function vdiUuid(): Uint8Array {
   const b = Buffer.from(randomUUID().replaceAll('-', ''), 'hex');
@@ -195,8 +215,15 @@ function vdiUuid(): Uint8Array {
   return b;
 }
 
-/** A new header as QEMU's vdi_co_do_create writes it. */
-export function encodeNewHeader(size: number, isStatic: boolean): Uint8Array {
+/**
+ * A new header as QEMU's vdi_co_do_create writes it; `allocated` blocks in use (create: all of
+ * a static image's, none of a dynamic one's; a sequential output: its data blocks).
+ */
+export function encodeNewHeader(
+  size: number,
+  isStatic: boolean,
+  allocated = isStatic ? Math.ceil(size / DEFAULT_BLOCK_SIZE) : 0,
+): Uint8Array {
   const blocks = Math.ceil(size / DEFAULT_BLOCK_SIZE);
   const buf = new Uint8Array(VDI_HEADER_SIZE);
   const v = new DataView(buf.buffer);
@@ -212,7 +239,7 @@ export function encodeNewHeader(size: number, isStatic: boolean): Uint8Array {
   v.setBigUint64(OFF.diskSize, BigInt(size), true);
   v.setUint32(OFF.blockSize, DEFAULT_BLOCK_SIZE, true);
   v.setUint32(OFF.blocksInImage, blocks, true);
-  v.setUint32(OFF.blocksAllocated, isStatic ? blocks : 0, true);
+  v.setUint32(OFF.blocksAllocated, allocated, true);
   buf.set(vdiUuid(), OFF.uuidImage);
   buf.set(vdiUuid(), OFF.uuidLastSnap);
   return buf;

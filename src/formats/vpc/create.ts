@@ -6,6 +6,7 @@ import { HostFile } from '../../core/host-file.js';
 import { parseBoolOption } from '../../core/options.js';
 import {
   DEFAULT_BLOCK_SIZE,
+  DYN_HEADER_SIZE,
   encodeDynHeader,
   encodeFooter,
   FOOTER_SIZE,
@@ -30,11 +31,30 @@ export function parseVpcOptions(options: Record<string, string>): { fixed: boole
   return { fixed: sub === 'fixed', forceSize: force !== undefined && parseBoolOption('force_size', force) };
 }
 
-export async function createVpc(req: CreateRequest, identity?: VpcCreateIdentity): Promise<void> {
-  const { fixed, forceSize } = parseVpcOptions(req.options);
+/** What a new VHD of this requested size and these options is (create and the sequential writer). */
+export interface NewVpc {
+  fixed: boolean;
+  /** Virtual size: the request in whole sectors, rounded up to the geometry without force_size. */
+  size: number;
+  /** The footer (at the end; dynamic images also have a copy at 0). */
+  footer: Uint8Array;
+  /** Dynamic: BAT entries (one per 2 MiB block of the virtual size) and the BAT's bytes on disk. */
+  batEntries: number;
+  batBytes: number;
+}
+
+/** The dynamic disk header follows the footer copy; the BAT follows the header (QEMU's layout). */
+export const NEW_BAT_OFFSET = FOOTER_SIZE + DYN_HEADER_SIZE;
+
+export function newVpc(
+  requestedSize: number,
+  options: Record<string, string>,
+  identity?: VpcCreateIdentity,
+): NewVpc {
+  const { fixed, forceSize } = parseVpcOptions(options);
   // Sizes are silently rounded up to whole sectors, then (without force_size) up to the
   // next CHS geometry.
-  let size = Math.ceil(req.size / 512) * 512;
+  let size = Math.ceil(requestedSize / 512) * 512;
   const rounded = roundedImageSize(size, forceSize);
   if (rounded === null) {
     // QEMU's generic layer rewords the driver's EFBIG this way (block.c: bdrv_img_create).
@@ -62,6 +82,12 @@ export async function createVpc(req: CreateRequest, identity?: VpcCreateIdentity
     uuid,
     inSavedState: 0,
   });
+  const batEntries = Math.ceil(rounded.totalSectors / (DEFAULT_BLOCK_SIZE / 512));
+  return { fixed, size, footer, batEntries, batBytes: Math.ceil((batEntries * 4) / 512) * 512 };
+}
+
+export async function createVpc(req: CreateRequest, identity?: VpcCreateIdentity): Promise<void> {
+  const { fixed, size, footer, batEntries, batBytes } = newVpc(req.size, req.options, identity);
   const file = await HostFile.open(req.path, { create: true });
   try {
     if (fixed) {
@@ -70,12 +96,10 @@ export async function createVpc(req: CreateRequest, identity?: VpcCreateIdentity
       if (size > 0) await file.write(new Uint8Array(Math.min(size, 4096)), 0);
       await file.write(footer, size);
     } else {
-      const entries = Math.ceil(rounded.totalSectors / (DEFAULT_BLOCK_SIZE / 512));
-      const batBytes = Math.ceil((entries * 4) / 512) * 512;
       await file.write(footer, 0);
-      await file.write(encodeDynHeader(3 * 512, entries, DEFAULT_BLOCK_SIZE), FOOTER_SIZE);
-      await file.write(new Uint8Array(batBytes).fill(0xff), 3 * 512);
-      await file.write(footer, 3 * 512 + batBytes);
+      await file.write(encodeDynHeader(NEW_BAT_OFFSET, batEntries, DEFAULT_BLOCK_SIZE), FOOTER_SIZE);
+      await file.write(new Uint8Array(batBytes).fill(0xff), NEW_BAT_OFFSET);
+      await file.write(footer, NEW_BAT_OFFSET + batBytes);
     }
     // qemu-img flushes the new image when it closes it (and `disk size` then agrees).
     await file.flush();

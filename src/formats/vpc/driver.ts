@@ -27,4 +27,7 @@ export const vpcDriver: FormatDriver = {
     return new VpcImage(file, await readVpcLayout(file));
   },
   create: createVpc,
+  async createSequential(src, options) {
+    return (await import('./stream.js')).createVpcSequential(src, options);
+  },
 };

@@ -168,6 +168,10 @@ const MIGRATIONS: string[] = [
   CREATE INDEX tasks_image ON tasks (image_id);
   CREATE INDEX tasks_owner_created ON tasks (owner, created_at DESC, id DESC);
   `,
+  // Layered images (src/server/image/layers.ts): dependents of a master, by backing_image_id.
+  `
+  CREATE INDEX images_backing ON images ((properties->>'backing_image_id'));
+  `,
 ];
 
 /** Bring the schema up to date (idempotent; concurrent starters serialize on an advisory lock). */

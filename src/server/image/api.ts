@@ -3,6 +3,7 @@
  * JSON-patch media types and Glance's rules, tags, data, deactivate/reactivate, members
  * and schemas. Behaviour follows Glance 25 (glance/api/v2/*.py and its domain proxies).
  */
+import { sql } from 'kysely';
 import type { AuthContext, Services } from '../context.js';
 import {
   type Ctx,
@@ -19,8 +20,17 @@ import { baseUrl } from '../identity/keystone.js';
 import { UUID_RE, uuid } from '../util.js';
 import { finishUpload, receiveData, sendData } from './data.js';
 import type { InspectorFactory } from './inspect.js';
+import {
+  BACKING_PROP,
+  checkMasterOnSet,
+  dependentCount,
+  hiddenMasterFor,
+  isVisible,
+  loadChain,
+  masterForUpload,
+} from './layers.js';
 import { listImages } from './list.js';
-import { canModify, canSee, type ImageRow, isOwner, type MemberRow } from './policy.js';
+import { canModify, type ImageRow, isOwner } from './policy.js';
 import {
   collectionSchema,
   imageProperties,
@@ -111,20 +121,10 @@ export class ImageApi {
     return this.svc.db;
   }
 
-  private async membership(img: ImageRow, ctx: AuthContext): Promise<MemberRow | undefined> {
-    if (ctx.projectId === null || img.visibility !== 'shared') return undefined;
-    return this.db
-      .selectFrom('image_members')
-      .selectAll()
-      .where('image_id', '=', img.id)
-      .where('member', '=', ctx.projectId)
-      .executeTakeFirst();
-  }
-
   /** The image if the caller may see it, else 404 (never 403: no existence leak). */
   async visibleImage(ctx: AuthContext, id: string): Promise<ImageRow> {
     const img = await this.db.selectFrom('images').selectAll().where('id', '=', id).executeTakeFirst();
-    if (img === undefined || !canSee(ctx, img, await this.membership(img, ctx)))
+    if (img === undefined || !(await isVisible(this.db, ctx, img)))
       throw new HttpError(404, `No image found with ID ${id}`);
     return img;
   }
@@ -219,7 +219,29 @@ export class ImageApi {
           400,
           'Properties container_format, disk_format must be set prior to saving data.',
         );
-      const out = await receiveData(this.svc, ctx, img, c.req, this.opts.inspect);
+      // An overlay: its master must be there (active, visible) before any byte is taken.
+      const master = await masterForUpload(this.svc, ctx, img);
+      const out = await receiveData(this.svc, ctx, img, c.req, this.opts.inspect, {
+        fromStatus: 'queued',
+        toStatus: 'saving',
+        finalStatus: 'active',
+        master: master === null ? null : { id: master.id, virtualSize: master.virtual_size },
+      });
+      if (master !== null) {
+        // The master may have gone while the data arrived (deleted, deactivated).
+        try {
+          await masterForUpload(this.svc, ctx, img);
+        } catch (err) {
+          await this.svc.store.delete(img.id);
+          await this.db
+            .updateTable('images')
+            .set({ status: 'queued', writer: null, updated_at: new Date() })
+            .where('id', '=', img.id)
+            .where('status', '=', 'saving')
+            .execute();
+          throw err;
+        }
+      }
       await finishUpload(this.svc, img, out, 'saving', 'active');
       sendEmpty(c.res, 204);
     });
@@ -299,7 +321,20 @@ export class ImageApi {
   }
 
   private async create(c: Ctx, ctx: AuthContext): Promise<void> {
-    const body = await readJson(c.req);
+    const row = await this.newImageRow(ctx, await readJson(c.req));
+    await this.insertImage(row);
+    sendJson(c.res, 201, imageView(row), {
+      Location: `${baseUrl(this.svc, c.req)}/v2/images/${row.id}`,
+      'OpenStack-image-import-methods': IMPORT_METHODS.join(','),
+    });
+  }
+
+  /**
+   * A new image's row (status queued) from a create request's body, with every check of
+   * POST /v2/images (schema, read-only and reserved attributes, quotas, owner, publicize,
+   * the master of a layered image). Not stored yet: see insertImage.
+   */
+  async newImageRow(ctx: AuthContext, body: unknown): Promise<ImageRow> {
     if (!isObject(body))
       throw new HttpError(400, "Provided object does not match schema 'image': not an object");
     for (const k of DISALLOWED) if (k in body) throw new HttpError(403, `Attribute '${k}' is read-only.`);
@@ -345,7 +380,7 @@ export class ImageApi {
     }
     const now = new Date();
     const id = (body['id'] as string | undefined) ?? uuid();
-    const row = {
+    const row: ImageRow = {
       id,
       name: (body['name'] as string | null | undefined) ?? null,
       status: 'queued',
@@ -374,17 +409,23 @@ export class ImageApi {
         400,
         `Invalid value for ${row.min_disk < 0 ? 'min_disk' : 'min_ram'}: must be >= 0`,
       );
+    if (props[BACKING_PROP] !== undefined) await checkMasterOnSet(this.svc, ctx, row, props[BACKING_PROP]);
+    return row;
+  }
+
+  /** Store a new image's row; 409 when the id is taken. */
+  async insertImage(row: ImageRow): Promise<void> {
     const r = await this.db
       .insertInto('images')
-      .values({ ...row, properties: JSON.stringify(props) as never, tags: JSON.stringify(tags) as never })
+      .values({
+        ...row,
+        properties: JSON.stringify(row.properties) as never,
+        tags: JSON.stringify(row.tags) as never,
+      })
       .onConflict((oc) => oc.column('id').doNothing())
       .executeTakeFirst();
     if (r.numInsertedOrUpdatedRows === 0n)
-      throw new HttpError(409, `Image with identifier ${id} already exists!`);
-    sendJson(c.res, 201, imageView(row), {
-      Location: `${baseUrl(this.svc, c.req)}/v2/images/${id}`,
-      'OpenStack-image-import-methods': IMPORT_METHODS.join(','),
-    });
+      throw new HttpError(409, `Image with identifier ${row.id} already exists!`);
   }
 
   private async update(c: Ctx, ctx: AuthContext): Promise<void> {
@@ -478,6 +519,15 @@ export class ImageApi {
         413,
         `Maximum number of properties exceeded: ${Object.keys(next.properties).length} > ${this.svc.settings.imagePropertyQuota}`,
       );
+    // The master of a layered image: named while queued (the data is uploaded against it).
+    const master = next.properties[BACKING_PROP];
+    if (master !== img.properties[BACKING_PROP]) {
+      if (img.status !== 'queued')
+        throw new HttpError(403, `Attribute ${BACKING_PROP} can be only replaced for a queued image.`);
+      if (master !== undefined) await checkMasterOnSet(this.svc, ctx, next, master);
+    } else if (master !== undefined && next.disk_format !== img.disk_format) {
+      await checkMasterOnSet(this.svc, ctx, next, master);
+    }
     if (changes.length > 0) {
       await this.save(img.id, {
         name: next.name,
@@ -500,8 +550,29 @@ export class ImageApi {
     const img = await this.visibleImage(ctx, c.params['id']!);
     if (!canModify(ctx, img)) throw new HttpError(403, `You are not permitted to delete this image.`);
     if (img.protected) throw new HttpError(403, `Image ${img.id} is protected and cannot be deleted.`);
-    const r = await this.db.deleteFrom('images').where('id', '=', img.id).executeTakeFirst();
-    if (r.numDeletedRows === 0n) throw new HttpError(404, `Failed to find image ${img.id} to delete`);
+    // A master stays while images name it (one statement: no dependent can slip in between).
+    const r = await this.db
+      .deleteFrom('images')
+      .where('id', '=', img.id)
+      .where(({ not, exists, selectFrom }) =>
+        not(
+          exists(
+            selectFrom('images as d')
+              .select('d.id')
+              .where(sql<boolean>`d.properties->>${BACKING_PROP} = ${img.id}`),
+          ),
+        ),
+      )
+      .executeTakeFirst();
+    if (r.numDeletedRows === 0n) {
+      const n = await dependentCount(this.db, img.id);
+      if (n > 0)
+        throw new HttpError(
+          409,
+          `Image ${img.id} is the master of ${n} image${n === 1 ? '' : 's'} (${BACKING_PROP}); delete or flatten ${n === 1 ? 'it' : 'them'} first (GET /v2/images?${BACKING_PROP}=${img.id} lists them).`,
+        );
+      throw new HttpError(404, `Failed to find image ${img.id} to delete`);
+    }
     if (img.blob !== null) await this.svc.store.delete(img.blob);
     // A concurrent upload notices the missing row at commit and drops its blob.
     sendEmpty(c.res, 204);
@@ -549,6 +620,15 @@ export class ImageApi {
       if (!canModify(ctx, img))
         throw new HttpError(403, `Not allowed to create members for image ${img.id}.`);
       sharedOnly(img);
+      // A member of an overlay must be able to see its masters (else its exports fail).
+      if (img.properties[BACKING_PROP] !== undefined) {
+        const hidden = await hiddenMasterFor(this.svc, await loadChain(this.svc, img), member);
+        if (hidden !== undefined)
+          throw new HttpError(
+            409,
+            `Project ${member} cannot see image ${hidden.id}, a master of image ${img.id}: share image ${hidden.id} with it first.`,
+          );
+      }
       const count = await db
         .selectFrom('image_members')
         .select((eb) => eb.fn.countAll<number>().as('n'))

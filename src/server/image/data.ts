@@ -15,7 +15,7 @@ import { pipeline } from 'node:stream/promises';
 import type { AuthContext, Services } from '../context.js';
 import { HttpError } from '../http.js';
 import { type Digests, UploadDigester } from './hashing.js';
-import type { InspectorFactory } from './inspect.js';
+import type { InspectorFactory, MasterInfo } from './inspect.js';
 import type { ImageRow } from './policy.js';
 
 export interface UploadOutcome {
@@ -46,7 +46,14 @@ export async function receiveData(
   img: ImageRow,
   req: IncomingMessage,
   inspect: InspectorFactory | undefined,
-  opts: { fromStatus: string; toStatus: string; finalStatus: string; keyPrefix?: string } = {
+  opts: {
+    fromStatus: string;
+    toStatus: string;
+    finalStatus: string;
+    keyPrefix?: string;
+    /** The image is an overlay of this master (see inspect.ts). */
+    master?: MasterInfo | null;
+  } = {
     fromStatus: 'queued',
     toStatus: 'saving',
     finalStatus: 'active',
@@ -93,7 +100,7 @@ export async function receiveData(
   const digester = new UploadDigester((block) => writer.write(block));
   let size = 0;
   let virtualSize: number | null = null;
-  const inspector = inspect?.(img, declared === undefined ? null : Number(declared));
+  const inspector = inspect?.(img, declared === undefined ? null : Number(declared), opts.master ?? null);
   // A refused upload is read to its end (discarding it, within the size limit) so that the
   // client, still sending, gets the 415 rather than a broken pipe.
   let refused: HttpError | null = null;

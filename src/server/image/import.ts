@@ -38,8 +38,10 @@ import { type Ctx, HttpError, isObject, mediaType, type Router, readJson, sendEm
 import type { Identity } from '../identity/keystone.js';
 import type { ImageApi } from './api.js';
 import { IMPORT_METHODS } from './api.js';
-import { finishUpload, receiveData } from './data.js';
+import { finishUpload, receiveData, type UploadOutcome } from './data.js';
+import { ENGINE_FORMAT } from './formats.js';
 import type { InspectorFactory } from './inspect.js';
+import { BACKING_PROP } from './layers.js';
 import { canModify, type ImageRow } from './policy.js';
 import { createTask, type TaskRow, taskRoutes, updateTask } from './tasks.js';
 import { fetchImage, type ImportFilter, isInternalAddress, validateImportUri } from './web-download.js';
@@ -50,24 +52,21 @@ const IMPORTING = 'os_glance_importing_to_stores';
 const FAILED = 'os_glance_failed_import';
 const LOCK_EXPIRY_MS = 60 * 60 * 1000;
 
-/** disk_format → the engine's format name (formats the converter reads). */
-const ENGINE_FORMAT: Record<string, string> = {
-  raw: 'raw',
-  qcow2: 'qcow2',
-  vmdk: 'vmdk',
-  vdi: 'vdi',
-  vhd: 'vpc',
-  vhdx: 'vhdx',
-};
-
 export interface ImportApiOptions {
   inspect?: InspectorFactory | undefined;
 }
 
 const stagingKey = (id: string) => `${STAGING_PREFIX}${id}`;
 
+/** The properties an image carries while a task of this server makes its data (the import lock). */
+export const taskLockProperties = (taskId: string): Record<string, string> => ({
+  [LOCK]: taskId,
+  [IMPORTING]: '',
+  [FAILED]: '',
+});
+
 /** A stream that data.ts's receiveData can read as it reads a request body. */
-function asBody(stream: Readable, size: number | null): IncomingMessage {
+export function asBody(stream: Readable, size: number | null): IncomingMessage {
   const s = stream as Readable & { headers: Record<string, string> };
   s.headers = size === null ? {} : { 'content-length': String(size) };
   Object.defineProperty(s, 'complete', { get: () => stream.readableEnded, configurable: true });
@@ -355,7 +354,10 @@ export class ImportApi {
         target !== null &&
         img.disk_format !== target &&
         img.disk_format !== null &&
-        img.disk_format in ENGINE_FORMAT;
+        img.disk_format in ENGINE_FORMAT &&
+        // An overlay is kept as it is: converting it would open the backing file it names
+        // (the registry never follows those names) and flatten it.
+        img.properties[BACKING_PROP] === undefined;
       const out = convert
         ? await this.convertInto(img, target, task.id, signal)
         : await this.copyStaged(img, img, task.id, signal);
@@ -380,6 +382,53 @@ export class ImportApi {
     } catch (e) {
       await this.fail(task, imageId, e, convertedFrom);
     }
+  }
+
+  /**
+   * Run a task that makes an image's data by other means than an upload (flatten): the image
+   * is `importing` and holds `task`'s lock (os_glance_import_task), as an import's image does,
+   * so the same recovery, lock and drain rules apply. `produce` stores the data (through
+   * receiveData: hashes, caps, inspection) and returns the outcome; the image then goes
+   * active and the task succeeds, or, on any failure, the image goes back to queued without
+   * data and the task fails with the reason.
+   */
+  startJob(
+    task: TaskRow,
+    imageId: string,
+    produce: (signal: AbortSignal, progress: (bytes: number) => void) => Promise<UploadOutcome>,
+  ): void {
+    const svc = this.svc;
+    const signal = this.abort.signal;
+    const job = (async () => {
+      try {
+        await updateTask(svc, task.id, { status: 'processing', message: 'Copied 0 MiB' });
+        await this.locked(imageId, task.id);
+        let last = Date.now();
+        const out = await produce(signal, (bytes) => {
+          const now = Date.now();
+          if (now - last < 5000) return;
+          last = now;
+          svc.db
+            .updateTable('tasks')
+            .set({ message: `Copied ${Math.floor(bytes / (1 << 20))} MiB`, updated_at: new Date() })
+            .where('id', '=', task.id)
+            .where('status', '=', 'processing')
+            .execute()
+            .catch(() => {});
+        });
+        const img = await this.locked(imageId, task.id);
+        await finishUpload(svc, img, out, 'importing', 'active');
+        await updateTask(svc, task.id, {
+          status: 'success',
+          result: { image_id: imageId },
+          message: `Copied ${Math.floor(out.size / (1 << 20))} MiB`,
+        });
+        await this.dropLock(imageId, task.id);
+      } catch (e) {
+        await this.fail(task, imageId, e, null);
+      }
+    })().finally(() => this.jobs.delete(job));
+    this.jobs.add(job);
   }
 
   /** The image, after checking that our task still holds its lock (Glance's _ImageLock). */

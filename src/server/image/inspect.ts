@@ -28,6 +28,7 @@ import { VdiskError } from '../../core/errors.js';
 import { PROBE_BYTES, probeBytes } from '../../core/formats.js';
 import { registerBuiltinFormats } from '../../formats/index.js';
 import { INCOMPAT_DATA_FILE, parseHeader } from '../../formats/qcow2/header.js';
+import { decodeHeader as decodeQedHeader, F_BACKING_FILE } from '../../formats/qed/header.js';
 import {
   createTypeOf,
   descriptorText,
@@ -36,7 +37,14 @@ import {
 } from '../../formats/vmdk/descriptor.js';
 import { decodeVmdk4, SECTOR } from '../../formats/vmdk/header.js';
 import { HttpError } from '../http.js';
+import { diskFormatOf, engineFormatOf } from './formats.js';
 import type { ImageRow } from './policy.js';
+
+/** The master of an overlay being uploaded (its image row says `backing_image_id`). */
+export interface MasterInfo {
+  id: string;
+  virtualSize: number | null;
+}
 
 export interface UploadInspector {
   /** Every chunk, in order; throws HttpError(415) as soon as the content is refused. */
@@ -45,20 +53,19 @@ export interface UploadInspector {
   finish(size: number): { virtualSize: number | null };
 }
 
-/** Makes the inspector of one upload (`declaredSize`: Content-Length, when sent). */
-export type InspectorFactory = (img: ImageRow, declaredSize: number | null) => UploadInspector;
+/**
+ * Makes the inspector of one upload (`declaredSize`: Content-Length, when sent). With `master`,
+ * the upload must be an overlay (qcow2 or qed naming a backing file, whose name is ignored) of
+ * at least the master's virtual size; without it, naming a backing file is refused.
+ */
+export type InspectorFactory = (
+  img: ImageRow,
+  declaredSize: number | null,
+  master?: MasterInfo | null,
+) => UploadInspector;
 
 const HEAD_BYTES = 2 << 20;
 const TAIL_BYTES = 512;
-
-/** disk_format → the engine's format name; formats not listed hold raw-like data. */
-const ENGINE_FORMAT: Record<string, string> = {
-  qcow2: 'qcow2',
-  vmdk: 'vmdk',
-  vdi: 'vdi',
-  vhd: 'vpc',
-  vhdx: 'vhdx',
-};
 
 /** Glance's words (image_conversion.py): 'Image format detection failed'. */
 const mismatch = (detail: string) => new HttpError(415, `Image format detection failed: ${detail}`);
@@ -67,10 +74,12 @@ const unsafe = (detail: string) => new HttpError(415, `Image has disallowed conf
 
 const show = (s: string) => JSON.stringify(s.length > 200 ? `${s.slice(0, 200)}…` : s);
 
-export const inspectUpload: InspectorFactory = (img, declaredSize) => {
+export const inspectUpload: InspectorFactory = (img, declaredSize, master) => {
   registerBuiltinFormats();
-  return new Inspector(img.disk_format ?? 'raw', declaredSize);
+  return new Inspector(img.disk_format ?? 'raw', declaredSize, master ?? null);
 };
+
+const noBacking = (what: string) => `the ${what} image names a backing file`;
 
 class Inspector implements UploadInspector {
   private parts: Buffer[] = [];
@@ -83,6 +92,7 @@ class Inspector implements UploadInspector {
   constructor(
     private readonly diskFormat: string,
     private readonly declaredSize: number | null,
+    private readonly master: MasterInfo | null,
   ) {}
 
   feed(chunk: Buffer): void {
@@ -120,16 +130,20 @@ class Inspector implements UploadInspector {
     this.head = head;
     const detected = probeBytes(head.subarray(0, PROBE_BYTES), '');
     this.detected = detected;
-    if (detected === 'qed') throw unsafe('qed images are not accepted.');
-    const expected = ENGINE_FORMAT[this.diskFormat] ?? 'raw';
+    const expected = engineFormatOf(this.diskFormat);
     const fixedVhd = this.diskFormat === 'vhd' && detected === 'raw';
-    if (detected !== expected && !fixedVhd) {
-      const name = Object.entries(ENGINE_FORMAT).find(([, e]) => e === detected)?.[0] ?? detected;
-      throw mismatch(`the data is not in disk_format ${this.diskFormat} (it is ${name}).`);
-    }
+    if (detected !== expected && !fixedVhd)
+      throw mismatch(`the data is not in disk_format ${this.diskFormat} (it is ${diskFormatOf(detected)}).`);
+    if (this.master !== null && detected !== 'qcow2' && detected !== 'qed')
+      throw unsafe(
+        `only qcow2 and qed images can be overlays of a master (backing_image_id); this is ${diskFormatOf(detected)}.`,
+      );
     switch (detected) {
       case 'qcow2':
         this.checkQcow2(fileSize);
+        break;
+      case 'qed':
+        this.checkQed(head, fileSize);
         break;
       case 'vmdk':
         this.checkVmdk(head, fileSize);
@@ -159,11 +173,55 @@ class Inspector implements UploadInspector {
       if (e instanceof VdiskError) throw mismatch(`invalid qcow2 data: ${e.message}.`);
       throw e;
     }
-    if (h.backingFileOffset !== 0 || h.backingFile !== undefined)
-      throw unsafe(`the qcow2 image names a backing file ${show(h.backingFile ?? '')}.`);
     if ((h.incompatible & INCOMPAT_DATA_FILE) !== 0 || h.dataFile !== undefined)
       throw unsafe(`the qcow2 image names an external data file ${show(h.dataFile ?? '')}.`);
+    this.checkLayering(
+      'qcow2',
+      h.backingFileOffset !== 0 || h.backingFile !== undefined,
+      h.backingFile ?? '',
+      h.size,
+    );
     this.virtualSize = h.size;
+  }
+
+  private checkQed(head: Buffer, fileSize: number | null): void {
+    let h: ReturnType<typeof decodeQedHeader>;
+    try {
+      h = decodeQedHeader(head, fileSize ?? Number.MAX_SAFE_INTEGER);
+    } catch (e) {
+      if (e instanceof VdiskError) throw mismatch(`invalid qed data: ${e.message}.`);
+      throw e;
+    }
+    const named = (h.features & F_BACKING_FILE) !== 0;
+    const end = h.backingNameOffset + h.backingNameSize;
+    const name =
+      named && end <= head.length ? head.subarray(h.backingNameOffset, end).toString('latin1') : '';
+    this.checkLayering('qed', named, name, h.imageSize);
+    this.virtualSize = h.imageSize;
+  }
+
+  /**
+   * A backing file is accepted only in an overlay upload (the image names its master with
+   * backing_image_id; the stored name is never followed), and an overlay upload must be one,
+   * at least as large as its master.
+   */
+  private checkLayering(fmt: string, namesBacking: boolean, name: string, size: number): void {
+    const m = this.master;
+    if (m === null) {
+      if (namesBacking)
+        throw unsafe(
+          `${noBacking(fmt)} ${show(name)}; to upload an overlay, name its master with the property backing_image_id.`,
+        );
+      return;
+    }
+    if (!namesBacking)
+      throw unsafe(
+        `the image names master ${m.id} (backing_image_id) but the ${fmt} data is not an overlay (it names no backing file).`,
+      );
+    if (m.virtualSize !== null && size < m.virtualSize)
+      throw unsafe(
+        `the overlay's virtual size (${size}) is smaller than its master's (${m.virtualSize}, image ${m.id}).`,
+      );
   }
 
   private checkVmdk(head: Buffer, fileSize: number | null): void {
@@ -209,6 +267,9 @@ class Inspector implements UploadInspector {
         `only monolithicSparse and streamOptimized vmdk images are accepted (this is ${ct ?? 'unknown'}).`,
       );
     if (desc.extents.length === 0) throw unsafe('the vmdk descriptor names no extent.');
+    const parent = desc.keys.get('parentFileNameHint');
+    if (parent !== undefined && parent !== '')
+      throw unsafe(`the vmdk descriptor names a parent file ${show(parent)}.`);
     for (const x of desc.extents) {
       const f = x.filename ?? '';
       if (x.type !== 'SPARSE' || f.includes('/') || f.includes('\\') || f === '..' || f === '.')

@@ -21,6 +21,8 @@ export const DISK_FORMATS = [
   'vdi',
   'iso',
   'ploop',
+  // Beyond Glance: the engine's qed (see formats.ts).
+  'qed',
 ];
 export const CONTAINER_FORMATS = ['ami', 'ari', 'aki', 'bare', 'ovf', 'ova', 'docker', 'compressed'];
 export const IMAGE_STATUSES = [

@@ -10,6 +10,7 @@ import { createReadStream } from 'node:fs';
 import { type FileHandle, mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
+import type { ReadSource } from '../../core/host-file.js';
 import type { BlobStore, BlobWriter } from './store.js';
 
 // 1 MiB: as fast as larger writes into the page cache, and on this kind of VM some runs of
@@ -134,6 +135,20 @@ export class FsStore implements BlobStore {
 
   openFile(key: string): Promise<FileHandle> {
     return open(join(this.dir, checkKey(key)), 'r');
+  }
+
+  localPath(key: string): string {
+    return join(this.dir, checkKey(key));
+  }
+
+  async openRandom(key: string): Promise<ReadSource> {
+    const fh = await this.openFile(key);
+    const size = (await fh.stat()).size;
+    return {
+      size,
+      read: async (buf, offset) => (await fh.read(buf, 0, buf.length, offset)).bytesRead,
+      close: () => fh.close(),
+    };
   }
 
   async size(key: string): Promise<number | null> {

@@ -19,6 +19,8 @@ import { PassThrough, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { VdiskError } from '../../core/errors.js';
+import type { ReadSource } from '../../core/host-file.js';
+import { cachedSource } from './random.js';
 import type { BlobStore, BlobWriter } from './store.js';
 
 const KEY_RE = /^[A-Za-z0-9._-]+$/;
@@ -315,6 +317,36 @@ export class S3Store implements BlobStore {
       // pipeline destroys `out` with the error: the reader sees it
     });
     return out;
+  }
+
+  /** Bytes [start, end) of a blob in one ranged GetObject, read into one buffer. */
+  async readRange(key: string, start: number, end: number): Promise<Buffer> {
+    const out = Buffer.allocUnsafe(end - start);
+    if (end <= start) return out;
+    const r = await this.client.send(
+      new this.s3.GetObjectCommand({
+        Bucket: this.location.bucket,
+        Key: this.key(key),
+        Range: `bytes=${start}-${end - 1}`,
+      }),
+    );
+    if (r.Body === undefined) throw new Error(`GetObject ${key} returned no body`);
+    let got = 0;
+    for await (const chunk of r.Body as Readable) {
+      const b = chunk as Buffer;
+      if (got + b.length > out.length) throw new Error(`GetObject ${key}: more bytes than the range asked`);
+      b.copy(out, got);
+      got += b.length;
+    }
+    if (got !== out.length)
+      throw new Error(`GetObject ${key}: ${got} bytes of the ${out.length} asked at ${start}`);
+    return out;
+  }
+
+  async openRandom(key: string): Promise<ReadSource> {
+    const size = await this.size(key);
+    if (size === null) throw new Error(`blob '${key}' does not exist`);
+    return cachedSource({ size, fetch: (start, end) => this.readRange(key, start, end) });
   }
 
   async size(key: string): Promise<number | null> {

@@ -6,6 +6,7 @@
  */
 import type { FileHandle } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
+import type { ReadSource } from '../../core/host-file.js';
 
 export interface BlobWriter {
   /**
@@ -31,6 +32,13 @@ export interface BlobStore {
    * going through a stream that allocates a buffer per read.
    */
   openFile?(key: string): Promise<FileHandle>;
+  /**
+   * The blob for random reads (the engine opens images that live in the store through it:
+   * exports, flattens). Throws when the blob does not exist.
+   */
+  openRandom(key: string): Promise<ReadSource>;
+  /** Optional, for stores on the local filesystem: the blob's path (read-only use). */
+  localPath?(key: string): string;
   delete(key: string): Promise<void>;
   list(): AsyncIterable<string>;
   /** Remove temporary objects of uploads that never committed. */

@@ -1,0 +1,140 @@
+/**
+ * Random access over an object store that reads by ranges (S3's ranged GetObject): the
+ * engine opens a blob as a read-only file (HostFile.fromSource) and reads headers, tables and
+ * data from it without downloading the object first.
+ *
+ * Reads go through a small cache of aligned blocks (1 MiB): the drivers' many small metadata
+ * reads (a header, an L2 table) cost one request per block, not one each. Consecutive misses
+ * in one read are fetched with one request. When reads walk forward (an export, a flatten),
+ * the next blocks are fetched ahead of need, one request of `readAhead` bytes in flight, so
+ * the store's latency hides behind the consumer's work. Memory per open blob: the cache
+ * (`cacheBlocks` blocks) plus the read-ahead in flight.
+ */
+import type { ReadSource } from '../../core/host-file.js';
+
+export interface RangeReader {
+  readonly size: number;
+  /** Bytes [start, end) of the object (end ≤ size), exactly. */
+  fetch(start: number, end: number): Promise<Buffer>;
+  close?(): Promise<void>;
+}
+
+export interface CachedSourceOptions {
+  block?: number;
+  /** Blocks kept (least recently used go first). */
+  cacheBlocks?: number;
+  /** Bytes fetched ahead when reads walk forward (0: none). */
+  readAhead?: number;
+  /** Largest single request. */
+  maxRequest?: number;
+}
+
+const MiB = 1 << 20;
+
+export function cachedSource(r: RangeReader, opts: CachedSourceOptions = {}): ReadSource {
+  const block = opts.block ?? MiB;
+  const capacity = Math.max(4, opts.cacheBlocks ?? 24);
+  const readAhead = opts.readAhead ?? 8 * MiB;
+  const maxRequest = opts.maxRequest ?? 16 * MiB;
+  const size = r.size;
+  const blocks = Math.ceil(size / block);
+  /** Block index → its bytes (insertion order is the LRU order). */
+  const cache = new Map<number, Promise<Buffer>>();
+  let nextExpected = -1;
+  let closed = false;
+
+  const touch = (i: number): Promise<Buffer> | undefined => {
+    const p = cache.get(i);
+    if (p !== undefined) {
+      cache.delete(i);
+      cache.set(i, p);
+    }
+    return p;
+  };
+  const evict = () => {
+    while (cache.size > capacity) {
+      const oldest = cache.keys().next().value as number;
+      cache.delete(oldest);
+    }
+  };
+  /** One request for blocks [first, last], each block's promise cached. */
+  const load = (first: number, last: number) => {
+    const start = first * block;
+    const end = Math.min(size, (last + 1) * block);
+    const all = r.fetch(start, end);
+    for (let i = first; i <= last; i++) {
+      const off = (i - first) * block;
+      const p = all.then((b) => b.subarray(off, Math.min(off + block, b.length)));
+      // A failed request is forgotten, so that a later read tries again.
+      p.catch(() => {
+        if (cache.get(i) === p) cache.delete(i);
+      });
+      cache.set(i, p);
+    }
+    evict();
+  };
+  /** Fetch the missing blocks of [first, last], consecutive misses in one request each. */
+  const ensure = (first: number, last: number) => {
+    let i = first;
+    const maxBlocks = Math.max(1, Math.floor(maxRequest / block));
+    while (i <= last) {
+      if (cache.has(i)) {
+        i++;
+        continue;
+      }
+      let j = i;
+      while (j + 1 <= last && !cache.has(j + 1) && j + 1 - i < maxBlocks) j++;
+      load(i, j);
+      i = j + 1;
+    }
+  };
+
+  return {
+    size,
+    async read(buf: Uint8Array, offset: number): Promise<number> {
+      if (closed) throw new Error('read from a closed blob');
+      if (offset >= size || buf.length === 0) return 0;
+      const n = Math.min(buf.length, size - offset);
+      const first = Math.floor(offset / block);
+      const last = Math.floor((offset + n - 1) / block);
+      const sequential = first === nextExpected || first === nextExpected - 1;
+      nextExpected = last + 1;
+      // A read larger than half the cache goes to the store directly, around the cache.
+      if (last - first + 1 > capacity / 2) {
+        const b = await r.fetch(offset, offset + n);
+        buf.set(b.subarray(0, n), 0);
+        return n;
+      }
+      ensure(first, last);
+      const parts: Promise<Buffer>[] = [];
+      for (let i = first; i <= last; i++) parts.push(touch(i)!);
+      // Walking forward: keep `readAhead` bytes beyond this read requested, one request for
+      // the part of the window that is not cached yet.
+      if (sequential && readAhead > 0 && last + 1 < blocks) {
+        const aheadEnd = Math.min(blocks - 1, last + Math.ceil(readAhead / block));
+        if (!cache.has(aheadEnd)) {
+          let from = last + 1;
+          while (from <= aheadEnd && cache.has(from)) from++;
+          if (from <= aheadEnd) ensure(from, aheadEnd);
+        }
+      }
+      let done = 0;
+      for (let k = 0; k < parts.length; k++) {
+        const b = await parts[k]!;
+        const blockStart = (first + k) * block;
+        const from = Math.max(offset, blockStart) - blockStart;
+        const to = Math.min(offset + n, blockStart + b.length) - blockStart;
+        buf.set(b.subarray(from, to), done);
+        done += to - from;
+      }
+      return done;
+    },
+    async close() {
+      closed = true;
+      const pending = [...cache.values()];
+      cache.clear();
+      await Promise.allSettled(pending);
+      await r.close?.();
+    },
+  };
+}
