@@ -206,7 +206,11 @@ describe('hostile uploads are refused with 415 and leave nothing behind', () => 
     await expectRefused(data, 'qcow2', /not in disk_format qcow2 \(it is qed\)/);
     await expectRefused(data, 'raw', /not in disk_format raw \(it is qed\)/);
     const overlay = await made('o.qed', '-f', 'qed', '-b', '/etc/passwd', '-F', 'raw');
-    await expectRefused(overlay, 'qed', /the qed image names a backing file "\/etc\/passwd"; to upload an overlay/);
+    await expectRefused(
+      overlay,
+      'qed',
+      /the qed image names a backing file "\/etc\/passwd"; to upload an overlay/,
+    );
   });
 
   it('vmdk naming a parent file', async () => {
