@@ -3,7 +3,11 @@
  * and admin, against every image and member endpoint, each cell on a fresh shared image so
  * that no cell depends on another. Expected answers are Glance 25's (default policies).
  */
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { qemuImgOk } from '../test/oracle.js';
 import { ADMIN_PASSWORD, Api, addProjectUser, startTestServer, type TestServer } from './test/harness.js';
 
 let ts: TestServer;
@@ -81,6 +85,17 @@ const cells: Cell[] = [
     name: 'GET file',
     call: (api, id) => api.req('GET', `/v2/images/${id}/file`),
     expect: M(200, 200, 200, 200, 404, 200),
+  },
+  {
+    name: 'GET export',
+    call: (api, id) => api.req('GET', `/v2/images/${id}/export?disk_format=qcow2`),
+    expect: M(200, 200, 200, 200, 404, 200),
+  },
+  {
+    // Into the caller's own project: whoever may read the data may make a master of it.
+    name: 'POST flatten',
+    call: (api, id) => api.req('POST', `/v2/images/${id}/actions/flatten`, { name: 'mine' }),
+    expect: M(202, 202, 202, 202, 404, 202),
   },
   {
     name: 'PUT file (already active)',
@@ -224,6 +239,55 @@ describe('authorization matrix on a shared image', () => {
     expect((await who['owner']!.req('GET', `/v2/images/${id}/file`)).status).toBe(403);
     expect((await who['accepted']!.req('GET', `/v2/images/${id}/file`)).status).toBe(403);
     expect((await who['admin']!.req('GET', `/v2/images/${id}/file`)).status).toBe(200);
+  });
+
+  it('overlays across projects: members need the master; export and flatten need it too', async () => {
+    const owner = who['owner']!;
+    const master = await fixture();
+    // An overlay of the shared master (a qcow2 naming any backing file; the name is ignored).
+    const dir = mkdtempSync(join(tmpdir(), 'vdisk-authz-'));
+    try {
+      qemuImgOk(['create', '-f', 'qcow2', '-b', 'x', '-F', 'raw', '-u', join(dir, 'o.qcow2'), '4096']);
+      const ov = await owner.createImage({
+        disk_format: 'qcow2',
+        container_format: 'bare',
+        backing_image_id: master,
+      });
+      expect(await owner.upload(ov.id, readFileSync(join(dir, 'o.qcow2')))).toBe(204);
+      for (const a of ['pending', 'accepted', 'rejected'] as const)
+        expect(
+          (await owner.req('POST', `/v2/images/${ov.id}/members`, { member: who[a]!.projectId })).status,
+        ).toBe(200);
+      const exportOf = async (a: Actor) =>
+        (await who[a]!.req('GET', `/v2/images/${ov.id}/export?disk_format=raw`)).status;
+      const got: Record<string, number> = {};
+      for (const a of ACTORS) got[a] = await exportOf(a);
+      expect(got).toEqual(M(200, 200, 200, 200, 404, 200));
+      // The master is unshared with 'accepted': the overlay's own bytes still, not its export.
+      expect(
+        (await owner.req('DELETE', `/v2/images/${master}/members/${who['accepted']!.projectId}`)).status,
+      ).toBe(204);
+      expect((await who['accepted']!.req('GET', `/v2/images/${ov.id}/file`)).status).toBe(200);
+      expect(await exportOf('accepted')).toBe(403);
+      expect((await who['accepted']!.req('POST', `/v2/images/${ov.id}/actions/flatten`, {})).status).toBe(
+        403,
+      );
+      // A new member that cannot see the master is refused (409), one that can is added.
+      const add = await owner.req('POST', `/v2/images/${ov.id}/members`, { member: who['other']!.projectId });
+      expect(add.status).toBe(409);
+      expect(
+        (await owner.req('POST', `/v2/images/${master}/members`, { member: who['other']!.projectId })).status,
+      ).toBe(200);
+      expect(
+        (await owner.req('POST', `/v2/images/${ov.id}/members`, { member: who['other']!.projectId })).status,
+      ).toBe(200);
+      expect(await exportOf('other')).toBe(200);
+      // The master cannot go while the overlay needs it, whoever asks.
+      expect((await owner.req('DELETE', `/v2/images/${master}`)).status).toBe(409);
+      expect((await who['admin']!.req('DELETE', `/v2/images/${master}`)).status).toBe(409);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('no token or a revoked token: 401', async () => {

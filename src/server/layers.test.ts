@@ -5,8 +5,9 @@
  * another master; the rules on masters (upload checks, loops, depth, delete, members,
  * visibility, deactivation) are checked cell by cell.
  */
-import { createHash } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { qemuImg, qemuImgOk, qemuIo, tempDir } from '../test/oracle.js';
@@ -433,6 +434,61 @@ describe('flatten', () => {
       expect(tasks.json.tasks[0].message).toContain('exceeds the quota');
     } finally {
       await quota.stop();
+    }
+  });
+
+  it('a server killed during a flatten leaves no half image: after restart it is queued, the task failed, no blob', async () => {
+    const data = join(dir, 'crash');
+    const bin = join(process.cwd(), 'bin', 'vdisk');
+    const start = () => {
+      const child = spawn(
+        process.execPath,
+        [bin, 'serve', '--port', '0', '--data-dir', data, '--admin-password', 'k'],
+        { stdio: ['ignore', 'ignore', 'pipe'] },
+      );
+      return new Promise<{ child: typeof child; url: string; err: () => string }>((resolve, reject) => {
+        let err = '';
+        child.stderr.on('data', (d: Buffer) => {
+          err += d.toString();
+          const m = /listening on (http:\/\/\S+)/.exec(err);
+          if (m) resolve({ child, url: m[1]!, err: () => err });
+        });
+        child.on('exit', (code) => reject(new Error(`serve exited ${code}: ${err}`)));
+      });
+    };
+    // Enough incompressible data that the flatten is still running when the server dies.
+    const big = randomBytes(256 * MiB);
+    big.fill(0, 510, 512);
+    let s = await start();
+    let a = await Api.login(s.url, 'admin', 'k', 'admin');
+    const m = await a.createImage({ disk_format: 'raw', container_format: 'bare' });
+    expect(await a.upload(m.id, big)).toBe(204);
+    const f = await a.req('POST', `/v2/images/${m.id}/actions/flatten`, { name: 'half' });
+    expect(f.status).toBe(202);
+    // Killed while its task runs (a moment after the 202: the job has started).
+    await new Promise((r) => setTimeout(r, 50));
+    expect((await a.req('GET', `/v2/images/${f.json.id}`)).json.status).toBe('importing');
+    s.child.kill('SIGKILL');
+    await new Promise((r) => s.child.once('exit', r));
+    s = await start();
+    try {
+      expect(s.err()).toMatch(/recovered 1 interrupted import/);
+      a = await Api.login(s.url, 'admin', 'k', 'admin');
+      const img = (await a.req('GET', `/v2/images/${f.json.id}`)).json;
+      expect(img.status).toBe('queued');
+      expect(img.size).toBeNull();
+      expect(img.os_glance_import_task).toBeUndefined();
+      const tasks = (await a.req('GET', `/v2/images/${f.json.id}/tasks`)).json.tasks;
+      expect(tasks[0].status).toBe('failure');
+      // The store holds the master and nothing else: no blob, no temporary of the flatten.
+      expect(readdirSync(join(data, 'images')).filter((n) => n !== '.tmp')).toEqual([m.id]);
+      expect(readdirSync(join(data, 'images', '.tmp'))).toEqual([]);
+      // And the same flatten runs to the end on the restarted server.
+      const again = await a.req('POST', `/v2/images/${m.id}/actions/flatten`, { name: 'whole' });
+      expect((await waitActive(a, again.json.id))['status']).toBe('active');
+    } finally {
+      s.child.kill('SIGTERM');
+      await new Promise((r) => s.child.once('exit', r));
     }
   });
 });
