@@ -106,7 +106,20 @@ export interface SeqSource {
    * The backing file the output names (its HOLE blocks fall through to it); absent for a
    * standalone output, whose map then has no ZERO blocks.
    */
-  readonly backing?: { filename: string; format: string; size: number } | undefined;
+  readonly backing?: SeqBacking | undefined;
+}
+
+/** The backing file a layered output names, and the opened image behind that name. */
+export interface SeqBacking {
+  filename: string;
+  format: string;
+  size: number;
+  /**
+   * The backing image itself, for formats that record something of their parent (vmdk: its
+   * CID). Writers read it from here and never open `filename`, which may not be a local path;
+   * a writer that needs it refuses a source without it.
+   */
+  image?: Image | undefined;
 }
 
 /** A sequential image: its length when known before the first byte, and its bytes in order. */
@@ -209,7 +222,9 @@ export function imageSeqSource(image: Image, opts: ImageSeqOptions): SeqSource {
   const layered = !opts.flatten && image.backing !== null;
   if (layered && opts.backing === undefined)
     throw new VdiskError('INVALID_ARGUMENT', 'a layered output needs the name of its backing file');
-  const backing = layered ? { ...opts.backing!, size: image.backing!.size } : undefined;
+  const backing = layered
+    ? { ...opts.backing!, size: image.backing!.size, image: image.backing! }
+    : undefined;
   const read = (buf: Uint8Array, offset: number) => image.readAt(buf, offset);
   return {
     size: image.size,
@@ -342,7 +357,7 @@ export function diffSeqSource(
   };
   return {
     size: image.size,
-    backing: { ...backing, size: base.size },
+    backing: { ...backing, size: base.size, image: base },
     read: (buf, offset) => image.readAt(buf, offset),
     async map(granularity: number): Promise<BlockMap> {
       if (granularity < 512 || (granularity & (granularity - 1)) !== 0)

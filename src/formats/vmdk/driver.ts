@@ -40,4 +40,7 @@ export const vmdkDriver: FormatDriver = {
     return openVmdk(file, opts);
   },
   create: createVmdk,
+  async createSequential(src, options) {
+    return (await import('./stream.js')).createVmdkSequential(src, options);
+  },
 };

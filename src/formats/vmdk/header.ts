@@ -103,7 +103,8 @@ export interface NewSparseHeader {
   descSize: number;
   gtEntries: number;
   rgdOffset: number;
-  gdOffset: number;
+  /** A sector, or VMDK4_GD_AT_END in a stream's header. */
+  gdOffset: number | bigint;
   grainOffset: number;
   compressAlgorithm: number;
 }
@@ -126,6 +127,24 @@ export function encodeVmdk4(h: NewSparseHeader): Uint8Array {
   // filler byte, then the newline-detection check bytes "\n \r\n".
   buf.set([0x0a, 0x20, 0x0d, 0x0a], 73);
   v.setUint16(77, h.compressAlgorithm, true);
+  return buf;
+}
+
+/** A metadata marker sector of a stream: the sectors of what follows it (u64), size 0, its type. */
+export function encodeMarker(sectors: number, type: number): Uint8Array {
+  const buf = new Uint8Array(SECTOR);
+  const v = new DataView(buf.buffer);
+  v.setBigUint64(0, BigInt(sectors), true);
+  v.setUint32(12, type, true);
+  return buf;
+}
+
+/** The end of a stream, as decodeFooter reads it: footer marker, `header`, end-of-stream marker. */
+export function encodeFooter(header: Uint8Array): Uint8Array {
+  const buf = new Uint8Array(3 * SECTOR);
+  buf.set(encodeMarker(1, MARKER_FOOTER), 0);
+  buf.set(header, SECTOR);
+  // The end-of-stream marker is a sector of zeros (value 0, size 0, type 0).
   return buf;
 }
 

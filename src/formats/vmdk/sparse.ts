@@ -20,14 +20,15 @@ import { SECTOR, type SparseHeader, VMDK4_FLAG_MARKER, VMDK4_FLAG_ZERO_GRAIN } f
 
 const inflate = promisify(inflateCb);
 
-const GTE_ZEROED = 1;
+/** The grain-table entry of a zeroed grain (with the zeroed-grain feature). */
+export const GTE_ZEROED = 1;
 /** Bytes of grain tables kept in memory per extent. */
 const GT_CACHE_BYTES = 16 << 20;
 /** QEMU's limits (vmdk_add_extent). */
 const MAX_GRAIN_SECTORS = 0x200000;
 const MAX_GD_ENTRIES = 32 * 1024 * 1024;
 /** GT entries are 32-bit sector numbers. */
-const MAX_SECTOR = 0xffffffff;
+export const MAX_SECTOR = 0xffffffff;
 const MARKER_BYTES = 12;
 /** Grain tables read at once when they follow each other on disk. */
 const READ_AHEAD_TABLES = 64;
@@ -681,23 +682,9 @@ export class SparseExtent implements VmdkExtent {
       });
   }
 
-  /** Marker + zlib data, padded to whole sectors. */
-  private async pack(grain: Uint8Array, g: number): Promise<Uint8Array> {
-    // One output chunk as large as the grain: one trip to the thread pool per grain.
-    const release = await packSlot();
-    let z: Uint8Array;
-    try {
-      z = await deflateZlib(grain);
-    } finally {
-      release();
-    }
-    const out = new Uint8Array(Math.ceil((MARKER_BYTES + z.length) / SECTOR) * SECTOR);
-    const v = new DataView(out.buffer);
+  private pack(grain: Uint8Array, g: number): Promise<Uint8Array> {
     // The grain's LBA in the whole disk, as QEMU writes it.
-    v.setBigUint64(0, BigInt((this.start + g * this.grainSize) / SECTOR), true);
-    v.setUint32(8, z.length, true);
-    out.set(z, MARKER_BYTES);
-    return out;
+    return packGrain(grain, (this.start + g * this.grainSize) / SECTOR);
   }
 
   private async appendGrain(g: number, packed: Uint8Array): Promise<void> {
@@ -793,6 +780,28 @@ export class SparseExtent implements VmdkExtent {
     // Tables are written as they change; wait for allocations in flight.
     await this.alloc.run(async () => {});
   }
+}
+
+/**
+ * A grain as a compressed extent stores it: its marker (the grain's LBA in the whole disk, u64,
+ * and the zlib data's length, u32), the zlib data, zeros up to a whole sector. Compressed on
+ * libuv's pool (one output chunk as large as the grain: one trip per grain), at most
+ * MAX_PACKING at once process-wide.
+ */
+export async function packGrain(grain: Uint8Array, lba: number): Promise<Uint8Array> {
+  const release = await packSlot();
+  let z: Uint8Array;
+  try {
+    z = await deflateZlib(grain);
+  } finally {
+    release();
+  }
+  const out = new Uint8Array(Math.ceil((MARKER_BYTES + z.length) / SECTOR) * SECTOR);
+  const v = new DataView(out.buffer);
+  v.setBigUint64(0, BigInt(lba), true);
+  v.setUint32(8, z.length, true);
+  out.set(z, MARKER_BYTES);
+  return out;
 }
 
 function padTo(buf: Uint8Array, size: number): Uint8Array {
