@@ -33,6 +33,7 @@ import { cpus, tmpdir, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseSize } from '../core/size.js';
+import { type ExportFigures, exportBench } from './export.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const MiB = 1 << 20;
@@ -44,6 +45,8 @@ const GLANCE = process.env['BENCH_GLANCE'] ?? 'auto';
 const THREADS = process.env['BENCH_SERVER_THREADS'] === '1';
 const NODE_ARGS = (process.env['BENCH_SERVER_NODE_ARGS'] ?? '').split(' ').filter((s) => s !== '');
 const ADMIN_PASSWORD = 'bench-secret';
+const EXPORT = process.env['BENCH_EXPORT'] !== '0';
+const EXPORT_SIZE = parseSize(process.env['BENCH_EXPORT_SIZE'] ?? '2G') ?? 2 ** 31;
 
 /** 64 MiB of random data, sent again and again (the store sees SIZE distinct writes). */
 const BLOCK = randomBytes(Math.min(64 * MiB, SIZE));
@@ -618,6 +621,7 @@ async function main() {
   const base = process.env['BENCH_DIR'] ?? tmpdir();
   const dir = mkdtempSync(join(base, 'vdisk-bench-server-'));
   const results: Record<string, Figures> = {};
+  let exported: ExportFigures | null = null;
   let glanceWhy: string | null = null;
   const targets: Target[] = [];
   try {
@@ -646,6 +650,15 @@ async function main() {
       for (const t of order) await transferRound(t, i, hashes, runs.get(t)!);
     }
     for (const t of targets) results[t.name] = await measure(t, runs.get(t)!);
+    if (EXPORT) {
+      const v = targets[0]!;
+      exported = await exportBench(
+        { url: v.url, pid: v.pid, headers: v.headers, adminPassword: ADMIN_PASSWORD },
+        dir,
+        { size: EXPORT_SIZE, repeat: REPEAT, resetPeak, peakRss },
+        (s) => process.stderr.write(s),
+      );
+    }
   } finally {
     for (const t of targets) await t.stop();
     rmSync(dir, { recursive: true, force: true });
@@ -727,6 +740,32 @@ async function main() {
   );
   console.log(table(rows));
   if (glanceWhy !== null) console.log(`\nGlance not measured: ${glanceWhy}`);
+  if (exported !== null) {
+    const e = exported;
+    const v = median(e.vdisk);
+    const today = e.today.map((x) => x.save + x.convert);
+    const t = median(today);
+    console.log(
+      `\nExport of a ${e.size / MiB} MiB qcow2 (${fmt(e.dataBytes / MiB)} MiB of /usr's files) as a streamOptimized vmdk, median of ${e.vdisk.length}:\n`,
+    );
+    console.log(
+      table([
+        ['', 'seconds', 'output (MiB)'],
+        [
+          'vdisk: GET /v2/images/{id}/export?disk_format=vmdk&subformat=streamOptimized',
+          fmt(v, 1),
+          fmt(e.outBytes.vdisk / MiB),
+        ],
+        [
+          'today: openstack image save, then qemu-img convert -O vmdk -o subformat=streamOptimized',
+          `${fmt(t, 1)} (${fmt(median(e.today.map((x) => x.save)), 1)} + ${fmt(median(e.today.map((x) => x.convert)), 1)})`,
+          fmt(e.outBytes.qemu / MiB),
+        ],
+        ['vdisk / today (time)', `${fmt(v / t, 2)}×`, ''],
+        ['peak RSS of vdisk serve during the export (MiB)', String(e.rss ?? '?'), ''],
+      ]),
+    );
+  }
 }
 
 main().catch((err) => {
