@@ -13,6 +13,7 @@ import { deflateRaw } from 'node:zlib';
 import { inflateCluster } from '../../core/deflate.js';
 import type { Extent } from '../../core/device.js';
 import type {
+  CreateOptions,
   CreateRequest,
   DriverContext,
   DriverOpenOptions,
@@ -352,20 +353,30 @@ async function openQcow(file: HostFile, opts: DriverOpenOptions): Promise<Format
   return img;
 }
 
-async function createQcow(req: CreateRequest): Promise<void> {
+/**
+ * The header of a new image and the backing file name that follows it, as qcow_co_create lays
+ * them out: 4 KiB clusters and 512-entry L2 tables alone; 512-byte clusters and 4096-entry L2
+ * tables over a backing file; the L1 table after the name, 8-byte aligned.
+ */
+export function newQcowHeader(
+  options: CreateOptions,
+  reqSize: number,
+  backing: FileRef | undefined,
+): { header: QcowHeader; name: Buffer | null } {
   for (const k of ['encryption', 'encrypt.format', 'encrypt.key-secret']) {
-    if (req.options[k] !== undefined && req.options[k] !== 'off') {
+    if (options[k] !== undefined && options[k] !== 'off') {
       throw new VdiskError('UNSUPPORTED', 'qcow (v1) AES encryption is not supported yet');
     }
   }
-  const name = req.backing !== undefined ? Buffer.from(req.backing.filename) : null;
-  // As QEMU: 4 KiB clusters and 512-entry L2 tables alone; 512-byte clusters and 4096-entry L2
-  // tables over a backing file.
+  // As qcow_co_create (qemu could not open it: qcow_open wants at least 2 bytes).
+  if (reqSize === 0)
+    throw new VdiskError('INVALID_ARGUMENT', 'Image size is too small, cannot be zero length');
+  const name = backing !== undefined ? Buffer.from(backing.filename) : null;
   const h: QcowHeader = {
     backingOffset: name !== null ? HEADER_BYTES : 0,
     backingSize: name?.length ?? 0,
     mtime: 0,
-    size: Math.ceil(req.size / 512) * 512,
+    size: Math.ceil(reqSize / 512) * 512,
     clusterBits: name !== null ? 9 : 12,
     l2Bits: name !== null ? 12 : 9,
     cryptMethod: 0,
@@ -374,11 +385,19 @@ async function createQcow(req: CreateRequest): Promise<void> {
   };
   h.l1Offset = Math.ceil((HEADER_BYTES + h.backingSize) / 8) * 8;
   h.l1Size = Math.ceil(h.size / 2 ** (h.clusterBits + h.l2Bits));
+  return { header: h, name };
+}
+
+/** The L1 table as qcow_co_create writes it: zeros, in whole sectors. */
+export const l1TableBytes = (h: QcowHeader): number => Math.ceil((h.l1Size * 8) / 512) * 512;
+
+async function createQcow(req: CreateRequest): Promise<void> {
+  const { header: h, name } = newQcowHeader(req.options, req.size, req.backing);
   const file = await HostFile.open(req.path, { create: true });
   try {
     await file.write(encodeHeader(h), 0);
     if (name !== null) await file.write(name, HEADER_BYTES);
-    await file.write(new Uint8Array(Math.ceil((h.l1Size * 8) / 512) * 512), h.l1Offset);
+    await file.write(new Uint8Array(l1TableBytes(h)), h.l1Offset);
   } finally {
     await file.close();
   }
@@ -405,4 +424,7 @@ export const qcowDriver: FormatDriver = {
   ],
   open: openQcow,
   create: createQcow,
+  async createSequential(src, options) {
+    return (await import('./stream.js')).createQcowSequential(src, options);
+  },
 };

@@ -29,7 +29,7 @@ function u64(v: DataView, at: number, what: string): number {
   return hi * 2 ** 32 + v.getUint32(at + 4);
 }
 
-function setU64(v: DataView, at: number, n: number): void {
+export function setU64(v: DataView, at: number, n: number): void {
   v.setUint32(at, Math.floor(n / 2 ** 32));
   v.setUint32(at + 4, n % 2 ** 32);
 }

@@ -36,6 +36,7 @@ import {
   V3_HEADER_LENGTH,
 } from './header.js';
 import { type Qcow2Image, readL1 } from './image.js';
+import { setRefcountIn } from './refcount.js';
 
 const COPIED_HI = 0x80000000;
 const COMPRESSED_HI = 0x40000000;
@@ -383,23 +384,6 @@ async function expandZeroClusters(img: Qcow2Image, progress: OperationProgress):
   }
 }
 
-/** Set entry i of a refcount block of `bits`-wide entries. */
-function setRefcount(buf: Uint8Array, bits: number, i: number, value: number): void {
-  if (bits < 8) {
-    const per = 8 / bits;
-    const byte = Math.floor(i / per);
-    const shift = (i % per) * bits;
-    const mask = ((1 << bits) - 1) << shift;
-    buf[byte] = (buf[byte]! & ~mask) | ((value << shift) & mask);
-    return;
-  }
-  const v = new DataView(buf.buffer, buf.byteOffset, buf.length);
-  if (bits === 8) buf[i] = value;
-  else if (bits === 16) v.setUint16(2 * i, value);
-  else if (bits === 32) v.setUint32(4 * i, value);
-  else setU64(v, 8 * i, value);
-}
-
 /**
  * QEMU's qcow2_change_refcount_order: a complete new refcount table and blocks at the new
  * width, placed past every cluster in use, then the header switched to them in one write. The
@@ -470,7 +454,7 @@ async function changeRefcountOrder(
       const last = Math.min(first + perBlock, areaEnd);
       for (let c = first; c < last; ) {
         if (c >= end) {
-          setRefcount(buf, newBits, c - first, 1);
+          setRefcountIn(buf, c - first, 1, newBits);
           c++;
           continue;
         }
@@ -492,7 +476,7 @@ async function changeRefcountOrder(
               `Cannot decrease refcount entry width to ${newBits} bits: Cluster at offset 0x${(c * cs).toString(16)} has a refcount of ${r}`,
             );
           }
-          setRefcount(buf, newBits, c - first, r);
+          setRefcountIn(buf, c - first, r, newBits);
         }
       }
       const at = (end + b) * cs;

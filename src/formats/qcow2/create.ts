@@ -3,7 +3,7 @@
  * laid out as qemu lays it out (header, refcount table, refcount block, L1 table, then
  * preallocated metadata and data): `disk size`, `info` and `check` then agree with qemu's.
  */
-import type { CreateOptionSpec, CreateRequest } from '../../core/driver.js';
+import type { CreateOptionSpec, CreateRequest, FileRef } from '../../core/driver.js';
 import { VdiskError } from '../../core/errors.js';
 import { HostFile } from '../../core/host-file.js';
 import { parseBoolOption } from '../../core/options.js';
@@ -224,40 +224,10 @@ async function writeImage(
   l1Size: number,
   req: CreateRequest,
 ): Promise<void> {
-  const extensions: HeaderExtension[] = [];
-  if (req.backing?.format !== undefined) {
-    extensions.push({ type: EXT_BACKING_FORMAT, data: Buffer.from(req.backing.format, 'latin1') });
-  }
-  if (s.dataFile !== undefined)
-    extensions.push({ type: EXT_DATA_FILE, data: Buffer.from(s.dataFile, 'latin1') });
-  // QEMU 7.2 writes the feature name table only for clusters above 4 KiB (measured: none
-  // with 512 B .. 4 KiB clusters, present from 8 KiB).
-  if (s.version === 3 && cs > 4096) extensions.push(featureTableExtension());
-  const header: Qcow2Header = {
-    version: s.version,
-    backingFileOffset: 0,
-    backingFileSize: 0,
-    clusterBits: s.clusterBits,
-    size,
-    cryptMethod: 0,
-    l1Size: 0,
-    l1TableOffset: 0,
-    refcountTableOffset: cs,
-    refcountTableClusters: 1,
-    nbSnapshots: 0,
-    snapshotsOffset: 0,
-    incompatible:
-      (s.dataFile !== undefined ? INCOMPAT_DATA_FILE : 0) |
-      (s.compressionType !== 0 ? INCOMPAT_COMPRESSION : 0) |
-      (s.extendedL2 ? INCOMPAT_EXTL2 : 0),
-    compatible: s.lazyRefcounts ? COMPAT_LAZY_REFCOUNTS : 0,
-    autoclear: s.dataFileRaw ? AUTOCLEAR_DATA_FILE_RAW : 0,
-    refcountOrder: s.refcountOrder,
-    headerLength: 0,
-    compressionType: s.compressionType,
-    extensions,
-    backingFile: req.backing?.filename,
-  };
+  const header = newHeader(s, size, req.backing);
+  header.refcountTableOffset = cs;
+  header.refcountTableClusters = 1;
+  const extensions = header.extensions;
   // Cluster 0: header; cluster 1: refcount table; cluster 2: its first refcount block.
   const first = new Uint8Array(3 * cs);
   first.set(encodeHeader({ ...header, l1Size: 0, l1TableOffset: 0 }), 0);
@@ -397,6 +367,47 @@ async function writeImage(
   // The final header, with every extension and the backing file name.
   const bytes = encodeHeader(header);
   await file.write(bytes, 0);
+}
+
+/**
+ * The header of a new image as qcow2_co_create writes it: its extensions in qemu's order, the
+ * backing file name; the tables (L1, refcount table) are the caller's to fill in.
+ */
+export function newHeader(s: Qcow2CreateSettings, size: number, backing: FileRef | undefined): Qcow2Header {
+  const extensions: HeaderExtension[] = [];
+  if (backing?.format !== undefined) {
+    extensions.push({ type: EXT_BACKING_FORMAT, data: Buffer.from(backing.format, 'latin1') });
+  }
+  if (s.dataFile !== undefined)
+    extensions.push({ type: EXT_DATA_FILE, data: Buffer.from(s.dataFile, 'latin1') });
+  // QEMU 7.2 writes the feature name table only for clusters above 4 KiB (measured: none
+  // with 512 B .. 4 KiB clusters, present from 8 KiB).
+  if (s.version === 3 && s.clusterBits > 12) extensions.push(featureTableExtension());
+  return {
+    version: s.version,
+    backingFileOffset: 0,
+    backingFileSize: 0,
+    clusterBits: s.clusterBits,
+    size,
+    cryptMethod: 0,
+    l1Size: 0,
+    l1TableOffset: 0,
+    refcountTableOffset: 0,
+    refcountTableClusters: 0,
+    nbSnapshots: 0,
+    snapshotsOffset: 0,
+    incompatible:
+      (s.dataFile !== undefined ? INCOMPAT_DATA_FILE : 0) |
+      (s.compressionType !== 0 ? INCOMPAT_COMPRESSION : 0) |
+      (s.extendedL2 ? INCOMPAT_EXTL2 : 0),
+    compatible: s.lazyRefcounts ? COMPAT_LAZY_REFCOUNTS : 0,
+    autoclear: s.dataFileRaw ? AUTOCLEAR_DATA_FILE_RAW : 0,
+    refcountOrder: s.refcountOrder,
+    headerLength: 0,
+    compressionType: s.compressionType,
+    extensions,
+    backingFile: backing?.filename,
+  };
 }
 
 async function preallocateFile(

@@ -1,4 +1,4 @@
-/** The qcow2 format driver: probe, open, create, measure. */
+/** The qcow2 format driver: probe, open, create (also sequentially), measure. */
 import type { FormatDriver } from '../../core/driver.js';
 import { QCOW2_AMEND_OPTIONS } from './amend-options.js';
 import { createQcow2, QCOW2_CREATE_OPTIONS } from './create.js';
@@ -11,6 +11,9 @@ export const qcow2Driver: FormatDriver = {
   probe: (head) => probeQcow2(head),
   open: (file, opts) => Qcow2Image.open(file, opts),
   create: (req) => createQcow2(req),
+  async createSequential(src, options) {
+    return (await import('./stream.js')).createQcow2Sequential(src, options);
+  },
   createOptions: QCOW2_CREATE_OPTIONS,
   supportsBacking: true,
   compressedWrites: true,

@@ -46,6 +46,37 @@ export function refcountMetadataSize(
   return { bytes: (blocks + table) * clusterSize, blocks };
 }
 
+/**
+ * Set entry i of a refcount block whose entries are `bits` wide: entries under a byte are
+ * packed from the low bits up, wider ones are big-endian (qcow2.rst, "refcount block").
+ */
+export function setRefcountIn(buf: Uint8Array, i: number, value: number, bits: number): void {
+  switch (bits) {
+    case 1:
+    case 2:
+    case 4: {
+      const per = 8 / bits;
+      const byte = Math.floor(i / per);
+      const shift = (i % per) * bits;
+      const mask = ((1 << bits) - 1) << shift;
+      buf[byte] = (buf[byte]! & ~mask) | ((value << shift) & mask);
+      return;
+    }
+    case 8:
+      buf[i] = value;
+      return;
+    case 16:
+      buf[2 * i] = value >>> 8;
+      buf[2 * i + 1] = value & 0xff;
+      return;
+    case 32:
+      new DataView(buf.buffer, buf.byteOffset).setUint32(4 * i, value);
+      return;
+    default:
+      setU64(new DataView(buf.buffer, buf.byteOffset), 8 * i, value);
+  }
+}
+
 const AGAIN = Symbol('again');
 
 export interface RefcountHost {
@@ -164,30 +195,7 @@ export class Refcounts {
   }
 
   setIn(buf: Uint8Array, i: number, value: number): void {
-    switch (this.bits) {
-      case 1:
-      case 2:
-      case 4: {
-        const per = 8 / this.bits;
-        const byte = Math.floor(i / per);
-        const shift = (i % per) * this.bits;
-        const mask = ((1 << this.bits) - 1) << shift;
-        buf[byte] = (buf[byte]! & ~mask) | ((value << shift) & mask);
-        return;
-      }
-      case 8:
-        buf[i] = value;
-        return;
-      case 16:
-        buf[2 * i] = value >>> 8;
-        buf[2 * i + 1] = value & 0xff;
-        return;
-      case 32:
-        new DataView(buf.buffer, buf.byteOffset).setUint32(4 * i, value);
-        return;
-      default:
-        setU64(new DataView(buf.buffer, buf.byteOffset), 8 * i, value);
-    }
+    setRefcountIn(buf, i, value, this.bits);
   }
 
   /** Refcount of a cluster (0 where no refcount block covers it). */

@@ -12,6 +12,7 @@
 import type { Extent } from '../../core/device.js';
 import type {
   CheckResult,
+  CreateOptions,
   CreateRequest,
   DriverContext,
   DriverOpenOptions,
@@ -408,9 +409,17 @@ async function openQed(file: HostFile, opts: DriverOpenOptions): Promise<FormatI
   return image;
 }
 
-export async function createQed(req: CreateRequest): Promise<void> {
-  const cs = req.options['cluster_size'] !== undefined ? parseSize(req.options['cluster_size']) : 65536;
-  const ts = req.options['table_size'] !== undefined ? parseSize(req.options['table_size']) : 4;
+/**
+ * The header of a new image from create's options (cluster_size, table_size), checked as qemu
+ * checks them, with the backing file name that follows it (stored at HEADER_BYTES).
+ */
+export function newQedHeader(
+  options: CreateOptions,
+  reqSize: number,
+  backing: FileRef | undefined,
+): { header: QedHeader; name: Buffer | null } {
+  const cs = options['cluster_size'] !== undefined ? parseSize(options['cluster_size']) : 65536;
+  const ts = options['table_size'] !== undefined ? parseSize(options['table_size']) : 4;
   const pow2 = (n: number) => n > 0 && (n & (n - 1)) === 0;
   if (cs === null || !pow2(cs) || cs < CLUSTER_MIN || cs > CLUSTER_MAX) {
     throw new VdiskError(
@@ -424,7 +433,7 @@ export async function createQed(req: CreateRequest): Promise<void> {
       `QED table size must be within range [1, ${TABLE_MAX}] and power of 2`,
     );
   }
-  const size = Math.ceil(req.size / 512) * 512;
+  const size = Math.ceil(reqSize / 512) * 512;
   const entries = (ts * cs) / 8;
   if (size > entries * entries * cs) {
     throw new VdiskError(
@@ -444,17 +453,24 @@ export async function createQed(req: CreateRequest): Promise<void> {
     backingNameOffset: 0,
     backingNameSize: 0,
   };
+  if (backing === undefined) return { header, name: null };
+  const name = Buffer.from(backing.filename);
+  if (HEADER_BYTES + name.length > cs)
+    throw new VdiskError('INVALID_ARGUMENT', 'Backing file name too long for QED');
+  // As qemu: a raw backing file is not probed (the no-probe feature); other formats are not stored.
+  header.features |= F_BACKING_FILE | (backing.format === 'raw' ? F_BACKING_FORMAT_NO_PROBE : 0);
+  header.backingNameOffset = HEADER_BYTES;
+  header.backingNameSize = name.length;
+  return { header, name };
+}
+
+export async function createQed(req: CreateRequest): Promise<void> {
+  const { header, name } = newQedHeader(req.options, req.size, req.backing);
+  const cs = header.clusterSize;
+  const ts = header.tableSize;
   const file = await HostFile.open(req.path, { create: true });
   try {
-    if (req.backing !== undefined) {
-      const name = Buffer.from(req.backing.filename);
-      if (HEADER_BYTES + name.length > cs)
-        throw new VdiskError('INVALID_ARGUMENT', 'Backing file name too long for QED');
-      header.features |= F_BACKING_FILE | (req.backing.format === 'raw' ? F_BACKING_FORMAT_NO_PROBE : 0);
-      header.backingNameOffset = HEADER_BYTES;
-      header.backingNameSize = name.length;
-      await file.write(name, HEADER_BYTES);
-    }
+    if (name !== null) await file.write(name, HEADER_BYTES);
     await file.write(encodeHeader(header), 0);
     await file.truncate(cs + ts * cs);
     // Allocate the header and the L1 table on the host, as QEMU's write of the empty table does.
@@ -476,4 +492,7 @@ export const qedDriver: FormatDriver = {
   ],
   open: openQed,
   create: createQed,
+  async createSequential(src, options) {
+    return (await import('./stream.js')).createQedSequential(src, options);
+  },
 };
