@@ -125,7 +125,8 @@ function run(cmd: string, args: string[], env?: NodeJS.ProcessEnv): number {
 function get(t: ExportTarget, path: string, file: string): Promise<number> {
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
-    request(`${t.url}${path}`, { headers: t.headers }, (res) => {
+    // A new connection each time: a kept-alive socket the server closes meanwhile would hang up.
+    request(`${t.url}${path}`, { headers: t.headers, agent: false }, (res) => {
       if (res.statusCode !== 200) return reject(new Error(`GET ${path}: ${res.statusCode}`));
       pipeline(res, createWriteStream(file)).then(() => resolve((performance.now() - t0) / 1000), reject);
     })
@@ -143,6 +144,7 @@ async function uploadFile(t: ExportTarget, file: string): Promise<string> {
   const id = ((await create.json()) as { id: string }).id;
   await new Promise<void>((resolve, reject) => {
     const req = request(`${t.url}/v2/images/${id}/file`, {
+      agent: false,
       method: 'PUT',
       headers: {
         ...t.headers,
