@@ -21,6 +21,7 @@ import {
   lstatSync,
   openSync,
   readdirSync,
+  readFileSync,
   readSync,
   statSync,
   writeSync,
@@ -44,6 +45,8 @@ export interface ExportFigures {
   vdisk: number[];
   today: { save: number; convert: number }[];
   rss: number | null;
+  /** The server's resident memory just before the exports (what it holds idle). */
+  rssBefore: number | null;
   outBytes: { vdisk: number; qemu: number };
 }
 
@@ -113,6 +116,16 @@ function makeRaw(path: string, size: number, data: number): number {
     closeSync(out);
   }
   return written;
+}
+
+/** VmRSS of a process, in MiB. */
+function currentRss(pid: number): number | null {
+  try {
+    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Math.round(Number(m[1]) / 1024) : null;
+  } catch {
+    return null;
+  }
 }
 
 function run(cmd: string, args: string[], env?: NodeJS.ProcessEnv): number {
@@ -198,10 +211,12 @@ export async function exportBench(
     vdisk: [],
     today: [],
     rss: null,
+    rssBefore: null,
     outBytes: { vdisk: 0, qemu: 0 },
   };
   const viaVdisk = async () => {
     const out = join(dir, 'export-vdisk.vmdk');
+    fig.rssBefore ??= currentRss(t.pid);
     o.resetPeak(t.pid);
     fig.vdisk.push(await get(t, `/v2/images/${id}/export?disk_format=vmdk&subformat=streamOptimized`, out));
     fig.rss = Math.max(fig.rss ?? 0, o.peakRss(t.pid) ?? 0);

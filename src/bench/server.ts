@@ -762,7 +762,11 @@ async function main() {
           fmt(e.outBytes.qemu / MiB),
         ],
         ['vdisk / today (time)', `${fmt(v / t, 2)}×`, ''],
-        ['peak RSS of vdisk serve during the export (MiB)', String(e.rss ?? '?'), ''],
+        [
+          'vdisk serve resident memory: before / peak during the export (MiB)',
+          `${e.rssBefore ?? '?'} / ${e.rss ?? '?'}`,
+          '',
+        ],
       ]),
     );
   }

@@ -523,9 +523,15 @@ describe.each(configs.map((c, i) => ({ ...c, i, name: `${c.db} + ${c.store}` }))
     for (const [query, fmt] of [
       ['disk_format=raw', 'raw'],
       ['disk_format=qcow2', 'qcow2'],
+      ['disk_format=qcow2&compress=true', 'qcow2'],
+      ['disk_format=qed', 'qed'],
+      ['disk_format=vmdk', 'vmdk'],
       ['disk_format=vmdk&subformat=streamOptimized', 'vmdk'],
       ['disk_format=vhd', 'vpc'],
+      ['disk_format=vhd&subformat=fixed', 'vpc'],
       ['disk_format=vdi', 'vdi'],
+      ['disk_format=vhdx', 'vhdx'],
+      ['disk_format=qcow', 'qcow'],
     ] as const) {
       const r = await fetch(`${server.url}/v2/images/${o2}/export?${query}`, {
         headers: { 'X-Auth-Token': alice.token },

@@ -75,4 +75,9 @@ export interface Services {
   settings: ServerSettings;
   /** A unique id of this server process (marks the uploads it is writing). */
   instanceId: string;
+  /**
+   * A local directory for this server's temporary files (conversions on import, exports of
+   * formats without a sequential writer): DATA_DIR/work, emptied at start.
+   */
+  workDir: string;
 }

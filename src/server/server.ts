@@ -7,7 +7,7 @@
  * flight finish (bounded), then closes the database cleanly.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, open } from 'node:fs/promises';
+import { mkdir, open, rm } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -95,6 +95,9 @@ async function openStore(spec: string | undefined, dataDir: string): Promise<Blo
 /** Repair what a crash left behind. */
 async function recover(svc: Services, log: (s: string) => void): Promise<void> {
   await svc.store.cleanup();
+  // What a crash left of conversions and spilled exports.
+  await rm(svc.workDir, { recursive: true, force: true });
+  await mkdir(svc.workDir, { recursive: true });
   const stuck = await svc.db
     .updateTable('images')
     .set({ status: 'queued', writer: null, updated_at: new Date() })
@@ -140,6 +143,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     store,
     settings: { ...defaultSettings(), ...opts.settings },
     instanceId: randomBytes(8).toString('hex'),
+    workDir: join(opts.dataDir, 'work'),
   };
   const identity = new Identity(svc);
   const generatedPassword = await identity.bootstrap(opts.adminPassword);

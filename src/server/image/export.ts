@@ -152,6 +152,7 @@ export class ExportApi {
         backing: img.properties[BACKING_PROP] !== undefined ? backingOf(chain[1]!) : undefined,
         scanZeros: chain.some((r) => engineFormatOf(r.disk_format) === 'raw'),
         compressed: compress,
+        tmpDir: this.svc.workDir,
         ...(azure ? { alignSize: MiB } : {}),
       }).catch(engineError);
       const name = fileName(img, engine);
@@ -251,6 +252,7 @@ export class ExportApi {
                 format: engine,
                 flatten: true,
                 scanZeros: chain.some((r) => engineFormatOf(r.disk_format) === 'raw'),
+                tmpDir: this.svc.workDir,
               });
         const stream = Readable.from(counting(out.chunks(), progress, signal), { objectMode: false });
         return await receiveData(this.svc, ctx, created, asBody(stream, out.length), this.opts.inspect, {

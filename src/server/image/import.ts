@@ -28,7 +28,6 @@
  */
 import { mkdtemp, open, rm } from 'node:fs/promises';
 import type { IncomingMessage } from 'node:http';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -465,7 +464,7 @@ export class ImportApi {
    * image's data (inspected again, as `target`).
    */
   private async convertInto(img: ImageRow, target: 'raw' | 'qcow2', taskId: string, signal: AbortSignal) {
-    const dir = await mkdtemp(join(tmpdir(), 'vdisk-import-'));
+    const dir = await mkdtemp(join(this.svc.workDir, 'import-'));
     try {
       const src = join(dir, 'source');
       const dst = join(dir, 'converted');
