@@ -13,8 +13,13 @@
  * qemu keeps the value in a C float; we round through Math.fround at the same steps so that
  * the printed digits are the same.
  *
+ * When the total is not known ahead (a download without Content-Length), `bytes(done)` draws
+ * the amount instead (`    (  12.3 MiB)\r`, `{"bytes": N}`), redrawn when the printed size
+ * changes: three significant digits bound a run to a few hundred lines per power of ten.
+ *
  * Commands never print progress themselves: they call an `onProgress(done, total)` callback.
  */
+import { sizeToStr } from './format.js';
 import type { Io } from './io.js';
 
 export type ProgressMode = 'off' | 'human' | 'json';
@@ -24,6 +29,7 @@ const f = Math.fround;
 export class Progress {
   private current = 0;
   private lastPrint = 0;
+  private lastBytes = '';
 
   constructor(
     private readonly io: Io,
@@ -57,6 +63,17 @@ export class Progress {
       if (this.mode === 'human') this.io.out(`    (${v}/100%)\r`);
       else this.io.out(`{"progress": ${v}}\n`);
     }
+  }
+
+  /** An amount done out of an unknown total (vdisk's own form; see above). */
+  bytes(done: number): void {
+    if (this.mode === 'off') return;
+    const text = sizeToStr(done);
+    if (text === this.lastBytes) return;
+    this.lastBytes = text;
+    // Padded so that a shorter text ("1 MiB" after "1020 KiB") overwrites the longer one.
+    if (this.mode === 'human') this.io.out(`    (${text.padStart(8)})\r`);
+    else this.io.out(`{"bytes": ${done}}\n`);
   }
 
   /** qemu_progress_end(): a newline after the human bar. */

@@ -16,9 +16,7 @@ import {
   startTestServer,
   type TestServer,
 } from '../../server/test/harness.js';
-import { reportError } from '../errors.js';
-import { bufferIo } from '../io.js';
-import { runImage } from './image.js';
+import { imageEnv, runVdiskImage, type User } from './image-testkit.js';
 
 let ts: TestServer;
 let admin: Api;
@@ -33,27 +31,8 @@ afterAll(async () => {
   await ts?.stop();
 });
 
-function env(as = { user: 'admin', password: ADMIN_PASSWORD, project: 'admin' }) {
-  return {
-    OS_AUTH_URL: `${ts.url}/v3`,
-    OS_USERNAME: as.user,
-    OS_PASSWORD: as.password,
-    OS_PROJECT_NAME: as.project,
-    OS_USER_DOMAIN_NAME: 'Default',
-    OS_PROJECT_DOMAIN_NAME: 'Default',
-  };
-}
-
-async function vdisk(args: string[], e: Record<string, string> = env()) {
-  const io = bufferIo();
-  let code: number;
-  try {
-    code = await runImage(args, io, e);
-  } catch (err) {
-    code = reportError(io, err);
-  }
-  return { code, stdout: io.stdout, stderr: io.stderr };
-}
+const env = (as?: User) => imageEnv(ts.url, as);
+const vdisk = (args: string[], e: Record<string, string> = env()) => runVdiskImage(args, e);
 
 const md5 = (b: Uint8Array) => createHash('md5').update(b).digest('hex');
 

@@ -8,345 +8,70 @@
  * OS_PROJECT_DOMAIN_NAME) with Keystone v3 password auth and the catalog's `image`
  * endpoint; or OS_TOKEN + OS_IMAGE_URL (no Keystone). Progress on upload/download with
  * `--progress` (src/cli/progress.ts, drawn on stderr so `image save` can write to stdout).
+ *
+ * Beyond openstack: layered images (`create` of an overlay, `save --format`, `pull`, `tree`;
+ * image-layers.ts). Arguments, HTTP, the session and transfers are in image-http.ts.
  */
-import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
-import { request as httpRequest, type IncomingMessage } from 'node:http';
-import { request as httpsRequest } from 'node:https';
 import { VdiskError } from '../../core/errors.js';
 import type { Io } from '../io.js';
 import type { CliCommand } from '../main.js';
-import { Progress } from '../progress.js';
-
-type Env = Record<string, string | undefined>;
-type Json = Record<string, unknown>;
+import {
+  all,
+  call,
+  createImage,
+  download,
+  type Env,
+  httpError,
+  type Json,
+  listImages,
+  need,
+  one,
+  type Parsed,
+  parse,
+  Session,
+  usage,
+} from './image-http.js';
+import { BACKING_PROP, layersForCreate, pull, tree } from './image-layers.js';
 
 const SYNTAX =
-  'image list|show|create|save|set|unset|delete|add project|remove project|member list [options] (as `openstack image`)';
+  'image list|show|create|save|pull|tree|set|unset|delete|add project|remove project|member list [options] (as `openstack image`)';
 
 const HELP = [
   'An Image API v2 (Glance) client with the commands and options of `openstack image`:',
   '  image list [--long] [--public|--private|--community|--shared] [--name N] [--status S]',
   '             [--tag T] [--property K=V] [--member-status S] [--project P] [--limit N] [--marker ID] [--sort K:D]',
   '  image show [--human-readable] IMAGE',
-  '  image create [--file F] [--disk-format raw] [--container-format bare] [--public|--private|--community|--shared]',
-  '               [--protected|--unprotected] [--min-disk G] [--min-ram M] [--property K=V]... [--tag T]... [--id ID] [--progress] NAME',
-  '  image save [--file F] [--progress] IMAGE',
+  '  image create [--file F] [--disk-format F] [--container-format bare] [--public|--private|--community|--shared]',
+  '               [--protected|--unprotected] [--min-disk G] [--min-ram M] [--property K=V]... [--tag T]... [--id ID] [--progress]',
+  '               [--backing-image IMAGE | --upload-backing] NAME',
+  '  image save [--file F] [--progress] IMAGE [FILE]',
+  '  image save --format F [--subformat S] [--no-flatten] [--compress] [--progress] IMAGE [FILE]',
+  '  image pull [--progress] [-f table|json] IMAGE [DIR]',
+  '  image tree [-f table|json] [IMAGE]',
   '  image set [--name N] [--visibility flags] [--protected|--unprotected] [--min-disk] [--min-ram] [--disk-format]',
   '            [--container-format] [--property K=V]... [--tag T]... [--activate|--deactivate]',
   '            [--accept|--reject|--pending [--project P]] IMAGE',
   '  image unset [--property K]... [--tag T]... IMAGE',
   '  image delete IMAGE...',
   '  image add project IMAGE PROJECT | image remove project IMAGE PROJECT | image member list IMAGE',
+  'Layered images (an overlay names its master with the property backing_image_id):',
+  "  create --file F   the disk format defaults to F's own (vpc as vhd); when F is an overlay, its master is",
+  "                    the active image whose os_hash_value is the sha512 of F's local backing file",
+  '    --backing-image IMAGE  name the master instead (no hashing)',
+  '    --upload-backing       first upload the masters the registry lacks, each named after its file',
+  '  save --format F   the image converted by the registry, its chain flattened (F: raw, qcow2, qed, vmdk, vdi,',
+  '                    vhd, vhdx, qcow; -f F too); --subformat S (vmdk: monolithicSparse|streamOptimized,',
+  '                    vhd, vhdx: dynamic|fixed), --no-flatten (the top layer alone, naming its master by id),',
+  '                    --compress. FILE is written as FILE.part and renamed once complete.',
+  '  pull IMAGE [DIR]  IMAGE and its masters as DIR/NAME-ID8.EXT (DIR: .), each overlay rebased (-u) onto its',
+  "                    master's file; files already there are kept (by sha512; DIR/.vdisk-pull.json)",
+  '  tree [IMAGE]      the images you see (yours, shared with you, public, community) under their masters;',
+  '                    with IMAGE, its masters and its dependents; "? ID (not visible)": a master hidden from you',
   'Output: -f table|json|value|csv, -c COLUMN (repeatable). Authentication: --os-auth-url, --os-username,',
   '--os-password, --os-project-name, --os-user-domain-name, --os-project-domain-name, --os-token,',
   '--os-image-url, or the OS_* environment variables of the same names.',
 ].join('\n');
-
-// ---------------------------------------------------------------------------------------
-// Arguments: openstack-style (--name value, --name=value, repeatable options, flags).
-
-interface Parsed {
-  values: Map<string, string[]>;
-  flags: Set<string>;
-  args: string[];
-}
-
-const VALUE_OPTS = new Set([
-  'file',
-  'disk-format',
-  'container-format',
-  'min-disk',
-  'min-ram',
-  'property',
-  'tag',
-  'id',
-  'project',
-  'project-domain',
-  'name',
-  'status',
-  'limit',
-  'marker',
-  'sort',
-  'sort-column',
-  'sort-ascending',
-  'member-status',
-  'visibility',
-  'format',
-  'column',
-  'os-auth-url',
-  'os-username',
-  'os-password',
-  'os-project-name',
-  'os-project-id',
-  'os-user-domain-name',
-  'os-project-domain-name',
-  'os-token',
-  'os-image-url',
-  'os-endpoint',
-]);
-const FLAG_OPTS = new Set([
-  'long',
-  'public',
-  'private',
-  'community',
-  'shared',
-  'protected',
-  'unprotected',
-  'progress',
-  'human-readable',
-  'activate',
-  'deactivate',
-  'accept',
-  'reject',
-  'pending',
-  'hidden',
-  'unhidden',
-]);
-const SHORT: Record<string, string> = { f: 'format', c: 'column' };
-
-function parse(argv: string[]): Parsed {
-  const values = new Map<string, string[]>();
-  const flags = new Set<string>();
-  const args: string[] = [];
-  const add = (k: string, v: string) => values.set(k, [...(values.get(k) ?? []), v]);
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    if (a === '--') {
-      args.push(...argv.slice(i + 1));
-      break;
-    }
-    let name: string | undefined;
-    let inline: string | undefined;
-    if (a.startsWith('--')) {
-      const eq = a.indexOf('=');
-      name = eq >= 0 ? a.slice(2, eq) : a.slice(2);
-      if (eq >= 0) inline = a.slice(eq + 1);
-    } else if (/^-[a-zA-Z]/.test(a)) {
-      name = SHORT[a[1]!];
-      if (name === undefined) throw usage(`unrecognized arguments: ${a}`);
-      if (a.length > 2) inline = a.slice(2);
-    }
-    if (name === undefined) {
-      args.push(a);
-      continue;
-    }
-    if (FLAG_OPTS.has(name)) {
-      if (inline !== undefined) throw usage(`argument --${name}: ignored explicit argument '${inline}'`);
-      flags.add(name);
-    } else if (VALUE_OPTS.has(name)) {
-      const v = inline ?? argv[++i];
-      if (v === undefined) throw usage(`argument --${name}: expected one argument`);
-      add(name, v);
-    } else throw usage(`unrecognized arguments: ${a}`);
-  }
-  return { values, flags, args };
-}
-
-const usage = (msg: string) => new VdiskError('INVALID_ARGUMENT', `image: error: ${msg}`);
-const one = (p: Parsed, k: string) => p.values.get(k)?.at(-1);
-const all = (p: Parsed, k: string) => p.values.get(k) ?? [];
-
-// ---------------------------------------------------------------------------------------
-// HTTP
-
-interface Response {
-  status: number;
-  headers: IncomingMessage['headers'];
-  body: Buffer;
-}
-
-function send(
-  method: string,
-  url: string,
-  headers: Record<string, string>,
-  body?: Buffer | NodeJS.ReadableStream,
-): Promise<IncomingMessage> {
-  const u = new URL(url);
-  const req = (u.protocol === 'https:' ? httpsRequest : httpRequest)(u, { method, headers });
-  return new Promise((resolve, reject) => {
-    req.on('response', resolve);
-    req.on('error', (e) =>
-      reject(new VdiskError('EIO', `Unable to establish connection to ${url}: ${e.message}`)),
-    );
-    if (body === undefined) req.end();
-    else if (Buffer.isBuffer(body)) req.end(body);
-    else {
-      body.on('error', (e: Error) => req.destroy(e));
-      body.pipe(req);
-    }
-  });
-}
-
-async function readAll(res: IncomingMessage): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  for await (const c of res) parts.push(c as Buffer);
-  return Buffer.concat(parts);
-}
-
-async function call(
-  method: string,
-  url: string,
-  headers: Record<string, string>,
-  body?: Buffer | NodeJS.ReadableStream,
-): Promise<Response> {
-  const res = await send(method, url, headers, body);
-  return { status: res.statusCode ?? 0, headers: res.headers, body: await readAll(res) };
-}
-
-/** openstacksdk's wording of an HTTP error: `HttpException: 409: Client Error for url: …, text`. */
-function httpError(method: string, url: string, r: Response): VdiskError {
-  const kind = r.status >= 500 ? 'Server Error' : 'Client Error';
-  let detail = r.body.toString('utf8').trim();
-  const m = /^\d{3} [^\n]*\n\n([\s\S]*?)\s*$/.exec(detail);
-  if (m) detail = m[1]!.trim();
-  try {
-    const j = JSON.parse(detail) as { error?: { message?: string } };
-    if (j.error?.message !== undefined) detail = j.error.message;
-  } catch {
-    // plain text (Glance's webob page)
-  }
-  const name =
-    r.status === 404 ? 'NotFoundException' : r.status === 409 ? 'ConflictException' : 'HttpException';
-  void method;
-  return new VdiskError('EIO', `${name}: ${r.status}: ${kind} for url: ${url}, ${detail}`);
-}
-
-// ---------------------------------------------------------------------------------------
-// Session: a token and the image endpoint.
-
-class Session {
-  constructor(
-    readonly token: string,
-    readonly imageUrl: string,
-    readonly project: string | null,
-    readonly identityUrl: string | null,
-  ) {}
-
-  static async open(p: Parsed, env: Env): Promise<Session> {
-    const opt = (k: string) => one(p, `os-${k}`) ?? env[`OS_${k.toUpperCase().replaceAll('-', '_')}`];
-    const token = opt('token');
-    const imageOverride = opt('image-url') ?? opt('endpoint');
-    if (token !== undefined && token !== '') {
-      if (imageOverride === undefined)
-        throw new VdiskError('INVALID_ARGUMENT', 'OS_TOKEN needs OS_IMAGE_URL (the image endpoint)');
-      return new Session(token, trimSlash(imageOverride), opt('project-id') ?? null, null);
-    }
-    const authUrl = opt('auth-url');
-    if (authUrl === undefined)
-      throw new VdiskError(
-        'INVALID_ARGUMENT',
-        'Missing value auth-url required for auth plugin password (set OS_AUTH_URL or --os-auth-url)',
-      );
-    const username = opt('username');
-    const password = opt('password');
-    if (username === undefined || password === undefined)
-      throw new VdiskError(
-        'INVALID_ARGUMENT',
-        'Missing value username/password (set OS_USERNAME and OS_PASSWORD)',
-      );
-    let base = trimSlash(authUrl);
-    if (!/\/v3$/.test(base)) base = `${base}/v3`;
-    const projectName = opt('project-name');
-    const projectId = opt('project-id');
-    const scope =
-      projectId !== undefined
-        ? { project: { id: projectId } }
-        : projectName !== undefined
-          ? { project: { name: projectName, domain: { name: opt('project-domain-name') ?? 'Default' } } }
-          : undefined;
-    const body = {
-      auth: {
-        identity: {
-          methods: ['password'],
-          password: {
-            user: { name: username, domain: { name: opt('user-domain-name') ?? 'Default' }, password },
-          },
-        },
-        ...(scope ? { scope } : {}),
-      },
-    };
-    const url = `${base}/auth/tokens`;
-    const r = await call(
-      'POST',
-      url,
-      { 'Content-Type': 'application/json' },
-      Buffer.from(JSON.stringify(body)),
-    );
-    if (r.status === 401)
-      throw new VdiskError('NOT_ALLOWED', 'The request you have made requires authentication. (HTTP 401)');
-    if (r.status !== 201) throw httpError('POST', url, r);
-    const t = JSON.parse(r.body.toString('utf8')) as {
-      token: {
-        project?: { id: string };
-        catalog?: Array<{ type: string; endpoints: Array<{ interface: string; url: string }> }>;
-      };
-    };
-    let image = imageOverride;
-    if (image === undefined) {
-      const svc = t.token.catalog?.find((s) => s.type === 'image');
-      const ep =
-        svc?.endpoints.find((e) => e.interface === (opt('interface') ?? 'public')) ?? svc?.endpoints[0];
-      if (ep === undefined) throw new VdiskError('NOT_FOUND', 'public endpoint for image service not found');
-      image = ep.url;
-    }
-    return new Session(
-      String(r.headers['x-subject-token']),
-      trimSlash(image),
-      t.token.project?.id ?? null,
-      base,
-    );
-  }
-
-  headers(extra: Record<string, string> = {}): Record<string, string> {
-    return { 'X-Auth-Token': this.token, 'User-Agent': 'vdisk-image', ...extra };
-  }
-
-  async json(method: string, path: string, body?: unknown, type = 'application/json'): Promise<Response> {
-    const url = `${this.imageUrl}${path}`;
-    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-    const r = await call(method, url, this.headers(payload ? { 'Content-Type': type } : {}), payload);
-    if (r.status >= 400) throw httpError(method, url, r);
-    return r;
-  }
-
-  async get(path: string): Promise<Json> {
-    return JSON.parse((await this.json('GET', path)).body.toString('utf8')) as Json;
-  }
-
-  /** An image by id, else by name (unique), as openstackclient's find_image. */
-  async find(nameOrId: string): Promise<Json> {
-    const url = `${this.imageUrl}/v2/images/${encodeURIComponent(nameOrId)}`;
-    if (/^[0-9a-fA-F-]{32,36}$/.test(nameOrId)) {
-      const r = await call('GET', url, this.headers());
-      if (r.status === 200) return JSON.parse(r.body.toString('utf8')) as Json;
-      if (r.status !== 404) throw httpError('GET', url, r);
-    }
-    const l = await this.get(
-      `/v2/images?name=${encodeURIComponent(nameOrId)}&visibility=all&member_status=all`,
-    );
-    const found = (l['images'] as Json[]) ?? [];
-    if (found.length > 1)
-      throw new VdiskError('INVALID_ARGUMENT', `More than one Image exists with the name '${nameOrId}'.`);
-    if (found.length === 0) throw new VdiskError('NOT_FOUND', `No Image found for ${nameOrId}`);
-    return found[0]!;
-  }
-
-  /** A project by id or name (Keystone, when the caller may list projects), else as given. */
-  async projectId(nameOrId: string): Promise<string> {
-    if (this.identityUrl === null) return nameOrId;
-    const url = `${this.identityUrl}/projects?name=${encodeURIComponent(nameOrId)}`;
-    const r = await call('GET', url, this.headers());
-    if (r.status === 200) {
-      const ps = (JSON.parse(r.body.toString('utf8')) as { projects: Array<{ id: string }> }).projects;
-      if (ps.length === 1) return ps[0]!.id;
-    }
-    return nameOrId;
-  }
-}
-
-const trimSlash = (s: string) => s.replace(/\/+$/, '');
 
 // ---------------------------------------------------------------------------------------
 // Output: cliff's formatters.
@@ -575,39 +300,6 @@ function intOpt(p: Parsed, k: string): number | undefined {
   return Number(v);
 }
 
-function need(p: Parsed, n: number, what: string, variadic = false): string[] {
-  if (p.args.length < n) throw usage(`the following arguments are required: ${what}`);
-  if (p.args.length > n && !variadic) throw usage(`unrecognized arguments: ${p.args.slice(n).join(' ')}`);
-  return p.args;
-}
-
-function progressIo(io: Io): Io {
-  return { out: (t) => io.err(t), err: (t) => io.err(t), isTTY: io.isTTY };
-}
-
-async function upload(s: Session, id: string, file: string, io: Io, progress: boolean): Promise<void> {
-  const size = (await stat(file)).size;
-  const stream = createReadStream(file, { highWaterMark: 4 << 20 });
-  const bar = progress ? new Progress(progressIo(io), 'human', 1) : null;
-  if (bar) {
-    let done = 0;
-    bar.set(0);
-    stream.on('data', (c) => {
-      done += (c as Buffer).length;
-      bar.set(size === 0 ? 100 : (done / size) * 100);
-    });
-  }
-  const url = `${s.imageUrl}/v2/images/${id}/file`;
-  const r = await call(
-    'PUT',
-    url,
-    s.headers({ 'Content-Type': 'application/octet-stream', 'Content-Length': String(size) }),
-    stream,
-  );
-  bar?.end();
-  if (r.status >= 400) throw httpError('PUT', url, r);
-}
-
 /** osc_lib.utils.sort_items: `key[:asc|desc],…`, applied on the client (openstackclient's default name:asc). */
 function sortItems(items: Json[], spec: string): void {
   const keys = spec.split(',').map((k) => {
@@ -638,14 +330,7 @@ async function list(s: Session, p: Parsed, io: Io): Promise<number> {
   for (const t of all(p, 'tag')) q.append('tag', t);
   for (const [k, v] of Object.entries(properties(p))) q.set(k, String(v));
   if (p.flags.has('hidden')) q.set('os_hidden', 'true');
-  const limit = one(p, 'limit');
-  const images: Json[] = [];
-  let next: string | undefined = `/v2/images?${q}`;
-  while (next !== undefined) {
-    const page = await s.get(next.startsWith('/v2/') ? next : `/v2/${next.replace(/^\//, '')}`);
-    images.push(...(page['images'] as Json[]));
-    next = limit !== undefined ? undefined : (page['next'] as string | undefined);
-  }
+  const images = await listImages(s, q, one(p, 'limit') === undefined);
   sortItems(images, one(p, 'sort') ?? 'name:asc');
   const o = outOpts(p);
   if (p.flags.has('long')) {
@@ -689,12 +374,27 @@ async function list(s: Session, p: Parsed, io: Io): Promise<number> {
 
 async function create(s: Session, p: Parsed, io: Io): Promise<number> {
   const [name] = need(p, 1, '<image-name>');
+  const file = one(p, 'file');
+  if (file !== undefined)
+    await stat(file).catch(() => {
+      throw new VdiskError('NOT_FOUND', `[Errno 2] No such file or directory: '${file}'`);
+    });
+  const props = properties(p);
+  const container = one(p, 'container-format') ?? 'bare';
+  const vis = visibilityOf(p);
+  // Masters uploaded with --upload-backing are seen by whoever sees the overlay.
+  const masterFields: Json = {
+    container_format: container,
+    ...(vis !== undefined ? { visibility: vis } : {}),
+  };
+  const named = one(p, 'backing-image') ?? (props[BACKING_PROP] as string | undefined);
+  const layers = await layersForCreate(s, p, file, named, masterFields, io);
   const body: Json = {
     name,
-    disk_format: one(p, 'disk-format') ?? 'raw',
-    container_format: one(p, 'container-format') ?? 'bare',
+    // The file's own format rather than openstack's raw: the registry refuses qcow2 data as raw.
+    disk_format: one(p, 'disk-format') ?? layers.diskFormat ?? 'raw',
+    container_format: container,
   };
-  const vis = visibilityOf(p);
   if (vis !== undefined) body['visibility'] = vis;
   if (p.flags.has('protected')) body['protected'] = true;
   if (p.flags.has('unprotected')) body['protected'] = false;
@@ -708,68 +408,44 @@ async function create(s: Session, p: Parsed, io: Io): Promise<number> {
   if (project !== undefined) body['owner'] = await s.projectId(project);
   const tags = all(p, 'tag');
   if (tags.length > 0) body['tags'] = tags;
-  Object.assign(body, properties(p));
-  const file = one(p, 'file');
-  if (file !== undefined)
-    await stat(file).catch(() => {
-      throw new VdiskError('NOT_FOUND', `[Errno 2] No such file or directory: '${file}'`);
-    });
-  let img = JSON.parse((await s.json('POST', '/v2/images', body)).body.toString('utf8')) as Json;
-  if (file !== undefined) {
-    try {
-      await upload(s, String(img['id']), file, io, p.flags.has('progress'));
-    } catch (e) {
-      // as openstacksdk: an image whose upload failed is deleted
-      await call('DELETE', `${s.imageUrl}/v2/images/${img['id']}`, s.headers()).catch(() => undefined);
-      throw e;
-    }
-    img = await s.get(`/v2/images/${img['id']}`);
-  }
+  Object.assign(body, props);
+  if (layers.masterId !== undefined) body[BACKING_PROP] = layers.masterId;
+  const img = await createImage(s, body, file, io, p.flags.has('progress'));
   emitShow(io, outOpts(p), formatImage(img));
   return 0;
 }
 
+/**
+ * `save IMAGE [FILE]`: the image's own bytes (GET /file, checked against Content-MD5), or with
+ * `--format` (qemu-img's -f: save takes no output formatter) the image converted by the
+ * registry, its whole chain by default (GET /export). To stdout without a file.
+ */
 async function save(s: Session, p: Parsed, io: Io): Promise<number> {
-  const [ref] = need(p, 1, '<image>');
-  const img = await s.find(ref!);
-  const url = `${s.imageUrl}/v2/images/${img['id']}/file`;
-  const res = await send('GET', url, s.headers());
-  if ((res.statusCode ?? 0) >= 400)
-    throw httpError('GET', url, {
-      status: res.statusCode ?? 0,
-      headers: res.headers,
-      body: await readAll(res),
-    });
-  if (res.statusCode === 204) {
-    res.resume();
-    throw new VdiskError('NOT_FOUND', `Image ${img['id']} has no data.`);
+  if (p.args.length > 2) throw usage(`unrecognized arguments: ${p.args.slice(2).join(' ')}`);
+  const [ref, positional] = need(p, 1, '<image>', true);
+  if (positional !== undefined && one(p, 'file') !== undefined)
+    throw usage('argument --file: not allowed with a FILE argument');
+  const file = positional ?? one(p, 'file') ?? null;
+  const format = one(p, 'disk-format');
+  const orphan =
+    one(p, 'subformat') !== undefined ? 'subformat' : ['no-flatten', 'compress'].find((f) => p.flags.has(f));
+  if (format === undefined && orphan !== undefined)
+    throw usage(`argument --${orphan}: needs --format (a conversion by the registry)`);
+  const id = String((await s.find(ref!))['id']);
+  const progress = p.flags.has('progress');
+  if (format === undefined) {
+    await download(s, `/v2/images/${id}/file`, file, io, { what: `image ${id}`, progress });
+    return 0;
   }
-  const total = Number(res.headers['content-length'] ?? img['size'] ?? 0);
-  const expected = res.headers['content-md5'];
-  const md5 = createHash('md5');
-  const bar = p.flags.has('progress') ? new Progress(progressIo(io), 'human', 1) : null;
-  bar?.set(0);
-  const file = one(p, 'file');
-  const sink = file !== undefined ? createWriteStream(file) : process.stdout;
-  let done = 0;
-  for await (const chunk of res) {
-    const b = chunk as Buffer;
-    md5.update(b);
-    done += b.length;
-    bar?.set(total > 0 ? (done / total) * 100 : 100);
-    if (!sink.write(b)) await new Promise<void>((r) => sink.once('drain', () => r()));
-  }
-  if (file !== undefined)
-    await new Promise<void>((resolve, reject) =>
-      (sink as ReturnType<typeof createWriteStream>).end((e?: Error | null) => (e ? reject(e) : resolve())),
-    );
-  bar?.end();
-  if (!res.complete) throw new VdiskError('EIO', `The download of image ${img['id']} was cut short.`);
-  if (typeof expected === 'string' && expected !== md5.digest('hex'))
-    throw new VdiskError(
-      'CORRUPT_IMAGE',
-      `Corrupted image. Checksum was ${md5.copy().digest('hex')} expected ${expected}`,
-    );
+  const q = new URLSearchParams({ disk_format: format });
+  const sub = one(p, 'subformat');
+  if (sub !== undefined) q.set('subformat', sub);
+  if (p.flags.has('no-flatten')) q.set('flatten', 'false');
+  if (p.flags.has('compress')) q.set('compress', 'true');
+  await download(s, `/v2/images/${id}/export?${q}`, file, io, {
+    what: `the ${format} export of image ${id}`,
+    progress,
+  });
   return 0;
 }
 
@@ -935,13 +611,16 @@ export async function runImage(argv: string[], io: Io, env: Env): Promise<number
     'add project': addProject,
     'remove project': (s, p) => removeProject(s, p),
     'member list': memberList,
+    pull,
+    tree,
   };
   const h = sub === undefined ? undefined : handlers[sub];
   if (h === undefined)
     throw usage(
       `unknown command: image${sub ? ` ${sub}` : ''}. Commands: ${Object.keys(handlers).join(', ')}`,
     );
-  const p = parse(argv.slice(words));
+  // save: -f/--format is the disk format of a conversion (it prints nothing to format).
+  const p = parse(argv.slice(words), sub === 'save' ? { format: 'disk-format' } : {});
   outOpts(p);
   const s = await Session.open(p, env);
   return h(s, p, io);
