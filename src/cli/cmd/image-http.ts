@@ -82,6 +82,7 @@ const FLAG_OPTS = new Set([
   'no-flatten',
   'compress',
   'upload-backing',
+  'wait',
 ]);
 const SHORT: Record<string, string> = { f: 'format', c: 'column' };
 

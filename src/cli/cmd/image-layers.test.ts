@@ -236,6 +236,60 @@ function cuttingProxy(target: string, cutAfter: number): Promise<{ url: string; 
   );
 }
 
+describe('image flatten', () => {
+  it("--wait: a new standalone master in the caller's project, identical to the chain; --backing-image: a delta", async () => {
+    const r = await vdisk([
+      'flatten',
+      '--name',
+      'main v2',
+      '--property',
+      'course=os-101',
+      '--wait',
+      '-f',
+      'json',
+      ids.top,
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    const img = JSON.parse(r.stdout) as { id: string; status: string; properties?: Record<string, string> };
+    expect(img.status).toBe('active');
+    const out = p('flat-saved.qcow2');
+    expect((await vdisk(['save', img.id, out])).code).toBe(0);
+    expect(JSON.parse(qemuImgOk(['info', '--output=json', out]))['backing-filename']).toBeUndefined();
+    expect(qemuImg(['compare', main.top, out]).stdout).toContain('Images are identical');
+    // Onto the base: only what mid and top changed.
+    const d = await vdisk([
+      'flatten',
+      '--name',
+      'top on base',
+      '--backing-image',
+      ids.base,
+      '--wait',
+      '-f',
+      'json',
+      ids.top,
+    ]);
+    expect(d.code, d.stderr).toBe(0);
+    const delta = JSON.parse(d.stdout) as { id: string; size: number; properties?: Record<string, string> };
+    expect(delta.size).toBeLessThan(4 * MiB);
+    const chained = p('delta-export.raw');
+    expect((await vdisk(['save', '--format', 'raw', delta.id, chained])).code).toBe(0);
+    expect(qemuImg(['compare', '-F', 'raw', main.top, chained]).stdout).toContain('Images are identical');
+  });
+
+  it("a flatten that fails: exit 1 with the task's message", async () => {
+    const small = await startTestServer({ settings: { userStorageQuota: 5 * MiB } });
+    try {
+      const e = env(undefined, small.url);
+      const m = await createOk(['--file', main.base, 'quota-base'], e);
+      const r = await vdisk(['flatten', '--wait', m.id], e);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/^vdisk: The flatten of image .* failed: .*exceeds the quota/);
+    } finally {
+      await small.stop();
+    }
+  });
+});
+
 describe('image save of an export cut short', () => {
   it('exits 1 with one line and leaves no file (sized and chunked exports)', async () => {
     const proxy = await cuttingProxy(ts.url, 4096);

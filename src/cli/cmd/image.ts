@@ -16,6 +16,7 @@ import { stat } from 'node:fs/promises';
 import { VdiskError } from '../../core/errors.js';
 import type { Io } from '../io.js';
 import type { CliCommand } from '../main.js';
+import { Progress } from '../progress.js';
 import {
   all,
   call,
@@ -29,13 +30,14 @@ import {
   one,
   type Parsed,
   parse,
+  progressIo,
   Session,
   usage,
 } from './image-http.js';
 import { BACKING_PROP, layersForCreate, pull, tree } from './image-layers.js';
 
 const SYNTAX =
-  'image list|show|create|save|pull|tree|set|unset|delete|add project|remove project|member list [options] (as `openstack image`)';
+  'image list|show|create|save|pull|tree|flatten|set|unset|delete|add project|remove project|member list [options] (as `openstack image`)';
 
 const HELP = [
   'An Image API v2 (Glance) client with the commands and options of `openstack image`:',
@@ -49,6 +51,8 @@ const HELP = [
   '  image save --format F [--subformat S] [--no-flatten] [--compress] [--progress] IMAGE [FILE]',
   '  image pull [--progress] [-f table|json] IMAGE [DIR]',
   '  image tree [-f table|json] [IMAGE]',
+  '  image flatten [--name N] [--disk-format qcow2] [--backing-image IMAGE] [--public|--private|--community|--shared]',
+  '                [--property K=V]... [--tag T]... [--min-disk G] [--min-ram M] [--wait [--progress]] IMAGE',
   '  image set [--name N] [--visibility flags] [--protected|--unprotected] [--min-disk] [--min-ram] [--disk-format]',
   '            [--container-format] [--property K=V]... [--tag T]... [--activate|--deactivate]',
   '            [--accept|--reject|--pending [--project P]] IMAGE',
@@ -66,6 +70,8 @@ const HELP = [
   '                    --compress. FILE is written as FILE.part and renamed once complete.',
   '  pull IMAGE [DIR]  IMAGE and its masters as DIR/NAME-ID8.EXT (DIR: .), each overlay rebased (-u) onto its',
   "                    master's file; files already there are kept (by sha512; DIR/.vdisk-pull.json)",
+  '  flatten IMAGE     a new master made by the registry from IMAGE and its masters, in your project (--wait:',
+  '                    until it is active); --backing-image M: an overlay of M holding only what differs',
   '  tree [IMAGE]      the images you see (yours, shared with you, public, community) under their masters;',
   '                    with IMAGE, its masters and its dependents; "? ID (not visible)": a master hidden from you',
   'Output: -f table|json|value|csv, -c COLUMN (repeatable). Authentication: --os-auth-url, --os-username,',
@@ -583,6 +589,61 @@ async function memberList(s: Session, p: Parsed, io: Io): Promise<number> {
   return 0;
 }
 
+/**
+ * `flatten IMAGE`: the registry makes a new standalone image of IMAGE and its masters (or, with
+ * --backing-image, an overlay of that master holding what differs), owned by the caller's
+ * project. Shows the new image; with --wait, waits until it is active (the task's progress on
+ * stderr with --progress) and fails with the task's message if it does not become active.
+ */
+async function flatten(s: Session, p: Parsed, io: Io): Promise<number> {
+  const [ref] = need(p, 1, '<image>');
+  const src = await s.find(ref!);
+  const body: Json = {};
+  const name = one(p, 'name');
+  if (name !== undefined) body['name'] = name;
+  const df = one(p, 'disk-format');
+  if (df !== undefined) body['disk_format'] = df;
+  const cf = one(p, 'container-format');
+  if (cf !== undefined) body['container_format'] = cf;
+  const vis = visibilityOf(p);
+  if (vis !== undefined) body['visibility'] = vis;
+  if (p.flags.has('protected')) body['protected'] = true;
+  const md = intOpt(p, 'min-disk');
+  if (md !== undefined) body['min_disk'] = md;
+  const mr = intOpt(p, 'min-ram');
+  if (mr !== undefined) body['min_ram'] = mr;
+  const tags = all(p, 'tag');
+  if (tags.length > 0) body['tags'] = tags;
+  Object.assign(body, properties(p));
+  const onto = one(p, 'backing-image');
+  if (onto !== undefined) body[BACKING_PROP] = String((await s.find(onto))['id']);
+  const r = await s.json('POST', `/v2/images/${src['id']}/actions/flatten`, body);
+  let img = JSON.parse(r.body.toString('utf8')) as Json;
+  if (p.flags.has('wait')) {
+    const bar = p.flags.has('progress') ? new Progress(progressIo(io), 'human', 1) : null;
+    const id = String(img['id']);
+    while (img['status'] === 'importing') {
+      await new Promise((res) => setTimeout(res, 500));
+      img = await s.get(`/v2/images/${id}`);
+      if (bar !== null) {
+        const tasks = ((await s.get(`/v2/images/${id}/tasks`))['tasks'] as Json[]) ?? [];
+        const m = /Copied (\d+) MiB/.exec(String(tasks[0]?.['message'] ?? ''));
+        if (m) bar.bytes(Number(m[1]) * (1 << 20));
+      }
+    }
+    bar?.end();
+    if (img['status'] !== 'active') {
+      const tasks = ((await s.get(`/v2/images/${id}/tasks`))['tasks'] as Json[]) ?? [];
+      throw new VdiskError(
+        'EIO',
+        `The flatten of image ${src['id']} into image ${id} failed: ${String(tasks[0]?.['message'] ?? img['status'])}`,
+      );
+    }
+  }
+  emitShow(io, outOpts(p), formatImage(img));
+  return 0;
+}
+
 async function show(s: Session, p: Parsed, io: Io): Promise<number> {
   const [ref] = need(p, 1, '<image>');
   emitShow(io, outOpts(p), formatImage(await s.find(ref!), p.flags.has('human-readable')));
@@ -613,6 +674,7 @@ export async function runImage(argv: string[], io: Io, env: Env): Promise<number
     'member list': memberList,
     pull,
     tree,
+    flatten,
   };
   const h = sub === undefined ? undefined : handlers[sub];
   if (h === undefined)
