@@ -22,6 +22,7 @@ import { finishUpload, receiveData, sendData } from './data.js';
 import type { InspectorFactory } from './inspect.js';
 import {
   BACKING_PROP,
+  backingOf,
   checkMasterOnSet,
   dependentCount,
   hiddenMasterFor,
@@ -559,7 +560,7 @@ export class ImageApi {
           exists(
             selectFrom('images as d')
               .select('d.id')
-              .where(sql<boolean>`d.properties->>${BACKING_PROP} = ${img.id}`),
+              .where(sql<boolean>`${backingOf('d')} = ${img.id}`),
           ),
         ),
       )

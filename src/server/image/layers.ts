@@ -21,6 +21,14 @@ import { canSee, type ImageRow } from './policy.js';
 
 export const BACKING_PROP = 'backing_image_id';
 
+/**
+ * `properties->>'backing_image_id'` with the key written out, so that the expression index
+ * (images_backing) serves it under every plan (a key given as a parameter matches the index
+ * only in a plan made for that parameter's value).
+ */
+export const backingOf = (table = '') =>
+  sql.raw(`${table === '' ? '' : `${table}.`}properties->>'backing_image_id'`);
+
 export const masterIdOf = (img: Pick<ImageRow, 'properties'>): string | undefined =>
   img.properties[BACKING_PROP];
 
@@ -85,7 +93,7 @@ export async function dependentCount(db: Kysely<Database>, id: string): Promise<
   const r = await db
     .selectFrom('images')
     .select((eb) => eb.fn.countAll<number>().as('n'))
-    .where(sql<boolean>`properties->>${BACKING_PROP} = ${id}`)
+    .where(sql<boolean>`${backingOf()} = ${id}`)
     .executeTakeFirstOrThrow();
   return Number(r.n);
 }

@@ -7,6 +7,7 @@ import { type Expression, type ExpressionBuilder, type SqlBool, sql } from 'kyse
 import type { AuthContext, Services } from '../context.js';
 import type { Database } from '../db/schema.js';
 import { HttpError } from '../http.js';
+import { BACKING_PROP, backingOf } from './layers.js';
 import type { ImageRow } from './policy.js';
 
 const SORT_KEYS = [
@@ -210,6 +211,8 @@ export async function listImages(
     } else if (k === 'protected') {
       const b = parseBool(v, 'protected');
       conds.push((eb) => eb('protected', '=', b));
+    } else if (k === BACKING_PROP) {
+      conds.push(() => sql<SqlBool>`${backingOf()} = ${v}`);
     } else {
       conds.push(() => sql<SqlBool>`properties->>${k} = ${v}`);
     }
