@@ -33,7 +33,7 @@ const MiB = 1 << 20;
 
 export function cachedSource(r: RangeReader, opts: CachedSourceOptions = {}): ReadSource {
   const block = opts.block ?? MiB;
-  const capacity = Math.max(4, opts.cacheBlocks ?? 24);
+  const capacity = Math.max(4, opts.cacheBlocks ?? 16);
   const readAhead = opts.readAhead ?? 8 * MiB;
   const maxRequest = opts.maxRequest ?? 16 * MiB;
   const size = r.size;
