@@ -57,11 +57,12 @@ export function cachedSource(r: RangeReader, opts: CachedSourceOptions = {}): Re
       cache.delete(oldest);
     }
   };
-  /** One request for blocks [first, last], each block's promise cached. */
-  const load = (first: number, last: number) => {
+  /** One request for blocks [first, last], each block's promise cached; returns them. */
+  const load = (first: number, last: number): Promise<Buffer>[] => {
     const start = first * block;
     const end = Math.min(size, (last + 1) * block);
     const all = r.fetch(start, end);
+    const out: Promise<Buffer>[] = [];
     for (let i = first; i <= last; i++) {
       const off = (i - first) * block;
       const p = all.then((b) => b.subarray(off, Math.min(off + block, b.length)));
@@ -70,23 +71,33 @@ export function cachedSource(r: RangeReader, opts: CachedSourceOptions = {}): Re
         if (cache.get(i) === p) cache.delete(i);
       });
       cache.set(i, p);
+      out.push(p);
     }
     evict();
+    return out;
   };
-  /** Fetch the missing blocks of [first, last], consecutive misses in one request each. */
-  const ensure = (first: number, last: number) => {
-    let i = first;
+  /**
+   * The blocks [first, last], in order: cached ones (made most recent), the missing ones
+   * fetched with one request per run of consecutive misses. The promises are held here, so
+   * that loading a later run cannot evict an earlier one before it is read.
+   */
+  const blocksOf = (first: number, last: number): Promise<Buffer>[] => {
     const maxBlocks = Math.max(1, Math.floor(maxRequest / block));
+    const out: Promise<Buffer>[] = [];
+    let i = first;
     while (i <= last) {
-      if (cache.has(i)) {
+      const hit = touch(i);
+      if (hit !== undefined) {
+        out.push(hit);
         i++;
         continue;
       }
       let j = i;
       while (j + 1 <= last && !cache.has(j + 1) && j + 1 - i < maxBlocks) j++;
-      load(i, j);
+      out.push(...load(i, j));
       i = j + 1;
     }
+    return out;
   };
 
   return {
@@ -105,18 +116,20 @@ export function cachedSource(r: RangeReader, opts: CachedSourceOptions = {}): Re
         buf.set(b.subarray(0, n), 0);
         return n;
       }
-      ensure(first, last);
-      const parts: Promise<Buffer>[] = [];
-      for (let i = first; i <= last; i++) parts.push(touch(i)!);
-      // Walking forward: keep `readAhead` bytes beyond this read requested, one request for
-      // the part of the window that is not cached yet.
-      if (sequential && readAhead > 0 && last + 1 < blocks) {
-        const aheadEnd = Math.min(blocks - 1, last + Math.ceil(readAhead / block));
-        if (!cache.has(aheadEnd)) {
-          let from = last + 1;
-          while (from <= aheadEnd && cache.has(from)) from++;
-          if (from <= aheadEnd) ensure(from, aheadEnd);
-        }
+      const parts = blocksOf(first, last);
+      // Walking forward: when less than half of `readAhead` is requested beyond this read,
+      // request up to `readAhead` more (the part not cached yet), in one request.
+      const ahead = Math.ceil(readAhead / block);
+      if (
+        sequential &&
+        ahead > 0 &&
+        last + 1 < blocks &&
+        !cache.has(Math.min(blocks - 1, last + Math.ceil(ahead / 2)))
+      ) {
+        let from = last + 1;
+        while (from < blocks && cache.has(from)) from++;
+        const to = Math.min(blocks - 1, last + ahead);
+        if (from <= to) blocksOf(from, to);
       }
       let done = 0;
       for (let k = 0; k < parts.length; k++) {

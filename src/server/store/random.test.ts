@@ -1,0 +1,88 @@
+/**
+ * The block cache over ranged reads (S3's random access), on a real file read by ranges:
+ * every read returns the file's bytes; small reads within a block cost one request; a forward
+ * walk is fetched ahead in a few large requests; a failed request is retried by the next read.
+ */
+import { randomBytes } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { rng } from '../../test/rng.js';
+import { cachedSource, type RangeReader } from './random.js';
+
+const MiB = 1 << 20;
+const data = randomBytes(37 * MiB + 12345);
+
+/** Ranges of `data`, counted; `failNext` makes the next request fail. */
+function reader(): RangeReader & { requests: Array<[number, number]>; failNext: boolean } {
+  const r = {
+    size: data.length,
+    requests: [] as Array<[number, number]>,
+    failNext: false,
+    async fetch(start: number, end: number) {
+      r.requests.push([start, end]);
+      await new Promise((res) => setImmediate(res));
+      if (r.failNext) {
+        r.failNext = false;
+        throw new Error('the store failed');
+      }
+      return Buffer.from(data.subarray(start, end));
+    },
+  };
+  return r;
+}
+
+async function readAt(src: ReturnType<typeof cachedSource>, offset: number, length: number): Promise<Buffer> {
+  const b = Buffer.alloc(length);
+  const n = await src.read(b, offset);
+  return b.subarray(0, n);
+}
+
+describe('cachedSource', () => {
+  let rand: () => number;
+  beforeAll(() => {
+    rand = rng(7);
+  });
+  afterAll(() => {});
+
+  it('random reads return the bytes of the object, the end included', async () => {
+    const r = reader();
+    const src = cachedSource(r);
+    for (let i = 0; i < 400; i++) {
+      const off = Math.floor(rand() * data.length);
+      const len = 1 + Math.floor(rand() * 3 * MiB);
+      const got = await readAt(src, off, len);
+      expect(got.equals(data.subarray(off, Math.min(off + len, data.length))), `${off}+${len}`).toBe(true);
+    }
+    expect((await readAt(src, data.length, 10)).length).toBe(0);
+    await src.close();
+  });
+
+  it('small reads within a block cost one request', async () => {
+    const r = reader();
+    const src = cachedSource(r, { readAhead: 0 });
+    for (const off of [0, 512, 4096, 65536, 1000000]) await readAt(src, off, 512);
+    expect(r.requests).toEqual([[0, MiB]]);
+    await src.close();
+  });
+
+  it('a forward walk is fetched ahead, in a few large requests', async () => {
+    const r = reader();
+    const src = cachedSource(r);
+    const parts: Buffer[] = [];
+    for (let off = 0; off < data.length; off += 64 * 1024) parts.push(await readAt(src, off, 64 * 1024));
+    expect(Buffer.concat(parts).equals(data)).toBe(true);
+    // 38 blocks in requests of up to 8 MiB ahead, not 600 reads.
+    expect(r.requests.length).toBeLessThanOrEqual(12);
+    for (const [s, e] of r.requests) expect(e - s).toBeLessThanOrEqual(16 * MiB);
+    await src.close();
+  });
+
+  it('a failed request fails its read and is retried by the next one', async () => {
+    const r = reader();
+    const src = cachedSource(r, { readAhead: 0 });
+    r.failNext = true;
+    await expect(readAt(src, 5 * MiB, 100)).rejects.toThrow('the store failed');
+    expect((await readAt(src, 5 * MiB, 100)).equals(data.subarray(5 * MiB, 5 * MiB + 100))).toBe(true);
+    await src.close();
+    await expect(readAt(src, 0, 1)).rejects.toThrow('closed');
+  });
+});
