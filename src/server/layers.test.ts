@@ -368,6 +368,59 @@ describe('export', () => {
   });
 });
 
+describe('allocation map', () => {
+  it('the picture of an overlay two levels deep agrees with qemu-img map of the local chain', async () => {
+    const r = await teacher.req('GET', `/v2/images/${ov2Id}/map?buckets=28`);
+    expect(r.status, r.text).toBe(200);
+    expect(r.json.bucket_size).toBe(MiB);
+    expect(r.json.kinds).toEqual(['data', 'compressed', 'zero', 'master']);
+    expect(r.json.chain.map((l: { id: string }) => l.id)).toEqual([ov2Id, ov1Id, masterId]);
+    // The same picture from qemu-img map of the same chain on disk.
+    const entries = JSON.parse(qemuImgOk(['map', '--output=json', p('ov2.qcow2')])) as {
+      start: number;
+      length: number;
+      depth: number;
+      present: boolean;
+      zero: boolean;
+      data: boolean;
+    }[];
+    const want = Array.from({ length: 28 }, () => [0, 0, 0, 0]);
+    for (const e of entries) {
+      const kind = e.depth > 0 && e.present ? 3 : e.present && e.data ? 0 : e.present && e.zero ? 2 : -1;
+      if (kind < 0) continue;
+      for (let at = e.start; at < e.start + e.length; ) {
+        const b = Math.floor(at / MiB);
+        const stop = Math.min(e.start + e.length, (b + 1) * MiB);
+        want[b]![kind]! += (stop - at) / MiB;
+        at = stop;
+      }
+    }
+    expect(r.json.buckets).toEqual(want.map((b) => b.map((v) => Math.round(v * 1000) / 1000)));
+    // What the picture shows: ov2's own data at 26 MiB, zeros over the master at 13 MiB.
+    expect(r.json.buckets[26]).toEqual([1, 0, 0, 0]);
+    expect(r.json.buckets[13]).toEqual([0, 0, 0.5, 0.5]);
+    expect(r.json.buckets[7]).toEqual([0, 0, 0, 0]);
+    expect(r.json.totals.data).toBe(64 * 1024 + MiB);
+  });
+
+  it('stays cheap on a huge sparse image, and checks its arguments', async () => {
+    qemuImgOk(['create', '-f', 'qcow2', p('huge.qcow2'), '64T']);
+    qemuIo(p('huge.qcow2'), ['write -P 0x11 0 64k', `write -P 0x22 ${32 * 2 ** 40} 64k`], 'qcow2');
+    const id = await upload(teacher, 'huge.qcow2', { disk_format: 'qcow2', name: 'huge' });
+    const t0 = performance.now();
+    const r = await teacher.req('GET', `/v2/images/${id}/map?buckets=4096`);
+    expect(r.status).toBe(200);
+    expect(performance.now() - t0).toBeLessThan(5000);
+    expect(r.json.virtual_size).toBe(64 * 2 ** 40);
+    expect(r.json.buckets).toHaveLength(4096);
+    expect(r.json.extents).toBeLessThan(20);
+    expect(r.json.totals.data).toBe(128 * 1024);
+    expect((await teacher.req('GET', `/v2/images/${id}/map?buckets=0`)).status).toBe(400);
+    expect((await teacher.req('GET', `/v2/images/${id}/map?buckets=x`)).status).toBe(400);
+    expect((await student.req('GET', `/v2/images/${id}/map`)).status).toBe(404);
+  });
+});
+
 async function waitActive(api: Api, id: string): Promise<Record<string, unknown>> {
   for (let i = 0; i < 600; i++) {
     const r = await api.req('GET', `/v2/images/${id}`);

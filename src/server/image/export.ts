@@ -20,6 +20,7 @@
 import { once } from 'node:events';
 import { Readable } from 'node:stream';
 import { type ExportStream, exportDiff, exportImage } from '../../commands/export.js';
+import { allocationPicture, PICTURE_KINDS } from '../../commands/picture.js';
 import { VdiskError } from '../../core/errors.js';
 import type { Image } from '../../core/image.js';
 import type { AuthContext, Services } from '../context.js';
@@ -102,6 +103,40 @@ export class ExportApi {
     const auth = (c: Ctx) => this.identity.authenticate(c.req);
     router.on('GET', '/v2/images/:id/export', async (c) => this.export(c, await auth(c)));
     router.on('POST', '/v2/images/:id/actions/flatten', async (c) => this.flatten(c, await auth(c)));
+    router.on('GET', '/v2/images/:id/map', async (c) => this.map(c, await auth(c)));
+  }
+
+  /**
+   * `GET /v2/images/{id}/map?buckets=N` (beyond Glance): the allocation picture of the image
+   * and its chain (src/commands/picture.ts), N parts of the virtual disk (default 1024, at most
+   * 65536), each with the fraction of its bytes that the image stores, stores compressed,
+   * declares zero, or reads from its masters; the rest is unallocated.
+   */
+  private async map(c: Ctx, ctx: AuthContext): Promise<void> {
+    const chain = await this.readableChain(ctx, c.params['id']!);
+    const raw = c.query.get('buckets') ?? '1024';
+    if (!/^\d+$/.test(raw) || Number(raw) < 1 || Number(raw) > 65536)
+      throw new HttpError(400, `Invalid buckets '${raw}': a number from 1 to 65536.`);
+    const image = await openChain(this.svc, chain);
+    try {
+      const pic = await allocationPicture(image, Number(raw));
+      const r3 = (x: number) => Math.round(x * 1000) / 1000;
+      sendJson(c.res, 200, {
+        id: chain[0]!.id,
+        virtual_size: pic.virtualSize,
+        bucket_size: pic.bucketSize,
+        kinds: PICTURE_KINDS,
+        totals: pic.totals,
+        extents: pic.extents,
+        chain: chain.map((r) => ({ id: r.id, name: r.name, disk_format: r.disk_format, size: r.size })),
+        buckets: pic.buckets.map((b, i) => {
+          const len = Math.min(pic.bucketSize, pic.virtualSize - i * pic.bucketSize);
+          return b.map((v) => r3(v / len));
+        }),
+      });
+    } finally {
+      await image.close().catch(() => {});
+    }
   }
 
   /** The image and its chain, checked readable by the caller. */
