@@ -368,6 +368,53 @@ describe('export', () => {
   });
 });
 
+describe('download tickets (browser downloads without a token in the URL)', () => {
+  it('a ticket downloads the original bytes or an export once authorised, without a token', async () => {
+    const t1 = await teacher.req('POST', `/v2/images/${ov2Id}/download-ticket`);
+    expect(t1.status, t1.text).toBe(200);
+    expect(t1.json.url).toMatch(/^\/v2\/download\/[\w-]+\.[\w-]+$/);
+    expect(t1.json.url).not.toContain(teacher.token);
+    const own = await fetch(`${ts.url}${t1.json.url}`);
+    expect(own.status).toBe(200);
+    expect(own.headers.get('content-disposition')).toMatch(/^attachment; filename="ov2\.qcow2"/);
+    expect(md5(Buffer.from(await own.arrayBuffer()))).toBe(md5(readFileSync(p('ov2.qcow2'))));
+    const t2 = await teacher.req('POST', `/v2/images/${ov2Id}/download-ticket`, {
+      disk_format: 'vmdk',
+      subformat: 'streamOptimized',
+    });
+    const ex = await fetch(`${ts.url}${t2.json.url}`);
+    expect(ex.status).toBe(200);
+    expect(ex.headers.get('content-disposition')).toMatch(/filename="ov2\.vmdk"/);
+    writeFileSync(p('ticket.vmdk'), Buffer.from(await ex.arrayBuffer()));
+    expect(qemuImg(['compare', '-F', 'vmdk', p('ov2.qcow2'), p('ticket.vmdk')]).stdout).toContain(
+      'Images are identical',
+    );
+  });
+
+  it('refuses what the caller may not read, a forged ticket, and a revoked token', async () => {
+    expect((await student.req('POST', `/v2/images/${ov2Id}/download-ticket`)).status).toBe(404);
+    const t = await teacher.req('POST', `/v2/images/${ov2Id}/download-ticket`);
+    const [payload, mac] = (t.json.url as string).slice('/v2/download/'.length).split('.') as [
+      string,
+      string,
+    ];
+    const other = Buffer.from(
+      JSON.stringify({ ...JSON.parse(Buffer.from(payload, 'base64url').toString()), i: masterId }),
+    );
+    const forged = await fetch(`${ts.url}/v2/download/${other.toString('base64url')}.${mac}`);
+    expect(forged.status).toBe(401);
+    expect((await fetch(`${ts.url}/v2/download/garbage`)).status).toBe(401);
+    const api = await Api.login(ts.url, 'teacher', 'pw-t', 'teachers');
+    const t3 = await api.req('POST', `/v2/images/${ov2Id}/download-ticket`, { disk_format: 'raw' });
+    expect(
+      (await api.req('DELETE', '/v3/auth/tokens', undefined, { 'X-Subject-Token': api.token })).status,
+    ).toBe(204);
+    const revoked = await fetch(`${ts.url}${t3.json.url}`);
+    expect(revoked.status).toBe(401);
+    expect(await revoked.text()).toContain('start the download again');
+  });
+});
+
 describe('allocation map', () => {
   it('the picture of an overlay two levels deep agrees with qemu-img map of the local chain', async () => {
     const r = await teacher.req('GET', `/v2/images/${ov2Id}/map?buckets=28`);

@@ -120,7 +120,11 @@ export class Identity {
   }
 
   async validate(token: string): Promise<AuthContext | null> {
-    const id = tokenHash(token);
+    return this.validateId(tokenHash(token));
+  }
+
+  /** validate() by the token's stored id (its sha256), for credentials that carry only that. */
+  async validateId(id: string): Promise<AuthContext | null> {
     const now = Date.now();
     const hit = this.cache.get(id);
     if (hit !== undefined && hit.until > now && hit.ctx.expiresAt.getTime() > now) return hit.ctx;

@@ -246,16 +246,7 @@ export class ImageApi {
       await finishUpload(this.svc, img, out, 'saving', 'active');
       sendEmpty(c.res, 204);
     });
-    router.on('GET', '/v2/images/:id/file', async (c) => {
-      const ctx = await auth(c);
-      const img = await this.visibleImage(ctx, c.params['id']!);
-      if (img.status === 'deactivated' && !ctx.isAdmin)
-        throw new HttpError(
-          403,
-          'The requested image has been deactivated. Image data download is forbidden.',
-        );
-      await sendData(this.svc, img, c.req, c.res);
-    });
+    router.on('GET', '/v2/images/:id/file', async (c) => this.download(c, await auth(c)));
 
     router.on('POST', '/v2/images/:id/actions/deactivate', async (c) => {
       const ctx = await auth(c);
@@ -312,6 +303,15 @@ export class ImageApi {
     });
 
     this.memberRoutes(router, auth);
+  }
+
+  /** GET /file: the image's own bytes; `attachment` adds Content-Disposition (browser downloads). */
+  async download(c: Ctx, ctx: AuthContext, attachment?: string): Promise<void> {
+    const img = await this.visibleImage(ctx, c.params['id']!);
+    if (img.status === 'deactivated' && !ctx.isAdmin)
+      throw new HttpError(403, 'The requested image has been deactivated. Image data download is forbidden.');
+    if (attachment !== undefined) c.res.setHeader('Content-Disposition', attachment);
+    await sendData(this.svc, img, c.req, c.res);
   }
 
   private async save(id: string, set: Partial<Omit<ImageRow, 'id' | 'created_at'>>): Promise<void> {

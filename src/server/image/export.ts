@@ -27,6 +27,7 @@ import type { AuthContext, Services } from '../context.js';
 import { type Ctx, HttpError, isObject, type Router, readJson, sendJson } from '../http.js';
 import type { Identity } from '../identity/keystone.js';
 import { baseUrl } from '../identity/keystone.js';
+import { isotime } from '../util.js';
 import type { ImageApi } from './api.js';
 import { receiveData } from './data.js';
 import { ENGINE_FORMAT, engineFormatOf } from './formats.js';
@@ -35,6 +36,7 @@ import type { InspectorFactory } from './inspect.js';
 import { BACKING_PROP, checkChainReadable, loadChain, masterIdOf, openChain } from './layers.js';
 import type { ImageRow } from './policy.js';
 import { createTask } from './tasks.js';
+import { Tickets } from './tickets.js';
 import { imageView } from './views.js';
 
 /** disk_format values an export can produce → the engine's format (qcow: beyond Glance's list). */
@@ -65,6 +67,9 @@ function fileName(img: ImageRow, engine: string): { ascii: string; utf8: string 
   return { ascii, utf8 };
 }
 
+const dispositionOf = (name: { ascii: string; utf8: string }) =>
+  `attachment; filename="${name.ascii}"; filename*=UTF-8''${encodeURIComponent(name.utf8)}`;
+
 /** Errors of the engine as HTTP answers: what the caller asked cannot be done (400). */
 function engineError(err: unknown): never {
   if (err instanceof VdiskError && ['UNSUPPORTED', 'INVALID_ARGUMENT', 'TOO_LARGE'].includes(err.code))
@@ -91,19 +96,72 @@ export interface ExportApiOptions {
 }
 
 export class ExportApi {
+  private readonly tickets: Tickets;
+
   constructor(
     private readonly svc: Services,
     private readonly identity: Identity,
     private readonly images: ImageApi,
     private readonly imports: ImportApi,
     private readonly opts: ExportApiOptions = {},
-  ) {}
+  ) {
+    this.tickets = new Tickets(svc);
+  }
 
   routes(router: Router): void {
     const auth = (c: Ctx) => this.identity.authenticate(c.req);
     router.on('GET', '/v2/images/:id/export', async (c) => this.export(c, await auth(c)));
     router.on('POST', '/v2/images/:id/actions/flatten', async (c) => this.flatten(c, await auth(c)));
     router.on('GET', '/v2/images/:id/map', async (c) => this.map(c, await auth(c)));
+    router.on('POST', '/v2/images/:id/download-ticket', async (c) => this.ticket(c, await auth(c)));
+    // No X-Auth-Token: the ticket names the caller (tickets.ts).
+    router.on('GET', '/v2/download/:ticket', async (c) => this.ticketDownload(c));
+  }
+
+  /**
+   * `POST /v2/images/{id}/download-ticket` with an optional JSON body `{disk_format,
+   * subformat, flatten, compress}` (an export) or none (the original bytes): a URL valid for
+   * 60 s that a browser can download from without a token (tickets.ts).
+   */
+  private async ticket(c: Ctx, ctx: AuthContext): Promise<void> {
+    const body = await readJson(c.req).catch((e: unknown) => {
+      if (e instanceof HttpError && e.message === 'Body expected in request.') return {};
+      throw e;
+    });
+    if (!isObject(body)) throw new HttpError(400, 'The ticket request must be a JSON object.');
+    const q = new URLSearchParams();
+    for (const k of ['disk_format', 'subformat', 'flatten', 'compress']) {
+      const v = body[k];
+      if (v === undefined || v === null) continue;
+      if (typeof v !== 'string' && typeof v !== 'boolean') throw new HttpError(400, `Invalid ${k}.`);
+      q.set(k, String(v));
+    }
+    if (q.size > 0 && !q.has('disk_format')) throw new HttpError(400, 'An export needs a disk_format.');
+    // The checks of the download itself, now (a clear answer to the page) and again on use.
+    const id = c.params['id']!;
+    if (q.size > 0) await this.readableChain(ctx, id);
+    else {
+      const img = await this.images.visibleImage(ctx, id);
+      if (img.status === 'deactivated' && !ctx.isAdmin)
+        throw new HttpError(
+          403,
+          'The requested image has been deactivated. Image data download is forbidden.',
+        );
+    }
+    const t = await this.tickets.issue(ctx, id, q.toString());
+    sendJson(c.res, 200, { url: `/v2/download/${t.ticket}`, expires_at: isotime(t.expiresAt) });
+  }
+
+  private async ticketDownload(c: Ctx): Promise<void> {
+    const t = await this.tickets.open(c.params['ticket']!);
+    const ctx = await this.identity.validateId(t.t);
+    if (ctx === null)
+      throw new HttpError(401, 'This download link is invalid or has expired: start the download again.');
+    const sub: Ctx = { ...c, params: { id: t.i }, query: new URLSearchParams(t.q) };
+    if (t.q !== '') return this.export(sub, ctx);
+    const img = await this.images.visibleImage(ctx, t.i);
+    const name = fileName(img, engineFormatOf(img.disk_format));
+    await this.images.download(sub, ctx, dispositionOf(name));
   }
 
   /**
@@ -190,10 +248,9 @@ export class ExportApi {
         tmpDir: this.svc.workDir,
         ...(azure ? { alignSize: MiB } : {}),
       }).catch(engineError);
-      const name = fileName(img, engine);
       const headers: Record<string, string> = {
         'Content-Type': 'application/octet-stream',
-        'Content-Disposition': `attachment; filename="${name.ascii}"; filename*=UTF-8''${encodeURIComponent(name.utf8)}`,
+        'Content-Disposition': dispositionOf(fileName(img, engine)),
       };
       if (out.length !== null) headers['Content-Length'] = String(out.length);
       c.res.writeHead(200, headers);
