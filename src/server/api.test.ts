@@ -227,6 +227,27 @@ describe('data', () => {
   });
 });
 
+describe('paths', () => {
+  it('an empty image id is an image that does not exist (404), as Glance answers, not the list', async () => {
+    const get = await user.req('GET', '/v2/images/');
+    expect(get.status).toBe(404);
+    expect(get.text).toContain('No image found with ID');
+    expect((await user.req('DELETE', '/v2/images/')).status).toBe(404);
+    expect(
+      (
+        await user.req('PATCH', '/v2/images/', [], {
+          'Content-Type': 'application/openstack-images-v2.1-json-patch',
+        })
+      ).status,
+    ).toBe(404);
+    // A trailing slash elsewhere is ignored, as before.
+    expect((await user.req('GET', '/v2/images')).status).toBe(200);
+    const created = await user.req('POST', '/v2/images/', { name: 'slash' });
+    expect(created.status).toBe(201);
+    expect((await user.req('GET', '/v3/auth/projects/')).status).toBe(200);
+  });
+});
+
 describe('lists', () => {
   it('paginates with limit/marker/next, sorts in both syntaxes, filters as Glance', async () => {
     const api = await Api.login(ts.url, 'admin', ADMIN_PASSWORD, 'admin');

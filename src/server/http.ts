@@ -66,6 +66,19 @@ export class Router {
   /** The handler for a request, or an HttpError (404 when no path matches, 405 on method). */
   match(method: string, path: string): { handler: Handler; params: Record<string, string> } {
     const segs = path.split('/').filter((p) => p !== '');
+    // `/v2/images/` names the image whose id is empty (Glance answers 404 for it, not the
+    // list): a trailing slash is first tried as an empty last segment, then ignored.
+    if (path.length > 1 && path.endsWith('/') && !path.endsWith('//')) {
+      try {
+        return this.find(method, [...segs, '']);
+      } catch (err) {
+        if (!(err instanceof HttpError) || (err.status !== 404 && err.status !== 405)) throw err;
+      }
+    }
+    return this.find(method, segs);
+  }
+
+  private find(method: string, segs: string[]): { handler: Handler; params: Record<string, string> } {
     let pathMatched = false;
     for (const r of this.routes) {
       if (r.parts.length !== segs.length) continue;
