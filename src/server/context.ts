@@ -1,6 +1,7 @@
 /** What every handler shares: the database, the blob store, settings, and the caller. */
 import type { Kysely } from 'kysely';
 import type { Database } from './db/schema.js';
+import { CONTAINER_FORMATS, DISK_FORMATS } from './image/schemas.js';
 import type { BlobStore } from './store/store.js';
 
 export interface ServerSettings {
@@ -35,6 +36,16 @@ export interface ServerSettings {
   importConvertTo: 'raw' | 'qcow2' | null;
   /** Masters below an overlay at most (backing_image_id chains). */
   maxChainDepth: number;
+  /**
+   * Uploads must be in the format their disk_format names (Glance's [image_format]
+   * require_image_format_match). Off: a mismatch is accepted (hostile content is still refused).
+   */
+  requireImageFormatMatch: boolean;
+  /** The disk_format / container_format values allowed ([image_format] in Glance). */
+  diskFormats: string[];
+  containerFormats: string[];
+  /** The interoperable import methods offered (Glance's enabled_import_methods). */
+  importMethods: string[];
 }
 
 export const defaultSettings = (): ServerSettings => ({
@@ -54,6 +65,10 @@ export const defaultSettings = (): ServerSettings => ({
   importDisallowedPorts: [],
   importConvertTo: null,
   maxChainDepth: 16,
+  requireImageFormatMatch: true,
+  diskFormats: [...DISK_FORMATS],
+  containerFormats: [...CONTAINER_FORMATS],
+  importMethods: ['glance-direct', 'web-download', 'copy-image'],
 });
 
 export interface AuthContext {

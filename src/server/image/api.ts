@@ -33,6 +33,7 @@ import {
 import { listImages } from './list.js';
 import { canModify, type ImageRow, isOwner } from './policy.js';
 import {
+  type AllowedFormats,
   collectionSchema,
   imageProperties,
   imageSchema,
@@ -84,8 +85,6 @@ const BASE_ATTRS = new Set([
   'os_hash_value',
   'id',
 ]);
-
-export const IMPORT_METHODS = ['glance-direct', 'web-download', 'copy-image'];
 
 const VERSIONS: [string, string][] = [
   ['v2.16', 'CURRENT'],
@@ -160,8 +159,8 @@ export class ImageApi {
 
     // Schemas (no token needed in Glance either? it needs one; keep it authenticated).
     const schemas: Record<string, () => unknown> = {
-      image: imageSchema,
-      images: () => collectionSchema('images', imageSchema()),
+      image: () => imageSchema(this.svc.settings),
+      images: () => collectionSchema('images', imageSchema(this.svc.settings)),
       member: memberSchema,
       members: () => collectionSchema('members', memberSchema()),
       task: taskSchema,
@@ -177,7 +176,11 @@ export class ImageApi {
     router.on('GET', '/v2/info/import', async (c) => {
       await auth(c);
       sendJson(c.res, 200, {
-        'import-methods': { description: 'Import methods available.', type: 'array', value: IMPORT_METHODS },
+        'import-methods': {
+          description: 'Import methods available.',
+          type: 'array',
+          value: this.svc.settings.importMethods,
+        },
       });
     });
 
@@ -324,9 +327,11 @@ export class ImageApi {
   private async create(c: Ctx, ctx: AuthContext): Promise<void> {
     const row = await this.newImageRow(ctx, await readJson(c.req));
     await this.insertImage(row);
+    // Glance leaves the header out without methods (RFC 7230: no empty field values).
+    const methods = this.svc.settings.importMethods;
     sendJson(c.res, 201, imageView(row), {
       Location: `${baseUrl(this.svc, c.req)}/v2/images/${row.id}`,
-      'OpenStack-image-import-methods': IMPORT_METHODS.join(','),
+      ...(methods.length > 0 ? { 'OpenStack-image-import-methods': methods.join(',') } : {}),
     });
   }
 
@@ -339,7 +344,7 @@ export class ImageApi {
     if (!isObject(body))
       throw new HttpError(400, "Provided object does not match schema 'image': not an object");
     for (const k of DISALLOWED) if (k in body) throw new HttpError(403, `Attribute '${k}' is read-only.`);
-    validateImage(body);
+    validateImage(body, this.svc.settings);
     for (const k of READONLY)
       if (k in body && k !== 'id') throw new HttpError(403, `Attribute '${k}' is read-only.`);
     if ('locations' in body) throw new HttpError(403, "Attribute 'locations' is reserved.");
@@ -443,7 +448,7 @@ export class ImageApi {
     const body = await readJson(c.req);
     if (!Array.isArray(body))
       throw new HttpError(400, 'Request body must be a JSON array of operation objects.');
-    const changes = body.map((raw) => parseChange(raw, draft));
+    const changes = body.map((raw) => parseChange(raw, draft, this.svc.settings));
     if (changes.length > 0 && !canModify(ctx, img)) {
       const root = changes[0]!.path[0]!;
       throw new HttpError(403, `You are not permitted to modify '${root}' on this image.`);
@@ -711,7 +716,7 @@ interface Change {
 const OPS = ['add', 'remove', 'replace'] as const;
 
 /** RequestDeserializer.update for one operation: both drafts, JSON pointers, schema check. */
-function parseChange(raw: unknown, draft: 4 | 10): Change {
+function parseChange(raw: unknown, draft: 4 | 10, formats: AllowedFormats): Change {
   if (!isObject(raw)) throw new HttpError(400, 'Operations must be JSON objects.');
   let op: Change['op'];
   let pointer: unknown;
@@ -760,7 +765,7 @@ function parseChange(raw: unknown, draft: 4 | 10): Change {
   if (READONLY.includes(root)) throw new HttpError(403, `Attribute '${root}' is read-only.`);
   if (RESERVED.includes(root) || root.startsWith(RESERVED_NS))
     throw new HttpError(403, `Attribute '${root}' is reserved.`);
-  if (op !== 'remove' && path.length === 1) validateImage({ [root]: change.value });
+  if (op !== 'remove' && path.length === 1) validateImage({ [root]: change.value }, formats);
   return change;
 }
 

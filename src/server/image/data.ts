@@ -100,7 +100,9 @@ export async function receiveData(
   const digester = new UploadDigester((block) => writer.write(block));
   let size = 0;
   let virtualSize: number | null = null;
-  const inspector = inspect?.(img, declared === undefined ? null : Number(declared), opts.master ?? null);
+  const inspector = inspect?.(img, declared === undefined ? null : Number(declared), opts.master ?? null, {
+    requireFormatMatch: svc.settings.requireImageFormatMatch,
+  });
   // A refused upload is read to its end (discarding it, within the size limit) so that the
   // client, still sending, gets the 415 rather than a broken pipe.
   let refused: HttpError | null = null;

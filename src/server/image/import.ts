@@ -36,7 +36,6 @@ import type { AuthContext, Services } from '../context.js';
 import { type Ctx, HttpError, isObject, mediaType, type Router, readJson, sendEmpty } from '../http.js';
 import type { Identity } from '../identity/keystone.js';
 import type { ImageApi } from './api.js';
-import { IMPORT_METHODS } from './api.js';
 import { finishUpload, receiveData, type UploadOutcome } from './data.js';
 import { ENGINE_FORMAT } from './formats.js';
 import type { InspectorFactory } from './inspect.js';
@@ -199,7 +198,7 @@ export class ImportApi {
     if (!isObject(method) || !('name' in method))
       throw new HttpError(400, "Import request requires a 'name' field.");
     const name = method['name'];
-    if (typeof name !== 'string' || !IMPORT_METHODS.includes(name))
+    if (typeof name !== 'string' || !this.svc.settings.importMethods.includes(name))
       throw new HttpError(400, `Unknown import method name '${String(name)}'.`);
     const mustSucceed = body['all_stores_must_succeed'] ?? true;
     if (typeof mustSucceed !== 'boolean')

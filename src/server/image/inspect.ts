@@ -62,7 +62,17 @@ export type InspectorFactory = (
   img: ImageRow,
   declaredSize: number | null,
   master?: MasterInfo | null,
+  opts?: InspectOptions,
 ) => UploadInspector;
+
+export interface InspectOptions {
+  /**
+   * The content must be in the format disk_format names (default). Off (Glance's
+   * require_image_format_match = false): another format is accepted, but still checked for
+   * what makes it unsafe as the format it really is (backing files, extents…).
+   */
+  requireFormatMatch?: boolean;
+}
 
 const HEAD_BYTES = 2 << 20;
 const TAIL_BYTES = 512;
@@ -74,9 +84,14 @@ const unsafe = (detail: string) => new HttpError(415, `Image has disallowed conf
 
 const show = (s: string) => JSON.stringify(s.length > 200 ? `${s.slice(0, 200)}…` : s);
 
-export const inspectUpload: InspectorFactory = (img, declaredSize, master) => {
+export const inspectUpload: InspectorFactory = (img, declaredSize, master, opts) => {
   registerBuiltinFormats();
-  return new Inspector(img.disk_format ?? 'raw', declaredSize, master ?? null);
+  return new Inspector(
+    img.disk_format ?? 'raw',
+    declaredSize,
+    master ?? null,
+    opts?.requireFormatMatch !== false,
+  );
 };
 
 const noBacking = (what: string) => `the ${what} image names a backing file`;
@@ -87,12 +102,15 @@ class Inspector implements UploadInspector {
   private head: Buffer | null = null;
   private tail: Buffer = Buffer.alloc(0);
   private detected = 'raw';
+  /** The content is in the declared format (only false when a mismatch is allowed). */
+  private matches = true;
   private virtualSize: number | null = null;
 
   constructor(
     private readonly diskFormat: string,
     private readonly declaredSize: number | null,
     private readonly master: MasterInfo | null,
+    private readonly requireMatch: boolean,
   ) {}
 
   feed(chunk: Buffer): void {
@@ -115,13 +133,15 @@ class Inspector implements UploadInspector {
     else if (this.detected === 'qcow2' && this.declaredSize !== size) this.checkQcow2(size);
     if (this.diskFormat === 'vhd' && this.detected === 'raw') {
       // A fixed VHD: raw data followed by the footer ("conectix", disk size at 48).
-      if (size < TAIL_BYTES || this.tail.subarray(0, 8).toString('latin1') !== 'conectix')
-        throw mismatch('the data is not in disk_format vhd (no VHD footer).');
-      this.virtualSize = safeSize(this.tail.readBigUInt64BE(48));
+      if (size >= TAIL_BYTES && this.tail.subarray(0, 8).toString('latin1') === 'conectix')
+        this.virtualSize = safeSize(this.tail.readBigUInt64BE(48));
+      else if (this.requireMatch) throw mismatch('the data is not in disk_format vhd (no VHD footer).');
+      else this.matches = false;
     }
     if (this.virtualSize === null && this.detected === 'raw' && this.diskFormat === 'raw')
       this.virtualSize = size;
-    return { virtualSize: this.virtualSize };
+    // Data in another format than declared (allowed by the operator): no virtual size claimed.
+    return { virtualSize: this.matches ? this.virtualSize : null };
   }
 
   private inspectHead(fileSize: number | null): void {
@@ -132,7 +152,8 @@ class Inspector implements UploadInspector {
     this.detected = detected;
     const expected = engineFormatOf(this.diskFormat);
     const fixedVhd = this.diskFormat === 'vhd' && detected === 'raw';
-    if (detected !== expected && !fixedVhd)
+    this.matches = detected === expected || fixedVhd;
+    if (!this.matches && (this.requireMatch || this.master !== null))
       throw mismatch(`the data is not in disk_format ${this.diskFormat} (it is ${diskFormatOf(detected)}).`);
     if (this.master !== null && detected !== 'qcow2' && detected !== 'qed')
       throw unsafe(

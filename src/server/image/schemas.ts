@@ -42,7 +42,15 @@ const UUID_PATTERN =
 
 export type JsonSchema = Record<string, unknown>;
 
-export function imageProperties(): Record<string, JsonSchema> {
+/** The formats an operator allows ([image_format] disk_formats, container_formats). */
+export interface AllowedFormats {
+  diskFormats: readonly string[];
+  containerFormats: readonly string[];
+}
+
+const ALL_FORMATS: AllowedFormats = { diskFormats: DISK_FORMATS, containerFormats: CONTAINER_FORMATS };
+
+export function imageProperties(formats: AllowedFormats = ALL_FORMATS): Record<string, JsonSchema> {
   return {
     id: { type: 'string', description: 'An identifier for the image', pattern: UUID_PATTERN },
     name: { type: ['null', 'string'], description: 'Descriptive name for the image', maxLength: 255 },
@@ -85,12 +93,12 @@ export function imageProperties(): Record<string, JsonSchema> {
     container_format: {
       type: ['null', 'string'],
       description: 'Format of the container',
-      enum: [null, ...CONTAINER_FORMATS],
+      enum: [null, ...formats.containerFormats],
     },
     disk_format: {
       type: ['null', 'string'],
       description: 'Format of the disk',
-      enum: [null, ...DISK_FORMATS],
+      enum: [null, ...formats.diskFormats],
     },
     created_at: { type: 'string', readOnly: true, description: 'Date and time of image registration' },
     updated_at: {
@@ -191,10 +199,10 @@ const imageLinks = [
 ];
 
 /** PermissiveSchema.raw(): extra properties must be strings. */
-export function imageSchema(): JsonSchema {
+export function imageSchema(formats: AllowedFormats = ALL_FORMATS): JsonSchema {
   return {
     name: 'image',
-    properties: imageProperties(),
+    properties: imageProperties(formats),
     additionalProperties: { type: 'string' },
     links: imageLinks,
   };
@@ -345,8 +353,8 @@ export function validateValue(schema: JsonSchema, v: unknown, path: string): str
 }
 
 /** Validate an image body (create, or one PATCH value) against the image schema: 400 on failure. */
-export function validateImage(body: Record<string, unknown>): void {
-  const props = imageProperties();
+export function validateImage(body: Record<string, unknown>, formats: AllowedFormats = ALL_FORMATS): void {
+  const props = imageProperties(formats);
   for (const [k, v] of Object.entries(body)) {
     const s = props[k] ?? { type: 'string' };
     const err = validateValue(s, v, k);
