@@ -4,7 +4,8 @@
 # dmg2img for dmg images with bzip2 chunks (which Debian's qemu-img cannot read), and the real
 # servers the registry's conformance suite runs on (src/server/conformance.test.ts): PostgreSQL
 # (initdb/pg_ctl, a throwaway cluster on loopback) and Ceph (mon + memstore OSD + radosgw, an S3
-# endpoint on loopback). Nothing is started here; the tests start and stop them.
+# endpoint on loopback), tempest and Glance's metadefs. Nothing is started here; the tests
+# start and stop them.
 # Idempotent and fast when everything is there.
 set -euo pipefail
 need=()
@@ -21,6 +22,11 @@ command -v monmaptool >/dev/null 2>&1 || need+=(ceph-base)
 command -v ceph-osd >/dev/null 2>&1 || need+=(ceph-osd)
 command -v radosgw >/dev/null 2>&1 || need+=(radosgw)
 command -v radosgw-admin >/dev/null 2>&1 || need+=(ceph-common)
+# Glance's conformance suite (src/server/tempest.test.ts), and Glance's metadata definition
+# files that `vdisk serve` loads as glance-manage does (glance-common puts them in
+# /usr/share/glance-common/metadefs and /etc/glance/metadefs).
+command -v tempest >/dev/null 2>&1 || need+=(tempest)
+[ -d /usr/share/glance-common/metadefs ] || need+=(glance-common)
 command -v ceph >/dev/null 2>&1 || need+=(ceph-common)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive

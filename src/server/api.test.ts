@@ -294,6 +294,10 @@ describe('lists', () => {
     expect(await names('tag=gold')).toEqual(['img-3']);
     expect(await names('size_min=2000&sort=name:asc')).toEqual(['img-1', 'img-2']);
     expect(await names('size_max=1000')).toEqual(['img-0']);
+    // Exact columns, as Glance filters any attribute of the image.
+    expect(await names('size=2000')).toEqual(['img-1']);
+    expect(await names('min_ram=0&size=1000')).toEqual(['img-0']);
+    expect((await user.req('GET', '/v2/images?size=big')).status).toBe(400);
     expect(await names('status=active&sort=name:asc')).toEqual(['img-0', 'img-1', 'img-2']);
     expect(await names('flavor=small&sort=name:asc')).toEqual(['img-0', 'img-1']);
     expect(await names('os_hidden=true')).toEqual(['img-5']);

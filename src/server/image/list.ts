@@ -206,6 +206,11 @@ export async function listImages(
         conds.push((eb) => eb(col, 'in', list));
       } else if (op === 'eq') conds.push((eb) => eb(col, '=', value));
       else throw new HttpError(400, `Unable to filter by unknown operator '${op}'.`);
+    } else if (k === 'size' || k === 'virtual_size' || k === 'min_ram' || k === 'min_disk') {
+      // Glance filters any column of the image exactly (hasattr(models.Image, key)).
+      if (!/^\s*\d+\s*$/.test(v)) throw new HttpError(400, `Invalid value '${v}' for ${k}: an integer is expected.`);
+      const n = Number.parseInt(v, 10);
+      conds.push((eb) => eb(k, '=', n));
     } else if (k === 'owner' || k === 'checksum' || k === 'os_hash_value' || k === 'os_hash_algo') {
       conds.push((eb) => eb(k, '=', v));
     } else if (k === 'protected') {
