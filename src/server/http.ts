@@ -5,6 +5,7 @@
  * `{"error": {code, message, title}}`, Glance answers webob's plain-text page.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { type ErrorCode, fromHostError, isVdiskError, strerror } from '../core/errors.js';
 
 export class HttpError extends Error {
   readonly status: number;
@@ -14,6 +15,52 @@ export class HttpError extends Error {
     this.status = status;
     this.headers = headers;
   }
+}
+
+/**
+ * Engine errors as HTTP answers: one table over every code (the compiler checks it is complete).
+ * Storage failures are 503 and a full store 413, as Glance answers them (StorageFull,
+ * StorageWriteDenied); a stored image the engine cannot read is a conflict with the request
+ * (409), not a server error.
+ */
+export const ERROR_STATUS: Readonly<Record<ErrorCode, number>> = {
+  ENOENT: 404,
+  EACCES: 503,
+  EIO: 503,
+  ENOSPC: 413,
+  INVALID_ARGUMENT: 400,
+  UNKNOWN_FORMAT: 400,
+  FORMAT_MISMATCH: 415,
+  INVALID_IMAGE: 409,
+  CORRUPT_IMAGE: 409,
+  UNSUPPORTED: 400,
+  OUT_OF_RANGE: 416,
+  READ_ONLY: 500,
+  LOCKED: 409,
+  NOT_ALLOWED: 403,
+  CHAIN_TOO_DEEP: 409,
+  TOO_LARGE: 413,
+  NOT_FOUND: 404,
+  INTERNAL: 500,
+};
+
+/** Glance's words before the detail, where Glance has some. */
+const ERROR_PREFIX: Partial<Record<ErrorCode, string>> = {
+  ENOSPC: 'Image storage media is full: ',
+  EACCES: 'Insufficient permissions on image storage media: ',
+};
+
+/**
+ * An error thrown below the HTTP layer as the answer it deserves: a VdiskError or a host error
+ * (ENOSPC from a store's write…) through ERROR_STATUS, null for anything else (a bug: 500).
+ */
+export function httpErrorOf(err: unknown): HttpError | null {
+  if (err instanceof HttpError) return err;
+  const hostCode = (err as { code?: unknown } | null)?.code;
+  if (!isVdiskError(err) && typeof hostCode !== 'string') return null;
+  const v = isVdiskError(err) ? err : fromHostError(err, { message: strerror(err) });
+  if (!isVdiskError(err) && v.code === 'EIO' && !/^E[A-Z]+$/.test(hostCode as string)) return null;
+  return new HttpError(ERROR_STATUS[v.code], `${ERROR_PREFIX[v.code] ?? ''}${v.message}`);
 }
 
 export const TITLES: Record<number, string> = {
@@ -33,6 +80,7 @@ export const TITLES: Record<number, string> = {
   413: 'Request Entity Too Large',
   415: 'Unsupported Media Type',
   416: 'Requested Range Not Satisfiable',
+  422: 'Unprocessable Entity',
   500: 'Internal Server Error',
   503: 'Service Unavailable',
 };

@@ -2,8 +2,10 @@
  * The operator's switches, as Glance has them: format-match enforcement, the disk and
  * container formats allowed, the import methods offered.
  */
+
+import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { qemuImgOk, tempDir } from '../test/oracle.js';
@@ -61,6 +63,37 @@ describe('require_image_format_match', () => {
     const r = await api.req('PUT', `/v2/images/${img.id}/file`, new Uint8Array(3000).fill(1));
     expect(r.status).toBe(415);
     expect(r.text).toContain('the data is not in disk_format qcow2 (it is raw)');
+  });
+});
+
+describe('engine and host errors, as Glance answers them', () => {
+  it('a full store: 413 "Image storage media is full", the image back to queued, nothing kept', async () => {
+    // A real full file system: a 4 MiB tmpfs for the store (the tests run as root, as CI does).
+    const store = join(dir, 'small-store');
+    mkdirSync(store);
+    const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', store], { encoding: 'utf8' });
+    expect(m.status, `mount a 4 MiB tmpfs (needs root): ${m.stderr}`).toBe(0);
+    try {
+      const ts = await startTestServer({ store });
+      servers.push(ts);
+      const api = await Api.login(ts.url, 'admin', ADMIN_PASSWORD, 'admin');
+      const img = await api.createImage({ disk_format: 'raw', container_format: 'bare' });
+      const data = randomBytes(8 << 20);
+      data.fill(0, 510, 512);
+      const r = await api.req('PUT', `/v2/images/${img.id}/file`, data);
+      expect(r.status).toBe(413);
+      expect(r.text).toContain('Image storage media is full: No space left on device');
+      const got = (await api.req('GET', `/v2/images/${img.id}`)).json;
+      expect([got.status, got.size]).toEqual(['queued', null]);
+      expect(readdirSync(store).filter((n) => n !== '.tmp')).toEqual([]);
+      expect(readdirSync(join(store, '.tmp'))).toEqual([]);
+      // And the store works again for what fits.
+      const small = await api.createImage({ disk_format: 'raw', container_format: 'bare' });
+      expect(await api.upload(small.id, data.subarray(0, 1 << 20))).toBe(204);
+    } finally {
+      for (const s of servers.splice(0)) await s.stop();
+      spawnSync('umount', [store]);
+    }
   });
 });
 

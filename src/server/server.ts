@@ -15,7 +15,7 @@ import { VdiskError } from '../core/errors.js';
 import { native } from '../native/index.js';
 import { defaultSettings, type ServerSettings, type Services } from './context.js';
 import { type MetaDb, openPglite, openPostgres } from './db/connect.js';
-import { HttpError, Router, sendGlanceError, sendKeystoneError } from './http.js';
+import { HttpError, httpErrorOf, Router, sendGlanceError, sendKeystoneError } from './http.js';
 import { Identity } from './identity/keystone.js';
 import { ImageApi, type ImageApiOptions } from './image/api.js';
 import { FsStore } from './store/fs.js';
@@ -175,17 +175,16 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
       const { handler, params } = router.match(req.method ?? 'GET', path);
       await handler({ req, res, method: req.method ?? 'GET', path, query: url.searchParams, params });
     } catch (err) {
-      let e: HttpError;
-      if (err instanceof HttpError) e = err;
-      else {
+      let e = httpErrorOf(err);
+      if (e === null || e.status >= 500) {
         log(
           `error: ${req.method} ${path}: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`,
         );
-        e = new HttpError(
-          500,
-          'The server has either erred or is incapable of performing the requested operation.',
-        );
       }
+      e ??= new HttpError(
+        500,
+        'The server has either erred or is incapable of performing the requested operation.',
+      );
       if (res.headersSent) {
         res.destroy();
         return;

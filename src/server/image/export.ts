@@ -21,7 +21,6 @@ import { once } from 'node:events';
 import { Readable } from 'node:stream';
 import { type ExportStream, exportDiff, exportImage } from '../../commands/export.js';
 import { allocationPicture, PICTURE_KINDS } from '../../commands/picture.js';
-import { VdiskError } from '../../core/errors.js';
 import type { Image } from '../../core/image.js';
 import type { AuthContext, Services } from '../context.js';
 import { type Ctx, HttpError, isObject, type Router, readJson, sendJson } from '../http.js';
@@ -69,13 +68,6 @@ function fileName(img: ImageRow, engine: string): { ascii: string; utf8: string 
 
 const dispositionOf = (name: { ascii: string; utf8: string }) =>
   `attachment; filename="${name.ascii}"; filename*=UTF-8''${encodeURIComponent(name.utf8)}`;
-
-/** Errors of the engine as HTTP answers: what the caller asked cannot be done (400). */
-function engineError(err: unknown): never {
-  if (err instanceof VdiskError && ['UNSUPPORTED', 'INVALID_ARGUMENT', 'TOO_LARGE'].includes(err.code))
-    throw new HttpError(400, err.message);
-  throw err;
-}
 
 /** Write a stream to the response with backpressure; false when the client went away. */
 async function sendStream(res: import('node:http').ServerResponse, out: ExportStream): Promise<boolean> {
@@ -247,7 +239,7 @@ export class ExportApi {
         compressed: compress,
         tmpDir: this.svc.workDir,
         ...(azure ? { alignSize: MiB } : {}),
-      }).catch(engineError);
+      });
       const headers: Record<string, string> = {
         'Content-Type': 'application/octet-stream',
         'Content-Disposition': dispositionOf(fileName(img, engine)),

@@ -208,7 +208,8 @@ export async function listImages(
       else throw new HttpError(400, `Unable to filter by unknown operator '${op}'.`);
     } else if (k === 'size' || k === 'virtual_size' || k === 'min_ram' || k === 'min_disk') {
       // Glance filters any column of the image exactly (hasattr(models.Image, key)).
-      if (!/^\s*\d+\s*$/.test(v)) throw new HttpError(400, `Invalid value '${v}' for ${k}: an integer is expected.`);
+      if (!/^\s*\d+\s*$/.test(v))
+        throw new HttpError(400, `Invalid value '${v}' for ${k}: an integer is expected.`);
       const n = Number.parseInt(v, 10);
       conds.push((eb) => eb(k, '=', n));
     } else if (k === 'owner' || k === 'checksum' || k === 'os_hash_value' || k === 'os_hash_algo') {
