@@ -31,7 +31,7 @@ import {
   masterForUpload,
 } from './layers.js';
 import { listImages } from './list.js';
-import { canModify, type ImageRow, isOwner } from './policy.js';
+import { allowed, canModify, enforce, type ImageRow } from './policy.js';
 import {
   type AllowedFormats,
   collectionSchema,
@@ -311,8 +311,13 @@ export class ImageApi {
   /** GET /file: the image's own bytes; `attachment` adds Content-Disposition (browser downloads). */
   async download(c: Ctx, ctx: AuthContext, attachment?: string): Promise<void> {
     const img = await this.visibleImage(ctx, c.params['id']!);
-    if (img.status === 'deactivated' && !ctx.isAdmin)
-      throw new HttpError(403, 'The requested image has been deactivated. Image data download is forbidden.');
+    if (img.status === 'deactivated')
+      enforce(
+        'download_deactivated',
+        ctx,
+        { image: img },
+        'The requested image has been deactivated. Image data download is forbidden.',
+      );
     if (attachment !== undefined) c.res.setHeader('Content-Disposition', attachment);
     await sendData(this.svc, img, c.req, c.res);
   }
@@ -370,11 +375,10 @@ export class ImageApi {
         `Maximum tag count exceeded: ${tags.length} > ${this.svc.settings.imageTagQuota}`,
       );
     const owner = 'owner' in body ? (body['owner'] as string | null) : ctx.projectId;
-    if (!ctx.isAdmin && owner !== ctx.projectId)
-      throw new HttpError(403, `You are not permitted to create images owned by '${owner}'.`);
+    if (owner !== ctx.projectId)
+      enforce('set_image_owner', ctx, {}, `You are not permitted to create images owned by '${owner}'.`);
     const visibility = (body['visibility'] as string | undefined) ?? 'shared';
-    if (visibility === 'public' && !ctx.isAdmin)
-      throw new HttpError(403, 'You are not authorized to complete publicize_image action.');
+    if (visibility === 'public') enforce('publicize_image', ctx, {});
     if (this.svc.settings.imageCountQuota >= 0 && owner !== null) {
       const n = await this.db
         .selectFrom('images')
@@ -480,8 +484,7 @@ export class ImageApi {
           next.name = v as string | null;
           break;
         case 'visibility':
-          if (v === 'public' && !ctx.isAdmin && next.visibility !== 'public')
-            throw new HttpError(403, 'You are not authorized to complete publicize_image action.');
+          if (v === 'public' && next.visibility !== 'public') enforce('publicize_image', ctx, {});
           next.visibility = v as string;
           break;
         case 'protected':
@@ -502,8 +505,8 @@ export class ImageApi {
           next[root] = v as string | null;
           break;
         case 'owner':
-          if (v !== next.owner && !ctx.isAdmin)
-            throw new HttpError(403, "You are not permitted to modify 'owner' on this image.");
+          if (v !== next.owner)
+            enforce('set_image_owner', ctx, {}, "You are not permitted to modify 'owner' on this image.");
           next.owner = v as string | null;
           break;
         case 'tags': {
@@ -554,7 +557,7 @@ export class ImageApi {
 
   private async remove(c: Ctx, ctx: AuthContext): Promise<void> {
     const img = await this.visibleImage(ctx, c.params['id']!);
-    if (!canModify(ctx, img)) throw new HttpError(403, `You are not permitted to delete this image.`);
+    enforce('delete_image', ctx, { image: img }, 'You are not permitted to delete this image.');
     if (img.protected) throw new HttpError(403, `Image ${img.id} is protected and cannot be deleted.`);
     // A master stays while images name it (one statement: no dependent can slip in between).
     const r = await this.db
@@ -601,7 +604,7 @@ export class ImageApi {
         .where('member', '=', memberId)
         .executeTakeFirst();
       // A non-owner sees only its own membership.
-      if (m === undefined || (!ctx.isAdmin && !isOwner(ctx, img) && memberId !== ctx.projectId))
+      if (m === undefined || (!allowed('get_members', ctx, { image: img }) && memberId !== ctx.projectId))
         throw new HttpError(404, `${memberId} not found in the member list of the image ${img.id}.`);
       return m;
     };
@@ -611,7 +614,7 @@ export class ImageApi {
       const img = await this.visibleImage(ctx, c.params['id']!);
       sharedOnly(img);
       let q = db.selectFrom('image_members').selectAll().where('image_id', '=', img.id).orderBy('created_at');
-      if (!ctx.isAdmin && !isOwner(ctx, img)) q = q.where('member', '=', ctx.projectId ?? '');
+      if (!allowed('get_members', ctx, { image: img })) q = q.where('member', '=', ctx.projectId ?? '');
       const rows = await q.execute();
       sendJson(c.res, 200, { members: rows.map(memberView), schema: '/v2/schemas/members' });
     });
@@ -623,8 +626,7 @@ export class ImageApi {
         throw new HttpError(400, 'Member to be added not specified');
       const member = body['member'];
       if (typeof member !== 'string' || member === '') throw new HttpError(400, "Member can't be empty");
-      if (!canModify(ctx, img))
-        throw new HttpError(403, `Not allowed to create members for image ${img.id}.`);
+      enforce('add_member', ctx, { image: img }, `Not allowed to create members for image ${img.id}.`);
       sharedOnly(img);
       // A member of an overlay must be able to see its masters (else its exports fail).
       if (img.properties[BACKING_PROP] !== undefined) {
@@ -674,8 +676,12 @@ export class ImageApi {
       const status = body['status'];
       sharedOnly(img);
       const m = await findMember(img, ctx, c.params['member']!);
-      if (!ctx.isAdmin && m.member !== ctx.projectId)
-        throw new HttpError(403, `Not allowed to update members for image ${img.id}.`);
+      enforce(
+        'modify_member',
+        ctx,
+        { member: m.member },
+        `Not allowed to update members for image ${img.id}.`,
+      );
       if (status !== 'pending' && status !== 'accepted' && status !== 'rejected')
         throw new HttpError(
           400,
@@ -695,8 +701,7 @@ export class ImageApi {
       const img = await this.visibleImage(ctx, c.params['id']!);
       sharedOnly(img);
       const m = await findMember(img, ctx, c.params['member']!);
-      if (!canModify(ctx, img))
-        throw new HttpError(403, `Not allowed to delete members for image ${img.id}.`);
+      enforce('delete_member', ctx, { image: img }, `Not allowed to delete members for image ${img.id}.`);
       await db
         .deleteFrom('image_members')
         .where('image_id', '=', img.id)

@@ -33,7 +33,7 @@ import { ENGINE_FORMAT, engineFormatOf } from './formats.js';
 import { asBody, type ImportApi, taskLockProperties } from './import.js';
 import type { InspectorFactory } from './inspect.js';
 import { BACKING_PROP, checkChainReadable, loadChain, masterIdOf, openChain } from './layers.js';
-import type { ImageRow } from './policy.js';
+import { enforce, type ImageRow } from './policy.js';
 import { createTask } from './tasks.js';
 import { Tickets } from './tickets.js';
 import { imageView } from './views.js';
@@ -134,9 +134,11 @@ export class ExportApi {
     if (q.size > 0) await this.readableChain(ctx, id);
     else {
       const img = await this.images.visibleImage(ctx, id);
-      if (img.status === 'deactivated' && !ctx.isAdmin)
-        throw new HttpError(
-          403,
+      if (img.status === 'deactivated')
+        enforce(
+          'download_deactivated',
+          ctx,
+          { image: img },
           'The requested image has been deactivated. Image data download is forbidden.',
         );
     }

@@ -40,7 +40,7 @@ import { finishUpload, receiveData, type UploadOutcome } from './data.js';
 import { ENGINE_FORMAT } from './formats.js';
 import type { InspectorFactory } from './inspect.js';
 import { BACKING_PROP } from './layers.js';
-import { canModify, type ImageRow } from './policy.js';
+import { canModify, enforce, type ImageRow } from './policy.js';
 import { createTask, type TaskRow, taskRoutes, updateTask } from './tasks.js';
 import { fetchImage, type ImportFilter, isInternalAddress, validateImportUri } from './web-download.js';
 
@@ -219,7 +219,7 @@ export class ImportApi {
     if (!img.container_format) throw new HttpError(409, "'container_format' needs to be set before import");
     if (!img.disk_format) throw new HttpError(409, "'disk_format' needs to be set before import");
     if (name === 'copy-image') {
-      if (!ctx.isAdmin) throw new HttpError(403, 'You are not authorized to complete copy_image action.');
+      enforce('copy_image', ctx, { image: img });
     } else if (!canModify(ctx, img)) {
       throw new HttpError(403, 'You are not authorized to complete modify_image action.');
     }

@@ -17,7 +17,7 @@ import { HttpError } from '../http.js';
 import type { BlobStore } from '../store/store.js';
 import { UUID_RE } from '../util.js';
 import { engineFormatOf, LAYERED_FORMATS } from './formats.js';
-import { canSee, type ImageRow } from './policy.js';
+import { canSee, enforce, type ImageRow } from './policy.js';
 
 export const BACKING_PROP = 'backing_image_id';
 
@@ -172,8 +172,13 @@ export async function checkChainReadable(svc: Services, ctx: AuthContext, chain:
         403,
         `${what} is not visible to your project: ask its owner (project ${row.owner}) to share it with you.`,
       );
-    if (row.status === 'deactivated' && !ctx.isAdmin)
-      throw new HttpError(403, `${what} has been deactivated. Image data download is forbidden.`);
+    if (row.status === 'deactivated')
+      enforce(
+        'download_deactivated',
+        ctx,
+        { image: row },
+        `${what} has been deactivated. Image data download is forbidden.`,
+      );
     if (row.status !== 'active' && row.status !== 'deactivated')
       throw new HttpError(409, `${what} has no data yet (status ${row.status}).`);
     if (row.blob === null) throw new HttpError(409, `${what} has no data.`);

@@ -15,6 +15,7 @@ import type { AuthContext, Services } from '../context.js';
 import type { TaskTable } from '../db/schema.js';
 import { type Ctx, HttpError, type Router, sendJson } from '../http.js';
 import { isotime, UUID_RE, uuid } from '../util.js';
+import { allowed, enforce } from './policy.js';
 
 export type TaskRow = Selectable<TaskTable>;
 
@@ -143,7 +144,7 @@ export function imageTaskView(t: TaskRow): Record<string, unknown> {
 const notExpired = (t: TaskRow, now: Date) => t.expires_at === null || t.expires_at >= now;
 
 function enforceTasksApi(ctx: AuthContext): void {
-  if (!ctx.isAdmin) throw new HttpError(403, 'You are not authorized to complete tasks_api_access action.');
+  enforce('tasks_api_access', ctx, {});
 }
 
 export function taskRoutes(
@@ -252,7 +253,7 @@ export function taskRoutes(
     }
     const now = new Date();
     let q = svc.db.selectFrom('tasks').selectAll().where('image_id', '=', id).orderBy('created_at');
-    if (!ctx.isAdmin) q = q.where('owner', '=', ctx.projectId ?? '');
+    if (!allowed('tasks_api_access', ctx)) q = q.where('owner', '=', ctx.projectId ?? '');
     const rows = (await q.execute()).filter((t) => notExpired(t, now));
     sendJson(c.res, 200, { tasks: rows.map(imageTaskView) });
   });
