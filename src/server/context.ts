@@ -1,6 +1,7 @@
 /** What every handler shares: the database, the blob store, settings, and the caller. */
 import type { Kysely } from 'kysely';
 import type { Database } from './db/schema.js';
+import type { ImageCache } from './image/cache.js';
 import { CONTAINER_FORMATS, DISK_FORMATS } from './image/schemas.js';
 import type { BlobStore } from './store/store.js';
 
@@ -46,6 +47,10 @@ export interface ServerSettings {
   containerFormats: string[];
   /** The interoperable import methods offered (Glance's enabled_import_methods). */
   importMethods: string[];
+  /** Where this node caches whole images (Glance's image_cache_dir); null: no cache. */
+  imageCacheDir: string | null;
+  /** Bytes the cache holds at most (Glance's image_cache_max_size). */
+  imageCacheMaxSize: number;
 }
 
 export const defaultSettings = (): ServerSettings => ({
@@ -69,6 +74,8 @@ export const defaultSettings = (): ServerSettings => ({
   diskFormats: [...DISK_FORMATS],
   containerFormats: [...CONTAINER_FORMATS],
   importMethods: ['glance-direct', 'web-download', 'copy-image'],
+  imageCacheDir: null,
+  imageCacheMaxSize: 10 * 2 ** 30,
 });
 
 export interface AuthContext {
@@ -95,4 +102,6 @@ export interface Services {
    * formats without a sequential writer): DATA_DIR/work, emptied at start.
    */
   workDir: string;
+  /** This node's image cache, when imageCacheDir is set (image/cache.ts). */
+  cache: ImageCache | null;
 }

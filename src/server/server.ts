@@ -144,6 +144,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     settings: { ...defaultSettings(), ...opts.settings },
     instanceId: randomBytes(8).toString('hex'),
     workDir: join(opts.dataDir, 'work'),
+    cache: null,
   };
   const identity = new Identity(svc);
   const generatedPassword = await identity.bootstrap(opts.adminPassword);
@@ -151,6 +152,10 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
 
   const router = new Router();
   identity.routes(router);
+  if (svc.settings.imageCacheDir !== null) {
+    const { ImageCache } = await import('./image/cache.js');
+    svc.cache = await ImageCache.open(svc, svc.settings.imageCacheDir, svc.settings.imageCacheMaxSize);
+  }
   const { inspectUpload } = await import('./image/inspect.js');
   const imageApi = new ImageApi(svc, identity, { inspect: inspectUpload, ...opts.imageApi });
   const { ImportApi, recoverImports } = await import('./image/import.js');
@@ -164,6 +169,13 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     inspect: opts.imageApi?.inspect ?? inspectUpload,
   }).routes(router);
   imageApi.routes(router);
+  const { cacheRoutes } = await import('./image/cache.js');
+  cacheRoutes(
+    router,
+    (c) => identity.authenticate(c.req),
+    svc.cache,
+    (ctx, id) => imageApi.visibleImage(ctx, id),
+  );
 
   const inflight = new Set<Promise<void>>();
   const handle = async (req: IncomingMessage, res: ServerResponse) => {
@@ -229,6 +241,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
         await stopped;
         await Promise.allSettled([...inflight]);
         await importApi.drain(timeoutMs);
+        await svc.cache?.close();
         await store.close();
         await meta.close();
         await unlock();

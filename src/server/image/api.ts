@@ -583,6 +583,7 @@ export class ImageApi {
       throw new HttpError(404, `Failed to find image ${img.id} to delete`);
     }
     if (img.blob !== null) await this.svc.store.delete(img.blob);
+    await this.svc.cache?.drop(img.id);
     // A concurrent upload notices the missing row at commit and drops its blob.
     sendEmpty(c.res, 204);
   }

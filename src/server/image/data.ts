@@ -9,11 +9,13 @@
  * puts the image back to queued, as Glance's _restore does. The image row names the server
  * instance that writes it (`writer`), so a restarted server can tell its crashed uploads.
  */
-import type { FileHandle } from 'node:fs/promises';
+import { type FileHandle, open } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { AuthContext, Services } from '../context.js';
 import { HttpError } from '../http.js';
+import type { CacheFill } from './cache.js';
 import { type Digests, UploadDigester } from './hashing.js';
 import type { InspectorFactory, MasterInfo } from './inspect.js';
 import type { ImageRow } from './policy.js';
@@ -281,8 +283,23 @@ export async function sendData(
       throw new HttpError(416, 'Requested range not satisfiable', { 'Content-Range': `bytes */${size}` });
     partial = true;
   }
-  const file = svc.store.openFile === undefined ? undefined : await svc.store.openFile(img.blob);
-  const stream = file === undefined ? await svc.store.read(img.blob, start, end) : undefined;
+  // The node's image cache (cache.ts): serve a cached image from its file; fill the cache
+  // from a full download of one that is not cached yet.
+  const cached = svc.cache === null ? null : await svc.cache.hit(img.id);
+  const fill =
+    svc.cache !== null && cached === null && !partial && req.method !== 'HEAD'
+      ? await svc.cache.fill(img)
+      : null;
+  let file: FileHandle | undefined;
+  let stream: Readable | undefined;
+  try {
+    if (cached !== null) file = await open(cached, 'r');
+    else if (svc.store.openFile !== undefined) file = await svc.store.openFile(img.blob);
+    else stream = await svc.store.read(img.blob, start, end);
+  } catch (err) {
+    await fill?.abort();
+    throw err;
+  }
   const headers: Record<string, string> = {
     'Content-Type': 'application/octet-stream',
     'Content-Length': String(end - start + 1),
@@ -296,13 +313,30 @@ export async function sendData(
     res.end();
     return;
   }
-  if (file !== undefined) {
-    try {
-      await sendFile(file, start, end, res);
-    } finally {
-      await file.close();
-    }
-  } else await pipeline(stream!, res);
+  let sent = false;
+  try {
+    if (file !== undefined) {
+      try {
+        await sendFile(file, start, end, res, fill);
+      } finally {
+        await file.close();
+      }
+    } else if (fill === null) await pipeline(stream!, res);
+    else
+      await pipeline(
+        stream!,
+        async function* (source: AsyncIterable<Buffer>) {
+          for await (const chunk of source) {
+            await fill.write(chunk);
+            yield chunk;
+          }
+        },
+        res,
+      );
+    sent = true;
+  } finally {
+    if (fill !== null) await (sent ? fill.commit(size) : fill.abort());
+  }
 }
 
 const SEND_BUFFER = 2 << 20;
@@ -315,7 +349,13 @@ const sendBuffers: Buffer[] = [];
  * socket has taken it (the write callback), which is also the backpressure. Node has no
  * sendfile; this keeps the copies to the one into the socket and allocates nothing per block.
  */
-async function sendFile(fh: FileHandle, start: number, end: number, res: ServerResponse): Promise<void> {
+async function sendFile(
+  fh: FileHandle,
+  start: number,
+  end: number,
+  res: ServerResponse,
+  fill: CacheFill | null = null,
+): Promise<void> {
   const bufs = [
     sendBuffers.pop() ?? Buffer.allocUnsafe(SEND_BUFFER),
     sendBuffers.pop() ?? Buffer.allocUnsafe(SEND_BUFFER),
@@ -358,6 +398,8 @@ async function sendFile(fh: FileHandle, start: number, end: number, res: ServerR
       pos += block.length;
       i ^= 1;
       await writing;
+      // The cache takes the block before its buffer can be refilled.
+      if (fill !== null) await fill.write(block);
       next = pos <= end ? read(bufs[i]!, pos) : null;
       writing = write(block);
     }
