@@ -2,7 +2,8 @@
   "targets": [
     {
       "target_name": "vdisk_native",
-      "sources": ["vdisk_native.c", "vdisk_deflate.c"],
+      "sources": ["vdisk_native.c", "vdisk_deflate.c", "vdisk_zstd.c"],
+      "libraries": ["-ldl", "-lpthread"],
       "cflags": ["-O2", "-Wall", "-Wextra"]
     }
   ]

@@ -10,6 +10,7 @@
  *                                          held by another open file description, else 0
  *
  *   deflateCluster(buf, mode, limit, probe)  compression on the thread pool: vdisk_deflate.c
+ *   zstdCluster(buf, mode, size, level)      zstd (the system's libzstd) on the pool: vdisk_zstd.c
  *
  * The file calls are synchronous: each is one cheap system call on an already open descriptor.
  * Node's fs uses pread/pwrite, so the lseek here never disturbs its reads and writes.
@@ -24,6 +25,7 @@
 #include <unistd.h>
 
 #include "vdisk_deflate.h"
+#include "vdisk_zstd.h"
 
 static int get_i64(napi_env env, napi_value v, int64_t *out) {
   double d;
@@ -103,6 +105,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"ofdLock", NULL, ofd_lock, NULL, NULL, NULL, napi_default, NULL},
       {"ofdTest", NULL, ofd_test, NULL, NULL, NULL, napi_default, NULL},
       {"deflateCluster", NULL, vdisk_deflate_cluster, NULL, NULL, NULL, napi_default, NULL},
+      {"zstdCluster", NULL, vdisk_zstd_cluster, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -22,6 +22,9 @@ beforeAll(() => {
     ],
     'raw',
   );
+  // A sparse vhdx with data and a zero block: QEMU 7.2's vhdx has no block status.
+  qemuImgOk(['create', '-f', 'vhdx', join(dir, 's.vhdx'), '64M']);
+  qemuIo(join(dir, 's.vhdx'), ['write -P 0x5a 0 1M', 'write -z 16M 8M'], 'vhdx');
   // An odd-sized file: qemu rounds its size up to whole sectors.
   writeFileSync(join(dir, 'odd.img'), Buffer.alloc(1000, 7));
   writeFileSync(join(dir, 'empty.img'), Buffer.alloc(0));
@@ -32,6 +35,9 @@ beforeAll(() => {
 afterAll(() => cleanup());
 
 const cases: string[][] = [
+  ['map', '--output=json', 's.vhdx'],
+  ['map', 's.vhdx'],
+  ['measure', '-O', 'qcow2', 's.vhdx'],
   ['map', 'r.img'],
   ['map', '--output=json', 'r.img'],
   ['map', '--output', 'human', '-f', 'raw', 'r.img'],

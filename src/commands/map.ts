@@ -96,7 +96,7 @@ export async function mapImage(
     const offset = curr.start + curr.length;
     let next: MapEntry;
     try {
-      next = toMapEntry(await image.blockStatus(offset, length - offset));
+      next = toMapEntry(await image.reportedStatus(offset, length - offset));
     } catch (err) {
       const msg = err instanceof Error ? err.message : String(err);
       throw new VdiskError(

@@ -69,7 +69,8 @@ export async function measureCommand(o: MeasureOptions): Promise<MeasureResult> 
     const input = snapshot ?? source;
     if (o.size !== undefined) options['size'] = String(o.size);
     const size = o.size ?? input?.size ?? 0;
-    const res = await driver.measure(size, options, input ?? undefined);
+    // qemu-img measure sees the source as its block status reports it (vhdx: all data).
+    const res = await driver.measure(size, options, input?.reportedView() ?? undefined);
     // qemu-img adds "bitmaps size" when both the source and the new image could hold
     // persistent bitmaps (qcow2 v3 on both sides); vdisk copies no bitmaps, so it is the size
     // of the source's bitmaps to copy, 0 unless the source has some.

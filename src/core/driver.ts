@@ -135,6 +135,13 @@ export interface FormatImage {
    * e.g. luks: its payload decrypts to noise), so convert must write zeros too.
    */
   readonly zeroInit?: boolean;
+  /**
+   * QEMU's driver for this format has no block status (vhdx in 7.2): qemu-img map and measure
+   * see every range as allocated data without a host offset. vdisk keeps its precise status for
+   * copies and comparisons (zero blocks cost no read) and shows QEMU's view where qemu-img
+   * prints it (Image.reportedStatus).
+   */
+  readonly noBlockStatus?: boolean;
   /** The image's data is encrypted (qemu-img info prints "encrypted: yes"). */
   readonly encrypted?: boolean;
   /** Is the image marked dirty (e.g. lazy refcounts, need-check)? */

@@ -220,6 +220,33 @@ export class Image implements BlockDevice {
     return this.statusAt(offset, length, 0);
   }
 
+  /**
+   * Block status as qemu-img reports it (map, measure): the same as blockStatus, except for
+   * formats whose QEMU driver has none (FormatImage.noBlockStatus), where every range is
+   * allocated data without a host offset.
+   */
+  async reportedStatus(offset: number, length: number): Promise<Extent> {
+    if (this.driver.noBlockStatus !== true) return this.blockStatus(offset, length);
+    this.checkRange(offset, length, 'block status');
+    return { offset, length, allocated: true, zero: false, data: true, depth: 0 };
+  }
+
+  /** This image with reportedStatus as its block status (what qemu-img measure walks). */
+  reportedView(): BlockDevice {
+    if (this.driver.noBlockStatus !== true) return this;
+    return {
+      size: this.size,
+      readOnly: this.readOnly,
+      readAt: (buf, offset) => this.readAt(buf, offset),
+      writeAt: (buf, offset) => this.writeAt(buf, offset),
+      blockStatus: (offset, length) => this.reportedStatus(offset, length),
+      writeZeroes: (offset, length, opts) => this.writeZeroes(offset, length, opts),
+      discard: (offset, length) => this.discard(offset, length),
+      flush: () => this.flush(),
+      close: () => this.close(),
+    };
+  }
+
   private async statusAt(offset: number, length: number, depth: number): Promise<Extent> {
     const e = await this.layerStatus(offset, length);
     // As qemu-img map (get_block_status): stop at the first layer that allocates the range or

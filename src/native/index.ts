@@ -1,6 +1,6 @@
 /**
  * Loader for the small C addon in native/ (lseek SEEK_DATA/SEEK_HOLE, fallocate, OFD locks,
- * deflate on the thread pool).
+ * deflate and zstd on the thread pool).
  * When it is absent (not built), callers fall back to portable but slower paths, so vdisk
  * still works; `hasNative` tells which one runs.
  */
@@ -23,6 +23,12 @@ export interface NativeFs {
    * is incompressible. Absent from an addon built before it existed.
    */
   deflateCluster?(input: Buffer, mode: 0 | 1, limit: number, probe: 0 | 1): Promise<Buffer | null>;
+  /**
+   * zstd with the system's libzstd on the thread pool (native/vdisk_zstd.c): mode 0 compresses
+   * at `level` into at most `size` bytes (null when it does not fit), mode 1 decompresses one
+   * frame into exactly `size` bytes (rejects otherwise).
+   */
+  zstdCluster?(input: Buffer, mode: 0 | 1, size: number, level: number): Promise<Buffer | null>;
 }
 
 function load(): NativeFs | null {

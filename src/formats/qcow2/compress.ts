@@ -15,6 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { deflateCluster, inflateCluster } from '../../core/deflate.js';
 import { VdiskError } from '../../core/errors.js';
+import { native } from '../../native/index.js';
 
 export const COMPRESSION_ZLIB = 0;
 export const COMPRESSION_ZSTD = 1;
@@ -38,6 +39,9 @@ function zstd(): Promise<ZstdWasm> {
   }
   return zstdReady;
 }
+
+const asBuffer = (b: Uint8Array): Buffer =>
+  Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength);
 
 function corrupt(msg: string, path: string, offset: number): VdiskError {
   return new VdiskError('CORRUPT_IMAGE', msg, { path, offset });
@@ -96,10 +100,15 @@ export async function decompressCluster(
     if (length < 0 || (contentSize !== null && contentSize !== out.length)) {
       throw corrupt(`Invalid zstd compressed cluster at host offset ${hostOffset}`, path, hostOffset);
     }
-    const z = await zstd();
     let res: Uint8Array;
     try {
-      res = z.decompress(src.subarray(0, length), { defaultHeapSize: out.length });
+      const frame = src.subarray(0, length);
+      const got =
+        native?.zstdCluster !== undefined
+          ? await native.zstdCluster(asBuffer(frame), 1, out.length, 0)
+          : (await zstd()).decompress(frame, { defaultHeapSize: out.length });
+      if (got === null) throw new Error('no output');
+      res = got;
     } catch {
       throw corrupt(`Could not decompress the zstd cluster at host offset ${hostOffset}`, path, hostOffset);
     }
@@ -197,6 +206,8 @@ export async function compressCluster(
 ): Promise<Uint8Array | null> {
   let out: Uint8Array;
   if (type === COMPRESSION_ZSTD) {
+    // The system's libzstd on libuv's pool (native/vdisk_zstd.c): null when it does not fit.
+    if (native?.zstdCluster !== undefined) return native.zstdCluster(asBuffer(src), 0, clusterSize - 1, 3);
     const viaPool = zstdPool.compress(src, 3);
     out = viaPool !== null ? await viaPool : (await zstd()).compress(src, 3);
   } else {

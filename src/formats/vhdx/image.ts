@@ -121,6 +121,9 @@ export class VhdxImage implements FormatImage {
     );
   }
 
+  /** qemu-img map/measure: see FormatImage.noBlockStatus (QEMU 7.2's vhdx has no block status). */
+  readonly noBlockStatus = true;
+
   async blockStatus(offset: number, length: number): Promise<Extent> {
     const bs = this.s.blockSize;
     const first = this.locate(offset);
