@@ -1,4 +1,5 @@
 /** What every handler shares: the database, the blob store, settings, and the caller. */
+import { statSync } from 'node:fs';
 import type { Kysely } from 'kysely';
 import type { Database } from './db/schema.js';
 import type { BlobStore } from './store/store.js';
@@ -35,6 +36,25 @@ export interface ServerSettings {
   importConvertTo: 'raw' | 'qcow2' | null;
   /** Masters below an overlay at most (backing_image_id chains). */
   maxChainDepth: number;
+  /**
+   * Metadata definition files (Glance's metadefs/*.json) loaded into an empty database on
+   * start (src/server/metadefs/loader.ts); null: none.
+   */
+  metadefsDir: string | null;
+}
+
+const isDir = (path: string): boolean => {
+  try {
+    return statSync(path).isDirectory();
+  } catch {
+    return false;
+  }
+};
+
+/** Glance's definitions where Debian installs them: /etc/glance/metadefs, else glance-common's copy. */
+export function defaultMetadefsDir(): string | null {
+  for (const d of ['/etc/glance/metadefs', '/usr/share/glance-common/metadefs']) if (isDir(d)) return d;
+  return null;
 }
 
 export const defaultSettings = (): ServerSettings => ({
@@ -54,6 +74,7 @@ export const defaultSettings = (): ServerSettings => ({
   importDisallowedPorts: [],
   importConvertTo: null,
   maxChainDepth: 16,
+  metadefsDir: defaultMetadefsDir(),
 });
 
 export interface AuthContext {
