@@ -81,6 +81,16 @@ const NAMESPACE_COLUMNS = [
 ];
 const TAG_COLUMNS = ['id', 'namespace_id', 'name', 'created_at', 'updated_at'];
 
+/** Names are keys of unique indexes, 80 characters at most as in Glance's columns. */
+const NAME_MAX = 80;
+function checkName(kind: string, name: string): void {
+  if ([...name].length > NAME_MAX)
+    throw new HttpError(
+      400,
+      `The metadata definition ${kind} name is longer than ${NAME_MAX} characters: ${[...name].slice(0, NAME_MAX).join('')}…`,
+    );
+}
+
 const forbidden = (action: string) =>
   new HttpError(403, `You are not authorized to complete ${action} action.`);
 const nsNotFound = (name: string) => new HttpError(404, `Namespace ${name} not found`);
@@ -100,18 +110,31 @@ function hasBody(req: IncomingMessage): boolean {
   return Number.isFinite(len) && len > 0;
 }
 
-function depth(v: unknown): number {
-  let max = 0;
+/** How deep a JSON value nests (stops counting past MAX_DEPTH), and whether a string holds NUL. */
+function scan(v: unknown): { depth: number; nul: boolean } {
+  let depth = 0;
   const stack: [unknown, number][] = [[v, 1]];
   while (stack.length > 0) {
     const [x, d] = stack.pop()!;
+    if (typeof x === 'string') {
+      if (x.includes('\u0000')) return { depth, nul: true };
+      continue;
+    }
     if (typeof x !== 'object' || x === null) continue;
-    if (d > max) max = d;
-    if (max > MAX_DEPTH) return max;
-    for (const y of Array.isArray(x) ? x : Object.values(x)) stack.push([y, d + 1]);
+    if (d > depth) depth = d;
+    if (depth > MAX_DEPTH) return { depth, nul: false };
+    if (Array.isArray(x)) for (const y of x) stack.push([y, d + 1]);
+    else
+      for (const [k, y] of Object.entries(x)) {
+        if (k.includes('\u0000')) return { depth, nul: true };
+        stack.push([y, d + 1]);
+      }
   }
-  return max;
+  return { depth, nul: false };
 }
+
+/** PostgreSQL text holds no NUL character: refused wherever a request carries one. */
+const NUL = 'Null characters are not allowed in metadata definitions.';
 
 /** JSONRequestDeserializer: the body, a JSON object or array. */
 async function readGlanceJson(req: IncomingMessage): Promise<unknown> {
@@ -134,7 +157,9 @@ async function readGlanceJson(req: IncomingMessage): Promise<unknown> {
   }
   if (typeof v !== 'object' || v === null)
     throw new HttpError(400, 'Unexpected body type. Expected list/dict.');
-  if (depth(v) > MAX_DEPTH) throw new HttpError(400, 'Malformed JSON in request body.');
+  const { depth, nul } = scan(v);
+  if (depth > MAX_DEPTH) throw new HttpError(400, 'Malformed JSON in request body.');
+  if (nul) throw new HttpError(400, NUL);
   return v;
 }
 
@@ -248,7 +273,12 @@ export class MetadefApi {
   routes(router: Router): void {
     const auth = (c: Ctx) => this.identity.authenticate(c.req);
     const on = (method: string, path: string, h: (c: Ctx, ctx: AuthContext) => Promise<void>) =>
-      router.on(method, path, async (c) => h(c, await auth(c)));
+      router.on(method, path, async (c) => {
+        const ctx = await auth(c);
+        const strings = [...Object.values(c.params), ...c.query.keys(), ...c.query.values()];
+        if (strings.some((x) => x.includes('\u0000'))) throw new HttpError(400, NUL);
+        await h(c, ctx);
+      });
 
     on('GET', '/v2/schemas/metadefs/:name', async (c) => {
       const s = Object.hasOwn(METADEF_SCHEMAS, c.params['name']!)
@@ -360,6 +390,10 @@ export class MetadefApi {
       if (e !== null) throw new HttpError(400, `Couldn't create metadata namespace: ${e}`);
     };
     fail4(values);
+    for (const rt of body.resourceTypes ?? []) checkName('resource-type', rt['name'] as string);
+    for (const o of body.objects ?? []) checkName('object', o['name'] as string);
+    for (const t of body.tags ?? []) checkName('tag', t['name'] as string);
+    for (const k of Object.keys(body.properties ?? {})) checkName('property', k);
     const row = await this.db.transaction().execute(async (trx) => {
       const inserted = await trx
         .insertInto('metadef_namespaces')
@@ -781,6 +815,7 @@ export class MetadefApi {
       );
     const append = boolFromString(c.req.headers['x-openstack-append'] as string | undefined);
     const names = tags.map((t) => t['name'] as string);
+    for (const n of names) checkName('tag', n);
     if (names.length > 0) {
       await this.db.transaction().execute(async (trx) => {
         if (!append) await trx.deleteFrom('metadef_tags').where('namespace_id', '=', ns.id).execute();
