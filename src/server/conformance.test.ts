@@ -8,6 +8,7 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, request } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -24,6 +25,8 @@ import { Api, addProjectUser, putChunked, runClient } from './test/harness.js';
 import { type PgServer, type S3Server, startCeph, startPostgres } from './test/servers.js';
 
 const MIB = 1 << 20;
+/** Glance's definition files, which every server here loads on its first start (the default). */
+const METADEFS = '/etc/glance/metadefs';
 let pg: PgServer;
 let ceph: S3Server;
 const scratch: string[] = [];
@@ -565,6 +568,110 @@ describe.each(configs.map((c, i) => ({ ...c, i, name: `${c.db} + ${c.store}` }))
     expect((await alice.req('DELETE', `/v2/images/${o1}`)).status).toBe(409);
   });
 
+  it('metadefs: the definition files loaded on first start; a CRUD round with every kind of content', async () => {
+    const NS = '/v2/metadefs/namespaces';
+    // Glance's definition files, loaded into the empty database.
+    const files = readdirSync(METADEFS).filter((f) => f.endsWith('.json'));
+    const docs = files.map((f) => JSON.parse(readFileSync(join(METADEFS, f), 'utf8')));
+    const all = (await admin.req('GET', `${NS}?limit=1000`)).json.namespaces as any[];
+    expect(all.map((n) => n.namespace).sort()).toEqual(docs.map((d) => d.namespace).sort());
+    const types = (await alice.req('GET', '/v2/metadefs/resource_types')).json.resource_types as any[];
+    expect(types.map((t) => t.name).sort()).toEqual(
+      [...new Set(docs.flatMap((d) => (d.resource_type_associations ?? []).map((a: any) => a.name)))].sort(),
+    );
+    // A round: create with contents, read as a member, change each kind, delete.
+    let r = await admin.req('POST', NS, {
+      namespace: 'conf:md',
+      visibility: 'public',
+      resource_type_associations: [{ name: 'OS::Glance::Image', prefix: 'c_' }],
+      properties: { p1: { type: 'string', title: 'P1', enum: ['a', 'b'], default: 'a' } },
+      objects: [
+        { name: 'o1', required: ['q'], properties: { q: { type: 'integer', title: 'Q', minimum: 0 } } },
+      ],
+      tags: [{ name: 't1' }],
+    });
+    expect(r.status).toBe(201);
+    r = await alice.req('GET', `${NS}/conf:md?resource_type=OS::Glance::Image`);
+    expect(r.status).toBe(200);
+    expect(Object.keys(r.json.properties)).toEqual(['c_p1']);
+    expect(r.json.objects[0]).toMatchObject({
+      name: 'o1',
+      required: ['c_q'],
+      properties: { c_q: { minimum: 0 } },
+    });
+    expect((await alice.req('POST', `${NS}/conf:md/objects`, { name: 'o2' })).status).toBe(403);
+    expect((await admin.req('POST', `${NS}/conf:md/objects`, { name: 'o2' })).status).toBe(201);
+    expect((await admin.req('POST', `${NS}/conf:md/objects`, { name: 'o2' })).status).toBe(409);
+    expect((await admin.req('PUT', `${NS}/conf:md/objects/o2`, { name: 'o1' })).status).toBe(409);
+    expect(
+      (await admin.req('PUT', `${NS}/conf:md/objects/o2`, { name: 'o3', description: 'd' })).status,
+    ).toBe(200);
+    expect(
+      (await admin.req('POST', `${NS}/conf:md/properties`, { name: 'p2', type: 'boolean', title: 'P2' }))
+        .status,
+    ).toBe(201);
+    expect(
+      (await admin.req('PUT', `${NS}/conf:md/properties/p2`, { name: 'p1', type: 'boolean', title: 'x' }))
+        .status,
+    ).toBe(409);
+    expect(
+      (await alice.req('GET', `${NS}/conf:md/properties/c_p2?resource_type=OS::Glance::Image`)).json,
+    ).toEqual({
+      name: 'p2',
+      type: 'boolean',
+      title: 'P2',
+    });
+    expect(
+      (await admin.req('POST', `${NS}/conf:md/tags`, { tags: [{ name: 't2' }, { name: 't3' }] })).status,
+    ).toBe(201);
+    expect(
+      (
+        await admin.req(
+          'POST',
+          `${NS}/conf:md/tags`,
+          { tags: [{ name: 't4' }, { name: 't2' }] },
+          { 'X-Openstack-Append': 'true' },
+        )
+      ).status,
+    ).toBe(409);
+    expect((await admin.req('PUT', `${NS}/conf:md/tags/t2`, { name: 't3' })).status).toBe(409);
+    expect(((await alice.req('GET', `${NS}/conf:md/tags`)).json.tags as any[]).map((t) => t.name)).toEqual([
+      't3',
+      't2',
+    ]);
+    expect(
+      (await admin.req('POST', `${NS}/conf:md/resource_types`, { name: 'OS::Nova::Flavor', prefix: 'f:' }))
+        .status,
+    ).toBe(201);
+    expect(
+      (await admin.req('POST', `${NS}/conf:md/resource_types`, { name: 'OS::Nova::Flavor' })).status,
+    ).toBe(409);
+    expect((await admin.req('DELETE', `${NS}/conf:md/resource_types/OS::Glance::Image`)).status).toBe(204);
+    expect(
+      (
+        await admin.req('PUT', `${NS}/conf:md`, {
+          namespace: 'conf:md',
+          visibility: 'private',
+          protected: true,
+        })
+      ).status,
+    ).toBe(200);
+    expect((await alice.req('GET', `${NS}/conf:md`)).status).toBe(404);
+    expect((await admin.req('DELETE', `${NS}/conf:md`)).status).toBe(403);
+    r = await admin.req('GET', `${NS}/conf:md`);
+    expect([
+      r.json.objects.map((o: any) => o.name),
+      Object.keys(r.json.properties),
+      r.json.tags.length,
+    ]).toEqual([['o1', 'o3'], ['p1', 'p2'], 2]);
+    expect(r.json.resource_type_associations.map((a: any) => a.name)).toEqual(['OS::Nova::Flavor']);
+    expect((await admin.req('PUT', `${NS}/conf:md`, { namespace: 'conf:md2' })).status).toBe(200);
+    expect((await admin.req('DELETE', `${NS}/conf:md2`)).status).toBe(204);
+    expect((await admin.req('GET', `${NS}/conf:md2/objects`)).status).toBe(404);
+    // One that stays for the restart below.
+    expect((await admin.req('POST', NS, { namespace: 'conf:kept', tags: [{ name: 'k' }] })).status).toBe(201);
+  });
+
   it('restart: stop the server, start it on the same database and store, everything is there', async () => {
     const before = (await admin.req('GET', '/v2/images?limit=100&member_status=all&sort=name:asc')).json
       .images as any[];
@@ -596,6 +703,13 @@ describe.each(configs.map((c, i) => ({ ...c, i, name: `${c.db} + ${c.store}` }))
     expect(await probe.temps()).toEqual([]);
     const blobs = await probe.blobs();
     expect(blobs).toContain(ids['gone']);
+    // metadefs survived, and the files were not loaded a second time
+    const ns = (await admin.req('GET', '/v2/metadefs/namespaces?limit=1000')).json.namespaces as any[];
+    expect(ns.filter((n) => n.namespace === 'conf:kept')).toHaveLength(1);
+    expect(ns).toHaveLength(readdirSync(METADEFS).filter((f) => f.endsWith('.json')).length + 1);
+    expect((await admin.req('GET', '/v2/metadefs/namespaces/conf:kept/tags')).json.tags).toEqual([
+      { name: 'k' },
+    ]);
   });
 });
 

@@ -1,4 +1,5 @@
 /** What every handler shares: the database, the blob store, settings, and the caller. */
+import { statSync } from 'node:fs';
 import type { Kysely } from 'kysely';
 import type { Database } from './db/schema.js';
 import type { ImageCache } from './image/cache.js';
@@ -51,6 +52,25 @@ export interface ServerSettings {
   imageCacheDir: string | null;
   /** Bytes the cache holds at most (Glance's image_cache_max_size). */
   imageCacheMaxSize: number;
+  /**
+   * Metadata definition files (Glance's metadefs/*.json) loaded into an empty database on
+   * start (src/server/metadefs/loader.ts); null: none.
+   */
+  metadefsDir: string | null;
+}
+
+const isDir = (path: string): boolean => {
+  try {
+    return statSync(path).isDirectory();
+  } catch {
+    return false;
+  }
+};
+
+/** Glance's definitions where Debian installs them: /etc/glance/metadefs, else glance-common's copy. */
+export function defaultMetadefsDir(): string | null {
+  for (const d of ['/etc/glance/metadefs', '/usr/share/glance-common/metadefs']) if (isDir(d)) return d;
+  return null;
 }
 
 export const defaultSettings = (): ServerSettings => ({
@@ -76,6 +96,7 @@ export const defaultSettings = (): ServerSettings => ({
   importMethods: ['glance-direct', 'web-download', 'copy-image'],
   imageCacheDir: null,
   imageCacheMaxSize: 10 * 2 ** 30,
+  metadefsDir: defaultMetadefsDir(),
 });
 
 export interface AuthContext {

@@ -111,7 +111,7 @@ export class Router {
     return this;
   }
 
-  /** The handler for a request, or an HttpError (404 when no path matches, 405 on method). */
+  /** The handler for a request, or an HttpError (404 when no path matches, 405 + Allow on method). */
   match(method: string, path: string): { handler: Handler; params: Record<string, string> } {
     const segs = path.split('/').filter((p) => p !== '');
     // `/v2/images/` names the image whose id is empty (Glance answers 404 for it, not the
@@ -127,7 +127,7 @@ export class Router {
   }
 
   private find(method: string, segs: string[]): { handler: Handler; params: Record<string, string> } {
-    let pathMatched = false;
+    const allowed: string[] = [];
     for (const r of this.routes) {
       if (r.parts.length !== segs.length) continue;
       const params: Record<string, string> = {};
@@ -148,11 +148,14 @@ export class Router {
         }
       }
       if (!ok) continue;
-      pathMatched = true;
+      if (!allowed.includes(r.method)) allowed.push(r.method);
       if (r.method === method || (method === 'HEAD' && r.method === 'GET'))
         return { handler: r.handler, params };
     }
-    if (pathMatched) throw new HttpError(405, 'The method is not allowed for the requested URL.');
+    if (allowed.length > 0)
+      throw new HttpError(405, 'The method is not allowed for the requested URL.', {
+        Allow: allowed.join(', '),
+      });
     throw new HttpError(404, 'The resource could not be found.');
   }
 }
@@ -177,10 +180,27 @@ export function sendEmpty(res: ServerResponse, status: number, headers: Record<s
   res.end();
 }
 
-/** webob's plain-text error page, which Glance sends and the clients print. */
+/** webob's strip_tags: what its plain-text pages make of a message (newlines, tags). */
+export function stripTags(s: string): string {
+  return s
+    .replaceAll('\n', ' ')
+    .replaceAll('\r', '')
+    .replace(/<br[\s\S]*?>/gi, '\n')
+    .replace(/<!--|-->/g, '')
+    .replace(/<[\s\S]*?>/g, '');
+}
+
+/**
+ * webob's plain-text error page, which Glance sends and the clients print: the message
+ * through webob's body template and strip_tags (a 405 with Allow has its own template).
+ */
 export function sendGlanceError(res: ServerResponse, err: HttpError): void {
   const title = TITLES[err.status] ?? 'Error';
-  const text = `${err.status} ${title}\n\n${err.message}\n\n   `;
+  const body =
+    err.status === 405 && err.headers['Allow'] !== undefined
+      ? `${err.message} <br /><br />\n`
+      : `${err.message}<br /><br />\n\n\n`;
+  const text = `${err.status} ${title}\n\n${stripTags(body)}`;
   res.writeHead(err.status, {
     'Content-Type': 'text/plain; charset=UTF-8',
     'Content-Length': String(Buffer.byteLength(text)),

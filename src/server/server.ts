@@ -176,6 +176,8 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     svc.cache,
     (ctx, id) => imageApi.visibleImage(ctx, id),
   );
+  const { setupMetadefs } = await import('./metadefs/index.js');
+  await setupMetadefs(svc, identity, router, log);
 
   const inflight = new Set<Promise<void>>();
   const handle = async (req: IncomingMessage, res: ServerResponse) => {
@@ -204,7 +206,12 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
       // Do not read the rest of a refused upload: answer and close.
       if (!req.complete) res.setHeader('Connection', 'close');
       if (keystone) sendKeystoneError(res, e);
-      else sendGlanceError(res, e);
+      else {
+        // webob's text for a method a resource does not take (Keystone's is werkzeug's).
+        if (e.status === 405 && e.headers['Allow'] !== undefined)
+          e = new HttpError(405, `The method ${req.method} is not allowed for this resource.`, e.headers);
+        sendGlanceError(res, e);
+      }
     }
   };
   const server: Server = createServer({ keepAliveTimeout: 5000, requestTimeout: 0 }, (req, res) => {

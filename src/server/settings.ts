@@ -47,6 +47,8 @@ interface Spec {
   defaultText?: string;
   /** Kept out of help lines that print values (passwords). */
   secret?: boolean;
+  /** A string setting whose empty value means "none" (null). */
+  nullable?: boolean;
 }
 
 const S = (f: keyof ServerSettings) => `settings.${f}`;
@@ -273,6 +275,7 @@ export const SETTINGS: readonly Spec[] = [
     key: 'image_cache_dir',
     section: 'DEFAULT',
     kind: 'string',
+    nullable: true,
     metavar: 'DIR',
     help: 'cache whole images on this node: downloads served locally, the /v2/cache API',
     defaultText: 'no cache',
@@ -286,6 +289,17 @@ export const SETTINGS: readonly Spec[] = [
     metavar: 'N',
     help: 'bytes the image cache holds at most (least recently used images go first)',
     defaultText: '10 GiB',
+  },
+  {
+    target: S('metadefsDir'),
+    flag: 'metadefs-dir',
+    key: 'metadata_source_path',
+    section: 'DEFAULT',
+    kind: 'string',
+    nullable: true,
+    metavar: 'DIR',
+    help: 'metadata definition files loaded into an empty database on start, as glance-manage db_load_metadefs does (empty: none)',
+    defaultText: '/etc/glance/metadefs, else /usr/share/glance-common/metadefs, when present',
   },
   {
     target: S('maxChainDepth'),
@@ -350,7 +364,7 @@ function parseValue(s: Spec, raw: string, where: string): unknown {
       .filter((x) => x !== '');
   switch (s.kind) {
     case 'string':
-      return v;
+      return v === '' && s.nullable === true ? null : v;
     case 'port': {
       const n = Number(v);
       if (!/^\d+$/.test(v) || n > 65535) throw bad('a port number');
