@@ -127,7 +127,11 @@ it('tempest image v2: every test passes or is skipped for a configuration reason
   const passed = count('Passed');
   const skipped = [...r.out.matchAll(/\.\.\. SKIPPED: (.*)$/gm)].map((m) => m[1]!);
   const unexpected = skipped.filter((why) => !ALLOWED_SKIPS.some((re) => re.test(why)));
-  console.log(`tempest image v2: ${passed} passed, ${count('Skipped')} skipped, ${failed} failed`);
+  const reasons = new Map<string, number>();
+  for (const why of skipped) reasons.set(why, (reasons.get(why) ?? 0) + 1);
+  console.log(
+    `tempest image v2: ${passed} passed, ${count('Skipped')} skipped, ${failed} failed\n${[...reasons].map(([w, n]) => `  ${n} × ${w}`).join('\n')}`,
+  );
   // The report names what failed, with tempest's traceback.
   expect(failed, r.out.slice(-20000)).toBe(0);
   expect(unexpected, 'skips this configuration does not explain').toEqual([]);
