@@ -4,7 +4,7 @@
 # dmg2img for dmg images with bzip2 chunks (which Debian's qemu-img cannot read), and the real
 # servers the registry's conformance suite runs on (src/server/conformance.test.ts): PostgreSQL
 # (initdb/pg_ctl, a throwaway cluster on loopback) and Ceph (mon + memstore OSD + radosgw, an S3
-# endpoint on loopback). Nothing is started here; the tests start and stop them.
+# endpoint on loopback), and Chromium for the web dashboard's browser tests. Nothing is started here; the tests start and stop them.
 # Idempotent and fast when everything is there.
 set -euo pipefail
 need=()
@@ -22,6 +22,8 @@ command -v ceph-osd >/dev/null 2>&1 || need+=(ceph-osd)
 command -v radosgw >/dev/null 2>&1 || need+=(radosgw)
 command -v radosgw-admin >/dev/null 2>&1 || need+=(ceph-common)
 command -v ceph >/dev/null 2>&1 || need+=(ceph-common)
+# The dashboard's end-to-end tests drive Debian's Chromium with playwright-core.
+[ -x /usr/bin/chromium ] || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

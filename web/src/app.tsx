@@ -133,11 +133,10 @@ function Shell({
 
   const [section, ...rest] = route.parts;
   let page: JSX.Element;
-  let current: 'images' | 'tree' | 'create' = 'images';
+  let current: 'images' | 'tree' = 'images';
   if (section === 'image' && rest[0] !== undefined) {
     page = <ImagePage key={rest[0]} id={rest[0]} tab={rest[1] ?? 'overview'} />;
   } else if (section === 'create') {
-    current = 'create';
     page = <CreatePage query={route.query} />;
   } else if (section === 'tree') {
     current = 'tree';
@@ -165,13 +164,6 @@ function Shell({
             </a>
             <a href={href('tree')} aria-current={current === 'tree' ? 'page' : undefined}>
               Masters &amp; overlays
-            </a>
-            <a
-              href={href('create')}
-              class="nav-create"
-              aria-current={current === 'create' ? 'page' : undefined}
-            >
-              + Create image
             </a>
           </nav>
           <div class="session">

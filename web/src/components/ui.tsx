@@ -41,12 +41,7 @@ const STATUS_WORD: Record<string, string> = {
 
 export function StatusBadge({ status }: { status: string }) {
   const tone = STATUS_TONE[status] ?? 'idle';
-  return (
-    <span class={`badge badge-${tone}`}>
-      <span class="dot" aria-hidden="true" />
-      {STATUS_WORD[status] ?? status}
-    </span>
-  );
+  return <span class={`badge badge-${tone}`}>{STATUS_WORD[status] ?? status}</span>;
 }
 
 const VIS_WORD: Record<string, string> = {

@@ -64,7 +64,7 @@ function nameAt(head: Uint8Array, offset: number, len: number): string {
 }
 
 function qcow2(head: Uint8Array): Detection {
-  const d: Detection = { format: 'qcow2', reason: 'QFI\\xfb magic at byte 0 (qcow2)' };
+  const d: Detection = { format: 'qcow2', reason: 'the magic QFI\\xfb at byte 0' };
   const vs = u64(head, 24, false);
   if (vs !== undefined) d.virtualSize = vs;
   const backingOffset = u64(head, 8, false);
@@ -75,7 +75,7 @@ function qcow2(head: Uint8Array): Detection {
 }
 
 function qed(head: Uint8Array): Detection {
-  const d: Detection = { format: 'qed', reason: 'QED\\0 magic at byte 0 (qed)' };
+  const d: Detection = { format: 'qed', reason: 'the magic QED\\0 at byte 0' };
   const vs = u64(head, 48, true);
   if (vs !== undefined) d.virtualSize = vs;
   const features = u32(head, 16, true) ?? 0;
@@ -96,36 +96,35 @@ export function detectFormat(p: Probe): Detection {
   if (magic4 === 'QFI\xfb') return qcow2(head);
   if (magic4 === 'QED\0') return qed(head);
   if (magic4 === 'KDMV') {
-    const d: Detection = { format: 'vmdk', reason: 'KDMV magic at byte 0 (vmdk sparse extent)' };
+    const d: Detection = { format: 'vmdk', reason: 'the magic KDMV at byte 0: a sparse extent' };
     const sectors = u64(head, 12, true);
     if (sectors !== undefined) d.virtualSize = sectors * 512;
     return d;
   }
   if (ascii(head, 0, 21) === '# Disk DescriptorFile')
-    return { format: 'vmdk', reason: 'a "# Disk DescriptorFile" text (vmdk descriptor)' };
-  if (ascii(head, 0, 8) === 'vhdxfile')
-    return { format: 'vhdx', reason: 'vhdxfile signature at byte 0 (vhdx)' };
+    return { format: 'vmdk', reason: 'a "# Disk DescriptorFile" text: a descriptor' };
+  if (ascii(head, 0, 8) === 'vhdxfile') return { format: 'vhdx', reason: 'the signature vhdxfile at byte 0' };
   if (ascii(head, 0, 4) === '<<< ' && u32(head, 0x40, true) === 0xbeda107f) {
-    const d: Detection = { format: 'vdi', reason: 'VirtualBox header with magic 0xbeda107f at 0x40 (vdi)' };
+    const d: Detection = { format: 'vdi', reason: 'a VirtualBox header with the magic 0xbeda107f at 0x40' };
     // Header v1.1: disk size (u64 LE) at 0x170.
     const vs = u64(head, 0x170, true);
     if (vs !== undefined && vs > 0) d.virtualSize = vs;
     return d;
   }
   if (ascii(head, 0, 8) === 'conectix') {
-    const d: Detection = { format: 'vhd', reason: 'conectix footer copy at byte 0 (vhd, dynamic)' };
+    const d: Detection = { format: 'vhd', reason: 'the footer copy conectix at byte 0: a dynamic VHD' };
     const vs = vhdFooterSize(head);
     if (vs !== undefined) d.virtualSize = vs;
     return d;
   }
   if (tail.length === 512 && ascii(tail, 0, 8) === 'conectix') {
-    const d: Detection = { format: 'vhd', reason: 'conectix footer in the last 512 bytes (vhd, fixed)' };
+    const d: Detection = { format: 'vhd', reason: 'the footer conectix in the last 512 bytes: a fixed VHD' };
     const vs = vhdFooterSize(tail);
     if (vs !== undefined) d.virtualSize = vs;
     return d;
   }
   if (ascii(iso, 0, 5) === 'CD001')
-    return { format: 'iso', reason: 'CD001 at byte 0x8001 (ISO 9660)', virtualSize: size };
+    return { format: 'iso', reason: 'CD001 at byte 0x8001: an ISO 9660 file system', virtualSize: size };
   return { format: 'raw', reason: 'no image signature: raw data', virtualSize: size };
 }
 

@@ -19,9 +19,11 @@ export function formatBytes(n: number | null | undefined): string {
 }
 
 /** Exact byte count with thousands separators, for titles and details. */
+const GROUPED = new Intl.NumberFormat('en-US');
+
 export function formatExactBytes(n: number | null | undefined): string {
   if (n === null || n === undefined) return '—';
-  return `${n.toLocaleString('en-US')} bytes`;
+  return `${GROUPED.format(n)} bytes`;
 }
 
 /** A percentage for texts: 0.4 → "40 %", 0.004 → "0.4 %", tiny non-zero → "< 0.1 %". */

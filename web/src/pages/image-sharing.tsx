@@ -103,49 +103,51 @@ function OwnerMembers({ img }: { img: Image }) {
         Projects that may use this image. A new member sees an invitation and accepts or rejects it; an
         overlay can only be shared with projects that can see its master.
       </p>
-      <form class="inline-add" onSubmit={(e) => void add(e)}>
-        <div class="field">
-          <label for="member-project">Project ID</label>
-          <input
-            id="member-project"
-            value={project}
-            list={projects !== null ? 'member-projects' : undefined}
-            placeholder="the project's id"
-            aria-describedby="member-project-hint"
-            onInput={(e) => setProject(e.currentTarget.value)}
-            required
-          />
-          {projects !== null && (
-            <datalist id="member-projects">
-              {candidates.map((p) => (
-                <option key={p.id} value={p.id}>
-                  {p.name}
-                </option>
-              ))}
-            </datalist>
-          )}
-          <p class="hint" id="member-project-hint">
-            {projects !== null
-              ? 'Type an id, or choose a project from the list below.'
-              : 'Ask the other project for its id (openstack project show, or the id its users see in this dashboard).'}
-          </p>
-        </div>
-        {projects !== null && (
+      <form class="add-member" onSubmit={(e) => void add(e)}>
+        <div class="inline-add">
           <div class="field">
-            <label for="member-pick">Or choose a project</label>
-            <select id="member-pick" value="" onChange={(e) => setProject(e.currentTarget.value)}>
-              <option value="">—</option>
-              {candidates.map((p) => (
-                <option key={p.id} value={p.id}>
-                  {p.name}
-                </option>
-              ))}
-            </select>
+            <label for="member-project">Project ID</label>
+            <input
+              id="member-project"
+              value={project}
+              list={projects !== null ? 'member-projects' : undefined}
+              placeholder="the project's id"
+              aria-describedby="member-project-hint"
+              onInput={(e) => setProject(e.currentTarget.value)}
+              required
+            />
+            {projects !== null && (
+              <datalist id="member-projects">
+                {candidates.map((p) => (
+                  <option key={p.id} value={p.id}>
+                    {p.name}
+                  </option>
+                ))}
+              </datalist>
+            )}
           </div>
-        )}
-        <button type="submit" class="btn btn-primary" disabled={busy || project.trim() === ''}>
-          Add member
-        </button>
+          {projects !== null && (
+            <div class="field">
+              <label for="member-pick">Or choose a project</label>
+              <select id="member-pick" value="" onChange={(e) => setProject(e.currentTarget.value)}>
+                <option value="">—</option>
+                {candidates.map((p) => (
+                  <option key={p.id} value={p.id}>
+                    {p.name}
+                  </option>
+                ))}
+              </select>
+            </div>
+          )}
+          <button type="submit" class="btn btn-primary" disabled={busy || project.trim() === ''}>
+            Add member
+          </button>
+        </div>
+        <p class="hint" id="member-project-hint">
+          {projects !== null
+            ? 'Type an id, or choose a project from the list.'
+            : 'Ask the other project for its id (openstack project show, or the id its users see in this dashboard).'}
+        </p>
       </form>
       <ErrorText error={error} onDismiss={() => setError(null)} />
       {added !== null && <Alert tone="success">{added}</Alert>}
