@@ -18,6 +18,19 @@ import type { Image } from '../lib/types.js';
 import { href, navigate } from '../router.js';
 
 const LAYERED = new Set(['qcow2', 'qed']);
+/** os_distro values of the OpenStack image property catalogue (a suggestion list; any text goes). */
+const OS_DISTROS = [
+  'arch',
+  'centos',
+  'debian',
+  'fedora',
+  'freebsd',
+  'opensuse',
+  'rhel',
+  'rocky',
+  'ubuntu',
+  'windows',
+];
 
 interface Progress {
   sent: number;
@@ -64,6 +77,9 @@ function CreateForm({ mode }: { mode: 'file' | 'url' }) {
   const [minRam, setMinRam] = useState(0);
   const [protect, setProtect] = useState(false);
   const [master, setMaster] = useState('');
+  const [osDistro, setOsDistro] = useState('');
+  const [osVersion, setOsVersion] = useState('');
+  const [description, setDescription] = useState('');
   const [masters, setMasters] = useState<Image[] | null>(null);
   const [error, setError] = useState<string | null>(null);
   const [notice, setNotice] = useState<string | null>(null);
@@ -134,6 +150,10 @@ function CreateForm({ mode }: { mode: 'file' | 'url' }) {
       protected: protect,
     };
     if (wantsMaster && master !== '') b['backing_image_id'] = master;
+    // Common properties (what Nova and the other dashboards read), only when given.
+    if (osDistro.trim() !== '') b['os_distro'] = osDistro.trim();
+    if (osVersion.trim() !== '') b['os_version'] = osVersion.trim();
+    if (description.trim() !== '') b['description'] = description.trim();
     return b;
   };
 
@@ -385,6 +405,41 @@ function CreateForm({ mode }: { mode: 'file' | 'url' }) {
           />
         </Field>
       </div>
+      <div class="row-3">
+        <Field label="OS (os_distro)" id="c-os" hint="e.g. debian, ubuntu, windows">
+          <input
+            id="c-os"
+            list="c-os-list"
+            disabled={locked}
+            aria-describedby="c-os-hint"
+            value={osDistro}
+            onInput={(e) => setOsDistro(e.currentTarget.value)}
+          />
+          <datalist id="c-os-list">
+            {OS_DISTROS.map((o) => (
+              <option key={o} value={o} />
+            ))}
+          </datalist>
+        </Field>
+        <Field label="OS version (os_version)" id="c-os-version">
+          <input
+            id="c-os-version"
+            disabled={locked}
+            value={osVersion}
+            onInput={(e) => setOsVersion(e.currentTarget.value)}
+          />
+        </Field>
+      </div>
+      <Field label="Description" id="c-description">
+        <textarea
+          id="c-description"
+          rows={2}
+          maxLength={255}
+          disabled={locked}
+          value={description}
+          onInput={(e) => setDescription(e.currentTarget.value)}
+        />
+      </Field>
       <ErrorText error={error} onDismiss={() => setError(null)} />
       {notice !== null && <Alert tone="info">{notice}</Alert>}
       {progress !== null && (

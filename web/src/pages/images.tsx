@@ -5,7 +5,7 @@
  * (`limit`, `marker`/`next`): one request per page, whatever the number of images.
  */
 import { useEffect, useLayoutEffect, useState } from 'preact/hooks';
-import { Empty, ErrorText, Spinner, StatusBadge, VisibilityBadge } from '../components/ui.js';
+import { Confirm, Empty, ErrorText, Spinner, StatusBadge, VisibilityBadge } from '../components/ui.js';
 import { useApp } from '../context.js';
 import { errorMessage } from '../lib/errors.js';
 import {
@@ -47,6 +47,9 @@ export function ImagesPage({ tab: tabParam, query }: { tab: string; query: URLSe
   const [loading, setLoading] = useState(true);
   const [error, setError] = useState<string | null>(null);
   const [reload, setReload] = useState(0);
+  // Selected rows (ids) for the batch delete, on the tabs where the project may delete.
+  const [selected, setSelected] = useState<Set<string>>(new Set());
+  const [batchDeleting, setBatchDeleting] = useState(false);
   const current = pages.at(-1) ?? first;
 
   // A layout effect: the request starts as soon as the page renders, not after a paint.
@@ -81,6 +84,16 @@ export function ImagesPage({ tab: tabParam, query }: { tab: string; query: URLSe
   const rows = page === null ? [] : rowsOf(tab, page.images, session.project.id);
   const sort = parseSort(filters.sort);
   const limit = filters.limit ?? DEFAULT_PAGE_SIZE;
+  const selectable = tab === 'own' || tab === 'all';
+  // Only the rows of the page shown count (a selection does not follow to other pages).
+  const selectedRows = selectable ? rows.filter((i) => selected.has(i.id)) : [];
+  const toggle = (id: string, on: boolean) =>
+    setSelected((old) => {
+      const next = new Set(old);
+      if (on) next.add(id);
+      else next.delete(id);
+      return next;
+    });
   const extra = tab === 'shared' ? 'Your answer' : tab === 'own' ? null : 'Owner';
   const ownerName = (id: string | null) => projectName(id) ?? shortId(id);
   const filtered = ['name', 'status', 'disk_format', 'tag'].some(
@@ -119,6 +132,31 @@ export function ImagesPage({ tab: tabParam, query }: { tab: string; query: URLSe
       </p>
       <Filters key={first} tab={tab} filters={filters} onChange={setFilters} />
       <ErrorText error={error} />
+      {selectable && selectedRows.length > 0 && (
+        <div class="batch-bar" role="status">
+          <span>
+            {selectedRows.length} image{selectedRows.length === 1 ? '' : 's'} selected
+          </span>
+          <button type="button" class="btn btn-small btn-danger" onClick={() => setBatchDeleting(true)}>
+            Delete selected
+          </button>
+          <button type="button" class="btn btn-small btn-quiet" onClick={() => setSelected(new Set())}>
+            Clear selection
+          </button>
+        </div>
+      )}
+      {batchDeleting && (
+        <BatchDelete
+          images={selectedRows}
+          onClose={(changed) => {
+            setBatchDeleting(false);
+            if (changed) {
+              setSelected(new Set());
+              setReload((n) => n + 1);
+            }
+          }}
+        />
+      )}
       <div class="table-wrap" aria-busy={loading}>
         {/*
           An ARIA table of rows laid out with CSS grid: every row is in the DOM and in the
@@ -126,13 +164,25 @@ export function ImagesPage({ tab: tabParam, query }: { tab: string; query: URLSe
           so a page of 1000 images renders as fast as a page of 25.
         */}
         <div
-          class={extra === null ? 'images' : 'images images-extra'}
+          class={`images${extra === null ? '' : ' images-extra'}${selectable ? ' images-select' : ''}`}
           role="table"
           aria-label={`${TABS.find((t) => t.id === tab)?.label} images, page ${pages.length}`}
           data-state={loading ? 'loading' : 'loaded'}
         >
           <div role="rowgroup" class="images-head">
             <div role="row" class="image-row">
+              {selectable && (
+                <div role="columnheader" class="select-cell">
+                  <input
+                    type="checkbox"
+                    aria-label="Select every image of this page"
+                    checked={rows.length > 0 && rows.every((i) => selected.has(i.id))}
+                    onChange={(e) =>
+                      setSelected(e.currentTarget.checked ? new Set(rows.map((i) => i.id)) : new Set())
+                    }
+                  />
+                </div>
+              )}
               <SortHeader id="name" label="Name" sort={sort} filters={filters} onChange={setFilters} />
               <SortHeader id="status" label="Status" sort={sort} filters={filters} onChange={setFilters} />
               <SortHeader
@@ -160,7 +210,14 @@ export function ImagesPage({ tab: tabParam, query }: { tab: string; query: URLSe
           {/* Keyed by the page: a new page's rows are built in a detached element, inserted once. */}
           <div role="rowgroup" class="images-body" key={current}>
             {rows.map((img) => (
-              <Row key={img.id} img={img} tab={tab} owner={ownerName(img.owner)} />
+              <Row
+                key={img.id}
+                img={img}
+                tab={tab}
+                owner={ownerName(img.owner)}
+                selected={selectable ? selected.has(img.id) : undefined}
+                onSelect={toggle}
+              />
             ))}
           </div>
         </div>
@@ -400,10 +457,33 @@ function Filters({
   );
 }
 
-function Row({ img, tab, owner }: { img: Image; tab: Tab; owner: string }) {
+function Row({
+  img,
+  tab,
+  owner,
+  selected,
+  onSelect,
+}: {
+  img: Image;
+  tab: Tab;
+  owner: string;
+  /** undefined: no selection column. */
+  selected: boolean | undefined;
+  onSelect: (id: string, on: boolean) => void;
+}) {
   const name = img.name !== null && img.name !== '' ? img.name : img.id;
   return (
     <div role="row" class="image-row">
+      {selected !== undefined && (
+        <div role="cell" class="select-cell">
+          <input
+            type="checkbox"
+            aria-label={`Select ${name}`}
+            checked={selected}
+            onChange={(e) => onSelect(img.id, e.currentTarget.checked)}
+          />
+        </div>
+      )}
       <div role="cell" class="name-cell">
         <a href={`#/image/${img.id}`}>{name}</a>
         {typeof img.backing_image_id === 'string' && <span class="chip chip-overlay">overlay</span>}
@@ -434,6 +514,69 @@ function Row({ img, tab, owner }: { img: Image; tab: Tab; owner: string }) {
         </div>
       )}
     </div>
+  );
+}
+
+/** Delete several images, four at a time; each refusal is reported with the API's words. */
+function BatchDelete({ images, onClose }: { images: Image[]; onClose: (changed: boolean) => void }) {
+  const { api } = useApp();
+  const [busy, setBusy] = useState(false);
+  const [done, setDone] = useState<{ deleted: number; errors: string[] } | null>(null);
+  const run = async () => {
+    setBusy(true);
+    const errors: string[] = [];
+    let deleted = 0;
+    const queue = [...images];
+    await Promise.all(
+      Array.from({ length: 4 }, async () => {
+        for (let img = queue.shift(); img !== undefined; img = queue.shift()) {
+          try {
+            await api.deleteImage(img.id);
+            deleted++;
+          } catch (e) {
+            errors.push(`${img.name ?? img.id}: ${errorMessage(e)}`);
+          }
+        }
+      }),
+    );
+    setBusy(false);
+    if (errors.length === 0) onClose(true);
+    else setDone({ deleted, errors });
+  };
+  if (done !== null)
+    return (
+      <Confirm
+        title="Some images were not deleted"
+        confirm="Close"
+        onConfirm={() => onClose(true)}
+        onClose={() => onClose(true)}
+      >
+        <p>
+          Deleted {done.deleted} of {images.length}. The registry refused:
+        </p>
+        <ul class="error-list">
+          {done.errors.map((e) => (
+            <li key={e}>{e}</li>
+          ))}
+        </ul>
+      </Confirm>
+    );
+  return (
+    <Confirm
+      title={`Delete ${images.length} image${images.length === 1 ? '' : 's'}?`}
+      confirm={`Delete ${images.length} image${images.length === 1 ? '' : 's'}`}
+      onConfirm={() => void run()}
+      onClose={() => onClose(false)}
+      busy={busy}
+    >
+      <p>These images and their data are removed from the registry; this cannot be undone:</p>
+      <ul class="batch-list">
+        {images.slice(0, 20).map((i) => (
+          <li key={i.id}>{i.name ?? i.id}</li>
+        ))}
+        {images.length > 20 && <li>and {images.length - 20} more</li>}
+      </ul>
+    </Confirm>
   );
 }
 
