@@ -316,6 +316,35 @@ describe('the dashboard in Chromium', () => {
     await checkNames(teacher, 'image detail');
   }, 300_000);
 
+  it('cancels an upload (the half-made image is removed) and shows a refused upload in words', async () => {
+    await teacher.goto(`${ts.url}/dashboard/#/create`);
+    await teacher.setInputFiles('#c-file', upload);
+    await teacher.getByLabel('Name').fill('cancel-me');
+    await teacher.getByRole('button', { name: 'Create and upload' }).click();
+    await teacher.locator('#c-progress').waitFor({ timeout: 30_000 });
+    await teacher.getByRole('button', { name: 'Cancel upload' }).click();
+    await expect
+      .poll(() => teacher.locator('.alert-info').last().textContent())
+      .toMatch(/cancelled.*removed/);
+    await expect
+      .poll(async () => (await teacherApi.req('GET', '/v2/images?name=cancel-me')).json.images.length)
+      .toBe(0);
+    // Raw bytes declared qcow2: the registry's 415, in its words.
+    await teacher.goto(`${ts.url}/dashboard/#/images/own`);
+    await teacher.goto(`${ts.url}/dashboard/#/create`);
+    await teacher.setInputFiles('#c-file', join(dir, 'netinst.raw'));
+    await expect.poll(() => teacher.getByLabel('Disk format').inputValue()).toBe('raw');
+    await teacher.getByLabel('Disk format').selectOption('qcow2');
+    await teacher.getByRole('button', { name: 'Create and upload' }).click();
+    await expect
+      .poll(() => teacher.getByRole('alert').first().locator('.alert-body').textContent(), {
+        timeout: 30_000,
+      })
+      .toBe('Image format detection failed: the data is not in disk_format qcow2 (it is raw).');
+    await shot(teacher, 'upload-refused');
+    expect((await teacherApi.req('GET', '/v2/images?name=netinst.raw')).json.images.length).toBe(0);
+  }, 120_000);
+
   it('shares the image; the other project sees the invitation, accepts it and lists it', async () => {
     await teacher.getByRole('link', { name: 'Sharing' }).click();
     await teacher.getByLabel('Project ID').fill(studentsId);

@@ -6,26 +6,10 @@
 import { useEffect, useState } from 'preact/hooks';
 import { useApp } from '../context.js';
 import { errorMessage } from '../lib/errors.js';
+import { latestTask, outcomeOf } from '../lib/outcome.js';
 import type { Image, Task } from '../lib/types.js';
 import { href } from '../router.js';
 import { Alert, Size, StatusBadge } from './ui.js';
-
-export type Outcome = 'running' | 'done' | 'failed';
-
-export function outcomeOf(img: Image | null, task: Task | undefined): Outcome {
-  if (img === null) return 'running';
-  if (img.status === 'active') return 'done';
-  if (task?.status === 'failure') return 'failed';
-  if (
-    img.status === 'queued' &&
-    task !== undefined &&
-    task.status !== 'pending' &&
-    task.status !== 'processing'
-  )
-    return 'failed';
-  if (img.status === 'killed' || img.status === 'deleted') return 'failed';
-  return 'running';
-}
 
 export function TaskProgress({ imageId, what }: { imageId: string; what: string }) {
   const { api } = useApp();
@@ -42,7 +26,7 @@ export function TaskProgress({ imageId, what }: { imageId: string; what: string 
         const [i, tasks] = await Promise.all([api.image(imageId), api.tasks(imageId)]);
         if (!live) return;
         setImg(i);
-        setTask([...tasks].sort((a, b) => (a.created_at < b.created_at ? 1 : -1))[0]);
+        setTask(latestTask(tasks));
         setError(null);
       } catch (e) {
         if (live) setError(errorMessage(e));

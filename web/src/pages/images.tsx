@@ -485,7 +485,9 @@ function Row({
         </div>
       )}
       <div role="cell" class="name-cell">
-        <a href={`#/image/${img.id}`}>{name}</a>
+        <a href={`#/image/${img.id}`} title={name}>
+          {name}
+        </a>
         {typeof img.backing_image_id === 'string' && <span class="chip chip-overlay">overlay</span>}
         {img.protected && <span class="chip">protected</span>}
       </div>
