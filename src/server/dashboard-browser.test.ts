@@ -346,6 +346,7 @@ describe('the dashboard in Chromium', () => {
   }, 120_000);
 
   it('shares the image; the other project sees the invitation, accepts it and lists it', async () => {
+    await teacher.goto(`${ts.url}/dashboard/#/image/${uploadedId}`);
     await teacher.getByRole('link', { name: 'Sharing' }).click();
     await teacher.getByLabel('Project ID').fill(studentsId);
     await teacher.getByRole('button', { name: 'Add member' }).click();

@@ -2,57 +2,14 @@
 import type { ComponentChildren, TargetedKeyboardEvent } from 'preact';
 import { useEffect, useId, useRef } from 'preact/hooks';
 import { formatBytes, formatExactBytes } from '../lib/sizes.js';
-
-const STATUS_TONE: Record<string, string> = {
-  active: 'ok',
-  queued: 'idle',
-  saving: 'busy',
-  uploading: 'busy',
-  importing: 'busy',
-  deactivated: 'warn',
-  killed: 'bad',
-  deleted: 'bad',
-  pending_delete: 'bad',
-  pending: 'warn',
-  accepted: 'ok',
-  rejected: 'bad',
-  processing: 'busy',
-  success: 'ok',
-  failure: 'bad',
-};
-
-const STATUS_WORD: Record<string, string> = {
-  active: 'Active',
-  queued: 'Queued',
-  saving: 'Saving',
-  uploading: 'Uploading',
-  importing: 'Importing',
-  deactivated: 'Deactivated',
-  killed: 'Killed',
-  deleted: 'Deleted',
-  pending_delete: 'Pending delete',
-  pending: 'Pending',
-  accepted: 'Accepted',
-  rejected: 'Rejected',
-  processing: 'Processing',
-  success: 'Succeeded',
-  failure: 'Failed',
-};
+import { statusTone, statusWord, visibilityWord } from '../lib/words.js';
 
 export function StatusBadge({ status }: { status: string }) {
-  const tone = STATUS_TONE[status] ?? 'idle';
-  return <span class={`badge badge-${tone}`}>{STATUS_WORD[status] ?? status}</span>;
+  return <span class={`badge badge-${statusTone(status)}`}>{statusWord(status)}</span>;
 }
 
-const VIS_WORD: Record<string, string> = {
-  public: 'Public',
-  community: 'Community',
-  shared: 'Shared',
-  private: 'Private',
-};
-
 export function VisibilityBadge({ visibility }: { visibility: string }) {
-  return <span class={`vis vis-${visibility}`}>{VIS_WORD[visibility] ?? visibility}</span>;
+  return <span class={`vis vis-${visibility}`}>{visibilityWord(visibility)}</span>;
 }
 
 /** A size in human units with the exact count in a tooltip. */

@@ -4,7 +4,7 @@
  * The image lists: one tab per scope, filters, sortable columns, and keyset pagination
  * (`limit`, `marker`/`next`): one request per page, whatever the number of images.
  */
-import { useEffect, useLayoutEffect, useState } from 'preact/hooks';
+import { useEffect, useLayoutEffect, useMemo, useRef, useState } from 'preact/hooks';
 import { Confirm, Empty, ErrorText, Spinner, StatusBadge, VisibilityBadge } from '../components/ui.js';
 import { useApp } from '../context.js';
 import { errorMessage } from '../lib/errors.js';
@@ -24,6 +24,7 @@ import {
   TABS,
   type Tab,
 } from '../lib/query.js';
+import { rowsHtml } from '../lib/rows-html.js';
 import { formatBytes, formatDate } from '../lib/sizes.js';
 import type { Image, MemberStatus } from '../lib/types.js';
 import { href, navigate } from '../router.js';
@@ -207,19 +208,23 @@ export function ImagesPage({ tab: tabParam, query }: { tab: string; query: URLSe
               {extra !== null && <div role="columnheader">{extra}</div>}
             </div>
           </div>
-          {/* Keyed by the page: a new page's rows are built in a detached element, inserted once. */}
-          <div role="rowgroup" class="images-body" key={current}>
-            {rows.map((img) => (
-              <Row
-                key={img.id}
-                img={img}
-                tab={tab}
-                owner={ownerName(img.owner)}
-                selected={selectable ? selected.has(img.id) : undefined}
-                onSelect={toggle}
-              />
-            ))}
-          </div>
+          {tab === 'shared' ? (
+            // Shared with me: a component per row (each fetches and answers its invitation).
+            <div role="rowgroup" class="images-body" key={current}>
+              {rows.map((img) => (
+                <Row key={img.id} img={img} />
+              ))}
+            </div>
+          ) : (
+            <HtmlRows
+              key={current}
+              rows={rows}
+              selectable={selectable}
+              selected={selected}
+              onToggle={toggle}
+              owner={tab === 'own' ? undefined : ownerName}
+            />
+          )}
         </div>
         {loading && page === null && <Spinner label="Loading images…" />}
         {!loading && rows.length === 0 && error === null && (
@@ -457,35 +462,13 @@ function Filters({
   );
 }
 
-function Row({
-  img,
-  tab,
-  owner,
-  selected,
-  onSelect,
-}: {
-  img: Image;
-  tab: Tab;
-  owner: string;
-  /** undefined: no selection column. */
-  selected: boolean | undefined;
-  onSelect: (id: string, on: boolean) => void;
-}) {
+/** A row of the Shared with me tab, with the project's answer to the invitation. */
+function Row({ img }: { img: Image }) {
   const name = img.name !== null && img.name !== '' ? img.name : img.id;
   return (
     <div role="row" class="image-row">
-      {selected !== undefined && (
-        <div role="cell" class="select-cell">
-          <input
-            type="checkbox"
-            aria-label={`Select ${name}`}
-            checked={selected}
-            onChange={(e) => onSelect(img.id, e.currentTarget.checked)}
-          />
-        </div>
-      )}
       <div role="cell" class="name-cell">
-        <a href={`#/image/${img.id}`} title={name}>
+        <a href={`#/image/${encodeURIComponent(img.id)}`} title={name}>
           {name}
         </a>
         {typeof img.backing_image_id === 'string' && <span class="chip chip-overlay">overlay</span>}
@@ -505,19 +488,59 @@ function Row({
         {formatBytes(img.virtual_size)}
       </div>
       <div role="cell">{formatDate(img.created_at)}</div>
-      {tab === 'shared' && (
-        <div role="cell">
-          <MemberCell img={img} />
-        </div>
-      )}
-      {(tab === 'all' || tab === 'public' || tab === 'community') && (
-        <div role="cell" class="owner-cell" title={img.owner ?? undefined}>
-          {owner}
-        </div>
-      )}
+      <div role="cell">
+        <MemberCell img={img} />
+      </div>
     </div>
   );
 }
+
+/**
+ * The rows of a page as HTML text (lib/rows-html.ts, every API value escaped): a page of
+ * 1000 images is parsed by the browser in one go instead of 14,000 createElement calls.
+ * Checkboxes are read by one delegated listener and set from the selection.
+ */
+function HtmlRows({
+  rows,
+  selectable,
+  selected,
+  onToggle,
+  owner,
+}: {
+  rows: Image[];
+  selectable: boolean;
+  selected: ReadonlySet<string>;
+  onToggle: (id: string, on: boolean) => void;
+  owner: ((id: string | null) => string) | undefined;
+}) {
+  const ref = useRef<HTMLDivElement>(null);
+  const html = useMemo(
+    () => rowsHtml(rows, { selected: selectable ? EMPTY : undefined, owner }),
+    // owner is a new function on each render of the page; the names it gives change with rows.
+    [rows, selectable],
+  );
+  useLayoutEffect(() => {
+    if (!selectable || ref.current === null) return;
+    for (const cb of ref.current.querySelectorAll<HTMLInputElement>('input[data-id]'))
+      cb.checked = selected.has(cb.dataset['id'] ?? '');
+  }, [html, selected, selectable]);
+  return (
+    <div
+      role="rowgroup"
+      class="images-body"
+      ref={ref}
+      onChange={(e) => {
+        const t = e.target;
+        if (t instanceof HTMLInputElement && t.dataset['id'] !== undefined)
+          onToggle(t.dataset['id'], t.checked);
+      }}
+      // rows-html.ts escapes every value it interpolates (tested with hostile names).
+      dangerouslySetInnerHTML={{ __html: html }}
+    />
+  );
+}
+
+const EMPTY: ReadonlySet<string> = new Set();
 
 /** Delete several images, four at a time; each refusal is reported with the API's words. */
 function BatchDelete({ images, onClose }: { images: Image[]; onClose: (changed: boolean) => void }) {
