@@ -157,7 +157,6 @@ export function Confirm({
   onClose,
   busy = false,
   error = null,
-  danger = true,
 }: {
   title: string;
   children: ComponentChildren;
@@ -166,8 +165,6 @@ export function Confirm({
   onClose: () => void;
   busy?: boolean;
   error?: string | null;
-  /** The confirm button in red (a destructive action); false for an acknowledgement. */
-  danger?: boolean;
 }) {
   return (
     <Dialog title={title} onClose={onClose}>
@@ -177,12 +174,7 @@ export function Confirm({
         <button type="button" class="btn" onClick={onClose} autofocus>
           Cancel
         </button>
-        <button
-          type="button"
-          class={danger ? 'btn btn-danger' : 'btn btn-primary'}
-          onClick={onConfirm}
-          disabled={busy}
-        >
+        <button type="button" class="btn btn-danger" onClick={onConfirm} disabled={busy}>
           {busy ? 'Working…' : confirm}
         </button>
       </div>

@@ -5,7 +5,15 @@
  * (`limit`, `marker`/`next`): one request per page, whatever the number of images.
  */
 import { useEffect, useLayoutEffect, useMemo, useRef, useState } from 'preact/hooks';
-import { Confirm, Empty, ErrorText, Spinner, StatusBadge, VisibilityBadge } from '../components/ui.js';
+import {
+  Confirm,
+  Dialog,
+  Empty,
+  ErrorText,
+  Spinner,
+  StatusBadge,
+  VisibilityBadge,
+} from '../components/ui.js';
 import { useApp } from '../context.js';
 import { errorMessage } from '../lib/errors.js';
 import {
@@ -165,7 +173,7 @@ export function ImagesPage({ tab: tabParam, query }: { tab: string; query: URLSe
           so a page of 1000 images renders as fast as a page of 25.
         */}
         <div
-          class={`images${extra === null ? '' : ' images-extra'}${selectable ? ' images-select' : ''}`}
+          class={`images${extra === null ? '' : ' images-extra'}${tab === 'shared' ? ' images-shared' : ''}${selectable ? ' images-select' : ''}`}
           role="table"
           aria-label={`${TABS.find((t) => t.id === tab)?.label} images, page ${pages.length}`}
           data-state={loading ? 'loading' : 'loaded'}
@@ -570,21 +578,23 @@ function BatchDelete({ images, onClose }: { images: Image[]; onClose: (changed: 
   };
   if (done !== null)
     return (
-      <Confirm
-        title="Some images were not deleted"
-        confirm="Close"
-        onConfirm={() => onClose(true)}
-        onClose={() => onClose(true)}
-      >
-        <p>
-          Deleted {done.deleted} of {images.length}. The registry refused:
-        </p>
-        <ul class="error-list">
-          {done.errors.map((e) => (
-            <li key={e}>{e}</li>
-          ))}
-        </ul>
-      </Confirm>
+      <Dialog title="Some images were not deleted" onClose={() => onClose(true)}>
+        <div class="dialog-body">
+          <p>
+            Deleted {done.deleted} of {images.length}. The registry refused:
+          </p>
+          <ul class="error-list">
+            {done.errors.map((e) => (
+              <li key={e}>{e}</li>
+            ))}
+          </ul>
+        </div>
+        <div class="dialog-actions">
+          <button type="button" class="btn btn-primary" onClick={() => onClose(true)} autofocus>
+            OK
+          </button>
+        </div>
+      </Dialog>
     );
   return (
     <Confirm
