@@ -622,12 +622,30 @@ describe('the dashboard in Chromium', () => {
     await teacher.goto(`${ts.url}/dashboard/#/images/own`);
     await teacher.reload(); // a reload forgets the token: log in again
     await teacher.getByLabel('User name').waitFor();
+    // The tokens the page sends (to check that it revokes them).
+    const tokens: string[] = [];
+    const seen = (r: import('playwright-core').Request) => {
+      const t = r.headers()['x-auth-token'];
+      if (t !== undefined && !tokens.includes(t)) tokens.push(t);
+    };
+    teacher.on('request', seen);
+    const valid = async (t: string) =>
+      (await fetch(`${ts.url}/v2/images?limit=1`, { headers: { 'X-Auth-Token': t } })).status;
     await login(teacher, 'teacher', 'teacher-pw', 'course');
+    const courseToken = tokens.at(-1)!;
+    expect(await valid(courseToken)).toBe(200);
     await teacher.getByLabel('Project', { exact: true }).selectOption(studentsId);
     await expect.poll(() => teacher.locator('.tab-help').textContent()).toMatch(/owned by project students/);
+    const studentsToken = tokens.at(-1)!;
+    expect(studentsToken).not.toBe(courseToken);
+    // The old token is revoked once the page holds the new one.
+    await expect.poll(() => valid(courseToken)).toBe(401);
+    expect(await valid(studentsToken)).toBe(200);
     await shot(teacher, 'switched-project');
     await teacher.getByRole('button', { name: 'Log out' }).click();
     await teacher.getByLabel('User name').waitFor();
+    await expect.poll(() => valid(studentsToken)).toBe(401);
+    teacher.off('request', seen);
     await shot(teacher, 'logged-out');
   });
 
