@@ -153,6 +153,8 @@ let master: string;
 let overlay: string;
 
 beforeAll(async () => {
+  // First: without Chromium nothing here can run (the suite fails with the reason).
+  browser = await launchChromium();
   await mkdir(SHOTS, { recursive: true });
   for (const f of await import('node:fs/promises').then((m) => m.readdir(SHOTS)))
     if (f.endsWith('.png')) await rm(join(SHOTS, f));
@@ -207,8 +209,6 @@ beforeAll(async () => {
   const wd = join(dir, 'netinst.raw');
   qemuImg('create', '-q', '-f', 'raw', wd, '8M');
   qemuIo(wd, 'write -P 0x55 1M 1M');
-
-  browser = await launchChromium();
 }, 300_000);
 
 afterAll(async () => {
