@@ -44,7 +44,7 @@ export function canChange(img: Image, session: { isAdmin: boolean; project: { id
 }
 
 export function ImagePage({ id, tab }: { id: string; tab: string }) {
-  const { api, session, flash } = useApp();
+  const { api, session, flash, projectName } = useApp();
   const [img, setImg] = useState<Image | null>(null);
   const [error, setError] = useState<string | null>(null);
   const [actionError, setActionError] = useState<string | null>(null);
@@ -163,8 +163,8 @@ export function ImagePage({ id, tab }: { id: string; tab: string }) {
       </div>
       {!editable && (
         <Alert tone="info">
-          Read-only: this image belongs to another project ({img.owner}). Only its owner or an admin can
-          change it.
+          Read-only: this image belongs to another project ({projectName(img.owner) ?? img.owner}). Only its
+          owner project or an admin can change it; you can still download it and read its map.
         </Alert>
       )}
       <ErrorText error={actionError} onDismiss={() => setActionError(null)} />

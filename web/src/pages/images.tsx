@@ -135,7 +135,7 @@ export function ImagesPage({ tab: tabParam, query }: { tab: string; query: URLSe
           <>
             {' '}
             To be invited, give the image's owner this project's id:{' '}
-            <code class="mono">{session.project.id}</code>
+            <code class="mono nobreak">{session.project.id}</code>
           </>
         )}
       </p>

@@ -111,10 +111,8 @@ function TreeCard({ root }: { root: TreeNode }) {
       <TreeView roots={[root]} />
       {t.images > 1 && (
         <p class="tree-totals">
-          {t.images} images · {formatBytes(t.stored)} stored · {formatBytes(t.virtual)} of virtual disks
-          {t.stored > 0 && t.virtual > t.stored && (
-            <> · {(t.virtual / t.stored).toFixed(1)}× less than full copies</>
-          )}
+          {t.images} images · {formatBytes(t.stored)} stored in all · {formatBytes(t.virtual)} of virtual
+          disks
         </p>
       )}
     </article>
