@@ -38,6 +38,8 @@ import type { Image, MemberStatus } from '../lib/types.js';
 import { href, navigate } from '../router.js';
 
 interface PageState {
+  /** The query this page answers (rows of another tab or page are never shown). */
+  for: string;
   images: Image[];
   next: string | undefined;
 }
@@ -71,7 +73,7 @@ export function ImagesPage({ tab: tabParam, query }: { tab: string; query: URLSe
       .then((r) => {
         if (!live) return;
         performance.mark('vdisk:images-response', { detail: r.images.length });
-        setPage({ images: r.images, next: r.next });
+        setPage({ for: current, images: r.images, next: r.next });
         setLoading(false);
       })
       .catch((e: unknown) => {
@@ -90,7 +92,8 @@ export function ImagesPage({ tab: tabParam, query }: { tab: string; query: URLSe
   }, [loading, page]);
 
   const setFilters = (f: ListFilters) => navigate(`images/${tab}`, filtersToQuery(f));
-  const rows = page === null ? [] : rowsOf(tab, page.images, session.project.id);
+  const shown = page !== null && page.for === current ? page : null;
+  const rows = shown === null ? [] : rowsOf(tab, shown.images, session.project.id);
   const sort = parseSort(filters.sort);
   const limit = filters.limit ?? DEFAULT_PAGE_SIZE;
   const selectable = tab === 'own' || tab === 'all';
@@ -234,7 +237,7 @@ export function ImagesPage({ tab: tabParam, query }: { tab: string; query: URLSe
             />
           )}
         </div>
-        {loading && page === null && <Spinner label="Loading images…" />}
+        {loading && shown === null && <Spinner label="Loading images…" />}
         {!loading && rows.length === 0 && error === null && (
           <EmptyTab
             tab={tab}
@@ -283,9 +286,9 @@ export function ImagesPage({ tab: tabParam, query }: { tab: string; query: URLSe
           <button
             type="button"
             class="btn btn-small"
-            disabled={page?.next === undefined || loading}
+            disabled={shown?.next === undefined || loading}
             onClick={() => {
-              const n = page?.next;
+              const n = shown?.next;
               if (n !== undefined) setPages((p) => [...p, n]);
             }}
           >
