@@ -35,6 +35,7 @@ interface PageEl {
   closest(selector: string): PageEl | null;
   dispatchEvent(e: unknown): boolean;
 }
+declare function getComputedStyle(el: unknown): { outlineStyle: string };
 declare const document: {
   body: PageEl;
   activeElement: PageEl | null;
@@ -242,6 +243,21 @@ describe('the dashboard in Chromium', () => {
       .poll(() => teacher.locator('.empty-title').textContent())
       .toBe('This project has no images yet.');
     await shot(teacher, 'empty-project');
+    // Keyboard: the first Tab reaches "Skip to content", with a visible focus ring; it moves
+    // the focus to the page's content.
+    await teacher.keyboard.press('Tab');
+    expect(
+      await teacher.evaluate(() => {
+        const el = document.activeElement as unknown as { textContent: string } | null;
+        return el?.textContent;
+      }),
+    ).toBe('Skip to content');
+    expect(await teacher.locator(':focus-visible').evaluate((el) => getComputedStyle(el).outlineStyle)).toBe(
+      'solid',
+    );
+    await teacher.keyboard.press('Enter');
+    expect(await teacher.evaluate(() => document.activeElement?.getAttribute('id'))).toBe('main');
+    expect(await teacher.title()).toBe('Project · Images · vdisk');
     await checkNames(teacher, 'empty list');
     // The token is in no URL and in no storage.
     const storage = await teacher.evaluate(
@@ -378,6 +394,9 @@ describe('the dashboard in Chromium', () => {
   it('a member cannot edit: the controls are disabled, and the API refusal is shown when forced', async () => {
     await student.locator('.images-body a', { hasText: 'course-disk' }).click();
     await student.locator('#image-title').waitFor();
+    // A new page: the focus is on its content, the title names it.
+    await expect.poll(() => student.evaluate(() => document.activeElement?.getAttribute('id'))).toBe('main');
+    expect(await student.title()).toBe('course-disk · Image · vdisk');
     for (const name of ['Edit', 'Deactivate', 'Delete'])
       expect(await student.getByRole('button', { name, exact: true }).isDisabled()).toBe(true);
     await expect.poll(() => student.locator('.alert-info').first().textContent()).toMatch(/Read-only/);

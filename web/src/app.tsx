@@ -131,6 +131,19 @@ function Shell({
     setFlashState((f) => (f !== null && Date.now() - f.at > 1500 ? null : f));
   }, [route.hash]);
 
+  // A new page (not a new filter of the same page): focus moves to the page's content, so that
+  // keyboard and screen-reader users start there, as after a full page load.
+  const path = route.parts.join('/');
+  const lastPath = useRef(path);
+  useEffect(() => {
+    if (lastPath.current === path) return;
+    lastPath.current = path;
+    // Switching tabs keeps the focus on the tab; anything else starts at the content.
+    if (document.activeElement?.closest('.tabs') == null)
+      document.getElementById('main')?.focus({ preventScroll: true });
+    window.scrollTo(0, 0);
+  }, [path]);
+
   const [section, ...rest] = route.parts;
   let page: JSX.Element;
   let current: 'images' | 'tree' = 'images';

@@ -16,6 +16,7 @@ import { formatBytes, formatDuration, formatPercent, formatRate } from '../lib/s
 import { formatFromName, guessMaster, nameFromPath } from '../lib/suggest.js';
 import type { Image } from '../lib/types.js';
 import { href, navigate } from '../router.js';
+import { useTitle } from '../title.js';
 
 const LAYERED = new Set(['qcow2', 'qed']);
 /** os_distro values of the OpenStack image property catalogue (a suggestion list; any text goes). */
@@ -41,6 +42,7 @@ interface Progress {
 
 export function CreatePage({ query }: { query: URLSearchParams }) {
   const mode = query.get('from') === 'url' ? 'url' : 'file';
+  useTitle('Create an image');
   return (
     <section aria-labelledby="create-title" class="narrow">
       <p class="crumbs">

@@ -20,6 +20,7 @@ import { errorMessage } from '../lib/errors.js';
 import { formatDate, formatExactBytes } from '../lib/sizes.js';
 import { BASE_FIELDS, type Image } from '../lib/types.js';
 import { href, navigate } from '../router.js';
+import { useTitle } from '../title.js';
 import { DownloadTab } from './image-download.js';
 import { EditDialog } from './image-edit.js';
 import { LayersTab } from './image-layers.js';
@@ -51,6 +52,7 @@ export function ImagePage({ id, tab }: { id: string; tab: string }) {
   const [editing, setEditing] = useState(false);
   const [deleting, setDeleting] = useState(false);
   const [busy, setBusy] = useState(false);
+  useTitle(img === null ? null : displayName(img), 'Image');
 
   const load = useCallback(
     () =>

@@ -36,6 +36,7 @@ import { rowsHtml } from '../lib/rows-html.js';
 import { formatBytes, formatDate } from '../lib/sizes.js';
 import type { Image, MemberStatus } from '../lib/types.js';
 import { href, navigate } from '../router.js';
+import { useTitle } from '../title.js';
 
 interface PageState {
   /** The query this page answers (rows of another tab or page are never shown). */
@@ -47,6 +48,7 @@ interface PageState {
 export function ImagesPage({ tab: tabParam, query }: { tab: string; query: URLSearchParams }) {
   const { session, api, projectName } = useApp();
   const tab: Tab = isTab(tabParam) && (tabParam !== 'all' || session.isAdmin) ? tabParam : 'own';
+  useTitle(TABS.find((t) => t.id === tab)?.label, 'Images');
   const filters = filtersFrom(query);
   const first = listQuery(tab, filters, session.project.id).toString();
   // Pages: the query of each page shown so far (the first, then `next` links).

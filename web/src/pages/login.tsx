@@ -2,6 +2,7 @@ import { useState } from 'preact/hooks';
 import { login, type Session } from '../api.js';
 import { Alert, ErrorText, Field } from '../components/ui.js';
 import { errorMessage } from '../lib/errors.js';
+import { useTitle } from '../title.js';
 
 export function LoginPage({ onLogin, notice }: { onLogin: (s: Session) => void; notice: string | null }) {
   const [user, setUser] = useState('');
@@ -9,6 +10,7 @@ export function LoginPage({ onLogin, notice }: { onLogin: (s: Session) => void; 
   const [project, setProject] = useState('');
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<string | null>(null);
+  useTitle('Log in');
 
   const submit = async (e: Event) => {
     e.preventDefault();

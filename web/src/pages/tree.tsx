@@ -11,6 +11,7 @@ import { formatBytes } from '../lib/sizes.js';
 import { buildForest, type TreeNode, treeTotals } from '../lib/tree.js';
 import type { Image } from '../lib/types.js';
 import { href } from '../router.js';
+import { useTitle } from '../title.js';
 
 /** At most this many images are loaded for the forest (10 requests of 1000). */
 const CAP = 10_000;
@@ -22,6 +23,7 @@ export function TreePage() {
   const [capped, setCapped] = useState(false);
   const [error, setError] = useState<string | null>(null);
   const [all, setAll] = useState(false);
+  useTitle('Masters & overlays');
 
   useEffect(() => {
     let live = true;
