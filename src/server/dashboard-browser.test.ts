@@ -519,6 +519,17 @@ describe('the dashboard in Chromium', () => {
       .toMatch(/Part 65 \(4 MiB – 4.06 MiB\): 100 % stored here/);
     await shot(teacher, 'allocation-map');
     await checkNames(teacher, 'map');
+    // The dark theme (the system's preference) on the same page and on the tree.
+    await teacher.emulateMedia({ colorScheme: 'dark' });
+    await teacher.getByLabel('Detail').selectOption('4096');
+    await expect
+      .poll(() => teacher.locator('.map-inspect output').textContent())
+      .toMatch(/Part 1 \(0 bytes – 16 KiB\)/);
+    await shot(teacher, 'allocation-map-dark');
+    await teacher.getByRole('link', { name: 'Masters & overlays' }).first().click();
+    await teacher.locator('.tree-card').first().waitFor();
+    await shot(teacher, 'tree-dark');
+    await teacher.emulateMedia({ colorScheme: 'light' });
   });
 
   it('shows the API’s 409 when an overlay is shared before its master', async () => {

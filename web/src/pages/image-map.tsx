@@ -97,7 +97,8 @@ function MapPicture({
   const canvas = useRef<HTMLCanvasElement>(null);
   const [width, setWidth] = useState(800);
   const n = map.buckets.length;
-  const cols = Math.min(64, n);
+  // 256 parts: 32 columns, 1024: 64, 4096: 128 (a picture about four times as wide as tall).
+  const cols = Math.min(n, Math.max(32, Math.round(Math.sqrt(n * 4))));
   const rows = Math.ceil(n / cols);
   const gap = 2;
   const cell = Math.max(4, Math.floor((width - gap * (cols - 1)) / cols));
@@ -126,10 +127,14 @@ function MapPicture({
     if (g === null) return;
     g.setTransform(dpr, 0, 0, dpr, 0, 0);
     g.clearRect(0, 0, w, height);
+    // The theme's colours for the empty part and the cursor (light or dark).
+    const css = getComputedStyle(c);
+    const empty = css.getPropertyValue('--map-unallocated').trim() || KIND_COLOR.unallocated;
+    const ink = css.getPropertyValue('--text').trim() || '#0f172a';
     map.buckets.forEach((b, i) => {
       const x = (i % cols) * (cell + gap);
       const y = Math.floor(i / cols) * (cell + gap);
-      g.fillStyle = KIND_COLOR.unallocated;
+      g.fillStyle = empty;
       g.fillRect(x, y, cell, cell);
       let bottom = y + cell;
       map.kinds.forEach((k, j) => {
@@ -141,7 +146,7 @@ function MapPicture({
         bottom -= h;
       });
       if (i === cursor) {
-        g.strokeStyle = '#0f172a';
+        g.strokeStyle = ink;
         g.lineWidth = 2;
         g.strokeRect(x + 1, y + 1, cell - 2, cell - 2);
       }
