@@ -625,7 +625,10 @@ describe('the dashboard in Chromium', () => {
     });
     await teacher.goto(`${ts.url}/dashboard/#/images/own?tag=scratch&sort=name:asc`);
     await expect.poll(() => teacher.locator('.images-body .image-row').count()).toBe(3);
+    await teacher.getByRole('checkbox', { name: 'Select scratch-1' }).check();
+    await expect.poll(() => teacher.locator('.batch-bar').textContent()).toMatch(/1 image selected/);
     await teacher.getByRole('checkbox', { name: 'Select every image of this page' }).check();
+    expect(await teacher.getByRole('checkbox', { name: 'Select scratch-2' }).isChecked()).toBe(true);
     await expect.poll(() => teacher.locator('.batch-bar').textContent()).toMatch(/3 images selected/);
     await shot(teacher, 'batch-selected');
     await checkNames(teacher, 'batch selection');

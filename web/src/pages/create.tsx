@@ -83,6 +83,8 @@ function CreateForm({ mode }: { mode: 'file' | 'url' }) {
   const [osVersion, setOsVersion] = useState('');
   const [description, setDescription] = useState('');
   const [masters, setMasters] = useState<Image[] | null>(null);
+  /** More active images than the list holds: the master may also be given by id. */
+  const [moreMasters, setMoreMasters] = useState(false);
   const [error, setError] = useState<string | null>(null);
   const [notice, setNotice] = useState<string | null>(null);
   const [progress, setProgress] = useState<Progress | null>(null);
@@ -98,7 +100,10 @@ function CreateForm({ mode }: { mode: 'file' | 'url' }) {
     if (!wantsMaster || masters !== null) return;
     api
       .listImages(new URLSearchParams({ status: 'active', sort: 'name:asc', limit: '1000' }))
-      .then((r) => setMasters(r.images))
+      .then((r) => {
+        setMasters(r.images);
+        setMoreMasters(r.next !== undefined);
+      })
       .catch(() => setMasters([]));
   }, [api, wantsMaster, masters]);
 
@@ -342,6 +347,21 @@ function CreateForm({ mode }: { mode: 'file' | 'url' }) {
               </option>
             ))}
           </select>
+        </Field>
+      )}
+      {wantsMaster && moreMasters && (
+        <Field
+          label="…or the master's image id"
+          id="c-master-id"
+          hint="The list holds the first 1000 active images by name; any image you can see can be the master."
+        >
+          <input
+            id="c-master-id"
+            disabled={locked}
+            aria-describedby="c-master-id-hint"
+            value={masters?.some((m) => m.id === master) === true ? '' : master}
+            onInput={(e) => setMaster(e.currentTarget.value.trim())}
+          />
         </Field>
       )}
       <div class="row-3">

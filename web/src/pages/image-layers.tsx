@@ -110,6 +110,7 @@ function FlattenForm({ img }: { img: Image }) {
   const [visibility, setVisibility] = useState('private');
   const [onto, setOnto] = useState('');
   const [masters, setMasters] = useState<Image[] | null>(null);
+  const [moreMasters, setMoreMasters] = useState(false);
   const [error, setError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
   const [started, setStarted] = useState<Image | null>(null);
@@ -117,15 +118,10 @@ function FlattenForm({ img }: { img: Image }) {
   useEffect(() => {
     api
       .listImages(new URLSearchParams({ status: 'active', sort: 'name:asc', limit: '500' }))
-      .then((r) =>
-        setMasters(
-          r.images.filter(
-            (i) =>
-              i.id !== img.id &&
-              (i.disk_format === 'qcow2' || i.disk_format === 'qed' || i.disk_format === 'raw'),
-          ),
-        ),
-      )
+      .then((r) => {
+        setMasters(r.images.filter((i) => i.id !== img.id));
+        setMoreMasters(r.next !== undefined);
+      })
       .catch(() => setMasters([]));
   }, [api, img.id]);
 
@@ -208,6 +204,24 @@ function FlattenForm({ img }: { img: Image }) {
             </select>
           </Field>
         </div>
+        {moreMasters && (
+          <Field
+            label="…or the other master's image id"
+            id="fl-onto-id"
+            hint="The list holds the first 500 active images by name."
+          >
+            <input
+              id="fl-onto-id"
+              aria-describedby="fl-onto-id-hint"
+              value={masters?.some((m) => m.id === onto) === true ? '' : onto}
+              onInput={(e) => {
+                setOnto(e.currentTarget.value.trim());
+                if (e.currentTarget.value.trim() !== '' && format !== 'qcow2' && format !== 'qed')
+                  setFormat('qcow2');
+              }}
+            />
+          </Field>
+        )}
         <ErrorText error={error} />
         <div>
           <button type="submit" class="btn btn-primary" disabled={busy || started !== null}>
