@@ -416,7 +416,11 @@ describe('the dashboard in Chromium', () => {
     await student.keyboard.press('Escape');
     await expect.poll(() => student.getByRole('dialog').count()).toBe(0);
     expect((await teacherApi.req('GET', `/v2/images/${uploadedId}`)).json.name).toBe('course-disk');
-    // The member answers its invitation from the Sharing tab.
+    // A fresh page (the test enabled buttons in the DOM above), then the Sharing tab, where the
+    // member answers its invitation; the controls are disabled again.
+    await student.goto(`${ts.url}/dashboard/#/images/shared`);
+    await student.locator('.images-body a', { hasText: 'course-disk' }).click();
+    expect(await student.getByRole('button', { name: 'Edit', exact: true }).isDisabled()).toBe(true);
     await student.getByRole('link', { name: 'Sharing' }).click();
     await expect.poll(() => student.locator('.card').textContent()).toMatch(/Your answer:\s*Accepted/);
     await checkNames(student, 'member sharing');
