@@ -4,8 +4,8 @@
 # dmg2img for dmg images with bzip2 chunks (which Debian's qemu-img cannot read), and the real
 # servers the registry's conformance suite runs on (src/server/conformance.test.ts): PostgreSQL
 # (initdb/pg_ctl, a throwaway cluster on loopback) and Ceph (mon + memstore OSD + radosgw, an S3
-# endpoint on loopback), tempest and Glance's metadefs. Nothing is started here; the tests
-# start and stop them.
+# endpoint on loopback), tempest and Glance's metadefs, and Chromium for the web dashboard's
+# browser tests. Nothing is started here; the tests start and stop them.
 # Idempotent and fast when everything is there.
 set -euo pipefail
 need=()
@@ -27,7 +27,11 @@ command -v radosgw-admin >/dev/null 2>&1 || need+=(ceph-common)
 # /usr/share/glance-common/metadefs and /etc/glance/metadefs).
 command -v tempest >/dev/null 2>&1 || need+=(tempest)
 [ -d /usr/share/glance-common/metadefs ] || need+=(glance-common)
+# The real Glance 25, side by side with the metadefs API (src/server/test/glance.ts).
+command -v glance-api >/dev/null 2>&1 || need+=(glance-api)
 command -v ceph >/dev/null 2>&1 || need+=(ceph-common)
+# The dashboard's end-to-end tests drive Debian's Chromium with playwright-core.
+[ -x /usr/bin/chromium ] || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

@@ -32,6 +32,8 @@ export interface ServeOptions {
   settings?: Partial<ServerSettings>;
   log?: (line: string) => void;
   imageApi?: ImageApiOptions;
+  /** The built dashboard (default: dist/web beside dist/server, see dashboard.ts). */
+  dashboardDir?: string;
 }
 
 export interface RunningServer {
@@ -186,6 +188,12 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     const keystone = path === '/v3' || path.startsWith('/v3/');
     res.setHeader('x-openstack-request-id', `req-${crypto.randomUUID()}`);
     try {
+      if (path === '/dashboard' || path.startsWith('/dashboard/')) {
+        // The web dashboard: loaded on its first request only.
+        const { serveDashboard, defaultDashboardDir } = await import('./dashboard.js');
+        await serveDashboard(req, res, path, opts.dashboardDir ?? defaultDashboardDir());
+        return;
+      }
       const { handler, params } = router.match(req.method ?? 'GET', path);
       await handler({ req, res, method: req.method ?? 'GET', path, query: url.searchParams, params });
     } catch (err) {
