@@ -2,7 +2,7 @@
  * The metadata schema (one set of tables for identity and images) and its migrations. Plain
  * PostgreSQL DDL: it runs unchanged on PGlite and on PostgreSQL 15.
  */
-import { type Kysely, sql } from 'kysely';
+import { type Generated, type Kysely, sql } from 'kysely';
 
 export interface ProjectTable {
   id: string;
@@ -73,6 +73,11 @@ export interface ImageTable {
   blob: string | null;
   /** Upload in progress: the id of the server/process that is writing it. */
   writer: string | null;
+  /**
+   * Multiple stores: the ids of the stores that hold the data under `blob` (a JSON array;
+   * always empty in single-store mode). See src/server/store/stores.ts.
+   */
+  stores: Generated<string[]>;
 }
 
 export interface MemberTable {
@@ -171,6 +176,10 @@ const MIGRATIONS: string[] = [
   // Layered images (src/server/image/layers.ts): dependents of a master, by backing_image_id.
   `
   CREATE INDEX images_backing ON images ((properties->>'backing_image_id'));
+  `,
+  // Multiple stores (src/server/store/stores.ts): the stores that hold an image's data.
+  `
+  ALTER TABLE images ADD COLUMN stores jsonb NOT NULL DEFAULT '[]';
   `,
 ];
 

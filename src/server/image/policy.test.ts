@@ -68,6 +68,7 @@ beforeAll(async () => {
             tags: '[]' as never,
             blob: null,
             writer: null,
+            stores: '[]' as never,
           })
           .execute();
         if (membership !== undefined)
