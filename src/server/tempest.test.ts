@@ -30,6 +30,8 @@ const ALLOWED_SKIPS = [
   /No stores configured/,
   /Target system is not configured with glance caching/,
   /Server does not support glance-download import method/,
+  // glance-download with several stores gets as far as wanting a second region's image service.
+  /No image_remote service to test against/,
 ];
 
 /**
@@ -218,6 +220,7 @@ it('tempest image v2 against two stores, the image cache and copy-image: the mul
   try {
     // The metadefs API is not in this tree yet: its 19 tests are left out of this run.
     const r = await runTempest(run.ws, ['--exclude-regex', 'metadefs']);
+    writeFileSync(join(tmpdir(), 'vdisk-tempest-multistore.log'), r.out);
     expect(r.failed, r.out.slice(-20000)).toBe(0);
     // Nothing about stores, caching or copy-image may be skipped here.
     const unexpected = r.skipped.filter(
