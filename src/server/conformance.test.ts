@@ -767,7 +767,7 @@ describe.each([
     qemuImgOk(['create', '-f', 'qcow2', '-b', 'm.qcow2', '-F', 'qcow2', q('o.qcow2')]);
     qemuIo(q('o.qcow2'), ['write -P 0x71 1m 1m'], 'qcow2');
     const m = await alice.createImage({ disk_format: 'qcow2', container_format: 'bare' });
-    let r = await alice.req('PUT', `/v2/images/${m.id}/file`, await readFile(q('m.qcow2')), {
+    const r = await alice.req('PUT', `/v2/images/${m.id}/file`, await readFile(q('m.qcow2')), {
       'X-Image-Meta-Store': 'cold',
     });
     expect(r.status).toBe(204);

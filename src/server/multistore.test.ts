@@ -381,6 +381,24 @@ describe('two file stores', () => {
       expect((await alice.req('GET', `/v2/images/${id2}/tasks`)).json.tasks[0].status).toBe('success');
       expect(await blobs(coldDir)).not.toContain(id2);
       expect(sha512((await download(alice, id2)).body)).toBe(sha512(data));
+      // not required, nothing failing: active with the first store, and the second one too
+      cold.store = real;
+      const id4 = await staged(alice, data);
+      expect(
+        (
+          await alice.req('POST', `/v2/images/${id4}/import`, {
+            method: { name: 'glance-direct' },
+            stores: ['fast', 'cold'],
+            all_stores_must_succeed: false,
+          })
+        ).status,
+      ).toBe(202);
+      const img4 = await settled(id4);
+      expect(img4.status).toBe('active');
+      expect(img4.stores).toBe('cold,fast');
+      expect(img4.os_glance_failed_import).toBe('');
+      expect(await blobs(coldDir)).toContain(id4);
+      cold.store = failing(real, MIB);
       // every store failing, not required: back to queued ('None of the uploads finished!')
       const fast = set.get('fast')!;
       const realFast = fast.store;

@@ -637,7 +637,8 @@ export class ImportApi {
     const svc = this.svc;
     const signal = this.abort.signal;
     const copy = method === 'copy-image';
-    const status = copy ? 'active' : 'importing';
+    // The image's status while the copies are made: importing, until a store makes it active.
+    let status = copy ? 'active' : 'importing';
     const added: string[] = [];
     const failedHere = new Set<string>();
     let current: string | null = null;
@@ -721,6 +722,7 @@ export class ImportApi {
             throw new Error(`The data written to store '${sid}' differs from the image's (sha512 or size).`);
           }
           await this.addStore(imageId, task.id, sid, out, status, setActive, !copy && first === null);
+          if (setActive) status = 'active';
           first ??= out;
           added.push(sid);
         } catch (e) {
@@ -752,7 +754,17 @@ export class ImportApi {
       // conversion) fails them all, as Glance's download revert does.
       const failing =
         current !== null ? [current] : added.length === 0 && failedHere.size === 0 ? targets : [];
-      await this.failToStores(task, imageId, copy, e, targets, added, failing, convertedFrom);
+      await this.failToStores(
+        task,
+        imageId,
+        copy,
+        status === 'active',
+        e,
+        targets,
+        added,
+        failing,
+        convertedFrom,
+      );
     } finally {
       if (dir !== null) await rm(dir, { recursive: true, force: true });
     }
@@ -848,6 +860,7 @@ export class ImportApi {
     task: TaskRow,
     imageId: string,
     copy: boolean,
+    active: boolean,
     e: unknown,
     targets: string[],
     added: string[],
@@ -863,15 +876,17 @@ export class ImportApi {
           [IMPORTING]: storeList(listOf(cur.properties[IMPORTING]).filter((x) => !targets.includes(x))),
           [FAILED]: storeList([...listOf(cur.properties[FAILED]), ...failing]),
         };
-        const kept = cur.stores.filter((x) => !added.includes(x));
+        // copy-image: its copies go; an import already active (all_stores_must_succeed false,
+        // then stopped by a shutdown) keeps what it made.
+        const kept = copy ? cur.stores.filter((x) => !added.includes(x)) : active ? cur.stores : [];
         const r = await this.db
           .updateTable('images')
           .set({
             properties: sql`properties || ${JSON.stringify(props)}::jsonb`,
-            stores: JSON.stringify(copy ? kept : []) as never,
+            stores: JSON.stringify(kept) as never,
             writer: null,
             updated_at: new Date(),
-            ...(copy
+            ...(active
               ? {}
               : {
                   status: 'queued',
@@ -885,17 +900,18 @@ export class ImportApi {
                 }),
           })
           .where('id', '=', imageId)
-          .where('status', '=', copy ? 'active' : 'importing')
+          .where('status', '=', active ? 'active' : 'importing')
           .where(sql<boolean>`properties->>${LOCK} = ${task.id}`)
           .executeTakeFirst();
         ours = r.numUpdatedRows > 0n;
       }
       // Ours to clean, or the image was deleted meanwhile (its delete removed what it claimed).
       if (ours || cur === undefined) {
-        for (const sid of added)
-          await storeById(svc, sid)
-            .delete(imageId)
-            .catch(() => {});
+        if (copy || !active)
+          for (const sid of added)
+            await storeById(svc, sid)
+              .delete(imageId)
+              .catch(() => {});
         if (!copy) await svc.store.delete(stagingKey(imageId)).catch(() => {});
       }
     } finally {
