@@ -92,6 +92,7 @@ describe('store configuration', () => {
       [['/x'], [], 'a', /--default-store needs named stores/],
       [['a='], [], null, /Store 'a' has no location/],
       [['a=/x', '1a=/y'], [], null, /Store '1a=\/y' has no name/],
+      [['a=/x/', 'b=/x'], [], null, /Stores 'a' and 'b' have the same location/],
     ];
     for (const [specs, descs, dflt, re] of bad)
       expect(() => parseStoreConfig(specs, descs, dflt), specs.join(' ')).toThrow(re);

@@ -82,6 +82,9 @@ export function parseStoreConfig(
     if (id.startsWith('os_glance_')) throw bad(`Store name '${id}' is reserved (os_glance_*)`);
     if (stores.some((s) => s.id === id)) throw bad(`Store '${id}' is named twice`);
     if (location.trim() === '') throw bad(`Store '${id}' has no location (--store ${id}=DIR|s3://…)`);
+    // Two stores in one place would each take the other's blobs for orphans on start.
+    const same = stores.find((s) => s.location.replace(/\/+$/, '') === location.trim().replace(/\/+$/, ''));
+    if (same !== undefined) throw bad(`Stores '${same.id}' and '${id}' have the same location`);
     stores.push({ id, location: location.trim(), description: null });
   }
   for (const d of descriptions) {
