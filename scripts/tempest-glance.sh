@@ -85,9 +85,13 @@ cat > "$W/glance/glance-api.conf" <<EOF
 [DEFAULT]
 bind_host = 127.0.0.1
 bind_port = $GP
-workers = 2
+# One worker: two on one sqlite file answer 500 'database is locked' now and then.
+workers = 1
 log_file = $W/glance/api.log
-enabled_backends = fast:file, cold:file
+# In name order: Glance's `stores` lists the stores in the order the import wrote them, and
+# tempest's waiter compares it with the sorted ids (in the order fast, cold Glance never
+# matches and MultiStoresImportImagesTest times out; vdisk sorts `stores` itself).
+enabled_backends = cold:file, fast:file
 enabled_import_methods = [glance-direct,web-download,copy-image]
 image_cache_dir = $W/glance/cache
 [database]
@@ -116,7 +120,10 @@ filesystem_store_datadir = $W/glance/staging
 [os_glance_tasks_store]
 filesystem_store_datadir = $W/glance/tasks
 [import_filtering_opts]
-allowed_ports = 80,443,$FP
+# Debian's Glance 25.1.0-2+deb12u5 refuses loopback addresses unless allowed_hosts names them,
+# and resolves the host when the import is asked (so tempest's does-not.exist is a 400 there).
+allowed_hosts = [127.0.0.1]
+allowed_ports = [80,443,$FP]
 EOF
 glance-manage --config-file "$W/glance/glance-api.conf" db_sync >/dev/null 2>&1
 python3 -c "import sqlite3;sqlite3.connect('$W/glance/glance.sqlite').execute('PRAGMA journal_mode=WAL')"
