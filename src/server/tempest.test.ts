@@ -28,6 +28,8 @@ const ALLOWED_SKIPS = [
   /glance-download import method/, // Glance's inter-region import: one region here
   /import method not present .* only one store is configured/,
   /No stores configured/,
+  // ImportCopyImagesTest with one store (the second run, with two stores, runs it).
+  /Either copy-image import method or multistore is not available/,
   /Target system is not configured with glance caching/,
   /Server does not support glance-download import method/,
   // glance-download with several stores gets as far as wanting a second region's image service.
@@ -220,7 +222,6 @@ it('tempest image v2 against two stores, the image cache and copy-image: the mul
   try {
     // The metadefs API is not in this tree yet: its 19 tests are left out of this run.
     const r = await runTempest(run.ws, ['--exclude-regex', 'metadefs']);
-    writeFileSync(join(tmpdir(), 'vdisk-tempest-multistore.log'), r.out);
     expect(r.failed, r.out.slice(-20000)).toBe(0);
     // Nothing about stores, caching or copy-image may be skipped here.
     const unexpected = r.skipped.filter(
