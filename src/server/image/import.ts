@@ -45,7 +45,6 @@ import {
 } from '../http.js';
 import type { Identity } from '../identity/keystone.js';
 import type { BlobStore } from '../store/store.js';
-import type { NamedStore } from '../store/stores.js';
 import { readStore, storeProperties, storesOf } from '../store/stores.js';
 import type { ImageApi } from './api.js';
 import { finishUpload, receiveData, type UploadOutcome } from './data.js';
@@ -53,7 +52,7 @@ import { ENGINE_FORMAT } from './formats.js';
 import type { InspectorFactory } from './inspect.js';
 import { BACKING_PROP } from './layers.js';
 import { canModify, enforce, type ImageRow } from './policy.js';
-import { deleteImageData, removeFromStore, STAGING_PREFIX, stagingKey, storeById } from './store-ops.js';
+import { removeFromStore, STAGING_PREFIX, stagingKey, storeById } from './store-ops.js';
 import { createTask, type TaskRow, taskRoutes, updateTask } from './tasks.js';
 import { fetchImage, type ImportFilter, isInternalAddress, validateImportUri } from './web-download.js';
 
