@@ -217,9 +217,9 @@ export class ImageApi {
     router.on('DELETE', '/v2/images/:id', async (c) => this.remove(c, await auth(c)));
 
     router.on('PUT', '/v2/images/:id/file', async (c) => {
-      // With several stores: X-Image-Meta-Store names the store (checked first, as Glance).
-      const target = this.uploadStore(c);
       const ctx = await auth(c);
+      // With several stores: X-Image-Meta-Store names the store (checked before the image, as Glance).
+      const target = this.uploadStore(c);
       const img = await this.mutableImage(ctx, c.params['id']!, 'upload data to');
       const mt = mediaType(c.req);
       if (mt !== 'application/octet-stream' && mt !== '')
