@@ -714,6 +714,226 @@ describe.each(configs.map((c, i) => ({ ...c, i, name: `${c.db} + ${c.store}` }))
 });
 
 // ---------------------------------------------------------------------------------------------
+// Multiple stores (Glance's enabled_backends) mixed: `fast` a directory (the default, and the
+// staging store), `cold` S3 on Ceph, over both databases.
+
+describe.each([
+  { db: 'pglite' as const, i: 10 },
+  { db: 'postgres' as const, i: 11 },
+])('multiple stores on $db: fast = files, cold = S3', (cfg) => {
+  let dataDir: string;
+  let fastDir: string;
+  let coldUrl: string;
+  let databaseUrl: string | undefined;
+  let server: RunningServer;
+  let fast: Probe;
+  let cold: Probe;
+  let admin: Api;
+  let alice: Api;
+  const lines: string[] = [];
+
+  const start = () =>
+    startServer({
+      port: 0,
+      dataDir,
+      adminPassword: 'pw-admin',
+      log: (l) => lines.push(l),
+      ...(databaseUrl !== undefined ? { databaseUrl } : {}),
+      stores: {
+        stores: [
+          { id: 'fast', location: fastDir, description: 'local files' },
+          { id: 'cold', location: coldUrl, description: 'Ceph RGW' },
+        ],
+        defaultId: 'fast',
+      },
+    });
+  const settled = async (id: string) => {
+    for (let i = 0; i < 600; i++) {
+      const img = (await admin.req('GET', `/v2/images/${id}`)).json;
+      if (!('os_glance_import_task' in img) && img.status !== 'importing') return img;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    throw new Error(`import of ${id} never settled`);
+  };
+  const get = async (id: string, range?: string) => {
+    const r = await fetch(`${server.url}/v2/images/${id}/file`, {
+      headers: { 'X-Auth-Token': alice.token, ...(range !== undefined ? { Range: range } : {}) },
+    });
+    return { status: r.status, body: Buffer.from(await r.arrayBuffer()) };
+  };
+
+  beforeAll(async () => {
+    const dir = await tempDir(`multi-${cfg.db}`);
+    dataDir = join(dir, 'data');
+    fastDir = join(dir, 'fast');
+    coldUrl = ceph.storeUrl(`vdisk-multi-${cfg.i}`, 'cold');
+    if (cfg.db === 'postgres') databaseUrl = await pg.createDatabase(`multistore_${cfg.i}`);
+    server = await start();
+    fast = await probeFs(fastDir);
+    cold = await probeS3(coldUrl);
+    admin = await Api.login(server.url, 'admin', 'pw-admin', 'admin');
+    await addProjectUser(admin, 'pa', 'alice', 'pw-a');
+    alice = await Api.login(server.url, 'alice', 'pw-a', 'pa');
+  });
+  afterAll(async () => {
+    await server?.close(5000);
+    await fast?.close();
+    await cold?.close();
+  });
+
+  it('stores, their details (never a credential), uploads to S3 by X-Image-Meta-Store, Range across parts', async () => {
+    const info = (await alice.req('GET', '/v2/info/stores')).json.stores;
+    expect(info).toEqual([
+      { id: 'fast', description: 'local files', default: 'true' },
+      { id: 'cold', description: 'Ceph RGW' },
+    ]);
+    const detail = await admin.req('GET', '/v2/info/stores/detail');
+    expect(detail.json.stores.map((s: any) => s.type)).toEqual(['file', 's3']);
+    expect(detail.json.stores[1].properties).toEqual({
+      s3_store_large_object_size: 8,
+      s3_store_large_object_chunk_size: 8,
+      s3_store_thread_pools: 3,
+    });
+    expect(detail.text).not.toContain(coldUrl.replace(/^s3:\/\/([^:]+):.*$/, '$1'));
+    const img = await alice.createImage({ name: 'in-cold', disk_format: 'raw', container_format: 'bare' });
+    const r = await alice.req('PUT', `/v2/images/${img.id}/file`, big, { 'X-Image-Meta-Store': 'cold' });
+    expect(r.status).toBe(204);
+    expect((await alice.req('GET', `/v2/images/${img.id}`)).json.stores).toBe('cold');
+    expect(await cold.blobs()).toEqual([img.id]);
+    expect(await fast.blobs()).toEqual([]);
+    const all = await get(img.id);
+    expect(hex('sha512', all.body)).toBe(hex('sha512', big));
+    const part = await get(img.id, `bytes=${8 * MIB - 3}-${8 * MIB + 2}`);
+    expect(part.status).toBe(206);
+    expect(part.body.equals(big.subarray(8 * MIB - 3, 8 * MIB + 3))).toBe(true);
+    // an upload cut short in S3 leaves no multipart upload
+    const gone = await alice.createImage({ disk_format: 'raw', container_format: 'bare' });
+    const chunks = [rawData(6 * MIB), randomBytes(6 * MIB), randomBytes(6 * MIB)];
+    const ctrl = await new Promise<number>((resolve) => {
+      const req = request(`${server.url}/v2/images/${gone.id}/file`, {
+        method: 'PUT',
+        headers: {
+          'X-Auth-Token': alice.token,
+          'Content-Type': 'application/octet-stream',
+          'Transfer-Encoding': 'chunked',
+          'X-Image-Meta-Store': 'cold',
+        },
+      });
+      req.on('error', () => resolve(-1));
+      req.write(chunks[0]);
+      req.write(chunks[1]);
+      setTimeout(() => {
+        req.destroy();
+        resolve(-1);
+      }, 500);
+    });
+    expect(ctrl).toBe(-1);
+    for (let i = 0; i < 100; i++) {
+      if ((await alice.req('GET', `/v2/images/${gone.id}`)).json.status === 'queued') break;
+      await new Promise((res) => setTimeout(res, 100));
+    }
+    expect(await cold.temps()).toEqual([]);
+    expect(await cold.blobs()).toEqual([img.id]);
+  });
+
+  it('import to all stores, copy-image S3 → files, delete from one store, delete the image', async () => {
+    const id = (await alice.createImage({ name: 'both', disk_format: 'raw', container_format: 'bare' })).id;
+    expect((await alice.req('PUT', `/v2/images/${id}/stage`, big)).status).toBe(204);
+    expect(await fast.blobs()).toEqual([`staging-${id}`]);
+    const imp = await alice.req('POST', `/v2/images/${id}/import`, {
+      method: { name: 'glance-direct' },
+      all_stores: true,
+    });
+    expect(imp.status).toBe(202);
+    const done = await settled(id);
+    expect(done.status).toBe('active');
+    expect(done.stores).toBe('cold,fast');
+    expect(done.os_glance_importing_to_stores).toBe('');
+    expect(done.os_glance_failed_import).toBe('');
+    expect(await fast.blobs()).toEqual([id]);
+    expect(await cold.blobs()).toContain(id);
+    // copy-image of the S3-only image into the files
+    const inCold = (await alice.req('GET', '/v2/images?name=in-cold')).json.images[0].id;
+    const cp = await admin.req('POST', `/v2/images/${inCold}/import`, {
+      method: { name: 'copy-image' },
+      stores: ['fast'],
+    });
+    expect(cp.status).toBe(202);
+    expect((await settled(inCold)).stores).toBe('cold,fast');
+    expect(await fast.blobs()).toContain(inCold);
+    // out of S3: the object goes, reads come from the files
+    expect((await admin.req('DELETE', `/v2/stores/cold/${inCold}`)).status).toBe(204);
+    expect(await cold.blobs()).not.toContain(inCold);
+    expect(hex('sha512', (await get(inCold)).body)).toBe(hex('sha512', big));
+    // the image deleted: gone from both
+    expect((await alice.req('DELETE', `/v2/images/${id}`)).status).toBe(204);
+    expect(await fast.blobs()).not.toContain(id);
+    expect(await cold.blobs()).not.toContain(id);
+    expect(await fast.temps()).toEqual([]);
+    expect(await cold.temps()).toEqual([]);
+  });
+
+  it('a chain across stores (master in S3, overlay in files): exports read each layer where it is', async () => {
+    const work = await tempDir(`multi-layers-${cfg.i}`);
+    const q = (n: string) => join(work, n);
+    qemuImgOk(['create', '-f', 'qcow2', q('m.qcow2'), `${10 * MIB}`]);
+    qemuIo(q('m.qcow2'), ['write -P 0x61 0 3m', 'write -P 0x62 8m 1m'], 'qcow2');
+    qemuImgOk(['create', '-f', 'qcow2', '-b', 'm.qcow2', '-F', 'qcow2', q('o.qcow2')]);
+    qemuIo(q('o.qcow2'), ['write -P 0x71 1m 1m'], 'qcow2');
+    const m = await alice.createImage({ disk_format: 'qcow2', container_format: 'bare' });
+    const r = await alice.req('PUT', `/v2/images/${m.id}/file`, await readFile(q('m.qcow2')), {
+      'X-Image-Meta-Store': 'cold',
+    });
+    expect(r.status).toBe(204);
+    const o = await alice.createImage({
+      disk_format: 'qcow2',
+      container_format: 'bare',
+      backing_image_id: m.id,
+    });
+    expect(await alice.upload(o.id, await readFile(q('o.qcow2')))).toBe(204);
+    for (const [query, fmt] of [
+      ['disk_format=raw', 'raw'],
+      ['disk_format=vmdk&subformat=streamOptimized', 'vmdk'],
+    ] as const) {
+      const res = await fetch(`${server.url}/v2/images/${o.id}/export?${query}`, {
+        headers: { 'X-Auth-Token': alice.token },
+      });
+      expect(res.status, query).toBe(200);
+      await writeFile(q(`out-${fmt}`), Buffer.from(await res.arrayBuffer()));
+      const cmp = qemuImg(['compare', '-f', 'qcow2', '-F', fmt, q('o.qcow2'), q(`out-${fmt}`)]);
+      expect(cmp.stdout + cmp.stderr, query).toContain('Images are identical');
+    }
+  });
+
+  it('restart: orphans and a stale multipart upload go from each store; claimed data stays', async () => {
+    await server.close(5000);
+    const orphan = '22222222-3333-4444-8555-666666666666';
+    await writeFile(join(fastDir, orphan), 'x');
+    const s3 = await S3Store.open(coldUrl);
+    const w = await s3.create(orphan);
+    await w.write(Buffer.from('orphan'));
+    await w.commit();
+    const stale = await s3.create('33333333-3333-4444-8555-666666666666');
+    await stale.write(randomBytes(9 * MIB)); // a multipart upload a crash left
+    await s3.close();
+    expect(await cold.temps()).toHaveLength(1);
+    const claimedFast = await fast.blobs();
+    const claimedCold = (await cold.blobs()).filter((k) => k !== orphan);
+    lines.length = 0;
+    server = await start();
+    admin = await Api.login(server.url, 'admin', 'pw-admin', 'admin');
+    alice = await Api.login(server.url, 'alice', 'pw-a', 'pa');
+    expect(lines.join('\n')).toMatch(/removed 2 orphaned blob/);
+    expect(await fast.blobs()).toEqual(claimedFast.filter((k) => k !== orphan));
+    expect(await cold.blobs()).toEqual(claimedCold);
+    expect(await cold.temps()).toEqual([]);
+    const inCold = (await alice.req('GET', '/v2/images?name=in-cold')).json.images[0];
+    expect(inCold.stores).toBe('fast');
+    expect(hex('sha512', (await get(inCold.id)).body)).toBe(hex('sha512', big));
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
 // The BlobStore contract
 
 describe.each(['fs', 's3'] as const)('BlobStore contract: %s', (kind) => {

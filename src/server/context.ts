@@ -5,6 +5,7 @@ import type { Database } from './db/schema.js';
 import type { ImageCache } from './image/cache.js';
 import { CONTAINER_FORMATS, DISK_FORMATS } from './image/schemas.js';
 import type { BlobStore } from './store/store.js';
+import type { StoreSet } from './store/stores.js';
 
 export interface ServerSettings {
   /** Largest image accepted, bytes (Glance's image_size_cap, default 1 TiB). */
@@ -114,7 +115,10 @@ export interface AuthContext {
 
 export interface Services {
   db: Kysely<Database>;
+  /** The store (single-store mode), or the default store of several (also the staging store). */
   store: BlobStore;
+  /** Multiple stores (Glance's enabled_backends); null in single-store mode. */
+  stores: StoreSet | null;
   settings: ServerSettings;
   /** A unique id of this server process (marks the uploads it is writing). */
   instanceId: string;

@@ -11,6 +11,7 @@ import { mkdir, open, rm } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
+import { sql } from 'kysely';
 import { VdiskError } from '../core/errors.js';
 import { native } from '../native/index.js';
 import { defaultSettings, type ServerSettings, type Services } from './context.js';
@@ -20,14 +21,20 @@ import { Identity } from './identity/keystone.js';
 import { ImageApi, type ImageApiOptions } from './image/api.js';
 import { FsStore } from './store/fs.js';
 import type { BlobStore } from './store/store.js';
+import { type NamedStore, StoreSet, type StoreSpec } from './store/stores.js';
 
 export interface ServeOptions {
   host?: string;
   port?: number;
   dataDir: string;
   databaseUrl?: string;
-  /** `s3://…` or a directory (default DIR/images). */
+  /** `s3://…` or a directory (default DIR/images): one store. */
   store?: string;
+  /**
+   * Several named stores (Glance's enabled_backends; store/stores.ts): their ids, locations and
+   * descriptions, and the default one. Replaces `store`.
+   */
+  stores?: { stores: StoreSpec[]; defaultId: string };
   adminPassword?: string;
   settings?: Partial<ServerSettings>;
   log?: (line: string) => void;
@@ -94,9 +101,22 @@ async function openStore(spec: string | undefined, dataDir: string): Promise<Blo
   return FsStore.open(spec ?? join(dataDir, 'images'));
 }
 
+/** Several named stores, opened in order (each closed again if a later one fails). */
+async function openStores(specs: StoreSpec[], dataDir: string): Promise<NamedStore[]> {
+  const out: NamedStore[] = [];
+  try {
+    for (const s of specs) out.push({ ...s, store: await openStore(s.location, dataDir) });
+  } catch (err) {
+    for (const s of out) await s.store.close().catch(() => {});
+    throw err;
+  }
+  return out;
+}
+
 /** Repair what a crash left behind. */
 async function recover(svc: Services, log: (s: string) => void): Promise<void> {
-  await svc.store.cleanup();
+  const all = svc.stores === null ? [svc.store] : svc.stores.list.map((s) => s.store);
+  for (const st of all) await st.cleanup();
   // What a crash left of conversions and spilled exports.
   await rm(svc.workDir, { recursive: true, force: true });
   await mkdir(svc.workDir, { recursive: true });
@@ -108,16 +128,52 @@ async function recover(svc: Services, log: (s: string) => void): Promise<void> {
     .executeTakeFirst();
   if (stuck.numUpdatedRows > 0n)
     log(`recovered ${stuck.numUpdatedRows} interrupted upload(s): back to queued`);
-  const referenced = new Set(
-    (await svc.db.selectFrom('images').select('blob').where('blob', 'is not', null).execute()).map(
-      (r) => r.blob,
-    ),
-  );
   let orphans = 0;
-  for await (const key of svc.store.list()) {
-    if (!referenced.has(key)) {
-      await svc.store.delete(key);
-      orphans++;
+  if (svc.stores === null) {
+    const referenced = new Set(
+      (await svc.db.selectFrom('images').select('blob').where('blob', 'is not', null).execute()).map(
+        (r) => r.blob,
+      ),
+    );
+    for await (const key of svc.store.list()) {
+      if (!referenced.has(key)) {
+        await svc.store.delete(key);
+        orphans++;
+      }
+    }
+  } else {
+    // Images stored before the server had several stores were in its one store: the default.
+    const legacy = await svc.db
+      .updateTable('images')
+      .set({ stores: JSON.stringify([svc.stores.defaultId]) as never })
+      .where('blob', 'is not', null)
+      .where('blob', 'not like', 'staging-%')
+      .where(sql<boolean>`stores = '[]'::jsonb`)
+      .executeTakeFirst();
+    if (legacy.numUpdatedRows > 0n)
+      log(
+        `${legacy.numUpdatedRows} image(s) stored before multiple stores: in the default store '${svc.stores.defaultId}'`,
+      );
+    const rows = await svc.db
+      .selectFrom('images')
+      .select(['id', 'blob', 'status', 'stores'])
+      .where((eb) => eb.or([eb('blob', 'is not', null), eb('status', 'in', ['uploading', 'importing'])]))
+      .execute();
+    for (const ns of svc.stores.list) {
+      // A store keeps the data of the images that name it, and (the staging store) staged data.
+      const referenced = new Set<string>();
+      for (const r of rows) {
+        if (r.blob !== null && !r.blob.startsWith('staging-') && r.stores.includes(ns.id))
+          referenced.add(r.blob);
+        if (ns.id === svc.stores.defaultId && (r.status === 'uploading' || r.status === 'importing'))
+          referenced.add(`staging-${r.id}`);
+      }
+      for await (const key of ns.store.list()) {
+        if (!referenced.has(key)) {
+          await ns.store.delete(key);
+          orphans++;
+        }
+      }
     }
   }
   if (orphans > 0) log(`removed ${orphans} orphaned blob(s)`);
@@ -129,12 +185,16 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
   const unlock = await lockDir(opts.dataDir);
   let meta: MetaDb | undefined;
   let store: BlobStore | undefined;
+  let stores: StoreSet | null = null;
   try {
     meta =
       opts.databaseUrl !== undefined
         ? await openPostgres(opts.databaseUrl)
         : await openPglite(join(opts.dataDir, 'db'));
-    store = await openStore(opts.store, opts.dataDir);
+    if (opts.stores !== undefined) {
+      stores = new StoreSet(await openStores(opts.stores.stores, opts.dataDir), opts.stores.defaultId);
+      store = stores.default.store;
+    } else store = await openStore(opts.store, opts.dataDir);
   } catch (err) {
     await meta?.close();
     await unlock();
@@ -143,6 +203,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
   const svc: Services = {
     db: meta.db,
     store,
+    stores,
     settings: { ...defaultSettings(), ...opts.settings },
     instanceId: randomBytes(8).toString('hex'),
     workDir: join(opts.dataDir, 'work'),
@@ -257,7 +318,8 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
         await Promise.allSettled([...inflight]);
         await importApi.drain(timeoutMs);
         await svc.cache?.close();
-        await store.close();
+        if (stores === null) await store.close();
+        else for (const s of stores.list) await s.store.close();
         await meta.close();
         await unlock();
       })();

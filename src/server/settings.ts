@@ -15,6 +15,7 @@ import { VdiskError } from '../core/errors.js';
 import { parseSize } from '../core/size.js';
 import { defaultSettings, type ServerSettings } from './context.js';
 import { CONTAINER_FORMATS, DISK_FORMATS } from './image/schemas.js';
+import { parseStoreConfig, type StoreSpec } from './store/stores.js';
 
 /** What `vdisk serve` needs to start: where it listens and keeps its data, and its settings. */
 export interface ServeConfig {
@@ -22,12 +23,19 @@ export interface ServeConfig {
   port: number;
   dataDir: string;
   databaseUrl: string | undefined;
+  /** Single-store mode: the store (undefined: DIR/images). */
   store: string | undefined;
+  /** Multi-store mode (`--store NAME=…` values): the stores and the default. */
+  stores: { stores: StoreSpec[]; defaultId: string } | undefined;
   adminPassword: string | undefined;
   settings: ServerSettings;
 }
 
-type Kind = 'string' | 'port' | 'int' | 'size' | 'bool' | 'list' | 'ports' | 'choice';
+/**
+ * `multi`: a repeatable setting: the flag may be given several times, the config-file key on
+ * several lines, the environment variable holds values separated by commas.
+ */
+type Kind = 'string' | 'port' | 'int' | 'size' | 'bool' | 'list' | 'ports' | 'choice' | 'multi';
 
 interface Spec {
   /** Where the value goes: a ServeConfig field, or `settings.<ServerSettings field>`. */
@@ -98,10 +106,30 @@ export const SETTINGS: readonly Spec[] = [
     flag: 'store',
     key: 'store',
     section: 'vdisk',
-    kind: 'string',
-    metavar: 'URL',
-    help: 'image data in a directory, or s3://ACCESS:SECRET@host:port/bucket[/prefix] (s3+https:// for TLS; without ACCESS:SECRET@, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)',
+    kind: 'multi',
+    metavar: '[NAME=]URL',
+    help: "image data in a directory, or s3://ACCESS:SECRET@host:port/bucket[/prefix] (s3+https:// for TLS; without ACCESS:SECRET@, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY); repeated as NAME=DIR|s3://…: several named stores (Glance's enabled_backends: /v2/info/stores, import to stores, copy-image)",
     defaultText: 'DIR/images',
+  },
+  {
+    target: 'defaultStore',
+    flag: 'default-store',
+    key: 'default_backend',
+    section: 'glance_store',
+    kind: 'string',
+    metavar: 'NAME',
+    help: 'with named stores: where uploads, imports without stores, and staged data go',
+    defaultText: 'the first named store',
+  },
+  {
+    target: 'storeDescriptions',
+    flag: 'store-description',
+    key: 'store_description',
+    section: 'vdisk',
+    kind: 'multi',
+    metavar: 'NAME=TEXT',
+    help: 'with named stores: the description /v2/info/stores gives a store (repeated, one per store)',
+    defaultText: 'none',
   },
   {
     target: 'adminPassword',
@@ -322,7 +350,9 @@ function defaultsOf(): Record<string, unknown> {
     port: 9292,
     dataDir: 'vdisk-data',
     databaseUrl: undefined,
-    store: undefined,
+    store: [],
+    defaultStore: undefined,
+    storeDescriptions: [],
     adminPassword: undefined,
     ...Object.fromEntries(Object.entries(d).map(([k, v]) => [`settings.${k}`, v])),
   };
@@ -397,15 +427,30 @@ function parseValue(s: Spec, raw: string, where: string): unknown {
     case 'choice':
       if (!s.choices!.includes(v)) throw bad(`one of ${s.choices!.filter((c) => c !== '').join(', ')}`);
       return v === '' ? null : v;
+    case 'multi':
+      if (v === '') throw bad('empty');
+      return [v];
   }
+}
+
+/**
+ * A repeatable setting's environment variable: values separated by commas (`NAME=…,NAME=…`);
+ * a value that does not start with `NAME=` is one value (a single store's directory or URL).
+ */
+function splitMulti(raw: string): string[] {
+  if (!/^\s*[A-Za-z][A-Za-z0-9_-]*=/.test(raw)) return raw.trim() === '' ? [] : [raw.trim()];
+  return raw
+    .split(',')
+    .map((x) => x.trim())
+    .filter((x) => x !== '');
 }
 
 /** An INI file's keys (sections ignored for lookup, kept for messages). */
 export function parseIni(
   text: string,
   file: string,
-): Map<string, { value: string; line: number; section: string }> {
-  const out = new Map<string, { value: string; line: number; section: string }>();
+): Map<string, { value: string; line: number; section: string; all: string[] }> {
+  const out = new Map<string, { value: string; line: number; section: string; all: string[] }>();
   let section = 'DEFAULT';
   for (const [i, rawLine] of text.split(/\r?\n/).entries()) {
     const line = rawLine.trim();
@@ -421,7 +466,11 @@ export function parseIni(
         'INVALID_ARGUMENT',
         `${file}:${i + 1}: expected 'key = value' or '[section]', got '${line}'`,
       );
-    out.set(line.slice(0, eq).trim(), { value: line.slice(eq + 1).trim(), line: i + 1, section });
+    const key = line.slice(0, eq).trim();
+    const value = line.slice(eq + 1).trim();
+    // A repeated key keeps every value (repeatable settings), the last one for the others.
+    const all = [...(out.get(key)?.all ?? []), value];
+    out.set(key, { value, line: i + 1, section, all });
   }
   return out;
 }
@@ -432,12 +481,13 @@ export function parseIni(
  * line per config-file key that is not ours.
  */
 export async function resolveConfig(
-  flags: ReadonlyMap<string, string>,
+  flags: ReadonlyMap<string, string | readonly string[]>,
   env: Readonly<Record<string, string | undefined>>,
   warn: (line: string) => void,
 ): Promise<ServeConfig> {
   const values = defaultsOf();
-  const configFile = flags.get('config') ?? env['VDISK_CONFIG'];
+  const cf = flags.get('config');
+  const configFile = (typeof cf === 'string' ? cf : cf?.[cf.length - 1]) ?? env['VDISK_CONFIG'];
   if (configFile !== undefined) {
     let text: string;
     try {
@@ -450,24 +500,37 @@ export async function resolveConfig(
     }
     const keys = parseIni(text, configFile);
     const known = new Map(SETTINGS.map((s) => [s.key, s]));
-    for (const [k, { value, line }] of keys) {
+    for (const [k, { value, line, all }] of keys) {
       const s = known.get(k);
       if (s === undefined) {
         warn(`${configFile}:${line}: '${k}' is not a vdisk serve setting; ignored`);
         continue;
       }
-      values[s.target] = parseValue(s, value, `${k} in ${configFile}:${line}`);
+      values[s.target] =
+        s.kind === 'multi'
+          ? all.flatMap((v) => parseValue(s, v, `${k} in ${configFile}`) as string[])
+          : parseValue(s, value, `${k} in ${configFile}:${line}`);
     }
   }
   for (const s of SETTINGS) {
     const e = env[envName(s)];
-    if (e !== undefined) values[s.target] = parseValue(s, e, envName(s));
+    if (e === undefined) continue;
+    values[s.target] = s.kind === 'multi' ? splitMulti(e) : parseValue(s, e, envName(s));
   }
   // The historical name of the admin password's variable.
   if (env['VDISK_ADMIN_PASSWORD'] !== undefined) values['adminPassword'] = env['VDISK_ADMIN_PASSWORD'];
   for (const s of SETTINGS) {
-    const f = flags.get(s.flag);
-    if (f !== undefined) values[s.target] = s.kind === 'bool' ? true : parseValue(s, f, `--${s.flag}`);
+    const given = flags.get(s.flag);
+    if (given !== undefined) {
+      const list = typeof given === 'string' ? [given] : [...given];
+      const f = list[list.length - 1]!;
+      values[s.target] =
+        s.kind === 'multi'
+          ? list.flatMap((v) => parseValue(s, v, `--${s.flag}`) as string[])
+          : s.kind === 'bool'
+            ? true
+            : parseValue(s, f, `--${s.flag}`);
+    }
     if (s.kind === 'bool' && flags.has(`no-${s.flag}`)) values[s.target] = false;
   }
   const settings: Record<string, unknown> = {};
@@ -475,12 +538,18 @@ export async function resolveConfig(
   const st = settings as unknown as ServerSettings;
   if (st.userStorageQuota <= 0) st.userStorageQuota = -1;
   checkFormats(st);
+  const stores = parseStoreConfig(
+    values['store'] as string[],
+    values['storeDescriptions'] as string[],
+    (values['defaultStore'] as string | undefined) ?? null,
+  );
   return {
     host: values['host'] as string,
     port: values['port'] as number,
     dataDir: values['dataDir'] as string,
     databaseUrl: values['databaseUrl'] as string | undefined,
-    store: values['store'] as string | undefined,
+    store: stores.mode === 'single' ? stores.location : undefined,
+    stores: stores.mode === 'multi' ? { stores: stores.stores, defaultId: stores.defaultId } : undefined,
     adminPassword: values['adminPassword'] as string | undefined,
     settings: st,
   };

@@ -17,12 +17,17 @@ const HELP_HEAD = [
 
 const command: CliCommand = {
   syntax:
-    'serve [--config FILE] [--host HOST] [--port PORT] [--data-dir DIR] [--database-url URL] [--store URL] [options]',
+    'serve [--config FILE] [--host HOST] [--port PORT] [--data-dir DIR] [--database-url URL] [--store [NAME=]URL…] [options]',
   // This module loads only for `vdisk serve` (and its --help): the table costs nothing elsewhere.
   help: [...HELP_HEAD, ...settingsHelp()].join('\n'),
   async run(argv, io) {
     const { opts, args } = getopt(argv, { short: '', long: settingsOptions() });
-    const flags = new Map(opts);
+    // Repeatable flags (--store, --store-description) keep every value, in order.
+    const flags = new Map<string, string | string[]>();
+    for (const [k, v] of opts) {
+      const prev = flags.get(k);
+      flags.set(k, prev === undefined ? v : [...(typeof prev === 'string' ? [prev] : prev), v]);
+    }
     if (args.length > 0) throw new VdiskError('INVALID_ARGUMENT', `Unexpected argument: ${args[0]}`);
     const cfg = await resolveConfig(flags, process.env, (line) => io.err(`vdisk serve: ${line}\n`));
     const { startServer } = await import('../../server/server.js');
@@ -32,6 +37,7 @@ const command: CliCommand = {
       dataDir: cfg.dataDir,
       ...(cfg.databaseUrl !== undefined ? { databaseUrl: cfg.databaseUrl } : {}),
       ...(cfg.store !== undefined ? { store: cfg.store } : {}),
+      ...(cfg.stores !== undefined ? { stores: cfg.stores } : {}),
       ...(cfg.adminPassword !== undefined ? { adminPassword: cfg.adminPassword } : {}),
       settings: cfg.settings,
       log: (line) => io.err(`vdisk serve: ${line}\n`),

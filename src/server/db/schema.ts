@@ -73,6 +73,11 @@ export interface ImageTable {
   blob: string | null;
   /** Upload in progress: the id of the server/process that is writing it. */
   writer: string | null;
+  /**
+   * Multiple stores: the ids of the stores that hold the data under `blob` (a JSON array;
+   * always empty in single-store mode). See src/server/store/stores.ts.
+   */
+  stores: Generated<string[]>;
 }
 
 export interface MemberTable {
@@ -277,6 +282,10 @@ const MIGRATIONS: string[] = [
     namespace_id integer NOT NULL REFERENCES metadef_namespaces(id) ON DELETE CASCADE,
     name text NOT NULL,
     created_at timestamptz NOT NULL, updated_at timestamptz, UNIQUE (namespace_id, name));
+  `,
+  // Multiple stores (src/server/store/stores.ts): the stores that hold an image's data.
+  `
+  ALTER TABLE images ADD COLUMN stores jsonb NOT NULL DEFAULT '[]';
   `,
 ];
 

@@ -17,6 +17,7 @@ import {
 } from '../http.js';
 import type { Identity } from '../identity/keystone.js';
 import { baseUrl } from '../identity/keystone.js';
+import type { BlobStore } from '../store/store.js';
 import { UUID_RE, uuid } from '../util.js';
 import { finishUpload, receiveData, sendData } from './data.js';
 import type { InspectorFactory } from './inspect.js';
@@ -42,6 +43,7 @@ import {
   validateImage,
   validateValue,
 } from './schemas.js';
+import { deleteImageData } from './store-ops.js';
 import { imageView, memberView } from './views.js';
 
 const DISALLOWED = ['direct_url', 'self', 'file', 'schema', 'stores'];
@@ -121,6 +123,11 @@ export class ImageApi {
     return this.svc.db;
   }
 
+  /** An image's JSON view (with `stores` when the server has several). */
+  view(img: ImageRow): Record<string, unknown> {
+    return imageView(img, this.svc.stores);
+  }
+
   /** The image if the caller may see it, else 404 (never 403: no existence leak). */
   async visibleImage(ctx: AuthContext, id: string): Promise<ImageRow> {
     const img = await this.db.selectFrom('images').selectAll().where('id', '=', id).executeTakeFirst();
@@ -192,7 +199,7 @@ export class ImageApi {
       params.delete('marker');
       const qs = params.toString();
       const body: Record<string, unknown> = {
-        images: r.images.map(imageView),
+        images: r.images.map((i) => this.view(i)),
         first: qs === '' ? '/v2/images' : `/v2/images?${qs}`,
         schema: '/v2/schemas/images',
       };
@@ -204,13 +211,15 @@ export class ImageApi {
     });
     router.on('GET', '/v2/images/:id', async (c) => {
       const ctx = await auth(c);
-      sendJson(c.res, 200, imageView(await this.visibleImage(ctx, c.params['id']!)));
+      sendJson(c.res, 200, this.view(await this.visibleImage(ctx, c.params['id']!)));
     });
     router.on('PATCH', '/v2/images/:id', async (c) => this.update(c, await auth(c)));
     router.on('DELETE', '/v2/images/:id', async (c) => this.remove(c, await auth(c)));
 
     router.on('PUT', '/v2/images/:id/file', async (c) => {
       const ctx = await auth(c);
+      // With several stores: X-Image-Meta-Store names the store (checked before the image, as Glance).
+      const target = this.uploadStore(c);
       const img = await this.mutableImage(ctx, c.params['id']!, 'upload data to');
       const mt = mediaType(c.req);
       if (mt !== 'application/octet-stream' && mt !== '')
@@ -230,13 +239,14 @@ export class ImageApi {
         toStatus: 'saving',
         finalStatus: 'active',
         master: master === null ? null : { id: master.id, virtualSize: master.virtual_size },
+        store: target.store,
       });
       if (master !== null) {
         // The master may have gone while the data arrived (deleted, deactivated).
         try {
           await masterForUpload(this.svc, ctx, img);
         } catch (err) {
-          await this.svc.store.delete(img.id);
+          await target.store.delete(img.id);
           await this.db
             .updateTable('images')
             .set({ status: 'queued', writer: null, updated_at: new Date() })
@@ -246,7 +256,7 @@ export class ImageApi {
           throw err;
         }
       }
-      await finishUpload(this.svc, img, out, 'saving', 'active');
+      await finishUpload(this.svc, img, out, 'saving', 'active', img.id, target.id);
       sendEmpty(c.res, 204);
     });
     router.on('GET', '/v2/images/:id/file', async (c) => this.download(c, await auth(c)));
@@ -308,6 +318,21 @@ export class ImageApi {
     this.memberRoutes(router, auth);
   }
 
+  /**
+   * The store an upload goes to: `X-Image-Meta-Store` with several stores (400 with Glance's
+   * message when it names no store), else the default store; the header is ignored with one
+   * store, as Glance ignores it without enabled_backends.
+   */
+  private uploadStore(c: Ctx): { id: string | null; store: BlobStore } {
+    const set = this.svc.stores;
+    if (set === null) return { id: null, store: this.svc.store };
+    const h = c.req.headers['x-image-meta-store'];
+    const id = typeof h === 'string' ? h : set.defaultId;
+    const named = set.get(id);
+    if (named === undefined) throw new HttpError(400, `Store for identifier ${id} not found`);
+    return { id, store: named.store };
+  }
+
   /** GET /file: the image's own bytes; `attachment` adds Content-Disposition (browser downloads). */
   async download(c: Ctx, ctx: AuthContext, attachment?: string): Promise<void> {
     const img = await this.visibleImage(ctx, c.params['id']!);
@@ -334,9 +359,11 @@ export class ImageApi {
     await this.insertImage(row);
     // Glance leaves the header out without methods (RFC 7230: no empty field values).
     const methods = this.svc.settings.importMethods;
-    sendJson(c.res, 201, imageView(row), {
+    const stores = this.svc.stores;
+    sendJson(c.res, 201, this.view(row), {
       Location: `${baseUrl(this.svc, c.req)}/v2/images/${row.id}`,
       ...(methods.length > 0 ? { 'OpenStack-image-import-methods': methods.join(',') } : {}),
+      ...(stores !== null ? { 'OpenStack-image-store-ids': stores.ids().join(',') } : {}),
     });
   }
 
@@ -413,6 +440,7 @@ export class ImageApi {
       tags,
       blob: null,
       writer: null,
+      stores: [],
     };
     if (row.min_disk < 0 || row.min_ram < 0)
       throw new HttpError(
@@ -431,6 +459,7 @@ export class ImageApi {
         ...row,
         properties: JSON.stringify(row.properties) as never,
         tags: JSON.stringify(row.tags) as never,
+        stores: JSON.stringify(row.stores) as never,
       })
       .onConflict((oc) => oc.column('id').doNothing())
       .executeTakeFirst();
@@ -463,6 +492,9 @@ export class ImageApi {
       const root = ch.path[0]!;
       if (root === 'locations')
         throw new HttpError(403, "It's not allowed to update locations if locations are invisible.");
+      // With several stores `stores` is the image's (Glance's schema has it read-only then).
+      if (root === 'stores' && this.svc.stores !== null)
+        throw new HttpError(403, "Attribute 'stores' is read-only.");
       const isBase = BASE_ATTRS.has(root);
       if (ch.op === 'remove') {
         if (isBase) throw new HttpError(403, `Property ${root} may not be removed.`);
@@ -552,7 +584,7 @@ export class ImageApi {
         properties: next.properties,
       });
     }
-    sendJson(c.res, 200, imageView(await this.reload(img.id)));
+    sendJson(c.res, 200, this.view(await this.reload(img.id)));
   }
 
   private async remove(c: Ctx, ctx: AuthContext): Promise<void> {
@@ -582,7 +614,7 @@ export class ImageApi {
         );
       throw new HttpError(404, `Failed to find image ${img.id} to delete`);
     }
-    if (img.blob !== null) await this.svc.store.delete(img.blob);
+    await deleteImageData(this.svc, img);
     await this.svc.cache?.drop(img.id);
     // A concurrent upload notices the missing row at commit and drops its blob.
     sendEmpty(c.res, 204);

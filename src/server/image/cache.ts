@@ -27,6 +27,7 @@ import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { AuthContext, Services } from '../context.js';
 import { type Ctx, HttpError, type Router, sendEmpty, sendJson } from '../http.js';
+import { readStore } from '../store/stores.js';
 import { UUID_RE } from '../util.js';
 import { enforce, type ImageRow } from './policy.js';
 
@@ -198,7 +199,7 @@ export class ImageCache {
     const f = await this.fill(img);
     if (f === null) return;
     try {
-      const stream = await this.svc.store.read(img.blob);
+      const stream = await readStore(this.svc, img).read(img.blob);
       let n = 0;
       await pipeline(stream, async (source: AsyncIterable<Buffer>) => {
         for await (const chunk of source) {

@@ -15,6 +15,8 @@ import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { AuthContext, Services } from '../context.js';
 import { HttpError } from '../http.js';
+import type { BlobStore } from '../store/store.js';
+import { readStore } from '../store/stores.js';
 import type { CacheFill } from './cache.js';
 import { type Digests, UploadDigester } from './hashing.js';
 import type { InspectorFactory, MasterInfo } from './inspect.js';
@@ -55,6 +57,8 @@ export async function receiveData(
     keyPrefix?: string;
     /** The image is an overlay of this master (see inspect.ts). */
     master?: MasterInfo | null;
+    /** The store to write to (default: svc.store, the default store). */
+    store?: BlobStore;
   } = {
     fromStatus: 'queued',
     toStatus: 'saving',
@@ -97,7 +101,7 @@ export async function receiveData(
   }
 
   const key = `${opts.keyPrefix ?? ''}${img.id}`;
-  const writer = await svc.store.create(key);
+  const writer = await (opts.store ?? svc.store).create(key);
   // md5 + sha512 in worker threads; the store gets the data in 4 MiB blocks (hashing.ts).
   const digester = new UploadDigester((block) => writer.write(block));
   let size = 0;
@@ -215,7 +219,11 @@ export function readBody(
   });
 }
 
-/** Commit an upload to the row; if the image went away meanwhile, drop the blob (410). */
+/**
+ * Commit an upload to the row; if the image went away meanwhile, drop the blob (410).
+ * `storeId`: with several stores, the store the blob was written to (the image's `stores`
+ * become that one); null in single-store mode.
+ */
 export async function finishUpload(
   svc: Services,
   img: ImageRow,
@@ -223,6 +231,7 @@ export async function finishUpload(
   fromStatus: string,
   toStatus: string,
   key: string = img.id,
+  storeId: string | null = svc.stores?.defaultId ?? null,
 ): Promise<void> {
   const r = await svc.db
     .updateTable('images')
@@ -235,13 +244,14 @@ export async function finishUpload(
       os_hash_value: out.hash,
       blob: key,
       writer: null,
+      ...(storeId !== null ? { stores: JSON.stringify([storeId]) as never } : {}),
       updated_at: new Date(),
     })
     .where('id', '=', img.id)
     .where('status', '=', fromStatus)
     .executeTakeFirst();
   if (r.numUpdatedRows === 0n) {
-    await svc.store.delete(key);
+    await (storeId !== null ? svc.stores!.get(storeId)!.store : svc.store).delete(key);
     throw new HttpError(
       410,
       `Image ${img.id} could not be found after upload. The image may have been deleted during the upload.`,
@@ -293,9 +303,11 @@ export async function sendData(
   let file: FileHandle | undefined;
   let stream: Readable | undefined;
   try {
+    // With several stores: the default store when it holds the image, else another one.
+    const store = cached === null ? readStore(svc, img) : null;
     if (cached !== null) file = await open(cached, 'r');
-    else if (svc.store.openFile !== undefined) file = await svc.store.openFile(img.blob);
-    else stream = await svc.store.read(img.blob, start, end);
+    else if (store!.openFile !== undefined) file = await store!.openFile(img.blob);
+    else stream = await store!.read(img.blob, start, end);
   } catch (err) {
     await fill?.abort();
     throw err;

@@ -36,7 +36,6 @@ import { BACKING_PROP, checkChainReadable, loadChain, masterIdOf, openChain } fr
 import { enforce, type ImageRow } from './policy.js';
 import { createTask } from './tasks.js';
 import { Tickets } from './tickets.js';
-import { imageView } from './views.js';
 
 /** disk_format values an export can produce → the engine's format (qcow: beyond Glance's list). */
 const EXPORT_FORMATS: Record<string, string> = { ...ENGINE_FORMAT, vpc: 'vpc', qcow: 'qcow' };
@@ -353,7 +352,7 @@ export class ExportApi {
         await baseImage?.close().catch(() => {});
       }
     });
-    sendJson(c.res, 202, imageView(created), {
+    sendJson(c.res, 202, this.images.view(created), {
       Location: `${baseUrl(this.svc, c.req)}/v2/images/${created.id}`,
     });
   }

@@ -33,18 +33,29 @@ import { type Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { sql } from 'kysely';
 import type { AuthContext, Services } from '../context.js';
-import { type Ctx, HttpError, isObject, mediaType, type Router, readJson, sendEmpty } from '../http.js';
+import {
+  type Ctx,
+  HttpError,
+  isObject,
+  mediaType,
+  type Router,
+  readJson,
+  sendEmpty,
+  sendJson,
+} from '../http.js';
 import type { Identity } from '../identity/keystone.js';
+import type { BlobStore } from '../store/store.js';
+import { readStore, storeProperties, storesOf } from '../store/stores.js';
 import type { ImageApi } from './api.js';
 import { finishUpload, receiveData, type UploadOutcome } from './data.js';
 import { ENGINE_FORMAT } from './formats.js';
 import type { InspectorFactory } from './inspect.js';
 import { BACKING_PROP } from './layers.js';
 import { canModify, enforce, type ImageRow } from './policy.js';
+import { removeFromStore, STAGING_PREFIX, stagingKey, storeById } from './store-ops.js';
 import { createTask, type TaskRow, taskRoutes, updateTask } from './tasks.js';
 import { fetchImage, type ImportFilter, isInternalAddress, validateImportUri } from './web-download.js';
 
-export const STAGING_PREFIX = 'staging-';
 const LOCK = 'os_glance_import_task';
 const IMPORTING = 'os_glance_importing_to_stores';
 const FAILED = 'os_glance_failed_import';
@@ -54,7 +65,15 @@ export interface ImportApiOptions {
   inspect?: InspectorFactory | undefined;
 }
 
-const stagingKey = (id: string) => `${STAGING_PREFIX}${id}`;
+export { STAGING_PREFIX };
+
+/** Glance's comma-separated store lists (os_glance_importing_to_stores…): sorted, no empties. */
+export const storeList = (ids: Iterable<string>): string =>
+  [...new Set(ids)]
+    .filter((x) => x !== '')
+    .sort()
+    .join(',');
+const listOf = (v: string | undefined): string[] => (v ?? '').split(',').filter((x) => x !== '');
 
 /** The properties an image carries while a task of this server makes its data (the import lock). */
 export const taskLockProperties = (taskId: string): Record<string, string> => ({
@@ -135,15 +154,71 @@ export class ImportApi {
     const auth = (c: Ctx) => this.identity.authenticate(c.req);
     router.on('GET', '/v2/info/stores', async (c) => {
       await auth(c);
-      throw new HttpError(404, 'Multi backend is not supported at this site.');
+      sendJson(c.res, 200, { stores: this.storesInfo() });
     });
     router.on('GET', '/v2/info/stores/detail', async (c) => {
-      await auth(c);
-      throw new HttpError(404, 'Multi backend is not supported at this site.');
+      const ctx = await auth(c);
+      const stores = this.storesInfo();
+      enforce('stores_info_detail', ctx, {});
+      const set = this.svc.stores!;
+      sendJson(c.res, 200, {
+        stores: stores.map((s) => {
+          const named = set.get(s['id'] as string)!;
+          return { ...s, type: named.store.kind, properties: storeProperties(named) };
+        }),
+      });
     });
+    router.on('DELETE', '/v2/stores/:store/:id', async (c) => this.deleteFromStore(c, await auth(c)));
     router.on('PUT', '/v2/images/:id/stage', async (c) => this.stage(c, await auth(c)));
     router.on('POST', '/v2/images/:id/import', async (c) => this.importImage(c, await auth(c)));
     taskRoutes(this.svc, router, auth, (ctx, id) => this.images.visibleImage(ctx, id));
+  }
+
+  /** GET /v2/info/stores: Glance's discovery of the stores (404 with one store, as Glance). */
+  private storesInfo(): Record<string, unknown>[] {
+    const set = this.svc.stores;
+    if (set === null) throw new HttpError(404, 'Multi backend is not supported at this site.');
+    return set.list.map((s) => ({
+      id: s.id,
+      ...(s.description !== null && s.description !== '' ? { description: s.description } : {}),
+      ...(s.id === set.defaultId ? { default: 'true' } : {}),
+    }));
+  }
+
+  /**
+   * DELETE /v2/stores/{store_id}/{image_id} (Glance's delete_from_store): the image's data
+   * leaves one store. Glance's checks in Glance's order: 404 without several stores, 409 for
+   * a store this server does not have, 404 for an image the caller cannot see, the
+   * get_image_location and delete_image_location policies (admin by default), 409 unless
+   * active, 403 for the last store holding it, 404 when it is not in that store.
+   */
+  private async deleteFromStore(c: Ctx, ctx: AuthContext): Promise<void> {
+    const set = this.svc.stores;
+    if (set === null) throw new HttpError(404, 'The resource could not be found.');
+    const storeId = c.params['store']!;
+    if (set.get(storeId) === undefined)
+      throw new HttpError(409, `The selected store ${storeId} is not available on this node.`);
+    const id = c.params['id']!;
+    const img = await this.images.visibleImage(ctx, id).catch((e: unknown) => {
+      if (e instanceof HttpError && e.status === 404) throw new HttpError(404, `Failed to find image ${id}`);
+      throw e;
+    });
+    enforce('get_image_location', ctx, { image: img });
+    enforce('delete_image_location', ctx, { image: img });
+    if (img.status !== 'active')
+      throw new HttpError(
+        409,
+        "It's not allowed to remove image data from store if image status is not 'active'",
+      );
+    if (img.stores.length === 1)
+      throw new HttpError(
+        403,
+        'Cannot delete image data from the only store containing it. Consider deleting the image instead.',
+      );
+    if (!img.stores.includes(storeId))
+      throw new HttpError(404, `Image ${img.id} is not stored in store ${storeId}.`);
+    await removeFromStore(this.svc, img, storeId);
+    sendEmpty(c.res, 204);
   }
 
   /** Let running imports finish (at most `timeoutMs`), then abort the rest and wait. */
@@ -224,12 +299,46 @@ export class ImportApi {
       throw new HttpError(403, 'You are not authorized to complete modify_image action.');
     }
     const stolen = LOCK in img.properties ? await this.checkLock(img) : null;
-    if (name === 'copy-image') {
-      // One store, and the image is in it.
-      if (allStores) return sendEmpty(c.res, 202);
-      throw new HttpError(400, `Image is already present at store '${this.svc.store.kind}'`);
+    const set = this.svc.stores;
+    // With several stores, the stores to import to (Glance's get_stores_from_request).
+    let targets: string[] | null = null;
+    if (set !== null) {
+      const header = c.req.headers['x-image-meta-store'];
+      if (allStores) {
+        if ('stores' in body || header !== undefined)
+          throw new HttpError(
+            400,
+            "All_stores parameter can't be used with x-image-meta-store header or stores parameter",
+          );
+        targets = set.ids();
+      } else if ('stores' in body) {
+        if (header !== undefined)
+          throw new HttpError(400, "Stores parameter and x-image-meta-store header can't be both specified");
+        const given = body['stores'];
+        if (!Array.isArray(given) || given.some((x) => typeof x !== 'string'))
+          throw new HttpError(400, "'stores' must be a list of store identifiers");
+        targets = [...new Set(given as string[])];
+      } else targets = [typeof header === 'string' ? header : set.defaultId];
+      for (const t of targets)
+        if (set.get(t) === undefined) throw new HttpError(409, `Store for identifier ${t} not found`);
     }
-    if (!mustSucceed)
+    if (name === 'copy-image') {
+      if (set === null) {
+        // One store, and the image is in it.
+        if (allStores) return sendEmpty(c.res, 202);
+        throw new HttpError(400, `Image is already present at store '${this.svc.store.kind}'`);
+      }
+      const have = storesOf(set, img);
+      if (allStores) {
+        // Glance leaves out the stores that already hold the image; nothing left: done.
+        targets = targets!.filter((t) => !have.includes(t));
+        if (targets.length === 0) return sendEmpty(c.res, 202);
+      } else {
+        const already = have.find((h) => targets!.includes(h));
+        if (already !== undefined) throw new HttpError(400, `Image is already present at store '${already}'`);
+      }
+    }
+    if (!mustSucceed && set === null)
       throw new HttpError(
         400,
         `All_stores_must_succeed can only be set with enabled_backends ${uri ?? 'None'}`,
@@ -252,17 +361,28 @@ export class ImportApi {
       type: 'api_image_import',
       owner: ctx.projectId ?? '',
       imageId: img.id,
-      input: { image_id: img.id, import_req: body, backend: [null] },
+      input: { image_id: img.id, import_req: body, backend: targets ?? [null] },
       userId: ctx.userId,
       requestId: (c.res.getHeader('x-openstack-request-id') as string | undefined) ?? null,
     });
-    // Take the lock and move to importing in one conditional statement.
-    const from = name === 'glance-direct' ? 'uploading' : 'queued';
-    const props = JSON.stringify({ [LOCK]: task.id, [IMPORTING]: '', [FAILED]: '' });
+    // Take the lock and move to importing in one conditional statement (copy-image: the
+    // image stays active). With several stores, the progress lists as Glance keeps them: the
+    // targets join os_glance_importing_to_stores and leave os_glance_failed_import (and a
+    // stolen lock's stale task's stores leave both).
+    const from = name === 'glance-direct' ? 'uploading' : name === 'copy-image' ? 'active' : 'queued';
+    let importing = '';
+    let failed = '';
+    if (targets !== null) {
+      const stale = stolen === null ? [] : await this.taskStores(stolen);
+      const cur = (k: string) => listOf(img.properties[k]).filter((x) => !stale.includes(x));
+      importing = storeList([...cur(IMPORTING), ...targets]);
+      failed = storeList(cur(FAILED).filter((x) => !targets!.includes(x)));
+    }
+    const props = JSON.stringify({ [LOCK]: task.id, [IMPORTING]: importing, [FAILED]: failed });
     let q = this.db
       .updateTable('images')
       .set({
-        status: 'importing',
+        status: name === 'copy-image' ? 'active' : 'importing',
         writer: this.svc.instanceId,
         properties: sql`properties || ${props}::jsonb`,
         updated_at: new Date(),
@@ -281,9 +401,20 @@ export class ImportApi {
         `New operation on image '${img.id}' is not permitted as prior operation is still in progress`,
       );
     }
-    const job = this.run(task, img.id, name, uri).finally(() => this.jobs.delete(job));
+    const job = (
+      targets === null
+        ? this.run(task, img.id, name, uri)
+        : this.runToStores(task, img.id, name, uri, targets, mustSucceed)
+    ).finally(() => this.jobs.delete(job));
     this.jobs.add(job);
     sendEmpty(c.res, 202);
+  }
+
+  /** The stores a task was importing to (its input's `backend`). */
+  private async taskStores(taskId: string): Promise<string[]> {
+    const t = await this.db.selectFrom('tasks').select('input').where('id', '=', taskId).executeTakeFirst();
+    const backend = (t?.input as { backend?: unknown } | null | undefined)?.backend;
+    return Array.isArray(backend) ? backend.filter((x): x is string => typeof x === 'string') : [];
   }
 
   /** Glance's _enforce_import_lock: the task id to take the lock from, or 409. */
@@ -440,20 +571,351 @@ export class ImportApi {
 
   /** Staged data → the image's blob, through data.ts (hashes, caps, inspection). */
   private async copyStaged(img: ImageRow, asImage: ImageRow, taskId: string, signal: AbortSignal) {
-    const stream = await this.svc.store.read(stagingKey(img.id));
+    return this.copyBlob(this.svc.store, stagingKey(img.id), img.size, asImage, taskId, signal, {});
+  }
+
+  /**
+   * A blob (`key` in `from`) → the image's blob, through data.ts (hashes, caps, and the upload
+   * inspection unless `inspect` is false), into `opts.store` (default: the default store).
+   */
+  private async copyBlob(
+    from: BlobStore,
+    key: string,
+    size: number | null,
+    asImage: ImageRow,
+    taskId: string,
+    signal: AbortSignal,
+    opts: { store?: BlobStore; status?: string; inspect?: boolean },
+  ): Promise<UploadOutcome> {
+    const stream = await from.read(key);
     const onAbort = () => stream.destroy(new Error('The server is shutting down.'));
     signal.addEventListener('abort', onAbort);
     try {
       const ctx = {} as AuthContext;
-      const body = asBody(counted(this.svc, taskId, stream), img.size);
-      return await receiveData(this.svc, ctx, asImage, body, this.opts.inspect, {
-        fromStatus: 'importing',
-        toStatus: 'importing',
-        finalStatus: 'importing',
-      });
+      const body = asBody(counted(this.svc, taskId, stream), size);
+      const status = opts.status ?? 'importing';
+      return await receiveData(
+        this.svc,
+        ctx,
+        asImage,
+        body,
+        opts.inspect === false ? undefined : this.opts.inspect,
+        {
+          fromStatus: status,
+          toStatus: status,
+          finalStatus: status,
+          ...(opts.store !== undefined ? { store: opts.store } : {}),
+        },
+      );
     } finally {
       signal.removeEventListener('abort', onAbort);
       stream.destroy();
+    }
+  }
+
+  /**
+   * An import with several stores (glance-direct, web-download, copy-image), as Glance's
+   * api_image_import flow with enabled_backends: the data (staged, downloaded to staging, or
+   * for copy-image read from a store that holds the image) is written to each target store in
+   * turn. Each store that completes joins the image's `stores` and leaves
+   * os_glance_importing_to_stores; with all_stores_must_succeed (the default) the image goes
+   * active with the last store, and the first failure reverts everything this task did (its
+   * copies are deleted, the image goes back to queued — copy-image: stays active with the
+   * stores it had — and the failing store is listed in os_glance_failed_import). Without it, a
+   * failing store is listed in os_glance_failed_import and the import goes on; the image goes
+   * active with the first store that succeeds, and if none does, back to queued.
+   */
+  private async runToStores(
+    task: TaskRow,
+    imageId: string,
+    method: string,
+    uri: string | null,
+    targets: string[],
+    mustSucceed: boolean,
+  ): Promise<void> {
+    const svc = this.svc;
+    const signal = this.abort.signal;
+    const copy = method === 'copy-image';
+    // The image's status while the copies are made: importing, until a store makes it active.
+    let status = copy ? 'active' : 'importing';
+    const added: string[] = [];
+    const failedHere = new Set<string>();
+    let current: string | null = null;
+    let convertedFrom: string | null = null;
+    let dir: string | null = null;
+    try {
+      await updateTask(svc, task.id, { status: 'processing' });
+      let img = await this.locked(imageId, task.id);
+      let size = img.size;
+      if (method === 'web-download') {
+        const res = await fetchImage(uri!, filterOf(svc), signal);
+        const onAbort = () => res.destroy(new Error('The server is shutting down.'));
+        signal.addEventListener('abort', onAbort);
+        try {
+          const declared = Number(res.headers['content-length']);
+          const body = asBody(counted(svc, task.id, res), Number.isSafeInteger(declared) ? declared : null);
+          const out = await receiveData(svc, {} as AuthContext, img, body, this.opts.inspect, {
+            fromStatus: 'importing',
+            toStatus: 'importing',
+            finalStatus: 'importing',
+            keyPrefix: STAGING_PREFIX,
+          });
+          if (Number.isFinite(declared) && declared !== out.size)
+            throw new Error(
+              `Task ${task.id} failed because downloaded data size ${out.size} is different from expected ${declared}`,
+            );
+          size = out.size;
+        } finally {
+          signal.removeEventListener('abort', onAbort);
+          res.destroy();
+        }
+        img = await this.locked(imageId, task.id);
+      }
+      if (signal.aborted) throw new Error('The server is shutting down.');
+      await updateTask(svc, task.id, { message: 'Copied 0 MiB' });
+      // The source of every copy: a converted file, the staged data, or (copy-image) the image.
+      const target = svc.settings.importConvertTo;
+      const convert =
+        !copy &&
+        target !== null &&
+        img.disk_format !== target &&
+        img.disk_format !== null &&
+        img.disk_format in ENGINE_FORMAT &&
+        img.properties[BACKING_PROP] === undefined;
+      let file: { path: string; size: number } | null = null;
+      if (convert) {
+        dir = await mkdtemp(join(svc.workDir, 'import-'));
+        file = await this.convertToFile({ ...img, size }, target, task.id, signal, dir);
+        await this.db
+          .updateTable('images')
+          .set({ disk_format: target })
+          .where('id', '=', imageId)
+          .where('status', '=', 'importing')
+          .execute();
+        convertedFrom = img.disk_format;
+      }
+      const source = copy ? readStore(svc, img) : svc.store;
+      const sourceKey = copy ? img.blob! : stagingKey(imageId);
+      const asImage = convert ? { ...img, disk_format: target } : img;
+      let first: UploadOutcome | null = null;
+      for (const [i, sid] of targets.entries()) {
+        if (signal.aborted) throw new Error('The server is shutting down.');
+        const store = storeById(svc, sid);
+        // Glance's set_active: the last store with all_stores_must_succeed, else the first
+        // that succeeds; copy-image never changes the status.
+        const setActive = !copy && (!mustSucceed || i === targets.length - 1);
+        current = sid;
+        try {
+          const out =
+            file !== null
+              ? await this.receiveFile(img, target!, file, signal, store)
+              : await this.copyBlob(source, sourceKey, size, asImage, task.id, signal, {
+                  store,
+                  status,
+                  inspect: !copy,
+                });
+          // Every store gets the same bytes (copy-image: the image's own).
+          const expect = copy ? { hash: img.os_hash_value, size: img.size } : first;
+          if (expect !== null && (out.hash !== expect.hash || out.size !== expect.size)) {
+            await store.delete(imageId).catch(() => {});
+            throw new Error(`The data written to store '${sid}' differs from the image's (sha512 or size).`);
+          }
+          await this.addStore(imageId, task.id, sid, out, status, setActive, !copy && first === null);
+          if (setActive) status = 'active';
+          first ??= out;
+          added.push(sid);
+        } catch (e) {
+          if (mustSucceed) throw e;
+          // This store failed; the others go on (all_stores_must_succeed: false).
+          failedHere.add(sid);
+          await this.progress(imageId, task.id, { done: [sid], failed: [sid] });
+        }
+        current = null;
+      }
+      // Glance's _VerifyImageState.
+      if (!copy && added.length === 0) throw new Error('None of the uploads finished!');
+      if (!copy) await svc.store.delete(stagingKey(imageId));
+      await this.db
+        .updateTable('images')
+        .set({ writer: null })
+        .where('id', '=', imageId)
+        .where(sql<boolean>`properties->>${LOCK} = ${task.id}`)
+        .execute();
+      const n = first?.size ?? img.size ?? 0;
+      await updateTask(svc, task.id, {
+        status: 'success',
+        result: { image_id: imageId },
+        message: `Copied ${Math.floor(n / (1 << 20))} MiB`,
+      });
+      await this.dropLock(imageId, task.id);
+    } catch (e) {
+      // The store being written failed; a failure before any store (the download, the
+      // conversion) fails them all, as Glance's download revert does.
+      const failing =
+        current !== null ? [current] : added.length === 0 && failedHere.size === 0 ? targets : [];
+      await this.failToStores(
+        task,
+        imageId,
+        copy,
+        status === 'active',
+        e,
+        targets,
+        added,
+        failing,
+        convertedFrom,
+      );
+    } finally {
+      if (dir !== null) await rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  /**
+   * A store completed: it joins the image's `stores` and leaves os_glance_importing_to_stores,
+   * in one statement that holds only while our task has the lock (else the blob just written
+   * is deleted: nothing claims it). The first store of a new image also sets its data
+   * (size, checksums, blob); `setActive` makes it active.
+   */
+  private async addStore(
+    imageId: string,
+    taskId: string,
+    sid: string,
+    out: UploadOutcome,
+    status: string,
+    setActive: boolean,
+    setData: boolean,
+  ): Promise<void> {
+    const cur = await this.locked(imageId, taskId).catch(async (e: unknown) => {
+      await storeById(this.svc, sid)
+        .delete(imageId)
+        .catch(() => {});
+      throw e;
+    });
+    const importing = storeList(listOf(cur.properties[IMPORTING]).filter((x) => x !== sid));
+    const r = await this.db
+      .updateTable('images')
+      .set({
+        stores: sql`CASE WHEN jsonb_exists(stores, ${sid}::text) THEN stores ELSE stores || jsonb_build_array(${sid}::text) END`,
+        properties: sql`properties || ${JSON.stringify({ [IMPORTING]: importing })}::jsonb`,
+        // Ours until the task ends (a restart fails what a stopped server left).
+        writer: this.svc.instanceId,
+        ...(setData
+          ? {
+              size: out.size,
+              virtual_size: out.virtualSize,
+              checksum: out.checksum,
+              os_hash_algo: 'sha512',
+              os_hash_value: out.hash,
+              blob: imageId,
+            }
+          : {}),
+        ...(setActive ? { status: 'active' } : {}),
+        updated_at: new Date(),
+      })
+      .where('id', '=', imageId)
+      .where('status', '=', status)
+      .where(sql<boolean>`properties->>${LOCK} = ${taskId}`)
+      .executeTakeFirst();
+    if (r.numUpdatedRows === 0n) {
+      await storeById(this.svc, sid)
+        .delete(imageId)
+        .catch(() => {});
+      throw new Error(`Image ${imageId} import task ${taskId} lost its lock; aborting.`);
+    }
+  }
+
+  /** Stores leave os_glance_importing_to_stores (`done`) and join os_glance_failed_import. */
+  private async progress(
+    imageId: string,
+    taskId: string,
+    change: { done: string[]; failed: string[] },
+  ): Promise<void> {
+    const cur = await this.db
+      .selectFrom('images')
+      .select('properties')
+      .where('id', '=', imageId)
+      .executeTakeFirst();
+    if (cur === undefined) return;
+    const props = {
+      [IMPORTING]: storeList(listOf(cur.properties[IMPORTING]).filter((x) => !change.done.includes(x))),
+      [FAILED]: storeList([...listOf(cur.properties[FAILED]), ...change.failed]),
+    };
+    await this.db
+      .updateTable('images')
+      .set({ properties: sql`properties || ${JSON.stringify(props)}::jsonb`, updated_at: new Date() })
+      .where('id', '=', imageId)
+      .where(sql<boolean>`properties->>${LOCK} = ${taskId}`)
+      .execute();
+  }
+
+  /**
+   * The revert of an import with several stores: the row first (an import: back to queued
+   * without data or stores, its disk_format back if it was converted; copy-image: the stores
+   * this task added leave `stores`), with the progress lists (our targets leave
+   * os_glance_importing_to_stores, `failing` join os_glance_failed_import); then the blobs no
+   * row claims any more (the copies this task made, the staged data); then the task's failure;
+   * the lock last.
+   */
+  private async failToStores(
+    task: TaskRow,
+    imageId: string,
+    copy: boolean,
+    active: boolean,
+    e: unknown,
+    targets: string[],
+    added: string[],
+    failing: string[],
+    diskFormat: string | null,
+  ): Promise<void> {
+    const svc = this.svc;
+    try {
+      const cur = await this.db.selectFrom('images').selectAll().where('id', '=', imageId).executeTakeFirst();
+      let ours = false;
+      if (cur !== undefined && cur.properties[LOCK] === task.id) {
+        const props = {
+          [IMPORTING]: storeList(listOf(cur.properties[IMPORTING]).filter((x) => !targets.includes(x))),
+          [FAILED]: storeList([...listOf(cur.properties[FAILED]), ...failing]),
+        };
+        // copy-image: its copies go; an import already active (all_stores_must_succeed false,
+        // then stopped by a shutdown) keeps what it made.
+        const kept = copy ? cur.stores.filter((x) => !added.includes(x)) : active ? cur.stores : [];
+        const r = await this.db
+          .updateTable('images')
+          .set({
+            properties: sql`properties || ${JSON.stringify(props)}::jsonb`,
+            stores: JSON.stringify(kept) as never,
+            writer: null,
+            updated_at: new Date(),
+            ...(active
+              ? {}
+              : {
+                  status: 'queued',
+                  size: null,
+                  virtual_size: null,
+                  checksum: null,
+                  os_hash_algo: null,
+                  os_hash_value: null,
+                  blob: null,
+                  ...(diskFormat !== null ? { disk_format: diskFormat } : {}),
+                }),
+          })
+          .where('id', '=', imageId)
+          .where('status', '=', active ? 'active' : 'importing')
+          .where(sql<boolean>`properties->>${LOCK} = ${task.id}`)
+          .executeTakeFirst();
+        ours = r.numUpdatedRows > 0n;
+      }
+      // Ours to clean, or the image was deleted meanwhile (its delete removed what it claimed).
+      if (ours || cur === undefined) {
+        if (copy || !active)
+          for (const sid of added)
+            await storeById(svc, sid)
+              .delete(imageId)
+              .catch(() => {});
+        if (!copy) await svc.store.delete(stagingKey(imageId)).catch(() => {});
+      }
+    } finally {
+      await updateTask(svc, task.id, { status: 'failure', message: message(e) }).catch(() => {});
+      await this.dropLock(imageId, task.id);
     }
   }
 
@@ -465,58 +927,87 @@ export class ImportApi {
   private async convertInto(img: ImageRow, target: 'raw' | 'qcow2', taskId: string, signal: AbortSignal) {
     const dir = await mkdtemp(join(this.svc.workDir, 'import-'));
     try {
-      const src = join(dir, 'source');
-      const dst = join(dir, 'converted');
-      const inspector = this.opts.inspect?.(img, img.size);
-      const stream = await this.svc.store.read(stagingKey(img.id));
-      const fh = await open(src, 'wx', 0o600);
-      let size = 0;
-      try {
-        await pipeline(
-          stream,
-          async function* (source: AsyncIterable<Buffer>) {
-            for await (const chunk of source) {
-              inspector?.feed(chunk);
-              size += chunk.length;
-              yield chunk;
-            }
-          },
-          fh.createWriteStream(),
-          { signal },
-        );
-      } finally {
-        await fh.close().catch(() => {});
-      }
-      inspector?.finish(size);
-      await updateTask(this.svc, taskId, { message: `Converting from ${img.disk_format} to ${target}` });
-      const { convertCommand } = await import('../../commands/convert.js');
-      await convertCommand({
-        sources: [src],
-        sourceFormat: ENGINE_FORMAT[img.disk_format!]!,
-        output: dst,
-        outputFormat: target,
-      });
-      const { createReadStream } = await import('node:fs');
-      const { stat } = await import('node:fs/promises');
-      const convertedSize = (await stat(dst)).size;
-      const rs = createReadStream(dst, { highWaterMark: 1 << 20 });
-      const onAbort = () => rs.destroy(new Error('The server is shutting down.'));
-      signal.addEventListener('abort', onAbort);
-      try {
-        return await receiveData(
-          this.svc,
-          {} as AuthContext,
-          { ...img, disk_format: target },
-          asBody(rs, convertedSize),
-          this.opts.inspect,
-          { fromStatus: 'importing', toStatus: 'importing', finalStatus: 'importing' },
-        );
-      } finally {
-        signal.removeEventListener('abort', onAbort);
-        rs.destroy();
-      }
+      const converted = await this.convertToFile(img, target, taskId, signal, dir);
+      return await this.receiveFile(img, target, converted, signal);
     } finally {
       await rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  /** The staged data converted into DIR/converted (inspected on the way in). */
+  private async convertToFile(
+    img: ImageRow,
+    target: 'raw' | 'qcow2',
+    taskId: string,
+    signal: AbortSignal,
+    dir: string,
+  ): Promise<{ path: string; size: number }> {
+    const src = join(dir, 'source');
+    const dst = join(dir, 'converted');
+    const inspector = this.opts.inspect?.(img, img.size);
+    const stream = await this.svc.store.read(stagingKey(img.id));
+    const fh = await open(src, 'wx', 0o600);
+    let size = 0;
+    try {
+      await pipeline(
+        stream,
+        async function* (source: AsyncIterable<Buffer>) {
+          for await (const chunk of source) {
+            inspector?.feed(chunk);
+            size += chunk.length;
+            yield chunk;
+          }
+        },
+        fh.createWriteStream(),
+        { signal },
+      );
+    } finally {
+      await fh.close().catch(() => {});
+    }
+    inspector?.finish(size);
+    await updateTask(this.svc, taskId, { message: `Converting from ${img.disk_format} to ${target}` });
+    const { convertCommand } = await import('../../commands/convert.js');
+    await convertCommand({
+      sources: [src],
+      sourceFormat: ENGINE_FORMAT[img.disk_format!]!,
+      output: dst,
+      outputFormat: target,
+    });
+    await rm(src, { force: true });
+    const { stat } = await import('node:fs/promises');
+    return { path: dst, size: (await stat(dst)).size };
+  }
+
+  /** A converted file → the image's blob in `store` (inspected as `target`). */
+  private async receiveFile(
+    img: ImageRow,
+    target: string,
+    file: { path: string; size: number },
+    signal: AbortSignal,
+    store?: BlobStore,
+    status = 'importing',
+  ): Promise<UploadOutcome> {
+    const { createReadStream } = await import('node:fs');
+    const rs = createReadStream(file.path, { highWaterMark: 1 << 20 });
+    const onAbort = () => rs.destroy(new Error('The server is shutting down.'));
+    signal.addEventListener('abort', onAbort);
+    try {
+      return await receiveData(
+        this.svc,
+        {} as AuthContext,
+        { ...img, disk_format: target },
+        asBody(rs, file.size),
+        this.opts.inspect,
+        {
+          fromStatus: status,
+          toStatus: status,
+          finalStatus: status,
+          ...(store !== undefined ? { store } : {}),
+        },
+      );
+    } finally {
+      signal.removeEventListener('abort', onAbort);
+      rs.destroy();
     }
   }
 
@@ -580,24 +1071,7 @@ export async function recoverImports(svc: Services, log: (s: string) => void): P
     .where('status', 'in', ['importing', 'uploading'])
     .where((eb) => eb.or([eb('writer', 'is', null), eb('writer', '<>', svc.instanceId)]))
     .execute();
-  let n = 0;
-  for (const img of stuck) {
-    if (img.status === 'uploading' && img.blob !== null) continue;
-    const task = img.properties[LOCK];
-    await svc.db
-      .updateTable('images')
-      .set({
-        status: 'queued',
-        size: null,
-        blob: null,
-        writer: null,
-        properties: sql`properties - ${LOCK}::text`,
-        updated_at: new Date(),
-      })
-      .where('id', '=', img.id)
-      .where('status', '=', img.status)
-      .execute();
-    await svc.store.delete(stagingKey(img.id));
+  const failTask = async (task: string | undefined) => {
     if (task !== undefined)
       await svc.db
         .updateTable('tasks')
@@ -610,7 +1084,82 @@ export async function recoverImports(svc: Services, log: (s: string) => void): P
         .where('id', '=', task)
         .where('status', 'in', ['pending', 'processing'])
         .execute();
+  };
+  // With several stores, the stores still being imported to have failed.
+  const progress = (img: ImageRow) =>
+    svc.stores === null
+      ? {}
+      : {
+          [IMPORTING]: '',
+          [FAILED]: storeList([...listOf(img.properties[FAILED]), ...listOf(img.properties[IMPORTING])]),
+        };
+  let n = 0;
+  for (const img of stuck) {
+    if (img.status === 'uploading' && img.blob !== null) continue;
+    const task = img.properties[LOCK];
+    const multi =
+      svc.stores === null
+        ? {}
+        : {
+            stores: '[]' as never,
+            virtual_size: null,
+            checksum: null,
+            os_hash_algo: null,
+            os_hash_value: null,
+          };
+    const r = await svc.db
+      .updateTable('images')
+      .set({
+        status: 'queued',
+        size: null,
+        blob: null,
+        writer: null,
+        ...multi,
+        properties: sql`(properties - ${LOCK}::text) || ${JSON.stringify(progress(img))}::jsonb`,
+        updated_at: new Date(),
+      })
+      .where('id', '=', img.id)
+      .where('status', '=', img.status)
+      .executeTakeFirst();
+    // The copies an import with several stores had made are claimed no more.
+    if (
+      r.numUpdatedRows > 0n &&
+      svc.stores !== null &&
+      img.blob !== null &&
+      !img.blob.startsWith(STAGING_PREFIX)
+    )
+      for (const sid of img.stores)
+        await storeById(svc, sid)
+          .delete(img.blob)
+          .catch(() => {});
+    await svc.store.delete(stagingKey(img.id));
+    await failTask(task);
     n++;
   }
   if (n > 0) log(`recovered ${n} interrupted import(s): back to queued`);
+  // Copies to other stores (copy-image, or an import already active) that a stopped server
+  // was making: the image keeps the stores it has; the task fails and the lock goes.
+  if (svc.stores === null) return;
+  const copying = await svc.db
+    .selectFrom('images')
+    .selectAll()
+    .where('status', '=', 'active')
+    .where('writer', 'is not', null)
+    .where('writer', '<>', svc.instanceId)
+    .where(sql<boolean>`jsonb_exists(properties, ${LOCK}::text)`)
+    .execute();
+  for (const img of copying) {
+    await svc.db
+      .updateTable('images')
+      .set({
+        writer: null,
+        properties: sql`(properties - ${LOCK}::text) || ${JSON.stringify(progress(img))}::jsonb`,
+        updated_at: new Date(),
+      })
+      .where('id', '=', img.id)
+      .where('writer', '=', img.writer)
+      .execute();
+    await failTask(img.properties[LOCK]);
+  }
+  if (copying.length > 0) log(`recovered ${copying.length} interrupted copy(ies) to other stores`);
 }

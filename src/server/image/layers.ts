@@ -15,6 +15,7 @@ import type { AuthContext, Services } from '../context.js';
 import type { Database } from '../db/schema.js';
 import { HttpError } from '../http.js';
 import type { BlobStore } from '../store/store.js';
+import { readStore } from '../store/stores.js';
 import { UUID_RE } from '../util.js';
 import { engineFormatOf, LAYERED_FORMATS } from './formats.js';
 import { canSee, enforce, type ImageRow } from './policy.js';
@@ -210,7 +211,8 @@ export async function openBlob(store: BlobStore, key: string, name: string): Pro
 export async function openChain(svc: Services, chain: ImageRow[]): Promise<Image> {
   const files: HostFile[] = [];
   try {
-    for (const row of chain) files.push(await openBlob(svc.store, row.blob!, row.id));
+    // Each layer from a store that holds it (with several stores, not necessarily the default).
+    for (const row of chain) files.push(await openBlob(readStore(svc, row), row.blob!, row.id));
   } catch (err) {
     for (const f of files) await f.close().catch(() => {});
     throw err;

@@ -68,6 +68,7 @@ beforeAll(async () => {
             tags: '[]' as never,
             blob: null,
             writer: null,
+            stores: '[]' as never,
           })
           .execute();
         if (membership !== undefined)
@@ -111,7 +112,7 @@ describe('visibility: the predicate and the SQL filter agree', () => {
 });
 
 describe('named rules, as Glance 25 defaults', () => {
-  it('owner or admin changes an image; only admins publicize, give away, copy, see tasks and the cache', () => {
+  it('owner or admin changes an image; only admins publicize, give away, copy, see tasks, the cache, store details and remove data from a store', () => {
     const image = { owner: ME, visibility: 'shared' };
     const owner = ctxOf(ME);
     const other = ctxOf(OTHER);
@@ -125,6 +126,7 @@ describe('named rules, as Glance 25 defaults', () => {
       'add_member',
       'delete_member',
       'get_members',
+      'get_image_location',
     ] as const) {
       expect(
         [allowed(rule, owner, { image }), allowed(rule, other, { image }), allowed(rule, admin, { image })],
@@ -139,12 +141,14 @@ describe('named rules, as Glance 25 defaults', () => {
       'tasks_api_access',
       'manage_image_cache',
       'metadef_write',
+      'delete_image_location',
+      'stores_info_detail',
     ] as const) {
       expect([allowed(rule, owner, { image }), allowed(rule, admin, { image })], rule).toEqual([false, true]);
     }
     expect(allowed('modify_member', owner, { member: OTHER })).toBe(false);
     expect(allowed('modify_member', other, { member: OTHER })).toBe(true);
     expect(allowed('modify_member', admin, { member: ME })).toBe(true);
-    expect(Object.keys(RULES).length).toBe(16);
+    expect(Object.keys(RULES).length).toBe(19);
   });
 });

@@ -77,7 +77,7 @@ export interface Target {
 
 /**
  * Glance 25's defaults (glance/policies/image.py, image_member.py, tasks.py, cache.py,
- * metadef.py), one line each. `owner_or_admin` is Glance's
+ * discovery.py, metadef.py), one line each. `owner_or_admin` is Glance's
  * `role:admin or (role:member and project_id:%(owner)s)`.
  */
 const admin = (ctx: AuthContext) => ctx.isAdmin;
@@ -105,6 +105,12 @@ export const RULES = {
   /** Every member of an image (others see only their own membership). */
   get_members: ownerOrAdmin,
   copy_image: admin,
+  /** Where an image's data is (Glance: admin or a reader of the owner's project). */
+  get_image_location: ownerOrAdmin,
+  /** Removing an image's data from one store (DELETE /v2/stores/{store}/{image}). */
+  delete_image_location: admin,
+  /** Each store's type and properties (GET /v2/info/stores/detail). */
+  stores_info_detail: admin,
   tasks_api_access: admin,
   manage_image_cache: admin,
   /** Metadata definitions: writes are admin-only by default (Glance's metadef_admin). */

@@ -1,9 +1,15 @@
 /** Glance's JSON views of images, members and tasks (ResponseSerializer._format_*). */
 
+import { type StoreSet, storesOf } from '../store/stores.js';
 import { isotime } from '../util.js';
 import type { ImageRow, MemberRow } from './policy.js';
 
-export function imageView(img: ImageRow): Record<string, unknown> {
+/**
+ * With several stores (`stores` not null), Glance's `stores` attribute: the stores that hold
+ * the image's data, comma-separated (left out while there are none, as Glance). The ids are
+ * sorted, which is also what tempest compares against.
+ */
+export function imageView(img: ImageRow, stores: StoreSet | null = null): Record<string, unknown> {
   const v: Record<string, unknown> = {};
   for (const [k, val] of Object.entries(img.properties)) v[k] = val;
   v['name'] = img.name;
@@ -28,6 +34,10 @@ export function imageView(img: ImageRow): Record<string, unknown> {
   v['self'] = `/v2/images/${img.id}`;
   v['file'] = `/v2/images/${img.id}/file`;
   v['schema'] = '/v2/schemas/image';
+  if (stores !== null) {
+    const ids = storesOf(stores, img).sort();
+    if (ids.length > 0) v['stores'] = ids.join(',');
+  }
   return v;
 }
 
