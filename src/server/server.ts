@@ -125,7 +125,9 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
   try {
     meta =
       opts.databaseUrl !== undefined
-        ? await openPostgres(opts.databaseUrl)
+        ? await openPostgres(opts.databaseUrl, (err) =>
+            log(`warning: a database connection was lost (${err.message}); the next query opens another`),
+          )
         : await openPglite(join(opts.dataDir, 'db'));
     if (opts.stores !== undefined) {
       stores = new StoreSet(await openStores(opts.stores.stores, opts.dataDir), opts.stores.defaultId);
@@ -144,6 +146,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     instanceId: randomBytes(8).toString('hex'),
     workDir: join(opts.dataDir, 'work'),
     cache: null,
+    writing: new Map(),
   };
   const identity = new Identity(svc);
   const generatedPassword = await identity.bootstrap(opts.adminPassword);

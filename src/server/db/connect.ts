@@ -34,12 +34,16 @@ export async function openPglite(dir: string | undefined): Promise<MetaDb> {
   };
 }
 
-export async function openPostgres(url: string): Promise<MetaDb> {
+export async function openPostgres(url: string, onLost: (err: Error) => void = () => {}): Promise<MetaDb> {
   const pgmod = await import('pg');
   const pg = pgmod.default;
   // int8 (sizes) as numbers: image sizes stay far below 2^53.
   pg.types.setTypeParser(20, (v: string) => Number.parseInt(v, 10));
   const pool = new pg.Pool({ connectionString: url, max: 8 });
+  // An idle connection the server dropped (a restart, pg_terminate_backend, a network cut)
+  // is an 'error' event on the pool: without a listener it would end the process. The pool
+  // has already discarded the connection and opens a new one for the next query.
+  pool.on('error', onLost);
   try {
     const c = await pool.connect();
     c.release();

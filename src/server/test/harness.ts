@@ -4,7 +4,7 @@
  * data directory, a small API client over fetch, and runners for the Debian `openstack`
  * and `glance` clients with an isolated HOME (glanceclient caches schemas there).
  */
-import { execFile } from 'node:child_process';
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
@@ -12,6 +12,37 @@ import { join } from 'node:path';
 import { type RunningServer, type ServeOptions, startServer } from '../server.js';
 
 export const ADMIN_PASSWORD = 'admin-secret';
+
+export interface ServeProcess {
+  p: ChildProcess;
+  url: string;
+  /** Everything it wrote to stderr so far. */
+  err: () => string;
+  /** SIGTERM (or `signal`) and wait for the exit. */
+  stop(signal?: NodeJS.Signals): Promise<void>;
+}
+
+/** `bin/vdisk serve --port 0 ARGS…` as a process (built dist/), once it listens. */
+export function spawnServe(args: string[]): Promise<ServeProcess> {
+  const p = spawn(process.execPath, [join(process.cwd(), 'bin', 'vdisk'), 'serve', '--port', '0', ...args], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let err = '';
+  const stop = async (signal: NodeJS.Signals = 'SIGTERM') => {
+    if (p.exitCode !== null || p.signalCode !== null) return;
+    const exited = new Promise((r) => p.once('exit', r));
+    p.kill(signal);
+    await exited;
+  };
+  return new Promise((resolve, reject) => {
+    p.stderr!.on('data', (d: Buffer) => {
+      err += d.toString();
+      const m = /listening on (http:\/\/\S+)/.exec(err);
+      if (m) resolve({ p, url: m[1]!, err: () => err, stop });
+    });
+    p.on('exit', (code) => reject(new Error(`vdisk serve exited ${code}: ${err}`)));
+  });
+}
 
 export interface TestServer {
   server: RunningServer;
