@@ -135,4 +135,23 @@ export interface Services {
   workDir: string;
   /** This node's image cache, when imageCacheDir is set (image/cache.ts). */
   cache: ImageCache | null;
+  /**
+   * The images this process is writing now (id → nesting count): an image whose row names this
+   * node as its writer but that is not here (a write whose last UPDATE was lost with the
+   * database connection) is recovered as a dead node's would be (recovery.ts).
+   */
+  writing: Map<string, number>;
+}
+
+/** Mark `id` as being written by this process until the returned function is called. */
+export function beginWrite(svc: Services, id: string): () => void {
+  svc.writing.set(id, (svc.writing.get(id) ?? 0) + 1);
+  let done = false;
+  return () => {
+    if (done) return;
+    done = true;
+    const n = (svc.writing.get(id) ?? 1) - 1;
+    if (n <= 0) svc.writing.delete(id);
+    else svc.writing.set(id, n);
+  };
 }

@@ -44,7 +44,12 @@ async function recoverUpload(svc: Services, img: ImageRow): Promise<void> {
     .execute();
 }
 
-/** Claim and recover what nodes without a lease were writing; returns how many images. */
+/**
+ * Claim and recover what nodes without a lease were writing, and what this node's rows say it
+ * writes while it does not (a write whose last UPDATE was lost with the database connection:
+ * older than a lease, so that a write between its UPDATE and its registration is left alone);
+ * returns how many images.
+ */
 export async function reapDeadWriters(svc: Services, log: (s: string) => void): Promise<number> {
   const dead = await svc.db
     .selectFrom('images')
@@ -52,6 +57,13 @@ export async function reapDeadWriters(svc: Services, log: (s: string) => void): 
     .where('writer', 'is not', null)
     .where('writer', 'not in', liveNodeIds(svc.db))
     .execute();
+  const mine = await svc.db
+    .selectFrom('images')
+    .select(['id', 'writer', 'status'])
+    .where('writer', '=', svc.instanceId)
+    .where(sql<boolean>`updated_at < now() - make_interval(secs => ${svc.settings.nodeLeaseSeconds})`)
+    .execute();
+  for (const m of mine) if (!svc.writing.has(m.id)) dead.push(m);
   const counts = { uploads: 0, imports: 0, copies: 0 };
   for (const d of dead) {
     const claimed = (await svc.db

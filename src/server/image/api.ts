@@ -4,7 +4,7 @@
  * and schemas. Behaviour follows Glance 25 (glance/api/v2/*.py and its domain proxies).
  */
 import { sql } from 'kysely';
-import type { AuthContext, Services } from '../context.js';
+import { type AuthContext, beginWrite, type Services } from '../context.js';
 import {
   type Ctx,
   HttpError,
@@ -217,47 +217,12 @@ export class ImageApi {
     router.on('DELETE', '/v2/images/:id', async (c) => this.remove(c, await auth(c)));
 
     router.on('PUT', '/v2/images/:id/file', async (c) => {
-      const ctx = await auth(c);
-      // With several stores: X-Image-Meta-Store names the store (checked before the image, as Glance).
-      const target = this.uploadStore(c);
-      const img = await this.mutableImage(ctx, c.params['id']!, 'upload data to');
-      const mt = mediaType(c.req);
-      if (mt !== 'application/octet-stream' && mt !== '')
-        throw new HttpError(415, `Content-Type must be application/octet-stream; got ${mt}.`);
-      if (img.status !== 'queued') {
-        throw new HttpError(409, `Image status transition from ${img.status} to saving is not allowed`);
+      const done = beginWrite(this.svc, c.params['id']!);
+      try {
+        await this.upload(c, await auth(c));
+      } finally {
+        done();
       }
-      if (img.disk_format === null || img.container_format === null)
-        throw new HttpError(
-          400,
-          'Properties container_format, disk_format must be set prior to saving data.',
-        );
-      // An overlay: its master must be there (active, visible) before any byte is taken.
-      const master = await masterForUpload(this.svc, ctx, img);
-      const out = await receiveData(this.svc, ctx, img, c.req, this.opts.inspect, {
-        fromStatus: 'queued',
-        toStatus: 'saving',
-        finalStatus: 'active',
-        master: master === null ? null : { id: master.id, virtualSize: master.virtual_size },
-        store: target.store,
-      });
-      if (master !== null) {
-        // The master may have gone while the data arrived (deleted, deactivated).
-        try {
-          await masterForUpload(this.svc, ctx, img);
-        } catch (err) {
-          await target.store.delete(img.id);
-          await this.db
-            .updateTable('images')
-            .set({ status: 'queued', writer: null, updated_at: new Date() })
-            .where('id', '=', img.id)
-            .where('status', '=', 'saving')
-            .execute();
-          throw err;
-        }
-      }
-      await finishUpload(this.svc, img, out, 'saving', 'active', img.id, target.id);
-      sendEmpty(c.res, 204);
     });
     router.on('GET', '/v2/images/:id/file', async (c) => this.download(c, await auth(c)));
 
@@ -500,6 +465,47 @@ export class ImageApi {
       .executeTakeFirst();
     if (r.numInsertedOrUpdatedRows === 0n)
       throw new HttpError(409, `Image with identifier ${row.id} already exists!`);
+  }
+
+  /** PUT /file: the image's data, into the store its X-Image-Meta-Store names. */
+  private async upload(c: Ctx, ctx: AuthContext): Promise<void> {
+    // With several stores: X-Image-Meta-Store names the store (checked before the image, as Glance).
+    const target = this.uploadStore(c);
+    const img = await this.mutableImage(ctx, c.params['id']!, 'upload data to');
+    const mt = mediaType(c.req);
+    if (mt !== 'application/octet-stream' && mt !== '')
+      throw new HttpError(415, `Content-Type must be application/octet-stream; got ${mt}.`);
+    if (img.status !== 'queued') {
+      throw new HttpError(409, `Image status transition from ${img.status} to saving is not allowed`);
+    }
+    if (img.disk_format === null || img.container_format === null)
+      throw new HttpError(400, 'Properties container_format, disk_format must be set prior to saving data.');
+    // An overlay: its master must be there (active, visible) before any byte is taken.
+    const master = await masterForUpload(this.svc, ctx, img);
+    const out = await receiveData(this.svc, ctx, img, c.req, this.opts.inspect, {
+      fromStatus: 'queued',
+      toStatus: 'saving',
+      finalStatus: 'active',
+      master: master === null ? null : { id: master.id, virtualSize: master.virtual_size },
+      store: target.store,
+    });
+    if (master !== null) {
+      // The master may have gone while the data arrived (deleted, deactivated).
+      try {
+        await masterForUpload(this.svc, ctx, img);
+      } catch (err) {
+        await target.store.delete(img.id);
+        await this.db
+          .updateTable('images')
+          .set({ status: 'queued', writer: null, updated_at: new Date() })
+          .where('id', '=', img.id)
+          .where('status', '=', 'saving')
+          .execute();
+        throw err;
+      }
+    }
+    await finishUpload(this.svc, img, out, 'saving', 'active', img.id, target.id);
+    sendEmpty(c.res, 204);
   }
 
   private async update(c: Ctx, ctx: AuthContext): Promise<void> {

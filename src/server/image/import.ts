@@ -32,7 +32,7 @@ import { join } from 'node:path';
 import { type Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { sql } from 'kysely';
-import type { AuthContext, Services } from '../context.js';
+import { type AuthContext, beginWrite, type Services } from '../context.js';
 import {
   type Ctx,
   HttpError,
@@ -169,7 +169,14 @@ export class ImportApi {
       });
     });
     router.on('DELETE', '/v2/stores/:store/:id', async (c) => this.deleteFromStore(c, await auth(c)));
-    router.on('PUT', '/v2/images/:id/stage', async (c) => this.stage(c, await auth(c)));
+    router.on('PUT', '/v2/images/:id/stage', async (c) => {
+      const done = beginWrite(this.svc, c.params['id']!);
+      try {
+        await this.stage(c, await auth(c));
+      } finally {
+        done();
+      }
+    });
     router.on('POST', '/v2/images/:id/import', async (c) => this.importImage(c, await auth(c)));
     taskRoutes(this.svc, router, auth, (ctx, id) => this.images.visibleImage(ctx, id));
   }
@@ -401,11 +408,15 @@ export class ImportApi {
         `New operation on image '${img.id}' is not permitted as prior operation is still in progress`,
       );
     }
+    const done = beginWrite(this.svc, img.id);
     const job = (
       targets === null
         ? this.run(task, img.id, name, uri)
         : this.runToStores(task, img.id, name, uri, targets, mustSucceed)
-    ).finally(() => this.jobs.delete(job));
+    ).finally(() => {
+      done();
+      this.jobs.delete(job);
+    });
     this.jobs.add(job);
     sendEmpty(c.res, 202);
   }
@@ -528,6 +539,7 @@ export class ImportApi {
   ): void {
     const svc = this.svc;
     const signal = this.abort.signal;
+    const done = beginWrite(svc, imageId);
     const job = (async () => {
       try {
         await updateTask(svc, task.id, { status: 'processing', message: 'Copied 0 MiB' });
@@ -556,7 +568,10 @@ export class ImportApi {
       } catch (e) {
         await this.fail(task, imageId, e, null);
       }
-    })().finally(() => this.jobs.delete(job));
+    })().finally(() => {
+      done();
+      this.jobs.delete(job);
+    });
     this.jobs.add(job);
   }
 
