@@ -18,7 +18,13 @@
  * `curl -T` upload of BENCH_UPLOAD_SIZE (1 GiB) to PUT /v2/images/{id}/file and the peak RSS
  * during it (VmHWM reset through /proc/PID/clear_refs before, and VmRSS sampled every 100 ms),
  * then VmRSS 2 s after. BENCH_DATABASE_URL=postgres://…/db adds the server on PostgreSQL (the
- * server's own memory without an embedded database; the database is emptied first).
+ * server's own memory without an embedded database). BENCH_IMAGES=N then creates N images and
+ * lists them (see workload()) and reads VmRSS 2 s and 30 s after. Every run starts from the
+ * same state (no data directory, a copy of one a first server left, an emptied database that
+ * a first server filled).
+ *
+ * BENCH_QUERIES=1 adds, for the PGlite cases, 3000 inserts and 100 selects of jsonb rows (one
+ * query at a time) and VmRSS 2 s after: the cost of a setting in speed.
  *
  * Each figure is the median of BENCH_REPEAT (3) runs; BENCH_CASES is a regular expression
  * that selects cases by name; BENCH_DIR (a temporary directory) holds the data directories.
@@ -26,6 +32,7 @@
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import {
+  cpSync,
   createWriteStream,
   existsSync,
   mkdirSync,
@@ -50,6 +57,7 @@ const UPLOAD = process.env['BENCH_UPLOAD'] === '1';
 const UPLOAD_SIZE = Number(process.env['BENCH_UPLOAD_SIZE'] ?? 2 ** 30);
 const SQLITE_MODULES = process.env['BENCH_SQLITE_MODULES'];
 const DATABASE_URL = process.env['BENCH_DATABASE_URL'];
+const IMAGES = Number(process.env['BENCH_IMAGES'] ?? 0);
 const PASSWORD = 'bench-secret';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -71,6 +79,35 @@ interface ChildReport {
   rss: number;
   openMs: number;
   wasmMiB?: number;
+  /** BENCH_QUERIES=1 (PGlite): 3000 inserts, 100 selects of up to 1000 jsonb rows, RSS 2 s after. */
+  insertMs?: number;
+  selectMs?: number;
+  rssAfterQueries?: number;
+}
+
+const QUERIES = process.env['BENCH_QUERIES'] === '1';
+
+/** Rows like the registry's (a jsonb object per row), inserted and read back one query at a time. */
+async function queries(
+  pg: import('@electric-sql/pglite').PGlite,
+): Promise<{ insertMs: number; selectMs: number }> {
+  await pg.exec(`CREATE TABLE IF NOT EXISTS bench (id text PRIMARY KEY, name text NOT NULL,
+    props jsonb NOT NULL, created timestamptz NOT NULL DEFAULT now()); DELETE FROM bench`);
+  let t = performance.now();
+  for (let i = 0; i < 3000; i++)
+    await pg.query('INSERT INTO bench (id, name, props) VALUES ($1, $2, $3)', [
+      `id-${i}`,
+      `name ${i}`,
+      JSON.stringify({ a: i, b: 'x'.repeat(50), tags: ['t1', 't2'] }),
+    ]);
+  const insertMs = performance.now() - t;
+  t = performance.now();
+  for (let i = 0; i < 100; i++)
+    await pg.query(
+      `SELECT id, name, props, props->>'b' AS b FROM bench WHERE props ? 'a' AND name LIKE 'name 1%'
+       ORDER BY created DESC, id LIMIT 1000`,
+    );
+  return { insertMs, selectMs: performance.now() - t };
 }
 
 async function child(kind: string, dir: string, params: string[]): Promise<void> {
@@ -84,6 +121,11 @@ async function child(kind: string, dir: string, params: string[]): Promise<void>
     await sleep(2000);
     const mod = (pg as unknown as { mod: { HEAPU8: Uint8Array } }).mod;
     report = { rss: status('self', 'VmRSS'), openMs, wasmMiB: mod.HEAPU8.byteLength / MiB };
+    if (QUERIES) {
+      Object.assign(report, await queries(pg));
+      await sleep(2000);
+      report.rssAfterQueries = status('self', 'VmRSS');
+    }
     await pg.close();
   } else if (kind === 'vdisk') {
     const { openPglite } = await import('../server/db/connect.js');
@@ -250,12 +292,19 @@ async function dbBench(base: string): Promise<void> {
     rmSync(dir, { recursive: true, force: true });
     const rss = runs.map((x) => x.rss);
     const wasm = runs[0]?.wasmMiB;
-    const row = `| ${c.name} | ${median(rss)} (${rss.join(', ')}) | ${wasm === undefined ? '' : wasm.toFixed(0)} | ${Math.round(median(runs.map((x) => x.openMs)))} |`;
+    const med = (f: (x: ChildReport) => number | undefined) => {
+      const xs = runs.map(f).filter((x): x is number => x !== undefined);
+      return xs.length === 0 ? '' : String(Math.round(median(xs)));
+    };
+    const q = QUERIES
+      ? ` ${med((x) => x.insertMs)} | ${med((x) => x.selectMs)} | ${med((x) => x.rssAfterQueries)} |`
+      : '';
+    const row = `| ${c.name} | ${median(rss)} (${rss.join(', ')}) | ${wasm === undefined ? '' : wasm.toFixed(0)} | ${med((x) => x.openMs)} |${q}`;
     rows.push(row);
     process.stderr.write(`${row}\n`);
   }
   process.stdout.write(
-    `\n| option | idle RSS MiB, median (runs) | WASM memory MiB | open to first answer, ms |\n|---|---|---|---|\n${rows.join('\n')}\n`,
+    `\n| option | idle RSS MiB, median (runs) | WASM memory MiB | open to first answer, ms |${QUERIES ? ' 3000 inserts, ms | 100 selects, ms | RSS after, MiB |' : ''}\n|---|---|---|---|${QUERIES ? '---|---|---|' : ''}\n${rows.join('\n')}\n`,
   );
 }
 
@@ -310,6 +359,45 @@ interface ServeRun {
   idleRss: number;
   uploadPeak?: number;
   afterUploadRss?: number;
+  afterWorkRss?: number;
+  afterWork30Rss?: number;
+}
+
+/**
+ * BENCH_IMAGES=N: N images created through the API (4 in flight, each with properties and
+ * tags), then 10 lists of 1000 and 10 filtered lists sorted by name: the memory a server keeps
+ * after some work, 2 s and 30 s after it (V8 gives heap pages back after ~20 s idle).
+ */
+async function workload(url: string, token: string, n: number): Promise<void> {
+  const headers = { 'Content-Type': 'application/json', 'X-Auth-Token': token };
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: 4 }, async () => {
+      while (next < n) {
+        const i = next++;
+        const r = await fetch(`${url}/v2/images`, {
+          method: 'POST',
+          headers,
+          body: JSON.stringify({
+            name: `img-${i}`,
+            disk_format: 'qcow2',
+            container_format: 'bare',
+            tags: ['a', 'b'],
+            os_distro: 'ubuntu',
+            description: 'x'.repeat(200),
+          }),
+        });
+        if (r.status !== 201) throw new Error(`create: ${r.status} ${await r.text()}`);
+      }
+    }),
+  );
+  for (const path of ['/v2/images?limit=1000', '/v2/images?os_distro=ubuntu&sort_key=name&sort_dir=asc']) {
+    for (let i = 0; i < 10; i++) {
+      const r = await fetch(`${url}${path}`, { headers });
+      if (r.status !== 200) throw new Error(`list: ${r.status}`);
+      await r.arrayBuffer();
+    }
+  }
 }
 
 async function serveOnce(
@@ -345,71 +433,88 @@ async function serveOnce(
     const firstAnswerMs = performance.now() - t0;
     await sleep(2000);
     const run: ServeRun = { firstAnswerMs, idleRss: status(c.pid!, 'VmRSS') };
-    if (file !== null) {
-      const tok = await fetch(`${url}/v3/auth/tokens`, {
-        method: 'POST',
-        headers: { 'Content-Type': 'application/json' },
-        body: JSON.stringify({
-          auth: {
-            identity: {
-              methods: ['password'],
-              password: { user: { name: 'admin', domain: { name: 'Default' }, password: PASSWORD } },
-            },
-            scope: { project: { name: 'admin', domain: { name: 'Default' } } },
+    if (file === null && IMAGES === 0) return run;
+    const tok = await fetch(`${url}/v3/auth/tokens`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({
+        auth: {
+          identity: {
+            methods: ['password'],
+            password: { user: { name: 'admin', domain: { name: 'Default' }, password: PASSWORD } },
           },
-        }),
-      });
-      const token = tok.headers.get('x-subject-token')!;
-      const img = await fetch(`${url}/v2/images`, {
-        method: 'POST',
-        headers: { 'Content-Type': 'application/json', 'X-Auth-Token': token },
-        body: JSON.stringify({ name: 'bench', disk_format: 'raw', container_format: 'bare' }),
-      });
-      const id = ((await img.json()) as { id: string }).id;
-      writeFileSync(`/proc/${c.pid}/clear_refs`, '5'); // resets VmHWM
-      let sampled = 0;
-      const timer = setInterval(() => {
-        sampled = Math.max(sampled, status(c.pid!, 'VmRSS'));
-      }, 100);
-      const curl = spawn(
-        'curl',
-        [
-          '-sS',
-          '-f',
-          '-T',
-          file,
-          '-H',
-          `X-Auth-Token: ${token}`,
-          '-H',
-          'Content-Type: application/octet-stream',
-          `${url}/v2/images/${id}/file`,
-        ],
-        { stdio: ['ignore', 'ignore', 'pipe'] },
-      );
-      let curlErr = '';
-      curl.stderr!.on('data', (d: Buffer) => {
-        curlErr += d.toString();
-      });
-      const code = await new Promise<number | null>((r) => curl.once('exit', r));
-      clearInterval(timer);
-      if (code !== 0) throw new Error(`curl: ${code} ${curlErr}`);
-      run.uploadPeak = Math.max(sampled, status(c.pid!, 'VmHWM'));
-      const meta = (await (
-        await fetch(`${url}/v2/images/${id}`, { headers: { 'X-Auth-Token': token } })
-      ).json()) as {
-        size: number;
-        status: string;
-      };
-      if (meta.size !== UPLOAD_SIZE || meta.status !== 'active')
-        throw new Error(`upload: ${JSON.stringify(meta)}`);
+          scope: { project: { name: 'admin', domain: { name: 'Default' } } },
+        },
+      }),
+    });
+    const token = tok.headers.get('x-subject-token')!;
+    if (file !== null) await uploadOnce(c.pid!, url, token, file, run);
+    if (IMAGES > 0) {
+      await workload(url, token, IMAGES);
       await sleep(2000);
-      run.afterUploadRss = status(c.pid!, 'VmRSS');
-      await fetch(`${url}/v2/images/${id}`, { method: 'DELETE', headers: { 'X-Auth-Token': token } });
+      run.afterWorkRss = status(c.pid!, 'VmRSS');
+      await sleep(28000);
+      run.afterWork30Rss = status(c.pid!, 'VmRSS');
     }
     return run;
   } finally {
     await stop(c);
   }
+}
+
+/** The 1 GiB upload with `curl -T`: peak RSS during it, RSS 2 s after. */
+async function uploadOnce(
+  pid: number,
+  url: string,
+  token: string,
+  file: string,
+  run: ServeRun,
+): Promise<void> {
+  const img = await fetch(`${url}/v2/images`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', 'X-Auth-Token': token },
+    body: JSON.stringify({ name: 'bench', disk_format: 'raw', container_format: 'bare' }),
+  });
+  const id = ((await img.json()) as { id: string }).id;
+  writeFileSync(`/proc/${pid}/clear_refs`, '5'); // resets VmHWM
+  let sampled = 0;
+  const timer = setInterval(() => {
+    sampled = Math.max(sampled, status(pid, 'VmRSS'));
+  }, 100);
+  const curl = spawn(
+    'curl',
+    [
+      '-sS',
+      '-f',
+      '-T',
+      file,
+      '-H',
+      `X-Auth-Token: ${token}`,
+      '-H',
+      'Content-Type: application/octet-stream',
+      `${url}/v2/images/${id}/file`,
+    ],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  let curlErr = '';
+  curl.stderr!.on('data', (d: Buffer) => {
+    curlErr += d.toString();
+  });
+  const code = await new Promise<number | null>((r) => curl.once('exit', r));
+  clearInterval(timer);
+  if (code !== 0) throw new Error(`curl: ${code} ${curlErr}`);
+  run.uploadPeak = Math.max(sampled, status(pid, 'VmHWM'));
+  const meta = (await (
+    await fetch(`${url}/v2/images/${id}`, { headers: { 'X-Auth-Token': token } })
+  ).json()) as {
+    size: number;
+    status: string;
+  };
+  if (meta.size !== UPLOAD_SIZE || meta.status !== 'active')
+    throw new Error(`upload: ${JSON.stringify(meta)}`);
+  await sleep(2000);
+  run.afterUploadRss = status(pid, 'VmRSS');
+  await fetch(`${url}/v2/images/${id}`, { method: 'DELETE', headers: { 'X-Auth-Token': token } });
 }
 
 async function emptyPostgres(url: string): Promise<void> {
@@ -431,16 +536,23 @@ async function serveBench(base: string): Promise<void> {
     { name: 'vdisk serve, embedded, existing data dir', fresh: false },
   ];
   if (DATABASE_URL !== undefined)
-    cases.push({ name: 'vdisk serve --database-url (PostgreSQL)', databaseUrl: DATABASE_URL, fresh: true });
+    cases.push({ name: 'vdisk serve --database-url (PostgreSQL)', databaseUrl: DATABASE_URL, fresh: false });
   const rows: string[] = [];
+  const dir = join(base, 'serve');
+  const template = join(base, 'serve-template');
   for (const c of cases.filter((x) => FILTER.test(x.name))) {
     const runs: ServeRun[] = [];
-    const dir = join(base, 'serve');
-    rmSync(dir, { recursive: true, force: true });
-    if (!c.fresh && c.databaseUrl === undefined) await serveOnce(dir, nodeArgs, undefined, null);
+    // Every run starts from the same state: no data directory; or a copy of one that a
+    // server made and left (its second start); or, on PostgreSQL, a database a server made.
+    rmSync(template, { recursive: true, force: true });
+    if (!c.fresh && c.databaseUrl === undefined) await serveOnce(template, nodeArgs, undefined, null);
     for (let r = 0; r < REPEAT; r++) {
-      if (c.fresh) rmSync(dir, { recursive: true, force: true });
-      if (c.databaseUrl !== undefined) await emptyPostgres(c.databaseUrl);
+      rmSync(dir, { recursive: true, force: true });
+      if (!c.fresh && c.databaseUrl === undefined) cpSync(template, dir, { recursive: true });
+      if (c.databaseUrl !== undefined) {
+        await emptyPostgres(c.databaseUrl);
+        await serveOnce(dir, nodeArgs, c.databaseUrl, null);
+      }
       runs.push(await serveOnce(dir, nodeArgs, c.databaseUrl, file));
       process.stderr.write(`  ${c.name}: ${JSON.stringify(runs.at(-1))}\n`);
     }
@@ -449,13 +561,14 @@ async function serveBench(base: string): Promise<void> {
       return xs.length === 0 ? '' : `${Math.round(median(xs))} (${xs.map(Math.round).join(', ')})`;
     };
     rows.push(
-      `| ${c.name} | ${col((x) => x.idleRss)} | ${col((x) => x.uploadPeak)} | ${col((x) => x.afterUploadRss)} | ${col((x) => x.firstAnswerMs)} |`,
+      `| ${c.name} | ${col((x) => x.idleRss)} | ${col((x) => x.uploadPeak)} | ${col((x) => x.afterUploadRss)} | ${col((x) => x.afterWorkRss)} | ${col((x) => x.afterWork30Rss)} | ${col((x) => x.firstAnswerMs)} |`,
     );
     process.stderr.write(`${rows.at(-1)}\n`);
   }
-  rmSync(join(base, 'serve'), { recursive: true, force: true });
+  rmSync(dir, { recursive: true, force: true });
+  rmSync(template, { recursive: true, force: true });
   process.stdout.write(
-    `\n${nodeArgs.length > 0 ? `node ${nodeArgs.join(' ')}\n\n` : ''}| server | idle RSS MiB | peak RSS during ${UPLOAD_SIZE / MiB} MiB upload | RSS 2 s after | spawn to first answer, ms |\n|---|---|---|---|---|\n${rows.join('\n')}\n`,
+    `\n${nodeArgs.length > 0 ? `node ${nodeArgs.join(' ')}\n\n` : ''}| server | idle RSS MiB | peak RSS during ${UPLOAD_SIZE / MiB} MiB upload | RSS 2 s after | RSS 2 s after ${IMAGES} images and lists | 30 s after | spawn to first answer, ms |\n|---|---|---|---|---|---|---|\n${rows.join('\n')}\n`,
   );
 }
 
