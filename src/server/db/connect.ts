@@ -2,6 +2,11 @@
  * Open the metadata database: PGlite in a directory (the embedded default) or a PostgreSQL
  * server by URL. Both give the same Kysely<Database>; the schema is migrated on open.
  */
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { join } from 'node:path';
+import { setFlagsFromString } from 'node:v8';
 import { Kysely, PostgresDialect } from 'kysely';
 import { VdiskError } from '../../core/errors.js';
 import { type Database, migrate } from './schema.js';
@@ -12,16 +17,93 @@ export interface MetaDb {
   close(): Promise<void>;
 }
 
+/**
+ * PGlite's settings, and why. Figures: `node dist/bench/embedded-db.js db` (VmRSS 2 s after a
+ * process opened an existing data directory, Node 20, median of 3; the whole table and the
+ * server's figures are in docs/decisions.md, "Embedded database memory"):
+ *   - shared_buffers 4 MB, where PostgreSQL's default is 128 MB (PGlite as it comes: 293 MiB)
+ *     and the previous release had 16 MB: the buffers are memory of the WebAssembly instance,
+ *     resident once touched, and the registry's tables are small, read through indexes, with
+ *     the files in the OS page cache anyway. With Liftoff only (below), 16 MB → 4 MB: 129 →
+ *     117 MiB; 1 MB gave 113 MiB, with the benchmark's selects slower.
+ *   - The PostgreSQL WebAssembly compiled by Liftoff only (V8's baseline compiler), never tiered
+ *     up to TurboFan. PostgreSQL's start-up runs some functions hot enough for V8 to recompile
+ *     them with TurboFan in the background; that code and its compilation memory stayed
+ *     resident (shared_buffers=16MB: 172 MiB with tier-up, 129 MiB without) and the opening
+ *     took longer on two busy cores (~600–800 ms instead of ~400 ms). 3000 single-row inserts
+ *     and 100 selects of 1000 jsonb rows were no slower with Liftoff only.
+ */
+const PGLITE_PARAMS = ['-c', 'shared_buffers=4MB'];
+
+/**
+ * V8's `--liftoff-only` while PGlite's module is compiled. The flag is process-wide. A module
+ * compiled under it stays Liftoff-only after it is cleared (V8 11, Node 20: the same RSS and
+ * timings as with the flag left on; its functions are compiled lazily, on first call), so it
+ * is set around PGlite.create() only, and other WebAssembly compiled later (zstd, bzip2) is
+ * tiered up as usual. Left alone when node was started with it.
+ */
+let liftoffHolders = 0;
+const liftoffByUser = process.execArgv.some((a) => /^--liftoff[-_]only$/.test(a));
+
+async function withLiftoffOnly<T>(fn: () => Promise<T>): Promise<T> {
+  if (liftoffByUser) return fn();
+  if (liftoffHolders++ === 0) setFlagsFromString('--liftoff-only');
+  try {
+    return await fn();
+  } finally {
+    if (--liftoffHolders === 0) setFlagsFromString('--no-liftoff-only');
+  }
+}
+
+/**
+ * A new data directory is made (initdb) by a child process. PGlite runs initdb in a second
+ * PostgreSQL instance of its own, in memory, and copies the result: that grows the process to
+ * 620–760 MiB, and much of it stays after both are closed (the previous release's first
+ * `vdisk serve` idled at 300–640 MiB, later starts at ~200). In a child it goes with the child
+ * (~4 s, as before); the server then opens the directory as on any later start (~130 MiB).
+ */
+async function initPgliteDir(dir: string): Promise<void> {
+  const require = createRequire(import.meta.url);
+  const script = `const { PGlite } = require(process.argv[1]);
+PGlite.create(process.argv[2], { startParams: [...PGlite.defaultStartParams, ...JSON.parse(process.argv[3])] })
+  .then((pg) => pg.close())
+  .catch((err) => { console.error(err?.message ?? err); process.exit(1); });`;
+  const child = spawn(
+    process.execPath,
+    [
+      '--liftoff-only',
+      '-e',
+      script,
+      require.resolve('@electric-sql/pglite'),
+      dir,
+      JSON.stringify(PGLITE_PARAMS),
+    ],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => {
+    stderr += d.toString();
+  });
+  const code = await new Promise<number | null>((res, rej) => {
+    child.once('error', rej);
+    child.once('exit', res);
+  });
+  if (code !== 0 || !existsSync(join(dir, 'PG_VERSION')))
+    throw new VdiskError(
+      'EIO',
+      `Could not create the database in ${dir}: ${stderr.trim() || `exit ${code}`}`,
+    );
+}
+
 export async function openPglite(dir: string | undefined): Promise<MetaDb> {
   const { PGlite } = await import('@electric-sql/pglite');
   const { PGliteDialect } = await import('./pglite-dialect.js');
-  // PostgreSQL's default shared_buffers (128 MB) is memory the WebAssembly instance keeps
-  // resident; the registry's tables are small and read through indexes: 16 MB takes ~100 MiB
-  // off `vdisk serve`'s RSS (802 → 698 MiB for a PGlite with 20,000 rows, measured here).
-  const startParams = [...PGlite.defaultStartParams, '-c', 'shared_buffers=16MB'];
+  const startParams = [...PGlite.defaultStartParams, ...PGLITE_PARAMS];
+  if (dir !== undefined && !existsSync(join(dir, 'PG_VERSION'))) await initPgliteDir(dir);
   // No directory: in memory (tests of the database code only).
-  const pg =
-    dir === undefined ? await PGlite.create({ startParams }) : await PGlite.create(dir, { startParams });
+  const pg = await withLiftoffOnly(() =>
+    dir === undefined ? PGlite.create({ startParams }) : PGlite.create(dir, { startParams }),
+  );
   const db = new Kysely<Database>({ dialect: new PGliteDialect(pg) });
   await migrate(db);
   return {
