@@ -126,6 +126,10 @@ export async function openPostgres(url: string, onLost: (err: Error) => void = (
   // is an 'error' event on the pool: without a listener it would end the process. The pool
   // has already discarded the connection and opens a new one for the next query.
   pool.on('error', onLost);
+  // The same while a connection is checked out between two queries (a transaction, or Kysely
+  // between acquiring and querying): the 'error' event is the client's then. The query on it
+  // fails, and the pool drops the connection when it comes back.
+  pool.on('connect', (client) => client.on('error', onLost));
   try {
     const c = await pool.connect();
     c.release();
