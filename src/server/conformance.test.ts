@@ -81,7 +81,7 @@ async function probeFs(dir: string): Promise<Probe> {
   return {
     async blobs() {
       const out: string[] = [];
-      for await (const k of s.list()) out.push(k);
+      for await (const k of s.list()) out.push(k.key);
       return out.sort();
     },
     async temps() {
@@ -96,7 +96,7 @@ async function probeS3(url: string): Promise<Probe> {
   return {
     async blobs() {
       const out: string[] = [];
-      for await (const k of s.list()) out.push(k);
+      for await (const k of s.list()) out.push(k.key);
       return out.sort();
     },
     async temps() {
@@ -1045,7 +1045,7 @@ describe.each(['fs', 's3'] as const)('BlobStore contract: %s', (kind) => {
     await w.commit();
     expect((await readAll(await store.read('tiny'))).toString()).toBe('replaced');
     const keys: string[] = [];
-    for await (const k of store.list()) keys.push(k);
+    for await (const k of store.list()) keys.push(k.key);
     expect(keys.sort()).toEqual(['empty', 'tiny']);
     for (const k of keys) await store.delete(k);
   });

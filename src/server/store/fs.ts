@@ -11,7 +11,7 @@ import { type FileHandle, mkdir, open, readdir, rename, rm, stat, unlink } from 
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { ReadSource } from '../../core/host-file.js';
-import type { BlobStore, BlobWriter } from './store.js';
+import type { BlobEntry, BlobStore, BlobWriter, CleanupOptions } from './store.js';
 
 // 1 MiB: as fast as larger writes into the page cache, and on this kind of VM some runs of
 // 4 MiB write(2)s cost several times the kernel time (1 GiB: 1.0–1.7 s of system time against
@@ -163,12 +163,45 @@ export class FsStore implements BlobStore {
     await rm(join(this.dir, checkKey(key)), { force: true });
   }
 
-  async *list(): AsyncIterable<string> {
-    for (const name of await readdir(this.dir)) if (!name.startsWith('.')) yield name;
+  async *list(): AsyncIterable<BlobEntry> {
+    for (const name of await readdir(this.dir)) {
+      if (name.startsWith('.')) continue;
+      const st = await stat(join(this.dir, name)).catch(() => null);
+      if (st?.isFile() === true) yield { key: name, modified: st.mtime };
+    }
   }
 
-  async cleanup(): Promise<void> {
-    for (const name of await readdir(this.tmp)) await rm(join(this.tmp, name), { force: true });
+  /** Temporary files are `<key>.<12 hex digits>`. */
+  private async temporaries(): Promise<{ key: string; path: string }[]> {
+    return (await readdir(this.tmp)).map((name) => ({
+      key: name.replace(/\.[0-9a-f]{12}$/, ''),
+      path: join(this.tmp, name),
+    }));
+  }
+
+  async cleanup(opts: CleanupOptions = {}): Promise<number> {
+    let n = 0;
+    for (const t of await this.temporaries()) {
+      if (opts.keep?.(t.key) === true) continue;
+      if (opts.before !== undefined) {
+        // A writer touches its file with every write: a recent mtime is a live upload.
+        const st = await stat(t.path).catch(() => null);
+        if (st === null || st.mtime >= opts.before) continue;
+      }
+      await rm(t.path, { force: true });
+      n++;
+    }
+    return n;
+  }
+
+  async abortPending(key: string): Promise<number> {
+    let n = 0;
+    for (const t of await this.temporaries())
+      if (t.key === key) {
+        await rm(t.path, { force: true });
+        n++;
+      }
+    return n;
   }
 
   async close(): Promise<void> {}

@@ -21,7 +21,7 @@ import type { S3Client } from '@aws-sdk/client-s3';
 import { VdiskError } from '../../core/errors.js';
 import type { ReadSource } from '../../core/host-file.js';
 import { cachedSource } from './random.js';
-import type { BlobStore, BlobWriter } from './store.js';
+import type { BlobEntry, BlobStore, BlobWriter, CleanupOptions } from './store.js';
 
 const KEY_RE = /^[A-Za-z0-9._-]+$/;
 const MIB = 1 << 20;
@@ -367,7 +367,7 @@ export class S3Store implements BlobStore {
     );
   }
 
-  async *list(): AsyncIterable<string> {
+  async *list(): AsyncIterable<BlobEntry> {
     const { bucket, prefix } = this.location;
     let token: string | undefined;
     do {
@@ -381,14 +381,15 @@ export class S3Store implements BlobStore {
       for (const o of r.Contents ?? []) {
         const name = o.Key?.slice(prefix.length);
         // Only our own keys: nothing from a deeper prefix.
-        if (name !== undefined && KEY_RE.test(name) && !name.startsWith('.')) yield name;
+        if (name !== undefined && KEY_RE.test(name) && !name.startsWith('.'))
+          yield { key: name, modified: o.LastModified ?? new Date(0) };
       }
       token = r.IsTruncated === true ? r.NextContinuationToken : undefined;
     } while (token !== undefined);
   }
 
   /** Multipart uploads under our prefix that this process is not writing. */
-  async *pendingUploads(): AsyncIterable<{ key: string; uploadId: string }> {
+  async *pendingUploads(): AsyncIterable<{ key: string; name: string; uploadId: string; initiated: Date }> {
     const { bucket, prefix } = this.location;
     let keyMarker: string | undefined;
     let idMarker: string | undefined;
@@ -405,7 +406,7 @@ export class S3Store implements BlobStore {
         const name = u.Key?.slice(prefix.length);
         if (u.Key === undefined || u.UploadId === undefined || name === undefined) continue;
         if (!KEY_RE.test(name) || this.active.has(u.UploadId)) continue;
-        yield { key: u.Key, uploadId: u.UploadId };
+        yield { key: u.Key, name, uploadId: u.UploadId, initiated: u.Initiated ?? new Date(0) };
       }
       if (r.IsTruncated !== true) break;
       keyMarker = r.NextKeyMarker;
@@ -414,9 +415,9 @@ export class S3Store implements BlobStore {
     }
   }
 
-  async cleanup(): Promise<void> {
+  private async abortUploads(pick: (u: { name: string; initiated: Date }) => boolean): Promise<number> {
     const stale: { key: string; uploadId: string }[] = [];
-    for await (const u of this.pendingUploads()) stale.push(u);
+    for await (const u of this.pendingUploads()) if (pick(u)) stale.push(u);
     for (const u of stale)
       await this.client
         .send(
@@ -429,6 +430,17 @@ export class S3Store implements BlobStore {
         .catch((err) => {
           if (httpStatus(err) !== 404) throw err;
         });
+    return stale.length;
+  }
+
+  cleanup(opts: CleanupOptions = {}): Promise<number> {
+    return this.abortUploads(
+      (u) => opts.keep?.(u.name) !== true && (opts.before === undefined || u.initiated < opts.before),
+    );
+  }
+
+  abortPending(key: string): Promise<number> {
+    return this.abortUploads((u) => u.name === key);
   }
 
   async close(): Promise<void> {

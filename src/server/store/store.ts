@@ -20,6 +20,17 @@ export interface BlobWriter {
   abort(): Promise<void>;
 }
 
+export interface BlobEntry {
+  key: string;
+  /** Last written (S3: LastModified, the server's clock; files: mtime). */
+  modified: Date;
+}
+
+export interface CleanupOptions {
+  keep?: (key: string) => boolean;
+  before?: Date;
+}
+
 export interface BlobStore {
   readonly kind: string;
   create(key: string): Promise<BlobWriter>;
@@ -40,8 +51,19 @@ export interface BlobStore {
   /** Optional, for stores on the local filesystem: the blob's path (read-only use). */
   localPath?(key: string): string;
   delete(key: string): Promise<void>;
-  list(): AsyncIterable<string>;
-  /** Remove temporary objects of uploads that never committed. */
-  cleanup(): Promise<void>;
+  /** The blobs, with the time each was last written (the orphan collector's age rule). */
+  list(): AsyncIterable<BlobEntry>;
+  /**
+   * Remove temporary objects of uploads that never committed (never those this process is
+   * writing); returns how many went. With several nodes on one store, `keep` names the keys
+   * a live node may be writing and `before` spares what was written since the caller took its
+   * picture of the live writers (see src/server/nodes.ts).
+   */
+  cleanup(opts?: CleanupOptions): Promise<number>;
+  /**
+   * Remove the temporary objects of one key (an upload whose node died: the caller has
+   * claimed the image, so no live writer can be writing this key); returns how many went.
+   */
+  abortPending(key: string): Promise<number>;
   close(): Promise<void>;
 }
