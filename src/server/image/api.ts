@@ -292,26 +292,29 @@ export class ImageApi {
 
     router.on('PUT', '/v2/images/:id/tags/:tag', async (c) => {
       const ctx = await auth(c);
-      const img = await this.mutableImage(ctx, c.params['id']!);
       const tag = c.params['tag']!;
-      const err = validateValue({ type: 'string', maxLength: 255 }, tag, 'tag');
-      if (err !== null) throw new HttpError(400, `Provided object does not match schema 'image': ${err}`);
-      if (!img.tags.includes(tag)) {
+      await this.modify(ctx, c.params['id']!, async (img) => {
+        if (!canModify(ctx, img)) throw new HttpError(403, 'You are not permitted to modify this image.');
+        const err = validateValue({ type: 'string', maxLength: 255 }, tag, 'tag');
+        if (err !== null) throw new HttpError(400, `Provided object does not match schema 'image': ${err}`);
+        if (img.tags.includes(tag)) return null;
         if (img.tags.length + 1 > this.svc.settings.imageTagQuota)
           throw new HttpError(
             413,
             `Maximum tag count exceeded: ${img.tags.length + 1} > ${this.svc.settings.imageTagQuota}`,
           );
-        await this.save(img.id, { tags: [...img.tags, tag] });
-      }
+        return { tags: [...img.tags, tag] };
+      });
       sendEmpty(c.res, 204);
     });
     router.on('DELETE', '/v2/images/:id/tags/:tag', async (c) => {
       const ctx = await auth(c);
-      const img = await this.mutableImage(ctx, c.params['id']!);
       const tag = c.params['tag']!;
-      if (!img.tags.includes(tag)) throw new HttpError(404, `Tag ${tag} not found`);
-      await this.save(img.id, { tags: img.tags.filter((t) => t !== tag) });
+      await this.modify(ctx, c.params['id']!, async (img) => {
+        if (!canModify(ctx, img)) throw new HttpError(403, 'You are not permitted to modify this image.');
+        if (!img.tags.includes(tag)) throw new HttpError(404, `Tag ${tag} not found`);
+        return { tags: img.tags.filter((t) => t !== tag) };
+      });
       sendEmpty(c.res, 204);
     });
 
@@ -347,11 +350,43 @@ export class ImageApi {
     await sendData(this.svc, img, c.req, c.res);
   }
 
-  private async save(id: string, set: Partial<Omit<ImageRow, 'id' | 'created_at'>>): Promise<void> {
-    const row: Record<string, unknown> = { ...set, updated_at: new Date() };
-    if (set.tags !== undefined) row['tags'] = JSON.stringify(set.tags);
-    if (set.properties !== undefined) row['properties'] = JSON.stringify(set.properties);
-    await this.db.updateTable('images').set(row).where('id', '=', id).execute();
+  /**
+   * Read-modify-write of one image with no lost update, whichever requests and nodes race:
+   * `apply` computes the change from the row as read (throwing to refuse it, null for none),
+   * and the UPDATE holds only while the row is unchanged since it was read (PostgreSQL's
+   * `xmin`, the transaction that last wrote the row; PGlite is PostgreSQL too). When another
+   * write came between, `apply` runs again on the new row, as a serial execution would.
+   */
+  private async modify(
+    ctx: AuthContext,
+    id: string,
+    apply: (img: ImageRow) => Promise<Partial<Omit<ImageRow, 'id' | 'created_at'>> | null>,
+  ): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      const r = await this.db
+        .selectFrom('images')
+        .selectAll()
+        .select(sql<string>`xmin::text`.as('row_version'))
+        .where('id', '=', id)
+        .executeTakeFirst();
+      if (r === undefined || !(await isVisible(this.db, ctx, r)))
+        throw new HttpError(404, `No image found with ID ${id}`);
+      const { row_version, ...img } = r;
+      const set = await apply(img);
+      if (set === null) return;
+      const row: Record<string, unknown> = { ...set, updated_at: new Date() };
+      if (set.tags !== undefined) row['tags'] = JSON.stringify(set.tags);
+      if (set.properties !== undefined) row['properties'] = JSON.stringify(set.properties);
+      const u = await this.db
+        .updateTable('images')
+        .set(row)
+        .where('id', '=', id)
+        .where(sql<boolean>`xmin::text = ${row_version}`)
+        .executeTakeFirst();
+      if (u.numUpdatedRows > 0n) return;
+      if (attempt >= 100)
+        throw new HttpError(409, `Image ${id} is being changed by other requests; try again.`);
+    }
   }
 
   private async create(c: Ctx, ctx: AuthContext): Promise<void> {
@@ -477,100 +512,103 @@ export class ImageApi {
       throw new HttpError(415, 'The request has media type not supported by this service.', {
         'Accept-Patch': Object.keys(types).sort().join(', '),
       });
-    const img = await this.visibleImage(ctx, c.params['id']!);
+    const id = c.params['id']!;
+    // The image must be visible before its body is read (404 first, as Glance).
+    await this.visibleImage(ctx, id);
     const body = await readJson(c.req);
     if (!Array.isArray(body))
       throw new HttpError(400, 'Request body must be a JSON array of operation objects.');
     const changes = body.map((raw) => parseChange(raw, draft, this.svc.settings));
-    if (changes.length > 0 && !canModify(ctx, img)) {
-      const root = changes[0]!.path[0]!;
-      throw new HttpError(403, `You are not permitted to modify '${root}' on this image.`);
-    }
+    await this.modify(ctx, id, async (img) => {
+      if (changes.length > 0 && !canModify(ctx, img)) {
+        const root = changes[0]!.path[0]!;
+        throw new HttpError(403, `You are not permitted to modify '${root}' on this image.`);
+      }
 
-    const next = { ...img, properties: { ...img.properties }, tags: [...img.tags] };
-    for (const ch of changes) {
-      const root = ch.path[0]!;
-      if (root === 'locations')
-        throw new HttpError(403, "It's not allowed to update locations if locations are invisible.");
-      // With several stores `stores` is the image's (Glance's schema has it read-only then).
-      if (root === 'stores' && this.svc.stores !== null)
-        throw new HttpError(403, "Attribute 'stores' is read-only.");
-      const isBase = BASE_ATTRS.has(root);
-      if (ch.op === 'remove') {
-        if (isBase) throw new HttpError(403, `Property ${root} may not be removed.`);
-        if (!(root in next.properties)) throw new HttpError(409, `Property ${root} does not exist.`);
-        delete next.properties[root];
-        continue;
-      }
-      if (ch.op === 'replace' && !isBase && !(root in next.properties))
-        throw new HttpError(409, `Property ${root} does not exist.`);
-      if (ch.op === 'add' && draft === 4 && (isBase || root in next.properties))
-        throw new HttpError(409, `Property ${root} already present.`);
-      const v = ch.value;
-      if (!isBase) {
-        next.properties[root] = v as string;
-        continue;
-      }
-      switch (root) {
-        case 'name':
-          next.name = v as string | null;
-          break;
-        case 'visibility':
-          if (v === 'public' && next.visibility !== 'public') enforce('publicize_image', ctx, {});
-          next.visibility = v as string;
-          break;
-        case 'protected':
-          next.protected = v as boolean;
-          break;
-        case 'os_hidden':
-          next.os_hidden = v as boolean;
-          break;
-        case 'min_disk':
-        case 'min_ram':
-          if ((v as number) < 0) throw new HttpError(400, `Invalid value for ${root}: must be >= 0`);
-          next[root] = v as number;
-          break;
-        case 'disk_format':
-        case 'container_format':
-          if (next[root] !== v && next.status !== 'queued')
-            throw new HttpError(403, `Attribute ${root} can be only replaced for a queued image.`);
-          next[root] = v as string | null;
-          break;
-        case 'owner':
-          if (v !== next.owner)
-            enforce('set_image_owner', ctx, {}, "You are not permitted to modify 'owner' on this image.");
-          next.owner = v as string | null;
-          break;
-        case 'tags': {
-          const tags = [...new Set(v as string[])];
-          if (tags.length > this.svc.settings.imageTagQuota)
-            throw new HttpError(
-              413,
-              `Maximum tag count exceeded: ${tags.length} > ${this.svc.settings.imageTagQuota}`,
-            );
-          next.tags = tags;
-          break;
+      const next = { ...img, properties: { ...img.properties }, tags: [...img.tags] };
+      for (const ch of changes) {
+        const root = ch.path[0]!;
+        if (root === 'locations')
+          throw new HttpError(403, "It's not allowed to update locations if locations are invisible.");
+        // With several stores `stores` is the image's (Glance's schema has it read-only then).
+        if (root === 'stores' && this.svc.stores !== null)
+          throw new HttpError(403, "Attribute 'stores' is read-only.");
+        const isBase = BASE_ATTRS.has(root);
+        if (ch.op === 'remove') {
+          if (isBase) throw new HttpError(403, `Property ${root} may not be removed.`);
+          if (!(root in next.properties)) throw new HttpError(409, `Property ${root} does not exist.`);
+          delete next.properties[root];
+          continue;
         }
-        default:
-          throw new HttpError(403, `Attribute '${root}' is read-only.`);
+        if (ch.op === 'replace' && !isBase && !(root in next.properties))
+          throw new HttpError(409, `Property ${root} does not exist.`);
+        if (ch.op === 'add' && draft === 4 && (isBase || root in next.properties))
+          throw new HttpError(409, `Property ${root} already present.`);
+        const v = ch.value;
+        if (!isBase) {
+          next.properties[root] = v as string;
+          continue;
+        }
+        switch (root) {
+          case 'name':
+            next.name = v as string | null;
+            break;
+          case 'visibility':
+            if (v === 'public' && next.visibility !== 'public') enforce('publicize_image', ctx, {});
+            next.visibility = v as string;
+            break;
+          case 'protected':
+            next.protected = v as boolean;
+            break;
+          case 'os_hidden':
+            next.os_hidden = v as boolean;
+            break;
+          case 'min_disk':
+          case 'min_ram':
+            if ((v as number) < 0) throw new HttpError(400, `Invalid value for ${root}: must be >= 0`);
+            next[root] = v as number;
+            break;
+          case 'disk_format':
+          case 'container_format':
+            if (next[root] !== v && next.status !== 'queued')
+              throw new HttpError(403, `Attribute ${root} can be only replaced for a queued image.`);
+            next[root] = v as string | null;
+            break;
+          case 'owner':
+            if (v !== next.owner)
+              enforce('set_image_owner', ctx, {}, "You are not permitted to modify 'owner' on this image.");
+            next.owner = v as string | null;
+            break;
+          case 'tags': {
+            const tags = [...new Set(v as string[])];
+            if (tags.length > this.svc.settings.imageTagQuota)
+              throw new HttpError(
+                413,
+                `Maximum tag count exceeded: ${tags.length} > ${this.svc.settings.imageTagQuota}`,
+              );
+            next.tags = tags;
+            break;
+          }
+          default:
+            throw new HttpError(403, `Attribute '${root}' is read-only.`);
+        }
       }
-    }
-    if (Object.keys(next.properties).length > this.svc.settings.imagePropertyQuota)
-      throw new HttpError(
-        413,
-        `Maximum number of properties exceeded: ${Object.keys(next.properties).length} > ${this.svc.settings.imagePropertyQuota}`,
-      );
-    // The master of a layered image: named while queued (the data is uploaded against it).
-    const master = next.properties[BACKING_PROP];
-    if (master !== img.properties[BACKING_PROP]) {
-      if (img.status !== 'queued')
-        throw new HttpError(403, `Attribute ${BACKING_PROP} can be only replaced for a queued image.`);
-      if (master !== undefined) await checkMasterOnSet(this.svc, ctx, next, master);
-    } else if (master !== undefined && next.disk_format !== img.disk_format) {
-      await checkMasterOnSet(this.svc, ctx, next, master);
-    }
-    if (changes.length > 0) {
-      await this.save(img.id, {
+      if (Object.keys(next.properties).length > this.svc.settings.imagePropertyQuota)
+        throw new HttpError(
+          413,
+          `Maximum number of properties exceeded: ${Object.keys(next.properties).length} > ${this.svc.settings.imagePropertyQuota}`,
+        );
+      // The master of a layered image: named while queued (the data is uploaded against it).
+      const master = next.properties[BACKING_PROP];
+      if (master !== img.properties[BACKING_PROP]) {
+        if (img.status !== 'queued')
+          throw new HttpError(403, `Attribute ${BACKING_PROP} can be only replaced for a queued image.`);
+        if (master !== undefined) await checkMasterOnSet(this.svc, ctx, next, master);
+      } else if (master !== undefined && next.disk_format !== img.disk_format) {
+        await checkMasterOnSet(this.svc, ctx, next, master);
+      }
+      if (changes.length === 0) return null;
+      return {
         name: next.name,
         visibility: next.visibility,
         protected: next.protected,
@@ -582,9 +620,9 @@ export class ImageApi {
         owner: next.owner,
         tags: next.tags,
         properties: next.properties,
-      });
-    }
-    sendJson(c.res, 200, this.view(await this.reload(img.id)));
+      };
+    });
+    sendJson(c.res, 200, this.view(await this.reload(id)));
   }
 
   private async remove(c: Ctx, ctx: AuthContext): Promise<void> {
