@@ -7,6 +7,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
+import { sql } from 'kysely';
 import type { AuthContext, Services } from '../context.js';
 import { type Ctx, HttpError, isObject, type Router, readJson, sendEmpty, sendJson } from '../http.js';
 import { hexId, keystoneTime } from '../util.js';
@@ -51,22 +52,28 @@ export class Identity {
         .onConflict((oc) => oc.column('name').doNothing())
         .execute();
     }
-    const existing = await db.selectFrom('users').select('id').where('name', '=', 'admin').executeTakeFirst();
-    if (existing !== undefined) {
-      if (adminPassword !== undefined) {
-        await db
-          .updateTable('users')
-          .set({ password_hash: await hashPassword(adminPassword) })
-          .where('id', '=', existing.id)
-          .execute();
-      }
-      return null;
-    }
     const generated = adminPassword === undefined;
     const password = adminPassword ?? randomBytes(18).toString('base64url');
-    const projectId = hexId();
-    const userId = hexId();
-    await db.transaction().execute(async (tx) => {
+    // Nodes starting together on one database: one of them creates the admin (the lock is
+    // the transaction's); the others find it.
+    const created = await db.transaction().execute(async (tx) => {
+      await sql`SELECT pg_advisory_xact_lock(7462)`.execute(tx);
+      const existing = await tx
+        .selectFrom('users')
+        .select('id')
+        .where('name', '=', 'admin')
+        .executeTakeFirst();
+      if (existing !== undefined) {
+        if (!generated)
+          await tx
+            .updateTable('users')
+            .set({ password_hash: await hashPassword(password) })
+            .where('id', '=', existing.id)
+            .execute();
+        return false;
+      }
+      const projectId = hexId();
+      const userId = hexId();
       await tx
         .insertInto('projects')
         .values({
@@ -106,8 +113,9 @@ export class Identity {
           .values({ user_id: userId, project_id: project.id, role_id: r.id })
           .execute();
       }
+      return true;
     });
-    return generated ? password : null;
+    return created && generated ? password : null;
   }
 
   /** The caller of a request, from X-Auth-Token; throws 401. */
