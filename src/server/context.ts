@@ -40,6 +40,11 @@ export interface ServerSettings {
   /** Masters below an overlay at most (backing_image_id chains). */
   maxChainDepth: number;
   /**
+   * Seconds a node's lease lasts (src/server/nodes.ts): what a node that stopped renewing it
+   * was writing is recovered by another node this long after its last renewal.
+   */
+  nodeLeaseSeconds: number;
+  /**
    * Uploads must be in the format their disk_format names (Glance's [image_format]
    * require_image_format_match). Off: a mismatch is accepted (hostile content is still refused).
    */
@@ -91,6 +96,7 @@ export const defaultSettings = (): ServerSettings => ({
   importDisallowedPorts: [],
   importConvertTo: null,
   maxChainDepth: 16,
+  nodeLeaseSeconds: 30,
   requireImageFormatMatch: true,
   diskFormats: [...DISK_FORMATS],
   containerFormats: [...CONTAINER_FORMATS],

@@ -98,8 +98,16 @@ export type Handler = (ctx: Ctx) => Promise<void>;
 
 interface Route {
   method: string;
+  /** As registered: `/v2/images/:id/file` (the metrics' route label). */
+  pattern: string;
   parts: string[];
   handler: Handler;
+}
+
+export interface RouteMatch {
+  handler: Handler;
+  params: Record<string, string>;
+  route: string;
 }
 
 /** Routes like `/v2/images/:id/file`; exact segment count, `:name` captures one segment. */
@@ -107,12 +115,12 @@ export class Router {
   private routes: Route[] = [];
 
   on(method: string, pattern: string, handler: Handler): this {
-    this.routes.push({ method, parts: pattern.split('/').filter((p) => p !== ''), handler });
+    this.routes.push({ method, pattern, parts: pattern.split('/').filter((p) => p !== ''), handler });
     return this;
   }
 
   /** The handler for a request, or an HttpError (404 when no path matches, 405 + Allow on method). */
-  match(method: string, path: string): { handler: Handler; params: Record<string, string> } {
+  match(method: string, path: string): RouteMatch {
     const segs = path.split('/').filter((p) => p !== '');
     // `/v2/images/` names the image whose id is empty (Glance answers 404 for it, not the
     // list): a trailing slash is first tried as an empty last segment, then ignored.
@@ -126,7 +134,7 @@ export class Router {
     return this.find(method, segs);
   }
 
-  private find(method: string, segs: string[]): { handler: Handler; params: Record<string, string> } {
+  private find(method: string, segs: string[]): RouteMatch {
     const allowed: string[] = [];
     for (const r of this.routes) {
       if (r.parts.length !== segs.length) continue;
@@ -150,7 +158,7 @@ export class Router {
       if (!ok) continue;
       if (!allowed.includes(r.method)) allowed.push(r.method);
       if (r.method === method || (method === 'HEAD' && r.method === 'GET'))
-        return { handler: r.handler, params };
+        return { handler: r.handler, params, route: r.pattern };
     }
     if (allowed.length > 0)
       throw new HttpError(405, 'The method is not allowed for the requested URL.', {

@@ -7,11 +7,10 @@
  * flight finish (bounded), then closes the database cleanly.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, rm } from 'node:fs/promises';
+import { mkdir, open } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { sql } from 'kysely';
 import { VdiskError } from '../core/errors.js';
 import { native } from '../native/index.js';
 import { defaultSettings, type ServerSettings, type Services } from './context.js';
@@ -19,6 +18,7 @@ import { type MetaDb, openPglite, openPostgres } from './db/connect.js';
 import { HttpError, httpErrorOf, Router, sendGlanceError, sendKeystoneError } from './http.js';
 import { Identity } from './identity/keystone.js';
 import { ImageApi, type ImageApiOptions } from './image/api.js';
+import type { AccessEvent } from './ops.js';
 import { FsStore } from './store/fs.js';
 import type { BlobStore } from './store/store.js';
 import { type NamedStore, StoreSet, type StoreSpec } from './store/stores.js';
@@ -38,6 +38,8 @@ export interface ServeOptions {
   adminPassword?: string;
   settings?: Partial<ServerSettings>;
   log?: (line: string) => void;
+  /** One event per request (vdisk serve --log-format json writes them as JSON lines). */
+  accessLog?: (e: AccessEvent) => void;
   imageApi?: ImageApiOptions;
   /** The built dashboard (default: dist/web beside dist/server, see dashboard.ts). */
   dashboardDir?: string;
@@ -113,72 +115,6 @@ async function openStores(specs: StoreSpec[], dataDir: string): Promise<NamedSto
   return out;
 }
 
-/** Repair what a crash left behind. */
-async function recover(svc: Services, log: (s: string) => void): Promise<void> {
-  const all = svc.stores === null ? [svc.store] : svc.stores.list.map((s) => s.store);
-  for (const st of all) await st.cleanup();
-  // What a crash left of conversions and spilled exports.
-  await rm(svc.workDir, { recursive: true, force: true });
-  await mkdir(svc.workDir, { recursive: true });
-  const stuck = await svc.db
-    .updateTable('images')
-    .set({ status: 'queued', writer: null, updated_at: new Date() })
-    .where('status', '=', 'saving')
-    .where('writer', '<>', svc.instanceId)
-    .executeTakeFirst();
-  if (stuck.numUpdatedRows > 0n)
-    log(`recovered ${stuck.numUpdatedRows} interrupted upload(s): back to queued`);
-  let orphans = 0;
-  if (svc.stores === null) {
-    const referenced = new Set(
-      (await svc.db.selectFrom('images').select('blob').where('blob', 'is not', null).execute()).map(
-        (r) => r.blob,
-      ),
-    );
-    for await (const key of svc.store.list()) {
-      if (!referenced.has(key)) {
-        await svc.store.delete(key);
-        orphans++;
-      }
-    }
-  } else {
-    // Images stored before the server had several stores were in its one store: the default.
-    const legacy = await svc.db
-      .updateTable('images')
-      .set({ stores: JSON.stringify([svc.stores.defaultId]) as never })
-      .where('blob', 'is not', null)
-      .where('blob', 'not like', 'staging-%')
-      .where(sql<boolean>`stores = '[]'::jsonb`)
-      .executeTakeFirst();
-    if (legacy.numUpdatedRows > 0n)
-      log(
-        `${legacy.numUpdatedRows} image(s) stored before multiple stores: in the default store '${svc.stores.defaultId}'`,
-      );
-    const rows = await svc.db
-      .selectFrom('images')
-      .select(['id', 'blob', 'status', 'stores'])
-      .where((eb) => eb.or([eb('blob', 'is not', null), eb('status', 'in', ['uploading', 'importing'])]))
-      .execute();
-    for (const ns of svc.stores.list) {
-      // A store keeps the data of the images that name it, and (the staging store) staged data.
-      const referenced = new Set<string>();
-      for (const r of rows) {
-        if (r.blob !== null && !r.blob.startsWith('staging-') && r.stores.includes(ns.id))
-          referenced.add(r.blob);
-        if (ns.id === svc.stores.defaultId && (r.status === 'uploading' || r.status === 'importing'))
-          referenced.add(`staging-${r.id}`);
-      }
-      for await (const key of ns.store.list()) {
-        if (!referenced.has(key)) {
-          await ns.store.delete(key);
-          orphans++;
-        }
-      }
-    }
-  }
-  if (orphans > 0) log(`removed ${orphans} orphaned blob(s)`);
-}
-
 export async function startServer(opts: ServeOptions): Promise<RunningServer> {
   const log = opts.log ?? (() => {});
   await mkdir(opts.dataDir, { recursive: true });
@@ -211,7 +147,24 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
   };
   const identity = new Identity(svc);
   const generatedPassword = await identity.bootstrap(opts.adminPassword);
-  await recover(svc, log);
+  const { NodeLease, nodeKey } = await import('./nodes.js');
+  const lease = new NodeLease(
+    svc.db,
+    svc.instanceId,
+    await nodeKey(opts.dataDir),
+    svc.settings.nodeLeaseSeconds,
+    log,
+  );
+  const { recoverOnStart, reapDeadWriters } = await import('./recovery.js');
+  try {
+    await lease.start();
+    await recoverOnStart(svc, log);
+  } catch (err) {
+    await lease.release();
+    await meta.close();
+    await unlock();
+    throw err;
+  }
 
   const router = new Router();
   identity.routes(router);
@@ -221,8 +174,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
   }
   const { inspectUpload } = await import('./image/inspect.js');
   const imageApi = new ImageApi(svc, identity, { inspect: inspectUpload, ...opts.imageApi });
-  const { ImportApi, recoverImports } = await import('./image/import.js');
-  await recoverImports(svc, log);
+  const { ImportApi } = await import('./image/import.js');
   const importApi = new ImportApi(svc, identity, imageApi, {
     inspect: opts.imageApi?.inspect ?? inspectUpload,
   });
@@ -242,20 +194,31 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
   const { setupMetadefs } = await import('./metadefs/index.js');
   await setupMetadefs(svc, identity, router, log);
 
+  const { Ops } = await import('./ops.js');
+  const ops = await Ops.create(svc, lease, opts.accessLog);
+
   const inflight = new Set<Promise<void>>();
   const handle = async (req: IncomingMessage, res: ServerResponse) => {
     const url = new URL(req.url ?? '/', 'http://x');
     const path = url.pathname;
     const keystone = path === '/v3' || path.startsWith('/v3/');
     res.setHeader('x-openstack-request-id', `req-${crypto.randomUUID()}`);
+    const tracked = ops.track(req, res);
     try {
+      if (Ops.PATHS.has(path)) {
+        tracked.matched(path);
+        await ops.serve(path, res);
+        return;
+      }
       if (path === '/dashboard' || path.startsWith('/dashboard/')) {
         // The web dashboard: loaded on its first request only.
+        tracked.matched('/dashboard/');
         const { serveDashboard, defaultDashboardDir } = await import('./dashboard.js');
         await serveDashboard(req, res, path, opts.dashboardDir ?? defaultDashboardDir());
         return;
       }
-      const { handler, params } = router.match(req.method ?? 'GET', path);
+      const { handler, params, route } = router.match(req.method ?? 'GET', path);
+      tracked.matched(route);
       await handler({ req, res, method: req.method ?? 'GET', path, query: url.searchParams, params });
     } catch (err) {
       let e = httpErrorOf(err);
@@ -292,6 +255,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     server.once('listening', resolve);
     server.once('error', reject);
   }).catch(async (err) => {
+    await lease.release();
     await meta.close();
     await unlock();
     throw new VdiskError(
@@ -301,14 +265,20 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
   });
   const addr = server.address() as AddressInfo;
   const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
+  const url = `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${addr.port}`;
+  await lease.setUrl(url);
+  lease.every(async () => {
+    await reapDeadWriters(svc, log);
+  });
   let closing: Promise<void> | undefined;
   return {
-    url: `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${addr.port}`,
+    url,
     port: addr.port,
     services: svc,
     generatedPassword,
     close(timeoutMs = 30000) {
       closing ??= (async () => {
+        ops.drain();
         const stopped = new Promise<void>((r) => server.close(() => r()));
         server.closeIdleConnections();
         const deadline = new Promise<void>((r) => setTimeout(r, timeoutMs).unref());
@@ -317,6 +287,8 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
         await stopped;
         await Promise.allSettled([...inflight]);
         await importApi.drain(timeoutMs);
+        // Drained: nothing of this node needs recovering.
+        await lease.release();
         await svc.cache?.close();
         if (stores === null) await store.close();
         else for (const s of stores.list) await s.store.close();

@@ -28,6 +28,8 @@ export interface ServeConfig {
   /** Multi-store mode (`--store NAME=…` values): the stores and the default. */
   stores: { stores: StoreSpec[]; defaultId: string } | undefined;
   adminPassword: string | undefined;
+  /** `text`: messages as lines; `json`: one JSON object per message and per request. */
+  logFormat: 'text' | 'json';
   settings: ServerSettings;
 }
 
@@ -81,6 +83,17 @@ export const SETTINGS: readonly Spec[] = [
     metavar: 'PORT',
     help: 'port (0: any free port)',
     defaultText: '9292',
+  },
+  {
+    target: 'logFormat',
+    flag: 'log-format',
+    key: 'log_format',
+    section: 'vdisk',
+    kind: 'choice',
+    choices: ['text', 'json'],
+    metavar: 'text|json',
+    help: 'json: one JSON object per line for each message and each request (time, node, request id as clients see it in x-openstack-request-id, route, status, duration, bytes), for log collectors',
+    defaultText: 'text',
   },
   {
     target: 'dataDir',
@@ -338,6 +351,15 @@ export const SETTINGS: readonly Spec[] = [
     metavar: 'N',
     help: 'masters below an overlay at most (backing_image_id chains)',
   },
+  {
+    target: S('nodeLeaseSeconds'),
+    flag: 'node-lease',
+    key: 'node_lease_seconds',
+    section: 'vdisk',
+    kind: 'int',
+    metavar: 'SECONDS',
+    help: "a node's lease on what it writes; renewed every third of it (several nodes: see docs/registry.md)",
+  },
 ];
 
 /** `--flag` → VDISK_FLAG (dashes as underscores). */
@@ -349,6 +371,7 @@ function defaultsOf(): Record<string, unknown> {
     host: '127.0.0.1',
     port: 9292,
     dataDir: 'vdisk-data',
+    logFormat: 'text',
     databaseUrl: undefined,
     store: [],
     defaultStore: undefined,
@@ -551,6 +574,7 @@ export async function resolveConfig(
     store: stores.mode === 'single' ? stores.location : undefined,
     stores: stores.mode === 'multi' ? { stores: stores.stores, defaultId: stores.defaultId } : undefined,
     adminPassword: values['adminPassword'] as string | undefined,
+    logFormat: values['logFormat'] as 'text' | 'json',
     settings: st,
   };
 }

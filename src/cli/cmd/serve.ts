@@ -31,6 +31,12 @@ const command: CliCommand = {
     if (args.length > 0) throw new VdiskError('INVALID_ARGUMENT', `Unexpected argument: ${args[0]}`);
     const cfg = await resolveConfig(flags, process.env, (line) => io.err(`vdisk serve: ${line}\n`));
     const { startServer } = await import('../../server/server.js');
+    // json: one object per line, for log collectors; the node's messages and its requests.
+    const json = cfg.logFormat === 'json';
+    const say = (line: string, level = 'info') =>
+      json
+        ? io.err(`${JSON.stringify({ time: new Date().toISOString(), level, msg: line })}\n`)
+        : io.err(`vdisk serve: ${line}\n`);
     const server = await startServer({
       host: cfg.host,
       port: cfg.port,
@@ -40,16 +46,19 @@ const command: CliCommand = {
       ...(cfg.stores !== undefined ? { stores: cfg.stores } : {}),
       ...(cfg.adminPassword !== undefined ? { adminPassword: cfg.adminPassword } : {}),
       settings: cfg.settings,
-      log: (line) => io.err(`vdisk serve: ${line}\n`),
+      log: (line) => say(line, /^(warning|error)\b/.exec(line)?.[1] ?? 'info'),
+      ...(json
+        ? { accessLog: (e) => io.err(`${JSON.stringify({ ...e, level: 'info', msg: 'request' })}\n`) }
+        : {}),
     });
     if (server.generatedPassword !== null)
-      io.err(`vdisk serve: created user admin in project admin with password: ${server.generatedPassword}\n`);
-    io.err(`vdisk serve: listening on ${server.url} (identity: ${server.url}/v3, data: ${cfg.dataDir})\n`);
+      say(`created user admin in project admin with password: ${server.generatedPassword}`);
+    say(`listening on ${server.url} (identity: ${server.url}/v3, data: ${cfg.dataDir})`);
     await new Promise<void>((resolve) => {
       const stop = () => {
         process.off('SIGTERM', stop);
         process.off('SIGINT', stop);
-        io.err('vdisk serve: shutting down\n');
+        say('shutting down');
         server.close().then(resolve, resolve);
       };
       process.on('SIGTERM', stop);

@@ -174,7 +174,22 @@ export interface MetaTable {
   value: string;
 }
 
+/** The serving nodes and their leases (src/server/nodes.ts). */
+export interface NodeTable {
+  /** The instance id (an image's `writer`). */
+  id: string;
+  /** The data directory's node key (its instances replace each other). */
+  node: string;
+  host: string;
+  pid: number;
+  url: string;
+  started_at: ColumnType<Date, unknown, unknown>;
+  heartbeat_at: ColumnType<Date, unknown, unknown>;
+  expires_at: ColumnType<Date, unknown, unknown>;
+}
+
 export interface Database {
+  nodes: NodeTable;
   projects: ProjectTable;
   users: UserTable;
   roles: RoleTable;
@@ -286,6 +301,15 @@ const MIGRATIONS: string[] = [
   // Multiple stores (src/server/store/stores.ts): the stores that hold an image's data.
   `
   ALTER TABLE images ADD COLUMN stores jsonb NOT NULL DEFAULT '[]';
+  `,
+  // Several nodes (src/server/nodes.ts): their leases, and the images being written.
+  `
+  CREATE TABLE nodes (
+    id text PRIMARY KEY, node text NOT NULL, host text NOT NULL, pid integer NOT NULL,
+    url text NOT NULL, started_at timestamptz NOT NULL, heartbeat_at timestamptz NOT NULL,
+    expires_at timestamptz NOT NULL);
+  CREATE INDEX nodes_node ON nodes (node);
+  CREATE INDEX images_writer ON images (writer) WHERE writer IS NOT NULL;
   `,
 ];
 

@@ -1059,107 +1059,106 @@ export class ImportApi {
   }
 }
 
+const failTask = async (svc: Services, task: string | undefined): Promise<void> => {
+  if (task !== undefined)
+    await svc.db
+      .updateTable('tasks')
+      .set({
+        status: 'failure',
+        message: 'The server stopped during the import.',
+        updated_at: new Date(),
+        expires_at: new Date(Date.now() + 48 * 3600 * 1000),
+      })
+      .where('id', '=', task)
+      .where('status', 'in', ['pending', 'processing'])
+      .execute();
+};
+
+// With several stores, the stores still being imported to have failed.
+const failedProgress = (svc: Services, img: ImageRow) =>
+  svc.stores === null
+    ? {}
+    : {
+        [IMPORTING]: '',
+        [FAILED]: storeList([...listOf(img.properties[FAILED]), ...listOf(img.properties[IMPORTING])]),
+      };
+
 /**
- * Start-up repair: imports that were running in a server that stopped fail (their images go
- * back to queued and their staged data is removed); a stage that was cut off goes back to
- * queued. Images staged completely stay `uploading`, ready for `POST /import`.
+ * An import (`importing`, or a stage cut off in `uploading`) whose node died, claimed by this
+ * node (`writer` is ours: src/server/nodes.ts): it fails as Glance fails an import: the image
+ * goes back to queued, its staged data and the copies it had made go, its task fails. An image
+ * staged completely (`uploading` with its data) stays, ready for `POST /import`. Returns
+ * whether the image was recovered.
  */
-export async function recoverImports(svc: Services, log: (s: string) => void): Promise<void> {
-  const stuck = await svc.db
-    .selectFrom('images')
-    .selectAll()
-    .where('status', 'in', ['importing', 'uploading'])
-    .where((eb) => eb.or([eb('writer', 'is', null), eb('writer', '<>', svc.instanceId)]))
-    .execute();
-  const failTask = async (task: string | undefined) => {
-    if (task !== undefined)
-      await svc.db
-        .updateTable('tasks')
-        .set({
-          status: 'failure',
-          message: 'The server stopped during the import.',
-          updated_at: new Date(),
-          expires_at: new Date(Date.now() + 48 * 3600 * 1000),
-        })
-        .where('id', '=', task)
-        .where('status', 'in', ['pending', 'processing'])
-        .execute();
-  };
-  // With several stores, the stores still being imported to have failed.
-  const progress = (img: ImageRow) =>
+export async function recoverImport(svc: Services, img: ImageRow): Promise<boolean> {
+  if (img.status === 'uploading' && img.blob !== null) {
+    await svc.db
+      .updateTable('images')
+      .set({ writer: null })
+      .where('id', '=', img.id)
+      .where('writer', '=', svc.instanceId)
+      .execute();
+    return false;
+  }
+  const task = img.properties[LOCK];
+  const multi =
     svc.stores === null
       ? {}
       : {
-          [IMPORTING]: '',
-          [FAILED]: storeList([...listOf(img.properties[FAILED]), ...listOf(img.properties[IMPORTING])]),
+          stores: '[]' as never,
+          virtual_size: null,
+          checksum: null,
+          os_hash_algo: null,
+          os_hash_value: null,
         };
-  let n = 0;
-  for (const img of stuck) {
-    if (img.status === 'uploading' && img.blob !== null) continue;
-    const task = img.properties[LOCK];
-    const multi =
-      svc.stores === null
-        ? {}
-        : {
-            stores: '[]' as never,
-            virtual_size: null,
-            checksum: null,
-            os_hash_algo: null,
-            os_hash_value: null,
-          };
-    const r = await svc.db
-      .updateTable('images')
-      .set({
-        status: 'queued',
-        size: null,
-        blob: null,
-        writer: null,
-        ...multi,
-        properties: sql`(properties - ${LOCK}::text) || ${JSON.stringify(progress(img))}::jsonb`,
-        updated_at: new Date(),
-      })
-      .where('id', '=', img.id)
-      .where('status', '=', img.status)
-      .executeTakeFirst();
-    // The copies an import with several stores had made are claimed no more.
-    if (
-      r.numUpdatedRows > 0n &&
-      svc.stores !== null &&
-      img.blob !== null &&
-      !img.blob.startsWith(STAGING_PREFIX)
-    )
-      for (const sid of img.stores)
-        await storeById(svc, sid)
-          .delete(img.blob)
-          .catch(() => {});
-    await svc.store.delete(stagingKey(img.id));
-    await failTask(task);
-    n++;
+  // What the dead node was writing: temporaries of the staged data and of the copies.
+  for (const st of svc.stores === null ? [svc.store] : svc.stores.list.map((s) => s.store)) {
+    await st.abortPending(stagingKey(img.id));
+    await st.abortPending(img.id);
   }
-  if (n > 0) log(`recovered ${n} interrupted import(s): back to queued`);
-  // Copies to other stores (copy-image, or an import already active) that a stopped server
-  // was making: the image keeps the stores it has; the task fails and the lock goes.
-  if (svc.stores === null) return;
-  const copying = await svc.db
-    .selectFrom('images')
-    .selectAll()
-    .where('status', '=', 'active')
-    .where('writer', 'is not', null)
-    .where('writer', '<>', svc.instanceId)
-    .where(sql<boolean>`jsonb_exists(properties, ${LOCK}::text)`)
+  const r = await svc.db
+    .updateTable('images')
+    .set({
+      status: 'queued',
+      size: null,
+      blob: null,
+      writer: null,
+      ...multi,
+      properties: sql`(properties - ${LOCK}::text) || ${JSON.stringify(failedProgress(svc, img))}::jsonb`,
+      updated_at: new Date(),
+    })
+    .where('id', '=', img.id)
+    .where('status', '=', img.status)
+    .where('writer', '=', svc.instanceId)
+    .executeTakeFirst();
+  if (r.numUpdatedRows === 0n) return false;
+  // The copies an import with several stores had made are claimed no more.
+  if (svc.stores !== null && img.blob !== null && !img.blob.startsWith(STAGING_PREFIX))
+    for (const sid of img.stores)
+      await storeById(svc, sid)
+        .delete(img.blob)
+        .catch(() => {});
+  await svc.store.delete(stagingKey(img.id));
+  await failTask(svc, task);
+  return true;
+}
+
+/**
+ * A copy to other stores (copy-image, or an import already active) whose node died, claimed
+ * by this node: the image keeps the stores it has; the task fails and the lock goes.
+ */
+export async function recoverCopy(svc: Services, img: ImageRow): Promise<void> {
+  for (const st of svc.stores === null ? [svc.store] : svc.stores.list.map((s) => s.store))
+    await st.abortPending(img.id);
+  await svc.db
+    .updateTable('images')
+    .set({
+      writer: null,
+      properties: sql`(properties - ${LOCK}::text) || ${JSON.stringify(failedProgress(svc, img))}::jsonb`,
+      updated_at: new Date(),
+    })
+    .where('id', '=', img.id)
+    .where('writer', '=', svc.instanceId)
     .execute();
-  for (const img of copying) {
-    await svc.db
-      .updateTable('images')
-      .set({
-        writer: null,
-        properties: sql`(properties - ${LOCK}::text) || ${JSON.stringify(progress(img))}::jsonb`,
-        updated_at: new Date(),
-      })
-      .where('id', '=', img.id)
-      .where('writer', '=', img.writer)
-      .execute();
-    await failTask(img.properties[LOCK]);
-  }
-  if (copying.length > 0) log(`recovered ${copying.length} interrupted copy(ies) to other stores`);
+  await failTask(svc, img.properties[LOCK]);
 }
