@@ -11,6 +11,8 @@
  *
  *   deflateCluster(buf, mode, limit, probe)  compression on the thread pool: vdisk_deflate.c
  *   zstdCluster(buf, mode, size, level)      zstd (the system's libzstd) on the pool: vdisk_zstd.c
+ *   sendfileStart(sock, file, off, n, cb)    sendfile(2) to a socket on a thread: vdisk_sendfile.c
+ *   sendfileCancel(job)
  *
  * The file calls are synchronous: each is one cheap system call on an already open descriptor.
  * Node's fs uses pread/pwrite, so the lseek here never disturbs its reads and writes.
@@ -25,6 +27,7 @@
 #include <unistd.h>
 
 #include "vdisk_deflate.h"
+#include "vdisk_sendfile.h"
 #include "vdisk_zstd.h"
 
 static int get_i64(napi_env env, napi_value v, int64_t *out) {
@@ -106,6 +109,8 @@ static napi_value init(napi_env env, napi_value exports) {
       {"ofdTest", NULL, ofd_test, NULL, NULL, NULL, napi_default, NULL},
       {"deflateCluster", NULL, vdisk_deflate_cluster, NULL, NULL, NULL, napi_default, NULL},
       {"zstdCluster", NULL, vdisk_zstd_cluster, NULL, NULL, NULL, napi_default, NULL},
+      {"sendfileStart", NULL, vdisk_sendfile_start, NULL, NULL, NULL, napi_default, NULL},
+      {"sendfileCancel", NULL, vdisk_sendfile_cancel, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;
