@@ -30,6 +30,11 @@ export interface NativeFs {
    */
   zstdCluster?(input: Buffer, mode: 0 | 1, size: number, level: number): Promise<Buffer | null>;
   /**
+   * sync_file_range(2) with SYNC_FILE_RANGE_WRITE on libuv's pool: the kernel starts writing
+   * the range back now; resolves to 0 or -errno. Absent from an addon built before it existed.
+   */
+  syncRange?(fd: number, offset: number, length: number): Promise<number>;
+  /**
    * sendfile(2) of `count` bytes of `fileFd` from `offset` to the socket `sockFd`, on a thread
    * of its own (native/vdisk_sendfile.c) that holds duplicates of both descriptors. `done`
    * runs on the main thread with 0 when every byte went, else an errno (ECANCELED after
