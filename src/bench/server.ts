@@ -18,7 +18,22 @@
  * The checksums the server records (md5 `checksum`, sha512 `os_hash_value`) are checked
  * against the ones computed here, and every download's length and Content-MD5.
  *
+ * The floor (issue 14): an acknowledged upload is hashed twice and on disk, so no upload can
+ * beat the pipeline that does only that. The payload is written to a file in the same
+ * filesystem as the stores, and each transfer round also times
+ *   cat payload | { tee >(md5sum) >(sha512sum); wait; } | dd of=blob bs=4M conv=fsync
+ * (the `wait` makes the hashes part of the time; their output is checked too), taking turns
+ * with the servers' uploads. Downloads get their own phase: one image per server, downloaded
+ * BENCH_DOWN_REPEAT times by each in turn (the order rotating every round): vdisk (sendfile
+ * from the file store), vdisk "before" (below: the copying path), Glance, and as the
+ * download floor `cat blob > /dev/null` of vdisk's blob (the page cache read alone, no socket).
+ * "Before" is a second vdisk server with VDISK_ZERO_COPY=0 VDISK_WRITE_BACK=0: this build with
+ * the download and upload changes of issue 14 turned off, measured in the same rounds.
+ *
  * Environment: BENCH_SERVER_SIZE (1G), BENCH_SERVER_IMAGES (10000), BENCH_REPEAT (3),
+ * BENCH_DOWN_REPEAT (5), BENCH_FLOOR (1; 0 skips the floor pipeline), BENCH_BEFORE (1: also a
+ * vdisk with VDISK_ZERO_COPY=0 VDISK_WRITE_BACK=0, the data path as it was before issue 14,
+ * in the upload rounds and the download phase; 0: not),
  * BENCH_LIST_N (200), BENCH_DIR (temp dir), BENCH_GLANCE (auto: run Glance when
  * /usr/bin/glance-api exists; 0: never; 1: required), BENCH_SERVER_NODE_ARGS (extra node
  * flags for the vdisk server, e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`),
@@ -26,10 +41,21 @@
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { type Agent, request } from 'node:http';
 import { connect } from 'node:net';
-import { cpus, tmpdir, totalmem } from 'node:os';
+import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseSize } from '../core/size.js';
@@ -40,6 +66,9 @@ const MiB = 1 << 20;
 const SIZE = parseSize(process.env['BENCH_SERVER_SIZE'] ?? '1G') ?? 2 ** 30;
 const COUNT = Number(process.env['BENCH_SERVER_IMAGES'] ?? 10000);
 const REPEAT = Number(process.env['BENCH_REPEAT'] ?? 3);
+const DOWN_REPEAT = Number(process.env['BENCH_DOWN_REPEAT'] ?? 5);
+const FLOOR = process.env['BENCH_FLOOR'] !== '0';
+const BEFORE = process.env['BENCH_BEFORE'] !== '0';
 const LIST_N = Number(process.env['BENCH_LIST_N'] ?? 200);
 const GLANCE = process.env['BENCH_GLANCE'] ?? 'auto';
 const THREADS = process.env['BENCH_SERVER_THREADS'] === '1';
@@ -112,7 +141,7 @@ function call(
       );
       resp.on('error', rej);
     });
-    r.on('error', rej);
+    r.on('error', (e) => rej(new Error(`${t.name}: ${method} ${path}: ${e.message}`)));
     r.end(data);
   });
 }
@@ -140,7 +169,7 @@ function upload(t: Target, id: string, sized: boolean): Promise<number> {
         else res(s);
       });
     });
-    r.on('error', rej);
+    r.on('error', (e) => rej(new Error(`${t.name}: upload: ${e.message}`)));
     const it = payload();
     const pump = () => {
       for (;;) {
@@ -285,6 +314,29 @@ function resetPeak(pid: number): void {
   }
 }
 
+/**
+ * A command run without blocking the event loop: a blocked loop would not see a server closing
+ * an idle keep-alive connection, and the next request would go out on the dead socket.
+ */
+function run(
+  cmd: string,
+  args: string[],
+): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (c: string) => {
+      stdout += c;
+    });
+    child.stderr.setEncoding('utf8').on('data', (c: string) => {
+      stderr += c;
+    });
+    child.on('error', reject);
+    child.on('close', (status) => resolve({ status, stdout, stderr }));
+  });
+}
+
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.floor((s.length - 1) / 2)]!;
@@ -340,7 +392,7 @@ const newRuns = (): TransferRuns => ({
 /** One round: a sized and a chunked upload, each downloaded back, checked, and deleted. */
 async function transferRound(t: Target, i: number, hashes: { md5: string; sha512: string }, r: TransferRuns) {
   for (const mode of ['sized', 'chunked'] as const) {
-    spawnSync('sync');
+    await run('sync', []);
     const id = await newImage(t, `bench-${mode}-${i}`);
     resetPeak(t.pid);
     const c0 = cpuSeconds(t.pid);
@@ -367,6 +419,145 @@ async function transferRound(t: Target, i: number, hashes: { md5: string; sha512
       `  ${t.name} ${mode} #${i + 1}: upload ${(SIZE / MiB / s).toFixed(0)} MiB/s, download ${(SIZE / MiB / d).toFixed(0)} MiB/s\n`,
     );
   }
+}
+
+/**
+ * The floor of an upload: the payload file hashed twice and written with fsync, nothing else.
+ * `wait` inside the group waits for both hashes (process substitutions are not part of the
+ * pipeline); `times` gives the CPU of everything the pipeline ran. Checked: both digests and
+ * the size. Two floors: the issue's, with coreutils' md5sum and sha512sum, and the same with
+ * `openssl dgst` (OpenSSL's assembly, the code node:crypto runs: the stricter floor here).
+ */
+const FLOORS = {
+  floor: { md5: 'md5sum', sha512: 'sha512sum', label: 'cat | tee >(md5sum) >(sha512sum) | dd conv=fsync' },
+  'floor-openssl': {
+    md5: 'openssl dgst -md5 -r',
+    sha512: 'openssl dgst -sha512 -r',
+    label: 'the same with openssl dgst -md5 / -sha512',
+  },
+} as const;
+type FloorName = keyof typeof FLOORS;
+
+function floorScript(f: FloorName): string {
+  const { md5, sha512 } = FLOORS[f];
+  return `cat "$1" | { tee >(${md5} > "$2.md5") >(${sha512} > "$2.sha512"); wait; } | dd of="$2" bs=4M conv=fsync status=none; times`;
+}
+
+function shellCpu(stdout: string): number {
+  // `times`: the shell's user and system time, then its children's ("0m1.234s 0m0.567s").
+  const line = stdout.trim().split('\n').at(-1) ?? '';
+  let total = 0;
+  for (const m of line.matchAll(/(\d+)m([\d.]+)s/g)) total += Number(m[1]) * 60 + Number(m[2]);
+  return total;
+}
+
+function floorUpload(
+  f: FloorName,
+  payloadPath: string,
+  blob: string,
+  hashes: { md5: string; sha512: string },
+) {
+  spawnSync('sync');
+  const t0 = performance.now();
+  const r = spawnSync('bash', ['-c', floorScript(f), f, payloadPath, blob], { encoding: 'utf8' });
+  const seconds = (performance.now() - t0) / 1000;
+  if (r.status !== 0) throw new Error(`${f} pipeline failed (${r.status}): ${r.stderr}`);
+  // md5sum and `openssl dgst -r` both print "<hex> <name>".
+  const md5 = readFileSync(`${blob}.md5`, 'utf8').split(' ')[0];
+  const sha512 = readFileSync(`${blob}.sha512`, 'utf8').split(' ')[0];
+  const size = statSync(blob).size;
+  rmSync(blob, { force: true });
+  rmSync(`${blob}.md5`, { force: true });
+  rmSync(`${blob}.sha512`, { force: true });
+  if (md5 !== hashes.md5 || sha512 !== hashes.sha512 || size !== SIZE)
+    throw new Error(
+      `${f} pipeline: ${md5}/${sha512} ${size} bytes, expected ${hashes.md5}/${hashes.sha512} ${SIZE}`,
+    );
+  return { mibs: SIZE / MiB / seconds, cpu: shellCpu(r.stdout) / (SIZE / 2 ** 30) };
+}
+
+function writePayload(path: string): void {
+  const fd = openSync(path, 'w');
+  try {
+    for (const b of payload()) writeSync(fd, b);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+interface DownRuns {
+  mibs: number[];
+  /** Server CPU seconds per GiB (for the floor: cat's). */
+  cpu: number[];
+  rss: number;
+}
+
+/**
+ * Downloads side by side: one image per server (a sized upload, checked), then DOWN_REPEAT
+ * rounds in which each server serves it once and the floor reads vdisk's blob once, the
+ * order rotating every round.
+ */
+async function downloadPhase(
+  targets: Target[],
+  hashes: { md5: string; sha512: string },
+  vdiskDir: string,
+): Promise<Map<string, DownRuns>> {
+  const ids = new Map<Target, string>();
+  for (const t of targets) {
+    const id = await newImage(t, 'bench-download');
+    await upload(t, id, true);
+    const img = await json(t, 'GET', `/v2/images/${id}`);
+    if (img.checksum !== hashes.md5 || img.size !== SIZE)
+      throw new Error(`${t.name}: download image not stored`);
+    ids.set(t, id);
+  }
+  const runs = new Map<string, DownRuns>();
+  const steps: { name: string; run: () => Promise<{ mibs: number; cpu: number; rss: number }> }[] =
+    targets.map((t) => ({
+      name: t.name,
+      run: async () => {
+        resetPeak(t.pid);
+        const c0 = cpuSeconds(t.pid);
+        const s = await download(t, ids.get(t)!, hashes.md5);
+        return {
+          mibs: SIZE / MiB / s,
+          cpu: (cpuSeconds(t.pid) - c0) / (SIZE / 2 ** 30),
+          rss: peakRss(t.pid) ?? 0,
+        };
+      },
+    }));
+  const v = targets.find((t) => t.name === 'vdisk');
+  if (FLOOR && v !== undefined) {
+    const blob = join(vdiskDir, 'images', ids.get(v)!);
+    steps.push({
+      name: 'floor',
+      run: async () => {
+        const t0 = performance.now();
+        const r = await run('bash', ['-c', 'cat "$1" > /dev/null; times', 'floor', blob]);
+        const s = (performance.now() - t0) / 1000;
+        if (r.status !== 0) throw new Error(`cat ${blob}: ${r.stderr}`);
+        return { mibs: SIZE / MiB / s, cpu: shellCpu(r.stdout) / (SIZE / 2 ** 30), rss: 0 };
+      },
+    });
+  }
+  for (const st of steps) runs.set(st.name, { mibs: [], cpu: [], rss: 0 });
+  process.stderr.write(`downloads: ${steps.map((x) => x.name).join(', ')} × ${DOWN_REPEAT}\n`);
+  for (let i = 0; i < DOWN_REPEAT; i++) {
+    const k = i % steps.length;
+    const order = [...steps.slice(k), ...steps.slice(0, k)];
+    const line: string[] = [];
+    for (const st of order) {
+      const r = await st.run();
+      const x = runs.get(st.name)!;
+      x.mibs.push(r.mibs);
+      x.cpu.push(r.cpu);
+      x.rss = Math.max(x.rss, r.rss);
+      line.push(`${st.name} ${r.mibs.toFixed(0)}`);
+    }
+    process.stderr.write(`  download #${i + 1} (MiB/s): ${line.join(', ')}\n`);
+  }
+  for (const t of targets) await json(t, 'DELETE', `/v2/images/${ids.get(t)}`, undefined, 204);
+  return runs;
 }
 
 async function listing(t: Target) {
@@ -476,11 +667,14 @@ function stopChild(child: ChildProcess): Promise<void> {
   });
 }
 
-async function startVdisk(dir: string): Promise<Target> {
+async function startVdisk(dir: string, name = 'vdisk', env: Record<string, string> = {}): Promise<Target> {
   const child = spawn(
     process.execPath,
-    [...NODE_ARGS, join(ROOT, 'bin/vdisk'), 'serve', '--port', '0', '--data-dir', join(dir, 'vdisk')],
-    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, VDISK_ADMIN_PASSWORD: ADMIN_PASSWORD } },
+    [...NODE_ARGS, join(ROOT, 'bin/vdisk'), 'serve', '--port', '0', '--data-dir', join(dir, name)],
+    {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, VDISK_ADMIN_PASSWORD: ADMIN_PASSWORD, ...env },
+    },
   );
   const m = await waitForLine(child, /listening on (http:\/\/\S+) /, 'vdisk serve', 60000);
   const url = m[1]!;
@@ -499,7 +693,7 @@ async function startVdisk(dir: string): Promise<Target> {
   });
   if (r.status !== 201) throw new Error(`vdisk login: ${r.status} ${await r.text()}`);
   return {
-    name: 'vdisk',
+    name,
     url,
     pid: child.pid!,
     headers: { 'X-Auth-Token': r.headers.get('x-subject-token')! },
@@ -617,6 +811,97 @@ function table(rows: string[][]): string {
   );
 }
 
+/**
+ * Against this machine's limits (issue 14): each upload as a fraction of the floor pipeline's
+ * throughput and a multiple of Glance's, downloads (sendfile, the copying path, Glance, the
+ * page-cache read) from the download phase.
+ */
+function limitsTable(
+  results: Record<string, Figures>,
+  before: TransferRuns | null,
+  floors: Map<FloorName, { mibs: number[]; cpu: number[] }>,
+  downs: Map<string, DownRuns> | null,
+  load0: number[],
+  load1: number[],
+): void {
+  const v = results['vdisk'];
+  const g = results['glance'];
+  if (v === undefined) return;
+  const fu = (n: FloorName) => {
+    const x = floors.get(n);
+    return x === undefined ? null : median(x.mibs);
+  };
+  const f = fu('floor');
+  const fo = fu('floor-openssl');
+  const ratio = (a: number | undefined, b: number | null | undefined) =>
+    a === undefined || b === null || b === undefined ? '' : `${fmt(a / b, 2)}×`;
+  const num = (x: number | null | undefined, d = 0) => (x === null || x === undefined ? '' : fmt(x, d));
+  const rows: string[][] = [
+    [
+      'MiB/s (median)',
+      'vdisk',
+      'glance',
+      'floor',
+      'floor, openssl',
+      'vdisk ÷ floor',
+      'vdisk ÷ floor, openssl',
+      'vdisk ÷ glance',
+    ],
+  ];
+  const up = (label: string, a: number, b: number | undefined) =>
+    rows.push([label, fmt(a), num(b), num(f), num(fo), ratio(a, f), ratio(a, fo), ratio(a, b)]);
+  up(`upload ${SIZE / MiB} MiB, Content-Length`, v.uploadSized, g?.uploadSized);
+  up(`upload ${SIZE / MiB} MiB, chunked`, v.uploadChunked, g?.uploadChunked);
+  if (before !== null && before.up.sized.length > 0) {
+    up(`vdisk before (VDISK_WRITE_BACK=0): Content-Length`, median(before.up.sized), g?.uploadSized);
+    up(`vdisk before (VDISK_WRITE_BACK=0): chunked`, median(before.up.chunked), g?.uploadChunked);
+  }
+  const fc = (n: FloorName) => {
+    const x = floors.get(n);
+    return x === undefined ? '' : fmt(median(x.cpu), 2);
+  };
+  rows.push([
+    'upload CPU-s per GiB (server; floor: its processes)',
+    `${fmt(v.cpuUp, 2)}${before !== null && before.cpuUp.length > 0 ? ` (before: ${fmt(median(before.cpuUp), 2)})` : ''}`,
+    g === undefined ? '' : fmt(g.cpuUp, 2),
+    fc('floor'),
+    fc('floor-openssl'),
+    '',
+    '',
+    '',
+  ]);
+  console.log(
+    `\nUploads against this machine's limits (floor: cat | tee >(md5sum) >(sha512sum) | dd bs=4M conv=fsync, as in issue 14, its hashes waited for; floor, openssl: the same with openssl dgst), median of ${REPEAT}; load average ${load0.map((x) => x.toFixed(2)).join(' ')} at the start:\n`,
+  );
+  console.log(table(rows));
+  if (downs === null) return;
+  const gl = downs.get('glance');
+  const cat = downs.get('floor');
+  const drows: string[][] = [
+    [`download ${SIZE / MiB} MiB, median of ${DOWN_REPEAT}`, 'MiB/s', 'CPU-s per GiB', '÷ glance', '÷ cat'],
+  ];
+  const labels: Record<string, string> = {
+    vdisk: 'vdisk, sendfile (default)',
+    'vdisk-before': 'vdisk before: copying path (VDISK_ZERO_COPY=0)',
+    glance: 'glance',
+    floor: 'floor: cat blob > /dev/null (no socket)',
+  };
+  for (const [name, x] of downs) {
+    const m = median(x.mibs);
+    drows.push([
+      labels[name] ?? name,
+      fmt(m),
+      fmt(median(x.cpu), 2),
+      gl === undefined || name === 'glance' ? '' : `${fmt(m / median(gl.mibs), 2)}×`,
+      cat === undefined || name === 'floor' ? '' : `${fmt(m / median(cat.mibs), 2)}×`,
+    ]);
+  }
+  console.log(
+    `\nDownloads side by side (CPU: the server's; cat's for the floor); load average ${load1.map((x) => x.toFixed(2)).join(' ')} after them:\n`,
+  );
+  console.log(table(drows));
+}
+
 async function main() {
   const base = process.env['BENCH_DIR'] ?? tmpdir();
   const dir = mkdtempSync(join(base, 'vdisk-bench-server-'));
@@ -624,10 +909,19 @@ async function main() {
   let exported: ExportFigures | null = null;
   let glanceWhy: string | null = null;
   const targets: Target[] = [];
+  let before: Target | null = null;
+  const beforeRuns = newRuns();
+  const floors = new Map<FloorName, { mibs: number[]; cpu: number[] }>();
+  let downs: Map<string, DownRuns> | null = null;
+  const load0 = loadavg();
+  let load1 = load0;
   try {
     process.stderr.write(`hashing the ${SIZE / MiB} MiB payload…\n`);
     const hashes = expectedHashes();
     targets.push(await startVdisk(dir));
+    // The data path before issue 14's changes, for comparison in the same rounds.
+    if (BEFORE)
+      before = await startVdisk(dir, 'vdisk-before', { VDISK_ZERO_COPY: '0', VDISK_WRITE_BACK: '0' });
     if (GLANCE !== '0') {
       if (!existsSync('/usr/bin/glance-api')) {
         glanceWhy = '/usr/bin/glance-api is not installed (apt-get install glance-api)';
@@ -641,14 +935,52 @@ async function main() {
         }
       }
     }
-    // Transfers in rounds, the servers taking turns (the first one alternates): both see the
-    // same machine, page cache and background load, as far as a shared machine allows.
+    // Transfers in rounds, the servers taking turns (the first one rotates): all see the same
+    // machine, page cache and background load, as far as a shared machine allows.
+    // The floor pipeline takes its turn in the same rounds, its payload in the same filesystem.
     const runs = new Map(targets.map((t) => [t, newRuns()]));
-    process.stderr.write(`transfers of ${SIZE / MiB} MiB × ${REPEAT}\n`);
-    for (let i = 0; i < REPEAT; i++) {
-      const order = i % 2 === 0 ? targets : [...targets].reverse();
-      for (const t of order) await transferRound(t, i, hashes, runs.get(t)!);
+    const payloadPath = join(dir, 'floor-payload');
+    if (FLOOR) writePayload(payloadPath);
+    const rounders: { name: string; round: (i: number) => Promise<void> }[] = targets.map((t) => ({
+      name: t.name,
+      round: (i) => transferRound(t, i, hashes, runs.get(t)!),
+    }));
+    if (before !== null) {
+      const b = before;
+      rounders.splice(1, 0, { name: b.name, round: (i) => transferRound(b, i, hashes, beforeRuns) });
     }
+    for (const f of FLOOR ? (Object.keys(FLOORS) as FloorName[]) : []) {
+      const x = { mibs: [] as number[], cpu: [] as number[] };
+      floors.set(f, x);
+      rounders.push({
+        name: f,
+        round: async (i) => {
+          const r = await floorUpload(f, payloadPath, join(dir, 'floor-blob'), hashes);
+          x.mibs.push(r.mibs);
+          x.cpu.push(r.cpu);
+          process.stderr.write(
+            `  ${f} #${i + 1}: ${FLOORS[f].label}: ${r.mibs.toFixed(0)} MiB/s, ${r.cpu.toFixed(2)} CPU-s/GiB\n`,
+          );
+        },
+      });
+    }
+    process.stderr.write(
+      `transfers of ${SIZE / MiB} MiB × ${REPEAT} (load average ${load0.map((x) => x.toFixed(2)).join(' ')})\n`,
+    );
+    for (let i = 0; i < REPEAT; i++) {
+      const k = i % rounders.length;
+      const order = [...rounders.slice(k), ...rounders.slice(0, k)];
+      for (const t of order) await t.round(i);
+    }
+    rmSync(payloadPath, { force: true });
+    downs = await downloadPhase(
+      before === null ? targets : [targets[0]!, before, ...targets.slice(1)],
+      hashes,
+      join(dir, 'vdisk'),
+    );
+    await before?.stop();
+    before = null;
+    load1 = loadavg();
     for (const t of targets) results[t.name] = await measure(t, runs.get(t)!);
     if (EXPORT) {
       const v = targets[0]!;
@@ -661,6 +993,7 @@ async function main() {
     }
   } finally {
     for (const t of targets) await t.stop();
+    await before?.stop();
     rmSync(dir, { recursive: true, force: true });
   }
 
@@ -740,6 +1073,7 @@ async function main() {
   );
   console.log(table(rows));
   if (glanceWhy !== null) console.log(`\nGlance not measured: ${glanceWhy}`);
+  limitsTable(results, BEFORE ? beforeRuns : null, floors, downs, load0, load1);
   if (exported !== null) {
     const e = exported;
     const v = median(e.vdisk);

@@ -1,6 +1,6 @@
 /**
  * Loader for the small C addon in native/ (lseek SEEK_DATA/SEEK_HOLE, fallocate, OFD locks,
- * deflate and zstd on the thread pool).
+ * deflate and zstd on the thread pool, sendfile to a socket).
  * When it is absent (not built), callers fall back to portable but slower paths, so vdisk
  * still works; `hasNative` tells which one runs.
  */
@@ -29,7 +29,32 @@ export interface NativeFs {
    * frame into exactly `size` bytes (rejects otherwise).
    */
   zstdCluster?(input: Buffer, mode: 0 | 1, size: number, level: number): Promise<Buffer | null>;
+  /**
+   * sync_file_range(2) with SYNC_FILE_RANGE_WRITE on libuv's pool: the kernel starts writing
+   * the range back now; resolves to 0 or -errno. Absent from an addon built before it existed.
+   */
+  syncRange?(fd: number, offset: number, length: number): Promise<number>;
+  /**
+   * sendfile(2) of `count` bytes of `fileFd` from `offset` to the socket `sockFd`, on a thread
+   * of its own (native/vdisk_sendfile.c) that holds duplicates of both descriptors. `done`
+   * runs on the main thread with 0 when every byte went, else an errno (ECANCELED after
+   * `sendfileCancel`, ENODATA when the file ended early, EPIPE/ECONNRESET when the peer went
+   * away), and the bytes the socket took. Throws when it cannot start (no thread, no fd).
+   * Absent from an addon built before it existed.
+   */
+  sendfileStart?(
+    sockFd: number,
+    fileFd: number,
+    offset: number,
+    count: number,
+    done: (errno: number, sent: number) => void,
+  ): SendfileJob;
+  /** Stop a transfer: its `done` follows soon with ECANCELED (or its real outcome). */
+  sendfileCancel?(job: SendfileJob): void;
 }
+
+/** An opaque handle of a transfer in progress. */
+export type SendfileJob = { readonly __sendfileJob: unique symbol };
 
 function load(): NativeFs | null {
   if (process.env['VDISK_NO_NATIVE'] === '1') return null;

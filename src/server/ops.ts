@@ -12,6 +12,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { sql } from 'kysely';
 import type * as Prom from 'prom-client';
 import type { Services } from './context.js';
+import { socketBytesWritten } from './image/zero-copy.js';
 import type { NodeLease } from './nodes.js';
 
 export interface AccessEvent {
@@ -140,7 +141,7 @@ export class Ops {
     const t0 = process.hrtime.bigint();
     const sock = req.socket;
     const read0 = sock.bytesRead;
-    const written0 = sock.bytesWritten;
+    const written0 = socketBytesWritten(sock);
     const method = req.method ?? 'GET';
     let route = 'unmatched';
     let gauge: Prom.Gauge | null = null;
@@ -151,7 +152,7 @@ export class Ops {
       gauge?.dec();
       const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
       const bytesIn = Math.max(0, sock.bytesRead - read0);
-      const bytesOut = Math.max(0, sock.bytesWritten - written0);
+      const bytesOut = Math.max(0, socketBytesWritten(sock) - written0);
       this.m.requests.inc({ method, route, status: String(res.statusCode) });
       this.m.duration.observe({ method, route }, seconds);
       this.m.bytesIn.inc(bytesIn);

@@ -21,6 +21,7 @@ import type { CacheFill } from './cache.js';
 import { type Digests, UploadDigester } from './hashing.js';
 import type { InspectorFactory, MasterInfo } from './inspect.js';
 import type { ImageRow } from './policy.js';
+import { canZeroCopy, sendZeroCopy } from './zero-copy.js';
 
 export interface UploadOutcome {
   size: number;
@@ -329,7 +330,10 @@ export async function sendData(
   try {
     if (file !== undefined) {
       try {
-        await sendFile(file, start, end, res, fill);
+        // sendfile(2) when it can (zero-copy.ts); the cache fill needs the bytes here.
+        const zeroCopy = fill === null && canZeroCopy(res, end - start + 1);
+        if (!zeroCopy || !(await sendZeroCopy(file, start, end, res)))
+          await sendFile(file, start, end, res, fill);
       } finally {
         await file.close();
       }
@@ -358,8 +362,9 @@ const sendBuffers: Buffer[] = [];
 /**
  * Bytes [start, end] of a file to the response: 2 MiB reads into two reused buffers, the
  * next read running while the previous block is written; a buffer is refilled only when the
- * socket has taken it (the write callback), which is also the backpressure. Node has no
- * sendfile; this keeps the copies to the one into the socket and allocates nothing per block.
+ * socket has taken it (the write callback), which is also the backpressure. This keeps the
+ * copies to the one into the socket and allocates nothing per block: the path when sendfile
+ * cannot serve (zero-copy.ts: no addon, TLS, small transfers, the cache being filled).
  */
 async function sendFile(
   fh: FileHandle,

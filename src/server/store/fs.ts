@@ -1,9 +1,10 @@
 /**
  * The filesystem blob store: one file per image under DIR. Writes go to `DIR/.tmp/<key>.<rand>`
  * in large writes (1 MiB: small chunks coalesced, one write in flight while the next fills;
- * chunks of whole MiBs, as uploads give, written in place without a copy), fsync on commit, then
- * rename into place: an acknowledged upload survives a crash, an unacknowledged one leaves
- * only a temporary file that `cleanup` removes.
+ * chunks of whole MiBs, as uploads give, written in place without a copy), the kernel's
+ * write-back started as the data arrives (WRITE_BACK), fsync on commit, then rename into place
+ * and fsync of the directory: an acknowledged upload survives a crash, an unacknowledged one
+ * leaves only a temporary file that `cleanup` removes.
  */
 import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
@@ -11,6 +12,7 @@ import { type FileHandle, mkdir, open, readdir, rename, rm, stat, unlink } from 
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { ReadSource } from '../../core/host-file.js';
+import { native } from '../../native/index.js';
 import type { BlobEntry, BlobStore, BlobWriter, CleanupOptions } from './store.js';
 
 // 1 MiB: as fast as larger writes into the page cache, and on this kind of VM some runs of
@@ -18,6 +20,15 @@ import type { BlobEntry, BlobStore, BlobWriter, CleanupOptions } from './store.j
 // ~0.2 s; the first touch of fresh page-cache memory varies a lot between runs here).
 const CHUNK = 1 << 20;
 const KEY_RE = /^[A-Za-z0-9._-]+$/;
+/**
+ * Write-back starts every WRITE_BACK bytes during the upload (sync_file_range, native): the
+ * disk works while the rest arrives, and the fsync at commit has only the tail left. Without
+ * it a 1 GiB upload waited 1.7–2.9 s in that fsync here, the whole file going to disk after
+ * the last byte came.
+ */
+const WRITE_BACK = 8 << 20;
+/** VDISK_WRITE_BACK=0: no early write-back (the benchmark compares both in one run). */
+const syncRange = process.env['VDISK_WRITE_BACK'] === '0' ? undefined : native?.syncRange;
 
 function checkKey(key: string): string {
   if (!KEY_RE.test(key) || key.startsWith('.')) throw new Error(`invalid blob key '${key}'`);
@@ -31,6 +42,15 @@ async function writeAll(fh: FileHandle, buf: Buffer, off: number, len: number, a
     const { bytesWritten } = await fh.write(buf, off, Math.min(CHUNK, end - off), at);
     off += bytesWritten;
     at += bytesWritten;
+  }
+}
+
+async function syncDir(dir: string): Promise<void> {
+  const d = await open(dir, 'r');
+  try {
+    await d.sync();
+  } finally {
+    await d.close();
   }
 }
 
@@ -48,7 +68,8 @@ export class FsStore implements BlobStore {
   }
 
   async create(key: string): Promise<BlobWriter> {
-    const final = join(this.dir, checkKey(key));
+    const dir = this.dir;
+    const final = join(dir, checkKey(key));
     const tmpPath = join(this.tmp, `${key}.${randomBytes(6).toString('hex')}`);
     const fh = await open(tmpPath, 'wx', 0o600);
     let buf: Buffer = Buffer.allocUnsafe(CHUNK);
@@ -57,6 +78,24 @@ export class FsStore implements BlobStore {
     let inflight: Promise<unknown> = Promise.resolve();
     let spare: Buffer | null = Buffer.allocUnsafe(CHUNK);
     let closed = false;
+    // Bytes handed to write-back so far; one sync_file_range at a time (on the pool).
+    let handed = 0;
+    let syncing: Promise<unknown> | null = null;
+    const writeBack = (written: number) => {
+      if (syncRange === undefined || syncing !== null || written - handed < WRITE_BACK) return;
+      const from = handed;
+      handed = written;
+      syncing = syncRange(fh.fd, from, written - from)
+        .catch(() => {})
+        .finally(() => {
+          syncing = null;
+        });
+    };
+    /** writeAll, then write-back of what is written. */
+    const write = async (b: Buffer, off: number, len: number, at: number) => {
+      await writeAll(fh, b, off, len, at);
+      writeBack(at + len);
+    };
 
     const flush = async () => {
       if (used === 0) return;
@@ -68,7 +107,7 @@ export class FsStore implements BlobStore {
       buf = spare ?? Buffer.allocUnsafe(CHUNK);
       spare = null;
       used = 0;
-      inflight = writeAll(fh, full, 0, len, at).then(() => {
+      inflight = write(full, 0, len, at).then(() => {
         spare = full;
       });
     };
@@ -91,7 +130,7 @@ export class FsStore implements BlobStore {
           await inflight;
           const at = pos;
           pos += whole;
-          const direct = writeAll(fh, chunk, 0, whole, at);
+          const direct = write(chunk, 0, whole, at);
           inflight = direct;
           await direct;
           off = whole;
@@ -107,9 +146,12 @@ export class FsStore implements BlobStore {
       async commit() {
         await flush();
         await inflight;
+        await syncing;
         await fh.sync();
         await finish();
         await rename(tmpPath, final);
+        // The rename itself durable: the directory's entry, before the upload is acknowledged.
+        await syncDir(dir);
       },
       async abort() {
         try {
@@ -117,6 +159,7 @@ export class FsStore implements BlobStore {
         } catch {
           // the write error is what made us abort
         }
+        await syncing;
         await finish().catch(() => {});
         await unlink(tmpPath).catch(() => {});
       },
