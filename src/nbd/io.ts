@@ -15,7 +15,7 @@ export class ConnectionClosed extends Error {
 type Pending =
   | { kind: 'read'; n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void }
   | { kind: 'fill'; buf: Buffer; pos: number; resolve: () => void; reject: (e: Error) => void }
-  | { kind: 'skip'; left: number; resolve: () => void; reject: (e: Error) => void };
+  | { kind: 'skip'; n: number; left: number; resolve: () => void; reject: (e: Error) => void };
 
 /**
  * Reads exact lengths from a socket. Data the server has not asked for is kept up to
@@ -45,8 +45,9 @@ export class SocketReader {
   }
 
   read(n: number): Promise<Buffer> {
+    if (n === 0) return Promise.resolve(Buffer.alloc(0));
     if (this.buffered >= n) return Promise.resolve(this.take(n));
-    if (this.ended !== null) return Promise.reject(this.endError());
+    if (this.ended !== null) return Promise.reject(this.endError(this.buffered > 0));
     return new Promise((resolve, reject) => {
       this.pending = { kind: 'read', n, resolve, reject };
       this.flow();
@@ -67,7 +68,7 @@ export class SocketReader {
       this.flow();
       return Promise.resolve();
     }
-    if (this.ended !== null) return Promise.reject(this.endError());
+    if (this.ended !== null) return Promise.reject(this.endError(pos > 0));
     return new Promise((resolve, reject) => {
       this.pending = { kind: 'fill', buf, pos, resolve, reject };
       this.flow();
@@ -86,9 +87,9 @@ export class SocketReader {
       this.flow();
       return Promise.resolve();
     }
-    if (this.ended !== null) return Promise.reject(this.endError());
+    if (this.ended !== null) return Promise.reject(this.endError(left < n));
     return new Promise((resolve, reject) => {
-      this.pending = { kind: 'skip', left, resolve, reject };
+      this.pending = { kind: 'skip', n, left, resolve, reject };
       this.flow();
     });
   }
@@ -173,13 +174,16 @@ export class SocketReader {
     this.ended = err ?? new ConnectionClosed(false);
     const p = this.pending;
     this.pending = null;
-    if (p !== null) p.reject(this.endError());
+    if (p === null) return;
+    const partial =
+      this.buffered > 0 || (p.kind === 'fill' && p.pos > 0) || (p.kind === 'skip' && p.left < p.n);
+    p.reject(this.endError(partial));
   }
 
-  private endError(): Error {
-    // An end with bytes of an unfinished message still due is a partial read.
-    if (this.ended instanceof ConnectionClosed) return new ConnectionClosed(true);
-    return this.ended ?? new ConnectionClosed(false);
+  /** The error of a read the end interrupted: partial when part of its message had come. */
+  private endError(partial: boolean): Error {
+    if (this.ended instanceof ConnectionClosed) return new ConnectionClosed(partial);
+    return this.ended ?? new ConnectionClosed(partial);
   }
 
   /** Has the peer closed (or the socket failed)? */

@@ -301,33 +301,34 @@ export function truncateUtf8(text: string, max: number): Buffer {
   return b.subarray(0, n);
 }
 
+/** Option names as qemu-nbd 7.2 words them in its messages (nbd_opt_lookup). */
 const optionNames: Record<number, string> = {
-  [OPT_EXPORT_NAME]: 'NBD_OPT_EXPORT_NAME',
-  [OPT_ABORT]: 'NBD_OPT_ABORT',
-  [OPT_LIST]: 'NBD_OPT_LIST',
-  4: 'NBD_OPT_PEEK_EXPORT',
-  [OPT_STARTTLS]: 'NBD_OPT_STARTTLS',
-  [OPT_INFO]: 'NBD_OPT_INFO',
-  [OPT_GO]: 'NBD_OPT_GO',
-  [OPT_STRUCTURED_REPLY]: 'NBD_OPT_STRUCTURED_REPLY',
-  [OPT_LIST_META_CONTEXT]: 'NBD_OPT_LIST_META_CONTEXT',
-  [OPT_SET_META_CONTEXT]: 'NBD_OPT_SET_META_CONTEXT',
-  11: 'NBD_OPT_EXTENDED_HEADERS',
+  [OPT_EXPORT_NAME]: 'export name',
+  [OPT_ABORT]: 'abort',
+  [OPT_LIST]: 'list',
+  4: 'peek export',
+  [OPT_STARTTLS]: 'starttls',
+  [OPT_INFO]: 'info',
+  [OPT_GO]: 'go',
+  [OPT_STRUCTURED_REPLY]: 'structured reply',
+  [OPT_LIST_META_CONTEXT]: 'list meta context',
+  [OPT_SET_META_CONTEXT]: 'set meta context',
 };
 
 export function optionName(option: number): string {
   return optionNames[option] ?? '<unknown>';
 }
 
+/** Command names as qemu-nbd words them (nbd_cmd_lookup). */
 const commandNames: Record<number, string> = {
-  [CMD_READ]: 'NBD_CMD_READ',
-  [CMD_WRITE]: 'NBD_CMD_WRITE',
-  [CMD_DISC]: 'NBD_CMD_DISC',
-  [CMD_FLUSH]: 'NBD_CMD_FLUSH',
-  [CMD_TRIM]: 'NBD_CMD_TRIM',
-  [CMD_CACHE]: 'NBD_CMD_CACHE',
-  [CMD_WRITE_ZEROES]: 'NBD_CMD_WRITE_ZEROES',
-  [CMD_BLOCK_STATUS]: 'NBD_CMD_BLOCK_STATUS',
+  [CMD_READ]: 'read',
+  [CMD_WRITE]: 'write',
+  [CMD_DISC]: 'disconnect',
+  [CMD_FLUSH]: 'flush',
+  [CMD_TRIM]: 'trim',
+  [CMD_CACHE]: 'cache',
+  [CMD_WRITE_ZEROES]: 'write zeroes',
+  [CMD_BLOCK_STATUS]: 'block status',
 };
 
 export function commandName(type: number): string {

@@ -277,7 +277,7 @@ export class NbdSession {
     if (data.length < 6) throw bad(`option '${P.optionName(option)}' has unexpected length`);
     const nameLength = data.readUInt32BE(0);
     if (nameLength > P.MAX_STRING) throw bad('Invalid name length');
-    if (4 + nameLength + 2 > data.length) throw bad(`option '${P.optionName(option)}' has unexpected length`);
+    if (4 + nameLength + 2 > data.length) throw bad(`Inconsistent lengths in option ${P.optionName(option)}`);
     const name = data.subarray(4, 4 + nameLength);
     const count = data.readUInt16BE(4 + nameLength);
     if (4 + nameLength + 2 + 2 * count !== data.length)
@@ -328,7 +328,8 @@ export class NbdSession {
     if (data.length < 4) throw short();
     const nameLength = data.readUInt32BE(0);
     if (nameLength > P.MAX_STRING) throw invalid('Invalid name length');
-    if (4 + nameLength + 4 > data.length) throw short();
+    if (4 + nameLength + 4 > data.length)
+      throw invalid(`Inconsistent lengths in option ${P.optionName(option)}`);
     const name = data.subarray(4, 4 + nameLength);
     const count = data.readUInt32BE(4 + nameLength);
     let at = 4 + nameLength + 4;
