@@ -109,6 +109,11 @@ export class HostFile {
     return this.handle.fd;
   }
 
+  /** The descriptor of a local file; null for a file over a ReadSource. */
+  get localFd(): number | null {
+    return this.fh === null ? null : this.fh.fd;
+  }
+
   private lock(mode: LockMode): void {
     const n = native;
     if (mode === 'none' || n === null) return;

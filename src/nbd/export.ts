@@ -5,6 +5,7 @@
  * the transmission flags, the extents of the two metadata contexts as qemu-nbd computes them,
  * FUA, detect-zeroes and the "fast zero" decision.
  */
+import { layerAt } from '../chain/allocation.js';
 import { isAllZero } from '../core/device.js';
 import type { Image } from '../core/image.js';
 import {
@@ -55,6 +56,14 @@ export interface ReadPiece {
   offset: number;
   length: number;
   zero: boolean;
+  /** Where a data piece lies as it is in a host file, when asked for and known. */
+  direct?: { fd: number; offset: number } | undefined;
+}
+
+/** Can data with host location `d` extend the data piece `last`? */
+function follows(last: ReadPiece, d: ReadPiece['direct']): boolean {
+  if (last.direct === undefined || d === undefined) return last.direct === d;
+  return last.direct.fd === d.fd && last.direct.offset + last.length === d.offset;
 }
 
 export const BASE_ALLOCATION = 'base:allocation';
@@ -120,18 +129,25 @@ export class NbdExport {
 
   /**
    * How a read of [offset, offset+length) splits into data and zeros (the chain's block
-   * status, as qemu-nbd's sparse reads): adjacent pieces of one kind are merged.
+   * status, as qemu-nbd's sparse reads): adjacent pieces of one kind are merged. With
+   * `direct`, data pieces that some layer stores as they are (FormatImage.directFile) say
+   * where: the file's descriptor and offset.
    */
-  async readPieces(offset: number, length: number): Promise<ReadPiece[]> {
+  async readPieces(offset: number, length: number, direct = false): Promise<ReadPiece[]> {
     const out: ReadPiece[] = [];
     const end = offset + length;
     let pos = offset;
     while (pos < end) {
       const e = await this.image.blockStatus(pos, end - pos);
       const n = Math.min(Math.max(e.length, 1), end - pos);
+      let d: ReadPiece['direct'];
+      if (direct && !e.zero && e.hostOffset !== undefined) {
+        const fd = layerAt(this.image, e.depth ?? 0)?.driver.directFile?.(e)?.localFd ?? null;
+        if (fd !== null) d = { fd, offset: e.hostOffset + (pos - e.offset) };
+      }
       const last = out[out.length - 1];
-      if (last !== undefined && last.zero === e.zero) last.length += n;
-      else out.push({ offset: pos, length: n, zero: e.zero });
+      if (last !== undefined && last.zero === e.zero && (e.zero || follows(last, d))) last.length += n;
+      else out.push({ offset: pos, length: n, zero: e.zero, direct: d });
       pos += n;
     }
     return out;

@@ -428,6 +428,39 @@ describe('transmission', () => {
     }
   });
 
+  it('sends from the file (sendfile) or through buffers alike, also when the socket fills up', async () => {
+    const file = readFileSync(p('a.raw'));
+    for (const image of ['a.qcow2', 'a.raw']) {
+      for (const directIo of [true, false]) {
+        const img = await openImage(p(image), { backing: 'follow' });
+        const server = await NbdServer.start({
+          exports: [new NbdExport({ name: '', image: img, readOnly: true })],
+          listen: { path: sock() },
+          persistent: true,
+          directIo,
+        });
+        try {
+          const c = await NbdClient.connect(server.address());
+          // Stop reading while 48 MiB of replies are asked for: the socket fills up, the rest of
+          // a reply being sent from the file goes through a buffer, in order.
+          const s = (c as unknown as { sock: Socket }).sock;
+          s.pause();
+          const reads = Array.from({ length: 48 }, (_, k) => {
+            const off = (k * 333 * 1024) % (15 * MiB);
+            return c.read(off, MiB).then((d) => d.equals(file.subarray(off, off + MiB)));
+          });
+          await new Promise((r) => setTimeout(r, 300));
+          s.resume();
+          expect((await Promise.all(reads)).every(Boolean), `${image} directIo=${directIo}`).toBe(true);
+          await c.disconnect();
+        } finally {
+          await server.close();
+          await img.close();
+        }
+      }
+    }
+  });
+
   it('block status: one extent with REQ_ONE, extents covering the request otherwise, both contexts', async () => {
     const v = await serveVdisk(p('a.qcow2'), sock(), { readOnly: true, allocationDepth: true });
     try {

@@ -24,6 +24,11 @@ export interface NbdServerOptions {
   handshakeLimitMs?: number;
   /** Bytes of request and reply buffers all connections may hold together (default 96 MiB). */
   bufferBudget?: number;
+  /**
+   * Send cached data stored as is (raw, uncompressed unencrypted qcow2) straight from the file
+   * with sendfile (default: true unless VDISK_NBD_SENDFILE=0).
+   */
+  directIo?: boolean;
   log?: (message: string) => void;
 }
 
@@ -35,6 +40,7 @@ export class NbdServer implements SessionHost {
   readonly budget: ByteBudget;
   readonly pool = new BufferPool(16 << 20);
   readonly handshakeLimitMs: number;
+  readonly directIo: boolean;
   private readonly byName = new Map<string, NbdExport>();
   private readonly shared: number;
   private readonly persistent: boolean;
@@ -58,6 +64,7 @@ export class NbdServer implements SessionHost {
     this.shared = o.shared ?? 1;
     this.persistent = o.persistent === true;
     this.handshakeLimitMs = o.handshakeLimitMs ?? 10_000;
+    this.directIo = o.directIo ?? process.env['VDISK_NBD_SENDFILE'] !== '0';
     this.budget = new ByteBudget(o.bufferBudget ?? 96 << 20);
     this.logFn = o.log ?? (() => {});
   }

@@ -11,9 +11,18 @@
  * gets the specification's error reply or, where it says so, a disconnect; never an exception
  * that escapes.
  */
+import { readSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { VdiskError } from '../core/errors.js';
-import { ALLOCATION_DEPTH, BASE_ALLOCATION, type NbdExport, NotFast, type StatusExtent } from './export.js';
+import { native } from '../native/index.js';
+import {
+  ALLOCATION_DEPTH,
+  BASE_ALLOCATION,
+  type NbdExport,
+  NotFast,
+  type ReadPiece,
+  type StatusExtent,
+} from './export.js';
 import { type BufferPool, ByteBudget, ConnectionClosed, SocketReader } from './io.js';
 import * as P from './protocol.js';
 
@@ -25,6 +34,8 @@ export interface SessionHost {
   readonly pool: BufferPool;
   /** Milliseconds a client has to finish the handshake (0: no limit). */
   readonly handshakeLimitMs: number;
+  /** Send data the image stores as is straight from its file (sendfile), when possible. */
+  readonly directIo: boolean;
   /** Errors worth telling the operator (qemu-nbd prints them too). */
   log(message: string): void;
 }
@@ -39,6 +50,18 @@ const MAX_OPTION_DATA = 1 << 20;
 const MAX_EXTENTS = 1 << 16;
 const BASE_ALLOCATION_ID = 0;
 const ALLOCATION_DEPTH_ID = 1;
+const EAGAIN = 11;
+/** EPIPE, ECONNRESET, ENOTCONN: send errors that mean the peer has gone. */
+const PEER_GONE = new Set([32, 104, 107]);
+/** The send buffer asked of the kernel for each connection (capped by net.core.wmem_max). */
+const SEND_BUFFER = 4 << 20;
+
+/** A range of a host file to send as it is. */
+interface FileRange {
+  fd: number;
+  offset: number;
+  length: number;
+}
 
 /** A refusal of an option, carried to the reply. */
 class OptionError extends Error {
@@ -79,8 +102,12 @@ export class NbdSession {
   private readonly held = new Set<() => void>();
   /** Aborted when the socket closes: budget waits give up. */
   private readonly closing = new AbortController();
+  /** Direct replies waiting for the socket's queue to empty. */
+  private idleWaiters: (() => void)[] = [];
   /** The export chosen by NBD_OPT_GO / EXPORT_NAME (set once transmission starts). */
   export: NbdExport | null = null;
+  /** The socket's descriptor, when replies may be sent from files directly (sendDirect). */
+  private sockFd: number | null = null;
 
   constructor(
     private readonly sock: Socket,
@@ -88,8 +115,22 @@ export class NbdSession {
   ) {
     this.reader = new SocketReader(sock);
     sock.setNoDelay(true);
+    const fd = (sock as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
+    if (native !== null && typeof fd === 'number' && fd >= 0) {
+      native.setSendBuffer?.(fd, SEND_BUFFER);
+      if (
+        host.directIo &&
+        native.sendFile !== undefined &&
+        native.sendBytes !== undefined &&
+        native.cached !== undefined
+      )
+        this.sockFd = fd;
+    }
     sock.on('close', () => {
       this.closing.abort();
+      const waiters = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const w of waiters) w();
       for (const release of [...this.held]) release();
     });
   }
@@ -149,16 +190,30 @@ export class NbdSession {
       once?.();
       return;
     }
+    const written = () => {
+      once?.();
+      if (this.idleWaiters.length > 0 && this.sock.writableLength === 0) {
+        const waiters = this.idleWaiters;
+        this.idleWaiters = [];
+        for (const w of waiters) w();
+      }
+    };
     if (bufs.length === 1) {
-      this.sock.write(bufs[0]!, once === undefined ? undefined : () => once());
+      this.sock.write(bufs[0]!, written);
       return;
     }
     this.sock.cork();
     for (let i = 0; i < bufs.length; i++) {
-      if (i === bufs.length - 1 && once !== undefined) this.sock.write(bufs[i]!, () => once());
+      if (i === bufs.length - 1) this.sock.write(bufs[i]!, written);
       else this.sock.write(bufs[i]!);
     }
     this.sock.uncork();
+  }
+
+  /** Resolves once nothing is queued on the socket (or it is closed). */
+  private socketIdle(): Promise<void> {
+    if (this.sock.writableLength === 0 || this.sock.destroyed) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
   // ------------------------------------------------------------------ handshake
@@ -573,9 +628,23 @@ export class NbdSession {
         return;
       }
       const sparse = this.structured && (req.flags & P.CMD_FLAG_DF) === 0;
+      const direct = sparse && this.sockFd !== null;
       const pieces = sparse
-        ? await exp.readPieces(req.offset, req.length)
+        ? await exp.readPieces(req.offset, req.length, direct)
         : [{ offset: req.offset, length: req.length, zero: false }];
+      if (direct) {
+        // Wait for the socket's queue to empty rather than queue behind it: a reply that went
+        // through the queue would otherwise send the next ones that way too.
+        let r = this.sendDirect(req, pieces, cost);
+        while (r === 'busy') {
+          await this.socketIdle();
+          r = this.sendDirect(req, pieces, cost);
+        }
+        if (r === 'sent') {
+          handed = true;
+          return;
+        }
+      }
       const data = pieces.filter((p) => !p.zero);
       if (data.length > 0) {
         const b = this.host.pool.get(req.length);
@@ -613,6 +682,96 @@ export class NbdSession {
     }
   }
 
+  /**
+   * A structured read reply whose data lies as it is in host files, sent from the page cache
+   * to the socket by sendfile(2), without copying it through a buffer: when every data piece
+   * has a host location and is cached (sendfile would otherwise wait for the disk on the main
+   * thread), and nothing is queued on the socket (the bytes of one reply must not mix with
+   * another's). Synchronous; when the socket fills up, the rest of the reply is read from the
+   * cache into a buffer and queued on the socket in order. 'busy': the socket has a queue (try
+   * again once it is empty); 'no': not possible. Nothing is sent unless 'sent'.
+   */
+  private sendDirect(req: P.Request, pieces: ReadPiece[], cost: number): 'sent' | 'busy' | 'no' {
+    const n = native!;
+    const fd = this.sockFd!;
+    if (this.sock.destroyed || !this.sock.writable) return 'no';
+    for (const p of pieces) {
+      if (p.zero) continue;
+      if (p.direct === undefined || n.cached!(p.direct.fd, p.direct.offset, p.length) !== 1) return 'no';
+    }
+    if (this.sock.writableLength !== 0) return 'busy';
+    const parts: (Uint8Array | FileRange)[] = [];
+    pieces.forEach((p, i) => {
+      const done = i === pieces.length - 1;
+      if (p.zero) parts.push(P.holeChunk(req.cookie, p.offset, p.length, done));
+      else {
+        parts.push(P.dataChunkHeader(req.cookie, p.offset, p.length, done));
+        parts.push({ fd: p.direct!.fd, offset: p.direct!.offset, length: p.length });
+      }
+    });
+    for (let i = 0; i < parts.length; i++) {
+      const part = parts[i]!;
+      const more = i + 1 < parts.length ? 1 : 0;
+      let sent =
+        part instanceof Uint8Array
+          ? n.sendBytes!(fd, part, 0, part.length, more)
+          : n.sendFile!(fd, part.fd, part.offset, part.length);
+      if (sent < 0 && PEER_GONE.has(-sent)) {
+        // The peer is gone: the connection ends.
+        this.sock.destroy();
+        this.release(cost, null);
+        return 'sent';
+      }
+      if (sent < 0 && -sent !== EAGAIN) {
+        // sendfile cannot do this file (or failed): this reply and the next go through buffers.
+        this.host.log(`sendfile: error ${-sent}; sending through buffers from now on`);
+        this.sockFd = null;
+      }
+      if (sent < 0) sent = 0;
+      if (sent < part.length) {
+        this.queueRest(parts, i, sent, cost);
+        return 'sent';
+      }
+    }
+    this.release(cost, null);
+    return 'sent';
+  }
+
+  /**
+   * Queue parts[i] from byte `skip` on, and the parts after it, as buffers on the socket. The
+   * file ranges are read synchronously (sendDirect saw them in the page cache). A read that
+   * fails leaves the reply cut short: the connection ends.
+   */
+  private queueRest(parts: (Uint8Array | FileRange)[], i: number, skip: number, cost: number): void {
+    let fileBytes = 0;
+    for (let j = i; j < parts.length; j++) {
+      const part = parts[j]!;
+      if (!(part instanceof Uint8Array)) fileBytes += part.length - (j === i ? skip : 0);
+    }
+    const buf = this.host.pool.get(fileBytes);
+    const out: Uint8Array[] = [];
+    let at = 0;
+    for (let j = i; j < parts.length; j++) {
+      const part = parts[j]!;
+      const from = j === i ? skip : 0;
+      if (part instanceof Uint8Array) out.push(part.subarray(from));
+      else {
+        const len = part.length - from;
+        try {
+          readFully(part.fd, buf, at, len, part.offset + from);
+        } catch (err) {
+          this.host.log(`Disconnect client, due to: reading from file failed: ${(err as Error).message}`);
+          this.sock.destroy();
+          this.release(cost, buf);
+          return;
+        }
+        out.push(buf.subarray(at, at + len));
+        at += len;
+      }
+    }
+    this.send(out, () => this.release(cost, buf));
+  }
+
   /** NBD_CMD_BLOCK_STATUS: one chunk per selected context, the last one marked done. */
   private async serveBlockStatus(exp: NbdExport, req: P.Request): Promise<void> {
     const c = this.contexts;
@@ -636,6 +795,19 @@ export class NbdSession {
     this.send(
       chunks.map((ch, i) => P.blockStatusChunk(req.cookie, ch.id, ch.extents, i === chunks.length - 1)),
     );
+  }
+}
+
+/** pread until `len` bytes are in buf at `at` (zeros past the end of the file). */
+function readFully(fd: number, buf: Buffer, at: number, len: number, pos: number): void {
+  let done = 0;
+  while (done < len) {
+    const k = readSync(fd, buf, at + done, len - done, pos + done);
+    if (k === 0) {
+      buf.fill(0, at + done, at + len);
+      return;
+    }
+    done += k;
   }
 }
 

@@ -66,6 +66,11 @@ export class RawImage implements FormatImage {
     return this.file.read(buf, offset);
   }
 
+  /** The file is the data (FormatImage.directFile). */
+  directFile(e: Extent): HostFile | undefined {
+    return e.data && e.hostOffset === e.offset ? this.file : undefined;
+  }
+
   write(buf: Uint8Array, offset: number): Promise<void> {
     return this.file.write(buf, offset);
   }
