@@ -22,7 +22,7 @@ export interface NbdServerOptions {
   persistent?: boolean;
   /** Milliseconds a client has to finish its handshake (default 10 s; 0: no limit). */
   handshakeLimitMs?: number;
-  /** Bytes of request and reply buffers all connections may hold together (default 96 MiB). */
+  /** Bytes of request and reply buffers all connections may hold together (default 64 MiB). */
   bufferBudget?: number;
   /**
    * Send cached data stored as is (raw, uncompressed unencrypted qcow2) straight from the file
@@ -65,7 +65,7 @@ export class NbdServer implements SessionHost {
     this.persistent = o.persistent === true;
     this.handshakeLimitMs = o.handshakeLimitMs ?? 10_000;
     this.directIo = o.directIo ?? process.env['VDISK_NBD_SENDFILE'] !== '0';
-    this.budget = new ByteBudget(o.bufferBudget ?? 96 << 20);
+    this.budget = new ByteBudget(o.bufferBudget ?? 64 << 20);
     this.logFn = o.log ?? (() => {});
   }
 
