@@ -14,6 +14,15 @@
  *                                          pool); resolves to 0 or -errno. Not durability:
  *                                          fsync still follows, with less left to write.
  *
+ *   sendFile(out, in, off, len)            sendfile(2) from a file to a non-blocking socket: bytes
+ *                                          sent (short when the socket is full) or -errno
+ *   sendBytes(fd, buf, off, len, more)     send(2) with MSG_DONTWAIT|MSG_NOSIGNAL (and MSG_MORE when
+ *                                          more data follows at once): bytes or -errno
+ *   setSendBuffer(fd, bytes)               setsockopt(SO_SNDBUF): 0 or -errno
+ *   cached(fd, off, len)                   1 when every page of the range is in the page cache
+ *                                          (cachestat(2), or mmap+mincore before Linux 6.5),
+ *                                          0 when not, -errno on failure
+ *
  *   deflateCluster(buf, mode, limit, probe)  compression on the thread pool: vdisk_deflate.c
  *   zstdCluster(buf, mode, size, level)      zstd (the system's libzstd) on the pool: vdisk_zstd.c
  *   sendfileStart(sock, file, off, n, cb)    sendfile(2) to a socket on a thread: vdisk_sendfile.c
@@ -30,6 +39,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "vdisk_deflate.h"
@@ -150,6 +163,115 @@ static napi_value sync_range(napi_env env, napi_callback_info info) {
   return promise;
 }
 
+static napi_value send_file(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  int64_t out, in, off, len;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 4 || !get_i64(env, argv[0], &out) || !get_i64(env, argv[1], &in) || !get_i64(env, argv[2], &off) ||
+      !get_i64(env, argv[3], &len) || off < 0 || len < 0)
+    return fail(env, "sendFile(out, in, off, len)");
+  off_t pos = (off_t)off;
+  int64_t done = 0;
+  while (done < len) {
+    ssize_t n = sendfile((int)out, (int)in, &pos, (size_t)(len - done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (done > 0 && errno == EAGAIN) break;
+      return num(env, -(double)errno);
+    }
+    if (n == 0) break; /* end of file */
+    done += n;
+  }
+  return num(env, (double)done);
+}
+
+static napi_value send_bytes(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  int64_t fd, off, len, more = 0;
+  void *data;
+  size_t size;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 4 || !get_i64(env, argv[0], &fd) || napi_get_buffer_info(env, argv[1], &data, &size) != napi_ok ||
+      !get_i64(env, argv[2], &off) || !get_i64(env, argv[3], &len) || off < 0 || len < 0 ||
+      (uint64_t)(off + len) > size || (argc > 4 && !get_i64(env, argv[4], &more)))
+    return fail(env, "sendBytes(fd, buf, off, len, more)");
+  int flags = MSG_DONTWAIT | MSG_NOSIGNAL | (more ? MSG_MORE : 0);
+  int64_t done = 0;
+  while (done < len) {
+    ssize_t n = send((int)fd, (char *)data + off + done, (size_t)(len - done), flags);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (done > 0 && errno == EAGAIN) break;
+      return num(env, -(double)errno);
+    }
+    done += n;
+  }
+  return num(env, (double)done);
+}
+
+static napi_value set_send_buffer(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  int64_t fd, bytes;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 2 || !get_i64(env, argv[0], &fd) || !get_i64(env, argv[1], &bytes)) return fail(env, "setSendBuffer(fd, bytes)");
+  int v = (int)bytes;
+  return num(env, setsockopt((int)fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof v) < 0 ? -(double)errno : 0.0);
+}
+
+#ifndef __NR_cachestat
+#define __NR_cachestat 451
+#endif
+struct vdisk_cachestat_range {
+  uint64_t off;
+  uint64_t len;
+};
+struct vdisk_cachestat {
+  uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
+};
+static int have_cachestat = 1;
+
+static napi_value cached(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  int64_t fd, off, len;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 3 || !get_i64(env, argv[0], &fd) || !get_i64(env, argv[1], &off) || !get_i64(env, argv[2], &len) ||
+      off < 0 || len <= 0)
+    return fail(env, "cached(fd, off, len)");
+  long page = sysconf(_SC_PAGESIZE);
+  int64_t first = off / page, last = (off + len - 1) / page;
+  uint64_t pages = (uint64_t)(last - first + 1);
+  if (have_cachestat) {
+    struct vdisk_cachestat_range r = {(uint64_t)(first * page), pages * (uint64_t)page};
+    struct vdisk_cachestat cs;
+    memset(&cs, 0, sizeof cs);
+    if (syscall(__NR_cachestat, (int)fd, &r, &cs, 0) == 0) return num(env, cs.nr_cache >= pages ? 1.0 : 0.0);
+    if (errno != ENOSYS) return num(env, -(double)errno);
+    have_cachestat = 0;
+  }
+  void *m = mmap(NULL, pages * page, PROT_READ, MAP_SHARED, (int)fd, (off_t)(first * page));
+  if (m == MAP_FAILED) return num(env, -(double)errno);
+  unsigned char vec[256];
+  int all = 1;
+  for (uint64_t at = 0; at < pages && all; at += sizeof vec) {
+    uint64_t n = pages - at < sizeof vec ? pages - at : sizeof vec;
+    if (mincore((char *)m + at * page, n * page, vec) < 0) {
+      all = -errno;
+      break;
+    }
+    for (uint64_t i = 0; i < n; i++)
+      if (!(vec[i] & 1)) {
+        all = 0;
+        break;
+      }
+  }
+  munmap(m, pages * page);
+  return num(env, (double)all);
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_default, NULL},
@@ -158,6 +280,10 @@ static napi_value init(napi_env env, napi_value exports) {
       {"ofdLock", NULL, ofd_lock, NULL, NULL, NULL, napi_default, NULL},
       {"ofdTest", NULL, ofd_test, NULL, NULL, NULL, napi_default, NULL},
       {"syncRange", NULL, sync_range, NULL, NULL, NULL, napi_default, NULL},
+      {"sendFile", NULL, send_file, NULL, NULL, NULL, napi_default, NULL},
+      {"sendBytes", NULL, send_bytes, NULL, NULL, NULL, napi_default, NULL},
+      {"setSendBuffer", NULL, set_send_buffer, NULL, NULL, NULL, napi_default, NULL},
+      {"cached", NULL, cached, NULL, NULL, NULL, napi_default, NULL},
       {"deflateCluster", NULL, vdisk_deflate_cluster, NULL, NULL, NULL, napi_default, NULL},
       {"zstdCluster", NULL, vdisk_zstd_cluster, NULL, NULL, NULL, napi_default, NULL},
       {"sendfileStart", NULL, vdisk_sendfile_start, NULL, NULL, NULL, napi_default, NULL},

@@ -5,12 +5,20 @@
 # servers the registry's conformance suite runs on (src/server/conformance.test.ts): PostgreSQL
 # (initdb/pg_ctl, a throwaway cluster on loopback) and Ceph (mon + memstore OSD + radosgw, an S3
 # endpoint on loopback), tempest and Glance's metadefs, and Chromium for the web dashboard's
-# browser tests. Nothing is started here; the tests start and stop them.
+# browser tests, and the NBD clients that `vdisk nbd` is tested with beside qemu-nbd (nbdinfo,
+# nbdcopy, nbdsh's Python binding, nbdkit). Nothing is started here; the tests start and stop them.
 # Idempotent and fast when everything is there.
 set -euo pipefail
 need=()
 command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
 command -v qemu-io >/dev/null 2>&1 || need+=(qemu-utils)
+command -v qemu-nbd >/dev/null 2>&1 || need+=(qemu-utils)
+# `vdisk nbd` (src/nbd/*.test.ts, src/cli/cmd/nbd.test.ts, the bench): libnbd's tools and its
+# Python binding (Debian's python3, /usr/bin/python3: nbdsh runs `python3 -m nbd`), nbdkit.
+command -v nbdinfo >/dev/null 2>&1 || need+=(libnbd-bin)
+command -v nbdcopy >/dev/null 2>&1 || need+=(libnbd-bin)
+/usr/bin/python3 -c 'import nbd' >/dev/null 2>&1 || need+=(python3-libnbd)
+command -v nbdkit >/dev/null 2>&1 || need+=(nbdkit)
 command -v openstack >/dev/null 2>&1 || need+=(python3-openstackclient)
 command -v glance >/dev/null 2>&1 || need+=(python3-glanceclient)
 command -v bzip2 >/dev/null 2>&1 || need+=(bzip2)

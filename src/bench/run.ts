@@ -11,6 +11,10 @@
  * Environment: BENCH_SIZE (default 2G) sizes the mixed-data image; BENCH_REPEAT (default 3);
  * BENCH_DIR (default the system temp dir) holds the files; BENCH_ONLY=substring picks cases.
  * qcow2 cases run when vdisk supports qcow2.
+ *
+ * Then the NBD phase (src/bench/nbd.ts): nbdcopy to null: from `vdisk nbd` and from qemu-nbd
+ * serving the same images, and the servers' memory under 16 connections × 64 requests in
+ * flight (BENCH_NBD_SECONDS, default 10, each).
  */
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -28,6 +32,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseSize } from '../core/size.js';
+import { runNbdBench } from './nbd.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const VDISK = join(ROOT, 'bin/vdisk');
@@ -122,7 +127,7 @@ function vdiskFormats(): string {
   return /Supported formats: (.*)/.exec(r.stdout)?.[1] ?? '';
 }
 
-function main(): void {
+async function main(): Promise<void> {
   const dir = mkdtempSync(join(process.env['BENCH_DIR'] ?? tmpdir(), 'vdisk-bench-'));
   try {
     const gib = (SIZE / 2 ** 30).toFixed(SIZE % 2 ** 30 === 0 ? 0 : 2);
@@ -263,9 +268,23 @@ function main(): void {
         `seconds (/usr/bin/time -f '%U %S', all threads); RSS: peak of /usr/bin/time -f %M; ` +
         `output: the last run's output file, allocated MiB (qemu-img / vdisk)\n`,
     );
+    const nbd = await runNbdBench({
+      dir,
+      images: [
+        { label: `${gib} GiB mixed raw`, path: join(dir, 'mixed.raw'), format: 'raw' },
+        ...(qcow2
+          ? [{ label: `${gib} GiB mixed qcow2`, path: join(dir, 'mixed.qcow2'), format: 'qcow2' }]
+          : []),
+      ],
+      repeat: REPEAT,
+      only: ONLY,
+      vdisk: VDISK,
+      seconds: Number(process.env['BENCH_NBD_SECONDS'] ?? 10),
+    });
+    process.stdout.write(`\n${nbd}`);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
 }
 
-main();
+await main();

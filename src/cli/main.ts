@@ -29,6 +29,7 @@ const commands: Record<string, () => Promise<CliCommand>> = {
   tree: async () => (await import('./cmd/tree.js')).default,
   map: async () => (await import('./cmd/map.js')).default,
   measure: async () => (await import('./cmd/measure.js')).default,
+  nbd: async () => (await import('./cmd/nbd.js')).default,
   serve: async () => (await import('./cmd/serve.js')).default,
   snapshot: async () => (await import('./cmd/snapshot.js')).default,
 };

@@ -173,6 +173,13 @@ export interface FormatImage {
   readonly compressesWrites?: boolean;
   /** prepareCompressed for a run of whole clusters (offset cluster-aligned, the last may be short at the end). */
   prepareCompressedRange?(buf: Uint8Array, offset: number): Promise<() => Promise<void>>;
+  /**
+   * The host file holding, byte for byte, the data of an extent this image reported with a
+   * host offset (blockStatus): for formats that store guest data unchanged (no encryption, no
+   * compression), so that a server may send it straight from the file (the NBD server's
+   * sendfile). Undefined (or absent): read through the driver.
+   */
+  directFile?(extent: Extent): HostFile | undefined;
   /** Rewrite the backing file reference stored in the image (rebase, amend); undefined detaches. */
   setBacking?(ref: FileRef | undefined): Promise<void>;
   /** Make every cluster unallocated (after commit), as QEMU's bdrv_make_empty. */

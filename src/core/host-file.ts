@@ -7,7 +7,7 @@
  *   system call per extent, no data read. Without the addon, `st_blocks` tells whether a
  *   file is fully allocated, and otherwise every byte is reported as data (callers then
  *   detect zeros by reading);
- * - hole punching and preallocation through fallocate(2);
+ * - hole punching, zeroing and preallocation through fallocate(2);
  * - QEMU-compatible OFD byte-range locks, so that vdisk and qemu see each other's locks.
  */
 import { fstatSync } from 'node:fs';
@@ -107,6 +107,11 @@ export class HostFile {
 
   get fd(): number {
     return this.handle.fd;
+  }
+
+  /** The descriptor of a local file; null for a file over a ReadSource. */
+  get localFd(): number | null {
+    return this.fh === null ? null : this.fh.fd;
   }
 
   private lock(mode: LockMode): void {
@@ -294,6 +299,15 @@ export class HostFile {
   punchHole(offset: number, length: number): boolean {
     if (native === null || length <= 0 || this.source !== null) return false;
     return native.fallocate(this.fd, 1, offset, length) === 0;
+  }
+
+  /**
+   * Make a range read as zeros without writing them (fallocate ZERO_RANGE: the blocks stay
+   * allocated, as unwritten extents). Returns false where the host cannot.
+   */
+  zeroRange(offset: number, length: number): boolean {
+    if (native === null || length <= 0 || this.source !== null || !this.writable) return false;
+    return native.fallocate(this.fd, 2, offset, length) === 0;
   }
 
   /** Allocate blocks for a range (growing the file if needed). Returns false where the host cannot. */

@@ -18,6 +18,18 @@ export interface NativeFs {
   /** 1 when another open file description holds a conflicting lock on the range. */
   ofdTest(fd: number, type: 1 | 2, start: number, len: number): number;
   /**
+   * sendfile(2) from file `inFd` at `off` to the non-blocking socket `outFd`, looping until
+   * `len` bytes are sent or the socket is full: the bytes sent, or -errno (-EAGAIN when none
+   * could be). Absent from an addon built before it existed (as are the next three).
+   */
+  sendFile?(outFd: number, inFd: number, off: number, len: number): number;
+  /** send(2) of buf[off, off+len) without blocking (MSG_MORE with `more`): bytes sent, or -errno. */
+  sendBytes?(fd: number, buf: Uint8Array, off: number, len: number, more?: 0 | 1): number;
+  /** setsockopt(SO_SNDBUF): 0 or -errno. */
+  setSendBuffer?(fd: number, bytes: number): number;
+  /** 1 when the whole range is in the page cache, 0 when not, -errno on failure. */
+  cached?(fd: number, off: number, len: number): number;
+  /**
    * Compress on the thread pool (native/vdisk_deflate.c): mode 0 raw deflate (qcow2), 1 zlib
    * (vmdk). null when the output would exceed `limit` bytes or, with probe 1, mode 0 data
    * is incompressible. Absent from an addon built before it existed.

@@ -226,7 +226,7 @@ function parseCLong(text: string): number | null {
 }
 
 /** -l: "snapshot.id=…,snapshot.name=…" (internal_snapshot_opts) or an id or name. */
-function parseSnapshotParam(v: string): SnapshotRef {
+export function parseSnapshotParam(v: string): SnapshotRef {
   if (!v.startsWith('snapshot.')) return { idOrName: v };
   const ref: { id?: string; name?: string } = {};
   for (const [k, val] of parseOptionString(v)) {

@@ -654,6 +654,16 @@ export class Qcow2Image implements FormatImage {
     }
   }
 
+  /**
+   * Uncompressed data clusters of an unencrypted image hold the guest's bytes as they are
+   * (FormatImage.directFile): in the image file, or in the external data file once opened.
+   */
+  directFile(e: Extent): HostFile | undefined {
+    if (this.encrypted || e.compressed === true || !e.data || e.zero || e.hostOffset === undefined)
+      return undefined;
+    return this.hasDataFile ? (this.dataHostFile ?? undefined) : this.file;
+  }
+
   /** QEMU's qcow2_detect_metadata_preallocation: more clusters in use than the file allocates. */
   private async hasMetadataPrealloc(): Promise<boolean> {
     if (this.metadataPrealloc !== null) return this.metadataPrealloc;

@@ -1,7 +1,8 @@
 /**
  * raw: the image is the file. Sparse-aware: block status comes from the host's holes
  * (lseek SEEK_DATA/SEEK_HOLE: one system call per extent, no data read), zeroes and
- * discards punch holes (fallocate PUNCH_HOLE) where the host allows.
+ * discards punch holes (fallocate PUNCH_HOLE) where the host allows, zeroes without unmap
+ * use FALLOC_FL_ZERO_RANGE.
  */
 import type { Extent } from '../../core/device.js';
 import type { CreateRequest, DriverContext, FormatDriver, FormatImage } from '../../core/driver.js';
@@ -65,6 +66,11 @@ export class RawImage implements FormatImage {
     return this.file.read(buf, offset);
   }
 
+  /** The file is the data (FormatImage.directFile). */
+  directFile(e: Extent): HostFile | undefined {
+    return e.data && e.hostOffset === e.offset ? this.file : undefined;
+  }
+
   write(buf: Uint8Array, offset: number): Promise<void> {
     return this.file.write(buf, offset);
   }
@@ -78,6 +84,8 @@ export class RawImage implements FormatImage {
     if (unmap && this.file.punchHole(offset, length)) return;
     // Already a hole: nothing to write.
     if (await this.file.isHole(offset, length)) return;
+    // As QEMU's file driver: zero the range in place (FALLOC_FL_ZERO_RANGE) before writing zeros.
+    if (this.file.zeroRange(offset, length)) return;
     const zero = new Uint8Array(Math.min(CHUNK, length));
     for (let pos = offset; pos < offset + length; pos += zero.length) {
       const n = Math.min(zero.length, offset + length - pos);
