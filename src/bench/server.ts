@@ -60,6 +60,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseSize } from '../core/size.js';
 import { type ExportFigures, exportBench } from './export.js';
+import { fill, type LoadFigures, loadRoutes, startCluster } from './nodes.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const MiB = 1 << 20;
@@ -71,6 +72,10 @@ const FLOOR = process.env['BENCH_FLOOR'] !== '0';
 const BEFORE = process.env['BENCH_BEFORE'] !== '0';
 const LIST_N = Number(process.env['BENCH_LIST_N'] ?? 200);
 const GLANCE = process.env['BENCH_GLANCE'] ?? 'auto';
+/** Nodes of the list/show phase on PostgreSQL (0: no such phase); wrk's seconds and connections per node. */
+const NODES = Number(process.env['BENCH_NODES'] ?? 3);
+const WRK_SECONDS = Number(process.env['BENCH_WRK_SECONDS'] ?? 10);
+const WRK_CONNS = Number(process.env['BENCH_WRK_CONNECTIONS'] ?? 4);
 const THREADS = process.env['BENCH_SERVER_THREADS'] === '1';
 const NODE_ARGS = (process.env['BENCH_SERVER_NODE_ARGS'] ?? '').split(' ').filter((s) => s !== '');
 const ADMIN_PASSWORD = 'bench-secret';
@@ -907,6 +912,11 @@ async function main() {
   const dir = mkdtempSync(join(base, 'vdisk-bench-server-'));
   const results: Record<string, Figures> = {};
   let exported: ExportFigures | null = null;
+  let nodesFigures: {
+    vdisk: { list: LoadFigures; show: LoadFigures };
+    glance: { list: LoadFigures; show: LoadFigures } | null;
+  } | null = null;
+  let nodesWhy: string | null = null;
   let glanceWhy: string | null = null;
   const targets: Target[] = [];
   let before: Target | null = null;
@@ -982,6 +992,36 @@ async function main() {
     before = null;
     load1 = loadavg();
     for (const t of targets) results[t.name] = await measure(t, runs.get(t)!);
+    if (NODES > 0) {
+      if (spawnSync('wrk', ['--version']).error !== undefined)
+        nodesWhy = 'wrk is not installed (apt-get install wrk)';
+      else {
+        // The same total of connections on both sides: NODES × WRK_CONNS.
+        process.stderr.write(`list and show: ${NODES} vdisk nodes on PostgreSQL, wrk ${WRK_SECONDS} s\n`);
+        const cluster = await startCluster(dir, NODES);
+        try {
+          const ids = await fill(cluster.target, COUNT);
+          const v = await loadRoutes(cluster.target, ids, dir, WRK_SECONDS, WRK_CONNS);
+          const glance = targets.find((t) => t.name === 'glance');
+          let g: { list: LoadFigures; show: LoadFigures } | null = null;
+          if (glance !== undefined) {
+            const gids = ((await json(glance, 'GET', '/v2/images?limit=200')).images as { id: string }[]).map(
+              (i) => i.id,
+            );
+            g = await loadRoutes(
+              { name: 'glance', urls: [glance.url], headers: glance.headers },
+              gids,
+              dir,
+              WRK_SECONDS,
+              WRK_CONNS * NODES,
+            );
+          }
+          nodesFigures = { vdisk: v, glance: g };
+        } finally {
+          await cluster.stop();
+        }
+      }
+    }
     if (EXPORT) {
       const v = targets[0]!;
       exported = await exportBench(
@@ -1074,6 +1114,27 @@ async function main() {
   console.log(table(rows));
   if (glanceWhy !== null) console.log(`\nGlance not measured: ${glanceWhy}`);
   limitsTable(results, BEFORE ? beforeRuns : null, floors, downs, load0, load1);
+  if (nodesWhy !== null) console.log(`\nList and show with ${NODES} nodes not measured: ${nodesWhy}`);
+  if (nodesFigures !== null) {
+    const { vdisk: v, glance: g } = nodesFigures;
+    const cell = (f: LoadFigures) =>
+      `${fmt(f.rps)} req/s, p99 ${fmt(f.p99, 1)} ms${f.errors > 0 ? `, ${f.errors} errors` : ''}`;
+    const nrows: string[][] = [
+      [
+        'wrk, same run',
+        `vdisk × ${NODES} nodes (PostgreSQL), ${WRK_CONNS} conn. each`,
+        ...(g !== null ? [`glance, ${WRK_CONNS * NODES} conn.`, 'vdisk vs glance'] : []),
+      ],
+    ];
+    for (const [what, a, b] of [
+      [`list default page, ${COUNT} images`, v.list, g?.list],
+      ['show one image', v.show, g?.show],
+    ] as const) {
+      nrows.push([what, cell(a), ...(b !== undefined ? [cell(b), `${fmt(a.rps / b.rps, 1)}×`] : [])]);
+    }
+    console.log(`\nList and show with several nodes:\n`);
+    console.log(table(nrows));
+  }
   if (exported !== null) {
     const e = exported;
     const v = median(e.vdisk);
