@@ -157,22 +157,31 @@ async function json(t: Target, method: string, path: string, body?: unknown, wan
   return r.body.length === 0 ? undefined : JSON.parse(r.body.toString());
 }
 
-/** Upload SIZE bytes; resolves with the seconds from the first byte sent to the answer. */
-function upload(t: Target, id: string, sized: boolean): Promise<number> {
+/**
+ * Upload SIZE bytes; resolves with the seconds from the first byte sent to the answer, and
+ * from the last byte handed to the socket to the answer (what the server does after the body:
+ * the last block, fsync, the database).
+ */
+function upload(t: Target, id: string, sized: boolean): Promise<{ s: number; tail: number }> {
   return new Promise((res, rej) => {
     const headers: Record<string, string> = { ...t.headers, 'Content-Type': 'application/octet-stream' };
     if (sized) headers['Content-Length'] = String(SIZE);
     else headers['Transfer-Encoding'] = 'chunked';
     const t0 = performance.now();
+    let sent = 0;
     const r = request(`${t.url}/v2/images/${id}/file`, { method: 'PUT', headers }, (resp) => {
       const chunks: Buffer[] = [];
       resp.on('data', (c: Buffer) => chunks.push(c));
       resp.on('end', () => {
-        const s = (performance.now() - t0) / 1000;
+        const now = performance.now();
+        const s = (now - t0) / 1000;
         if (resp.statusCode !== 204 && resp.statusCode !== 201)
           rej(new Error(`${t.name}: upload: ${resp.statusCode} ${Buffer.concat(chunks).toString()}`));
-        else res(s);
+        else res({ s, tail: sent === 0 ? 0 : (now - sent) / 1000 });
       });
+    });
+    r.on('finish', () => {
+      sent = performance.now();
     });
     r.on('error', (e) => rej(new Error(`${t.name}: upload: ${e.message}`)));
     const it = payload();
@@ -357,6 +366,8 @@ interface Figures {
   cpuUp: number;
   cpuDown: number;
   uploadChunked: number;
+  /** Median seconds from an upload's last byte sent to the answer. */
+  tail: number;
   download: number;
   rss: { upload: number | null; download: number | null; list: number | null };
   listDefault: { p50: number; p99: number };
@@ -378,6 +389,8 @@ async function newImage(t: Target, name: string): Promise<string> {
 
 interface TransferRuns {
   up: Record<'sized' | 'chunked', number[]>;
+  /** Seconds from the last byte sent to the answer. */
+  tail: number[];
   down: number[];
   cpuUp: number[];
   cpuDown: number[];
@@ -387,6 +400,7 @@ interface TransferRuns {
 
 const newRuns = (): TransferRuns => ({
   up: { sized: [], chunked: [] },
+  tail: [],
   down: [],
   cpuUp: [],
   cpuDown: [],
@@ -402,7 +416,8 @@ async function transferRound(t: Target, i: number, hashes: { md5: string; sha512
     resetPeak(t.pid);
     const c0 = cpuSeconds(t.pid);
     const th0 = THREADS ? threadCpu(t.pid) : null;
-    const s = await upload(t, id, mode === 'sized');
+    const { s, tail } = await upload(t, id, mode === 'sized');
+    r.tail.push(tail);
     r.cpuUp.push((cpuSeconds(t.pid) - c0) / (SIZE / 2 ** 30));
     if (th0 !== null)
       process.stderr.write(`  ${t.name} ${mode} upload, CPU-s/GiB per thread: ${threadReport(t.pid, th0)}\n`);
@@ -627,6 +642,7 @@ async function measure(t: Target, r: TransferRuns): Promise<Figures> {
   return {
     uploadSized: median(r.up.sized),
     uploadChunked: median(r.up.chunked),
+    tail: median(r.tail),
     download: median(r.down),
     cpuUp: median(r.cpuUp),
     cpuDown: median(r.cpuDown),
@@ -861,6 +877,16 @@ function limitsTable(
     up(`vdisk before (VDISK_WRITE_BACK=0): Content-Length`, median(before.up.sized), g?.uploadSized);
     up(`vdisk before (VDISK_WRITE_BACK=0): chunked`, median(before.up.chunked), g?.uploadChunked);
   }
+  rows.push([
+    'upload: last byte sent → answer (s)',
+    `${fmt(v.tail, 2)}${before !== null && before.tail.length > 0 ? ` (before: ${fmt(median(before.tail), 2)})` : ''}`,
+    g === undefined ? '' : fmt(g.tail, 2),
+    '',
+    '',
+    '',
+    '',
+    '',
+  ]);
   const fc = (n: FloorName) => {
     const x = floors.get(n);
     return x === undefined ? '' : fmt(median(x.cpu), 2);
