@@ -476,6 +476,38 @@ describe('transmission', () => {
     }
   });
 
+  it('reads see every write made before them (on this connection or another)', async () => {
+    for (const image of ['a.qcow2', 'a.raw']) {
+      const copy = `seq.${image}`;
+      copyFileSync(p(image), p(copy));
+      const v = await serveVdisk(p(copy), sock(), { shared: 2, discard: 'unmap' });
+      try {
+        const a = await NbdClient.connect({ path: v.socket });
+        const b = await NbdClient.connect({ path: v.socket });
+        // Read a hole (its status is remembered), write into it from the other connection, read.
+        expect((await a.read(12 * MiB, MiB)).every((x) => x === 0)).toBe(true);
+        await b.write(12 * MiB + 4096, Buffer.alloc(8192, 0x5e));
+        const after = await a.read(12 * MiB, MiB);
+        expect(
+          after.subarray(4096, 12288).every((x) => x === 0x5e),
+          image,
+        ).toBe(true);
+        expect(after.subarray(0, 4096).every((x) => x === 0)).toBe(true);
+        // Data, then zeroed and trimmed from the other side.
+        expect((await a.read(0, MiB)).every((x) => x === 0x41)).toBe(true);
+        await b.request(P.CMD_WRITE_ZEROES, 0, 0, 512 * 1024);
+        await b.request(P.CMD_TRIM, 0, 8 * MiB, 64 * 1024);
+        const z = await a.read(0, MiB);
+        expect(z.subarray(0, 512 * 1024).every((x) => x === 0)).toBe(true);
+        expect(z.subarray(512 * 1024).every((x) => x === 0x41)).toBe(true);
+        await a.disconnect();
+        await b.disconnect();
+      } finally {
+        await v.stop();
+      }
+    }
+  });
+
   it('block status: one extent with REQ_ONE, extents covering the request otherwise, both contexts', async () => {
     const v = await serveVdisk(p('a.qcow2'), sock(), { readOnly: true, allocationDepth: true });
     try {
