@@ -66,10 +66,10 @@ async function optionReply(r: SocketReader): Promise<{ option: number; type: num
   };
 }
 
-/** Does the server close the connection (read returns EOF) within a second? */
+/** Does the server close the connection (read returns EOF) within three seconds? */
 async function closes(r: SocketReader): Promise<boolean> {
   try {
-    await Promise.race([r.read(1), new Promise((_, rej) => setTimeout(() => rej(new Error('open')), 1000))]);
+    await Promise.race([r.read(1), new Promise((_, rej) => setTimeout(() => rej(new Error('open')), 3000))]);
     return false;
   } catch (err) {
     return (err as Error).message !== 'open';
