@@ -14,12 +14,14 @@
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { NbdClient } from '../nbd/client.js';
+import type { Listen } from '../nbd/server.js';
 
 interface Server {
   child: ChildProcess;
-  socket: string;
+  listen: Listen;
   uri: string;
 }
 
@@ -37,13 +39,12 @@ function have(cmd: string): boolean {
   return spawnSync('sh', ['-c', `command -v ${cmd}`], { encoding: 'utf8' }).status === 0;
 }
 
-async function waitFor(path: string, child: ChildProcess): Promise<void> {
+async function waitFor(listen: Listen, child: ChildProcess): Promise<void> {
   for (let i = 0; i < 400; i++) {
-    if (child.exitCode !== null)
-      throw new Error(`server exited (${child.exitCode}) before listening on ${path}`);
-    if (existsSync(path)) {
+    if (child.exitCode !== null) throw new Error(`server exited (${child.exitCode}) before listening`);
+    if (!('path' in listen) || existsSync(listen.path)) {
       try {
-        const c = await NbdClient.connect({ path });
+        const c = await NbdClient.connect(listen);
         c.close();
         return;
       } catch {
@@ -52,7 +53,17 @@ async function waitFor(path: string, child: ChildProcess): Promise<void> {
     }
     await new Promise((r) => setTimeout(r, 25));
   }
-  throw new Error(`nothing listens on ${path}`);
+  throw new Error(`nothing listens on ${JSON.stringify(listen)}`);
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
 }
 
 /** vdisk's variants: as shipped, and without sendfile (every reply through a buffer). */
@@ -65,16 +76,30 @@ async function start(
   format: string,
   extra: string[],
   env: NodeJS.ProcessEnv = process.env,
-) {
-  const socket = join(o.dir, `${who}.sock`);
-  rmSync(socket, { force: true });
-  const args = ['-r', '-t', '-f', format, ...extra, '-k', socket, image];
+  tcp = false,
+): Promise<Server> {
+  let listen: Listen;
+  let where: string[];
+  let uri: string;
+  if (tcp) {
+    const port = await freePort();
+    listen = { host: '127.0.0.1', port };
+    where = ['-b', '127.0.0.1', '-p', String(port)];
+    uri = `nbd://127.0.0.1:${port}`;
+  } else {
+    const socket = join(o.dir, `${who}.sock`);
+    rmSync(socket, { force: true });
+    listen = { path: socket };
+    where = ['-k', socket];
+    uri = `nbd+unix:///?socket=${socket}`;
+  }
+  const args = ['-r', '-t', '-f', format, ...extra, ...where, image];
   const child =
     who === 'qemu'
       ? spawn('qemu-nbd', args, { stdio: ['ignore', 'ignore', 'inherit'] })
       : spawn(o.vdisk, ['nbd', ...args], { stdio: ['ignore', 'ignore', 'inherit'], env });
-  await waitFor(socket, child);
-  return { child, socket, uri: `nbd+unix:///?socket=${socket}` } satisfies Server;
+  await waitFor(listen, child);
+  return { child, listen, uri };
 }
 
 async function stop(s: Server): Promise<void> {
@@ -126,9 +151,7 @@ async function hammer(
   const slots = Math.floor(size / req);
   let bytes = 0;
   try {
-    const clients = await Promise.all(
-      Array.from({ length: 16 }, () => NbdClient.connect({ path: s.socket })),
-    );
+    const clients = await Promise.all(Array.from({ length: 16 }, () => NbdClient.connect(s.listen)));
     await Promise.all(
       clients.map(async (c, ci) => {
         let k = ci * 7919;
@@ -155,8 +178,12 @@ export async function runNbdBench(o: NbdBenchOptions): Promise<string> {
     return 'NBD phase skipped: qemu-nbd or nbdcopy is missing (scripts/test-deps.sh)\n';
   const rows: string[][] = [];
   for (const img of o.images) {
-    for (const buffers of [false, true]) {
-      const name = `nbdcopy to null: (${img.label}${buffers ? ', vdisk VDISK_NBD_SENDFILE=0' : ''})`;
+    for (const [buffers, tcp] of [
+      [false, false],
+      [true, false],
+      [false, true],
+    ] as const) {
+      const name = `nbdcopy to null: (${img.label}${buffers ? ', vdisk VDISK_NBD_SENDFILE=0' : ''}${tcp ? ', TCP loopback' : ''})`;
       if (o.only !== undefined && !name.includes(o.only)) continue;
       const env = buffers ? BUFFERS : process.env;
       // What vdisk serves is the image.
@@ -174,8 +201,8 @@ export async function runNbdBench(o: NbdBenchOptions): Promise<string> {
       const cpu: Record<'q' | 'v', number> = { q: 0, v: 0 };
       const hwm: Record<'q' | 'v', number> = { q: 0, v: 0 };
       // Both servers stay up through the runs, which alternate between them.
-      const q = await start('qemu', o, img.path, img.format, ['-e', '8']);
-      const v = await start('vdisk', o, img.path, img.format, ['-e', '8'], env);
+      const q = await start('qemu', o, img.path, img.format, ['-e', '8'], process.env, tcp);
+      const v = await start('vdisk', o, img.path, img.format, ['-e', '8'], env, tcp);
       try {
         // One copy each before timing: the image in the page cache for both, vdisk's code compiled.
         run('nbdcopy', [q.uri, 'null:']);
@@ -246,7 +273,7 @@ export async function runNbdBench(o: NbdBenchOptions): Promise<string> {
       rows,
     );
     text +=
-      `\nnbdcopy SOURCE null: with nbdcopy's defaults, both servers \`-r -t -e 8 -k SOCKET\`; median wall time of ` +
+      `\nnbdcopy SOURCE null: with nbdcopy's defaults, both servers \`-r -t -e 8 -k SOCKET\` (TCP: \`-b 127.0.0.1 -p PORT\`); median wall time of ` +
       `${o.repeat} runs per server (alternating, sync before each, one untimed copy each first); CPU: the ` +
       `server's user + system seconds per copy (/proc/PID/stat); peak: the server's VmHWM\n`;
   }

@@ -6,7 +6,7 @@
  * FUA, detect-zeroes and the "fast zero" decision.
  */
 import { layerAt } from '../chain/allocation.js';
-import { isAllZero } from '../core/device.js';
+import { type Extent, isAllZero } from '../core/device.js';
 import type { Image } from '../core/image.js';
 import {
   FLAG_CAN_MULTI_CONN,
@@ -72,7 +72,15 @@ export const ALLOCATION_DEPTH = 'qemu:allocation-depth';
 /** A write-zeroes request with FAST_ZERO that would not be fast (NBD_ENOTSUP). */
 export class NotFast extends Error {}
 
+/** Extents remembered for reads (NbdExport.status), and how far one status query looks. */
+const RECENT_EXTENTS = 8;
+const STATUS_WINDOW = 32 << 20;
+
 export class NbdExport {
+  /** Recently seen block status extents, newest first; emptied by every change. */
+  private recent: Extent[] = [];
+  private generation = 0;
+  private changing = 0;
   readonly name: string;
   readonly description: string;
   readonly image: Image;
@@ -138,7 +146,7 @@ export class NbdExport {
     const end = offset + length;
     let pos = offset;
     while (pos < end) {
-      const e = await this.image.blockStatus(pos, end - pos);
+      const e = await this.status(pos, end - pos);
       const n = Math.min(Math.max(e.length, 1), end - pos);
       let d: ReadPiece['direct'];
       if (direct && !e.zero && e.hostOffset !== undefined) {
@@ -153,14 +161,61 @@ export class NbdExport {
     return out;
   }
 
-  async write(buf: Uint8Array, offset: number, fua: boolean): Promise<void> {
-    if (this.detectZeroes !== 'off' && isAllZero(buf)) {
-      await this.image.writeZeroes(offset, buf.length, {
-        unmap: this.detectZeroes === 'unmap' && this.discard === 'unmap',
-      });
-    } else {
-      await this.image.writeAt(buf, offset);
+  /**
+   * The chain's block status at `offset` (Image.blockStatus), from a few recently seen extents
+   * when one covers it: consecutive reads of one large extent ask the image once. Every change
+   * made through the export forgets them (`changing`), and a status looked up while a change
+   * was under way is not kept.
+   */
+  private async status(offset: number, length: number): Promise<Extent> {
+    for (const c of this.recent) {
+      if (offset >= c.offset && offset < c.offset + c.length) {
+        const skip = offset - c.offset;
+        return {
+          ...c,
+          offset,
+          length: Math.min(c.length - skip, length),
+          ...(c.hostOffset !== undefined ? { hostOffset: c.hostOffset + skip } : {}),
+        };
+      }
     }
+    const generation = this.generation;
+    // Ask about more than this read (up to 32 MiB): the next reads fall in the same extent.
+    const e = await this.image.blockStatus(
+      offset,
+      Math.max(length, Math.min(STATUS_WINDOW, this.size - offset)),
+    );
+    if (generation === this.generation && this.changing === 0) {
+      this.recent.unshift(e);
+      if (this.recent.length > RECENT_EXTENTS) this.recent.pop();
+    }
+    return e.length > length ? { ...e, length } : e;
+  }
+
+  /** Run a change of the image: the remembered extents are forgotten before and after it. */
+  private async change<T>(fn: () => Promise<T>): Promise<T> {
+    this.generation++;
+    this.changing++;
+    this.recent = [];
+    try {
+      return await fn();
+    } finally {
+      this.changing--;
+      this.generation++;
+      this.recent = [];
+    }
+  }
+
+  async write(buf: Uint8Array, offset: number, fua: boolean): Promise<void> {
+    await this.change(async () => {
+      if (this.detectZeroes !== 'off' && isAllZero(buf)) {
+        await this.image.writeZeroes(offset, buf.length, {
+          unmap: this.detectZeroes === 'unmap' && this.discard === 'unmap',
+        });
+      } else {
+        await this.image.writeAt(buf, offset);
+      }
+    });
     if (fua || this.writethrough) await this.image.flush();
   }
 
@@ -176,12 +231,12 @@ export class NbdExport {
   ): Promise<void> {
     const unmap = !o.noHole && this.discard === 'unmap';
     if (o.fast && !(await this.zeroIsFast(offset, length, unmap))) throw new NotFast();
-    await this.image.writeZeroes(offset, length, { unmap });
+    await this.change(() => this.image.writeZeroes(offset, length, { unmap }));
     if (o.fua || this.writethrough) await this.image.flush();
   }
 
   async trim(offset: number, length: number, fua: boolean): Promise<void> {
-    if (this.discard === 'unmap') await this.image.discard(offset, length);
+    if (this.discard === 'unmap') await this.change(() => this.image.discard(offset, length));
     if (fua || this.writethrough) await this.image.flush();
   }
 

@@ -8,7 +8,7 @@ import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { exec, execOk, type Served, serveQemu, serveVdisk } from '../test/nbd-helpers.js';
-import { qemuImgOk, qemuIo, tempDir } from '../test/oracle.js';
+import { qemuImgOk, qemuIo, tempDir, vdisk } from '../test/oracle.js';
 
 const MiB = 1 << 20;
 let dir: string;
@@ -109,6 +109,31 @@ describe('vdisk nbd beside qemu-nbd, same image, same clients', () => {
         execOk('qemu-img', ['map', '--output=json', '-f', 'raw', uri]).then((s) => s.replaceAll(uri, 'URI')),
       );
       expect(r.vdisk, image).toBe(r.qemu);
+    }
+  });
+
+  it('qemu-img map over NBD says what vdisk map says of the file (data and zeros, byte for byte)', async () => {
+    type E = { start: number; length: number; data: boolean; zero: boolean };
+    // Ranges by (data, zero) only: the file's map also has depths and host offsets.
+    const flat = (json: string): E[] => {
+      const out: E[] = [];
+      for (const e of JSON.parse(json) as E[]) {
+        const last = out[out.length - 1];
+        if (last !== undefined && last.data === e.data && last.zero === e.zero) last.length += e.length;
+        else out.push({ start: e.start, length: e.length, data: e.data, zero: e.zero });
+      }
+      return out;
+    };
+    for (const image of ['top.qcow2', 'mid.qcow2', 'a.qcow2', 'a.raw']) {
+      const file = await vdisk(['map', '--output=json', p(image)]);
+      expect(file.code).toBe(0);
+      const v = await serveVdisk(p(image), sock(), { readOnly: true });
+      try {
+        const nbd = await execOk('qemu-img', ['map', '--output=json', '-f', 'raw', v.uri]);
+        expect(flat(nbd), image).toEqual(flat(file.stdout));
+      } finally {
+        await v.stop();
+      }
     }
   });
 

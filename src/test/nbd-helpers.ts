@@ -144,6 +144,31 @@ export async function serveQemu(
   };
 }
 
+/** nbdkit's file plugin serving a raw file on a Unix socket (a third server to compare with). */
+export async function serveNbdkit(file: string, socket: string, args: string[] = []): Promise<Served> {
+  const child = spawn('nbdkit', ['-f', '-U', socket, ...args, 'file', file], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => {
+    stderr += d.toString();
+  });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  await waitForSocket(
+    socket,
+    () => child.exitCode !== null,
+    () => stderr,
+  );
+  return {
+    socket,
+    uri: nbdUri(socket),
+    async stop() {
+      child.kill('SIGTERM');
+      await exited;
+    },
+  };
+}
+
 /** Wait until a Unix socket accepts connections. */
 export async function waitForSocket(
   path: string,

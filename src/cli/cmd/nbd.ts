@@ -58,7 +58,7 @@ const command: CliCommand = {
     '      --pid-file=PATH       write the server process id to PATH',
     '      --handshake-limit=N   seconds a client has to complete its handshake (default 10;',
     '                            0: no limit; from later qemu-nbd)',
-    '  -v, --verbose             report connections on stderr',
+    '  -v, --verbose             say on stderr what is served where',
     'Not supported: -c/-d (kernel devices), -L, -o, -s, -B, -T, TLS.',
   ].join('\n'),
   async run(argv, io) {
