@@ -256,6 +256,18 @@ describe('the S3 store going away mid-upload (the real Ceph RGW behind a proxy t
     storeUrl = ceph.storeUrl('vdisk-faults', 'glance').replace(`:${real.port}/`, `:${proxy.port}/`);
     direct = await S3Store.open(ceph.storeUrl('vdisk-faults', 'glance'));
     dbUrl = await pgs.createDatabase('faults_s3');
+    await serve();
+  }, 120_000);
+
+  afterAll(async () => {
+    await s?.stop();
+    await direct?.close();
+    await proxy?.close();
+    await ceph?.stop();
+  });
+
+  /** (Re)start the node on the proxied store, and log in. */
+  const serve = async () => {
     s = await spawnServe([
       '--data-dir',
       join(root, 'data-s3'),
@@ -267,14 +279,7 @@ describe('the S3 store going away mid-upload (the real Ceph RGW behind a proxy t
       'pw',
     ]);
     a = await Api.login(s.url, 'admin', 'pw', 'admin');
-  }, 120_000);
-
-  afterAll(async () => {
-    await s?.stop();
-    await direct?.close();
-    await proxy?.close();
-    await ceph?.stop();
-  });
+  };
 
   const temps = async () => {
     const out: string[] = [];
@@ -343,17 +348,7 @@ describe('the S3 store going away mid-upload (the real Ceph RGW behind a proxy t
     // The abort could not reach the store: at most the cut multipart upload is left, and the
     // next start removes it; the stored image stays.
     await s.stop();
-    s = await spawnServe([
-      '--data-dir',
-      join(root, 'data-s3'),
-      '--database-url',
-      dbUrl,
-      '--store',
-      storeUrl,
-      '--admin-password',
-      'pw',
-    ]);
-    a = await Api.login(s.url, 'admin', 'pw', 'admin');
+    await serve();
     expect(await temps()).toEqual([]);
     expect((await blobs()).sort()).toEqual([kept.id]);
     expect(await a.upload(img.id, Buffer.from('after the cut'))).toBe(204);
