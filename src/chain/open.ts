@@ -14,6 +14,7 @@ import { getDriver, probeFormat } from '../core/formats.js';
 import { HostFile } from '../core/host-file.js';
 import { Image } from '../core/image.js';
 import { registerBuiltinFormats } from '../formats/index.js';
+import { openProtocol } from '../protocols/index.js';
 import { type ImageOpts, isImageOptsMode, parseImageOpts } from './image-opts.js';
 
 /** QEMU refuses chains deeper than this (block.c: BDRV_MAX_BACKING_DEPTH... qemu-img uses 1000 for
@@ -109,11 +110,12 @@ async function openLayer(path: string, opts: OpenOptions, depth: number, seen: S
   const writable =
     depth === 0 ? opts.writable === true : (opts.writableBackingDepths?.includes(depth) ?? false);
   const noFlush = depth === 0 && opts.noFlush === true;
-  const file = await HostFile.open(path, {
+  const hostOpts = {
     writable,
-    lock: opts.forceShare ? 'none' : writable ? 'write' : 'read',
+    lock: opts.forceShare ? ('none' as const) : writable ? ('write' as const) : ('read' as const),
     noFlush,
-  });
+  };
+  const file = (await openProtocol(path, hostOpts)) ?? (await HostFile.open(path, hostOpts));
   let driverImage: FormatImage;
   try {
     const format = opts.format ?? (await probeFormat(file));

