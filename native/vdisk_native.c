@@ -272,6 +272,8 @@ static napi_value cached(napi_env env, napi_callback_info info) {
   return num(env, (double)all);
 }
 
+napi_value vdisk_install_oom_handler(napi_env env, napi_callback_info info); /* vdisk_oom.cc */
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_default, NULL},
@@ -288,6 +290,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"zstdCluster", NULL, vdisk_zstd_cluster, NULL, NULL, NULL, napi_default, NULL},
       {"sendfileStart", NULL, vdisk_sendfile_start, NULL, NULL, NULL, napi_default, NULL},
       {"sendfileCancel", NULL, vdisk_sendfile_cancel, NULL, NULL, NULL, napi_default, NULL},
+      {"installOomHandler", NULL, vdisk_install_oom_handler, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

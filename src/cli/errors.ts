@@ -23,10 +23,25 @@ export function printable(msg: string): string {
 export function reportError(io: Io, err: unknown, exitCode = 1): number {
   const msg = isVdiskError(err)
     ? err.message
-    : err instanceof Error
-      ? `internal error: ${err.message}`
-      : String(err);
+    : isAllocationFailure(err)
+      ? `Cannot allocate memory (${err.message}): raise the process's memory limit or use smaller buffers`
+      : err instanceof Error
+        ? `internal error: ${err.message}`
+        : String(err);
   io.err(`${PROGRAM}: ${printable(msg)}\n`);
   if (process.env['VDISK_DEBUG'] === '1' && err instanceof Error && err.stack) io.err(`${err.stack}\n`);
   return exitCode;
+}
+
+/**
+ * An allocation the host refused (a `prlimit --as` reached, a buffer beyond what V8 allows):
+ * qemu-img reports ENOMEM as any other error, so does vdisk, in strerror's words.
+ */
+function isAllocationFailure(err: unknown): err is RangeError {
+  return (
+    err instanceof RangeError &&
+    /allocation failed|out of memory|cannot allocate|Invalid typed array length|Array buffer allocation/i.test(
+      err.message,
+    )
+  );
 }

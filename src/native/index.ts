@@ -63,6 +63,13 @@ export interface NativeFs {
   ): SendfileJob;
   /** Stop a transfer: its `done` follows soon with ECANCELED (or its real outcome). */
   sendfileCancel?(job: SendfileJob): void;
+  /**
+   * Replace Node's out-of-memory report (a GC trace, a stack, abort: exit 134) for this
+   * isolate with one `vdisk: Cannot allocate memory …` line and exit status 1
+   * (native/vdisk_oom.cc). Only the CLI's process entry calls it. Absent from an addon built
+   * before it existed.
+   */
+  installOomHandler?(): boolean;
 }
 
 /** An opaque handle of a transfer in progress. */
