@@ -6,7 +6,9 @@ export const uuid = (): string => randomUUID();
 
 /** Glance's timeutils.isotime: seconds precision, `Z`. */
 export function isotime(d: Date): string {
-  return d.toISOString().replace(/\.\d{3}Z$/, 'Z');
+  const s = d.toISOString();
+  // 'YYYY-MM-DDTHH:mm:ss.sssZ' for years 0–9999 (every list row formats two of these).
+  return s.length === 24 ? `${s.slice(0, 19)}Z` : s.replace(/\.\d{3}Z$/, 'Z');
 }
 
 /** Keystone's token times: microseconds, `Z`. */
