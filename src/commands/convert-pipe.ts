@@ -74,7 +74,7 @@ export async function convertPipe(o: ConvertPipeOptions): Promise<void> {
       });
       const limit = o.spillLimit ?? (await freeSpace(dir)) - SPILL_MARGIN;
       o.onNote?.(
-        `reading standard input into a temporary file in ${o.tmpDir ?? tmpdir()} (at most ${limit > 0 ? limit : 0} bytes stored)`,
+        `reading standard input into a temporary file in ${o.tmpDir ?? tmpdir()} (at most ${Math.max(limit, 0)} bytes stored)`,
       );
       const path = join(dir, 'stdin');
       spillPath = path;
@@ -127,7 +127,7 @@ export async function spill(input: Readable, path: string, limit: number): Promi
     if (stored > limit)
       throw new VdiskError(
         'ENOSPC',
-        `standard input needs more than ${limit > 0 ? limit : 0} bytes of temporary space`,
+        `standard input needs more than ${Math.max(limit, 0)} bytes of temporary space`,
       );
     await fh.write(block, 0, block.length, at);
   };
