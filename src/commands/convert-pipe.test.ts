@@ -5,7 +5,7 @@
  * writes a file, vdisk's file output is the reference.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, openSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { qemuImg, qemuImgOk, qemuIo, tempDir } from '../test/oracle.js';
@@ -59,6 +59,11 @@ beforeAll(() => {
   qemuImgOk(['convert', '-O', 'vpc', p('src.qcow2'), p('src.vhd')]);
   qemuImgOk(['convert', '-O', 'vdi', p('src.qcow2'), p('src.vdi')]);
   qemuImgOk(['convert', '-O', 'qcow2', p('src.qcow2'), p('seq.qcow2')]);
+  qemuImgOk(['convert', '-O', 'vpc', '-o', 'subformat=fixed', p('src.qcow2'), p('fixed.vhd')]);
+  // vdisk's own sequential qcow2 writer (metadata first).
+  spawnSync(BIN, ['convert', '-f', 'qcow2', '-O', 'qcow2', p('src.qcow2'), '-'], {
+    stdio: ['ignore', openSync(p('vseq.qcow2'), 'w'), 'inherit'],
+  });
   // 2 GiB, 16 MiB of data.
   spawnSync('truncate', ['-s', '2G', p('big.raw')]);
   qemuIo(p('big.raw'), ['write -P 0x44 1G 8M', 'write -P 0x55 2040M 8M'], 'raw');
@@ -141,25 +146,29 @@ describe('convert … - (standard output)', () => {
 });
 
 describe('convert - … (standard input)', () => {
-  const inputs: Array<{ file: string; fmt: string }> = [
-    { file: 'src.raw', fmt: 'raw' },
-    { file: 'src.vmdk', fmt: 'vmdk' },
-    { file: 'src.vhd', fmt: 'vpc' },
-    { file: 'src.vdi', fmt: 'vdi' },
-    { file: 'src.qcow2', fmt: 'qcow2' },
-    { file: 'seq.qcow2', fmt: 'qcow2' },
+  const SPILL = /^vdisk: reading standard input into a temporary file in \S+ \(at most \d+ bytes stored\)\n$/;
+  const SKIPPED =
+    /^vdisk: standard input is not in order: keeping what was skipped in a temporary file in \S+ \(at most \d+ bytes stored\)\n$/;
+  // How each is read: in order (nothing on stderr), in order with what was skipped kept, or
+  // spilled whole first.
+  const inputs: Array<{ file: string; fmt: string; note: RegExp }> = [
+    { file: 'src.raw', fmt: 'raw', note: SPILL },
+    { file: 'src.vmdk', fmt: 'vmdk', note: SPILL },
+    { file: 'src.vhd', fmt: 'vpc', note: /^$/ },
+    { file: 'src.vdi', fmt: 'vdi', note: /^$/ },
+    { file: 'src.qcow2', fmt: 'qcow2', note: SKIPPED },
+    { file: 'seq.qcow2', fmt: 'qcow2', note: /^$/ },
+    { file: 'vseq.qcow2', fmt: 'qcow2', note: /^$/ },
+    { file: 'fixed.vhd', fmt: 'vpc', note: SPILL },
   ];
-  for (const { file, fmt } of inputs) {
-    it(`${file} made by qemu-img, with -f ${fmt} and probed`, () => {
+  for (const { file, fmt, note } of inputs) {
+    it(`${file} made by ${file.startsWith('v') ? 'vdisk' : 'qemu-img'}, with -f ${fmt} and probed`, () => {
       const r = sh(`cat ${file} | vdisk convert -f ${fmt} -O qcow2 - in-${file}.qcow2`);
       expect(r.code).toBe(0);
-      // One line says where the input is kept meanwhile.
-      expect(r.stderr).toMatch(
-        /^vdisk: reading standard input into a temporary file in \S+ \(at most \d+ bytes stored\)\n$/,
-      );
+      expect(r.stderr).toMatch(note);
       same(file, `in-${file}.qcow2`, fmt, 'qcow2');
       checked(`in-${file}.qcow2`, 'qcow2');
-      if (fmt !== 'raw') {
+      if (fmt !== 'raw' && file !== 'fixed.vhd') {
         const q = sh(`vdisk convert -O vdi - probed-${file}.vdi < ${file}`);
         expect(q.code).toBe(0);
         same(file, `probed-${file}.vdi`, fmt, 'vdi');
@@ -183,10 +192,12 @@ describe('convert - … (standard input)', () => {
       const half = Math.floor(readFileSync(p(file)).length / 2);
       const r = sh(`head -c ${half} ${file} | vdisk convert -f ${fmt} - cut.raw`);
       expect(r.code).toBe(1);
+      // The error, after the note on a spill if there is one.
       const lines = r.stderr.split('\n');
-      expect(lines).toHaveLength(3);
-      expect(lines[1]).toMatch(/^vdisk: \S/);
-      expect(lines[1]).not.toContain(tmp);
+      expect(lines.pop()).toBe('');
+      expect(lines.length).toBeLessThanOrEqual(2);
+      expect(lines[lines.length - 1]).toMatch(/^vdisk: \S/);
+      expect(lines[lines.length - 1]).not.toContain(tmp);
       noSpill();
     });
   }
@@ -197,6 +208,28 @@ describe('convert - … (standard input)', () => {
     expect(r.stderr.split('\n')[1]).toBe(
       'vdisk: standard input needs more than 1048576 bytes of temporary space',
     );
+    noSpill();
+    // Out of order: what is skipped beyond 4 MiB in memory goes to the spill, within its bound.
+    const q = sh('cat src.qcow2 | vdisk convert --spill-limit=1M -f qcow2 - lim.raw');
+    expect(q.code).toBe(1);
+    expect(q.stderr.split('\n').slice(1)).toEqual([
+      'vdisk: error while reading at byte 0: standard input needs more than 1048576 bytes of temporary space',
+      '',
+    ]);
+    noSpill();
+  });
+
+  it('a 2 GiB qcow2 in order: small peak RSS, no temporary file', () => {
+    qemuImgOk(['convert', '-f', 'raw', '-O', 'qcow2', p('big.raw'), p('big-src.qcow2')]);
+    const r = sh(
+      'cat big-src.qcow2 | /usr/bin/time -f %M -o rss-q.txt "$V" convert -f qcow2 -O raw - big-q.raw',
+    );
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const kib = Number(readFileSync(p('rss-q.txt'), 'utf8').trim());
+    expect(kib).toBeGreaterThan(0);
+    expect(kib).toBeLessThan(200 * 1024);
+    same('big.raw', 'big-q.raw', 'raw', 'raw');
     noSpill();
   });
 

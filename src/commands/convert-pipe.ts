@@ -20,12 +20,15 @@ import { mkdtemp, open, rm, statfs } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
+import { openLayers } from '../chain/layers.js';
 import { openImage } from '../chain/open.js';
 import { isAllZero } from '../core/device.js';
 import { strerror, VdiskError } from '../core/errors.js';
-import { formatNames, getDriver } from '../core/formats.js';
+import { formatNames, getDriver, PROBE_BYTES, probeBytes } from '../core/formats.js';
+import { HostFile } from '../core/host-file.js';
 import type { Image } from '../core/image.js';
 import { imageSeqSource, type SeqSource } from '../core/seq.js';
+import { StreamSource } from '../core/stream-source.js';
 import { registerBuiltinFormats } from '../formats/index.js';
 import { type ConvertOptions, convertCommand } from './convert.js';
 
@@ -46,6 +49,17 @@ export interface ConvertPipeOptions extends ConvertOptions {
   /** The temporary directory in use (to remove on a signal), then null once removed. */
   onTemp?: ((dir: string | null) => void) | undefined;
 }
+
+/**
+ * Formats read straight from the stream, in order (their headers and tables come first and
+ * the copy walks them in guest order): qcow2 (a layout that does not allow it spills what it
+ * skips), vdi, and dynamic vpc (its footer has a copy at offset 0). The others (raw, whose
+ * length is unknown until the end; vmdk, whose tables follow its grains; fixed vpc, whose
+ * footer is at the end) are spilled whole.
+ */
+const IN_ORDER = new Set(['qcow2', 'vdi', 'vpc']);
+/** The file size drivers see for a stream read in order (an upper bound; its end is found by reading). */
+const STREAM_FILE_SIZE = 2 ** 50;
 
 /** Blocks of this size that are all zeros are left as holes in a spill. */
 const SPILL_BLOCK = 64 << 10;
@@ -73,14 +87,43 @@ export async function convertPipe(o: ConvertPipeOptions): Promise<void> {
         o.onTemp?.(null);
       });
       const limit = o.spillLimit ?? (await freeSpace(dir)) - SPILL_MARGIN;
-      o.onNote?.(
-        `reading standard input into a temporary file in ${o.tmpDir ?? tmpdir()} (at most ${Math.max(limit, 0)} bytes stored)`,
-      );
+      const where = `${o.tmpDir ?? tmpdir()} (at most ${Math.max(limit, 0)} bytes stored)`;
+      const head = await peek(o.input, PROBE_BYTES);
+      const format = o.sourceFormat ?? probeBytes(head, STDIO_NAME);
+      const dynamicVpc = head.subarray(0, 8).toString('latin1') === 'conectix';
+      if (IN_ORDER.has(format) && o.outputStream === undefined && (format !== 'vpc' || dynamicVpc)) {
+        // In order: straight from the stream, one request at a time.
+        const stream = new StreamSource(o.input, {
+          size: STREAM_FILE_SIZE,
+          spillDir: dir,
+          spillLimit: limit,
+          onSpill: () =>
+            o.onNote?.(
+              `standard input is not in order: keeping what was skipped in a temporary file in ${where}`,
+            ),
+        });
+        const image = await openLayers([
+          { file: HostFile.fromSource(STDIO_NAME, stream), format, name: STDIO_NAME },
+        ]);
+        closers.push(() => image.close());
+        if (image.driver.backing !== undefined)
+          throw new VdiskError(
+            'UNSUPPORTED',
+            `Could not open '${STDIO_NAME}': an image read from standard input cannot have a backing file`,
+          );
+        // Progress would first walk the whole image's block status (its tables, all ahead of
+        // the data): not over a stream.
+        await convertCommand({ ...o, sourceImages: [image], coroutines: 1, onProgress: undefined });
+        // Read to the end: the writer of the pipe must not be cut off.
+        await stream.drain();
+        return;
+      }
+      o.onNote?.(`reading standard input into a temporary file in ${where}`);
       const path = join(dir, 'stdin');
       spillPath = path;
       const length = await spill(o.input, path, limit);
       const image = await openImage(path, {
-        format: o.sourceFormat,
+        format,
         backing: 'refuse',
         forceShare: true,
       });
@@ -104,6 +147,44 @@ export async function convertPipe(o: ConvertPipeOptions): Promise<void> {
 function renamed(err: unknown, path: string): unknown {
   if (!(err instanceof VdiskError) || !err.message.includes(path)) return err;
   return new VdiskError(err.code, err.message.split(path).join(STDIO_NAME), { path: STDIO_NAME, cause: err });
+}
+
+/** The first n bytes of a stream (fewer if it is shorter), left in the stream. */
+async function peek(input: Readable, n: number): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  let length = 0;
+  let ended = input.readableEnded;
+  while (length < n && !ended) {
+    const c = input.read() as Buffer | string | null;
+    if (c !== null) {
+      const b = typeof c === 'string' ? Buffer.from(c) : c;
+      parts.push(b);
+      length += b.length;
+      continue;
+    }
+    ended = await new Promise<boolean>((resolve, reject) => {
+      const settle = (f: () => void) => {
+        input.off('readable', onReadable);
+        input.off('end', onEnd);
+        input.off('error', onError);
+        f();
+      };
+      const onReadable = () => settle(() => resolve(false));
+      const onEnd = () => settle(() => resolve(true));
+      const onError = (err: Error) =>
+        settle(() =>
+          reject(
+            new VdiskError('EIO', `error while reading standard input: ${strerror(err)}`, { cause: err }),
+          ),
+        );
+      input.on('readable', onReadable);
+      input.on('end', onEnd);
+      input.on('error', onError);
+    });
+  }
+  const head = Buffer.concat(parts);
+  if (head.length > 0) input.unshift(head);
+  return head.subarray(0, n);
 }
 
 async function freeSpace(dir: string): Promise<number> {
