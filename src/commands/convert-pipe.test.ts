@@ -60,6 +60,7 @@ beforeAll(() => {
   qemuImgOk(['convert', '-O', 'vdi', p('src.qcow2'), p('src.vdi')]);
   qemuImgOk(['convert', '-O', 'qcow2', p('src.qcow2'), p('seq.qcow2')]);
   qemuImgOk(['convert', '-O', 'vpc', '-o', 'subformat=fixed', p('src.qcow2'), p('fixed.vhd')]);
+  qemuImgOk(['convert', '-O', 'vmdk', p('src.qcow2'), p('sparse.vmdk')]);
   // vdisk's own sequential qcow2 writer (metadata first).
   spawnSync(BIN, ['convert', '-f', 'qcow2', '-O', 'qcow2', p('src.qcow2'), '-'], {
     stdio: ['ignore', openSync(p('vseq.qcow2'), 'w'), 'inherit'],
@@ -153,7 +154,8 @@ describe('convert - … (standard input)', () => {
   // spilled whole first.
   const inputs: Array<{ file: string; fmt: string; note: RegExp }> = [
     { file: 'src.raw', fmt: 'raw', note: SPILL },
-    { file: 'src.vmdk', fmt: 'vmdk', note: SPILL },
+    { file: 'src.vmdk', fmt: 'vmdk', note: /^$/ },
+    { file: 'sparse.vmdk', fmt: 'vmdk', note: SPILL },
     { file: 'src.vhd', fmt: 'vpc', note: /^$/ },
     { file: 'src.vdi', fmt: 'vdi', note: /^$/ },
     { file: 'src.qcow2', fmt: 'qcow2', note: SKIPPED },

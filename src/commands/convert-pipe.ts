@@ -19,14 +19,14 @@
 import { mkdtemp, open, rm, statfs } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Readable, Writable } from 'node:stream';
+import { Readable, type Writable } from 'node:stream';
 import { openLayers } from '../chain/layers.js';
 import { openImage } from '../chain/open.js';
 import { isAllZero } from '../core/device.js';
 import { strerror, VdiskError } from '../core/errors.js';
 import { formatNames, getDriver, PROBE_BYTES, probeBytes } from '../core/formats.js';
 import { HostFile } from '../core/host-file.js';
-import type { Image } from '../core/image.js';
+import { Image } from '../core/image.js';
 import { imageSeqSource, type SeqSource } from '../core/seq.js';
 import { StreamSource } from '../core/stream-source.js';
 import { registerBuiltinFormats } from '../formats/index.js';
@@ -53,9 +53,10 @@ export interface ConvertPipeOptions extends ConvertOptions {
 /**
  * Formats read straight from the stream, in order (their headers and tables come first and
  * the copy walks them in guest order): qcow2 (a layout that does not allow it spills what it
- * skips), vdi, and dynamic vpc (its footer has a copy at offset 0). The others (raw, whose
- * length is unknown until the end; vmdk, whose tables follow its grains; fixed vpc, whose
- * footer is at the end) are spilled whole.
+ * skips), vdi, and dynamic vpc (its footer has a copy at offset 0); and streamOptimized vmdk,
+ * decoded grain by grain as its markers come (src/formats/vmdk/stream-read.ts). The others
+ * (raw, whose length is unknown until the end; other vmdk subformats; fixed vpc, whose footer
+ * is at the end) are spilled whole.
  */
 const IN_ORDER = new Set(['qcow2', 'vdi', 'vpc']);
 /** The file size drivers see for a stream read in order (an upper bound; its end is found by reading). */
@@ -88,12 +89,17 @@ export async function convertPipe(o: ConvertPipeOptions): Promise<void> {
       });
       const limit = o.spillLimit ?? (await freeSpace(dir)) - SPILL_MARGIN;
       const where = `${o.tmpDir ?? tmpdir()} (at most ${Math.max(limit, 0)} bytes stored)`;
-      const head = await peek(o.input, PROBE_BYTES);
+      const { head, stream: input } = await peek(o.input, PROBE_BYTES);
       const format = o.sourceFormat ?? probeBytes(head, STDIO_NAME);
       const dynamicVpc = head.subarray(0, 8).toString('latin1') === 'conectix';
-      if (IN_ORDER.has(format) && o.outputStream === undefined && (format !== 'vpc' || dynamicVpc)) {
+      const { isStreamOptimizedHead, openVmdkStream } = await import('../formats/vmdk/stream-read.js');
+      const streamVmdk = format === 'vmdk' && isStreamOptimizedHead(head);
+      if (
+        o.outputStream === undefined &&
+        (streamVmdk || (IN_ORDER.has(format) && (format !== 'vpc' || dynamicVpc)))
+      ) {
         // In order: straight from the stream, one request at a time.
-        const stream = new StreamSource(o.input, {
+        const stream = new StreamSource(input, {
           size: STREAM_FILE_SIZE,
           spillDir: dir,
           spillLimit: limit,
@@ -102,9 +108,19 @@ export async function convertPipe(o: ConvertPipeOptions): Promise<void> {
               `standard input is not in order: keeping what was skipped in a temporary file in ${where}`,
             ),
         });
-        const image = await openLayers([
-          { file: HostFile.fromSource(STDIO_NAME, stream), format, name: STDIO_NAME },
-        ]);
+        const file = HostFile.fromSource(STDIO_NAME, stream);
+        let image: Image;
+        if (streamVmdk) {
+          const driver = await openVmdkStream(file).catch(async (err: unknown) => {
+            await file.close();
+            throw err instanceof VdiskError
+              ? new VdiskError(err.code, `Could not open '${STDIO_NAME}': ${err.message}`, { cause: err })
+              : err;
+          });
+          image = new Image(driver, STDIO_NAME);
+        } else {
+          image = await openLayers([{ file, format, name: STDIO_NAME }]);
+        }
         closers.push(() => image.close());
         if (image.driver.backing !== undefined)
           throw new VdiskError(
@@ -114,6 +130,8 @@ export async function convertPipe(o: ConvertPipeOptions): Promise<void> {
         // Progress would first walk the whole image's block status (its tables, all ahead of
         // the data): not over a stream.
         await convertCommand({ ...o, sourceImages: [image], coroutines: 1, onProgress: undefined });
+        // A vmdk stream ends with its end-of-stream marker: without it, it was cut short.
+        if (streamVmdk) await (image.driver as { finish?: () => Promise<void> }).finish?.();
         // Read to the end: the writer of the pipe must not be cut off.
         await stream.drain();
         return;
@@ -121,7 +139,7 @@ export async function convertPipe(o: ConvertPipeOptions): Promise<void> {
       o.onNote?.(`reading standard input into a temporary file in ${where}`);
       const path = join(dir, 'stdin');
       spillPath = path;
-      const length = await spill(o.input, path, limit);
+      const length = await spill(input, path, limit);
       const image = await openImage(path, {
         format,
         backing: 'refuse',
@@ -149,42 +167,40 @@ function renamed(err: unknown, path: string): unknown {
   return new VdiskError(err.code, err.message.split(path).join(STDIO_NAME), { path: STDIO_NAME, cause: err });
 }
 
-/** The first n bytes of a stream (fewer if it is shorter), left in the stream. */
-async function peek(input: Readable, n: number): Promise<Buffer> {
+/**
+ * The first n bytes of a stream (fewer if it is shorter), and a stream of all its bytes (those
+ * first ones included) to read from instead.
+ */
+async function peek(input: Readable, n: number): Promise<{ head: Buffer; stream: Readable }> {
+  const it = input[Symbol.asyncIterator]() as AsyncIterator<Buffer | string>;
   const parts: Buffer[] = [];
   let length = 0;
-  let ended = input.readableEnded;
-  while (length < n && !ended) {
-    const c = input.read() as Buffer | string | null;
-    if (c !== null) {
-      const b = typeof c === 'string' ? Buffer.from(c) : c;
+  let done = false;
+  try {
+    while (length < n) {
+      const r = await it.next();
+      if (r.done === true) {
+        done = true;
+        break;
+      }
+      const b = typeof r.value === 'string' ? Buffer.from(r.value) : r.value;
       parts.push(b);
       length += b.length;
-      continue;
     }
-    ended = await new Promise<boolean>((resolve, reject) => {
-      const settle = (f: () => void) => {
-        input.off('readable', onReadable);
-        input.off('end', onEnd);
-        input.off('error', onError);
-        f();
-      };
-      const onReadable = () => settle(() => resolve(false));
-      const onEnd = () => settle(() => resolve(true));
-      const onError = (err: Error) =>
-        settle(() =>
-          reject(
-            new VdiskError('EIO', `error while reading standard input: ${strerror(err)}`, { cause: err }),
-          ),
-        );
-      input.on('readable', onReadable);
-      input.on('end', onEnd);
-      input.on('error', onError);
-    });
+  } catch (err) {
+    throw new VdiskError('EIO', `error while reading standard input: ${strerror(err)}`, { cause: err });
   }
-  const head = Buffer.concat(parts);
-  if (head.length > 0) input.unshift(head);
-  return head.subarray(0, n);
+  const first = Buffer.concat(parts);
+  async function* all(): AsyncGenerator<Buffer> {
+    if (first.length > 0) yield first;
+    if (done) return;
+    for (;;) {
+      const r = await it.next();
+      if (r.done === true) return;
+      yield typeof r.value === 'string' ? Buffer.from(r.value) : r.value;
+    }
+  }
+  return { head: first.subarray(0, n), stream: Readable.from(all(), { objectMode: false }) };
 }
 
 async function freeSpace(dir: string): Promise<number> {

@@ -91,11 +91,16 @@ export class StreamSource implements ReadSource {
     return r;
   }
 
-  /** Consume the rest of the stream (so that the writer of a pipe is not cut off); its length. */
-  async drain(): Promise<number> {
-    await this.queue;
-    while ((await this.next(1 << 20)) !== null) {}
-    return this.pos;
+  /**
+   * Consume the rest of the stream, up to `max` bytes more (so that the writer of a pipe is not
+   * cut off by an early close; an endless stream is not read forever). Answers whether the end
+   * was reached.
+   */
+  async drain(max = 64 << 20): Promise<boolean> {
+    await this.queue.catch(() => {});
+    const stop = this.pos + max;
+    while (this.pos < stop) if ((await this.next(Math.min(1 << 20, stop - this.pos))) === null) return true;
+    return false;
   }
 
   async close(): Promise<void> {
