@@ -5,7 +5,7 @@
  * writes a file, vdisk's file output is the reference.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, openSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, openSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { qemuImg, qemuImgOk, qemuIo, tempDir } from '../test/oracle.js';
@@ -203,6 +203,41 @@ describe('convert - … (standard input)', () => {
       noSpill();
     });
   }
+
+  it('hostile streamOptimized vmdk: a huge grain marker, grains going backwards', () => {
+    const vmdk = readFileSync(p('src.vmdk'));
+    const start = Number(vmdk.readBigUInt64LE(64)) * 512;
+    // The grains as qemu-img wrote them (metadata markers skipped).
+    const grains: Buffer[] = [];
+    for (let pos = start; pos < vmdk.length; ) {
+      const size = vmdk.readUInt32LE(pos + 8);
+      if (size === 0) {
+        if (vmdk.readUInt32LE(pos + 12) === 0) break;
+        pos += 512 + Number(vmdk.readBigUInt64LE(pos)) * 512;
+        continue;
+      }
+      const len = Math.ceil((12 + size) / 512) * 512;
+      grains.push(vmdk.subarray(pos, pos + len));
+      pos += len;
+    }
+    expect(grains.length).toBeGreaterThan(2);
+    const eos = Buffer.alloc(512);
+    const huge = Buffer.alloc(512);
+    huge.writeUInt32LE(0xffffff00, 8);
+    writeFileSync(p('huge.vmdk'), Buffer.concat([vmdk.subarray(0, start), huge, eos]));
+    const h = sh('cat huge.vmdk | vdisk convert -f vmdk - h.raw');
+    expect(h.code).toBe(1);
+    expect(h.stderr).toMatch(
+      /^vdisk: error while reading block status at offset 0: grain marker of 4294967040 bytes\n$/,
+    );
+    writeFileSync(p('back.vmdk'), Buffer.concat([vmdk.subarray(0, start), grains[1]!, grains[0]!, eos]));
+    const b = sh('cat back.vmdk | vdisk convert -f vmdk - b.raw');
+    expect(b.code).toBe(1);
+    expect(b.stderr).toMatch(
+      /^vdisk: error while reading block status at offset \d+: standard input: vmdk grains are not in order \(sector \d+ after \d+\); convert from a file instead\n$/,
+    );
+    noSpill();
+  });
 
   it('a spill over --spill-limit stops with one line and is removed', () => {
     const r = sh('cat src.raw | vdisk convert --spill-limit=1M -f raw - lim.raw');
