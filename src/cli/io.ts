@@ -7,7 +7,7 @@ export interface Io {
   /** stderr is a terminal (progress bars are drawn only there). */
   readonly isTTY: boolean;
   /** The byte streams behind `-` (convert … -): absent where there are none (in-process tests). */
-  readonly stdinStream?: Readable;
+  readonly stdinStream?: Readable & { isTTY?: boolean };
   readonly stdoutStream?: Writable & { isTTY?: boolean };
 }
 

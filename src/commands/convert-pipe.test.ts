@@ -239,6 +239,23 @@ describe('convert - … (standard input)', () => {
     noSpill();
   });
 
+  it('a terminal is refused as standard input or output', () => {
+    // script(1) gives the command a terminal for its standard streams.
+    const tty = (cmd: string) =>
+      spawnSync('script', ['-qec', cmd, '/dev/null'], {
+        cwd: dir,
+        encoding: 'utf8',
+        env: { ...process.env, TMPDIR: tmp },
+      });
+    const out = tty(`${BIN} convert -f qcow2 src.qcow2 -`);
+    expect(out.status).toBe(1);
+    expect(out.stdout).toBe('vdisk: Refusing to write an image to a terminal\r\n');
+    const inp = tty(`${BIN} convert -f qcow2 - t.raw`);
+    expect(inp.status).toBe(1);
+    expect(inp.stdout).toBe('vdisk: Refusing to read an image from a terminal\r\n');
+    noSpill();
+  });
+
   it('a spill over --spill-limit stops with one line and is removed', () => {
     const r = sh('cat src.raw | vdisk convert --spill-limit=1M -f raw - lim.raw');
     expect(r.code).toBe(1);

@@ -38,6 +38,8 @@ export interface StreamSourceOptions {
 const KEEP_READS_MAX = 1 << 20;
 const KEEP_READS_BUDGET = 16 << 20;
 const BLOCK = 64 << 10;
+/** Most separate skipped (or spilled) ranges tracked: a layout more scattered is refused. */
+const MAX_RANGES = 1 << 20;
 
 interface Piece {
   offset: number;
@@ -168,7 +170,10 @@ export class StreamSource implements ReadSource {
     const target = this.pos + n;
     const last = this.skips[this.skips.length - 1];
     if (last !== undefined && last[1] === this.pos) last[1] = target;
-    else this.skips.push([this.pos, target]);
+    else {
+      if (this.skips.length >= MAX_RANGES) throw scattered();
+      this.skips.push([this.pos, target]);
+    }
     while (this.pos < target) {
       const at = this.pos;
       // Whole blocks where possible, so that zero detection sees whole blocks.
@@ -209,7 +214,10 @@ export class StreamSource implements ReadSource {
     this.spillBytes += data.length;
     const last = this.spilled[this.spilled.length - 1];
     if (last !== undefined && last[1] === offset) last[1] = offset + data.length;
-    else this.spilled.push([offset, offset + data.length]);
+    else {
+      if (this.spilled.length >= MAX_RANGES) throw scattered();
+      this.spilled.push([offset, offset + data.length]);
+    }
   }
 
   private remember(offset: number, data: Buffer): void {
@@ -270,6 +278,13 @@ export class StreamSource implements ReadSource {
       if (a < b) await this.spillFile!.read(buf, a - offset, b - a, a);
     }
   }
+}
+
+function scattered(): VdiskError {
+  return new VdiskError(
+    'UNSUPPORTED',
+    'standard input: the image is too scattered to read in order; convert from a file instead',
+  );
 }
 
 function overlay(buf: Uint8Array, offset: number, p: Piece): void {

@@ -209,6 +209,7 @@ const command: CliCommand = {
     }
     if (fromStdin) {
       if (io.stdinStream === undefined) throw fail('Standard input is not available');
+      if (io.stdinStream.isTTY === true) throw fail('Refusing to read an image from a terminal');
       o.input = io.stdinStream;
       o.onNote = (line) => io.err(`vdisk: ${line}\n`);
     }
