@@ -61,6 +61,8 @@ beforeAll(() => {
   qemuImgOk(['convert', '-O', 'qcow2', p('src.qcow2'), p('seq.qcow2')]);
   qemuImgOk(['convert', '-O', 'vpc', '-o', 'subformat=fixed', p('src.qcow2'), p('fixed.vhd')]);
   qemuImgOk(['convert', '-O', 'vmdk', p('src.qcow2'), p('sparse.vmdk')]);
+  qemuImgOk(['convert', '-O', 'qed', p('src.qcow2'), p('src.qed')]);
+  qemuImgOk(['convert', '-O', 'qcow', p('src.qcow2'), p('src.qcow')]);
   // vdisk's own sequential qcow2 writer (metadata first).
   spawnSync(BIN, ['convert', '-f', 'qcow2', '-O', 'qcow2', p('src.qcow2'), '-'], {
     stdio: ['ignore', openSync(p('vseq.qcow2'), 'w'), 'inherit'],
@@ -162,6 +164,8 @@ describe('convert - … (standard input)', () => {
     { file: 'seq.qcow2', fmt: 'qcow2', note: /^$/ },
     { file: 'vseq.qcow2', fmt: 'qcow2', note: /^$/ },
     { file: 'fixed.vhd', fmt: 'vpc', note: SPILL },
+    { file: 'src.qed', fmt: 'qed', note: SPILL },
+    { file: 'src.qcow', fmt: 'qcow', note: SPILL },
   ];
   for (const { file, fmt, note } of inputs) {
     it(`${file} made by ${file.startsWith('v') ? 'vdisk' : 'qemu-img'}, with -f ${fmt} and probed`, () => {
