@@ -12,6 +12,9 @@
  * BENCH_DIR (default the system temp dir) holds the files; BENCH_ONLY=substring picks cases.
  * qcow2 cases run when vdisk supports qcow2.
  *
+ * Then the pipe phase (src/bench/pipe.ts): `vdisk convert … -` to standard output and from
+ * standard input against the same convert with files, same run.
+ *
  * Then the NBD phase (src/bench/nbd.ts): nbdcopy to null: from `vdisk nbd` and from qemu-nbd
  * serving the same images, and the servers' memory under 16 connections × 64 requests in
  * flight (BENCH_NBD_SECONDS, default 10, each).
@@ -33,6 +36,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseSize } from '../core/size.js';
 import { runNbdBench } from './nbd.js';
+import { runPipeBench } from './pipe.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const VDISK = join(ROOT, 'bin/vdisk');
@@ -268,6 +272,17 @@ async function main(): Promise<void> {
         `seconds (/usr/bin/time -f '%U %S', all threads); RSS: peak of /usr/bin/time -f %M; ` +
         `output: the last run's output file, allocated MiB (qemu-img / vdisk)\n`,
     );
+    if (qcow2) {
+      const pipe = runPipeBench({
+        dir,
+        image: 'mixed.qcow2',
+        label: `${gib} GiB mixed, made by qemu-img`,
+        repeat: REPEAT,
+        only: ONLY,
+        vdisk: VDISK,
+      });
+      if (pipe !== '') process.stdout.write(`\n${pipe}`);
+    }
     const nbd = await runNbdBench({
       dir,
       images: [

@@ -1,9 +1,14 @@
+import type { Readable, Writable } from 'node:stream';
+
 /** Where a command writes. Tests pass their own; the CLI passes the process streams. */
 export interface Io {
   out(text: string): void;
   err(text: string): void;
   /** stderr is a terminal (progress bars are drawn only there). */
   readonly isTTY: boolean;
+  /** The byte streams behind `-` (convert … -): absent where there are none (in-process tests). */
+  readonly stdinStream?: Readable & { isTTY?: boolean };
+  readonly stdoutStream?: Writable & { isTTY?: boolean };
 }
 
 export const processIo: Io = {
@@ -15,6 +20,12 @@ export const processIo: Io = {
   },
   get isTTY() {
     return process.stderr.isTTY === true;
+  },
+  get stdinStream() {
+    return process.stdin;
+  },
+  get stdoutStream() {
+    return process.stdout;
   },
 };
 

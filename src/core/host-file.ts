@@ -33,6 +33,11 @@ export interface ReadSource {
   /** Read up to buf.length bytes at offset; resolves with the count (less only at the end). */
   read(buf: Uint8Array, offset: number): Promise<number>;
   close(): Promise<void>;
+  /**
+   * Reads should come in offset order (a stream: standard input): drivers then read nothing
+   * speculatively ahead (qcow2's L2 read-ahead would make the stream skip the data between).
+   */
+  readonly sequential?: boolean;
 }
 
 export interface HostOpenOptions {
@@ -73,6 +78,11 @@ export class HostFile {
    */
   static fromSource(name: string, source: ReadSource): HostFile {
     return new HostFile(name, null, false, source);
+  }
+
+  /** Reads should come in offset order (ReadSource.sequential): no speculative reads ahead. */
+  get sequential(): boolean {
+    return this.source?.sequential === true;
   }
 
   get handle(): FileHandle {

@@ -1,9 +1,12 @@
-import { type ConvertOptions, convertCommand, type SnapshotRef } from '../../commands/convert.js';
+import { rmSync } from 'node:fs';
+import type { SnapshotRef } from '../../commands/convert.js';
+import { type ConvertPipeOptions, convertPipe, STDIO_NAME } from '../../commands/convert-pipe.js';
 import { VdiskError } from '../../core/errors.js';
 import { mergeOptionStrings, parseOptionString } from '../../core/options.js';
 import { checkCacheMode } from '../cache.js';
 import { cvtnum, INT64_MAX, warnTo } from '../cvtnum.js';
 import { getopt } from '../getopt.js';
+import type { Io } from '../io.js';
 import type { CliCommand } from '../main.js';
 import { printOptionHelp } from '../option-help.js';
 import { Progress, progressMode } from '../progress.js';
@@ -39,6 +42,13 @@ const command: CliCommand = {
     '  --progress=json   print progress as JSON lines {"progress": N} (a vdisk extension)',
     '  -q                quiet',
     '  -U, --force-share open the sources without taking their locks',
+    '  --spill-limit=N   most bytes a source read from standard input may store in a',
+    '                    temporary file (default: the free space of TMPDIR less 1 GiB)',
+    '',
+    'A source named - is read from standard input (into a sparse temporary file in TMPDIR,',
+    'removed at the end); an output named - is written to standard output, in order, for',
+    'formats with a sequential writer (raw, qcow2, qed, qcow, vmdk monolithicSparse and',
+    'streamOptimized, vdi, vpc). With an output of -, -p draws its bar on standard error.',
   ].join('\n'),
   async run(argv, io) {
     const { opts, args } = getopt(argv, {
@@ -55,9 +65,10 @@ const command: CliCommand = {
         bitmaps: { value: false },
         'skip-broken-bitmaps': { value: false },
         progress: { value: true },
+        'spill-limit': { value: true },
       },
     });
-    const o: ConvertOptions = { sources: [], output: '' };
+    const o: ConvertPipeOptions = { sources: [], output: '' };
     const optionStrings: string[] = [];
     let copyRange = false;
     let explicitSparse = false;
@@ -158,6 +169,9 @@ const command: CliCommand = {
         case 'progress':
           progressArg = v;
           break;
+        case 'spill-limit':
+          o.spillLimit = Number(cvtnum('spill limit', v, 0n, INT64_MAX, warnTo(io)));
+          break;
       }
     }
     if (progressArg !== undefined && progressArg !== 'human' && progressArg !== 'json') {
@@ -186,10 +200,27 @@ const command: CliCommand = {
       throw new VdiskError('UNSUPPORTED', 'Source lacks bitmap support');
     }
     if (!checkCacheMode(srcCache)) throw fail(`Invalid source cache option: ${srcCache}`);
-    const progress = new Progress(io, progressMode({ p, quiet, progressArg }), 1);
+    const toStdout = o.output === STDIO_NAME;
+    const fromStdin = o.sources.includes(STDIO_NAME);
+    if (toStdout) {
+      if (io.stdoutStream === undefined) throw fail('Standard output is not available');
+      if (io.stdoutStream.isTTY === true) throw fail('Refusing to write an image to a terminal');
+      o.outputStream = io.stdoutStream;
+    }
+    if (fromStdin) {
+      if (io.stdinStream === undefined) throw fail('Standard input is not available');
+      if (io.stdinStream.isTTY === true) throw fail('Refusing to read an image from a terminal');
+      o.input = io.stdinStream;
+      o.onNote = (line) => io.err(`vdisk: ${line}\n`);
+    }
+    // The image owns standard output: the bar goes to standard error.
+    const barIo: Io = toStdout ? { out: (t) => io.err(t), err: (t) => io.err(t), isTTY: io.isTTY } : io;
+    const progress = new Progress(barIo, progressMode({ p, quiet, progressArg }), 1);
     progress.set(0);
+    const signals = new SignalCleanup();
+    o.onTemp = (dir) => signals.track(dir);
     try {
-      await convertCommand({
+      await convertPipe({
         ...o,
         // Counting what will be copied costs a second walk of the source: only when shown.
         ...(progress.mode !== 'off'
@@ -198,11 +229,34 @@ const command: CliCommand = {
       });
       progress.set(100);
     } finally {
+      signals.track(null);
       progress.end();
     }
     return 0;
   },
 };
+
+/**
+ * While a temporary directory exists (standard input spilled), a signal that would end the
+ * process removes it first, then ends the process by the same signal.
+ */
+class SignalCleanup {
+  private dir: string | null = null;
+  private readonly handler = (sig: NodeJS.Signals) => {
+    if (this.dir !== null) rmSync(this.dir, { recursive: true, force: true });
+    this.track(null);
+    process.kill(process.pid, sig);
+  };
+
+  track(dir: string | null): void {
+    const was = this.dir !== null;
+    this.dir = dir;
+    for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+      if (dir !== null && !was) process.on(sig, this.handler);
+      if (dir === null && was) process.off(sig, this.handler);
+    }
+  }
+}
 
 /** qemu-img's is_valid_option_list(): no leading ',', no odd run of trailing ','. */
 function validOptionList(v: string): boolean {

@@ -539,6 +539,7 @@ export class Qcow2Image implements FormatImage {
    * many small tables (map, convert of a sparse image) then keep several reads in flight.
    */
   private readAhead(l1i: number, end: number): void {
+    if (this.file.sequential) return;
     const span = this.l2Entries * this.clusterSize;
     let started = 0;
     for (let i = l1i + 1; i < this.l1Size && i * span < end && started < 16; i++) {
