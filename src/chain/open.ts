@@ -178,6 +178,8 @@ async function openLayer(path: string, opts: OpenOptions, depth: number, seen: S
     throw err;
   }
   const image = new Image(driverImage, path);
+  // qemu names an image on a protocol by its canonical name (nbd_refresh_filename).
+  if (file.remote && file.path !== path) image.displayName = file.path;
   const ref = driverImage.backing;
   if (ref === undefined || opts.backing === 'ignore') return image;
   if (opts.backing !== 'follow') {

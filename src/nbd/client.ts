@@ -1,9 +1,9 @@
 /**
- * A small NBD client: fixed newstyle handshake (NBD_OPT_GO, structured replies, metadata
- * contexts) and pipelined requests. vdisk's tests use it to drive the server where the real
- * clients cannot (hostile input, exact replies), and `npm run bench` to hold many requests in
- * flight on many connections. Not a general-purpose client: no TLS, no fallback to
- * NBD_OPT_EXPORT_NAME.
+ * An NBD client: fixed newstyle handshake (NBD_OPT_GO, structured replies, metadata
+ * contexts, falling back to NBD_OPT_EXPORT_NAME where the server knows no NBD_OPT_GO, as
+ * qemu's client does) and pipelined requests. vdisk's tests use it to drive the server where
+ * the real clients cannot (hostile input, exact replies), `npm run bench` to hold many
+ * requests in flight, and src/protocols/nbd.ts to open `nbd://` images. No TLS.
  */
 import { connect as netConnect, type Socket } from 'node:net';
 import { SocketReader } from './io.js';
@@ -16,6 +16,17 @@ export interface ClientOptions {
   structured?: boolean;
   /** Metadata contexts to select (needs structured replies). */
   contexts?: string[];
+}
+
+/** An option the server refused during the handshake (`type` is the NBD_REP_ERR_* value). */
+export class NbdOptionError extends Error {
+  constructor(
+    readonly option: number,
+    readonly type: number,
+    readonly serverMessage: string,
+  ) {
+    super(serverMessage || `NBD option ${option} failed (0x${type.toString(16)})`);
+  }
 }
 
 /** A request the server answered with an error value. */
@@ -87,15 +98,22 @@ export class NbdClient {
     if (hello.readBigUInt64BE(0) !== P.NBDMAGIC || hello.readBigUInt64BE(8) !== P.IHAVEOPT) {
       throw new Error('not an NBD newstyle server');
     }
+    const serverFlags = hello.readUInt16BE(16);
+    const noZeroes = (serverFlags & P.FLAG_NO_ZEROES) !== 0;
     const flags = Buffer.alloc(4);
-    flags.writeUInt32BE(P.FLAG_C_FIXED_NEWSTYLE | P.FLAG_C_NO_ZEROES);
+    flags.writeUInt32BE((serverFlags & P.FLAG_C_FIXED_NEWSTYLE) | (noZeroes ? P.FLAG_C_NO_ZEROES : 0));
     this.sock.write(flags);
+    const name = Buffer.from(o.exportName ?? '', 'utf8');
+    if ((serverFlags & P.FLAG_FIXED_NEWSTYLE) === 0) {
+      // A plain newstyle server knows only NBD_OPT_EXPORT_NAME.
+      await this.exportName(name, noZeroes);
+      return;
+    }
     if (o.structured !== false) {
       const r = await this.option(P.OPT_STRUCTURED_REPLY, Buffer.alloc(0));
       this.structured = r.at(-1)?.type === P.REP_ACK;
     }
-    const name = Buffer.from(o.exportName ?? '', 'utf8');
-    if (o.contexts !== undefined && o.contexts.length > 0) {
+    if (this.structured && o.contexts !== undefined && o.contexts.length > 0) {
       const parts = [u32(name.length), name, u32(o.contexts.length)];
       for (const c of o.contexts) {
         const q = Buffer.from(c, 'utf8');
@@ -115,8 +133,14 @@ export class NbdClient {
     ]);
     const replies = await this.option(P.OPT_GO, go);
     const last = replies.at(-1)!;
+    if (last.type === P.REP_ERR_UNSUP) {
+      // An older server: qemu's client then falls back to NBD_OPT_EXPORT_NAME.
+      this.contexts.clear();
+      await this.exportName(name, noZeroes);
+      return;
+    }
     if (last.type !== P.REP_ACK) {
-      throw new Error(`NBD_OPT_GO failed (0x${last.type.toString(16)}): ${last.data.toString('utf8')}`);
+      throw new NbdOptionError(P.OPT_GO, last.type, last.data.toString('utf8'));
     }
     for (const r of replies) {
       if (r.type !== P.REP_INFO) continue;
@@ -130,6 +154,23 @@ export class NbdClient {
         this.description = r.data.toString('utf8', 2);
       }
     }
+  }
+
+  /** NBD_OPT_EXPORT_NAME: the server answers with size and flags, or closes the connection. */
+  private async exportName(name: Buffer, noZeroes: boolean): Promise<void> {
+    const head = Buffer.alloc(16);
+    head.writeBigUInt64BE(P.IHAVEOPT, 0);
+    head.writeUInt32BE(P.OPT_EXPORT_NAME, 8);
+    head.writeUInt32BE(name.length, 12);
+    this.sock.write(Buffer.concat([head, name]));
+    let r: Buffer;
+    try {
+      r = await this.reader.read(noZeroes ? 10 : 134);
+    } catch {
+      throw new NbdOptionError(P.OPT_EXPORT_NAME, P.REP_ERR_UNKNOWN, '');
+    }
+    this.size = Number(r.readBigUInt64BE(0));
+    this.flags = r.readUInt16BE(8);
   }
 
   /** Send one option and collect its replies up to the final one (ACK or an error). */
