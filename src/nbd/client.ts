@@ -54,6 +54,8 @@ interface Pending {
   extents: Map<number, StatusExtent[]>;
   error?: NbdRequestError;
   chunks: number;
+  /** Where a read's data goes (readInto): straight from the socket, no copy. */
+  dest?: Buffer;
 }
 
 export interface Reply {
@@ -193,7 +195,14 @@ export class NbdClient {
   }
 
   /** Send a request; resolves with the complete reply, rejects with NbdRequestError. */
-  request(type: number, flags: number, offset: number, length: number, payload?: Uint8Array): Promise<Reply> {
+  request(
+    type: number,
+    flags: number,
+    offset: number,
+    length: number,
+    payload?: Uint8Array,
+    dest?: Buffer,
+  ): Promise<Reply> {
     if (this.closed !== null) return Promise.reject(this.closed);
     const cookie = this.next++;
     const head = Buffer.allocUnsafe(28);
@@ -204,7 +213,16 @@ export class NbdClient {
     head.writeBigUInt64BE(BigInt(offset), 16);
     head.writeUInt32BE(length, 24);
     const done = new Promise<Reply>((resolve, reject) => {
-      this.pending.set(cookie, { type, offset, length, resolve, reject, extents: new Map(), chunks: 0 });
+      this.pending.set(cookie, {
+        type,
+        offset,
+        length,
+        resolve,
+        reject,
+        extents: new Map(),
+        chunks: 0,
+        ...(dest !== undefined ? { dest } : {}),
+      });
     });
     if (payload !== undefined) {
       this.sock.cork();
@@ -217,6 +235,12 @@ export class NbdClient {
 
   async read(offset: number, length: number, flags = 0): Promise<Buffer> {
     return (await this.request(P.CMD_READ, flags, offset, length)).data ?? Buffer.alloc(0);
+  }
+
+  /** Read into `dest` (dest.length bytes at offset), the socket's bytes copied once. */
+  async readInto(dest: Uint8Array, offset: number, flags = 0): Promise<void> {
+    const b = Buffer.from(dest.buffer, dest.byteOffset, dest.length);
+    await this.request(P.CMD_READ, flags, offset, dest.length, undefined, b);
   }
 
   async write(offset: number, data: Uint8Array, flags = 0): Promise<void> {
@@ -259,7 +283,7 @@ export class NbdClient {
           const p = this.take(h.readBigUInt64BE(4));
           if (error !== 0) p.reject(new NbdRequestError(error, ''));
           else if (p.type === P.CMD_READ) {
-            const data = Buffer.allocUnsafe(p.length);
+            const data = p.dest ?? Buffer.allocUnsafe(p.length);
             await this.reader.readInto(data);
             p.resolve({ data, extents: p.extents, chunks: 0 });
           } else p.resolve({ extents: p.extents, chunks: 0 });
@@ -269,11 +293,20 @@ export class NbdClient {
           const type = h.readUInt16BE(2);
           const cookie = h.readBigUInt64BE(4);
           const n = h.readUInt32BE(12);
-          const payload = n > 0 ? Buffer.from(await this.reader.read(n)) : Buffer.alloc(0);
           const p = this.pending.get(cookie);
           if (p === undefined) throw new Error(`reply to unknown cookie ${cookie}`);
           p.chunks++;
-          this.chunk(p, type, payload);
+          if (type === P.REPLY_TYPE_OFFSET_DATA && p.type === P.CMD_READ && n >= 8) {
+            // Data goes from the socket into the reply's buffer, checked to lie in the request.
+            const at = Number((await this.reader.read(8)).readBigUInt64BE(0)) - p.offset;
+            if (at < 0 || at + n - 8 > p.length) throw new Error('read reply chunk outside the request');
+            p.data ??= p.dest ?? Buffer.alloc(p.length);
+            await this.reader.readInto(p.data.subarray(at, at + n - 8));
+          } else {
+            if (n > P.MAX_PAYLOAD) throw new Error(`reply chunk of ${n} bytes`);
+            const payload = n > 0 ? Buffer.from(await this.reader.read(n)) : Buffer.alloc(0);
+            this.chunk(p, type, payload);
+          }
           if ((flags & P.REPLY_FLAG_DONE) !== 0) {
             this.pending.delete(cookie);
             if (p.error !== undefined) p.reject(p.error);
@@ -305,10 +338,13 @@ export class NbdClient {
 
   private chunk(p: Pending, type: number, payload: Buffer): void {
     if (type === P.REPLY_TYPE_OFFSET_DATA || type === P.REPLY_TYPE_OFFSET_HOLE) {
-      if (p.data === undefined) p.data = Buffer.alloc(p.length);
+      if (payload.length < (type === P.REPLY_TYPE_OFFSET_HOLE ? 12 : 8)) throw new Error('short read chunk');
+      p.data ??= p.dest ?? Buffer.alloc(p.length);
       const at = Number(payload.readBigUInt64BE(0)) - p.offset;
+      const n = type === P.REPLY_TYPE_OFFSET_DATA ? payload.length - 8 : payload.readUInt32BE(8);
+      if (at < 0 || at + n > p.length) throw new Error('read reply chunk outside the request');
       if (type === P.REPLY_TYPE_OFFSET_DATA) payload.copy(p.data, at, 8);
-      else p.data.fill(0, at, at + payload.readUInt32BE(8));
+      else p.data.fill(0, at, at + n);
     } else if (type === P.REPLY_TYPE_BLOCK_STATUS) {
       const id = payload.readUInt32BE(0);
       const list: StatusExtent[] = [];

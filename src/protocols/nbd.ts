@@ -264,10 +264,11 @@ export class NbdSource implements ReadSource {
     const end = Math.min(this.size, Math.ceil((offset + n) / a) * a);
     if (start === offset && end === offset + n) {
       await this.split(offset, n, this.maxRequest, async (off, len) => {
-        const data = await this.client.read(off, len).catch((e: unknown) => {
-          throw this.fail('read', off, e);
-        });
-        buf.set(data.subarray(0, len), off - offset);
+        await this.client
+          .readInto(buf.subarray(off - offset, off - offset + len), off)
+          .catch((e: unknown) => {
+            throw this.fail('read', off, e);
+          });
       });
     } else {
       const tmp = new Uint8Array(end - start);
