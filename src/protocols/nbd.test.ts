@@ -227,6 +227,30 @@ describe('qemu-nbd -f qcow2 with a backing chain and -A', () => {
   });
 });
 
+describe('backing files and NBD names', () => {
+  it('a relative backing name under an export fails as in qemu; absolute names and nbd backings work', async () => {
+    // top.qcow2 names base.qcow2 relative: no directory to take it from on an NBD export.
+    const rel = await serveQemu(p('top.qcow2'), p('s-rel'), ['-f', 'raw', '-r']);
+    servers.push(rel);
+    await same(['info', rel.uri]);
+    await same(['info', '--output=json', rel.uri]);
+    await same(['map', rel.uri]);
+    qemuImgOk(['create', '-f', 'qcow2', '-b', p('base.qcow2'), '-F', 'qcow2', p('abs.qcow2')]);
+    const abs = await serveQemu(p('abs.qcow2'), p('s-abs'), ['-f', 'raw', '-r']);
+    servers.push(abs);
+    await same(['map', '--output=json', abs.uri]);
+    await same(['compare', '-U', abs.uri, p('base.qcow2')]);
+    // A local overlay over a backing file on an NBD server.
+    const base = await serveQemu(p('base.qcow2'), p('s-base'), ['-f', 'qcow2', '-r']);
+    servers.push(base);
+    qemuImgOk(['create', '-f', 'qcow2', '-b', base.uri, '-F', 'raw', p('over.qcow2')]);
+    await same(['info', '--backing-chain', p('over.qcow2')]);
+    await same(['info', '--backing-chain', '--output=json', p('over.qcow2')]);
+    await same(['map', '--output=json', p('over.qcow2')]);
+    await same(['compare', p('over.qcow2'), '-U', p('base.qcow2')]);
+  });
+});
+
 describe('writing to exports', () => {
   it('convert -n into qemu-nbd, then without -n (qemu: the export keeps its size), create', async () => {
     qemuImgOk(['create', '-f', 'raw', p('w.raw'), '16M']);
