@@ -4,7 +4,7 @@
  * and file plugins, the blocksize filter) and vdisk's own server.
  */
 import { spawn } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -273,6 +273,15 @@ describe('writing to exports', () => {
     await same(['convert', '-O', 'raw', p('big.raw'), s.uri]);
     await same(['convert', '-n', p('big.raw'), s.uri]);
     await same(['create', '-f', 'raw', s.uri, '32M']);
+    // A qcow2 image created over the export (qemu writes the format over its start).
+    qemuIo(s.uri, ['write -P 0x99 0 16M'], 'raw');
+    expect((await vdisk(['convert', '-O', 'qcow2', p('a.raw'), s.uri])).code).toBe(0);
+    const mapQcow2 = await same(['map', '--output=json', s.uri]);
+    await same(['check', s.uri]);
+    await same(['compare', s.uri, p('a.raw')]);
+    qemuIo(s.uri, ['write -P 0x99 0 16M'], 'raw');
+    qemuImgOk(['convert', '-O', 'qcow2', p('a.raw'), s.uri]);
+    expect((await exec('qemu-img', ['map', '--output=json', s.uri])).stdout).toBe(mapQcow2.stdout);
   });
 
   it('into nbdkit memory with blocksize limits, and into vdisk nbd', async () => {
@@ -331,6 +340,26 @@ describe('writing to exports', () => {
   });
 });
 
+describe('older servers', () => {
+  it('NBD_OPT_EXPORT_NAME without fixed newstyle, and no structured replies (no block status)', async () => {
+    const old = await serveCmd(
+      'nbdkit',
+      ['-f', '-r', '-U', p('s-old'), '--mask-handshake=0', 'file', p('a.raw')],
+      p('s-old'),
+    );
+    const nosr = await serveCmd(
+      'nbdkit',
+      ['-f', '-r', '-U', p('s-nosr'), '--no-sr', 'file', p('a.raw')],
+      p('s-nosr'),
+    );
+    for (const s of [old, nosr]) {
+      await same(['info', s.uri]);
+      await same(['map', '--output=json', s.uri]);
+      await same(['compare', s.uri, p('a.raw')]);
+    }
+  });
+});
+
 describe('failures', () => {
   it('connection refused, no such socket, missing export: one line, exit 1', async () => {
     const port = await freePort();
@@ -349,8 +378,22 @@ describe('failures', () => {
     const child = spawn('qemu-nbd', ['-t', '-r', '-f', 'raw', '-k', sock, p('k.raw')], { stdio: 'ignore' });
     await waitForSocket(sock);
     const run = vdisk(['convert', '-O', 'raw', `nbd+unix:///?socket=${sock}`, p('k-out.raw')]);
-    setTimeout(() => child.kill('SIGKILL'), 150);
+    // Kill the server once the copy is under way (the output has grown past 16 MiB).
+    const poll = setInterval(() => {
+      if (existsSync(p('k-out.raw')) && statSync(p('k-out.raw')).size > 0) {
+        const { blocks } = statSync(p('k-out.raw'));
+        if (blocks * 512 > 16 << 20) {
+          clearInterval(poll);
+          child.kill('SIGKILL');
+        }
+      }
+    }, 5);
     const r = await run;
+    clearInterval(poll);
+    child.kill('SIGKILL');
+    expect(r.stderr).toBe(
+      r.stderr.replace(/^(vdisk: error while reading at byte \d+: ).*$/s, '$1Input/output error\n'),
+    );
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/^vdisk: error while reading at byte \d+: Input\/output error\n$/);
   }, 30_000);

@@ -238,8 +238,9 @@ export class NbdSource implements ReadSource {
         },
       );
     }
-    // The connection is gone (the server died or closed it mid-request).
-    return new VdiskError('EIO', 'Input/output error', { path: this.name, offset, op, cause: err });
+    // The connection is gone (the server died or closed it mid-request): qemu's client answers
+    // EIO. No cause: callers would word the socket's own error (ECONNRESET) instead.
+    return new VdiskError('EIO', 'Input/output error', { path: this.name, offset, op });
   }
 
   /** Run fn over [offset, offset+length) in pieces of at most maxRequest bytes, in parallel. */
