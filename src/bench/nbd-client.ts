@@ -28,13 +28,19 @@ function median(xs: number[]): number {
   return s[Math.floor(s.length / 2)]!;
 }
 
-function timed(cmd: string, args: string[]): number {
+const HAVE_TIME = existsSync('/usr/bin/time');
+
+/** Wall seconds and CPU seconds (user + system, from GNU time; NaN without it). */
+function timed(cmd: string, args: string[]): { wall: number; cpu: number } {
   spawnSync('sync');
   const t0 = performance.now();
-  const r = spawnSync(cmd, args, { encoding: 'utf8' });
-  const s = (performance.now() - t0) / 1000;
+  const r = HAVE_TIME
+    ? spawnSync('/usr/bin/time', ['-f', '%U %S', cmd, ...args], { encoding: 'utf8' })
+    : spawnSync(cmd, args, { encoding: 'utf8' });
+  const wall = (performance.now() - t0) / 1000;
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status}): ${r.stderr}`);
-  return s;
+  const m = /([\d.]+) ([\d.]+)\s*$/.exec(r.stderr);
+  return { wall, cpu: m ? Number(m[1]) + Number(m[2]) : Number.NaN };
 }
 
 async function startQemuNbd(image: string, socket: string): Promise<ChildProcess> {
@@ -53,11 +59,14 @@ export async function runNbdClientBench(o: NbdClientBenchOptions): Promise<strin
   const uri = `nbd+unix:///?socket=${socket}`;
   const out = join(o.dir, 'nbd-client-out.raw');
   const times = { vdisk: [] as number[], qemu: [] as number[] };
+  const cpu = { vdisk: [] as number[], qemu: [] as number[] };
   try {
     for (let i = 0; i < o.repeat; i++) {
       for (const tool of ['qemu', 'vdisk'] as const) {
         rmSync(out, { force: true });
-        times[tool].push(timed(tool === 'qemu' ? 'qemu-img' : o.vdisk, ['convert', '-O', 'raw', uri, out]));
+        const t = timed(tool === 'qemu' ? 'qemu-img' : o.vdisk, ['convert', '-O', 'raw', uri, out]);
+        times[tool].push(t.wall);
+        cpu[tool].push(t.cpu);
         const cmp = spawnSync('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', out, o.image], {
           encoding: 'utf8',
         });
@@ -71,9 +80,9 @@ export async function runNbdClientBench(o: NbdClientBenchOptions): Promise<strin
   const q = median(times.qemu);
   const v = median(times.vdisk);
   return (
-    `| NBD client: convert nbd→raw (${o.label}, qemu-nbd -r -f raw) | qemu-img s | vdisk s | ratio |\n` +
-    '|---|---:|---:|---:|\n' +
-    `| qemu-nbd → local raw | ${q.toFixed(3)} | ${v.toFixed(3)} | ${(v / q).toFixed(2)} |\n\n` +
+    `| NBD client: convert nbd→raw (${o.label}, qemu-nbd -r -f raw) | qemu-img s | vdisk s | ratio | qemu-img CPU s | vdisk CPU s |\n` +
+    '|---|---:|---:|---:|---:|---:|\n' +
+    `| qemu-nbd → local raw | ${q.toFixed(3)} | ${v.toFixed(3)} | ${(v / q).toFixed(2)} | ${median(cpu.qemu).toFixed(2)} | ${median(cpu.vdisk).toFixed(2)} |\n\n` +
     `median wall time of ${o.repeat} runs per tool (alternating, sync before each, process start included); ` +
     `runs: qemu-img ${times.qemu.map((t) => t.toFixed(2)).join(' ')}, vdisk ${times.vdisk.map((t) => t.toFixed(2)).join(' ')}\n`
   );

@@ -282,6 +282,12 @@ describe('writing to exports', () => {
     qemuIo(s.uri, ['write -P 0x99 0 16M'], 'raw');
     qemuImgOk(['convert', '-O', 'qcow2', p('a.raw'), s.uri]);
     expect((await exec('qemu-img', ['map', '--output=json', s.uri])).stdout).toBe(mapQcow2.stdout);
+    // Other formats are not created on exports (qemu-img can): one line, never a local file.
+    const vmdk = await vdisk(['convert', '-O', 'vmdk', p('a.raw'), s.uri]);
+    expect([vmdk.code, vmdk.stderr]).toEqual([
+      1,
+      `vdisk: ${s.uri}: vdisk cannot create vmdk images on 'nbd'\n`,
+    ]);
   });
 
   it('into nbdkit memory with blocksize limits, and into vdisk nbd', async () => {
