@@ -377,6 +377,32 @@ describe('failures', () => {
     await same(['convert', '-O', 'raw', `nbd+unix:///?socket=${p('s-miss')}`, p('never.raw')]);
   });
 
+  it('errors the server reports (nbdkit --filter=error): qemu-img words and exit codes', async () => {
+    const sock = p('s-err');
+    const e = await serveCmd(
+      'nbdkit',
+      ['-f', '-U', sock, '--filter=error', 'pattern', '16M', 'error-pread=EIO', 'error-pread-rate=100%'],
+      sock,
+    );
+    await same(['info', e.uri]);
+    // qemu-img prints one line per coroutine that failed; vdisk prints the first.
+    const conv = ['convert', '-f', 'raw', '-O', 'raw', e.uri, p('never2.raw')];
+    const v = await vdisk(conv);
+    const q = await exec('qemu-img', conv);
+    expect([v.code, v.stderr.replace(/^vdisk:/, 'qemu-img:')]).toEqual([
+      q.code,
+      `${q.stderr.split('\n')[0]}\n`,
+    ]);
+    await same(['compare', '-f', 'raw', '-F', 'raw', e.uri, p('a.raw')]);
+    const wsock = p('s-werr');
+    const w = await serveCmd(
+      'nbdkit',
+      ['-f', '-U', wsock, '--filter=error', 'memory', '16M', 'error-pwrite=ENOSPC', 'error-pwrite-rate=100%'],
+      wsock,
+    );
+    await same(['convert', '-n', p('a.raw'), w.uri]);
+  });
+
   it('a server killed in the middle of a convert: one line, exit 1, no hang', async () => {
     qemuImgOk(['create', '-f', 'raw', p('k.raw'), '256M']);
     writeFileSync(p('k.raw'), Buffer.alloc(256 << 20, 7));
