@@ -390,11 +390,14 @@ export class HostFile {
   }
 
   async flush(): Promise<void> {
-    if (!this.writable || this.noFlush) return;
+    if (!this.writable) return;
     if (this.source !== null) {
+      // Even under cache=unsafe: qemu's nbd driver flushes "to the OS" (bdrv_co_flush_to_os),
+      // which BDRV_O_NO_FLUSH does not skip, so qemu-img sends NBD_CMD_FLUSH when it closes.
       await this.source.flush?.();
       return;
     }
+    if (this.noFlush) return;
     try {
       await this.handle.datasync();
     } catch (err) {
@@ -407,8 +410,14 @@ export class HostFile {
   }
 
   async close(): Promise<void> {
-    if (this.source !== null) await this.source.close();
-    else await this.handle.close();
+    if (this.source !== null) {
+      // As qemu's bdrv_close: a writable remote file is flushed before it is closed.
+      try {
+        if (this.writable) await this.source.flush?.();
+      } finally {
+        await this.source.close();
+      }
+    } else await this.handle.close();
   }
 }
 

@@ -331,6 +331,30 @@ describe('writing to exports', () => {
     expect(iv.stdout).toBe((await exec('qemu-img', ['info', '--output=json', v.uri])).stdout);
   });
 
+  it('a convert -n sends the requests qemu-img sends: WRITE, WRITE_ZEROES with trim, FLUSH last', async () => {
+    const sock = p('s-log');
+    const log = p('nbd.log');
+    const s = await serveCmd(
+      'nbdkit',
+      ['-f', '-U', sock, '--filter=log', 'memory', '16M', `logfile=${log}`],
+      sock,
+    );
+    const requests = () =>
+      readFileSync(log, 'latin1')
+        .split('\n')
+        .map((l) => / (Write|Zero|Trim|Flush) id=\d+ (offset=\S+ count=\S+(?: trim=\d)?)?/.exec(l))
+        .filter((m) => m !== null)
+        .map((m) => `${m[1]} ${m[2] ?? ''}`.trim());
+    qemuImgOk(['create', '-f', 'raw', p('small.raw'), '16M']);
+    qemuIo(p('small.raw'), ['write -P 7 0 64k', 'write -P 8 8M 64k'], 'raw');
+    expect((await exec('qemu-img', ['convert', '-n', p('small.raw'), s.uri])).code).toBe(0);
+    const q = requests();
+    writeFileSync(log, '');
+    expect((await vdisk(['convert', '-n', p('small.raw'), s.uri])).code).toBe(0);
+    expect(requests()).toEqual(q);
+    expect(q.at(-1)).toBe('Flush');
+  });
+
   it('nbdkit file plugin, read through the blocksize filter', async () => {
     const sock = p('s-file');
     const s = await serveCmd(
