@@ -17,7 +17,8 @@
  *
  * Then the NBD phase (src/bench/nbd.ts): nbdcopy to null: from `vdisk nbd` and from qemu-nbd
  * serving the same images, and the servers' memory under 16 connections × 64 requests in
- * flight (BENCH_NBD_SECONDS, default 10, each).
+ * flight (BENCH_NBD_SECONDS, default 10, each). Last, vdisk as an NBD client
+ * (src/bench/nbd-client.ts): convert from qemu-nbd to a local file, vdisk against qemu-img.
  */
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -36,6 +37,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseSize } from '../core/size.js';
 import { runNbdBench } from './nbd.js';
+import { runNbdClientBench } from './nbd-client.js';
 import { runPipeBench } from './pipe.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -297,6 +299,16 @@ async function main(): Promise<void> {
       seconds: Number(process.env['BENCH_NBD_SECONDS'] ?? 10),
     });
     process.stdout.write(`\n${nbd}`);
+    if (ONLY === undefined || 'nbd client'.includes(ONLY)) {
+      const client = await runNbdClientBench({
+        dir,
+        image: join(dir, 'mixed.raw'),
+        label: `${gib} GiB mixed`,
+        repeat: REPEAT,
+        vdisk: VDISK,
+      });
+      process.stdout.write(`\n${client}`);
+    }
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -7,6 +7,7 @@
 import { qdictOrder } from '../cli/json.js';
 import { VdiskError } from '../core/errors.js';
 import { parseQemuOpts } from '../core/secrets.js';
+import { nbdCanonicalName, nbdFromOptions } from '../protocols/nbd.js';
 
 let imageOptsMode = false;
 let targetImageOptsMode = false;
@@ -38,7 +39,21 @@ export function parseImageOpts(text: string): ImageOpts {
   let driver: string | undefined;
   let filename: string | undefined;
   const options: Record<string, string> = {};
-  for (const [k, v] of parseQemuOpts(text)) {
+  const pairs = parseQemuOpts(text);
+  if (pairs.some(([k, v]) => k === 'file.driver' && v === 'nbd')) {
+    // An image on an NBD server: the file.* options name it; qemu then calls it by its
+    // canonical URI (nbd_refresh_filename), which is what openImage opens.
+    const nbd = new Map<string, string>();
+    for (const [k, v] of pairs) {
+      if (k === 'driver') driver = v;
+      else if (k.startsWith('file.')) {
+        if (k !== 'file.driver') nbd.set(k, v);
+      } else options[k] = v;
+    }
+    const name = nbdCanonicalName(nbdFromOptions(nbd));
+    return { driver, filename: name, options, displayName: name };
+  }
+  for (const [k, v] of pairs) {
     if (k === 'driver') driver = v;
     else if (k === 'file.filename' || k === 'filename' || k === 'file') filename = v;
     else if (k === 'file.driver') {

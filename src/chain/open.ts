@@ -14,7 +14,7 @@ import { getDriver, probeFormat } from '../core/formats.js';
 import { HostFile } from '../core/host-file.js';
 import { Image } from '../core/image.js';
 import { registerBuiltinFormats } from '../formats/index.js';
-import { openProtocol } from '../protocols/index.js';
+import { openProtocol, protocolOf } from '../protocols/index.js';
 import { type ImageOpts, isImageOptsMode, parseImageOpts } from './image-opts.js';
 
 /** QEMU refuses chains deeper than this (block.c: BDRV_MAX_BACKING_DEPTH... qemu-img uses 1000 for
@@ -178,6 +178,8 @@ async function openLayer(path: string, opts: OpenOptions, depth: number, seen: S
     throw err;
   }
   const image = new Image(driverImage, path);
+  // qemu names an image on a protocol by its canonical name (nbd_refresh_filename).
+  if (file.remote && file.path !== path) image.displayName = file.path;
   const ref = driverImage.backing;
   if (ref === undefined || opts.backing === 'ignore') return image;
   if (opts.backing !== 'follow') {
@@ -189,7 +191,11 @@ async function openLayer(path: string, opts: OpenOptions, depth: number, seen: S
     );
   }
   try {
-    const backingPath = resolveRelative(path, ref.filename);
+    const backingPath = backingPathOf(file.remote ? file.path : path, ref.filename);
+    if (backingPath === null) {
+      // qemu's words (bdrv_dirname): a relative backing name has no directory on an NBD export.
+      throw new VdiskError('INVALID_ARGUMENT', 'Cannot generate a base directory for NBD nodes', { path });
+    }
     const backingFormat = ref.format ?? (depth === 0 ? opts.backingFormat : undefined);
     const backing = await openLayer(
       backingPath,
@@ -226,6 +232,17 @@ async function insideDirectory(dir: string, target: string): Promise<boolean> {
     realTarget = resolve(target);
   }
   return realTarget.startsWith(realDir.endsWith('/') ? realDir : `${realDir}/`);
+}
+
+/**
+ * Where a backing file named `name` in the image `imagePath` is: resolveRelative, except that
+ * a protocol name (nbd://…) is taken as it is, and a relative name under an image on an NBD
+ * export has no answer (null): qemu cannot make a directory of an NBD URI.
+ */
+export function backingPathOf(imagePath: string, name: string): string | null {
+  if (protocolOf(name) !== null) return name;
+  if (protocolOf(imagePath) === 'nbd' && !isAbsolute(name)) return null;
+  return resolveRelative(imagePath, name);
 }
 
 /**

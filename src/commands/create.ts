@@ -6,6 +6,7 @@ import { getDriver } from '../core/formats.js';
 import { parseBoolOption } from '../core/options.js';
 import { parseImageSize, parseSize } from '../core/size.js';
 import { registerBuiltinFormats } from '../formats/index.js';
+import { protocolOf } from '../protocols/index.js';
 
 export interface CreateCommandOptions {
   filename: string;
@@ -61,6 +62,15 @@ export async function prepareCreate(o: CreateCommandOptions): Promise<PreparedCr
   const driver = await getDriver(o.format);
   if (driver.create === undefined) {
     throw new VdiskError('UNSUPPORTED', `Format driver '${o.format}' does not support image creation`);
+  }
+  // On an NBD export only raw and qcow2 write themselves over it (src/protocols/index.ts
+  // createFile); the others would create a local file named like the URI.
+  const protocol = protocolOf(o.filename);
+  if (protocol !== null && o.format !== 'raw' && o.format !== 'qcow2') {
+    throw new VdiskError(
+      'UNSUPPORTED',
+      `${o.filename}: vdisk cannot create ${o.format} images on '${protocol}'`,
+    );
   }
   const options = { ...o.options };
   const specs = driver.createOptions ?? [];

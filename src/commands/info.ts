@@ -1,5 +1,5 @@
 /** `info`: what qemu-img info reports about an image (and, with backingChain, its chain). */
-import { openImage, resolveRelative } from '../chain/open.js';
+import { backingPathOf, openImage } from '../chain/open.js';
 import type { SnapshotInfo } from '../core/driver.js';
 import type { Image } from '../core/image.js';
 
@@ -50,7 +50,9 @@ export async function infoCommand(o: InfoOptions): Promise<ImageInfo[]> {
     // Backing images were opened at their stored name combined with the directory of the image
     // above (path_combine), which is how qemu-img names them.
     for (let i: Image | null = image; i !== null; i = o.backingChain ? i.backing : null) {
-      out.push(await imageInfo(i, i === image ? (image.displayName ?? o.filename) : i.path));
+      out.push(
+        await imageInfo(i, i === image ? (image.displayName ?? o.filename) : (i.displayName ?? i.path)),
+      );
     }
     return out;
   } finally {
@@ -74,7 +76,9 @@ export async function imageInfo(image: Image, filename: string): Promise<ImageIn
   }
   if (d.backing !== undefined) {
     info['backing-filename'] = d.backing.filename;
-    info['full-backing-filename'] = resolveRelative(filename, d.backing.filename);
+    // None for a relative name under an NBD export (qemu: "cannot determine actual path").
+    const full = backingPathOf(filename, d.backing.filename);
+    if (full !== null) info['full-backing-filename'] = full;
     if (d.backing.format !== undefined) info['backing-filename-format'] = d.backing.format;
   }
   const snaps = d.snapshots?.() ?? [];

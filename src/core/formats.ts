@@ -39,7 +39,16 @@ export const PROBE_BYTES = 2048;
 /** Probe a file's format; 'raw' when nothing else matches. */
 export async function probeFormat(file: HostFile): Promise<string> {
   const head = new Uint8Array(PROBE_BYTES);
-  await file.read(head, 0);
+  await file.read(head, 0).catch((err: unknown) => {
+    // qemu's words (block.c: find_image_format), for a remote file (an NBD export) whose
+    // error is the server's; a local file's error already names the file and offset.
+    throw err instanceof VdiskError && file.remote
+      ? new VdiskError(err.code, `Could not read image for determining its format: ${err.message}`, {
+          path: file.path,
+          cause: err,
+        })
+      : err;
+  });
   const size = await file.size();
   const view = head.subarray(0, Math.min(PROBE_BYTES, size));
   return probeBytes(view, file.path);

@@ -19,14 +19,17 @@ export interface HostExtent {
   offset: number;
   length: number;
   data: boolean;
+  /** Reads as zeros. Absent: a hole reads as zeros, data does not (a local file's extents). */
+  zero?: boolean;
 }
 
 export type LockMode = 'none' | 'read' | 'write';
 
 /**
- * A read-only random-access byte source that is not a local file: an object in a blob store
- * read by ranges (the registry's S3 store). HostFile.fromSource makes the engine read it as it
- * reads a file, so that drivers need not know where their bytes come from.
+ * A random-access byte source that is not a local file: an object in a blob store read by
+ * ranges (the registry's S3 store, read-only), or an NBD export (src/protocols/nbd.ts), which
+ * may also write, zero, trim, flush and tell its extents. HostFile.fromSource makes the engine
+ * use it as it uses a file, so that drivers need not know where their bytes come from.
  */
 export interface ReadSource {
   readonly size: number;
@@ -38,6 +41,18 @@ export interface ReadSource {
    * speculatively ahead (qcow2's L2 read-ahead would make the stream skip the data between).
    */
   readonly sequential?: boolean;
+  /** True when the source accepts writes (then `write` is present). */
+  readonly writable?: boolean;
+  write?(buf: Uint8Array, offset: number): Promise<void>;
+  flush?(): Promise<void>;
+  /** Make a range read as zeros without sending them; false when the source cannot. */
+  writeZeroes?(offset: number, length: number, unmap: boolean): Promise<boolean>;
+  /** Deallocate a range (it may then read as anything); false when the source cannot. */
+  trim?(offset: number, length: number): Promise<boolean>;
+  /** Data/hole extents of a range, clipped to the size, at most `max` of them. */
+  extents?(offset: number, length: number, max: number): Promise<HostExtent[]>;
+  /** Change the size, where the source can (it may refuse with a VdiskError). */
+  truncate?(length: number): Promise<void>;
 }
 
 export interface HostOpenOptions {
@@ -73,11 +88,19 @@ export class HostFile {
   ) {}
 
   /**
-   * A read-only file over a ReadSource, named `name` in messages. Everything reads as data (no
-   * hole discovery), nothing is locked, and writes fail as on any read-only file.
+   * A file over a ReadSource, named `name` in messages. Nothing is locked. A read-only source
+   * reads as all data (no hole discovery) and refuses writes as any read-only file; a source
+   * with the optional methods writes, zeroes, trims, flushes and tells its extents through them.
    */
-  static fromSource(name: string, source: ReadSource): HostFile {
-    return new HostFile(name, null, false, source);
+  static fromSource(name: string, source: ReadSource, opts: { noFlush?: boolean } = {}): HostFile {
+    const file = new HostFile(name, null, source.writable === true && source.write !== undefined, source);
+    if (opts.noFlush === true) file.noFlush = true;
+    return file;
+  }
+
+  /** True for a file over a ReadSource (not a local file: no locks, no host allocation). */
+  get remote(): boolean {
+    return this.source !== null;
   }
 
   /** Reads should come in offset order (ReadSource.sequential): no speculative reads ahead. */
@@ -164,7 +187,12 @@ export class HostFile {
 
   /** Bytes the host has allocated for the file (st_blocks * 512). */
   async allocatedSize(): Promise<number> {
-    if (this.source !== null) return this.source.size;
+    if (this.source !== null) {
+      // qemu-img info prints "disk size: unavailable" for an NBD export; a blob reads as its size.
+      if (this.source.extents !== undefined)
+        throw new VdiskError('UNSUPPORTED', `'${this.path}' has no allocated size`);
+      return this.source.size;
+    }
     const st = await this.handle.stat();
     return st.blocks * 512;
   }
@@ -202,6 +230,7 @@ export class HostFile {
   async write(buf: Uint8Array, offset: number): Promise<void> {
     if (!this.writable)
       throw new VdiskError('READ_ONLY', `'${this.path}' is open read-only`, { path: this.path });
+    if (this.source?.write !== undefined) return this.source.write(buf, offset);
     let done = 0;
     while (done < buf.length) {
       try {
@@ -228,6 +257,16 @@ export class HostFile {
     if (bufs.length === 1) return this.write(bufs[0]!, offset);
     if (!this.writable)
       throw new VdiskError('READ_ONLY', `'${this.path}' is open read-only`, { path: this.path });
+    if (this.source !== null) {
+      let pos = offset;
+      const jobs: Promise<void>[] = [];
+      for (const b of bufs) {
+        jobs.push(this.write(b, pos));
+        pos += b.length;
+      }
+      await Promise.all(jobs);
+      return;
+    }
     let written: number;
     try {
       ({ bytesWritten: written } = await this.handle.writev(bufs, offset));
@@ -254,6 +293,11 @@ export class HostFile {
   async truncate(length: number): Promise<void> {
     if (!this.writable)
       throw new VdiskError('READ_ONLY', `'${this.path}' is open read-only`, { path: this.path });
+    if (this.source !== null) {
+      if (this.source.truncate === undefined)
+        throw new VdiskError('UNSUPPORTED', `Could not resize '${this.path}'`, { path: this.path });
+      return this.source.truncate(length);
+    }
     try {
       await this.handle.truncate(length);
     } catch (err) {
@@ -275,6 +319,7 @@ export class HostFile {
     const end = Math.min(offset + length, fileSize);
     const out: HostExtent[] = [];
     if (offset >= end) return out;
+    if (this.source?.extents !== undefined) return this.source.extents(offset, end - offset, max);
     if (native === null || this.source !== null) {
       out.push({ offset, length: end - offset, data: true });
       return out;
@@ -300,6 +345,10 @@ export class HostFile {
 
   /** Is [offset, offset+length) a hole (reads as zero without data)? Cheap with the addon. */
   async isHole(offset: number, length: number): Promise<boolean> {
+    if (this.source?.extents !== undefined) {
+      const [first] = await this.source.extents(offset, length, 1);
+      return first !== undefined && !first.data && first.zero !== false && first.length >= length;
+    }
     if (native === null || this.source !== null) return false;
     const data = native.seekData(this.fd, offset);
     return data === -1 || data >= offset + length;
@@ -320,6 +369,30 @@ export class HostFile {
     return native.fallocate(this.fd, 2, offset, length) === 0;
   }
 
+  /**
+   * Make a range read as zeros without writing them, on a local file or a source: deallocate
+   * it where `unmap` allows (punch a hole), otherwise zero it in place (ZERO_RANGE; NBD
+   * WRITE_ZEROES with NO_HOLE). False where neither can be done: the caller writes zeros.
+   */
+  async zeroOut(offset: number, length: number, unmap: boolean): Promise<boolean> {
+    if (length <= 0) return true;
+    if (this.source !== null) {
+      if (!this.writable || this.source.writeZeroes === undefined) return false;
+      return this.source.writeZeroes(offset, length, unmap);
+    }
+    if (unmap && this.punchHole(offset, length)) return true;
+    return this.zeroRange(offset, length);
+  }
+
+  /** Discard a range (a hole in a local file, NBD TRIM on an export); false where it cannot. */
+  async discard(offset: number, length: number): Promise<boolean> {
+    if (this.source !== null) {
+      if (!this.writable || this.source.trim === undefined) return false;
+      return this.source.trim(offset, length);
+    }
+    return this.punchHole(offset, length);
+  }
+
   /** Allocate blocks for a range (growing the file if needed). Returns false where the host cannot. */
   allocate(offset: number, length: number): boolean {
     if (native === null || length <= 0 || this.source !== null) return false;
@@ -327,7 +400,14 @@ export class HostFile {
   }
 
   async flush(): Promise<void> {
-    if (!this.writable || this.noFlush) return;
+    if (!this.writable) return;
+    if (this.source !== null) {
+      // Even under cache=unsafe: qemu's nbd driver flushes "to the OS" (bdrv_co_flush_to_os),
+      // which BDRV_O_NO_FLUSH does not skip, so qemu-img sends NBD_CMD_FLUSH when it closes.
+      await this.source.flush?.();
+      return;
+    }
+    if (this.noFlush) return;
     try {
       await this.handle.datasync();
     } catch (err) {
@@ -340,8 +420,14 @@ export class HostFile {
   }
 
   async close(): Promise<void> {
-    if (this.source !== null) await this.source.close();
-    else await this.handle.close();
+    if (this.source !== null) {
+      // As qemu's bdrv_close: a writable remote file is flushed before it is closed.
+      try {
+        if (this.writable) await this.source.flush?.();
+      } finally {
+        await this.source.close();
+      }
+    } else await this.handle.close();
   }
 }
 

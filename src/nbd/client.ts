@@ -1,9 +1,9 @@
 /**
- * A small NBD client: fixed newstyle handshake (NBD_OPT_GO, structured replies, metadata
- * contexts) and pipelined requests. vdisk's tests use it to drive the server where the real
- * clients cannot (hostile input, exact replies), and `npm run bench` to hold many requests in
- * flight on many connections. Not a general-purpose client: no TLS, no fallback to
- * NBD_OPT_EXPORT_NAME.
+ * An NBD client: fixed newstyle handshake (NBD_OPT_GO, structured replies, metadata
+ * contexts, falling back to NBD_OPT_EXPORT_NAME where the server knows no NBD_OPT_GO, as
+ * qemu's client does) and pipelined requests. vdisk's tests use it to drive the server where
+ * the real clients cannot (hostile input, exact replies), `npm run bench` to hold many
+ * requests in flight, and src/protocols/nbd.ts to open `nbd://` images. No TLS.
  */
 import { connect as netConnect, type Socket } from 'node:net';
 import { SocketReader } from './io.js';
@@ -16,6 +16,17 @@ export interface ClientOptions {
   structured?: boolean;
   /** Metadata contexts to select (needs structured replies). */
   contexts?: string[];
+}
+
+/** An option the server refused during the handshake (`type` is the NBD_REP_ERR_* value). */
+export class NbdOptionError extends Error {
+  constructor(
+    readonly option: number,
+    readonly type: number,
+    readonly serverMessage: string,
+  ) {
+    super(serverMessage || `NBD option ${option} failed (0x${type.toString(16)})`);
+  }
 }
 
 /** A request the server answered with an error value. */
@@ -43,6 +54,8 @@ interface Pending {
   extents: Map<number, StatusExtent[]>;
   error?: NbdRequestError;
   chunks: number;
+  /** Where a read's data goes (readInto): straight from the socket, no copy. */
+  dest?: Buffer;
 }
 
 export interface Reply {
@@ -87,15 +100,22 @@ export class NbdClient {
     if (hello.readBigUInt64BE(0) !== P.NBDMAGIC || hello.readBigUInt64BE(8) !== P.IHAVEOPT) {
       throw new Error('not an NBD newstyle server');
     }
+    const serverFlags = hello.readUInt16BE(16);
+    const noZeroes = (serverFlags & P.FLAG_NO_ZEROES) !== 0;
     const flags = Buffer.alloc(4);
-    flags.writeUInt32BE(P.FLAG_C_FIXED_NEWSTYLE | P.FLAG_C_NO_ZEROES);
+    flags.writeUInt32BE((serverFlags & P.FLAG_C_FIXED_NEWSTYLE) | (noZeroes ? P.FLAG_C_NO_ZEROES : 0));
     this.sock.write(flags);
+    const name = Buffer.from(o.exportName ?? '', 'utf8');
+    if ((serverFlags & P.FLAG_FIXED_NEWSTYLE) === 0) {
+      // A plain newstyle server knows only NBD_OPT_EXPORT_NAME.
+      await this.exportName(name, noZeroes);
+      return;
+    }
     if (o.structured !== false) {
       const r = await this.option(P.OPT_STRUCTURED_REPLY, Buffer.alloc(0));
       this.structured = r.at(-1)?.type === P.REP_ACK;
     }
-    const name = Buffer.from(o.exportName ?? '', 'utf8');
-    if (o.contexts !== undefined && o.contexts.length > 0) {
+    if (this.structured && o.contexts !== undefined && o.contexts.length > 0) {
       const parts = [u32(name.length), name, u32(o.contexts.length)];
       for (const c of o.contexts) {
         const q = Buffer.from(c, 'utf8');
@@ -115,8 +135,14 @@ export class NbdClient {
     ]);
     const replies = await this.option(P.OPT_GO, go);
     const last = replies.at(-1)!;
+    if (last.type === P.REP_ERR_UNSUP) {
+      // An older server: qemu's client then falls back to NBD_OPT_EXPORT_NAME.
+      this.contexts.clear();
+      await this.exportName(name, noZeroes);
+      return;
+    }
     if (last.type !== P.REP_ACK) {
-      throw new Error(`NBD_OPT_GO failed (0x${last.type.toString(16)}): ${last.data.toString('utf8')}`);
+      throw new NbdOptionError(P.OPT_GO, last.type, last.data.toString('utf8'));
     }
     for (const r of replies) {
       if (r.type !== P.REP_INFO) continue;
@@ -130,6 +156,23 @@ export class NbdClient {
         this.description = r.data.toString('utf8', 2);
       }
     }
+  }
+
+  /** NBD_OPT_EXPORT_NAME: the server answers with size and flags, or closes the connection. */
+  private async exportName(name: Buffer, noZeroes: boolean): Promise<void> {
+    const head = Buffer.alloc(16);
+    head.writeBigUInt64BE(P.IHAVEOPT, 0);
+    head.writeUInt32BE(P.OPT_EXPORT_NAME, 8);
+    head.writeUInt32BE(name.length, 12);
+    this.sock.write(Buffer.concat([head, name]));
+    let r: Buffer;
+    try {
+      r = await this.reader.read(noZeroes ? 10 : 134);
+    } catch {
+      throw new NbdOptionError(P.OPT_EXPORT_NAME, P.REP_ERR_UNKNOWN, '');
+    }
+    this.size = Number(r.readBigUInt64BE(0));
+    this.flags = r.readUInt16BE(8);
   }
 
   /** Send one option and collect its replies up to the final one (ACK or an error). */
@@ -152,7 +195,14 @@ export class NbdClient {
   }
 
   /** Send a request; resolves with the complete reply, rejects with NbdRequestError. */
-  request(type: number, flags: number, offset: number, length: number, payload?: Uint8Array): Promise<Reply> {
+  request(
+    type: number,
+    flags: number,
+    offset: number,
+    length: number,
+    payload?: Uint8Array,
+    dest?: Buffer,
+  ): Promise<Reply> {
     if (this.closed !== null) return Promise.reject(this.closed);
     const cookie = this.next++;
     const head = Buffer.allocUnsafe(28);
@@ -163,7 +213,16 @@ export class NbdClient {
     head.writeBigUInt64BE(BigInt(offset), 16);
     head.writeUInt32BE(length, 24);
     const done = new Promise<Reply>((resolve, reject) => {
-      this.pending.set(cookie, { type, offset, length, resolve, reject, extents: new Map(), chunks: 0 });
+      this.pending.set(cookie, {
+        type,
+        offset,
+        length,
+        resolve,
+        reject,
+        extents: new Map(),
+        chunks: 0,
+        ...(dest !== undefined ? { dest } : {}),
+      });
     });
     if (payload !== undefined) {
       this.sock.cork();
@@ -176,6 +235,12 @@ export class NbdClient {
 
   async read(offset: number, length: number, flags = 0): Promise<Buffer> {
     return (await this.request(P.CMD_READ, flags, offset, length)).data ?? Buffer.alloc(0);
+  }
+
+  /** Read into `dest` (dest.length bytes at offset), the socket's bytes copied once. */
+  async readInto(dest: Uint8Array, offset: number, flags = 0): Promise<void> {
+    const b = Buffer.from(dest.buffer, dest.byteOffset, dest.length);
+    await this.request(P.CMD_READ, flags, offset, dest.length, undefined, b);
   }
 
   async write(offset: number, data: Uint8Array, flags = 0): Promise<void> {
@@ -218,7 +283,7 @@ export class NbdClient {
           const p = this.take(h.readBigUInt64BE(4));
           if (error !== 0) p.reject(new NbdRequestError(error, ''));
           else if (p.type === P.CMD_READ) {
-            const data = Buffer.allocUnsafe(p.length);
+            const data = p.dest ?? Buffer.allocUnsafe(p.length);
             await this.reader.readInto(data);
             p.resolve({ data, extents: p.extents, chunks: 0 });
           } else p.resolve({ extents: p.extents, chunks: 0 });
@@ -228,11 +293,20 @@ export class NbdClient {
           const type = h.readUInt16BE(2);
           const cookie = h.readBigUInt64BE(4);
           const n = h.readUInt32BE(12);
-          const payload = n > 0 ? Buffer.from(await this.reader.read(n)) : Buffer.alloc(0);
           const p = this.pending.get(cookie);
           if (p === undefined) throw new Error(`reply to unknown cookie ${cookie}`);
           p.chunks++;
-          this.chunk(p, type, payload);
+          if (type === P.REPLY_TYPE_OFFSET_DATA && p.type === P.CMD_READ && n >= 8) {
+            // Data goes from the socket into the reply's buffer, checked to lie in the request.
+            const at = Number((await this.reader.read(8)).readBigUInt64BE(0)) - p.offset;
+            if (at < 0 || at + n - 8 > p.length) throw new Error('read reply chunk outside the request');
+            p.data ??= p.dest ?? Buffer.alloc(p.length);
+            await this.reader.readInto(p.data.subarray(at, at + n - 8));
+          } else {
+            if (n > P.MAX_PAYLOAD) throw new Error(`reply chunk of ${n} bytes`);
+            const payload = n > 0 ? Buffer.from(await this.reader.read(n)) : Buffer.alloc(0);
+            this.chunk(p, type, payload);
+          }
           if ((flags & P.REPLY_FLAG_DONE) !== 0) {
             this.pending.delete(cookie);
             if (p.error !== undefined) p.reject(p.error);
@@ -264,10 +338,13 @@ export class NbdClient {
 
   private chunk(p: Pending, type: number, payload: Buffer): void {
     if (type === P.REPLY_TYPE_OFFSET_DATA || type === P.REPLY_TYPE_OFFSET_HOLE) {
-      if (p.data === undefined) p.data = Buffer.alloc(p.length);
+      if (payload.length < (type === P.REPLY_TYPE_OFFSET_HOLE ? 12 : 8)) throw new Error('short read chunk');
+      p.data ??= p.dest ?? Buffer.alloc(p.length);
       const at = Number(payload.readBigUInt64BE(0)) - p.offset;
+      const n = type === P.REPLY_TYPE_OFFSET_DATA ? payload.length - 8 : payload.readUInt32BE(8);
+      if (at < 0 || at + n > p.length) throw new Error('read reply chunk outside the request');
       if (type === P.REPLY_TYPE_OFFSET_DATA) payload.copy(p.data, at, 8);
-      else p.data.fill(0, at, at + payload.readUInt32BE(8));
+      else p.data.fill(0, at, at + n);
     } else if (type === P.REPLY_TYPE_BLOCK_STATUS) {
       const id = payload.readUInt32BE(0);
       const list: StatusExtent[] = [];

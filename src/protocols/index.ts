@@ -15,6 +15,8 @@ export function protocolOf(name: string): string | null {
   if (m === null) return null;
   const scheme = m[1]!.toLowerCase();
   if (scheme === 'nbd' || scheme.startsWith('nbd+')) return 'nbd';
+  // json:{"file.driver": "nbd", …} or json:{"file": {"driver": "nbd", …}}
+  if (scheme === 'json' && /"(?:file\.)?driver"\s*:\s*"nbd"/.test(name)) return 'nbd';
   if (scheme === 'http' || scheme === 'https') return scheme;
   if (scheme === 's3') return 's3';
   return null;
@@ -24,6 +26,18 @@ export function protocolOf(name: string): string | null {
 export async function openProtocol(name: string, opts: HostOpenOptions = {}): Promise<HostFile | null> {
   const protocol = protocolOf(name);
   if (protocol === null) return null;
+  if (protocol === 'nbd') return (await import('./nbd.js')).openNbd(name, opts);
   void opts;
   throw new VdiskError('UNSUPPORTED', `Protocol driver '${protocol}' is not supported`);
+}
+
+/**
+ * The file a format driver's create writes its new image into: a new local file, or an
+ * existing protocol file (an NBD export), as qemu's bdrv_co_create_opts_simple opens it.
+ */
+export async function createFile(name: string): Promise<HostFile> {
+  const file = await openProtocol(name, { writable: true, create: true, lock: 'none' });
+  if (file !== null) return file;
+  const { HostFile: H } = await import('../core/host-file.js');
+  return H.open(name, { create: true });
 }

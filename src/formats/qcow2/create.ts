@@ -8,6 +8,7 @@ import { VdiskError } from '../../core/errors.js';
 import { HostFile } from '../../core/host-file.js';
 import { parseBoolOption } from '../../core/options.js';
 import { parseSize } from '../../core/size.js';
+import { createFile } from '../../protocols/index.js';
 import {
   AUTOCLEAR_DATA_FILE_RAW,
   COMPAT_LAZY_REFCOUNTS,
@@ -198,7 +199,8 @@ export async function createQcow2(
       'Could not resize image: Image size is too big for this cluster size',
     );
   }
-  const file = await HostFile.open(req.path, { create: true });
+  // A new local file, or an existing NBD export (qemu writes the image over its start).
+  const file = await createFile(req.path);
   let dataFile: HostFile | null = null;
   try {
     if (s.dataFile !== undefined) {

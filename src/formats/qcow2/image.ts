@@ -674,7 +674,13 @@ export class Qcow2Image implements FormatImage {
       return false;
     }
     const fileLength = await this.file.size();
-    const realClusters = Math.floor((await this.file.allocatedSize()) / this.clusterSize);
+    // A file with no allocated size (an NBD export): qemu's check fails and it assumes none.
+    const allocated = await this.file.allocatedSize().catch(() => null);
+    if (allocated === null) {
+      this.metadataPrealloc = false;
+      return false;
+    }
+    const realClusters = Math.floor(allocated / this.clusterSize);
     const threshold = Math.max(Math.floor((realClusters * 10) / 9), realClusters + 2);
     const end = Math.ceil(fileLength / this.clusterSize);
     this.metadataPrealloc = (await rc.countInUse(end, threshold)) >= threshold;

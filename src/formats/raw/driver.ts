@@ -7,7 +7,8 @@
 import type { Extent } from '../../core/device.js';
 import type { CreateRequest, DriverContext, FormatDriver, FormatImage } from '../../core/driver.js';
 import { VdiskError } from '../../core/errors.js';
-import { HostFile } from '../../core/host-file.js';
+import type { HostFile } from '../../core/host-file.js';
+import { createFile } from '../../protocols/index.js';
 
 const CHUNK = 1 << 20;
 
@@ -22,6 +23,16 @@ export class RawImage implements FormatImage {
 
   get readOnly(): boolean {
     return !this.file.writable;
+  }
+
+  /** qemu's nbd driver has no get_info: info over an NBD export prints no dirty flag. */
+  get hasInfo(): boolean {
+    return !this.file.remote;
+  }
+
+  /** An NBD export is not known to read as zeros (qemu: nbd has no has_zero_init). */
+  get zeroInit(): boolean {
+    return !this.file.remote;
   }
 
   attach(_ctx: DriverContext): void {}
@@ -40,6 +51,28 @@ export class RawImage implements FormatImage {
         file: this.file.path,
       };
     }
+    // A source may report allocated zeros (NBD: data without NBD_STATE_HOLE, with ZERO).
+    if (first.data && first.zero === true)
+      return {
+        offset,
+        length: first.length,
+        allocated: true,
+        zero: true,
+        data: true,
+        hostOffset: offset,
+        file: this.file.path,
+      };
+    // A hole that does not read as zeros (NBD: HOLE without ZERO).
+    if (!first.data && first.zero === false)
+      return {
+        offset,
+        length: first.length,
+        allocated: true,
+        zero: false,
+        data: false,
+        hostOffset: offset,
+        file: this.file.path,
+      };
     return first.data
       ? {
           offset,
@@ -81,11 +114,16 @@ export class RawImage implements FormatImage {
   }
 
   async writeZeroes(offset: number, length: number, unmap: boolean): Promise<void> {
-    if (unmap && this.file.punchHole(offset, length)) return;
-    // Already a hole: nothing to write.
-    if (await this.file.isHole(offset, length)) return;
-    // As QEMU's file driver: zero the range in place (FALLOC_FL_ZERO_RANGE) before writing zeros.
-    if (this.file.zeroRange(offset, length)) return;
+    if (this.file.remote) {
+      // NBD: WRITE_ZEROES (with NO_HOLE unless unmap), as qemu's nbd driver.
+      if (await this.file.zeroOut(offset, length, unmap)) return;
+    } else {
+      if (unmap && this.file.punchHole(offset, length)) return;
+      // Already a hole: nothing to write.
+      if (await this.file.isHole(offset, length)) return;
+      // As QEMU's file driver: zero the range in place (FALLOC_FL_ZERO_RANGE) before writing zeros.
+      if (this.file.zeroRange(offset, length)) return;
+    }
     const zero = new Uint8Array(Math.min(CHUNK, length));
     for (let pos = offset; pos < offset + length; pos += zero.length) {
       const n = Math.min(zero.length, offset + length - pos);
@@ -94,7 +132,7 @@ export class RawImage implements FormatImage {
   }
 
   async discard(offset: number, length: number): Promise<void> {
-    this.file.punchHole(offset, length);
+    await this.file.discard(offset, length);
   }
 
   flush(): Promise<void> {
@@ -144,8 +182,18 @@ export async function createRaw(req: CreateRequest): Promise<void> {
   // qemu-img create rounds the size up to whole sectors (`create -f raw x 1000` makes 1024
   // bytes), as every other driver does.
   const size = Math.ceil(req.size / 512) * 512;
-  const file = await HostFile.open(req.path, { create: true });
+  const file = await createFile(req.path);
   try {
+    if (file.remote) {
+      // qemu's bdrv_co_create_opts_simple on a protocol without create (nbd): no
+      // preallocation, a size the export can hold, and the first sector zeroed.
+      if (prealloc !== 'off')
+        throw new VdiskError('UNSUPPORTED', `Unsupported preallocation mode '${prealloc}'`);
+      await file.truncate(size);
+      if (size > 0) await file.write(new Uint8Array(Math.min(size, 512)), 0);
+      await file.flush();
+      return;
+    }
     await file.truncate(size);
     // QEMU's file driver allocates the first block of a new image (file-posix.c,
     // allocate_first_block) so that later alignment probing works; we do the same so that
