@@ -309,4 +309,16 @@ describe('dmg: hostile images', () => {
     expect(() => parseXml('<a></a><b></b>')).toThrow(/after the root/);
     expect(() => parseXml('<!DOCTYPE a [<!ENTITY x "y">]><a/>')).toThrow(/DOCTYPE/);
   });
+
+  it('a property list cut inside a tag is refused, not read forever (found by npm run fuzz:cov)', async () => {
+    // The reader skipped white space with ' \t\r\n'.includes(text[pos] ?? ''): past the end
+    // of the text that is includes(''), always true.
+    expect(() => parseXml('<inte')).toThrow(/bad attribute at byte 5/);
+    expect(() => parseXml('<a></a')).toThrow(/bad end tag at byte 6/);
+    const p = join(dir, 'cut.dmg');
+    writeFileSync(p, buildDmg({ parts: one(), xml: (x) => x.slice(0, x.indexOf('<dict>') + 5) }).file);
+    const v = await vdisk(['info', p]);
+    expect(v.code).toBe(1);
+    expect(v.stderr).toMatch(/^vdisk: .*malformed XML property list \(bad attribute at byte \d+\)\n$/);
+  });
 });

@@ -18,6 +18,8 @@ const malformed = (why: string, at: number) =>
   new VdiskError('INVALID_IMAGE', `dmg: malformed XML property list (${why} at byte ${at})`);
 
 const NAME = /[A-Za-z_:][-A-Za-z0-9_:.]*/y;
+/** XML white space; false past the end of the text (`' \t'.includes('')` would be true). */
+const isSpace = (c: string | undefined) => c !== undefined && c !== '' && ' \t\r\n'.includes(c);
 const ENTITIES: Record<string, string> = { lt: '<', gt: '>', amp: '&', quot: '"', apos: "'" };
 
 function decodeText(raw: string, at: number): string {
@@ -61,7 +63,7 @@ export function parseXml(text: string): XmlNode {
     pos = NAME.lastIndex;
     // Attributes: name="value" pairs.
     for (;;) {
-      while (' \t\r\n'.includes(text[pos] ?? '')) pos++;
+      while (isSpace(text[pos])) pos++;
       if (text.startsWith('/>', pos)) {
         pos += 2;
         return { tag, children: [], text: '' };
@@ -91,7 +93,7 @@ export function parseXml(text: string): XmlNode {
         const close = `</${tag}`;
         if (!text.startsWith(close, pos)) throw malformed(`mismatched end tag for <${tag}>`, pos);
         pos += close.length;
-        while (' \t\r\n'.includes(text[pos] ?? '')) pos++;
+        while (isSpace(text[pos])) pos++;
         if (text[pos] !== '>') throw malformed('bad end tag', pos);
         pos++;
         node.text = parts.join('');
