@@ -1,0 +1,58 @@
+/**
+ * A short run of `npm run fuzz:cov` in the test suite: every target for a few hundred inputs
+ * (about two seconds each), so that the coverage-guided fuzzer keeps working, its coverage
+ * signal keeps growing the corpus, and the findings it once made stay fixed. The campaign
+ * itself is `npm run fuzz:cov` (docs/fuzzing.md).
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { Coverage } from './coverage.js';
+import { nbdTarget } from './nbd-target.js';
+import { fuzzTarget } from './run.js';
+import { TARGETS } from './targets.js';
+
+const corpus = mkdtempSync(join(tmpdir(), 'vdisk-covfuzz-test-'));
+afterAll(() => rmSync(corpus, { recursive: true, force: true }));
+
+describe('coverage-guided fuzzing', () => {
+  it('sees a new block only once, and a new branch of a function it has seen', () => {
+    const cov = new Coverage((url) => url.includes('/covfuzz/coverage.test-fn'));
+    // A function compiled after coverage started, from a URL the filter keeps.
+    const f = new Function(
+      'x',
+      'if (x > 0) { return 1; } else { return 2; }\n//# sourceURL=/src/covfuzz/coverage.test-fn.js',
+    ) as (x: number) => number;
+    cov.take();
+    f(1);
+    expect(cov.take()).toBeGreaterThan(0);
+    f(1);
+    expect(cov.take()).toBe(0);
+    f(-1);
+    expect(cov.take()).toBe(1);
+    f(-1);
+    f(1);
+    expect(cov.take()).toBe(0);
+    cov.close();
+  });
+
+  for (const t of [...TARGETS, nbdTarget]) {
+    it(`${t.name}: finds no internal error, hang or unbounded allocation`, async () => {
+      const r = await fuzzTarget(t, {
+        execs: t.name === 'nbd' ? 100 : 250,
+        seconds: 2,
+        corpus,
+        rng: 7,
+        slowMs: 5000,
+        hangMs: 20_000,
+        heapMb: 512,
+      });
+      expect(r.findings.map((f) => `${f.problem}\n${f.file}`)).toEqual([]);
+      expect(r.execs).toBeGreaterThan(0);
+      // The signal works: mutants reach blocks the seeds did not.
+      expect(r.blocksEnd).toBeGreaterThanOrEqual(r.blocksStart);
+      expect(r.blocksStart).toBeGreaterThan(0);
+    }, 60_000);
+  }
+});
