@@ -230,6 +230,7 @@ export async function fuzzTarget(
           );
         } else if (m.type === 'done') {
           done = true;
+          void w.terminate();
           res.execs = execsBefore + m.execs;
           res.blocksEnd = m.blocks;
           res.corpus = m.corpus;
