@@ -4,14 +4,14 @@
  * signal keeps growing the corpus, and the findings it once made stay fixed. The campaign
  * itself is `npm run fuzz:cov` (docs/fuzzing.md).
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Coverage } from './coverage.js';
 import { nbdTarget } from './nbd-target.js';
 import { fuzzTarget } from './run.js';
-import { TARGETS } from './targets.js';
+import { selfTestTarget, TARGETS } from './targets.js';
 
 const corpus = mkdtempSync(join(tmpdir(), 'vdisk-covfuzz-test-'));
 afterAll(() => rmSync(corpus, { recursive: true, force: true }));
@@ -36,6 +36,26 @@ describe('coverage-guided fuzzing', () => {
     expect(cov.take()).toBe(0);
     cov.close();
   });
+
+  it('catches each kind of finding: internal error, slow input, hang, heap exhaustion, large buffers', async () => {
+    const r = await fuzzTarget(selfTestTarget, {
+      execs: 5000,
+      seconds: 10,
+      corpus,
+      rng: 3,
+      slowMs: 200,
+      hangMs: 2000,
+      heapMb: 64,
+    });
+    const kinds = new Set(r.findings.map((f) => f.problem.split(/[: ]/)[0]));
+    for (const k of ['internal', 'slow', 'hang', 'worker', 'allocation'])
+      expect(kinds, [...kinds].join()).toContain(k);
+    // Each finding's input is saved and names its misdeed.
+    const byKind = (k: string) => r.findings.find((f) => f.problem.startsWith(k))!;
+    expect(readFileSync(byKind('hang').file)[0]).toBe('H'.charCodeAt(0));
+    expect(readFileSync(byKind('internal').file)[0]).toBe('E'.charCodeAt(0));
+    expect(readFileSync(byKind('allocation').file)[0]).toBe('B'.charCodeAt(0));
+  }, 60_000);
 
   for (const t of [...TARGETS, nbdTarget]) {
     it(`${t.name}: finds no internal error, hang or unbounded allocation`, async () => {

@@ -784,3 +784,29 @@ export const TARGETS: Target[] = [
 export function targetNamed(name: string): Target | undefined {
   return TARGETS.find((t) => t.name === name);
 }
+
+/**
+ * The harness's own test (covfuzz.test.ts), not a parser: byte 0 of an input picks a misdeed —
+ * 'H' loops forever, 'M' fills the heap, 'B' allocates 300 MiB of buffers, 'E' throws a
+ * TypeError, 'S' takes 300 ms — so that each kind of finding is seen to be caught.
+ */
+export const selfTestTarget: Target = {
+  name: 'selftest',
+  scripts: ['/covfuzz/targets'],
+  maxLen: 64,
+  seeds: () => [Buffer.from('x')],
+  dict: () => ({ tokens: ['H', 'M', 'B', 'E', 'S'].map(s), offsets: [0] }),
+  async run(input) {
+    const c = String.fromCharCode(input[0] ?? 0);
+    if (c === 'H') for (;;);
+    if (c === 'M') {
+      const keep: number[][] = [];
+      for (;;) keep.push(new Array(1 << 16).fill(1));
+    }
+    if (c === 'B') (globalThis as { held?: unknown }).held = Buffer.alloc(300 << 20);
+    if (c === 'E') (undefined as unknown as { x: () => void }).x();
+    if (c === 'S') await new Promise((r) => setTimeout(r, 300));
+  },
+  expected: isVdisk,
+  ext: 'bin',
+};

@@ -51,9 +51,9 @@ const bytes = new Uint8Array(cfg.shared, HEADER);
 const post = (m: WorkerMessage) => parentPort!.postMessage(m);
 
 // Coverage first, then the target's code (scripts compiled later carry block counters).
-const { TARGETS } = await import('./targets.js');
+const { TARGETS, selfTestTarget } = await import('./targets.js');
 const { nbdTarget } = await import('./nbd-target.js');
-const target = [...TARGETS, nbdTarget].find((t) => t.name === cfg.target)!;
+const target = [...TARGETS, nbdTarget, selfTestTarget].find((t) => t.name === cfg.target)!;
 const cov = new Coverage(
   (url) =>
     !url.includes('/node_modules/') &&
