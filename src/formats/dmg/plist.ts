@@ -24,8 +24,14 @@ const ENTITIES: Record<string, string> = { lt: '<', gt: '>', amp: '&', quot: '"'
 
 function decodeText(raw: string, at: number): string {
   return raw.replace(/&([^;]{0,10});/g, (_m, name: string) => {
-    if (name.startsWith('#x')) return String.fromCodePoint(Number.parseInt(name.slice(2), 16));
-    if (name.startsWith('#')) return String.fromCodePoint(Number.parseInt(name.slice(1), 10));
+    if (name.startsWith('#')) {
+      const digits = name.startsWith('#x') ? name.slice(2) : name.slice(1);
+      const cp = Number.parseInt(digits, name.startsWith('#x') ? 16 : 10);
+      // String.fromCodePoint throws a RangeError on NaN and on what is not a code point.
+      if (!(cp >= 0 && cp <= 0x10ffff) || !/^[0-9A-Fa-f]+$/.test(digits))
+        throw malformed(`bad character reference &${name};`, at);
+      return String.fromCodePoint(cp);
+    }
     const v = ENTITIES[name];
     if (v === undefined) throw malformed(`unknown entity &${name};`, at);
     return v;
