@@ -40,7 +40,7 @@ describe('coverage-guided fuzzing', () => {
   it('catches each kind of finding: internal error, slow input, hang, heap exhaustion, large buffers', async () => {
     const r = await fuzzTarget(selfTestTarget, {
       execs: 5000,
-      seconds: 10,
+      seconds: 8,
       corpus,
       rng: 3,
       slowMs: 200,
@@ -60,8 +60,8 @@ describe('coverage-guided fuzzing', () => {
   for (const t of [...TARGETS, nbdTarget]) {
     it(`${t.name}: finds no internal error, hang or unbounded allocation`, async () => {
       const r = await fuzzTarget(t, {
-        execs: t.name === 'nbd' ? 100 : 250,
-        seconds: 2,
+        execs: t.name === 'nbd' ? 100 : 200,
+        seconds: 1.5,
         corpus,
         rng: 7,
         slowMs: 5000,
