@@ -309,4 +309,20 @@ describe('dmg: hostile images', () => {
     expect(() => parseXml('<a></a><b></b>')).toThrow(/after the root/);
     expect(() => parseXml('<!DOCTYPE a [<!ENTITY x "y">]><a/>')).toThrow(/DOCTYPE/);
   });
+
+  it('a property list cut inside a tag, or with a bad character reference, is refused (found by npm run fuzz:cov)', async () => {
+    // The reader skipped white space with ' \t\r\n'.includes(text[pos] ?? ''): past the end
+    // of the text that is includes(''), always true.
+    expect(() => parseXml('<inte')).toThrow(/bad attribute at byte 5/);
+    expect(() => parseXml('<a></a')).toThrow(/bad end tag at byte 6/);
+    // A character reference that is no code point: a RangeError from String.fromCodePoint before.
+    for (const ref of ['&#x;', '&#xZZ;', '&#1114112;', '&#x110000;', '&#;'])
+      expect(() => parseXml(`<a>${ref}</a>`)).toThrow(/bad character reference/);
+    expect(parseXml('<a>&#x41;&#66;</a>').text).toBe('AB');
+    const p = join(dir, 'cut.dmg');
+    writeFileSync(p, buildDmg({ parts: one(), xml: (x) => x.slice(0, x.indexOf('<dict>') + 5) }).file);
+    const v = await vdisk(['info', p]);
+    expect(v.code).toBe(1);
+    expect(v.stderr).toMatch(/^vdisk: .*malformed XML property list \(bad attribute at byte \d+\)\n$/);
+  });
 });

@@ -18,12 +18,20 @@ const malformed = (why: string, at: number) =>
   new VdiskError('INVALID_IMAGE', `dmg: malformed XML property list (${why} at byte ${at})`);
 
 const NAME = /[A-Za-z_:][-A-Za-z0-9_:.]*/y;
+/** XML white space; false past the end of the text (`' \t'.includes('')` would be true). */
+const isSpace = (c: string | undefined) => c !== undefined && c !== '' && ' \t\r\n'.includes(c);
 const ENTITIES: Record<string, string> = { lt: '<', gt: '>', amp: '&', quot: '"', apos: "'" };
 
 function decodeText(raw: string, at: number): string {
   return raw.replace(/&([^;]{0,10});/g, (_m, name: string) => {
-    if (name.startsWith('#x')) return String.fromCodePoint(Number.parseInt(name.slice(2), 16));
-    if (name.startsWith('#')) return String.fromCodePoint(Number.parseInt(name.slice(1), 10));
+    if (name.startsWith('#')) {
+      const digits = name.startsWith('#x') ? name.slice(2) : name.slice(1);
+      const cp = Number.parseInt(digits, name.startsWith('#x') ? 16 : 10);
+      // String.fromCodePoint throws a RangeError on NaN and on what is not a code point.
+      if (!(cp >= 0 && cp <= 0x10ffff) || !/^[0-9A-Fa-f]+$/.test(digits))
+        throw malformed(`bad character reference &${name};`, at);
+      return String.fromCodePoint(cp);
+    }
     const v = ENTITIES[name];
     if (v === undefined) throw malformed(`unknown entity &${name};`, at);
     return v;
@@ -61,7 +69,7 @@ export function parseXml(text: string): XmlNode {
     pos = NAME.lastIndex;
     // Attributes: name="value" pairs.
     for (;;) {
-      while (' \t\r\n'.includes(text[pos] ?? '')) pos++;
+      while (isSpace(text[pos])) pos++;
       if (text.startsWith('/>', pos)) {
         pos += 2;
         return { tag, children: [], text: '' };
@@ -91,7 +99,7 @@ export function parseXml(text: string): XmlNode {
         const close = `</${tag}`;
         if (!text.startsWith(close, pos)) throw malformed(`mismatched end tag for <${tag}>`, pos);
         pos += close.length;
-        while (' \t\r\n'.includes(text[pos] ?? '')) pos++;
+        while (isSpace(text[pos])) pos++;
         if (text[pos] !== '>') throw malformed('bad end tag', pos);
         pos++;
         node.text = parts.join('');

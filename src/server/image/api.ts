@@ -789,7 +789,7 @@ export class ImageApi {
   }
 }
 
-interface Change {
+export interface Change {
   op: 'add' | 'remove' | 'replace';
   path: string[];
   value?: unknown;
@@ -798,7 +798,7 @@ interface Change {
 const OPS = ['add', 'remove', 'replace'] as const;
 
 /** RequestDeserializer.update for one operation: both drafts, JSON pointers, schema check. */
-function parseChange(raw: unknown, draft: 4 | 10, formats: AllowedFormats): Change {
+export function parseChange(raw: unknown, draft: 4 | 10, formats: AllowedFormats): Change {
   if (!isObject(raw)) throw new HttpError(400, 'Operations must be JSON objects.');
   let op: Change['op'];
   let pointer: unknown;

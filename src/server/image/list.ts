@@ -42,7 +42,7 @@ export interface ListResult {
   nextMarker: string | undefined;
 }
 
-function sortParams(params: URLSearchParams): { keys: SortKey[]; dirs: Dir[] } {
+export function sortParams(params: URLSearchParams): { keys: SortKey[]; dirs: Dir[] } {
   const keys: SortKey[] = [];
   const dirs: Dir[] = [];
   const checkKey = (k: string): SortKey => {

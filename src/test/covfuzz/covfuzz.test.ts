@@ -1,0 +1,78 @@
+/**
+ * A short run of `npm run fuzz:cov` in the test suite: every target for a few hundred inputs
+ * (about two seconds each), so that the coverage-guided fuzzer keeps working, its coverage
+ * signal keeps growing the corpus, and the findings it once made stay fixed. The campaign
+ * itself is `npm run fuzz:cov` (docs/fuzzing.md).
+ */
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { Coverage } from './coverage.js';
+import { nbdTarget } from './nbd-target.js';
+import { fuzzTarget } from './run.js';
+import { selfTestTarget, TARGETS } from './targets.js';
+
+const corpus = mkdtempSync(join(tmpdir(), 'vdisk-covfuzz-test-'));
+afterAll(() => rmSync(corpus, { recursive: true, force: true }));
+
+describe('coverage-guided fuzzing', () => {
+  it('sees a new block only once, and a new branch of a function it has seen', () => {
+    const cov = new Coverage((url) => url.includes('/covfuzz/coverage.test-fn'));
+    // A function compiled after coverage started, from a URL the filter keeps.
+    const f = new Function(
+      'x',
+      'if (x > 0) { return 1; } else { return 2; }\n//# sourceURL=/src/covfuzz/coverage.test-fn.js',
+    ) as (x: number) => number;
+    cov.take();
+    f(1);
+    expect(cov.take()).toBeGreaterThan(0);
+    f(1);
+    expect(cov.take()).toBe(0);
+    f(-1);
+    expect(cov.take()).toBe(1);
+    f(-1);
+    f(1);
+    expect(cov.take()).toBe(0);
+    cov.close();
+  });
+
+  it('catches each kind of finding: internal error, slow input, hang, heap exhaustion, large buffers', async () => {
+    const r = await fuzzTarget(selfTestTarget, {
+      execs: 5000,
+      seconds: 8,
+      corpus,
+      rng: 3,
+      slowMs: 200,
+      hangMs: 2000,
+      heapMb: 64,
+    });
+    const kinds = new Set(r.findings.map((f) => f.problem.split(/[: ]/)[0]));
+    for (const k of ['internal', 'slow', 'hang', 'worker', 'allocation'])
+      expect(kinds, [...kinds].join()).toContain(k);
+    // Each finding's input is saved and names its misdeed.
+    const byKind = (k: string) => r.findings.find((f) => f.problem.startsWith(k))!;
+    expect(readFileSync(byKind('hang').file)[0]).toBe('H'.charCodeAt(0));
+    expect(readFileSync(byKind('internal').file)[0]).toBe('E'.charCodeAt(0));
+    expect(readFileSync(byKind('allocation').file)[0]).toBe('B'.charCodeAt(0));
+  }, 60_000);
+
+  for (const t of [...TARGETS, nbdTarget]) {
+    it(`${t.name}: finds no internal error, hang or unbounded allocation`, async () => {
+      const r = await fuzzTarget(t, {
+        execs: t.name === 'nbd' ? 100 : 200,
+        seconds: 1.5,
+        corpus,
+        rng: 7,
+        slowMs: 5000,
+        hangMs: 20_000,
+        heapMb: 512,
+      });
+      expect(r.findings.map((f) => `${f.problem}\n${f.file}`)).toEqual([]);
+      expect(r.execs).toBeGreaterThan(0);
+      // The signal works: mutants reach blocks the seeds did not.
+      expect(r.blocksEnd).toBeGreaterThanOrEqual(r.blocksStart);
+      expect(r.blocksStart).toBeGreaterThan(0);
+    }, 60_000);
+  }
+});

@@ -1,0 +1,161 @@
+/**
+ * Mutations for the coverage-guided loop: one to four stacked edits of a corpus entry, chosen
+ * by a deterministic generator. Edits: bit flips and random bytes; boundary values in 8/16/32/64-bit
+ * little- and big-endian fields; small increments of a field; the format's magic numbers and
+ * header-field values (the target's dictionary) written at the target's field offsets or
+ * anywhere; splices with another corpus entry; truncation and extension; chunk copies.
+ */
+
+export interface Dictionary {
+  /** Byte strings worth writing: magic numbers, signatures, header-field values, keywords. */
+  tokens: Buffer[];
+  /** Offsets of header fields (from the driver's structs): edits land there more often. */
+  offsets: number[];
+}
+
+const B8 = [0, 1, 0x7f, 0x80, 0xff];
+const B16 = [0, 1, 0x7fff, 0x8000, 0xffff, 0x200, 0x1000];
+const B32 = [0, 1, 2, 9, 0x7fffffff, 0x80000000, 0xffffffff, 0x200, 0x1000, 0x10000, 0x100000, 0x1fffff80];
+const B64 = [
+  0n,
+  1n,
+  0x7fffffffffffffffn,
+  0xffffffffffffffffn,
+  1n << 32n,
+  1n << 40n,
+  1n << 53n,
+  1n << 56n,
+  0x8000000000000000n,
+];
+
+export class Mutator {
+  constructor(
+    private readonly r: () => number,
+    private readonly dict: Dictionary,
+    private readonly maxLen: number,
+  ) {}
+
+  private int(n: number): number {
+    return Math.floor(this.r() * n);
+  }
+
+  private pick<T>(xs: readonly T[]): T {
+    return xs[this.int(xs.length)]!;
+  }
+
+  /** An offset in buf: a header field, near non-zero metadata, or anywhere. */
+  private offset(buf: Buffer, width = 1): number {
+    const limit = Math.max(1, buf.length - width + 1);
+    const k = this.r();
+    if (k < 0.45 && this.dict.offsets.length > 0) {
+      const o = this.pick(this.dict.offsets);
+      if (o < limit) return o;
+    }
+    if (k < 0.75) return this.int(Math.min(limit, 4096));
+    return this.int(limit);
+  }
+
+  mutate(input: Buffer, other: () => Buffer | undefined): Buffer {
+    let buf: Buffer = Buffer.from(input);
+    const edits = 1 + this.int(4);
+    for (let e = 0; e < edits; e++) buf = this.edit(buf, other);
+    if (buf.length > this.maxLen) buf = buf.subarray(0, this.maxLen);
+    return buf;
+  }
+
+  private edit(buf: Buffer, other: () => Buffer | undefined): Buffer {
+    if (buf.length === 0) return Buffer.from(this.dict.tokens.length > 0 ? this.pick(this.dict.tokens) : [0]);
+    const kind = this.int(13);
+    switch (kind) {
+      case 0: {
+        const at = this.offset(buf);
+        buf[at] = buf[at]! ^ (1 << this.int(8));
+        return buf;
+      }
+      case 1: {
+        buf[this.offset(buf)] = this.r() < 0.5 ? this.int(256) : this.pick(B8);
+        return buf;
+      }
+      case 2: {
+        if (buf.length < 2) return buf;
+        const at = this.offset(buf, 2);
+        const v = this.pick(B16);
+        if (this.r() < 0.5) buf.writeUInt16LE(v, at);
+        else buf.writeUInt16BE(v, at);
+        return buf;
+      }
+      case 3:
+      case 4: {
+        if (buf.length < 4) return buf;
+        const at = this.offset(buf, 4);
+        const v = this.pick(B32);
+        if (this.r() < 0.5) buf.writeUInt32LE(v >>> 0, at);
+        else buf.writeUInt32BE(v >>> 0, at);
+        return buf;
+      }
+      case 5: {
+        if (buf.length < 8) return buf;
+        const at = this.offset(buf, 8);
+        const v = this.pick(B64);
+        if (this.r() < 0.5) buf.writeBigUInt64LE(v, at);
+        else buf.writeBigUInt64BE(v, at);
+        return buf;
+      }
+      case 6: {
+        // A field nudged: +-1..16 on a 32-bit value of either order.
+        if (buf.length < 4) return buf;
+        const at = this.offset(buf, 4);
+        const d = (1 + this.int(16)) * (this.r() < 0.5 ? -1 : 1);
+        if (this.r() < 0.5) buf.writeUInt32LE((buf.readUInt32LE(at) + d) >>> 0, at);
+        else buf.writeUInt32BE((buf.readUInt32BE(at) + d) >>> 0, at);
+        return buf;
+      }
+      case 7:
+      case 8: {
+        if (this.dict.tokens.length === 0) return buf;
+        const t = this.pick(this.dict.tokens);
+        const at = this.offset(buf, Math.min(t.length, buf.length));
+        if (this.r() < 0.2) return Buffer.concat([buf.subarray(0, at), t, buf.subarray(at)]);
+        t.copy(buf, at, 0, Math.min(t.length, buf.length - at));
+        return buf;
+      }
+      case 9: {
+        // Splice: this entry's head and another's tail, or a chunk of another copied in.
+        const o = other();
+        if (o === undefined || o.length === 0) return buf;
+        if (this.r() < 0.5) {
+          const cut = this.int(Math.min(buf.length, o.length) + 1);
+          return Buffer.concat([buf.subarray(0, cut), o.subarray(cut)]);
+        }
+        const len = 1 + this.int(Math.min(512, o.length));
+        const from = this.int(o.length - len + 1);
+        const at = this.offset(buf);
+        o.copy(buf, at, from, Math.min(from + len, from + buf.length - at));
+        return buf;
+      }
+      case 10: {
+        // Truncate (anywhere, or at a sector/cluster boundary) or extend.
+        if (this.r() < 0.6) {
+          const cut = this.r() < 0.5 ? this.int(buf.length) : this.int(buf.length / 512 + 1) * 512;
+          return buf.subarray(0, Math.min(cut, buf.length));
+        }
+        const more = this.pick([1, 7, 512, 4096, 65536]);
+        return Buffer.concat([buf, Buffer.alloc(more, this.r() < 0.5 ? 0 : 0xff)]);
+      }
+      case 11: {
+        // Copy a chunk of the entry over another place of it.
+        const len = 1 + this.int(Math.min(64, buf.length));
+        const from = this.int(buf.length - len + 1);
+        const to = this.offset(buf, len);
+        buf.copy(buf, to, from, from + len);
+        return buf;
+      }
+      default: {
+        // Delete a short range (shifts what follows: text formats, streams).
+        const at = this.offset(buf);
+        const len = 1 + this.int(16);
+        return Buffer.concat([buf.subarray(0, at), buf.subarray(Math.min(buf.length, at + len))]);
+      }
+    }
+  }
+}

@@ -1,0 +1,172 @@
+/**
+ * The fuzz loop of one target, in a worker thread (started by run.ts). Coverage is V8's block
+ * coverage of this thread's isolate (coverage.ts), started before the target's code is loaded.
+ *
+ * Loop: pick a corpus entry, mutate it, run the target on it. Every BATCH inputs, one coverage
+ * take; when it shows new blocks, the batch's inputs are replayed one by one, each followed by a
+ * take, and those that reach new blocks join the corpus (and the corpus directory).
+ *
+ * Before each input, its bytes go into a SharedArrayBuffer the parent watches (with a counter):
+ * when the counter stops for longer than the time limit, or the thread dies (out of memory under
+ * its resourceLimits, a crash), the parent saves the input from there.
+ */
+import { createHash } from 'node:crypto';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { getHeapStatistics, setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { parentPort, workerData } from 'node:worker_threads';
+import { rng } from '../rng.js';
+import { Coverage } from './coverage.js';
+
+export interface WorkerConfig {
+  target: string;
+  /** Seeds (files) and the corpus directory of this target. */
+  seedDir: string;
+  corpusDir: string;
+  execs: number;
+  seconds: number;
+  rngSeed: number;
+  /** [0]: inputs started, [1]: length of the current input, [2]: phase; bytes from 16 on. */
+  shared: SharedArrayBuffer;
+  slowMs: number;
+  /** External (ArrayBuffer) memory allowed after one input, bytes. */
+  maxExternal: number;
+}
+
+export type WorkerMessage =
+  | { type: 'start'; corpus: number; blocks: number }
+  | { type: 'stats'; execs: number; corpus: number; blocks: number }
+  | { type: 'finding'; problem: string; input: Uint8Array }
+  | { type: 'done'; execs: number; corpus: number; blocks: number; ms: number };
+
+const BATCH = 32;
+const HEADER = 16;
+// counter[2]: what the thread is doing (run.ts PHASES), for the parent's report of a hang.
+
+const cfg = workerData as WorkerConfig;
+const counter = new Int32Array(cfg.shared, 0, 3);
+const phase = (p: number) => Atomics.store(counter, 2, p);
+const bytes = new Uint8Array(cfg.shared, HEADER);
+const post = (m: WorkerMessage) => parentPort!.postMessage(m);
+
+// Coverage first, then the target's code (scripts compiled later carry block counters).
+const { TARGETS, selfTestTarget } = await import('./targets.js');
+const { nbdTarget } = await import('./nbd-target.js');
+const target = [...TARGETS, nbdTarget, selfTestTarget].find((t) => t.name === cfg.target)!;
+const cov = new Coverage(
+  (url) =>
+    !url.includes('/node_modules/') &&
+    !url.includes('/covfuzz/') &&
+    target.scripts.some((s) => url.includes(s)),
+);
+const { Mutator } = await import('./mutate.js');
+
+function announce(input: Buffer): void {
+  const n = Math.min(input.length, bytes.length);
+  bytes.set(input.subarray(0, n));
+  Atomics.store(counter, 1, n);
+  Atomics.add(counter, 0, 1);
+}
+
+// A full collection on demand: buffers of earlier inputs must not count against this one.
+setFlagsFromString('--expose-gc');
+const gc = runInNewContext('gc') as () => void;
+const external = () => getHeapStatistics().external_memory;
+
+/** Run one input; a problem (text) or null. */
+async function runOne(input: Buffer): Promise<string | null> {
+  announce(input);
+  if (external() > cfg.maxExternal / 4) gc();
+  const before = external();
+  const t0 = performance.now();
+  phase(1);
+  try {
+    await target.run(input);
+  } catch (e) {
+    if (!target.expected(e))
+      return `internal error: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`;
+  }
+  const ms = performance.now() - t0;
+  // Not while seeding: a target's first inputs load (and compile) its modules.
+  if (ms > cfg.slowMs && !seeding) return `slow: ${ms.toFixed(0)} ms (limit ${cfg.slowMs} ms)`;
+  phase(0);
+  const grown = external() - before;
+  if (grown > cfg.maxExternal)
+    return `allocation: ${(grown / 2 ** 20).toFixed(0)} MiB of buffers allocated by one input`;
+  return null;
+}
+
+const seen = new Set<string>();
+function report(problem: string, input: Buffer): void {
+  // One report per problem and place: the message's first line and the first stack frame in vdisk.
+  const lines = problem.split('\n');
+  const frame = lines.find((l) => l.includes('/src/') && !l.includes('/covfuzz/')) ?? '';
+  const key = `${lines[0]!.replace(/\d+/g, 'N')}|${frame.replace(/:\d+:\d+/, '')}`;
+  if (seen.has(key)) return;
+  seen.add(key);
+  post({ type: 'finding', problem, input: new Uint8Array(input) });
+}
+
+const corpus: Buffer[] = [];
+const hash = (b: Buffer) => createHash('sha1').update(b).digest('hex').slice(0, 16);
+mkdirSync(cfg.corpusDir, { recursive: true });
+
+async function keepIfNew(input: Buffer, save: boolean): Promise<void> {
+  const problem = await runOne(input);
+  if (problem !== null) report(problem, input);
+  phase(2);
+  const fresh = cov.take(true);
+  phase(4);
+  if (fresh > 0 || corpus.length === 0) {
+    corpus.push(input);
+    if (save) writeFileSync(join(cfg.corpusDir, hash(input)), input);
+  }
+}
+
+// Seeds, then what earlier runs kept.
+let seeding = true;
+cov.take(false);
+for (const dir of [cfg.seedDir, cfg.corpusDir]) {
+  for (const f of readdirSync(dir).sort()) await keepIfNew(readFileSync(join(dir, f)), false);
+}
+seeding = false;
+post({ type: 'start', corpus: corpus.length, blocks: cov.covered });
+
+const r = rng(cfg.rngSeed);
+const dict = target.dict();
+const mut = new Mutator(r, dict, target.maxLen);
+const t0 = performance.now();
+const deadline = t0 + cfg.seconds * 1000;
+let execs = 0;
+let lastStats = t0;
+const batch: Buffer[] = [];
+const pickEntry = () => {
+  // Newer entries (found later, deeper) a little more often.
+  const n = corpus.length;
+  const i = r() < 0.5 ? n - 1 - Math.floor(r() * Math.min(n, 16)) : Math.floor(r() * n);
+  return corpus[Math.max(0, i)]!;
+};
+while (execs < cfg.execs && performance.now() < deadline) {
+  phase(3);
+  const input = mut.mutate(pickEntry(), () => corpus[Math.floor(r() * corpus.length)]);
+  const problem = await runOne(input);
+  execs++;
+  if (problem !== null) report(problem, input);
+  batch.push(input);
+  if (batch.length === BATCH || execs === cfg.execs) {
+    phase(2);
+    if (cov.take(false) > 0) for (const b of batch) await keepIfNew(b, true);
+    batch.length = 0;
+  }
+  const now = performance.now();
+  if (now - lastStats > 2000) {
+    lastStats = now;
+    post({ type: 'stats', execs, corpus: corpus.length, blocks: cov.covered });
+  }
+}
+if (batch.length > 0 && cov.take(false) > 0) for (const b of batch) await keepIfNew(b, true);
+post({ type: 'done', execs, corpus: corpus.length, blocks: cov.covered, ms: performance.now() - t0 });
+cov.close();
+// Servers a target started (nbd) would keep the thread alive.
+process.exit(0);
