@@ -180,7 +180,6 @@ const command: CliCommand = {
     o.sources = args.slice(0, -1);
     o.output = args[args.length - 1]!;
     o.options = options;
-    if (salvage) throw new VdiskError('UNSUPPORTED', '--salvage is not supported');
     if (bitmaps) {
       if (o.sources.length > 1) throw fail('Copying bitmaps only possible with single source');
       throw new VdiskError('UNSUPPORTED', 'Source lacks bitmap support');
@@ -191,6 +190,9 @@ const command: CliCommand = {
     try {
       await convertCommand({
         ...o,
+        ...(salvage
+          ? { salvage: true, onWarning: (m: string) => quiet || io.err(`vdisk: warning: ${m}\n`) }
+          : {}),
         // Counting what will be copied costs a second walk of the source: only when shown.
         ...(progress.mode !== 'off'
           ? { onProgress: (done, total) => progress.set((100 * done) / total) }
