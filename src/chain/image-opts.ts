@@ -38,9 +38,13 @@ export function parseImageOpts(text: string): ImageOpts {
   let driver: string | undefined;
   let filename: string | undefined;
   const options: Record<string, string> = {};
-  for (const [k, v] of parseQemuOpts(text)) {
+  // A bare value is `file=` (qemu's "source" options imply that key), and `file` names a block
+  // node, of which qemu-img has none: QEMU refuses it so (bdrv_open_child's lookup).
+  for (const [k, v] of parseQemuOpts(text, 'file')) {
     if (k === 'driver') driver = v;
-    else if (k === 'file.filename' || k === 'filename' || k === 'file') filename = v;
+    else if (k === 'file') {
+      throw new VdiskError('NOT_FOUND', `Cannot find device='${v}' nor node-name='${v}'`);
+    } else if (k === 'file.filename' || k === 'filename') filename = v;
     else if (k === 'file.driver') {
       if (v !== 'file') throw new VdiskError('UNSUPPORTED', `Protocol driver '${v}' is not supported`);
     } else options[k] = v;

@@ -228,8 +228,13 @@ export async function convertCommand(o: ConvertOptions): Promise<void> {
     // qemu-img carries the create options that name secrets (img_add_key_secrets: every
     // `*key-secret`) into the target's open; --target-image-opts names the target by options.
     const keySecrets = Object.fromEntries(Object.entries(options).filter(([k]) => k.endsWith('key-secret')));
+    // img_open_opts: options name the driver; -O may not name another.
+    if (isTargetImageOptsMode() && o.outputFormat !== undefined) {
+      fail('--image-opts and --format are mutually exclusive');
+    }
     target = await openImage(o.output, {
-      format: outFmt,
+      // With --target-image-opts the options' driver= names the format (probed without it).
+      format: isTargetImageOptsMode() ? undefined : outFmt,
       writable: true,
       backing: 'follow',
       allowDataFile: true,

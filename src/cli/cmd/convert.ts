@@ -62,6 +62,7 @@ const command: CliCommand = {
     let copyRange = false;
     let explicitSparse = false;
     let salvage = false;
+    let targetImageOpts = false;
     let bitmaps = false;
     let skipBroken = false;
     let srcCache = 'writeback';
@@ -146,6 +147,9 @@ const command: CliCommand = {
         case 'salvage':
           salvage = true;
           break;
+        case 'target-image-opts':
+          targetImageOpts = true;
+          break;
         case 'target-is-zero':
           o.targetIsZero = true;
           break;
@@ -167,6 +171,7 @@ const command: CliCommand = {
     if (o.compressed && copyRange) throw fail('Cannot enable copy offloading when -c is used');
     if (explicitSparse && copyRange) throw fail('Cannot enable copy offloading when -S is used');
     if (copyRange && salvage) throw fail('Cannot use copy offloading in salvaging mode');
+    if (targetImageOpts && !o.skipCreate) throw fail('--target-image-opts requires use of -n flag');
     if (o.skipCreate && optionStrings.length > 0) throw fail('-o has no effect when skipping image creation');
     if (o.targetIsZero && !o.skipCreate) throw fail('--target-is-zero requires use of -n flag');
     if (skipBroken && !bitmaps) throw fail('Use of --skip-broken-bitmaps requires --bitmaps');
