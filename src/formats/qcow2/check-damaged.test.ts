@@ -80,6 +80,12 @@ const cases: Case[] = [
     name: 'L2 entry unaligned (preallocated zero on the header)',
     make: () => setU64(base, L2 + 8 * 20, 0x8000000000000201n),
   },
+  // The corrupt bit: a repair that leaves no corruption clears it.
+  { name: 'marked corrupt, nothing wrong', make: () => setU64(base, 72, 2n) },
+  {
+    name: 'marked corrupt, L1 entry past EOF',
+    make: () => setU64(setU64(base, 72, 2n), L1, 0x8000000001000000n),
+  },
 ];
 
 const modes: string[][] = [[], ['--output=json'], ['-r', 'leaks'], ['-r', 'all']];
@@ -102,7 +108,9 @@ describe('check on damaged qcow2 images, against qemu-img', () => {
         // What each tool left behind reads the same to qemu-img.
         const again = (p: string) => {
           const r = qemuImg(['check', '--output=json', p]);
-          return { ...r, stdout: r.stdout.replaceAll(p, 'X'), stderr: r.stderr.replaceAll(p, 'X') };
+          const info = qemuImg(['info', '--output=json', p]);
+          const corrupt = /"corrupt": (true|false)/.exec(info.stdout)?.[1];
+          return { ...r, stdout: r.stdout.replaceAll(p, 'X'), stderr: r.stderr.replaceAll(p, 'X'), corrupt };
         };
         expect(again(v)).toEqual(again(q));
       });

@@ -443,6 +443,18 @@ async function checkRefcounts(st: State, repair: 'none' | 'leaks' | 'all'): Prom
   // QCOW_OFLAG_COPIED must be set exactly where the refcount is 1 (active tables only).
   await checkCopied(st, repair);
   if (fixLeaks || fixErrors) await img.refcounts!.flush();
+  // qcow2_co_check_locked: a repair that leaves no corruption marks the image consistent.
+  if (
+    fixLeaks &&
+    res.checkErrors === 0 &&
+    res.corruptions === 0 &&
+    (img.header.incompatible & INCOMPAT_CORRUPT) !== 0
+  ) {
+    img.header.incompatible &= ~INCOMPAT_CORRUPT;
+    const b = new Uint8Array(8);
+    setU64(new DataView(b.buffer), 0, img.header.incompatible);
+    await img.file.write(b, 72);
+  }
   res.imageEndOffset = (highest + 1) * cs;
   return res;
 }
@@ -657,14 +669,7 @@ async function compareRefcounts(
       if (!(err instanceof VdiskError) || err.code !== 'CORRUPT_IMAGE') throw err;
       // QEMU's qcow2_get_refcount fails with -EIO on a bad refcount table entry, after
       // qcow2_signal_corruption said so once.
-      if (!st.signalled) {
-        st.signalled = true;
-        res.messages.push(
-          img.readOnly
-            ? `qcow2: Image is corrupt: ${err.message}; further non-fatal corruption events will be suppressed`
-            : `qcow2: Marking image as corrupt: ${err.message}; further corruption events will be suppressed`,
-        );
-      }
+      await signalCorruption(st, err.message);
       res.messages.push(`Can't get refcount for cluster ${i}: Input/output error`);
       res.checkErrors++;
       continue;

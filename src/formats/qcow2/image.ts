@@ -281,7 +281,8 @@ export class Qcow2Image implements FormatImage {
     }
     const forCheck = opts.forCheck === true;
     const header = parseHeader(headBuf, fileSize, file.path, forCheck);
-    if (opts.writable && (header.incompatible & INCOMPAT_CORRUPT) !== 0) {
+    // A corrupt image opens read/write only to be repaired (QEMU: unless BDRV_O_CHECK).
+    if (opts.writable && !forCheck && (header.incompatible & INCOMPAT_CORRUPT) !== 0) {
       throw new VdiskError('CORRUPT_IMAGE', 'qcow2: Image is corrupt; cannot be opened read/write', {
         path: file.path,
       });
