@@ -39,7 +39,9 @@ export function parseImageOpts(text: string): ImageOpts {
   let driver: string | undefined;
   let filename: string | undefined;
   const options: Record<string, string> = {};
-  const pairs = parseQemuOpts(text);
+  // A bare value is `file=` (qemu's "source" options imply that key), and `file` names a block
+  // node, of which qemu-img has none: QEMU refuses it so (bdrv_open_child's lookup).
+  const pairs = parseQemuOpts(text, 'file');
   if (pairs.some(([k, v]) => k === 'file.driver' && v === 'nbd')) {
     // An image on an NBD server: the file.* options name it; qemu then calls it by its
     // canonical URI (nbd_refresh_filename), which is what openImage opens.
@@ -55,7 +57,9 @@ export function parseImageOpts(text: string): ImageOpts {
   }
   for (const [k, v] of pairs) {
     if (k === 'driver') driver = v;
-    else if (k === 'file.filename' || k === 'filename' || k === 'file') filename = v;
+    else if (k === 'file') {
+      throw new VdiskError('NOT_FOUND', `Cannot find device='${v}' nor node-name='${v}'`);
+    } else if (k === 'file.filename' || k === 'filename') filename = v;
     else if (k === 'file.driver') {
       if (v !== 'file') throw new VdiskError('UNSUPPORTED', `Protocol driver '${v}' is not supported`);
     } else options[k] = v;

@@ -28,7 +28,7 @@ export interface CheckCommandOptions {
 }
 
 export interface CheckCommandResult {
-  /** The check failed (internal errors): qemu-img prints no report then. */
+  /** The check failed (bdrv_check's error): qemu-img prints no report then. */
   failed?: string;
   /** The first pass, when it repaired something (the report then comes from a second pass). */
   repaired?: { leaksFixed: number; corruptionsFixed: number };
@@ -55,7 +55,9 @@ export async function checkCommand(o: CheckCommandOptions): Promise<CheckCommand
     const run = async (repair: 'none' | 'leaks' | 'all'): Promise<ImageCheckJson> => {
       const r = await d.check!(repair);
       for (const m of r.messages) o.onMessage?.(m);
-      if (r.failure !== undefined || r.checkErrors > 0) failed ??= r.failure ?? '';
+      // A check that failed (QEMU: bdrv_check returned an error) has no report; internal
+      // errors alone (check-errors) still have one, and then fail the command.
+      if (r.failure !== undefined) failed ??= r.failure;
       return {
         filename: o.filename,
         format: d.format,

@@ -72,6 +72,13 @@ export interface ConvertOptions {
   cache?: string;
   /** Progress: bytes handled so far out of the bytes the copy will read or write. */
   onProgress?: (done: number, total: number) => void;
+  /**
+   * --salvage: a source range whose block status or data cannot be read is retried sector by
+   * sector; sectors that still fail are copied as data, read as zeros, and reported to `onWarning`
+   * with qemu-img's wording (it warns unless -q).
+   */
+  salvage?: boolean;
+  onWarning?: (message: string) => void;
 }
 
 type Status = 'data' | 'zero' | 'backing';
@@ -91,6 +98,18 @@ function hostText(err: unknown): string {
   if (cause !== undefined && cause !== null && (cause as { code?: unknown }).code !== undefined)
     return strerror(cause);
   return err instanceof Error ? err.message : String(err);
+}
+
+/**
+ * An error as QEMU's block layer returns it to qemu-img, strerror'd: a host error keeps its
+ * errno; a driver's refusal (a corrupt image) is -EIO there.
+ */
+function errnoText(err: unknown): string {
+  const cause = err instanceof VdiskError ? err.cause : err;
+  if (cause !== undefined && cause !== null && typeof (cause as { code?: unknown }).code === 'string') {
+    return strerror(cause);
+  }
+  return 'Input/output error';
 }
 
 function fail(message: string, code: VdiskError['code'] = 'INVALID_ARGUMENT'): never {
@@ -209,8 +228,13 @@ export async function convertCommand(o: ConvertOptions): Promise<void> {
     // qemu-img carries the create options that name secrets (img_add_key_secrets: every
     // `*key-secret`) into the target's open; --target-image-opts names the target by options.
     const keySecrets = Object.fromEntries(Object.entries(options).filter(([k]) => k.endsWith('key-secret')));
+    // img_open_opts: options name the driver; -O may not name another.
+    if (isTargetImageOptsMode() && o.outputFormat !== undefined) {
+      fail('--image-opts and --format are mutually exclusive');
+    }
     target = await openImage(o.output, {
-      format: outFmt,
+      // With --target-image-opts the options' driver= names the format (probed without it).
+      format: isTargetImageOptsMode() ? undefined : outFmt,
       writable: true,
       backing: 'follow',
       allowDataFile: true,
@@ -257,6 +281,8 @@ export async function convertCommand(o: ConvertOptions): Promise<void> {
           : -1,
       alignment: Math.max(pow2floor(minSparse / SECTOR), Math.ceil(target.driver.alignment / SECTOR)),
       onProgress: o.onProgress,
+      salvage: o.salvage === true,
+      onWarning: o.onWarning,
     });
     await copier.run();
     if (cache !== 'unsafe') await target.flush();
@@ -337,6 +363,8 @@ interface CopierConfig {
   /** Alignment of zero-run ends, in sectors. */
   alignment: number;
   onProgress?: ((done: number, total: number) => void) | undefined;
+  salvage: boolean;
+  onWarning?: ((message: string) => void) | undefined;
 }
 
 interface WriteRun {
@@ -388,9 +416,20 @@ class Planner {
         st = { length: part.span - off, zero: true, data: false };
       } else {
         const len = Math.min(count, part.size - off);
-        st = c.targetHasBacking
-          ? await part.image.layerStatus(off, len)
-          : await part.image.blockStatus(off, len);
+        const query = (n: number) =>
+          c.targetHasBacking ? part.image.layerStatus(off, n) : part.image.blockStatus(off, n);
+        try {
+          st = await query(len);
+        } catch (err) {
+          if (!c.salvage) throw err;
+          // qemu-img --salvage: again for one sector; if that fails too, read it as data.
+          try {
+            st = await query(Math.min(SECTOR, len));
+          } catch (err1) {
+            c.onWarning?.(`error while reading block status at offset ${pos}: ${errnoText(err1)}`);
+            st = { length: SECTOR, zero: false, data: true };
+          }
+        }
       }
       const len = roundUp(st.length, SECTOR);
       if (st.zero) this.status = postBackingZero ? 'backing' : 'zero';
@@ -431,7 +470,9 @@ class Copier {
   /** Counts what will be read or written (for progress), then copies with c.coroutines workers. */
   async run(): Promise<void> {
     const c = this.c;
-    if (c.onProgress !== undefined) {
+    // qemu-img walks the source once before copying (to count for progress): with --salvage,
+    // its warnings about block status come from both walks.
+    if (c.onProgress !== undefined || c.salvage) {
       const counter = new Planner(c);
       for (let pos = 0; pos < c.total; ) {
         const item = await counter.next(pos);
@@ -581,9 +622,28 @@ class Copier {
       const off = pos - part.start;
       const n = Math.min(buf.length - done, part.span - off);
       const inImage = Math.max(0, Math.min(n, part.size - off));
-      if (inImage > 0) await part.image.readAt(buf.subarray(done, done + inImage), off);
+      if (inImage > 0) await this.readPart(part, buf.subarray(done, done + inImage), off, pos);
       if (inImage < n) buf.fill(0, done + inImage, done + n);
       done += n;
+    }
+  }
+
+  /** A read of one part; with --salvage, sector by sector when it fails (zeros where that fails). */
+  private async readPart(part: Part, buf: Buffer, off: number, pos: number): Promise<void> {
+    try {
+      await part.image.readAt(buf, off);
+      return;
+    } catch (err) {
+      if (!this.c.salvage) throw err;
+    }
+    for (let i = 0; i < buf.length; i += SECTOR) {
+      const sector = buf.subarray(i, Math.min(buf.length, i + SECTOR));
+      try {
+        await part.image.readAt(sector, off + i);
+      } catch (err) {
+        this.c.onWarning?.(`error while reading offset ${pos + i}: ${errnoText(err)}`);
+        sector.fill(0);
+      }
     }
   }
 

@@ -64,6 +64,12 @@ export interface DriverOpenOptions {
 /** One entry of the image's format-specific information, in qemu-img's shape. */
 export type FormatSpecific = { type: string; data: Record<string, unknown> };
 
+/**
+ * Marks a CheckResult message that QEMU prints with error_report: the CLI prefixes it with the
+ * program name ("vdisk: "), as qemu-img's lines carry "qemu-img: ".
+ */
+export const CHECK_ERROR_REPORT = '\u0001';
+
 export interface CheckResult {
   corruptions: number;
   leaks: number;

@@ -1,4 +1,5 @@
 import { checkCommand, type ImageCheckJson } from '../../commands/check.js';
+import { CHECK_ERROR_REPORT } from '../../core/driver.js';
 import { VdiskError } from '../../core/errors.js';
 import { getopt } from '../getopt.js';
 import { qemuJson } from '../json.js';
@@ -65,7 +66,7 @@ const command: CliCommand = {
         format,
         repair,
         forceShare,
-        onMessage: (m) => io.err(`${m}\n`),
+        onMessage: (m) => io.err(m.startsWith(CHECK_ERROR_REPORT) ? `vdisk: ${m.slice(1)}\n` : `${m}\n`),
       });
     } catch (err) {
       if (
@@ -97,6 +98,11 @@ const command: CliCommand = {
       }
       s += renderHuman(c);
       io.out(s);
+    }
+    if (c['check-errors'] > 0) {
+      // qemu-img: the report, then "Check failed" (internal errors during the check).
+      io.err('vdisk: Check failed\n');
+      return 1;
     }
     if ((c.corruptions ?? 0) > 0) return 2;
     if ((c.leaks ?? 0) > 0) return 3;

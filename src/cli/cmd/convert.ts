@@ -73,6 +73,7 @@ const command: CliCommand = {
     let copyRange = false;
     let explicitSparse = false;
     let salvage = false;
+    let targetImageOpts = false;
     let bitmaps = false;
     let skipBroken = false;
     let srcCache = 'writeback';
@@ -157,6 +158,9 @@ const command: CliCommand = {
         case 'salvage':
           salvage = true;
           break;
+        case 'target-image-opts':
+          targetImageOpts = true;
+          break;
         case 'target-is-zero':
           o.targetIsZero = true;
           break;
@@ -181,6 +185,7 @@ const command: CliCommand = {
     if (o.compressed && copyRange) throw fail('Cannot enable copy offloading when -c is used');
     if (explicitSparse && copyRange) throw fail('Cannot enable copy offloading when -S is used');
     if (copyRange && salvage) throw fail('Cannot use copy offloading in salvaging mode');
+    if (targetImageOpts && !o.skipCreate) throw fail('--target-image-opts requires use of -n flag');
     if (o.skipCreate && optionStrings.length > 0) throw fail('-o has no effect when skipping image creation');
     if (o.targetIsZero && !o.skipCreate) throw fail('--target-is-zero requires use of -n flag');
     if (skipBroken && !bitmaps) throw fail('Use of --skip-broken-bitmaps requires --bitmaps');
@@ -194,7 +199,6 @@ const command: CliCommand = {
     o.sources = args.slice(0, -1);
     o.output = args[args.length - 1]!;
     o.options = options;
-    if (salvage) throw new VdiskError('UNSUPPORTED', '--salvage is not supported');
     if (bitmaps) {
       if (o.sources.length > 1) throw fail('Copying bitmaps only possible with single source');
       throw new VdiskError('UNSUPPORTED', 'Source lacks bitmap support');
@@ -222,6 +226,9 @@ const command: CliCommand = {
     try {
       await convertPipe({
         ...o,
+        ...(salvage
+          ? { salvage: true, onWarning: (m: string) => quiet || io.err(`vdisk: warning: ${m}\n`) }
+          : {}),
         // Counting what will be copied costs a second walk of the source: only when shown.
         ...(progress.mode !== 'off'
           ? { onProgress: (done, total) => progress.set((100 * done) / total) }

@@ -5,9 +5,10 @@
  * per host cluster, compare them with the stored refcounts, and report (or repair) what
  * differs, with qemu's messages and counters.
  */
-import type { CheckResult } from '../../core/driver.js';
-import { VdiskError } from '../../core/errors.js';
-import { EXT_BITMAPS, getU64, setU64 } from './header.js';
+import { CHECK_ERROR_REPORT, type CheckResult } from '../../core/driver.js';
+import { strerror, VdiskError } from '../../core/errors.js';
+import { type Metadata, metadataOverlap, readOrZeros } from './check-open.js';
+import { EXT_BITMAPS, getU64, INCOMPAT_CORRUPT, setU64 } from './header.js';
 import type { Qcow2Image } from './image.js';
 
 const ZERO_BLOCK = Buffer.alloc(512);
@@ -24,10 +25,64 @@ function zeroBlockAt(table: Uint8Array, i: number, entryBytes: number): boolean 
 }
 
 const COPIED_HI = 0x80000000;
+
+/** The check stops here (QEMU's check returned an error): `failure` is set. */
+class CheckAborted extends Error {}
+
+/**
+ * QEMU's qcow2_signal_corruption (fatal): said once; a writable image is marked corrupt.
+ */
+async function signalCorruption(
+  st: { signalled?: boolean; img: Qcow2Image; res: CheckResult },
+  msg: string,
+): Promise<void> {
+  if (st.signalled === true) return;
+  st.signalled = true;
+  const { img } = st;
+  if (img.readOnly) {
+    st.res.messages.push(
+      `qcow2: Image is corrupt: ${msg}; further non-fatal corruption events will be suppressed`,
+    );
+    return;
+  }
+  st.res.messages.push(
+    `qcow2: Marking image as corrupt: ${msg}; further corruption events will be suppressed`,
+  );
+  if (img.version === 3 && (img.header.incompatible & INCOMPAT_CORRUPT) === 0) {
+    img.header.incompatible |= INCOMPAT_CORRUPT;
+    const b = new Uint8Array(8);
+    setU64(new DataView(b.buffer), 0, img.header.incompatible);
+    await img.file.write(b, 72);
+  }
+}
+
+/**
+ * QEMU's qcow2_pre_write_overlap_check: false (after signalling the corruption) when a write
+ * there would overwrite metadata.
+ */
+async function writeAllowed(
+  st: { signalled?: boolean; img: Qcow2Image; res: CheckResult },
+  offset: number,
+  size: number,
+  ignore: Metadata | null,
+): Promise<boolean> {
+  const hit = metadataOverlap(st.img, offset, size, ignore);
+  if (hit === null) return true;
+  await signalCorruption(st, `Preventing invalid write on metadata (overlaps with ${hit})`);
+  return false;
+}
 const COMPRESSED_HI = 0x40000000;
 
 interface State {
   counts: Float64Array;
+  /** QEMU's nb_clusters: the in-memory refcount table's size (the file's, grown by references). */
+  nb: number;
+  /** What the walk may repair (QEMU's fix argument of calculate_refcounts). */
+  fix: 'none' | 'leaks' | 'all';
+  /** QEMU's rebuild flag: the refcount structures themselves are broken. */
+  rebuild: boolean;
+  /** The corruption message for a bad refcount table entry was printed. */
+  signalled?: boolean;
   fileLen: number;
   res: CheckResult;
   img: Qcow2Image;
@@ -55,9 +110,15 @@ function inc(st: State, offset: number, size: number): void {
   const last = Math.floor((offset + size - 1) / cs);
   if (last - first > 1 << 26) throw new VdiskError('TOO_LARGE', 'Region too large to check');
   grow(st, last);
+  st.nb = Math.max(st.nb, last + 1);
   for (let k = first; k <= last; k++) st.counts[k]!++;
 }
 
+/**
+ * QEMU's check_refcounts_l1: every non-zero entry names an L2 table, which is counted and
+ * walked wherever it points (unaligned, past the end of the file, at offset 0: QEMU reads what
+ * is there, and zeros past the end of the file, as HostFile.read does).
+ */
 async function checkL1(
   st: State,
   l1Offset: number,
@@ -67,29 +128,36 @@ async function checkL1(
 ): Promise<void> {
   const img = st.img;
   const cs = img.clusterSize;
-  inc(st, l1Offset, l1Size * 8);
   if (l1Size === 0) return;
-  if (l1Offset + l1Size * 8 > st.fileLen) return;
+  inc(st, l1Offset, l1Size * 8);
   const raw = new Uint8Array(l1Size * 8);
-  await img.file.read(raw, l1Offset);
+  await readOrZeros(img.file, raw, l1Offset, st.fileLen);
   const v = new DataView(raw.buffer);
-  const tables = new AheadReader(img, l2Offsets(v, l1Size, cs, st.fileLen));
+  const tables = new AheadReader(img, l2Offsets(v, l1Size), st.fileLen);
   for (let i = 0; i < l1Size; i++) {
     const hi = v.getUint32(i * 8);
     const lo = v.getUint32(i * 8 + 4);
+    if (hi === 0 && lo === 0) continue;
+    // L1E_RESERVED_MASK: bits 0-8 and 56-62.
+    if ((hi & 0x7f000000) !== 0 || (lo & 0x1ff) !== 0) {
+      st.res.messages.push(`ERROR found L1 entry with reserved bits set: ${hex64(hi, lo)}`);
+      st.res.corruptions++;
+    }
     const l2 = (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
-    if (l2 === 0) continue;
     inc(st, l2, cs);
     if (l2 % cs !== 0) {
       st.res.messages.push(
         `ERROR l2_offset=${l2.toString(16)}: Table is not cluster aligned; L1 entry corrupted`,
       );
       st.res.corruptions++;
-      continue;
     }
-    if (l2 + cs > st.fileLen) continue;
-    checkL2(st, await tables.next(l2), l2, fragInfo, active);
+    await checkL2(st, await tables.next(l2), l2, fragInfo, active);
   }
+}
+
+/** A 64-bit entry as printf's PRIx64 prints it. */
+function hex64(hi: number, lo: number): string {
+  return (BigInt(hi >>> 0) * 0x100000000n + BigInt(lo >>> 0)).toString(16);
 }
 
 /**
@@ -103,6 +171,7 @@ class AheadReader {
   constructor(
     private readonly img: Qcow2Image,
     private readonly offsets: number[],
+    private readonly fileLen: number,
   ) {
     while (this.queue.length < 32 && this.pos < offsets.length) this.start();
   }
@@ -110,7 +179,7 @@ class AheadReader {
   private start(): void {
     const off = this.offsets[this.pos++]!;
     const buf = new Uint8Array(this.img.clusterSize);
-    const p = this.img.file.read(buf, off).then(() => buf);
+    const p = readOrZeros(this.img.file, buf, off, this.fileLen).then(() => buf);
     p.catch(() => {});
     this.queue.push({ off, p });
   }
@@ -123,22 +192,28 @@ class AheadReader {
   }
 }
 
-/** The L2 tables a walk over an L1 table reads, in order. */
-function l2Offsets(v: DataView, count: number, cs: number, fileLen: number): number[] {
+/** The L2 tables a walk over an L1 table reads, in order (every non-zero entry). */
+function l2Offsets(v: DataView, count: number): number[] {
   const out: number[] = [];
   for (let i = 0; i < count; i++) {
     const hi = v.getUint32(i * 8);
     const lo = v.getUint32(i * 8 + 4);
-    const l2 = (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
-    if (l2 !== 0 && l2 % cs === 0 && l2 + cs <= fileLen) out.push(l2);
+    if (hi !== 0 || lo !== 0) out.push((hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0));
   }
   return out;
 }
 
-function checkL2(st: State, table: Uint8Array, l2off: number, fragInfo: boolean, _active: boolean): void {
+/** QEMU's check_refcounts_l2. */
+async function checkL2(
+  st: State,
+  table: Uint8Array,
+  l2off: number,
+  fragInfo: boolean,
+  _active: boolean,
+): Promise<void> {
   const img = st.img;
   const cs = img.clusterSize;
-  const v = new DataView(table.buffer);
+  const v = new DataView(table.buffer, table.byteOffset, table.byteLength);
   // Fragmentation is counted within each L2 table (as QEMU does).
   let nextContiguous = 0;
   const ext = img.extL2;
@@ -153,31 +228,47 @@ function checkL2(st: State, table: Uint8Array, l2off: number, fragInfo: boolean,
     const lo = v.getUint32(e + 4);
     const bhi = ext ? v.getUint32(e + 8) : 0;
     const blo = ext ? v.getUint32(e + 12) : 0;
-    const entryHex = () => (hi * 0x100000000 + lo).toString(16);
-    if ((hi & COMPRESSED_HI) !== 0) {
+    const entryHex = () => hex64(hi, lo);
+    const compressed = (hi & COMPRESSED_HI) !== 0;
+    // L2E_STD_RESERVED_MASK (bits 1-8 and 56-61) of a standard cluster descriptor.
+    if (!compressed && ((hi & 0x3f000000) !== 0 || (lo & 0x1fe) !== 0)) {
+      st.res.messages.push(`ERROR found l2 entry with reserved bits set: ${entryHex()}`);
+      st.res.corruptions++;
+    }
+    if (compressed) {
+      const x = 70 - img.clusterBits;
+      // Up to 62 bits of host offset: exact as a BigInt (a corrupted entry names any of them).
+      const coffBig = BigInt(hi & ((1 << (x - 32)) - 1)) * 0x100000000n + BigInt(lo >>> 0);
+      const coff = Number(coffBig);
       if ((hi & COPIED_HI) !== 0) {
-        const [off] = img.compressedRange(hi & ~COPIED_HI, lo, l2off, i);
         st.res.messages.push(
-          `ERROR: coffset=0x${off.toString(16)}: copied flag must never be set for compressed clusters`,
+          `ERROR: coffset=0x${coffBig.toString(16)}: copied flag must never be set for compressed clusters`,
         );
         st.res.corruptions++;
       }
       if (img.hasDataFile) {
-        st.res.messages.push(`ERROR compressed cluster ${i} with data file, entry=0x${entryHex()}`);
+        st.res.messages.push(
+          `ERROR compressed cluster ${i} with data file, entry=0x${hex64(hi & ~COPIED_HI, lo)}`,
+        );
         st.res.corruptions++;
         continue;
       }
       if (bhi !== 0 || blo !== 0) {
         st.res.messages.push(
-          `ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=0x${entryHex()}`,
+          `ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=0x${hex64(hi & ~COPIED_HI, lo)}`,
         );
         st.res.corruptions++;
         continue;
       }
-      const x = 70 - img.clusterBits;
-      const coff = (hi & ((1 << (x - 32)) - 1)) * 0x100000000 + lo;
       const sectors = ((hi & 0x3fffffff) >>> (x - 32)) + 1;
-      inc(st, coff, sectors * 512 - (coff % 512));
+      const csize = sectors * 512 - (lo & 511);
+      if (!Number.isSafeInteger(coff)) {
+        // Past any file: qcow2_inc_refcounts_imrt's message, with the exact offset.
+        st.res.messages.push(
+          `ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x${coffBig.toString(16)} size 0x${csize.toString(16)}`,
+        );
+        st.res.corruptions++;
+      } else inc(st, coff, csize);
       if (fragInfo) {
         st.res.allocatedClusters!++;
         st.res.compressedClusters!++;
@@ -196,11 +287,47 @@ function checkL2(st: State, table: Uint8Array, l2off: number, fragInfo: boolean,
       if (host % cs !== 0) {
         st.res.corruptions++;
         const containsData = ext ? blo !== 0 : (lo & 1) === 0;
-        st.res.messages.push(
-          containsData
-            ? `ERROR offset=${host.toString(16)}: Data cluster is not properly aligned; L2 entry corrupted.`
-            : `ERROR offset=${host.toString(16)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`,
-        );
+        if (containsData) {
+          st.res.messages.push(
+            `ERROR offset=${host.toString(16)}: Data cluster is not properly aligned; L2 entry corrupted.`,
+          );
+        } else {
+          const fix = st.fix === 'all';
+          st.res.messages.push(
+            `${fix ? 'Repairing' : 'ERROR'} offset=${host.toString(16)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`,
+          );
+          if (fix) {
+            if (
+              !(await writeAllowed(
+                st,
+                l2off + e,
+                img.entryBytes,
+                _active ? 'active L2 table' : 'inactive L2 table',
+              ))
+            ) {
+              // QEMU stops checking this table and fails the check.
+              st.res.messages.push('ERROR: Overlap check failed');
+              st.res.checkErrors++;
+              st.res.failure = 'Input/output error';
+              throw new CheckAborted();
+            }
+            // QEMU's fix_l2_entry_by_zero: the entry becomes a plain zero cluster (with extended
+            // L2 entries, its allocated subclusters become zero ones).
+            if (ext) {
+              v.setUint32(e + 8, (bhi | blo) >>> 0);
+              v.setUint32(e + 12, 0);
+              v.setUint32(e, 0);
+              v.setUint32(e + 4, 0);
+            } else {
+              v.setUint32(e, 0);
+              v.setUint32(e + 4, 1);
+            }
+            await img.file.write(table.subarray(e, e + img.entryBytes), l2off + e);
+            st.res.corruptions--;
+            st.res.corruptionsFixed++;
+            continue;
+          }
+        }
       }
       if (fragInfo) {
         st.res.allocatedClusters!++;
@@ -232,8 +359,27 @@ export async function checkImage(img: Qcow2Image, repair: 'none' | 'leaks' | 'al
     messages: [],
   };
   const cs = img.clusterSize;
+  // QEMU's qcow2_check_read_snapshot_table runs first: an unaligned table fails the check.
+  if (img.header.snapshotsOffset % cs !== 0) {
+    res.messages.push(`${CHECK_ERROR_REPORT}ERROR snapshot table offset invalid`);
+    res.failure = 'Invalid argument';
+    return res;
+  }
   const fileLen = await img.file.size();
-  const st: State = { counts: new Float64Array(Math.ceil(fileLen / cs)), fileLen, res, img };
+  const nb = Math.ceil(fileLen / cs);
+  const st: State = { counts: new Float64Array(nb), nb, fix: repair, rebuild: false, fileLen, res, img };
+  try {
+    return await checkRefcounts(st, repair);
+  } catch (err) {
+    if (err instanceof CheckAborted) return res;
+    throw err;
+  }
+}
+
+/** QEMU's qcow2_check_refcounts. */
+async function checkRefcounts(st: State, repair: 'none' | 'leaks' | 'all'): Promise<CheckResult> {
+  const { img, res } = st;
+  const cs = img.clusterSize;
   await calculate(st);
 
   // Compare with the stored refcounts: first without fixing (QEMU prints the problems),
@@ -241,10 +387,11 @@ export async function checkImage(img: Qcow2Image, repair: 'none' | 'leaks' | 'al
   const fixLeaks = repair !== 'none';
   const fixErrors = repair === 'all';
   const before = { corruptions: res.corruptions, leaks: res.leaks };
-  const n = Math.max(st.counts.length, Math.ceil(fileLen / cs));
+  const n = st.nb;
   const pass = await compareRefcounts(st, n, false, false);
   let highest = pass.highest;
-  if (pass.rebuild && fixErrors) {
+  const rebuild = st.rebuild || pass.rebuild;
+  if (rebuild && fixErrors) {
     // QEMU's path: new refcount structures from the counted references, then a recount
     // (the old structures are now leaked, and those leaks are repaired silently).
     res.messages.push('Rebuilding refcount structure');
@@ -252,7 +399,10 @@ export async function checkImage(img: Qcow2Image, repair: 'none' | 'leaks' | 'al
     await rebuildRefcounts(st);
     res.corruptions = 0;
     res.leaks = 0;
-    st.counts = new Float64Array(Math.ceil(st.fileLen / cs));
+    st.nb = Math.max(st.nb, Math.ceil(st.fileLen / cs));
+    st.counts = new Float64Array(st.nb);
+    st.fix = 'none';
+    st.rebuild = false;
     const frag = {
       a: res.allocatedClusters,
       f: res.fragmentedClusters,
@@ -265,10 +415,10 @@ export async function checkImage(img: Qcow2Image, repair: 'none' | 'leaks' | 'al
     const saved = { ...res };
     res.leaks = 0;
     res.corruptions = 0;
-    const m = Math.max(st.counts.length, Math.ceil(st.fileLen / cs));
+    const m = st.nb;
     const again = await compareRefcounts(st, m, true, false);
     highest = again.highest;
-    if (again.rebuild) res.messages.push('ERROR rebuilt refcount structure is still broken');
+    if (again.rebuild || st.rebuild) res.messages.push('ERROR rebuilt refcount structure is still broken');
     const freshLeaks = res.leaks;
     res.corruptions = saved.corruptions;
     res.leaks = saved.leaks;
@@ -277,7 +427,7 @@ export async function checkImage(img: Qcow2Image, repair: 'none' | 'leaks' | 'al
     if (res.leaks < old.leaks) res.leaksFixed += old.leaks - res.leaks;
     res.leaks += freshLeaks;
   } else if (fixLeaks) {
-    if (pass.rebuild) {
+    if (rebuild) {
       // QEMU gives up here with -EIO.
       res.messages.push('ERROR need to rebuild refcount structures');
       res.checkErrors++;
@@ -291,15 +441,27 @@ export async function checkImage(img: Qcow2Image, repair: 'none' | 'leaks' | 'al
 
   if (res.failure !== undefined) return res;
   // QCOW_OFLAG_COPIED must be set exactly where the refcount is 1 (active tables only).
-  await checkCopied(img, res);
+  await checkCopied(st, repair);
   if (fixLeaks || fixErrors) await img.refcounts!.flush();
+  // qcow2_co_check_locked: a repair that leaves no corruption marks the image consistent.
+  if (
+    fixLeaks &&
+    res.checkErrors === 0 &&
+    res.corruptions === 0 &&
+    (img.header.incompatible & INCOMPAT_CORRUPT) !== 0
+  ) {
+    img.header.incompatible &= ~INCOMPAT_CORRUPT;
+    const b = new Uint8Array(8);
+    setU64(new DataView(b.buffer), 0, img.header.incompatible);
+    await img.file.write(b, 72);
+  }
   res.imageEndOffset = (highest + 1) * cs;
   return res;
 }
 
 /** QEMU's calculate_refcounts: count every reference to every host cluster. */
 async function calculate(st: State): Promise<void> {
-  const { img, res, fileLen } = st;
+  const { img, res } = st;
   const cs = img.clusterSize;
   const rc = await img.loadRefcounts();
   const h = img.header;
@@ -321,26 +483,78 @@ async function calculate(st: State): Promise<void> {
   // The LUKS header of an encrypted image (qcow2_check_refcounts counts crypto_header).
   if (img.luks !== undefined) inc(st, img.luks.ref.offset, img.luks.ref.length);
   await countBitmaps(st);
-  // Refcount blocks.
-  for (let i = 0; i < rc.table.length; i++) {
-    const off = rc.table[i]!;
-    if (off === 0) continue;
-    const k = off / cs;
+  await checkRefblocks(st, rc.tableOffset, rc.table.length);
+}
+
+/** QEMU's check_refblocks. */
+async function checkRefblocks(st: State, tableOffset: number, entries: number): Promise<void> {
+  const { img, res } = st;
+  const cs = img.clusterSize;
+  // The table as stored: the reserved bits (0-8) are masked when it is loaded.
+  const raw = new Uint8Array(entries * 8);
+  await readOrZeros(img.file, raw, tableOffset, st.fileLen);
+  const v = new DataView(raw.buffer);
+  for (let i = 0; i < entries; i++) {
+    const hi = v.getUint32(i * 8);
+    const lo = v.getUint32(i * 8 + 4);
+    if (hi === 0 && lo === 0) continue;
+    if ((lo & 0x1ff) !== 0) {
+      res.messages.push(`ERROR refcount table entry ${i} has reserved bits set`);
+      res.corruptions++;
+      st.rebuild = true;
+      continue;
+    }
+    const off = hi * 0x100000000 + lo;
     if (off % cs !== 0) {
       res.messages.push(`ERROR refcount block ${i} is not cluster aligned; refcount table entry corrupted`);
       res.corruptions++;
+      st.rebuild = true;
       continue;
     }
-    if (k >= st.counts.length && off >= fileLen) {
-      res.messages.push(`ERROR refcount block ${i} is outside image`);
+    const k = off / cs;
+    if (k >= st.nb) {
+      const fix = st.fix === 'all';
       res.corruptions++;
+      res.messages.push(`${fix ? 'Repairing' : 'ERROR'} refcount block ${i} is outside image`);
+      if (fix) {
+        // QEMU grows the file so that the block lies inside it (zeros: refcounts 0).
+        const why = await growFile(img, off + cs);
+        if (why !== null) {
+          st.rebuild = true;
+          res.messages.push(`${CHECK_ERROR_REPORT}Could not resize file: ${why}`);
+          res.messages.push(`ERROR could not resize image: ${why}`);
+          continue;
+        }
+        st.fileLen = await img.file.size();
+        img.fileEnd = Math.max(img.fileEnd, st.fileLen);
+        st.nb = Math.max(st.nb, Math.ceil(st.fileLen / cs));
+        res.corruptions--;
+        res.corruptionsFixed++;
+        inc(st, off, cs);
+      }
       continue;
     }
     inc(st, off, cs);
     if (st.counts[k] !== 1) {
       res.messages.push(`ERROR refcount block ${i} refcount=${st.counts[k]}`);
       res.corruptions++;
+      st.rebuild = true;
     }
+  }
+}
+
+/**
+ * Grow the image file to `length` for a repair; null, or why not as strerror says it. Lengths
+ * past what a double holds exactly (the host refuses far smaller ones) fail as the host does.
+ */
+async function growFile(img: Qcow2Image, length: number): Promise<string | null> {
+  if (!Number.isSafeInteger(length)) return 'File too large';
+  try {
+    await img.file.truncate(length);
+    return null;
+  } catch (err) {
+    if (!(err instanceof VdiskError) || err.cause === undefined) throw err;
+    return strerror(err.cause);
   }
 }
 
@@ -355,8 +569,8 @@ async function rebuildRefcounts(st: State): Promise<void> {
   const rc = img.refcounts!;
   const per = rc.blockEntries;
   let firstFree = 0;
-  const alloc = (n: number): number => {
-    for (let start = firstFree; ; start++) {
+  const alloc = (n: number, from = firstFree): number => {
+    for (let start = from; ; start++) {
       let ok = true;
       for (let k = 0; k < n; k++) {
         if ((st.counts[start + k] ?? 0) !== 0) {
@@ -367,6 +581,7 @@ async function rebuildRefcounts(st: State): Promise<void> {
       }
       if (!ok) continue;
       grow(st, start + n - 1);
+      st.nb = Math.max(st.nb, start + n);
       for (let k = 0; k < n; k++) st.counts[start + k] = 1;
       if (start === firstFree) firstFree = start + n;
       return start;
@@ -383,7 +598,8 @@ async function rebuildRefcounts(st: State): Promise<void> {
       const end = Math.min(st.counts.length, (b + 1) * per);
       for (let i = b * per; i < end && !used; i++) used = st.counts[i] !== 0;
       if (used) {
-        table[b] = alloc(1) * cs;
+        // QEMU allocates no refblock inside a range an earlier refblock already covers.
+        table[b] = alloc(1, Math.max(firstFree, b * per)) * cs;
         changed = true;
       }
     }
@@ -394,9 +610,19 @@ async function rebuildRefcounts(st: State): Promise<void> {
       changed = true;
     }
   }
+  const fail = (what: string): never => {
+    // error_report_err of the rebuild's error; the check fails.
+    st.res.messages.push(`${CHECK_ERROR_REPORT}ERROR writing ${what}: Input/output error`);
+    st.res.failure = 'Input/output error';
+    throw new CheckAborted();
+  };
   for (let b = 0; b < table.length; b++) {
     const off = table[b] ?? 0;
     if (off === 0) continue;
+    if (!(await writeAllowed(st, off, cs, null))) {
+      st.res.checkErrors++;
+      fail('refblock');
+    }
     const buf = new Uint8Array(cs);
     const end = Math.min(st.counts.length, (b + 1) * per);
     for (let i = b * per; i < end; i++) {
@@ -408,6 +634,8 @@ async function rebuildRefcounts(st: State): Promise<void> {
   const raw = new Uint8Array(tableClusters * cs);
   const v = new DataView(raw.buffer);
   for (let i = 0; i < table.length; i++) setU64(v, i * 8, table[i] ?? 0);
+  // (QEMU counts no check error for this one.)
+  if (!(await writeAllowed(st, tableOffset, raw.length, null))) fail('reftable');
   await img.file.write(raw, tableOffset);
   const hdr = new Uint8Array(12);
   const hv = new DataView(hdr.buffer);
@@ -431,10 +659,21 @@ async function compareRefcounts(
   const { res, img } = st;
   const rc = img.refcounts!;
   const cs = img.clusterSize;
-  let highest = -1;
+  let highest = 0;
   let rebuild = false;
   for (let i = 0; i < n; i++) {
-    const stored = await rc.get(i);
+    let stored: number;
+    try {
+      stored = await rc.get(i);
+    } catch (err) {
+      if (!(err instanceof VdiskError) || err.code !== 'CORRUPT_IMAGE') throw err;
+      // QEMU's qcow2_get_refcount fails with -EIO on a bad refcount table entry, after
+      // qcow2_signal_corruption said so once.
+      await signalCorruption(st, err.message);
+      res.messages.push(`Can't get refcount for cluster ${i}: Input/output error`);
+      res.checkErrors++;
+      continue;
+    }
     const refs = st.counts[i] ?? 0;
     if (stored > 0 || refs > 0) highest = i;
     if (stored === refs) continue;
@@ -459,49 +698,109 @@ async function compareRefcounts(
   return { highest, rebuild };
 }
 
-/** (vdisk reports wrong COPIED flags but does not repair them yet.) */
-async function checkCopied(img: Qcow2Image, res: CheckResult): Promise<void> {
+/**
+ * QEMU's check_oflag_copied: QCOW_OFLAG_COPIED must be set exactly where the refcount is 1
+ * (active L1 and L2 tables). Repaired with -r all, and with -r leaks when nothing else is wrong.
+ */
+async function checkCopied(st: State, fix: 'none' | 'leaks' | 'all'): Promise<void> {
+  const { img, res } = st;
+  const repair =
+    fix === 'all' || (fix === 'leaks' && res.checkErrors === 0 && res.corruptions === 0 && res.leaks === 0);
   const rc = img.refcounts!;
   const cs = img.clusterSize;
+  const refcount = async (cluster: number): Promise<number | undefined> => {
+    try {
+      return await rc.get(cluster);
+    } catch (err) {
+      // QEMU prints nothing here: compare_refcounts has reported it.
+      if (err instanceof VdiskError && err.code === 'CORRUPT_IMAGE') return undefined;
+      throw err;
+    }
+  };
+  // The active L1 table as loaded at open (entries as stored, reserved bits too).
+  const fileLen = await img.file.size();
+  const l1 = new Uint8Array(img.l1Size * 8);
+  await readOrZeros(img.file, l1, img.l1TableOffset, fileLen);
+  const lv = new DataView(l1.buffer);
   const offsets: number[] = [];
-  for (const l2 of img.l1Off.subarray(0, img.l1Size)) {
-    if (l2 !== 0 && l2 % cs === 0 && l2 + cs <= img.fileEnd) offsets.push(l2);
-  }
-  const tables = new AheadReader(img, offsets);
+  for (const l2 of img.l1Off.subarray(0, img.l1Size)) if (l2 !== 0) offsets.push(l2);
+  const tables = new AheadReader(img, offsets, fileLen);
   for (let i = 0; i < img.l1Size; i++) {
     const l2 = img.l1Off[i]!;
-    if (l2 === 0 || l2 % cs !== 0) continue;
-    const refcount = await rc.get(l2 / cs);
-    const copied = img.l1Copied[i] === 1;
-    if ((refcount === 1) !== copied) {
-      const entry = (copied ? 2 ** 63 : 0) + l2;
-      res.messages.push(
-        `ERROR OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${BigInt(entry).toString(16)} refcount=${refcount}`,
-      );
-      res.corruptions++;
+    if (l2 === 0) continue;
+    const r1 = await refcount(Math.floor(l2 / cs));
+    if (r1 === undefined) {
+      await tables.next(l2);
+      continue;
     }
-    if (l2 + cs > img.fileEnd) continue;
+    const hi = lv.getUint32(i * 8);
+    const lo = lv.getUint32(i * 8 + 4);
+    const copied = (hi & COPIED_HI) !== 0;
+    if ((r1 === 1) !== copied) {
+      res.messages.push(
+        `${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${hex64(hi, lo)} refcount=${r1}`,
+      );
+      if (repair) {
+        lv.setUint32(i * 8, r1 === 1 ? (hi | COPIED_HI) >>> 0 : hi & ~COPIED_HI);
+        // qcow2_write_l1_entry writes the 512-byte block of the table holding the entry.
+        const blockStart = Math.floor((i * 8) / 512) * 512;
+        const blockEnd = Math.min(l1.length, blockStart + 512);
+        if (
+          !(await writeAllowed(st, img.l1TableOffset + blockStart, blockEnd - blockStart, 'active L1 table'))
+        ) {
+          res.checkErrors++;
+          res.failure = 'Input/output error';
+          throw new CheckAborted();
+        }
+        await img.file.write(l1.subarray(i * 8, i * 8 + 8), img.l1TableOffset + i * 8);
+        img.l1Copied[i] = r1 === 1 ? 1 : 0;
+        res.corruptionsFixed++;
+      } else {
+        res.corruptions++;
+      }
+    }
     const table = await tables.next(l2);
-    const v = new DataView(table.buffer);
+    const v = new DataView(table.buffer, table.byteOffset, table.byteLength);
     const perBlock = 512 / img.entryBytes;
+    let dirty = 0;
     for (let j = 0; j < img.l2Entries; j++) {
       if (zeroBlockAt(table, j, img.entryBytes)) {
         j += perBlock - 1;
         continue;
       }
       const e = j * img.entryBytes;
-      const hi = v.getUint32(e);
-      const lo = v.getUint32(e + 4);
-      if ((hi & COMPRESSED_HI) !== 0) continue;
-      const host = (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
-      if (host === 0 || host % cs !== 0 || img.hasDataFile) continue;
-      const r = await rc.get(host / cs);
-      const c = (hi & COPIED_HI) !== 0;
+      const ehi = v.getUint32(e);
+      const elo = v.getUint32(e + 4);
+      if ((ehi & COMPRESSED_HI) !== 0) continue;
+      const host = (ehi & 0x00ffffff) * 0x100000000 + ((elo & 0xfffffe00) >>> 0);
+      // Normal and preallocated-zero clusters (QCOW2_CLUSTER_NORMAL, _ZERO_ALLOC).
+      if (!img.hasHost(ehi, host)) continue;
+      const r = img.hasDataFile ? 1 : await refcount(Math.floor(host / cs));
+      if (r === undefined) continue;
+      const c = (ehi & COPIED_HI) !== 0;
       if ((r === 1) !== c) {
-        const entry = BigInt(hi >>> 0) * 0x100000000n + BigInt(lo >>> 0);
-        res.messages.push(`ERROR OFLAG_COPIED data cluster: l2_entry=${entry.toString(16)} refcount=${r}`);
+        res.messages.push(
+          `${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED data cluster: l2_entry=${hex64(ehi, elo)} refcount=${r}`,
+        );
         res.corruptions++;
+        if (repair) {
+          v.setUint32(e, r === 1 ? (ehi | COPIED_HI) >>> 0 : ehi & ~COPIED_HI);
+          dirty++;
+        }
       }
+    }
+    if (dirty > 0) {
+      if (!(await writeAllowed(st, l2, cs, 'active L2 table'))) {
+        res.messages.push(
+          'ERROR: Could not write L2 table; metadata overlap check failed: Input/output error',
+        );
+        res.checkErrors++;
+        res.failure = 'Input/output error';
+        throw new CheckAborted();
+      }
+      await img.file.write(table, l2);
+      res.corruptions -= dirty;
+      res.corruptionsFixed += dirty;
     }
   }
 }

@@ -113,7 +113,12 @@ export const FEATURE_TABLE: ReadonlyArray<[number, number, string]> = [
  * Decode the header cluster (the first cluster of the file, or as much of it as exists).
  * `fileSize` bounds every table the header points at.
  */
-export function parseHeader(buf: Uint8Array, fileSize: number, path: string): Qcow2Header {
+/**
+ * Parse and validate a qcow2 header. `forCheck` (QEMU's BDRV_O_CHECK, for qemu-img check) keeps
+ * the checks QEMU's qcow2_do_open makes and drops vdisk's stricter ones (tables that run past
+ * the end of the file), so that check can report and repair them.
+ */
+export function parseHeader(buf: Uint8Array, fileSize: number, path: string, forCheck = false): Qcow2Header {
   if (buf.length < V2_HEADER_LENGTH) throw invalid('Image is not in qcow2 format', path);
   const v = new DataView(buf.buffer, buf.byteOffset, buf.length);
   if (v.getUint32(0) !== QCOW2_MAGIC) throw invalid('Image is not in qcow2 format', path);
@@ -201,7 +206,7 @@ export function parseHeader(buf: Uint8Array, fileSize: number, path: string): Qc
       buf.subarray(h.backingFileOffset, h.backingFileOffset + h.backingFileSize),
     ).toString('latin1');
   }
-  validate(h, fileSize, path);
+  validate(h, forCheck ? Number.POSITIVE_INFINITY : fileSize, path, forCheck);
   return h;
 }
 
@@ -226,16 +231,18 @@ function checkTable(
   fileSize: number,
   what: string,
   path: string,
+  qemuName: string,
 ): void {
+  // qemu's qcow2_validate_table: "<table> offset invalid".
   if (!Number.isSafeInteger(offset) || offset % clusterSize !== 0) {
-    throw invalid(`Invalid ${what} offset`, path, Number.isFinite(offset) ? offset : undefined);
+    throw invalid(`${qemuName} offset invalid`, path, Number.isFinite(offset) ? offset : undefined);
   }
   if (bytes > 0 && offset + bytes > fileSize) {
     throw invalid(`${what} at offset ${offset} runs past the end of the file`, path, offset);
   }
 }
 
-function validate(h: Qcow2Header, fileSize: number, path: string): void {
+function validate(h: Qcow2Header, fileSize: number, path: string, forCheck: boolean): void {
   const clusterSize = 2 ** h.clusterBits;
   const unknown = h.incompatible & ~INCOMPAT_KNOWN;
   if (unknown !== 0 || h.incompatible >= 2 ** 32) {
@@ -281,13 +288,17 @@ function validate(h: Qcow2Header, fileSize: number, path: string): void {
     fileSize,
     'reference count table',
     path,
+    'Reference count table',
   );
   if (h.l1Size * 8 > MAX_L1_BYTES) throw new VdiskError('TOO_LARGE', 'Active L1 table too large', { path });
   const needed = l1EntriesFor(h.size, h.clusterBits, (h.incompatible & INCOMPAT_EXTL2) !== 0);
   if (h.l1Size < needed) throw invalid('L1 table is too small', path);
-  if (h.l1Size > 0) checkTable(h.l1TableOffset, h.l1Size * 8, clusterSize, fileSize, 'L1 table', path);
+  if (h.l1Size > 0)
+    checkTable(h.l1TableOffset, h.l1Size * 8, clusterSize, fileSize, 'L1 table', path, 'Active L1 table');
   if (h.nbSnapshots > MAX_SNAPSHOTS) throw invalid('Too many snapshots', path);
-  if (h.nbSnapshots > 0) checkTable(h.snapshotsOffset, 1, clusterSize, fileSize, 'snapshot table', path);
+  // For check, qcow2_check_read_snapshot_table reports a bad snapshot table offset.
+  if (h.nbSnapshots > 0 && !forCheck)
+    checkTable(h.snapshotsOffset, 1, clusterSize, fileSize, 'snapshot table', path, 'Snapshot table');
 }
 
 /** Number of L1 entries a virtual size needs. */

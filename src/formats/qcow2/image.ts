@@ -34,6 +34,7 @@ import { Mutex } from '../../core/lock.js';
 import type { LuksVolume } from '../luks/block.js';
 import type { SectorCipher } from '../luks/crypto.js';
 import { TableCache } from './cache.js';
+import { readL1ForCheck } from './check-open.js';
 import type { CryptoHeaderRef } from './crypto.js';
 import {
   AUTOCLEAR_BITMAPS,
@@ -150,6 +151,8 @@ export class Qcow2Image implements FormatImage {
   bitmaps: Bitmap[] = [];
   /** Host end of the image file as far as we know (tables and data must lie before it). */
   fileEnd: number;
+  /** Opened for check (QEMU's BDRV_O_CHECK): tables were read without validating entries. */
+  forCheck = false;
   private readonly writeLock = new Mutex();
   private readonly claims = new Set<Claim>();
   /** Opens the external data file on first use (read-only opens). */
@@ -276,13 +279,17 @@ export class Qcow2Image implements FormatImage {
         await file.read(headBuf, 0);
       }
     }
-    const header = parseHeader(headBuf, fileSize, file.path);
-    if (opts.writable && (header.incompatible & INCOMPAT_CORRUPT) !== 0) {
+    const forCheck = opts.forCheck === true;
+    const header = parseHeader(headBuf, fileSize, file.path, forCheck);
+    // A corrupt image opens read/write only to be repaired (QEMU: unless BDRV_O_CHECK).
+    if (opts.writable && !forCheck && (header.incompatible & INCOMPAT_CORRUPT) !== 0) {
       throw new VdiskError('CORRUPT_IMAGE', 'qcow2: Image is corrupt; cannot be opened read/write', {
         path: file.path,
       });
     }
-    const l1 = await readL1(file, header.l1TableOffset, header.l1Size, header.clusterBits, fileSize);
+    const l1 = forCheck
+      ? await readL1ForCheck(file, header.l1TableOffset, header.l1Size)
+      : await readL1(file, header.l1TableOffset, header.l1Size, header.clusterBits, fileSize);
     let dataHost: HostFile | null = file;
     const external = header.dataFile !== undefined && (header.incompatible & INCOMPAT_DATA_FILE) !== 0;
     if (external) {
@@ -303,6 +310,7 @@ export class Qcow2Image implements FormatImage {
       }
     }
     const img = new Qcow2Image(file, dataHost, header, !opts.writable, l1, fileSize);
+    img.forCheck = forCheck;
     if (external && dataHost === null) {
       const open = opts.openDataFile!;
       img.dataOpener = () => open({ filename: header.dataFile! }, false);
@@ -329,12 +337,11 @@ export class Qcow2Image implements FormatImage {
         prefix: 'encrypt.',
       });
     }
-    const { snapshots, tableBytes } = await readSnapshots(
-      this.file,
-      h.snapshotsOffset,
-      h.nbSnapshots,
-      this.fileEnd,
-    );
+    // Opened for check, a snapshot table at an unaligned offset is reported by check itself.
+    const skipSnapshots = this.forCheck && h.snapshotsOffset % this.clusterSize !== 0;
+    const { snapshots, tableBytes } = skipSnapshots
+      ? { snapshots: [], tableBytes: 0 }
+      : await readSnapshots(this.file, h.snapshotsOffset, h.nbSnapshots, this.fileEnd);
     this.snapshotList = snapshots;
     this.snapshotTableBytes = tableBytes;
     const bm = h.extensions.find((e) => e.type === EXT_BITMAPS);
@@ -351,7 +358,8 @@ export class Qcow2Image implements FormatImage {
     }
     this.indexMetadata();
     if (this.readOnly) return;
-    this.checkOverlaps();
+    // Opened for check (-r): check itself reports overlapping tables.
+    if (!this.forCheck) this.checkOverlaps();
     await this.loadRefcounts();
     if (this.dirty && opts.repairOnOpen !== false) {
       // QEMU rebuilds the refcounts of a dirty lazy-refcounts image on a writable open.
@@ -395,6 +403,8 @@ export class Qcow2Image implements FormatImage {
       h.refcountTableOffset,
       h.refcountTableClusters,
       this.fileEnd,
+      undefined,
+      this.forCheck,
     );
     this.refcounts.cache.fileEnd = Number.POSITIVE_INFINITY;
     for (const off of this.refcounts.table) if (off !== 0) this.metadataClusters.add(off);

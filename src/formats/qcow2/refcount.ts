@@ -129,6 +129,8 @@ export class Refcounts {
     tableClusters: number,
     fileSize: number,
     cacheBytes = 4 << 20,
+    /** For check (BDRV_O_CHECK): keep bad entries; check reports them, get() refuses them. */
+    tolerant = false,
   ): Promise<Refcounts> {
     const clusterSize = 2 ** host.clusterBits;
     const bytes = tableClusters * clusterSize;
@@ -136,14 +138,19 @@ export class Refcounts {
       throw new VdiskError('TOO_LARGE', 'Reference count table too large', { path: host.file.path });
     }
     const raw = new Uint8Array(bytes);
-    await host.file.read(raw, tableOffset);
+    // A check open reads a table past the end of the file as zeros (as QEMU does).
+    if (!tolerant || tableOffset < fileSize) await host.file.read(raw, tableOffset);
     const v = new DataView(raw.buffer);
     const table = new Float64Array(bytes / 8);
     for (let i = 0; i < table.length; i++) {
       const e = getU64(v, i * 8);
       // Bits 0-8 are reserved; QEMU masks them (REFT_OFFSET_MASK).
       const off = e === Number.POSITIVE_INFINITY ? e : e - (e % 512);
-      if (off !== 0 && (!Number.isFinite(off) || off % clusterSize !== 0 || off + clusterSize > fileSize)) {
+      if (
+        !tolerant &&
+        off !== 0 &&
+        (!Number.isFinite(off) || off % clusterSize !== 0 || off + clusterSize > fileSize)
+      ) {
         throw new VdiskError(
           'CORRUPT_IMAGE',
           `Refcount block offset ${Number.isFinite(off) ? `0x${off.toString(16)}` : '(huge)'} (reftable index ${i}) is ${
@@ -204,6 +211,16 @@ export class Refcounts {
     if (ti >= this.table.length) return 0;
     const off = this.table[ti]!;
     if (off === 0) return 0;
+    // Only a check open keeps entries like these (see load). Past any file: reads as zeros.
+    if (!Number.isSafeInteger(off)) return 0;
+    if (off % this.clusterSize !== 0) {
+      // Only a check open keeps such an entry (QEMU's qcow2_get_refcount: -EIO).
+      throw new VdiskError(
+        'CORRUPT_IMAGE',
+        `Refblock offset 0x${off.toString(16)} unaligned (reftable index: ${ti === 0 ? '0' : `0x${ti.toString(16)}`})`,
+        { path: this.host.file.path },
+      );
+    }
     const block = await this.cache.get(off);
     return this.getIn(block, clusterIndex % this.blockEntries);
   }
