@@ -5,6 +5,7 @@
  * (auto) bitmaps, and stored at close with in_use cleared. Also the operations of
  * `qemu-img bitmap` (add, remove, clear, enable, disable, merge), with QEMU's messages.
  */
+import type { BitmapBits, DirtyBitmaps } from '../../core/driver.js';
 import { VdiskError } from '../../core/errors.js';
 import {
   type BitmapEntry,
@@ -54,7 +55,7 @@ interface Slot {
 
 const opError = (msg: string) => new VdiskError('INVALID_ARGUMENT', msg);
 
-export class PersistentBitmaps {
+export class PersistentBitmaps implements DirtyBitmaps {
   private slots: Slot[];
   /** Guest ranges written since open (merged into the enabled bitmaps at close). */
   private written: { bits: Uint8Array; granularityBits: number } | undefined;
@@ -201,14 +202,15 @@ export class PersistentBitmaps {
   /** qemu-img bitmap --add (QMP block-dirty-bitmap-add, persistent). */
   add(name: string, granularity: number | undefined, disabled: boolean, nodeName: string): void {
     if (name === '') throw opError('Bitmap name cannot be empty');
-    const g = granularity ?? Math.max(this.store.clusterSize, 0);
+    // QEMU's bdrv_get_default_bitmap_granularity: the cluster size, within [4 KiB, 64 KiB].
+    const g = granularity ?? Math.min(65536, Math.max(4096, this.store.clusterSize));
     if (g < 512 || (g & (g - 1)) !== 0 || g > 2 ** 31) {
       throw opError('Granularity must be power of 2 and at least 512');
     }
-    if (this.find(name) !== undefined) throw opError(`Bitmap already exists: ${name}`);
     const bits = Math.log2(g);
     const why = this.cannotStore(name, bits);
     if (why !== undefined) throw opError(`Can't make bitmap '${name}' persistent in '${nodeName}': ${why}`);
+    if (this.find(name) !== undefined) throw opError(`Bitmap already exists: ${name}`);
     this.slots.push({
       entry: { name, flags: 0, granularityBits: bits, tableOffset: 0, tableSize: 0 },
       inconsistent: false,
@@ -271,7 +273,7 @@ export class PersistentBitmaps {
   }
 
   /** --merge: dest |= source (granularities may differ, as in QEMU's hbitmap_merge). */
-  async merge(name: string, source: { bits: Uint8Array; granularityBits: number }): Promise<void> {
+  async merge(name: string, source: BitmapBits): Promise<void> {
     const s = this.usable(name);
     const dst = await this.bitsOf(s);
     const g = 2 ** source.granularityBits;
@@ -288,7 +290,7 @@ export class PersistentBitmaps {
   }
 
   /** A bitmap's bits for a merge source (usable bitmaps only). */
-  async source(name: string): Promise<{ bits: Uint8Array; granularityBits: number }> {
+  async source(name: string): Promise<BitmapBits> {
     const s = this.usable(name);
     return { bits: await this.bitsOf(s), granularityBits: s.granularityBits };
   }

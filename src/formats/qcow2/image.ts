@@ -148,6 +148,9 @@ export class Qcow2Image implements FormatImage {
   snapshotTableBytes = 0;
   /** Persistent dirty bitmaps (bitmap-state.ts); undefined on snapshot views. */
   persistentBitmaps: PersistentBitmaps | undefined;
+  get dirtyBitmaps(): PersistentBitmaps | undefined {
+    return this.persistentBitmaps;
+  }
   get bitmaps(): BitmapInfo[] {
     return this.persistentBitmaps?.info() ?? [];
   }
