@@ -17,6 +17,7 @@ import {
   BME_MAX_TABLE_SIZE,
   BME_MIN_GRANULARITY_BITS,
   bitmapBytes,
+  clearTail,
   FLAG_AUTO,
   FLAG_IN_USE,
   freeBitmapClusters,
@@ -66,7 +67,7 @@ export class PersistentBitmaps implements DirtyBitmaps {
     private readonly store: BitmapStore,
     private ext: BitmapsExt | undefined,
     list: BitmapEntry[],
-    private readonly size: number,
+    private size: number,
     private readonly path: string,
     private readonly version: number,
   ) {
@@ -293,6 +294,35 @@ export class PersistentBitmaps implements DirtyBitmaps {
   async source(name: string): Promise<BitmapBits> {
     const s = this.usable(name);
     return { bits: await this.bitsOf(s), granularityBits: s.granularityBits };
+  }
+
+  /** Before a resize: QEMU's qcow2_truncate_bitmaps_check refuses in-use bitmaps. */
+  checkResize(): void {
+    for (const s of this.slots) if (s.inconsistent) this.usable(s.entry.name);
+  }
+
+  /**
+   * After a resize: every bitmap takes the new size (new space clean, bits past a smaller
+   * end dropped), stored at close as QEMU's bdrv_dirty_bitmap_truncate leaves them.
+   */
+  async resize(size: number): Promise<void> {
+    if (size === this.size) return;
+    for (const s of this.slots) await this.bitsOf(s);
+    const fit = (bits: Uint8Array, g: number) => {
+      const out = new Uint8Array(bitmapBytes(size, g));
+      out.set(bits.subarray(0, out.length));
+      clearTail(out, size, g);
+      return out;
+    };
+    for (const s of this.slots) s.bits = fit(s.bits!, s.granularityBits);
+    if (this.written !== undefined) {
+      this.written = {
+        bits: fit(this.written.bits, this.written.granularityBits),
+        granularityBits: this.written.granularityBits,
+      };
+    }
+    this.size = size;
+    this.changed = true;
   }
 
   /**

@@ -173,6 +173,51 @@ describe('writes keep enabled bitmaps right', () => {
   });
 });
 
+describe('resize keeps bitmaps as qemu-img 7.2 does', () => {
+  it.each([
+    ['grow', ['128M']],
+    ['shrink', ['--shrink', '32M']],
+    ['shrink to a partial granule', ['--shrink', '33M']],
+  ])('%s: same directory, same contents, clean check', async (label, args) => {
+    const q = withBitmaps(`resize-${label.replaceAll(' ', '-')}-q.qcow2`);
+    qemuIo(q, ['write -P 9 60M 4M', 'write 32M 1536k']);
+    const v = q.replace('-q.qcow2', '-v.qcow2');
+    copyFileSync(q, v);
+    const qr = qemuImg(['resize', q, ...args]);
+    const vr = await vdisk(['resize', v, ...args]);
+    expect(vr.stdout).toBe(qr.stdout);
+    expect(vr.code).toBe(qr.code);
+    const info = (p: string) =>
+      qemuImgOk(['info', p])
+        .replaceAll(p, 'IMG')
+        .replace(/disk size: .*\n/, '');
+    expect(info(v)).toBe(info(q));
+    expect(qemuImgOk(['check', v])).toContain('No errors were found');
+    for (const name of ['b0', 'b1', 'b2']) {
+      expect(await qemuBitmapMap(v, name), name).toBe(await qemuBitmapMap(q, name));
+    }
+  });
+
+  it("refuses to resize with an in-use bitmap, with qemu-img's message", async () => {
+    const q = withBitmaps('resize-inuse-q.qcow2');
+    const b = readFileSync(q);
+    b.writeUInt32BE(3, bitmapsExt(b).dir + 12);
+    writeFileSync(q, b);
+    const v = join(dir, 'resize-inuse-v.qcow2');
+    copyFileSync(q, v);
+    const qr = qemuImg(['resize', q, '128M']);
+    const vr = await vdisk(['resize', v, '128M']);
+    expect(qr.code).toBe(1);
+    expect(vr.stderr.replace(/^vdisk:/, 'qemu-img:')).toBe(qr.stderr);
+    expect(vr.code).toBe(1);
+    const info = (p: string) =>
+      qemuImgOk(['info', p])
+        .replaceAll(p, 'IMG')
+        .replace(/disk size: .*\n/, '');
+    expect(info(v)).toBe(info(q));
+  });
+});
+
 describe('bit helpers', () => {
   it('setRange sets the granules a byte range touches, never past the image end', () => {
     const size = 10 * 512 + 100;

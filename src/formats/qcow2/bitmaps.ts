@@ -268,7 +268,7 @@ export async function loadBitmapData(
 }
 
 /** Bits past the end of the image are never set (QEMU's bitmap has exactly that many bits). */
-function clearTail(bits: Uint8Array, size: number, granularityBits: number): void {
+export function clearTail(bits: Uint8Array, size: number, granularityBits: number): void {
   const n = Math.ceil(size / 2 ** granularityBits);
   if (n % 8 !== 0 && bits.length > 0) bits[bits.length - 1]! &= (1 << (n % 8)) - 1;
 }

@@ -1548,9 +1548,8 @@ export class Qcow2Image implements FormatImage {
         'Resizing a qcow2 image with an external data file is not supported yet',
       );
     }
-    if (this.bitmaps.length > 0) {
-      throw new VdiskError('UNSUPPORTED', "Can't resize an image which has bitmaps");
-    }
+    // QEMU 7.2 resizes the bitmaps with the image, unless one is in use (inconsistent).
+    this.persistentBitmaps?.checkResize();
     const release = await this.writeLock.lock();
     try {
       const rc = await this.beginWrite();
@@ -1605,6 +1604,7 @@ export class Qcow2Image implements FormatImage {
           await preallocateGrowth(this, old, newSize, mode as 'metadata' | 'falloc' | 'full');
         }
       }
+      await this.persistentBitmaps?.resize(newSize);
     } finally {
       release();
     }
