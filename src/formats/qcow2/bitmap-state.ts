@@ -308,16 +308,16 @@ export class PersistentBitmaps implements DirtyBitmaps {
   async resize(size: number): Promise<void> {
     if (size === this.size) return;
     for (const s of this.slots) await this.bitsOf(s);
-    const fit = (bits: Uint8Array, g: number) => {
+    const resized = (bits: Uint8Array, g: number) => {
       const out = new Uint8Array(bitmapBytes(size, g));
       out.set(bits.subarray(0, out.length));
       clearTail(out, size, g);
       return out;
     };
-    for (const s of this.slots) s.bits = fit(s.bits!, s.granularityBits);
+    for (const s of this.slots) s.bits = resized(s.bits!, s.granularityBits);
     if (this.written !== undefined) {
       this.written = {
-        bits: fit(this.written.bits, this.written.granularityBits),
+        bits: resized(this.written.bits, this.written.granularityBits),
         granularityBits: this.written.granularityBits,
       };
     }
