@@ -47,6 +47,7 @@ export function checkBitmapOptions(o: Omit<BitmapCommandOptions, 'filename' | 'n
 function none(name: string): DirtyBitmaps {
   const notFound = (n: string) => usage(`Dirty bitmap '${n}' not found`);
   return {
+    supported: false,
     list: () => [],
     add: (_name, granularity) => {
       if (granularity !== undefined && (granularity < 512 || (granularity & (granularity - 1)) !== 0)) {

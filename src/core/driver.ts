@@ -96,6 +96,8 @@ export interface BitmapBits {
  * block-dirty-bitmap-*). Errors carry QEMU's messages; changes reach the image at close.
  */
 export interface DirtyBitmaps {
+  /** QEMU's bdrv_supports_persistent_dirty_bitmap (qcow2: v3 only). */
+  readonly supported: boolean;
   list(): Array<{ name: string; granularity: number; enabled: boolean; inconsistent: boolean }>;
   /** `node` names the image in messages (QEMU prints its node name there). */
   add(name: string, granularity: number | undefined, disabled: boolean, node: string): void;

@@ -182,8 +182,9 @@ const command: CliCommand = {
     o.options = options;
     if (salvage) throw new VdiskError('UNSUPPORTED', '--salvage is not supported');
     if (bitmaps) {
-      if (o.sources.length > 1) throw fail('Copying bitmaps only possible with single source');
-      throw new VdiskError('UNSUPPORTED', 'Source lacks bitmap support');
+      o.bitmaps = true;
+      o.skipBrokenBitmaps = skipBroken;
+      o.onWarning = warnTo(io);
     }
     if (!checkCacheMode(srcCache)) throw fail(`Invalid source cache option: ${srcCache}`);
     const progress = new Progress(io, progressMode({ p, quiet, progressArg }), 1);

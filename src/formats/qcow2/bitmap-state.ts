@@ -117,6 +117,10 @@ export class PersistentBitmaps implements DirtyBitmaps {
     return new PersistentBitmaps(store, ext, list, size, path, version);
   }
 
+  get supported(): boolean {
+    return this.version >= 3;
+  }
+
   get count(): number {
     return this.slots.length;
   }
