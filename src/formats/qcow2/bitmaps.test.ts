@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../chain/open.js';
 import { expectedBitmapMap, qemuBitmapMap as qemuBitmapMapIn } from '../../test/bitmap-helpers.js';
+import { execOk, serveQemu, serveVdisk } from '../../test/nbd-helpers.js';
 import { qemuImg, qemuImgOk, qemuIo, tempDir, vdisk } from '../../test/oracle.js';
 import { bitmapBytes, setRange } from './bitmaps.js';
 
@@ -170,6 +171,46 @@ describe('writes keep enabled bitmaps right', () => {
       expect(await qemuBitmapMap(v, name)).toBe(await qemuBitmapMap(q, name));
     }
     expect(qemuImgOk(['check', v])).toContain('No errors were found');
+  });
+});
+
+describe('writes through vdisk commands and its NBD server', () => {
+  it('vdisk nbd: what a client writes, zeroes and discards ends up dirty, as through qemu-nbd', async () => {
+    const q = withBitmaps('nbd-q.qcow2');
+    const v = join(dir, 'nbd-v.qcow2');
+    copyFileSync(q, v);
+    const io = ['write -P 5 3M 4k', 'write -z 7M 64k', 'discard 12M 1M'];
+    const qs = await serveQemu(q, join(dir, 'q.sock'), ['-f', 'qcow2', '--discard=unmap']);
+    try {
+      await execOk('qemu-io', ['-f', 'raw', ...io.flatMap((c) => ['-c', c]), qs.uri]);
+    } finally {
+      await qs.stop();
+    }
+    const vs = await serveVdisk(v, join(dir, 'v.sock'), { format: 'qcow2', discard: 'unmap' });
+    try {
+      await execOk('qemu-io', ['-f', 'raw', ...io.flatMap((c) => ['-c', c]), vs.uri]);
+    } finally {
+      await vs.stop();
+    }
+    expect(qemuImgOk(['check', v])).toContain('No errors were found');
+    for (const name of ['b0', 'b1', 'b2']) {
+      expect(await qemuBitmapMap(v, name), name).toBe(await qemuBitmapMap(q, name));
+    }
+  });
+
+  it('vdisk commit: the committed ranges end up dirty in the base, as with qemu-img commit', async () => {
+    const maps: string[][] = [];
+    for (const tool of ['q', 'v']) {
+      const base = withBitmaps(`commit-base-${tool}.qcow2`);
+      const top = join(dir, `commit-top-${tool}.qcow2`);
+      qemuImgOk(['create', '-q', '-f', 'qcow2', '-b', base, '-F', 'qcow2', top]);
+      qemuIo(top, ['write -P 6 20M 192k', 'write -P 6 63M 4k']);
+      if (tool === 'q') qemuImgOk(['commit', '-q', top]);
+      else expect((await vdisk(['commit', '-q', top])).code).toBe(0);
+      expect(qemuImgOk(['check', base])).toContain('No errors were found');
+      maps.push(await Promise.all(['b0', 'b1', 'b2'].map((n) => qemuBitmapMap(base, n))));
+    }
+    expect(maps[1]).toEqual(maps[0]);
   });
 });
 
