@@ -281,15 +281,15 @@ export class PersistentBitmaps implements DirtyBitmaps {
   async merge(name: string, source: BitmapBits): Promise<void> {
     const s = this.usable(name);
     const dst = await this.bitsOf(s);
-    const g = 2 ** source.granularityBits;
-    const n = Math.ceil(this.size / g);
-    for (let byte = 0; byte < source.bits.length; byte++) {
-      const b = source.bits[byte]!;
-      if (b === 0) continue;
-      for (let j = 0; j < 8; j++) {
-        const i = byte * 8 + j;
-        if (i < n && ((b >> j) & 1) === 1) setRange(dst, s.granularityBits, this.size, i * g, g);
-      }
+    if (source.granularityBits === s.granularityBits) {
+      const n = Math.min(dst.length, source.bits.length);
+      for (let i = 0; i < n; i++) dst[i]! |= source.bits[i]!;
+    } else {
+      // One setRange per run of set bits: O(bytes + runs), whatever the granularities.
+      const g = 2 ** source.granularityBits;
+      forEachRun(source.bits, Math.ceil(this.size / g), (first, end) =>
+        setRange(dst, s.granularityBits, this.size, first * g, (end - first) * g),
+      );
     }
     this.changed = true;
   }
@@ -360,4 +360,25 @@ export class PersistentBitmaps implements DirtyBitmaps {
     this.changed = false;
     this.markedInUse = false;
   }
+}
+
+/** Call fn(first, end) for each run of set bits [first, end) among the first n bits. */
+function forEachRun(bits: Uint8Array, n: number, fn: (first: number, end: number) => void): void {
+  let start = -1;
+  const bytes = Math.ceil(n / 8);
+  for (let byte = 0; byte < bytes; byte++) {
+    const b = bits[byte]!;
+    if ((b === 0 && start < 0) || (b === 0xff && start >= 0 && byte * 8 + 8 <= n)) continue;
+    for (let j = 0; j < 8; j++) {
+      const i = byte * 8 + j;
+      if (i >= n) break;
+      const set = ((b >> j) & 1) === 1;
+      if (set && start < 0) start = i;
+      else if (!set && start >= 0) {
+        fn(start, i);
+        start = -1;
+      }
+    }
+  }
+  if (start >= 0) fn(start, n);
 }
