@@ -259,6 +259,25 @@ describe('resize keeps bitmaps as qemu-img 7.2 does', () => {
   });
 });
 
+describe('amend keeps bitmaps as qemu-img 7.2 does', () => {
+  it.each([['refcount_bits=1'], ['refcount_bits=64'], ['lazy_refcounts=on']])('%s', async (opt) => {
+    const q = withBitmaps(`amend-${opt.replace('=', '-')}-q.qcow2`);
+    const v = q.replace('-q.qcow2', '-v.qcow2');
+    copyFileSync(q, v);
+    qemuImgOk(['amend', '-o', opt, q]);
+    expect((await vdisk(['amend', '-o', opt, v])).code).toBe(0);
+    const info = (p: string) =>
+      qemuImgOk(['info', p])
+        .replaceAll(p, 'IMG')
+        .replace(/disk size: .*\n/, '');
+    expect(info(v)).toBe(info(q));
+    expect(qemuImgOk(['check', v])).toContain('No errors were found');
+    for (const name of ['b0', 'b1', 'b2']) {
+      expect(await qemuBitmapMap(v, name), name).toBe(await qemuBitmapMap(q, name));
+    }
+  });
+});
+
 describe('bit helpers', () => {
   it('setRange sets the granules a byte range touches, never past the image end', () => {
     const size = 10 * 512 + 100;
