@@ -17,6 +17,7 @@ export const VERSION = '0.1.0';
 const commands: Record<string, () => Promise<CliCommand>> = {
   amend: async () => (await import('./cmd/amend.js')).default,
   bench: async () => (await import('./cmd/bench.js')).default,
+  bitmap: async () => (await import('./cmd/bitmap.js')).default,
   compare: async () => (await import('./cmd/compare.js')).default,
   check: async () => (await import('./cmd/check.js')).default,
   convert: async () => (await import('./cmd/convert.js')).default,

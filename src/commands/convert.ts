@@ -78,6 +78,11 @@ export interface ConvertOptions {
    * with qemu-img's wording (it warns unless -q).
    */
   salvage?: boolean;
+  /** --bitmaps: copy the source's persistent bitmaps to the target (bitmap-copy.ts). */
+  bitmaps?: boolean;
+  /** --skip-broken-bitmaps: leave in-use bitmaps out (with a warning) instead of failing. */
+  skipBrokenBitmaps?: boolean;
+  /** Warnings qemu-img prints with warn_report (without the program prefix). */
   onWarning?: (message: string) => void;
 }
 
@@ -167,6 +172,11 @@ export async function convertCommand(o: ConvertOptions): Promise<void> {
       first.image = snap;
     }
 
+    if (o.bitmaps === true) {
+      if (parts.length > 1) fail('Copying bitmaps only possible with single source');
+      checkSourceBitmaps(parts[0]!.image, o.skipBrokenBitmaps === true);
+    }
+
     const backingFile = o.backingFile ?? (skipCreate ? undefined : options['backing_file']);
     const backingFormat = o.backingFormat ?? (skipCreate ? undefined : options['backing_fmt']);
     const targetHasBacking = backingFile !== undefined;
@@ -245,6 +255,9 @@ export async function convertCommand(o: ConvertOptions): Promise<void> {
     if (compressed && target.driver.writeCompressed === undefined)
       fail('Compression not supported for this file format', 'UNSUPPORTED');
     if (skipCreate && target.size < total) fail('output file is smaller than input file');
+    if (o.bitmaps === true && target.driver.dirtyBitmaps?.supported !== true) {
+      fail(`Format driver '${target.driver.format}' does not support bitmaps`, 'UNSUPPORTED');
+    }
 
     const clusterSize = target.driver.clusterSize ?? 0;
     // qemu-img sizes its buffer from the target's opt_transfer / discard alignment, not its
@@ -285,6 +298,9 @@ export async function convertCommand(o: ConvertOptions): Promise<void> {
       onWarning: o.onWarning,
     });
     await copier.run();
+    if (o.bitmaps === true) {
+      await copyBitmaps(parts[0]!.image, target, o.skipBrokenBitmaps === true, o.onWarning);
+    }
     if (cache !== 'unsafe') await target.flush();
   } catch (err) {
     // Errors while closing after a failure are secondary: the first error wins.
@@ -299,6 +315,48 @@ export async function convertCommand(o: ConvertOptions): Promise<void> {
     if (target !== null) await target.close().catch((e: unknown) => errors.push(e));
     for (const c of closers.reverse()) await c().catch((e: unknown) => errors.push(e));
     return errors;
+  }
+}
+
+/** qemu-img's convert_check_bitmaps. */
+function checkSourceBitmaps(src: Image, skipBroken: boolean): void {
+  const bitmaps = src.driver.dirtyBitmaps;
+  if (bitmaps?.supported !== true) fail('Source lacks bitmap support', 'UNSUPPORTED');
+  if (skipBroken) return;
+  const broken = bitmaps.list().find((b) => b.inconsistent);
+  if (broken !== undefined) {
+    fail(
+      `Cannot copy inconsistent bitmap '${broken.name}'\nTry --skip-broken-bitmaps, or use 'qemu-img bitmap --remove' to delete it`,
+    );
+  }
+}
+
+/** qemu-img's convert_copy_bitmaps: add each bitmap to the target, then merge the source's bits in. */
+async function copyBitmaps(
+  src: Image,
+  dst: Image,
+  skipBroken: boolean,
+  onWarning?: (message: string) => void,
+): Promise<void> {
+  const from = src.driver.dirtyBitmaps!;
+  const to = dst.driver.dirtyBitmaps!;
+  for (const b of from.list()) {
+    if (skipBroken && b.inconsistent) {
+      onWarning?.(`Skipping inconsistent bitmap '${b.name}'`);
+      continue;
+    }
+    const why = (err: unknown) => (err instanceof VdiskError ? err.message : String(err));
+    try {
+      to.add(b.name, b.granularity, !b.enabled, dst.displayName ?? '');
+    } catch (err) {
+      fail(`Failed to create bitmap ${b.name}: ${why(err)}`);
+    }
+    try {
+      await to.merge(b.name, await from.source(b.name));
+    } catch (err) {
+      await to.remove(b.name).catch(() => {});
+      fail(`Failed to populate bitmap ${b.name}: ${why(err)}`);
+    }
   }
 }
 

@@ -91,6 +91,30 @@ export interface CheckResult {
   failure?: string;
 }
 
+/** A bitmap's bits: bit i covers guest bytes [i * 2^granularityBits, (i + 1) * 2^granularityBits). */
+export interface BitmapBits {
+  bits: Uint8Array;
+  granularityBits: number;
+}
+
+/**
+ * An image's persistent dirty bitmaps, with the operations of qemu-img bitmap (QMP
+ * block-dirty-bitmap-*). Errors carry QEMU's messages; changes reach the image at close.
+ */
+export interface DirtyBitmaps {
+  /** QEMU's bdrv_supports_persistent_dirty_bitmap (qcow2: v3 only). */
+  readonly supported: boolean;
+  list(): Array<{ name: string; granularity: number; enabled: boolean; inconsistent: boolean }>;
+  /** `node` names the image in messages (QEMU prints its node name there). */
+  add(name: string, granularity: number | undefined, disabled: boolean, node: string): void;
+  remove(name: string): Promise<void>;
+  clear(name: string): Promise<void>;
+  enable(name: string, on: boolean): void;
+  merge(name: string, source: BitmapBits): Promise<void>;
+  /** A usable bitmap's bits (merge source, convert --bitmaps). */
+  source(name: string): Promise<BitmapBits>;
+}
+
 export interface SnapshotInfo {
   id: string;
   name: string;
@@ -131,6 +155,8 @@ export interface FormatImage {
   formatSpecific?(): FormatSpecific | undefined;
   check?(repair: 'none' | 'leaks' | 'all'): Promise<CheckResult>;
   snapshots?(): SnapshotInfo[];
+  /** Persistent dirty bitmaps (qcow2 v3): what qemu-img bitmap works on. */
+  readonly dirtyBitmaps?: DirtyBitmaps | undefined;
   /**
    * False for formats whose QEMU driver has no get_info (bochs, cloop, dmg): qemu-img info then
    * prints neither cluster size nor dirty flag.

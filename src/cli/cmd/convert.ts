@@ -200,8 +200,9 @@ const command: CliCommand = {
     o.output = args[args.length - 1]!;
     o.options = options;
     if (bitmaps) {
-      if (o.sources.length > 1) throw fail('Copying bitmaps only possible with single source');
-      throw new VdiskError('UNSUPPORTED', 'Source lacks bitmap support');
+      o.bitmaps = true;
+      o.skipBrokenBitmaps = skipBroken;
+      o.onWarning = warnTo(io);
     }
     if (!checkCacheMode(srcCache)) throw fail(`Invalid source cache option: ${srcCache}`);
     const toStdout = o.output === STDIO_NAME;

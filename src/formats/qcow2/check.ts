@@ -7,8 +7,9 @@
  */
 import { CHECK_ERROR_REPORT, type CheckResult } from '../../core/driver.js';
 import { strerror, VdiskError } from '../../core/errors.js';
+import { type BitmapEntry, loadBitmapDirectory, parseBitmapsExt, readBitmapTable } from './bitmaps.js';
 import { type Metadata, metadataOverlap, readOrZeros } from './check-open.js';
-import { EXT_BITMAPS, getU64, INCOMPAT_CORRUPT, setU64 } from './header.js';
+import { AUTOCLEAR_BITMAPS, EXT_BITMAPS, INCOMPAT_CORRUPT, setU64 } from './header.js';
 import type { Qcow2Image } from './image.js';
 
 const ZERO_BLOCK = Buffer.alloc(512);
@@ -381,6 +382,8 @@ async function checkRefcounts(st: State, repair: 'none' | 'leaks' | 'all'): Prom
   const { img, res } = st;
   const cs = img.clusterSize;
   await calculate(st);
+  // A bad bitmap table stops the check (QEMU's calculate_refcounts returns its error).
+  if (res.failure !== undefined) return res;
 
   // Compare with the stored refcounts: first without fixing (QEMU prints the problems),
   // then, when repairing and something is wrong, again with fixing from the same start.
@@ -805,38 +808,39 @@ async function checkCopied(st: State, fix: 'none' | 'leaks' | 'all'): Promise<vo
   }
 }
 
-/** Persistent bitmaps: the directory, each bitmap table and the clusters it names. */
+/**
+ * Persistent bitmaps (QEMU's qcow2_check_bitmaps_refcounts): the directory, each bitmap
+ * table and the data clusters it names; a table entry that breaks the rules is a corruption.
+ * The directory was checked when the image was opened (a bad one fails the open, as in QEMU).
+ */
 async function countBitmaps(st: State): Promise<void> {
   const img = st.img;
   const h = img.header;
-  const ext = h.extensions.find((e) => e.type === EXT_BITMAPS);
-  if (ext === undefined || (h.autoclear & 1) === 0 || ext.data.length < 24) return;
-  const v = new DataView(ext.data.buffer, ext.data.byteOffset, ext.data.length);
-  const count = v.getUint32(0);
-  const dirSize = getU64(v, 8);
-  const dirOffset = getU64(v, 16);
-  if (!Number.isSafeInteger(dirSize) || dirSize > 64 << 20 || dirOffset + dirSize > st.fileLen) return;
-  inc(st, dirOffset, dirSize);
-  const dir = new Uint8Array(dirSize);
-  await img.file.read(dir, dirOffset);
-  const dv = new DataView(dir.buffer);
-  let off = 0;
-  for (let i = 0; i < count && off + 24 <= dir.length; i++) {
-    const tableOffset = getU64(dv, off);
-    const tableSize = dv.getUint32(off + 8);
-    const nameSize = dv.getUint16(off + 18);
-    const extra = dv.getUint32(off + 20);
-    if (tableSize > 0 && tableOffset + tableSize * 8 <= st.fileLen) {
-      inc(st, tableOffset, tableSize * 8);
-      const t = new Uint8Array(tableSize * 8);
-      await img.file.read(t, tableOffset);
-      const tv = new DataView(t.buffer);
-      for (let j = 0; j < tableSize; j++) {
-        const e = getU64(tv, j * 8);
-        const o = e - (e % 512);
-        if (o > 1) inc(st, o, img.clusterSize);
-      }
+  const ext = parseBitmapsExt(
+    h.extensions.find((e) => e.type === EXT_BITMAPS)?.data,
+    (h.autoclear & AUTOCLEAR_BITMAPS) !== 0,
+    img.clusterSize,
+    img.file.path,
+  );
+  if (ext === undefined) return;
+  inc(st, ext.dirOffset, ext.dirSize);
+  let list: BitmapEntry[];
+  try {
+    list = await loadBitmapDirectory(img.file, ext, img.clusterSize, img.size, img.file.path);
+  } catch {
+    st.res.corruptions++;
+    return;
+  }
+  for (const e of list) {
+    inc(st, e.tableOffset, e.tableSize * 8);
+    const table = await readBitmapTable(img.file, e, img.clusterSize);
+    // QEMU's bitmap_table_load refuses the whole table for one bad entry (in-use bitmaps
+    // reach here: the open skipped their tables), and the check fails with its EINVAL.
+    if (table.some((t) => t.bad)) {
+      st.res.corruptions++;
+      st.res.failure = 'Invalid argument';
+      return;
     }
-    off = Math.ceil((off + 24 + extra + nameSize) / 8) * 8;
+    for (const t of table) if (t.offset !== 0) inc(st, t.offset, img.clusterSize);
   }
 }

@@ -75,12 +75,6 @@ export interface Qcow2Header {
   dataFile?: string | undefined;
 }
 
-export interface Bitmap {
-  name: string;
-  granularity: number;
-  flags: string[];
-}
-
 /** Read a big-endian u64 as a JS number; values above 2^53 come back as Infinity (callers reject them). */
 export function getU64(v: DataView, off: number): number {
   const hi = v.getUint32(off);
@@ -378,30 +372,6 @@ export function encodeHeader(h: Qcow2Header): Uint8Array {
   for (const p of parts) {
     out.set(p, pos);
     pos += p.length;
-  }
-  return out;
-}
-
-/** Decode the bitmaps extension's directory into the entries qemu-img info lists. */
-export function parseBitmapDirectory(dir: Uint8Array, count: number): Bitmap[] {
-  const out: Bitmap[] = [];
-  const v = new DataView(dir.buffer, dir.byteOffset, dir.length);
-  let off = 0;
-  for (let i = 0; i < count; i++) {
-    if (off + 24 > dir.length) break;
-    const flags = v.getUint32(off + 12);
-    const granularityBits = dir[off + 17]!;
-    const nameSize = v.getUint16(off + 18);
-    const extraSize = v.getUint32(off + 20);
-    const nameStart = off + 24 + extraSize;
-    if (nameStart + nameSize > dir.length) break;
-    const name = Buffer.from(dir.subarray(nameStart, nameStart + nameSize)).toString('utf8');
-    const f: string[] = [];
-    // qemu's Qcow2BitmapInfoFlags: in-use (bit 0), auto (bit 1).
-    if (flags & 1) f.push('in-use');
-    if (flags & 2) f.push('auto');
-    out.push({ name, granularity: 2 ** granularityBits, flags: f });
-    off = Math.ceil((nameStart + nameSize) / 8) * 8;
   }
   return out;
 }

@@ -33,13 +33,14 @@ import type { HostFile } from '../../core/host-file.js';
 import { Mutex } from '../../core/lock.js';
 import type { LuksVolume } from '../luks/block.js';
 import type { SectorCipher } from '../luks/crypto.js';
+import { type BitmapInfo, PersistentBitmaps } from './bitmap-state.js';
+import { type BitmapsExt, encodeBitmapsExt, parseBitmapsExt } from './bitmaps.js';
 import { TableCache } from './cache.js';
 import { readL1ForCheck } from './check-open.js';
 import type { CryptoHeaderRef } from './crypto.js';
 import {
   AUTOCLEAR_BITMAPS,
   AUTOCLEAR_DATA_FILE_RAW,
-  type Bitmap,
   COMPAT_LAZY_REFCOUNTS,
   EXT_BACKING_FORMAT,
   EXT_BITMAPS,
@@ -48,7 +49,6 @@ import {
   EXT_FEATURE_TABLE,
   encodeHeader,
   featureTableExtension,
-  getU64,
   type HeaderExtension,
   INCOMPAT_CORRUPT,
   INCOMPAT_DATA_FILE,
@@ -56,7 +56,6 @@ import {
   INCOMPAT_EXTL2,
   l1EntriesFor,
   MAX_L1_BYTES,
-  parseBitmapDirectory,
   parseHeader,
   type Qcow2Header,
   setU64,
@@ -148,7 +147,14 @@ export class Qcow2Image implements FormatImage {
   l1TableOffset: number;
   snapshotList: Qcow2Snapshot[] = [];
   snapshotTableBytes = 0;
-  bitmaps: Bitmap[] = [];
+  /** Persistent dirty bitmaps (bitmap-state.ts); undefined on snapshot views. */
+  persistentBitmaps: PersistentBitmaps | undefined;
+  get dirtyBitmaps(): PersistentBitmaps | undefined {
+    return this.persistentBitmaps;
+  }
+  get bitmaps(): BitmapInfo[] {
+    return this.persistentBitmaps?.info() ?? [];
+  }
   /** Host end of the image file as far as we know (tables and data must lie before it). */
   fileEnd: number;
   /** Opened for check (QEMU's BDRV_O_CHECK): tables were read without validating entries. */
@@ -344,18 +350,19 @@ export class Qcow2Image implements FormatImage {
       : await readSnapshots(this.file, h.snapshotsOffset, h.nbSnapshots, this.fileEnd);
     this.snapshotList = snapshots;
     this.snapshotTableBytes = tableBytes;
-    const bm = h.extensions.find((e) => e.type === EXT_BITMAPS);
-    if (bm !== undefined && (h.autoclear & AUTOCLEAR_BITMAPS) !== 0 && bm.data.length >= 24) {
-      const v = new DataView(bm.data.buffer, bm.data.byteOffset, bm.data.length);
-      const count = v.getUint32(0);
-      const dirSize = getU64(v, 8);
-      const dirOffset = getU64(v, 16);
-      if (count <= 65535 && dirSize <= 64 << 20 && dirOffset + dirSize <= this.fileEnd) {
-        const dir = new Uint8Array(dirSize);
-        await this.file.read(dir, dirOffset);
-        this.bitmaps = parseBitmapDirectory(dir, count);
-      }
-    }
+    const bmExt = parseBitmapsExt(
+      h.extensions.find((e) => e.type === EXT_BITMAPS)?.data,
+      (h.autoclear & AUTOCLEAR_BITMAPS) !== 0,
+      this.clusterSize,
+      this.file.path,
+    );
+    this.persistentBitmaps = await PersistentBitmaps.open(
+      this.bitmapStore(),
+      bmExt,
+      this.size,
+      this.file.path,
+      h.version,
+    );
     this.indexMetadata();
     if (this.readOnly) return;
     // Opened for check (-r): check itself reports overlapping tables.
@@ -773,31 +780,9 @@ export class Qcow2Image implements FormatImage {
     if (!this.modified) {
       this.modified = true;
       if (this.lazy && !this.dirty) await this.setIncompatible(this.header.incompatible | INCOMPAT_DIRTY);
-      await this.markBitmapsInUse();
+      await this.persistentBitmaps?.beginWrite();
     }
     return rc;
-  }
-
-  /** Set the in-use flag of every persistent bitmap (our writes do not update them). */
-  private async markBitmapsInUse(): Promise<void> {
-    const h = this.header;
-    const bm = h.extensions.find((e) => e.type === EXT_BITMAPS);
-    if (bm === undefined || (h.autoclear & AUTOCLEAR_BITMAPS) === 0 || bm.data.length < 24) return;
-    const v = new DataView(bm.data.buffer, bm.data.byteOffset, bm.data.length);
-    const count = v.getUint32(0);
-    const dirSize = getU64(v, 8);
-    const dirOffset = getU64(v, 16);
-    if (count > 65535 || dirSize > 64 << 20 || dirOffset + dirSize > this.fileEnd) return;
-    const dir = new Uint8Array(dirSize);
-    await this.file.read(dir, dirOffset);
-    const dv = new DataView(dir.buffer);
-    let off = 0;
-    for (let i = 0; i < count && off + 24 <= dir.length; i++) {
-      dv.setUint32(off + 12, dv.getUint32(off + 12) | 1);
-      off = Math.ceil((off + 24 + dv.getUint32(off + 20) + dv.getUint16(off + 18)) / 8) * 8;
-    }
-    await this.file.write(dir, dirOffset);
-    this.bitmaps = parseBitmapDirectory(dir, count);
   }
 
   private async setIncompatible(value: number): Promise<void> {
@@ -881,6 +866,7 @@ export class Qcow2Image implements FormatImage {
       const release = await this.writeLock.lock();
       try {
         await this.beginWrite();
+        this.persistentBitmaps?.noteWrite(offset, buf.length);
         await this.forEachTableChunk(buf, offset, async (l1i, chunk, g) => {
           prepared.push(await this.prepareInTable(l1i, chunk, g));
         });
@@ -1155,6 +1141,7 @@ export class Qcow2Image implements FormatImage {
     const release = await this.writeLock.lock();
     try {
       await this.beginWrite();
+      this.persistentBitmaps?.noteWrite(offset, length);
       await this.zeroLocked(offset, length, unmap);
       await this.settleFrees();
     } finally {
@@ -1309,6 +1296,7 @@ export class Qcow2Image implements FormatImage {
     const release = await this.writeLock.lock();
     try {
       await this.beginWrite();
+      this.persistentBitmaps?.noteWrite(start, end - start);
       const span = this.l2Entries * cs;
       for (let g = start; g < end; ) {
         const l1i = Math.floor(g / span);
@@ -1393,15 +1381,8 @@ export class Qcow2Image implements FormatImage {
         );
       }
       await this.flushMetadata();
-      const byType = (t: number) => h.extensions.filter((e) => e.type === t);
-      const known = new Set([EXT_BACKING_FORMAT, EXT_DATA_FILE, EXT_CRYPTO, EXT_FEATURE_TABLE, EXT_BITMAPS]);
-      const exts: HeaderExtension[] = [];
-      if (ref?.format !== undefined) {
-        exts.push({ type: EXT_BACKING_FORMAT, data: Buffer.from(ref.format, 'latin1') });
-      }
-      exts.push(...byType(EXT_DATA_FILE), ...byType(EXT_CRYPTO));
-      if (h.version === 3 && this.clusterSize > 4096) exts.push(featureTableExtension());
-      exts.push(...byType(EXT_BITMAPS), ...h.extensions.filter((e) => !known.has(e.type)));
+      const bitmaps = h.extensions.filter((e) => e.type === EXT_BITMAPS);
+      const exts = this.layoutExtensions(ref?.format, bitmaps);
       const next: Qcow2Header = {
         ...h,
         extensions: exts,
@@ -1426,6 +1407,67 @@ export class Qcow2Image implements FormatImage {
     }
   }
 
+  /** The header extensions in QEMU's qcow2_update_header order (see setBacking). */
+  private layoutExtensions(backingFormat: string | undefined, bitmaps: HeaderExtension[]): HeaderExtension[] {
+    const h = this.header;
+    const byType = (t: number) => h.extensions.filter((e) => e.type === t);
+    const known = new Set([EXT_BACKING_FORMAT, EXT_DATA_FILE, EXT_CRYPTO, EXT_FEATURE_TABLE, EXT_BITMAPS]);
+    const exts: HeaderExtension[] = [];
+    if (backingFormat !== undefined) {
+      exts.push({ type: EXT_BACKING_FORMAT, data: Buffer.from(backingFormat, 'latin1') });
+    }
+    exts.push(...byType(EXT_DATA_FILE), ...byType(EXT_CRYPTO));
+    if (h.version === 3 && this.clusterSize > 4096) exts.push(featureTableExtension());
+    exts.push(...bitmaps, ...h.extensions.filter((e) => !known.has(e.type)));
+    return exts;
+  }
+
+  /** What bitmap-state.ts needs to store bitmaps in this image. */
+  private bitmapStore() {
+    return {
+      file: this.file,
+      clusterSize: this.clusterSize,
+      alloc: async (bytes: number) => {
+        const n = Math.max(1, Math.ceil(bytes / this.clusterSize));
+        const off = await this.checkWritable().allocClusters(n);
+        this.noteAlloc(off, n * this.clusterSize);
+        return off;
+      },
+      free: async (offset: number, length: number) => {
+        await this.checkWritable().free(offset, length);
+      },
+      flushMetadata: () => this.flushMetadata(),
+      writeExtension: (ext: BitmapsExt | undefined) => this.writeBitmapsExtension(ext),
+    };
+  }
+
+  /**
+   * Point the header at a new bitmap directory (or at none: the extension and the autoclear
+   * bit go), in one write of the header cluster.
+   */
+  private async writeBitmapsExtension(ext: BitmapsExt | undefined): Promise<void> {
+    const h = this.header;
+    if (h.version === 3 && h.headerLength > V3_HEADER_LENGTH) {
+      throw new VdiskError(
+        'UNSUPPORTED',
+        `qcow2 header of ${h.headerLength} bytes: rewriting unknown header fields is not supported`,
+        { path: this.file.path },
+      );
+    }
+    const bitmaps = ext === undefined ? [] : [{ type: EXT_BITMAPS, data: encodeBitmapsExt(ext) }];
+    const exts = this.layoutExtensions(h.backingFormat, bitmaps);
+    const autoclear = ext === undefined ? h.autoclear & ~AUTOCLEAR_BITMAPS : h.autoclear | AUTOCLEAR_BITMAPS;
+    const next: Qcow2Header = { ...h, extensions: exts, autoclear };
+    const bytes = encodeHeader(next);
+    const cluster = new Uint8Array(this.clusterSize);
+    cluster.set(bytes);
+    await this.file.write(cluster, 0);
+    this.modified = true;
+    h.extensions = exts;
+    h.autoclear = autoclear;
+    if (h.version === 3) h.headerLength = V3_HEADER_LENGTH;
+  }
+
   /**
    * Every cluster becomes unallocated (after commit), as QEMU's fallback path of
    * qcow2_make_empty: a full discard of each L2 table, so the guest reads the backing. The L2
@@ -1445,6 +1487,7 @@ export class Qcow2Image implements FormatImage {
     const release = await this.writeLock.lock();
     try {
       const rc = await this.beginWrite();
+      this.persistentBitmaps?.noteWrite(0, this.size);
       const cs = this.clusterSize;
       const span = this.l2Entries * cs;
       for (let l1i = 0; l1i < this.l1Size; l1i++) {
@@ -1522,9 +1565,8 @@ export class Qcow2Image implements FormatImage {
         'Resizing a qcow2 image with an external data file is not supported yet',
       );
     }
-    if (this.bitmaps.length > 0) {
-      throw new VdiskError('UNSUPPORTED', "Can't resize an image which has bitmaps");
-    }
+    // QEMU 7.2 resizes the bitmaps with the image, unless one is in use (inconsistent).
+    this.persistentBitmaps?.checkResize();
     const release = await this.writeLock.lock();
     try {
       const rc = await this.beginWrite();
@@ -1579,6 +1621,7 @@ export class Qcow2Image implements FormatImage {
           await preallocateGrowth(this, old, newSize, mode as 'metadata' | 'falloc' | 'full');
         }
       }
+      await this.persistentBitmaps?.resize(newSize);
     } finally {
       release();
     }
@@ -1673,6 +1716,7 @@ export class Qcow2Image implements FormatImage {
     const release = await this.writeLock.lock();
     try {
       const rc = await this.beginWrite();
+      this.persistentBitmaps?.noteWrite(offset, cs);
       const span = this.l2Entries * cs;
       const l1i = Math.floor(offset / span);
       const [l2off, table] = await this.l2ForWrite(l1i);
@@ -1734,6 +1778,7 @@ export class Qcow2Image implements FormatImage {
     let err: unknown = null;
     try {
       if (!this.readOnly) {
+        await this.persistentBitmaps?.close();
         await this.flushMetadata();
         if (this.modified && this.dirty && this.lazy) {
           await this.setIncompatible(this.header.incompatible & ~INCOMPAT_DIRTY);
@@ -1875,7 +1920,10 @@ export class Qcow2Image implements FormatImage {
     const release = await this.writeLock.lock();
     try {
       this.checkWritable();
-      if (contentChanges) await this.beginWrite();
+      if (contentChanges) {
+        await this.beginWrite();
+        this.persistentBitmaps?.noteWrite(0, this.size);
+      }
       await this.flushMetadata();
       this.modified = true;
       this.lastCompressed = null;
