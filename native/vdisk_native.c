@@ -19,6 +19,9 @@
  *   sendBytes(fd, buf, off, len, more)     send(2) with MSG_DONTWAIT|MSG_NOSIGNAL (and MSG_MORE when
  *                                          more data follows at once): bytes or -errno
  *   setSendBuffer(fd, bytes)               setsockopt(SO_SNDBUF): 0 or -errno
+ *   mallocTrim()                           malloc_trim(0) (glibc): free heap pages of every
+ *                                          arena back to the system; 1 when some were, 0 when
+ *                                          none, -1 without glibc
  *   cached(fd, off, len)                   1 when every page of the range is in the page cache
  *                                          (cachestat(2), or mmap+mincore before Linux 6.5),
  *                                          0 when not, -errno on failure
@@ -35,6 +38,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <malloc.h>
 #include <node_api.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -118,6 +122,17 @@ static napi_value do_lock(napi_env env, napi_callback_info info, int test) {
 
 static napi_value ofd_lock(napi_env env, napi_callback_info info) { return do_lock(env, info, 0); }
 static napi_value ofd_test(napi_env env, napi_callback_info info) { return do_lock(env, info, 1); }
+
+static napi_value malloc_trim_(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value v;
+#ifdef __GLIBC__
+  napi_create_int32(env, malloc_trim(0), &v);
+#else
+  napi_create_int32(env, -1, &v);
+#endif
+  return v;
+}
 
 typedef struct {
   napi_async_work work;
@@ -281,6 +296,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"fallocate", NULL, do_fallocate, NULL, NULL, NULL, napi_default, NULL},
       {"ofdLock", NULL, ofd_lock, NULL, NULL, NULL, napi_default, NULL},
       {"ofdTest", NULL, ofd_test, NULL, NULL, NULL, napi_default, NULL},
+      {"mallocTrim", NULL, malloc_trim_, NULL, NULL, NULL, napi_default, NULL},
       {"syncRange", NULL, sync_range, NULL, NULL, NULL, napi_default, NULL},
       {"sendFile", NULL, send_file, NULL, NULL, NULL, napi_default, NULL},
       {"sendBytes", NULL, send_bytes, NULL, NULL, NULL, napi_default, NULL},

@@ -12,9 +12,12 @@
  *   - vdisk's openPglite() as it is in this tree (configuration, migrations);
  *   - SQLite through better-sqlite3 and Kysely's SqliteDialect, when BENCH_SQLITE_MODULES
  *     names a node_modules directory holding both (better-sqlite3 is not a dependency).
- * serve: `node bin/vdisk serve --data-dir D --port P` (with MALLOC_ARENA_MAX=2, as bin/vdisk's
- * shebang sets it): the time from spawn to the first answer of `GET /`, VmRSS 2 s later, on a
- * fresh data directory (first start) and on the same directory again; with BENCH_UPLOAD=1, a
+ * serve: `bin/vdisk serve --data-dir D --port P` run as a program (its #! line's
+ * MALLOC_ARENA_MAX=2 and node flags; with BENCH_NODE_ARGS, `node ARGS bin/vdisk …` instead):
+ * the time from spawn to the first 200 of `GET /healthz`, and to the first 200 of an
+ * authenticated `GET /v2/images` (password login first), beside the time of `node -e 0`
+ * spawned just before (the floor), and VmRSS 2 s later, on a fresh data directory (first
+ * start) and on a copy of one a server made and left; with BENCH_UPLOAD=1, a
  * `curl -T` upload of BENCH_UPLOAD_SIZE (1 GiB) to PUT /v2/images/{id}/file and the peak RSS
  * during it (VmHWM reset through /proc/PID/clear_refs before, and VmRSS sampled every 100 ms),
  * then VmRSS 2 s after. BENCH_DATABASE_URL=postgres://…/db adds the server on PostgreSQL (the
@@ -65,6 +68,12 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 function status(pid: number | 'self', field: 'VmRSS' | 'VmHWM'): number {
   const m = new RegExp(`${field}:\\s+(\\d+) kB`).exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
   return m ? Math.round(Number(m[1]) / 1024) : Number.NaN;
+}
+
+/** utime + stime of a process (all its threads), ms. */
+function cpuMs(pid: number): number {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return ((Number(f[11]) + Number(f[12])) * 1000) / 100; // fields 14, 15; USER_HZ = 100
 }
 
 const median = (xs: number[]) => {
@@ -355,7 +364,15 @@ async function uploadFile(base: string): Promise<string> {
 }
 
 interface ServeRun {
+  /** `node -e 0`, spawned just before: the floor of a start on this machine at this moment. */
+  floorMs?: number;
+  /** Spawn to the first 200 of GET /healthz. */
   firstAnswerMs: number;
+  /** Spawn to the first 200 of GET /v2/images, after a password login (POST /v3/auth/tokens). */
+  firstListMs: number;
+  /** The server's CPU time (all threads, user + system) at those two moments: what load disturbs least. */
+  firstAnswerCpuMs: number;
+  firstListCpuMs: number;
   idleRss: number;
   uploadPeak?: number;
   afterUploadRss?: number;
@@ -375,18 +392,22 @@ async function workload(url: string, token: string, n: number): Promise<void> {
     Array.from({ length: 4 }, async () => {
       while (next < n) {
         const i = next++;
-        const r = await fetch(`${url}/v2/images`, {
-          method: 'POST',
-          headers,
-          body: JSON.stringify({
-            name: `img-${i}`,
-            disk_format: 'qcow2',
-            container_format: 'bare',
-            tags: ['a', 'b'],
-            os_distro: 'ubuntu',
-            description: 'x'.repeat(200),
-          }),
-        });
+        const create = () =>
+          fetch(`${url}/v2/images`, {
+            method: 'POST',
+            headers,
+            body: JSON.stringify({
+              name: `img-${i}`,
+              disk_format: 'qcow2',
+              container_format: 'bare',
+              tags: ['a', 'b'],
+              os_distro: 'ubuntu',
+              description: 'x'.repeat(200),
+            }),
+          });
+        // Once more when a kept-alive connection was closed by the server as it was reused
+        // (its keepAliveTimeout; fetch then fails with "other side closed").
+        const r = await create().catch(create);
         if (r.status !== 201) throw new Error(`create: ${r.status} ${await r.text()}`);
       }
     }),
@@ -407,10 +428,15 @@ async function serveOnce(
   file: string | null,
 ): Promise<ServeRun> {
   const port = await freePort();
-  const args = [...nodeArgs, join(ROOT, 'bin/vdisk'), 'serve', '--data-dir', dataDir, '--port', String(port)];
+  // bin/vdisk run as a program (its #! line's environment and node flags) unless node flags are given.
+  const args = ['serve', '--data-dir', dataDir, '--port', String(port)];
   if (databaseUrl !== undefined) args.push('--database-url', databaseUrl);
+  const [cmd, argv] =
+    nodeArgs.length > 0
+      ? [process.execPath, [...nodeArgs, join(ROOT, 'bin/vdisk'), ...args]]
+      : [join(ROOT, 'bin/vdisk'), args];
   const t0 = performance.now();
-  const c = spawn(process.execPath, args, {
+  const c = spawn(cmd, argv, {
     stdio: ['ignore', 'ignore', 'pipe'],
     env: { ...process.env, MALLOC_ARENA_MAX: '2', VDISK_ADMIN_PASSWORD: PASSWORD },
   });
@@ -424,30 +450,27 @@ async function serveOnce(
       if (c.exitCode !== null) throw new Error(`vdisk serve exited (${c.exitCode}): ${err}`);
       if (performance.now() - t0 > 120000) throw new Error(`vdisk serve did not answer: ${err}`);
       try {
-        await get(`${url}/`);
-        break;
-      } catch {
-        await sleep(10);
-      }
+        if ((await get(`${url}/healthz`)) === 200) break;
+      } catch {}
+      await sleep(5);
     }
     const firstAnswerMs = performance.now() - t0;
+    const firstAnswerCpuMs = cpuMs(c.pid!);
+    // Then what a client does first: a token (Keystone password login), and a list of images.
+    const token = await login(url);
+    const list = await fetch(`${url}/v2/images`, { headers: { 'X-Auth-Token': token } });
+    await list.arrayBuffer();
+    if (list.status !== 200) throw new Error(`GET /v2/images: ${list.status}`);
+    const firstListMs = performance.now() - t0;
+    const firstListCpuMs = cpuMs(c.pid!);
     await sleep(2000);
-    const run: ServeRun = { firstAnswerMs, idleRss: status(c.pid!, 'VmRSS') };
-    if (file === null && IMAGES === 0) return run;
-    const tok = await fetch(`${url}/v3/auth/tokens`, {
-      method: 'POST',
-      headers: { 'Content-Type': 'application/json' },
-      body: JSON.stringify({
-        auth: {
-          identity: {
-            methods: ['password'],
-            password: { user: { name: 'admin', domain: { name: 'Default' }, password: PASSWORD } },
-          },
-          scope: { project: { name: 'admin', domain: { name: 'Default' } } },
-        },
-      }),
-    });
-    const token = tok.headers.get('x-subject-token')!;
+    const run: ServeRun = {
+      firstAnswerMs,
+      firstListMs,
+      firstAnswerCpuMs,
+      firstListCpuMs,
+      idleRss: status(c.pid!, 'VmRSS'),
+    };
     if (file !== null) await uploadOnce(c.pid!, url, token, file, run);
     if (IMAGES > 0) {
       await workload(url, token, IMAGES);
@@ -460,6 +483,25 @@ async function serveOnce(
   } finally {
     await stop(c);
   }
+}
+
+async function login(url: string): Promise<string> {
+  const tok = await fetch(`${url}/v3/auth/tokens`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({
+      auth: {
+        identity: {
+          methods: ['password'],
+          password: { user: { name: 'admin', domain: { name: 'Default' }, password: PASSWORD } },
+        },
+        scope: { project: { name: 'admin', domain: { name: 'Default' } } },
+      },
+    }),
+  });
+  await tok.arrayBuffer();
+  if (tok.status !== 201) throw new Error(`POST /v3/auth/tokens: ${tok.status}`);
+  return tok.headers.get('x-subject-token')!;
 }
 
 /** The 1 GiB upload with `curl -T`: peak RSS during it, RSS 2 s after. */
@@ -553,7 +595,10 @@ async function serveBench(base: string): Promise<void> {
         await emptyPostgres(c.databaseUrl);
         await serveOnce(dir, nodeArgs, c.databaseUrl, null);
       }
-      runs.push(await serveOnce(dir, nodeArgs, c.databaseUrl, file));
+      const f0 = performance.now();
+      spawnSync(process.execPath, ['-e', '0']);
+      const floorMs = performance.now() - f0;
+      runs.push({ floorMs, ...(await serveOnce(dir, nodeArgs, c.databaseUrl, file)) });
       process.stderr.write(`  ${c.name}: ${JSON.stringify(runs.at(-1))}\n`);
     }
     const col = (f: (x: ServeRun) => number | undefined) => {
@@ -561,14 +606,14 @@ async function serveBench(base: string): Promise<void> {
       return xs.length === 0 ? '' : `${Math.round(median(xs))} (${xs.map(Math.round).join(', ')})`;
     };
     rows.push(
-      `| ${c.name} | ${col((x) => x.idleRss)} | ${col((x) => x.uploadPeak)} | ${col((x) => x.afterUploadRss)} | ${col((x) => x.afterWorkRss)} | ${col((x) => x.afterWork30Rss)} | ${col((x) => x.firstAnswerMs)} |`,
+      `| ${c.name} | ${col((x) => x.idleRss)} | ${col((x) => x.uploadPeak)} | ${col((x) => x.afterUploadRss)} | ${col((x) => x.afterWorkRss)} | ${col((x) => x.afterWork30Rss)} | ${col((x) => x.firstAnswerMs)} | ${col((x) => x.firstListMs)} | ${col((x) => x.firstAnswerCpuMs)} / ${col((x) => x.firstListCpuMs)} | ${col((x) => x.floorMs)} |`,
     );
     process.stderr.write(`${rows.at(-1)}\n`);
   }
   rmSync(dir, { recursive: true, force: true });
   rmSync(template, { recursive: true, force: true });
   process.stdout.write(
-    `\n${nodeArgs.length > 0 ? `node ${nodeArgs.join(' ')}\n\n` : ''}| server | idle RSS MiB | peak RSS during ${UPLOAD_SIZE / MiB} MiB upload | RSS 2 s after | RSS 2 s after ${IMAGES} images and lists | 30 s after | spawn to first answer, ms |\n|---|---|---|---|---|---|---|\n${rows.join('\n')}\n`,
+    `\n${nodeArgs.length > 0 ? `node ${nodeArgs.join(' ')}\n\n` : ''}| server | idle RSS MiB | peak RSS during ${UPLOAD_SIZE / MiB} MiB upload | RSS 2 s after | RSS 2 s after ${IMAGES} images and lists | 30 s after | spawn to first GET /healthz 200, ms | spawn to login and first GET /v2/images 200, ms | server CPU at those, ms | node -e 0, ms |\n|---|---|---|---|---|---|---|---|---|---|\n${rows.join('\n')}\n`,
   );
 }
 

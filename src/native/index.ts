@@ -27,6 +27,11 @@ export interface NativeFs {
   sendBytes?(fd: number, buf: Uint8Array, off: number, len: number, more?: 0 | 1): number;
   /** setsockopt(SO_SNDBUF): 0 or -errno. */
   setSendBuffer?(fd: number, bytes: number): number;
+  /**
+   * malloc_trim(0): glibc's free heap pages of every arena back to the system (1 when some
+   * were, 0 when none, -1 without glibc). Absent from an addon built before it existed.
+   */
+  mallocTrim?(): number;
   /** 1 when the whole range is in the page cache, 0 when not, -errno on failure. */
   cached?(fd: number, off: number, len: number): number;
   /**

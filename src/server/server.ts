@@ -54,6 +54,9 @@ export interface RunningServer {
   close(timeoutMs?: number): Promise<void>;
 }
 
+/** Idle time after which the server gives free heap memory back (see startServer). */
+const IDLE_TRIM_MS = 2000;
+
 async function lockDir(dir: string): Promise<() => Promise<void>> {
   const path = join(dir, 'serve.lock');
   const fh = await open(path, 'a+');
@@ -119,6 +122,26 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
   const log = opts.log ?? (() => {});
   await mkdir(opts.dataDir, { recursive: true });
   const unlock = await lockDir(opts.dataDir);
+  // The modules the start needs after the database, loaded while it opens (PGlite's start
+  // waits on reading its files and on compiling its WebAssembly off the main thread). Each
+  // `await import()` below then finds its module loaded or loading.
+  for (const m of [
+    import('./nodes.js'),
+    import('./recovery.js'),
+    import('./image/inspect.js'),
+    import('./image/import.js'),
+    import('./image/export.js'),
+    import('./image/cache.js'),
+    import('./metadefs/index.js'),
+    import('./ops.js'),
+    import('prom-client'),
+  ])
+    m.catch(() => {}); // a failure is reported where the module is used
+  // The admin password's hash (scrypt, ~100 ms of a thread-pool thread) while it opens too.
+  const pw = opts.adminPassword;
+  const adminHash =
+    pw === undefined ? undefined : import('./identity/passwords.js').then((m) => m.hashPassword(pw));
+  adminHash?.catch(() => {}); // awaited (and reported) by bootstrap()
   let meta: MetaDb | undefined;
   let store: BlobStore | undefined;
   let stores: StoreSet | null = null;
@@ -149,7 +172,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     writing: new Map(),
   };
   const identity = new Identity(svc);
-  const generatedPassword = await identity.bootstrap(opts.adminPassword);
+  const generatedPassword = await identity.bootstrap(opts.adminPassword, adminHash);
   const { NodeLease, nodeKey } = await import('./nodes.js');
   const lease = new NodeLease(
     svc.db,
@@ -201,7 +224,21 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
   const ops = await Ops.create(svc, lease, opts.accessLog);
 
   const inflight = new Set<Promise<void>>();
+  // Once no request has come for IDLE_TRIM_MS: glibc's free heap pages go back to the system
+  // (malloc_trim). glibc returns only the top of its main heap by itself; the pages freed in
+  // the middle of it and of the other arena stay resident, ~50 MiB after an upload and 1000
+  // images created (173 → 117 MiB; docs/decisions.md, "Embedded database memory").
+  let lastRequest = Date.now();
+  let trimmed = false;
+  const trimTimer = setInterval(() => {
+    if (trimmed || inflight.size > 0 || Date.now() - lastRequest < IDLE_TRIM_MS) return;
+    trimmed = true;
+    native?.mallocTrim?.();
+  }, IDLE_TRIM_MS / 2);
+  trimTimer.unref();
   const handle = async (req: IncomingMessage, res: ServerResponse) => {
+    lastRequest = Date.now();
+    trimmed = false;
     const url = new URL(req.url ?? '/', 'http://x');
     const path = url.pathname;
     const keystone = path === '/v3' || path.startsWith('/v3/');
@@ -250,7 +287,10 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     }
   };
   const server: Server = createServer({ keepAliveTimeout: 5000, requestTimeout: 0 }, (req, res) => {
-    const p = handle(req, res).finally(() => inflight.delete(p));
+    const p = handle(req, res).finally(() => {
+      inflight.delete(p);
+      lastRequest = Date.now();
+    });
     inflight.add(p);
   });
   server.listen(opts.port ?? 9292, opts.host ?? '127.0.0.1');
@@ -281,6 +321,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     generatedPassword,
     close(timeoutMs = 30000) {
       closing ??= (async () => {
+        clearInterval(trimTimer);
         ops.drain();
         const stopped = new Promise<void>((r) => server.close(() => r()));
         server.closeIdleConnections();

@@ -4,12 +4,15 @@
  */
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { mkdir, rename, rm } from 'node:fs/promises';
 import { createRequire } from 'node:module';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { setFlagsFromString } from 'node:v8';
 import { Kysely, PostgresDialect } from 'kysely';
 import { VdiskError } from '../../core/errors.js';
 import { type Database, migrate } from './schema.js';
+import { unpackTemplate } from './template.js';
 
 export interface MetaDb {
   db: Kysely<Database>;
@@ -33,7 +36,7 @@ export interface MetaDb {
  *     took longer on two busy cores (~600–800 ms instead of ~400 ms). 3000 single-row inserts
  *     and 100 selects of 1000 jsonb rows were no slower with Liftoff only.
  */
-const PGLITE_PARAMS = ['-c', 'shared_buffers=4MB'];
+export const PGLITE_PARAMS = ['-c', 'shared_buffers=4MB'];
 
 /**
  * V8's `--liftoff-only` while PGlite's module is compiled. The flag is process-wide. A module
@@ -56,14 +59,18 @@ async function withLiftoffOnly<T>(fn: () => Promise<T>): Promise<T> {
 }
 
 /**
- * A new data directory is made (initdb) by a child process. PGlite runs initdb in a second
+ * A new data directory without the template (see below; a tree not built with `npm run build`,
+ * or the tests from src/) is made (initdb) by a child process. PGlite runs initdb in a second
  * PostgreSQL instance of its own, in memory, and copies the result: that grows the process to
  * 620–760 MiB, and much of it stays after both are closed (the previous release's first
  * `vdisk serve` idled at 300–640 MiB, later starts at ~200). In a child it goes with the child
- * (~4 s, as before); the server then opens the directory as on any later start (~130 MiB).
+ * (~4 s); the server then opens the directory as on any later start (~130 MiB). The child
+ * makes `<dir>.new`, renamed to `<dir>` once complete, as the template is unpacked.
  */
 async function initPgliteDir(dir: string): Promise<void> {
   const require = createRequire(import.meta.url);
+  const tmp = `${dir}.new`;
+  await rm(tmp, { recursive: true, force: true });
   const script = `const { PGlite } = require(process.argv[1]);
 PGlite.create(process.argv[2], { startParams: [...PGlite.defaultStartParams, ...JSON.parse(process.argv[3])] })
   .then((pg) => pg.close())
@@ -75,7 +82,7 @@ PGlite.create(process.argv[2], { startParams: [...PGlite.defaultStartParams, ...
       '-e',
       script,
       require.resolve('@electric-sql/pglite'),
-      dir,
+      tmp,
       JSON.stringify(PGLITE_PARAMS),
     ],
     { stdio: ['ignore', 'ignore', 'pipe'] },
@@ -88,18 +95,58 @@ PGlite.create(process.argv[2], { startParams: [...PGlite.defaultStartParams, ...
     child.once('error', rej);
     child.once('exit', res);
   });
-  if (code !== 0 || !existsSync(join(dir, 'PG_VERSION')))
+  if (code !== 0 || !existsSync(join(tmp, 'PG_VERSION')))
     throw new VdiskError(
       'EIO',
       `Could not create the database in ${dir}: ${stderr.trim() || `exit ${code}`}`,
     );
+  await rename(tmp, dir);
 }
 
-export async function openPglite(dir: string | undefined): Promise<MetaDb> {
-  const { PGlite } = await import('@electric-sql/pglite');
-  const { PGliteDialect } = await import('./pglite-dialect.js');
+/**
+ * The template of a new data directory (template.ts), built beside this module by
+ * `npm run build`; null when absent.
+ */
+export function defaultTemplate(): string | null {
+  const path = fileURLToPath(new URL('./pgdata.tar.gz', import.meta.url));
+  return existsSync(path) ? path : null;
+}
+
+/**
+ * A data directory is complete when it has PG_VERSION: both ways of making one (the template,
+ * initdb in a child) make `<dir>.new` and rename it. A `<dir>` without PG_VERSION is an empty
+ * directory or what an older release's initdb left when it was killed: made again.
+ */
+async function makeDataDir(dir: string, template: string | null): Promise<void> {
+  try {
+    await rm(dir, { recursive: true, force: true });
+    await mkdir(dirname(dir), { recursive: true });
+    if (template !== null) await unpackTemplate(template, dir);
+    else await initPgliteDir(dir);
+  } catch (err) {
+    if (err instanceof VdiskError) throw err;
+    throw new VdiskError('EIO', `Could not create the database in ${dir}: ${(err as Error).message}`, {
+      cause: err,
+    });
+  }
+}
+
+export interface PgliteOptions {
+  /** The template of a new data directory (default: defaultTemplate()); null: initdb. */
+  template?: string | null;
+}
+
+export async function openPglite(dir: string | undefined, opts: PgliteOptions = {}): Promise<MetaDb> {
+  const fresh = dir !== undefined && !existsSync(join(dir, 'PG_VERSION'));
+  // The module (~100 ms to load) while the directory is unpacked.
+  const [{ PGlite }, { PGliteDialect }] = await Promise.all([
+    import('@electric-sql/pglite'),
+    import('./pglite-dialect.js'),
+    dir !== undefined && fresh
+      ? makeDataDir(dir, opts.template === undefined ? defaultTemplate() : opts.template)
+      : null,
+  ]);
   const startParams = [...PGlite.defaultStartParams, ...PGLITE_PARAMS];
-  if (dir !== undefined && !existsSync(join(dir, 'PG_VERSION'))) await initPgliteDir(dir);
   // No directory: in memory (tests of the database code only).
   const pg = await withLiftoffOnly(() =>
     dir === undefined ? PGlite.create({ startParams }) : PGlite.create(dir, { startParams }),

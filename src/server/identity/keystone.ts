@@ -43,7 +43,11 @@ export class Identity {
   }
 
   /** First start: the default domain (implicit), project and user `admin`, the three roles. */
-  async bootstrap(adminPassword: string | undefined): Promise<string | null> {
+  /**
+   * `adminHash`: hashPassword(adminPassword), when the caller started it early (the server,
+   * while its database opens: scrypt takes ~100 ms of a thread-pool thread).
+   */
+  async bootstrap(adminPassword: string | undefined, adminHash?: Promise<string>): Promise<string | null> {
     const db = this.db;
     for (const name of ['admin', 'member', 'reader']) {
       await db
@@ -67,7 +71,7 @@ export class Identity {
         if (!generated)
           await tx
             .updateTable('users')
-            .set({ password_hash: await hashPassword(password) })
+            .set({ password_hash: await (adminHash ?? hashPassword(password)) })
             .where('id', '=', existing.id)
             .execute();
         return false;
@@ -98,7 +102,7 @@ export class Identity {
           id: userId,
           name: 'admin',
           domain_id: 'default',
-          password_hash: await hashPassword(password),
+          password_hash: await (adminHash ?? hashPassword(password)),
           default_project_id: project.id,
           email: null,
           description: null,

@@ -3,11 +3,13 @@
  * digests equal node:crypto's on the same bytes for every size around the block boundaries,
  * the sink receives exactly the bytes in order, many uploads at once keep their own states,
  * memory stays within BLOCKS blocks per upload however slow the sink, and an aborted upload
- * leaves the workers serving the next ones.
+ * leaves the workers serving the next ones; the workers end IDLE_MS after the last upload,
+ * not while one is paused, and the next upload starts them again.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { BLOCK_BYTES, BLOCKS, copyInto, UploadDigester } from './hashing.js';
+import { native } from '../../native/index.js';
+import { BLOCK_BYTES, BLOCKS, copyInto, hashWorkersRunning, IDLE_MS, UploadDigester } from './hashing.js';
 
 const hex = (algo: string, b: Uint8Array) => createHash(algo).update(b).digest('hex');
 
@@ -169,4 +171,30 @@ describe('copyInto', () => {
       }
     }
   });
+});
+
+describe('the hash workers when idle', () => {
+  it('end IDLE_MS after the last upload, stay for a paused one, and start again', async () => {
+    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    const data = randomBytes(2 * BLOCK_BYTES + 1000);
+    const a = await run(data);
+    expect(a.out.sha512).toBe(hex('sha512', data));
+    expect(hashWorkersRunning()).toBe(true);
+    // An upload that pauses longer than IDLE_MS between its blocks keeps them (its hash
+    // states are in them).
+    const d = new UploadDigester(async () => {});
+    await d.write(data.subarray(0, BLOCK_BYTES + 10));
+    await sleep(IDLE_MS + 1000);
+    expect(hashWorkersRunning()).toBe(true);
+    await d.write(data.subarray(BLOCK_BYTES + 10));
+    expect(await d.end()).toEqual({ md5: hex('md5', data), sha512: hex('sha512', data) });
+    await sleep(IDLE_MS + 1000);
+    expect(hashWorkersRunning()).toBe(false);
+    // and glibc's free pages were given back after them (the addon's malloc_trim: 0 or 1).
+    expect([0, 1]).toContain(native?.mallocTrim?.());
+    // The next upload starts a new pair.
+    const b = await run(data);
+    expect(b.out).toEqual({ md5: hex('md5', data), sha512: hex('sha512', data) });
+    expect(hashWorkersRunning()).toBe(true);
+  }, 30000);
 });

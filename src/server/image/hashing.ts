@@ -18,7 +18,10 @@
  *
  * One pair of workers serves every upload of the process (each keeps one hash state per
  * upload id). They are started on the first upload larger than a block, are unref'd while
- * idle (they never keep the process alive), and are replaced after a failure. An upload that
+ * idle (they never keep the process alive), and are replaced after a failure. They end, and
+ * the spare blocks are dropped, IDLE_MS after the last upload that used them: together
+ * ~35–45 MiB that an idle server otherwise keeps resident (docs/decisions.md, "Embedded
+ * database memory"); the next upload starts a new pair (~30–60 ms). An upload that
  * ends within its first block is hashed inline: two worker round trips would cost more than
  * hashing a few KiB.
  *
@@ -27,6 +30,7 @@
  */
 import { createHash } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
+import { native } from '../../native/index.js';
 
 export const BLOCK_BYTES = 4 << 20;
 /** Blocks in flight per upload (filling, hashing, being written). */
@@ -119,10 +123,22 @@ class HashWorker {
   drop(id: number): void {
     if (!this.dead) this.worker.postMessage({ t: 'x', id });
   }
+
+  /** End the thread (nothing waits on it: the pool is idle); resolves once it has ended. */
+  async retire(): Promise<void> {
+    this.dead = true;
+    await this.worker.terminate();
+  }
 }
 
 let pool: { md5: HashWorker; sha512: HashWorker } | null = null;
 let nextUpload = 1;
+
+/** Uploads between their first block given to the workers and their end (or abort). */
+let using = 0;
+let idleTimer: NodeJS.Timeout | null = null;
+/** How long the workers and the spare blocks outlive the last upload. */
+export const IDLE_MS = 5000;
 
 function workers(): { md5: HashWorker; sha512: HashWorker } {
   if (pool === null || pool.md5.dead || pool.sha512.dead) {
@@ -132,6 +148,32 @@ function workers(): { md5: HashWorker; sha512: HashWorker } {
     pool = { md5: new HashWorker('md5', reset), sha512: new HashWorker('sha512', reset) };
   }
   return pool;
+}
+
+function useWorkers(): void {
+  using++;
+  if (idleTimer !== null) clearTimeout(idleTimer);
+  idleTimer = null;
+}
+
+function doneWithWorkers(): void {
+  if (--using > 0) return;
+  idleTimer = setTimeout(() => {
+    idleTimer = null;
+    if (using > 0) return;
+    const p = pool;
+    pool = null;
+    spare.length = 0;
+    if (p === null) return;
+    // The threads' memory (their heaps, glibc's arena pages they freed) back to the system.
+    void Promise.all([p.md5.retire(), p.sha512.retire()]).then(() => native?.mallocTrim?.());
+  }, IDLE_MS);
+  idleTimer.unref();
+}
+
+/** Test hook: whether the hash workers are running. */
+export function hashWorkersRunning(): boolean {
+  return pool !== null;
 }
 
 /** Free blocks kept for later uploads (bounded: the rest is left to the garbage collector). */
@@ -225,17 +267,21 @@ export class UploadDigester {
       this.release();
       return out;
     }
-    if (this.used > 0) this.submit();
-    await Promise.all(this.inflight.map((b) => b.done));
-    await this.writing;
-    if (this.failed !== null) throw this.failed;
-    // Every block is hashed and written: all may serve the next upload.
-    for (const b of this.inflight) this.free.push(b.buf);
-    this.inflight.length = 0;
-    const w = workers();
-    const [md5, sha512] = await Promise.all([w.md5.digest(this.id), w.sha512.digest(this.id)]);
-    this.release();
-    return { md5, sha512 };
+    try {
+      if (this.used > 0) this.submit();
+      await Promise.all(this.inflight.map((b) => b.done));
+      await this.writing;
+      if (this.failed !== null) throw this.failed;
+      // Every block is hashed and written: all may serve the next upload.
+      for (const b of this.inflight) this.free.push(b.buf);
+      this.inflight.length = 0;
+      const w = workers();
+      const [md5, sha512] = await Promise.all([w.md5.digest(this.id), w.sha512.digest(this.id)]);
+      this.release();
+      return { md5, sha512 };
+    } finally {
+      this.finish();
+    }
   }
 
   /**
@@ -249,10 +295,20 @@ export class UploadDigester {
       pool.md5.drop(this.id);
       pool.sha512.drop(this.id);
     }
+    this.finish();
     // Blocks still being hashed or written are not reused: they are left to the garbage collector.
     this.inflight.length = 0;
     this.release();
     await this.writing;
+  }
+
+  private finished = false;
+
+  /** The workers are no longer needed by this upload (once, on end or abort). */
+  private finish(): void {
+    if (!this.started || this.finished) return;
+    this.finished = true;
+    doneWithWorkers();
   }
 
   private release(): void {
@@ -285,6 +341,7 @@ export class UploadDigester {
     this.block = null;
     this.view = null;
     this.used = 0;
+    if (!this.started) useWorkers();
     this.started = true;
     const w = workers();
     const fail = (err: Error) => {
