@@ -6,6 +6,7 @@ import { getDriver } from '../core/formats.js';
 import { parseBoolOption } from '../core/options.js';
 import { parseImageSize, parseSize } from '../core/size.js';
 import { registerBuiltinFormats } from '../formats/index.js';
+import { protocolOf } from '../protocols/index.js';
 
 export interface CreateCommandOptions {
   filename: string;
@@ -41,6 +42,11 @@ export interface PreparedCreate {
 }
 
 export async function createCommand(o: CreateCommandOptions): Promise<CreateCommandResult> {
+  const protocol = protocolOf(o.filename);
+  if (protocol === 'http' || protocol === 'https' || protocol === 's3') {
+    // bdrv_img_create names the image in front, as for the format driver's errors.
+    throw new VdiskError('UNSUPPORTED', `${o.filename}: Protocol driver '${protocol}' does not support image creation`);
+  }
   const { driver, request, formatLine, size } = await prepareCreate(o);
   o.onFormatting?.(formatLine);
   try {
@@ -58,6 +64,11 @@ export async function createCommand(o: CreateCommandOptions): Promise<CreateComm
 /** Check a create request (format, options, backing, size) without creating anything. */
 export async function prepareCreate(o: CreateCommandOptions): Promise<PreparedCreate> {
   registerBuiltinFormats();
+  // Read-only protocols (qemu's curl driver has no create; s3 is vdisk's own, read-only).
+  const protocol = protocolOf(o.filename);
+  if (protocol === 'http' || protocol === 'https' || protocol === 's3') {
+    throw new VdiskError('UNSUPPORTED', `Protocol driver '${protocol}' does not support image creation`);
+  }
   const driver = await getDriver(o.format);
   if (driver.create === undefined) {
     throw new VdiskError('UNSUPPORTED', `Format driver '${o.format}' does not support image creation`);

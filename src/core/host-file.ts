@@ -33,6 +33,8 @@ export interface ReadSource {
   /** Read up to buf.length bytes at offset; resolves with the count (less only at the end). */
   read(buf: Uint8Array, offset: number): Promise<number>;
   close(): Promise<void>;
+  /** The space it takes is unknown (a URL: qemu-img says "disk size: unavailable"). */
+  readonly allocationUnknown?: boolean;
 }
 
 export interface HostOpenOptions {
@@ -154,6 +156,9 @@ export class HostFile {
 
   /** Bytes the host has allocated for the file (st_blocks * 512). */
   async allocatedSize(): Promise<number> {
+    if (this.source?.allocationUnknown === true) {
+      throw new VdiskError('UNSUPPORTED', `The space '${this.path}' takes is unknown`);
+    }
     if (this.source !== null) return this.source.size;
     const st = await this.handle.stat();
     return st.blocks * 512;

@@ -673,7 +673,14 @@ export class Qcow2Image implements FormatImage {
       return false;
     }
     const fileLength = await this.file.size();
-    const realClusters = Math.floor((await this.file.allocatedSize()) / this.clusterSize);
+    // A file whose allocation is unknown (a URL) is not preallocated (qemu: an error of
+    // bdrv_get_allocated_file_size makes metadata_preallocation false).
+    const allocated = await this.file.allocatedSize().catch(() => null);
+    if (allocated === null) {
+      this.metadataPrealloc = false;
+      return false;
+    }
+    const realClusters = Math.floor(allocated / this.clusterSize);
     const threshold = Math.max(Math.floor((realClusters * 10) / 9), realClusters + 2);
     const end = Math.ceil(fileLength / this.clusterSize);
     this.metadataPrealloc = (await rc.countInUse(end, threshold)) >= threshold;

@@ -5,8 +5,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { rng } from '../../test/rng.js';
-import { cachedSource, type RangeReader } from './random.js';
+import { rng } from '../test/rng.js';
+import { cachedSource, type RangeReader } from './cached-source.js';
 
 const MiB = 1 << 20;
 const data = randomBytes(37 * MiB + 12345);
