@@ -55,7 +55,15 @@ const CURL_KEYS = new Set([
 ]);
 /** The options that change what is read (curl_strong_runtime_opts): they make qemu name the
  * image by json:{…} instead of its URL; readahead and timeout do not. */
-const CURL_STRONG = ['sslverify', 'cookie', 'cookie-secret', 'username', 'password-secret', 'proxy-username', 'proxy-password-secret'];
+const CURL_STRONG = [
+  'sslverify',
+  'cookie',
+  'cookie-secret',
+  'username',
+  'password-secret',
+  'proxy-username',
+  'proxy-password-secret',
+];
 
 /**
  * An image over http(s) by its options: `pairs` are the keys and values as given (strings from
@@ -75,13 +83,17 @@ function curlImageOpts(protocol: string, pairs: Array<[string, unknown]>): Image
     else if (k.startsWith('file.')) {
       const key = k.slice(5);
       if (!CURL_KEYS.has(key)) {
-        throw new VdiskError('INVALID_ARGUMENT', `Block protocol '${protocol}' doesn't support the option '${key}'`);
+        throw new VdiskError(
+          'INVALID_ARGUMENT',
+          `Block protocol '${protocol}' doesn't support the option '${key}'`,
+        );
       }
       protocolOptions[key] = text;
       given[key] = v;
     } else options[k] = text;
   }
-  if (url === undefined) throw new VdiskError('INVALID_ARGUMENT', "curl block driver requires an 'url' option");
+  if (url === undefined)
+    throw new VdiskError('INVALID_ARGUMENT', "curl block driver requires an 'url' option");
   const strong = CURL_STRONG.filter((k) => given[k] !== undefined);
   const protocolDisplayName = (format: string): string => {
     // curl_refresh_filename: the URL itself unless an option that changes the bytes was given.
@@ -117,7 +129,8 @@ export function parseJsonName(name: string): ImageOpts {
   const pairs: Array<[string, unknown]> = [];
   const flatten = (o: Record<string, unknown>, prefix: string) => {
     for (const [k, x] of Object.entries(o)) {
-      if (typeof x === 'object' && x !== null && !Array.isArray(x)) flatten(x as Record<string, unknown>, `${prefix}${k}.`);
+      if (typeof x === 'object' && x !== null && !Array.isArray(x))
+        flatten(x as Record<string, unknown>, `${prefix}${k}.`);
       else pairs.push([`${prefix}${k}`, x]);
     }
   };

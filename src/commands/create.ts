@@ -45,7 +45,10 @@ export async function createCommand(o: CreateCommandOptions): Promise<CreateComm
   const protocol = protocolOf(o.filename);
   if (protocol === 'http' || protocol === 'https' || protocol === 's3') {
     // bdrv_img_create names the image in front, as for the format driver's errors.
-    throw new VdiskError('UNSUPPORTED', `${o.filename}: Protocol driver '${protocol}' does not support image creation`);
+    throw new VdiskError(
+      'UNSUPPORTED',
+      `${o.filename}: Protocol driver '${protocol}' does not support image creation`,
+    );
   }
   const { driver, request, formatLine, size } = await prepareCreate(o);
   o.onFormatting?.(formatLine);

@@ -44,7 +44,8 @@ export async function openS3Source(name: string, opts: S3SourceOptions = {}): Pr
   const env = opts.env ?? process.env;
   const endpoint = env['AWS_ENDPOINT_URL_S3'] ?? env['AWS_ENDPOINT_URL'];
   const pathStyle = env['AWS_S3_FORCE_PATH_STYLE'];
-  const forcePathStyle = pathStyle !== undefined ? /^(1|true|yes|on)$/i.test(pathStyle) : endpoint !== undefined;
+  const forcePathStyle =
+    pathStyle !== undefined ? /^(1|true|yes|on)$/i.test(pathStyle) : endpoint !== undefined;
   const s3 = await import('@aws-sdk/client-s3');
   const parallel = Math.max(1, opts.parallel ?? 4);
   const client = new s3.S3Client({
@@ -67,7 +68,9 @@ export async function openS3Source(name: string, opts: S3SourceOptions = {}): Pr
     client.destroy();
     const status = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
     if (status === 404) {
-      throw new VdiskError('ENOENT', `S3: Error opening file s3://${bucket}/${key}: No such object`, { cause: err });
+      throw new VdiskError('ENOENT', `S3: Error opening file s3://${bucket}/${key}: No such object`, {
+        cause: err,
+      });
     }
     throw fail('opening file', err);
   }

@@ -24,6 +24,12 @@ export class RawImage implements FormatImage {
     return !this.file.writable;
   }
 
+  /** raw's get_info asks its file: a local file has one, qemu's curl driver none (info then
+   * prints no dirty flag). */
+  get hasInfo(): boolean {
+    return this.file.localFd !== null;
+  }
+
   attach(_ctx: DriverContext): void {}
 
   async blockStatus(offset: number, length: number): Promise<Extent> {
