@@ -76,6 +76,33 @@ describe('cachedSource', () => {
     await src.close();
   });
 
+  it('with aheadRequest, a forward walk keeps several requests in flight', async () => {
+    let inFlight = 0;
+    let most = 0;
+    const requests: Array<[number, number]> = [];
+    const src = cachedSource(
+      {
+        size: data.length,
+        async fetch(start, end) {
+          requests.push([start, end]);
+          most = Math.max(most, ++inFlight);
+          await new Promise((res) => setTimeout(res, 5));
+          inFlight--;
+          return Buffer.from(data.subarray(start, end));
+        },
+      },
+      { readAhead: 16 * MiB, aheadRequest: 4 * MiB, cacheBlocks: 8 },
+    );
+    const parts: Buffer[] = [];
+    for (let off = 0; off < data.length; off += 256 * 1024) parts.push(await readAt(src, off, 256 * 1024));
+    expect(Buffer.concat(parts).equals(data)).toBe(true);
+    expect(most).toBeGreaterThanOrEqual(3);
+    for (const [s, e] of requests) expect(e - s).toBeLessThanOrEqual(4 * MiB);
+    // Every block fetched once: the window never evicts what it fetched ahead.
+    expect(requests.reduce((n, [s, e]) => n + (e - s), 0)).toBe(data.length);
+    await src.close();
+  });
+
   it('a failed request fails its read and is retried by the next one', async () => {
     const r = reader();
     const src = cachedSource(r, { readAhead: 0 });
