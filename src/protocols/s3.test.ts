@@ -83,7 +83,9 @@ describe('s3:// sources on Ceph RGW', () => {
       expect(qemuImg(['compare', '-F', fmt, join(tmp.dir, 'disk.raw'), out]).code).toBe(0);
     }
     const v = await vdisk(['compare', `s3://${BUCKET}/images/disk.vhd`, join(tmp.dir, 'disk.raw')]);
-    expect(v).toMatchObject({ code: 0, stdout: 'Images are identical.\n' });
+    // The vhd's size is rounded up to its geometry: qemu-img warns of it too, on the file.
+    const q = qemuImg(['compare', join(tmp.dir, 'disk.vhd'), join(tmp.dir, 'disk.raw')]);
+    expect(v).toMatchObject({ code: q.code, stdout: q.stdout });
   });
 
   it('a missing object and writes fail in one line', async () => {
