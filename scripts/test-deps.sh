@@ -11,6 +11,10 @@
 set -euo pipefail
 need=()
 command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
+# qemu-img's curl driver (http/https sources: src/protocols/http.test.ts compares vdisk with it)
+# and nginx serving images on loopback for those tests and the bench.
+ls /usr/lib/*/qemu/block-curl.so >/dev/null 2>&1 || need+=(qemu-block-extra)
+command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
 command -v qemu-io >/dev/null 2>&1 || need+=(qemu-utils)
 command -v qemu-nbd >/dev/null 2>&1 || need+=(qemu-utils)
 # `vdisk nbd` (src/nbd/*.test.ts, src/cli/cmd/nbd.test.ts, the bench): libnbd's tools and its

@@ -17,8 +17,12 @@
  *
  * Then the NBD phase (src/bench/nbd.ts): nbdcopy to null: from `vdisk nbd` and from qemu-nbd
  * serving the same images, and the servers' memory under 16 connections × 64 requests in
- * flight (BENCH_NBD_SECONDS, default 10, each). Last, vdisk as an NBD client
+ * flight (BENCH_NBD_SECONDS, default 10, each). Then vdisk as an NBD client
  * (src/bench/nbd-client.ts): convert from qemu-nbd to a local file, vdisk against qemu-img.
+ *
+ * Then the HTTP phase (src/bench/http.ts): convert of the mixed qcow2 served by nginx, by
+ * qemu-img's curl driver and by vdisk, against vdisk's convert of the local file
+ * (BENCH_ONLY=http runs only this phase).
  */
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -36,6 +40,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseSize } from '../core/size.js';
+import { runHttpBench } from './http.js';
 import { runNbdBench } from './nbd.js';
 import { runNbdClientBench } from './nbd-client.js';
 import { runPipeBench } from './pipe.js';
@@ -308,6 +313,16 @@ async function main(): Promise<void> {
         vdisk: VDISK,
       });
       process.stdout.write(`\n${client}`);
+    }
+    if (qcow2 && (ONLY === undefined || 'http'.includes(ONLY))) {
+      const http = await runHttpBench({
+        dir,
+        image: 'mixed.qcow2',
+        label: `${gib} GiB mixed qcow2`,
+        repeat: REPEAT,
+        vdisk: VDISK,
+      });
+      process.stdout.write(`\n${http}`);
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -33,15 +33,129 @@ export interface ImageOpts {
   options: Record<string, string>;
   /** qemu's name for such an image: json:{…} of its options. */
   displayName: string;
+  /**
+   * A protocol's own options (`file.driver=http,file.url=…,file.sslverify=off`): the driver
+   * and the other file.* keys, for openProtocol (`filename` is then the URL).
+   */
+  protocolOptions?: Record<string, string>;
+  /** qemu's name for an image over a protocol, given the format that was opened. */
+  protocolDisplayName?: (format: string) => string;
+}
+
+/** block/curl.c's runtime options besides `url`. */
+const CURL_KEYS = new Set([
+  'readahead',
+  'sslverify',
+  'timeout',
+  'cookie',
+  'cookie-secret',
+  'username',
+  'password-secret',
+  'proxy-username',
+  'proxy-password-secret',
+]);
+/** The options that change what is read (curl_strong_runtime_opts): they make qemu name the
+ * image by json:{…} instead of its URL; readahead and timeout do not. */
+const CURL_STRONG = [
+  'sslverify',
+  'cookie',
+  'cookie-secret',
+  'username',
+  'password-secret',
+  'proxy-username',
+  'proxy-password-secret',
+];
+
+/**
+ * An image over http(s) by its options: `pairs` are the keys and values as given (strings from
+ * --image-opts, JSON values from json:{…}).
+ */
+function curlImageOpts(protocol: string, pairs: Array<[string, unknown]>): ImageOpts {
+  let driver: string | undefined;
+  let url: string | undefined;
+  const options: Record<string, string> = {};
+  const protocolOptions: Record<string, string> = { driver: protocol };
+  const given: Record<string, unknown> = {};
+  for (const [k, v] of pairs) {
+    const text = typeof v === 'string' ? v : JSON.stringify(v);
+    if (k === 'driver') driver = text;
+    else if (k === 'file.driver' || k === 'file.filename') continue;
+    else if (k === 'file.url') url = text;
+    else if (k.startsWith('file.')) {
+      const key = k.slice(5);
+      if (!CURL_KEYS.has(key)) {
+        throw new VdiskError(
+          'INVALID_ARGUMENT',
+          `Block protocol '${protocol}' doesn't support the option '${key}'`,
+        );
+      }
+      protocolOptions[key] = text;
+      given[key] = v;
+    } else options[k] = text;
+  }
+  if (url === undefined)
+    throw new VdiskError('INVALID_ARGUMENT', "curl block driver requires an 'url' option");
+  const strong = CURL_STRONG.filter((k) => given[k] !== undefined);
+  const protocolDisplayName = (format: string): string => {
+    // curl_refresh_filename: the URL itself unless an option that changes the bytes was given.
+    if (strong.length === 0) return url;
+    const file: Record<string, unknown> = { url, driver: protocol };
+    for (const k of strong) file[k] = given[k];
+    return `json:${compactJson({ driver: driver ?? format, file, ...options })}`;
+  };
+  return {
+    driver,
+    filename: url,
+    options,
+    displayName: protocolDisplayName(driver ?? 'raw'),
+    protocolOptions,
+    protocolDisplayName,
+  };
+}
+
+/**
+ * A `json:{…}` image name (qemu's block.c parse_json_filename): nested objects flattened to
+ * dotted keys. vdisk reads the local file and http(s) protocols from it.
+ */
+export function parseJsonName(name: string): ImageOpts {
+  let v: unknown;
+  try {
+    v = JSON.parse(name.slice(5));
+  } catch {
+    throw new VdiskError('INVALID_ARGUMENT', 'Could not parse the JSON options');
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) {
+    throw new VdiskError('INVALID_ARGUMENT', 'Invalid JSON object given');
+  }
+  const pairs: Array<[string, unknown]> = [];
+  const flatten = (o: Record<string, unknown>, prefix: string) => {
+    for (const [k, x] of Object.entries(o)) {
+      if (typeof x === 'object' && x !== null && !Array.isArray(x))
+        flatten(x as Record<string, unknown>, `${prefix}${k}.`);
+      else pairs.push([`${prefix}${k}`, x]);
+    }
+  };
+  flatten(v as Record<string, unknown>, '');
+  const protocol = pairs.find(([k]) => k === 'file.driver')?.[1];
+  if (protocol === 'http' || protocol === 'https') return curlImageOpts(protocol, pairs);
+  const io = imageOptsOf(pairs.map(([k, x]) => [k, typeof x === 'string' ? x : JSON.stringify(x)]));
+  // qemu names a plain file opened by json:{…} by its file name.
+  return { ...io, displayName: io.filename };
 }
 
 export function parseImageOpts(text: string): ImageOpts {
+  // A bare value is `file=` (qemu's "source" options imply that key), and `file` names a block
+  // node, of which qemu-img has none: QEMU refuses it so (imageOptsOf).
+  const pairs = parseQemuOpts(text, 'file');
+  const protocol = pairs.find(([k]) => k === 'file.driver')?.[1];
+  if (protocol === 'http' || protocol === 'https') return curlImageOpts(protocol, pairs);
+  return imageOptsOf(pairs);
+}
+
+function imageOptsOf(pairs: Array<[string, string]>): ImageOpts {
   let driver: string | undefined;
   let filename: string | undefined;
   const options: Record<string, string> = {};
-  // A bare value is `file=` (qemu's "source" options imply that key), and `file` names a block
-  // node, of which qemu-img has none: QEMU refuses it so (bdrv_open_child's lookup).
-  const pairs = parseQemuOpts(text, 'file');
   if (pairs.some(([k, v]) => k === 'file.driver' && v === 'nbd')) {
     // An image on an NBD server: the file.* options name it; qemu then calls it by its
     // canonical URI (nbd_refresh_filename), which is what openImage opens.

@@ -15,7 +15,7 @@ import { HostFile } from '../core/host-file.js';
 import { Image } from '../core/image.js';
 import { registerBuiltinFormats } from '../formats/index.js';
 import { openProtocol, protocolOf } from '../protocols/index.js';
-import { type ImageOpts, isImageOptsMode, parseImageOpts } from './image-opts.js';
+import { type ImageOpts, isImageOptsMode, parseImageOpts, parseJsonName } from './image-opts.js';
 
 /** QEMU refuses chains deeper than this (block.c: BDRV_MAX_BACKING_DEPTH... qemu-img uses 1000 for
  * info; we keep a tighter, still generous bound). */
@@ -59,24 +59,28 @@ export interface OpenOptions {
   noIo?: boolean;
   /** cache=unsafe for the top image and its own files: flushes do nothing (HostOpenOptions). */
   noFlush?: boolean;
+  /** The top image's protocol options (http(s): readahead, sslverify, …; see image-opts.ts). */
+  protocolOptions?: Readonly<Record<string, string>>;
 }
 
 export async function openImage(path: string, opts: OpenOptions = {}): Promise<Image> {
   registerBuiltinFormats();
   try {
-    if (opts.imageOpts ?? isImageOptsMode()) {
-      const io: ImageOpts = parseImageOpts(path);
+    const json = path.startsWith('json:');
+    if (json || (opts.imageOpts ?? isImageOptsMode())) {
+      const io: ImageOpts = json ? parseJsonName(path) : parseImageOpts(path);
       const image = await openLayer(
         io.filename,
         {
           ...opts,
           format: io.driver ?? opts.format,
           driverOptions: { ...opts.driverOptions, ...io.options },
+          ...(io.protocolOptions !== undefined ? { protocolOptions: io.protocolOptions } : {}),
         },
         0,
         new Set(),
       );
-      image.displayName = io.displayName;
+      image.displayName = io.protocolDisplayName?.(image.driver.format) ?? io.displayName;
       return image;
     }
     return await openLayer(path, opts, 0, new Set());
@@ -115,7 +119,9 @@ async function openLayer(path: string, opts: OpenOptions, depth: number, seen: S
     lock: opts.forceShare ? ('none' as const) : writable ? ('write' as const) : ('read' as const),
     noFlush,
   };
-  const file = (await openProtocol(path, hostOpts)) ?? (await HostFile.open(path, hostOpts));
+  const file =
+    (await openProtocol(path, hostOpts, depth === 0 ? opts.protocolOptions : undefined)) ??
+    (await HostFile.open(path, hostOpts));
   let driverImage: FormatImage;
   try {
     const format = opts.format ?? (await probeFormat(file));
@@ -199,7 +205,14 @@ async function openLayer(path: string, opts: OpenOptions, depth: number, seen: S
     const backingFormat = ref.format ?? (depth === 0 ? opts.backingFormat : undefined);
     const backing = await openLayer(
       backingPath,
-      { ...opts, format: backingFormat, backingFormat: undefined, driverOptions: undefined, noIo: false },
+      {
+        ...opts,
+        format: backingFormat,
+        backingFormat: undefined,
+        driverOptions: undefined,
+        protocolOptions: undefined,
+        noIo: false,
+      },
       depth + 1,
       seen,
     ).catch((err: unknown) => {

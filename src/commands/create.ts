@@ -42,6 +42,14 @@ export interface PreparedCreate {
 }
 
 export async function createCommand(o: CreateCommandOptions): Promise<CreateCommandResult> {
+  const protocol = protocolOf(o.filename);
+  if (protocol === 'http' || protocol === 'https' || protocol === 's3') {
+    // bdrv_img_create names the image in front, as for the format driver's errors.
+    throw new VdiskError(
+      'UNSUPPORTED',
+      `${o.filename}: Protocol driver '${protocol}' does not support image creation`,
+    );
+  }
   const { driver, request, formatLine, size } = await prepareCreate(o);
   o.onFormatting?.(formatLine);
   try {
@@ -59,13 +67,17 @@ export async function createCommand(o: CreateCommandOptions): Promise<CreateComm
 /** Check a create request (format, options, backing, size) without creating anything. */
 export async function prepareCreate(o: CreateCommandOptions): Promise<PreparedCreate> {
   registerBuiltinFormats();
+  // Read-only protocols (qemu's curl driver has no create; s3 is vdisk's own, read-only).
+  const protocol = protocolOf(o.filename);
+  if (protocol === 'http' || protocol === 'https' || protocol === 's3') {
+    throw new VdiskError('UNSUPPORTED', `Protocol driver '${protocol}' does not support image creation`);
+  }
   const driver = await getDriver(o.format);
   if (driver.create === undefined) {
     throw new VdiskError('UNSUPPORTED', `Format driver '${o.format}' does not support image creation`);
   }
   // On an NBD export only raw and qcow2 write themselves over it (src/protocols/index.ts
   // createFile); the others would create a local file named like the URI.
-  const protocol = protocolOf(o.filename);
   if (protocol !== null && o.format !== 'raw' && o.format !== 'qcow2') {
     throw new VdiskError(
       'UNSUPPORTED',

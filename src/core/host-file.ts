@@ -53,6 +53,8 @@ export interface ReadSource {
   extents?(offset: number, length: number, max: number): Promise<HostExtent[]>;
   /** Change the size, where the source can (it may refuse with a VdiskError). */
   truncate?(length: number): Promise<void>;
+  /** The space it takes is unknown (a URL: qemu-img says "disk size: unavailable"). */
+  readonly allocationUnknown?: boolean;
 }
 
 export interface HostOpenOptions {
@@ -188,9 +190,10 @@ export class HostFile {
   /** Bytes the host has allocated for the file (st_blocks * 512). */
   async allocatedSize(): Promise<number> {
     if (this.source !== null) {
-      // qemu-img info prints "disk size: unavailable" for an NBD export; a blob reads as its size.
-      if (this.source.extents !== undefined)
-        throw new VdiskError('UNSUPPORTED', `'${this.path}' has no allocated size`);
+      // qemu-img info prints "disk size: unavailable" for an NBD export (its extents are the
+      // server's) and for a URL (allocationUnknown); a blob reads as its size.
+      if (this.source.allocationUnknown === true || this.source.extents !== undefined)
+        throw new VdiskError('UNSUPPORTED', `The space '${this.path}' takes is unknown`);
       return this.source.size;
     }
     const st = await this.handle.stat();

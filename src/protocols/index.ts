@@ -7,7 +7,7 @@
  * Each protocol lives in its own module, imported only when a name needs it (start-up stays lean).
  */
 import { VdiskError } from '../core/errors.js';
-import type { HostFile, HostOpenOptions } from '../core/host-file.js';
+import { HostFile, type HostOpenOptions } from '../core/host-file.js';
 
 /** The protocol a name uses, or null for a local file. */
 export function protocolOf(name: string): string | null {
@@ -22,12 +22,36 @@ export function protocolOf(name: string): string | null {
   return null;
 }
 
-/** Open a protocol name as a HostFile, or answer null when `name` is a local file's. */
-export async function openProtocol(name: string, opts: HostOpenOptions = {}): Promise<HostFile | null> {
-  const protocol = protocolOf(name);
+/**
+ * Open a protocol name as a HostFile, or answer null when `name` is a local file's.
+ * `protocolOptions` are the options of an image named by them (json:{…}, --image-opts): the
+ * protocol's driver (`driver`, which then decides over the name's scheme) and its own keys.
+ */
+export async function openProtocol(
+  name: string,
+  opts: HostOpenOptions = {},
+  protocolOptions?: Readonly<Record<string, string>>,
+): Promise<HostFile | null> {
+  const protocol = protocolOptions?.driver ?? protocolOf(name);
   if (protocol === null) return null;
   if (protocol === 'nbd') return (await import('./nbd.js')).openNbd(name, opts);
-  void opts;
+  if (protocol === 'http' || protocol === 'https') {
+    // qemu's curl driver is read-only (bdrv_apply_auto_read_only).
+    if (opts.writable === true || opts.create === true) {
+      throw new VdiskError('READ_ONLY', 'curl driver does not support writes');
+    }
+    const { openHttpSource, httpOptions } = await import('./http.js');
+    const source = await openHttpSource(name, httpOptions(protocolOptions ?? {}), protocol);
+    return HostFile.fromSource(name, source);
+  }
+  if (protocol === 's3') {
+    // vdisk's own: qemu-img has no S3 driver.
+    if (opts.writable === true || opts.create === true) {
+      throw new VdiskError('READ_ONLY', 's3 driver does not support writes');
+    }
+    const { openS3Source } = await import('./s3.js');
+    return HostFile.fromSource(name, await openS3Source(name));
+  }
   throw new VdiskError('UNSUPPORTED', `Protocol driver '${protocol}' is not supported`);
 }
 

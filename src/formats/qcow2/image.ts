@@ -691,7 +691,8 @@ export class Qcow2Image implements FormatImage {
       return false;
     }
     const fileLength = await this.file.size();
-    // A file with no allocated size (an NBD export): qemu's check fails and it assumes none.
+    // A file whose allocation is unknown (an NBD export, a URL) is not preallocated (qemu: an
+    // error of bdrv_get_allocated_file_size makes metadata_preallocation false).
     const allocated = await this.file.allocatedSize().catch(() => null);
     if (allocated === null) {
       this.metadataPrealloc = false;

@@ -25,7 +25,8 @@ export class RawImage implements FormatImage {
     return !this.file.writable;
   }
 
-  /** qemu's nbd driver has no get_info: info over an NBD export prints no dirty flag. */
+  /** raw's get_info asks its file: a local file has one, qemu's nbd and curl drivers none (info
+   * over an export or a URL then prints no dirty flag). */
   get hasInfo(): boolean {
     return !this.file.remote;
   }

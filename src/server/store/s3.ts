@@ -20,7 +20,7 @@ import { pipeline } from 'node:stream/promises';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { VdiskError } from '../../core/errors.js';
 import type { ReadSource } from '../../core/host-file.js';
-import { cachedSource } from './random.js';
+import { cachedSource } from '../../protocols/cached-source.js';
 import type { BlobEntry, BlobStore, BlobWriter, CleanupOptions } from './store.js';
 
 const KEY_RE = /^[A-Za-z0-9._-]+$/;

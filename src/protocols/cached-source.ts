@@ -7,10 +7,16 @@
  * reads (a header, an L2 table) cost one request per block, not one each. Consecutive misses
  * in one read are fetched with one request. When reads walk forward (an export, a flatten),
  * the next blocks are fetched ahead of need, one request of `readAhead` bytes in flight, so
- * the store's latency hides behind the consumer's work. Memory per open blob: the cache
- * (`cacheBlocks` blocks) plus the read-ahead in flight.
+ * the store's latency hides behind the consumer's work. With `aheadRequest` smaller than
+ * `readAhead`, the read-ahead window is fetched in several requests in flight at once (HTTP
+ * sources: one keep-alive connection each), and refilled one request's worth at a time, so that
+ * a fast consumer never waits on one request's latency. Memory per open blob: the cache
+ * (`cacheBlocks` blocks, at least twice the read-ahead) plus the read-ahead in flight.
+ *
+ * It lives with the protocols because both the engine's remote sources (http.ts) and the
+ * registry's S3 store (src/server/store/s3.ts) read through it.
  */
-import type { ReadSource } from '../../core/host-file.js';
+import type { ReadSource } from '../core/host-file.js';
 
 export interface RangeReader {
   readonly size: number;
@@ -27,15 +33,22 @@ export interface CachedSourceOptions {
   readAhead?: number;
   /** Largest single request. */
   maxRequest?: number;
+  /** Largest read-ahead request (default: `readAhead`, one request in flight). */
+  aheadRequest?: number;
 }
 
 const MiB = 1 << 20;
 
 export function cachedSource(r: RangeReader, opts: CachedSourceOptions = {}): ReadSource {
   const block = opts.block ?? MiB;
-  const capacity = Math.max(4, opts.cacheBlocks ?? 16);
   const readAhead = opts.readAhead ?? 8 * MiB;
+  const ahead = Math.ceil(readAhead / block);
+  // Room for the window ahead and as much behind it, so that read-ahead never evicts itself.
+  const capacity = Math.max(4, opts.cacheBlocks ?? 16, 2 * ahead + 2);
   const maxRequest = opts.maxRequest ?? 16 * MiB;
+  const aheadBlocks = Math.max(1, Math.min(ahead, Math.floor((opts.aheadRequest ?? readAhead) / block)));
+  /** Refill the window when this many blocks of it are not requested yet. */
+  const refill = Math.max(1, Math.min(aheadBlocks, Math.ceil(ahead / 2)));
   const size = r.size;
   const blocks = Math.ceil(size / block);
   /** Block index → its bytes (insertion order is the LRU order). */
@@ -81,8 +94,11 @@ export function cachedSource(r: RangeReader, opts: CachedSourceOptions = {}): Re
    * fetched with one request per run of consecutive misses. The promises are held here, so
    * that loading a later run cannot evict an earlier one before it is read.
    */
-  const blocksOf = (first: number, last: number): Promise<Buffer>[] => {
-    const maxBlocks = Math.max(1, Math.floor(maxRequest / block));
+  const blocksOf = (
+    first: number,
+    last: number,
+    maxBlocks = Math.max(1, Math.floor(maxRequest / block)),
+  ): Promise<Buffer>[] => {
     const out: Promise<Buffer>[] = [];
     let i = first;
     while (i <= last) {
@@ -117,19 +133,13 @@ export function cachedSource(r: RangeReader, opts: CachedSourceOptions = {}): Re
         return n;
       }
       const parts = blocksOf(first, last);
-      // Walking forward: when less than half of `readAhead` is requested beyond this read,
-      // request up to `readAhead` more (the part not cached yet), in one request.
-      const ahead = Math.ceil(readAhead / block);
-      if (
-        sequential &&
-        ahead > 0 &&
-        last + 1 < blocks &&
-        !cache.has(Math.min(blocks - 1, last + Math.ceil(ahead / 2)))
-      ) {
-        let from = last + 1;
-        while (from < blocks && cache.has(from)) from++;
+      // Walking forward: when `refill` blocks or more of the window [last+1, last+ahead] are not
+      // requested yet (or only the object's tail is left), request them, `aheadBlocks` a request.
+      if (sequential && ahead > 0 && last + 1 < blocks) {
         const to = Math.min(blocks - 1, last + ahead);
-        if (from <= to) blocksOf(from, to);
+        let from = last + 1;
+        while (from <= to && cache.has(from)) from++;
+        if (from <= to && (to - from + 1 >= refill || to === blocks - 1)) blocksOf(from, to, aheadBlocks);
       }
       let done = 0;
       for (let k = 0; k < parts.length; k++) {

@@ -5,8 +5,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { rng } from '../../test/rng.js';
-import { cachedSource, type RangeReader } from './random.js';
+import { rng } from '../test/rng.js';
+import { cachedSource, type RangeReader } from './cached-source.js';
 
 const MiB = 1 << 20;
 const data = randomBytes(37 * MiB + 12345);
@@ -73,6 +73,33 @@ describe('cachedSource', () => {
     // 38 blocks in requests of up to 8 MiB ahead, not 600 reads.
     expect(r.requests.length).toBeLessThanOrEqual(12);
     for (const [s, e] of r.requests) expect(e - s).toBeLessThanOrEqual(16 * MiB);
+    await src.close();
+  });
+
+  it('with aheadRequest, a forward walk keeps several requests in flight', async () => {
+    let inFlight = 0;
+    let most = 0;
+    const requests: Array<[number, number]> = [];
+    const src = cachedSource(
+      {
+        size: data.length,
+        async fetch(start, end) {
+          requests.push([start, end]);
+          most = Math.max(most, ++inFlight);
+          await new Promise((res) => setTimeout(res, 5));
+          inFlight--;
+          return Buffer.from(data.subarray(start, end));
+        },
+      },
+      { readAhead: 16 * MiB, aheadRequest: 4 * MiB, cacheBlocks: 8 },
+    );
+    const parts: Buffer[] = [];
+    for (let off = 0; off < data.length; off += 256 * 1024) parts.push(await readAt(src, off, 256 * 1024));
+    expect(Buffer.concat(parts).equals(data)).toBe(true);
+    expect(most).toBeGreaterThanOrEqual(3);
+    for (const [s, e] of requests) expect(e - s).toBeLessThanOrEqual(4 * MiB);
+    // Every block fetched once: the window never evicts what it fetched ahead.
+    expect(requests.reduce((n, [s, e]) => n + (e - s), 0)).toBe(data.length);
     await src.close();
   });
 

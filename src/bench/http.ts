@@ -1,0 +1,102 @@
+/**
+ * The HTTP phase of `npm run bench`: `convert -O raw` of a qcow2 served by nginx on loopback
+ * (src/test/http-servers.ts), by qemu-img's curl driver (Debian's qemu-block-extra) and by
+ * vdisk, and vdisk's convert of the same image as a local file, in one run: REPEAT runs each,
+ * the tools alternating, median wall times.
+ *
+ * qemu-img runs twice over: with its defaults (-m 8), which with Debian's libcurl 7.88 now and
+ * then stalls for good (such a run is stopped after HANG_SECONDS and counted, not timed), and
+ * with -m 1 (one request at a time), which does not.
+ */
+import { spawnSync } from 'node:child_process';
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { startNginx } from '../test/http-servers.js';
+
+const HANG_SECONDS = 60;
+
+export interface HttpBenchOptions {
+  dir: string;
+  /** A qcow2 file in `dir`. */
+  image: string;
+  label: string;
+  repeat: number;
+  vdisk: string;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+function run(cmd: string, args: string[], cwd: string): number | null {
+  spawnSync('sync');
+  const t0 = performance.now();
+  const r = spawnSync(cmd, args, { cwd, encoding: 'utf8', timeout: HANG_SECONDS * 1000 });
+  const s = (performance.now() - t0) / 1000;
+  if (r.signal !== null) return null;
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr}`);
+  return s;
+}
+
+export async function runHttpBench(o: HttpBenchOptions): Promise<string> {
+  const ngx = await startNginx(o.dir);
+  try {
+    const url = `${ngx.url}/${o.image}`;
+    const cases: Array<{ name: string; cmd: string; args: string[] }> = [
+      { name: 'qemu-img (curl, -m 8)', cmd: 'qemu-img', args: ['convert', '-O', 'raw', url, 'OUT'] },
+      {
+        name: 'qemu-img (curl, -m 1)',
+        cmd: 'qemu-img',
+        args: ['convert', '-m', '1', '-O', 'raw', url, 'OUT'],
+      },
+      { name: 'vdisk (http)', cmd: o.vdisk, args: ['convert', '-O', 'raw', url, 'OUT'] },
+      { name: 'vdisk (local file)', cmd: o.vdisk, args: ['convert', '-O', 'raw', o.image, 'OUT'] },
+    ];
+    const times = cases.map(() => [] as number[]);
+    const hangs = cases.map(() => 0);
+    for (let i = 0; i < o.repeat; i++) {
+      const order = cases.map((_, k) => k);
+      if (i % 2 === 1) order.reverse();
+      for (const k of order) {
+        const c = cases[k]!;
+        const out = join(o.dir, `http-${k}.raw`);
+        rmSync(out, { force: true });
+        const s = run(
+          c.cmd,
+          c.args.map((a) => (a === 'OUT' ? out : a)),
+          o.dir,
+        );
+        if (s === null) hangs[k]!++;
+        else times[k]!.push(s);
+        if (s !== null && k > 0) {
+          const cmp = spawnSync(
+            'qemu-img',
+            ['compare', '-F', 'qcow2', join(o.dir, `http-${k}.raw`), o.image],
+            {
+              cwd: o.dir,
+              encoding: 'utf8',
+            },
+          );
+          if (cmp.status !== 0) throw new Error(`${c.name}: output differs: ${cmp.stdout}${cmp.stderr}`);
+        }
+        rmSync(out, { force: true });
+      }
+    }
+    const m = times.map((t) => (t.length > 0 ? median(t) : Number.NaN));
+    const [q8, q1, vh, vl] = m as [number, number, number, number];
+    const rows = cases.map(
+      (c, k) =>
+        `| ${c.name.padEnd(22)} | ${Number.isNaN(m[k]!) ? '—' : m[k]!.toFixed(3).padStart(8)} | ${String(times[k]!.length).padStart(4)} | ${String(hangs[k]!).padStart(5)} |`,
+    );
+    return (
+      `convert -O raw of a ${o.label} served by nginx on loopback (median wall s of ${o.repeat} runs, alternating):\n` +
+      `| source                 |   median | runs | hangs |\n|------------------------|---------:|-----:|------:|\n${rows.join('\n')}\n` +
+      `vdisk http / qemu-img -m 8: ${(vh / q8).toFixed(2)}; vdisk http / qemu-img -m 1: ${(vh / q1).toFixed(2)}; ` +
+      `vdisk http / vdisk local: ${(vh / vl).toFixed(2)} (a hang: a run stopped after ${HANG_SECONDS} s)\n`
+    );
+  } finally {
+    await ngx.stop();
+  }
+}
