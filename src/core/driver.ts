@@ -113,6 +113,12 @@ export interface DirtyBitmaps {
   merge(name: string, source: BitmapBits): Promise<void>;
   /** A usable bitmap's bits (merge source, convert --bitmaps). */
   source(name: string): Promise<BitmapBits>;
+  /**
+   * A usable bitmap's bits as they are now, kept up to date (an enabled bitmap takes every
+   * later guest write at once) for readers such as `vdisk nbd -B`; the caller must not change
+   * them. QEMU's messages when the bitmap is absent or inconsistent.
+   */
+  live?(name: string): Promise<BitmapBits>;
 }
 
 export interface SnapshotInfo {
