@@ -59,6 +59,11 @@ export interface DriverOpenOptions {
    * opens without its key and no data is read.
    */
   noIo?: boolean;
+  /**
+   * Warnings QEMU prints while opening the image (the whole text, lines without their last
+   * newline), e.g. qcow2 bitmaps that a program without bitmap support has invalidated.
+   */
+  onWarning?: (message: string) => void;
 }
 
 /** One entry of the image's format-specific information, in qemu-img's shape. */
