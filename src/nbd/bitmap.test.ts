@@ -229,6 +229,15 @@ describe('vdisk nbd -B beside qemu-nbd -B', () => {
     expect(r.vdisk.g4k).toBe(expectedBitmapMap(SIZE, [[4 * MiB, 4 * MiB + KiB]]));
   });
 
+  it("with -l SNAPSHOT exports the image's bitmap (as qemu-nbd), not the snapshot's state", async () => {
+    copyFileSync(p('bm.qcow2'), p('snap.qcow2'));
+    qemuImgOk(['snapshot', '-c', 's1', p('snap.qcow2')]);
+    qemuIo(p('snap.qcow2'), ['write 4M 64k'], 'qcow2');
+    const r = await both(p('snap.qcow2'), ['-l', 's1', '-B', 'g64k'], (s) => map(s.uri, 'g64k'));
+    expect(r.vdisk).toBe(r.qemu);
+    expect(r.vdisk).toContain('   4194304       65536    1  dirty');
+  });
+
   it('qemu-img map through x-dirty-bitmap (QEMU trick) reads the same', async () => {
     const r = await both(p('bm.qcow2'), ['-r', '-B', 'g4k'], (s) =>
       execOk('qemu-img', [
