@@ -64,6 +64,12 @@ export interface DriverOpenOptions {
    * newline), e.g. qcow2 bitmaps that a program without bitmap support has invalidated.
    */
   onWarning?: (message: string) => void;
+  /**
+   * A backing file opened writable (commit's base): QEMU opens it read-only and reopens it
+   * read-write, which makes none of the header updates of a writable open (the stale bitmaps
+   * extension stays).
+   */
+  reopened?: boolean;
 }
 
 /** One entry of the image's format-specific information, in qemu-img's shape. */

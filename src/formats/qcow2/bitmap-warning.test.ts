@@ -4,7 +4,7 @@
  * the extension), as qemu-img prints it for info, check, map, compare and convert; and a
  * writable open dropping the extension as QEMU does.
  */
-import { closeSync, copyFileSync, openSync, writeSync } from 'node:fs';
+import { closeSync, copyFileSync, mkdirSync, openSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { qemuImg, qemuImgOk, qemuIo, tempDir, vdisk } from '../../test/oracle.js';
@@ -66,6 +66,25 @@ describe('bitmaps invalidated by a program without bitmap support', () => {
     expect((await vdisk(['info', 'v2.qcow2'], dir)).stderr).toContain(
       'vdisk: warning: This qcow2 v2 image contains bitmaps, but they may have been modified by a program without persistent bitmap support; so now they must all be considered inconsistent\n',
     );
+  });
+
+  it('commit warns for each image of the chain as qemu-img commit, and drops the extensions it writes', async () => {
+    for (const who of ['q', 'v']) {
+      mkdirSync(p(who), { recursive: true });
+      copyFileSync(p('v3.qcow2'), p(`${who}/base.qcow2`));
+      qemuImgOk(['create', '-q', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', p(`${who}/top.qcow2`)]);
+      qemuIo(p(`${who}/top.qcow2`), ['write -P 7 1M 64k'], 'qcow2');
+    }
+    const q = qemuImg(['commit', 'top.qcow2'], p('q'));
+    const v = await vdisk(['commit', 'top.qcow2'], p('v'));
+    expect(v.stderr).toBe(asVdisk(q.stderr));
+    expect(v.stderr).toContain('a program lacking bitmap support');
+    expect(v.stdout).toBe(q.stdout);
+    expect(v.code).toBe(q.code);
+    for (const f of ['base.qcow2', 'top.qcow2']) {
+      expect(qemuImg(['info', p(`v/${f}`)]).stderr).toBe(qemuImg(['info', p(`q/${f}`)]).stderr);
+    }
+    expect(qemuImg(['check', p('v/base.qcow2')]).code).toBe(qemuImg(['check', p('q/base.qcow2')]).code);
   });
 
   it('a writable open drops the extension as QEMU does (check -r, resize): the warning goes', async () => {

@@ -401,8 +401,13 @@ export class Qcow2Image implements FormatImage {
       await this.file.write(b, 88);
     }
     // Bitmaps invalidated by a program without bitmap support: the extension goes, as QEMU
-    // drops it on a writable open (their clusters stay leaked until check -r).
-    if (staleBitmaps && !(this.version === 3 && h.headerLength > V3_HEADER_LENGTH)) {
+    // drops it on a writable open (their clusters stay leaked until check -r), but not on a
+    // backing file it reopens read-write (commit's base).
+    if (
+      staleBitmaps &&
+      opts.reopened !== true &&
+      !(this.version === 3 && h.headerLength > V3_HEADER_LENGTH)
+    ) {
       await this.writeBitmapsExtension(undefined);
     }
   }
