@@ -147,6 +147,8 @@ async function openLayer(path: string, opts: OpenOptions, depth: number, seen: S
       ...(depth === 0 && opts.driverOptions !== undefined ? { options: opts.driverOptions } : {}),
       ...(depth === 0 && opts.noIo === true ? { noIo: true } : {}),
       ...(opts.forCheck === true && depth === 0 ? { forCheck: true } : {}),
+      ...(opts.onWarning !== undefined ? { onWarning: opts.onWarning } : {}),
+      ...(depth > 0 && writable ? { reopened: true } : {}),
       openDataFile: async (ref: FileRef, w: boolean) => {
         if (opts.allowDataFile !== true) {
           throw new VdiskError(

@@ -19,6 +19,8 @@ export interface ImageCheckJson {
 }
 
 export interface CheckCommandOptions {
+  /** Warnings printed while opening the images (chain/open.ts onWarning), whole lines. */
+  onOpenWarning?: (message: string) => void;
   filename: string;
   format?: string | undefined;
   repair: 'none' | 'leaks' | 'all';
@@ -45,6 +47,7 @@ export async function checkCommand(o: CheckCommandOptions): Promise<CheckCommand
     forceShare: o.forceShare === true,
     backing: 'ignore',
     allowDataFile: true,
+    onWarning: o.onOpenWarning,
   });
   try {
     const d = image.driver;

@@ -14,6 +14,8 @@ export interface CommitCommandOptions {
   drop?: boolean;
   /** Percent done (0..100). */
   onProgress?: (percent: number) => void;
+  /** Warnings printed while opening the chain (chain/open.ts onWarning), whole lines. */
+  onOpenWarning?: (message: string) => void;
 }
 
 async function real(p: string): Promise<string> {
@@ -42,7 +44,13 @@ async function findBase(top: Image, base: string): Promise<number> {
 export async function commitCommand(o: CommitCommandOptions): Promise<void> {
   // First a read-only look at the chain to find the base, then the real open with the top and
   // the base writable (QEMU reopens its base read-write the same way).
-  const probe = await openImage(o.filename, { format: o.format, backing: 'follow', allowDataFile: true });
+  // The probe prints the open warnings: qemu-img opens the chain once.
+  const probe = await openImage(o.filename, {
+    format: o.format,
+    backing: 'follow',
+    allowDataFile: true,
+    onWarning: o.onOpenWarning,
+  });
   let depth: number;
   try {
     if (probe.backing === null)

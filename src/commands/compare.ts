@@ -20,6 +20,8 @@ const READ_AHEAD = 4;
 const MAX_PENDING = 1024;
 
 export interface CompareOptions {
+  /** Warnings printed while opening the images (chain/open.ts onWarning), whole lines. */
+  onOpenWarning?: (message: string) => void;
   filename1: string;
   filename2: string;
   format1?: string | undefined;
@@ -64,9 +66,20 @@ function hostText(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
-async function open(filename: string, format: string | undefined, forceShare: boolean): Promise<Image> {
+async function open(
+  filename: string,
+  format: string | undefined,
+  forceShare: boolean,
+  onWarning: ((message: string) => void) | undefined,
+): Promise<Image> {
   try {
-    return await openImage(filename, { format, forceShare, backing: 'follow', allowDataFile: true });
+    return await openImage(filename, {
+      format,
+      forceShare,
+      backing: 'follow',
+      allowDataFile: true,
+      onWarning,
+    });
   } catch (err) {
     if (err instanceof VdiskError) throw new CompareError(2, err);
     throw err;
@@ -113,10 +126,10 @@ const NO_MISMATCH: Promise<number> = Promise.resolve(-1);
 
 export async function compareCommand(o: CompareOptions): Promise<CompareResult> {
   const forceShare = o.forceShare === true;
-  const img1 = await open(o.filename1, o.format1, forceShare);
+  const img1 = await open(o.filename1, o.format1, forceShare, o.onOpenWarning);
   let img2: Image;
   try {
-    img2 = await open(o.filename2, o.format2, forceShare);
+    img2 = await open(o.filename2, o.format2, forceShare, o.onOpenWarning);
   } catch (err) {
     await img1.close();
     throw err;

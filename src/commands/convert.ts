@@ -37,6 +37,8 @@ export type SnapshotRef = { id?: string | undefined; name?: string | undefined }
 
 export interface ConvertOptions {
   sources: string[];
+  /** Warnings printed while opening the images (chain/open.ts onWarning), whole lines. */
+  onOpenWarning?: (message: string) => void;
   /**
    * Sources already opened by the caller (images that live elsewhere than in files: the
    * registry's blobs), in place of opening `sources`; the caller closes them.
@@ -155,6 +157,7 @@ export async function convertCommand(o: ConvertOptions): Promise<void> {
           forceShare: o.forceShare === true,
           backing: 'follow',
           allowDataFile: true,
+          onWarning: o.onOpenWarning,
         });
         closers.push(() => opened.close());
         image = opened;

@@ -31,6 +31,8 @@ export interface SnapshotJson {
 }
 
 export interface InfoOptions {
+  /** Warnings printed while opening the images (chain/open.ts onWarning), whole lines. */
+  onOpenWarning?: (message: string) => void;
   filename: string;
   format?: string | undefined;
   backingChain?: boolean;
@@ -44,6 +46,7 @@ export async function infoCommand(o: InfoOptions): Promise<ImageInfo[]> {
     backing: o.backingChain ? 'follow' : 'ignore',
     allowDataFile: true,
     noIo: true,
+    onWarning: o.onOpenWarning,
   });
   try {
     const out: ImageInfo[] = [];

@@ -26,6 +26,8 @@ export interface MapEntry {
 }
 
 export interface MapOptions {
+  /** Warnings printed while opening the images (chain/open.ts onWarning), whole lines. */
+  onOpenWarning?: (message: string) => void;
   filename: string;
   format?: string | undefined;
   /** --start-offset (default 0). */
@@ -121,6 +123,7 @@ export async function mapCommand(o: MapOptions, sink: MapSink): Promise<void> {
     forceShare: o.forceShare === true,
     backing: 'follow',
     allowDataFile: true,
+    onWarning: o.onOpenWarning,
   });
   try {
     o.onOpen?.();

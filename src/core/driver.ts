@@ -59,6 +59,17 @@ export interface DriverOpenOptions {
    * opens without its key and no data is read.
    */
   noIo?: boolean;
+  /**
+   * Warnings QEMU prints while opening the image (the whole text, lines without their last
+   * newline), e.g. qcow2 bitmaps that a program without bitmap support has invalidated.
+   */
+  onWarning?: (message: string) => void;
+  /**
+   * A backing file opened writable (commit's base): QEMU opens it read-only and reopens it
+   * read-write, which makes none of the header updates of a writable open (the stale bitmaps
+   * extension stays).
+   */
+  reopened?: boolean;
 }
 
 /** One entry of the image's format-specific information, in qemu-img's shape. */
@@ -113,6 +124,12 @@ export interface DirtyBitmaps {
   merge(name: string, source: BitmapBits): Promise<void>;
   /** A usable bitmap's bits (merge source, convert --bitmaps). */
   source(name: string): Promise<BitmapBits>;
+  /**
+   * A usable bitmap's bits as they are now, kept up to date (an enabled bitmap takes every
+   * later guest write at once) for readers such as `vdisk nbd -B`; the caller must not change
+   * them. QEMU's messages when the bitmap is absent or inconsistent.
+   */
+  live?(name: string): Promise<BitmapBits>;
 }
 
 export interface SnapshotInfo {

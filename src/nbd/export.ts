@@ -8,6 +8,7 @@
 import { layerAt } from '../chain/allocation.js';
 import { type Extent, isAllZero } from '../core/device.js';
 import type { Image } from '../core/image.js';
+import { DIRTY_BITMAP_PREFIX, dirtyExtents, type ExportBitmap } from './bitmaps.js';
 import {
   FLAG_CAN_MULTI_CONN,
   FLAG_HAS_FLAGS,
@@ -43,6 +44,11 @@ export interface ExportOptions {
   multiConn?: boolean;
   /** cache=writethrough/directsync: every write is flushed before its reply. */
   writethrough?: boolean;
+  /**
+   * Dirty bitmaps offered as qemu:dirty-bitmap:NAME (qemu-nbd -B; bitmaps.ts finds them), in
+   * the order the contexts are listed and numbered.
+   */
+  bitmaps?: readonly ExportBitmap[];
 }
 
 /** One extent of a metadata context: its length and its flags (base:allocation) or depth. */
@@ -90,6 +96,7 @@ export class NbdExport {
   readonly detectZeroes: DetectZeroes;
   readonly multiConn: boolean;
   readonly writethrough: boolean;
+  readonly bitmaps: readonly ExportBitmap[];
 
   constructor(o: ExportOptions) {
     this.name = o.name;
@@ -101,6 +108,7 @@ export class NbdExport {
     this.detectZeroes = o.detectZeroes ?? 'off';
     this.multiConn = o.multiConn === true;
     this.writethrough = o.writethrough === true;
+    this.bitmaps = o.bitmaps ?? [];
   }
 
   get size(): number {
@@ -109,7 +117,11 @@ export class NbdExport {
 
   /** The metadata contexts a client may select on this export. */
   get contexts(): string[] {
-    return this.allocationDepth ? [BASE_ALLOCATION, ALLOCATION_DEPTH] : [BASE_ALLOCATION];
+    return [
+      BASE_ALLOCATION,
+      ...(this.allocationDepth ? [ALLOCATION_DEPTH] : []),
+      ...this.bitmaps.map((b) => DIRTY_BITMAP_PREFIX + b.name),
+    ];
   }
 
   /** Transmission flags, as qemu-nbd sets them (DF only once structured replies are on). */
@@ -311,6 +323,12 @@ export class NbdExport {
       }
       return { length: limit, flags: 0 };
     });
+  }
+
+  /** qemu:dirty-bitmap:NAME extents of the export's bitmap `i` (bitmaps.ts dirtyExtents). */
+  dirtyBitmapExtents(i: number, offset: number, length: number, max: number): StatusExtent[] {
+    const b = this.bitmaps[i];
+    return b === undefined ? [] : dirtyExtents(b.bits, this.size, offset, length, max);
   }
 
   private async walk(

@@ -91,6 +91,8 @@ export const REPLY_TYPE_ERROR = 0x8001;
 /** base:allocation flags. */
 export const STATE_HOLE = 1 << 0;
 export const STATE_ZERO = 1 << 1;
+/** qemu:dirty-bitmap:NAME: the range is dirty. */
+export const STATE_DIRTY = 1 << 0;
 
 /** Error values. */
 export const EPERM = 1;

@@ -15,6 +15,7 @@ import { readSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { VdiskError } from '../core/errors.js';
 import { native } from '../native/index.js';
+import { DIRTY_BITMAP_PREFIX } from './bitmaps.js';
 import {
   ALLOCATION_DEPTH,
   BASE_ALLOCATION,
@@ -50,6 +51,8 @@ const MAX_OPTION_DATA = 1 << 20;
 const MAX_EXTENTS = 1 << 16;
 const BASE_ALLOCATION_ID = 0;
 const ALLOCATION_DEPTH_ID = 1;
+/** The id of the export's first dirty bitmap context; the next ones follow (qemu's numbering). */
+const DIRTY_BITMAP_ID = 2;
 const EAGAIN = 11;
 /** EPIPE, ECONNRESET, ENOTCONN: send errors that mean the peer has gone. */
 const PEER_GONE = new Set([32, 104, 107]);
@@ -88,6 +91,8 @@ interface Contexts {
   exportName: Buffer;
   base: boolean;
   depth: boolean;
+  /** Which of the export's bitmaps (qemu:dirty-bitmap:NAME) are selected. */
+  bitmaps: boolean[];
 }
 
 export class NbdSession {
@@ -403,9 +408,12 @@ export class NbdSession {
     if (exp === undefined) throw new OptionError(P.REP_ERR_UNKNOWN, `export '${sanitize(name)}' not present`);
     let base = false;
     let depth = false;
+    const bitmaps = exp.bitmaps.map(() => false);
+    const allBitmaps = () => bitmaps.fill(true);
     if (!set && count === 0) {
       base = true;
       depth = exp.allocationDepth;
+      allBitmaps();
     }
     for (const q of queries) {
       if (q.startsWith('base:')) {
@@ -414,6 +422,19 @@ export class NbdSession {
       } else if (q.startsWith('qemu:')) {
         const leaf = q.slice(5);
         if (leaf === 'allocation-depth' || (leaf === '' && !set)) depth ||= exp.allocationDepth;
+        // As qemu 7.2's nbd_meta_qemu_query: 'qemu:' and 'qemu:dirty-bitmap:' list every
+        // bitmap (LIST only); a full name selects the first bitmap of that name.
+        if (leaf === '' && !set) allBitmaps();
+        if (leaf.startsWith('dirty-bitmap:')) {
+          const bm = leaf.slice('dirty-bitmap:'.length);
+          if (bm === '') {
+            if (!set) allBitmaps();
+          } else {
+            // Only the first of that name: qemu-nbd stops at the first match.
+            const i = exp.bitmaps.findIndex((b) => b.name === bm);
+            if (i >= 0) bitmaps[i] = true;
+          }
+        }
       }
     }
     if (base)
@@ -428,8 +449,17 @@ export class NbdSession {
         P.REP_META_CONTEXT,
         P.metaContextEntry(set ? ALLOCATION_DEPTH_ID : 0, ALLOCATION_DEPTH),
       );
+    exp.bitmaps.forEach((b, i) => {
+      if (bitmaps[i] === true) {
+        this.optionReply(
+          option,
+          P.REP_META_CONTEXT,
+          P.metaContextEntry(set ? DIRTY_BITMAP_ID + i : 0, DIRTY_BITMAP_PREFIX + b.name),
+        );
+      }
+    });
     this.optionReply(option, P.REP_ACK);
-    if (set) this.contexts = { exportName: Buffer.from(name), base, depth };
+    if (set) this.contexts = { exportName: Buffer.from(name), base, depth, bitmaps };
   }
 
   // ------------------------------------------------------------------ transmission
@@ -775,7 +805,7 @@ export class NbdSession {
   /** NBD_CMD_BLOCK_STATUS: one chunk per selected context, the last one marked done. */
   private async serveBlockStatus(exp: NbdExport, req: P.Request): Promise<void> {
     const c = this.contexts;
-    if (!this.structured || c === null || (!c.base && !c.depth)) {
+    if (!this.structured || c === null || (!c.base && !c.depth && !c.bitmaps.includes(true))) {
       this.replyError(req, P.EINVAL, 'CMD_BLOCK_STATUS not negotiated');
       return;
     }
@@ -792,6 +822,13 @@ export class NbdSession {
         id: ALLOCATION_DEPTH_ID,
         extents: await exp.allocationDepthExtents(req.offset, req.length, max),
       });
+    c.bitmaps.forEach((on, i) => {
+      if (on)
+        chunks.push({
+          id: DIRTY_BITMAP_ID + i,
+          extents: exp.dirtyBitmapExtents(i, req.offset, req.length, max),
+        });
+    });
     this.send(
       chunks.map((ch, i) => P.blockStatusChunk(req.cookie, ch.id, ch.extents, i === chunks.length - 1)),
     );

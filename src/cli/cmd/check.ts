@@ -66,6 +66,7 @@ const command: CliCommand = {
         format,
         repair,
         forceShare,
+        onOpenWarning: (m) => io.err(`${m}\n`),
         onMessage: (m) => io.err(m.startsWith(CHECK_ERROR_REPORT) ? `vdisk: ${m.slice(1)}\n` : `${m}\n`),
       });
     } catch (err) {

@@ -37,7 +37,14 @@ const command: CliCommand = {
     const filename = args[0];
     if (filename === undefined) throw new VdiskError('INVALID_ARGUMENT', 'Expecting one image file name');
     const progress = new Progress(io, progressMode({ p, quiet, progressArg }), 1);
-    await commitCommand({ filename, format, base, drop, onProgress: (pct) => progress.set(pct) });
+    await commitCommand({
+      filename,
+      format,
+      base,
+      drop,
+      onProgress: (pct) => progress.set(pct),
+      onOpenWarning: (m) => io.err(`${m}\n`),
+    });
     progress.end();
     if (!quiet) io.out('Image committed.\n');
     return 0;

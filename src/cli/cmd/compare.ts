@@ -76,6 +76,7 @@ const command: CliCommand = {
         format2,
         strict,
         forceShare,
+        onOpenWarning: (m) => io.err(`${m}\n`),
         onSizeMismatch: () => say('Warning: Image size mismatch!\n'),
         onProgress: (done, total) => {
           // qemu-img adds each chunk's share to a float; so do we.

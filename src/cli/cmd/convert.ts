@@ -199,6 +199,7 @@ const command: CliCommand = {
     o.sources = args.slice(0, -1);
     o.output = args[args.length - 1]!;
     o.options = options;
+    o.onOpenWarning = (m) => io.err(`${m}\n`);
     if (bitmaps) {
       o.bitmaps = true;
       o.skipBrokenBitmaps = skipBroken;

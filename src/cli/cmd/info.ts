@@ -45,7 +45,13 @@ const command: CliCommand = {
     }
     const filename = args[args.length - 1];
     if (filename === undefined) throw new VdiskError('INVALID_ARGUMENT', 'Expecting one image file name');
-    const infos = await infoCommand({ filename, format, backingChain, forceShare });
+    const infos = await infoCommand({
+      filename,
+      format,
+      backingChain,
+      forceShare,
+      onOpenWarning: (m) => io.err(`${m}\n`),
+    });
     if (output === 'json') {
       io.out(`${qemuJson(backingChain ? infos : infos[0])}\n`);
     } else {

@@ -60,11 +60,22 @@ const command: CliCommand = {
     const onOpen = () =>
       out.write(json ? '[' : `${'Offset'.padEnd(16)}${'Length'.padEnd(16)}${'Mapped to'.padEnd(16)}File\n`);
     try {
-      await mapCommand({ filename, format, forceShare, startOffset, maxLength, onOpen }, (e, next) => {
-        // A start past 2^53 lies past any image: only the empty entry names it, exactly.
-        out.write(json ? jsonEntry(e, next, e.length === 0 ? startBig : undefined) : humanEntry(e, next));
-        return true;
-      });
+      await mapCommand(
+        {
+          filename,
+          format,
+          forceShare,
+          startOffset,
+          maxLength,
+          onOpen,
+          onOpenWarning: (m) => io.err(`${m}\n`),
+        },
+        (e, next) => {
+          // A start past 2^53 lies past any image: only the empty entry names it, exactly.
+          out.write(json ? jsonEntry(e, next, e.length === 0 ? startBig : undefined) : humanEntry(e, next));
+          return true;
+        },
+      );
     } finally {
       out.flush();
     }

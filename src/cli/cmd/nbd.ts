@@ -11,6 +11,7 @@ import { openImage } from '../../chain/open.js';
 import { loadSnapshot, type SnapshotRef } from '../../commands/convert.js';
 import { VdiskError } from '../../core/errors.js';
 import type { Image } from '../../core/image.js';
+import { findExportBitmaps } from '../../nbd/bitmaps.js';
 import { type DetectZeroes, type DiscardMode, NbdExport } from '../../nbd/export.js';
 import { MAX_STRING } from '../../nbd/protocol.js';
 import { type Listen, NbdServer } from '../../nbd/server.js';
@@ -28,7 +29,7 @@ const FORK_ENV = 'VDISK_NBD_READY_FD';
 
 const command: CliCommand = {
   syntax:
-    'nbd [-f fmt] [-r] [-x name] [-D text] [-b addr] [-p port | -k socket] [-e num] [-t] [-A] [-l snapshot] [--discard=mode] [--detect-zeroes=mode] [--cache=mode] [--fork] [--pid-file=path] filename',
+    'nbd [-f fmt] [-r] [-x name] [-D text] [-b addr] [-p port | -k socket] [-e num] [-t] [-A] [-B bitmap]... [-l snapshot] [--discard=mode] [--detect-zeroes=mode] [--cache=mode] [--fork] [--pid-file=path] filename',
   help: [
     'Serve FILENAME (and its backing chain) over the NBD protocol, as qemu-nbd does: qemu-img,',
     'qemu-io, nbdinfo, nbdcopy and any NBD client connect with nbd://HOST:PORT/NAME or',
@@ -42,6 +43,9 @@ const command: CliCommand = {
     '  -x, --export-name=NAME    the export name (default: the empty name)',
     '  -D, --description=TEXT    a description of the export',
     '  -A, --allocation-depth    offer the qemu:allocation-depth metadata context',
+    '  -B, --bitmap=NAME         offer the persistent dirty bitmap NAME (of the image or of a',
+    '                            backing file) as the qemu:dirty-bitmap:NAME metadata context',
+    '                            (repeatable)',
     '  -f, --format=FORMAT       image format (probed when absent)',
     '  -r, --read-only           export read-only',
     '  -l, --load-snapshot=SNAPSHOT_PARAM',
@@ -59,7 +63,7 @@ const command: CliCommand = {
     '      --handshake-limit=N   seconds a client has to complete its handshake (default 10;',
     '                            0: no limit; from later qemu-nbd)',
     '  -v, --verbose             say on stderr what is served where',
-    'Not supported: -c/-d (kernel devices), -L, -o, -s, -B, -T, TLS.',
+    'Not supported: -c/-d (kernel devices), -L, -o, -s, -T, TLS.',
   ].join('\n'),
   async run(argv, io) {
     const { opts, args } = getopt(argv, {
@@ -110,6 +114,7 @@ const command: CliCommand = {
     let socket: string | undefined;
     let readOnly = false;
     let allocationDepth = false;
+    const bitmapNames: string[] = [];
     let snapshot: SnapshotRef | undefined;
     let cache: string | undefined;
     let aio: string | undefined;
@@ -153,6 +158,10 @@ const command: CliCommand = {
           break;
         case 'A':
           allocationDepth = true;
+          break;
+        case 'B':
+          // qemu-nbd 7.2 prepends each -B to its list: the contexts come in reverse order.
+          bitmapNames.unshift(v);
           break;
         case 'n':
         case 'cache':
@@ -226,8 +235,6 @@ const command: CliCommand = {
           throw unsupported('-o (offset) is not supported');
         case 's':
           throw unsupported('-s (temporary snapshot) is not supported');
-        case 'B':
-          throw unsupported('-B (dirty bitmaps) is not supported');
         case 'T':
           throw unsupported('-T (trace) is not supported');
         case 'tls-creds':
@@ -261,6 +268,8 @@ const command: CliCommand = {
     });
     let exported: Image = image;
     try {
+      // The bitmaps belong to the image (QEMU's node), also when a snapshot is loaded.
+      const bitmaps = await findExportBitmaps(image, bitmapNames);
       if (snapshot !== undefined) exported = await loadSnapshot(image, snapshot);
       const exp = new NbdExport({
         name: exportName,
@@ -272,6 +281,7 @@ const command: CliCommand = {
         detectZeroes,
         multiConn: shared !== 1,
         writethrough: cache === 'writethrough' || cache === 'directsync',
+        bitmaps,
       });
       const server = await NbdServer.start({
         exports: [exp],

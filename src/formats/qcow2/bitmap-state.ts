@@ -62,6 +62,8 @@ export class PersistentBitmaps implements DirtyBitmaps {
   private written: { bits: Uint8Array; granularityBits: number } | undefined;
   private markedInUse = false;
   private changed = false;
+  /** Enabled bitmaps handed out by live(): every guest write is set in their bits at once. */
+  private readonly liveSlots = new Set<Slot>();
 
   private constructor(
     private readonly store: BitmapStore,
@@ -165,6 +167,8 @@ export class PersistentBitmaps implements DirtyBitmaps {
    */
   noteWrite(offset: number, length: number): void {
     if (length <= 0) return;
+    for (const s of this.liveSlots)
+      if (s.bits !== undefined) setRange(s.bits, s.granularityBits, this.size, offset, length);
     if (this.written === undefined) {
       let g = Number.POSITIVE_INFINITY;
       for (const s of this.slots) if (s.enabled && !s.inconsistent) g = Math.min(g, s.granularityBits);
@@ -298,6 +302,27 @@ export class PersistentBitmaps implements DirtyBitmaps {
   async source(name: string): Promise<BitmapBits> {
     const s = this.usable(name);
     return { bits: await this.bitsOf(s), granularityBits: s.granularityBits };
+  }
+
+  /**
+   * A usable bitmap's bits as they are now, for a reader that keeps them (vdisk nbd -B): the
+   * ranges written so far are set in an enabled bitmap's bits, and noteWrite sets the later
+   * ones at once, as QEMU's live bitmap sees each write. (Close merges the same ranges again.)
+   */
+  async live(name: string): Promise<BitmapBits> {
+    const s = this.usable(name);
+    const bits = await this.bitsOf(s);
+    if (s.enabled && !this.liveSlots.has(s)) {
+      const w = this.written;
+      if (w !== undefined) {
+        const g = 2 ** w.granularityBits;
+        forEachRun(w.bits, Math.ceil(this.size / g), (first, end) =>
+          setRange(bits, s.granularityBits, this.size, first * g, (end - first) * g),
+        );
+      }
+      this.liveSlots.add(s);
+    }
+    return { bits, granularityBits: s.granularityBits };
   }
 
   /** Before a resize: QEMU's qcow2_truncate_bitmaps_check refuses in-use bitmaps. */

@@ -69,6 +69,15 @@ import { type Qcow2Snapshot, readSnapshots } from './snapshot.js';
 type CryptoModule = typeof import('./crypto.js');
 type CompressModule = typeof import('./compress.js');
 let compressModule: Promise<CompressModule> | null = null;
+/** QEMU's words (qcow2_read_extensions) for bitmaps a program without bitmap support invalidated. */
+export function staleBitmapsWarning(version: number): string {
+  const why =
+    version < 3
+      ? 'This qcow2 v2 image contains bitmaps, but they may have been modified by a program without persistent bitmap support; so now they must all be considered inconsistent'
+      : 'a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent';
+  return `vdisk: warning: ${why}\nSome clusters may be leaked, run 'vdisk check -r' on the image file to fix.`;
+}
+
 const loadCompress = (): Promise<CompressModule> => (compressModule ??= import('./compress.js'));
 
 /** Run kinds of the guest address space. */
@@ -350,12 +359,18 @@ export class Qcow2Image implements FormatImage {
       : await readSnapshots(this.file, h.snapshotsOffset, h.nbSnapshots, this.fileEnd);
     this.snapshotList = snapshots;
     this.snapshotTableBytes = tableBytes;
+    const bmData = h.extensions.find((e) => e.type === EXT_BITMAPS)?.data;
     const bmExt = parseBitmapsExt(
-      h.extensions.find((e) => e.type === EXT_BITMAPS)?.data,
+      bmData,
       (h.autoclear & AUTOCLEAR_BITMAPS) !== 0,
       this.clusterSize,
       this.file.path,
     );
+    // The extension without its autoclear bit: a program without bitmap support has written
+    // the image (a v2 image has no autoclear bits at all). QEMU's qcow2_read_extensions warns
+    // in these words, ignores the bitmaps and, opened for writing, drops the extension.
+    const staleBitmaps = bmData !== undefined && bmExt === undefined;
+    if (staleBitmaps) opts.onWarning?.(staleBitmapsWarning(h.version));
     this.persistentBitmaps = await PersistentBitmaps.open(
       this.bitmapStore(),
       bmExt,
@@ -384,6 +399,16 @@ export class Qcow2Image implements FormatImage {
       const b = new Uint8Array(8);
       setU64(new DataView(b.buffer), 0, keep);
       await this.file.write(b, 88);
+    }
+    // Bitmaps invalidated by a program without bitmap support: the extension goes, as QEMU
+    // drops it on a writable open (their clusters stay leaked until check -r), but not on a
+    // backing file it reopens read-write (commit's base).
+    if (
+      staleBitmaps &&
+      opts.reopened !== true &&
+      !(this.version === 3 && h.headerLength > V3_HEADER_LENGTH)
+    ) {
+      await this.writeBitmapsExtension(undefined);
     }
   }
 
