@@ -32,6 +32,7 @@
  * Each figure is the median of BENCH_REPEAT (3) runs; BENCH_CASES is a regular expression
  * that selects cases by name; BENCH_DIR (a temporary directory) holds the data directories.
  */
+
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import {
@@ -50,6 +51,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { adminToken } from './keystone.js';
 
 const HERE = fileURLToPath(import.meta.url);
 const ROOT = resolve(dirname(HERE), '../..');
@@ -486,22 +488,7 @@ async function serveOnce(
 }
 
 async function login(url: string): Promise<string> {
-  const tok = await fetch(`${url}/v3/auth/tokens`, {
-    method: 'POST',
-    headers: { 'Content-Type': 'application/json' },
-    body: JSON.stringify({
-      auth: {
-        identity: {
-          methods: ['password'],
-          password: { user: { name: 'admin', domain: { name: 'Default' }, password: PASSWORD } },
-        },
-        scope: { project: { name: 'admin', domain: { name: 'Default' } } },
-      },
-    }),
-  });
-  await tok.arrayBuffer();
-  if (tok.status !== 201) throw new Error(`POST /v3/auth/tokens: ${tok.status}`);
-  return tok.headers.get('x-subject-token')!;
+  return adminToken(url, PASSWORD);
 }
 
 /** The 1 GiB upload with `curl -T`: peak RSS during it, RSS 2 s after. */

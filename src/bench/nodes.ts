@@ -8,11 +8,13 @@
  * Standalone: `node dist/bench/nodes.js` (vdisk only; BENCH_NODES, BENCH_SERVER_IMAGES,
  * BENCH_WRK_SECONDS, BENCH_WRK_CONNECTIONS).
  */
+
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { adminToken } from './keystone.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const PASSWORD = 'nodes-bench-secret';
@@ -176,20 +178,7 @@ export async function startCluster(dir: string, nodes: number): Promise<Cluster>
   try {
     const urls = [await start(1)];
     urls.push(...(await Promise.all(Array.from({ length: nodes - 1 }, (_, i) => start(i + 2)))));
-    const r = await fetch(`${urls[0]}/v3/auth/tokens`, {
-      method: 'POST',
-      headers: { 'Content-Type': 'application/json' },
-      body: JSON.stringify({
-        auth: {
-          identity: {
-            methods: ['password'],
-            password: { user: { name: 'admin', domain: { name: 'Default' }, password: PASSWORD } },
-          },
-          scope: { project: { name: 'admin', domain: { name: 'Default' } } },
-        },
-      }),
-    });
-    if (r.status !== 201) throw new Error(`login: ${r.status} ${await r.text()}`);
+    const token = await adminToken(urls[0]!, PASSWORD);
     const stop = async () => {
       await Promise.all(
         children.map(
@@ -207,7 +196,7 @@ export async function startCluster(dir: string, nodes: number): Promise<Cluster>
       target: {
         name: `vdisk ×${nodes}`,
         urls,
-        headers: { 'X-Auth-Token': r.headers.get('x-subject-token')! },
+        headers: { 'X-Auth-Token': token },
       },
       pids: children.map((c) => c.pid!),
       stop,

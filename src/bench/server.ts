@@ -39,6 +39,7 @@
  * flags for the vdisk server, e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`),
  * BENCH_SERVER_THREADS (1: print each upload's CPU per thread of the server).
  */
+
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import {
@@ -60,6 +61,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseSize } from '../core/size.js';
 import { type ExportFigures, exportBench } from './export.js';
+import { adminToken } from './keystone.js';
 import { fill, type LoadFigures, loadRoutes, startCluster } from './nodes.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -699,25 +701,12 @@ async function startVdisk(dir: string, name = 'vdisk', env: Record<string, strin
   );
   const m = await waitForLine(child, /listening on (http:\/\/\S+) /, 'vdisk serve', 60000);
   const url = m[1]!;
-  const r = await fetch(`${url}/v3/auth/tokens`, {
-    method: 'POST',
-    headers: { 'Content-Type': 'application/json' },
-    body: JSON.stringify({
-      auth: {
-        identity: {
-          methods: ['password'],
-          password: { user: { name: 'admin', domain: { name: 'Default' }, password: ADMIN_PASSWORD } },
-        },
-        scope: { project: { name: 'admin', domain: { name: 'Default' } } },
-      },
-    }),
-  });
-  if (r.status !== 201) throw new Error(`vdisk login: ${r.status} ${await r.text()}`);
+  const token = await adminToken(url, ADMIN_PASSWORD);
   return {
     name,
     url,
     pid: child.pid!,
-    headers: { 'X-Auth-Token': r.headers.get('x-subject-token')! },
+    headers: { 'X-Auth-Token': token },
     stop: () => stopChild(child),
   };
 }

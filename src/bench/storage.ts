@@ -6,6 +6,7 @@
  * would be uploaded flattened, whose size `qemu-img measure -O qcow2` gives (checked against two
  * real flattens through the API, whose stored size is printed beside the measure).
  */
+
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { createReadStream, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { request } from 'node:http';
@@ -13,6 +14,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseSize } from '../core/size.js';
+import { adminToken } from './keystone.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const MiB = 1 << 20;
@@ -54,20 +56,7 @@ async function serve(dir: string): Promise<{ child: ChildProcess; url: string; t
     });
     child.on('exit', (c) => rej(new Error(`vdisk serve exited ${c}: ${err}`)));
   });
-  const r = await fetch(`${url}/v3/auth/tokens`, {
-    method: 'POST',
-    headers: { 'Content-Type': 'application/json' },
-    body: JSON.stringify({
-      auth: {
-        identity: {
-          methods: ['password'],
-          password: { user: { name: 'admin', domain: { name: 'Default' }, password: PASSWORD } },
-        },
-        scope: { project: { name: 'admin', domain: { name: 'Default' } } },
-      },
-    }),
-  });
-  return { child, url, token: r.headers.get('x-subject-token')! };
+  return { child, url, token: await adminToken(url, PASSWORD) };
 }
 
 async function upload(
