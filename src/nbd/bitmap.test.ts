@@ -6,12 +6,12 @@
  * x-dirty-bitmap trick) and raw block status replies show must be identical, and so must the
  * errors.
  */
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { type ChildProcess, spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { expectedBitmapMap, qemuBitmapMap } from '../test/bitmap-helpers.js';
-import { exec, execOk, nbdUri, type Served, serveQemu, waitForSocket } from '../test/nbd-helpers.js';
+import { exec, execOk, type Served, serveProcess, serveQemu } from '../test/nbd-helpers.js';
 import { qemuImgOk, qemuIo, tempDir, vdisk } from '../test/oracle.js';
 import { NbdClient } from './client.js';
 import * as P from './protocol.js';
@@ -29,29 +29,8 @@ const sock = () => p(`b${sockets++}.sock`);
 const children: ChildProcess[] = [];
 
 /** The built CLI's `vdisk nbd -t -k SOCKET ARGS… IMAGE`. */
-async function serveCli(image: string, socket: string, args: string[]): Promise<Served> {
-  const child = spawn(BIN, ['nbd', '-t', '-k', socket, ...args, image], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  children.push(child);
-  let stderr = '';
-  child.stderr!.on('data', (d: Buffer) => {
-    stderr += d.toString();
-  });
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  await waitForSocket(
-    socket,
-    () => child.exitCode !== null,
-    () => stderr,
-  );
-  return {
-    socket,
-    uri: nbdUri(socket),
-    async stop() {
-      child.kill('SIGTERM');
-      await exited;
-    },
-  };
+function serveCli(image: string, socket: string, args: string[]): Promise<Served> {
+  return serveProcess(BIN, ['nbd', '-t', '-k', socket, ...args, image], socket, '', (c) => children.push(c));
 }
 
 /** Serve `image` with qemu-nbd, then with vdisk nbd (same arguments); `fn` on each. */

@@ -3,7 +3,7 @@
  * and the real clients (qemu-img, qemu-io, nbdinfo, nbdcopy) run asynchronously — a
  * synchronous spawn would block the event loop that serves them.
  */
-import { spawn } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { connect } from 'node:net';
 import { openImage } from '../chain/open.js';
@@ -111,21 +111,36 @@ export async function serveVdisk(
 }
 
 /** The real qemu-nbd on a Unix socket (-t, so it stays up between clients). */
-export async function serveQemu(
-  image: string,
-  socket: string,
-  args: string[] = [],
-  name = '',
-): Promise<Served> {
-  const child = spawn(
+export function serveQemu(image: string, socket: string, args: string[] = [], name = ''): Promise<Served> {
+  return serveProcess(
     'qemu-nbd',
     ['-t', '-k', socket, ...(name !== '' ? ['-x', name] : []), ...args, image],
-    {
-      stdio: ['ignore', 'ignore', 'pipe'],
-    },
+    socket,
+    name,
   );
+}
+
+/** nbdkit's file plugin serving a raw file on a Unix socket (a third server to compare with). */
+export function serveNbdkit(file: string, socket: string, args: string[] = []): Promise<Served> {
+  return serveProcess('nbdkit', ['-f', '-U', socket, ...args, 'file', file], socket);
+}
+
+/**
+ * A server process (`cmd args…`) that listens on the Unix socket `socket`: ready once the socket
+ * accepts connections, failed with its stderr when it exits first. `onSpawn` sees the child
+ * (tests keep it to kill it if they fail half way).
+ */
+export async function serveProcess(
+  cmd: string,
+  args: string[],
+  socket: string,
+  name = '',
+  onSpawn?: (child: ChildProcess) => void,
+): Promise<Served> {
+  const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  onSpawn?.(child);
   let stderr = '';
-  child.stderr.on('data', (d: Buffer) => {
+  child.stderr!.on('data', (d: Buffer) => {
     stderr += d.toString();
   });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
@@ -137,31 +152,6 @@ export async function serveQemu(
   return {
     socket,
     uri: nbdUri(socket, name),
-    async stop() {
-      child.kill('SIGTERM');
-      await exited;
-    },
-  };
-}
-
-/** nbdkit's file plugin serving a raw file on a Unix socket (a third server to compare with). */
-export async function serveNbdkit(file: string, socket: string, args: string[] = []): Promise<Served> {
-  const child = spawn('nbdkit', ['-f', '-U', socket, ...args, 'file', file], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  let stderr = '';
-  child.stderr.on('data', (d: Buffer) => {
-    stderr += d.toString();
-  });
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  await waitForSocket(
-    socket,
-    () => child.exitCode !== null,
-    () => stderr,
-  );
-  return {
-    socket,
-    uri: nbdUri(socket),
     async stop() {
       child.kill('SIGTERM');
       await exited;
