@@ -8,10 +8,12 @@
  * then stalls for good (such a run is stopped after HANG_SECONDS and counted, not timed), and
  * with -m 1 (one request at a time), which does not.
  */
+
 import { spawnSync } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { startNginx } from '../test/http-servers.js';
+import { median } from './stats.js';
 
 const HANG_SECONDS = 60;
 
@@ -22,12 +24,6 @@ export interface HttpBenchOptions {
   label: string;
   repeat: number;
   vdisk: string;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
 function run(cmd: string, args: string[], cwd: string): number | null {

@@ -7,6 +7,7 @@
  * Alone: `node dist/bench/nbd-client.js [IMAGE]` (without IMAGE, a BENCH_SIZE (default 1G) raw
  * image of random data and holes in BENCH_DIR).
  */
+
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { closeSync, existsSync, ftruncateSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
@@ -14,6 +15,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseSize } from '../core/size.js';
+import { median } from './stats.js';
 
 export interface NbdClientBenchOptions {
   dir: string;
@@ -21,11 +23,6 @@ export interface NbdClientBenchOptions {
   label: string;
   repeat: number;
   vdisk: string;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
 }
 
 const HAVE_TIME = existsSync('/usr/bin/time');

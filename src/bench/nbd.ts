@@ -12,12 +12,14 @@
  *
  * Before the figures, what vdisk serves is checked against the image (qemu-img compare over NBD).
  */
+
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { NbdClient } from '../nbd/client.js';
 import type { Listen } from '../nbd/server.js';
+import { markdownTable, median } from './stats.js';
 
 interface Server {
   child: ChildProcess;
@@ -120,11 +122,6 @@ function cpuSeconds(pid: number): number {
 function memMiB(pid: number, key: 'VmRSS' | 'VmHWM'): number {
   const m = new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
   return m ? Number(m[1]) / 1024 : Number.NaN;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
 }
 
 function run(cmd: string, args: string[]): number {
@@ -259,7 +256,7 @@ export async function runNbdBench(o: NbdBenchOptions): Promise<string> {
   }
   let text = '';
   if (rows.length > 0) {
-    text += table(
+    text += tableNl(
       [
         'case',
         'qemu-nbd s',
@@ -278,20 +275,10 @@ export async function runNbdBench(o: NbdBenchOptions): Promise<string> {
       `server's user + system seconds per copy (/proc/PID/stat); peak: the server's VmHWM\n`;
   }
   if (memRows.length > 0) {
-    text += `\n${table(['server (-r -t -e 0)', 'peak RSS MiB (sampled)', 'VmHWM MiB', 'GiB/s served'], memRows)}`;
+    text += `\n${tableNl(['server (-r -t -e 0)', 'peak RSS MiB (sampled)', 'VmHWM MiB', 'GiB/s served'], memRows)}`;
     text += `\n${memName}, random 256 KiB-aligned offsets in ${o.images[0]!.label}, ${o.seconds} s each, one Node client process\n`;
   }
   return text;
 }
 
-function table(head: string[], rows: string[][]): string {
-  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  const line = (r: string[]) =>
-    `| ${r.map((x, i) => (i === 0 ? x.padEnd(widths[i]!) : x.padStart(widths[i]!))).join(' | ')} |`;
-  const out = [
-    line(head),
-    `|${widths.map((w, i) => (i === 0 ? '-'.repeat(w + 2) : `${'-'.repeat(w + 1)}:`)).join('|')}|`,
-  ];
-  for (const r of rows) out.push(line(r));
-  return `${out.join('\n')}\n`;
-}
+const tableNl = (head: string[], rows: string[][]): string => `${markdownTable(head, rows)}\n`;

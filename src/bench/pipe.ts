@@ -6,9 +6,11 @@
  * each; wall time is measured around `bash -c` (the pipeline's `cat` included) and the peak RSS
  * is the vdisk process's own (/usr/bin/time -f %M around it, inside the pipeline).
  */
+
 import { spawnSync } from 'node:child_process';
 import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
+import { markdownTable, median } from './stats.js';
 
 export interface PipeBenchOptions {
   dir: string;
@@ -40,7 +42,6 @@ function run(dir: string, side: Side, o: PipeBenchOptions): { seconds: number; r
   return { seconds, rssKiB: Number(readFileSync(join(dir, 'rss.txt'), 'utf8').trim()) };
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const T = '/usr/bin/time -f %M -o "$RSS" "$V"';
 
 export function runPipeBench(o: PipeBenchOptions): string {
@@ -92,16 +93,8 @@ export function runPipeBench(o: PipeBenchOptions): string {
   }
   if (rows.length === 0) return '';
   const head = ['pipe case', 'file s', 'pipe s', 'ratio', 'file MiB', 'pipe MiB'];
-  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  const line = (r: string[]) =>
-    `| ${r.map((x, i) => (i === 0 ? x.padEnd(widths[i]!) : x.padStart(widths[i]!))).join(' | ')} |`;
-  const out = [
-    line(head),
-    `|${widths.map((w, i) => (i === 0 ? '-'.repeat(w + 2) : `${'-'.repeat(w + 1)}:`)).join('|')}|`,
-    ...rows.map(line),
-  ];
   return (
-    `${out.join('\n')}\n\nvdisk convert through a pipe (- as output, or as the source fed by cat) against ` +
+    `${markdownTable(head, rows)}\n\nvdisk convert through a pipe (- as output, or as the source fed by cat) against ` +
     `the same convert with files; median wall time of ${o.repeat} runs each (alternating, sync before ` +
     `each, the pipeline's cat included); ratio pipe / file; MiB: vdisk's peak RSS (/usr/bin/time -f %M)\n`
   );

@@ -24,6 +24,7 @@
  * qemu-img's curl driver and by vdisk, against vdisk's convert of the local file
  * (BENCH_ONLY=http runs only this phase).
  */
+
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import {
@@ -44,6 +45,7 @@ import { runHttpBench } from './http.js';
 import { runNbdBench } from './nbd.js';
 import { runNbdClientBench } from './nbd-client.js';
 import { runPipeBench } from './pipe.js';
+import { markdownTable, median } from './stats.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const VDISK = join(ROOT, 'bin/vdisk');
@@ -76,11 +78,6 @@ function timed(cmd: string, args: string[], cwd: string): Run {
   // Wall time measured here (ms resolution; /usr/bin/time's %e has only 10 ms), spawn included
   // for both tools alike.
   return { seconds: wall, rssKiB: m ? Number(m[2]) : null, cpu: m ? Number(m[3]) + Number(m[4]) : null };
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
 }
 
 /**
@@ -264,17 +261,9 @@ async function main(): Promise<void> {
       'vdisk MiB',
       'output MiB q / v',
     ];
-    const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-    const line = (r: string[]) =>
-      `| ${r.map((x, i) => (i === 0 ? x.padEnd(widths[i]!) : x.padStart(widths[i]!))).join(' | ')} |`;
-    const out = [
-      line(head),
-      `|${widths.map((w, i) => (i === 0 ? '-'.repeat(w + 2) : `${'-'.repeat(w + 1)}:`)).join('|')}|`,
-    ];
-    for (const r of rows) out.push(line(r));
     const node = timed(process.execPath, ['-e', '0'], dir).seconds;
     process.stdout.write(
-      `${out.join('\n')}\n\nmedian wall time of ${REPEAT} runs per tool (alternating, sync before each), ` +
+      `${markdownTable(head, rows)}\n\nmedian wall time of ${REPEAT} runs per tool (alternating, sync before each), ` +
         `process start included (\`node -e 0\` alone: ${node.toFixed(3)} s); CPU: median user + system ` +
         `seconds (/usr/bin/time -f '%U %S', all threads); RSS: peak of /usr/bin/time -f %M; ` +
         `output: the last run's output file, allocated MiB (qemu-img / vdisk)\n`,
