@@ -36,10 +36,8 @@ import {
   V3_HEADER_LENGTH,
 } from './header.js';
 import { type Qcow2Image, readL1 } from './image.js';
+import { COPIED_HI, entryOffset, isCompressed, isZero, putEntry } from './l2-entry.js';
 import { setRefcountIn } from './refcount.js';
-
-const COPIED_HI = 0x80000000;
-const COMPRESSED_HI = 0x40000000;
 
 type Progress = (done: number, total: number) => void;
 
@@ -251,7 +249,7 @@ async function hasCompressedClusters(img: Qcow2Image): Promise<boolean> {
       const t = await img.l2Cache.get(l2off);
       const v = new DataView(t.buffer, t.byteOffset, t.length);
       for (let e = 0; e < t.length; e += img.entryBytes) {
-        if ((v.getUint32(e) & COMPRESSED_HI) !== 0) return true;
+        if (isCompressed(v.getUint32(e))) return true;
       }
     }
   }
@@ -336,8 +334,8 @@ async function expandZeroClusters(img: Qcow2Image, progress: OperationProgress):
       for (let e = 0; e < table.length; e += img.entryBytes) {
         const hi = v.getUint32(e);
         const lo = v.getUint32(e + 4);
-        if ((hi & COMPRESSED_HI) !== 0 || (lo & 1) === 0) continue;
-        const host = (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
+        if (isCompressed(hi) || !isZero(lo)) continue;
+        const host = entryOffset(hi, lo);
         let target = host;
         if (host === 0) {
           if (!backed) {
@@ -366,9 +364,7 @@ async function expandZeroClusters(img: Qcow2Image, progress: OperationProgress):
         }
         await img.file.write(zeros, target);
         img.fileEnd = Math.max(img.fileEnd, target + cs);
-        const copied = l2Refcount === 1 ? COPIED_HI : 0;
-        v.setUint32(e, (copied | Math.floor(target / 0x100000000)) >>> 0);
-        v.setUint32(e + 4, target >>> 0);
+        putEntry(v, e, target, l2Refcount === 1 ? COPIED_HI : 0);
         changed = true;
       }
       if (changed) {

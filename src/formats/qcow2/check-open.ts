@@ -8,6 +8,7 @@
 import type { HostFile } from '../../core/host-file.js';
 import { EXT_BITMAPS, getU64 } from './header.js';
 import type { Qcow2Image } from './image.js';
+import { decodeL1 } from './l2-entry.js';
 
 /** The entries' offsets as QEMU masks them (bits 9-55), unvalidated; past EOF reads as zeros. */
 export async function readL1ForCheck(
@@ -17,16 +18,7 @@ export async function readL1ForCheck(
 ): Promise<{ off: Float64Array; copied: Uint8Array; tableOffset: number }> {
   const raw = new Uint8Array(size * 8);
   await readOrZeros(file, raw, offset, await file.size());
-  const v = new DataView(raw.buffer);
-  const off = new Float64Array(size);
-  const copied = new Uint8Array(size);
-  for (let i = 0; i < size; i++) {
-    const hi = v.getUint32(i * 8);
-    const lo = v.getUint32(i * 8 + 4);
-    off[i] = (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
-    copied[i] = (hi & 0x80000000) !== 0 ? 1 : 0;
-  }
-  return { off, copied, tableOffset: offset };
+  return { ...decodeL1(raw, size), tableOffset: offset };
 }
 
 /**

@@ -11,6 +11,18 @@ import { type BitmapEntry, loadBitmapDirectory, parseBitmapsExt, readBitmapTable
 import { type Metadata, metadataOverlap, readOrZeros } from './check-open.js';
 import { AUTOCLEAR_BITMAPS, EXT_BITMAPS, INCOMPAT_CORRUPT, setU64 } from './header.js';
 import type { Qcow2Image } from './image.js';
+import {
+  decodeCompressedBig,
+  entryOffset,
+  isCompressed,
+  isCopied,
+  isZero,
+  L1_RESERVED_HI,
+  L1_RESERVED_LO,
+  L2_STD_RESERVED_HI,
+  L2_STD_RESERVED_LO,
+  withCopied,
+} from './l2-entry.js';
 
 const ZERO_BLOCK = Buffer.alloc(512);
 
@@ -24,8 +36,6 @@ function zeroBlockAt(table: Uint8Array, i: number, entryBytes: number): boolean 
   if (start % 512 !== 0 || start + 512 > table.length) return false;
   return Buffer.from(table.buffer, table.byteOffset + start, 512).equals(ZERO_BLOCK);
 }
-
-const COPIED_HI = 0x80000000;
 
 /** The check stops here (QEMU's check returned an error): `failure` is set. */
 class CheckAborted extends Error {}
@@ -72,7 +82,6 @@ async function writeAllowed(
   await signalCorruption(st, `Preventing invalid write on metadata (overlaps with ${hit})`);
   return false;
 }
-const COMPRESSED_HI = 0x40000000;
 
 interface State {
   counts: Float64Array;
@@ -140,11 +149,11 @@ async function checkL1(
     const lo = v.getUint32(i * 8 + 4);
     if (hi === 0 && lo === 0) continue;
     // L1E_RESERVED_MASK: bits 0-8 and 56-62.
-    if ((hi & 0x7f000000) !== 0 || (lo & 0x1ff) !== 0) {
+    if ((hi & L1_RESERVED_HI) !== 0 || (lo & L1_RESERVED_LO) !== 0) {
       st.res.messages.push(`ERROR found L1 entry with reserved bits set: ${hex64(hi, lo)}`);
       st.res.corruptions++;
     }
-    const l2 = (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
+    const l2 = entryOffset(hi, lo);
     inc(st, l2, cs);
     if (l2 % cs !== 0) {
       st.res.messages.push(
@@ -199,7 +208,7 @@ function l2Offsets(v: DataView, count: number): number[] {
   for (let i = 0; i < count; i++) {
     const hi = v.getUint32(i * 8);
     const lo = v.getUint32(i * 8 + 4);
-    if (hi !== 0 || lo !== 0) out.push((hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0));
+    if (hi !== 0 || lo !== 0) out.push(entryOffset(hi, lo));
   }
   return out;
 }
@@ -230,18 +239,17 @@ async function checkL2(
     const bhi = ext ? v.getUint32(e + 8) : 0;
     const blo = ext ? v.getUint32(e + 12) : 0;
     const entryHex = () => hex64(hi, lo);
-    const compressed = (hi & COMPRESSED_HI) !== 0;
+    const compressed = isCompressed(hi);
     // L2E_STD_RESERVED_MASK (bits 1-8 and 56-61) of a standard cluster descriptor.
-    if (!compressed && ((hi & 0x3f000000) !== 0 || (lo & 0x1fe) !== 0)) {
+    if (!compressed && ((hi & L2_STD_RESERVED_HI) !== 0 || (lo & L2_STD_RESERVED_LO) !== 0)) {
       st.res.messages.push(`ERROR found l2 entry with reserved bits set: ${entryHex()}`);
       st.res.corruptions++;
     }
     if (compressed) {
-      const x = 70 - img.clusterBits;
       // Up to 62 bits of host offset: exact as a BigInt (a corrupted entry names any of them).
-      const coffBig = BigInt(hi & ((1 << (x - 32)) - 1)) * 0x100000000n + BigInt(lo >>> 0);
+      const { offset: coffBig, sectors } = decodeCompressedBig(hi, lo, img.clusterBits);
       const coff = Number(coffBig);
-      if ((hi & COPIED_HI) !== 0) {
+      if (isCopied(hi)) {
         st.res.messages.push(
           `ERROR: coffset=0x${coffBig.toString(16)}: copied flag must never be set for compressed clusters`,
         );
@@ -249,19 +257,18 @@ async function checkL2(
       }
       if (img.hasDataFile) {
         st.res.messages.push(
-          `ERROR compressed cluster ${i} with data file, entry=0x${hex64(hi & ~COPIED_HI, lo)}`,
+          `ERROR compressed cluster ${i} with data file, entry=0x${hex64(withCopied(hi, false), lo)}`,
         );
         st.res.corruptions++;
         continue;
       }
       if (bhi !== 0 || blo !== 0) {
         st.res.messages.push(
-          `ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=0x${hex64(hi & ~COPIED_HI, lo)}`,
+          `ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=0x${hex64(withCopied(hi, false), lo)}`,
         );
         st.res.corruptions++;
         continue;
       }
-      const sectors = ((hi & 0x3fffffff) >>> (x - 32)) + 1;
       const csize = sectors * 512 - (lo & 511);
       if (!Number.isSafeInteger(coff)) {
         // Past any file: qcow2_inc_refcounts_imrt's message, with the exact offset.
@@ -277,7 +284,7 @@ async function checkL2(
       }
       continue;
     }
-    const host = (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
+    const host = entryOffset(hi, lo);
     if (img.hasHost(hi, host)) {
       if (ext && (bhi & blo) !== 0) {
         st.res.messages.push(
@@ -287,7 +294,7 @@ async function checkL2(
       }
       if (host % cs !== 0) {
         st.res.corruptions++;
-        const containsData = ext ? blo !== 0 : (lo & 1) === 0;
+        const containsData = ext ? blo !== 0 : !isZero(lo);
         if (containsData) {
           st.res.messages.push(
             `ERROR offset=${host.toString(16)}: Data cluster is not properly aligned; L2 entry corrupted.`,
@@ -738,13 +745,13 @@ async function checkCopied(st: State, fix: 'none' | 'leaks' | 'all'): Promise<vo
     }
     const hi = lv.getUint32(i * 8);
     const lo = lv.getUint32(i * 8 + 4);
-    const copied = (hi & COPIED_HI) !== 0;
+    const copied = isCopied(hi);
     if ((r1 === 1) !== copied) {
       res.messages.push(
         `${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${hex64(hi, lo)} refcount=${r1}`,
       );
       if (repair) {
-        lv.setUint32(i * 8, r1 === 1 ? (hi | COPIED_HI) >>> 0 : hi & ~COPIED_HI);
+        lv.setUint32(i * 8, withCopied(hi, r1 === 1));
         // qcow2_write_l1_entry writes the 512-byte block of the table holding the entry.
         const blockStart = Math.floor((i * 8) / 512) * 512;
         const blockEnd = Math.min(l1.length, blockStart + 512);
@@ -774,20 +781,20 @@ async function checkCopied(st: State, fix: 'none' | 'leaks' | 'all'): Promise<vo
       const e = j * img.entryBytes;
       const ehi = v.getUint32(e);
       const elo = v.getUint32(e + 4);
-      if ((ehi & COMPRESSED_HI) !== 0) continue;
-      const host = (ehi & 0x00ffffff) * 0x100000000 + ((elo & 0xfffffe00) >>> 0);
+      if (isCompressed(ehi)) continue;
+      const host = entryOffset(ehi, elo);
       // Normal and preallocated-zero clusters (QCOW2_CLUSTER_NORMAL, _ZERO_ALLOC).
       if (!img.hasHost(ehi, host)) continue;
       const r = img.hasDataFile ? 1 : await refcount(Math.floor(host / cs));
       if (r === undefined) continue;
-      const c = (ehi & COPIED_HI) !== 0;
+      const c = isCopied(ehi);
       if ((r === 1) !== c) {
         res.messages.push(
           `${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED data cluster: l2_entry=${hex64(ehi, elo)} refcount=${r}`,
         );
         res.corruptions++;
         if (repair) {
-          v.setUint32(e, r === 1 ? (ehi | COPIED_HI) >>> 0 : ehi & ~COPIED_HI);
+          v.setUint32(e, withCopied(ehi, r === 1));
           dirty++;
         }
       }

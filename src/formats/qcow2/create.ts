@@ -25,6 +25,7 @@ import {
   type Qcow2Header,
   setU64,
 } from './header.js';
+import { COPIED_HI, putEntry } from './l2-entry.js';
 import { Refcounts } from './refcount.js';
 
 /** In the order qemu-img prints them in its "Formatting" line. */
@@ -285,8 +286,7 @@ async function writeImage(
     for (let i = 0; i < count; i++) {
       const host = dataFile !== null ? guestStart + i * cs : firstHost + i * cs;
       const e = (firstIdx + i) * entryBytes;
-      setU64(v, e, host);
-      v.setUint32(e, v.getUint32(e) | 0x80000000);
+      putEntry(v, e, host, COPIED_HI);
     }
     await rc.flush();
     await file.write(buf, l2);
@@ -308,8 +308,7 @@ async function writeImage(
       const v = new DataView(buf.buffer);
       for (let i = 0; i < count; i++) {
         const e = ((c + i) % l2Entries) * entryBytes;
-        setU64(v, e, host + i * cs);
-        v.setUint32(e, v.getUint32(e) | 0x80000000);
+        putEntry(v, e, host + i * cs, COPIED_HI);
       }
       await file.write(buf, l2);
       l1[l1i] = l2;
@@ -348,8 +347,7 @@ async function writeImage(
     const v = new DataView(raw.buffer);
     for (let i = 0; i < l1Size; i++) {
       if (l1[i] === 0) continue;
-      setU64(v, i * 8, l1[i]!);
-      v.setUint32(i * 8, v.getUint32(i * 8) | 0x80000000);
+      putEntry(v, i * 8, l1[i]!, COPIED_HI);
     }
     await file.write(raw, l1Offset);
   }

@@ -61,6 +61,19 @@ import {
   setU64,
   V3_HEADER_LENGTH,
 } from './header.js';
+import {
+  ALL_SUBCLUSTERS,
+  COPIED_HI,
+  copiedEntry,
+  decodeCompressed,
+  decodeL1,
+  encodeCompressed,
+  entryOffset,
+  isCompressed,
+  isCopied,
+  isZero,
+  putEntry,
+} from './l2-entry.js';
 import { Refcounts } from './refcount.js';
 import { type Qcow2Snapshot, readSnapshots } from './snapshot.js';
 
@@ -86,8 +99,6 @@ export interface Run {
   cSize: number;
 }
 
-const COPIED_HI = 0x80000000;
-const COMPRESSED_HI = 0x40000000;
 /** L2 cache bound (QEMU's default maximum is 32 MiB). */
 const L2_CACHE_BYTES = 32 << 20;
 
@@ -108,6 +119,12 @@ interface Claim {
   start: number;
   end: number;
   done: Promise<void>;
+}
+
+/** An L2 update naming the (refcount 1) cluster `host`. */
+function copiedUpdate(index: number, host: number, bhi: number, blo: number): L2Update {
+  const [hi, lo] = copiedEntry(host);
+  return { index, hi, lo, bhi, blo };
 }
 
 interface L2Update {
@@ -263,7 +280,7 @@ export class Qcow2Image implements FormatImage {
    * tells them apart (as QEMU's qcow2_get_cluster_type).
    */
   hasHost(hi: number, host: number): boolean {
-    return host !== 0 || (this.hasDataFile && (hi & COPIED_HI) !== 0);
+    return host !== 0 || (this.hasDataFile && isCopied(hi));
   }
 
   /** Name of the file holding guest data (for block status). */
@@ -498,11 +515,11 @@ export class Qcow2Image implements FormatImage {
       let host = 0;
       let cOffset = 0;
       let cSize = 0;
-      if ((hi & COMPRESSED_HI) !== 0) {
+      if (isCompressed(hi)) {
         kind = Kind.Compressed;
         [cOffset, cSize] = this.compressedRange(hi, lo, l2off, ci);
       } else {
-        const h = (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
+        const h = entryOffset(hi, lo);
         const hh = this.hasHost(hi, h);
         if (this.extL2) {
           const sc = Math.floor(inCluster / unit);
@@ -516,7 +533,7 @@ export class Qcow2Image implements FormatImage {
               throw this.corrupt(`Allocated subcluster without a host cluster (L2 entry ${ci})`, l2off + e);
             kind = zbit ? Kind.Zero : Kind.Unalloc;
           }
-        } else if ((lo & 1) !== 0) {
+        } else if (isZero(lo)) {
           kind = hh ? Kind.ZeroAlloc : Kind.Zero;
         } else {
           kind = hh ? Kind.Data : Kind.Unalloc;
@@ -602,10 +619,7 @@ export class Qcow2Image implements FormatImage {
 
   /** Host byte offset and length of a compressed cluster's data (QEMU's qcow2_parse_compressed_l2_entry). */
   compressedRange(hi: number, lo: number, l2off: number, ci: number): [number, number] {
-    const x = 70 - this.clusterBits; // bits of offset
-    const off = (hi & ((1 << (x - 32)) - 1)) * 0x100000000 + lo;
-    const sectors = ((hi & 0x3fffffff) >>> (x - 32)) + 1;
-    const size = sectors * 512 - (off % 512);
+    const { offset: off, size } = decodeCompressed(hi, lo, this.clusterBits);
     if (off >= this.fileEnd || off === 0) {
       throw this.corrupt(
         `Compressed cluster at host offset 0x${off.toString(16)} lies outside the image file (L2 offset: 0x${l2off.toString(16)}, L2 index: 0x${ci.toString(16)})`,
@@ -817,9 +831,7 @@ export class Qcow2Image implements FormatImage {
 
   private async writeL1Entry(i: number, offset: number, copied: boolean): Promise<void> {
     const b = new Uint8Array(8);
-    const v = new DataView(b.buffer);
-    setU64(v, 0, offset);
-    if (copied) v.setUint32(0, v.getUint32(0) | COPIED_HI);
+    putEntry(new DataView(b.buffer), 0, offset, copied ? COPIED_HI : 0);
     await this.file.write(b, this.l1TableOffset + i * 8);
     this.l1Off[i] = offset;
     this.l1Copied[i] = copied ? 1 : 0;
@@ -1012,9 +1024,9 @@ export class Qcow2Image implements FormatImage {
       const e = ci * this.entryBytes;
       const hi = v.getUint32(e);
       const lo = v.getUint32(e + 4);
-      const compressed = (hi & COMPRESSED_HI) !== 0;
-      const host = compressed ? 0 : (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
-      const copied = (hi & COPIED_HI) !== 0;
+      const compressed = isCompressed(hi);
+      const host = compressed ? 0 : entryOffset(hi, lo);
+      const copied = isCopied(hi);
       const hh = !compressed && this.hasHost(hi, host);
       if (hh) this.checkDataCluster(host, l2off, ci);
       const dataFile = this.hasDataFile;
@@ -1054,28 +1066,23 @@ export class Qcow2Image implements FormatImage {
             const cur = await this.readCluster(clusterStart);
             cur.set(chunk, a);
             addPiece(fresh, cur);
-            updates.push({
-              index: ci,
-              hi: COPIED_HI | Math.floor(fresh / 0x100000000),
-              lo: fresh >>> 0,
-              bhi: compressed ? 0 : (zbits & ~mask) >>> 0,
-              blo: compressed ? 0xffffffff : (abits | mask) >>> 0,
-            });
+            updates.push(
+              copiedUpdate(
+                ci,
+                fresh,
+                compressed ? 0 : (zbits & ~mask) >>> 0,
+                compressed ? ALL_SUBCLUSTERS : (abits | mask) >>> 0,
+              ),
+            );
             if (compressed) frees.push(this.compressedFreeRange(hi, lo, l2off, ci));
             else if (!dataFile) frees.push([host, cs]);
           } else {
             addPiece(fresh + ea, piece);
-            updates.push({
-              index: ci,
-              hi: COPIED_HI | Math.floor(fresh / 0x100000000),
-              lo: fresh >>> 0,
-              bhi: (zbits & ~mask) >>> 0,
-              blo: (abits | mask) >>> 0,
-            });
+            updates.push(copiedUpdate(ci, fresh, (zbits & ~mask) >>> 0, (abits | mask) >>> 0));
           }
         }
       } else {
-        const zeroFlag = (lo & 1) !== 0;
+        const zeroFlag = isZero(lo);
         if (hh && (copied || dataFile) && !zeroFlag) {
           this.assertNotMetadata(host + a, b - a);
           addPiece(host + a, chunk);
@@ -1093,13 +1100,7 @@ export class Qcow2Image implements FormatImage {
           this.noteAlloc(fresh, cs);
           if (fresh !== host) this.assertNotMetadata(fresh, cs);
           addPiece(fresh, whole);
-          updates.push({
-            index: ci,
-            hi: COPIED_HI | Math.floor(fresh / 0x100000000),
-            lo: fresh >>> 0,
-            bhi: 0,
-            blo: 0,
-          });
+          updates.push(copiedUpdate(ci, fresh, 0, 0));
           if (compressed) frees.push(this.compressedFreeRange(hi, lo, l2off, ci));
           else if (hh && fresh !== host && !dataFile) frees.push([host, cs]);
         }
@@ -1224,8 +1225,8 @@ export class Qcow2Image implements FormatImage {
       const e = ci * this.entryBytes;
       const hi = v.getUint32(e);
       const lo = v.getUint32(e + 4);
-      const compressed = (hi & COMPRESSED_HI) !== 0;
-      const host = compressed ? 0 : (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
+      const compressed = isCompressed(hi);
+      const host = compressed ? 0 : entryOffset(hi, lo);
       const hh = !compressed && this.hasHost(hi, host);
       if (this.extL2) {
         const s0 = u % 32;
@@ -1246,7 +1247,7 @@ export class Qcow2Image implements FormatImage {
         } else if (whole && (compressed || (unmap && hh))) {
           if (compressed) this.pendingFrees.push(this.compressedFreeRange(hi, lo, l2off, ci));
           else if (!this.hasDataFile) this.pendingFrees.push([host, this.clusterSize]);
-          this.setEntry(v, { index: ci, hi: 0, lo: 0, bhi: 0xffffffff, blo: 0 });
+          this.setEntry(v, { index: ci, hi: 0, lo: 0, bhi: ALL_SUBCLUSTERS, blo: 0 });
           changed = true;
         } else {
           const zb = v.getUint32(e + 8);
@@ -1331,8 +1332,8 @@ export class Qcow2Image implements FormatImage {
       const e = ci * this.entryBytes;
       const hi = v.getUint32(e);
       const lo = v.getUint32(e + 4);
-      const compressed = (hi & COMPRESSED_HI) !== 0;
-      const host = compressed ? 0 : (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
+      const compressed = isCompressed(hi);
+      const host = compressed ? 0 : entryOffset(hi, lo);
       const hh = !compressed && this.hasHost(hi, host);
       const allocated = compressed || hh;
       if (!full && !(this.ctx.hasBacking || allocated)) continue;
@@ -1342,7 +1343,7 @@ export class Qcow2Image implements FormatImage {
       if (this.extL2) {
         nhi = 0;
         nlo = 0;
-        nbhi = full ? 0 : 0xffffffff;
+        nbhi = full ? 0 : ALL_SUBCLUSTERS;
       }
       const same =
         nhi === hi &&
@@ -1647,8 +1648,7 @@ export class Qcow2Image implements FormatImage {
     for (let i = 0; i < this.l1Size; i++) {
       const off = this.l1Off[i]!;
       if (off === 0) continue;
-      setU64(v, i * 8, off);
-      if (this.l1Copied[i] === 1) v.setUint32(i * 8, v.getUint32(i * 8) | COPIED_HI);
+      putEntry(v, i * 8, off, this.l1Copied[i] === 1 ? COPIED_HI : 0);
     }
     await this.file.write(raw, at);
     this.noteAlloc(at, bytes);
@@ -1730,16 +1730,13 @@ export class Qcow2Image implements FormatImage {
       this.noteAlloc(host, out.length);
       this.assertNotMetadata(host, out.length);
       await this.file.write(out, host);
-      const x = 70 - this.clusterBits;
-      const sectors = Math.floor((host + out.length - 1) / 512) - Math.floor(host / 512);
-      const nhi = (COMPRESSED_HI | (sectors << (x - 32)) | Math.floor(host / 0x100000000)) >>> 0;
-      const nlo = host >>> 0;
+      const [nhi, nlo] = encodeCompressed(host, out.length, this.clusterBits);
       this.setEntry(v, { index: ci, hi: nhi, lo: nlo, bhi: 0, blo: 0 });
       this.lastCompressed = null;
       this.l2Cache.markDirty(l2off, table);
-      if ((hi & COMPRESSED_HI) !== 0) this.pendingFrees.push(this.compressedFreeRange(hi, lo, l2off, ci));
+      if (isCompressed(hi)) this.pendingFrees.push(this.compressedFreeRange(hi, lo, l2off, ci));
       else {
-        const old = (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
+        const old = entryOffset(hi, lo);
         if (old !== 0) this.pendingFrees.push([old, cs]);
       }
       await this.settleFrees();
@@ -1957,14 +1954,10 @@ export async function readL1(
 ): Promise<{ off: Float64Array; copied: Uint8Array; tableOffset: number }> {
   const raw = new Uint8Array(size * 8);
   if (size > 0) await file.read(raw, offset);
-  const v = new DataView(raw.buffer);
-  const off = new Float64Array(size);
-  const copied = new Uint8Array(size);
+  const { off, copied } = decodeL1(raw, size);
   const cs = 2 ** clusterBits;
   for (let i = 0; i < size; i++) {
-    const hi = v.getUint32(i * 8);
-    const lo = v.getUint32(i * 8 + 4);
-    const o = (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
+    const o = off[i]!;
     if (o !== 0 && (o % cs !== 0 || o + cs > fileSize)) {
       throw new VdiskError(
         'CORRUPT_IMAGE',
@@ -1974,8 +1967,6 @@ export async function readL1(
         { path: file.path, offset: offset + i * 8 },
       );
     }
-    off[i] = o;
-    copied[i] = (hi & COPIED_HI) !== 0 ? 1 : 0;
   }
   return { off, copied, tableOffset: offset };
 }

@@ -20,8 +20,8 @@
  * refcounts reach the disk before the L2 entries that name the clusters.
  */
 import { Kind, type Qcow2Image } from './image.js';
+import { COPIED_HI, putEntry } from './l2-entry.js';
 
-const COPIED_HI = 0x80000000;
 const ZEROS = new Uint8Array(4 << 20);
 
 export async function preallocateGrowth(
@@ -75,8 +75,7 @@ export async function preallocateGrowth(
       free.forEach((ci, k) => {
         const off = host + k * cs;
         const e = ci * img.entryBytes;
-        v.setUint32(e, (COPIED_HI | Math.floor(off / 0x100000000)) >>> 0);
-        v.setUint32(e + 4, off >>> 0);
+        putEntry(v, e, off, COPIED_HI);
         if (img.extL2) {
           v.setUint32(e + 8, 0);
           v.setUint32(e + 12, 0);

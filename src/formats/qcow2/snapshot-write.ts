@@ -27,10 +27,9 @@
 import { VdiskError } from '../../core/errors.js';
 import { l1EntriesFor, MAX_SNAPSHOTS, setU64 } from './header.js';
 import type { Qcow2Image } from './image.js';
+import { decodeL1, entryOffset, isCompressed, isCopied, setCopiedAt, withCopied } from './l2-entry.js';
 import { type Qcow2Snapshot, readSnapshots } from './snapshot.js';
 
-const COPIED_HI = 0x80000000;
-const COMPRESSED_HI = 0x40000000;
 /** QEMU's QCOW_MAX_SNAPSHOTS_SIZE. */
 const MAX_TABLE_BYTES = 64 * 1024 * 1024;
 
@@ -324,12 +323,12 @@ function scanTable(img: Qcow2Image, table: Uint8Array, l2: number): Array<[numbe
     const e = i * img.entryBytes;
     const hi = v.getUint32(e);
     const lo = v.getUint32(e + 4);
-    if ((hi & COMPRESSED_HI) !== 0) {
+    if (isCompressed(hi)) {
       const [off, size] = img.compressedRange(hi, lo, l2, i);
       refs.push([off, size]);
       continue;
     }
-    const host = (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
+    const host = entryOffset(hi, lo);
     if (!img.hasHost(hi, host) || img.hasDataFile) continue;
     if (host % cs !== 0 || host >= img.fileEnd) {
       throw new VdiskError(
@@ -357,7 +356,7 @@ async function readL1Offsets(img: Qcow2Image, offset: number, size: number): Pro
   for (let i = 0; i < size; i++) {
     const hi = v.getUint32(i * 8);
     const lo = v.getUint32(i * 8 + 4);
-    out[i] = (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
+    out[i] = entryOffset(hi, lo);
   }
   return out;
 }
@@ -401,12 +400,12 @@ async function finishActive(
       const e = j * img.entryBytes;
       const hi = v.getUint32(e);
       const lo = v.getUint32(e + 4);
-      if ((hi & COMPRESSED_HI) !== 0) continue;
-      const host = (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
+      if (isCompressed(hi)) continue;
+      const host = entryOffset(hi, lo);
       if (!img.hasHost(hi, host) || img.hasDataFile) continue;
       const want = (await tx.final(host / cs)) === 1;
-      if (want !== ((hi & COPIED_HI) !== 0)) {
-        v.setUint32(e, want ? (hi | COPIED_HI) >>> 0 : (hi & ~COPIED_HI) >>> 0);
+      if (want !== isCopied(hi)) {
+        v.setUint32(e, withCopied(hi, want));
         differs = true;
       }
     }
@@ -417,7 +416,7 @@ async function finishActive(
       await img.file.write(copy, target);
     }
     setU64(lv, i * 8, target);
-    if ((await tx.final(target / cs)) === 1) lv.setUint32(i * 8, lv.getUint32(i * 8) | COPIED_HI);
+    if ((await tx.final(target / cs)) === 1) setCopiedAt(lv, i * 8);
   }
   return raw;
 }
@@ -453,15 +452,10 @@ async function reload(img: Qcow2Image, l1Raw: Uint8Array | null): Promise<void> 
   img.l2Cache.clear();
   img.l2Cache.fileEnd = img.fileEnd;
   if (l1Raw !== null) {
-    const v = new DataView(l1Raw.buffer, l1Raw.byteOffset, l1Raw.length);
     const n = l1Raw.length / 8;
-    img.l1Off = new Float64Array(n);
-    img.l1Copied = new Uint8Array(n);
-    for (let i = 0; i < n; i++) {
-      const hi = v.getUint32(i * 8);
-      img.l1Off[i] = (hi & 0x00ffffff) * 0x100000000 + ((v.getUint32(i * 8 + 4) & 0xfffffe00) >>> 0);
-      img.l1Copied[i] = (hi & COPIED_HI) !== 0 ? 1 : 0;
-    }
+    const l1 = decodeL1(l1Raw, n);
+    img.l1Off = l1.off;
+    img.l1Copied = l1.copied;
     img.l1Size = n;
     img.l1TableOffset = h.l1TableOffset;
   }
