@@ -1,5 +1,7 @@
 /**
- * Qcow2Image: one open qcow2 image behind the FormatImage contract.
+ * Qcow2Image: one open qcow2 image behind the FormatImage contract: the I/O paths. Opening
+ * is in open.ts, the metadata state (header, tables, caches, refcounts) in metadata.ts, the
+ * entry bit layout in l2-entry.ts.
  *
  * Reads map guest ranges to runs (unallocated / zero / data / compressed) through the L1
  * table and a bounded LRU of L2 tables; unallocated runs come from the backing chain
@@ -22,7 +24,6 @@ import type {
   AmendValues,
   CheckResult,
   DriverContext,
-  DriverOpenOptions,
   FileRef,
   FormatImage,
   FormatSpecific,
@@ -32,22 +33,14 @@ import { VdiskError } from '../../core/errors.js';
 import type { HostFile } from '../../core/host-file.js';
 import { Mutex } from '../../core/lock.js';
 import type { SectorCipher } from '../luks/crypto.js';
-import { type BitmapInfo, PersistentBitmaps } from './bitmap-state.js';
-import { parseBitmapsExt } from './bitmaps.js';
-import { readL1ForCheck } from './check-open.js';
+import type { BitmapInfo, PersistentBitmaps } from './bitmap-state.js';
 import {
-  AUTOCLEAR_BITMAPS,
-  AUTOCLEAR_DATA_FILE_RAW,
   COMPAT_LAZY_REFCOUNTS,
-  EXT_BITMAPS,
   INCOMPAT_CORRUPT,
-  INCOMPAT_DATA_FILE,
   INCOMPAT_DIRTY,
   l1EntriesFor,
   MAX_L1_BYTES,
-  parseHeader,
   type Qcow2Header,
-  setU64,
 } from './header.js';
 import {
   ALL_SUBCLUSTERS,
@@ -60,7 +53,6 @@ import {
 } from './l2-entry.js';
 import { type L1Table, Qcow2Metadata, readL1 } from './metadata.js';
 import type { Refcounts } from './refcount.js';
-import { readSnapshots } from './snapshot.js';
 
 // Loaded when an image needs them (encrypted images, compressed clusters): they pull in
 // node:crypto, zlib and worker_threads, ~15 ms of start-up that most commands never use.
@@ -156,8 +148,8 @@ export class Qcow2Image implements FormatImage {
   private metadataPrealloc: boolean | null = null;
   private lastCompressed: { key: number; data: Uint8Array } | null = null;
   private closed = false;
-  /** The crypto module, loaded when the header names an encryption method. */
-  private crypto: CryptoModule | undefined;
+  /** The crypto module, loaded when the header names an encryption method (open.ts). */
+  crypto: CryptoModule | undefined;
   /** crypt_method 1: the legacy AES cipher (read only; IV from the guest offset). */
   aes: SectorCipher | undefined;
 
@@ -213,121 +205,7 @@ export class Qcow2Image implements FormatImage {
     return this.dataHostFile?.path ?? this.header.dataFile ?? this.file.path;
   }
 
-  // ---------------------------------------------------------------- open
-
-  static async open(file: HostFile, opts: DriverOpenOptions): Promise<Qcow2Image> {
-    const fileSize = await file.size();
-    const first = new Uint8Array(Math.min(fileSize, 2 << 20, 4096));
-    await file.read(first, 0);
-    let headBuf = first;
-    if (first.length >= 24) {
-      const cb = new DataView(first.buffer).getUint32(20);
-      if (cb >= 9 && cb <= 21 && 2 ** cb > first.length) {
-        headBuf = new Uint8Array(Math.min(fileSize, 2 ** cb));
-        await file.read(headBuf, 0);
-      }
-    }
-    const forCheck = opts.forCheck === true;
-    const header = parseHeader(headBuf, fileSize, file.path, forCheck);
-    // A corrupt image opens read/write only to be repaired (QEMU: unless BDRV_O_CHECK).
-    if (opts.writable && !forCheck && (header.incompatible & INCOMPAT_CORRUPT) !== 0) {
-      throw new VdiskError('CORRUPT_IMAGE', 'qcow2: Image is corrupt; cannot be opened read/write', {
-        path: file.path,
-      });
-    }
-    const l1 = forCheck
-      ? await readL1ForCheck(file, header.l1TableOffset, header.l1Size)
-      : await readL1(file, header.l1TableOffset, header.l1Size, header.clusterBits, fileSize);
-    let dataHost: HostFile | null = file;
-    const external = header.dataFile !== undefined && (header.incompatible & INCOMPAT_DATA_FILE) !== 0;
-    if (external) {
-      if (opts.openDataFile === undefined) {
-        throw new VdiskError(
-          'NOT_ALLOWED',
-          `'${file.path}' names the data file '${header.dataFile}', which was not allowed to be opened`,
-          { path: file.path },
-        );
-      }
-      // A read-only open tolerates a missing data file until data is read from it (qemu-img
-      // info works without it); consent (NOT_ALLOWED) and writable opens fail now.
-      try {
-        dataHost = await opts.openDataFile({ filename: header.dataFile! }, opts.writable);
-      } catch (err) {
-        if (opts.writable || !(err instanceof VdiskError) || err.code !== 'ENOENT') throw err;
-        dataHost = null;
-      }
-    }
-    const img = new Qcow2Image(file, dataHost, header, !opts.writable, l1, fileSize);
-    img.meta.forCheck = forCheck;
-    if (external && dataHost === null) {
-      const open = opts.openDataFile!;
-      img.dataOpener = () => open({ filename: header.dataFile! }, false);
-    }
-    try {
-      await img.init(opts);
-    } catch (err) {
-      if (dataHost !== null && dataHost !== file) await dataHost.close().catch(() => {});
-      throw err;
-    }
-    return img;
-  }
-
-  private async init(opts: DriverOpenOptions): Promise<void> {
-    const h = this.header;
-    if (h.cryptMethod !== 0) this.crypto = await import('./crypto.js');
-    this.meta.luks = await this.crypto?.openQcow2Luks(this.file, h, opts);
-    if (h.cryptMethod === 1) {
-      const { legacyAesReadOnly, openLegacyAes } = await import('../luks/legacy-aes.js');
-      if (opts.writable) throw legacyAesReadOnly(this.file.path);
-      this.crypto!.cryptoHeaderRef(h, this.file.path);
-      this.aes = openLegacyAes(opts.options?.['encrypt.key-secret'], {
-        noIo: opts.noIo === true,
-        prefix: 'encrypt.',
-      });
-    }
-    // Opened for check, a snapshot table at an unaligned offset is reported by check itself.
-    const skipSnapshots = this.meta.forCheck && h.snapshotsOffset % this.clusterSize !== 0;
-    const { snapshots, tableBytes } = skipSnapshots
-      ? { snapshots: [], tableBytes: 0 }
-      : await readSnapshots(this.file, h.snapshotsOffset, h.nbSnapshots, this.meta.fileEnd);
-    this.meta.snapshotList = snapshots;
-    this.meta.snapshotTableBytes = tableBytes;
-    const bmExt = parseBitmapsExt(
-      h.extensions.find((e) => e.type === EXT_BITMAPS)?.data,
-      (h.autoclear & AUTOCLEAR_BITMAPS) !== 0,
-      this.clusterSize,
-      this.file.path,
-    );
-    this.meta.persistentBitmaps = await PersistentBitmaps.open(
-      this.meta.bitmapStore(),
-      bmExt,
-      this.meta.size,
-      this.file.path,
-      h.version,
-    );
-    this.meta.indexMetadata();
-    if (this.readOnly) return;
-    // Opened for check (-r): check itself reports overlapping tables.
-    if (!this.meta.forCheck) this.meta.checkOverlaps();
-    await this.meta.loadRefcounts();
-    if (this.meta.dirty && opts.repairOnOpen !== false) {
-      // QEMU rebuilds the refcounts of a dirty lazy-refcounts image on a writable open.
-      const { checkImage } = await import('./check.js');
-      await checkImage(this.meta, 'all');
-      await this.meta.setIncompatible(this.header.incompatible & ~INCOMPAT_DIRTY);
-    }
-    // Autoclear bits we do not maintain must be cleared when we may modify the image
-    // (qcow2.rst). We keep data_file_raw, which we honour, and bitmaps: rather than orphan
-    // the bitmaps (qemu would then count their clusters as leaked), the first write marks
-    // each of them in use, i.e. inconsistent, which is what they then are.
-    const keep = this.header.autoclear & (AUTOCLEAR_DATA_FILE_RAW | AUTOCLEAR_BITMAPS);
-    if (this.header.autoclear !== keep && this.meta.version === 3) {
-      this.header.autoclear = keep;
-      const b = new Uint8Array(8);
-      setU64(new DataView(b.buffer), 0, keep);
-      await this.file.write(b, 88);
-    }
-  }
+  // ---------------------------------------------------------------- mapping
 
   /** The uniform run of guest space starting at `offset`, at most maxLen bytes (within one L2 table). */
   async mapRun(offset: number, maxLen: number): Promise<Run> {
