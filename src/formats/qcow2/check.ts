@@ -37,6 +37,18 @@ function zeroBlockAt(table: Uint8Array, i: number, entryBytes: number): boolean 
   return Buffer.from(table.buffer, table.byteOffset + start, 512).equals(ZERO_BLOCK);
 }
 
+/** Indexes of an L2 table's entries, passing over 512-byte blocks of zeros. */
+function* usedEntries(table: Uint8Array, meta: Qcow2Metadata): Generator<number> {
+  const perBlock = 512 / meta.entryBytes;
+  for (let i = 0; i < meta.l2Entries; i++) {
+    if (zeroBlockAt(table, i, meta.entryBytes)) {
+      i += perBlock - 1;
+      continue;
+    }
+    yield i;
+  }
+}
+
 /** The check stops here (QEMU's check returned an error): `failure` is set. */
 class CheckAborted extends Error {}
 
@@ -227,12 +239,7 @@ async function checkL2(
   // Fragmentation is counted within each L2 table (as QEMU does).
   let nextContiguous = 0;
   const ext = meta.extL2;
-  const perBlock = 512 / meta.entryBytes;
-  for (let i = 0; i < meta.l2Entries; i++) {
-    if (zeroBlockAt(table, i, meta.entryBytes)) {
-      i += perBlock - 1;
-      continue;
-    }
+  for (const i of usedEntries(table, meta)) {
     const e = i * meta.entryBytes;
     const hi = v.getUint32(e);
     const lo = v.getUint32(e + 4);
@@ -774,13 +781,8 @@ async function checkCopied(st: State, fix: 'none' | 'leaks' | 'all'): Promise<vo
     }
     const table = await tables.next(l2);
     const v = new DataView(table.buffer, table.byteOffset, table.byteLength);
-    const perBlock = 512 / meta.entryBytes;
     let dirty = 0;
-    for (let j = 0; j < meta.l2Entries; j++) {
-      if (zeroBlockAt(table, j, meta.entryBytes)) {
-        j += perBlock - 1;
-        continue;
-      }
+    for (const j of usedEntries(table, meta)) {
       const e = j * meta.entryBytes;
       const ehi = v.getUint32(e);
       const elo = v.getUint32(e + 4);

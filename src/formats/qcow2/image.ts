@@ -116,12 +116,6 @@ export class Qcow2Image implements FormatImage {
   get encrypted(): boolean {
     return this.header.cryptMethod !== 0;
   }
-  readonly clusterSize: number;
-  readonly clusterBits: number;
-  readonly subclusterSize: number;
-  readonly extL2: boolean;
-  readonly entryBytes: number;
-  readonly l2Entries: number;
   readonly dataFile: FileRef | undefined;
   /** The metadata state (metadata.ts): header, tables, caches, refcounts, snapshots, bitmaps. */
   readonly meta: Qcow2Metadata;
@@ -164,15 +158,12 @@ export class Qcow2Image implements FormatImage {
     /** A snapshot view shares the file and must not close it. */
     private readonly ownsFiles = true,
   ) {
-    const meta = new Qcow2Metadata(file, header, readOnly, l1, fileSize);
-    this.meta = meta;
-    this.clusterBits = meta.clusterBits;
-    this.clusterSize = meta.clusterSize;
-    this.extL2 = meta.extL2;
-    this.entryBytes = meta.entryBytes;
-    this.l2Entries = meta.l2Entries;
-    this.subclusterSize = meta.subclusterSize;
+    this.meta = new Qcow2Metadata(file, header, readOnly, l1, fileSize);
     this.dataFile = header.dataFile !== undefined ? { filename: header.dataFile } : undefined;
+  }
+
+  get clusterSize(): number {
+    return this.meta.clusterSize;
   }
 
   get size(): number {
@@ -209,8 +200,8 @@ export class Qcow2Image implements FormatImage {
 
   /** The uniform run of guest space starting at `offset`, at most maxLen bytes (within one L2 table). */
   async mapRun(offset: number, maxLen: number): Promise<Run> {
-    const cs = this.clusterSize;
-    const span = this.l2Entries * cs;
+    const cs = this.meta.clusterSize;
+    const span = this.meta.l2Entries * cs;
     const l1i = Math.floor(offset / span);
     const spanEnd = Math.min((l1i + 1) * span, offset + maxLen);
     const l2off = l1i < this.meta.l1Size ? this.meta.l1Off[l1i]! : 0;
@@ -219,14 +210,14 @@ export class Qcow2Image implements FormatImage {
     if (this.meta.l2Cache.peek(l2off) === undefined) this.readAhead(l1i, offset + maxLen);
     const table = await this.meta.l2Cache.get(l2off);
     const v = new DataView(table.buffer, table.byteOffset, table.length);
-    const unit = this.subclusterSize;
+    const unit = this.meta.subclusterSize;
     let pos = offset;
     let started = false;
     while (pos < spanEnd) {
       const ci = Math.floor((pos % span) / cs);
       const inCluster = pos % cs;
       const unitEnd = Math.min(pos - (pos % unit) + unit, spanEnd);
-      const e = ci * this.entryBytes;
+      const e = ci * this.meta.entryBytes;
       const hi = v.getUint32(e);
       const lo = v.getUint32(e + 4);
       let kind: Kind;
@@ -239,7 +230,7 @@ export class Qcow2Image implements FormatImage {
       } else {
         const h = entryOffset(hi, lo);
         const hh = this.meta.hasHost(hi, h);
-        if (this.extL2) {
+        if (this.meta.extL2) {
           const sc = Math.floor(inCluster / unit);
           const zbit = (v.getUint32(e + 8) >>> sc) & 1;
           const abit = (v.getUint32(e + 12) >>> sc) & 1;
@@ -295,7 +286,7 @@ export class Qcow2Image implements FormatImage {
    */
   private readAhead(l1i: number, end: number): void {
     if (this.file.sequential) return;
-    const span = this.l2Entries * this.clusterSize;
+    const span = this.meta.l2Entries * this.meta.clusterSize;
     let started = 0;
     for (let i = l1i + 1; i < this.meta.l1Size && i * span < end && started < 16; i++) {
       const off = this.meta.l1Off[i]!;
@@ -307,7 +298,7 @@ export class Qcow2Image implements FormatImage {
 
   /** Grow an unallocated run that reached the end of L1 entry `l1i` over the L1 entries without a table. */
   private extendUnallocated(run: Run, offset: number, maxLen: number, l1i: number): Run {
-    const span = this.l2Entries * this.clusterSize;
+    const span = this.meta.l2Entries * this.meta.clusterSize;
     const end = offset + maxLen;
     let i = l1i + 1;
     while (i * span < end && (i >= this.meta.l1Size || this.meta.l1Off[i] === 0)) i++;
@@ -398,9 +389,9 @@ export class Qcow2Image implements FormatImage {
       this.metadataPrealloc = false;
       return false;
     }
-    const realClusters = Math.floor(allocated / this.clusterSize);
+    const realClusters = Math.floor(allocated / this.meta.clusterSize);
     const threshold = Math.max(Math.floor((realClusters * 10) / 9), realClusters + 2);
-    const end = Math.ceil(fileLength / this.clusterSize);
+    const end = Math.ceil(fileLength / this.meta.clusterSize);
     this.metadataPrealloc = (await rc.countInUse(end, threshold)) >= threshold;
     return this.metadataPrealloc;
   }
@@ -442,8 +433,8 @@ export class Qcow2Image implements FormatImage {
           break;
         case Kind.Compressed: {
           const g = offset + pos;
-          const inCluster = g % this.clusterSize;
-          len = Math.min(len, this.clusterSize - inCluster);
+          const inCluster = g % this.meta.clusterSize;
+          len = Math.min(len, this.meta.clusterSize - inCluster);
           const data = await this.readCompressed(r.cOffset, r.cSize);
           buf.set(data.subarray(inCluster, inCluster + len), pos);
           break;
@@ -458,9 +449,9 @@ export class Qcow2Image implements FormatImage {
   /** Decompress one cluster (the last one is kept: small sequential reads hit it again). */
   async readCompressed(cOffset: number, cSize: number): Promise<Uint8Array> {
     if (this.lastCompressed !== null && this.lastCompressed.key === cOffset) return this.lastCompressed.data;
-    const src = new Uint8Array(Math.min(cSize, 2 * this.clusterSize + 512));
+    const src = new Uint8Array(Math.min(cSize, 2 * this.meta.clusterSize + 512));
     await this.file.read(src, cOffset);
-    const out = new Uint8Array(this.clusterSize);
+    const out = new Uint8Array(this.meta.clusterSize);
     await (await loadCompress()).decompressCluster(
       this.meta.compressionType,
       src,
@@ -536,7 +527,7 @@ export class Qcow2Image implements FormatImage {
 
   /** Wait until no other operation works on the clusters of [offset, offset+length), then own them. */
   private async claim(offset: number, length: number): Promise<() => void> {
-    const cs = this.clusterSize;
+    const cs = this.meta.clusterSize;
     const start = Math.floor(offset / cs) * cs;
     const end = Math.ceil((offset + length) / cs) * cs;
     for (;;) {
@@ -567,7 +558,7 @@ export class Qcow2Image implements FormatImage {
     offset: number,
     fn: (l1i: number, chunk: Uint8Array, g: number) => Promise<void>,
   ): Promise<void> {
-    const span = this.l2Entries * this.clusterSize;
+    const span = this.meta.l2Entries * this.meta.clusterSize;
     let pos = 0;
     while (pos < buf.length) {
       const g = offset + pos;
@@ -613,7 +604,7 @@ export class Qcow2Image implements FormatImage {
 
   /** Current guest content of one cluster, as this layer (and the chain below) reads it. */
   private async readCluster(clusterStart: number): Promise<Uint8Array> {
-    const tmp = new Uint8Array(this.clusterSize);
+    const tmp = new Uint8Array(this.meta.clusterSize);
     await this.read(tmp, clusterStart);
     return tmp;
   }
@@ -625,10 +616,10 @@ export class Qcow2Image implements FormatImage {
    */
   private async prepareInTable(l1i: number, data: Uint8Array, offset: number): Promise<Prepared> {
     const rc = this.meta.refcounts!;
-    const cs = this.clusterSize;
+    const cs = this.meta.clusterSize;
     const [l2off, table] = await this.meta.l2ForWrite(l1i);
     const v = new DataView(table.buffer, table.byteOffset, table.length);
-    const span = this.l2Entries * cs;
+    const span = this.meta.l2Entries * cs;
     const pieces: Piece[] = [];
     const updates: L2Update[] = [];
     const frees: Array<[number, number]> = [];
@@ -649,7 +640,7 @@ export class Qcow2Image implements FormatImage {
       const a = g - clusterStart;
       const b = Math.min(cs, a + data.length - pos);
       const chunk = data.subarray(pos, pos + (b - a));
-      const e = ci * this.entryBytes;
+      const e = ci * this.meta.entryBytes;
       const hi = v.getUint32(e);
       const lo = v.getUint32(e + 4);
       const compressed = isCompressed(hi);
@@ -658,10 +649,10 @@ export class Qcow2Image implements FormatImage {
       const hh = !compressed && this.meta.hasHost(hi, host);
       if (hh) this.meta.checkDataCluster(host, l2off, ci);
       const dataFile = this.meta.hasDataFile;
-      if (this.extL2) {
+      if (this.meta.extL2) {
         const zbits = v.getUint32(e + 8);
         const abits = v.getUint32(e + 12);
-        const sc = this.subclusterSize;
+        const sc = this.meta.subclusterSize;
         const sa = Math.floor(a / sc);
         const sb = Math.ceil(b / sc);
         const ea = sa * sc;
@@ -739,10 +730,10 @@ export class Qcow2Image implements FormatImage {
   }
 
   private setEntry(v: DataView, u: L2Update): void {
-    const e = u.index * this.entryBytes;
+    const e = u.index * this.meta.entryBytes;
     v.setUint32(e, u.hi >>> 0);
     v.setUint32(e + 4, u.lo >>> 0);
-    if (this.extL2) {
+    if (this.meta.extL2) {
       v.setUint32(e + 8, u.bhi >>> 0);
       v.setUint32(e + 12, u.blo >>> 0);
     }
@@ -763,7 +754,7 @@ export class Qcow2Image implements FormatImage {
   }
 
   private async zeroLocked(offset: number, length: number, unmap: boolean): Promise<void> {
-    const unit = this.subclusterSize;
+    const unit = this.meta.subclusterSize;
     const end = offset + length;
     if (this.meta.version < 3) {
       // v2 has no zero flag: QEMU falls back to writing zeros.
@@ -805,8 +796,8 @@ export class Qcow2Image implements FormatImage {
     length: number,
     fn: (l2off: number, table: Uint8Array, firstUnit: number, units: number, l1i: number) => Promise<void>,
   ): Promise<void> {
-    const span = this.l2Entries * this.clusterSize;
-    const unit = this.subclusterSize;
+    const span = this.meta.l2Entries * this.meta.clusterSize;
+    const unit = this.meta.subclusterSize;
     let g = offset;
     const end = offset + length;
     while (g < end) {
@@ -828,17 +819,17 @@ export class Qcow2Image implements FormatImage {
   ): Promise<void> {
     let table = tableIn;
     let v = new DataView(table.buffer, table.byteOffset, table.length);
-    const per = this.extL2 ? 32 : 1;
+    const per = this.meta.extL2 ? 32 : 1;
     let changed = false;
     for (let u = firstUnit; u < firstUnit + units; ) {
       const ci = Math.floor(u / per);
-      const e = ci * this.entryBytes;
+      const e = ci * this.meta.entryBytes;
       const hi = v.getUint32(e);
       const lo = v.getUint32(e + 4);
       const compressed = isCompressed(hi);
       const host = compressed ? 0 : entryOffset(hi, lo);
       const hh = !compressed && this.meta.hasHost(hi, host);
-      if (this.extL2) {
+      if (this.meta.extL2) {
         const s0 = u % 32;
         const s1 = Math.min(32, s0 + (firstUnit + units - u));
         const whole = s0 === 0 && s1 === 32;
@@ -847,16 +838,16 @@ export class Qcow2Image implements FormatImage {
         mask >>>= 0;
         if (compressed && !whole) {
           // Partial zeroing of a compressed cluster: rewrite it uncompressed.
-          const cStart = (l1i * this.l2Entries + ci) * this.clusterSize;
+          const cStart = (l1i * this.meta.l2Entries + ci) * this.meta.clusterSize;
           const cur = await this.readCluster(cStart);
-          cur.fill(0, s0 * this.subclusterSize, s1 * this.subclusterSize);
+          cur.fill(0, s0 * this.meta.subclusterSize, s1 * this.meta.subclusterSize);
           await this.writeLocked(cur, cStart);
           // The table may have left the cache meanwhile: continue on the current copy.
           table = await this.meta.l2Cache.get(l2off);
           v = new DataView(table.buffer, table.byteOffset, table.length);
         } else if (whole && (compressed || (unmap && hh))) {
           if (compressed) this.meta.pendingFrees.push(this.meta.compressedFreeRange(hi, lo, l2off, ci));
-          else if (!this.meta.hasDataFile) this.meta.pendingFrees.push([host, this.clusterSize]);
+          else if (!this.meta.hasDataFile) this.meta.pendingFrees.push([host, this.meta.clusterSize]);
           this.setEntry(v, { index: ci, hi: 0, lo: 0, bhi: ALL_SUBCLUSTERS, blo: 0 });
           changed = true;
         } else {
@@ -888,7 +879,7 @@ export class Qcow2Image implements FormatImage {
         changed = true;
         if (compressed) this.meta.pendingFrees.push(this.meta.compressedFreeRange(hi, lo, l2off, ci));
         else if (drop && allocated && !this.meta.hasDataFile)
-          this.meta.pendingFrees.push([host, this.clusterSize]);
+          this.meta.pendingFrees.push([host, this.meta.clusterSize]);
       }
       u++;
     }
@@ -899,7 +890,7 @@ export class Qcow2Image implements FormatImage {
   }
 
   async discard(offset: number, length: number): Promise<void> {
-    const cs = this.clusterSize;
+    const cs = this.meta.clusterSize;
     // Only whole clusters are discarded (and the image's last, partial cluster).
     const start = Math.ceil(offset / cs) * cs;
     let end = offset + length;
@@ -910,7 +901,7 @@ export class Qcow2Image implements FormatImage {
     try {
       await this.beginWrite();
       this.meta.persistentBitmaps?.noteWrite(start, end - start);
-      const span = this.l2Entries * cs;
+      const span = this.meta.l2Entries * cs;
       for (let g = start; g < end; ) {
         const l1i = Math.floor(g / span);
         const n = Math.min(end, (l1i + 1) * span) - g;
@@ -940,7 +931,7 @@ export class Qcow2Image implements FormatImage {
     const v = new DataView(table.buffer, table.byteOffset, table.length);
     let changed = false;
     for (let ci = first; ci < first + count; ci++) {
-      const e = ci * this.entryBytes;
+      const e = ci * this.meta.entryBytes;
       const hi = v.getUint32(e);
       const lo = v.getUint32(e + 4);
       const compressed = isCompressed(hi);
@@ -949,9 +940,9 @@ export class Qcow2Image implements FormatImage {
       const allocated = compressed || hh;
       if (!full && !(this.ctx.hasBacking || allocated)) continue;
       let nhi = 0;
-      let nlo = !full && this.meta.version >= 3 && !this.extL2 ? 1 : 0;
+      let nlo = !full && this.meta.version >= 3 && !this.meta.extL2 ? 1 : 0;
       let nbhi = 0;
-      if (this.extL2) {
+      if (this.meta.extL2) {
         nhi = 0;
         nlo = 0;
         nbhi = full ? 0 : ALL_SUBCLUSTERS;
@@ -959,12 +950,12 @@ export class Qcow2Image implements FormatImage {
       const same =
         nhi === hi &&
         nlo === lo &&
-        (!this.extL2 || (v.getUint32(e + 8) === nbhi && v.getUint32(e + 12) === 0));
+        (!this.meta.extL2 || (v.getUint32(e + 8) === nbhi && v.getUint32(e + 12) === 0));
       if (same) continue;
       this.setEntry(v, { index: ci, hi: nhi, lo: nlo, bhi: nbhi, blo: 0 });
       changed = true;
       if (compressed) this.meta.pendingFrees.push(this.meta.compressedFreeRange(hi, lo, l2off, ci));
-      else if (hh && !this.meta.hasDataFile) this.meta.pendingFrees.push([host, this.clusterSize]);
+      else if (hh && !this.meta.hasDataFile) this.meta.pendingFrees.push([host, this.meta.clusterSize]);
     }
     if (changed) {
       this.lastCompressed = null;
@@ -1005,11 +996,11 @@ export class Qcow2Image implements FormatImage {
     try {
       const rc = await this.beginWrite();
       this.meta.persistentBitmaps?.noteWrite(0, this.meta.size);
-      const cs = this.clusterSize;
-      const span = this.l2Entries * cs;
+      const cs = this.meta.clusterSize;
+      const span = this.meta.l2Entries * cs;
       for (let l1i = 0; l1i < this.meta.l1Size; l1i++) {
         if (this.meta.l1Off[l1i]! === 0) continue;
-        const clusters = Math.min(this.l2Entries, Math.ceil((this.meta.size - l1i * span) / cs));
+        const clusters = Math.min(this.meta.l2Entries, Math.ceil((this.meta.size - l1i * span) / cs));
         if (clusters <= 0) continue;
         const [l2off, table] = await this.meta.l2ForWrite(l1i);
         this.discardInTable(l2off, table, 0, clusters, true);
@@ -1019,22 +1010,8 @@ export class Qcow2Image implements FormatImage {
       // The cleared tables and the lower refcounts reach the file before anything else.
       await this.meta.flushMetadata();
       // Then the L1 entries (all at once), then the tables they named.
-      const tables: number[] = [];
-      for (let i = 0; i < this.meta.l1Size; i++) {
-        const off = this.meta.l1Off[i]!;
-        if (off === 0) continue;
-        this.meta.l1Off[i] = 0;
-        this.meta.l1Copied[i] = 0;
-        this.meta.l2Cache.drop(off);
-        tables.push(off);
-      }
-      if (tables.length > 0) {
-        await this.file.write(new Uint8Array(this.meta.l1Size * 8), this.meta.l1TableOffset);
-        for (const off of tables) await rc.free(off, cs);
-        await rc.flush();
-        this.meta.indexMetadata();
-        freed.push(...tables.map((off): [number, number] => [off, cs]));
-      }
+      const tables = await this.meta.dropL2Tables(0);
+      freed.push(...tables.map((off): [number, number] => [off, cs]));
       // Nothing on disk names the freed clusters any more: give their space back to the host
       // (QEMU passes these discards through to the file by default, pass-discard-snapshot).
       // Only whole clusters nobody else holds (a snapshot may share them).
@@ -1075,11 +1052,11 @@ export class Qcow2Image implements FormatImage {
     const release = await this.writeLock.lock();
     try {
       const rc = await this.beginWrite();
-      const cs = this.clusterSize;
+      const cs = this.meta.clusterSize;
       const old = this.meta.size;
       if (newSize < old) {
         const start = Math.ceil(newSize / cs) * cs;
-        const span = this.l2Entries * cs;
+        const span = this.meta.l2Entries * cs;
         for (let g = start; g < Math.ceil(old / cs) * cs; ) {
           const l1i = Math.floor(g / span);
           const n = Math.min(Math.ceil(old / cs) * cs, (l1i + 1) * span) - g;
@@ -1095,26 +1072,10 @@ export class Qcow2Image implements FormatImage {
         await this.meta.writeSize(newSize);
         // QEMU's qcow2_shrink_l1_table: the entries past the new size are zeroed (the L1
         // table keeps its size), then the L2 tables they named are freed.
-        const keep = Math.ceil(newSize / span);
-        const freed: number[] = [];
-        for (let i = keep; i < this.meta.l1Size; i++) {
-          const off = this.meta.l1Off[i]!;
-          if (off === 0) continue;
-          this.meta.l1Off[i] = 0;
-          this.meta.l1Copied[i] = 0;
-          this.meta.l2Cache.drop(off);
-          freed.push(off);
-        }
-        if (freed.length > 0) {
-          const zeros = new Uint8Array((this.meta.l1Size - keep) * 8);
-          await this.file.write(zeros, this.meta.l1TableOffset + keep * 8);
-          for (const off of freed) await rc.free(off, cs);
-          await rc.flush();
-          this.meta.indexMetadata();
-        }
+        await this.meta.dropL2Tables(Math.ceil(newSize / span));
         await this.meta.truncateUnused(rc);
       } else if (newSize > old) {
-        const need = l1EntriesFor(newSize, this.clusterBits, this.extL2);
+        const need = l1EntriesFor(newSize, this.meta.clusterBits, this.meta.extL2);
         if (need * 8 > MAX_L1_BYTES) {
           throw new VdiskError('TOO_LARGE', 'Active L1 table too large', { path: this.file.path });
         }
@@ -1147,7 +1108,7 @@ export class Qcow2Image implements FormatImage {
   }
 
   async prepareCompressed(buf: Uint8Array, offset: number): Promise<() => Promise<void>> {
-    const cs = this.clusterSize;
+    const cs = this.meta.clusterSize;
     if (offset % cs !== 0 || buf.length > cs || (buf.length < cs && offset + buf.length < this.meta.size)) {
       throw new VdiskError('INVALID_ARGUMENT', 'Compressed writes must cover exactly one cluster', {
         path: this.file.path,
@@ -1177,25 +1138,25 @@ export class Qcow2Image implements FormatImage {
 
   /** Allocate room for a compressed cluster, write it and point the L2 entry at it. */
   private async storeCompressed(out: Uint8Array, offset: number): Promise<void> {
-    const cs = this.clusterSize;
+    const cs = this.meta.clusterSize;
     const unclaim = await this.claim(offset, cs);
     const release = await this.writeLock.lock();
     try {
       const rc = await this.beginWrite();
       this.meta.persistentBitmaps?.noteWrite(offset, cs);
-      const span = this.l2Entries * cs;
+      const span = this.meta.l2Entries * cs;
       const l1i = Math.floor(offset / span);
       const [l2off, table] = await this.meta.l2ForWrite(l1i);
       const v = new DataView(table.buffer, table.byteOffset, table.length);
       const ci = Math.floor((offset % span) / cs);
-      const e = ci * this.entryBytes;
+      const e = ci * this.meta.entryBytes;
       const hi = v.getUint32(e);
       const lo = v.getUint32(e + 4);
       const host = await rc.allocBytes(out.length);
       this.meta.noteAlloc(host, out.length);
       this.meta.assertNotMetadata(host, out.length);
       await this.file.write(out, host);
-      const [nhi, nlo] = encodeCompressed(host, out.length, this.clusterBits);
+      const [nhi, nlo] = encodeCompressed(host, out.length, this.meta.clusterBits);
       this.setEntry(v, { index: ci, hi: nhi, lo: nlo, bhi: 0, blo: 0 });
       this.lastCompressed = null;
       this.meta.l2Cache.markDirty(l2off, table);
@@ -1282,7 +1243,7 @@ export class Qcow2Image implements FormatImage {
       'lazy-refcounts': (h.compatible & COMPAT_LAZY_REFCOUNTS) !== 0,
       'refcount-bits': 2 ** h.refcountOrder,
       corrupt: (h.incompatible & INCOMPAT_CORRUPT) !== 0,
-      'extended-l2': this.extL2,
+      'extended-l2': this.meta.extL2,
     };
     if (this.bitmaps.length > 0) {
       data['bitmaps'] = this.bitmaps.map((b) => ({
@@ -1324,7 +1285,7 @@ export class Qcow2Image implements FormatImage {
       const label = which.id ?? which.name ?? '';
       throw new VdiskError('NOT_FOUND', `Can't find snapshot '${label}'`, { path: this.file.path });
     }
-    const l1 = await readL1(this.file, s.l1TableOffset, s.l1Size, this.clusterBits, this.meta.fileEnd);
+    const l1 = await readL1(this.file, s.l1TableOffset, s.l1Size, this.meta.clusterBits, this.meta.fileEnd);
     const header: Qcow2Header = { ...this.header, size: s.diskSize ?? this.header.size };
     const view = new Qcow2Image(this.file, this.dataHostFile, header, true, l1, this.meta.fileEnd, false);
     view.ctx = this.ctx;

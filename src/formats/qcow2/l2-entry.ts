@@ -79,6 +79,12 @@ function compressedOffsetBits(clusterBits: number): number {
   return 70 - clusterBits;
 }
 
+/** A compressed descriptor's offset bits above bit 31, and its number of 512-byte sectors. */
+function compressedFields(hi: number, clusterBits: number): { offsetHi: number; sectors: number } {
+  const x = compressedOffsetBits(clusterBits);
+  return { offsetHi: hi & ((1 << (x - 32)) - 1), sectors: ((hi & 0x3fffffff) >>> (x - 32)) + 1 };
+}
+
 /**
  * A compressed descriptor's fields: the host byte offset (up to 62 bits: as a BigInt, exact
  * for a corrupted entry) and the number of 512-byte sectors it spans.
@@ -88,10 +94,8 @@ export function decodeCompressedBig(
   lo: number,
   clusterBits: number,
 ): { offset: bigint; sectors: number } {
-  const x = compressedOffsetBits(clusterBits);
-  const offset = BigInt(hi & ((1 << (x - 32)) - 1)) * BigInt(TWO_32) + BigInt(lo >>> 0);
-  const sectors = ((hi & 0x3fffffff) >>> (x - 32)) + 1;
-  return { offset, sectors };
+  const { offsetHi, sectors } = compressedFields(hi, clusterBits);
+  return { offset: BigInt(offsetHi) * BigInt(TWO_32) + BigInt(lo >>> 0), sectors };
 }
 
 /**
@@ -103,9 +107,8 @@ export function decodeCompressed(
   lo: number,
   clusterBits: number,
 ): { offset: number; size: number } {
-  const x = compressedOffsetBits(clusterBits);
-  const offset = (hi & ((1 << (x - 32)) - 1)) * TWO_32 + lo;
-  const sectors = ((hi & 0x3fffffff) >>> (x - 32)) + 1;
+  const { offsetHi, sectors } = compressedFields(hi, clusterBits);
+  const offset = offsetHi * TWO_32 + lo;
   return { offset, size: sectors * 512 - (offset % 512) };
 }
 

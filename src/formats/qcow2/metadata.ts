@@ -452,6 +452,30 @@ export class Qcow2Metadata {
     if (this.header.version === 3) this.header.headerLength = V3_HEADER_LENGTH;
   }
 
+  /**
+   * Clear the L1 entries from index `first` on (in memory, then on disk in one write) and
+   * free the L2 tables they named. Returns the freed tables' offsets.
+   */
+  async dropL2Tables(first: number): Promise<number[]> {
+    const rc = this.checkWritable();
+    const freed: number[] = [];
+    for (let i = first; i < this.l1Size; i++) {
+      const off = this.l1Off[i]!;
+      if (off === 0) continue;
+      this.l1Off[i] = 0;
+      this.l1Copied[i] = 0;
+      this.l2Cache.drop(off);
+      freed.push(off);
+    }
+    if (freed.length > 0) {
+      await this.file.write(new Uint8Array((this.l1Size - first) * 8), this.l1TableOffset + first * 8);
+      for (const off of freed) await rc.free(off, this.clusterSize);
+      await rc.flush();
+      this.indexMetadata();
+    }
+    return freed;
+  }
+
   /** Truncate the file after its last cluster still in use (refcount > 0). */
   async truncateUnused(rc: Refcounts): Promise<void> {
     const cs = this.clusterSize;

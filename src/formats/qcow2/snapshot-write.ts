@@ -445,7 +445,26 @@ async function writeTable(meta: Qcow2Metadata, tx: Shadow, entries: SnapshotEntr
   return at;
 }
 
-/** Bring the image object up to date with what the header now describes. */
+/** Point the header at the new snapshot table and active L1 table, then reload the state. */
+async function commitTable(
+  meta: Qcow2Metadata,
+  tx: Shadow,
+  activeL1: number,
+  nbSnapshots: number,
+  tableAt: number,
+  newRaw: Uint8Array,
+): Promise<void> {
+  await tx.commit({
+    size: meta.size,
+    l1Size: meta.l1Size,
+    l1TableOffset: activeL1,
+    nbSnapshots,
+    snapshotsOffset: tableAt,
+  });
+  await reload(meta, newRaw);
+}
+
+/** Bring the metadata state up to date with what the header now describes. */
 async function reload(meta: Qcow2Metadata, l1Raw: Uint8Array | null): Promise<void> {
   const h = meta.header;
   meta.fileEnd = Math.max(meta.fileEnd, await meta.file.size());
@@ -544,14 +563,7 @@ export async function createSnapshot(
   };
   entries.push(entry);
   const tableAt = await writeTable(meta, tx, entries);
-  await tx.commit({
-    size: meta.size,
-    l1Size: meta.l1Size,
-    l1TableOffset: activeL1,
-    nbSnapshots: entries.length,
-    snapshotsOffset: tableAt,
-  });
-  await reload(meta, newRaw);
+  await commitTable(meta, tx, activeL1, entries.length, tableAt, newRaw);
   return meta.snapshotList[meta.snapshotList.length - 1]!;
 }
 
@@ -616,12 +628,5 @@ export async function deleteSnapshot(meta: Qcow2Metadata, index: number): Promis
     activeL1 = await tx.alloc(Math.ceil((meta.l1Size * 8) / meta.clusterSize));
     await meta.file.write(newRaw, activeL1);
   }
-  await tx.commit({
-    size: meta.size,
-    l1Size: meta.l1Size,
-    l1TableOffset: activeL1,
-    nbSnapshots: entries.length,
-    snapshotsOffset: tableAt,
-  });
-  await reload(meta, newRaw);
+  await commitTable(meta, tx, activeL1, entries.length, tableAt, newRaw);
 }
