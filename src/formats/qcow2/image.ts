@@ -640,13 +640,8 @@ export class Qcow2Image implements FormatImage {
       const a = g - clusterStart;
       const b = Math.min(cs, a + data.length - pos);
       const chunk = data.subarray(pos, pos + (b - a));
-      const e = ci * this.meta.entryBytes;
-      const hi = v.getUint32(e);
-      const lo = v.getUint32(e + 4);
-      const compressed = isCompressed(hi);
-      const host = compressed ? 0 : entryOffset(hi, lo);
+      const { e, hi, lo, compressed, host, hasHost: hh } = this.meta.entryAt(v, ci);
       const copied = isCopied(hi);
-      const hh = !compressed && this.meta.hasHost(hi, host);
       if (hh) this.meta.checkDataCluster(host, l2off, ci);
       const dataFile = this.meta.hasDataFile;
       if (this.meta.extL2) {
@@ -823,12 +818,7 @@ export class Qcow2Image implements FormatImage {
     let changed = false;
     for (let u = firstUnit; u < firstUnit + units; ) {
       const ci = Math.floor(u / per);
-      const e = ci * this.meta.entryBytes;
-      const hi = v.getUint32(e);
-      const lo = v.getUint32(e + 4);
-      const compressed = isCompressed(hi);
-      const host = compressed ? 0 : entryOffset(hi, lo);
-      const hh = !compressed && this.meta.hasHost(hi, host);
+      const { e, hi, lo, compressed, host, hasHost: hh } = this.meta.entryAt(v, ci);
       if (this.meta.extL2) {
         const s0 = u % 32;
         const s1 = Math.min(32, s0 + (firstUnit + units - u));
@@ -931,12 +921,7 @@ export class Qcow2Image implements FormatImage {
     const v = new DataView(table.buffer, table.byteOffset, table.length);
     let changed = false;
     for (let ci = first; ci < first + count; ci++) {
-      const e = ci * this.meta.entryBytes;
-      const hi = v.getUint32(e);
-      const lo = v.getUint32(e + 4);
-      const compressed = isCompressed(hi);
-      const host = compressed ? 0 : entryOffset(hi, lo);
-      const hh = !compressed && this.meta.hasHost(hi, host);
+      const { e, hi, lo, compressed, host, hasHost: hh } = this.meta.entryAt(v, ci);
       const allocated = compressed || hh;
       if (!full && !(this.ctx.hasBacking || allocated)) continue;
       let nhi = 0;

@@ -34,7 +34,15 @@ import {
   setU64,
   V3_HEADER_LENGTH,
 } from './header.js';
-import { COPIED_HI, decodeCompressed, decodeL1, isCopied, putEntry } from './l2-entry.js';
+import {
+  COPIED_HI,
+  decodeCompressed,
+  decodeL1,
+  entryOffset,
+  isCompressed,
+  isCopied,
+  putEntry,
+} from './l2-entry.js';
 import { Refcounts } from './refcount.js';
 import type { Qcow2Snapshot } from './snapshot.js';
 
@@ -46,6 +54,19 @@ export interface L1Table {
   off: Float64Array;
   copied: Uint8Array;
   tableOffset: number;
+}
+
+/** One L2 entry as the write paths read it (Qcow2Metadata.entryAt). */
+export interface L2EntryView {
+  /** Byte offset of the entry in its table. */
+  e: number;
+  hi: number;
+  lo: number;
+  compressed: boolean;
+  /** Host cluster of a standard entry (0 for a compressed one). */
+  host: number;
+  /** The entry names a host cluster (hasHost). */
+  hasHost: boolean;
 }
 
 export class Qcow2Metadata {
@@ -256,6 +277,16 @@ export class Qcow2Metadata {
         l2off + ci * this.entryBytes,
       );
     }
+  }
+
+  /** Entry `ci` of an L2 table: its byte offset, its halves and its host cluster (0 if compressed). */
+  entryAt(v: DataView, ci: number): L2EntryView {
+    const e = ci * this.entryBytes;
+    const hi = v.getUint32(e);
+    const lo = v.getUint32(e + 4);
+    const compressed = isCompressed(hi);
+    const host = compressed ? 0 : entryOffset(hi, lo);
+    return { e, hi, lo, compressed, host, hasHost: !compressed && this.hasHost(hi, host) };
   }
 
   /** Host byte offset and length of a compressed cluster's data (QEMU's qcow2_parse_compressed_l2_entry). */
