@@ -9,6 +9,7 @@ import { HostFile } from '../../core/host-file.js';
 import { parseBoolOption } from '../../core/options.js';
 import { parseSize } from '../../core/size.js';
 import { createFile } from '../../protocols/index.js';
+import { QCOW2_IMAGE_OPTIONS } from './amend-options.js';
 import {
   AUTOCLEAR_DATA_FILE_RAW,
   COMPAT_LAZY_REFCOUNTS,
@@ -60,12 +61,7 @@ export const QCOW2_CREATE_OPTIONS: readonly CreateOptionSpec[] = [
     help: 'Compression method used for image cluster compression',
     default: 'zlib',
   },
-  { name: 'size', type: 'size', help: 'Virtual disk size' },
-  { name: 'compat', type: 'string', help: 'Compatibility level (v2 [0.10] or v3 [1.1])' },
-  { name: 'backing_file', type: 'string', help: 'File name of a base image' },
-  { name: 'backing_fmt', type: 'string', help: 'Image format of the base image' },
-  { name: 'data_file', type: 'string', help: 'File name of an external data file' },
-  { name: 'data_file_raw', type: 'bool', help: 'The external data file must stay valid as a raw image' },
+  ...QCOW2_IMAGE_OPTIONS,
   { name: 'lazy_refcounts', type: 'bool', help: 'Postpone refcount updates', default: 'off' },
   { name: 'refcount_bits', type: 'number', help: 'Width of a reference count entry in bits', default: '16' },
   {
