@@ -21,7 +21,7 @@
  *   entry names it (an unbacked zero cluster simply becomes unallocated, which also reads as
  *   zeros); a cluster freed by it is decremented only after the L2 table left the disk.
  */
-import type { AmendValues } from '../../core/driver.js';
+import type { AmendValues, FileRef } from '../../core/driver.js';
 import { VdiskError } from '../../core/errors.js';
 import { QCOW2_AMEND_OPTIONS } from './amend-options.js';
 import {
@@ -35,11 +35,9 @@ import {
   V2_HEADER_LENGTH,
   V3_HEADER_LENGTH,
 } from './header.js';
-import { type Qcow2Image, readL1 } from './image.js';
+import { COPIED_HI, entryOffset, isCompressed, isZero, putEntry } from './l2-entry.js';
+import { type Qcow2Metadata, readL1 } from './metadata.js';
 import { setRefcountIn } from './refcount.js';
-
-const COPIED_HI = 0x80000000;
-const COMPRESSED_HI = 0x40000000;
 
 type Progress = (done: number, total: number) => void;
 
@@ -80,8 +78,19 @@ const OP_UPGRADE = 1;
 const OP_REFCOUNT = 2;
 const OP_DOWNGRADE = 3;
 
-export async function amendQcow2(img: Qcow2Image, values: AmendValues, onProgress?: Progress): Promise<void> {
-  const h = img.header;
+/** What amend asks of the image it works on besides its metadata (both take the write lock). */
+export interface AmendImageOps {
+  resize(newSize: number): Promise<void>;
+  setBacking(ref: FileRef | undefined): Promise<void>;
+}
+
+export async function amendQcow2(
+  meta: Qcow2Metadata,
+  image: AmendImageOps,
+  values: AmendValues,
+  onProgress?: Progress,
+): Promise<void> {
+  const h = meta.header;
   const oldVersion = h.version;
   let newVersion = oldVersion;
   let newSize = 0;
@@ -89,7 +98,7 @@ export async function amendQcow2(img: Qcow2Image, values: AmendValues, onProgres
   let backingFormat: string | undefined;
   let dataFile: string | undefined;
   let lazy = (h.compatible & COMPAT_LAZY_REFCOUNTS) !== 0;
-  let dataFileRaw = img.dataFileRaw;
+  let dataFileRaw = meta.dataFileRaw;
   let refcountBits = 2 ** h.refcountOrder;
 
   for (const spec of QCOW2_AMEND_OPTIONS) {
@@ -123,13 +132,13 @@ export async function amendQcow2(img: Qcow2Image, values: AmendValues, onProgres
       }
       case 'data_file':
         dataFile = String(v);
-        if (!img.hasDataFile) {
+        if (!meta.hasDataFile) {
           throw invalid('data-file can only be set for images that use an external data file');
         }
         break;
       case 'data_file_raw':
         dataFileRaw = v === true;
-        if (dataFileRaw && !img.dataFileRaw) throw invalid('data-file-raw cannot be set on existing images');
+        if (dataFileRaw && !meta.dataFileRaw) throw invalid('data-file-raw cannot be set on existing images');
         break;
       default:
         // encrypt.*: vdisk opens no encrypted qcow2, so there is never encryption to amend.
@@ -143,7 +152,7 @@ export async function amendQcow2(img: Qcow2Image, values: AmendValues, onProgres
     onProgress,
   );
 
-  if (newVersion > oldVersion) await upgrade(img, progress);
+  if (newVersion > oldVersion) await upgrade(meta, image, progress);
 
   if (refcountChange) {
     if (newVersion < 3 && refcountBits !== 16) {
@@ -151,7 +160,7 @@ export async function amendQcow2(img: Qcow2Image, values: AmendValues, onProgres
         'Refcount widths other than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)',
       );
     }
-    await changeRefcountOrder(img, Math.log2(refcountBits), progress);
+    await changeRefcountOrder(meta, Math.log2(refcountBits), progress);
   }
 
   if (dataFileRaw) h.autoclear |= AUTOCLEAR_DATA_FILE_RAW;
@@ -165,7 +174,7 @@ export async function amendQcow2(img: Qcow2Image, values: AmendValues, onProgres
       h.dataFile = undefined;
     }
   }
-  await rewriteHeader(img);
+  await rewriteHeader(meta, image);
 
   if (backingFile !== undefined || backingFormat !== undefined) {
     if (backingFile !== h.backingFile || backingFormat !== h.backingFormat) {
@@ -182,46 +191,50 @@ export async function amendQcow2(img: Qcow2Image, values: AmendValues, onProgres
       }
       h.compatible |= COMPAT_LAZY_REFCOUNTS;
     } else {
-      await markClean(img);
+      await markClean(meta);
       h.compatible &= ~COMPAT_LAZY_REFCOUNTS;
     }
-    await rewriteHeader(img);
+    await rewriteHeader(meta, image);
   }
 
-  if (newSize !== 0) await img.resize(newSize, { shrink: true });
+  if (newSize !== 0) await image.resize(newSize);
 
-  if (newVersion < oldVersion) await downgrade(img, progress);
+  if (newVersion < oldVersion) await downgrade(meta, image, progress);
 }
 
 /** QEMU's qcow2_update_header: the whole header cluster in one write, from the in-memory header. */
-async function rewriteHeader(img: Qcow2Image): Promise<void> {
-  await img.setBacking(img.backing);
+async function rewriteHeader(meta: Qcow2Metadata, image: AmendImageOps): Promise<void> {
+  await image.setBacking(meta.backing);
 }
 
 /** QEMU's qcow2_mark_clean: metadata to disk, then the dirty bit cleared. */
-async function markClean(img: Qcow2Image): Promise<void> {
-  await img.flushMetadata();
-  if ((img.header.incompatible & INCOMPAT_DIRTY) !== 0) {
-    img.header.incompatible &= ~INCOMPAT_DIRTY;
+async function markClean(meta: Qcow2Metadata): Promise<void> {
+  await meta.flushMetadata();
+  if ((meta.header.incompatible & INCOMPAT_DIRTY) !== 0) {
+    meta.header.incompatible &= ~INCOMPAT_DIRTY;
     const b = new Uint8Array(8);
-    setU64(new DataView(b.buffer), 0, img.header.incompatible);
-    await img.file.write(b, 72);
+    setU64(new DataView(b.buffer), 0, meta.header.incompatible);
+    await meta.file.write(b, 72);
   }
 }
 
 /** QEMU's qcow2_upgrade: v2 → v3 (v3 fields zero: no features, 16-bit refcounts, zlib). */
-async function upgrade(img: Qcow2Image, progress: OperationProgress): Promise<void> {
+async function upgrade(
+  meta: Qcow2Metadata,
+  image: AmendImageOps,
+  progress: OperationProgress,
+): Promise<void> {
   progress.report(OP_UPGRADE, 0, 2);
   // v3 wants the 64-bit VM state size and the disk size in every snapshot entry; QEMU then
   // rewrites the snapshot table. Every QEMU since 1.1 writes them, so only very old images
   // lack them: those we refuse rather than rewrite the table.
-  if (img.snapshotList.some((s) => s.diskSize === undefined)) {
+  if (meta.snapshotList.some((s) => s.diskSize === undefined)) {
     throw unsupported(
       'Upgrading an image whose snapshot table lacks the v3 extra data is not supported by vdisk',
     );
   }
   progress.report(OP_UPGRADE, 1, 2);
-  const h = img.header;
+  const h = meta.header;
   h.version = 3;
   h.headerLength = V3_HEADER_LENGTH;
   h.incompatible = 0;
@@ -229,29 +242,29 @@ async function upgrade(img: Qcow2Image, progress: OperationProgress): Promise<vo
   h.autoclear = 0;
   h.refcountOrder = 4;
   h.compressionType = 0;
-  await rewriteHeader(img);
+  await rewriteHeader(meta, image);
   progress.report(OP_UPGRADE, 2, 2);
 }
 
 /** All L1 tables: the active one, then each snapshot's. */
-async function allL1Tables(img: Qcow2Image): Promise<Float64Array[]> {
-  const out = [img.l1Off];
-  for (const s of img.snapshotList) {
-    out.push((await readL1(img.file, s.l1TableOffset, s.l1Size, img.clusterBits, img.fileEnd)).off);
+async function allL1Tables(meta: Qcow2Metadata): Promise<Float64Array[]> {
+  const out = [meta.l1Off];
+  for (const s of meta.snapshotList) {
+    out.push((await readL1(meta.file, s.l1TableOffset, s.l1Size, meta.clusterBits, meta.fileEnd)).off);
   }
   return out;
 }
 
-async function hasCompressedClusters(img: Qcow2Image): Promise<boolean> {
+async function hasCompressedClusters(meta: Qcow2Metadata): Promise<boolean> {
   const seen = new Set<number>();
-  for (const l1 of await allL1Tables(img)) {
+  for (const l1 of await allL1Tables(meta)) {
     for (const l2off of l1) {
       if (l2off === 0 || seen.has(l2off)) continue;
       seen.add(l2off);
-      const t = await img.l2Cache.get(l2off);
+      const t = await meta.l2Cache.get(l2off);
       const v = new DataView(t.buffer, t.byteOffset, t.length);
-      for (let e = 0; e < t.length; e += img.entryBytes) {
-        if ((v.getUint32(e) & COMPRESSED_HI) !== 0) return true;
+      for (let e = 0; e < t.length; e += meta.entryBytes) {
+        if (isCompressed(v.getUint32(e))) return true;
       }
     }
   }
@@ -259,16 +272,20 @@ async function hasCompressedClusters(img: Qcow2Image): Promise<boolean> {
 }
 
 /** QEMU's qcow2_downgrade to v2, with every check it makes. */
-async function downgrade(img: Qcow2Image, progress: OperationProgress): Promise<void> {
-  const h = img.header;
+async function downgrade(
+  meta: Qcow2Metadata,
+  image: AmendImageOps,
+  progress: OperationProgress,
+): Promise<void> {
+  const h = meta.header;
   if (h.refcountOrder !== 4) throw unsupported('compat=0.10 requires refcount_bits=16');
-  if (img.hasDataFile) throw unsupported('Cannot downgrade an image with a data file');
-  for (const s of img.snapshotList) {
-    if (s.vmStateSize > 0xffffffff || (s.diskSize ?? img.size) !== img.size) {
+  if (meta.hasDataFile) throw unsupported('Cannot downgrade an image with a data file');
+  for (const s of meta.snapshotList) {
+    if (s.vmStateSize > 0xffffffff || (s.diskSize ?? meta.size) !== meta.size) {
       throw unsupported('Internal snapshots prevent downgrade of image');
     }
   }
-  await markClean(img);
+  await markClean(meta);
   const incompatible = h.incompatible & ~INCOMPAT_COMPRESSION;
   if (incompatible !== 0) {
     throw unsupported(
@@ -278,7 +295,7 @@ async function downgrade(img: Qcow2Image, progress: OperationProgress): Promise<
   // QEMU checks the compressed clusters after expanding the zero clusters, and only in the
   // active layer; we check first (nothing changes when refused) and in the snapshots too (a
   // zstd cluster kept in a snapshot would be unreadable once the image says zlib).
-  if (h.compressionType !== 0 && (await hasCompressedClusters(img))) {
+  if (h.compressionType !== 0 && (await hasCompressedClusters(meta))) {
     throw unsupported(
       'Cannot downgrade an image with zstd compression type and existing compressed clusters',
     );
@@ -289,12 +306,12 @@ async function downgrade(img: Qcow2Image, progress: OperationProgress): Promise<
   // In memory first: the refcounts are then written eagerly during the expansion.
   h.compatible = 0;
   h.autoclear = 0;
-  await expandZeroClusters(img, progress);
+  await expandZeroClusters(meta, progress);
   h.incompatible &= ~INCOMPAT_COMPRESSION;
   h.compressionType = 0;
   h.version = 2;
   h.headerLength = V2_HEADER_LENGTH;
-  await rewriteHeader(img);
+  await rewriteHeader(meta, image);
 }
 
 /**
@@ -304,13 +321,13 @@ async function downgrade(img: Qcow2Image, progress: OperationProgress): Promise<
  * cluster, zeroed, for a preallocated one). Tables shared with snapshots are changed in place,
  * as QEMU does: the new cluster's refcount is the table's.
  */
-async function expandZeroClusters(img: Qcow2Image, progress: OperationProgress): Promise<void> {
-  const rc = img.refcounts!;
-  const cs = img.clusterSize;
-  const l1s = await allL1Tables(img);
+async function expandZeroClusters(meta: Qcow2Metadata, progress: OperationProgress): Promise<void> {
+  const rc = meta.refcounts!;
+  const cs = meta.clusterSize;
+  const l1s = await allL1Tables(meta);
   const total = l1s.reduce((n, t) => n + t.length, 0);
   const zeros = new Uint8Array(cs);
-  const backed = img.backing !== undefined;
+  const backed = meta.backing !== undefined;
   const done = new Set<number>();
   let step = 0;
   for (const l1 of l1s) {
@@ -326,18 +343,18 @@ async function expandZeroClusters(img: Qcow2Image, progress: OperationProgress):
         throw new VdiskError(
           'CORRUPT_IMAGE',
           `L2 table at offset 0x${l2off.toString(16)} has a refcount of 0; run 'vdisk check -r all'`,
-          { path: img.file.path, offset: l2off },
+          { path: meta.file.path, offset: l2off },
         );
       }
-      const table = await img.l2Cache.get(l2off);
+      const table = await meta.l2Cache.get(l2off);
       const v = new DataView(table.buffer, table.byteOffset, table.length);
       const frees: number[] = [];
       let changed = false;
-      for (let e = 0; e < table.length; e += img.entryBytes) {
+      for (let e = 0; e < table.length; e += meta.entryBytes) {
         const hi = v.getUint32(e);
         const lo = v.getUint32(e + 4);
-        if ((hi & COMPRESSED_HI) !== 0 || (lo & 1) === 0) continue;
-        const host = (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
+        if (isCompressed(hi) || !isZero(lo)) continue;
+        const host = entryOffset(hi, lo);
         let target = host;
         if (host === 0) {
           if (!backed) {
@@ -360,22 +377,20 @@ async function expandZeroClusters(img: Qcow2Image, progress: OperationProgress):
             'CORRUPT_IMAGE',
             `Cluster allocation offset 0x${target.toString(16)} unaligned`,
             {
-              path: img.file.path,
+              path: meta.file.path,
             },
           );
         }
-        await img.file.write(zeros, target);
-        img.fileEnd = Math.max(img.fileEnd, target + cs);
-        const copied = l2Refcount === 1 ? COPIED_HI : 0;
-        v.setUint32(e, (copied | Math.floor(target / 0x100000000)) >>> 0);
-        v.setUint32(e + 4, target >>> 0);
+        await meta.file.write(zeros, target);
+        meta.fileEnd = Math.max(meta.fileEnd, target + cs);
+        putEntry(v, e, target, l2Refcount === 1 ? COPIED_HI : 0);
         changed = true;
       }
       if (changed) {
         // Refcounts of the new clusters, then the table; then what it no longer references.
         await rc.flush();
-        img.l2Cache.markDirty(l2off, table);
-        await img.l2Cache.writeOne(l2off);
+        meta.l2Cache.markDirty(l2off, table);
+        await meta.l2Cache.writeOne(l2off);
         for (const off of frees) await rc.update(off, cs, l2Refcount, true);
         await rc.flush();
       }
@@ -393,14 +408,14 @@ async function expandZeroClusters(img: Qcow2Image, progress: OperationProgress):
  * kind: old structures become free space.)
  */
 async function changeRefcountOrder(
-  img: Qcow2Image,
+  meta: Qcow2Metadata,
   newOrder: number,
   progress: OperationProgress,
 ): Promise<void> {
-  const h = img.header;
-  await img.flushMetadata();
-  const old = img.refcounts!;
-  const cs = img.clusterSize;
+  const h = meta.header;
+  await meta.flushMetadata();
+  const old = meta.refcounts!;
+  const cs = meta.clusterSize;
   const newBits = 2 ** newOrder;
   const newMax = newBits >= 53 ? Number.MAX_SAFE_INTEGER : 2 ** newBits - 1;
   const perBlock = (cs * 8) / newBits;
@@ -411,7 +426,7 @@ async function changeRefcountOrder(
   for (const off of old.table) if (off !== 0) oldMeta.add(off / cs);
 
   // The first cluster past everything in use (by the refcounts and by the file's length).
-  let end = Math.ceil(Math.max(await img.file.size(), img.fileEnd) / cs);
+  let end = Math.ceil(Math.max(await meta.file.size(), meta.fileEnd) / cs);
   for (let ti = old.table.length - 1; ti >= 0; ti--) {
     const off = old.table[ti]!;
     if (off === 0) continue;
@@ -441,10 +456,10 @@ async function changeRefcountOrder(
     tableClusters = t;
   }
   if (tableClusters * cs > MAX_REFTABLE_BYTES) {
-    throw new VdiskError('TOO_LARGE', 'Reference count table too large', { path: img.file.path });
+    throw new VdiskError('TOO_LARGE', 'Reference count table too large', { path: meta.file.path });
   }
   const areaEnd = end + blocks + tableClusters;
-  const oldFileSize = await img.file.size();
+  const oldFileSize = await meta.file.size();
   const table = new Uint8Array(tableClusters * cs);
   const tv = new DataView(table.buffer);
   try {
@@ -480,14 +495,14 @@ async function changeRefcountOrder(
         }
       }
       const at = (end + b) * cs;
-      await img.file.write(buf, at);
+      await meta.file.write(buf, at);
       setU64(tv, b * 8, at);
       progress.report(OP_REFCOUNT, b + 1, blocks + 1);
     }
-    await img.file.write(table, (end + blocks) * cs);
+    await meta.file.write(table, (end + blocks) * cs);
   } catch (err) {
     // Nothing references the new area yet: give the space back.
-    if ((await img.file.size()) > oldFileSize) await img.file.truncate(oldFileSize).catch(() => {});
+    if ((await meta.file.size()) > oldFileSize) await meta.file.truncate(oldFileSize).catch(() => {});
     throw err;
   }
 
@@ -503,12 +518,12 @@ async function changeRefcountOrder(
   setU64(hv, 32, h.compatible);
   setU64(hv, 40, h.autoclear);
   hv.setUint32(48, newOrder);
-  await img.file.write(hb, 48);
+  await meta.file.write(hb, 48);
   h.refcountOrder = newOrder;
   h.refcountTableOffset = (end + blocks) * cs;
   h.refcountTableClusters = tableClusters;
-  img.fileEnd = Math.max(img.fileEnd, areaEnd * cs);
+  meta.fileEnd = Math.max(meta.fileEnd, areaEnd * cs);
   old.cache.clear();
-  await img.reloadRefcounts();
+  await meta.reloadRefcounts();
   progress.report(OP_REFCOUNT, blocks + 1, blocks + 1);
 }

@@ -13,6 +13,7 @@
 import { VdiskError } from '../../core/errors.js';
 import type { HostFile } from '../../core/host-file.js';
 import { getU64, setU64 } from './header.js';
+import { entryOffset, isZero } from './l2-entry.js';
 
 export const BME_MAX_TABLE_SIZE = 0x8000000;
 /** QEMU restricts a bitmap's size in RAM (and on disk) to 512 MiB. */
@@ -204,8 +205,8 @@ export function decodeTableEntry(
 ): { offset: number; allOnes: boolean; bad: boolean } {
   // Reserved: bits 1..8 and 56..63.
   const reserved = (hi & 0xff000000) !== 0 || (lo & 0x1fe) !== 0;
-  const offset = (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
-  const allOnes = (lo & 1) !== 0;
+  const offset = entryOffset(hi, lo);
+  const allOnes = isZero(lo);
   const bad = reserved || (offset !== 0 && (allOnes || offset % clusterSize !== 0));
   return { offset, allOnes, bad };
 }

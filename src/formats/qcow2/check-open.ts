@@ -7,7 +7,8 @@
  */
 import type { HostFile } from '../../core/host-file.js';
 import { EXT_BITMAPS, getU64 } from './header.js';
-import type { Qcow2Image } from './image.js';
+import { decodeL1 } from './l2-entry.js';
+import type { Qcow2Metadata } from './metadata.js';
 
 /** The entries' offsets as QEMU masks them (bits 9-55), unvalidated; past EOF reads as zeros. */
 export async function readL1ForCheck(
@@ -17,16 +18,7 @@ export async function readL1ForCheck(
 ): Promise<{ off: Float64Array; copied: Uint8Array; tableOffset: number }> {
   const raw = new Uint8Array(size * 8);
   await readOrZeros(file, raw, offset, await file.size());
-  const v = new DataView(raw.buffer);
-  const off = new Float64Array(size);
-  const copied = new Uint8Array(size);
-  for (let i = 0; i < size; i++) {
-    const hi = v.getUint32(i * 8);
-    const lo = v.getUint32(i * 8 + 4);
-    off[i] = (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
-    copied[i] = (hi & 0x80000000) !== 0 ? 1 : 0;
-  }
-  return { off, copied, tableOffset: offset };
+  return { ...decodeL1(raw, size), tableOffset: offset };
 }
 
 /**
@@ -65,31 +57,32 @@ export type Metadata =
  * [offset, offset + size) would overwrite, if any. Check's repairs ask this before writing.
  */
 export function metadataOverlap(
-  img: Qcow2Image,
+  meta: Qcow2Metadata,
   offset: number,
   size: number,
   ignore: Metadata | null,
 ): Metadata | null {
   if (size === 0) return null;
-  const cs = img.clusterSize;
-  const h = img.header;
+  const cs = meta.clusterSize;
+  const h = meta.header;
   if (ignore !== 'qcow2_header' && offset < cs) return 'qcow2_header';
   const start = Math.floor(offset / cs) * cs;
   const len = Math.ceil((offset - start + size) / cs) * cs;
   const hits = (o: number, n: number) => n > 0 && start < o + n && o < start + len;
-  if (ignore !== 'active L1 table' && img.l1Size > 0 && hits(img.l1TableOffset, img.l1Size * 8)) {
+  if (ignore !== 'active L1 table' && meta.l1Size > 0 && hits(meta.l1TableOffset, meta.l1Size * 8)) {
     return 'active L1 table';
   }
-  const rc = img.refcounts;
+  const rc = meta.refcounts;
   if (ignore !== 'refcount table' && rc !== null && hits(rc.tableOffset, rc.table.length * 8)) {
     return 'refcount table';
   }
-  if (ignore !== 'snapshot table' && hits(h.snapshotsOffset, img.snapshotTableBytes)) return 'snapshot table';
+  if (ignore !== 'snapshot table' && hits(h.snapshotsOffset, meta.snapshotTableBytes))
+    return 'snapshot table';
   if (ignore !== 'inactive L1 table') {
-    for (const s of img.snapshotList) if (hits(s.l1TableOffset, s.l1Size * 8)) return 'inactive L1 table';
+    for (const s of meta.snapshotList) if (hits(s.l1TableOffset, s.l1Size * 8)) return 'inactive L1 table';
   }
   if (ignore !== 'active L2 table') {
-    for (const l2 of img.l1Off.subarray(0, img.l1Size))
+    for (const l2 of meta.l1Off.subarray(0, meta.l1Size))
       if (l2 !== 0 && hits(l2, cs)) return 'active L2 table';
   }
   if (ignore !== 'refcount block' && rc !== null) {

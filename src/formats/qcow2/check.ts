@@ -10,7 +10,19 @@ import { strerror, VdiskError } from '../../core/errors.js';
 import { type BitmapEntry, loadBitmapDirectory, parseBitmapsExt, readBitmapTable } from './bitmaps.js';
 import { type Metadata, metadataOverlap, readOrZeros } from './check-open.js';
 import { AUTOCLEAR_BITMAPS, EXT_BITMAPS, INCOMPAT_CORRUPT, setU64 } from './header.js';
-import type { Qcow2Image } from './image.js';
+import {
+  decodeCompressedBig,
+  entryOffset,
+  isCompressed,
+  isCopied,
+  isZero,
+  L1_RESERVED_HI,
+  L1_RESERVED_LO,
+  L2_STD_RESERVED_HI,
+  L2_STD_RESERVED_LO,
+  withCopied,
+} from './l2-entry.js';
+import type { Qcow2Metadata } from './metadata.js';
 
 const ZERO_BLOCK = Buffer.alloc(512);
 
@@ -25,7 +37,17 @@ function zeroBlockAt(table: Uint8Array, i: number, entryBytes: number): boolean 
   return Buffer.from(table.buffer, table.byteOffset + start, 512).equals(ZERO_BLOCK);
 }
 
-const COPIED_HI = 0x80000000;
+/** Indexes of an L2 table's entries, passing over 512-byte blocks of zeros. */
+function* usedEntries(table: Uint8Array, meta: Qcow2Metadata): Generator<number> {
+  const perBlock = 512 / meta.entryBytes;
+  for (let i = 0; i < meta.l2Entries; i++) {
+    if (zeroBlockAt(table, i, meta.entryBytes)) {
+      i += perBlock - 1;
+      continue;
+    }
+    yield i;
+  }
+}
 
 /** The check stops here (QEMU's check returned an error): `failure` is set. */
 class CheckAborted extends Error {}
@@ -34,13 +56,13 @@ class CheckAborted extends Error {}
  * QEMU's qcow2_signal_corruption (fatal): said once; a writable image is marked corrupt.
  */
 async function signalCorruption(
-  st: { signalled?: boolean; img: Qcow2Image; res: CheckResult },
+  st: { signalled?: boolean; meta: Qcow2Metadata; res: CheckResult },
   msg: string,
 ): Promise<void> {
   if (st.signalled === true) return;
   st.signalled = true;
-  const { img } = st;
-  if (img.readOnly) {
+  const { meta } = st;
+  if (meta.readOnly) {
     st.res.messages.push(
       `qcow2: Image is corrupt: ${msg}; further non-fatal corruption events will be suppressed`,
     );
@@ -49,11 +71,11 @@ async function signalCorruption(
   st.res.messages.push(
     `qcow2: Marking image as corrupt: ${msg}; further corruption events will be suppressed`,
   );
-  if (img.version === 3 && (img.header.incompatible & INCOMPAT_CORRUPT) === 0) {
-    img.header.incompatible |= INCOMPAT_CORRUPT;
+  if (meta.version === 3 && (meta.header.incompatible & INCOMPAT_CORRUPT) === 0) {
+    meta.header.incompatible |= INCOMPAT_CORRUPT;
     const b = new Uint8Array(8);
-    setU64(new DataView(b.buffer), 0, img.header.incompatible);
-    await img.file.write(b, 72);
+    setU64(new DataView(b.buffer), 0, meta.header.incompatible);
+    await meta.file.write(b, 72);
   }
 }
 
@@ -62,17 +84,16 @@ async function signalCorruption(
  * there would overwrite metadata.
  */
 async function writeAllowed(
-  st: { signalled?: boolean; img: Qcow2Image; res: CheckResult },
+  st: { signalled?: boolean; meta: Qcow2Metadata; res: CheckResult },
   offset: number,
   size: number,
   ignore: Metadata | null,
 ): Promise<boolean> {
-  const hit = metadataOverlap(st.img, offset, size, ignore);
+  const hit = metadataOverlap(st.meta, offset, size, ignore);
   if (hit === null) return true;
   await signalCorruption(st, `Preventing invalid write on metadata (overlaps with ${hit})`);
   return false;
 }
-const COMPRESSED_HI = 0x40000000;
 
 interface State {
   counts: Float64Array;
@@ -86,7 +107,7 @@ interface State {
   signalled?: boolean;
   fileLen: number;
   res: CheckResult;
-  img: Qcow2Image;
+  meta: Qcow2Metadata;
 }
 
 function grow(st: State, k: number): void {
@@ -99,7 +120,7 @@ function grow(st: State, k: number): void {
 /** QEMU's qcow2_inc_refcounts_imrt. */
 function inc(st: State, offset: number, size: number): void {
   if (size <= 0) return;
-  const cs = st.img.clusterSize;
+  const cs = st.meta.clusterSize;
   if (offset + size - st.fileLen >= cs) {
     st.res.messages.push(
       `ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x${offset.toString(16)} size 0x${size.toString(16)}`,
@@ -127,24 +148,24 @@ async function checkL1(
   fragInfo: boolean,
   active: boolean,
 ): Promise<void> {
-  const img = st.img;
-  const cs = img.clusterSize;
+  const meta = st.meta;
+  const cs = meta.clusterSize;
   if (l1Size === 0) return;
   inc(st, l1Offset, l1Size * 8);
   const raw = new Uint8Array(l1Size * 8);
-  await readOrZeros(img.file, raw, l1Offset, st.fileLen);
+  await readOrZeros(meta.file, raw, l1Offset, st.fileLen);
   const v = new DataView(raw.buffer);
-  const tables = new AheadReader(img, l2Offsets(v, l1Size), st.fileLen);
+  const tables = new AheadReader(meta, l2Offsets(v, l1Size), st.fileLen);
   for (let i = 0; i < l1Size; i++) {
     const hi = v.getUint32(i * 8);
     const lo = v.getUint32(i * 8 + 4);
     if (hi === 0 && lo === 0) continue;
     // L1E_RESERVED_MASK: bits 0-8 and 56-62.
-    if ((hi & 0x7f000000) !== 0 || (lo & 0x1ff) !== 0) {
+    if ((hi & L1_RESERVED_HI) !== 0 || (lo & L1_RESERVED_LO) !== 0) {
       st.res.messages.push(`ERROR found L1 entry with reserved bits set: ${hex64(hi, lo)}`);
       st.res.corruptions++;
     }
-    const l2 = (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
+    const l2 = entryOffset(hi, lo);
     inc(st, l2, cs);
     if (l2 % cs !== 0) {
       st.res.messages.push(
@@ -170,7 +191,7 @@ class AheadReader {
   private pos = 0;
 
   constructor(
-    private readonly img: Qcow2Image,
+    private readonly meta: Qcow2Metadata,
     private readonly offsets: number[],
     private readonly fileLen: number,
   ) {
@@ -179,8 +200,8 @@ class AheadReader {
 
   private start(): void {
     const off = this.offsets[this.pos++]!;
-    const buf = new Uint8Array(this.img.clusterSize);
-    const p = readOrZeros(this.img.file, buf, off, this.fileLen).then(() => buf);
+    const buf = new Uint8Array(this.meta.clusterSize);
+    const p = readOrZeros(this.meta.file, buf, off, this.fileLen).then(() => buf);
     p.catch(() => {});
     this.queue.push({ off, p });
   }
@@ -199,7 +220,7 @@ function l2Offsets(v: DataView, count: number): number[] {
   for (let i = 0; i < count; i++) {
     const hi = v.getUint32(i * 8);
     const lo = v.getUint32(i * 8 + 4);
-    if (hi !== 0 || lo !== 0) out.push((hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0));
+    if (hi !== 0 || lo !== 0) out.push(entryOffset(hi, lo));
   }
   return out;
 }
@@ -212,56 +233,49 @@ async function checkL2(
   fragInfo: boolean,
   _active: boolean,
 ): Promise<void> {
-  const img = st.img;
-  const cs = img.clusterSize;
+  const meta = st.meta;
+  const cs = meta.clusterSize;
   const v = new DataView(table.buffer, table.byteOffset, table.byteLength);
   // Fragmentation is counted within each L2 table (as QEMU does).
   let nextContiguous = 0;
-  const ext = img.extL2;
-  const perBlock = 512 / img.entryBytes;
-  for (let i = 0; i < img.l2Entries; i++) {
-    if (zeroBlockAt(table, i, img.entryBytes)) {
-      i += perBlock - 1;
-      continue;
-    }
-    const e = i * img.entryBytes;
+  const ext = meta.extL2;
+  for (const i of usedEntries(table, meta)) {
+    const e = i * meta.entryBytes;
     const hi = v.getUint32(e);
     const lo = v.getUint32(e + 4);
     const bhi = ext ? v.getUint32(e + 8) : 0;
     const blo = ext ? v.getUint32(e + 12) : 0;
     const entryHex = () => hex64(hi, lo);
-    const compressed = (hi & COMPRESSED_HI) !== 0;
+    const compressed = isCompressed(hi);
     // L2E_STD_RESERVED_MASK (bits 1-8 and 56-61) of a standard cluster descriptor.
-    if (!compressed && ((hi & 0x3f000000) !== 0 || (lo & 0x1fe) !== 0)) {
+    if (!compressed && ((hi & L2_STD_RESERVED_HI) !== 0 || (lo & L2_STD_RESERVED_LO) !== 0)) {
       st.res.messages.push(`ERROR found l2 entry with reserved bits set: ${entryHex()}`);
       st.res.corruptions++;
     }
     if (compressed) {
-      const x = 70 - img.clusterBits;
       // Up to 62 bits of host offset: exact as a BigInt (a corrupted entry names any of them).
-      const coffBig = BigInt(hi & ((1 << (x - 32)) - 1)) * 0x100000000n + BigInt(lo >>> 0);
+      const { offset: coffBig, sectors } = decodeCompressedBig(hi, lo, meta.clusterBits);
       const coff = Number(coffBig);
-      if ((hi & COPIED_HI) !== 0) {
+      if (isCopied(hi)) {
         st.res.messages.push(
           `ERROR: coffset=0x${coffBig.toString(16)}: copied flag must never be set for compressed clusters`,
         );
         st.res.corruptions++;
       }
-      if (img.hasDataFile) {
+      if (meta.hasDataFile) {
         st.res.messages.push(
-          `ERROR compressed cluster ${i} with data file, entry=0x${hex64(hi & ~COPIED_HI, lo)}`,
+          `ERROR compressed cluster ${i} with data file, entry=0x${hex64(withCopied(hi, false), lo)}`,
         );
         st.res.corruptions++;
         continue;
       }
       if (bhi !== 0 || blo !== 0) {
         st.res.messages.push(
-          `ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=0x${hex64(hi & ~COPIED_HI, lo)}`,
+          `ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=0x${hex64(withCopied(hi, false), lo)}`,
         );
         st.res.corruptions++;
         continue;
       }
-      const sectors = ((hi & 0x3fffffff) >>> (x - 32)) + 1;
       const csize = sectors * 512 - (lo & 511);
       if (!Number.isSafeInteger(coff)) {
         // Past any file: qcow2_inc_refcounts_imrt's message, with the exact offset.
@@ -277,8 +291,8 @@ async function checkL2(
       }
       continue;
     }
-    const host = (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
-    if (img.hasHost(hi, host)) {
+    const host = entryOffset(hi, lo);
+    if (meta.hasHost(hi, host)) {
       if (ext && (bhi & blo) !== 0) {
         st.res.messages.push(
           `ERROR offset=${host.toString(16)}: Allocated cluster has corrupted subcluster allocation bitmap`,
@@ -287,7 +301,7 @@ async function checkL2(
       }
       if (host % cs !== 0) {
         st.res.corruptions++;
-        const containsData = ext ? blo !== 0 : (lo & 1) === 0;
+        const containsData = ext ? blo !== 0 : !isZero(lo);
         if (containsData) {
           st.res.messages.push(
             `ERROR offset=${host.toString(16)}: Data cluster is not properly aligned; L2 entry corrupted.`,
@@ -302,7 +316,7 @@ async function checkL2(
               !(await writeAllowed(
                 st,
                 l2off + e,
-                img.entryBytes,
+                meta.entryBytes,
                 _active ? 'active L2 table' : 'inactive L2 table',
               ))
             ) {
@@ -323,7 +337,7 @@ async function checkL2(
               v.setUint32(e, 0);
               v.setUint32(e + 4, 1);
             }
-            await img.file.write(table.subarray(e, e + img.entryBytes), l2off + e);
+            await meta.file.write(table.subarray(e, e + meta.entryBytes), l2off + e);
             st.res.corruptions--;
             st.res.corruptionsFixed++;
             continue;
@@ -335,7 +349,7 @@ async function checkL2(
         if (nextContiguous !== 0 && host !== nextContiguous) st.res.fragmentedClusters!++;
         nextContiguous = host + cs;
       }
-      if (!img.hasDataFile) inc(st, host, cs);
+      if (!meta.hasDataFile) inc(st, host, cs);
     } else if (ext && blo !== 0) {
       st.res.messages.push(
         `ERROR: Unallocated cluster has non-zero subcluster allocation bitmap, entry=0x${entryHex()}`,
@@ -346,7 +360,10 @@ async function checkL2(
 }
 
 /** Check (and with repair, fix) the image's refcounts. The image's caches must be flushed. */
-export async function checkImage(img: Qcow2Image, repair: 'none' | 'leaks' | 'all'): Promise<CheckResult> {
+export async function checkImage(
+  meta: Qcow2Metadata,
+  repair: 'none' | 'leaks' | 'all',
+): Promise<CheckResult> {
   const res: CheckResult = {
     corruptions: 0,
     leaks: 0,
@@ -354,21 +371,21 @@ export async function checkImage(img: Qcow2Image, repair: 'none' | 'leaks' | 'al
     corruptionsFixed: 0,
     leaksFixed: 0,
     allocatedClusters: 0,
-    totalClusters: Math.ceil(img.size / img.clusterSize),
+    totalClusters: Math.ceil(meta.size / meta.clusterSize),
     fragmentedClusters: 0,
     compressedClusters: 0,
     messages: [],
   };
-  const cs = img.clusterSize;
+  const cs = meta.clusterSize;
   // QEMU's qcow2_check_read_snapshot_table runs first: an unaligned table fails the check.
-  if (img.header.snapshotsOffset % cs !== 0) {
+  if (meta.header.snapshotsOffset % cs !== 0) {
     res.messages.push(`${CHECK_ERROR_REPORT}ERROR snapshot table offset invalid`);
     res.failure = 'Invalid argument';
     return res;
   }
-  const fileLen = await img.file.size();
+  const fileLen = await meta.file.size();
   const nb = Math.ceil(fileLen / cs);
-  const st: State = { counts: new Float64Array(nb), nb, fix: repair, rebuild: false, fileLen, res, img };
+  const st: State = { counts: new Float64Array(nb), nb, fix: repair, rebuild: false, fileLen, res, meta };
   try {
     return await checkRefcounts(st, repair);
   } catch (err) {
@@ -379,8 +396,8 @@ export async function checkImage(img: Qcow2Image, repair: 'none' | 'leaks' | 'al
 
 /** QEMU's qcow2_check_refcounts. */
 async function checkRefcounts(st: State, repair: 'none' | 'leaks' | 'all'): Promise<CheckResult> {
-  const { img, res } = st;
-  const cs = img.clusterSize;
+  const { meta, res } = st;
+  const cs = meta.clusterSize;
   await calculate(st);
   // A bad bitmap table stops the check (QEMU's calculate_refcounts returns its error).
   if (res.failure !== undefined) return res;
@@ -445,18 +462,18 @@ async function checkRefcounts(st: State, repair: 'none' | 'leaks' | 'all'): Prom
   if (res.failure !== undefined) return res;
   // QCOW_OFLAG_COPIED must be set exactly where the refcount is 1 (active tables only).
   await checkCopied(st, repair);
-  if (fixLeaks || fixErrors) await img.refcounts!.flush();
+  if (fixLeaks || fixErrors) await meta.refcounts!.flush();
   // qcow2_co_check_locked: a repair that leaves no corruption marks the image consistent.
   if (
     fixLeaks &&
     res.checkErrors === 0 &&
     res.corruptions === 0 &&
-    (img.header.incompatible & INCOMPAT_CORRUPT) !== 0
+    (meta.header.incompatible & INCOMPAT_CORRUPT) !== 0
   ) {
-    img.header.incompatible &= ~INCOMPAT_CORRUPT;
+    meta.header.incompatible &= ~INCOMPAT_CORRUPT;
     const b = new Uint8Array(8);
-    setU64(new DataView(b.buffer), 0, img.header.incompatible);
-    await img.file.write(b, 72);
+    setU64(new DataView(b.buffer), 0, meta.header.incompatible);
+    await meta.file.write(b, 72);
   }
   res.imageEndOffset = (highest + 1) * cs;
   return res;
@@ -464,14 +481,14 @@ async function checkRefcounts(st: State, repair: 'none' | 'leaks' | 'all'): Prom
 
 /** QEMU's calculate_refcounts: count every reference to every host cluster. */
 async function calculate(st: State): Promise<void> {
-  const { img, res } = st;
-  const cs = img.clusterSize;
-  const rc = await img.loadRefcounts();
-  const h = img.header;
+  const { meta, res } = st;
+  const cs = meta.clusterSize;
+  const rc = await meta.loadRefcounts();
+  const h = meta.header;
 
   inc(st, 0, cs);
-  await checkL1(st, img.l1TableOffset, img.l1Size, true, true);
-  for (const s of img.snapshotList) {
+  await checkL1(st, meta.l1TableOffset, meta.l1Size, true, true);
+  for (const s of meta.snapshotList) {
     if (s.l1TableOffset % cs !== 0) {
       res.messages.push(
         `ERROR snapshot ${s.id} (${s.name}) l1_offset=${s.l1TableOffset.toString(16)}: L1 table is not cluster aligned; snapshot table entry corrupted`,
@@ -481,21 +498,21 @@ async function calculate(st: State): Promise<void> {
     }
     await checkL1(st, s.l1TableOffset, s.l1Size, false, false);
   }
-  inc(st, h.snapshotsOffset, img.snapshotTableBytes);
+  inc(st, h.snapshotsOffset, meta.snapshotTableBytes);
   inc(st, rc.tableOffset, rc.tableClusters * cs);
   // The LUKS header of an encrypted image (qcow2_check_refcounts counts crypto_header).
-  if (img.luks !== undefined) inc(st, img.luks.ref.offset, img.luks.ref.length);
+  if (meta.luks !== undefined) inc(st, meta.luks.ref.offset, meta.luks.ref.length);
   await countBitmaps(st);
   await checkRefblocks(st, rc.tableOffset, rc.table.length);
 }
 
 /** QEMU's check_refblocks. */
 async function checkRefblocks(st: State, tableOffset: number, entries: number): Promise<void> {
-  const { img, res } = st;
-  const cs = img.clusterSize;
+  const { meta, res } = st;
+  const cs = meta.clusterSize;
   // The table as stored: the reserved bits (0-8) are masked when it is loaded.
   const raw = new Uint8Array(entries * 8);
-  await readOrZeros(img.file, raw, tableOffset, st.fileLen);
+  await readOrZeros(meta.file, raw, tableOffset, st.fileLen);
   const v = new DataView(raw.buffer);
   for (let i = 0; i < entries; i++) {
     const hi = v.getUint32(i * 8);
@@ -521,15 +538,15 @@ async function checkRefblocks(st: State, tableOffset: number, entries: number): 
       res.messages.push(`${fix ? 'Repairing' : 'ERROR'} refcount block ${i} is outside image`);
       if (fix) {
         // QEMU grows the file so that the block lies inside it (zeros: refcounts 0).
-        const why = await growFile(img, off + cs);
+        const why = await growFile(meta, off + cs);
         if (why !== null) {
           st.rebuild = true;
           res.messages.push(`${CHECK_ERROR_REPORT}Could not resize file: ${why}`);
           res.messages.push(`ERROR could not resize image: ${why}`);
           continue;
         }
-        st.fileLen = await img.file.size();
-        img.fileEnd = Math.max(img.fileEnd, st.fileLen);
+        st.fileLen = await meta.file.size();
+        meta.fileEnd = Math.max(meta.fileEnd, st.fileLen);
         st.nb = Math.max(st.nb, Math.ceil(st.fileLen / cs));
         res.corruptions--;
         res.corruptionsFixed++;
@@ -550,10 +567,10 @@ async function checkRefblocks(st: State, tableOffset: number, entries: number): 
  * Grow the image file to `length` for a repair; null, or why not as strerror says it. Lengths
  * past what a double holds exactly (the host refuses far smaller ones) fail as the host does.
  */
-async function growFile(img: Qcow2Image, length: number): Promise<string | null> {
+async function growFile(meta: Qcow2Metadata, length: number): Promise<string | null> {
   if (!Number.isSafeInteger(length)) return 'File too large';
   try {
-    await img.file.truncate(length);
+    await meta.file.truncate(length);
     return null;
   } catch (err) {
     if (!(err instanceof VdiskError) || err.cause === undefined) throw err;
@@ -567,9 +584,9 @@ async function growFile(img: Qcow2Image, length: number): Promise<string | null>
  * the new structures cover themselves; then written and put in the header.
  */
 async function rebuildRefcounts(st: State): Promise<void> {
-  const { img } = st;
-  const cs = img.clusterSize;
-  const rc = img.refcounts!;
+  const { meta } = st;
+  const cs = meta.clusterSize;
+  const rc = meta.refcounts!;
   const per = rc.blockEntries;
   let firstFree = 0;
   const alloc = (n: number, from = firstFree): number => {
@@ -632,24 +649,24 @@ async function rebuildRefcounts(st: State): Promise<void> {
       const c = st.counts[i]!;
       if (c !== 0) rc.setIn(buf, i - b * per, Math.min(c, rc.maxRefcount));
     }
-    await img.file.write(buf, off);
+    await meta.file.write(buf, off);
   }
   const raw = new Uint8Array(tableClusters * cs);
   const v = new DataView(raw.buffer);
   for (let i = 0; i < table.length; i++) setU64(v, i * 8, table[i] ?? 0);
   // (QEMU counts no check error for this one.)
   if (!(await writeAllowed(st, tableOffset, raw.length, null))) fail('reftable');
-  await img.file.write(raw, tableOffset);
+  await meta.file.write(raw, tableOffset);
   const hdr = new Uint8Array(12);
   const hv = new DataView(hdr.buffer);
   setU64(hv, 0, tableOffset);
   hv.setUint32(8, tableClusters);
-  await img.file.write(hdr, 48);
-  img.header.refcountTableOffset = tableOffset;
-  img.header.refcountTableClusters = tableClusters;
-  st.fileLen = Math.max(st.fileLen, await img.file.size());
-  img.fileEnd = Math.max(img.fileEnd, st.fileLen);
-  await img.reloadRefcounts();
+  await meta.file.write(hdr, 48);
+  meta.header.refcountTableOffset = tableOffset;
+  meta.header.refcountTableClusters = tableClusters;
+  st.fileLen = Math.max(st.fileLen, await meta.file.size());
+  meta.fileEnd = Math.max(meta.fileEnd, st.fileLen);
+  await meta.reloadRefcounts();
 }
 
 /** QEMU's compare_refcounts. */
@@ -659,9 +676,9 @@ async function compareRefcounts(
   fixLeaks: boolean,
   fixErrors: boolean,
 ): Promise<{ highest: number; rebuild: boolean }> {
-  const { res, img } = st;
-  const rc = img.refcounts!;
-  const cs = img.clusterSize;
+  const { res, meta } = st;
+  const rc = meta.refcounts!;
+  const cs = meta.clusterSize;
   let highest = 0;
   let rebuild = false;
   for (let i = 0; i < n; i++) {
@@ -706,11 +723,11 @@ async function compareRefcounts(
  * (active L1 and L2 tables). Repaired with -r all, and with -r leaks when nothing else is wrong.
  */
 async function checkCopied(st: State, fix: 'none' | 'leaks' | 'all'): Promise<void> {
-  const { img, res } = st;
+  const { meta, res } = st;
   const repair =
     fix === 'all' || (fix === 'leaks' && res.checkErrors === 0 && res.corruptions === 0 && res.leaks === 0);
-  const rc = img.refcounts!;
-  const cs = img.clusterSize;
+  const rc = meta.refcounts!;
+  const cs = meta.clusterSize;
   const refcount = async (cluster: number): Promise<number | undefined> => {
     try {
       return await rc.get(cluster);
@@ -721,15 +738,15 @@ async function checkCopied(st: State, fix: 'none' | 'leaks' | 'all'): Promise<vo
     }
   };
   // The active L1 table as loaded at open (entries as stored, reserved bits too).
-  const fileLen = await img.file.size();
-  const l1 = new Uint8Array(img.l1Size * 8);
-  await readOrZeros(img.file, l1, img.l1TableOffset, fileLen);
+  const fileLen = await meta.file.size();
+  const l1 = new Uint8Array(meta.l1Size * 8);
+  await readOrZeros(meta.file, l1, meta.l1TableOffset, fileLen);
   const lv = new DataView(l1.buffer);
   const offsets: number[] = [];
-  for (const l2 of img.l1Off.subarray(0, img.l1Size)) if (l2 !== 0) offsets.push(l2);
-  const tables = new AheadReader(img, offsets, fileLen);
-  for (let i = 0; i < img.l1Size; i++) {
-    const l2 = img.l1Off[i]!;
+  for (const l2 of meta.l1Off.subarray(0, meta.l1Size)) if (l2 !== 0) offsets.push(l2);
+  const tables = new AheadReader(meta, offsets, fileLen);
+  for (let i = 0; i < meta.l1Size; i++) {
+    const l2 = meta.l1Off[i]!;
     if (l2 === 0) continue;
     const r1 = await refcount(Math.floor(l2 / cs));
     if (r1 === undefined) {
@@ -738,25 +755,25 @@ async function checkCopied(st: State, fix: 'none' | 'leaks' | 'all'): Promise<vo
     }
     const hi = lv.getUint32(i * 8);
     const lo = lv.getUint32(i * 8 + 4);
-    const copied = (hi & COPIED_HI) !== 0;
+    const copied = isCopied(hi);
     if ((r1 === 1) !== copied) {
       res.messages.push(
         `${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${hex64(hi, lo)} refcount=${r1}`,
       );
       if (repair) {
-        lv.setUint32(i * 8, r1 === 1 ? (hi | COPIED_HI) >>> 0 : hi & ~COPIED_HI);
+        lv.setUint32(i * 8, withCopied(hi, r1 === 1));
         // qcow2_write_l1_entry writes the 512-byte block of the table holding the entry.
         const blockStart = Math.floor((i * 8) / 512) * 512;
         const blockEnd = Math.min(l1.length, blockStart + 512);
         if (
-          !(await writeAllowed(st, img.l1TableOffset + blockStart, blockEnd - blockStart, 'active L1 table'))
+          !(await writeAllowed(st, meta.l1TableOffset + blockStart, blockEnd - blockStart, 'active L1 table'))
         ) {
           res.checkErrors++;
           res.failure = 'Input/output error';
           throw new CheckAborted();
         }
-        await img.file.write(l1.subarray(i * 8, i * 8 + 8), img.l1TableOffset + i * 8);
-        img.l1Copied[i] = r1 === 1 ? 1 : 0;
+        await meta.file.write(l1.subarray(i * 8, i * 8 + 8), meta.l1TableOffset + i * 8);
+        meta.l1Copied[i] = r1 === 1 ? 1 : 0;
         res.corruptionsFixed++;
       } else {
         res.corruptions++;
@@ -764,30 +781,25 @@ async function checkCopied(st: State, fix: 'none' | 'leaks' | 'all'): Promise<vo
     }
     const table = await tables.next(l2);
     const v = new DataView(table.buffer, table.byteOffset, table.byteLength);
-    const perBlock = 512 / img.entryBytes;
     let dirty = 0;
-    for (let j = 0; j < img.l2Entries; j++) {
-      if (zeroBlockAt(table, j, img.entryBytes)) {
-        j += perBlock - 1;
-        continue;
-      }
-      const e = j * img.entryBytes;
+    for (const j of usedEntries(table, meta)) {
+      const e = j * meta.entryBytes;
       const ehi = v.getUint32(e);
       const elo = v.getUint32(e + 4);
-      if ((ehi & COMPRESSED_HI) !== 0) continue;
-      const host = (ehi & 0x00ffffff) * 0x100000000 + ((elo & 0xfffffe00) >>> 0);
+      if (isCompressed(ehi)) continue;
+      const host = entryOffset(ehi, elo);
       // Normal and preallocated-zero clusters (QCOW2_CLUSTER_NORMAL, _ZERO_ALLOC).
-      if (!img.hasHost(ehi, host)) continue;
-      const r = img.hasDataFile ? 1 : await refcount(Math.floor(host / cs));
+      if (!meta.hasHost(ehi, host)) continue;
+      const r = meta.hasDataFile ? 1 : await refcount(Math.floor(host / cs));
       if (r === undefined) continue;
-      const c = (ehi & COPIED_HI) !== 0;
+      const c = isCopied(ehi);
       if ((r === 1) !== c) {
         res.messages.push(
           `${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED data cluster: l2_entry=${hex64(ehi, elo)} refcount=${r}`,
         );
         res.corruptions++;
         if (repair) {
-          v.setUint32(e, r === 1 ? (ehi | COPIED_HI) >>> 0 : ehi & ~COPIED_HI);
+          v.setUint32(e, withCopied(ehi, r === 1));
           dirty++;
         }
       }
@@ -801,7 +813,7 @@ async function checkCopied(st: State, fix: 'none' | 'leaks' | 'all'): Promise<vo
         res.failure = 'Input/output error';
         throw new CheckAborted();
       }
-      await img.file.write(table, l2);
+      await meta.file.write(table, l2);
       res.corruptions -= dirty;
       res.corruptionsFixed += dirty;
     }
@@ -814,26 +826,26 @@ async function checkCopied(st: State, fix: 'none' | 'leaks' | 'all'): Promise<vo
  * The directory was checked when the image was opened (a bad one fails the open, as in QEMU).
  */
 async function countBitmaps(st: State): Promise<void> {
-  const img = st.img;
-  const h = img.header;
+  const meta = st.meta;
+  const h = meta.header;
   const ext = parseBitmapsExt(
     h.extensions.find((e) => e.type === EXT_BITMAPS)?.data,
     (h.autoclear & AUTOCLEAR_BITMAPS) !== 0,
-    img.clusterSize,
-    img.file.path,
+    meta.clusterSize,
+    meta.file.path,
   );
   if (ext === undefined) return;
   inc(st, ext.dirOffset, ext.dirSize);
   let list: BitmapEntry[];
   try {
-    list = await loadBitmapDirectory(img.file, ext, img.clusterSize, img.size, img.file.path);
+    list = await loadBitmapDirectory(meta.file, ext, meta.clusterSize, meta.size, meta.file.path);
   } catch {
     st.res.corruptions++;
     return;
   }
   for (const e of list) {
     inc(st, e.tableOffset, e.tableSize * 8);
-    const table = await readBitmapTable(img.file, e, img.clusterSize);
+    const table = await readBitmapTable(meta.file, e, meta.clusterSize);
     // QEMU's bitmap_table_load refuses the whole table for one bad entry (in-use bitmaps
     // reach here: the open skipped their tables), and the check fails with its EINVAL.
     if (table.some((t) => t.bad)) {
@@ -841,6 +853,6 @@ async function countBitmaps(st: State): Promise<void> {
       st.res.failure = 'Invalid argument';
       return;
     }
-    for (const t of table) if (t.offset !== 0) inc(st, t.offset, img.clusterSize);
+    for (const t of table) if (t.offset !== 0) inc(st, t.offset, meta.clusterSize);
   }
 }

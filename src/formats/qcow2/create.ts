@@ -9,6 +9,7 @@ import { HostFile } from '../../core/host-file.js';
 import { parseBoolOption } from '../../core/options.js';
 import { parseSize } from '../../core/size.js';
 import { createFile } from '../../protocols/index.js';
+import { QCOW2_IMAGE_OPTIONS } from './amend-options.js';
 import {
   AUTOCLEAR_DATA_FILE_RAW,
   COMPAT_LAZY_REFCOUNTS,
@@ -25,6 +26,7 @@ import {
   type Qcow2Header,
   setU64,
 } from './header.js';
+import { COPIED_HI, putEntry } from './l2-entry.js';
 import { Refcounts } from './refcount.js';
 
 /** In the order qemu-img prints them in its "Formatting" line. */
@@ -59,12 +61,7 @@ export const QCOW2_CREATE_OPTIONS: readonly CreateOptionSpec[] = [
     help: 'Compression method used for image cluster compression',
     default: 'zlib',
   },
-  { name: 'size', type: 'size', help: 'Virtual disk size' },
-  { name: 'compat', type: 'string', help: 'Compatibility level (v2 [0.10] or v3 [1.1])' },
-  { name: 'backing_file', type: 'string', help: 'File name of a base image' },
-  { name: 'backing_fmt', type: 'string', help: 'Image format of the base image' },
-  { name: 'data_file', type: 'string', help: 'File name of an external data file' },
-  { name: 'data_file_raw', type: 'bool', help: 'The external data file must stay valid as a raw image' },
+  ...QCOW2_IMAGE_OPTIONS,
   { name: 'lazy_refcounts', type: 'bool', help: 'Postpone refcount updates', default: 'off' },
   { name: 'refcount_bits', type: 'number', help: 'Width of a reference count entry in bits', default: '16' },
   {
@@ -285,8 +282,7 @@ async function writeImage(
     for (let i = 0; i < count; i++) {
       const host = dataFile !== null ? guestStart + i * cs : firstHost + i * cs;
       const e = (firstIdx + i) * entryBytes;
-      setU64(v, e, host);
-      v.setUint32(e, v.getUint32(e) | 0x80000000);
+      putEntry(v, e, host, COPIED_HI);
     }
     await rc.flush();
     await file.write(buf, l2);
@@ -308,8 +304,7 @@ async function writeImage(
       const v = new DataView(buf.buffer);
       for (let i = 0; i < count; i++) {
         const e = ((c + i) % l2Entries) * entryBytes;
-        setU64(v, e, host + i * cs);
-        v.setUint32(e, v.getUint32(e) | 0x80000000);
+        putEntry(v, e, host + i * cs, COPIED_HI);
       }
       await file.write(buf, l2);
       l1[l1i] = l2;
@@ -348,8 +343,7 @@ async function writeImage(
     const v = new DataView(raw.buffer);
     for (let i = 0; i < l1Size; i++) {
       if (l1[i] === 0) continue;
-      setU64(v, i * 8, l1[i]!);
-      v.setUint32(i * 8, v.getUint32(i * 8) | 0x80000000);
+      putEntry(v, i * 8, l1[i]!, COPIED_HI);
     }
     await file.write(raw, l1Offset);
   }

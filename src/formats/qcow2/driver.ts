@@ -2,14 +2,14 @@
 import type { FormatDriver } from '../../core/driver.js';
 import { QCOW2_AMEND_OPTIONS } from './amend-options.js';
 import { createQcow2, QCOW2_CREATE_OPTIONS } from './create.js';
-import { Qcow2Image } from './image.js';
 import { measureQcow2 } from './measure.js';
+import { openQcow2 } from './open.js';
 import { probeQcow2 } from './probe.js';
 
 export const qcow2Driver: FormatDriver = {
   name: 'qcow2',
   probe: (head) => probeQcow2(head),
-  open: (file, opts) => Qcow2Image.open(file, opts),
+  open: (file, opts) => openQcow2(file, opts),
   create: (req) => createQcow2(req),
   async createSequential(src, options) {
     return (await import('./stream.js')).createQcow2Sequential(src, options);

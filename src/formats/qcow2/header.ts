@@ -31,11 +31,6 @@ export const COMPAT_LAZY_REFCOUNTS = 1;
 export const AUTOCLEAR_BITMAPS = 1;
 export const AUTOCLEAR_DATA_FILE_RAW = 2;
 
-// L1/L2 entry flags as the entries' 32-bit halves hold them: QCOW_OFLAG_COPIED (bit 63, the
-// cluster's refcount is 1) in the high half, QCOW_OFLAG_ZERO (bit 0, v3) in the low half.
-export const OFLAG_COPIED_HI = 0x80000000;
-export const OFLAG_ZERO_LO = 1;
-
 // Header extension types.
 export const EXT_END = 0;
 export const EXT_BACKING_FORMAT = 0xe2792aca;

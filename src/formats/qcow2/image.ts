@@ -1,5 +1,7 @@
 /**
- * Qcow2Image: one open qcow2 image behind the FormatImage contract.
+ * Qcow2Image: one open qcow2 image behind the FormatImage contract: the I/O paths. Opening
+ * is in open.ts, the metadata state (header, tables, caches, refcounts) in metadata.ts, the
+ * entry bit layout in l2-entry.ts.
  *
  * Reads map guest ranges to runs (unallocated / zero / data / compressed) through the L1
  * table and a bounded LRU of L2 tables; unallocated runs come from the backing chain
@@ -22,7 +24,6 @@ import type {
   AmendValues,
   CheckResult,
   DriverContext,
-  DriverOpenOptions,
   FileRef,
   FormatImage,
   FormatSpecific,
@@ -31,53 +32,33 @@ import type {
 import { VdiskError } from '../../core/errors.js';
 import type { HostFile } from '../../core/host-file.js';
 import { Mutex } from '../../core/lock.js';
-import type { LuksVolume } from '../luks/block.js';
 import type { SectorCipher } from '../luks/crypto.js';
-import { type BitmapInfo, PersistentBitmaps } from './bitmap-state.js';
-import { type BitmapsExt, encodeBitmapsExt, parseBitmapsExt } from './bitmaps.js';
-import { TableCache } from './cache.js';
-import { readL1ForCheck } from './check-open.js';
-import type { CryptoHeaderRef } from './crypto.js';
+import type { BitmapInfo, PersistentBitmaps } from './bitmap-state.js';
 import {
-  AUTOCLEAR_BITMAPS,
-  AUTOCLEAR_DATA_FILE_RAW,
   COMPAT_LAZY_REFCOUNTS,
-  EXT_BACKING_FORMAT,
-  EXT_BITMAPS,
-  EXT_CRYPTO,
-  EXT_DATA_FILE,
-  EXT_FEATURE_TABLE,
-  encodeHeader,
-  featureTableExtension,
-  type HeaderExtension,
   INCOMPAT_CORRUPT,
-  INCOMPAT_DATA_FILE,
   INCOMPAT_DIRTY,
-  INCOMPAT_EXTL2,
   l1EntriesFor,
   MAX_L1_BYTES,
-  parseHeader,
   type Qcow2Header,
-  setU64,
-  V3_HEADER_LENGTH,
 } from './header.js';
-import { Refcounts } from './refcount.js';
-import { type Qcow2Snapshot, readSnapshots } from './snapshot.js';
+import {
+  ALL_SUBCLUSTERS,
+  copiedEntry,
+  encodeCompressed,
+  entryOffset,
+  isCompressed,
+  isCopied,
+  isZero,
+} from './l2-entry.js';
+import { type L1Table, Qcow2Metadata, readL1 } from './metadata.js';
+import type { Refcounts } from './refcount.js';
 
 // Loaded when an image needs them (encrypted images, compressed clusters): they pull in
 // node:crypto, zlib and worker_threads, ~15 ms of start-up that most commands never use.
 type CryptoModule = typeof import('./crypto.js');
 type CompressModule = typeof import('./compress.js');
 let compressModule: Promise<CompressModule> | null = null;
-/** QEMU's words (qcow2_read_extensions) for bitmaps a program without bitmap support invalidated. */
-export function staleBitmapsWarning(version: number): string {
-  const why =
-    version < 3
-      ? 'This qcow2 v2 image contains bitmaps, but they may have been modified by a program without persistent bitmap support; so now they must all be considered inconsistent'
-      : 'a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent';
-  return `vdisk: warning: ${why}\nSome clusters may be leaked, run 'vdisk check -r' on the image file to fix.`;
-}
-
 const loadCompress = (): Promise<CompressModule> => (compressModule ??= import('./compress.js'));
 
 /** Run kinds of the guest address space. */
@@ -94,11 +75,6 @@ export interface Run {
   cOffset: number;
   cSize: number;
 }
-
-const COPIED_HI = 0x80000000;
-const COMPRESSED_HI = 0x40000000;
-/** L2 cache bound (QEMU's default maximum is 32 MiB). */
-const L2_CACHE_BYTES = 32 << 20;
 
 interface Piece {
   host: number;
@@ -119,6 +95,12 @@ interface Claim {
   done: Promise<void>;
 }
 
+/** An L2 update naming the (refcount 1) cluster `host`. */
+function copiedUpdate(index: number, host: number, bhi: number, blo: number): L2Update {
+  const [hi, lo] = copiedEntry(host);
+  return { index, hi, lo, bhi, blo };
+}
+
 interface L2Update {
   index: number;
   hi: number;
@@ -134,55 +116,34 @@ export class Qcow2Image implements FormatImage {
   get encrypted(): boolean {
     return this.header.cryptMethod !== 0;
   }
-  readonly clusterSize: number;
-  readonly clusterBits: number;
-  readonly subclusterSize: number;
-  readonly extL2: boolean;
-  readonly entryBytes: number;
-  readonly l2Entries: number;
-  backing: FileRef | undefined;
   readonly dataFile: FileRef | undefined;
-  readonly l2Cache: TableCache;
-  refcounts: Refcounts | null = null;
+  /** The metadata state (metadata.ts): header, tables, caches, refcounts, snapshots, bitmaps. */
+  readonly meta: Qcow2Metadata;
   ctx: DriverContext = {
     readBacking: async (buf) => {
       buf.fill(0);
     },
     hasBacking: false,
   };
-  l1Off: Float64Array;
-  l1Copied: Uint8Array;
-  l1Size: number;
-  l1TableOffset: number;
-  snapshotList: Qcow2Snapshot[] = [];
-  snapshotTableBytes = 0;
-  /** Persistent dirty bitmaps (bitmap-state.ts); undefined on snapshot views. */
-  persistentBitmaps: PersistentBitmaps | undefined;
+  get backing(): FileRef | undefined {
+    return this.meta.backing;
+  }
   get dirtyBitmaps(): PersistentBitmaps | undefined {
-    return this.persistentBitmaps;
+    return this.meta.persistentBitmaps;
   }
   get bitmaps(): BitmapInfo[] {
-    return this.persistentBitmaps?.info() ?? [];
+    return this.meta.persistentBitmaps?.info() ?? [];
   }
-  /** Host end of the image file as far as we know (tables and data must lie before it). */
-  fileEnd: number;
-  /** Opened for check (QEMU's BDRV_O_CHECK): tables were read without validating entries. */
-  forCheck = false;
   private readonly writeLock = new Mutex();
   private readonly claims = new Set<Claim>();
   /** Opens the external data file on first use (read-only opens). */
   dataOpener: (() => Promise<HostFile>) | null = null;
   private dataOpening: Promise<HostFile> | null = null;
-  private pendingFrees: Array<[number, number]> = [];
-  private modified = false;
   private metadataPrealloc: boolean | null = null;
   private lastCompressed: { key: number; data: Uint8Array } | null = null;
-  private readonly metadataClusters = new Set<number>();
   private closed = false;
-  /** encrypt.format=luks: the unlocked volume and where its header lies (crypto.ts). */
-  luks: { vol: LuksVolume; ref: CryptoHeaderRef } | undefined;
-  /** The crypto module, loaded when the header names an encryption method. */
-  private crypto: CryptoModule | undefined;
+  /** The crypto module, loaded when the header names an encryption method (open.ts). */
+  crypto: CryptoModule | undefined;
   /** crypt_method 1: the legacy AES cipher (read only; IV from the guest offset). */
   aes: SectorCipher | undefined;
 
@@ -192,65 +153,29 @@ export class Qcow2Image implements FormatImage {
     private dataHostFile: HostFile | null,
     readonly header: Qcow2Header,
     readonly readOnly: boolean,
-    l1: { off: Float64Array; copied: Uint8Array; tableOffset: number },
+    l1: L1Table,
     fileSize: number,
     /** A snapshot view shares the file and must not close it. */
     private readonly ownsFiles = true,
   ) {
-    this.clusterBits = header.clusterBits;
-    this.clusterSize = 2 ** header.clusterBits;
-    this.extL2 = (header.incompatible & INCOMPAT_EXTL2) !== 0;
-    this.entryBytes = this.extL2 ? 16 : 8;
-    this.l2Entries = this.clusterSize / this.entryBytes;
-    this.subclusterSize = this.extL2 ? this.clusterSize / 32 : this.clusterSize;
-    this.l1Off = l1.off;
-    this.l1Copied = l1.copied;
-    this.l1Size = l1.off.length;
-    this.l1TableOffset = l1.tableOffset;
-    this.fileEnd = fileSize;
-    this.backing =
-      header.backingFile !== undefined
-        ? { filename: header.backingFile, format: header.backingFormat }
-        : undefined;
+    this.meta = new Qcow2Metadata(file, header, readOnly, l1, fileSize);
     this.dataFile = header.dataFile !== undefined ? { filename: header.dataFile } : undefined;
-    const maxL2 = Math.max(
-      16,
-      Math.min(Math.floor(L2_CACHE_BYTES / this.clusterSize), Math.max(16, this.l1Size + 8)),
-    );
-    this.l2Cache = new TableCache(file, this.clusterSize, maxL2, 'L2 table', async () => {
-      if (this.refcounts !== null && !this.lazy) await this.refcounts.flush();
-    });
-    this.l2Cache.fileEnd = fileSize;
+  }
+
+  get clusterSize(): number {
+    return this.meta.clusterSize;
   }
 
   get size(): number {
-    // QEMU 7.2 (qcow2_do_open) keeps total_sectors = size / 512: a header size that is not a
-    // multiple of 512 (qemu-img never writes one) reads as the whole sectors it covers.
-    return Math.floor(this.header.size / 512) * 512;
+    return this.meta.size;
   }
 
   get version(): 2 | 3 {
-    return this.header.version;
-  }
-
-  get lazy(): boolean {
-    return !this.readOnly && (this.header.compatible & COMPAT_LAZY_REFCOUNTS) !== 0;
+    return this.meta.version;
   }
 
   get dirty(): boolean {
-    return (this.header.incompatible & INCOMPAT_DIRTY) !== 0;
-  }
-
-  get hasDataFile(): boolean {
-    return (this.header.incompatible & INCOMPAT_DATA_FILE) !== 0;
-  }
-
-  get dataFileRaw(): boolean {
-    return (this.header.autoclear & AUTOCLEAR_DATA_FILE_RAW) !== 0;
-  }
-
-  get compressionType(): number {
-    return this.header.compressionType;
+    return this.meta.dirty;
   }
 
   attach(ctx: DriverContext): void {
@@ -260,19 +185,10 @@ export class Qcow2Image implements FormatImage {
   /** The file holding guest data (the external data file, opened on first use). */
   async data(): Promise<HostFile> {
     if (this.dataHostFile !== null) return this.dataHostFile;
-    if (this.dataOpener === null) throw this.corrupt('The external data file is not available');
+    if (this.dataOpener === null) throw this.meta.corrupt('The external data file is not available');
     this.dataOpening ??= this.dataOpener();
     this.dataHostFile = await this.dataOpening;
     return this.dataHostFile;
-  }
-
-  /**
-   * Does a (non-compressed) L2 entry name a host cluster? Offset 0 means "none", except in
-   * an external data file, where 0 is a real offset and the COPIED flag (always set there)
-   * tells them apart (as QEMU's qcow2_get_cluster_type).
-   */
-  hasHost(hi: number, host: number): boolean {
-    return host !== 0 || (this.hasDataFile && (hi & COPIED_HI) !== 0);
   }
 
   /** Name of the file holding guest data (for block status). */
@@ -280,274 +196,62 @@ export class Qcow2Image implements FormatImage {
     return this.dataHostFile?.path ?? this.header.dataFile ?? this.file.path;
   }
 
-  // ---------------------------------------------------------------- open
-
-  static async open(file: HostFile, opts: DriverOpenOptions): Promise<Qcow2Image> {
-    const fileSize = await file.size();
-    const first = new Uint8Array(Math.min(fileSize, 2 << 20, 4096));
-    await file.read(first, 0);
-    let headBuf = first;
-    if (first.length >= 24) {
-      const cb = new DataView(first.buffer).getUint32(20);
-      if (cb >= 9 && cb <= 21 && 2 ** cb > first.length) {
-        headBuf = new Uint8Array(Math.min(fileSize, 2 ** cb));
-        await file.read(headBuf, 0);
-      }
-    }
-    const forCheck = opts.forCheck === true;
-    const header = parseHeader(headBuf, fileSize, file.path, forCheck);
-    // A corrupt image opens read/write only to be repaired (QEMU: unless BDRV_O_CHECK).
-    if (opts.writable && !forCheck && (header.incompatible & INCOMPAT_CORRUPT) !== 0) {
-      throw new VdiskError('CORRUPT_IMAGE', 'qcow2: Image is corrupt; cannot be opened read/write', {
-        path: file.path,
-      });
-    }
-    const l1 = forCheck
-      ? await readL1ForCheck(file, header.l1TableOffset, header.l1Size)
-      : await readL1(file, header.l1TableOffset, header.l1Size, header.clusterBits, fileSize);
-    let dataHost: HostFile | null = file;
-    const external = header.dataFile !== undefined && (header.incompatible & INCOMPAT_DATA_FILE) !== 0;
-    if (external) {
-      if (opts.openDataFile === undefined) {
-        throw new VdiskError(
-          'NOT_ALLOWED',
-          `'${file.path}' names the data file '${header.dataFile}', which was not allowed to be opened`,
-          { path: file.path },
-        );
-      }
-      // A read-only open tolerates a missing data file until data is read from it (qemu-img
-      // info works without it); consent (NOT_ALLOWED) and writable opens fail now.
-      try {
-        dataHost = await opts.openDataFile({ filename: header.dataFile! }, opts.writable);
-      } catch (err) {
-        if (opts.writable || !(err instanceof VdiskError) || err.code !== 'ENOENT') throw err;
-        dataHost = null;
-      }
-    }
-    const img = new Qcow2Image(file, dataHost, header, !opts.writable, l1, fileSize);
-    img.forCheck = forCheck;
-    if (external && dataHost === null) {
-      const open = opts.openDataFile!;
-      img.dataOpener = () => open({ filename: header.dataFile! }, false);
-    }
-    try {
-      await img.init(opts);
-    } catch (err) {
-      if (dataHost !== null && dataHost !== file) await dataHost.close().catch(() => {});
-      throw err;
-    }
-    return img;
-  }
-
-  private async init(opts: DriverOpenOptions): Promise<void> {
-    const h = this.header;
-    if (h.cryptMethod !== 0) this.crypto = await import('./crypto.js');
-    this.luks = await this.crypto?.openQcow2Luks(this.file, h, opts);
-    if (h.cryptMethod === 1) {
-      const { legacyAesReadOnly, openLegacyAes } = await import('../luks/legacy-aes.js');
-      if (opts.writable) throw legacyAesReadOnly(this.file.path);
-      this.crypto!.cryptoHeaderRef(h, this.file.path);
-      this.aes = openLegacyAes(opts.options?.['encrypt.key-secret'], {
-        noIo: opts.noIo === true,
-        prefix: 'encrypt.',
-      });
-    }
-    // Opened for check, a snapshot table at an unaligned offset is reported by check itself.
-    const skipSnapshots = this.forCheck && h.snapshotsOffset % this.clusterSize !== 0;
-    const { snapshots, tableBytes } = skipSnapshots
-      ? { snapshots: [], tableBytes: 0 }
-      : await readSnapshots(this.file, h.snapshotsOffset, h.nbSnapshots, this.fileEnd);
-    this.snapshotList = snapshots;
-    this.snapshotTableBytes = tableBytes;
-    const bmData = h.extensions.find((e) => e.type === EXT_BITMAPS)?.data;
-    const bmExt = parseBitmapsExt(
-      bmData,
-      (h.autoclear & AUTOCLEAR_BITMAPS) !== 0,
-      this.clusterSize,
-      this.file.path,
-    );
-    // The extension without its autoclear bit: a program without bitmap support has written
-    // the image (a v2 image has no autoclear bits at all). QEMU's qcow2_read_extensions warns
-    // in these words, ignores the bitmaps and, opened for writing, drops the extension.
-    const staleBitmaps = bmData !== undefined && bmExt === undefined;
-    if (staleBitmaps) opts.onWarning?.(staleBitmapsWarning(h.version));
-    this.persistentBitmaps = await PersistentBitmaps.open(
-      this.bitmapStore(),
-      bmExt,
-      this.size,
-      this.file.path,
-      h.version,
-    );
-    this.indexMetadata();
-    if (this.readOnly) return;
-    // Opened for check (-r): check itself reports overlapping tables.
-    if (!this.forCheck) this.checkOverlaps();
-    await this.loadRefcounts();
-    if (this.dirty && opts.repairOnOpen !== false) {
-      // QEMU rebuilds the refcounts of a dirty lazy-refcounts image on a writable open.
-      const { checkImage } = await import('./check.js');
-      await checkImage(this, 'all');
-      await this.setIncompatible(this.header.incompatible & ~INCOMPAT_DIRTY);
-    }
-    // Autoclear bits we do not maintain must be cleared when we may modify the image
-    // (qcow2.rst). We keep data_file_raw, which we honour, and bitmaps: rather than orphan
-    // the bitmaps (qemu would then count their clusters as leaked), the first write marks
-    // each of them in use, i.e. inconsistent, which is what they then are.
-    const keep = this.header.autoclear & (AUTOCLEAR_DATA_FILE_RAW | AUTOCLEAR_BITMAPS);
-    if (this.header.autoclear !== keep && this.version === 3) {
-      this.header.autoclear = keep;
-      const b = new Uint8Array(8);
-      setU64(new DataView(b.buffer), 0, keep);
-      await this.file.write(b, 88);
-    }
-    // Bitmaps invalidated by a program without bitmap support: the extension goes, as QEMU
-    // drops it on a writable open (their clusters stay leaked until check -r), but not on a
-    // backing file it reopens read-write (commit's base).
-    if (
-      staleBitmaps &&
-      opts.reopened !== true &&
-      !(this.version === 3 && h.headerLength > V3_HEADER_LENGTH)
-    ) {
-      await this.writeBitmapsExtension(undefined);
-    }
-  }
-
-  /** Load the refcount table (done at open for writing, on demand for check). */
-  async loadRefcounts(): Promise<Refcounts> {
-    if (this.refcounts !== null) return this.refcounts;
-    const h = this.header;
-    this.refcounts = await Refcounts.load(
-      {
-        file: this.file,
-        clusterBits: h.clusterBits,
-        refcountOrder: h.refcountOrder,
-        writeHeaderReftable: async (offset, clusters) => {
-          const b = new Uint8Array(12);
-          const v = new DataView(b.buffer);
-          setU64(v, 0, offset);
-          v.setUint32(8, clusters);
-          await this.file.write(b, 48);
-          h.refcountTableOffset = offset;
-          h.refcountTableClusters = clusters;
-          this.indexMetadata();
-        },
-      },
-      h.refcountTableOffset,
-      h.refcountTableClusters,
-      this.fileEnd,
-      undefined,
-      this.forCheck,
-    );
-    this.refcounts.cache.fileEnd = Number.POSITIVE_INFINITY;
-    for (const off of this.refcounts.table) if (off !== 0) this.metadataClusters.add(off);
-    return this.refcounts;
-  }
-
-  /** Forget the refcount state and read it again (after check rebuilt the structures). */
-  async reloadRefcounts(): Promise<Refcounts> {
-    this.refcounts = null;
-    const rc = await this.loadRefcounts();
-    this.indexMetadata();
-    return rc;
-  }
-
-  /** Remember which host clusters hold metadata (in-place data writes must not touch them). */
-  private indexMetadata(): void {
-    const m = this.metadataClusters;
-    const cs = this.clusterSize;
-    m.clear();
-    const addRange = (off: number, len: number) => {
-      for (let c = Math.floor(off / cs) * cs; c < off + len; c += cs) m.add(c);
-    };
-    addRange(0, cs);
-    addRange(this.l1TableOffset, this.l1Size * 8);
-    addRange(this.header.refcountTableOffset, this.header.refcountTableClusters * cs);
-    addRange(this.header.snapshotsOffset, this.snapshotTableBytes);
-    if (this.luks !== undefined) addRange(this.luks.ref.offset, this.luks.ref.length);
-    for (let i = 0; i < this.l1Size; i++) if (this.l1Off[i]! !== 0) m.add(this.l1Off[i]!);
-    if (this.refcounts !== null) for (const off of this.refcounts.table) if (off !== 0) m.add(off);
-  }
-
-  /**
-   * Before writing: L2 tables must not overlap the header, the L1 table, the refcount table
-   * or each other (a looping image would make writes destroy its own metadata).
-   */
-  private checkOverlaps(): void {
-    const cs = this.clusterSize;
-    const fixed = new Set<number>();
-    const add = (off: number, len: number) => {
-      for (let c = Math.floor(off / cs) * cs; c < off + len; c += cs) fixed.add(c);
-    };
-    add(0, cs);
-    add(this.l1TableOffset, this.l1Size * 8);
-    add(this.header.refcountTableOffset, this.header.refcountTableClusters * cs);
-    const seen = new Set<number>();
-    for (let i = 0; i < this.l1Size; i++) {
-      const o = this.l1Off[i]!;
-      if (o === 0) continue;
-      if (fixed.has(o) || (seen.has(o) && this.l1Copied[i] === 1)) {
-        throw this.corrupt(
-          `L2 table at offset 0x${o.toString(16)} (L1 index ${i}) overlaps other metadata; the image is corrupt`,
-          this.l1TableOffset + i * 8,
-        );
-      }
-      seen.add(o);
-    }
-  }
-
   // ---------------------------------------------------------------- mapping
 
   /** The uniform run of guest space starting at `offset`, at most maxLen bytes (within one L2 table). */
   async mapRun(offset: number, maxLen: number): Promise<Run> {
-    const cs = this.clusterSize;
-    const span = this.l2Entries * cs;
+    const cs = this.meta.clusterSize;
+    const span = this.meta.l2Entries * cs;
     const l1i = Math.floor(offset / span);
     const spanEnd = Math.min((l1i + 1) * span, offset + maxLen);
-    const l2off = l1i < this.l1Size ? this.l1Off[l1i]! : 0;
+    const l2off = l1i < this.meta.l1Size ? this.meta.l1Off[l1i]! : 0;
     const run: Run = { kind: Kind.Unalloc, length: spanEnd - offset, host: 0, cOffset: 0, cSize: 0 };
     if (l2off === 0) return this.extendUnallocated(run, offset, maxLen, l1i);
-    if (this.l2Cache.peek(l2off) === undefined) this.readAhead(l1i, offset + maxLen);
-    const table = await this.l2Cache.get(l2off);
+    if (this.meta.l2Cache.peek(l2off) === undefined) this.readAhead(l1i, offset + maxLen);
+    const table = await this.meta.l2Cache.get(l2off);
     const v = new DataView(table.buffer, table.byteOffset, table.length);
-    const unit = this.subclusterSize;
+    const unit = this.meta.subclusterSize;
     let pos = offset;
     let started = false;
     while (pos < spanEnd) {
       const ci = Math.floor((pos % span) / cs);
       const inCluster = pos % cs;
       const unitEnd = Math.min(pos - (pos % unit) + unit, spanEnd);
-      const e = ci * this.entryBytes;
+      const e = ci * this.meta.entryBytes;
       const hi = v.getUint32(e);
       const lo = v.getUint32(e + 4);
       let kind: Kind;
       let host = 0;
       let cOffset = 0;
       let cSize = 0;
-      if ((hi & COMPRESSED_HI) !== 0) {
+      if (isCompressed(hi)) {
         kind = Kind.Compressed;
-        [cOffset, cSize] = this.compressedRange(hi, lo, l2off, ci);
+        [cOffset, cSize] = this.meta.compressedRange(hi, lo, l2off, ci);
       } else {
-        const h = (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
-        const hh = this.hasHost(hi, h);
-        if (this.extL2) {
+        const h = entryOffset(hi, lo);
+        const hh = this.meta.hasHost(hi, h);
+        if (this.meta.extL2) {
           const sc = Math.floor(inCluster / unit);
           const zbit = (v.getUint32(e + 8) >>> sc) & 1;
           const abit = (v.getUint32(e + 12) >>> sc) & 1;
-          if (abit && zbit) throw this.corrupt(`Invalid subcluster bitmap in L2 entry ${ci}`, l2off + e);
+          if (abit && zbit) throw this.meta.corrupt(`Invalid subcluster bitmap in L2 entry ${ci}`, l2off + e);
           if (hh) {
             kind = zbit ? Kind.ZeroAlloc : abit ? Kind.Data : Kind.UnallocAlloc;
           } else {
             if (abit)
-              throw this.corrupt(`Allocated subcluster without a host cluster (L2 entry ${ci})`, l2off + e);
+              throw this.meta.corrupt(
+                `Allocated subcluster without a host cluster (L2 entry ${ci})`,
+                l2off + e,
+              );
             kind = zbit ? Kind.Zero : Kind.Unalloc;
           }
-        } else if ((lo & 1) !== 0) {
+        } else if (isZero(lo)) {
           kind = hh ? Kind.ZeroAlloc : Kind.Zero;
         } else {
           kind = hh ? Kind.Data : Kind.Unalloc;
         }
         if (hh) {
-          this.checkDataCluster(h, l2off, ci);
+          this.meta.checkDataCluster(h, l2off, ci);
           host = h + inCluster;
         }
         if (kind === Kind.Unalloc) host = 0;
@@ -582,62 +286,24 @@ export class Qcow2Image implements FormatImage {
    */
   private readAhead(l1i: number, end: number): void {
     if (this.file.sequential) return;
-    const span = this.l2Entries * this.clusterSize;
+    const span = this.meta.l2Entries * this.meta.clusterSize;
     let started = 0;
-    for (let i = l1i + 1; i < this.l1Size && i * span < end && started < 16; i++) {
-      const off = this.l1Off[i]!;
-      if (off === 0 || this.l2Cache.peek(off) !== undefined) continue;
-      this.l2Cache.prefetch(off);
+    for (let i = l1i + 1; i < this.meta.l1Size && i * span < end && started < 16; i++) {
+      const off = this.meta.l1Off[i]!;
+      if (off === 0 || this.meta.l2Cache.peek(off) !== undefined) continue;
+      this.meta.l2Cache.prefetch(off);
       started++;
     }
   }
 
   /** Grow an unallocated run that reached the end of L1 entry `l1i` over the L1 entries without a table. */
   private extendUnallocated(run: Run, offset: number, maxLen: number, l1i: number): Run {
-    const span = this.l2Entries * this.clusterSize;
+    const span = this.meta.l2Entries * this.meta.clusterSize;
     const end = offset + maxLen;
     let i = l1i + 1;
-    while (i * span < end && (i >= this.l1Size || this.l1Off[i] === 0)) i++;
+    while (i * span < end && (i >= this.meta.l1Size || this.meta.l1Off[i] === 0)) i++;
     run.length = Math.min(end, i * span) - offset;
     return run;
-  }
-
-  private corrupt(msg: string, offset?: number): VdiskError {
-    return new VdiskError('CORRUPT_IMAGE', msg, {
-      path: this.file.path,
-      ...(offset !== undefined ? { offset } : {}),
-    });
-  }
-
-  private checkDataCluster(h: number, l2off: number, ci: number): void {
-    if (h % this.clusterSize !== 0) {
-      throw this.corrupt(
-        `Cluster allocation offset 0x${h.toString(16)} unaligned (L2 offset: 0x${l2off.toString(16)}, L2 index: 0x${ci.toString(16)})`,
-        l2off + ci * this.entryBytes,
-      );
-    }
-    // (A cluster may end past end of file: qemu writes only the subclusters it needs.)
-    if (!this.hasDataFile && h >= this.fileEnd) {
-      throw this.corrupt(
-        `Data cluster at host offset 0x${h.toString(16)} lies past the end of the image file (L2 offset: 0x${l2off.toString(16)}, L2 index: 0x${ci.toString(16)})`,
-        l2off + ci * this.entryBytes,
-      );
-    }
-  }
-
-  /** Host byte offset and length of a compressed cluster's data (QEMU's qcow2_parse_compressed_l2_entry). */
-  compressedRange(hi: number, lo: number, l2off: number, ci: number): [number, number] {
-    const x = 70 - this.clusterBits; // bits of offset
-    const off = (hi & ((1 << (x - 32)) - 1)) * 0x100000000 + lo;
-    const sectors = ((hi & 0x3fffffff) >>> (x - 32)) + 1;
-    const size = sectors * 512 - (off % 512);
-    if (off >= this.fileEnd || off === 0) {
-      throw this.corrupt(
-        `Compressed cluster at host offset 0x${off.toString(16)} lies outside the image file (L2 offset: 0x${l2off.toString(16)}, L2 index: 0x${ci.toString(16)})`,
-        l2off + ci * this.entryBytes,
-      );
-    }
-    return [off, size];
   }
 
   async blockStatus(offset: number, length: number): Promise<Extent> {
@@ -659,7 +325,7 @@ export class Qcow2Image implements FormatImage {
         return { ...base, allocated: true, zero: true, data: false };
       case Kind.ZeroAlloc:
         // An encrypted image reports no host offset (qcow2_co_block_status: `&& !s->crypto`).
-        if (this.luks !== undefined) return { ...base, allocated: true, zero: true, data: false };
+        if (this.meta.luks !== undefined) return { ...base, allocated: true, zero: true, data: false };
         return {
           ...base,
           allocated: true,
@@ -671,7 +337,7 @@ export class Qcow2Image implements FormatImage {
       case Kind.Compressed:
         return { ...base, allocated: true, zero: false, data: true, compressed: true };
       default: {
-        if (this.luks !== undefined) return { ...base, allocated: true, zero: false, data: true };
+        if (this.meta.luks !== undefined) return { ...base, allocated: true, zero: false, data: true };
         // QEMU asks the file layer whether preallocated (or raw external) data reads as zeros.
         let zero = false;
         let len = r.length;
@@ -704,13 +370,13 @@ export class Qcow2Image implements FormatImage {
   directFile(e: Extent): HostFile | undefined {
     if (this.encrypted || e.compressed === true || !e.data || e.zero || e.hostOffset === undefined)
       return undefined;
-    return this.hasDataFile ? (this.dataHostFile ?? undefined) : this.file;
+    return this.meta.hasDataFile ? (this.dataHostFile ?? undefined) : this.file;
   }
 
   /** QEMU's qcow2_detect_metadata_preallocation: more clusters in use than the file allocates. */
   private async hasMetadataPrealloc(): Promise<boolean> {
     if (this.metadataPrealloc !== null) return this.metadataPrealloc;
-    const rc = await this.loadRefcounts().catch(() => null);
+    const rc = await this.meta.loadRefcounts().catch(() => null);
     if (rc === null) {
       this.metadataPrealloc = false;
       return false;
@@ -723,9 +389,9 @@ export class Qcow2Image implements FormatImage {
       this.metadataPrealloc = false;
       return false;
     }
-    const realClusters = Math.floor(allocated / this.clusterSize);
+    const realClusters = Math.floor(allocated / this.meta.clusterSize);
     const threshold = Math.max(Math.floor((realClusters * 10) / 9), realClusters + 2);
-    const end = Math.ceil(fileLength / this.clusterSize);
+    const end = Math.ceil(fileLength / this.meta.clusterSize);
     this.metadataPrealloc = (await rc.countInUse(end, threshold)) >= threshold;
     return this.metadataPrealloc;
   }
@@ -752,7 +418,7 @@ export class Qcow2Image implements FormatImage {
           {
             const target = sub();
             const file = this.dataHostFile ?? (await this.data());
-            const luks = this.luks;
+            const luks = this.meta.luks;
             const aes = this.aes;
             const host = r.host;
             const guest = offset + pos;
@@ -767,8 +433,8 @@ export class Qcow2Image implements FormatImage {
           break;
         case Kind.Compressed: {
           const g = offset + pos;
-          const inCluster = g % this.clusterSize;
-          len = Math.min(len, this.clusterSize - inCluster);
+          const inCluster = g % this.meta.clusterSize;
+          len = Math.min(len, this.meta.clusterSize - inCluster);
           const data = await this.readCompressed(r.cOffset, r.cSize);
           buf.set(data.subarray(inCluster, inCluster + len), pos);
           break;
@@ -783,92 +449,32 @@ export class Qcow2Image implements FormatImage {
   /** Decompress one cluster (the last one is kept: small sequential reads hit it again). */
   async readCompressed(cOffset: number, cSize: number): Promise<Uint8Array> {
     if (this.lastCompressed !== null && this.lastCompressed.key === cOffset) return this.lastCompressed.data;
-    const src = new Uint8Array(Math.min(cSize, 2 * this.clusterSize + 512));
+    const src = new Uint8Array(Math.min(cSize, 2 * this.meta.clusterSize + 512));
     await this.file.read(src, cOffset);
-    const out = new Uint8Array(this.clusterSize);
-    await (await loadCompress()).decompressCluster(this.compressionType, src, out, this.file.path, cOffset);
+    const out = new Uint8Array(this.meta.clusterSize);
+    await (await loadCompress()).decompressCluster(
+      this.meta.compressionType,
+      src,
+      out,
+      this.file.path,
+      cOffset,
+    );
     this.lastCompressed = { key: cOffset, data: out };
     return out;
   }
 
   // ---------------------------------------------------------------- write
 
-  private checkWritable(): Refcounts {
-    if (this.readOnly || this.refcounts === null) {
-      throw new VdiskError('READ_ONLY', `'${this.file.path}' is open read-only`, { path: this.file.path });
-    }
-    return this.refcounts;
-  }
-
   /** First modification: with lazy refcounts the dirty bit reaches the header before anything else. */
   private async beginWrite(): Promise<Refcounts> {
-    const rc = this.checkWritable();
-    if (!this.modified) {
-      this.modified = true;
-      if (this.lazy && !this.dirty) await this.setIncompatible(this.header.incompatible | INCOMPAT_DIRTY);
-      await this.persistentBitmaps?.beginWrite();
+    const rc = this.meta.checkWritable();
+    if (!this.meta.modified) {
+      this.meta.modified = true;
+      if (this.meta.lazy && !this.meta.dirty)
+        await this.meta.setIncompatible(this.header.incompatible | INCOMPAT_DIRTY);
+      await this.meta.persistentBitmaps?.beginWrite();
     }
     return rc;
-  }
-
-  private async setIncompatible(value: number): Promise<void> {
-    this.header.incompatible = value;
-    if (this.version < 3) return;
-    const b = new Uint8Array(8);
-    setU64(new DataView(b.buffer), 0, value);
-    await this.file.write(b, 72);
-  }
-
-  /** The L2 table for a guest offset, ready to be modified (allocated or copied as needed). */
-  async l2ForWrite(l1i: number): Promise<[number, Uint8Array]> {
-    if (l1i >= this.l1Size) throw this.corrupt(`Write beyond the L1 table (index ${l1i})`);
-    const old = this.l1Off[l1i]!;
-    if (old !== 0 && this.l1Copied[l1i] === 1) return [old, await this.l2Cache.get(old)];
-    const rc = this.refcounts!;
-    const fresh = await rc.allocClusters(1);
-    this.noteAlloc(fresh, this.clusterSize);
-    // A table shared with a snapshot is copied; its clusters keep their (shared) refcounts.
-    const content = old !== 0 ? (await this.l2Cache.get(old)).slice() : undefined;
-    const buf = await this.l2Cache.create(fresh, content);
-    this.metadataClusters.add(fresh);
-    await this.l2Cache.writeOne(fresh);
-    await this.writeL1Entry(l1i, fresh, true);
-    if (old !== 0) {
-      this.l2Cache.drop(old);
-      await rc.free(old, this.clusterSize);
-    }
-    return [fresh, buf];
-  }
-
-  private async writeL1Entry(i: number, offset: number, copied: boolean): Promise<void> {
-    const b = new Uint8Array(8);
-    const v = new DataView(b.buffer);
-    setU64(v, 0, offset);
-    if (copied) v.setUint32(0, v.getUint32(0) | COPIED_HI);
-    await this.file.write(b, this.l1TableOffset + i * 8);
-    this.l1Off[i] = offset;
-    this.l1Copied[i] = copied ? 1 : 0;
-  }
-
-  noteAlloc(host: number, len: number): void {
-    if (this.hasDataFile) return;
-    this.fileEnd = Math.max(this.fileEnd, host + len);
-    // New L2 tables may leave the cache and be read back (many of them after a resize).
-    this.l2Cache.fileEnd = Math.max(this.l2Cache.fileEnd, this.fileEnd);
-  }
-
-  /** Data writes must never land on metadata (QEMU's overlap check, "cached" mode). */
-  private assertNotMetadata(host: number, len: number): void {
-    if (this.hasDataFile) return;
-    const cs = this.clusterSize;
-    for (let c = Math.floor(host / cs) * cs; c < host + len; c += cs) {
-      if (this.metadataClusters.has(c)) {
-        throw this.corrupt(
-          `Preventing invalid write on metadata (overlaps with qcow2 metadata at 0x${c.toString(16)}); the image is corrupt`,
-          c,
-        );
-      }
-    }
   }
 
   /**
@@ -892,7 +498,7 @@ export class Qcow2Image implements FormatImage {
       const release = await this.writeLock.lock();
       try {
         await this.beginWrite();
-        this.persistentBitmaps?.noteWrite(offset, buf.length);
+        this.meta.persistentBitmaps?.noteWrite(offset, buf.length);
         await this.forEachTableChunk(buf, offset, async (l1i, chunk, g) => {
           prepared.push(await this.prepareInTable(l1i, chunk, g));
         });
@@ -909,7 +515,7 @@ export class Qcow2Image implements FormatImage {
         const release = await this.writeLock.lock();
         try {
           for (const p of prepared) await this.applyPrepared(p);
-          await this.settleFrees();
+          await this.meta.settleFrees();
         } finally {
           release();
         }
@@ -921,7 +527,7 @@ export class Qcow2Image implements FormatImage {
 
   /** Wait until no other operation works on the clusters of [offset, offset+length), then own them. */
   private async claim(offset: number, length: number): Promise<() => void> {
-    const cs = this.clusterSize;
+    const cs = this.meta.clusterSize;
     const start = Math.floor(offset / cs) * cs;
     const end = Math.ceil((offset + length) / cs) * cs;
     for (;;) {
@@ -952,7 +558,7 @@ export class Qcow2Image implements FormatImage {
     offset: number,
     fn: (l1i: number, chunk: Uint8Array, g: number) => Promise<void>,
   ): Promise<void> {
-    const span = this.l2Entries * this.clusterSize;
+    const span = this.meta.l2Entries * this.meta.clusterSize;
     let pos = 0;
     while (pos < buf.length) {
       const g = offset + pos;
@@ -976,7 +582,7 @@ export class Qcow2Image implements FormatImage {
   private async writePieces(p: Prepared): Promise<void> {
     if (p.pieces.length === 0) return;
     const target = await this.data();
-    const luks = this.luks;
+    const luks = this.meta.luks;
     await Promise.all(
       p.pieces.map((x) =>
         target.writev(luks === undefined ? x.bufs : this.crypto!.encryptAt(luks.vol, x.bufs, x.host), x.host),
@@ -987,18 +593,18 @@ export class Qcow2Image implements FormatImage {
   /** ...then the L2 entries that point at it; the clusters they dropped are freed later. */
   private async applyPrepared(p: Prepared): Promise<void> {
     if (p.updates.length > 0) {
-      const table = await this.l2Cache.get(p.l2off);
+      const table = await this.meta.l2Cache.get(p.l2off);
       const v = new DataView(table.buffer, table.byteOffset, table.length);
       this.lastCompressed = null;
       for (const u of p.updates) this.setEntry(v, u);
-      this.l2Cache.markDirty(p.l2off, table);
+      this.meta.l2Cache.markDirty(p.l2off, table);
     }
-    this.pendingFrees.push(...p.frees);
+    this.meta.pendingFrees.push(...p.frees);
   }
 
   /** Current guest content of one cluster, as this layer (and the chain below) reads it. */
   private async readCluster(clusterStart: number): Promise<Uint8Array> {
-    const tmp = new Uint8Array(this.clusterSize);
+    const tmp = new Uint8Array(this.meta.clusterSize);
     await this.read(tmp, clusterStart);
     return tmp;
   }
@@ -1009,11 +615,11 @@ export class Qcow2Image implements FormatImage {
    * (sub)clusters) and the L2 updates to make once the data is on disk.
    */
   private async prepareInTable(l1i: number, data: Uint8Array, offset: number): Promise<Prepared> {
-    const rc = this.refcounts!;
-    const cs = this.clusterSize;
-    const [l2off, table] = await this.l2ForWrite(l1i);
+    const rc = this.meta.refcounts!;
+    const cs = this.meta.clusterSize;
+    const [l2off, table] = await this.meta.l2ForWrite(l1i);
     const v = new DataView(table.buffer, table.byteOffset, table.length);
-    const span = this.l2Entries * cs;
+    const span = this.meta.l2Entries * cs;
     const pieces: Piece[] = [];
     const updates: L2Update[] = [];
     const frees: Array<[number, number]> = [];
@@ -1034,19 +640,14 @@ export class Qcow2Image implements FormatImage {
       const a = g - clusterStart;
       const b = Math.min(cs, a + data.length - pos);
       const chunk = data.subarray(pos, pos + (b - a));
-      const e = ci * this.entryBytes;
-      const hi = v.getUint32(e);
-      const lo = v.getUint32(e + 4);
-      const compressed = (hi & COMPRESSED_HI) !== 0;
-      const host = compressed ? 0 : (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
-      const copied = (hi & COPIED_HI) !== 0;
-      const hh = !compressed && this.hasHost(hi, host);
-      if (hh) this.checkDataCluster(host, l2off, ci);
-      const dataFile = this.hasDataFile;
-      if (this.extL2) {
+      const { e, hi, lo, compressed, host, hasHost: hh } = this.meta.entryAt(v, ci);
+      const copied = isCopied(hi);
+      if (hh) this.meta.checkDataCluster(host, l2off, ci);
+      const dataFile = this.meta.hasDataFile;
+      if (this.meta.extL2) {
         const zbits = v.getUint32(e + 8);
         const abits = v.getUint32(e + 12);
-        const sc = this.subclusterSize;
+        const sc = this.meta.subclusterSize;
         const sa = Math.floor(a / sc);
         const sb = Math.ceil(b / sc);
         const ea = sa * sc;
@@ -1062,7 +663,7 @@ export class Qcow2Image implements FormatImage {
           piece.set(chunk, a - ea);
         }
         if (hh && (copied || dataFile)) {
-          this.assertNotMetadata(host + ea, eb - ea);
+          this.meta.assertNotMetadata(host + ea, eb - ea);
           addPiece(host + ea, piece);
           updates.push({
             index: ci,
@@ -1073,36 +674,31 @@ export class Qcow2Image implements FormatImage {
           });
         } else {
           const fresh = dataFile ? clusterStart : await rc.allocClusters(1);
-          this.noteAlloc(fresh, cs);
+          this.meta.noteAlloc(fresh, cs);
           if (hh || compressed) {
             // The whole old cluster moves (shared or compressed): copy it with the new data.
             const cur = await this.readCluster(clusterStart);
             cur.set(chunk, a);
             addPiece(fresh, cur);
-            updates.push({
-              index: ci,
-              hi: COPIED_HI | Math.floor(fresh / 0x100000000),
-              lo: fresh >>> 0,
-              bhi: compressed ? 0 : (zbits & ~mask) >>> 0,
-              blo: compressed ? 0xffffffff : (abits | mask) >>> 0,
-            });
-            if (compressed) frees.push(this.compressedFreeRange(hi, lo, l2off, ci));
+            updates.push(
+              copiedUpdate(
+                ci,
+                fresh,
+                compressed ? 0 : (zbits & ~mask) >>> 0,
+                compressed ? ALL_SUBCLUSTERS : (abits | mask) >>> 0,
+              ),
+            );
+            if (compressed) frees.push(this.meta.compressedFreeRange(hi, lo, l2off, ci));
             else if (!dataFile) frees.push([host, cs]);
           } else {
             addPiece(fresh + ea, piece);
-            updates.push({
-              index: ci,
-              hi: COPIED_HI | Math.floor(fresh / 0x100000000),
-              lo: fresh >>> 0,
-              bhi: (zbits & ~mask) >>> 0,
-              blo: (abits | mask) >>> 0,
-            });
+            updates.push(copiedUpdate(ci, fresh, (zbits & ~mask) >>> 0, (abits | mask) >>> 0));
           }
         }
       } else {
-        const zeroFlag = (lo & 1) !== 0;
+        const zeroFlag = isZero(lo);
         if (hh && (copied || dataFile) && !zeroFlag) {
-          this.assertNotMetadata(host + a, b - a);
+          this.meta.assertNotMetadata(host + a, b - a);
           addPiece(host + a, chunk);
         } else {
           let whole = chunk;
@@ -1115,17 +711,11 @@ export class Qcow2Image implements FormatImage {
           else if (hh && copied)
             fresh = host; // a zero cluster that keeps its allocation
           else fresh = await rc.allocClusters(1);
-          this.noteAlloc(fresh, cs);
-          if (fresh !== host) this.assertNotMetadata(fresh, cs);
+          this.meta.noteAlloc(fresh, cs);
+          if (fresh !== host) this.meta.assertNotMetadata(fresh, cs);
           addPiece(fresh, whole);
-          updates.push({
-            index: ci,
-            hi: COPIED_HI | Math.floor(fresh / 0x100000000),
-            lo: fresh >>> 0,
-            bhi: 0,
-            blo: 0,
-          });
-          if (compressed) frees.push(this.compressedFreeRange(hi, lo, l2off, ci));
+          updates.push(copiedUpdate(ci, fresh, 0, 0));
+          if (compressed) frees.push(this.meta.compressedFreeRange(hi, lo, l2off, ci));
           else if (hh && fresh !== host && !dataFile) frees.push([host, cs]);
         }
       }
@@ -1135,41 +725,23 @@ export class Qcow2Image implements FormatImage {
   }
 
   private setEntry(v: DataView, u: L2Update): void {
-    const e = u.index * this.entryBytes;
+    const e = u.index * this.meta.entryBytes;
     v.setUint32(e, u.hi >>> 0);
     v.setUint32(e + 4, u.lo >>> 0);
-    if (this.extL2) {
+    if (this.meta.extL2) {
       v.setUint32(e + 8, u.bhi >>> 0);
       v.setUint32(e + 12, u.blo >>> 0);
     }
   }
-
-  /** The host range QEMU frees for a compressed cluster (qcow2_free_any_cluster). */
-  private compressedFreeRange(hi: number, lo: number, l2off: number, ci: number): [number, number] {
-    const [off, size] = this.compressedRange(hi, lo, l2off, ci);
-    const start = off - (off % 512);
-    return [start, size + (off % 512)];
-  }
-
-  /** Apply pending decrements once the L2 tables that dropped the clusters are on disk. */
-  private async settleFrees(): Promise<void> {
-    if (this.pendingFrees.length === 0) return;
-    if (!this.lazy) await this.l2Cache.flush();
-    const frees = this.pendingFrees;
-    this.pendingFrees = [];
-    for (const [off, len] of frees) await this.refcounts!.free(off, len);
-  }
-
-  // ---------------------------------------------------------------- zero, discard
 
   async writeZeroes(offset: number, length: number, unmap: boolean): Promise<void> {
     const unclaim = await this.claim(offset, length);
     const release = await this.writeLock.lock();
     try {
       await this.beginWrite();
-      this.persistentBitmaps?.noteWrite(offset, length);
+      this.meta.persistentBitmaps?.noteWrite(offset, length);
       await this.zeroLocked(offset, length, unmap);
-      await this.settleFrees();
+      await this.meta.settleFrees();
     } finally {
       release();
       unclaim();
@@ -1177,16 +749,16 @@ export class Qcow2Image implements FormatImage {
   }
 
   private async zeroLocked(offset: number, length: number, unmap: boolean): Promise<void> {
-    const unit = this.subclusterSize;
+    const unit = this.meta.subclusterSize;
     const end = offset + length;
-    if (this.version < 3) {
+    if (this.meta.version < 3) {
       // v2 has no zero flag: QEMU falls back to writing zeros.
       await this.writeZeroData(offset, length);
       return;
     }
     // Whole (sub)clusters get the zero flag; partial ones at either end are written.
     // (The image's last cluster counts as whole when the request runs to the end.)
-    const vEnd = this.size;
+    const vEnd = this.meta.size;
     let alignedStart = Math.ceil(offset / unit) * unit;
     let alignedEnd = end === vEnd ? Math.ceil(end / unit) * unit : end - (end % unit);
     if (alignedEnd <= alignedStart) {
@@ -1219,14 +791,14 @@ export class Qcow2Image implements FormatImage {
     length: number,
     fn: (l2off: number, table: Uint8Array, firstUnit: number, units: number, l1i: number) => Promise<void>,
   ): Promise<void> {
-    const span = this.l2Entries * this.clusterSize;
-    const unit = this.subclusterSize;
+    const span = this.meta.l2Entries * this.meta.clusterSize;
+    const unit = this.meta.subclusterSize;
     let g = offset;
     const end = offset + length;
     while (g < end) {
       const l1i = Math.floor(g / span);
       const n = Math.min(end, (l1i + 1) * span) - g;
-      const [l2off, table] = await this.l2ForWrite(l1i);
+      const [l2off, table] = await this.meta.l2ForWrite(l1i);
       await fn(l2off, table, Math.floor((g % span) / unit), n / unit, l1i);
       g += n;
     }
@@ -1242,17 +814,12 @@ export class Qcow2Image implements FormatImage {
   ): Promise<void> {
     let table = tableIn;
     let v = new DataView(table.buffer, table.byteOffset, table.length);
-    const per = this.extL2 ? 32 : 1;
+    const per = this.meta.extL2 ? 32 : 1;
     let changed = false;
     for (let u = firstUnit; u < firstUnit + units; ) {
       const ci = Math.floor(u / per);
-      const e = ci * this.entryBytes;
-      const hi = v.getUint32(e);
-      const lo = v.getUint32(e + 4);
-      const compressed = (hi & COMPRESSED_HI) !== 0;
-      const host = compressed ? 0 : (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
-      const hh = !compressed && this.hasHost(hi, host);
-      if (this.extL2) {
+      const { e, hi, lo, compressed, host, hasHost: hh } = this.meta.entryAt(v, ci);
+      if (this.meta.extL2) {
         const s0 = u % 32;
         const s1 = Math.min(32, s0 + (firstUnit + units - u));
         const whole = s0 === 0 && s1 === 32;
@@ -1261,17 +828,17 @@ export class Qcow2Image implements FormatImage {
         mask >>>= 0;
         if (compressed && !whole) {
           // Partial zeroing of a compressed cluster: rewrite it uncompressed.
-          const cStart = (l1i * this.l2Entries + ci) * this.clusterSize;
+          const cStart = (l1i * this.meta.l2Entries + ci) * this.meta.clusterSize;
           const cur = await this.readCluster(cStart);
-          cur.fill(0, s0 * this.subclusterSize, s1 * this.subclusterSize);
+          cur.fill(0, s0 * this.meta.subclusterSize, s1 * this.meta.subclusterSize);
           await this.writeLocked(cur, cStart);
           // The table may have left the cache meanwhile: continue on the current copy.
-          table = await this.l2Cache.get(l2off);
+          table = await this.meta.l2Cache.get(l2off);
           v = new DataView(table.buffer, table.byteOffset, table.length);
         } else if (whole && (compressed || (unmap && hh))) {
-          if (compressed) this.pendingFrees.push(this.compressedFreeRange(hi, lo, l2off, ci));
-          else if (!this.hasDataFile) this.pendingFrees.push([host, this.clusterSize]);
-          this.setEntry(v, { index: ci, hi: 0, lo: 0, bhi: 0xffffffff, blo: 0 });
+          if (compressed) this.meta.pendingFrees.push(this.meta.compressedFreeRange(hi, lo, l2off, ci));
+          else if (!this.meta.hasDataFile) this.meta.pendingFrees.push([host, this.meta.clusterSize]);
+          this.setEntry(v, { index: ci, hi: 0, lo: 0, bhi: ALL_SUBCLUSTERS, blo: 0 });
           changed = true;
         } else {
           const zb = v.getUint32(e + 8);
@@ -1291,7 +858,7 @@ export class Qcow2Image implements FormatImage {
       const drop = compressed || (unmap && allocated);
       let nhi = drop ? 0 : hi;
       let nlo = drop ? 1 : lo | 1;
-      if (drop && !compressed && this.hasDataFile) {
+      if (drop && !compressed && this.meta.hasDataFile) {
         // The data file keeps its (identity-mapped) cluster: nothing to free.
         nhi = 0;
         nlo = 1;
@@ -1300,38 +867,39 @@ export class Qcow2Image implements FormatImage {
         v.setUint32(e, nhi >>> 0);
         v.setUint32(e + 4, nlo >>> 0);
         changed = true;
-        if (compressed) this.pendingFrees.push(this.compressedFreeRange(hi, lo, l2off, ci));
-        else if (drop && allocated && !this.hasDataFile) this.pendingFrees.push([host, this.clusterSize]);
+        if (compressed) this.meta.pendingFrees.push(this.meta.compressedFreeRange(hi, lo, l2off, ci));
+        else if (drop && allocated && !this.meta.hasDataFile)
+          this.meta.pendingFrees.push([host, this.meta.clusterSize]);
       }
       u++;
     }
     if (changed) {
       this.lastCompressed = null;
-      this.l2Cache.markDirty(l2off, table);
+      this.meta.l2Cache.markDirty(l2off, table);
     }
   }
 
   async discard(offset: number, length: number): Promise<void> {
-    const cs = this.clusterSize;
+    const cs = this.meta.clusterSize;
     // Only whole clusters are discarded (and the image's last, partial cluster).
     const start = Math.ceil(offset / cs) * cs;
     let end = offset + length;
-    end = end === this.size ? Math.ceil(end / cs) * cs : end - (end % cs);
+    end = end === this.meta.size ? Math.ceil(end / cs) * cs : end - (end % cs);
     if (end <= start) return;
     const unclaim = await this.claim(start, end - start);
     const release = await this.writeLock.lock();
     try {
       await this.beginWrite();
-      this.persistentBitmaps?.noteWrite(start, end - start);
-      const span = this.l2Entries * cs;
+      this.meta.persistentBitmaps?.noteWrite(start, end - start);
+      const span = this.meta.l2Entries * cs;
       for (let g = start; g < end; ) {
         const l1i = Math.floor(g / span);
         const n = Math.min(end, (l1i + 1) * span) - g;
-        const [l2off, table] = await this.l2ForWrite(l1i);
+        const [l2off, table] = await this.meta.l2ForWrite(l1i);
         this.discardInTable(l2off, table, Math.floor((g % span) / cs), n / cs, false);
         g += n;
       }
-      await this.settleFrees();
+      await this.meta.settleFrees();
     } finally {
       release();
       unclaim();
@@ -1353,145 +921,44 @@ export class Qcow2Image implements FormatImage {
     const v = new DataView(table.buffer, table.byteOffset, table.length);
     let changed = false;
     for (let ci = first; ci < first + count; ci++) {
-      const e = ci * this.entryBytes;
-      const hi = v.getUint32(e);
-      const lo = v.getUint32(e + 4);
-      const compressed = (hi & COMPRESSED_HI) !== 0;
-      const host = compressed ? 0 : (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
-      const hh = !compressed && this.hasHost(hi, host);
+      const { e, hi, lo, compressed, host, hasHost: hh } = this.meta.entryAt(v, ci);
       const allocated = compressed || hh;
       if (!full && !(this.ctx.hasBacking || allocated)) continue;
       let nhi = 0;
-      let nlo = !full && this.version >= 3 && !this.extL2 ? 1 : 0;
+      let nlo = !full && this.meta.version >= 3 && !this.meta.extL2 ? 1 : 0;
       let nbhi = 0;
-      if (this.extL2) {
+      if (this.meta.extL2) {
         nhi = 0;
         nlo = 0;
-        nbhi = full ? 0 : 0xffffffff;
+        nbhi = full ? 0 : ALL_SUBCLUSTERS;
       }
       const same =
         nhi === hi &&
         nlo === lo &&
-        (!this.extL2 || (v.getUint32(e + 8) === nbhi && v.getUint32(e + 12) === 0));
+        (!this.meta.extL2 || (v.getUint32(e + 8) === nbhi && v.getUint32(e + 12) === 0));
       if (same) continue;
       this.setEntry(v, { index: ci, hi: nhi, lo: nlo, bhi: nbhi, blo: 0 });
       changed = true;
-      if (compressed) this.pendingFrees.push(this.compressedFreeRange(hi, lo, l2off, ci));
-      else if (hh && !this.hasDataFile) this.pendingFrees.push([host, this.clusterSize]);
+      if (compressed) this.meta.pendingFrees.push(this.meta.compressedFreeRange(hi, lo, l2off, ci));
+      else if (hh && !this.meta.hasDataFile) this.meta.pendingFrees.push([host, this.meta.clusterSize]);
     }
     if (changed) {
       this.lastCompressed = null;
-      this.l2Cache.markDirty(l2off, table);
+      this.meta.l2Cache.markDirty(l2off, table);
     }
   }
 
   // ---------------------------------------------------------------- chain operations
 
-  /**
-   * Rewrite the backing file name and format (rebase, amend) as QEMU's qcow2_update_header
-   * lays the header cluster out: backing format, data file, crypto, the feature table (v3,
-   * clusters above 4 KiB, measured on qemu-img 7.2), bitmaps, then the extensions QEMU does
-   * not know, the end marker and the name. One write of the header cluster: a crash leaves
-   * the old or the new reference.
-   */
+  /** Rewrite the backing file name and format (rebase, amend): Qcow2Metadata.writeBacking. */
   async setBacking(ref: FileRef | undefined): Promise<void> {
     const release = await this.writeLock.lock();
     try {
-      this.checkWritable();
-      const h = this.header;
-      if (h.version === 3 && h.headerLength > V3_HEADER_LENGTH) {
-        throw new VdiskError(
-          'UNSUPPORTED',
-          `qcow2 header of ${h.headerLength} bytes: rewriting unknown header fields is not supported`,
-          { path: this.file.path },
-        );
-      }
-      await this.flushMetadata();
-      const bitmaps = h.extensions.filter((e) => e.type === EXT_BITMAPS);
-      const exts = this.layoutExtensions(ref?.format, bitmaps);
-      const next: Qcow2Header = {
-        ...h,
-        extensions: exts,
-        backingFile: ref?.filename,
-        backingFormat: ref?.format,
-      };
-      if (ref !== undefined && Buffer.byteLength(ref.filename, 'latin1') > 1023) {
-        throw new VdiskError('INVALID_ARGUMENT', 'Backing file name too long', { path: this.file.path });
-      }
-      const bytes = encodeHeader(next);
-      const cluster = new Uint8Array(this.clusterSize);
-      cluster.set(bytes);
-      await this.file.write(cluster, 0);
-      this.modified = true;
-      h.extensions = exts;
-      h.backingFile = next.backingFile;
-      h.backingFormat = next.backingFormat;
-      if (h.version === 3) h.headerLength = V3_HEADER_LENGTH;
-      this.backing = ref === undefined ? undefined : { filename: ref.filename, format: ref.format };
+      this.meta.checkWritable();
+      await this.meta.writeBacking(ref);
     } finally {
       release();
     }
-  }
-
-  /** The header extensions in QEMU's qcow2_update_header order (see setBacking). */
-  private layoutExtensions(backingFormat: string | undefined, bitmaps: HeaderExtension[]): HeaderExtension[] {
-    const h = this.header;
-    const byType = (t: number) => h.extensions.filter((e) => e.type === t);
-    const known = new Set([EXT_BACKING_FORMAT, EXT_DATA_FILE, EXT_CRYPTO, EXT_FEATURE_TABLE, EXT_BITMAPS]);
-    const exts: HeaderExtension[] = [];
-    if (backingFormat !== undefined) {
-      exts.push({ type: EXT_BACKING_FORMAT, data: Buffer.from(backingFormat, 'latin1') });
-    }
-    exts.push(...byType(EXT_DATA_FILE), ...byType(EXT_CRYPTO));
-    if (h.version === 3 && this.clusterSize > 4096) exts.push(featureTableExtension());
-    exts.push(...bitmaps, ...h.extensions.filter((e) => !known.has(e.type)));
-    return exts;
-  }
-
-  /** What bitmap-state.ts needs to store bitmaps in this image. */
-  private bitmapStore() {
-    return {
-      file: this.file,
-      clusterSize: this.clusterSize,
-      alloc: async (bytes: number) => {
-        const n = Math.max(1, Math.ceil(bytes / this.clusterSize));
-        const off = await this.checkWritable().allocClusters(n);
-        this.noteAlloc(off, n * this.clusterSize);
-        return off;
-      },
-      free: async (offset: number, length: number) => {
-        await this.checkWritable().free(offset, length);
-      },
-      flushMetadata: () => this.flushMetadata(),
-      writeExtension: (ext: BitmapsExt | undefined) => this.writeBitmapsExtension(ext),
-    };
-  }
-
-  /**
-   * Point the header at a new bitmap directory (or at none: the extension and the autoclear
-   * bit go), in one write of the header cluster.
-   */
-  private async writeBitmapsExtension(ext: BitmapsExt | undefined): Promise<void> {
-    const h = this.header;
-    if (h.version === 3 && h.headerLength > V3_HEADER_LENGTH) {
-      throw new VdiskError(
-        'UNSUPPORTED',
-        `qcow2 header of ${h.headerLength} bytes: rewriting unknown header fields is not supported`,
-        { path: this.file.path },
-      );
-    }
-    const bitmaps = ext === undefined ? [] : [{ type: EXT_BITMAPS, data: encodeBitmapsExt(ext) }];
-    const exts = this.layoutExtensions(h.backingFormat, bitmaps);
-    const autoclear = ext === undefined ? h.autoclear & ~AUTOCLEAR_BITMAPS : h.autoclear | AUTOCLEAR_BITMAPS;
-    const next: Qcow2Header = { ...h, extensions: exts, autoclear };
-    const bytes = encodeHeader(next);
-    const cluster = new Uint8Array(this.clusterSize);
-    cluster.set(bytes);
-    await this.file.write(cluster, 0);
-    this.modified = true;
-    h.extensions = exts;
-    h.autoclear = autoclear;
-    if (h.version === 3) h.headerLength = V3_HEADER_LENGTH;
   }
 
   /**
@@ -1513,37 +980,23 @@ export class Qcow2Image implements FormatImage {
     const release = await this.writeLock.lock();
     try {
       const rc = await this.beginWrite();
-      this.persistentBitmaps?.noteWrite(0, this.size);
-      const cs = this.clusterSize;
-      const span = this.l2Entries * cs;
-      for (let l1i = 0; l1i < this.l1Size; l1i++) {
-        if (this.l1Off[l1i]! === 0) continue;
-        const clusters = Math.min(this.l2Entries, Math.ceil((this.size - l1i * span) / cs));
+      this.meta.persistentBitmaps?.noteWrite(0, this.meta.size);
+      const cs = this.meta.clusterSize;
+      const span = this.meta.l2Entries * cs;
+      for (let l1i = 0; l1i < this.meta.l1Size; l1i++) {
+        if (this.meta.l1Off[l1i]! === 0) continue;
+        const clusters = Math.min(this.meta.l2Entries, Math.ceil((this.meta.size - l1i * span) / cs));
         if (clusters <= 0) continue;
-        const [l2off, table] = await this.l2ForWrite(l1i);
+        const [l2off, table] = await this.meta.l2ForWrite(l1i);
         this.discardInTable(l2off, table, 0, clusters, true);
       }
-      const freed = [...this.pendingFrees];
-      await this.settleFrees();
+      const freed = [...this.meta.pendingFrees];
+      await this.meta.settleFrees();
       // The cleared tables and the lower refcounts reach the file before anything else.
-      await this.flushMetadata();
+      await this.meta.flushMetadata();
       // Then the L1 entries (all at once), then the tables they named.
-      const tables: number[] = [];
-      for (let i = 0; i < this.l1Size; i++) {
-        const off = this.l1Off[i]!;
-        if (off === 0) continue;
-        this.l1Off[i] = 0;
-        this.l1Copied[i] = 0;
-        this.l2Cache.drop(off);
-        tables.push(off);
-      }
-      if (tables.length > 0) {
-        await this.file.write(new Uint8Array(this.l1Size * 8), this.l1TableOffset);
-        for (const off of tables) await rc.free(off, cs);
-        await rc.flush();
-        this.indexMetadata();
-        freed.push(...tables.map((off): [number, number] => [off, cs]));
-      }
+      const tables = await this.meta.dropL2Tables(0);
+      freed.push(...tables.map((off): [number, number] => [off, cs]));
       // Nothing on disk names the freed clusters any more: give their space back to the host
       // (QEMU passes these discards through to the file by default, pass-discard-snapshot).
       // Only whole clusters nobody else holds (a snapshot may share them).
@@ -1552,21 +1005,9 @@ export class Qcow2Image implements FormatImage {
           if ((await rc.get(c)) === 0) this.file.punchHole(c * cs, cs);
         }
       }
-      await this.truncateUnused(rc);
+      await this.meta.truncateUnused(rc);
     } finally {
       release();
-    }
-  }
-
-  /** Truncate the file after its last cluster still in use (refcount > 0). */
-  private async truncateUnused(rc: Refcounts): Promise<void> {
-    const cs = this.clusterSize;
-    const fileSize = await this.file.size();
-    let last = Math.ceil(fileSize / cs) - 1;
-    while (last > 0 && (await rc.get(last)) === 0) last--;
-    if ((last + 1) * cs < fileSize) {
-      await this.file.truncate((last + 1) * cs);
-      this.fileEnd = (last + 1) * cs;
     }
   }
 
@@ -1585,121 +1026,66 @@ export class Qcow2Image implements FormatImage {
     if (newSize % 512 !== 0) {
       throw new VdiskError('INVALID_ARGUMENT', 'The new size must be a multiple of 512');
     }
-    if (this.hasDataFile) {
+    if (this.meta.hasDataFile) {
       throw new VdiskError(
         'UNSUPPORTED',
         'Resizing a qcow2 image with an external data file is not supported yet',
       );
     }
     // QEMU 7.2 resizes the bitmaps with the image, unless one is in use (inconsistent).
-    this.persistentBitmaps?.checkResize();
+    this.meta.persistentBitmaps?.checkResize();
     const release = await this.writeLock.lock();
     try {
       const rc = await this.beginWrite();
-      const cs = this.clusterSize;
-      const old = this.size;
+      const cs = this.meta.clusterSize;
+      const old = this.meta.size;
       if (newSize < old) {
         const start = Math.ceil(newSize / cs) * cs;
-        const span = this.l2Entries * cs;
+        const span = this.meta.l2Entries * cs;
         for (let g = start; g < Math.ceil(old / cs) * cs; ) {
           const l1i = Math.floor(g / span);
           const n = Math.min(Math.ceil(old / cs) * cs, (l1i + 1) * span) - g;
-          if (this.l1Off[l1i]! !== 0) {
-            const [l2off, table] = await this.l2ForWrite(l1i);
+          if (this.meta.l1Off[l1i]! !== 0) {
+            const [l2off, table] = await this.meta.l2ForWrite(l1i);
             this.discardInTable(l2off, table, Math.floor((g % span) / cs), n / cs, true);
           }
           g += n;
         }
-        await this.settleFrees();
-        await this.flushMetadata();
+        await this.meta.settleFrees();
+        await this.meta.flushMetadata();
         // The size first: the L2 tables past the new end are not reachable from it any more.
-        await this.writeSize(newSize);
+        await this.meta.writeSize(newSize);
         // QEMU's qcow2_shrink_l1_table: the entries past the new size are zeroed (the L1
         // table keeps its size), then the L2 tables they named are freed.
-        const keep = Math.ceil(newSize / span);
-        const freed: number[] = [];
-        for (let i = keep; i < this.l1Size; i++) {
-          const off = this.l1Off[i]!;
-          if (off === 0) continue;
-          this.l1Off[i] = 0;
-          this.l1Copied[i] = 0;
-          this.l2Cache.drop(off);
-          freed.push(off);
-        }
-        if (freed.length > 0) {
-          const zeros = new Uint8Array((this.l1Size - keep) * 8);
-          await this.file.write(zeros, this.l1TableOffset + keep * 8);
-          for (const off of freed) await rc.free(off, cs);
-          await rc.flush();
-          this.indexMetadata();
-        }
-        await this.truncateUnused(rc);
+        await this.meta.dropL2Tables(Math.ceil(newSize / span));
+        await this.meta.truncateUnused(rc);
       } else if (newSize > old) {
-        const need = l1EntriesFor(newSize, this.clusterBits, this.extL2);
+        const need = l1EntriesFor(newSize, this.meta.clusterBits, this.meta.extL2);
         if (need * 8 > MAX_L1_BYTES) {
           throw new VdiskError('TOO_LARGE', 'Active L1 table too large', { path: this.file.path });
         }
-        if (need > this.l1Size) await this.growL1(need);
-        await this.writeSize(newSize);
+        if (need > this.meta.l1Size) await this.meta.growL1(need);
+        await this.meta.writeSize(newSize);
         if (mode !== 'off') {
           // QEMU's qcow2_co_truncate preallocates the new area (see prealloc.ts).
           const { preallocateGrowth } = await import('./prealloc.js');
-          await preallocateGrowth(this, old, newSize, mode as 'metadata' | 'falloc' | 'full');
+          const oldEnd = Math.floor(old / cs) * cs;
+          const oldEndUsed =
+            oldEnd < old && ((await this.mapRun(oldEnd, cs)).kind !== Kind.Unalloc || this.ctx.hasBacking);
+          await preallocateGrowth(
+            this.meta,
+            old,
+            newSize,
+            mode as 'metadata' | 'falloc' | 'full',
+            oldEndUsed,
+          );
         }
       }
-      await this.persistentBitmaps?.resize(newSize);
+      await this.meta.persistentBitmaps?.resize(newSize);
     } finally {
       release();
     }
   }
-
-  private async writeSize(size: number): Promise<void> {
-    const b = new Uint8Array(8);
-    setU64(new DataView(b.buffer), 0, size);
-    await this.file.write(b, 24);
-    this.header.size = size;
-  }
-
-  /** QEMU's qcow2_grow_l1_table with exact_size: new table, header, then free the old one. */
-  private async growL1(entries: number): Promise<void> {
-    const rc = this.refcounts!;
-    const bytes = entries * 8;
-    await this.flushMetadata();
-    const at = await rc.allocClusters(Math.ceil(bytes / this.clusterSize));
-    await rc.flush();
-    const raw = new Uint8Array(bytes);
-    const v = new DataView(raw.buffer);
-    for (let i = 0; i < this.l1Size; i++) {
-      const off = this.l1Off[i]!;
-      if (off === 0) continue;
-      setU64(v, i * 8, off);
-      if (this.l1Copied[i] === 1) v.setUint32(i * 8, v.getUint32(i * 8) | COPIED_HI);
-    }
-    await this.file.write(raw, at);
-    this.noteAlloc(at, bytes);
-    const hb = new Uint8Array(12);
-    const hv = new DataView(hb.buffer);
-    hv.setUint32(0, entries);
-    setU64(hv, 4, at);
-    await this.file.write(hb, 36);
-    const oldOff = this.l1TableOffset;
-    const oldBytes = this.l1Size * 8;
-    const off = new Float64Array(entries);
-    off.set(this.l1Off);
-    const copied = new Uint8Array(entries);
-    copied.set(this.l1Copied);
-    this.l1Off = off;
-    this.l1Copied = copied;
-    this.l1Size = entries;
-    this.l1TableOffset = at;
-    this.header.l1Size = entries;
-    this.header.l1TableOffset = at;
-    if (oldBytes > 0) await rc.free(oldOff, oldBytes);
-    await rc.flush();
-    this.indexMetadata();
-  }
-
-  // ---------------------------------------------------------------- compressed writes
 
   async writeCompressed(buf: Uint8Array, offset: number): Promise<void> {
     const commit = await this.prepareCompressed(buf, offset);
@@ -1707,19 +1093,19 @@ export class Qcow2Image implements FormatImage {
   }
 
   async prepareCompressed(buf: Uint8Array, offset: number): Promise<() => Promise<void>> {
-    const cs = this.clusterSize;
-    if (offset % cs !== 0 || buf.length > cs || (buf.length < cs && offset + buf.length < this.size)) {
+    const cs = this.meta.clusterSize;
+    if (offset % cs !== 0 || buf.length > cs || (buf.length < cs && offset + buf.length < this.meta.size)) {
       throw new VdiskError('INVALID_ARGUMENT', 'Compressed writes must cover exactly one cluster', {
         path: this.file.path,
         offset,
       });
     }
-    if (this.luks !== undefined) {
+    if (this.meta.luks !== undefined) {
       throw new VdiskError('UNSUPPORTED', 'Compression and encryption not supported at the same time', {
         path: this.file.path,
       });
     }
-    if (this.hasDataFile) {
+    if (this.meta.hasDataFile) {
       throw new VdiskError('UNSUPPORTED', 'Compression is not supported with an external data file', {
         path: this.file.path,
       });
@@ -1730,44 +1116,41 @@ export class Qcow2Image implements FormatImage {
       src.set(buf);
     }
     // Compress outside the lock: several clusters compress at once on the thread pool.
-    const out = await (await loadCompress()).compressCluster(this.compressionType, src, cs);
+    const out = await (await loadCompress()).compressCluster(this.meta.compressionType, src, cs);
     if (out === null) return () => this.write(src.subarray(0, buf.length), offset);
     return () => this.storeCompressed(out, offset);
   }
 
   /** Allocate room for a compressed cluster, write it and point the L2 entry at it. */
   private async storeCompressed(out: Uint8Array, offset: number): Promise<void> {
-    const cs = this.clusterSize;
+    const cs = this.meta.clusterSize;
     const unclaim = await this.claim(offset, cs);
     const release = await this.writeLock.lock();
     try {
       const rc = await this.beginWrite();
-      this.persistentBitmaps?.noteWrite(offset, cs);
-      const span = this.l2Entries * cs;
+      this.meta.persistentBitmaps?.noteWrite(offset, cs);
+      const span = this.meta.l2Entries * cs;
       const l1i = Math.floor(offset / span);
-      const [l2off, table] = await this.l2ForWrite(l1i);
+      const [l2off, table] = await this.meta.l2ForWrite(l1i);
       const v = new DataView(table.buffer, table.byteOffset, table.length);
       const ci = Math.floor((offset % span) / cs);
-      const e = ci * this.entryBytes;
+      const e = ci * this.meta.entryBytes;
       const hi = v.getUint32(e);
       const lo = v.getUint32(e + 4);
       const host = await rc.allocBytes(out.length);
-      this.noteAlloc(host, out.length);
-      this.assertNotMetadata(host, out.length);
+      this.meta.noteAlloc(host, out.length);
+      this.meta.assertNotMetadata(host, out.length);
       await this.file.write(out, host);
-      const x = 70 - this.clusterBits;
-      const sectors = Math.floor((host + out.length - 1) / 512) - Math.floor(host / 512);
-      const nhi = (COMPRESSED_HI | (sectors << (x - 32)) | Math.floor(host / 0x100000000)) >>> 0;
-      const nlo = host >>> 0;
+      const [nhi, nlo] = encodeCompressed(host, out.length, this.meta.clusterBits);
       this.setEntry(v, { index: ci, hi: nhi, lo: nlo, bhi: 0, blo: 0 });
       this.lastCompressed = null;
-      this.l2Cache.markDirty(l2off, table);
-      if ((hi & COMPRESSED_HI) !== 0) this.pendingFrees.push(this.compressedFreeRange(hi, lo, l2off, ci));
+      this.meta.l2Cache.markDirty(l2off, table);
+      if (isCompressed(hi)) this.meta.pendingFrees.push(this.meta.compressedFreeRange(hi, lo, l2off, ci));
       else {
-        const old = (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
-        if (old !== 0) this.pendingFrees.push([old, cs]);
+        const old = entryOffset(hi, lo);
+        if (old !== 0) this.meta.pendingFrees.push([old, cs]);
       }
-      await this.settleFrees();
+      await this.meta.settleFrees();
     } finally {
       release();
       unclaim();
@@ -1776,20 +1159,11 @@ export class Qcow2Image implements FormatImage {
 
   // ---------------------------------------------------------------- flush, close
 
-  /** Metadata to disk in crash-safe order (no fsync). */
-  async flushMetadata(): Promise<void> {
-    if (this.refcounts === null) return;
-    if (!this.lazy) await this.refcounts.flush();
-    await this.l2Cache.flush();
-    await this.settleFrees();
-    await this.refcounts.flush();
-  }
-
   async flush(): Promise<void> {
     const release = await this.writeLock.lock();
     try {
-      await this.flushMetadata();
-      if (this.modified) {
+      await this.meta.flushMetadata();
+      if (this.meta.modified) {
         await this.file.flush();
         if (this.dataHostFile !== null && this.dataHostFile !== this.file) await this.dataHostFile.flush();
       }
@@ -1804,10 +1178,10 @@ export class Qcow2Image implements FormatImage {
     let err: unknown = null;
     try {
       if (!this.readOnly) {
-        await this.persistentBitmaps?.close();
-        await this.flushMetadata();
-        if (this.modified && this.dirty && this.lazy) {
-          await this.setIncompatible(this.header.incompatible & ~INCOMPAT_DIRTY);
+        await this.meta.persistentBitmaps?.close();
+        await this.meta.flushMetadata();
+        if (this.meta.modified && this.meta.dirty && this.meta.lazy) {
+          await this.meta.setIncompatible(this.header.incompatible & ~INCOMPAT_DIRTY);
         }
         // No fsync on close (as the raw driver, and qemu-img's default cache=unsafe for
         // convert targets): durability is flush()'s job; crash safety only needs the
@@ -1844,7 +1218,7 @@ export class Qcow2Image implements FormatImage {
         'compression-type': compression,
         'refcount-bits': 2 ** h.refcountOrder,
       };
-      if (this.luks !== undefined) v2['encrypt'] = this.crypto!.qcow2EncryptInfo(this.luks.vol);
+      if (this.meta.luks !== undefined) v2['encrypt'] = this.crypto!.qcow2EncryptInfo(this.meta.luks.vol);
       else if (h.cryptMethod === 1) v2['encrypt'] = { format: 'aes' };
       return { type: 'qcow2', data: v2 };
     }
@@ -1854,7 +1228,7 @@ export class Qcow2Image implements FormatImage {
       'lazy-refcounts': (h.compatible & COMPAT_LAZY_REFCOUNTS) !== 0,
       'refcount-bits': 2 ** h.refcountOrder,
       corrupt: (h.incompatible & INCOMPAT_CORRUPT) !== 0,
-      'extended-l2': this.extL2,
+      'extended-l2': this.meta.extL2,
     };
     if (this.bitmaps.length > 0) {
       data['bitmaps'] = this.bitmaps.map((b) => ({
@@ -1863,23 +1237,23 @@ export class Qcow2Image implements FormatImage {
         granularity: b.granularity,
       }));
     }
-    if (this.luks !== undefined) data['encrypt'] = this.crypto!.qcow2EncryptInfo(this.luks.vol);
+    if (this.meta.luks !== undefined) data['encrypt'] = this.crypto!.qcow2EncryptInfo(this.meta.luks.vol);
     else if (h.cryptMethod === 1) data['encrypt'] = { format: 'aes' };
     if (h.dataFile !== undefined) data['data-file'] = h.dataFile;
-    if (this.hasDataFile) data['data-file-raw'] = this.dataFileRaw;
+    if (this.meta.hasDataFile) data['data-file-raw'] = this.meta.dataFileRaw;
     return { type: 'qcow2', data };
   }
 
   snapshots(): SnapshotInfo[] {
-    return this.snapshotList.map(({ l1TableOffset: _o, l1Size: _s, entryOffset: _e, ...rest }) => rest);
+    return this.meta.snapshotList.map(({ l1TableOffset: _o, l1Size: _s, entryOffset: _e, ...rest }) => rest);
   }
 
   async check(repair: 'none' | 'leaks' | 'all'): Promise<CheckResult> {
     const release = await this.writeLock.lock();
     try {
-      await this.flushMetadata();
+      await this.meta.flushMetadata();
       const { checkImage } = await import('./check.js');
-      return await checkImage(this, repair);
+      return await checkImage(this.meta, repair);
     } finally {
       release();
     }
@@ -1887,8 +1261,8 @@ export class Qcow2Image implements FormatImage {
 
   async openSnapshot(which: { id?: string; name?: string }): Promise<FormatImage> {
     const s =
-      (which.id !== undefined ? this.snapshotList.find((x) => x.id === which.id) : undefined) ??
-      (which.name !== undefined ? this.snapshotList.find((x) => x.name === which.name) : undefined);
+      (which.id !== undefined ? this.meta.snapshotList.find((x) => x.id === which.id) : undefined) ??
+      (which.name !== undefined ? this.meta.snapshotList.find((x) => x.name === which.name) : undefined);
     if (
       s === undefined ||
       (which.id !== undefined && which.name !== undefined && (s.id !== which.id || s.name !== which.name))
@@ -1896,11 +1270,11 @@ export class Qcow2Image implements FormatImage {
       const label = which.id ?? which.name ?? '';
       throw new VdiskError('NOT_FOUND', `Can't find snapshot '${label}'`, { path: this.file.path });
     }
-    const l1 = await readL1(this.file, s.l1TableOffset, s.l1Size, this.clusterBits, this.fileEnd);
+    const l1 = await readL1(this.file, s.l1TableOffset, s.l1Size, this.meta.clusterBits, this.meta.fileEnd);
     const header: Qcow2Header = { ...this.header, size: s.diskSize ?? this.header.size };
-    const view = new Qcow2Image(this.file, this.dataHostFile, header, true, l1, this.fileEnd, false);
+    const view = new Qcow2Image(this.file, this.dataHostFile, header, true, l1, this.meta.fileEnd, false);
     view.ctx = this.ctx;
-    view.luks = this.luks;
+    view.meta.luks = this.meta.luks;
     view.aes = this.aes;
     view.dataOpener = () => this.data();
     return view;
@@ -1912,7 +1286,7 @@ export class Qcow2Image implements FormatImage {
   async createSnapshot(name: string, date: { sec: number; nsec: number }): Promise<SnapshotInfo> {
     const w = await import('./snapshot-write.js');
     const s = await this.snapshotOp(() =>
-      w.createSnapshot(this, { name, dateSec: date.sec, dateNsec: date.nsec }),
+      w.createSnapshot(this.meta, { name, dateSec: date.sec, dateNsec: date.nsec }),
     );
     const { l1TableOffset: _o, l1Size: _s, entryOffset: _e, ...info } = s;
     return info;
@@ -1922,22 +1296,22 @@ export class Qcow2Image implements FormatImage {
     const w = await import('./snapshot-write.js');
     await this.snapshotOp(async () => {
       // QEMU refuses a data-file image before looking for the snapshot.
-      if (this.hasDataFile)
+      if (this.meta.hasDataFile)
         throw new VdiskError('UNSUPPORTED', 'Operation not supported', { path: this.file.path });
-      const i = w.findByIdOrName(this, idOrName);
+      const i = w.findByIdOrName(this.meta, idOrName);
       if (i < 0)
         throw new VdiskError('NOT_FOUND', `Can't find snapshot '${idOrName}'`, { path: this.file.path });
-      await w.applySnapshot(this, i);
+      await w.applySnapshot(this.meta, i);
     }, true);
   }
 
   async deleteSnapshot(which: { id: string; name: string }): Promise<void> {
     const w = await import('./snapshot-write.js');
     await this.snapshotOp(async () => {
-      const i = this.snapshotList.findIndex((s) => s.id === which.id && s.name === which.name);
+      const i = this.meta.snapshotList.findIndex((s) => s.id === which.id && s.name === which.name);
       if (i < 0)
         throw new VdiskError('NOT_FOUND', `Can't find snapshot '${which.name}'`, { path: this.file.path });
-      await w.deleteSnapshot(this, i);
+      await w.deleteSnapshot(this.meta, i);
     });
   }
 
@@ -1945,13 +1319,13 @@ export class Qcow2Image implements FormatImage {
   private async snapshotOp<T>(fn: () => Promise<T>, contentChanges = false): Promise<T> {
     const release = await this.writeLock.lock();
     try {
-      this.checkWritable();
+      this.meta.checkWritable();
       if (contentChanges) {
         await this.beginWrite();
-        this.persistentBitmaps?.noteWrite(0, this.size);
+        this.meta.persistentBitmaps?.noteWrite(0, this.meta.size);
       }
-      await this.flushMetadata();
-      this.modified = true;
+      await this.meta.flushMetadata();
+      this.meta.modified = true;
       this.lastCompressed = null;
       return await fn();
     } finally {
@@ -1961,46 +1335,13 @@ export class Qcow2Image implements FormatImage {
 
   /** qemu-img amend (QEMU's qcow2_amend_options): the work is in amend.ts. */
   async amend(opts: AmendValues, onProgress?: (done: number, total: number) => void): Promise<void> {
-    this.checkWritable();
+    this.meta.checkWritable();
     const { amendQcow2 } = await import('./amend.js');
-    await amendQcow2(this, opts, onProgress);
+    await amendQcow2(
+      this.meta,
+      { resize: (size) => this.resize(size, { shrink: true }), setBacking: (ref) => this.setBacking(ref) },
+      opts,
+      onProgress,
+    );
   }
-
-  /** Whether the header is v3 with the standard length (for rewrites). */
-  get standardHeader(): boolean {
-    return this.header.version === 2 || this.header.headerLength === V3_HEADER_LENGTH;
-  }
-}
-
-/** Read and validate an L1 table. */
-export async function readL1(
-  file: HostFile,
-  offset: number,
-  size: number,
-  clusterBits: number,
-  fileSize: number,
-): Promise<{ off: Float64Array; copied: Uint8Array; tableOffset: number }> {
-  const raw = new Uint8Array(size * 8);
-  if (size > 0) await file.read(raw, offset);
-  const v = new DataView(raw.buffer);
-  const off = new Float64Array(size);
-  const copied = new Uint8Array(size);
-  const cs = 2 ** clusterBits;
-  for (let i = 0; i < size; i++) {
-    const hi = v.getUint32(i * 8);
-    const lo = v.getUint32(i * 8 + 4);
-    const o = (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
-    if (o !== 0 && (o % cs !== 0 || o + cs > fileSize)) {
-      throw new VdiskError(
-        'CORRUPT_IMAGE',
-        o % cs !== 0
-          ? `L2 table offset 0x${o.toString(16)} unaligned (L1 index: 0x${i.toString(16)})`
-          : `L2 table at offset 0x${o.toString(16)} lies past the end of the file (L1 index: 0x${i.toString(16)})`,
-        { path: file.path, offset: offset + i * 8 },
-      );
-    }
-    off[i] = o;
-    copied[i] = (hi & COPIED_HI) !== 0 ? 1 : 0;
-  }
-  return { off, copied, tableOffset: offset };
 }

@@ -19,79 +19,78 @@
  * entry names it); host clusters get their refcounts and their data (zeros, or fallocate);
  * refcounts reach the disk before the L2 entries that name the clusters.
  */
-import { Kind, type Qcow2Image } from './image.js';
 
-const COPIED_HI = 0x80000000;
+import { COPIED_HI, putEntry } from './l2-entry.js';
+import type { Qcow2Metadata } from './metadata.js';
+
 const ZEROS = new Uint8Array(4 << 20);
 
 export async function preallocateGrowth(
-  img: Qcow2Image,
+  meta: Qcow2Metadata,
   oldSize: number,
   newSize: number,
   mode: 'metadata' | 'falloc' | 'full',
+  /** The cluster holding the old end (when unaligned) is in use or shows a backing file. */
+  oldEndUsed: boolean,
 ): Promise<void> {
-  const rc = img.refcounts!;
-  const cs = img.clusterSize;
-  const span = img.l2Entries * cs;
+  const rc = meta.refcounts!;
+  const cs = meta.clusterSize;
+  const span = meta.l2Entries * cs;
   let start = Math.floor(oldSize / cs) * cs;
-  if (start < oldSize) {
-    const run = await img.mapRun(start, cs);
-    if (run.kind !== Kind.Unalloc || img.ctx.hasBacking) start += cs;
-  }
+  if (start < oldSize && oldEndUsed) start += cs;
   const end = Math.ceil(newSize / cs) * cs;
   if (end <= start) return;
   // Clusters below the file's end before we started may hold old data; past it, the file
   // reads as zeros wherever nothing was written since.
-  const oldFileSize = await img.file.size();
-  for (let l1i = Math.floor(start / span); l1i * span < end; l1i++) await img.l2ForWrite(l1i);
+  const oldFileSize = await meta.file.size();
+  for (let l1i = Math.floor(start / span); l1i * span < end; l1i++) await meta.l2ForWrite(l1i);
 
   for (let g = start; g < end; ) {
     const l1i = Math.floor(g / span);
     const tableEnd = Math.min(end, (l1i + 1) * span);
-    const [l2off, table] = await img.l2ForWrite(l1i);
+    const [l2off, table] = await meta.l2ForWrite(l1i);
     const v = new DataView(table.buffer, table.byteOffset, table.length);
     const first = Math.floor((g % span) / cs);
     const count = (tableEnd - g) / cs;
     // Only entries that name nothing get a cluster.
     const free: number[] = [];
     for (let ci = first; ci < first + count; ci++) {
-      const e = ci * img.entryBytes;
+      const e = ci * meta.entryBytes;
       if (v.getUint32(e) === 0 && v.getUint32(e + 4) === 0) free.push(ci);
     }
     if (free.length > 0) {
       const host = await rc.allocClusters(free.length);
       const bytes = free.length * cs;
-      img.noteAlloc(host, bytes);
-      const fileSize = await img.file.size();
-      if (mode === 'full' || (mode === 'falloc' && !img.file.allocate(host, bytes))) {
-        await writeZeros(img, host, host + bytes);
+      meta.noteAlloc(host, bytes);
+      const fileSize = await meta.file.size();
+      if (mode === 'full' || (mode === 'falloc' && !meta.file.allocate(host, bytes))) {
+        await writeZeros(meta, host, host + bytes);
       } else {
         // Clusters reused inside the file may hold old data: they must read as zeros.
-        if (host < oldFileSize) await writeZeros(img, host, Math.min(host + bytes, oldFileSize));
+        if (host < oldFileSize) await writeZeros(meta, host, Math.min(host + bytes, oldFileSize));
         // metadata: the file covers the clusters (sparse), as QEMU extends it.
-        if (fileSize < host + bytes) await img.file.truncate(host + bytes);
+        if (fileSize < host + bytes) await meta.file.truncate(host + bytes);
       }
       await rc.flush();
       free.forEach((ci, k) => {
         const off = host + k * cs;
-        const e = ci * img.entryBytes;
-        v.setUint32(e, (COPIED_HI | Math.floor(off / 0x100000000)) >>> 0);
-        v.setUint32(e + 4, off >>> 0);
-        if (img.extL2) {
+        const e = ci * meta.entryBytes;
+        putEntry(v, e, off, COPIED_HI);
+        if (meta.extL2) {
           v.setUint32(e + 8, 0);
           v.setUint32(e + 12, 0);
         }
       });
-      img.l2Cache.markDirty(l2off, table);
-      await img.l2Cache.flush();
+      meta.l2Cache.markDirty(l2off, table);
+      await meta.l2Cache.flush();
     }
     g = tableEnd;
   }
 }
 
-async function writeZeros(img: Qcow2Image, from: number, to: number): Promise<void> {
+async function writeZeros(meta: Qcow2Metadata, from: number, to: number): Promise<void> {
   for (let p = from; p < to; p += ZEROS.length) {
     const n = Math.min(ZEROS.length, to - p);
-    await img.file.write(n === ZEROS.length ? ZEROS : ZEROS.subarray(0, n), p);
+    await meta.file.write(n === ZEROS.length ? ZEROS : ZEROS.subarray(0, n), p);
   }
 }

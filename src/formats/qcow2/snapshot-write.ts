@@ -26,11 +26,10 @@
  */
 import { VdiskError } from '../../core/errors.js';
 import { l1EntriesFor, MAX_SNAPSHOTS, setU64 } from './header.js';
-import type { Qcow2Image } from './image.js';
+import { decodeL1, entryOffset, isCompressed, isCopied, setCopiedAt, withCopied } from './l2-entry.js';
+import type { Qcow2Metadata } from './metadata.js';
 import { type Qcow2Snapshot, readSnapshots } from './snapshot.js';
 
-const COPIED_HI = 0x80000000;
-const COMPRESSED_HI = 0x40000000;
 /** QEMU's QCOW_MAX_SNAPSHOTS_SIZE. */
 const MAX_TABLE_BYTES = 64 * 1024 * 1024;
 
@@ -59,9 +58,9 @@ class Shadow {
   private cursor: number;
   readonly cs: number;
 
-  constructor(private readonly img: Qcow2Image) {
-    this.cs = img.clusterSize;
-    this.cursor = img.refcounts!.freeClusterIndex;
+  constructor(private readonly meta: Qcow2Metadata) {
+    this.cs = meta.clusterSize;
+    this.cursor = meta.refcounts!.freeClusterIndex;
   }
 
   private grow(k: number): void {
@@ -77,7 +76,7 @@ class Shadow {
     const first = Math.floor(offset / this.cs);
     const last = Math.floor((offset + length - 1) / this.cs);
     this.grow(last);
-    const per = this.img.refcounts!.blockEntries;
+    const per = this.meta.refcounts!.blockEntries;
     for (let k = first; k <= last; k++) {
       this.deltas[k]! += d;
       this.touchedBlocks.add(Math.floor(k / per));
@@ -90,12 +89,12 @@ class Shadow {
 
   /** Refcount of cluster k in the new state. */
   async final(k: number): Promise<number> {
-    return (await this.img.refcounts!.get(k)) + this.delta(k);
+    return (await this.meta.refcounts!.get(k)) + this.delta(k);
   }
 
   /** n contiguous clusters free in the old state and not yet taken; refcount 1 in the new one. */
   async alloc(n: number): Promise<number> {
-    const rc = this.img.refcounts!;
+    const rc = this.meta.refcounts!;
     let run = 0;
     while (run < n) {
       const k = this.cursor++;
@@ -123,8 +122,8 @@ class Shadow {
     nbSnapshots: number;
     snapshotsOffset: number;
   }): Promise<void> {
-    const img = this.img;
-    const rc = img.refcounts!;
+    const meta = this.meta;
+    const rc = meta.refcounts!;
     const cs = this.cs;
     const per = rc.blockEntries;
     // The old table and every block that gets replaced are released in the new state.
@@ -170,14 +169,14 @@ class Shadow {
         const v = rc.getIn(buf, i) + d;
         if (v < 0) {
           throw new VdiskError('CORRUPT_IMAGE', `Refcount of cluster ${k} would drop below zero`, {
-            path: img.file.path,
+            path: meta.file.path,
             offset: k * cs,
           });
         }
         if (v > rc.maxRefcount) {
           // QEMU fails with EINVAL here (e.g. a snapshot of an image with refcount_bits=1).
           throw new VdiskError('INVALID_ARGUMENT', `Refcount of cluster ${k} would overflow`, {
-            path: img.file.path,
+            path: meta.file.path,
             offset: k * cs,
             op: 'EINVAL',
           });
@@ -192,11 +191,11 @@ class Shadow {
       const off = newBlocks.get(b) ?? (b < rc.table.length ? rc.table[b]! : 0);
       setU64(tv, b * 8, off);
     }
-    for (const [at, buf] of blocks) await img.file.write(buf, at);
-    await img.file.write(table, tableOffset);
-    await img.file.flush();
+    for (const [at, buf] of blocks) await meta.file.write(buf, at);
+    await meta.file.write(table, tableOffset);
+    await meta.file.flush();
     // The switch: size, crypt method (unchanged), L1, refcount table, snapshot table.
-    const h = img.header;
+    const h = meta.header;
     const hb = new Uint8Array(48);
     const hv = new DataView(hb.buffer);
     setU64(hv, 0, next.size);
@@ -207,8 +206,8 @@ class Shadow {
     hv.setUint32(32, tableClusters);
     hv.setUint32(36, next.nbSnapshots);
     setU64(hv, 40, next.snapshotsOffset);
-    await img.file.write(hb, 24);
-    await img.file.flush();
+    await meta.file.write(hb, 24);
+    await meta.file.flush();
     h.size = next.size;
     h.l1Size = next.l1Size;
     h.l1TableOffset = next.l1TableOffset;
@@ -220,15 +219,15 @@ class Shadow {
 }
 
 /** The entries of the current table, in the form they are rewritten (QEMU 7.2 keeps unknown extra data). */
-async function currentEntries(img: Qcow2Image): Promise<SnapshotEntry[]> {
+async function currentEntries(meta: Qcow2Metadata): Promise<SnapshotEntry[]> {
   const out: SnapshotEntry[] = [];
-  for (const s of img.snapshotList) {
+  for (const s of meta.snapshotList) {
     const head = new Uint8Array(40);
-    await img.file.read(head, s.entryOffset);
+    await meta.file.read(head, s.entryOffset);
     const v = new DataView(head.buffer);
     const extraSize = v.getUint32(36);
     const extra = new Uint8Array(extraSize);
-    if (extraSize > 0) await img.file.read(extra, s.entryOffset + 40);
+    if (extraSize > 0) await meta.file.read(extra, s.entryOffset + 40);
     out.push({
       id: s.id,
       name: s.name,
@@ -238,7 +237,7 @@ async function currentEntries(img: Qcow2Image): Promise<SnapshotEntry[]> {
       dateNsec: s.dateNsec,
       vmClockNsec: s.vmClockNsec,
       vmStateSize: s.vmStateSize,
-      diskSize: s.diskSize ?? img.size,
+      diskSize: s.diskSize ?? meta.size,
       // The reader leaves icount out when it is -1 ("not recorded") or absent (old entries).
       icount: s.icount ?? -1,
       unknownExtra: extraSize > 24 ? extra.slice(24) : new Uint8Array(0),
@@ -301,41 +300,41 @@ export function encodeSnapshotTable(entries: SnapshotEntry[]): Uint8Array {
   return out;
 }
 
-async function readTable(img: Qcow2Image, l2: number, l1i: number): Promise<Uint8Array> {
-  const cs = img.clusterSize;
-  if (l2 % cs !== 0 || l2 + cs > img.fileEnd) {
+async function readTable(meta: Qcow2Metadata, l2: number, l1i: number): Promise<Uint8Array> {
+  const cs = meta.clusterSize;
+  if (l2 % cs !== 0 || l2 + cs > meta.fileEnd) {
     throw new VdiskError(
       'CORRUPT_IMAGE',
       `L2 table offset 0x${l2.toString(16)} (L1 index 0x${l1i.toString(16)}) is invalid`,
-      { path: img.file.path },
+      { path: meta.file.path },
     );
   }
   const t = new Uint8Array(cs);
-  await img.file.read(t, l2);
+  await meta.file.read(t, l2);
   return t;
 }
 
 /** The host ranges (data clusters, compressed data) an L2 table's entries reference. */
-function scanTable(img: Qcow2Image, table: Uint8Array, l2: number): Array<[number, number]> {
+function scanTable(meta: Qcow2Metadata, table: Uint8Array, l2: number): Array<[number, number]> {
   const v = new DataView(table.buffer, table.byteOffset, table.length);
   const refs: Array<[number, number]> = [];
-  const cs = img.clusterSize;
-  for (let i = 0; i < img.l2Entries; i++) {
-    const e = i * img.entryBytes;
+  const cs = meta.clusterSize;
+  for (let i = 0; i < meta.l2Entries; i++) {
+    const e = i * meta.entryBytes;
     const hi = v.getUint32(e);
     const lo = v.getUint32(e + 4);
-    if ((hi & COMPRESSED_HI) !== 0) {
-      const [off, size] = img.compressedRange(hi, lo, l2, i);
+    if (isCompressed(hi)) {
+      const [off, size] = meta.compressedRange(hi, lo, l2, i);
       refs.push([off, size]);
       continue;
     }
-    const host = (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
-    if (!img.hasHost(hi, host) || img.hasDataFile) continue;
-    if (host % cs !== 0 || host >= img.fileEnd) {
+    const host = entryOffset(hi, lo);
+    if (!meta.hasHost(hi, host) || meta.hasDataFile) continue;
+    if (host % cs !== 0 || host >= meta.fileEnd) {
       throw new VdiskError(
         'CORRUPT_IMAGE',
         `Cluster offset 0x${host.toString(16)} is ${host % cs !== 0 ? 'unaligned' : 'past the end of the file'} (L2 offset: 0x${l2.toString(16)}, L2 index: 0x${i.toString(16)})`,
-        { path: img.file.path },
+        { path: meta.file.path },
       );
     }
     refs.push([host, cs]);
@@ -344,20 +343,20 @@ function scanTable(img: Qcow2Image, table: Uint8Array, l2: number): Array<[numbe
 }
 
 /** Read an L1 table's entries (offsets only). */
-async function readL1Offsets(img: Qcow2Image, offset: number, size: number): Promise<Float64Array> {
-  if (size > 0 && (offset % img.clusterSize !== 0 || offset + size * 8 > img.fileEnd)) {
+async function readL1Offsets(meta: Qcow2Metadata, offset: number, size: number): Promise<Float64Array> {
+  if (size > 0 && (offset % meta.clusterSize !== 0 || offset + size * 8 > meta.fileEnd)) {
     throw new VdiskError('CORRUPT_IMAGE', `Snapshot L1 table offset 0x${offset.toString(16)} is invalid`, {
-      path: img.file.path,
+      path: meta.file.path,
     });
   }
   const raw = new Uint8Array(size * 8);
-  if (size > 0) await img.file.read(raw, offset);
+  if (size > 0) await meta.file.read(raw, offset);
   const v = new DataView(raw.buffer);
   const out = new Float64Array(size);
   for (let i = 0; i < size; i++) {
     const hi = v.getUint32(i * 8);
     const lo = v.getUint32(i * 8 + 4);
-    out[i] = (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
+    out[i] = entryOffset(hi, lo);
   }
   return out;
 }
@@ -367,12 +366,12 @@ async function readL1Offsets(img: Qcow2Image, offset: number, size: number): Pro
  * are read one at a time (memory stays bounded; the refcount deltas take 4 bytes per host
  * cluster).
  */
-async function addL1Paths(img: Qcow2Image, tx: Shadow, entries: Float64Array, d: number): Promise<void> {
+async function addL1Paths(meta: Qcow2Metadata, tx: Shadow, entries: Float64Array, d: number): Promise<void> {
   for (let i = 0; i < entries.length; i++) {
     const l2 = entries[i]!;
     if (l2 === 0) continue;
-    tx.add(l2, img.clusterSize, d);
-    for (const [off, len] of scanTable(img, await readTable(img, l2, i), l2)) tx.add(off, len, d);
+    tx.add(l2, meta.clusterSize, d);
+    for (const [off, len] of scanTable(meta, await readTable(meta, l2, i), l2)) tx.add(off, len, d);
   }
 }
 
@@ -383,30 +382,30 @@ async function addL1Paths(img: Qcow2Image, tx: Shadow, entries: Float64Array, d:
  * Returns the encoded table (callers compare it with the current one).
  */
 async function finishActive(
-  img: Qcow2Image,
+  meta: Qcow2Metadata,
   tx: Shadow,
   entries: Float64Array,
   l1Size: number,
 ): Promise<Uint8Array> {
-  const cs = img.clusterSize;
+  const cs = meta.clusterSize;
   const raw = new Uint8Array(l1Size * 8);
   const lv = new DataView(raw.buffer);
   for (let i = 0; i < entries.length && i < l1Size; i++) {
     const l2 = entries[i]!;
     if (l2 === 0) continue;
-    const copy = await readTable(img, l2, i);
+    const copy = await readTable(meta, l2, i);
     const v = new DataView(copy.buffer);
     let differs = false;
-    for (let j = 0; j < img.l2Entries; j++) {
-      const e = j * img.entryBytes;
+    for (let j = 0; j < meta.l2Entries; j++) {
+      const e = j * meta.entryBytes;
       const hi = v.getUint32(e);
       const lo = v.getUint32(e + 4);
-      if ((hi & COMPRESSED_HI) !== 0) continue;
-      const host = (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
-      if (!img.hasHost(hi, host) || img.hasDataFile) continue;
+      if (isCompressed(hi)) continue;
+      const host = entryOffset(hi, lo);
+      if (!meta.hasHost(hi, host) || meta.hasDataFile) continue;
       const want = (await tx.final(host / cs)) === 1;
-      if (want !== ((hi & COPIED_HI) !== 0)) {
-        v.setUint32(e, want ? (hi | COPIED_HI) >>> 0 : (hi & ~COPIED_HI) >>> 0);
+      if (want !== isCopied(hi)) {
+        v.setUint32(e, withCopied(hi, want));
         differs = true;
       }
     }
@@ -414,17 +413,17 @@ async function finishActive(
     if (differs) {
       target = await tx.alloc(1);
       tx.add(l2, cs, -1);
-      await img.file.write(copy, target);
+      await meta.file.write(copy, target);
     }
     setU64(lv, i * 8, target);
-    if ((await tx.final(target / cs)) === 1) lv.setUint32(i * 8, lv.getUint32(i * 8) | COPIED_HI);
+    if ((await tx.final(target / cs)) === 1) setCopiedAt(lv, i * 8);
   }
   return raw;
 }
 
-async function currentActiveRaw(img: Qcow2Image): Promise<Uint8Array> {
-  const raw = new Uint8Array(img.l1Size * 8);
-  if (img.l1Size > 0) await img.file.read(raw, img.l1TableOffset);
+async function currentActiveRaw(meta: Qcow2Metadata): Promise<Uint8Array> {
+  const raw = new Uint8Array(meta.l1Size * 8);
+  if (meta.l1Size > 0) await meta.file.read(raw, meta.l1TableOffset);
   return raw;
 }
 
@@ -433,47 +432,61 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
 }
 
 /** Write the new snapshot table into the transaction; returns its offset (0 when empty). */
-async function writeTable(img: Qcow2Image, tx: Shadow, entries: SnapshotEntry[]): Promise<number> {
+async function writeTable(meta: Qcow2Metadata, tx: Shadow, entries: SnapshotEntry[]): Promise<number> {
   const bytes = encodeSnapshotTable(entries);
   if (bytes.length > MAX_TABLE_BYTES) {
-    throw new VdiskError('TOO_LARGE', 'Snapshot table too large', { path: img.file.path, op: 'EFBIG' });
+    throw new VdiskError('TOO_LARGE', 'Snapshot table too large', { path: meta.file.path, op: 'EFBIG' });
   }
   // The old table is released in the new state.
-  tx.add(img.header.snapshotsOffset, img.snapshotTableBytes, -1);
+  tx.add(meta.header.snapshotsOffset, meta.snapshotTableBytes, -1);
   if (bytes.length === 0) return 0;
-  const at = await tx.alloc(Math.ceil(bytes.length / img.clusterSize));
-  await img.file.write(bytes, at);
+  const at = await tx.alloc(Math.ceil(bytes.length / meta.clusterSize));
+  await meta.file.write(bytes, at);
   return at;
 }
 
-/** Bring the image object up to date with what the header now describes. */
-async function reload(img: Qcow2Image, l1Raw: Uint8Array | null): Promise<void> {
-  const h = img.header;
-  img.fileEnd = Math.max(img.fileEnd, await img.file.size());
-  img.l2Cache.clear();
-  img.l2Cache.fileEnd = img.fileEnd;
+/** Point the header at the new snapshot table and active L1 table, then reload the state. */
+async function commitTable(
+  meta: Qcow2Metadata,
+  tx: Shadow,
+  activeL1: number,
+  nbSnapshots: number,
+  tableAt: number,
+  newRaw: Uint8Array,
+): Promise<void> {
+  await tx.commit({
+    size: meta.size,
+    l1Size: meta.l1Size,
+    l1TableOffset: activeL1,
+    nbSnapshots,
+    snapshotsOffset: tableAt,
+  });
+  await reload(meta, newRaw);
+}
+
+/** Bring the metadata state up to date with what the header now describes. */
+async function reload(meta: Qcow2Metadata, l1Raw: Uint8Array | null): Promise<void> {
+  const h = meta.header;
+  meta.fileEnd = Math.max(meta.fileEnd, await meta.file.size());
+  meta.l2Cache.clear();
+  meta.l2Cache.fileEnd = meta.fileEnd;
   if (l1Raw !== null) {
-    const v = new DataView(l1Raw.buffer, l1Raw.byteOffset, l1Raw.length);
     const n = l1Raw.length / 8;
-    img.l1Off = new Float64Array(n);
-    img.l1Copied = new Uint8Array(n);
-    for (let i = 0; i < n; i++) {
-      const hi = v.getUint32(i * 8);
-      img.l1Off[i] = (hi & 0x00ffffff) * 0x100000000 + ((v.getUint32(i * 8 + 4) & 0xfffffe00) >>> 0);
-      img.l1Copied[i] = (hi & COPIED_HI) !== 0 ? 1 : 0;
-    }
-    img.l1Size = n;
-    img.l1TableOffset = h.l1TableOffset;
+    const l1 = decodeL1(l1Raw, n);
+    meta.l1Off = l1.off;
+    meta.l1Copied = l1.copied;
+    meta.l1Size = n;
+    meta.l1TableOffset = h.l1TableOffset;
   }
   const { snapshots, tableBytes } = await readSnapshots(
-    img.file,
+    meta.file,
     h.snapshotsOffset,
     h.nbSnapshots,
-    img.fileEnd,
+    meta.fileEnd,
   );
-  img.snapshotList = snapshots;
-  img.snapshotTableBytes = tableBytes;
-  await img.reloadRefcounts();
+  meta.snapshotList = snapshots;
+  meta.snapshotTableBytes = tableBytes;
+  await meta.reloadRefcounts();
 }
 
 /** QEMU's find_new_snapshot_id: one more than the largest numeric id (strtoul). */
@@ -501,130 +514,119 @@ export interface CreateSnapshotRequest {
 }
 
 /** QEMU's qcow2_snapshot_create (crash-safe: see the file comment). The caches must be flushed. */
-export async function createSnapshot(img: Qcow2Image, req: CreateSnapshotRequest): Promise<Qcow2Snapshot> {
-  if (img.snapshotList.length >= MAX_SNAPSHOTS) {
-    throw new VdiskError('TOO_LARGE', 'Too many snapshots', { path: img.file.path, op: 'EFBIG' });
+export async function createSnapshot(
+  meta: Qcow2Metadata,
+  req: CreateSnapshotRequest,
+): Promise<Qcow2Snapshot> {
+  if (meta.snapshotList.length >= MAX_SNAPSHOTS) {
+    throw new VdiskError('TOO_LARGE', 'Too many snapshots', { path: meta.file.path, op: 'EFBIG' });
   }
-  if (img.hasDataFile) {
+  if (meta.hasDataFile) {
     throw new VdiskError('UNSUPPORTED', 'Snapshots are not supported with an external data file', {
-      path: img.file.path,
+      path: meta.file.path,
       op: 'ENOTSUP',
     });
   }
-  const tx = new Shadow(img);
-  const active = img.l1Off.slice(0, img.l1Size);
+  const tx = new Shadow(meta);
+  const active = meta.l1Off.slice(0, meta.l1Size);
   // The snapshot's L1 table holds the same L2 tables: one more path to each and its data.
-  await addL1Paths(img, tx, active, 1);
-  const oldRaw = await currentActiveRaw(img);
-  const newRaw = await finishActive(img, tx, active, img.l1Size);
+  await addL1Paths(meta, tx, active, 1);
+  const oldRaw = await currentActiveRaw(meta);
+  const newRaw = await finishActive(meta, tx, active, meta.l1Size);
   let snapL1: number;
-  let activeL1 = img.l1TableOffset;
-  const l1Clusters = Math.ceil((img.l1Size * 8) / img.clusterSize);
+  let activeL1 = meta.l1TableOffset;
+  const l1Clusters = Math.ceil((meta.l1Size * 8) / meta.clusterSize);
   if (sameBytes(oldRaw, newRaw)) {
     // Nothing in the active tables changes: the snapshot gets a copy, as in QEMU.
-    snapL1 = img.l1Size > 0 ? await tx.alloc(l1Clusters) : 0;
-    if (img.l1Size > 0) await img.file.write(oldRaw, snapL1);
+    snapL1 = meta.l1Size > 0 ? await tx.alloc(l1Clusters) : 0;
+    if (meta.l1Size > 0) await meta.file.write(oldRaw, snapL1);
   } else {
     // The snapshot keeps the old active L1 table; the active one moves to a new table.
-    snapL1 = img.l1TableOffset;
+    snapL1 = meta.l1TableOffset;
     activeL1 = await tx.alloc(l1Clusters);
-    await img.file.write(newRaw, activeL1);
+    await meta.file.write(newRaw, activeL1);
   }
-  const entries = await currentEntries(img);
+  const entries = await currentEntries(meta);
   const entry: SnapshotEntry = {
-    id: newId(img.snapshotList),
+    id: newId(meta.snapshotList),
     name: truncateName(req.name),
     l1TableOffset: snapL1,
-    l1Size: img.l1Size,
+    l1Size: meta.l1Size,
     dateSec: req.dateSec,
     dateNsec: req.dateNsec,
     vmClockNsec: 0,
     vmStateSize: 0,
-    diskSize: img.size,
+    diskSize: meta.size,
     // qemu-img zeroes the snapshot info it passes (icount 0, measured on 7.2).
     icount: 0,
     unknownExtra: new Uint8Array(0),
   };
   entries.push(entry);
-  const tableAt = await writeTable(img, tx, entries);
-  await tx.commit({
-    size: img.size,
-    l1Size: img.l1Size,
-    l1TableOffset: activeL1,
-    nbSnapshots: entries.length,
-    snapshotsOffset: tableAt,
-  });
-  await reload(img, newRaw);
-  return img.snapshotList[img.snapshotList.length - 1]!;
+  const tableAt = await writeTable(meta, tx, entries);
+  await commitTable(meta, tx, activeL1, entries.length, tableAt, newRaw);
+  return meta.snapshotList[meta.snapshotList.length - 1]!;
 }
 
 /** QEMU's find_snapshot_by_id_or_name: by id first, then by name. */
-export function findByIdOrName(img: Qcow2Image, idOrName: string): number {
-  const byId = img.snapshotList.findIndex((s) => s.id === idOrName);
-  return byId >= 0 ? byId : img.snapshotList.findIndex((s) => s.name === idOrName);
+export function findByIdOrName(meta: Qcow2Metadata, idOrName: string): number {
+  const byId = meta.snapshotList.findIndex((s) => s.id === idOrName);
+  return byId >= 0 ? byId : meta.snapshotList.findIndex((s) => s.name === idOrName);
 }
 
 /**
  * QEMU's qcow2_snapshot_goto: the active L1 table becomes a copy of the snapshot's, and the
  * virtual size the snapshot's disk size (QEMU truncates the image to it first).
  */
-export async function applySnapshot(img: Qcow2Image, index: number): Promise<void> {
-  const sn = img.snapshotList[index]!;
-  if (img.hasDataFile) {
+export async function applySnapshot(meta: Qcow2Metadata, index: number): Promise<void> {
+  const sn = meta.snapshotList[index]!;
+  if (meta.hasDataFile) {
     throw new VdiskError('UNSUPPORTED', 'Snapshots are not supported with an external data file', {
-      path: img.file.path,
+      path: meta.file.path,
       op: 'ENOTSUP',
     });
   }
-  const tx = new Shadow(img);
-  const snapEntries = await readL1Offsets(img, sn.l1TableOffset, sn.l1Size);
-  await addL1Paths(img, tx, snapEntries, 1);
-  const old = img.l1Off.slice(0, img.l1Size);
-  await addL1Paths(img, tx, old, -1);
-  const size = sn.diskSize ?? img.size;
-  const grown = size > img.size ? l1EntriesFor(size, img.clusterBits, img.extL2) : 0;
-  const l1Size = Math.max(img.l1Size, sn.l1Size, grown);
-  const newRaw = await finishActive(img, tx, snapEntries, l1Size);
-  if (img.l1Size > 0) tx.add(img.l1TableOffset, img.l1Size * 8, -1);
-  const activeL1 = l1Size > 0 ? await tx.alloc(Math.ceil((l1Size * 8) / img.clusterSize)) : 0;
-  if (l1Size > 0) await img.file.write(newRaw, activeL1);
+  const tx = new Shadow(meta);
+  const snapEntries = await readL1Offsets(meta, sn.l1TableOffset, sn.l1Size);
+  await addL1Paths(meta, tx, snapEntries, 1);
+  const old = meta.l1Off.slice(0, meta.l1Size);
+  await addL1Paths(meta, tx, old, -1);
+  const size = sn.diskSize ?? meta.size;
+  const grown = size > meta.size ? l1EntriesFor(size, meta.clusterBits, meta.extL2) : 0;
+  const l1Size = Math.max(meta.l1Size, sn.l1Size, grown);
+  const newRaw = await finishActive(meta, tx, snapEntries, l1Size);
+  if (meta.l1Size > 0) tx.add(meta.l1TableOffset, meta.l1Size * 8, -1);
+  const activeL1 = l1Size > 0 ? await tx.alloc(Math.ceil((l1Size * 8) / meta.clusterSize)) : 0;
+  if (l1Size > 0) await meta.file.write(newRaw, activeL1);
   await tx.commit({
     size,
     l1Size,
     l1TableOffset: activeL1,
-    nbSnapshots: img.snapshotList.length,
-    snapshotsOffset: img.header.snapshotsOffset,
+    nbSnapshots: meta.snapshotList.length,
+    snapshotsOffset: meta.header.snapshotsOffset,
   });
-  await reload(img, newRaw);
+  await reload(meta, newRaw);
 }
 
 /**
  * QEMU's qcow2_snapshot_delete: the entry leaves the table, the snapshot's L1/L2/data lose a
  * reference, its L1 table is freed, and COPIED comes back where a refcount drops to 1.
  */
-export async function deleteSnapshot(img: Qcow2Image, index: number): Promise<void> {
-  const sn = img.snapshotList[index]!;
-  const tx = new Shadow(img);
-  const snapEntries = await readL1Offsets(img, sn.l1TableOffset, sn.l1Size);
-  await addL1Paths(img, tx, snapEntries, -1);
+export async function deleteSnapshot(meta: Qcow2Metadata, index: number): Promise<void> {
+  const sn = meta.snapshotList[index]!;
+  const tx = new Shadow(meta);
+  const snapEntries = await readL1Offsets(meta, sn.l1TableOffset, sn.l1Size);
+  await addL1Paths(meta, tx, snapEntries, -1);
   tx.add(sn.l1TableOffset, sn.l1Size * 8, -1);
-  const entries = (await currentEntries(img)).filter((_, i) => i !== index);
-  const tableAt = await writeTable(img, tx, entries);
-  const active = img.l1Off.slice(0, img.l1Size);
-  const oldRaw = await currentActiveRaw(img);
-  const newRaw = await finishActive(img, tx, active, img.l1Size);
-  let activeL1 = img.l1TableOffset;
+  const entries = (await currentEntries(meta)).filter((_, i) => i !== index);
+  const tableAt = await writeTable(meta, tx, entries);
+  const active = meta.l1Off.slice(0, meta.l1Size);
+  const oldRaw = await currentActiveRaw(meta);
+  const newRaw = await finishActive(meta, tx, active, meta.l1Size);
+  let activeL1 = meta.l1TableOffset;
   if (!sameBytes(oldRaw, newRaw)) {
-    tx.add(img.l1TableOffset, img.l1Size * 8, -1);
-    activeL1 = await tx.alloc(Math.ceil((img.l1Size * 8) / img.clusterSize));
-    await img.file.write(newRaw, activeL1);
+    tx.add(meta.l1TableOffset, meta.l1Size * 8, -1);
+    activeL1 = await tx.alloc(Math.ceil((meta.l1Size * 8) / meta.clusterSize));
+    await meta.file.write(newRaw, activeL1);
   }
-  await tx.commit({
-    size: img.size,
-    l1Size: img.l1Size,
-    l1TableOffset: activeL1,
-    nbSnapshots: entries.length,
-    snapshotsOffset: tableAt,
-  });
-  await reload(img, newRaw);
+  await commitTable(meta, tx, activeL1, entries.length, tableAt, newRaw);
 }

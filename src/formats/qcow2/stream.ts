@@ -25,10 +25,9 @@ import {
   MAX_BACKING_NAME,
   MAX_L1_BYTES,
   MAX_REFTABLE_BYTES,
-  OFLAG_COPIED_HI,
-  OFLAG_ZERO_LO,
   setU64,
 } from './header.js';
+import { ALL_SUBCLUSTERS, COPIED_HI, putEntry, ZERO_LO } from './l2-entry.js';
 import { refcountMetadataSize, setRefcountIn } from './refcount.js';
 
 const ACCEPTED = [
@@ -59,12 +58,6 @@ function streamSettings(options: CreateOptions, backing: SeqSource['backing']): 
   if (backing !== undefined && Buffer.byteLength(backing.filename, 'latin1') > MAX_BACKING_NAME)
     throw new VdiskError('INVALID_ARGUMENT', 'Backing file name too long');
   return s;
-}
-
-/** An L1/L2 entry: a host offset with flags in the high half. */
-function setEntry(v: DataView, off: number, host: number, flagsHi: number): void {
-  v.setUint32(off, (flagsHi | Math.floor(host / 2 ** 32)) >>> 0);
-  v.setUint32(off + 4, host >>> 0);
 }
 
 export async function createQcow2Sequential(src: SeqSource, options: CreateOptions): Promise<SeqOutput> {
@@ -122,7 +115,7 @@ export async function createQcow2Sequential(src: SeqSource, options: CreateOptio
       if (j < refBlocks) setU64(v, off, refBlocksOffset + j * cs);
     });
     yield* meta.l1Table(l1Clusters * cs, needL2, { offset: l2Offset, bytes: cs }, (v, off, l2) =>
-      setEntry(v, off, l2, OFLAG_COPIED_HI),
+      putEntry(v, off, l2, COPIED_HI),
     );
     yield* meta.region(refBlocks * cs, (view, at) => {
       // `at` and the view's length are multiples of 8 (chunks split at multiples of 4 MiB).
@@ -134,12 +127,12 @@ export async function createQcow2Sequential(src: SeqSource, options: CreateOptio
     });
     yield* meta.l2Tables(needL2, { bytes: cs, entryBytes }, (v, off, host) => {
       if (host !== null) {
-        setEntry(v, off, host, OFLAG_COPIED_HI);
-        if (s.extendedL2) v.setUint32(off + 12, 0xffffffff); // every subcluster allocated
+        putEntry(v, off, host, COPIED_HI);
+        if (s.extendedL2) v.setUint32(off + 12, ALL_SUBCLUSTERS); // every subcluster allocated
       } else if (s.extendedL2) {
-        v.setUint32(off + 8, 0xffffffff); // every subcluster zero
+        v.setUint32(off + 8, ALL_SUBCLUSTERS); // every subcluster zero
       } else {
-        v.setUint32(off + 4, OFLAG_ZERO_LO);
+        v.setUint32(off + 4, ZERO_LO);
       }
     });
   });
