@@ -462,11 +462,10 @@ export class Qcow2Metadata {
 
   /** Header fields past the standard v3 length would be lost by a rewrite: refuse. */
   private assertStandardHeader(): void {
-    const h = this.header;
-    if (h.version === 3 && h.headerLength > V3_HEADER_LENGTH) {
+    if (!this.standardHeader) {
       throw new VdiskError(
         'UNSUPPORTED',
-        `qcow2 header of ${h.headerLength} bytes: rewriting unknown header fields is not supported`,
+        `qcow2 header of ${this.header.headerLength} bytes: rewriting unknown header fields is not supported`,
         { path: this.file.path },
       );
     }

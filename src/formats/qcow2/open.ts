@@ -20,7 +20,6 @@ import {
   INCOMPAT_DIRTY,
   parseHeader,
   setU64,
-  V3_HEADER_LENGTH,
 } from './header.js';
 import { Qcow2Image } from './image.js';
 import { readL1 } from './metadata.js';
@@ -156,11 +155,7 @@ async function loadMetadata(img: Qcow2Image, opts: DriverOpenOptions): Promise<v
   // Bitmaps invalidated by a program without bitmap support: the extension goes, as QEMU
   // drops it on a writable open (their clusters stay leaked until check -r), but not on a
   // backing file it reopens read-write (commit's base).
-  if (
-    staleBitmaps &&
-    opts.reopened !== true &&
-    !(img.meta.version === 3 && h.headerLength > V3_HEADER_LENGTH)
-  ) {
+  if (staleBitmaps && opts.reopened !== true && img.meta.standardHeader) {
     await img.meta.writeBitmapsExtension(undefined);
   }
 }
