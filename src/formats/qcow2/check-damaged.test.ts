@@ -4,7 +4,8 @@
  * refcount-table entries pointing past the end of the file or unaligned. Each image is made
  * from a qemu-img-created one; for each, `check`, `check --output=json`, `check -r leaks` and
  * `check -r all` run on copies with both tools (same stdout, stderr and exit status), and the
- * images each tool repaired are checked again with qemu-img (same report).
+ * images each tool repaired are checked again with qemu-img (same report). The snapshot table
+ * is among them: check reads it as QEMU's qcow2_check_read_snapshot_table does.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -17,6 +18,8 @@ let cleanup: () => void;
 let base: Buffer;
 /** The same with a snapshot (snapshot table at 0x50000). */
 let withSnapshot: Buffer;
+/** 16 MiB with two snapshots, data written before each: the table is the file's last bytes. */
+let twoSnapshots: Buffer;
 
 beforeAll(() => {
   ({ dir, cleanup } = tempDir('vdisk-qcow2-damaged-'));
@@ -28,6 +31,13 @@ beforeAll(() => {
   qemuImgOk(['create', '-q', '-f', 'qcow2', s, '1M']);
   qemuImgOk(['snapshot', '-c', 's1', s]);
   withSnapshot = readFileSync(s);
+  const t = join(dir, 'two.qcow2');
+  qemuImgOk(['create', '-q', '-f', 'qcow2', t, '16M']);
+  qemuIo(t, ['write -P 1 0 1M']);
+  qemuImgOk(['snapshot', '-c', 's1', t]);
+  qemuIo(t, ['write -P 2 0 64k']);
+  qemuImgOk(['snapshot', '-c', 's2', t]);
+  twoSnapshots = readFileSync(t);
 });
 afterAll(() => cleanup());
 
@@ -40,7 +50,25 @@ function setU64(b: Buffer, off: number, v: bigint): Buffer {
 interface Case {
   name: string;
   make: () => Buffer;
+  /** Why the images the two tools leave after -r all are not compared. */
+  leftDiffers?: string;
 }
+
+function setU32(b: Buffer, off: number, v: number): Buffer {
+  const c = Buffer.from(b);
+  c.writeUInt32BE(v, off);
+  return c;
+}
+
+function setU16(b: Buffer, off: number, v: number): Buffer {
+  const c = Buffer.from(b);
+  c.writeUInt16BE(v, off);
+  return c;
+}
+
+/** Change the first entry of the two-snapshot image's table (`at` is its offset). */
+const firstEntry = (edit: (b: Buffer, at: number) => Buffer) => (): Buffer =>
+  edit(twoSnapshots, Number(twoSnapshots.readBigUInt64BE(64)));
 
 const L1 = 0x30000;
 const REFTABLE = 0x10000;
@@ -80,6 +108,22 @@ const cases: Case[] = [
     name: 'L2 entry unaligned (preallocated zero on the header)',
     make: () => setU64(base, L2 + 8 * 20, 0x8000000000000201n),
   },
+  // The snapshot table (QEMU's qcow2_check_read_snapshot_table; nb_snapshots at 60).
+  { name: 'snapshot table past EOF (entry read as zeros)', make: () => setU64(withSnapshot, 64, 0x1000000n) },
+  { name: 'nb_snapshots past the end of the table', make: () => setU32(twoSnapshots, 60, 5) },
+  {
+    name: 'nb_snapshots over 65536',
+    make: () => setU32(twoSnapshots, 60, 70000),
+    leftDiffers:
+      'both fail the repair alike (the new table would overlap the old one, which runs past EOF), but qemu-img has already rewritten parts of the table it then leaves',
+  },
+  { name: 'snapshot entry with too much extra data', make: firstEntry((b, at) => setU32(b, at + 36, 2000)) },
+  { name: 'snapshot entry id longer than the file', make: firstEntry((b, at) => setU16(b, at + 12, 60000)) },
+  { name: 'snapshot L1 table too large', make: firstEntry((b, at) => setU32(b, at + 8, 0x2000000)) },
+  {
+    name: 'snapshot L1 table unaligned',
+    make: firstEntry((b, at) => setU64(b, at, b.readBigUInt64BE(at) + 512n)),
+  },
   // The corrupt bit: a repair that leaves no corruption clears it.
   { name: 'marked corrupt, nothing wrong', make: () => setU64(base, 72, 2n) },
   {
@@ -104,7 +148,7 @@ describe('check on damaged qcow2 images, against qemu-img', () => {
         expect(vr.stderr.replaceAll('vdisk:', 'qemu-img:').replaceAll(v, q)).toBe(qr.stderr);
         expect(vr.stdout.replaceAll(v, q)).toBe(qr.stdout);
         expect(vr.code).toBe(qr.code);
-        if (mode[0] !== '-r') return;
+        if (mode[0] !== '-r' || (mode[1] === 'all' && c.leftDiffers !== undefined)) return;
         // What each tool left behind reads the same to qemu-img.
         const again = (p: string) => {
           const r = qemuImg(['check', '--output=json', p]);
@@ -118,28 +162,7 @@ describe('check on damaged qcow2 images, against qemu-img', () => {
   }
 });
 
-describe('check on damaged qcow2 images: where vdisk differs from qemu-img', () => {
-  it('a snapshot table past EOF: qemu-img reads it as incomplete and -r all drops it; vdisk refuses the image', async () => {
-    const img = setU64(withSnapshot, 64, 0x1000000n);
-    const q = join(dir, 'sq.qcow2');
-    const v = join(dir, 'sv.qcow2');
-    writeFileSync(q, img);
-    writeFileSync(v, img);
-    const qr = qemuImg(['check', q]);
-    expect(qr.stderr).toContain('ERROR snapshot table entry 0 is incomplete');
-    expect(qr.code).toBe(2);
-    for (const mode of modes) {
-      writeFileSync(v, img);
-      const vr = await vdisk(['check', ...mode, v]);
-      // One line, no stack, and the image is left alone.
-      expect(vr.stderr).toMatch(
-        /^vdisk: Could not open '.*': Snapshot table runs past the end of the file\n$/,
-      );
-      expect(vr.code).toBe(1);
-      expect(readFileSync(v).equals(img)).toBe(true);
-    }
-  });
-
+describe('check on damaged qcow2 images: other commands', () => {
   it('other commands still refuse the damaged images they refused before', async () => {
     const p = join(dir, 'refused.qcow2');
     writeFileSync(p, setU64(base, L1, 0x8000000001000000n));

@@ -9,7 +9,8 @@ import { CHECK_ERROR_REPORT, type CheckResult } from '../../core/driver.js';
 import { strerror, VdiskError } from '../../core/errors.js';
 import { type BitmapEntry, loadBitmapDirectory, parseBitmapsExt, readBitmapTable } from './bitmaps.js';
 import { type Metadata, metadataOverlap, readOrZeros } from './check-open.js';
-import { AUTOCLEAR_BITMAPS, EXT_BITMAPS, INCOMPAT_CORRUPT, setU64 } from './header.js';
+import { checkReadSnapshotTable, fixSnapshotTable } from './check-snapshots.js';
+import { AUTOCLEAR_BITMAPS, EXT_BITMAPS, INCOMPAT_CORRUPT, MAX_L1_BYTES, setU64 } from './header.js';
 import {
   decodeCompressedBig,
   entryOffset,
@@ -108,6 +109,7 @@ interface State {
   fileLen: number;
   res: CheckResult;
   meta: Qcow2Metadata;
+  snapshotCorruptionsLeft: number;
 }
 
 function grow(st: State, k: number): void {
@@ -176,6 +178,9 @@ async function checkL1(
     await checkL2(st, await tables.next(l2), l2, fragInfo, active);
   }
 }
+
+/** A number as printf's %#x prints it (no prefix for 0). */
+const hex = (n: number): string => (n === 0 ? '0' : `0x${n.toString(16)}`);
 
 /** A 64-bit entry as printf's PRIx64 prints it. */
 function hex64(hi: number, lo: number): string {
@@ -377,21 +382,55 @@ export async function checkImage(
     messages: [],
   };
   const cs = meta.clusterSize;
-  // QEMU's qcow2_check_read_snapshot_table runs first: an unaligned table fails the check.
-  if (meta.header.snapshotsOffset % cs !== 0) {
-    res.messages.push(`${CHECK_ERROR_REPORT}ERROR snapshot table offset invalid`);
-    res.failure = 'Invalid argument';
+  // QEMU's qcow2_check_read_snapshot_table runs first. An image opened for check has not read
+  // its snapshot table yet; any other (a dirty image repaired at open) has read it strictly.
+  const snap = meta.forCheck ? await checkReadSnapshotTable(meta, repair, res.messages) : undefined;
+  if (snap?.failure !== undefined) {
+    res.checkErrors++;
+    res.failure = snap.failure;
     return res;
   }
   const fileLen = await meta.file.size();
   const nb = Math.ceil(fileLen / cs);
-  const st: State = { counts: new Float64Array(nb), nb, fix: repair, rebuild: false, fileLen, res, meta };
+  const st: State = {
+    counts: new Float64Array(nb),
+    nb,
+    fix: repair,
+    rebuild: false,
+    fileLen,
+    res,
+    meta,
+    // Snapshot-table corruptions that -r all does not repair keep the image from being marked clean.
+    snapshotCorruptionsLeft: repair === 'all' ? 0 : (snap?.corruptions ?? 0),
+  };
   try {
-    return await checkRefcounts(st, repair);
+    await checkRefcounts(st, repair);
   } catch (err) {
     if (err instanceof CheckAborted) return res;
     throw err;
   }
+  if (snap === undefined || res.failure !== undefined) return res;
+  // qcow2_check_fix_snapshot_table: -r all writes the table again.
+  if (snap.corruptions > 0 && repair === 'all') {
+    const why = await fixSnapshotTable(
+      meta,
+      snap.entries,
+      (o, n) => writeAllowed(st, o, n, null),
+      res.messages,
+    );
+
+    if (why !== undefined) {
+      res.checkErrors++;
+      res.messages.push(`ERROR failed to update snapshot table: ${why}`);
+      res.failure = why;
+      return res;
+    }
+    snap.corruptionsFixed += snap.corruptions;
+    snap.corruptions = 0;
+  }
+  res.corruptions += snap.corruptions;
+  res.corruptionsFixed += snap.corruptionsFixed;
+  return res;
 }
 
 /** QEMU's qcow2_check_refcounts. */
@@ -468,6 +507,7 @@ async function checkRefcounts(st: State, repair: 'none' | 'leaks' | 'all'): Prom
     fixLeaks &&
     res.checkErrors === 0 &&
     res.corruptions === 0 &&
+    st.snapshotCorruptionsLeft === 0 &&
     (meta.header.incompatible & INCOMPAT_CORRUPT) !== 0
   ) {
     meta.header.incompatible &= ~INCOMPAT_CORRUPT;
@@ -491,7 +531,14 @@ async function calculate(st: State): Promise<void> {
   for (const s of meta.snapshotList) {
     if (s.l1TableOffset % cs !== 0) {
       res.messages.push(
-        `ERROR snapshot ${s.id} (${s.name}) l1_offset=${s.l1TableOffset.toString(16)}: L1 table is not cluster aligned; snapshot table entry corrupted`,
+        `ERROR snapshot ${s.id} (${s.name}) l1_offset=${hex(s.l1TableOffset)}: L1 table is not cluster aligned; snapshot table entry corrupted`,
+      );
+      res.corruptions++;
+      continue;
+    }
+    if (s.l1Size > MAX_L1_BYTES / 8) {
+      res.messages.push(
+        `ERROR snapshot ${s.id} (${s.name}) l1_size=${hex(s.l1Size)}: L1 table is too large; snapshot table entry corrupted`,
       );
       res.corruptions++;
       continue;

@@ -284,9 +284,11 @@ function validate(h: Qcow2Header, fileSize: number, path: string, forCheck: bool
   if (h.l1Size < needed) throw invalid('L1 table is too small', path);
   if (h.l1Size > 0)
     checkTable(h.l1TableOffset, h.l1Size * 8, clusterSize, fileSize, 'L1 table', path, 'Active L1 table');
+  // Opened for check, QEMU reads no snapshot table: qcow2_check_read_snapshot_table reports
+  // what is wrong with it (check-snapshots.ts).
+  if (forCheck) return;
   if (h.nbSnapshots > MAX_SNAPSHOTS) throw invalid('Too many snapshots', path);
-  // For check, qcow2_check_read_snapshot_table reports a bad snapshot table offset.
-  if (h.nbSnapshots > 0 && !forCheck)
+  if (h.nbSnapshots > 0)
     checkTable(h.snapshotsOffset, 1, clusterSize, fileSize, 'snapshot table', path, 'Snapshot table');
 }
 

@@ -104,9 +104,9 @@ async function loadMetadata(img: Qcow2Image, opts: DriverOpenOptions): Promise<v
       prefix: 'encrypt.',
     });
   }
-  // Opened for check, a snapshot table at an unaligned offset is reported by check itself.
-  const skipSnapshots = img.meta.forCheck && h.snapshotsOffset % img.clusterSize !== 0;
-  const { snapshots, tableBytes } = skipSnapshots
+  // Opened for check, the snapshot table is read by check itself (check-snapshots.ts), as
+  // QEMU's qcow2_do_open skips it under BDRV_O_CHECK.
+  const { snapshots, tableBytes } = img.meta.forCheck
     ? { snapshots: [], tableBytes: 0 }
     : await readSnapshots(img.file, h.snapshotsOffset, h.nbSnapshots, img.meta.fileEnd);
   img.meta.snapshotList = snapshots;
