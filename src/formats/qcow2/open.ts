@@ -103,6 +103,7 @@ async function loadMetadata(img: Qcow2Image, opts: DriverOpenOptions): Promise<v
     img.aes = openLegacyAes(opts.options?.['encrypt.key-secret'], {
       noIo: opts.noIo === true,
       prefix: 'encrypt.',
+      secrets: opts.secrets,
     });
   }
   // Opened for check, a snapshot table at an unaligned offset is reported by check itself.
