@@ -1,30 +1,14 @@
 /**
  * --image-opts: an image named by its block options (`driver=luks,key-secret=s0,
- * file.filename=a.luks`) instead of a file name. The CLI turns the mode on while parsing a
- * command's options (qemu-img's `--image-opts` flag); openImage then reads the names the
- * command opens as options, unless the call says otherwise.
+ * file.filename=a.luks`) instead of a file name. The flag belongs to one command invocation:
+ * the CLI notes qemu-img's `--image-opts` (and convert's `--target-image-opts`) in the
+ * command's options, and the command passes `imageOpts: true` to openImage for the names the
+ * flag covers (chain/open.ts OpenOptions.imageOpts). There is no process-wide mode.
  */
-import { qdictOrder } from '../cli/json.js';
 import { VdiskError } from '../core/errors.js';
+import { qdictOrder } from '../core/qdict.js';
 import { parseQemuOpts } from '../core/secrets.js';
 import { nbdCanonicalName, nbdFromOptions } from '../protocols/nbd.js';
-
-let imageOptsMode = false;
-let targetImageOptsMode = false;
-
-export function setImageOptsMode(on: boolean): void {
-  imageOptsMode = on;
-}
-export function isImageOptsMode(): boolean {
-  return imageOptsMode;
-}
-/** convert's --target-image-opts. */
-export function setTargetImageOptsMode(on: boolean): void {
-  targetImageOptsMode = on;
-}
-export function isTargetImageOptsMode(): boolean {
-  return targetImageOptsMode;
-}
 
 export interface ImageOpts {
   driver: string | undefined;

@@ -13,15 +13,39 @@ import { VdiskError } from '../core/errors.js';
 import { getDriver, probeFormat } from '../core/formats.js';
 import { HostFile } from '../core/host-file.js';
 import { Image } from '../core/image.js';
+import type { Secrets } from '../core/secrets.js';
 import { registerBuiltinFormats } from '../formats/index.js';
 import { openProtocol, protocolOf } from '../protocols/index.js';
-import { type ImageOpts, isImageOptsMode, parseImageOpts, parseJsonName } from './image-opts.js';
+import { type ImageOpts, parseImageOpts, parseJsonName } from './image-opts.js';
 
 /** QEMU refuses chains deeper than this (block.c: BDRV_MAX_BACKING_DEPTH... qemu-img uses 1000 for
  * info; we keep a tighter, still generous bound). */
 export const DEFAULT_MAX_DEPTH = 64;
 
-export interface OpenOptions {
+/**
+ * What one command invocation gives every image it opens (qemu-img's --image-opts and
+ * --object): the commands' typed options carry it, the CLI fills it per command and the
+ * registry per request. Nothing of it is process-wide.
+ */
+export interface OpenContext {
+  /**
+   * The name is an --image-opts string (`driver=luks,key-secret=s0,file.filename=x`): the
+   * command passes its --image-opts flag (see image-opts.ts). A file name otherwise.
+   */
+  imageOpts?: boolean | undefined;
+  /**
+   * The secrets that options name by id (`key-secret`, http's `password-secret`): the
+   * command's --object secrets. None defined when undefined.
+   */
+  secrets?: Secrets | undefined;
+}
+
+/** Only the OpenContext members of `o` (commands spread it into their openImage options). */
+export function openContext(o: OpenContext): OpenContext {
+  return { imageOpts: o.imageOpts, secrets: o.secrets };
+}
+
+export interface OpenOptions extends OpenContext {
   /** Explicit format; probing otherwise. */
   format?: string | undefined;
   writable?: boolean;
@@ -48,11 +72,6 @@ export interface OpenOptions {
   forCheck?: boolean;
   /** Warnings QEMU prints while opening (e.g. a probed raw image opened for writing). */
   onWarning?: (message: string) => void;
-  /**
-   * The name is an --image-opts string (`driver=luks,key-secret=s0,file.filename=x`). When
-   * undefined, the CLI's --image-opts flag decides (see image-opts.ts).
-   */
-  imageOpts?: boolean;
   /** Driver options for the top image (see DriverOpenOptions.options). */
   driverOptions?: Readonly<Record<string, string>>;
   /** Open for metadata only (qemu-img info): see DriverOpenOptions.noIo. */
@@ -67,7 +86,7 @@ export async function openImage(path: string, opts: OpenOptions = {}): Promise<I
   registerBuiltinFormats();
   try {
     const json = path.startsWith('json:');
-    if (json || (opts.imageOpts ?? isImageOptsMode())) {
+    if (json || opts.imageOpts === true) {
       const io: ImageOpts = json ? parseJsonName(path) : parseImageOpts(path);
       const image = await openLayer(
         io.filename,
@@ -120,7 +139,7 @@ async function openLayer(path: string, opts: OpenOptions, depth: number, seen: S
     noFlush,
   };
   const file =
-    (await openProtocol(path, hostOpts, depth === 0 ? opts.protocolOptions : undefined)) ??
+    (await openProtocol(path, hostOpts, depth === 0 ? opts.protocolOptions : undefined, opts.secrets)) ??
     (await HostFile.open(path, hostOpts));
   let driverImage: FormatImage;
   try {
@@ -145,6 +164,7 @@ async function openLayer(path: string, opts: OpenOptions, depth: number, seen: S
       forceShare: opts.forceShare === true,
       repairOnOpen: writable,
       ...(depth === 0 && opts.driverOptions !== undefined ? { options: opts.driverOptions } : {}),
+      ...(opts.secrets !== undefined ? { secrets: opts.secrets } : {}),
       ...(depth === 0 && opts.noIo === true ? { noIo: true } : {}),
       ...(opts.forCheck === true && depth === 0 ? { forCheck: true } : {}),
       ...(opts.onWarning !== undefined ? { onWarning: opts.onWarning } : {}),

@@ -11,9 +11,8 @@
  * name for the first one). We reproduce that quirk. A few commands (measure) omit the ':'; glibc
  * then prints its own message (`measure: invalid option -- 'x'`): `glibcErrors` selects that.
  */
-import { setImageOptsMode, setTargetImageOptsMode } from '../chain/image-opts.js';
 import { VdiskError } from '../core/errors.js';
-import { defineObject } from '../core/secrets.js';
+import { Secrets } from '../core/secrets.js';
 
 export interface OptSpec {
   /** Short options as in getopt: "f:O:pq" (a colon after a letter takes a value). */
@@ -30,6 +29,12 @@ export interface ParsedOpts {
   /** Options in command-line order, keyed by short letter or long name. */
   opts: Array<[string, string]>;
   args: string[];
+  /** This command's --object secrets (a new store per parse: nothing is process-wide). */
+  secrets: Secrets;
+  /** --image-opts was given: the names the command opens are image options. */
+  imageOpts: boolean;
+  /** convert's --target-image-opts. */
+  targetImageOpts: boolean;
 }
 
 /** A usage error from getopt; `op` is 'usage' so callers can tell it apart. */
@@ -50,6 +55,9 @@ export function getopt(argv: string[], spec: OptSpec): ParsedOpts {
   const prev = (i: number) => (i > 0 ? argv[i - 1]! : cmd);
   const opts: Array<[string, string]> = [];
   const args: string[] = [];
+  const secrets = new Secrets();
+  let imageOpts = false;
+  let targetImageOpts = false;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     if (a === '--') {
@@ -91,9 +99,9 @@ export function getopt(argv: string[], spec: OptSpec): ParsedOpts {
       opts.push([def.short ?? key, value]);
       // qemu-img creates --object objects while it parses options
       // (user_creatable_process_cmdline), and notes --image-opts for the names it opens.
-      if (key === 'object') defineObject(value);
-      else if (key === 'image-opts') setImageOptsMode(true);
-      else if (key === 'target-image-opts') setTargetImageOptsMode(true);
+      if (key === 'object') secrets.defineObject(value);
+      else if (key === 'image-opts') imageOpts = true;
+      else if (key === 'target-image-opts') targetImageOpts = true;
       continue;
     }
     if (a.startsWith('-') && a.length > 1) {
@@ -124,7 +132,7 @@ export function getopt(argv: string[], spec: OptSpec): ParsedOpts {
     }
     args.push(a);
   }
-  return { opts, args };
+  return { opts, args, secrets, imageOpts, targetImageOpts };
 }
 
 /** qemu-img's error_exit(): the message, then the line pointing to --help. */

@@ -1,29 +1,14 @@
 /**
  * JSON as qemu-img prints it. qemu-img builds its JSON from QDicts, whose iteration order is
- * the order of their hash buckets (qobject/qdict.c: tdb_hash(key) % 512; a bucket lists its
- * newest entry first), and pretty-prints with four-space indents. Reproducing the hash gives
- * byte-identical output for every dictionary qemu-img prints, whatever order we build it in.
+ * the order of their hash buckets (src/core/qdict.ts), and pretty-prints with four-space
+ * indents. Reproducing the hash gives byte-identical output for every dictionary qemu-img
+ * prints, whatever order we build it in.
  */
 
-const BUCKETS = 512;
+import { qdictOrder } from '../core/qdict.js';
 
-/** QEMU's tdb_hash(key) % QDICT_BUCKET_MAX. */
-export function qdictBucket(key: string): number {
-  const bytes = Buffer.from(key, 'utf8');
-  let v = Math.imul(0x238f13af, bytes.length) >>> 0;
-  for (let i = 0; i < bytes.length; i++) {
-    v = (v + ((bytes[i]! << ((i * 5) % 24)) >>> 0)) >>> 0;
-  }
-  return ((Math.imul(1103515243, v) + 12345) >>> 0) % BUCKETS;
-}
-
-/** Keys of a QDict built by inserting `keys` in order, in the order QEMU iterates them. */
-export function qdictOrder(keys: string[]): string[] {
-  return keys
-    .map((k, i) => ({ k, i, b: qdictBucket(k) }))
-    .sort((x, y) => x.b - y.b || y.i - x.i)
-    .map((x) => x.k);
-}
+// The engine orders json:{…} names with it too (chain/image-opts.ts): it lives in core.
+export { qdictBucket, qdictOrder } from '../core/qdict.js';
 
 /** Pretty JSON in QEMU's style; objects are ordered as QDicts. Undefined members are dropped. */
 export function qemuJson(value: unknown, indent = 0): string {

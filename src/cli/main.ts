@@ -81,7 +81,8 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     return 1;
   }
   try {
-    await resetCliState();
+    // --object and --image-opts belong to this command only: getopt returns them with the
+    // command's options, which carry them to every image the command opens.
     const cmd = await load();
     const rest = argv.slice(1);
     if (rest.includes('-h') || rest.includes('--help')) {
@@ -91,19 +92,5 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     return await cmd.run(rest, io);
   } catch (err) {
     return reportError(io, err);
-  } finally {
-    // Objects and --image-opts belong to this command only (tests run many in one process).
-    await resetCliState();
   }
-}
-
-/** Forget --object objects and the --image-opts modes (each command starts afresh). */
-async function resetCliState(): Promise<void> {
-  const [{ resetObjects }, { setImageOptsMode, setTargetImageOptsMode }] = await Promise.all([
-    import('../core/secrets.js'),
-    import('../chain/image-opts.js'),
-  ]);
-  resetObjects();
-  setImageOptsMode(false);
-  setTargetImageOptsMode(false);
 }

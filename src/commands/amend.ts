@@ -4,7 +4,7 @@
  * option wins; an option that only `create` knows gets qemu-img's hint), then the driver
  * applies them.
  */
-import { openImage } from '../chain/open.js';
+import { type OpenContext, openContext, openImage } from '../chain/open.js';
 import type { AmendValues, CreateOptionSpec } from '../core/driver.js';
 import { VdiskError } from '../core/errors.js';
 import { getDriver } from '../core/formats.js';
@@ -12,7 +12,7 @@ import { parseOptionString } from '../core/options.js';
 import { parseSize } from '../core/size.js';
 import { registerBuiltinFormats } from '../formats/index.js';
 
-export interface AmendCommandOptions {
+export interface AmendCommandOptions extends OpenContext {
   filename: string;
   format?: string | undefined;
   /** The -o strings joined with ',' (qemu-img's accumulate_options). */
@@ -109,6 +109,7 @@ export async function parseAmendOptions(format: string, options: string): Promis
 
 export async function amendCommand(o: AmendCommandOptions): Promise<void> {
   const image = await openImage(o.filename, {
+    ...openContext(o),
     format: o.format,
     writable: true,
     backing: 'follow',

@@ -4,11 +4,11 @@
  * image's end), optionally a flush every `flushInterval` requests (draining the queue first
  * unless `drain` is false). The request loop follows qemu-img's bench_cb.
  */
-import { openImage } from '../chain/open.js';
+import { type OpenContext, openContext, openImage } from '../chain/open.js';
 import { strerror, VdiskError } from '../core/errors.js';
 import type { Image } from '../core/image.js';
 
-export interface BenchOptions {
+export interface BenchOptions extends OpenContext {
   filename: string;
   format?: string | undefined;
   count: number;
@@ -56,6 +56,7 @@ export async function benchCommand(
     );
   }
   const image = await openImage(o.filename, {
+    ...openContext(o),
     format: o.format,
     writable: o.write,
     forceShare: o.forceShare === true,

@@ -4,7 +4,7 @@
  * failure stops the rest ("Operation <op> on bitmap <name> failed: …") and what ran before it
  * stays done.
  */
-import { openImage } from '../chain/open.js';
+import { type OpenContext, openContext, openImage } from '../chain/open.js';
 import type { BitmapBits, DirtyBitmaps } from '../core/driver.js';
 import { VdiskError } from '../core/errors.js';
 import type { Image } from '../core/image.js';
@@ -13,7 +13,7 @@ export type BitmapAction =
   | { op: 'add' | 'remove' | 'clear' | 'enable' | 'disable' }
   | { op: 'merge'; source: string };
 
-export interface BitmapCommandOptions {
+export interface BitmapCommandOptions extends OpenContext {
   filename: string;
   format?: string | undefined;
   /** The bitmap the actions work on. */
@@ -77,6 +77,7 @@ export async function bitmapCommand(o: BitmapCommandOptions): Promise<void> {
   checkBitmapOptions(o);
   // qemu-img opens with BDRV_O_NO_BACKING: bitmaps do not need the image's content.
   const image = await openImage(o.filename, {
+    ...openContext(o),
     format: o.format,
     writable: true,
     backing: 'ignore',
@@ -87,6 +88,7 @@ export async function bitmapCommand(o: BitmapCommandOptions): Promise<void> {
   try {
     if (o.sourceFile !== undefined) {
       source = await openImage(o.sourceFile, {
+        ...openContext(o),
         format: o.sourceFormat,
         writable: false,
         backing: 'ignore',

@@ -1,5 +1,5 @@
 /** `check`: consistency check (and repair) of an image, as qemu-img check. */
-import { openImage } from '../chain/open.js';
+import { type OpenContext, openContext, openImage } from '../chain/open.js';
 import { VdiskError } from '../core/errors.js';
 
 /** QAPI's ImageCheck, keyed as qemu-img's JSON (zero counters are left out, as qemu does). */
@@ -18,7 +18,7 @@ export interface ImageCheckJson {
   'compressed-clusters'?: number;
 }
 
-export interface CheckCommandOptions {
+export interface CheckCommandOptions extends OpenContext {
   /** Warnings printed while opening the images (chain/open.ts onWarning), whole lines. */
   onOpenWarning?: (message: string) => void;
   filename: string;
@@ -41,6 +41,7 @@ const nz = (n: number | undefined) => (n !== undefined && n !== 0 ? n : undefine
 
 export async function checkCommand(o: CheckCommandOptions): Promise<CheckCommandResult> {
   const image = await openImage(o.filename, {
+    ...openContext(o),
     format: o.format,
     writable: o.repair !== 'none',
     forCheck: true, // QEMU's BDRV_O_CHECK: formats that refuse a damaged image still open for repair

@@ -1,11 +1,11 @@
 /** `commit`: write an overlay's data into its backing file (or a base further down). */
 import { realpath } from 'node:fs/promises';
 import { commitChain } from '../chain/commit.js';
-import { openImage } from '../chain/open.js';
+import { type OpenContext, openContext, openImage } from '../chain/open.js';
 import { VdiskError } from '../core/errors.js';
 import type { Image } from '../core/image.js';
 
-export interface CommitCommandOptions {
+export interface CommitCommandOptions extends OpenContext {
   filename: string;
   format?: string | undefined;
   /** -b: the image of the chain to commit into; the immediate backing by default. */
@@ -46,6 +46,7 @@ export async function commitCommand(o: CommitCommandOptions): Promise<void> {
   // the base writable (QEMU reopens its base read-write the same way).
   // The probe prints the open warnings: qemu-img opens the chain once.
   const probe = await openImage(o.filename, {
+    ...openContext(o),
     format: o.format,
     backing: 'follow',
     allowDataFile: true,
@@ -66,6 +67,7 @@ export async function commitCommand(o: CommitCommandOptions): Promise<void> {
     await probe.close();
   }
   const top = await openImage(o.filename, {
+    ...openContext(o),
     format: o.format,
     backing: 'follow',
     allowDataFile: true,

@@ -8,7 +8,7 @@
  * Outcomes and qemu-img's exit statuses: identical (0), different (1), open failure (2),
  * block status failure (3), read failure (4).
  */
-import { openImage } from '../chain/open.js';
+import { type OpenContext, openContext, openImage } from '../chain/open.js';
 import { strerror, VdiskError } from '../core/errors.js';
 import type { Image } from '../core/image.js';
 import { findNonzero, firstDifference } from './buffers.js';
@@ -19,7 +19,7 @@ const READ_AHEAD = 4;
 /** Bound on chunks queued behind reads (zero chunks are cheap, but not free). */
 const MAX_PENDING = 1024;
 
-export interface CompareOptions {
+export interface CompareOptions extends OpenContext {
   /** Warnings printed while opening the images (chain/open.ts onWarning), whole lines. */
   onOpenWarning?: (message: string) => void;
   filename1: string;
@@ -71,9 +71,11 @@ async function open(
   format: string | undefined,
   forceShare: boolean,
   onWarning: ((message: string) => void) | undefined,
+  ctx: OpenContext,
 ): Promise<Image> {
   try {
     return await openImage(filename, {
+      ...openContext(ctx),
       format,
       forceShare,
       backing: 'follow',
@@ -126,10 +128,10 @@ const NO_MISMATCH: Promise<number> = Promise.resolve(-1);
 
 export async function compareCommand(o: CompareOptions): Promise<CompareResult> {
   const forceShare = o.forceShare === true;
-  const img1 = await open(o.filename1, o.format1, forceShare, o.onOpenWarning);
+  const img1 = await open(o.filename1, o.format1, forceShare, o.onOpenWarning, o);
   let img2: Image;
   try {
-    img2 = await open(o.filename2, o.format2, forceShare, o.onOpenWarning);
+    img2 = await open(o.filename2, o.format2, forceShare, o.onOpenWarning, o);
   } catch (err) {
     await img1.close();
     throw err;

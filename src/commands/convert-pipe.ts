@@ -21,7 +21,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable, type Writable } from 'node:stream';
 import { openLayers } from '../chain/layers.js';
-import { openImage } from '../chain/open.js';
+import { openContext, openImage } from '../chain/open.js';
 import { isAllZero } from '../core/device.js';
 import { strerror, VdiskError } from '../core/errors.js';
 import { formatNames, getDriver, PROBE_BYTES, probeBytes } from '../core/formats.js';
@@ -140,10 +140,12 @@ export async function convertPipe(o: ConvertPipeOptions): Promise<void> {
       const path = join(dir, 'stdin');
       spillPath = path;
       const length = await spill(input, path, limit);
+      // The spill file by its name (not as --image-opts options), with this command's secrets.
       const image = await openImage(path, {
         format,
         backing: 'refuse',
         forceShare: true,
+        secrets: o.secrets,
       });
       closers.push(() => image.close());
       await checkComplete(image, length);
@@ -332,6 +334,7 @@ async function convertToStream(
       );
     if (o.snapshot !== undefined) refuse('-l');
     const opened = await openImage(o.sources[0]!, {
+      ...openContext(o),
       format: o.sourceFormat,
       forceShare: o.forceShare === true,
       backing: 'follow',

@@ -14,8 +14,7 @@
  *
  * Memory is bounded by workers × chunk size (16 MiB by default), whatever the image size.
  */
-import { isTargetImageOptsMode } from '../chain/image-opts.js';
-import { openImage } from '../chain/open.js';
+import { type OpenContext, openContext, openImage } from '../chain/open.js';
 import { isAllZero } from '../core/device.js';
 import type { FormatImage } from '../core/driver.js';
 import { strerror, VdiskError } from '../core/errors.js';
@@ -35,7 +34,7 @@ export const MAX_COROUTINES = 16;
 /** An internal snapshot to read the (first) source from: by id and/or name, or either. */
 export type SnapshotRef = { id?: string | undefined; name?: string | undefined } | { idOrName: string };
 
-export interface ConvertOptions {
+export interface ConvertOptions extends OpenContext {
   sources: string[];
   /** Warnings printed while opening the images (chain/open.ts onWarning), whole lines. */
   onOpenWarning?: (message: string) => void;
@@ -58,6 +57,8 @@ export interface ConvertOptions {
   compressed?: boolean;
   /** -n: the target exists; do not create it. */
   skipCreate?: boolean;
+  /** --target-image-opts: `output` is image options (needs skipCreate, as in qemu-img). */
+  targetImageOpts?: boolean | undefined;
   /** --target-is-zero (with -n): zero ranges need not be written. */
   targetIsZero?: boolean;
   /** -S in bytes: shortest zero run to leave unwritten (default 4096); 0 writes everything. */
@@ -153,6 +154,7 @@ export async function convertCommand(o: ConvertOptions): Promise<void> {
       let image: Image;
       if (typeof name === 'string') {
         const opened = await openImage(name, {
+          ...openContext(o),
           format: o.sourceFormat,
           forceShare: o.forceShare === true,
           backing: 'follow',
@@ -220,6 +222,7 @@ export async function convertCommand(o: ConvertOptions): Promise<void> {
         backingFile,
         backingFormat,
         unsafe: true,
+        secrets: o.secrets,
       });
       try {
         await prepared.driver.create!(prepared.request);
@@ -242,16 +245,18 @@ export async function convertCommand(o: ConvertOptions): Promise<void> {
     // `*key-secret`) into the target's open; --target-image-opts names the target by options.
     const keySecrets = Object.fromEntries(Object.entries(options).filter(([k]) => k.endsWith('key-secret')));
     // img_open_opts: options name the driver; -O may not name another.
-    if (isTargetImageOptsMode() && o.outputFormat !== undefined) {
+    const targetImageOpts = o.targetImageOpts === true;
+    if (targetImageOpts && o.outputFormat !== undefined) {
       fail('--image-opts and --format are mutually exclusive');
     }
     target = await openImage(o.output, {
       // With --target-image-opts the options' driver= names the format (probed without it).
-      format: isTargetImageOptsMode() ? undefined : outFmt,
+      format: targetImageOpts ? undefined : outFmt,
       writable: true,
       backing: 'follow',
       allowDataFile: true,
-      imageOpts: isTargetImageOptsMode(),
+      imageOpts: targetImageOpts,
+      secrets: o.secrets,
       noFlush: cache === 'unsafe',
       ...(skipCreate ? {} : { driverOptions: keySecrets }),
     });

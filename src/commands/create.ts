@@ -1,5 +1,5 @@
 /** `create`: make a new image of a format, optionally on a backing file. */
-import { openImage, resolveRelative } from '../chain/open.js';
+import { type OpenContext, openImage, resolveRelative } from '../chain/open.js';
 import type { CreateOptionSpec, CreateRequest, FormatDriver } from '../core/driver.js';
 import { VdiskError } from '../core/errors.js';
 import { getDriver } from '../core/formats.js';
@@ -8,7 +8,7 @@ import { parseImageSize, parseSize } from '../core/size.js';
 import { registerBuiltinFormats } from '../formats/index.js';
 import { protocolOf } from '../protocols/index.js';
 
-export interface CreateCommandOptions {
+export interface CreateCommandOptions extends OpenContext {
   filename: string;
   format: string;
   /** Virtual size in bytes; defaults to the backing file's. */
@@ -135,11 +135,13 @@ export async function prepareCreate(o: CreateCommandOptions): Promise<PreparedCr
     if (!o.unsafe) {
       // Open the backing chain read-only to check it and take its size, as qemu-img does.
       const path = resolveRelative(o.filename, backingFile);
+      // A file name even under convert --image-opts: bdrv_img_create opens it by name.
       const backing = await openImage(path, {
         format: backingFormat,
         backing: 'follow',
         forceShare: true,
         allowDataFile: true,
+        secrets: o.secrets,
       }).catch((err: unknown) => {
         throw new VdiskError(
           (err as VdiskError).code ?? 'ENOENT',
@@ -160,7 +162,15 @@ export async function prepareCreate(o: CreateCommandOptions): Promise<PreparedCr
     throw new VdiskError('INVALID_ARGUMENT', `${o.filename}: Image creation needs a size parameter`);
   options['size'] = String(size);
   const formatLine = `Formatting '${o.filename}', fmt=${o.format}${formatOptions(specs, options)}`;
-  const request: CreateRequest = { path: o.filename, size, options: withoutGeneric(options) };
+  const request: CreateRequest = {
+    path: o.filename,
+    size,
+    options: withoutGeneric(options),
+    secrets: o.secrets,
+    // What a driver opens while it creates (vmdk's parent) is opened by name, as qemu's
+    // drivers open it (blk_co_new_open), never as --image-opts.
+    openImage: (path) => openImage(path, { backing: 'ignore', forceShare: true, secrets: o.secrets }),
+  };
   if (backingFile !== undefined) request.backing = { filename: backingFile, format: backingFormat };
   return { driver, request, formatLine, size };
 }

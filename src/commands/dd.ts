@@ -8,7 +8,7 @@
  * ranges the input reports as zeros are left unwritten in the new (zero-initialized)
  * output, and data moves in large requests. The content is the same; the output is sparse.
  */
-import { openImage } from '../chain/open.js';
+import { type OpenContext, openContext, openImage } from '../chain/open.js';
 import { VdiskError } from '../core/errors.js';
 import type { Image } from '../core/image.js';
 import { registerBuiltinFormats } from '../formats/index.js';
@@ -17,7 +17,7 @@ import { prepareCreate } from './create.js';
 const CHUNK = 4 * 1024 * 1024;
 const INT64_MAX = (1n << 63n) - 1n;
 
-export interface DdOptions {
+export interface DdOptions extends OpenContext {
   input: string;
   output: string;
   inputFormat?: string | undefined;
@@ -44,6 +44,7 @@ export async function ddCommand(o: DdOptions): Promise<DdResult> {
   const bs = BigInt(o.blockSize ?? 512);
   const outFmt = o.outputFormat ?? 'raw';
   const input = await openImage(o.input, {
+    ...openContext(o),
     format: o.inputFormat,
     forceShare: o.forceShare === true,
     backing: 'follow',
@@ -63,6 +64,7 @@ export async function ddCommand(o: DdOptions): Promise<DdResult> {
         format: outFmt,
         size: Number(outSize),
         options: {},
+        secrets: o.secrets,
       });
     } catch (err) {
       if (err instanceof VdiskError && err.code === 'UNKNOWN_FORMAT') {
@@ -81,7 +83,12 @@ export async function ddCommand(o: DdOptions): Promise<DdResult> {
         { path: o.output, cause: err },
       );
     }
-    output = await openImage(o.output, { format: outFmt, writable: true, backing: 'refuse' });
+    output = await openImage(o.output, {
+      ...openContext(o),
+      format: outFmt,
+      writable: true,
+      backing: 'refuse',
+    });
     await copyExtents(input, output, Number(inPos), Number(size));
     return { copied: Number(outSize), skippedPastEnd: skipPast };
   } finally {

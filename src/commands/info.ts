@@ -1,5 +1,5 @@
 /** `info`: what qemu-img info reports about an image (and, with backingChain, its chain). */
-import { backingPathOf, openImage } from '../chain/open.js';
+import { backingPathOf, type OpenContext, openContext, openImage } from '../chain/open.js';
 import type { SnapshotInfo } from '../core/driver.js';
 import type { Image } from '../core/image.js';
 
@@ -30,7 +30,7 @@ export interface SnapshotJson {
   icount?: number;
 }
 
-export interface InfoOptions {
+export interface InfoOptions extends OpenContext {
   /** Warnings printed while opening the images (chain/open.ts onWarning), whole lines. */
   onOpenWarning?: (message: string) => void;
   filename: string;
@@ -41,6 +41,7 @@ export interface InfoOptions {
 
 export async function infoCommand(o: InfoOptions): Promise<ImageInfo[]> {
   const image = await openImage(o.filename, {
+    ...openContext(o),
     format: o.format,
     forceShare: o.forceShare === true,
     backing: o.backingChain ? 'follow' : 'ignore',

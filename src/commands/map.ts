@@ -6,7 +6,7 @@
  * host offsets follow on; entries are handed to a sink as they are decided, so memory stays
  * bounded whatever the image size.
  */
-import { openImage } from '../chain/open.js';
+import { type OpenContext, openContext, openImage } from '../chain/open.js';
 import type { Extent } from '../core/device.js';
 import { VdiskError } from '../core/errors.js';
 import type { Image } from '../core/image.js';
@@ -25,7 +25,7 @@ export interface MapEntry {
   filename?: string | undefined;
 }
 
-export interface MapOptions {
+export interface MapOptions extends OpenContext {
   /** Warnings printed while opening the images (chain/open.ts onWarning), whole lines. */
   onOpenWarning?: (message: string) => void;
   filename: string;
@@ -119,6 +119,7 @@ export async function mapImage(
 
 export async function mapCommand(o: MapOptions, sink: MapSink): Promise<void> {
   const image = await openImage(o.filename, {
+    ...openContext(o),
     format: o.format,
     forceShare: o.forceShare === true,
     backing: 'follow',

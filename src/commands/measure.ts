@@ -3,7 +3,7 @@
  * content of an existing image (qemu-img.c img_measure / bdrv_measure). The numbers come
  * from the format driver's `measure`; this command only chooses the input and checks options.
  */
-import { openImage } from '../chain/open.js';
+import { type OpenContext, openContext, openImage } from '../chain/open.js';
 import type { MeasureResult } from '../core/driver.js';
 import { VdiskError } from '../core/errors.js';
 import { getDriver } from '../core/formats.js';
@@ -14,7 +14,7 @@ import { loadSnapshot, type SnapshotRef } from './convert.js';
 /** Options of qemu's file protocol, accepted by measure whatever the format. */
 const PROTOCOL_OPTIONS = ['extent_size_hint', 'nocow', 'preallocation', 'size'];
 
-export interface MeasureOptions {
+export interface MeasureOptions extends OpenContext {
   /** --size: measure an empty image of this virtual size… */
   size?: number | undefined;
   /** …or the content of this image. */
@@ -45,6 +45,7 @@ export async function measureCommand(o: MeasureOptions): Promise<MeasureResult> 
   try {
     if (o.filename !== undefined) {
       source = await openImage(o.filename, {
+        ...openContext(o),
         format: o.format,
         forceShare: o.forceShare === true,
         backing: 'follow',
@@ -70,7 +71,7 @@ export async function measureCommand(o: MeasureOptions): Promise<MeasureResult> 
     if (o.size !== undefined) options['size'] = String(o.size);
     const size = o.size ?? input?.size ?? 0;
     // qemu-img measure sees the source as its block status reports it (vhdx: all data).
-    const res = await driver.measure(size, options, input?.reportedView() ?? undefined);
+    const res = await driver.measure(size, options, input?.reportedView() ?? undefined, o.secrets);
     // qemu-img adds "bitmaps size" when both the source and the new image could hold
     // persistent bitmaps (qcow2 v3 on both sides); vdisk copies no bitmaps, so it is the size
     // of the source's bitmaps to copy, 0 unless the source has some.

@@ -1,10 +1,10 @@
 /** `rebase`: change an image's backing file, safely (content kept) or unsafely (-u). */
-import { openImage, resolveRelative } from '../chain/open.js';
+import { type OpenContext, openContext, openImage, resolveRelative } from '../chain/open.js';
 import { rebaseSafe } from '../chain/rebase.js';
 import { VdiskError } from '../core/errors.js';
 import type { Image } from '../core/image.js';
 
-export interface RebaseCommandOptions {
+export interface RebaseCommandOptions extends OpenContext {
   filename: string;
   format?: string | undefined;
   /** New backing file name as it will be stored ("" detaches). */
@@ -29,6 +29,7 @@ export async function rebaseCommand(o: RebaseCommandOptions): Promise<void> {
   }
   const ref = detach ? undefined : { filename: o.backingFile, format: o.backingFormat };
   const image = await openImage(o.filename, {
+    ...openContext(o),
     format: o.format,
     writable: true,
     backing: o.unsafe ? 'ignore' : 'follow',
@@ -51,6 +52,7 @@ export async function rebaseCommand(o: RebaseCommandOptions): Promise<void> {
         forceShare: o.forceShare === true,
         allowDataFile: true,
         imageOpts: false,
+        secrets: o.secrets,
       }).catch((err: unknown) => {
         // openImage prefixes "Could not open '<path>': "; qemu-img words this one differently.
         const inner = err instanceof VdiskError && err.cause instanceof Error ? err.cause : (err as Error);

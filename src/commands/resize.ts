@@ -1,8 +1,8 @@
 /** `resize`: change an image's virtual size. */
-import { openImage } from '../chain/open.js';
+import { type OpenContext, openContext, openImage } from '../chain/open.js';
 import { VdiskError } from '../core/errors.js';
 
-export interface ResizeCommandOptions {
+export interface ResizeCommandOptions extends OpenContext {
   filename: string;
   format?: string | undefined;
   /** An absolute size, or a change when `relative` is +1 or -1. */
@@ -16,6 +16,7 @@ export interface ResizeCommandOptions {
 
 export async function resizeCommand(o: ResizeCommandOptions): Promise<{ oldSize: number; newSize: number }> {
   const image = await openImage(o.filename, {
+    ...openContext(o),
     format: o.format,
     writable: true,
     backing: 'ignore',

@@ -2,7 +2,7 @@
  * `snapshot`: list, create, apply or delete the internal snapshots of an image, as qemu-img
  * 7.2's img_snapshot does (messages and exit codes included).
  */
-import { openImage } from '../chain/open.js';
+import { type OpenContext, openContext, openImage } from '../chain/open.js';
 import type { SnapshotInfo } from '../core/driver.js';
 import { VdiskError } from '../core/errors.js';
 
@@ -14,7 +14,7 @@ export type SnapshotAction =
   /** No action given: qemu-img opens the image read-write and does nothing. */
   | { op: 'none' };
 
-export interface SnapshotCommandOptions {
+export interface SnapshotCommandOptions extends OpenContext {
   filename: string;
   format?: string | undefined;
   action: SnapshotAction;
@@ -73,6 +73,7 @@ export async function snapshotCommand(o: SnapshotCommandOptions): Promise<Snapsh
   // qemu-img opens with BDRV_O_NO_BACKING: the backing file is not needed.
   const warnings: string[] = [];
   const image = await openImage(o.filename, {
+    ...openContext(o),
     format: o.format,
     writable: !list,
     forceShare: o.forceShare === true,

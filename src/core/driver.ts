@@ -4,6 +4,8 @@
  */
 import type { BlockDevice, Extent } from './device.js';
 import type { HostFile } from './host-file.js';
+import type { Image } from './image.js';
+import type { Secrets } from './secrets.js';
 import type { SeqOutput, SeqSource } from './seq.js';
 
 /** A file named by an image: a backing file or a data file, as the image stores it. */
@@ -54,6 +56,8 @@ export interface DriverOpenOptions {
    * `encrypt.key-secret` (qcow2).
    */
   options?: Readonly<Record<string, string>>;
+  /** The secrets the options name by id (this command's --object secrets). */
+  secrets?: Secrets | undefined;
   /**
    * Open for metadata only (QEMU's BDRV_O_NO_IO, as qemu-img info opens): an encrypted image
    * opens without its key and no data is read.
@@ -276,6 +280,13 @@ export interface CreateRequest {
   backing?: FileRef;
   /** Virtual size of the backing (already opened and measured by core, unless -u). */
   backingSize?: number;
+  /** The secrets the options name by id (`key-secret`, `encrypt.key-secret`). */
+  secrets?: Secrets | undefined;
+  /**
+   * Open another image alone (no backing chain), read-only and without a lock, the way the
+   * command opens images (vmdk reads its parent's CID). Drivers never open chains themselves.
+   */
+  openImage?: ((path: string) => Promise<Image>) | undefined;
 }
 
 export interface CreateOptionSpec {
@@ -305,9 +316,15 @@ export interface FormatDriver {
   readonly compressedWrites?: boolean;
   /**
    * qemu-img measure: the size of an image of this format with these options holding `size`
-   * bytes of virtual disk, or the content of `source` when given.
+   * bytes of virtual disk, or the content of `source` when given. `secrets` holds the secrets
+   * the options name (QEMU checks an encrypted image's key-secret while measuring, too).
    */
-  measure?(size: number, options: CreateOptions, source?: BlockDevice): Promise<MeasureResult>;
+  measure?(
+    size: number,
+    options: CreateOptions,
+    source?: BlockDevice,
+    secrets?: Secrets,
+  ): Promise<MeasureResult>;
   /** The options `amend` accepts (images of this format implement FormatImage.amend). */
   readonly amendOptions?: readonly CreateOptionSpec[];
   /**

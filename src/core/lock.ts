@@ -69,3 +69,27 @@ export class RwLock {
     }
   }
 }
+
+/**
+ * At most `limit` holders at once, first come first served: `const release = await s.take();
+ * try { … } finally { release(); }`. Owned by whoever bounds the work (an image, a writer),
+ * never shared through module state.
+ */
+export class Slots {
+  private held = 0;
+  private readonly waiters: Array<() => void> = [];
+
+  constructor(private readonly limit: number) {}
+
+  async take(): Promise<() => void> {
+    while (this.held >= this.limit) await new Promise<void>((resolve) => this.waiters.push(resolve));
+    this.held++;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.held--;
+      this.waiters.shift()?.();
+    };
+  }
+}

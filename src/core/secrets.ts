@@ -1,43 +1,55 @@
 /**
  * Secrets: qemu's `--object secret,id=ID,data=…|file=…[,format=raw|base64]` (QCryptoSecret).
  *
- * Like QEMU's QOM object tree, the registry is per process: the CLI defines objects while it
- * parses a command's options (qemu-img calls user_creatable_process_cmdline from its getopt
- * loop), and drivers look secrets up by id when they open or create an encrypted image
- * (`key-secret=ID`, `encrypt.key-secret=ID`). Library users call defineSecret() themselves.
- * Encrypted secrets (keyid=, iv=) are refused with a clear message.
+ * In QEMU the objects live in the process's QOM tree; in vdisk they live in a `Secrets` store
+ * that belongs to one command invocation: the CLI makes one per command and defines objects
+ * while it parses the command's options (qemu-img calls user_creatable_process_cmdline from
+ * its getopt loop), and the store travels with the open and create options
+ * (OpenOptions.secrets, DriverOpenOptions.secrets, CreateRequest.secrets) to the drivers,
+ * which look secrets up by id when they open or create an encrypted image (`key-secret=ID`,
+ * `encrypt.key-secret=ID`). Two commands in one process (the registry, tests) never see each
+ * other's secrets. Encrypted secrets (keyid=, iv=) are refused with a clear message.
  */
 import { readFileSync } from 'node:fs';
 import { VdiskError } from './errors.js';
 
-const secrets = new Map<string, Uint8Array>();
+export class Secrets {
+  private readonly byId = new Map<string, Uint8Array>();
 
-/** Forget every object (the CLI calls it at the start of each command). */
-export function resetObjects(): void {
-  secrets.clear();
-}
-
-/** Define a secret by id. A second definition of the same id fails, as in QEMU. */
-export function defineSecret(id: string, data: Uint8Array): void {
-  if (secrets.has(id)) {
-    throw new VdiskError(
-      'INVALID_ARGUMENT',
-      `attempt to add duplicate property '${id}' to object (type 'container')`,
-    );
+  /** Define a secret by id. A second definition of the same id fails, as in QEMU. */
+  define(id: string, data: Uint8Array): this {
+    if (this.byId.has(id)) {
+      throw new VdiskError(
+        'INVALID_ARGUMENT',
+        `attempt to add duplicate property '${id}' to object (type 'container')`,
+      );
+    }
+    this.byId.set(id, data);
+    return this;
   }
-  secrets.set(id, data);
+
+  /** The bytes of a secret; "No secret with id 'ID'" when none was defined. */
+  lookup(id: string): Uint8Array {
+    const s = this.byId.get(id);
+    if (s === undefined) throw new VdiskError('NOT_FOUND', `No secret with id '${id}'`);
+    return s;
+  }
+
+  /** Define the object an `--object` argument describes (only `secret` objects are known). */
+  defineObject(text: string): void {
+    const [id, bytes] = parseSecretObject(text);
+    this.define(id, bytes);
+  }
 }
 
-/** The bytes of a secret; "No secret with id 'ID'" when none was defined. */
-export function lookupSecret(id: string): Uint8Array {
-  const s = secrets.get(id);
-  if (s === undefined) throw new VdiskError('NOT_FOUND', `No secret with id '${id}'`);
-  return s;
+/** A secret by id from `secrets` (none defined when undefined), as lookup() words failures. */
+export function lookupSecret(secrets: Secrets | undefined, id: string): Uint8Array {
+  return (secrets ?? new Secrets()).lookup(id);
 }
 
 /** A secret as a UTF-8 passphrase (qcrypto_secret_lookup_as_utf8). */
-export function lookupSecretUtf8(id: string): Uint8Array {
-  const s = lookupSecret(id);
+export function lookupSecretUtf8(secrets: Secrets | undefined, id: string): Uint8Array {
+  const s = lookupSecret(secrets, id);
   try {
     new TextDecoder('utf-8', { fatal: true }).decode(s);
   } catch {
@@ -84,8 +96,8 @@ export function parseQemuOpts(text: string, impliedKey?: string): Array<[string,
 
 const SECRET_KEYS = new Set(['qom-type', 'id', 'data', 'file', 'format', 'keyid', 'iv', 'loaded']);
 
-/** Define the object an `--object` argument describes (only `secret` objects are known). */
-export function defineObject(text: string): void {
+/** The id and bytes of the secret an `--object` argument describes. */
+function parseSecretObject(text: string): [string, Uint8Array] {
   const opts = new Map(parseQemuOpts(text, 'qom-type'));
   const type = opts.get('qom-type');
   if (type === undefined) throw new VdiskError('INVALID_ARGUMENT', "Parameter 'qom-type' is missing");
@@ -132,5 +144,5 @@ export function defineObject(text: string): void {
     }
     bytes = Buffer.from(s, 'base64');
   }
-  defineSecret(id, bytes);
+  return [id, bytes];
 }

@@ -19,7 +19,7 @@ import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { VdiskError } from '../core/errors.js';
 import type { ReadSource } from '../core/host-file.js';
 import { parseBoolOption } from '../core/options.js';
-import { lookupSecretUtf8 } from '../core/secrets.js';
+import { lookupSecretUtf8, type Secrets } from '../core/secrets.js';
 import { parseSize } from '../core/size.js';
 import { cachedSource } from './cached-source.js';
 
@@ -312,9 +312,12 @@ export async function openHttpSource(
 
 /**
  * The curl options of an image named by options (image-opts.ts), checked as curl_open checks
- * them: sizes with suffixes, booleans as on/off, secrets looked up by id.
+ * them: sizes with suffixes, booleans as on/off, secrets looked up by id in `secrets`.
  */
-export function httpOptions(o: Readonly<Record<string, string>>): HttpSourceOptions {
+export function httpOptions(
+  o: Readonly<Record<string, string>>,
+  secrets?: Secrets | undefined,
+): HttpSourceOptions {
   const out: HttpSourceOptions = {};
   if (o.readahead !== undefined) {
     const v = parseSize(o.readahead);
@@ -335,7 +338,7 @@ export function httpOptions(o: Readonly<Record<string, string>>): HttpSourceOpti
   if (o.cookie !== undefined && o['cookie-secret'] !== undefined) {
     throw new VdiskError('INVALID_ARGUMENT', 'curl driver cannot handle both cookie and cookie secret');
   }
-  const secret = (id: string) => new TextDecoder().decode(lookupSecretUtf8(id));
+  const secret = (id: string) => new TextDecoder().decode(lookupSecretUtf8(secrets, id));
   if (o['cookie-secret'] !== undefined) out.cookie = secret(o['cookie-secret']);
   else if (o.cookie !== undefined) out.cookie = o.cookie;
   if (o.username !== undefined) out.username = o.username;

@@ -8,6 +8,7 @@
  */
 import { VdiskError } from '../core/errors.js';
 import { HostFile, type HostOpenOptions } from '../core/host-file.js';
+import type { Secrets } from '../core/secrets.js';
 
 /** The protocol a name uses, or null for a local file. */
 export function protocolOf(name: string): string | null {
@@ -25,12 +26,14 @@ export function protocolOf(name: string): string | null {
 /**
  * Open a protocol name as a HostFile, or answer null when `name` is a local file's.
  * `protocolOptions` are the options of an image named by them (json:{…}, --image-opts): the
- * protocol's driver (`driver`, which then decides over the name's scheme) and its own keys.
+ * protocol's driver (`driver`, which then decides over the name's scheme) and its own keys;
+ * `secrets` holds the secrets they name by id (http's password-secret, cookie-secret).
  */
 export async function openProtocol(
   name: string,
   opts: HostOpenOptions = {},
   protocolOptions?: Readonly<Record<string, string>>,
+  secrets?: Secrets | undefined,
 ): Promise<HostFile | null> {
   const protocol = protocolOptions?.driver ?? protocolOf(name);
   if (protocol === null) return null;
@@ -41,7 +44,7 @@ export async function openProtocol(
       throw new VdiskError('READ_ONLY', 'curl driver does not support writes');
     }
     const { openHttpSource, httpOptions } = await import('./http.js');
-    const source = await openHttpSource(name, httpOptions(protocolOptions ?? {}), protocol);
+    const source = await openHttpSource(name, httpOptions(protocolOptions ?? {}, secrets), protocol);
     return HostFile.fromSource(name, source);
   }
   if (protocol === 's3') {

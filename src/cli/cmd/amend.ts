@@ -38,7 +38,7 @@ const command: CliCommand = {
     '  --force     accepted (qemu-img uses it for LUKS keyslot changes)',
   ].join('\n'),
   async run(argv, io) {
-    const { opts, args } = getopt(argv, {
+    const { opts, args, imageOpts, secrets } = getopt(argv, {
       short: 'ho:f:t:pq',
       command: 'amend',
       long: {
@@ -75,6 +75,8 @@ const command: CliCommand = {
       if (args.length !== 1) throw new VdiskError('INVALID_ARGUMENT', 'Expecting one image file name');
       if (!checkCacheMode(cache)) throw new VdiskError('INVALID_ARGUMENT', `Invalid cache option: ${cache}`);
       await amendCommand({
+        imageOpts,
+        secrets,
         filename: args[0]!,
         format,
         options,

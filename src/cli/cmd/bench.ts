@@ -28,7 +28,7 @@ const command: CliCommand = {
     'Prints the run\'s parameters, then "Run completed in X seconds."',
   ].join('\n'),
   async run(argv, io) {
-    const { opts, args } = getopt(argv, {
+    const { opts, args, imageOpts, secrets } = getopt(argv, {
       command: 'bench',
       short: 'hc:d:f:ni:o:qs:S:t:wU',
       long: {
@@ -106,6 +106,8 @@ const command: CliCommand = {
     try {
       const res = await benchCommand(
         {
+          imageOpts,
+          secrets,
           filename,
           format,
           count,

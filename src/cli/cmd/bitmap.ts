@@ -18,7 +18,7 @@ const command: CliCommand = {
     "  '-f fmt' is the format of FILENAME (probed when absent)",
   ].join('\n'),
   async run(argv, io) {
-    const { opts, args } = getopt(argv, {
+    const { opts, args, imageOpts, secrets } = getopt(argv, {
       short: ':b:f:F:g:h',
       command: 'bitmap',
       long: {
@@ -60,6 +60,8 @@ const command: CliCommand = {
       throw new VdiskError('INVALID_ARGUMENT', 'Expecting filename and bitmap name');
     }
     await bitmapCommand({
+      imageOpts,
+      secrets,
       filename: args[0] ?? '',
       name: args[1] ?? '',
       format,

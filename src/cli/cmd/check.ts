@@ -18,7 +18,7 @@ const command: CliCommand = {
     'Exit status: 0 clean, 1 check failed, 2 corruptions, 3 leaks only, 63 format has no checks.',
   ].join('\n'),
   async run(argv, io) {
-    const { opts, args } = getopt(argv, {
+    const { opts, args, imageOpts, secrets } = getopt(argv, {
       short: 'hf:r:T:qU',
       long: {
         help: { value: false, short: 'h' },
@@ -62,6 +62,8 @@ const command: CliCommand = {
     let res: Awaited<ReturnType<typeof checkCommand>>;
     try {
       res = await checkCommand({
+        imageOpts,
+        secrets,
         filename,
         format,
         repair,

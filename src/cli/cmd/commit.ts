@@ -16,7 +16,7 @@ const command: CliCommand = {
     '  -t cache   accepted for compatibility (vdisk writes through the page cache)',
   ].join('\n'),
   async run(argv, io) {
-    const { opts, args } = getopt(argv, {
+    const { opts, args, imageOpts, secrets } = getopt(argv, {
       short: 'f:ht:b:dpqr:',
       long: { progress: { value: true }, 'image-opts': { value: false }, object: { value: true } },
     });
@@ -38,6 +38,8 @@ const command: CliCommand = {
     if (filename === undefined) throw new VdiskError('INVALID_ARGUMENT', 'Expecting one image file name');
     const progress = new Progress(io, progressMode({ p, quiet, progressArg }), 1);
     await commitCommand({
+      imageOpts,
+      secrets,
       filename,
       format,
       base,

@@ -22,7 +22,7 @@ const command: CliCommand = {
     '  -U, --force-share   open without taking the image locks',
   ].join('\n'),
   async run(argv, io) {
-    const { opts, args } = getopt(argv, {
+    const { opts, args, imageOpts, secrets } = getopt(argv, {
       command: 'compare',
       short: 'hf:F:T:pqsU',
       long: {
@@ -70,6 +70,8 @@ const command: CliCommand = {
         );
       }
       const res = await compareCommand({
+        imageOpts,
+        secrets,
         filename1,
         filename2,
         format1,

@@ -51,7 +51,7 @@ const command: CliCommand = {
     'streamOptimized, vdi, vpc). With an output of -, -p draws its bar on standard error.',
   ].join('\n'),
   async run(argv, io) {
-    const { opts, args } = getopt(argv, {
+    const { opts, args, imageOpts, secrets } = getopt(argv, {
       command: 'convert',
       short: 'hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:',
       long: {
@@ -68,7 +68,7 @@ const command: CliCommand = {
         'spill-limit': { value: true },
       },
     });
-    const o: ConvertPipeOptions = { sources: [], output: '' };
+    const o: ConvertPipeOptions = { sources: [], output: '', imageOpts, secrets };
     const optionStrings: string[] = [];
     let copyRange = false;
     let explicitSparse = false;
@@ -199,6 +199,7 @@ const command: CliCommand = {
     o.sources = args.slice(0, -1);
     o.output = args[args.length - 1]!;
     o.options = options;
+    o.targetImageOpts = targetImageOpts;
     o.onOpenWarning = (m) => io.err(`${m}\n`);
     if (bitmaps) {
       o.bitmaps = true;

@@ -18,7 +18,7 @@ const command: CliCommand = {
     '  -q               quiet: print nothing but errors',
   ].join('\n'),
   async run(argv, io) {
-    const { opts, args } = getopt(argv, {
+    const { opts, args, secrets } = getopt(argv, {
       command: 'create',
       short: 'F:b:f:ho:qu',
       long: { object: { value: true } },
@@ -47,6 +47,7 @@ const command: CliCommand = {
     if (args.length > 2) throw new VdiskError('INVALID_ARGUMENT', `Unexpected argument: ${args[2]}`);
     const size = args[1] !== undefined ? parseImageSize(args[1]) : undefined;
     await createCommand({
+      secrets,
       filename,
       format,
       size,

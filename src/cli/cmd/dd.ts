@@ -19,7 +19,7 @@ const command: CliCommand = {
     'Ranges the input reports as zeros are left as holes in the output.',
   ].join('\n'),
   async run(argv, io) {
-    const { opts, args } = getopt(argv, {
+    const { opts, args, imageOpts, secrets } = getopt(argv, {
       command: 'dd',
       short: 'hf:O:U',
       long: {
@@ -58,6 +58,8 @@ const command: CliCommand = {
       throw new VdiskError('INVALID_ARGUMENT', 'Must specify both input and output files');
     }
     const res = await ddCommand({
+      imageOpts,
+      secrets,
       input,
       output,
       inputFormat,

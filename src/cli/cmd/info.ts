@@ -17,7 +17,7 @@ const command: CliCommand = {
     '  -U, --force-share open without taking the image lock',
   ].join('\n'),
   async run(argv, io) {
-    const { opts, args } = getopt(argv, {
+    const { opts, args, imageOpts, secrets } = getopt(argv, {
       command: 'info',
       short: 'f:hU',
       long: {
@@ -46,6 +46,8 @@ const command: CliCommand = {
     const filename = args[args.length - 1];
     if (filename === undefined) throw new VdiskError('INVALID_ARGUMENT', 'Expecting one image file name');
     const infos = await infoCommand({
+      imageOpts,
+      secrets,
       filename,
       format,
       backingChain,

@@ -18,7 +18,7 @@ const command: CliCommand = {
     '  -U, --force-share       open without taking the image lock',
   ].join('\n'),
   async run(argv, io) {
-    const { opts, args } = getopt(argv, {
+    const { opts, args, imageOpts, secrets } = getopt(argv, {
       command: 'map',
       short: 'f:s:l:hU',
       long: {
@@ -62,6 +62,8 @@ const command: CliCommand = {
     try {
       await mapCommand(
         {
+          imageOpts,
+          secrets,
           filename,
           format,
           forceShare,

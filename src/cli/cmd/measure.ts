@@ -45,7 +45,7 @@ const command: CliCommand = {
       await usage(io);
       return 0;
     }
-    const { opts, args } = parsed;
+    const { opts, args, imageOpts, secrets } = parsed;
     let format: string | undefined;
     let outputFormat = 'raw';
     const optionStrings: string[] = [];
@@ -75,6 +75,8 @@ const command: CliCommand = {
     if (args.length > 1)
       throw new VdiskError('INVALID_ARGUMENT', 'At most one filename argument is allowed.');
     const res = await measureCommand({
+      imageOpts,
+      secrets,
       size,
       filename: args[0],
       format,

@@ -66,7 +66,7 @@ const command: CliCommand = {
     'Not supported: -c/-d (kernel devices), -L, -o, -s, -T, TLS.',
   ].join('\n'),
   async run(argv, io) {
-    const { opts, args } = getopt(argv, {
+    const { opts, args, secrets } = getopt(argv, {
       command: 'nbd',
       short: 'hVb:o:p:rsnc:dvk:e:f:tl:x:T:D:AB:L',
       long: {
@@ -259,6 +259,8 @@ const command: CliCommand = {
     const filename = args[0]!;
     const warn = (m: string) => io.err(`${printable(m)}\n`);
     const image = await openImage(filename, {
+      imageOpts,
+      secrets,
       format,
       writable: !readOnly,
       backing: 'follow',

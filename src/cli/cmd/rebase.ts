@@ -21,7 +21,7 @@ const command: CliCommand = {
     '  -U               open the new backing without taking its lock',
   ].join('\n'),
   async run(argv, io) {
-    const { opts, args } = getopt(argv, {
+    const { opts, args, imageOpts, secrets } = getopt(argv, {
       short: 'hf:F:b:upt:T:qUc',
       long: {
         progress: { value: true },
@@ -56,6 +56,8 @@ const command: CliCommand = {
       throw new VdiskError('INVALID_ARGUMENT', 'Must specify backing file (-b) or use unsafe mode (-u)');
     const progress = new Progress(io, progressMode({ p, quiet, progressArg }), 1);
     await rebaseCommand({
+      imageOpts,
+      secrets,
       filename,
       format,
       backingFile,

@@ -17,7 +17,7 @@ const command: CliCommand = {
     // A size such as "-1G" must not be taken for an option: qemu-img stops parsing at it.
     const last = argv.at(-1);
     const sizeArg = last !== undefined && /^[+-]/.test(last) && argv.length >= 2 ? last : undefined;
-    const { opts, args } = getopt(sizeArg !== undefined ? argv.slice(0, -1) : argv, {
+    const { opts, args, imageOpts, secrets } = getopt(sizeArg !== undefined ? argv.slice(0, -1) : argv, {
       short: 'f:hq',
       long: {
         shrink: { value: false },
@@ -49,6 +49,8 @@ const command: CliCommand = {
     const size = parseSize(relative === 0 ? text : text.slice(1));
     if (size === null) throw new VdiskError('INVALID_ARGUMENT', 'Invalid size specified.');
     await resizeCommand({
+      imageOpts,
+      secrets,
       filename,
       format,
       size,

@@ -19,7 +19,7 @@ const command: CliCommand = {
     "  'snapshot' is the name (or, for '-a' and '-d', the ID) of a snapshot",
   ].join('\n'),
   async run(argv, io) {
-    const { opts, args } = getopt(argv, {
+    const { opts, args, imageOpts, secrets } = getopt(argv, {
       short: ':la:c:d:hqU',
       command: 'snapshot',
       long: {
@@ -49,6 +49,8 @@ const command: CliCommand = {
     const filename = args[0]!;
     const format: string | undefined = undefined;
     const res = await snapshotCommand({
+      imageOpts,
+      secrets,
       filename,
       format,
       action,

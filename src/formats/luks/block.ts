@@ -6,7 +6,7 @@
  */
 import { randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
 import { VdiskError } from '../../core/errors.js';
-import { lookupSecretUtf8 } from '../../core/secrets.js';
+import { lookupSecretUtf8, type Secrets } from '../../core/secrets.js';
 import {
   afMerge,
   afSplit,
@@ -68,14 +68,14 @@ function checkIters(n: number, what: string): void {
 export async function openLuks(
   read: ReadFn,
   keySecret: string | undefined,
-  opts: { noIo: boolean; prefix: string },
+  opts: { noIo: boolean; prefix: string; secrets: Secrets | undefined },
 ): Promise<LuksVolume> {
   let password: Uint8Array | undefined;
   if (!opts.noIo) {
     if (keySecret === undefined) {
       throw new VdiskError('INVALID_ARGUMENT', `Parameter '${opts.prefix}key-secret' is required for cipher`);
     }
-    password = lookupSecretUtf8(keySecret);
+    password = lookupSecretUtf8(opts.secrets, keySecret);
   }
   const head = new Uint8Array(HEADER_SIZE);
   await read(head, 0);
@@ -108,6 +108,8 @@ async function findKey(read: ReadFn, p: ParsedLuks, password: Uint8Array): Promi
 /** The create options of a LUKS volume, with QEMU's defaults. */
 export interface LuksCreateOptions {
   keySecret?: string | undefined;
+  /** Where keySecret is defined (the command's --object secrets). */
+  secrets?: Secrets | undefined;
   cipherAlg?: string | undefined;
   cipherMode?: string | undefined;
   ivgenAlg?: string | undefined;
@@ -170,7 +172,7 @@ function createSpec(
   if (o.keySecret === undefined) {
     throw new VdiskError('INVALID_ARGUMENT', `Parameter '${prefix}key-secret' is required for cipher`);
   }
-  const password = lookupSecretUtf8(o.keySecret);
+  const password = lookupSecretUtf8(o.secrets, o.keySecret);
   luksCipherAlg(cipherAlg);
   if (ivgen === 'essiv') essivCipher(cipherAlg, ivgenHash!);
   // QEMU's XTS is for 128-bit blocks: cast5 has none (cipher-nettle.c.inc).

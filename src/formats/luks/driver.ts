@@ -135,6 +135,7 @@ async function openLuksFile(file: HostFile, opts: DriverOpenOptions): Promise<Fo
   const vol = await openLuks((buf, off) => file.read(buf, off), opts.options?.['key-secret'], {
     noIo: opts.noIo === true,
     prefix: '',
+    secrets: opts.secrets,
   });
   if (vol.payloadOffset > fileSize) {
     // block/crypto.c getlength: -EIO when the file ends before the payload starts.
@@ -165,7 +166,7 @@ async function createLuksFile(req: CreateRequest): Promise<void> {
   const file = await HostFile.open(req.path, { create: true });
   try {
     await createLuks(
-      luksOptions(o),
+      { ...luksOptions(o), secrets: req.secrets },
       '',
       async (payload) => {
         const total = payload + req.size;
@@ -214,8 +215,8 @@ export const luksDriver: FormatDriver = {
   create: createLuksFile,
   createOptions,
   // block_crypto_measure: the payload offset plus the virtual size (no holes in a luks file).
-  async measure(size, options, source) {
-    const payload = luksPayloadOffset(luksOptions(options), '');
+  async measure(size, options, source, secrets) {
+    const payload = luksPayloadOffset({ ...luksOptions(options), secrets }, '');
     const data = source !== undefined ? source.size : Math.ceil(size / SECTOR) * SECTOR;
     return { required: payload + data, fullyAllocated: payload + data };
   },

@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { openImage } from '../../chain/open.js';
-import { defineSecret, resetObjects } from '../../core/secrets.js';
+import { Secrets } from '../../core/secrets.js';
 import { qemuImgOk, tempDir, vdisk } from '../../test/oracle.js';
 import { expectSameAsQemu } from '../../test/same.js';
 
@@ -13,7 +13,6 @@ beforeEach(() => {
   ({ dir, cleanup } = tempDir());
 });
 afterEach(() => {
-  resetObjects();
   cleanup();
 });
 
@@ -77,9 +76,9 @@ describe('legacy AES (qcow v1 and qcow2 crypt_method 1) made by qemu-img', () =>
       p,
       '1M',
     ]);
-    defineSecret('s0', new TextEncoder().encode('abc'));
+    const secrets = new Secrets().define('s0', new TextEncoder().encode('abc'));
     await expect(
-      openImage(p, { writable: true, driverOptions: { 'encrypt.key-secret': 's0' } }),
+      openImage(p, { secrets, writable: true, driverOptions: { 'encrypt.key-secret': 's0' } }),
     ).rejects.toThrow(/read-only/);
   });
 });

@@ -5,7 +5,7 @@
  * deprecated it). vdisk reads such images; it does not write or create them.
  */
 import { VdiskError } from '../../core/errors.js';
-import { lookupSecretUtf8 } from '../../core/secrets.js';
+import { lookupSecretUtf8, type Secrets } from '../../core/secrets.js';
 import { SectorCipher } from './crypto.js';
 
 /**
@@ -14,13 +14,13 @@ import { SectorCipher } from './crypto.js';
  */
 export function openLegacyAes(
   keySecret: string | undefined,
-  opts: { noIo: boolean; prefix: string },
+  opts: { noIo: boolean; prefix: string; secrets: Secrets | undefined },
 ): SectorCipher | undefined {
   if (opts.noIo) return undefined;
   if (keySecret === undefined) {
     throw new VdiskError('INVALID_ARGUMENT', `Parameter '${opts.prefix}key-secret' is required for cipher`);
   }
-  const password = lookupSecretUtf8(keySecret);
+  const password = lookupSecretUtf8(opts.secrets, keySecret);
   const key = Buffer.alloc(16);
   key.set(password.subarray(0, 16));
   return new SectorCipher({ alg: 'aes-128', mode: 'cbc', ivgen: 'plain64' }, key);

@@ -1,7 +1,6 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { resetObjects } from '../../core/secrets.js';
 import { luksOpts, OBJ, qemuCreateLuks, qemuIoLuks, qemuRawLuks, vdiskRawLuks } from '../../test/luks.js';
 import { qemuImg, qemuImgLuks, qemuImgOk, tempDir, vdisk } from '../../test/oracle.js';
 
@@ -11,7 +10,6 @@ beforeEach(() => {
   ({ dir, cleanup } = tempDir());
 });
 afterEach(() => {
-  resetObjects();
   cleanup();
 });
 

@@ -2,7 +2,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { openImage } from '../../chain/open.js';
-import { defineSecret, resetObjects } from '../../core/secrets.js';
+import { Secrets } from '../../core/secrets.js';
 import { luksOpts, OBJ, qemuCreateLuks, qemuIoLuks, qemuRawLuks, vdiskRawLuks } from '../../test/luks.js';
 import { qemuImg, qemuImgLuks, qemuImgOk, tempDir, vdisk } from '../../test/oracle.js';
 import { expectSameAsQemu } from '../../test/same.js';
@@ -13,7 +13,6 @@ beforeEach(() => {
   ({ dir, cleanup } = tempDir());
 });
 afterEach(() => {
-  resetObjects();
   cleanup();
 });
 
@@ -58,8 +57,13 @@ describe('luks images made by qemu-img', () => {
     qemuCreateLuks(['-o', 'key-secret=s0,iter-time=10,cipher-mode=cbc,ivgen-alg=essiv', p, '2M']);
     // A fresh luks payload decrypts to noise: what lies around the write must stay as it was.
     const before = qemuRawLuks(dir, p);
-    defineSecret('s0', new TextEncoder().encode('hunter2'));
-    const img = await openImage(p, { format: 'luks', writable: true, driverOptions: { 'key-secret': 's0' } });
+    const secrets = new Secrets().define('s0', new TextEncoder().encode('hunter2'));
+    const img = await openImage(p, {
+      secrets,
+      format: 'luks',
+      writable: true,
+      driverOptions: { 'key-secret': 's0' },
+    });
     const data = Buffer.alloc(70000, 0x77);
     await img.writeAt(data, 1001);
     await img.writeZeroes(1 << 20, 4096);

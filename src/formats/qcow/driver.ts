@@ -348,6 +348,7 @@ async function openQcow(file: HostFile, opts: DriverOpenOptions): Promise<Format
     img.aes = openLegacyAes(opts.options?.['encrypt.key-secret'], {
       noIo: opts.noIo === true,
       prefix: 'encrypt.',
+      secrets: opts.secrets,
     });
   }
   return img;

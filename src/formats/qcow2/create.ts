@@ -351,11 +351,17 @@ async function writeImage(
   // new clusters, its extension after the backing format and data file ones.
   if (req.options['encrypt.format'] === 'luks') {
     const { createQcow2Luks, CRYPT_LUKS } = await import('./crypto.js');
-    const ext = await createQcow2Luks(file, req.options, cs, async (n) => {
-      const off = await rc.allocClusters(n);
-      await rc.flush();
-      return off;
-    });
+    const ext = await createQcow2Luks(
+      file,
+      req.options,
+      cs,
+      async (n) => {
+        const off = await rc.allocClusters(n);
+        await rc.flush();
+        return off;
+      },
+      req.secrets,
+    );
     header.cryptMethod = CRYPT_LUKS;
     const at = extensions.findIndex((e) => e.type !== EXT_BACKING_FORMAT && e.type !== EXT_DATA_FILE);
     extensions.splice(at < 0 ? extensions.length : at, 0, ext);

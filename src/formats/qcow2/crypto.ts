@@ -7,6 +7,7 @@
 import type { DriverOpenOptions } from '../../core/driver.js';
 import { VdiskError } from '../../core/errors.js';
 import type { HostFile } from '../../core/host-file.js';
+import type { Secrets } from '../../core/secrets.js';
 import { createLuks, type LuksCreateOptions, type LuksVolume, luksInfo, openLuks } from '../luks/block.js';
 import { SECTOR } from '../luks/crypto.js';
 import { EXT_CRYPTO, getU64, type HeaderExtension, type Qcow2Header, setU64 } from './header.js';
@@ -58,7 +59,7 @@ export async function openQcow2Luks(
       await file.read(buf, ref.offset + off);
     },
     opts.options?.['encrypt.key-secret'],
-    { noIo: opts.noIo === true, prefix: 'encrypt.' },
+    { noIo: opts.noIo === true, prefix: 'encrypt.', secrets: opts.secrets },
   );
   return { vol, ref };
 }
@@ -107,11 +108,12 @@ export async function createQcow2Luks(
   options: Record<string, string>,
   clusterSize: number,
   alloc: (clusters: number) => Promise<number>,
+  secrets: Secrets | undefined,
 ): Promise<HeaderExtension> {
   let base = -1;
   let length = 0;
   await createLuks(
-    luksCreateOptions(options),
+    { ...luksCreateOptions(options), secrets },
     'encrypt.',
     async (payloadOffset) => {
       const clusters = Math.ceil(payloadOffset / clusterSize);

@@ -3,7 +3,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { openImage } from '../../chain/open.js';
-import { defineSecret, resetObjects } from '../../core/secrets.js';
+import { Secrets } from '../../core/secrets.js';
 import { qemuImg, qemuImgLuks, qemuImgOk, tempDir, vdisk } from '../../test/oracle.js';
 import { expectSameAsQemu } from '../../test/same.js';
 
@@ -13,7 +13,6 @@ beforeEach(() => {
   ({ dir, cleanup } = tempDir());
 });
 afterEach(() => {
-  resetObjects();
   cleanup();
 });
 
@@ -77,8 +76,12 @@ describe('qcow2 encrypt.format=luks made by qemu-img', () => {
     qemuCreate(['-o', ENC, p, '4M']);
     qemuIoEnc(p, ['write -P 0x5a 0 192k']);
     const before = qemuRaw(p);
-    defineSecret('s0', new TextEncoder().encode('hunter2'));
-    const img = await openImage(p, { writable: true, driverOptions: { 'encrypt.key-secret': 's0' } });
+    const secrets = new Secrets().define('s0', new TextEncoder().encode('hunter2'));
+    const img = await openImage(p, {
+      secrets,
+      writable: true,
+      driverOptions: { 'encrypt.key-secret': 's0' },
+    });
     const data = Buffer.alloc(70000, 0x77);
     await img.writeAt(data, 1001);
     await img.writeAt(data, 3 * 65536 + 512);

@@ -2,6 +2,7 @@
 import type { BlockDevice } from '../../core/device.js';
 import type { CreateOptions, MeasureResult } from '../../core/driver.js';
 import { VdiskError } from '../../core/errors.js';
+import type { Secrets } from '../../core/secrets.js';
 import { parseCreateOptions } from './create.js';
 import { refcountMetadataSize } from './refcount.js';
 
@@ -29,6 +30,7 @@ export async function measureQcow2(
   size: number,
   options: CreateOptions,
   source?: BlockDevice,
+  secrets?: Secrets,
 ): Promise<MeasureResult> {
   const s = parseCreateOptions(options, options['backing_file'] !== undefined, false);
   const cs = 2 ** s.clusterBits;
@@ -67,7 +69,7 @@ export async function measureQcow2(
   if (options['encrypt.format'] === 'luks') {
     const { luksCreateOptions } = await import('./crypto.js');
     const { luksPayloadOffset } = await import('../luks/block.js');
-    luks = Math.ceil(luksPayloadOffset(luksCreateOptions(options), 'encrypt.') / cs) * cs;
+    luks = Math.ceil(luksPayloadOffset({ ...luksCreateOptions(options), secrets }, 'encrypt.') / cs) * cs;
   }
   return { required: full - virtualSize + required + luks, fullyAllocated: full + luks };
 }

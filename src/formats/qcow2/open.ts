@@ -102,6 +102,7 @@ async function loadMetadata(img: Qcow2Image, opts: DriverOpenOptions): Promise<v
     img.aes = openLegacyAes(opts.options?.['encrypt.key-secret'], {
       noIo: opts.noIo === true,
       prefix: 'encrypt.',
+      secrets: opts.secrets,
     });
   }
   // Opened for check, the snapshot table is read by check itself (check-snapshots.ts), as

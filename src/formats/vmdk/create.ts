@@ -100,7 +100,7 @@ export async function createVmdk(req: CreateRequest): Promise<void> {
   if (!flat) checkSparseSize(split ? Math.min(size, SPLIT_SIZE) : size);
 
   let parentCid = 0xffffffff;
-  if (req.backing !== undefined) parentCid = await parentCidOf(req.path, req.backing.filename);
+  if (req.backing !== undefined) parentCid = await parentCidOf(req, req.backing.filename);
 
   const { dir, prefix, postfix } = decompose(req.path);
   const extentLines: string[] = [];
@@ -167,14 +167,20 @@ export function embeddedDescriptor(text: string): Buffer {
   return bytes;
 }
 
-/** The parent's CID (the backing file must be a vmdk image, as QEMU requires). */
-export async function parentCidOf(path: string, backing: string): Promise<number> {
-  const { openImage } = await import('../../chain/open.js');
+/**
+ * The parent's CID (the backing file must be a vmdk image, as QEMU requires), opened with the
+ * request's opener (drivers do not open images themselves: the command passes how).
+ */
+export async function parentCidOf(req: CreateRequest, backing: string): Promise<number> {
+  const { path, openImage } = req;
+  if (openImage === undefined) {
+    throw new VdiskError('UNSUPPORTED', 'Creating a vmdk on a backing file needs a way to open it');
+  }
   const { VmdkImage } = await import('./image.js');
   // QEMU names the parent relative to the new image's directory, as the path was given.
   const slash = path.lastIndexOf('/');
   const full = backing.startsWith('/') || slash < 0 ? backing : path.slice(0, slash + 1) + backing;
-  const img = await openImage(full, { backing: 'ignore', forceShare: true }).catch((err: unknown) => {
+  const img = await openImage(full).catch((err: unknown) => {
     // openImage words it "Could not open 'x': <reason>"; the reason already names the file.
     const inner = err instanceof VdiskError && err.cause instanceof VdiskError ? err.cause : err;
     const msg = inner instanceof Error ? inner.message : String(inner);

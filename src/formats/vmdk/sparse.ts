@@ -14,7 +14,7 @@ import { deflateZlib } from '../../core/deflate.js';
 import type { Extent } from '../../core/device.js';
 import { VdiskError } from '../../core/errors.js';
 import type { HostFile } from '../../core/host-file.js';
-import { Mutex } from '../../core/lock.js';
+import { Mutex, Slots } from '../../core/lock.js';
 import { type Below, type CheckProblem, Jobs, type VmdkExtent } from './extent.js';
 import { SECTOR, type SparseHeader, VMDK4_FLAG_MARKER, VMDK4_FLAG_ZERO_GRAIN } from './header.js';
 
@@ -59,22 +59,12 @@ export interface SparseExtentInit {
 }
 
 /**
- * Grains compressed at once, process-wide: libuv's pool runs 4 at a time, and each one in
- * flight holds a zlib state and an output chunk (~350 KiB), so convert's requests in flight
- * (8 × 32 grains) must not all queue at once (peak RSS stays under the 200 MiB budget).
+ * Grains one image (or one sequential writer) compresses at once: libuv's pool runs 4 at a
+ * time, and each one in flight holds a zlib state and an output chunk (~350 KiB), so convert's
+ * requests in flight (8 × 32 grains) must not all queue at once (peak RSS stays under the
+ * 200 MiB budget). Each SparseExtent and each stream writer owns its Slots (no module state).
  */
-const MAX_PACKING = 8;
-let packing = 0;
-const packWaiters: Array<() => void> = [];
-
-async function packSlot(): Promise<() => void> {
-  while (packing >= MAX_PACKING) await new Promise<void>((resolve) => packWaiters.push(resolve));
-  packing++;
-  return () => {
-    packing--;
-    packWaiters.shift()?.();
-  };
-}
+export const MAX_PACKING = 8;
 
 export class SparseExtent implements VmdkExtent {
   readonly flat = false;
@@ -86,6 +76,8 @@ export class SparseExtent implements VmdkExtent {
   readonly type: string;
   readonly infoFilename: string;
   private readonly header: SparseHeader;
+  /** Grains compressing at once for this extent (MAX_PACKING). */
+  private readonly packing = new Slots(MAX_PACKING);
   private readonly gtEntries: number;
   private readonly gd: Uint32Array;
   private readonly rgd: Uint32Array | null;
@@ -684,7 +676,7 @@ export class SparseExtent implements VmdkExtent {
 
   private pack(grain: Uint8Array, g: number): Promise<Uint8Array> {
     // The grain's LBA in the whole disk, as QEMU writes it.
-    return packGrain(grain, (this.start + g * this.grainSize) / SECTOR);
+    return packGrain(grain, (this.start + g * this.grainSize) / SECTOR, this.packing);
   }
 
   private async appendGrain(g: number, packed: Uint8Array): Promise<void> {
@@ -785,11 +777,11 @@ export class SparseExtent implements VmdkExtent {
 /**
  * A grain as a compressed extent stores it: its marker (the grain's LBA in the whole disk, u64,
  * and the zlib data's length, u32), the zlib data, zeros up to a whole sector. Compressed on
- * libuv's pool (one output chunk as large as the grain: one trip per grain), at most
- * MAX_PACKING at once process-wide.
+ * libuv's pool (one output chunk as large as the grain: one trip per grain), at most as many
+ * at once as `slots` allows (MAX_PACKING for its owner).
  */
-export async function packGrain(grain: Uint8Array, lba: number): Promise<Uint8Array> {
-  const release = await packSlot();
+export async function packGrain(grain: Uint8Array, lba: number, slots: Slots): Promise<Uint8Array> {
+  const release = await slots.take();
   let z: Uint8Array;
   try {
     z = await deflateZlib(grain);

@@ -26,6 +26,7 @@
  */
 import type { CreateOptions } from '../../core/driver.js';
 import { VdiskError } from '../../core/errors.js';
+import { Slots } from '../../core/lock.js';
 import {
   type BlockMap,
   DATA,
@@ -56,7 +57,7 @@ import {
   VMDK4_GD_AT_END,
 } from './header.js';
 import { VmdkImage } from './image.js';
-import { GTE_ZEROED, MAX_SECTOR, packGrain } from './sparse.js';
+import { GTE_ZEROED, MAX_PACKING, MAX_SECTOR, packGrain } from './sparse.js';
 
 const OPTIONS = new Set([
   'size',
@@ -80,8 +81,8 @@ const STREAM_GRAIN_OFFSET = 128;
 /** Guest bytes read at once; each read is compressed as one unit of the window below. */
 const READ_CHUNK = 1 << 20;
 /**
- * Units compressing while the oldest is awaited: enough to keep libuv's pool busy (packGrain
- * runs at most 8 grains at once), with a few MiB of input held.
+ * Units compressing while the oldest is awaited: enough to keep libuv's pool busy (a writer
+ * packs at most MAX_PACKING grains at once), with a few MiB of input held.
  */
 const WINDOW = 4;
 const ZEROS = Buffer.alloc(64 * 1024);
@@ -346,6 +347,7 @@ async function* compressedGrains(w: Writer): AsyncGenerator<{ offset: number; pa
   const gs = w.map.granularity;
   const { ranges, read } = storedReads(w);
   const window: Array<{ offset: number; packed: Promise<Uint8Array[]> }> = [];
+  const slots = new Slots(MAX_PACKING);
   try {
     for await (const { offset, data } of orderedReads(read, ranges, { chunk: READ_CHUNK })) {
       const grains: Promise<Uint8Array>[] = [];
@@ -354,7 +356,7 @@ async function* compressedGrains(w: Writer): AsyncGenerator<{ offset: number; pa
         // A source whose size is not whole sectors: the last grain covers the last sector whole.
         if (offset + at + grain.length === w.src.size && w.size > w.src.size)
           grain = Buffer.concat([grain, ZEROS.subarray(0, w.size - w.src.size)]);
-        grains.push(packGrain(grain, (offset + at) / SECTOR));
+        grains.push(packGrain(grain, (offset + at) / SECTOR, slots));
       }
       const packed = Promise.all(grains);
       // Awaited in order below; a failure after an early stop must not be unhandled.
