@@ -311,8 +311,8 @@ export async function openHttpSource(
   // are in flight while the consumer works.
   const aheadRequest = Math.max(4 * MiB, Math.ceil(readahead / parallel / MiB) * MiB);
   const readAhead = aheadRequest * parallel;
-  const fetchRange = async (start: number, end: number): Promise<Buffer> => {
-    const buf = Buffer.allocUnsafe(end - start);
+  const fetchRange = async (start: number, end: number, into?: Buffer): Promise<Buffer> => {
+    const buf = into ?? Buffer.allocUnsafe(end - start);
     return client
       .withRetries(async () => {
         if (await client.wireRange(start, buf)) return buf;
