@@ -261,7 +261,7 @@ describe('convert - … (standard input)', () => {
   });
 
   it('a spill over --spill-limit stops with one line and is removed', () => {
-    const r = sh('cat src.raw | vdisk convert --spill-limit=1M -f raw - lim.raw');
+    const r = sh('cat src.raw | vdisk convert --spill-limit=1M -f raw -O qcow2 - lim.qcow2');
     expect(r.code).toBe(1);
     expect(r.stderr.split('\n')[1]).toBe(
       'vdisk: standard input needs more than 1048576 bytes of temporary space',
@@ -303,12 +303,43 @@ describe('convert - … (standard input)', () => {
     noSpill();
   });
 
+  it('raw to raw streams with no temporary file: 1 GiB through a pipe, TMPDIR missing', () => {
+    // A directory that does not exist (a read-only one would not stop root).
+    const ro = p('no-such-tmp');
+    // 1 GiB: 5 MiB of data at the start, zeros, 3 MiB of data and an odd tail at the end.
+    const run = (cmd: string) =>
+      spawnSync('bash', ['-c', `set -o pipefail\n${cmd}`], {
+        cwd: dir,
+        encoding: 'utf8',
+        env: { ...process.env, TMPDIR: ro },
+      });
+    const input =
+      '{ head -c 5M src.raw; head -c 1063M /dev/zero; head -c 3M src.raw | tail -c 3M; head -c 1234 src.raw; }';
+    const big = 'big-in-1.raw';
+    expect(run(`${input} > ${big}`).status).toBe(0);
+    const r = run(
+      `${input} | /usr/bin/time -f %M -o rss-raw.txt ${JSON.stringify(BIN)} convert -f raw -O raw - piped.raw`,
+    );
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(run(`cmp ${big} piped.raw`).status).toBe(0);
+    // The holes stay holes; memory stays small.
+    expect(Number(run('du -k piped.raw').stdout.split('\t')[0])).toBeLessThan(20 * 1024);
+    expect(Number(readFileSync(p('rss-raw.txt'), 'utf8').trim())).toBeLessThan(200 * 1024);
+    // The same input to qcow2 still needs the temporary directory, and cannot have it here.
+    const q = run(`${input} | ${JSON.stringify(BIN)} convert -f raw -O qcow2 - piped.qcow2`);
+    expect(q.status).toBe(1);
+    expect(q.stderr).toContain('vdisk: ');
+  });
+
   it('a signal while reading removes the temporary file', async () => {
-    const child = spawn(BIN, ['convert', '-f', 'raw', '-', p('sig.raw')], {
+    const child = spawn(BIN, ['convert', '-f', 'raw', '-O', 'qcow2', '-', p('sig.qcow2')], {
       cwd: dir,
       env: { ...process.env, TMPDIR: tmp },
       stdio: ['pipe', 'ignore', 'pipe'],
     });
+    // The child is killed with its input open: its end of the pipe goes away (EPIPE here).
+    child.stdin.on('error', () => {});
     child.stdin.write(Buffer.alloc(MiB, 7));
     for (let i = 0; i < 200 && readdirSync(tmp).length === 0; i++)
       await new Promise((r) => setTimeout(r, 50));

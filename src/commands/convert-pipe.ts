@@ -9,7 +9,9 @@
  *   streamOptimized, vdi, vpc) produces the image in order; the bytes go to the stream with its
  *   back-pressure respected, so memory stays bounded whatever the size. A format without such
  *   a writer (or -c where the writer cannot compress) is refused before any byte is written.
- * - From a stream: the input is copied into a temporary file (a "spill") in tmpDir, sparse
+ * - From a raw stream to a raw file (no options that need the engine's copy): the stream is
+ *   written to the target as it comes, blocks of zeros left as holes; no temporary file.
+ * - From a stream otherwise: the input is copied into a temporary file (a "spill") in tmpDir, sparse
  *   (blocks of zeros are left as holes, so a large sparse raw stream costs no disk), then
  *   converted from there. The spill is bounded (spillLimit, and the free space of tmpDir) and
  *   removed at the end, on error, and (by the CLI, through onTemp) on a signal. Memory: one
@@ -20,6 +22,7 @@ import { mkdtemp, open, rm, statfs } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable, type Writable } from 'node:stream';
+import { isTargetImageOptsMode } from '../chain/image-opts.js';
 import { openLayers } from '../chain/layers.js';
 import { openContext, openImage } from '../chain/open.js';
 import { isAllZero } from '../core/device.js';
@@ -31,6 +34,7 @@ import { imageSeqSource, type SeqSource } from '../core/seq.js';
 import { StreamSource } from '../core/stream-source.js';
 import { registerBuiltinFormats } from '../formats/index.js';
 import { type ConvertOptions, convertCommand } from './convert.js';
+import { prepareCreate } from './create.js';
 
 /** The name that stands for standard input or output. */
 export const STDIO_NAME = '-';
@@ -81,6 +85,10 @@ export async function convertPipe(o: ConvertPipeOptions): Promise<void> {
         );
       if (o.snapshot !== undefined)
         throw new VdiskError('UNSUPPORTED', 'Cannot load a snapshot from standard input');
+      if (rawToRaw(o)) {
+        await streamRawInto(o, o.input);
+        return;
+      }
       const dir = await mkdtemp(join(o.tmpDir ?? tmpdir(), 'vdisk-stdin-'));
       o.onTemp?.(dir);
       closers.push(async () => {
@@ -160,6 +168,118 @@ export async function convertPipe(o: ConvertPipeOptions): Promise<void> {
     throw spillPath === null ? err : renamed(err, spillPath);
   } finally {
     for (const c of closers.reverse()) await c().catch(() => {});
+  }
+}
+
+/**
+ * Whether the input (named raw with -f) goes to a raw file as it is: a plain copy, which needs
+ * neither the input's size first nor the engine's convert (no -n, -c, -B, -o, -S 0, --bitmaps,
+ * --target-image-opts).
+ */
+function rawToRaw(o: ConvertPipeOptions): boolean {
+  const minSparse = o.minSparse ?? 4096;
+  return (
+    o.sourceFormat === 'raw' &&
+    (o.outputFormat ?? 'raw') === 'raw' &&
+    o.outputStream === undefined &&
+    o.skipCreate !== true &&
+    o.compressed !== true &&
+    o.backingFile === undefined &&
+    o.bitmaps !== true &&
+    Object.keys(o.options ?? {}).length === 0 &&
+    minSparse > 0 &&
+    minSparse % 512 === 0 &&
+    minSparse <= RAW_WRITE &&
+    !isTargetImageOptsMode()
+  );
+}
+
+/** The most bytes written to a raw target at once. */
+const RAW_WRITE = 1 << 20;
+
+/**
+ * Standard input straight into a raw target, in order: the target is created as convert
+ * creates it (empty, same errors), then each run of non-zero `minSparse` blocks is written at
+ * its offset and zero blocks are left as holes (the file is new, so they read as zeros); the
+ * file is cut to the input's length at the end. Memory: one chunk of the stream and at most
+ * RAW_WRITE bytes held.
+ */
+async function streamRawInto(o: ConvertPipeOptions, input: Readable): Promise<void> {
+  const prepared = await prepareCreate({
+    filename: o.output,
+    format: 'raw',
+    size: 0,
+    options: {},
+    backingFile: undefined,
+    backingFormat: undefined,
+    unsafe: true,
+  });
+  try {
+    await prepared.driver.create!(prepared.request);
+  } catch (err) {
+    let msg = err instanceof Error ? err.message : String(err);
+    if (msg.startsWith(`${o.output}: `)) msg = msg.slice(o.output.length + 2);
+    throw new VdiskError(
+      err instanceof VdiskError ? err.code : 'EIO',
+      `${o.output}: error while converting raw: ${msg}`,
+      {
+        path: o.output,
+        cause: err,
+      },
+    );
+  }
+  const grain = o.minSparse ?? 4096;
+  const fh = await open(o.output, 'r+');
+  let length = 0;
+  /** Bytes not yet making a whole write (RAW_WRITE, a multiple of grain). */
+  const pending = Buffer.allocUnsafe(RAW_WRITE);
+  let fill = 0;
+  const write = async (b: Buffer, at: number) => {
+    try {
+      await fh.write(b, 0, b.length, at);
+    } catch (err) {
+      throw new VdiskError('EIO', `error while writing at byte ${at}: ${strerror(err)}`, { cause: err });
+    }
+  };
+  /** pending[0, n) at `at`: its runs of non-zero grains written, zero ones skipped. */
+  const flush = async (n: number, at: number) => {
+    let run = -1;
+    for (let p = 0; p < n; p += grain) {
+      const zero = isAllZero(pending.subarray(p, Math.min(p + grain, n)));
+      if (!zero && run < 0) run = p;
+      if (zero && run >= 0) {
+        await write(pending.subarray(run, p), at + run);
+        run = -1;
+      }
+    }
+    if (run >= 0) await write(pending.subarray(run, n), at + run);
+  };
+  try {
+    try {
+      for await (const chunk of input) {
+        const buf = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as Uint8Array);
+        let pos = 0;
+        while (pos < buf.length) {
+          const n = Math.min(buf.length - pos, RAW_WRITE - fill);
+          buf.copy(pending, fill, pos, pos + n);
+          fill += n;
+          pos += n;
+          if (fill === RAW_WRITE) {
+            await flush(fill, length);
+            length += fill;
+            fill = 0;
+          }
+        }
+      }
+    } catch (err) {
+      if (err instanceof VdiskError) throw err;
+      throw new VdiskError('EIO', `error while reading standard input: ${strerror(err)}`, { cause: err });
+    }
+    await flush(fill, length);
+    length += fill;
+    await fh.truncate(length);
+  } finally {
+    await fh.close();
   }
 }
 

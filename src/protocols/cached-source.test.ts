@@ -103,6 +103,48 @@ describe('cachedSource', () => {
     await src.close();
   });
 
+  it('read-ahead buffers are used again, never while a block of theirs is cached or read', async () => {
+    const seen = new Set<ArrayBufferLike>();
+    let given = 0;
+    const src = cachedSource(
+      {
+        size: data.length,
+        async fetch(start, end, into) {
+          // A slow request now and then, so that reads overtake and interleave.
+          await new Promise((res) => setTimeout(res, start % (3 * MiB) === 0 ? 4 : 0));
+          if (into === undefined) return Buffer.from(data.subarray(start, end));
+          given++;
+          seen.add(into.buffer);
+          into.set(data.subarray(start, end));
+          return into;
+        },
+      },
+      { readAhead: 8 * MiB, aheadRequest: 2 * MiB, cacheBlocks: 4 },
+    );
+    // Forward walks (read-ahead, eviction, reuse) with random reads and concurrent reads mixed in.
+    for (let pass = 0; pass < 3; pass++) {
+      const walk: Promise<void>[] = [];
+      for (let off = 0; off < data.length; off += 768 * 1024) {
+        const o = off;
+        const len = Math.min(768 * 1024, data.length - o);
+        const check = readAt(src, o, len).then((b) => {
+          expect(b.equals(data.subarray(o, o + len))).toBe(true);
+        });
+        walk.push(check);
+        if (walk.length % 3 === 0) await Promise.all(walk.splice(0));
+        if (rand() < 0.2) {
+          const r = Math.floor(rand() * (data.length - 4096));
+          expect((await readAt(src, r, 4096)).equals(data.subarray(r, r + 4096))).toBe(true);
+        }
+      }
+      await Promise.all(walk);
+    }
+    expect(given).toBeGreaterThan(30);
+    // Reused: far fewer buffers than requests.
+    expect(seen.size).toBeLessThan(given / 3);
+    await src.close();
+  });
+
   it('a failed request fails its read and is retried by the next one', async () => {
     const r = reader();
     const src = cachedSource(r, { readAhead: 0 });

@@ -13,6 +13,11 @@
  * a fast consumer never waits on one request's latency. Memory per open blob: the cache
  * (`cacheBlocks` blocks, at least twice the read-ahead) plus the read-ahead in flight.
  *
+ * Read-ahead requests are of one size, and their buffers are used again once no cached block,
+ * read or request refers to them any more (`into`: a reader that fills the buffer it is given
+ * saves an allocation and the page faults of fresh memory per request, about a sixth of the
+ * CPU time of a sequential read over loopback HTTP).
+ *
  * It lives with the protocols because both the engine's remote sources (http.ts) and the
  * registry's S3 store (src/server/store/s3.ts) read through it.
  */
@@ -20,8 +25,11 @@ import type { ReadSource } from '../core/host-file.js';
 
 export interface RangeReader {
   readonly size: number;
-  /** Bytes [start, end) of the object (end ≤ size), exactly. */
-  fetch(start: number, end: number): Promise<Buffer>;
+  /**
+   * Bytes [start, end) of the object (end ≤ size), exactly; into `into` (end - start bytes)
+   * when given and the reader can (it may return another buffer).
+   */
+  fetch(start: number, end: number, into?: Buffer): Promise<Buffer>;
   close?(): Promise<void>;
 }
 
@@ -39,6 +47,17 @@ export interface CachedSourceOptions {
 
 const MiB = 1 << 20;
 
+/** One request's buffer and how many cached blocks, reads and the request itself hold it. */
+interface Req {
+  buf: Buffer | null;
+  refs: number;
+}
+
+interface Entry {
+  p: Promise<Buffer>;
+  req: Req;
+}
+
 export function cachedSource(r: RangeReader, opts: CachedSourceOptions = {}): ReadSource {
   const block = opts.block ?? MiB;
   const readAhead = opts.readAhead ?? 8 * MiB;
@@ -52,39 +71,61 @@ export function cachedSource(r: RangeReader, opts: CachedSourceOptions = {}): Re
   const size = r.size;
   const blocks = Math.ceil(size / block);
   /** Block index → its bytes (insertion order is the LRU order). */
-  const cache = new Map<number, Promise<Buffer>>();
+  const cache = new Map<number, Entry>();
   let nextExpected = -1;
   let closed = false;
+  /** Free buffers of read-ahead requests (`pooled` bytes each). */
+  const pooled = aheadBlocks * block;
+  const free: Buffer[] = [];
+  const maxFree = Math.ceil(capacity / aheadBlocks) + 2;
 
-  const touch = (i: number): Promise<Buffer> | undefined => {
-    const p = cache.get(i);
-    if (p !== undefined) {
+  const release = (req: Req) => {
+    req.refs--;
+    if (req.refs === 0 && req.buf !== null && !closed && free.length < maxFree) free.push(req.buf);
+  };
+  const drop = (i: number) => {
+    const e = cache.get(i);
+    if (e === undefined) return;
+    cache.delete(i);
+    release(e.req);
+  };
+  const touch = (i: number): Entry | undefined => {
+    const e = cache.get(i);
+    if (e !== undefined) {
       cache.delete(i);
-      cache.set(i, p);
+      cache.set(i, e);
     }
-    return p;
+    return e;
   };
   const evict = () => {
-    while (cache.size > capacity) {
-      const oldest = cache.keys().next().value as number;
-      cache.delete(oldest);
-    }
+    while (cache.size > capacity) drop(cache.keys().next().value as number);
   };
   /** One request for blocks [first, last], each block's promise cached; returns them. */
-  const load = (first: number, last: number): Promise<Buffer>[] => {
+  const load = (first: number, last: number): Entry[] => {
     const start = first * block;
     const end = Math.min(size, (last + 1) * block);
-    const all = r.fetch(start, end);
-    const out: Promise<Buffer>[] = [];
+    const req: Req = {
+      buf: end - start === pooled ? (free.pop() ?? Buffer.allocUnsafe(pooled)) : null,
+      refs: 1,
+    };
+    const all = req.buf !== null ? r.fetch(start, end, req.buf) : r.fetch(start, end);
+    // The request's own hold, given back when it is over (its buffer is written until then).
+    all.then(
+      () => release(req),
+      () => release(req),
+    );
+    const out: Entry[] = [];
     for (let i = first; i <= last; i++) {
       const off = (i - first) * block;
-      const p = all.then((b) => b.subarray(off, Math.min(off + block, b.length)));
+      const e: Entry = { p: all.then((b) => b.subarray(off, Math.min(off + block, b.length))), req };
+      // One hold for the cache, one for the caller (who releases it).
+      req.refs += 2;
       // A failed request is forgotten, so that a later read tries again.
-      p.catch(() => {
-        if (cache.get(i) === p) cache.delete(i);
+      e.p.catch(() => {
+        if (cache.get(i) === e) drop(i);
       });
-      cache.set(i, p);
-      out.push(p);
+      cache.set(i, e);
+      out.push(e);
     }
     evict();
     return out;
@@ -92,18 +133,20 @@ export function cachedSource(r: RangeReader, opts: CachedSourceOptions = {}): Re
   /**
    * The blocks [first, last], in order: cached ones (made most recent), the missing ones
    * fetched with one request per run of consecutive misses. The promises are held here, so
-   * that loading a later run cannot evict an earlier one before it is read.
+   * that loading a later run cannot evict an earlier one before it is read, and each entry is
+   * held (its buffer not used again) until the caller releases it.
    */
   const blocksOf = (
     first: number,
     last: number,
     maxBlocks = Math.max(1, Math.floor(maxRequest / block)),
-  ): Promise<Buffer>[] => {
-    const out: Promise<Buffer>[] = [];
+  ): Entry[] => {
+    const out: Entry[] = [];
     let i = first;
     while (i <= last) {
       const hit = touch(i);
       if (hit !== undefined) {
+        hit.req.refs++;
         out.push(hit);
         i++;
         continue;
@@ -139,23 +182,29 @@ export function cachedSource(r: RangeReader, opts: CachedSourceOptions = {}): Re
         const to = Math.min(blocks - 1, last + ahead);
         let from = last + 1;
         while (from <= to && cache.has(from)) from++;
-        if (from <= to && (to - from + 1 >= refill || to === blocks - 1)) blocksOf(from, to, aheadBlocks);
+        if (from <= to && (to - from + 1 >= refill || to === blocks - 1))
+          for (const e of blocksOf(from, to, aheadBlocks)) release(e.req);
       }
-      let done = 0;
-      for (let k = 0; k < parts.length; k++) {
-        const b = await parts[k]!;
-        const blockStart = (first + k) * block;
-        const from = Math.max(offset, blockStart) - blockStart;
-        const to = Math.min(offset + n, blockStart + b.length) - blockStart;
-        buf.set(b.subarray(from, to), done);
-        done += to - from;
+      try {
+        let done = 0;
+        for (let k = 0; k < parts.length; k++) {
+          const b = await parts[k]!.p;
+          const blockStart = (first + k) * block;
+          const from = Math.max(offset, blockStart) - blockStart;
+          const to = Math.min(offset + n, blockStart + b.length) - blockStart;
+          buf.set(b.subarray(from, to), done);
+          done += to - from;
+        }
+        return done;
+      } finally {
+        for (const e of parts) release(e.req);
       }
-      return done;
     },
     async close() {
       closed = true;
-      const pending = [...cache.values()];
+      const pending = [...cache.values()].map((e) => e.p);
       cache.clear();
+      free.length = 0;
       await Promise.allSettled(pending);
       await r.close?.();
     },

@@ -22,6 +22,7 @@ import { parseBoolOption } from '../core/options.js';
 import { lookupSecretUtf8, type Secrets } from '../core/secrets.js';
 import { parseSize } from '../core/size.js';
 import { cachedSource } from './cached-source.js';
+import { RangeWire, WireError } from './http-wire.js';
 
 /** qemu's curl runtime options (block/curl.c runtime_opts), as given by json:/--image-opts. */
 export interface HttpSourceOptions {
@@ -62,11 +63,14 @@ interface Response {
 /** The open connection pool and request settings of one source. */
 class HttpClient {
   private readonly agent: HttpAgent;
+  /** Range GETs over plain http go by the minimal client of http-wire.ts while it will do. */
+  private wire: RangeWire | null;
   constructor(
     private url: URL,
     private readonly opts: HttpSourceOptions,
   ) {
     const parallel = opts.parallel ?? 4;
+    this.wire = url.protocol === 'http:' ? new RangeWire(parallel + 1) : null;
     this.agent =
       url.protocol === 'https:'
         ? new HttpsAgent({
@@ -117,6 +121,32 @@ class HttpClient {
         );
       }
       return res;
+    }
+  }
+
+  /**
+   * A Range GET of `into.length` bytes from `start` by the wire client: true when the body is
+   * in `into`, false when node:http should ask instead (see http-wire.ts). Rejects with a
+   * RequestError in the words node:http's path would give.
+   */
+  async wireRange(start: number, into: Buffer): Promise<boolean> {
+    const wire = this.wire;
+    if (wire === null) return false;
+    const headers = this.headers({});
+    // Values node:http would refuse: leave them to it (and its error).
+    if (Object.values(headers).some((v) => /[\r\n\0]/.test(v))) return false;
+    const timeoutMs = Math.round((this.opts.timeout ?? 5) * 1000);
+    try {
+      const r = await wire.get(this.url, headers, start, into, timeoutMs);
+      if (r.kind === 'done') return true;
+      if (r.final && this.wire === wire) {
+        this.wire = null;
+        wire.close();
+      }
+      return false;
+    } catch (err) {
+      if (err instanceof WireError) throw new RequestError(err.message, err.retry);
+      throw new RequestError(describe(err, this.url), isTransient(err));
     }
   }
 
@@ -182,6 +212,7 @@ class HttpClient {
   }
 
   close(): void {
+    this.wire?.close();
     this.agent.destroy();
   }
 }
@@ -280,10 +311,11 @@ export async function openHttpSource(
   // are in flight while the consumer works.
   const aheadRequest = Math.max(4 * MiB, Math.ceil(readahead / parallel / MiB) * MiB);
   const readAhead = aheadRequest * parallel;
-  const fetchRange = async (start: number, end: number): Promise<Buffer> => {
-    const buf = Buffer.allocUnsafe(end - start);
+  const fetchRange = async (start: number, end: number, into?: Buffer): Promise<Buffer> => {
+    const buf = into ?? Buffer.allocUnsafe(end - start);
     return client
       .withRetries(async () => {
+        if (await client.wireRange(start, buf)) return buf;
         const res = await client.request('GET', { range: `bytes=${start}-${end - 1}` }, buf);
         const range = res.headers['content-range'];
         if (res.status !== 206 || range === undefined || !range.startsWith(`bytes ${start}-`)) {

@@ -1,0 +1,301 @@
+/**
+ * A minimal HTTP/1.1 client for the one request a remote image source makes by the million:
+ * `GET` with `Range: bytes=a-b` over plain TCP, its body read straight into the caller's buffer.
+ *
+ * node:http costs about as much CPU as the copy itself at loopback speed: its parser, one
+ * 64 KiB Buffer per socket read (and the GC of them), and one more copy. Here each keep-alive
+ * connection is a `net.Socket` with `onread` (Node reads the socket into memory we hand it):
+ * the status line and headers land in a small scratch buffer of the connection's own, and once
+ * they are parsed the kernel reads the body directly into the destination, at most the bytes
+ * still expected, so there is no per-read allocation and no copy of the body (but for the few
+ * bytes that came with the headers).
+ *
+ * Only the answer a good range server gives is handled here: `206` with a `Content-Length`
+ * equal to the range's length and a `Content-Range` starting at its first byte, no
+ * `Transfer-Encoding`. Anything else (a redirect, `200` with the whole object, a chunked
+ * body, headers that do not fit in the scratch buffer) returns `fallback`, the connection
+ * closed, and the caller asks again with node:http, which has the complete protocol and the
+ * error messages. `4xx`/`5xx` statuses reject with the status, as node:http's path would.
+ */
+import { connect, type Socket } from 'node:net';
+
+/** An error of one wire request: `retry` when trying again may succeed. */
+export class WireError extends Error {
+  constructor(
+    message: string,
+    readonly retry: boolean,
+    /** The HTTP status of an error answer (4xx/5xx). */
+    readonly status?: number,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * `done`: the body is in the buffer. `fallback`: ask node:http (`final`: this server's
+ * answers will not do here, do not use the wire again).
+ */
+export type WireResult = { kind: 'done' } | { kind: 'fallback'; final: boolean };
+
+const SCRATCH = 16 * 1024;
+const CRLFCRLF = Buffer.from('\r\n\r\n');
+
+/** The state of the request a connection is serving. */
+interface Pending {
+  into: Buffer;
+  start: number;
+  /** Header bytes in the scratch buffer (before the body starts). */
+  head: number;
+  /** Body bytes read into `into` (-1 while the headers are being read). */
+  got: number;
+  /** Whether any byte of the answer has arrived. */
+  any: boolean;
+  keepAlive: boolean;
+  settle: (err: Error | null, result?: WireResult) => void;
+}
+
+class Conn {
+  readonly socket: Socket;
+  readonly scratch = Buffer.allocUnsafe(SCRATCH);
+  next: Uint8Array = this.scratch;
+  pending: Pending | null = null;
+  /** Whether the connection served a request before (a stale keep-alive one may be closed). */
+  used = false;
+  dead = false;
+
+  constructor(host: string, port: number, onIdleGone: (c: Conn) => void) {
+    this.socket = connect({
+      host,
+      port,
+      noDelay: true,
+      onread: { buffer: () => this.next, callback: (n: number, buf: Uint8Array) => this.onData(n, buf) },
+    });
+    this.socket.on('error', (err) => this.fail(err));
+    this.socket.on('close', () => {
+      this.dead = true;
+      const p = this.pending;
+      if (p === null) {
+        onIdleGone(this);
+        return;
+      }
+      if (!p.any && this.used) this.fail(Object.assign(new Error('socket hang up'), { code: 'ECONNRESET' }));
+      else this.fail(new WireError('Transferred a partial file', true));
+    });
+    this.socket.on('timeout', () => {
+      const p = this.pending;
+      if (p === null) return;
+      const ms = this.socket.timeout ?? 0;
+      this.fail(
+        new WireError(
+          `Operation timed out after ${ms} milliseconds with ${Math.max(0, p.got)} bytes received`,
+          true,
+        ),
+      );
+    });
+  }
+
+  private fail(err: Error): void {
+    const p = this.pending;
+    this.pending = null;
+    this.next = this.scratch;
+    this.dead = true;
+    this.socket.destroy();
+    p?.settle(err);
+  }
+
+  private finish(result: WireResult, keep: boolean): void {
+    const p = this.pending;
+    this.pending = null;
+    this.next = this.scratch;
+    if (!keep) {
+      this.dead = true;
+      this.socket.destroy();
+    }
+    p?.settle(null, result);
+  }
+
+  private onData(n: number, buf: Uint8Array): boolean {
+    const p = this.pending;
+    if (p === null) {
+      // Bytes nobody asked for: the connection is out of step.
+      this.dead = true;
+      this.socket.destroy();
+      return false;
+    }
+    p.any = true;
+    if (p.got >= 0) {
+      p.got += n;
+      if (p.got === p.into.length) this.finish({ kind: 'done' }, p.keepAlive);
+      else this.next = p.into.subarray(p.got);
+      return true;
+    }
+    // Headers: the scratch buffer fills from `head` on.
+    const have = p.head + n;
+    if (buf !== this.scratch) {
+      this.finish({ kind: 'fallback', final: true }, false);
+      return false;
+    }
+    const end = this.scratch.subarray(0, have).indexOf(CRLFCRLF);
+    if (end < 0) {
+      if (have >= SCRATCH) this.finish({ kind: 'fallback', final: true }, false);
+      else {
+        p.head = have;
+        this.next = this.scratch.subarray(have);
+      }
+      return true;
+    }
+    const verdict = parseHead(this.scratch.toString('latin1', 0, end), p.start, p.into.length);
+    if (verdict.kind !== 'body') {
+      if (verdict.kind === 'error') this.fail(new WireError(verdict.message, verdict.retry, verdict.status));
+      else this.finish(verdict, false);
+      return false;
+    }
+    p.keepAlive = verdict.keepAlive;
+    const bodyStart = end + 4;
+    const extra = have - bodyStart;
+    if (extra > p.into.length) {
+      // More than the body: a server that answers what was not asked.
+      this.finish({ kind: 'fallback', final: true }, false);
+      return false;
+    }
+    this.scratch.copy(p.into, 0, bodyStart, have);
+    p.got = extra;
+    if (p.got === p.into.length) this.finish({ kind: 'done' }, p.keepAlive);
+    else this.next = p.into.subarray(p.got);
+    return true;
+  }
+
+  send(request: string, p: Pending, timeoutMs: number): void {
+    this.pending = p;
+    this.next = this.scratch;
+    this.socket.setTimeout(timeoutMs);
+    this.socket.ref();
+    this.socket.write(request, 'latin1');
+  }
+
+  idle(): void {
+    this.used = true;
+    this.socket.setTimeout(0);
+    this.socket.unref();
+  }
+}
+
+type HeadVerdict =
+  | { kind: 'body'; keepAlive: boolean }
+  | { kind: 'fallback'; final: boolean }
+  | { kind: 'error'; message: string; retry: boolean; status: number };
+
+const RETRY_STATUS = new Set([408, 429, 500, 502, 503, 504]);
+
+/** The status line and headers of an answer to `Range: bytes=start-(start+length-1)`. */
+function parseHead(head: string, start: number, length: number): HeadVerdict {
+  const lines = head.split('\r\n');
+  const m = /^HTTP\/1\.([01]) (\d{3})/.exec(lines[0] ?? '');
+  if (m === null) return { kind: 'fallback', final: true };
+  const status = Number(m[2]);
+  if (status >= 400) {
+    return {
+      kind: 'error',
+      message: `The requested URL returned error: ${status}`,
+      retry: RETRY_STATUS.has(status),
+      status,
+    };
+  }
+  // A redirect (node:http follows it and the next requests go to its target) or no range.
+  if (status !== 206) return { kind: 'fallback', final: status < 300 || status >= 400 };
+  let contentLength: string | undefined;
+  let contentRange: string | undefined;
+  let keepAlive = m[1] === '1';
+  for (let i = 1; i < lines.length; i++) {
+    const line = lines[i]!;
+    const colon = line.indexOf(':');
+    if (colon <= 0) return { kind: 'fallback', final: true };
+    const name = line.slice(0, colon).trim().toLowerCase();
+    const value = line.slice(colon + 1).trim();
+    if (name === 'content-length') {
+      if (contentLength !== undefined && contentLength !== value) return { kind: 'fallback', final: true };
+      contentLength = value;
+    } else if (name === 'content-range') contentRange = value;
+    else if (name === 'transfer-encoding') return { kind: 'fallback', final: true };
+    else if (name === 'connection') {
+      const v = value.toLowerCase();
+      if (v.includes('close')) keepAlive = false;
+      else if (v.includes('keep-alive')) keepAlive = true;
+    }
+  }
+  if (
+    contentLength !== String(length) ||
+    contentRange === undefined ||
+    !contentRange.startsWith(`bytes ${start}-${start + length - 1}/`)
+  ) {
+    return { kind: 'fallback', final: true };
+  }
+  return { kind: 'body', keepAlive };
+}
+
+/** Keep-alive connections to one host:port, at most `maxIdle` kept between requests. */
+export class RangeWire {
+  private readonly idleConns: Conn[] = [];
+  private readonly busy = new Set<Conn>();
+  private closed = false;
+
+  constructor(private readonly maxIdle: number) {}
+
+  /**
+   * GET `url` bytes [start, start + into.length) into `into`, with `headers` (names and
+   * values already checked). Rejects with a WireError, or a socket's error (with its code).
+   */
+  get(
+    url: URL,
+    headers: Record<string, string>,
+    start: number,
+    into: Buffer,
+    timeoutMs: number,
+  ): Promise<WireResult> {
+    if (this.closed) return Promise.reject(new Error('the source is closed'));
+    let req = `GET ${url.pathname}${url.search} HTTP/1.1\r\nHost: ${url.host}\r\n`;
+    for (const [k, v] of Object.entries(headers)) req += `${k}: ${v}\r\n`;
+    req += `Range: bytes=${start}-${start + into.length - 1}\r\nConnection: keep-alive\r\n\r\n`;
+    let conn = this.idleConns.pop();
+    while (conn?.dead) conn = this.idleConns.pop();
+    if (conn === undefined) {
+      const host = url.hostname.replace(/^\[|\]$/g, '');
+      const port = url.port !== '' ? Number(url.port) : 80;
+      conn = new Conn(host, port, (c) => {
+        const i = this.idleConns.indexOf(c);
+        if (i >= 0) this.idleConns.splice(i, 1);
+      });
+    }
+    const c = conn;
+    this.busy.add(c);
+    return new Promise<WireResult>((resolve, reject) => {
+      c.send(
+        req,
+        {
+          into,
+          start,
+          head: 0,
+          got: -1,
+          any: false,
+          keepAlive: true,
+          settle: (err, result) => {
+            this.busy.delete(c);
+            if (!c.dead && !this.closed && this.idleConns.length < this.maxIdle) {
+              c.idle();
+              this.idleConns.push(c);
+            } else if (!c.dead) c.socket.destroy();
+            if (err !== null) reject(err);
+            else resolve(result!);
+          },
+        },
+        timeoutMs,
+      );
+    });
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const c of [...this.idleConns, ...this.busy]) c.socket.destroy();
+    this.idleConns.length = 0;
+  }
+}
