@@ -22,7 +22,6 @@ import { mkdtemp, open, rm, statfs } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable, type Writable } from 'node:stream';
-import { isTargetImageOptsMode } from '../chain/image-opts.js';
 import { openLayers } from '../chain/layers.js';
 import { openContext, openImage } from '../chain/open.js';
 import { isAllZero } from '../core/device.js';
@@ -190,7 +189,7 @@ function rawToRaw(o: ConvertPipeOptions): boolean {
     minSparse > 0 &&
     minSparse % 512 === 0 &&
     minSparse <= RAW_WRITE &&
-    !isTargetImageOptsMode()
+    o.targetImageOpts !== true
   );
 }
 
