@@ -27,6 +27,8 @@ export interface ConformanceTarget {
    * qemu-img must read too.
    */
   zeroInit?: boolean;
+  /** More checks of the image against the model after each case that writes (format-specific). */
+  alsoCheck?(path: string, model: Buffer): void;
   /** Label for the describe block (e.g. "qcow2 cluster_size=4k"). */
   label?: string;
   /**
@@ -71,6 +73,7 @@ export function runDeviceConformance(t: ConformanceTarget): void {
         const chk = qemuImg(['check', ...qemuImage(path)]);
         expect(chk.code, chk.stdout + chk.stderr).toBe(0);
       }
+      t.alsoCheck?.(path, model);
     }
 
     async function readAll(img: Image): Promise<Buffer> {

@@ -1,3 +1,5 @@
+import { readFileSync } from 'node:fs';
+import { expect } from 'vitest';
 import { openImage } from '../../chain/open.js';
 import { runDeviceConformance } from '../../test/conformance.js';
 import { qemuImgOk, vdisk } from '../../test/oracle.js';
@@ -34,6 +36,13 @@ for (const raw of [false, true]) {
       qemuImgOk(['create', '-q', '-f', 'qcow2', '-o', o, path, String(size)]);
     },
     open: (path, writable) => openImage(path, { format: 'qcow2', writable, allowDataFile: true }),
+    // data_file_raw=on: the data file is the guest disk byte for byte, readable as raw.
+    ...(raw
+      ? {
+          alsoCheck: (path: string, model: Buffer) =>
+            expect(readFileSync(`${path}.data`).equals(model)).toBe(true),
+        }
+      : {}),
   });
 }
 

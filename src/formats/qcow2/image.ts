@@ -768,10 +768,27 @@ export class Qcow2Image implements FormatImage {
     if (alignedStart > offset) await this.writeZeroData(offset, alignedStart - offset);
     if (end === vEnd) alignedEnd = Math.ceil(end / unit) * unit;
     alignedStart = Math.max(alignedStart, offset);
+    await this.zeroRawDataFile(alignedStart, Math.min(alignedEnd, vEnd) - alignedStart, unmap);
     await this.forEachTable(alignedStart, alignedEnd - alignedStart, (l2off, table, ci, n, l1i) =>
       this.zeroInTable(l2off, table, ci, n, l1i, unmap),
     );
     if (end !== vEnd && alignedEnd < end) await this.writeZeroData(alignedEnd, end - alignedEnd);
+  }
+
+  /**
+   * data_file_raw=on keeps the external data file the guest disk byte for byte: QEMU zeroes the
+   * range in the data file before it sets the zero flags (qcow2_subcluster_zeroize), punching
+   * it out when unmap is allowed.
+   */
+  private async zeroRawDataFile(offset: number, length: number, unmap: boolean): Promise<void> {
+    if (!this.meta.dataFileRaw || length <= 0) return;
+    const file = await this.data();
+    if (await file.zeroOut(offset, length, unmap)) return;
+    const chunk = new Uint8Array(Math.min(length, 4 << 20));
+    for (let p = offset; p < offset + length; p += chunk.length) {
+      const n = Math.min(chunk.length, offset + length - p);
+      await file.write(n === chunk.length ? chunk : chunk.subarray(0, n), p);
+    }
   }
 
   private async writeZeroData(offset: number, length: number): Promise<void> {
