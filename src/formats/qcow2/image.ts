@@ -909,14 +909,22 @@ export class Qcow2Image implements FormatImage {
       await this.beginWrite();
       this.meta.persistentBitmaps?.noteWrite(start, end - start);
       const span = this.meta.l2Entries * cs;
+      const dataDrops: Array<[number, number]> = [];
       for (let g = start; g < end; ) {
         const l1i = Math.floor(g / span);
         const n = Math.min(end, (l1i + 1) * span) - g;
         const [l2off, table] = await this.meta.l2ForWrite(l1i);
-        this.discardInTable(l2off, table, Math.floor((g % span) / cs), n / cs, false);
+        this.discardInTable(l2off, table, Math.floor((g % span) / cs), n / cs, false, dataDrops);
         g += n;
       }
       await this.meta.settleFrees();
+      // A discard request passes on to the data file's clusters it drops (QEMU's
+      // qcow2_free_any_cluster with discard passthrough, on when discards are honoured at all:
+      // BDRV_O_UNMAP), so a raw data file reads zeros there too. Advisory, as every discard.
+      if (dataDrops.length > 0) {
+        const file = await this.data();
+        for (const [at, len] of dataDrops) await file.discard(at, len);
+      }
     } finally {
       release();
       unclaim();
@@ -934,6 +942,8 @@ export class Qcow2Image implements FormatImage {
     first: number,
     count: number,
     full: boolean,
+    /** Collects the data-file clusters dropped (images with an external data file). */
+    dataDrops?: Array<[number, number]>,
   ): void {
     const v = new DataView(table.buffer, table.byteOffset, table.length);
     let changed = false;
@@ -958,6 +968,7 @@ export class Qcow2Image implements FormatImage {
       changed = true;
       if (compressed) this.meta.pendingFrees.push(this.meta.compressedFreeRange(hi, lo, l2off, ci));
       else if (hh && !this.meta.hasDataFile) this.meta.pendingFrees.push([host, this.meta.clusterSize]);
+      else if (hh) dataDrops?.push([host, this.meta.clusterSize]);
     }
     if (changed) {
       this.lastCompressed = null;
