@@ -22,13 +22,13 @@ export async function commitChain(top: Image, base: Image, opts: CommitOptions =
   if (base.readOnly) throw new VdiskError('READ_ONLY', `Base image '${base.path}' is not open for writing`);
   const size = top.size;
   if (base.size < size) {
-    if (base.driver.resize === undefined) {
+    if (!base.supports('resize')) {
       throw new VdiskError(
         'UNSUPPORTED',
         `Cannot grow base image '${base.path}' (format ${base.format}) to ${size} bytes`,
       );
     }
-    await base.driver.resize(size, { shrink: false });
+    await base.resize(size, { shrink: false });
   }
   const chunk = opts.chunkSize ?? 2 << 20;
   const buf = Buffer.allocUnsafe(chunk);
@@ -53,8 +53,9 @@ export async function commitChain(top: Image, base: Image, opts: CommitOptions =
     opts.onProgress?.((pos / size) * 100);
   }
   await base.flush();
-  if (!opts.drop && top.backing === base && top.driver.makeEmpty !== undefined) {
-    await top.driver.makeEmpty();
+  // qemu-img commit ignores a format that cannot be emptied (bdrv_make_empty's -ENOTSUP).
+  if (!opts.drop && top.backing === base && top.supports('makeEmpty')) {
+    await top.makeEmpty();
     await top.flush();
   }
 }

@@ -27,10 +27,8 @@ export async function rebaseSafe(
   ref: FileRef | undefined,
   opts: RebaseOptions = {},
 ) {
-  const setBacking = image.driver.setBacking;
-  if (setBacking === undefined) {
-    throw new VdiskError('UNSUPPORTED', `Format ${image.format} does not store a backing file`);
-  }
+  // Refused before anything is copied, in Image.changeBackingFile's words.
+  if (!image.supports('backingFile')) return image.changeBackingFile(ref);
   if (opts.compress && image.driver.writeCompressed === undefined) {
     throw new VdiskError('UNSUPPORTED', `Compression not supported for format '${image.format}'`);
   }
@@ -54,7 +52,7 @@ export async function rebaseSafe(
     opts.onProgress?.((pos / size) * 100);
   }
   await image.flush();
-  await setBacking.call(image.driver, ref);
+  await image.changeBackingFile(ref);
   await image.flush();
 }
 

@@ -122,17 +122,13 @@ export async function amendCommand(o: AmendCommandOptions): Promise<void> {
       await o.onHelp?.(image.format);
       return;
     }
-    if (image.driver.amend === undefined) {
-      throw new VdiskError(
-        'UNSUPPORTED',
-        `Format driver '${image.format}' does not support option amendment`,
-      );
-    }
+    // A format without amend has no amend options: parseAmendOptions refuses it first, in the
+    // words Image.amend would use.
     const values = await parseAmendOptions(image.format, o.options);
     // In case the driver reports nothing (qemu-img prints 0 and 100 around the call).
     o.onProgress?.(0);
     try {
-      await image.driver.amend(values, (done, total) => o.onProgress?.((100 * done) / total));
+      await image.amend(values, (done, total) => o.onProgress?.((100 * done) / total));
     } finally {
       o.onProgress?.(100);
     }

@@ -36,11 +36,9 @@ export async function rebaseCommand(o: RebaseCommandOptions): Promise<void> {
     allowDataFile: true,
   });
   try {
-    if (image.driver.setBacking === undefined) {
-      throw new VdiskError('UNSUPPORTED', `Format '${image.format}' does not support backing files`);
-    }
-    if (o.unsafe) {
-      await image.driver.setBacking(ref);
+    if (o.unsafe || !image.supports('backingFile')) {
+      // Unsupported: Image.changeBackingFile's error, before a safe rebase reads anything.
+      await image.changeBackingFile(ref);
       return;
     }
     let newBacking: Image | null = null;

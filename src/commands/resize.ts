@@ -41,10 +41,7 @@ export async function resizeCommand(o: ResizeCommandOptions): Promise<{ oldSize:
     if (newSize <= oldSize && o.preallocation !== undefined && o.preallocation !== 'off') {
       throw new VdiskError('INVALID_ARGUMENT', 'Preallocation can only be used for growing images');
     }
-    if (image.driver.resize === undefined) {
-      throw new VdiskError('UNSUPPORTED', `Image format '${image.format}' does not support resizing`);
-    }
-    await image.driver.resize(newSize, {
+    await image.resize(newSize, {
       shrink: o.shrink === true,
       ...(o.preallocation !== undefined ? { preallocation: o.preallocation } : {}),
     });

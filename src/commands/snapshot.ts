@@ -85,21 +85,15 @@ export async function snapshotCommand(o: SnapshotCommandOptions): Promise<Snapsh
     },
   });
   try {
-    const d = image.driver;
     const a = o.action;
     switch (a.op) {
       case 'none':
       case 'list':
         break;
       case 'create': {
-        if (d.createSnapshot === undefined) {
-          throw new VdiskError(
-            'UNSUPPORTED',
-            `Could not create snapshot '${a.name}': -95 (Operation not supported)`,
-          );
-        }
         try {
-          await d.createSnapshot(a.name, (o.now ?? nowClock)());
+          // A format without snapshots: UNSUPPORTED, printed "-95 (Operation not supported)".
+          await image.createSnapshot(a.name, (o.now ?? nowClock)());
         } catch (err) {
           const [n, text] = errnoOf(err);
           const detail =
@@ -113,18 +107,20 @@ export async function snapshotCommand(o: SnapshotCommandOptions): Promise<Snapsh
         break;
       }
       case 'apply': {
-        if (d.applySnapshot === undefined) {
-          // QEMU's bdrv_snapshot_goto falls back to the protocol layer and reopens the
-          // image, which prints the open warnings (probed raw) a second time.
-          for (const m of warnings) o.onWarning?.(m);
-          throw new VdiskError(
-            'UNSUPPORTED',
-            `Could not apply snapshot '${a.name}': Block driver does not support snapshots`,
-          );
-        }
+        const supported = image.supports('snapshots');
         try {
-          await d.applySnapshot(a.name);
+          await image.applySnapshot(a.name);
         } catch (err) {
+          if (!supported) {
+            // QEMU's bdrv_snapshot_goto falls back to the protocol layer and reopens the
+            // image, which prints the open warnings (probed raw) a second time.
+            for (const m of warnings) o.onWarning?.(m);
+            throw new VdiskError(
+              err instanceof VdiskError ? err.code : 'UNSUPPORTED',
+              `Could not apply snapshot '${a.name}': ${(err as Error).message}`,
+              { cause: err },
+            );
+          }
           if (err instanceof VdiskError && err.code === 'NOT_FOUND') {
             throw new VdiskError(
               'NOT_FOUND',
@@ -143,13 +139,9 @@ export async function snapshotCommand(o: SnapshotCommandOptions): Promise<Snapsh
         break;
       }
       case 'delete': {
-        // qemu-img 7.2's bdrv_snapshot_find: by name only (measured: `-d 1` does not find id 1).
-        const sn = (d.snapshots?.() ?? []).find((s) => s.name === a.name);
-        if (sn === undefined || d.deleteSnapshot === undefined) {
-          throw new VdiskError('NOT_FOUND', `Could not delete snapshot '${a.name}': snapshot not found`);
-        }
         try {
-          await d.deleteSnapshot({ id: sn.id, name: sn.name });
+          // By name only, as qemu-img 7.2's bdrv_snapshot_find (see Image.deleteSnapshot).
+          await image.deleteSnapshot(a.name);
         } catch (err) {
           const detail = err instanceof VdiskError ? err.message : String(err);
           throw new VdiskError(
@@ -162,7 +154,7 @@ export async function snapshotCommand(o: SnapshotCommandOptions): Promise<Snapsh
       }
     }
     if (!list) await image.flush();
-    return { snapshots: d.snapshots?.() ?? [] };
+    return { snapshots: image.snapshots() };
   } finally {
     await image.close();
   }

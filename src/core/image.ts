@@ -5,7 +5,7 @@
  * zeros past its end) and chain-aware block status with depth.
  */
 import type { BlockDevice, Extent } from './device.js';
-import type { FormatImage } from './driver.js';
+import type { AmendValues, FileRef, FormatImage, SnapshotInfo } from './driver.js';
 import { VdiskError } from './errors.js';
 import { RwLock } from './lock.js';
 
@@ -276,6 +276,115 @@ export class Image implements BlockDevice {
     await this.driver.flush();
   }
 
+  // Metadata operations (qemu-img resize, amend, rebase, commit, snapshot). Each checks that the
+  // image is writable and that the driver has the operation (QEMU's -ENOTSUP, in the words
+  // qemu-img prints), and runs with no guest request in flight.
+
+  /** Does the driver have this metadata operation? */
+  supports(op: MetadataOp): boolean {
+    const d = this.driver;
+    switch (op) {
+      case 'resize':
+        return d.resize !== undefined;
+      case 'amend':
+        return d.amend !== undefined;
+      case 'backingFile':
+        return d.setBacking !== undefined;
+      case 'makeEmpty':
+        return d.makeEmpty !== undefined;
+      case 'snapshots':
+        return (
+          d.createSnapshot !== undefined && d.applySnapshot !== undefined && d.deleteSnapshot !== undefined
+        );
+    }
+  }
+
+  /** Run a metadata operation exclusive of guest requests, on a writable image. */
+  private async metadataOp<T>(op: string, run: () => Promise<T>): Promise<T> {
+    this.checkWritable(op);
+    const release = await this.rmw.exclusive();
+    try {
+      return await run();
+    } finally {
+      release();
+    }
+  }
+
+  /** Change the virtual size (qemu-img resize; shrinking drops what lies past the new end). */
+  async resize(size: number, opts: { preallocation?: string; shrink: boolean }): Promise<void> {
+    const d = this.driver;
+    if (d.resize === undefined)
+      throw new VdiskError('UNSUPPORTED', `Image format '${this.format}' does not support resizing`);
+    await this.metadataOp('resize', () => d.resize!(size, opts));
+  }
+
+  /** Change format-specific options (qemu-img amend); onProgress(done, total) in any unit. */
+  async amend(values: AmendValues, onProgress?: (done: number, total: number) => void): Promise<void> {
+    const d = this.driver;
+    if (d.amend === undefined)
+      throw new VdiskError('UNSUPPORTED', `Format driver '${this.format}' does not support option amendment`);
+    await this.metadataOp('amend', () => d.amend!(values, onProgress));
+  }
+
+  /**
+   * Rewrite the backing file reference the image stores (QEMU's bdrv_change_backing_file:
+   * rebase, commit); undefined detaches. The attached backing Image is not changed.
+   */
+  async changeBackingFile(ref: FileRef | undefined): Promise<void> {
+    const d = this.driver;
+    if (d.setBacking === undefined)
+      throw new VdiskError('UNSUPPORTED', `Format '${this.format}' does not support backing files`);
+    await this.metadataOp('change the backing file', () => d.setBacking!(ref));
+  }
+
+  /** Make every cluster unallocated (QEMU's bdrv_make_empty, after commit). */
+  async makeEmpty(): Promise<void> {
+    const d = this.driver;
+    // QEMU's words (bdrv_make_empty); qemu-img commit ignores this -ENOTSUP.
+    if (d.makeEmpty === undefined)
+      throw new VdiskError('UNSUPPORTED', `${this.format} does not support emptying nodes`);
+    await this.metadataOp('empty', () => d.makeEmpty!());
+  }
+
+  /** The image's internal snapshots (none for formats without them). */
+  snapshots(): SnapshotInfo[] {
+    return this.driver.snapshots?.() ?? [];
+  }
+
+  /**
+   * Take an internal snapshot (qemu-img snapshot -c). A format without snapshots fails with
+   * UNSUPPORTED, which qemu-img prints as "-95 (Operation not supported)".
+   */
+  async createSnapshot(name: string, date: { sec: number; nsec: number }): Promise<SnapshotInfo> {
+    const d = this.driver;
+    if (!this.supports('snapshots')) throw new VdiskError('UNSUPPORTED', 'Operation not supported');
+    return this.metadataOp('create a snapshot', () => d.createSnapshot!(name, date));
+  }
+
+  /**
+   * Revert to an internal snapshot found by id, then by name (qemu-img snapshot -a): NOT_FOUND
+   * when there is none; UNSUPPORTED with QEMU's bdrv_snapshot_goto words for a format without
+   * snapshots.
+   */
+  async applySnapshot(idOrName: string): Promise<void> {
+    const d = this.driver;
+    if (!this.supports('snapshots'))
+      throw new VdiskError('UNSUPPORTED', 'Block driver does not support snapshots');
+    await this.metadataOp('apply a snapshot', () => d.applySnapshot!(idOrName));
+  }
+
+  /**
+   * Delete the internal snapshot with this name (qemu-img 7.2's snapshot -d finds by name only:
+   * `-d 1` does not find id 1): NOT_FOUND "snapshot not found" when there is none.
+   */
+  async deleteSnapshot(name: string): Promise<void> {
+    const d = this.driver;
+    const sn = this.snapshots().find((s) => s.name === name);
+    if (sn === undefined || !this.supports('snapshots'))
+      throw new VdiskError('NOT_FOUND', 'snapshot not found');
+    await this.metadataOp('delete a snapshot', () => d.deleteSnapshot!({ id: sn.id, name: sn.name }));
+  }
+
   /** Close this image and its backing chain. */
   async close(): Promise<void> {
     let err: unknown = null;
@@ -288,6 +397,9 @@ export class Image implements BlockDevice {
     if (err !== null) throw err;
   }
 }
+
+/** A metadata operation a driver may have (Image.supports). */
+export type MetadataOp = 'resize' | 'amend' | 'backingFile' | 'makeEmpty' | 'snapshots';
 
 export function roundUp(n: number, a: number): number {
   return Math.ceil(n / a) * a;

@@ -768,10 +768,27 @@ export class Qcow2Image implements FormatImage {
     if (alignedStart > offset) await this.writeZeroData(offset, alignedStart - offset);
     if (end === vEnd) alignedEnd = Math.ceil(end / unit) * unit;
     alignedStart = Math.max(alignedStart, offset);
+    await this.zeroRawDataFile(alignedStart, Math.min(alignedEnd, vEnd) - alignedStart, unmap);
     await this.forEachTable(alignedStart, alignedEnd - alignedStart, (l2off, table, ci, n, l1i) =>
       this.zeroInTable(l2off, table, ci, n, l1i, unmap),
     );
     if (end !== vEnd && alignedEnd < end) await this.writeZeroData(alignedEnd, end - alignedEnd);
+  }
+
+  /**
+   * data_file_raw=on keeps the external data file the guest disk byte for byte: QEMU zeroes the
+   * range in the data file before it sets the zero flags (qcow2_subcluster_zeroize), punching
+   * it out when unmap is allowed.
+   */
+  private async zeroRawDataFile(offset: number, length: number, unmap: boolean): Promise<void> {
+    if (!this.meta.dataFileRaw || length <= 0) return;
+    const file = await this.data();
+    if (await file.zeroOut(offset, length, unmap)) return;
+    const chunk = new Uint8Array(Math.min(length, 4 << 20));
+    for (let p = offset; p < offset + length; p += chunk.length) {
+      const n = Math.min(chunk.length, offset + length - p);
+      await file.write(n === chunk.length ? chunk : chunk.subarray(0, n), p);
+    }
   }
 
   private async writeZeroData(offset: number, length: number): Promise<void> {
@@ -892,14 +909,22 @@ export class Qcow2Image implements FormatImage {
       await this.beginWrite();
       this.meta.persistentBitmaps?.noteWrite(start, end - start);
       const span = this.meta.l2Entries * cs;
+      const dataDrops: Array<[number, number]> = [];
       for (let g = start; g < end; ) {
         const l1i = Math.floor(g / span);
         const n = Math.min(end, (l1i + 1) * span) - g;
         const [l2off, table] = await this.meta.l2ForWrite(l1i);
-        this.discardInTable(l2off, table, Math.floor((g % span) / cs), n / cs, false);
+        this.discardInTable(l2off, table, Math.floor((g % span) / cs), n / cs, false, dataDrops);
         g += n;
       }
       await this.meta.settleFrees();
+      // A discard request passes on to the data file's clusters it drops (QEMU's
+      // qcow2_free_any_cluster with discard passthrough, on when discards are honoured at all:
+      // BDRV_O_UNMAP), so a raw data file reads zeros there too. Advisory, as every discard.
+      if (dataDrops.length > 0) {
+        const file = await this.data();
+        for (const [at, len] of dataDrops) await file.discard(at, len);
+      }
     } finally {
       release();
       unclaim();
@@ -917,6 +942,8 @@ export class Qcow2Image implements FormatImage {
     first: number,
     count: number,
     full: boolean,
+    /** Collects the data-file clusters dropped (images with an external data file). */
+    dataDrops?: Array<[number, number]>,
   ): void {
     const v = new DataView(table.buffer, table.byteOffset, table.length);
     let changed = false;
@@ -941,6 +968,7 @@ export class Qcow2Image implements FormatImage {
       changed = true;
       if (compressed) this.meta.pendingFrees.push(this.meta.compressedFreeRange(hi, lo, l2off, ci));
       else if (hh && !this.meta.hasDataFile) this.meta.pendingFrees.push([host, this.meta.clusterSize]);
+      else if (hh) dataDrops?.push([host, this.meta.clusterSize]);
     }
     if (changed) {
       this.lastCompressed = null;
