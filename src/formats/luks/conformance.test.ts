@@ -2,19 +2,13 @@ import { copyFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll } from 'vitest';
 import { openImage } from '../../chain/open.js';
-import { defineSecret, lookupSecret } from '../../core/secrets.js';
+import { Secrets } from '../../core/secrets.js';
 import { runDeviceConformance } from '../../test/conformance.js';
 import { OBJ, qemuCreateLuks } from '../../test/luks.js';
 import { qemuImgLuks, tempDir } from '../../test/oracle.js';
 
-/** The secret `s0` of src/test/luks.ts, defined for vdisk once (the registry is per process). */
-function withSecret(): void {
-  try {
-    lookupSecret('s0');
-  } catch {
-    defineSecret('s0', new TextEncoder().encode('hunter2'));
-  }
-}
+/** The secret `s0` of src/test/luks.ts, in the store each open passes (as the CLI's --object). */
+const secrets = new Secrets().define('s0', new TextEncoder().encode('hunter2'));
 
 /**
  * qemu-img create of an encrypted image costs seconds (QEMU times PBKDF2 for at least 500 ms of
@@ -49,10 +43,8 @@ runDeviceConformance({
   create: once((path, size) => {
     qemuCreateLuks(['-o', 'key-secret=s0,iter-time=10', path, String(size)]);
   }),
-  open: (path, writable) => {
-    withSecret();
-    return openImage(path, { format: 'luks', writable, driverOptions: { 'key-secret': 's0' } });
-  },
+  open: (path, writable) =>
+    openImage(path, { format: 'luks', writable, secrets, driverOptions: { 'key-secret': 's0' } }),
   qemuImage: (path) => [
     ...OBJ,
     `json:${JSON.stringify({ driver: 'luks', 'key-secret': 's0', file: { driver: 'file', filename: path } })}`,
@@ -77,10 +69,8 @@ runDeviceConformance({
     ]);
     if (r.code !== 0) throw new Error(r.stderr);
   }),
-  open: (path, writable) => {
-    withSecret();
-    return openImage(path, { format: 'qcow2', writable, driverOptions: { 'encrypt.key-secret': 's0' } });
-  },
+  open: (path, writable) =>
+    openImage(path, { format: 'qcow2', writable, secrets, driverOptions: { 'encrypt.key-secret': 's0' } }),
   qemuImage: (path) => [
     ...OBJ,
     `json:${JSON.stringify({ driver: 'qcow2', encrypt: { 'key-secret': 's0' }, file: { driver: 'file', filename: path } })}`,
