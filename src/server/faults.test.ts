@@ -256,6 +256,7 @@ describe('the database connection dropped (pg_terminate_backend on the real Post
   for (const method of ['glance-direct', 'web-download'] as const)
     it(`mid-import (${method}), at five moments: the task succeeds with the right checksum or fails back to queued with os_glance_failed_import; nothing staged is left`, async () => {
       const md5 = createHash('md5').update(DATA).digest('hex');
+      const outcomes: string[] = [];
       for (let k = 0; k < 5; k++) {
         const img = await a.createImage({
           name: `${method}-${k}`,
@@ -274,6 +275,7 @@ describe('the database connection dropped (pg_terminate_backend on the real Post
         await new Promise((r) => setTimeout(r, k * 60));
         await terminate(db);
         const { img: end, task } = await ended(img.id);
+        outcomes.push(`${k * 60} ms: ${end.status}${task.status === 'failure' ? ` (${task.message})` : ''}`);
         const files = await stored();
         if (end.status === 'active') {
           expect(task.status).toBe('success');
@@ -288,6 +290,7 @@ describe('the database connection dropped (pg_terminate_backend on the real Post
         }
         expect(files).not.toContain(`staging-${img.id}`);
       }
+      console.log(`${method}, the database dropped at: ${outcomes.join('; ')}`);
       expect(await readdir(join(store, '.tmp'))).toEqual([]);
       expect(s.p.exitCode).toBe(null);
     }, 180_000);
@@ -295,12 +298,14 @@ describe('the database connection dropped (pg_terminate_backend on the real Post
   it('mid-flatten, at five moments: the new image active with the checksum of its blob, or queued with its task failed and no blob', async () => {
     const master = await a.createImage({ name: 'flat-master', disk_format: 'raw', container_format: 'bare' });
     expect(await a.upload(master.id, DATA)).toBe(204);
+    const outcomes: string[] = [];
     for (let k = 0; k < 5; k++) {
       const f = await a.req('POST', `/v2/images/${master.id}/actions/flatten`, { name: `flat-${k}` });
       expect(f.status, f.text).toBe(202);
       await new Promise((r) => setTimeout(r, k * 60));
       await terminate(db);
       const { img: end, task } = await ended(f.json.id);
+      outcomes.push(`${k * 60} ms: ${end.status}${task.status === 'failure' ? ` (${task.message})` : ''}`);
       const files = await stored();
       if (end.status === 'active') {
         expect(task.status).toBe('success');
@@ -311,6 +316,7 @@ describe('the database connection dropped (pg_terminate_backend on the real Post
         expect(files).not.toContain(f.json.id);
       }
     }
+    console.log(`flatten, the database dropped at: ${outcomes.join('; ')}`);
     expect(await readdir(join(store, '.tmp'))).toEqual([]);
     expect((await a.req('GET', `/v2/images/${master.id}`)).json.status).toBe('active');
     expect(s.p.exitCode).toBe(null);
@@ -790,19 +796,34 @@ describe('vdisk serve killed (SIGKILL) at random moments of each write path, the
       try {
         const master = await a.createImage({ name: 'master', disk_format: 'raw', container_format: 'bare' });
         expect(await a.upload(master.id, DATA)).toBe(204);
-        const paths: Record<string, () => Promise<() => Promise<unknown>>> = {
+        // Each path: prepare (not killed), then the write, which says the image it writes.
+        const paths: Record<string, () => Promise<() => Promise<string | undefined>>> = {
           upload: async () => {
             const img = await a.createImage({ name: 'up', disk_format: 'raw', container_format: 'bare' });
-            return () => a.upload(img.id, DATA);
+            return async () => {
+              await a.upload(img.id, DATA).catch(() => {});
+              return img.id;
+            };
           },
           import: async () => {
             const img = await a.createImage({ name: 'imp', disk_format: 'raw', container_format: 'bare' });
             expect((await a.req('PUT', `/v2/images/${img.id}/stage`, DATA)).status).toBe(204);
-            return () => a.req('POST', `/v2/images/${img.id}/import`, { method: { name: 'glance-direct' } });
+            return async () => {
+              await a
+                .req('POST', `/v2/images/${img.id}/import`, { method: { name: 'glance-direct' } })
+                .catch(() => {});
+              return img.id;
+            };
           },
-          flatten: async () => () =>
-            a.req('POST', `/v2/images/${master.id}/actions/flatten`, { name: 'flat' }),
+          // The new image's id only if the 202 came before the kill.
+          flatten: async () => async () =>
+            (
+              await a
+                .req('POST', `/v2/images/${master.id}/actions/flatten`, { name: 'flat' })
+                .catch(() => null)
+            )?.json?.id,
         };
+        const outcomes: string[] = [];
         for (const [path, prepare] of Object.entries(paths))
           for (let k = 0; k < K; k++) {
             const at = Math.floor(rand() * WINDOW);
@@ -811,7 +832,7 @@ describe('vdisk serve killed (SIGKILL) at random moments of each write path, the
             const write = start().catch(() => undefined);
             await new Promise((r) => setTimeout(r, at));
             await s.stop('SIGKILL');
-            await write;
+            const id = await write;
             s = await spawnServe([...p.args, '--admin-password', 'pw']);
             a = await Api.login(s.url, 'admin', 'pw', 'admin');
             // The invariants, right after the restart (its recovery ran before it listened).
@@ -833,7 +854,10 @@ describe('vdisk serve killed (SIGKILL) at random moments of each write path, the
               [...claimed].sort(),
             );
             expect(await p.temps(), `${where}: no temporary`).toEqual([]);
+            const after = list.json.images.find((i: { id: string }) => i.id === id);
+            outcomes.push(`${path}@${at}ms: ${after?.status ?? 'no image'}`);
           }
+        console.log(`${place.name}, what each kill left: ${outcomes.join(', ')}`);
         // And every path still completes.
         const last = await a.createImage({ name: 'last', disk_format: 'raw', container_format: 'bare' });
         expect(await a.upload(last.id, DATA)).toBe(204);
