@@ -636,6 +636,7 @@ describe('S3 answering 5xx and never answering (an HTTP proxy in front of the re
 
   for (const status of [500, 503])
     it(`the PUT of a part answered ${status} after 16 MiB: Glance's 503, back to queued, the multipart upload aborted, the next upload lands`, async () => {
+      proxy.pass(); // whatever an earlier test left
       const kept = await a.createImage({
         name: `kept-${status}`,
         disk_format: 'raw',
@@ -674,6 +675,7 @@ describe('S3 answering 5xx and never answering (an HTTP proxy in front of the re
     }, 120_000);
 
   it('a gateway that accepts and never answers: the upload fails with 503 in bounded time (--s3-timeout), the API answers meanwhile, and the periodic recovery removes the multipart upload the abort could not reach', async () => {
+    proxy.pass(); // whatever an earlier test left
     const img = await a.createImage({ name: 'hang', disk_format: 'raw', container_format: 'bare' });
     const up = slowUpload(`${s.url}/v2/images/${img.id}/file`, a.token, 64);
     await until('the multipart upload', async () => ((await temps()).includes(img.id) ? true : undefined));
@@ -683,6 +685,7 @@ describe('S3 answering 5xx and never answering (an HTTP proxy in front of the re
     expect((await a.req('GET', '/v2/images')).status).toBe(200);
     const got = await up;
     const waited = Date.now() - t0;
+    console.log(`a hanging gateway: answered ${got.status} after ${waited} ms (--s3-timeout 2)`);
     if (got.status !== -1) {
       expect(got.status).toBe(503);
       expect(got.body).toMatch(/503 Service Unavailable/);
