@@ -45,6 +45,13 @@ export interface ServerSettings {
    */
   nodeLeaseSeconds: number;
   /**
+   * Seconds an S3 store's request may go without any byte sent or received, and a connection
+   * may take to open, before it fails (and is retried by the SDK, three attempts in all). The
+   * SDK's own default is no timeout: a gateway that accepts and never answers would hold an
+   * upload, and its client, forever.
+   */
+  s3TimeoutSeconds: number;
+  /**
    * Uploads must be in the format their disk_format names (Glance's [image_format]
    * require_image_format_match). Off: a mismatch is accepted (hostile content is still refused).
    */
@@ -97,6 +104,7 @@ export const defaultSettings = (): ServerSettings => ({
   importConvertTo: null,
   maxChainDepth: 16,
   nodeLeaseSeconds: 30,
+  s3TimeoutSeconds: 60,
   requireImageFormatMatch: true,
   diskFormats: [...DISK_FORMATS],
   containerFormats: [...CONTAINER_FORMATS],

@@ -6,8 +6,14 @@
  * table of faults tried and their outcomes.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
-import { request } from 'node:http';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import {
+  Agent,
+  createServer as createHttpServer,
+  type Server as HttpServer,
+  request as httpRequest,
+  request,
+} from 'node:http';
 import { connect, createServer as createTcpServer, type Socket, type Server as TcpServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -21,6 +27,12 @@ const MIB = 1 << 20;
 
 let pgs: PgServer;
 let root: string;
+/** The real Ceph RGW, started once for the file by the first block that needs it. */
+let cephStarted: Promise<S3Server> | undefined;
+const ceph = () => {
+  cephStarted ??= startCeph();
+  return cephStarted;
+};
 
 beforeAll(async () => {
   pgs = await startPostgres();
@@ -28,6 +40,7 @@ beforeAll(async () => {
 }, 60_000);
 
 afterAll(async () => {
+  if (cephStarted !== undefined) await (await cephStarted).stop();
   await pgs?.stop();
   if (root !== undefined) await rm(root, { recursive: true, force: true });
 });
@@ -62,11 +75,25 @@ describe('the database connection dropped (pg_terminate_backend on the real Post
   let a: Api;
   let store: string;
   const db = 'faults';
+  // What web-download imports fetch: DATA at /data.
+  const DATA = randomBytes(24 * MIB);
+  let web: HttpServer;
+  let webPort: number;
 
   beforeAll(async () => {
+    web = createHttpServer((_req, res) => {
+      res.writeHead(200, { 'Content-Type': 'application/octet-stream', 'Content-Length': DATA.length });
+      res.end(DATA);
+    });
+    await new Promise<void>((r) => web.listen(0, '127.0.0.1', r));
+    webPort = (web.address() as { port: number }).port;
     const url = await pgs.createDatabase(db);
     store = join(root, 'store');
     s = await spawnServe([
+      '--import-allowed-hosts',
+      '127.0.0.1',
+      '--import-allowed-ports',
+      String(webPort),
       '--data-dir',
       join(root, 'data'),
       '--database-url',
@@ -83,6 +110,8 @@ describe('the database connection dropped (pg_terminate_backend on the real Post
 
   afterAll(async () => {
     await s?.stop();
+    web?.closeAllConnections();
+    await new Promise((r) => web?.close(r));
   });
 
   it('while idle: the server stays up and the next requests are served', async () => {
@@ -197,6 +226,101 @@ describe('the database connection dropped (pg_terminate_backend on the real Post
     const last = await a.createImage({ name: 'after', disk_format: 'raw', container_format: 'bare' });
     expect(await a.upload(last.id, Buffer.from('fine'))).toBe(204);
   }, 90_000);
+
+  /** The image's data files in the store (no temporaries), and its temporaries. */
+  const stored = async () => (await readdir(store)).filter((n) => !n.startsWith('.'));
+  const md5Of = async (name: string) =>
+    createHash('md5')
+      .update(await readFile(join(store, name)))
+      .digest('hex');
+  /** Wait for a task-made image to leave importing (and its lock to go); its task. */
+  const ended = async (id: string) => {
+    const img = await until(
+      'the task to end',
+      async () => {
+        const r = await a.req('GET', `/v2/images/${id}`);
+        return r.status === 200 &&
+          !['importing', 'saving'].includes(r.json.status) &&
+          r.json.os_glance_import_task === undefined
+          ? r.json
+          : undefined;
+      },
+      60_000,
+    ).catch((err) => {
+      throw new Error(`${err.message}; the server said:\n${s.err()}`);
+    });
+    const tasks = (await a.req('GET', `/v2/images/${id}/tasks`)).json.tasks;
+    return { img, task: tasks[0] };
+  };
+
+  for (const method of ['glance-direct', 'web-download'] as const)
+    it(`mid-import (${method}), at five moments: the task succeeds with the right checksum or fails back to queued with os_glance_failed_import; nothing staged is left`, async () => {
+      const md5 = createHash('md5').update(DATA).digest('hex');
+      const outcomes: string[] = [];
+      for (let k = 0; k < 5; k++) {
+        const img = await a.createImage({
+          name: `${method}-${k}`,
+          disk_format: 'raw',
+          container_format: 'bare',
+        });
+        if (method === 'glance-direct')
+          expect((await a.req('PUT', `/v2/images/${img.id}/stage`, DATA)).status).toBe(204);
+        const r = await a.req('POST', `/v2/images/${img.id}/import`, {
+          method:
+            method === 'glance-direct'
+              ? { name: 'glance-direct' }
+              : { name: 'web-download', uri: `http://127.0.0.1:${webPort}/data` },
+        });
+        expect(r.status, r.text).toBe(202);
+        await new Promise((r) => setTimeout(r, k * 60));
+        await terminate(db);
+        const { img: end, task } = await ended(img.id);
+        outcomes.push(`${k * 60} ms: ${end.status}${task.status === 'failure' ? ` (${task.message})` : ''}`);
+        const files = await stored();
+        if (end.status === 'active') {
+          expect(task.status).toBe('success');
+          expect(end.checksum).toBe(md5);
+          expect(await md5Of(img.id)).toBe(md5);
+        } else {
+          expect(end.status).toBe('queued');
+          expect(task.status).toBe('failure');
+          expect(end.os_glance_failed_import).toBeDefined();
+          expect(end.size).toBe(null);
+          expect(files).not.toContain(img.id);
+        }
+        expect(files).not.toContain(`staging-${img.id}`);
+      }
+      console.log(`${method}, the database dropped at: ${outcomes.join('; ')}`);
+      expect(await readdir(join(store, '.tmp'))).toEqual([]);
+      expect(s.p.exitCode).toBe(null);
+    }, 180_000);
+
+  it('mid-flatten, at five moments: the new image active with the checksum of its blob, or queued with its task failed and no blob', async () => {
+    const master = await a.createImage({ name: 'flat-master', disk_format: 'raw', container_format: 'bare' });
+    expect(await a.upload(master.id, DATA)).toBe(204);
+    const outcomes: string[] = [];
+    for (let k = 0; k < 5; k++) {
+      const f = await a.req('POST', `/v2/images/${master.id}/actions/flatten`, { name: `flat-${k}` });
+      expect(f.status, f.text).toBe(202);
+      await new Promise((r) => setTimeout(r, k * 60));
+      await terminate(db);
+      const { img: end, task } = await ended(f.json.id);
+      outcomes.push(`${k * 60} ms: ${end.status}${task.status === 'failure' ? ` (${task.message})` : ''}`);
+      const files = await stored();
+      if (end.status === 'active') {
+        expect(task.status).toBe('success');
+        expect(await md5Of(f.json.id)).toBe(end.checksum);
+      } else {
+        expect(end.status).toBe('queued');
+        expect(task.status).toBe('failure');
+        expect(files).not.toContain(f.json.id);
+      }
+    }
+    console.log(`flatten, the database dropped at: ${outcomes.join('; ')}`);
+    expect(await readdir(join(store, '.tmp'))).toEqual([]);
+    expect((await a.req('GET', `/v2/images/${master.id}`)).json.status).toBe('active');
+    expect(s.p.exitCode).toBe(null);
+  }, 180_000);
 });
 
 /**
@@ -241,7 +365,7 @@ async function s3Proxy(target: { host: string; port: number }) {
 }
 
 describe('the S3 store going away mid-upload (the real Ceph RGW behind a proxy that is cut)', () => {
-  let ceph: S3Server;
+  let rgw: S3Server;
   let proxy: Awaited<ReturnType<typeof s3Proxy>>;
   let s: ServeProcess;
   let a: Api;
@@ -250,11 +374,11 @@ describe('the S3 store going away mid-upload (the real Ceph RGW behind a proxy t
   let dbUrl: string;
 
   beforeAll(async () => {
-    ceph = await startCeph();
-    const real = new URL(ceph.storeUrl('vdisk-faults', 'glance').replace(/^s3:/, 'http:'));
+    rgw = await ceph();
+    const real = new URL(rgw.storeUrl('vdisk-faults', 'glance').replace(/^s3:/, 'http:'));
     proxy = await s3Proxy({ host: real.hostname, port: Number(real.port) });
-    storeUrl = ceph.storeUrl('vdisk-faults', 'glance').replace(`:${real.port}/`, `:${proxy.port}/`);
-    direct = await S3Store.open(ceph.storeUrl('vdisk-faults', 'glance'));
+    storeUrl = rgw.storeUrl('vdisk-faults', 'glance').replace(`:${real.port}/`, `:${proxy.port}/`);
+    direct = await S3Store.open(rgw.storeUrl('vdisk-faults', 'glance'));
     dbUrl = await pgs.createDatabase('faults_s3');
     await serve();
   }, 120_000);
@@ -263,7 +387,6 @@ describe('the S3 store going away mid-upload (the real Ceph RGW behind a proxy t
     await s?.stop();
     await direct?.close();
     await proxy?.close();
-    await ceph?.stop();
   });
 
   /** (Re)start the node on the proxied store, and log in. */
@@ -353,4 +476,397 @@ describe('the S3 store going away mid-upload (the real Ceph RGW behind a proxy t
     expect((await blobs()).sort()).toEqual([kept.id]);
     expect(await a.upload(img.id, Buffer.from('after the cut'))).toBe(204);
   }, 120_000);
+});
+
+/**
+ * An HTTP proxy in front of the real RGW that misbehaves as S3 gateways do: `fail(status,
+ * afterBytes)` answers the PUT of a part with `status` (an S3 XML error) once `afterBytes` of
+ * parts have gone through; `hang()` accepts every request and never answers (reading what
+ * is sent); `pass()` forwards everything again.
+ */
+async function s3FaultProxy(target: { host: string; port: number }) {
+  let mode: { kind: 'pass' } | { kind: 'fail'; status: number; afterBytes: number } | { kind: 'hang' } = {
+    kind: 'pass',
+  };
+  let partBytes = 0;
+  let failed = 0;
+  const agent = new Agent({ keepAlive: true });
+  const server = createHttpServer((req, res) => {
+    const part = req.method === 'PUT' && /[?&]partNumber=/.test(req.url ?? '');
+    if (mode.kind === 'hang') {
+      req.resume();
+      return;
+    }
+    if (mode.kind === 'fail' && part && partBytes >= mode.afterBytes) {
+      const status = mode.status;
+      failed++;
+      req.resume();
+      req.on('end', () => {
+        const code = status === 503 ? 'ServiceUnavailable' : 'InternalError';
+        res.writeHead(status, { 'Content-Type': 'application/xml' });
+        res.end(
+          `<?xml version="1.0" encoding="UTF-8"?><Error><Code>${code}</Code><Message>injected</Message></Error>`,
+        );
+      });
+      return;
+    }
+    // `Expect: 100-continue` was answered by this server already; it is not signed.
+    const { expect: _, ...headers } = req.headers;
+    const up = httpRequest(
+      { host: target.host, port: target.port, method: req.method, path: req.url, headers, agent },
+      (ur) => {
+        res.writeHead(ur.statusCode ?? 502, ur.headers);
+        ur.pipe(res);
+      },
+    );
+    up.on('error', () => res.destroy());
+    if (part)
+      req.on('data', (d: Buffer) => {
+        partBytes += d.length;
+      });
+    req.pipe(up);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    port: (server.address() as { port: number }).port,
+    fail(status: number, afterBytes: number) {
+      partBytes = 0;
+      failed = 0;
+      mode = { kind: 'fail', status, afterBytes };
+    },
+    hang() {
+      mode = { kind: 'hang' };
+    },
+    pass() {
+      mode = { kind: 'pass' };
+      // What hung goes now (the clients gave up on it long ago).
+      server.closeAllConnections();
+    },
+    failed: () => failed,
+    close: () => {
+      server.closeAllConnections();
+      agent.destroy();
+      return new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
+
+/** PUT `total` MiB of random data, chunked; the answer (status -1: the connection broke) and the time it took. */
+async function slowUpload(url: string, token: string, total: number) {
+  const t0 = Date.now();
+  const req = request(url, {
+    method: 'PUT',
+    headers: {
+      'X-Auth-Token': token,
+      'Content-Type': 'application/octet-stream',
+      'Transfer-Encoding': 'chunked',
+    },
+  });
+  const answer = new Promise<{ status: number; body: string }>((res) => {
+    req.on('response', (r) => {
+      let body = '';
+      r.on('data', (d: Buffer) => {
+        body += d.toString();
+      });
+      r.on('end', () => res({ status: r.statusCode ?? 0, body }));
+    });
+    req.on('error', () => res({ status: -1, body: '' }));
+  });
+  let answered = false;
+  answer.then(() => {
+    answered = true;
+  });
+  // A server that has answered stops reading: a write may never call back.
+  for (let i = 0; i < total && !answered && req.writable; i++)
+    await Promise.race([
+      new Promise<void>((r) => req.write(randomBytes(MIB), () => r())),
+      answer,
+      new Promise((r) => setTimeout(r, 2000)),
+    ]);
+  req.end();
+  const got = await answer;
+  return { ...got, ms: Date.now() - t0 };
+}
+
+describe('S3 answering 5xx and never answering (an HTTP proxy in front of the real RGW)', () => {
+  let proxy: Awaited<ReturnType<typeof s3FaultProxy>>;
+  let s: ServeProcess;
+  let a: Api;
+  let direct: S3Store;
+
+  beforeAll(async () => {
+    const rgw = await ceph();
+    const real = new URL(rgw.storeUrl('vdisk-faults-http', 'glance').replace(/^s3:/, 'http:'));
+    proxy = await s3FaultProxy({ host: real.hostname, port: Number(real.port) });
+    direct = await S3Store.open(rgw.storeUrl('vdisk-faults-http', 'glance'));
+    s = await spawnServe([
+      '--data-dir',
+      join(root, 'data-s3-http'),
+      '--database-url',
+      await pgs.createDatabase('faults_s3_http'),
+      '--store',
+      rgw.storeUrl('vdisk-faults-http', 'glance').replace(`:${real.port}/`, `:${proxy.port}/`),
+      '--admin-password',
+      'pw',
+      '--node-lease',
+      '3',
+      // A request idle for 2 s fails (three attempts): the default is 60 s.
+      '--s3-timeout',
+      '2',
+    ]);
+    a = await Api.login(s.url, 'admin', 'pw', 'admin');
+  }, 120_000);
+
+  afterAll(async () => {
+    await s?.stop();
+    await direct?.close();
+    await proxy?.close();
+  });
+
+  const temps = async () => {
+    const out: string[] = [];
+    for await (const u of direct.pendingUploads()) out.push(u.name);
+    return out;
+  };
+  const blobs = async () => {
+    const out: string[] = [];
+    for await (const b of direct.list()) out.push(b.key);
+    return out;
+  };
+
+  for (const status of [500, 503])
+    it(`the PUT of a part answered ${status} after 16 MiB: Glance's 503, back to queued, the multipart upload aborted, the next upload lands`, async () => {
+      proxy.pass(); // whatever an earlier test left
+      const kept = await a.createImage({
+        name: `kept-${status}`,
+        disk_format: 'raw',
+        container_format: 'bare',
+      });
+      const keptData = randomBytes(9 * MIB);
+      expect(await a.upload(kept.id, keptData)).toBe(204);
+      const img = await a.createImage({
+        name: `fail-${status}`,
+        disk_format: 'raw',
+        container_format: 'bare',
+      });
+      proxy.fail(status, 16 * MIB);
+      const got = await slowUpload(`${s.url}/v2/images/${img.id}/file`, a.token, 64);
+      // Every attempt of the SDK (three) was answered the error.
+      expect(proxy.failed()).toBeGreaterThanOrEqual(3);
+      if (got.status !== -1) {
+        expect(got.status).toBe(503);
+        expect(got.body).toMatch(/503 Service Unavailable/);
+      }
+      proxy.pass();
+      const end = (await a.req('GET', `/v2/images/${img.id}`)).json;
+      expect(end.status).toBe('queued');
+      expect(end.size).toBe(null);
+      // The abort reached the store: nothing is left, without a restart.
+      expect(await temps()).toEqual([]);
+      expect(await blobs()).not.toContain(img.id);
+      expect(await blobs()).toContain(kept.id);
+      const back = Buffer.from(
+        await (
+          await fetch(`${s.url}/v2/images/${kept.id}/file`, { headers: { 'X-Auth-Token': a.token } })
+        ).arrayBuffer(),
+      );
+      expect(back.equals(keptData)).toBe(true);
+      expect(await a.upload(img.id, Buffer.from('after the 5xx'))).toBe(204);
+    }, 120_000);
+
+  it('a gateway that accepts and never answers: the upload fails with 503 in bounded time (--s3-timeout), the API answers meanwhile, and the periodic recovery removes the multipart upload the abort could not reach', async () => {
+    proxy.pass(); // whatever an earlier test left
+    const img = await a.createImage({ name: 'hang', disk_format: 'raw', container_format: 'bare' });
+    const up = slowUpload(`${s.url}/v2/images/${img.id}/file`, a.token, 64);
+    await until('the multipart upload', async () => ((await temps()).includes(img.id) ? true : undefined));
+    proxy.hang();
+    const t0 = Date.now();
+    // The API keeps answering while the upload waits on the store.
+    expect((await a.req('GET', '/v2/images')).status).toBe(200);
+    const got = await up;
+    const waited = Date.now() - t0;
+    console.log(`a hanging gateway: answered ${got.status} after ${waited} ms (--s3-timeout 2)`);
+    if (got.status !== -1) {
+      expect(got.status).toBe(503);
+      expect(got.body).toMatch(/503 Service Unavailable/);
+    }
+    // Three attempts of 2 s for the parts in flight, three for the abort, and the SDK's backoff.
+    expect(waited).toBeLessThan(40_000);
+    expect((await a.req('GET', `/v2/images/${img.id}`)).json.status).toBe('queued');
+    proxy.pass();
+    // The abort hung too: the multipart upload stays until the node's periodic recovery
+    // (every third of the 3 s lease) finds it unclaimed, without a restart.
+    await until(
+      'the multipart upload removed',
+      async () => ((await temps()).length === 0 ? true : undefined),
+      30_000,
+    );
+    expect(await blobs()).not.toContain(img.id);
+    expect(s.err()).toMatch(/removed 1 temporary object/);
+    expect(await a.upload(img.id, Buffer.from('after the hang'))).toBe(204);
+  }, 120_000);
+});
+
+/** A small seeded generator (mulberry32): the kill moments of a run, replayable from its seed. */
+function seeded(seed: number): () => number {
+  let s = seed | 0;
+  return () => {
+    s = (s + 0x6d2b79f5) | 0;
+    let t = Math.imul(s ^ (s >>> 15), 1 | s);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+describe('vdisk serve killed (SIGKILL) at random moments of each write path, then restarted', () => {
+  /** Kills per write path and store; VDISK_FAULT_KILLS to change, VDISK_FAULT_SEED to replay. */
+  const K = Number(process.env['VDISK_FAULT_KILLS'] ?? 6);
+  const SEED = Number(process.env['VDISK_FAULT_SEED'] ?? Math.floor(Math.random() * 2 ** 31));
+  const DATA = randomBytes(16 * MIB);
+  const MD5 = createHash('md5').update(DATA).digest('hex');
+  /** Kill moments: uniform in [0, WINDOW) ms after the write starts (it takes about that long here). */
+  const WINDOW = 1500;
+
+  interface Place {
+    args: string[];
+    /** Keys of the blobs in the store, and of its temporaries (files, multipart uploads). */
+    blobs(): Promise<string[]>;
+    temps(): Promise<string[]>;
+    md5(key: string): Promise<string>;
+    close(): Promise<void>;
+  }
+
+  const places: { name: string; open: () => Promise<Place> }[] = [
+    {
+      name: 'PGlite + files',
+      open: async () => {
+        const dir = join(root, 'kill-pglite');
+        const images = join(dir, 'images');
+        return {
+          args: ['--data-dir', dir],
+          blobs: async () => (await readdir(images)).filter((n) => !n.startsWith('.')),
+          temps: async () => readdir(join(images, '.tmp')).catch(() => []),
+          md5: async (key) =>
+            createHash('md5')
+              .update(await readFile(join(images, key)))
+              .digest('hex'),
+          close: async () => {},
+        };
+      },
+    },
+    {
+      name: 'PostgreSQL + S3',
+      open: async () => {
+        const url = (await ceph()).storeUrl('vdisk-faults-kill', 'glance');
+        const direct = await S3Store.open(url);
+        return {
+          args: [
+            '--data-dir',
+            join(root, 'kill-pg'),
+            '--database-url',
+            await pgs.createDatabase('faults_kill'),
+            '--store',
+            url,
+          ],
+          blobs: async () => {
+            const out: string[] = [];
+            for await (const b of direct.list()) out.push(b.key);
+            return out;
+          },
+          temps: async () => {
+            const out: string[] = [];
+            for await (const u of direct.pendingUploads()) out.push(u.name);
+            return out;
+          },
+          md5: async (key) => {
+            const h = createHash('md5');
+            for await (const c of await direct.read(key)) h.update(c as Buffer);
+            return h.digest('hex');
+          },
+          close: () => direct.close(),
+        };
+      },
+    },
+  ];
+
+  for (const place of places)
+    it(`${place.name}: upload, import and flatten, each killed ${K} times; after each restart every image is active with the checksum of its blob or queued, no orphan blob or temporary, the API serves`, async () => {
+      const p = await place.open();
+      const rand = seeded(SEED);
+      console.log(`${place.name}: kill moments from seed ${SEED} (VDISK_FAULT_SEED=${SEED} replays them)`);
+      let s = await spawnServe([...p.args, '--admin-password', 'pw']);
+      let a = await Api.login(s.url, 'admin', 'pw', 'admin');
+      try {
+        const master = await a.createImage({ name: 'master', disk_format: 'raw', container_format: 'bare' });
+        expect(await a.upload(master.id, DATA)).toBe(204);
+        // Each path: prepare (not killed), then the write, which says the image it writes.
+        const paths: Record<string, () => Promise<() => Promise<string | undefined>>> = {
+          upload: async () => {
+            const img = await a.createImage({ name: 'up', disk_format: 'raw', container_format: 'bare' });
+            return async () => {
+              await a.upload(img.id, DATA).catch(() => {});
+              return img.id;
+            };
+          },
+          import: async () => {
+            const img = await a.createImage({ name: 'imp', disk_format: 'raw', container_format: 'bare' });
+            expect((await a.req('PUT', `/v2/images/${img.id}/stage`, DATA)).status).toBe(204);
+            return async () => {
+              await a
+                .req('POST', `/v2/images/${img.id}/import`, { method: { name: 'glance-direct' } })
+                .catch(() => {});
+              return img.id;
+            };
+          },
+          // The new image's id only if the 202 came before the kill.
+          flatten: async () => async () =>
+            (
+              await a
+                .req('POST', `/v2/images/${master.id}/actions/flatten`, { name: 'flat' })
+                .catch(() => null)
+            )?.json?.id,
+        };
+        const outcomes: string[] = [];
+        for (const [path, prepare] of Object.entries(paths))
+          for (let k = 0; k < K; k++) {
+            const at = Math.floor(rand() * WINDOW);
+            const where = `${path}, kill ${k + 1} at ${at} ms (VDISK_FAULT_SEED=${SEED})`;
+            const start = await prepare();
+            const write = start().catch(() => undefined);
+            await new Promise((r) => setTimeout(r, at));
+            await s.stop('SIGKILL');
+            const id = await write;
+            s = await spawnServe([...p.args, '--admin-password', 'pw']);
+            a = await Api.login(s.url, 'admin', 'pw', 'admin');
+            // The invariants, right after the restart (its recovery ran before it listened).
+            const list = await a.req('GET', '/v2/images?limit=1000');
+            expect(list.status, where).toBe(200);
+            const claimed = new Set<string>();
+            for (const img of list.json.images) {
+              expect(
+                ['active', 'queued', 'killed', 'uploading'],
+                `${where}: ${img.name} ${img.status}`,
+              ).toContain(img.status);
+              if (img.status === 'active') {
+                expect(await p.md5(img.id), `${where}: ${img.name}`).toBe(img.checksum);
+                if (img.disk_format === 'raw') expect(img.checksum, `${where}: ${img.name}`).toBe(MD5);
+                claimed.add(img.id);
+              } else if (img.status === 'uploading') claimed.add(`staging-${img.id}`);
+            }
+            expect((await p.blobs()).sort(), `${where}: the blobs are the images'`).toEqual(
+              [...claimed].sort(),
+            );
+            expect(await p.temps(), `${where}: no temporary`).toEqual([]);
+            const after = list.json.images.find((i: { id: string }) => i.id === id);
+            outcomes.push(`${path}@${at}ms: ${after?.status ?? 'no image'}`);
+          }
+        console.log(`${place.name}, what each kill left: ${outcomes.join(', ')}`);
+        // And every path still completes.
+        const last = await a.createImage({ name: 'last', disk_format: 'raw', container_format: 'bare' });
+        expect(await a.upload(last.id, DATA)).toBe(204);
+      } finally {
+        await s.stop();
+        await p.close();
+      }
+    }, 300_000);
 });

@@ -105,15 +105,57 @@ export async function reapDeadWriters(svc: Services, log: (s: string) => void): 
   return counts.uploads + counts.imports + counts.copies;
 }
 
+/** The database's clock and how many other nodes are live. */
+async function picture(svc: Services): Promise<{ now: Date; others: number }> {
+  const { now } = await sql<{ now: Date }>`SELECT now() AS now`.execute(svc.db).then((r) => r.rows[0]!);
+  const live = await liveNodeIds(svc.db).execute();
+  const others = live.filter((n) => n.id !== svc.instanceId).length;
+  return { now: new Date(now), others };
+}
+
+/**
+ * What no live node may be writing, from `rows` read between two pictures: `keep(key)` is true
+ * for the keys of images a live node writes; objects modified at or after `cutoff` stay too (a
+ * node that registered while the rows were read may write objects they miss; with other nodes
+ * live, a margin for the store's clock).
+ */
+async function unclaimed(
+  svc: Services,
+  before: { now: Date; others: number },
+  rows: readonly { id: string; writer: string | null }[],
+): Promise<{ keep: (key: string) => boolean; cutoff: Date }> {
+  const liveIds = new Set((await liveNodeIds(svc.db).execute()).map((n) => n.id));
+  // Images a live node is writing: their keys stay, temporary or not.
+  const writing = new Set(rows.filter((r) => r.writer !== null && liveIds.has(r.writer)).map((r) => r.id));
+  const after = await picture(svc);
+  const margin = before.others > 0 || after.others > 0 ? CLOCK_MARGIN_MS : 0;
+  return { keep: (key) => writing.has(imageOfKey(key)), cutoff: new Date(before.now.getTime() - margin) };
+}
+
+/**
+ * Remove the temporaries (multipart uploads, temporary files) that no live node is writing:
+ * what a write whose abort could not reach the store left (the S3 gateway away or hanging
+ * when the upload failed). Cheap (one listing of each store's temporaries and a query of the
+ * rows being written), so it runs at every lease renewal as well as at start; the stores'
+ * own writes in progress are never listed (s3.ts keeps its upload ids, fs.ts its fresh files).
+ */
+export async function collectTemporaries(svc: Services, log: (s: string) => void): Promise<number> {
+  const before = await picture(svc);
+  const rows = await svc.db
+    .selectFrom('images')
+    .select(['id', 'writer'])
+    .where('writer', 'is not', null)
+    .execute();
+  const { keep, cutoff } = await unclaimed(svc, before, rows);
+  let temps = 0;
+  for (const ns of allStores(svc)) temps += await ns.store.cleanup({ keep, before: cutoff });
+  if (temps > 0) log(`removed ${temps} temporary object(s) of interrupted uploads`);
+  return temps;
+}
+
 /** Remove temporaries and blobs that no image names and no live node may be writing. */
 export async function collectGarbage(svc: Services, log: (s: string) => void): Promise<void> {
-  const picture = async () => {
-    const { now } = await sql<{ now: Date }>`SELECT now() AS now`.execute(svc.db).then((r) => r.rows[0]!);
-    const live = await liveNodeIds(svc.db).execute();
-    const others = live.filter((n) => n.id !== svc.instanceId).length;
-    return { now: new Date(now), others };
-  };
-  const before = await picture();
+  const before = await picture(svc);
   const rows = await svc.db
     .selectFrom('images')
     .select(['id', 'blob', 'status', 'stores', 'writer'])
@@ -125,14 +167,7 @@ export async function collectGarbage(svc: Services, log: (s: string) => void): P
       ]),
     )
     .execute();
-  const liveIds = new Set((await liveNodeIds(svc.db).execute()).map((n) => n.id));
-  // Images a live node is writing: their keys stay, temporary or not.
-  const writing = new Set(rows.filter((r) => r.writer !== null && liveIds.has(r.writer)).map((r) => r.id));
-  // A node that registered while the picture was taken may write objects the picture misses.
-  const after = await picture();
-  const margin = before.others > 0 || after.others > 0 ? CLOCK_MARGIN_MS : 0;
-  const cutoff = new Date(before.now.getTime() - margin);
-  const keep = (key: string) => writing.has(imageOfKey(key));
+  const { keep, cutoff } = await unclaimed(svc, before, rows);
 
   let temps = 0;
   let orphans = 0;

@@ -98,19 +98,27 @@ async function lockDir(dir: string): Promise<() => Promise<void>> {
   };
 }
 
-async function openStore(spec: string | undefined, dataDir: string): Promise<BlobStore> {
+async function openStore(
+  spec: string | undefined,
+  dataDir: string,
+  settings: ServerSettings,
+): Promise<BlobStore> {
   if (spec !== undefined && /^s3(\+https)?:\/\//.test(spec)) {
     const { S3Store } = await import('./store/s3.js');
-    return S3Store.open(spec);
+    return S3Store.open(spec, { timeoutSeconds: settings.s3TimeoutSeconds });
   }
   return FsStore.open(spec ?? join(dataDir, 'images'));
 }
 
 /** Several named stores, opened in order (each closed again if a later one fails). */
-async function openStores(specs: StoreSpec[], dataDir: string): Promise<NamedStore[]> {
+async function openStores(
+  specs: StoreSpec[],
+  dataDir: string,
+  settings: ServerSettings,
+): Promise<NamedStore[]> {
   const out: NamedStore[] = [];
   try {
-    for (const s of specs) out.push({ ...s, store: await openStore(s.location, dataDir) });
+    for (const s of specs) out.push({ ...s, store: await openStore(s.location, dataDir, settings) });
   } catch (err) {
     for (const s of out) await s.store.close().catch(() => {});
     throw err;
@@ -142,6 +150,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
   const adminHash =
     pw === undefined ? undefined : import('./identity/passwords.js').then((m) => m.hashPassword(pw));
   adminHash?.catch(() => {}); // awaited (and reported) by bootstrap()
+  const settings: ServerSettings = { ...defaultSettings(), ...opts.settings };
   let meta: MetaDb | undefined;
   let store: BlobStore | undefined;
   let stores: StoreSet | null = null;
@@ -153,9 +162,12 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
           )
         : await openPglite(join(opts.dataDir, 'db'));
     if (opts.stores !== undefined) {
-      stores = new StoreSet(await openStores(opts.stores.stores, opts.dataDir), opts.stores.defaultId);
+      stores = new StoreSet(
+        await openStores(opts.stores.stores, opts.dataDir, settings),
+        opts.stores.defaultId,
+      );
       store = stores.default.store;
-    } else store = await openStore(opts.store, opts.dataDir);
+    } else store = await openStore(opts.store, opts.dataDir, settings);
   } catch (err) {
     await meta?.close();
     await unlock();
@@ -165,7 +177,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     db: meta.db,
     store,
     stores,
-    settings: { ...defaultSettings(), ...opts.settings },
+    settings,
     instanceId: randomBytes(8).toString('hex'),
     workDir: join(opts.dataDir, 'work'),
     cache: null,
@@ -181,7 +193,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     svc.settings.nodeLeaseSeconds,
     log,
   );
-  const { recoverOnStart, reapDeadWriters } = await import('./recovery.js');
+  const { recoverOnStart, reapDeadWriters, collectTemporaries } = await import('./recovery.js');
   try {
     await lease.start();
     await recoverOnStart(svc, log);
@@ -312,6 +324,8 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
   await lease.setUrl(url);
   lease.every(async () => {
     await reapDeadWriters(svc, log);
+    // What an abort could not remove (the store away when the write failed), without a restart.
+    await collectTemporaries(svc, log);
   });
   let closing: Promise<void> | undefined;
   return {

@@ -360,6 +360,15 @@ export const SETTINGS: readonly Spec[] = [
     metavar: 'SECONDS',
     help: "a node's lease on what it writes; renewed every third of it (several nodes: see docs/registry.md)",
   },
+  {
+    target: S('s3TimeoutSeconds'),
+    flag: 's3-timeout',
+    key: 's3_store_timeout',
+    section: 'vdisk',
+    kind: 'int',
+    metavar: 'SECONDS',
+    help: 'an S3 store request fails after this long without a byte sent or received (each of its three attempts)',
+  },
 ];
 
 /** `--flag` → VDISK_FLAG (dashes as underscores). */

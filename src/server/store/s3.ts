@@ -111,11 +111,19 @@ export class S3Store implements BlobStore {
     readonly location: S3Location,
   ) {}
 
-  static async open(spec: string | S3Location): Promise<S3Store> {
+  /**
+   * `timeoutSeconds` (default 60, `vdisk serve --s3-timeout`): a request fails once its socket
+   * has been idle that long (nothing sent, nothing received), and a connection that takes that
+   * long to open fails too; the SDK retries (three attempts in all). The SDK's default is no
+   * timeout at all: a gateway that accepts a connection and never answers would hold the
+   * upload forever.
+   */
+  static async open(spec: string | S3Location, opts: { timeoutSeconds?: number } = {}): Promise<S3Store> {
     const loc = typeof spec === 'string' ? parseS3Url(spec) : spec;
     // The SDK warns once per process that releases after January 2027 need Node 22.
     process.env['AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED'] ??= 'true';
     const s3 = await import('@aws-sdk/client-s3');
+    const timeoutMs = Math.max(1, opts.timeoutSeconds ?? 60) * 1000;
     const client = new s3.S3Client({
       endpoint: loc.endpoint,
       region: loc.region,
@@ -126,6 +134,7 @@ export class S3Store implements BlobStore {
       requestChecksumCalculation: 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',
       maxAttempts: 3,
+      requestHandler: { connectionTimeout: timeoutMs, socketTimeout: timeoutMs },
     });
     const store = new S3Store(s3, client, loc);
     try {
@@ -227,11 +236,19 @@ export class S3Store implements BlobStore {
     const settle = async () => {
       while (inflight.size > 0) await Promise.allSettled(inflight.keys());
     };
+    // A store failure, whatever the SDK threw (a 5xx after its retries, a timeout, a reset
+    // connection): one EIO, which the API answers as Glance does (503).
+    const failed = (err: unknown) =>
+      err instanceof VdiskError
+        ? err
+        : new VdiskError('EIO', `S3 upload of ${Key} failed: ${(err as Error).message || errName(err)}`, {
+            cause: err,
+          });
 
     return {
       async write(chunk: Buffer) {
         if (done) throw new Error('write after commit or abort');
-        if (failure !== null) throw failure;
+        if (failure !== null) throw failed(failure);
         let off = 0;
         while (off < chunk.length) {
           const size = partSize(partNo);
@@ -244,7 +261,7 @@ export class S3Store implements BlobStore {
           chunk.copy(buf, used, off, off + n);
           used += n;
           off += n;
-          if (used === size) await sendPart();
+          if (used === size) await sendPart().catch((err) => Promise.reject(failed(err)));
         }
       },
       async commit() {
@@ -272,13 +289,7 @@ export class S3Store implements BlobStore {
           active.delete(uploadId);
           done = true;
         } catch (err) {
-          throw new VdiskError(
-            'EIO',
-            `S3 upload of ${Key} failed: ${(err as Error).message || errName(err)}`,
-            {
-              cause: err,
-            },
-          );
+          throw failed(err);
         }
       },
       async abort() {
