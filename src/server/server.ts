@@ -14,8 +14,9 @@ import { join } from 'node:path';
 import { VdiskError } from '../core/errors.js';
 import { native } from '../native/index.js';
 import { defaultSettings, type ServerSettings, type Services } from './context.js';
-import { type MetaDb, openPglite, openPostgres } from './db/connect.js';
+import { compilePglite, type MetaDb, openPglite, openPostgres } from './db/connect.js';
 import { HttpError, httpErrorOf, Router, sendGlanceError, sendKeystoneError } from './http.js';
+import { readAdminMarker, writeAdminMarker } from './identity/admin-marker.js';
 import { Identity } from './identity/keystone.js';
 import { ImageApi, type ImageApiOptions } from './image/api.js';
 import type { AccessEvent } from './ops.js';
@@ -128,6 +129,9 @@ async function openStores(
 
 export async function startServer(opts: ServeOptions): Promise<RunningServer> {
   const log = opts.log ?? (() => {});
+  // PGlite's WebAssembly compiles on V8's threads while everything else loads.
+  const wasmModule = opts.databaseUrl === undefined ? compilePglite() : undefined;
+  wasmModule?.catch(() => {}); // awaited (and reported) by openPglite()
   await mkdir(opts.dataDir, { recursive: true });
   const unlock = await lockDir(opts.dataDir);
   // The modules the start needs after the database, loaded while it opens (PGlite's start
@@ -145,10 +149,14 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     import('prom-client'),
   ])
     m.catch(() => {}); // a failure is reported where the module is used
-  // The admin password's hash (scrypt, ~100 ms of a thread-pool thread) while it opens too.
+  // The admin password's hash (scrypt, ~100 ms of a thread-pool thread) while it opens too,
+  // unless the start marker says the stored hash is of this password already.
   const pw = opts.adminPassword;
+  const knownHash = pw === undefined ? null : await readAdminMarker(opts.dataDir, pw);
   const adminHash =
-    pw === undefined ? undefined : import('./identity/passwords.js').then((m) => m.hashPassword(pw));
+    pw === undefined || knownHash !== null
+      ? undefined
+      : import('./identity/passwords.js').then((m) => m.hashPassword(pw));
   adminHash?.catch(() => {}); // awaited (and reported) by bootstrap()
   const settings: ServerSettings = { ...defaultSettings(), ...opts.settings };
   let meta: MetaDb | undefined;
@@ -160,7 +168,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
         ? await openPostgres(opts.databaseUrl, (err) =>
             log(`warning: a database connection was lost (${err.message}); the next query opens another`),
           )
-        : await openPglite(join(opts.dataDir, 'db'));
+        : await openPglite(join(opts.dataDir, 'db'), wasmModule === undefined ? {} : { wasmModule });
     if (opts.stores !== undefined) {
       stores = new StoreSet(
         await openStores(opts.stores.stores, opts.dataDir, settings),
@@ -184,7 +192,19 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     writing: new Map(),
   };
   const identity = new Identity(svc);
-  const generatedPassword = await identity.bootstrap(opts.adminPassword, adminHash);
+  const generatedPassword = await identity.bootstrap(opts.adminPassword, adminHash, knownHash ?? undefined);
+  if (pw !== undefined) {
+    const row = await svc.db
+      .selectFrom('users')
+      .select('password_hash')
+      .where('name', '=', 'admin')
+      .where('domain_id', '=', 'default')
+      .executeTakeFirst();
+    if (row?.password_hash != null && row.password_hash !== knownHash)
+      await writeAdminMarker(opts.dataDir, pw, row.password_hash).catch((err: Error) =>
+        log(`warning: could not write the admin password's marker: ${err.message}`),
+      );
+  }
   const { NodeLease, nodeKey } = await import('./nodes.js');
   const lease = new NodeLease(
     svc.db,

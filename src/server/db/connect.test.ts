@@ -13,7 +13,7 @@ import { PGlite } from '@electric-sql/pglite';
 import { Kysely, sql } from 'kysely';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { VdiskError } from '../../core/errors.js';
-import { openPglite, PGLITE_PARAMS } from './connect.js';
+import { compilePglite, openPglite, PGLITE_PARAMS } from './connect.js';
 import { PGliteDialect } from './pglite-dialect.js';
 import { type Database, migrate } from './schema.js';
 import { makeTemplate, unpackTemplate } from './template.js';
@@ -178,6 +178,10 @@ describe('openPglite from the template', () => {
       version = await schemaVersion(meta.db);
       expect(version).toBeGreaterThan(0);
       expect(await showSharedBuffers(meta.db)).toBe('4MB');
+      // Without the template databases (600 files fewer to make): `postgres` only.
+      const dbs = await sql<{ datname: string }>`SELECT datname FROM pg_database`.execute(meta.db);
+      expect(dbs.rows.map((r) => r.datname)).toEqual(['postgres']);
+      expect(await readdir(join(pgdir, 'base'))).toHaveLength(1);
       await meta.db
         .insertInto('images')
         .values({
@@ -213,8 +217,9 @@ describe('openPglite from the template', () => {
     const ref = join(dir, 'ref');
     await (await openPglite(ref, { template: null })).close();
     expect((await readdir(pgdir)).sort()).toEqual((await readdir(ref)).sort());
-    // A second start: the directory is there, not unpacked again.
-    const again = await openPglite(pgdir, { template: await template() });
+    // A second start: the directory is there, not unpacked again; PGlite's WebAssembly
+    // compiled beforehand, as the server does.
+    const again = await openPglite(pgdir, { template: await template(), wasmModule: compilePglite() });
     try {
       expect(await schemaVersion(again.db)).toBe(version);
       const n = await again.db.selectFrom('images').select('name').execute();

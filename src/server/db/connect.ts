@@ -4,7 +4,7 @@
  */
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, rename, rm } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -131,9 +131,28 @@ async function makeDataDir(dir: string, template: string | null): Promise<void> 
   }
 }
 
+/** A compiled WebAssembly.Module (the project's lib has no WebAssembly types: PGlite's own). */
+export type WasmModule = NonNullable<import('@electric-sql/pglite').PGliteOptions['pgliteWasmModule']>;
+/** The global WebAssembly object (Node's), typed as much as is used here. */
+const wasm = (globalThis as unknown as { WebAssembly: { compile(b: Uint8Array): Promise<WasmModule> } })
+  .WebAssembly;
+
 export interface PgliteOptions {
   /** The template of a new data directory (default: defaultTemplate()); null: initdb. */
   template?: string | null;
+  /** PGlite's WebAssembly, from compilePglite() (default: compiled by PGlite.create()). */
+  wasmModule?: Promise<WasmModule>;
+}
+
+/**
+ * Compile PGlite's WebAssembly (9 MB; Liftoff only, as above) without waiting for PGlite's
+ * JavaScript: the server starts this first, so that V8 compiles on its background threads
+ * while the main thread loads the server's modules, and hands the promise to openPglite().
+ */
+export function compilePglite(): Promise<WasmModule> {
+  const require = createRequire(import.meta.url);
+  const path = join(dirname(require.resolve('@electric-sql/pglite')), 'pglite.wasm');
+  return withLiftoffOnly(async () => wasm.compile(await readFile(path)));
 }
 
 export async function openPglite(dir: string | undefined, opts: PgliteOptions = {}): Promise<MetaDb> {
@@ -147,10 +166,10 @@ export async function openPglite(dir: string | undefined, opts: PgliteOptions = 
       : null,
   ]);
   const startParams = [...PGlite.defaultStartParams, ...PGLITE_PARAMS];
+  const pgliteWasmModule = await opts.wasmModule;
+  const o = pgliteWasmModule === undefined ? { startParams } : { startParams, pgliteWasmModule };
   // No directory: in memory (tests of the database code only).
-  const pg = await withLiftoffOnly(() =>
-    dir === undefined ? PGlite.create({ startParams }) : PGlite.create(dir, { startParams }),
-  );
+  const pg = await withLiftoffOnly(() => (dir === undefined ? PGlite.create(o) : PGlite.create(dir, o)));
   const db = new Kysely<Database>({ dialect: new PGliteDialect(pg) });
   await migrate(db);
   return {

@@ -7,9 +7,18 @@
  * not while one is paused, and the next upload starts them again.
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { constants, PerformanceObserver } from 'node:perf_hooks';
 import { describe, expect, it } from 'vitest';
 import { native } from '../../native/index.js';
-import { BLOCK_BYTES, BLOCKS, copyInto, hashWorkersRunning, IDLE_MS, UploadDigester } from './hashing.js';
+import {
+  BLOCK_BYTES,
+  BLOCKS,
+  copyInto,
+  hashWorkersRunning,
+  IDLE_MS,
+  MINOR_GC_BYTES,
+  UploadDigester,
+} from './hashing.js';
 
 const hex = (algo: string, b: Uint8Array) => createHash(algo).update(b).digest('hex');
 
@@ -148,6 +157,30 @@ describe('UploadDigester', () => {
     expect(finished).toBe(calls);
     await new Promise((r) => setTimeout(r, 60));
     expect(calls).toBe(1);
+  });
+});
+
+describe('young-generation collections during an upload', () => {
+  it('one per MINOR_GC_BYTES pushed, so that the dropped chunks never pile up into a full GC', async () => {
+    const kinds: number[] = [];
+    const obs = new PerformanceObserver((list) => {
+      for (const e of list.getEntries())
+        kinds.push((e as unknown as { detail: { kind: number } }).detail.kind);
+    });
+    obs.observe({ entryTypes: ['gc'] });
+    const d = new UploadDigester(async () => {});
+    const n = 8;
+    // Fresh 64 KiB chunks, as node:http delivers them: almost no JavaScript heap each, so
+    // nothing else would make V8 scavenge n times here.
+    for (let i = 0; i < (n * MINOR_GC_BYTES) / 65536; i++) await d.write(Buffer.alloc(65536, i));
+    await d.end();
+    await new Promise((r) => setTimeout(r, 50)); // the observer's entries are delivered later
+    obs.disconnect();
+    const minor = kinds.filter((k) => k === constants.NODE_PERFORMANCE_GC_MINOR).length;
+    expect(minor).toBeGreaterThanOrEqual(n);
+    expect(kinds.filter((k) => k === constants.NODE_PERFORMANCE_GC_MAJOR).length).toBeLessThan(n);
+    // The flag that gave the collector its handle is cleared again: no global `gc` appears.
+    expect((globalThis as { gc?: unknown }).gc).toBeUndefined();
   });
 });
 
