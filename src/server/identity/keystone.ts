@@ -46,14 +46,8 @@ export class Identity {
   /**
    * `adminHash`: hashPassword(adminPassword), when the caller started it early (the server,
    * while its database opens: scrypt takes ~100 ms of a thread-pool thread).
-   * `unchangedHash`: the stored hash that the configured password is known to match (the
-   * start marker, admin-marker.ts): when the admin's row still holds it, it is left alone.
    */
-  async bootstrap(
-    adminPassword: string | undefined,
-    adminHash?: Promise<string>,
-    unchangedHash?: string,
-  ): Promise<string | null> {
+  async bootstrap(adminPassword: string | undefined, adminHash?: Promise<string>): Promise<string | null> {
     const db = this.db;
     for (const name of ['admin', 'member', 'reader']) {
       await db
@@ -70,11 +64,11 @@ export class Identity {
       await sql`SELECT pg_advisory_xact_lock(7462)`.execute(tx);
       const existing = await tx
         .selectFrom('users')
-        .select(['id', 'password_hash'])
+        .select('id')
         .where('name', '=', 'admin')
         .executeTakeFirst();
       if (existing !== undefined) {
-        if (!generated && (unchangedHash === undefined || existing.password_hash !== unchangedHash))
+        if (!generated)
           await tx
             .updateTable('users')
             .set({ password_hash: await (adminHash ?? hashPassword(password)) })
