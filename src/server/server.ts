@@ -16,7 +16,6 @@ import { native } from '../native/index.js';
 import { defaultSettings, type ServerSettings, type Services } from './context.js';
 import { compilePglite, type MetaDb, openPglite, openPostgres } from './db/connect.js';
 import { HttpError, httpErrorOf, Router, sendGlanceError, sendKeystoneError } from './http.js';
-import { readAdminMarker, writeAdminMarker } from './identity/admin-marker.js';
 import { Identity } from './identity/keystone.js';
 import { ImageApi, type ImageApiOptions } from './image/api.js';
 import type { AccessEvent } from './ops.js';
@@ -149,14 +148,10 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     import('prom-client'),
   ])
     m.catch(() => {}); // a failure is reported where the module is used
-  // The admin password's hash (scrypt, ~100 ms of a thread-pool thread) while it opens too,
-  // unless the start marker says the stored hash is of this password already.
+  // The admin password's hash (scrypt, ~100 ms of a thread-pool thread) while it opens too.
   const pw = opts.adminPassword;
-  const knownHash = pw === undefined ? null : await readAdminMarker(opts.dataDir, pw);
   const adminHash =
-    pw === undefined || knownHash !== null
-      ? undefined
-      : import('./identity/passwords.js').then((m) => m.hashPassword(pw));
+    pw === undefined ? undefined : import('./identity/passwords.js').then((m) => m.hashPassword(pw));
   adminHash?.catch(() => {}); // awaited (and reported) by bootstrap()
   const settings: ServerSettings = { ...defaultSettings(), ...opts.settings };
   let meta: MetaDb | undefined;
@@ -192,19 +187,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     writing: new Map(),
   };
   const identity = new Identity(svc);
-  const generatedPassword = await identity.bootstrap(opts.adminPassword, adminHash, knownHash ?? undefined);
-  if (pw !== undefined) {
-    const row = await svc.db
-      .selectFrom('users')
-      .select('password_hash')
-      .where('name', '=', 'admin')
-      .where('domain_id', '=', 'default')
-      .executeTakeFirst();
-    if (row?.password_hash != null && row.password_hash !== knownHash)
-      await writeAdminMarker(opts.dataDir, pw, row.password_hash).catch((err: Error) =>
-        log(`warning: could not write the admin password's marker: ${err.message}`),
-      );
-  }
+  const generatedPassword = await identity.bootstrap(opts.adminPassword, adminHash);
   const { NodeLease, nodeKey } = await import('./nodes.js');
   const lease = new NodeLease(
     svc.db,
