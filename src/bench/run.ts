@@ -122,6 +122,54 @@ function makeHugeRaw(path: string): void {
   }
 }
 
+/**
+ * A Debian-like root file system: a 4 GiB ext4 (mkfs.ext4 -d) holding ~600 MiB of real system
+ * files (copies of /usr/bin, /usr/lib/python3.*, /usr/lib/gcc and /etc); debootstrap needs a
+ * mirror, which the bench machine may not reach. Returns false when mkfs.ext4 is missing.
+ */
+function makeDebianLike(dir: string): boolean {
+  const tree = join(dir, 'tree');
+  const py = spawnSync('sh', ['-c', 'ls -d /usr/lib/python3.* 2>/dev/null | head -1'], { encoding: 'utf8' });
+  const src = ['/usr/bin', '/usr/lib/gcc', '/etc', py.stdout.trim()].filter((d) => d !== '' && existsSync(d));
+  spawnSync('mkdir', ['-p', tree]);
+  spawnSync('cp', ['-a', ...src, tree]);
+  const raw = join(dir, 'debian.raw');
+  closeSync(openSync(raw, 'w'));
+  spawnSync('truncate', ['-s', '4G', raw]);
+  const r = spawnSync('mkfs.ext4', ['-q', '-F', '-d', tree, raw], { encoding: 'utf8' });
+  rmSync(tree, { recursive: true, force: true });
+  if (r.status !== 0) return false;
+  spawnSync('cp', ['--sparse=always', raw, join(dir, 'debian-copy.raw')]);
+  spawnSync('qemu-img', ['convert', '-O', 'qcow2', raw, join(dir, 'debian.qcow2')]);
+  return true;
+}
+
+/**
+ * frag2: a 64 GiB qcow2 with 4 KiB clusters and 200,000 4 KiB writes at random clusters
+ * (xorshift32, fixed seed), written by qemu-io (cache=unsafe: ~2 min; writeback would take
+ * half an hour): ~198,800 clusters allocated in write order, scattered over the guest.
+ */
+function makeFrag2(dir: string): void {
+  const path = join(dir, 'frag2.qcow2');
+  spawnSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4096', path, '64G']);
+  let s = 0x12345678;
+  const lines: string[] = [];
+  for (let i = 0; i < 200_000; i++) {
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
+    lines.push(`write -P ${(i % 255) + 1} ${(s % 16_777_216) * 4096} 4k`);
+  }
+  const r = spawnSync('qemu-io', ['-t', 'unsafe', '-f', 'qcow2', path], {
+    input: `${lines.join('\n')}\n`,
+    stdio: ['pipe', 'ignore', 'pipe'],
+    maxBuffer: 1 << 30,
+  });
+  if (r.status !== 0) throw new Error(`qemu-io failed to make frag2 (${r.status})`);
+}
+
 interface Case {
   name: string;
   /** Arguments for both tools; OUT stands for a per-tool output file (removed before each run). */
@@ -147,6 +195,14 @@ async function main(): Promise<void> {
     if (qcow2) {
       spawnSync('qemu-img', ['convert', '-O', 'qcow2', join(dir, 'mixed.raw'), join(dir, 'mixed.qcow2')]);
       spawnSync('qemu-img', ['convert', '-O', 'qcow2', join(dir, 'huge.raw'), join(dir, 'huge.qcow2')]);
+    }
+    // Inputs that take a while to build are built when one of their cases is selected.
+    const wants = (tag: string) => ONLY === undefined || tag.includes(ONLY) || ONLY.includes(tag);
+    const debian = qcow2 && wants('Debian-like ext4') && makeDebianLike(dir);
+    const frag2 = qcow2 && wants('frag2');
+    if (frag2) {
+      process.stderr.write('bench: making frag2 (qemu-io, ~2 min)\n');
+      makeFrag2(dir);
     }
     const cases: Case[] = [
       {
@@ -199,6 +255,40 @@ async function main(): Promise<void> {
         needs: 'qcow2',
       },
     ];
+    if (debian) {
+      cases.push(
+        {
+          name: 'convert raw→qcow2 (4 GiB Debian-like ext4)',
+          args: ['convert', '-O', 'qcow2', 'debian.raw', 'OUT'],
+          out: 'o.qcow2',
+        },
+        {
+          name: 'convert qcow2→raw (4 GiB Debian-like ext4)',
+          args: ['convert', '-O', 'raw', 'debian.qcow2', 'OUT'],
+          out: 'o.raw',
+        },
+        {
+          name: 'compare qcow2 raw (4 GiB Debian-like ext4)',
+          args: ['compare', 'debian.qcow2', 'debian.raw'],
+        },
+      );
+    }
+    if (frag2) {
+      cases.push(
+        {
+          name: 'convert frag2→qcow2 (64 GiB, 4 KiB clusters, 200k scattered)',
+          args: ['convert', '-O', 'qcow2', 'frag2.qcow2', 'OUT'],
+          out: 'o.qcow2',
+        },
+        { name: 'map --output=json (frag2)', args: ['map', '--output=json', 'frag2.qcow2'] },
+        { name: 'check (frag2)', args: ['check', 'frag2.qcow2'] },
+        {
+          name: 'convert -c -O qcow2 (frag2)',
+          args: ['convert', '-c', '-O', 'qcow2', 'frag2.qcow2', 'OUT'],
+          out: 'o.qcow2',
+        },
+      );
+    }
     const rows: string[][] = [];
     for (const c of cases) {
       if (c.needs === 'qcow2' && !qcow2) continue;

@@ -337,7 +337,9 @@ function reportReady(): void {
  * stdout are /dev/null.
  */
 async function forkServer(argv: string[], io: Io): Promise<number> {
-  const bin = fileURLToPath(new URL('../../../bin/vdisk', import.meta.url));
+  // From the CLI bundle (dist/cli/*.mjs, scripts/build-cli.mjs) bin/ is two levels up, else three.
+  const rel = import.meta.url.endsWith('.mjs') ? '../../bin/vdisk' : '../../../bin/vdisk';
+  const bin = fileURLToPath(new URL(rel, import.meta.url));
   const child = spawn(process.execPath, [bin, 'nbd', ...argv], {
     detached: true,
     stdio: ['ignore', 'ignore', 'inherit', 'pipe'],

@@ -139,7 +139,10 @@ class ZstdPool {
   private failed = false;
 
   static scriptPath(): string | null {
-    const p = fileURLToPath(new URL('./zstd-worker.js', import.meta.url));
+    // In the CLI bundle (dist/cli/*.mjs, scripts/build-cli.mjs) this module sits in dist/cli/;
+    // the worker is tsc's dist/formats/qcow2/zstd-worker.js.
+    const rel = import.meta.url.endsWith('.mjs') ? '../formats/qcow2/zstd-worker.js' : './zstd-worker.js';
+    const p = fileURLToPath(new URL(rel, import.meta.url));
     return existsSync(p) ? p : null;
   }
 

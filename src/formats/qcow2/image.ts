@@ -632,6 +632,28 @@ export class Qcow2Image implements FormatImage {
         pieces.push({ host, bufs: [b], length: b.length });
       }
     };
+    // Whole unallocated clusters in a row get their host clusters in one allocation, as
+    // QEMU's handle_alloc does (one refcount update instead of one per cluster).
+    let batchNext = 0;
+    let batchLeft = 0;
+    const freshRun = async (ci: number, pos: number): Promise<number> => {
+      if (batchLeft === 0) {
+        let k = 1;
+        while (
+          ci + k < this.meta.l2Entries &&
+          pos + (k + 1) * cs <= data.length &&
+          !this.meta.entryAt(v, ci + k).compressed &&
+          !this.meta.entryAt(v, ci + k).hasHost
+        )
+          k++;
+        batchNext = await rc.allocClusters(k);
+        batchLeft = k;
+      }
+      const fresh = batchNext;
+      batchNext += cs;
+      batchLeft--;
+      return fresh;
+    };
     let pos = 0;
     while (pos < data.length) {
       const g = offset + pos;
@@ -710,6 +732,7 @@ export class Qcow2Image implements FormatImage {
           if (dataFile) fresh = clusterStart;
           else if (hh && copied)
             fresh = host; // a zero cluster that keeps its allocation
+          else if (!hh && !compressed && a === 0 && b === cs) fresh = await freshRun(ci, pos);
           else fresh = await rc.allocClusters(1);
           this.meta.noteAlloc(fresh, cs);
           if (fresh !== host) this.meta.assertNotMetadata(fresh, cs);

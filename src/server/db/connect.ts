@@ -108,7 +108,9 @@ PGlite.create(process.argv[2], { startParams: [...PGlite.defaultStartParams, ...
  * `npm run build`; null when absent.
  */
 export function defaultTemplate(): string | null {
-  const path = fileURLToPath(new URL('./pgdata.tar.gz', import.meta.url));
+  // From the CLI bundle (dist/cli/*.mjs, scripts/build-cli.mjs): the template in dist/server/db/.
+  const rel = import.meta.url.endsWith('.mjs') ? '../server/db/pgdata.tar.gz' : './pgdata.tar.gz';
+  const path = fileURLToPath(new URL(rel, import.meta.url));
   return existsSync(path) ? path : null;
 }
 
