@@ -8,7 +8,9 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { rng } from '../rng.js';
 import { Coverage } from './coverage.js';
+import { Mutator, Scratch } from './mutate.js';
 import { nbdTarget } from './nbd-target.js';
 import { fuzzTarget } from './run.js';
 import { selfTestTarget, TARGETS } from './targets.js';
@@ -35,6 +37,28 @@ describe('coverage-guided fuzzing', () => {
     f(1);
     expect(cov.take()).toBe(0);
     cov.close();
+  });
+
+  it('makes the same mutants in the scratch buffer as without it (a batch is remade from its recipes)', () => {
+    const dict = { tokens: [Buffer.from('KDMV'), Buffer.from('conectix')], offsets: [4, 8, 64] };
+    const entries = [Buffer.alloc(3000, 7), Buffer.from('a short text entry'), Buffer.alloc(9000, 0xa5)];
+    entries[0]!.writeUInt32LE(0xdeadbeef, 100);
+    const maxLen = 12_000;
+    const scratch = new Scratch(Buffer.alloc(maxLen));
+    let inScratch = 0;
+    for (let seed = 0; seed < 3000; seed++) {
+      const make = (into?: Scratch) => {
+        const r = rng(seed);
+        // Runs of mutants of one entry: restored from what the last one changed.
+        const parent = entries[Math.floor(seed / 10) % entries.length]!;
+        return new Mutator(r, dict, maxLen).mutate(parent, () => entries[Math.floor(r() * 3)], into);
+      };
+      const a = make(scratch);
+      if (a.buffer === scratch.buf.buffer) inScratch++;
+      expect(Buffer.compare(a, make()), `seed ${seed}`).toBe(0);
+    }
+    // Every kind of edit but a grow past maxLen (or of an emptied input) stays in the scratch buffer.
+    expect(inScratch).toBeGreaterThan(2800);
   });
 
   it('catches each kind of finding: internal error, slow input, hang, heap exhaustion, large buffers', async () => {

@@ -51,6 +51,25 @@ export interface TargetResult {
   corpus: number;
   findings: Finding[];
   restarts: number;
+  /** Every run of this target on this corpus directory so far, this one included (stats.json). */
+  total: Totals;
+}
+
+/** `<corpus>/<target>/stats.json`: inputs and time summed over the runs on this corpus. */
+export interface Totals {
+  execs: number;
+  seconds: number;
+  runs: number;
+  findings: number;
+}
+
+function readTotals(file: string): Totals {
+  try {
+    const j = JSON.parse(readFileSync(file, 'utf8')) as Partial<Totals>;
+    return { execs: j.execs ?? 0, seconds: j.seconds ?? 0, runs: j.runs ?? 0, findings: j.findings ?? 0 };
+  } catch {
+    return { execs: 0, seconds: 0, runs: 0, findings: 0 };
+  }
 }
 
 export interface Finding {
@@ -155,8 +174,21 @@ export async function fuzzTarget(
     corpus: 0,
     findings: [],
     restarts: 0,
+    total: { execs: 0, seconds: 0, runs: 0, findings: 0 },
   };
   const t0 = performance.now();
+  // Updated as the run goes (every stats message), so a run stopped midway still counts.
+  const statsFile = join(dir, 'stats.json');
+  const before = readTotals(statsFile);
+  const saveTotals = () => {
+    res.total = {
+      execs: before.execs + res.execs,
+      seconds: Math.round(before.seconds + (performance.now() - t0) / 1000),
+      runs: before.runs + 1,
+      findings: before.findings + res.findings.length,
+    };
+    writeFileSync(statsFile, `${JSON.stringify(res.total)}\n`);
+  };
   const self = new URL(`./worker.${import.meta.url.endsWith('.ts') ? 'ts' : 'js'}`, import.meta.url);
   let rngSeed = o.rng;
   // A worker ends its budget, or dies on an input (hang, heap, crash): a new one goes on.
@@ -220,6 +252,7 @@ export async function fuzzTarget(
           res.execs = execsBefore + m.execs;
           res.blocksEnd = m.blocks;
           res.corpus = m.corpus;
+          saveTotals();
           log(`${t.name}: ${res.execs} execs, ${m.corpus} corpus, ${m.blocks} blocks`);
         } else if (m.type === 'finding') {
           pending.push(
@@ -264,6 +297,7 @@ export async function fuzzTarget(
   }
   res.seconds = (performance.now() - t0) / 1000;
   res.execsPerSec = res.execs / res.seconds;
+  saveTotals();
   return res;
 }
 
@@ -306,7 +340,7 @@ async function cli(): Promise<number> {
     findings += r.findings.length;
     for (const f of r.findings) process.stdout.write(`${JSON.stringify(f)}\n`);
     rows.push(
-      `${name.padEnd(16)} ${String(r.execs).padStart(9)} execs ${r.execsPerSec.toFixed(0).padStart(6)}/s  blocks ${r.blocksStart} -> ${r.blocksEnd}  corpus ${r.corpus}  findings ${r.findings.length}${r.restarts ? `  restarts ${r.restarts}` : ''}`,
+      `${name.padEnd(16)} ${String(r.execs).padStart(9)} execs ${r.execsPerSec.toFixed(0).padStart(6)}/s  blocks ${r.blocksStart} -> ${r.blocksEnd}  corpus ${r.corpus}  findings ${r.findings.length}${r.restarts ? `  restarts ${r.restarts}` : ''}  (all runs: ${r.total.execs} execs in ${r.total.seconds} s, ${r.total.runs} runs)`,
     );
   }
   process.stderr.write(`${rows.join('\n')}\n`);
