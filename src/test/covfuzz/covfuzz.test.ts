@@ -99,6 +99,7 @@ describe('coverage-guided fuzzing', () => {
         slowMs: 5000,
         hangMs: 20_000,
         heapMb: 512,
+        verifyRecipes: true,
       });
       expect(r.findings.map((f) => `${f.problem}\n${f.file}`)).toEqual([]);
       expect(r.execs).toBeGreaterThan(0);

@@ -39,6 +39,8 @@ interface Options {
   hangMs: number;
   heapMb: number;
   replay: boolean;
+  /** Remake every mutant from its recipe and compare (tests: the in-place mutants are right). */
+  verifyRecipes?: boolean;
 }
 
 export interface TargetResult {
@@ -205,6 +207,7 @@ export async function fuzzTarget(
       shared,
       slowMs: o.slowMs,
       maxExternal: 256 << 20,
+      verifyRecipes: o.verifyRecipes === true,
     };
     // Under tsx (the sources run as they are), the thread registers tsx before loading worker.ts.
     const boot = self.pathname.endsWith('.ts')

@@ -32,6 +32,8 @@ export interface WorkerConfig {
   slowMs: number;
   /** External (ArrayBuffer) memory allowed after one input, bytes. */
   maxExternal: number;
+  /** Remake each mutant from its recipe and compare with the one made in place. */
+  verifyRecipes: boolean;
 }
 
 export type WorkerMessage =
@@ -68,7 +70,11 @@ const scratch = new Scratch(Buffer.from(cfg.shared, HEADER, cfg.shared.byteLengt
 
 function announce(input: Buffer): void {
   const n = Math.min(input.length, bytes.length);
-  if (!(input.buffer === cfg.shared && input.byteOffset === HEADER)) bytes.set(input.subarray(0, n));
+  if (!(input.buffer === cfg.shared && input.byteOffset === HEADER)) {
+    bytes.set(input.subarray(0, n));
+    // The scratch buffer no longer holds its entry: the next mutant copies it whole.
+    scratch.base = undefined;
+  }
   Atomics.store(counter, 1, n);
   Atomics.add(counter, 0, 1);
 }
@@ -184,6 +190,8 @@ while (execs < cfg.execs && performance.now() < deadline) {
   if (execs % STINT === 0) parent = pickEntry();
   const rec = { parent, n: corpus.length, seed: Math.floor(r() * 2 ** 32) };
   const input = make(rec, inPlace ? scratch : undefined);
+  if (cfg.verifyRecipes && !input.equals(make(rec)))
+    report(`internal error: mutant ${execs} differs from its recipe (harness)`, input);
   const problem = await runOne(input);
   execs++;
   if (problem !== null) report(problem, input);
