@@ -26,6 +26,12 @@ import type { WorkerConfig, WorkerMessage } from './worker.js';
 
 /** worker.ts's phases (not imported: importing worker.ts would run it). */
 const PHASES = ['starting', 'running the target', 'taking coverage', 'mutating', 'saving'];
+/**
+ * Before its first input a worker loads the target's modules (compiled by tsx) and makes its
+ * seeds' coverage: more than 10 s at load 20 and nice 19 (two empty "hang" findings in the
+ * second campaign), so the hang limit is longer until an input has begun.
+ */
+const START_MS = 60_000;
 
 const ALL: Target[] = [...TARGETS, nbdTarget];
 
@@ -231,7 +237,7 @@ export async function fuzzTarget(
         if (n !== last) {
           last = n;
           since = performance.now();
-        } else if (!done && performance.now() - since > o.hangMs) {
+        } else if (!done && performance.now() - since > (n === 0 ? Math.max(o.hangMs, START_MS) : o.hangMs)) {
           clearInterval(watch);
           pending.push(
             saveFinding(
