@@ -48,3 +48,26 @@ it('refuses hostile tables with one line', async () => {
     expect(r.stderr.trim().split('\n')).toHaveLength(1);
   }
 });
+
+it('opens a table of 50 M zero offsets past the end of the file as qemu-img does, without reading it (fuzzer finding)', async () => {
+  // covfuzz: a 144-byte file whose header claims 50 M blocks made vdisk read (as zeros) and keep
+  // a 400 MB table, as QEMU does; qemu-img opens it (every offset 0). Only the part in the file is
+  // read now: the same answer, without the allocation.
+  const p = join(dir, 'zeros.cloop');
+  const b = makeCloop(65536, [randomBytes(512)]).subarray(0, 144);
+  b.writeUInt32BE(50_000_000, 132);
+  b.fill(0, 136);
+  writeFileSync(p, b);
+  const before = process.memoryUsage().arrayBuffers;
+  const img = await openImage(p);
+  expect(process.memoryUsage().arrayBuffers - before).toBeLessThan(16 << 20);
+  expect(img.size).toBe(((50_000_000 * 128) % 2 ** 32) * 512); // QEMU's 32-bit sector count
+  await img.close();
+  expect((await vdisk(['info', '--output=json', p])).stdout).toBe(qemuImgOk(['info', '--output=json', p]));
+  // A non-zero offset before the zeros: refused at the first zero, as QEMU does.
+  b.writeBigUInt64BE(144n, 136);
+  writeFileSync(p, b);
+  const r = await vdisk(['info', p]);
+  expect(r.code).toBe(1);
+  expect(r.stderr).toContain('offsets not monotonically increasing at index 1');
+});

@@ -97,6 +97,13 @@ export class Qcow2Metadata {
   modified = false;
   /** Host clusters that hold metadata (in-place data writes must not touch them). */
   readonly metadataClusters = new Set<number>();
+  /**
+   * The fixed metadata areas (header, L1 table, refcount table, snapshot table, LUKS header) as
+   * cluster-aligned [start, end) byte ranges, not cluster by cluster: a header may claim any
+   * length (a fuzzed crypto header extension of 2^56 bytes, which QEMU opens, filled the Set
+   * past its limit: an internal error after seconds).
+   */
+  private metadataRanges: Array<[number, number]> = [];
   /** encrypt.format=luks: the unlocked volume and where its header lies (crypto.ts). */
   luks: { vol: LuksVolume; ref: CryptoHeaderRef } | undefined;
 
@@ -215,8 +222,9 @@ export class Qcow2Metadata {
     const m = this.metadataClusters;
     const cs = this.clusterSize;
     m.clear();
+    this.metadataRanges = [];
     const addRange = (off: number, len: number) => {
-      for (let c = Math.floor(off / cs) * cs; c < off + len; c += cs) m.add(c);
+      this.metadataRanges.push([Math.floor(off / cs) * cs, off + len]);
     };
     addRange(0, cs);
     addRange(this.l1TableOffset, this.l1Size * 8);
@@ -357,7 +365,7 @@ export class Qcow2Metadata {
     if (this.hasDataFile) return;
     const cs = this.clusterSize;
     for (let c = Math.floor(host / cs) * cs; c < host + len; c += cs) {
-      if (this.metadataClusters.has(c)) {
+      if (this.metadataClusters.has(c) || this.metadataRanges.some(([a, b]) => c >= a && c < b)) {
         throw this.corrupt(
           `Preventing invalid write on metadata (overlaps with qcow2 metadata at 0x${c.toString(16)}); the image is corrupt`,
           c,

@@ -28,6 +28,18 @@ const B64 = [
   0x8000000000000000n,
 ];
 
+/**
+ * Where mutants are made in place: a buffer as large as the largest input, the corpus entry it
+ * was last filled from, and the range edits have changed since. The next mutant of the same
+ * entry restores only that range instead of copying the whole entry (vhdx seeds are 11 MiB).
+ */
+export class Scratch {
+  base: Buffer | undefined;
+  lo = 0;
+  hi = 0;
+  constructor(readonly buf: Buffer) {}
+}
+
 export class Mutator {
   constructor(
     private readonly r: () => number,
@@ -37,6 +49,24 @@ export class Mutator {
 
   private int(n: number): number {
     return Math.floor(this.r() * n);
+  }
+
+  private sc: Scratch | undefined;
+
+  /** buf (starting at scratch's start) resized to len in scratch, or undefined. */
+  private resized(buf: Buffer, len: number): Buffer | undefined {
+    const s = this.sc?.buf;
+    if (s === undefined || buf.buffer !== s.buffer || buf.byteOffset !== s.byteOffset || len > s.length)
+      return undefined;
+    return s.subarray(0, len);
+  }
+
+  /** Bytes [a, b) of the mutant are (or may be) written: restored from the entry next time. */
+  private touch(a: number, b: number): void {
+    const s = this.sc;
+    if (s === undefined) return;
+    s.lo = Math.min(s.lo, a);
+    s.hi = Math.max(s.hi, b);
   }
 
   private pick<T>(xs: readonly T[]): T {
@@ -55,8 +85,26 @@ export class Mutator {
     return this.int(limit);
   }
 
-  mutate(input: Buffer, other: () => Buffer | undefined): Buffer {
-    let buf: Buffer = Buffer.from(input);
+  /**
+   * One mutant of `input`. With `scratch`, the mutant is made in its buffer, edits that change
+   * the length included (unless it would outgrow it): no allocation for multi-MiB images, whose
+   * per-input allocations made V8 collect every few inputs. The result is then valid until the
+   * next call. The bytes are the same with or without scratch.
+   */
+  mutate(input: Buffer, other: () => Buffer | undefined, scratch?: Scratch): Buffer {
+    let buf: Buffer;
+    this.sc = undefined;
+    if (scratch !== undefined && input.length <= scratch.buf.length) {
+      const sb = scratch.buf;
+      if (scratch.base === input) {
+        if (scratch.lo < input.length) sb.set(input.subarray(scratch.lo, scratch.hi), scratch.lo);
+      } else sb.set(input);
+      scratch.base = input;
+      scratch.lo = Number.POSITIVE_INFINITY;
+      scratch.hi = 0;
+      this.sc = scratch;
+      buf = sb.subarray(0, input.length);
+    } else buf = Buffer.from(input);
     const edits = 1 + this.int(4);
     for (let e = 0; e < edits; e++) buf = this.edit(buf, other);
     if (buf.length > this.maxLen) buf = buf.subarray(0, this.maxLen);
@@ -69,16 +117,20 @@ export class Mutator {
     switch (kind) {
       case 0: {
         const at = this.offset(buf);
+        this.touch(at, at + 1);
         buf[at] = buf[at]! ^ (1 << this.int(8));
         return buf;
       }
       case 1: {
-        buf[this.offset(buf)] = this.r() < 0.5 ? this.int(256) : this.pick(B8);
+        const at = this.offset(buf);
+        this.touch(at, at + 1);
+        buf[at] = this.r() < 0.5 ? this.int(256) : this.pick(B8);
         return buf;
       }
       case 2: {
         if (buf.length < 2) return buf;
         const at = this.offset(buf, 2);
+        this.touch(at, at + 2);
         const v = this.pick(B16);
         if (this.r() < 0.5) buf.writeUInt16LE(v, at);
         else buf.writeUInt16BE(v, at);
@@ -88,6 +140,7 @@ export class Mutator {
       case 4: {
         if (buf.length < 4) return buf;
         const at = this.offset(buf, 4);
+        this.touch(at, at + 4);
         const v = this.pick(B32);
         if (this.r() < 0.5) buf.writeUInt32LE(v >>> 0, at);
         else buf.writeUInt32BE(v >>> 0, at);
@@ -96,6 +149,7 @@ export class Mutator {
       case 5: {
         if (buf.length < 8) return buf;
         const at = this.offset(buf, 8);
+        this.touch(at, at + 8);
         const v = this.pick(B64);
         if (this.r() < 0.5) buf.writeBigUInt64LE(v, at);
         else buf.writeBigUInt64BE(v, at);
@@ -105,6 +159,7 @@ export class Mutator {
         // A field nudged: +-1..16 on a 32-bit value of either order.
         if (buf.length < 4) return buf;
         const at = this.offset(buf, 4);
+        this.touch(at, at + 4);
         const d = (1 + this.int(16)) * (this.r() < 0.5 ? -1 : 1);
         if (this.r() < 0.5) buf.writeUInt32LE((buf.readUInt32LE(at) + d) >>> 0, at);
         else buf.writeUInt32BE((buf.readUInt32BE(at) + d) >>> 0, at);
@@ -115,7 +170,15 @@ export class Mutator {
         if (this.dict.tokens.length === 0) return buf;
         const t = this.pick(this.dict.tokens);
         const at = this.offset(buf, Math.min(t.length, buf.length));
-        if (this.r() < 0.2) return Buffer.concat([buf.subarray(0, at), t, buf.subarray(at)]);
+        if (this.r() < 0.2) {
+          const into = this.resized(buf, buf.length + t.length);
+          if (into === undefined) return Buffer.concat([buf.subarray(0, at), t, buf.subarray(at)]);
+          this.touch(at, into.length);
+          into.copyWithin(at + t.length, at, buf.length);
+          t.copy(into, at);
+          return into;
+        }
+        this.touch(at, at + t.length);
         t.copy(buf, at, 0, Math.min(t.length, buf.length - at));
         return buf;
       }
@@ -125,11 +188,16 @@ export class Mutator {
         if (o === undefined || o.length === 0) return buf;
         if (this.r() < 0.5) {
           const cut = this.int(Math.min(buf.length, o.length) + 1);
-          return Buffer.concat([buf.subarray(0, cut), o.subarray(cut)]);
+          const into = this.resized(buf, Math.max(cut, o.length));
+          if (into === undefined) return Buffer.concat([buf.subarray(0, cut), o.subarray(cut)]);
+          this.touch(cut, into.length);
+          o.copy(into, cut, cut);
+          return into;
         }
         const len = 1 + this.int(Math.min(512, o.length));
         const from = this.int(o.length - len + 1);
         const at = this.offset(buf);
+        this.touch(at, at + len);
         o.copy(buf, at, from, Math.min(from + len, from + buf.length - at));
         return buf;
       }
@@ -140,13 +208,18 @@ export class Mutator {
           return buf.subarray(0, Math.min(cut, buf.length));
         }
         const more = this.pick([1, 7, 512, 4096, 65536]);
-        return Buffer.concat([buf, Buffer.alloc(more, this.r() < 0.5 ? 0 : 0xff)]);
+        const fill = this.r() < 0.5 ? 0 : 0xff;
+        const into = this.resized(buf, buf.length + more);
+        if (into === undefined) return Buffer.concat([buf, Buffer.alloc(more, fill)]);
+        this.touch(buf.length, into.length);
+        return into.fill(fill, buf.length);
       }
       case 11: {
         // Copy a chunk of the entry over another place of it.
         const len = 1 + this.int(Math.min(64, buf.length));
         const from = this.int(buf.length - len + 1);
         const to = this.offset(buf, len);
+        this.touch(to, to + len);
         buf.copy(buf, to, from, from + len);
         return buf;
       }
@@ -154,7 +227,12 @@ export class Mutator {
         // Delete a short range (shifts what follows: text formats, streams).
         const at = this.offset(buf);
         const len = 1 + this.int(16);
-        return Buffer.concat([buf.subarray(0, at), buf.subarray(Math.min(buf.length, at + len))]);
+        const end = Math.min(buf.length, at + len);
+        const into = this.resized(buf, buf.length - (end - at));
+        if (into === undefined) return Buffer.concat([buf.subarray(0, at), buf.subarray(end)]);
+        this.touch(at, buf.length);
+        buf.copyWithin(at, end);
+        return into;
       }
     }
   }

@@ -26,6 +26,12 @@ import type { WorkerConfig, WorkerMessage } from './worker.js';
 
 /** worker.ts's phases (not imported: importing worker.ts would run it). */
 const PHASES = ['starting', 'running the target', 'taking coverage', 'mutating', 'saving'];
+/**
+ * Before its first input a worker loads the target's modules (compiled by tsx) and makes its
+ * seeds' coverage: more than 10 s at load 20 and nice 19 (two empty "hang" findings in the
+ * second campaign), so the hang limit is longer until an input has begun.
+ */
+const START_MS = 60_000;
 
 const ALL: Target[] = [...TARGETS, nbdTarget];
 
@@ -39,6 +45,8 @@ interface Options {
   hangMs: number;
   heapMb: number;
   replay: boolean;
+  /** Remake every mutant from its recipe and compare (tests: the in-place mutants are right). */
+  verifyRecipes?: boolean;
 }
 
 export interface TargetResult {
@@ -51,6 +59,25 @@ export interface TargetResult {
   corpus: number;
   findings: Finding[];
   restarts: number;
+  /** Every run of this target on this corpus directory so far, this one included (stats.json). */
+  total: Totals;
+}
+
+/** `<corpus>/<target>/stats.json`: inputs and time summed over the runs on this corpus. */
+export interface Totals {
+  execs: number;
+  seconds: number;
+  runs: number;
+  findings: number;
+}
+
+function readTotals(file: string): Totals {
+  try {
+    const j = JSON.parse(readFileSync(file, 'utf8')) as Partial<Totals>;
+    return { execs: j.execs ?? 0, seconds: j.seconds ?? 0, runs: j.runs ?? 0, findings: j.findings ?? 0 };
+  } catch {
+    return { execs: 0, seconds: 0, runs: 0, findings: 0 };
+  }
 }
 
 export interface Finding {
@@ -155,8 +182,21 @@ export async function fuzzTarget(
     corpus: 0,
     findings: [],
     restarts: 0,
+    total: { execs: 0, seconds: 0, runs: 0, findings: 0 },
   };
   const t0 = performance.now();
+  // Updated as the run goes (every stats message), so a run stopped midway still counts.
+  const statsFile = join(dir, 'stats.json');
+  const before = readTotals(statsFile);
+  const saveTotals = () => {
+    res.total = {
+      execs: before.execs + res.execs,
+      seconds: Math.round(before.seconds + (performance.now() - t0) / 1000),
+      runs: before.runs + 1,
+      findings: before.findings + res.findings.length,
+    };
+    writeFileSync(statsFile, `${JSON.stringify(res.total)}\n`);
+  };
   const self = new URL(`./worker.${import.meta.url.endsWith('.ts') ? 'ts' : 'js'}`, import.meta.url);
   let rngSeed = o.rng;
   // A worker ends its budget, or dies on an input (hang, heap, crash): a new one goes on.
@@ -173,6 +213,7 @@ export async function fuzzTarget(
       shared,
       slowMs: o.slowMs,
       maxExternal: 256 << 20,
+      verifyRecipes: o.verifyRecipes === true,
     };
     // Under tsx (the sources run as they are), the thread registers tsx before loading worker.ts.
     const boot = self.pathname.endsWith('.ts')
@@ -196,7 +237,7 @@ export async function fuzzTarget(
         if (n !== last) {
           last = n;
           since = performance.now();
-        } else if (!done && performance.now() - since > o.hangMs) {
+        } else if (!done && performance.now() - since > (n === 0 ? Math.max(o.hangMs, START_MS) : o.hangMs)) {
           clearInterval(watch);
           pending.push(
             saveFinding(
@@ -220,6 +261,7 @@ export async function fuzzTarget(
           res.execs = execsBefore + m.execs;
           res.blocksEnd = m.blocks;
           res.corpus = m.corpus;
+          saveTotals();
           log(`${t.name}: ${res.execs} execs, ${m.corpus} corpus, ${m.blocks} blocks`);
         } else if (m.type === 'finding') {
           pending.push(
@@ -264,6 +306,7 @@ export async function fuzzTarget(
   }
   res.seconds = (performance.now() - t0) / 1000;
   res.execsPerSec = res.execs / res.seconds;
+  saveTotals();
   return res;
 }
 
@@ -306,7 +349,7 @@ async function cli(): Promise<number> {
     findings += r.findings.length;
     for (const f of r.findings) process.stdout.write(`${JSON.stringify(f)}\n`);
     rows.push(
-      `${name.padEnd(16)} ${String(r.execs).padStart(9)} execs ${r.execsPerSec.toFixed(0).padStart(6)}/s  blocks ${r.blocksStart} -> ${r.blocksEnd}  corpus ${r.corpus}  findings ${r.findings.length}${r.restarts ? `  restarts ${r.restarts}` : ''}`,
+      `${name.padEnd(16)} ${String(r.execs).padStart(9)} execs ${r.execsPerSec.toFixed(0).padStart(6)}/s  blocks ${r.blocksStart} -> ${r.blocksEnd}  corpus ${r.corpus}  findings ${r.findings.length}${r.restarts ? `  restarts ${r.restarts}` : ''}  (all runs: ${r.total.execs} execs in ${r.total.seconds} s, ${r.total.runs} runs)`,
     );
   }
   process.stderr.write(`${rows.join('\n')}\n`);
