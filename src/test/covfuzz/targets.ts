@@ -203,12 +203,13 @@ function imageTarget(
  */
 const UNLOCK_ITERS = 4096;
 let luksDriver: FormatDriver | undefined;
+let luksSecrets: import('../../core/secrets.js').Secrets | undefined;
 async function runLuks(input: Buffer): Promise<void> {
-  const { defineSecret } = await import('../../core/secrets.js');
+  const { Secrets } = await import('../../core/secrets.js');
   const { parseHeader, HEADER_SIZE, MAX_ITERS, SLOT_ENABLED } = await import('../../formats/luks/header.js');
   if (luksDriver === undefined) {
     luksDriver = await driverOf('luks');
-    defineSecret('sec0', Buffer.from('fuzz-pass'));
+    luksSecrets = new Secrets().define('sec0', Buffer.from('fuzz-pass'));
   }
   let unlock = false;
   try {
@@ -223,7 +224,7 @@ async function runLuks(input: Buffer): Promise<void> {
     luksDriver,
     input,
     'fuzz.luks',
-    unlock ? { options: { 'key-secret': 'sec0' } } : { noIo: true },
+    unlock ? { options: { 'key-secret': 'sec0' }, secrets: luksSecrets } : { noIo: true },
   );
 }
 
