@@ -135,7 +135,20 @@ function inc(st: State, offset: number, size: number): void {
   if (last - first > 1 << 26) throw new VdiskError('TOO_LARGE', 'Region too large to check');
   grow(st, last);
   st.nb = Math.max(st.nb, last + 1);
-  for (let k = first; k <= last; k++) st.counts[k]!++;
+  // The count is kept at the image's refcount width (qcow2_inc_refcounts_imrt): at its
+  // maximum, another reference is an overflow.
+  const max = 2 ** 2 ** st.meta.header.refcountOrder - 1;
+  for (let k = first; k <= last; k++) {
+    if (st.counts[k]! >= max) {
+      st.res.messages.push(
+        `ERROR: overflow cluster offset=0x${(k * cs).toString(16)}`,
+        'Use qemu-img amend to increase the refcount entry width or qemu-img convert to create a clean copy if the image cannot be opened for writing',
+      );
+      st.res.corruptions++;
+      continue;
+    }
+    st.counts[k]!++;
+  }
 }
 
 /**
