@@ -17,7 +17,7 @@
  * closed, and the caller asks again with node:http, which has the complete protocol and the
  * error messages. `4xx`/`5xx` statuses reject with the status, as node:http's path would.
  */
-import { connect, type Socket } from 'node:net';
+import { connect, type LookupFunction, type Socket } from 'node:net';
 
 /** An error of one wire request: `retry` when trying again may succeed. */
 export class WireError extends Error {
@@ -63,11 +63,12 @@ class Conn {
   used = false;
   dead = false;
 
-  constructor(host: string, port: number, onIdleGone: (c: Conn) => void) {
+  constructor(host: string, port: number, onIdleGone: (c: Conn) => void, lookup?: LookupFunction) {
     this.socket = connect({
       host,
       port,
       noDelay: true,
+      ...(lookup !== undefined ? { lookup } : {}),
       onread: { buffer: () => this.next, callback: (n: number, buf: Uint8Array) => this.onData(n, buf) },
     });
     this.socket.on('error', (err) => this.fail(err));
@@ -239,7 +240,11 @@ export class RangeWire {
   private readonly busy = new Set<Conn>();
   private closed = false;
 
-  constructor(private readonly maxIdle: number) {}
+  /** `lookup` resolves host names instead of node's (a caller that pins the address). */
+  constructor(
+    private readonly maxIdle: number,
+    private readonly lookup?: LookupFunction,
+  ) {}
 
   /**
    * GET `url` bytes [start, start + into.length) into `into`, with `headers` (names and
@@ -261,10 +266,15 @@ export class RangeWire {
     if (conn === undefined) {
       const host = url.hostname.replace(/^\[|\]$/g, '');
       const port = url.port !== '' ? Number(url.port) : 80;
-      conn = new Conn(host, port, (c) => {
-        const i = this.idleConns.indexOf(c);
-        if (i >= 0) this.idleConns.splice(i, 1);
-      });
+      conn = new Conn(
+        host,
+        port,
+        (c) => {
+          const i = this.idleConns.indexOf(c);
+          if (i >= 0) this.idleConns.splice(i, 1);
+        },
+        this.lookup,
+      );
     }
     const c = conn;
     this.busy.add(c);

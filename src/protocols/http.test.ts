@@ -7,11 +7,14 @@
  */
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo, LookupFunction } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type FlakyServer, type Nginx, startFlakyServer, startNginx } from '../test/http-servers.js';
 import { qemuImg, qemuImgOk, qemuIo, type RunResult, tempDir, vdisk } from '../test/oracle.js';
+import { openHttpSource, openHttpStream, type RedirectPolicy } from './http.js';
 
 const MiB = 1 << 20;
 let tmp: ReturnType<typeof tempDir>;
@@ -213,5 +216,99 @@ describe('http sources against qemu-img (curl driver)', () => {
       expect(qemuImg(['compare', '-f', 'raw', '-F', 'raw', join(www, 'disk.raw'), v]).code).toBe(0);
     }
     expect(flaky.stats.dropped - before).toBeGreaterThan(0);
+  });
+});
+
+/** The hooks the registry's web-download uses (no qemu-img counterpart: engine options). */
+describe('lookup and redirect hooks, the streamed GET', () => {
+  const pinTo127 =
+    (calls: string[]): LookupFunction =>
+    (host, opts, cb) => {
+      calls.push(host);
+      if ((opts as { all?: boolean }).all)
+        (cb as unknown as (e: null, a: { address: string; family: number }[]) => void)(null, [
+          { address: '127.0.0.1', family: 4 },
+        ]);
+      else cb(null, '127.0.0.1', 4);
+    };
+  const readAll = async (url: string, o: Parameters<typeof openHttpSource>[1]) => {
+    const src = await openHttpSource(url, o);
+    try {
+      const buf = Buffer.alloc(src.size);
+      expect(await src.read(buf, 0)).toBe(src.size);
+      return buf;
+    } finally {
+      await src.close();
+    }
+  };
+
+  it('lookup: a name no DNS knows is connected to the address the hook gives (ranges and stream)', async () => {
+    const file = readFileSync(join(www, 'disk.raw'));
+    const calls: string[] = [];
+    const url = `http://pinned.invalid:${new URL(ngx.url).port}`;
+    expect((await readAll(`${url}/disk.raw`, { lookup: pinTo127(calls) })).equals(file)).toBe(true);
+    expect(calls.length).toBeGreaterThan(0);
+    expect(new Set(calls)).toEqual(new Set(['pinned.invalid']));
+    const { res } = await openHttpStream(`${url}/norange/disk.raw`, { lookup: pinTo127(calls) });
+    expect(res.statusCode).toBe(200);
+    const parts: Buffer[] = [];
+    for await (const c of res) parts.push(c as Buffer);
+    expect(Buffer.concat(parts).equals(file)).toBe(true);
+    // The hook's error is thrown as it is (not reworded as curl's, not retried).
+    const refuse = new Error('refused by the hook');
+    let refused = 0;
+    const no: LookupFunction = (_h, _o, cb) => {
+      refused++;
+      cb(refuse as NodeJS.ErrnoException, '', 0);
+    };
+    await expect(openHttpSource(`${url}/disk.raw`, { lookup: no })).rejects.toBe(refuse);
+    expect(refused).toBe(1);
+    await expect(openHttpStream(`${url}/disk.raw`, { lookup: no })).rejects.toBe(refuse);
+  });
+
+  it('redirect: the policy sees every hop and decides; its error is thrown as it is', async () => {
+    const data = randomBytes(3 * MiB);
+    const srv = createServer((req, res) => {
+      if (req.url === '/a') return void res.writeHead(302, 'Found', { Location: '/b' }).end();
+      if (req.url === '/b') return void res.writeHead(307, { Location: '/data' }).end();
+      if (req.url === '/nowhere') return void res.writeHead(301, 'Moved').end();
+      const m = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '');
+      const start = m === null ? 0 : Number(m[1]);
+      const end = m === null ? data.length : Math.min(data.length, Number(m[2]) + 1);
+      res.writeHead(m === null ? 200 : 206, {
+        'Accept-Ranges': 'bytes',
+        'Content-Length': end - start,
+        ...(m === null ? {} : { 'Content-Range': `bytes ${start}-${end - 1}/${data.length}` }),
+      });
+      res.end(req.method === 'HEAD' ? undefined : data.subarray(start, end));
+    });
+    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+    try {
+      const base = `http://127.0.0.1:${(srv.address() as AddressInfo).port}`;
+      const hops: string[] = [];
+      const follow: RedirectPolicy = (r) => {
+        hops.push(`${r.hop} ${r.status} ${r.statusMessage} ${r.location}`);
+        if (r.location === undefined) throw new Error(`no Location in ${r.status}`);
+        return new URL(r.location, r.from);
+      };
+      expect((await readAll(`${base}/a`, { redirect: follow })).equals(data)).toBe(true);
+      expect(hops).toEqual(['1 302 Found /b', '2 307 Temporary Redirect /data']);
+      const { res, url } = await openHttpStream(`${base}/a`, { redirect: follow });
+      res.resume();
+      expect(url.href).toBe(`${base}/data`);
+      const stop = new Error('not there');
+      const refuse: RedirectPolicy = () => {
+        throw stop;
+      };
+      await expect(openHttpSource(`${base}/a`, { redirect: refuse })).rejects.toBe(stop);
+      await expect(openHttpStream(`${base}/a`, { redirect: refuse })).rejects.toBe(stop);
+      await expect(openHttpStream(`${base}/nowhere`, { redirect: follow })).rejects.toThrow(
+        'no Location in 301',
+      );
+      // Without a policy: curl's rules, as before (a 3xx without Location is the answer).
+      expect((await readAll(`${base}/a`, {})).equals(data)).toBe(true);
+    } finally {
+      srv.close();
+    }
   });
 });

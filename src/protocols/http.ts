@@ -16,6 +16,7 @@
  */
 import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
+import type { LookupFunction } from 'node:net';
 import { VdiskError } from '../core/errors.js';
 import type { ReadSource } from '../core/host-file.js';
 import { parseBoolOption } from '../core/options.js';
@@ -38,7 +39,33 @@ export interface HttpSourceOptions {
   parallel?: number;
   /** Tries per request before its error is reported (default 6). */
   tries?: number;
+  /**
+   * Resolves host names instead of node's DNS lookup, for every connection (node:http and
+   * the wire client): a caller pins or checks the address connected to (the registry's
+   * web-download refuses internal addresses). Its errors are thrown as they are, not
+   * reworded or retried. Not called for IP literals: check those from `redirect` and
+   * before opening.
+   */
+  lookup?: LookupFunction;
+  /**
+   * Decides each redirect (a 301, 302, 303, 307 or 308 answer) instead of the curl rules:
+   * returns the URL to go to, or throws (the error is thrown as it is) to refuse it.
+   * Without it, Location is followed (10 hops at most) when it keeps the scheme, as qemu's
+   * curl (FOLLOWLOCATION with http/https only) does.
+   */
+  redirect?: RedirectPolicy;
 }
+
+/** One redirect to decide: `hop` counts from 1; `location` is the header as sent. */
+export type RedirectPolicy = (r: {
+  from: URL;
+  location: string | undefined;
+  status: number;
+  statusMessage: string;
+  hop: number;
+}) => URL;
+
+const REDIRECT_STATUS = new Set([301, 302, 303, 307, 308]);
 
 const MiB = 1 << 20;
 const MAX_REDIRECTS = 10;
@@ -56,33 +83,93 @@ class RequestError extends Error {
 
 interface Response {
   status: number;
+  statusMessage: string;
   headers: IncomingMessage['headers'];
   body: Buffer;
 }
 
 /** The open connection pool and request settings of one source. */
 class HttpClient {
-  private readonly agent: HttpAgent;
+  private readonly agents = new Map<string, HttpAgent>();
   /** Range GETs over plain http go by the minimal client of http-wire.ts while it will do. */
   private wire: RangeWire | null;
+  /** The caller's lookup, with its failures noted so that they are thrown as they are. */
+  private readonly lookup: LookupFunction | undefined;
+  private readonly hookErrors = new WeakSet<object>();
   constructor(
     private url: URL,
     private readonly opts: HttpSourceOptions,
   ) {
-    const parallel = opts.parallel ?? 4;
-    this.wire = url.protocol === 'http:' ? new RangeWire(parallel + 1) : null;
-    this.agent =
-      url.protocol === 'https:'
-        ? new HttpsAgent({
-            keepAlive: true,
-            maxSockets: parallel + 1,
-            rejectUnauthorized: opts.sslverify !== false,
-          })
-        : new HttpAgent({ keepAlive: true, maxSockets: parallel + 1 });
+    const user = opts.lookup;
+    this.lookup =
+      user === undefined
+        ? undefined
+        : (host, o, cb) =>
+            user(host, o, ((err: NodeJS.ErrnoException | null, ...rest: unknown[]) => {
+              if (err !== null && typeof err === 'object') this.hookErrors.add(err);
+              (cb as (...a: unknown[]) => void)(err, ...rest);
+            }) as typeof cb);
+    this.wire = url.protocol === 'http:' ? new RangeWire((opts.parallel ?? 4) + 1, this.lookup) : null;
+  }
+
+  /** The keep-alive pool for `protocol` (a redirect may change it when `redirect` allows). */
+  private agent(protocol: string): HttpAgent {
+    let a = this.agents.get(protocol);
+    if (a === undefined) {
+      const maxSockets = (this.opts.parallel ?? 4) + 1;
+      a =
+        protocol === 'https:'
+          ? new HttpsAgent({ keepAlive: true, maxSockets, rejectUnauthorized: this.opts.sslverify !== false })
+          : new HttpAgent({ keepAlive: true, maxSockets });
+      this.agents.set(protocol, a);
+    }
+    return a;
   }
 
   get href(): string {
     return this.url.href;
+  }
+
+  get current(): URL {
+    return this.url;
+  }
+
+  /** Whether `err` came from the caller's lookup (thrown as it is). */
+  isHookError(err: unknown): boolean {
+    return typeof err === 'object' && err !== null && this.hookErrors.has(err);
+  }
+
+  /**
+   * The URL a redirect answer leads to, or null when it is not one to follow (then it is
+   * the answer). Throws what the caller's `redirect` policy throws.
+   */
+  nextHop(
+    res: { status: number; statusMessage: string; headers: IncomingMessage['headers'] },
+    hop: number,
+  ): URL | null {
+    const loc = res.headers.location;
+    const policy = this.opts.redirect;
+    if (policy !== undefined) {
+      if (!REDIRECT_STATUS.has(res.status)) return null;
+      return policy({
+        from: this.url,
+        location: loc,
+        status: res.status,
+        statusMessage: res.statusMessage,
+        hop: hop + 1,
+      });
+    }
+    if (res.status >= 300 && res.status < 400 && loc !== undefined && hop < MAX_REDIRECTS) {
+      const next = new URL(loc, this.url);
+      if (next.protocol !== this.url.protocol) {
+        throw new RequestError(
+          `Protocol "${next.protocol.slice(0, -1)}" not supported or disabled in libcurl`,
+          false,
+        );
+      }
+      return next;
+    }
+    return null;
   }
 
   private headers(extra: Record<string, string>): Record<string, string> {
@@ -102,15 +189,8 @@ class HttpClient {
   async request(method: 'HEAD' | 'GET', extra: Record<string, string>, into?: Buffer): Promise<Response> {
     for (let hop = 0; ; hop++) {
       const res = await this.once(method, extra, into);
-      const loc = res.headers.location;
-      if (res.status >= 300 && res.status < 400 && loc !== undefined && hop < MAX_REDIRECTS) {
-        const next = new URL(loc, this.url);
-        if (next.protocol !== this.url.protocol) {
-          throw new RequestError(
-            `Protocol "${next.protocol.slice(0, -1)}" not supported or disabled in libcurl`,
-            false,
-          );
-        }
+      const next = this.nextHop(res, hop);
+      if (next !== null) {
         this.url = next;
         continue;
       }
@@ -146,6 +226,7 @@ class HttpClient {
       return false;
     } catch (err) {
       if (err instanceof WireError) throw new RequestError(err.message, err.retry);
+      if (this.isHookError(err)) throw err;
       throw new RequestError(describe(err, this.url), isTransient(err));
     }
   }
@@ -156,24 +237,38 @@ class HttpClient {
     return new Promise<Response>((resolve, reject) => {
       let got = 0;
       let settled = false;
-      const fail = (message: string, retry: boolean) => {
+      const fail = (message: string, retry: boolean, hookError?: unknown) => {
         if (settled) return;
         settled = true;
-        reject(new RequestError(message, retry));
+        reject(hookError ?? new RequestError(message, retry));
         req.destroy();
       };
-      const req = send(this.url, { method, agent: this.agent, headers: this.headers(extra) }, (res) => {
+      const options = {
+        method,
+        agent: this.agent(this.url.protocol),
+        headers: this.headers(extra),
+        ...(this.lookup !== undefined ? { lookup: this.lookup } : {}),
+      };
+      const req = send(this.url, options, (res) => {
         const status = res.statusCode ?? 0;
         const done = () => {
           if (settled) return;
           settled = true;
           resolve({
             status,
+            statusMessage: res.statusMessage ?? '',
             headers: res.headers,
             body: into === undefined ? Buffer.alloc(0) : into.subarray(0, got),
           });
         };
-        if (into === undefined || status < 200 || status >= 300) {
+        // A Range GET answered otherwise than 206 (a whole object): its body is not read, the
+        // caller refuses it at once rather than retrying the overflow.
+        if (
+          into === undefined ||
+          status < 200 ||
+          status >= 300 ||
+          (extra.range !== undefined && status !== 206)
+        ) {
           res.resume();
           res.on('end', done);
         } else {
@@ -193,9 +288,53 @@ class HttpClient {
       req.setTimeout(timeoutMs, () =>
         fail(`Operation timed out after ${timeoutMs} milliseconds with ${got} bytes received`, true),
       );
-      req.on('error', (err) => fail(describe(err, this.url), isTransient(err)));
+      req.on('error', (err) =>
+        fail(describe(err, this.url), isTransient(err), this.isHookError(err) ? err : undefined),
+      );
       req.end();
     });
+  }
+
+  /**
+   * A GET of the whole object, redirects followed as `request` follows them; resolves with
+   * the final answer's head and its body unread (any status: the caller judges it).
+   * Rejects with node's error as it is (or the caller's lookup or redirect error); no retry.
+   */
+  async stream(idleMs: number, signal?: AbortSignal): Promise<IncomingMessage> {
+    for (let hop = 0; ; hop++) {
+      const url = this.url;
+      const send = url.protocol === 'https:' ? httpsRequest : httpRequest;
+      const res = await new Promise<IncomingMessage>((resolve, reject) => {
+        const req = send(
+          url,
+          {
+            method: 'GET',
+            agent: this.agent(url.protocol),
+            headers: this.headers({ accept: '*/*' }),
+            ...(this.lookup !== undefined ? { lookup: this.lookup } : {}),
+            ...(signal !== undefined ? { signal } : {}),
+          },
+          resolve,
+        );
+        req.setTimeout(idleMs, () => req.destroy(new Error(`timed out fetching ${url.href}`)));
+        req.on('error', reject);
+        req.end();
+      });
+      res.setTimeout(idleMs, () => res.destroy(new Error(`timed out reading ${url.href}`)));
+      let next: URL | null;
+      try {
+        next = this.nextHop(
+          { status: res.statusCode ?? 0, statusMessage: res.statusMessage ?? '', headers: res.headers },
+          hop,
+        );
+      } catch (err) {
+        res.destroy();
+        throw err;
+      }
+      if (next === null) return res;
+      res.resume();
+      this.url = next;
+    }
   }
 
   /** A request tried again with backoff while its failure is transient. */
@@ -213,7 +352,7 @@ class HttpClient {
 
   close(): void {
     this.wire?.close();
-    this.agent.destroy();
+    for (const a of this.agents.values()) a.destroy();
   }
 }
 
@@ -340,6 +479,29 @@ export async function openHttpSource(
     { readAhead, aheadRequest, maxRequest: 16 * MiB, cacheBlocks: 8 },
   );
   return Object.assign(source, { allocationUnknown: true });
+}
+
+/**
+ * A GET of the whole of `url` as a stream, for servers that do not serve byte ranges:
+ * redirects followed as openHttpSource follows them (or as `opts.redirect` decides), the
+ * caller's `lookup` used, `opts.timeout` seconds (default 5) without progress failing the
+ * request. Resolves with the final answer, body unread, whatever its status (the caller
+ * judges it); `url` is where the redirects led. Rejects with node's error as it is (no
+ * retry: a stream cannot resume). The connection is closed when the body is.
+ */
+export async function openHttpStream(
+  url: string,
+  opts: HttpSourceOptions & { signal?: AbortSignal } = {},
+): Promise<{ res: IncomingMessage; url: URL }> {
+  const client = new HttpClient(new URL(url), opts);
+  try {
+    const res = await client.stream(Math.round((opts.timeout ?? 5) * 1000), opts.signal);
+    res.once('close', () => client.close());
+    return { res, url: client.current };
+  } catch (err) {
+    client.close();
+    throw err;
+  }
 }
 
 /**

@@ -33,6 +33,42 @@ let work: string;
 let web: Server;
 let webPort = 0;
 const served = new Map<string, Buffer | { redirect: string }>();
+/**
+ * Images served with byte ranges under /ranged/…: HEAD, GET and Range GETs, sent in 64 KiB
+ * writes. `resetAt`: the first response that reaches that byte of the image sends the bytes
+ * before it and then resets the connection (once); `resetIn` says which kind it was.
+ */
+const ranged = new Map<string, { data: Buffer; resetAt?: number; resetIn?: 'range' | 'whole' }>();
+
+async function serveRanged(
+  req: import('node:http').IncomingMessage,
+  res: import('node:http').ServerResponse,
+  item: { data: Buffer; resetAt?: number; resetIn?: 'range' | 'whole' },
+): Promise<void> {
+  const { data } = item;
+  const m = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '');
+  const start = m === null ? 0 : Number(m[1]);
+  const end = m === null ? data.length : Math.min(data.length, Number(m[2]) + 1);
+  const head: Record<string, string | number> = { 'Accept-Ranges': 'bytes', 'Content-Length': end - start };
+  if (m !== null) head['Content-Range'] = `bytes ${start}-${end - 1}/${data.length}`;
+  res.writeHead(m === null ? 200 : 206, head);
+  if (req.method === 'HEAD') return void res.end();
+  const at = item.resetAt;
+  const cut = at !== undefined && item.resetIn === undefined && at >= start && at < end ? at : null;
+  for (let o = start; o < (cut ?? end); o += 64 << 10) {
+    const ok = res.write(data.subarray(o, Math.min(o + (64 << 10), cut ?? end)));
+    if (res.destroyed) return;
+    if (!ok) await new Promise((r) => res.once('drain', r).once('close', r));
+  }
+  if (cut !== null) {
+    item.resetIn = m === null ? 'whole' : 'range';
+    // Let the bytes before the cut go out, then RST.
+    await new Promise((r) => setTimeout(r, 20));
+    req.socket.resetAndDestroy();
+    return;
+  }
+  res.end();
+}
 let releaseSlow: () => void = () => {};
 const slowGate = new Promise<void>((r) => {
   releaseSlow = r;
@@ -54,6 +90,11 @@ beforeAll(async () => {
       res.writeHead(200, { 'Content-Length': 2 << 20 });
       res.write(Buffer.alloc(1 << 20, 9));
       slowGate.then(() => res.end(Buffer.alloc(1 << 20, 9)));
+      return;
+    }
+    const r = ranged.get(req.url ?? '');
+    if (r !== undefined) {
+      void serveRanged(req, res, r);
       return;
     }
     const item = served.get(req.url ?? '');
@@ -315,6 +356,47 @@ describe('web-download', () => {
       ).status,
     ).toBe(202);
     expect((await waitFor(alice, bad.id, settled)).status).toBe('active');
+  });
+
+  it('a server with byte ranges that resets the connection part way: the import resumes and completes', async () => {
+    const data = await qcow2('ranged.qcow2', '64M', 0x4c);
+    // Big enough that the cut falls in a Range GET, not in the GET that is dropped after
+    // its headers (openWebImage).
+    const item: { data: Buffer; resetAt?: number; resetIn?: 'range' | 'whole' } = {
+      data: Buffer.concat([data, Buffer.alloc((24 << 20) - data.length, 0)]),
+      resetAt: (12 << 20) + 12345,
+    };
+    ranged.set('/ranged/reset.qcow2', item);
+    const img = await alice.createImage({ name: 'ranged', disk_format: 'qcow2', container_format: 'bare' });
+    const r = await alice.req('POST', `/v2/images/${img.id}/import`, {
+      method: { name: 'web-download', uri: `http://127.0.0.1:${webPort}/ranged/reset.qcow2` },
+    });
+    expect(r.status).toBe(202);
+    const done = await waitFor(alice, img.id, settled);
+    const [t] = await imageTasks(alice, img.id);
+    // Before the range source, the GET ended part way and the task failed.
+    expect([done.status, t.status, t.message]).toEqual(['active', 'success', 'Copied 24 MiB']);
+    expect(item.resetIn).toBe('range');
+    expect(done.checksum).toBe(md5(item.data));
+    expect(done.os_hash_value).toBe(sha512(item.data));
+    expect((await download(alice, img.id)).equals(item.data)).toBe(true);
+  });
+
+  it('a server with byte ranges: a redirect to a disallowed host is still refused', async () => {
+    served.set('/ranged-away', { redirect: `http://localhost:${webPort}/ranged/away.img` });
+    ranged.set('/ranged/away.img', { data: Buffer.alloc(1 << 20, 3) });
+    const img = await alice.createImage({
+      name: 'ranged-away',
+      disk_format: 'raw',
+      container_format: 'bare',
+    });
+    await alice.req('POST', `/v2/images/${img.id}/import`, {
+      method: { name: 'web-download', uri: `http://127.0.0.1:${webPort}/ranged-away` },
+    });
+    expect((await waitFor(alice, img.id, settled)).status).toBe('queued');
+    const [t] = await imageTasks(alice, img.id);
+    expect(t.status).toBe('failure');
+    expect(t.message).toContain(`Redirect to a disallowed URI: http://localhost:${webPort}/ranged/away.img`);
   });
 
   it('refuses disallowed hosts, ports and schemes with 400 (nothing starts)', async () => {

@@ -11,6 +11,8 @@
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -330,6 +332,52 @@ describe('two file stores', () => {
     expect(r.status).toBe(202);
     expect((await settled(one)).stores).toBe('cold');
     expect(await blobs(fastDir)).not.toContain(one);
+  });
+
+  it('web-download to all stores from a server with byte ranges that resets once: resumed, every store has it', async () => {
+    const data = rawData(9 * MIB + 5);
+    let reset = false;
+    const web = createServer((req, res) => {
+      const m = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '');
+      const start = m === null ? 0 : Number(m[1]);
+      const end = m === null ? data.length : Math.min(data.length, Number(m[2]) + 1);
+      res.writeHead(m === null ? 200 : 206, {
+        'Accept-Ranges': 'bytes',
+        'Content-Length': end - start,
+        ...(m === null ? {} : { 'Content-Range': `bytes ${start}-${end - 1}/${data.length}` }),
+      });
+      if (req.method === 'HEAD') return void res.end();
+      const cut = 5 * MIB;
+      if (m !== null && !reset && start <= cut && cut < end) {
+        reset = true;
+        res.write(data.subarray(start, cut), () => setTimeout(() => req.socket.resetAndDestroy(), 20));
+        return;
+      }
+      res.end(data.subarray(start, end));
+    });
+    await new Promise<void>((r) => web.listen(0, '127.0.0.1', r));
+    const port = (web.address() as AddressInfo).port;
+    const settings = server.services.settings;
+    const saved = { hosts: settings.importAllowedHosts, ports: settings.importAllowedPorts };
+    Object.assign(settings, { importAllowedHosts: ['127.0.0.1'], importAllowedPorts: [port] });
+    try {
+      const img = await alice.createImage({ disk_format: 'raw', container_format: 'bare' });
+      const r = await alice.req('POST', `/v2/images/${img.id}/import`, {
+        method: { name: 'web-download', uri: `http://127.0.0.1:${port}/disk.raw` },
+        all_stores: true,
+      });
+      expect(r.status).toBe(202);
+      const done = await settled(img.id);
+      const task = (await alice.req('GET', `/v2/images/${img.id}/tasks`)).json.tasks[0];
+      expect([done.status, done.stores, task.status]).toEqual(['active', 'cold,fast', 'success']);
+      expect(reset).toBe(true);
+      expect(done.os_hash_value).toBe(sha512(data));
+      expect(sha512((await download(alice, img.id)).body)).toBe(sha512(data));
+    } finally {
+      Object.assign(settings, { importAllowedHosts: saved.hosts, importAllowedPorts: saved.ports });
+      web.closeAllConnections();
+      web.close();
+    }
   });
 
   it('a store failing mid-copy: all_stores_must_succeed reverts everything; without it, the rest goes on', async () => {

@@ -54,7 +54,7 @@ import { BACKING_PROP } from './layers.js';
 import { canModify, enforce, type ImageRow } from './policy.js';
 import { removeFromStore, STAGING_PREFIX, stagingKey, storeById } from './store-ops.js';
 import { createTask, type TaskRow, taskRoutes, updateTask } from './tasks.js';
-import { fetchImage, type ImportFilter, isInternalAddress, validateImportUri } from './web-download.js';
+import { type ImportFilter, isInternalAddress, openWebImage, validateImportUri } from './web-download.js';
 
 const LOCK = 'os_glance_import_task';
 const IMPORTING = 'os_glance_importing_to_stores';
@@ -466,7 +466,7 @@ export class ImportApi {
       let img = await this.locked(imageId, task.id);
       const ctx = { userId: task.user_id } as unknown as AuthContext;
       if (method === 'web-download') {
-        const res = await fetchImage(uri!, filterOf(svc), signal);
+        const res = await openWebImage(uri!, filterOf(svc), signal);
         const onAbort = () => res.destroy(new Error('The server is shutting down.'));
         signal.addEventListener('abort', onAbort);
         try {
@@ -676,7 +676,7 @@ export class ImportApi {
       let img = await this.locked(imageId, task.id);
       let size = img.size;
       if (method === 'web-download') {
-        const res = await fetchImage(uri!, filterOf(svc), signal);
+        const res = await openWebImage(uri!, filterOf(svc), signal);
         const onAbort = () => res.destroy(new Error('The server is shutting down.'));
         signal.addEventListener('abort', onAbort);
         try {

@@ -6,7 +6,13 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { fetchImage, type ImportFilter, isInternalAddress, validateImportUri } from './web-download.js';
+import {
+  fetchImage,
+  type ImportFilter,
+  isInternalAddress,
+  openWebImage,
+  validateImportUri,
+} from './web-download.js';
 
 const glanceDefaults: ImportFilter = {
   allowedSchemes: ['http', 'https'],
@@ -121,5 +127,92 @@ describe('fetchImage', () => {
       /internal address 127\.0\.0\.1/,
     );
     await expect(fetchImage(`http://localhost:${port}/data`, anyHost)).rejects.toThrow(/internal address/);
+  });
+});
+
+describe('openWebImage', () => {
+  const data = Buffer.alloc(6 << 20);
+  for (let i = 0; i < data.length; i += 4) data.writeUInt32LE(i, i);
+  let server: Server;
+  let port = 0;
+  /** Requests seen, as "METHOD url range". */
+  const seen: string[] = [];
+  let resetDone = false;
+  beforeAll(async () => {
+    server = createServer((req, res) => {
+      seen.push(`${req.method} ${req.url} ${req.headers.range ?? ''}`);
+      const m = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '');
+      if (req.url === '/plain') {
+        // No Accept-Ranges: read by one GET.
+        res.writeHead(200, { 'Content-Length': data.length }).end(req.method === 'HEAD' ? undefined : data);
+      } else if (req.url === '/liar') {
+        // Says it serves ranges, answers 200 with everything to a Range GET.
+        res.writeHead(200, { 'Content-Length': data.length, 'Accept-Ranges': 'bytes' });
+        res.end(req.method === 'HEAD' ? undefined : data);
+      } else if (req.url === '/ranged' || req.url === '/reset') {
+        const start = m === null ? 0 : Number(m[1]);
+        const end = m === null ? data.length : Math.min(data.length, Number(m[2]) + 1);
+        res.writeHead(m === null ? 200 : 206, {
+          'Content-Length': end - start,
+          'Accept-Ranges': 'bytes',
+          ...(m === null ? {} : { 'Content-Range': `bytes ${start}-${end - 1}/${data.length}` }),
+        });
+        if (req.method === 'HEAD') return void res.end();
+        const cutAt = 3 << 20;
+        if (req.url === '/reset' && m !== null && !resetDone && start <= cutAt && cutAt < end) {
+          resetDone = true;
+          res.write(data.subarray(start, cutAt), () => setTimeout(() => req.socket.resetAndDestroy(), 20));
+          return;
+        }
+        res.end(data.subarray(start, end));
+      } else if (req.url === '/to-localhost') {
+        res.writeHead(302, { Location: `http://localhost:${port}/ranged` }).end();
+      } else res.writeHead(404, 'Not Found').end();
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    port = (server.address() as AddressInfo).port;
+  });
+  afterAll(() => {
+    server?.close();
+  });
+  const f = () => ({ ...glanceDefaults, allowedHosts: ['127.0.0.1'], allowedPorts: [port] });
+  const all = async (uri: string, filter: ImportFilter = f()) => {
+    const body = await openWebImage(uri, filter);
+    const parts: Buffer[] = [];
+    for await (const c of body) parts.push(c as Buffer);
+    return { bytes: Buffer.concat(parts), length: body.headers['content-length'] };
+  };
+
+  it('reads a server with byte ranges by ranges, one without by one GET, a liar by one GET', async () => {
+    seen.length = 0;
+    const r = await all(`http://127.0.0.1:${port}/ranged`);
+    expect(r.bytes.equals(data)).toBe(true);
+    expect(r.length).toBe(String(data.length));
+    expect(seen.filter((s) => /bytes=/.test(s)).length).toBeGreaterThan(0);
+    seen.length = 0;
+    expect((await all(`http://127.0.0.1:${port}/plain`)).bytes.equals(data)).toBe(true);
+    expect(seen).toEqual([`GET /plain `]);
+    expect((await all(`http://127.0.0.1:${port}/liar`)).bytes.equals(data)).toBe(true);
+  });
+
+  it('a connection reset part way through a range is resumed: every byte, in order', async () => {
+    resetDone = false;
+    const r = await all(`http://127.0.0.1:${port}/reset`);
+    expect(resetDone).toBe(true);
+    expect(r.bytes.equals(data)).toBe(true);
+  });
+
+  it('keeps the filter: a redirect to a disallowed host, an internal address, a 404', async () => {
+    await expect(all(`http://127.0.0.1:${port}/to-localhost`)).rejects.toThrow(
+      `Redirect to a disallowed URI: http://localhost:${port}/ranged`,
+    );
+    await expect(
+      all(`http://127.0.0.1:${port}/ranged`, { ...glanceDefaults, allowedPorts: [port] }),
+    ).rejects.toThrow(/internal address 127\.0\.0\.1/);
+    // A name that resolves to loopback, allowed by port only: refused by the lookup hook.
+    await expect(
+      all(`http://localhost:${port}/ranged`, { ...glanceDefaults, allowedPorts: [port] }),
+    ).rejects.toThrow(/localhost resolves to the internal address/);
+    await expect(all(`http://127.0.0.1:${port}/nope`)).rejects.toThrow('HTTP Error 404: Not Found');
   });
 });

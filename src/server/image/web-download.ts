@@ -21,9 +21,11 @@
  *   checks; a redirect to a disallowed URL fails the import.
  */
 import { lookup as dnsLookup } from 'node:dns/promises';
-import { request as httpRequest, type IncomingMessage } from 'node:http';
-import { request as httpsRequest } from 'node:https';
+import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
 import { BlockList, isIP, type LookupFunction } from 'node:net';
+import { Readable } from 'node:stream';
+import type { ReadSource } from '../../core/host-file.js';
+import { type HttpSourceOptions, openHttpSource, openHttpStream } from '../../protocols/http.js';
 
 export interface ImportFilter {
   allowedSchemes: string[];
@@ -126,6 +128,70 @@ function describe(status: number, message: string | undefined): string {
   return `HTTP Error ${status}: ${message ?? ''}`.trim();
 }
 
+/** A literal address in `url` must be a public one unless allowed (names: see `hooks`). */
+function checkLiteral(url: URL, f: ImportFilter): void {
+  const host = hostnameOf(url);
+  if (isIP(host) !== 0 && !f.allowedHosts.includes(host) && isInternalAddress(host))
+    throw new ImportUriError(
+      `URI for web-download does not pass filtering: ${host} resolves to the internal address ${host}`,
+    );
+}
+
+/**
+ * The filter as the engine's HTTP client takes it: each name resolved and checked on every
+ * connection (the connection goes to the address checked), each redirect checked.
+ */
+function hooks(f: ImportFilter): Pick<HttpSourceOptions, 'lookup' | 'redirect'> {
+  const lookup: LookupFunction = (host, opts, cb) => {
+    resolveChecked(host.toLowerCase(), f).then(
+      (target) => {
+        if ((opts as { all?: boolean }).all)
+          (cb as unknown as (e: null, a: { address: string; family: number }[]) => void)(null, [target]);
+        else cb(null, target.address, target.family);
+      },
+      (err: NodeJS.ErrnoException) => cb(err, '', 0),
+    );
+  };
+  return {
+    lookup,
+    redirect: ({ from, location, status, statusMessage, hop }) => {
+      if (location === undefined) throw new ImportUriError(describe(status, statusMessage));
+      if (hop > MAX_REDIRECTS)
+        throw new ImportUriError(
+          `HTTP Error ${status}: The HTTP server returned a redirect error that would lead to an infinite loop.`,
+        );
+      const next = new URL(location, from);
+      if (!validateImportUri(next.href, f))
+        throw new ImportUriError(`Redirect to a disallowed URI: ${next.href}`);
+      checkLiteral(next, f);
+      return next;
+    },
+  };
+}
+
+/** The final 2xx answer to a GET of `uri`, and where the redirects led. */
+async function fetchFinal(
+  uri: string,
+  f: ImportFilter,
+  signal?: AbortSignal,
+): Promise<{ res: IncomingMessage; url: URL }> {
+  const url = new URL(uri);
+  if (!validateImportUri(url.href, f))
+    throw new ImportUriError(`URI for web-download does not pass filtering: ${url.href}`);
+  checkLiteral(url, f);
+  const got = await openHttpStream(url.href, {
+    ...hooks(f),
+    timeout: IDLE_TIMEOUT_MS / 1000,
+    ...(signal !== undefined ? { signal } : {}),
+  });
+  const status = got.res.statusCode ?? 0;
+  if (status < 200 || status > 299) {
+    got.res.resume();
+    throw new ImportUriError(describe(status, got.res.statusMessage));
+  }
+  return got;
+}
+
 /**
  * GET `uri` (already validated by the caller), following allowed redirects. Resolves with
  * the final 2xx response, unread; the caller consumes or destroys it.
@@ -135,54 +201,78 @@ export async function fetchImage(
   f: ImportFilter,
   signal?: AbortSignal,
 ): Promise<IncomingMessage> {
-  let url = new URL(uri);
-  for (let hop = 0; ; hop++) {
-    if (!validateImportUri(url.href, f))
-      throw new ImportUriError(`URI for web-download does not pass filtering: ${url.href}`);
-    const host = hostnameOf(url);
-    const target = await resolveChecked(host, f);
-    const lookup: LookupFunction = (_h, opts, cb) => {
-      if ((opts as { all?: boolean }).all)
-        (cb as unknown as (e: null, a: { address: string; family: number }[]) => void)(null, [target]);
-      else cb(null, target.address, target.family);
-    };
-    const res = await new Promise<IncomingMessage>((resolve, reject) => {
-      const req = (url.protocol === 'https:' ? httpsRequest : httpRequest)(
-        url,
-        {
-          method: 'GET',
-          lookup,
-          headers: { 'User-Agent': 'vdisk-web-download', Accept: '*/*' },
-          ...(signal !== undefined ? { signal } : {}),
-        },
-        resolve,
-      );
-      req.setTimeout(IDLE_TIMEOUT_MS, () =>
-        req.destroy(new ImportUriError(`timed out fetching ${url.href}`)),
-      );
-      req.on('error', reject);
-      req.end();
+  return (await fetchFinal(uri, f, signal)).res;
+}
+
+/** The image's bytes in order, and its length as the server declared it. */
+export type WebImage = Readable & { headers: IncomingHttpHeaders };
+
+const CHUNK = 1 << 20;
+
+/**
+ * The image at `uri` as a stream, by byte ranges when the server serves them (then a
+ * dropped connection or a 5xx part way is retried from where it stopped, see
+ * protocols/http.ts), else by one GET as Glance reads it. The GET that decides is the one
+ * fetchImage makes (the same checks, errors and messages); when its answer has a length and
+ * "Accept-Ranges: bytes", it is dropped and the image read through the engine's range
+ * source from the URL the redirects led to, with the same filter. Should that source not
+ * open, the image is fetched again by one GET.
+ */
+export async function openWebImage(uri: string, f: ImportFilter, signal?: AbortSignal): Promise<WebImage> {
+  const first = await fetchFinal(uri, f, signal);
+  const length = first.res.headers['content-length'];
+  const ranges = first.res.headers['accept-ranges'];
+  if (length === undefined || !/^\d+$/.test(length) || ranges === undefined || !/^\s*bytes\s*$/i.test(ranges))
+    return first.res;
+  first.res.destroy();
+  let source: ReadSource;
+  try {
+    source = await openHttpSource(first.url.href, {
+      ...hooks(f),
+      timeout: IDLE_TIMEOUT_MS / 1000,
+      readahead: 16 << 20,
+      parallel: 2,
     });
-    res.setTimeout(IDLE_TIMEOUT_MS, () => res.destroy(new ImportUriError(`timed out reading ${url.href}`)));
-    const status = res.statusCode ?? 0;
-    if ([301, 302, 303, 307, 308].includes(status)) {
-      res.resume();
-      const loc = res.headers.location;
-      if (loc === undefined) throw new ImportUriError(describe(status, res.statusMessage));
-      if (hop + 1 > MAX_REDIRECTS)
-        throw new ImportUriError(
-          `HTTP Error ${status}: The HTTP server returned a redirect error that would lead to an infinite loop.`,
-        );
-      const next = new URL(loc, url);
-      if (!validateImportUri(next.href, f))
-        throw new ImportUriError(`Redirect to a disallowed URI: ${next.href}`);
-      url = next;
-      continue;
-    }
-    if (status < 200 || status > 299) {
-      res.resume();
-      throw new ImportUriError(describe(status, res.statusMessage));
-    }
-    return res;
+  } catch (err) {
+    if (err instanceof ImportUriError) throw err;
+    return fetchImage(uri, f, signal);
   }
+  // The first range read before the import relies on ranges: a server that says
+  // "Accept-Ranges: bytes" but answers 200 to a Range GET is read by one GET, as Glance would.
+  let firstChunk: Buffer | null = null;
+  try {
+    if (source.size === Number(length)) {
+      const buf = Buffer.allocUnsafe(Math.min(CHUNK, source.size));
+      const n = await source.read(buf, 0);
+      if (n === buf.length) firstChunk = buf;
+    }
+  } catch (err) {
+    if (err instanceof ImportUriError) {
+      await source.close();
+      throw err;
+    }
+  }
+  if (firstChunk === null) {
+    await source.close();
+    return fetchImage(uri, f, signal);
+  }
+  async function* read(src: ReadSource, first: Buffer): AsyncGenerator<Buffer> {
+    try {
+      if (first.length > 0) yield first;
+      for (let at = first.length; at < src.size; ) {
+        const buf = Buffer.allocUnsafe(Math.min(CHUNK, src.size - at));
+        const n = await src.read(buf, at);
+        if (n <= 0) throw new Error(`The server ended the image at byte ${at} of ${src.size}`);
+        at += n;
+        yield n === buf.length ? buf : buf.subarray(0, n);
+      }
+    } finally {
+      await src.close();
+    }
+  }
+  const body = Readable.from(read(source, firstChunk), { objectMode: false, highWaterMark: CHUNK });
+  // Destroyed early (a failed or aborted import): close the connections now, which also
+  // ends a read in flight, rather than after it.
+  body.once('close', () => void source.close());
+  return Object.assign(body, { headers: { 'content-length': String(source.size) } });
 }
