@@ -137,7 +137,7 @@ function inc(st: State, offset: number, size: number): void {
   st.nb = Math.max(st.nb, last + 1);
   // The count is kept at the image's refcount width (qcow2_inc_refcounts_imrt): at its
   // maximum, another reference is an overflow.
-  const max = 2 ** 2 ** st.meta.header.refcountOrder - 1;
+  const max = 2 ** (2 ** st.meta.header.refcountOrder) - 1;
   for (let k = first; k <= last; k++) {
     if (st.counts[k]! >= max) {
       st.res.messages.push(
