@@ -351,8 +351,12 @@ describe('writing to exports', () => {
     const q = requests();
     writeFileSync(log, '');
     expect((await vdisk(['convert', '-n', p('small.raw'), s.uri])).code).toBe(0);
-    expect(requests()).toEqual(q);
+    const v = requests();
+    // Both tools keep several requests in flight: the log has them in the order they arrived,
+    // which the scheduler decides. The same requests, and the flush after all of them.
+    expect([...v].sort()).toEqual([...q].sort());
     expect(q.at(-1)).toBe('Flush');
+    expect(v.at(-1)).toBe('Flush');
   });
 
   it('nbdkit file plugin, read through the blocksize filter', async () => {
