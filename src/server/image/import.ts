@@ -1055,55 +1055,83 @@ export class ImportApi {
    */
   private async fail(task: TaskRow, imageId: string, e: unknown, diskFormat: string | null): Promise<void> {
     const svc = this.svc;
-    let succeeded = false;
-    try {
-      const r = await this.db
-        .updateTable('images')
-        .set({
-          status: 'queued',
-          size: null,
-          virtual_size: null,
-          checksum: null,
-          os_hash_algo: null,
-          os_hash_value: null,
-          blob: null,
-          writer: null,
-          updated_at: new Date(),
-          ...(diskFormat !== null ? { disk_format: diskFormat } : {}),
-        })
-        .where('id', '=', imageId)
-        .where('status', '=', 'importing')
-        .where(sql<boolean>`properties->>${LOCK} = ${task.id}`)
-        .executeTakeFirst();
-      const cur =
-        r.numUpdatedRows === 0n
-          ? await this.db
-              .selectFrom('images')
-              .select(['status', 'size', 'properties'])
-              .where('id', '=', imageId)
-              .executeTakeFirst()
-          : undefined;
-      if (cur?.status === 'active' && cur.properties[LOCK] === task.id) {
-        // The UPDATE that made the image active landed, and only its answer was lost with the
-        // database connection: the import succeeded, and ends as a success (the staged data
-        // goes; found by faults.test.ts: pg_terminate_backend mid-import).
-        await svc.store.delete(stagingKey(imageId)).catch(() => {});
-        await updateTask(svc, task.id, {
-          status: 'success',
-          result: { image_id: imageId },
-          message: `Copied ${Math.floor((cur.size ?? 0) / (1 << 20))} MiB`,
-        });
-        succeeded = true;
-        return;
+    // What the image's row says decides the task's end. A dropped database connection can
+    // take the answer of any of these queries (or the query itself) with it: each attempt
+    // starts again from the row, and the next query opens another connection.
+    let copied: number | null = null;
+    for (let attempt = 0; attempt < 3; attempt++) {
+      try {
+        copied = await this.revert(task, imageId, diskFormat);
+        break;
+      } catch {
+        await new Promise((r) => setTimeout(r, 250 * (attempt + 1)));
       }
-      const gone = r.numUpdatedRows === 0n && cur === undefined;
-      // Ours to clean, or the image was deleted meanwhile (its staged data may be newer).
-      if (r.numUpdatedRows > 0n || gone) await svc.store.delete(stagingKey(imageId));
-    } finally {
-      if (!succeeded)
-        await updateTask(svc, task.id, { status: 'failure', message: message(e) }).catch(() => {});
-      await this.dropLock(imageId, task.id);
     }
+    // Left undecided (the database unreachable throughout), the row still names this node as
+    // its writer: the node's own recovery ends it a lease later, as after a lost UPDATE.
+    const end: Parameters<typeof updateTask>[2] =
+      copied !== null && copied >= 0
+        ? {
+            status: 'success',
+            result: { image_id: imageId },
+            message: `Copied ${Math.floor(copied / (1 << 20))} MiB`,
+          }
+        : { status: 'failure', message: message(e) };
+    for (let attempt = 0; attempt < 3; attempt++) {
+      try {
+        await updateTask(svc, task.id, end);
+        break;
+      } catch {
+        await new Promise((r) => setTimeout(r, 250 * (attempt + 1)));
+      }
+    }
+    await this.dropLock(imageId, task.id);
+  }
+
+  /**
+   * The image back to queued, unless the UPDATE that made it active landed (only its answer
+   * lost with the database connection: found by faults.test.ts, pg_terminate_backend
+   * mid-import and mid-flatten): then the import succeeded. Returns the bytes copied on
+   * success, -1 when the image was put back (or was deleted meanwhile).
+   */
+  private async revert(task: TaskRow, imageId: string, diskFormat: string | null): Promise<number> {
+    const svc = this.svc;
+    const r = await this.db
+      .updateTable('images')
+      .set({
+        status: 'queued',
+        size: null,
+        virtual_size: null,
+        checksum: null,
+        os_hash_algo: null,
+        os_hash_value: null,
+        blob: null,
+        writer: null,
+        updated_at: new Date(),
+        ...(diskFormat !== null ? { disk_format: diskFormat } : {}),
+      })
+      .where('id', '=', imageId)
+      .where('status', '=', 'importing')
+      .where(sql<boolean>`properties->>${LOCK} = ${task.id}`)
+      .executeTakeFirst();
+    const cur =
+      r.numUpdatedRows === 0n
+        ? await this.db
+            .selectFrom('images')
+            .select(['status', 'size', 'properties'])
+            .where('id', '=', imageId)
+            .executeTakeFirst()
+        : undefined;
+    const ours = cur !== undefined && cur.properties[LOCK] === task.id;
+    if (ours && cur.status === 'active') {
+      await svc.store.delete(stagingKey(imageId)).catch(() => {});
+      return cur.size ?? 0;
+    }
+    // Ours to clean: put back now, or by an earlier attempt whose answer was lost (the lock is
+    // still ours), or the image was deleted meanwhile (its staged data may be newer).
+    if (r.numUpdatedRows > 0n || cur === undefined || (ours && cur.status === 'queued'))
+      await svc.store.delete(stagingKey(imageId));
+    return -1;
   }
 }
 
