@@ -33,7 +33,7 @@ import { imageSeqSource, type SeqSource } from '../core/seq.js';
 import { StreamSource } from '../core/stream-source.js';
 import { registerBuiltinFormats } from '../formats/index.js';
 import { type ConvertOptions, convertCommand } from './convert.js';
-import { prepareCreate } from './create.js';
+import { createTarget, prepareCreate } from './create.js';
 
 /** The name that stands for standard input or output. */
 export const STDIO_NAME = '-';
@@ -213,20 +213,7 @@ async function streamRawInto(o: ConvertPipeOptions, input: Readable): Promise<vo
     backingFormat: undefined,
     unsafe: true,
   });
-  try {
-    await prepared.driver.create!(prepared.request);
-  } catch (err) {
-    let msg = err instanceof Error ? err.message : String(err);
-    if (msg.startsWith(`${o.output}: `)) msg = msg.slice(o.output.length + 2);
-    throw new VdiskError(
-      err instanceof VdiskError ? err.code : 'EIO',
-      `${o.output}: error while converting raw: ${msg}`,
-      {
-        path: o.output,
-        cause: err,
-      },
-    );
-  }
+  await createTarget(prepared, o.output, 'converting raw');
   const grain = o.minSparse ?? 4096;
   const fh = await open(o.output, 'r+');
   let length = 0;

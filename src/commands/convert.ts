@@ -23,7 +23,7 @@ import { Image, roundUp } from '../core/image.js';
 import { Mutex } from '../core/lock.js';
 import { registerBuiltinFormats } from '../formats/index.js';
 import { allocatedSectorsMin, SECTOR } from './buffers.js';
-import { prepareCreate } from './create.js';
+import { createTarget, prepareCreate } from './create.js';
 
 export const IO_BUF_SIZE = 2 * 1024 * 1024;
 const MAX_BUF_SIZE = 16 * 1024 * 1024;
@@ -224,18 +224,7 @@ export async function convertCommand(o: ConvertOptions): Promise<void> {
         unsafe: true,
         secrets: o.secrets,
       });
-      try {
-        await prepared.driver.create!(prepared.request);
-      } catch (err) {
-        let msg = err instanceof Error ? err.message : String(err);
-        // Some drivers name the file themselves (as qemu-img create prints it): drop that.
-        if (msg.startsWith(`${o.output}: `)) msg = msg.slice(o.output.length + 2);
-        throw new VdiskError(
-          err instanceof VdiskError ? err.code : 'EIO',
-          `${o.output}: error while converting ${outFmt}: ${msg}`,
-          { path: o.output, cause: err },
-        );
-      }
+      await createTarget(prepared, o.output, `converting ${outFmt}`);
     }
     const cache = o.cache ?? 'unsafe';
     if (!['none', 'off', 'writeback', 'writethrough', 'directsync', 'unsafe'].includes(cache))

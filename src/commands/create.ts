@@ -191,3 +191,29 @@ function formatOptions(specs: readonly CreateOptionSpec[], options: Record<strin
   }
   return s;
 }
+
+/**
+ * Create the image `prepared` describes for a command that writes into it (convert, dd):
+ * a failure reads as qemu-img words it, `OUTPUT: error while WHAT: reason` (a driver that
+ * names the file itself has that prefix dropped).
+ */
+export async function createTarget(
+  prepared: PreparedCreate,
+  output: string,
+  what: string,
+): Promise<void> {
+  try {
+    await prepared.driver.create!(prepared.request);
+  } catch (err) {
+    let msg = err instanceof Error ? err.message : String(err);
+    if (msg.startsWith(`${output}: `)) msg = msg.slice(output.length + 2);
+    throw new VdiskError(
+      err instanceof VdiskError ? err.code : 'EIO',
+      `${output}: error while ${what}: ${msg}`,
+      {
+        path: output,
+        cause: err,
+      },
+    );
+  }
+}

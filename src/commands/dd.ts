@@ -12,7 +12,7 @@ import { type OpenContext, openContext, openImage } from '../chain/open.js';
 import { VdiskError } from '../core/errors.js';
 import type { Image } from '../core/image.js';
 import { registerBuiltinFormats } from '../formats/index.js';
-import { prepareCreate } from './create.js';
+import { createTarget, prepareCreate } from './create.js';
 
 const CHUNK = 4 * 1024 * 1024;
 const INT64_MAX = (1n << 63n) - 1n;
@@ -72,17 +72,7 @@ export async function ddCommand(o: DdOptions): Promise<DdResult> {
       }
       throw err;
     }
-    try {
-      await prepared.driver.create!(prepared.request);
-    } catch (err) {
-      let msg = err instanceof Error ? err.message : String(err);
-      if (msg.startsWith(`${o.output}: `)) msg = msg.slice(o.output.length + 2);
-      throw new VdiskError(
-        err instanceof VdiskError ? err.code : 'EIO',
-        `${o.output}: error while creating output image: ${msg}`,
-        { path: o.output, cause: err },
-      );
-    }
+    await createTarget(prepared, o.output, 'creating output image');
     output = await openImage(o.output, {
       ...openContext(o),
       format: outFmt,
