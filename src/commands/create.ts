@@ -197,11 +197,7 @@ function formatOptions(specs: readonly CreateOptionSpec[], options: Record<strin
  * a failure reads as qemu-img words it, `OUTPUT: error while WHAT: reason` (a driver that
  * names the file itself has that prefix dropped).
  */
-export async function createTarget(
-  prepared: PreparedCreate,
-  output: string,
-  what: string,
-): Promise<void> {
+export async function createTarget(prepared: PreparedCreate, output: string, what: string): Promise<void> {
   try {
     await prepared.driver.create!(prepared.request);
   } catch (err) {
