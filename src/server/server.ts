@@ -56,6 +56,8 @@ export interface RunningServer {
 
 /** Idle time after which the server gives free heap memory back (see startServer). */
 const IDLE_TRIM_MS = 2000;
+/** When a first start loads the metadefs, unless a request under /v2/metadefs asks first. */
+const METADEFS_DELAY_MS = 1000;
 
 async function lockDir(dir: string): Promise<() => Promise<void>> {
   const path = join(dir, 'serve.lock');
@@ -233,7 +235,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     (ctx, id) => imageApi.visibleImage(ctx, id),
   );
   const { setupMetadefs } = await import('./metadefs/index.js');
-  await setupMetadefs(svc, identity, router, log);
+  const metadefs = setupMetadefs(svc, identity, router, log);
 
   const { Ops } = await import('./ops.js');
   const ops = await Ops.create(svc, lease, opts.accessLog);
@@ -325,6 +327,9 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
   const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   const url = `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${addr.port}`;
   await lease.setUrl(url);
+  // Once a client's first requests are answered (see setupMetadefs).
+  const metadefsTimer = setTimeout(() => void metadefs.load(), METADEFS_DELAY_MS);
+  metadefsTimer.unref();
   lease.every(async () => {
     await reapDeadWriters(svc, log);
     // What an abort could not remove (the store away when the write failed), without a restart.
@@ -348,6 +353,8 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
         await stopped;
         await Promise.allSettled([...inflight]);
         await importApi.drain(timeoutMs);
+        clearTimeout(metadefsTimer);
+        await metadefs.settled();
         // Drained: nothing of this node needs recovering.
         await lease.release();
         await svc.cache?.close();

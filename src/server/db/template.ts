@@ -58,6 +58,20 @@ const field = (h: Buffer, at: number, len: number): string => {
   return s.subarray(0, nul < 0 ? len : nul).toString('utf8');
 };
 
+const ZEROS = Buffer.alloc(64 * 1024);
+
+/**
+ * The length of `data` without its trailing zeros. The 16 MiB WAL segment is nearly all
+ * zeros: compared 64 KiB at a time (memcmp), not byte by byte in JavaScript (60–75 ms of a
+ * first start, as much as creating the 488 files).
+ */
+export function dataEnd(data: Buffer): number {
+  let end = data.length;
+  while (end >= ZEROS.length && data.subarray(end - ZEROS.length, end).equals(ZEROS)) end -= ZEROS.length;
+  while (end > 0 && data[end - 1] === 0) end--;
+  return end;
+}
+
 /**
  * Unpack the template (ustar: regular files and directories only) into `dir`, atomically
  * (see above). `dir` must not exist.
@@ -105,8 +119,7 @@ export async function unpackTemplate(tgz: string, dir: string): Promise<void> {
       const data = tar.subarray(off + 512, off + 512 + size);
       // Trailing zeros as a hole (the 16 MiB WAL segment is mostly zeros): PostgreSQL reads
       // zeros from it as from written ones.
-      let end = data.length;
-      while (end > 0 && data[end - 1] === 0) end--;
+      const end = dataEnd(data);
       const fd = openSync(path, 'w', 0o600);
       try {
         writeSync(fd, data, 0, end, 0);

@@ -236,6 +236,8 @@ export class MetadefApi {
   constructor(
     private readonly svc: Services,
     private readonly identity: Identity,
+    /** Resolves once the definition files are loaded (index.ts); awaited by every route. */
+    private readonly loaded: () => Promise<void> = async () => {},
   ) {}
 
   private get db() {
@@ -277,6 +279,7 @@ export class MetadefApi {
         const ctx = await auth(c);
         const strings = [...Object.values(c.params), ...c.query.keys(), ...c.query.values()];
         if (strings.some((x) => x.includes('\u0000'))) throw new HttpError(400, NUL);
+        await this.loaded();
         await h(c, ctx);
       });
 
