@@ -4,6 +4,13 @@
 export function cFormatG(x: number, precision: number): string {
   if (x === 0) return '0';
   let s = x.toPrecision(precision);
+  // An exact tie (192.5 to 3 digits): C's printf rounds it to even (192), toPrecision up (193).
+  const scale = 10 ** (precision - 1 - Math.floor(Math.log10(Math.abs(x))));
+  const y = x * scale;
+  if (scale >= 1 && Number.isSafeInteger(y * 2) && !Number.isInteger(y)) {
+    const even = Math.floor(y) % 2 === 0 ? Math.floor(y) : Math.ceil(y);
+    s = (even / scale).toPrecision(precision);
+  }
   const m = /^(-?[\d.]+)e([+-])(\d+)$/.exec(s);
   if (m !== null) {
     let mant = m[1]!;
