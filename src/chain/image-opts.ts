@@ -165,13 +165,31 @@ function imageOptsOf(pairs: Array<[string, string]>): ImageOpts {
   if (filename === undefined) {
     throw new VdiskError('INVALID_ARGUMENT', 'A block device must be specified for "file"');
   }
+  // bdrv_refresh_filename: the file's own name unless a "strong" option (one that changes what
+  // the image reads as) was given; the json:{…} name then holds only those.
+  const strongKeys = driver === undefined ? ANY_STRONG : (STRONG_OPTIONS[driver] ?? []);
+  const strong = Object.entries(options).filter(([k]) => strongKeys.includes(k));
+  if (strong.length === 0) return { driver, filename, options, displayName: filename };
   const dict: Record<string, unknown> = {
     ...(driver !== undefined ? { driver } : {}),
     file: { driver: 'file', filename },
-    ...options,
+    ...Object.fromEntries(strong),
   };
   return { driver, filename, options, displayName: `json:${compactJson(dict)}` };
 }
+
+/**
+ * QEMU 7.2's strong_runtime_opts of each format driver: the options that make a json:{…} name
+ * (raw's offset and size, the encryption secrets). Others (cache.*, lazy-refcounts, the L2
+ * cache sizes…) leave the plain file name, as `qemu-img info --image-opts` shows.
+ */
+const STRONG_OPTIONS: Record<string, string[]> = {
+  raw: ['offset', 'size'],
+  qcow2: ['encrypt.key-secret'],
+  qcow: ['encrypt.key-secret'],
+  luks: ['key-secret'],
+};
+const ANY_STRONG = [...new Set(Object.values(STRONG_OPTIONS).flat())];
 
 /** qobject_to_json (not pretty): QDict order, ", " and ": " separators. */
 function compactJson(v: unknown): string {

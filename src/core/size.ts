@@ -31,6 +31,11 @@ export function parseSize(text: string, defaultUnit = 'b'): number | null {
   return v;
 }
 
+/** QEMU's words for an option of size type that does not parse (qemu_opt_parse's). */
+export function sizeParameterError(name: string): string {
+  return `Parameter '${name}' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.`;
+}
+
 /** Parse a size given on the command line, with qemu-img's error wording. */
 export function parseImageSize(text: string): number {
   const v = parseSize(text);

@@ -2,7 +2,7 @@
 import type { CreateRequest } from '../../core/driver.js';
 import { VdiskError } from '../../core/errors.js';
 import { HostFile } from '../../core/host-file.js';
-import { parseSize } from '../../core/size.js';
+import { parseSize, sizeParameterError } from '../../core/size.js';
 import {
   batEntryOffset,
   DEFAULT_CLUSTER_SIZE,
@@ -17,10 +17,7 @@ export async function createParallels(req: CreateRequest): Promise<void> {
   const text = req.options['cluster_size'];
   const parsed = text === undefined ? DEFAULT_CLUSTER_SIZE : parseSize(text);
   if (parsed === null) {
-    throw new VdiskError(
-      'INVALID_ARGUMENT',
-      "Parameter 'cluster_size' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.",
-    );
+    throw new VdiskError('INVALID_ARGUMENT', sizeParameterError('cluster_size'));
   }
   // The file protocol's option: accepted as qemu-img does; the image is then truncated to its
   // metadata, so every accepted mode makes the same file.

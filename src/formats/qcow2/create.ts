@@ -7,7 +7,7 @@ import type { CreateOptionSpec, CreateRequest, FileRef } from '../../core/driver
 import { VdiskError } from '../../core/errors.js';
 import { HostFile } from '../../core/host-file.js';
 import { parseBoolOption } from '../../core/options.js';
-import { parseSize } from '../../core/size.js';
+import { parseSize, sizeParameterError } from '../../core/size.js';
 import { createFile } from '../../protocols/index.js';
 import { QCOW2_IMAGE_OPTIONS } from './amend-options.js';
 import {
@@ -124,7 +124,7 @@ export function parseCreateOptions(
   if (ct !== 'zlib' && ct !== 'zstd') throw bad(`Parameter 'compression-type' does not accept value '${ct}'`);
   const csText = options['cluster_size'];
   const clusterSize = csText === undefined ? 65536 : parseSize(csText);
-  if (clusterSize === null) throw bad(sizeError('cluster_size'));
+  if (clusterSize === null) throw bad(sizeParameterError('cluster_size'));
   const clusterBits = Math.log2(clusterSize);
   if (!Number.isInteger(clusterBits) || clusterBits < 9 || clusterBits > 21) {
     throw bad('Cluster size must be a power of two between 512 and 2048k');
@@ -177,10 +177,6 @@ export function parseCreateOptions(
     dataFile,
     dataFileRaw,
   };
-}
-
-export function sizeError(name: string): string {
-  return `Parameter '${name}' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.`;
 }
 
 export async function createQcow2(

@@ -1,13 +1,21 @@
 /**
- * raw: the image is the file. Sparse-aware: block status comes from the host's holes
+ * raw: the image is the file, or the part of it that the `offset` and `size` options (QEMU's
+ * raw format options, given with --image-opts or json:{…}) select. Sparse-aware: block status comes from the host's holes
  * (lseek SEEK_DATA/SEEK_HOLE: one system call per extent, no data read), zeroes and
  * discards punch holes (fallocate PUNCH_HOLE) where the host allows, zeroes without unmap
  * use FALLOC_FL_ZERO_RANGE.
  */
 import type { Extent } from '../../core/device.js';
-import type { CreateRequest, DriverContext, FormatDriver, FormatImage } from '../../core/driver.js';
+import type {
+  CreateRequest,
+  DriverContext,
+  DriverOpenOptions,
+  FormatDriver,
+  FormatImage,
+} from '../../core/driver.js';
 import { VdiskError } from '../../core/errors.js';
 import type { HostFile } from '../../core/host-file.js';
+import { parseSize, sizeParameterError } from '../../core/size.js';
 import { createFile } from '../../protocols/index.js';
 
 const CHUNK = 1 << 20;
@@ -16,9 +24,15 @@ export class RawImage implements FormatImage {
   readonly format = 'raw';
   readonly alignment = 1;
 
+  /**
+   * @param base where the image starts in the file (the `offset` option)
+   * @param fixedSize the `size` option was given: the image cannot be resized
+   */
   constructor(
     private readonly file: HostFile,
     public size: number,
+    private readonly base = 0,
+    private readonly fixedSize = false,
   ) {}
 
   get readOnly(): boolean {
@@ -39,7 +53,9 @@ export class RawImage implements FormatImage {
   attach(_ctx: DriverContext): void {}
 
   async blockStatus(offset: number, length: number): Promise<Extent> {
-    const [first] = await this.file.extents(offset, length, 1);
+    const [first] = await this.file.extents(this.base + offset, length, 1);
+    // Where the extent lies in the file (map's offset column); the image's own offsets otherwise.
+    const hostOffset = this.base + offset;
     if (first === undefined) {
       // Past the end of the file (the file is shorter than the size): reads as zeros.
       return {
@@ -48,7 +64,7 @@ export class RawImage implements FormatImage {
         allocated: true,
         zero: true,
         data: false,
-        hostOffset: offset,
+        hostOffset,
         file: this.file.path,
       };
     }
@@ -60,7 +76,7 @@ export class RawImage implements FormatImage {
         allocated: true,
         zero: true,
         data: true,
-        hostOffset: offset,
+        hostOffset,
         file: this.file.path,
       };
     // A hole that does not read as zeros (NBD: HOLE without ZERO).
@@ -71,7 +87,7 @@ export class RawImage implements FormatImage {
         allocated: true,
         zero: false,
         data: false,
-        hostOffset: offset,
+        hostOffset,
         file: this.file.path,
       };
     return first.data
@@ -81,7 +97,7 @@ export class RawImage implements FormatImage {
           allocated: true,
           zero: false,
           data: true,
-          hostOffset: offset,
+          hostOffset,
           file: this.file.path,
         }
       : // A hole: qemu's file driver reports it with its offset in the file (map shows it).
@@ -91,13 +107,13 @@ export class RawImage implements FormatImage {
           allocated: true,
           zero: true,
           data: false,
-          hostOffset: offset,
+          hostOffset,
           file: this.file.path,
         };
   }
 
   read(buf: Uint8Array, offset: number): Promise<void> {
-    return this.file.read(buf, offset);
+    return this.file.read(buf, this.base + offset);
   }
 
   /** The file is the data (FormatImage.directFile). */
@@ -106,15 +122,16 @@ export class RawImage implements FormatImage {
   }
 
   write(buf: Uint8Array, offset: number): Promise<void> {
-    return this.file.write(buf, offset);
+    return this.file.write(buf, this.base + offset);
   }
 
   /** No allocation to order: the write itself may overlap with the ones around it. */
   async prepareWrite(buf: Uint8Array, offset: number): Promise<() => Promise<void>> {
-    return () => this.file.write(buf, offset);
+    return () => this.file.write(buf, this.base + offset);
   }
 
-  async writeZeroes(offset: number, length: number, unmap: boolean): Promise<void> {
+  async writeZeroes(imageOffset: number, length: number, unmap: boolean): Promise<void> {
+    const offset = this.base + imageOffset;
     if (this.file.remote) {
       // NBD: WRITE_ZEROES (with NO_HOLE unless unmap), as qemu's nbd driver.
       if (await this.file.zeroOut(offset, length, unmap)) return;
@@ -133,7 +150,7 @@ export class RawImage implements FormatImage {
   }
 
   async discard(offset: number, length: number): Promise<void> {
-    await this.file.discard(offset, length);
+    await this.file.discard(this.base + offset, length);
   }
 
   flush(): Promise<void> {
@@ -151,28 +168,80 @@ export class RawImage implements FormatImage {
   /** Grow or shrink the file (resize), preallocating what grows as asked. */
   async resize(size: number, opts: { preallocation?: string; shrink: boolean }): Promise<void> {
     const mode = opts.preallocation ?? 'off';
+    // raw-format.c raw_co_truncate.
+    if (this.fixedSize) throw new VdiskError('UNSUPPORTED', 'Cannot resize fixed-size raw disks');
     if (!(PREALLOC_MODES as readonly string[]).includes(mode)) {
       // file-posix's wording (qed and others say "mode '…'").
       throw new VdiskError('INVALID_ARGUMENT', `Unsupported preallocation mode: ${mode}`);
     }
     const old = await this.file.size();
-    await this.file.truncate(size);
-    if (size > old && mode === 'falloc' && !this.file.allocate(old, size - old)) {
+    const end = this.base + size;
+    await this.file.truncate(end);
+    if (end > old && mode === 'falloc' && !this.file.allocate(old, end - old)) {
       throw new VdiskError(
         'UNSUPPORTED',
         `Could not preallocate '${this.file.path}': the file system does not support fallocate`,
       );
     }
-    if (size > old && mode === 'full') {
-      const zero = new Uint8Array(Math.min(4 << 20, size - old));
-      for (let pos = old; pos < size; pos += zero.length)
-        await this.file.write(zero.subarray(0, Math.min(zero.length, size - pos)), pos);
+    if (end > old && mode === 'full') {
+      const zero = new Uint8Array(Math.min(4 << 20, end - old));
+      for (let pos = old; pos < end; pos += zero.length)
+        await this.file.write(zero.subarray(0, Math.min(zero.length, end - pos)), pos);
     }
     this.size = Math.ceil(size / 512) * 512;
   }
 }
 
 export const PREALLOC_MODES = ['off', 'falloc', 'full'] as const;
+
+/**
+ * Options any block node takes (QEMU's bdrv_runtime_opts), which the raw format accepts
+ * beside its own `offset` and `size`; vdisk has nothing to do for them here.
+ */
+const GENERIC_OPTIONS = new Set([
+  'node-name',
+  'read-only',
+  'auto-read-only',
+  'discard',
+  'cache.direct',
+  'cache.no-flush',
+  'detect-zeroes',
+  'force-share',
+]);
+
+/** raw-format.c raw_read_options and raw_apply_options: the offset and size, checked. */
+function rawOptions(
+  options: Readonly<Record<string, string>>,
+  fileSize: number,
+): { offset: number; size?: number } {
+  for (const k of Object.keys(options))
+    if (k !== 'offset' && k !== 'size' && !GENERIC_OPTIONS.has(k))
+      throw new VdiskError('INVALID_ARGUMENT', `Block format 'raw' does not support the option '${k}'`);
+  const num = (name: string): number | undefined => {
+    const text = options[name];
+    if (text === undefined) return undefined;
+    const v = parseSize(text);
+    if (v === null || v >= 2 ** 64) throw new VdiskError('INVALID_ARGUMENT', sizeParameterError(name));
+    return v;
+  };
+  const offset = num('offset') ?? 0;
+  const size = num('size');
+  if (offset > fileSize)
+    throw new VdiskError(
+      'INVALID_ARGUMENT',
+      `Offset (${offset}) cannot be greater than size of the containing file (${fileSize})`,
+    );
+  if (size === undefined) return { offset };
+  // Checked before the sum, as QEMU does.
+  if (size % 512 !== 0) throw new VdiskError('INVALID_ARGUMENT', 'Specified size is not multiple of 512');
+  if (offset + size > fileSize)
+    throw new VdiskError(
+      'INVALID_ARGUMENT',
+      // QEMU's text, its double space included.
+      `The sum of offset (${offset}) and size (${size}) has to be smaller or equal to the  actual size of the containing file (${fileSize})`,
+    );
+  return { offset, size };
+}
 
 export async function createRaw(req: CreateRequest): Promise<void> {
   const prealloc = req.options['preallocation'] ?? 'off';
@@ -230,11 +299,13 @@ export const rawDriver: FormatDriver = {
       protocol: true,
     },
   ],
-  async open(file: HostFile): Promise<FormatImage> {
+  async open(file: HostFile, opts?: DriverOpenOptions): Promise<FormatImage> {
     // QEMU counts sizes in 512-byte sectors, rounding a file's length up (block.c,
     // bdrv_refresh_total_sectors); the tail past end of file reads as zeros.
-    const size = await file.size();
-    return new RawImage(file, Math.ceil(size / 512) * 512);
+    const fileSize = Math.ceil((await file.size()) / 512) * 512;
+    const { offset, size } = rawOptions(opts?.options ?? {}, fileSize);
+    if (size !== undefined) return new RawImage(file, size, offset, true);
+    return new RawImage(file, Math.ceil((fileSize - offset) / 512) * 512, offset);
   },
   create: createRaw,
   async createSequential(src, options) {

@@ -4,7 +4,7 @@ import type { CreateRequest } from '../../core/driver.js';
 import { VdiskError } from '../../core/errors.js';
 import { HostFile } from '../../core/host-file.js';
 import { parseBoolOption } from '../../core/options.js';
-import { parseSize } from '../../core/size.js';
+import { parseSize, sizeParameterError } from '../../core/size.js';
 import {
   BAT_GUID,
   BLOCK_SIZE_MAX,
@@ -47,10 +47,7 @@ function sizeOption(options: Record<string, string>, name: string): number | und
   if (text === undefined) return undefined;
   const v = parseSize(text);
   if (v === null) {
-    throw new VdiskError(
-      'INVALID_ARGUMENT',
-      `Parameter '${name}' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.`,
-    );
+    throw new VdiskError('INVALID_ARGUMENT', sizeParameterError(name));
   }
   return v;
 }
