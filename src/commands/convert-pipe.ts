@@ -205,6 +205,7 @@ const RAW_WRITE = 1 << 20;
  */
 async function streamRawInto(o: ConvertPipeOptions, input: Readable): Promise<void> {
   const prepared = await prepareCreate({
+    optionErrors: 'bare',
     filename: o.output,
     format: 'raw',
     size: 0,

@@ -215,6 +215,7 @@ export async function convertCommand(o: ConvertOptions): Promise<void> {
     }
     if (!skipCreate) {
       const prepared = await prepareCreate({
+        optionErrors: 'bare',
         filename: o.output,
         format: outFmt,
         size: total,

@@ -4,7 +4,7 @@ import type { CreateOptionSpec, CreateRequest, FormatDriver } from '../core/driv
 import { VdiskError } from '../core/errors.js';
 import { getDriver } from '../core/formats.js';
 import { parseBoolOption } from '../core/options.js';
-import { parseImageSize, parseSize } from '../core/size.js';
+import { parseImageSize, parseSize, sizeParameterError } from '../core/size.js';
 import { registerBuiltinFormats } from '../formats/index.js';
 import { protocolOf } from '../protocols/index.js';
 
@@ -24,6 +24,11 @@ export interface CreateCommandOptions extends OpenContext {
    * written: qemu-img prints it first, then any error the format driver reports.
    */
   onFormatting?: (line: string) => void;
+  /**
+   * How a bad -o option is worded: `create` names the image in front (bdrv_img_create's
+   * error_prepend), `convert` does not (it parses the options itself first). Default: named.
+   */
+  optionErrors?: 'named' | 'bare';
 }
 
 export interface CreateCommandResult {
@@ -87,33 +92,30 @@ export async function prepareCreate(o: CreateCommandOptions): Promise<PreparedCr
   const options = { ...o.options };
   const specs = driver.createOptions ?? [];
   const known = new Set(specs.map((s) => s.name));
+  const optionError = (message: string, cause?: unknown) =>
+    new VdiskError('INVALID_ARGUMENT', o.optionErrors === 'bare' ? message : `${o.filename}: ${message}`, {
+      cause,
+    });
   for (const k of Object.keys(options)) {
-    if (!known.has(k)) throw new VdiskError('INVALID_ARGUMENT', `Invalid parameter '${k}'`);
+    if (!known.has(k)) throw optionError(`Invalid parameter '${k}'`);
   }
   // Typed options are checked (and sizes and booleans normalized) before anything is
   // printed, as QemuOpts parsing does.
   for (const spec of specs) {
     const v = options[spec.name];
     if (v === undefined || spec.name === 'size') continue;
-    const prefix = (e: unknown) =>
-      new VdiskError('INVALID_ARGUMENT', `${o.filename}: ${(e as Error).message}`, { cause: e });
     if (spec.type === 'bool') {
       try {
         options[spec.name] = parseBoolOption(spec.name, v) ? 'on' : 'off';
       } catch (e) {
-        throw prefix(e);
+        throw optionError((e as Error).message, e);
       }
     } else if (spec.type === 'size') {
       const n = parseSize(v);
-      if (n === null) {
-        throw new VdiskError(
-          'INVALID_ARGUMENT',
-          `${o.filename}: Parameter '${spec.name}' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.`,
-        );
-      }
+      if (n === null) throw optionError(sizeParameterError(spec.name));
       options[spec.name] = String(n);
     } else if (spec.type === 'number' && !/^\s*\d+\s*$/.test(v)) {
-      throw new VdiskError('INVALID_ARGUMENT', `${o.filename}: Parameter '${spec.name}' expects a number`);
+      throw optionError(`Parameter '${spec.name}' expects a number`);
     }
   }
   const backingFile = o.backingFile ?? options['backing_file'];

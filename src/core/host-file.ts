@@ -13,7 +13,7 @@
 import { fstatSync } from 'node:fs';
 import { type FileHandle, constants as fsc, open as fsOpen, stat } from 'node:fs/promises';
 import { native } from '../native/index.js';
-import { fromHostError, VdiskError } from './errors.js';
+import { fromHostError, strerror, VdiskError } from './errors.js';
 
 export interface HostExtent {
   offset: number;
@@ -124,7 +124,13 @@ export class HostFile {
     try {
       handle = await fsOpen(path, flags, 0o644);
     } catch (err) {
-      throw fromHostError(err, { path, op: 'open' });
+      // Creating an image's file: file-posix's raw_co_create words it "Could not create".
+      throw fromHostError(
+        err,
+        opts.create === true
+          ? { path, op: 'open', message: `Could not create '${path}': ${strerror(err)}` }
+          : { path, op: 'open' },
+      );
     }
     const file = new HostFile(path, handle, writable);
     if (opts.noFlush === true) file.noFlush = true;
