@@ -4,7 +4,7 @@
  * add, and fetchImage against a real local HTTP server (redirect checks, pinned address).
  */
 import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   fetchImage,
@@ -138,6 +138,8 @@ describe('openWebImage', () => {
   /** Requests seen, as "METHOD url range". */
   const seen: string[] = [];
   let resetDone = false;
+  /** Sockets of requests left unanswered. */
+  const held: Socket[] = [];
   beforeAll(async () => {
     server = createServer((req, res) => {
       seen.push(`${req.method} ${req.url} ${req.headers.range ?? ''}`);
@@ -165,6 +167,13 @@ describe('openWebImage', () => {
           return;
         }
         res.end(data.subarray(start, end));
+      } else if (req.url === '/slow-head') {
+        // A GET answered at once (with ranges), then a HEAD that never is.
+        if (req.method === 'HEAD') {
+          held.push(req.socket);
+          return;
+        }
+        res.writeHead(200, { 'Content-Length': data.length, 'Accept-Ranges': 'bytes' }).end(data);
       } else if (req.url === '/to-localhost') {
         res.writeHead(302, { Location: `http://localhost:${port}/ranged` }).end();
       } else res.writeHead(404, 'Not Found').end();
@@ -193,6 +202,19 @@ describe('openWebImage', () => {
     expect((await all(`http://127.0.0.1:${port}/plain`)).bytes.equals(data)).toBe(true);
     expect(seen).toEqual([`GET /plain `]);
     expect((await all(`http://127.0.0.1:${port}/liar`)).bytes.equals(data)).toBe(true);
+  });
+
+  it('an abort while the range source opens (a HEAD unanswered) ends the open at once', async () => {
+    const ac = new AbortController();
+    const t0 = Date.now();
+    setTimeout(() => ac.abort(new Error('The server is shutting down.')), 300);
+    await expect(openWebImage(`http://127.0.0.1:${port}/slow-head`, f(), ac.signal)).rejects.toThrow(
+      'The server is shutting down.',
+    );
+    expect(Date.now() - t0).toBeLessThan(3000);
+    // The HEAD's connection is closed by the client once the source it was opening arrives
+    // or fails: here it waits for its own timeout, so the server ends it for the test.
+    for (const sock of held) sock.destroy();
   });
 
   it('a connection reset part way through a range is resumed: every byte, in order', async () => {

@@ -204,6 +204,40 @@ export async function fetchImage(
   return (await fetchFinal(uri, f, signal)).res;
 }
 
+function abortError(signal: AbortSignal): Error {
+  return signal.reason instanceof Error ? signal.reason : new Error('The operation was aborted');
+}
+
+/**
+ * `p`, or a rejection as soon as `signal` aborts (the HEAD and first range of a slow server
+ * would otherwise hold a shutdown until their timeout); what `p` gives after that goes to
+ * `late` (to close it).
+ */
+function untilAborted<T>(p: Promise<T>, signal: AbortSignal | undefined, late: (v: T) => void): Promise<T> {
+  if (signal === undefined) return p;
+  if (signal.aborted) {
+    p.then(late, () => {});
+    return Promise.reject(abortError(signal));
+  }
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => {
+      p.then(late, () => {});
+      reject(abortError(signal));
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then(
+      (v) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(v);
+      },
+      (e: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(e);
+      },
+    );
+  });
+}
+
 /** The image's bytes in order, and its length as the server declared it. */
 export type WebImage = Readable & { headers: IncomingHttpHeaders };
 
@@ -227,18 +261,25 @@ export async function openWebImage(uri: string, f: ImportFilter, signal?: AbortS
   first.res.destroy();
   let source: ReadSource;
   try {
-    source = await openHttpSource(first.url.href, {
-      ...hooks(f),
-      timeout: IDLE_TIMEOUT_MS / 1000,
-      readahead: 16 << 20,
-      parallel: 2,
-    });
+    source = await untilAborted(
+      openHttpSource(first.url.href, {
+        ...hooks(f),
+        timeout: IDLE_TIMEOUT_MS / 1000,
+        readahead: 16 << 20,
+        parallel: 2,
+      }),
+      signal,
+      (late) => void late.close(),
+    );
   } catch (err) {
-    if (err instanceof ImportUriError) throw err;
+    if (err instanceof ImportUriError || signal?.aborted === true) throw err;
     return fetchImage(uri, f, signal);
   }
   // The first range read before the import relies on ranges: a server that says
   // "Accept-Ranges: bytes" but answers 200 to a Range GET is read by one GET, as Glance would.
+  // An abort meanwhile closes the source, which ends the read.
+  const onAbort = () => void source.close();
+  signal?.addEventListener('abort', onAbort, { once: true });
   let firstChunk: Buffer | null = null;
   try {
     if (source.size === Number(length)) {
@@ -251,6 +292,12 @@ export async function openWebImage(uri: string, f: ImportFilter, signal?: AbortS
       await source.close();
       throw err;
     }
+  } finally {
+    signal?.removeEventListener('abort', onAbort);
+  }
+  if (signal?.aborted === true) {
+    await source.close();
+    throw abortError(signal);
   }
   if (firstChunk === null) {
     await source.close();
