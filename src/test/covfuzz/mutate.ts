@@ -35,9 +35,29 @@ const B64 = [
  */
 export class Scratch {
   base: Buffer | undefined;
-  lo = 0;
-  hi = 0;
+  /**
+   * The ranges [a, b) (flat pairs) edits have changed since the buffer last held `base` whole:
+   * restored one by one, not as one hull (two edits at 100 and at 10 MiB restored 10 MiB).
+   */
+  touched: number[] = [];
+  /**
+   * Ranges written since the owner last took them (`takeDirty`): restores, whole copies and
+   * edits. The worker mirrors the scratch buffer into shared memory through them.
+   */
+  private written: number[] = [];
   constructor(readonly buf: Buffer) {}
+
+  dirty(a: number, b: number): void {
+    const hi = Math.min(b, this.buf.length);
+    if (a < hi) this.written.push(a, hi);
+  }
+
+  /** The ranges written since the last call, as flat pairs [a, b), and forget them. */
+  takeDirty(): number[] {
+    const r = this.written;
+    this.written = [];
+    return r;
+  }
 }
 
 export class Mutator {
@@ -65,8 +85,8 @@ export class Mutator {
   private touch(a: number, b: number): void {
     const s = this.sc;
     if (s === undefined) return;
-    s.lo = Math.min(s.lo, a);
-    s.hi = Math.max(s.hi, b);
+    s.touched.push(a, b);
+    s.dirty(a, b);
   }
 
   private pick<T>(xs: readonly T[]): T {
@@ -97,11 +117,20 @@ export class Mutator {
     if (scratch !== undefined && input.length <= scratch.buf.length) {
       const sb = scratch.buf;
       if (scratch.base === input) {
-        if (scratch.lo < input.length) sb.set(input.subarray(scratch.lo, scratch.hi), scratch.lo);
-      } else sb.set(input);
+        const t = scratch.touched;
+        for (let i = 0; i < t.length; i += 2) {
+          const lo = t[i]!;
+          const hi = Math.min(t[i + 1]!, input.length);
+          if (lo >= hi) continue;
+          sb.set(input.subarray(lo, hi), lo);
+          scratch.dirty(lo, hi);
+        }
+      } else {
+        sb.set(input);
+        scratch.dirty(0, input.length);
+      }
       scratch.base = input;
-      scratch.lo = Number.POSITIVE_INFINITY;
-      scratch.hi = 0;
+      scratch.touched = [];
       this.sc = scratch;
       buf = sb.subarray(0, input.length);
     } else buf = Buffer.from(input);
