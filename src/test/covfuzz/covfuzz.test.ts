@@ -39,13 +39,12 @@ describe('coverage-guided fuzzing', () => {
     cov.close();
   });
 
-  it('makes the same mutants in the scratch buffer as without it (a batch is remade from its recipes), and says which bytes it wrote', () => {
+  it('makes the same mutants in the scratch buffer as without it (a batch is remade from its recipes)', () => {
     const dict = { tokens: [Buffer.from('KDMV'), Buffer.from('conectix')], offsets: [4, 8, 64] };
     const entries = [Buffer.alloc(3000, 7), Buffer.from('a short text entry'), Buffer.alloc(9000, 0xa5)];
     entries[0]!.writeUInt32LE(0xdeadbeef, 100);
     const maxLen = 12_000;
     const scratch = new Scratch(Buffer.alloc(maxLen));
-    const mirror = Buffer.alloc(maxLen);
     let inScratch = 0;
     for (let seed = 0; seed < 3000; seed++) {
       const make = (into?: Scratch) => {
@@ -55,13 +54,7 @@ describe('coverage-guided fuzzing', () => {
         return new Mutator(r, dict, maxLen).mutate(parent, () => entries[Math.floor(r() * 3)], into);
       };
       const a = make(scratch);
-      if (a.buffer === scratch.buf.buffer) {
-        inScratch++;
-        // The worker mirrors the scratch buffer into shared memory by the bytes written.
-        const w = scratch.takeDirty();
-        for (let i = 0; i < w.length; i += 2) mirror.set(scratch.buf.subarray(w[i]!, w[i + 1]!), w[i]!);
-        expect(Buffer.compare(mirror.subarray(0, a.length), a), `mirror, seed ${seed}`).toBe(0);
-      }
+      if (a.buffer === scratch.buf.buffer) inScratch++;
       expect(Buffer.compare(a, make()), `seed ${seed}`).toBe(0);
     }
     // Every kind of edit but a grow past maxLen (or of an emptied input) stays in the scratch buffer.

@@ -6,6 +6,8 @@
  * anywhere; splices with another corpus entry; truncation and extension; chunk copies.
  */
 
+import { rng } from '../rng.js';
+
 export interface Dictionary {
   /** Byte strings worth writing: magic numbers, signatures, header-field values, keywords. */
   tokens: Buffer[];
@@ -40,24 +42,7 @@ export class Scratch {
    * restored one by one, not as one hull (two edits at 100 and at 10 MiB restored 10 MiB).
    */
   touched: number[] = [];
-  /**
-   * Ranges written since the owner last took them (`takeDirty`): restores, whole copies and
-   * edits. The worker mirrors the scratch buffer into shared memory through them.
-   */
-  private written: number[] = [];
   constructor(readonly buf: Buffer) {}
-
-  dirty(a: number, b: number): void {
-    const hi = Math.min(b, this.buf.length);
-    if (a < hi) this.written.push(a, hi);
-  }
-
-  /** The ranges written since the last call, as flat pairs [a, b), and forget them. */
-  takeDirty(): number[] {
-    const r = this.written;
-    this.written = [];
-    return r;
-  }
 }
 
 export class Mutator {
@@ -86,7 +71,6 @@ export class Mutator {
     const s = this.sc;
     if (s === undefined) return;
     s.touched.push(a, b);
-    s.dirty(a, b);
   }
 
   private pick<T>(xs: readonly T[]): T {
@@ -123,11 +107,9 @@ export class Mutator {
           const hi = Math.min(t[i + 1]!, input.length);
           if (lo >= hi) continue;
           sb.set(input.subarray(lo, hi), lo);
-          scratch.dirty(lo, hi);
         }
       } else {
         sb.set(input);
-        scratch.dirty(0, input.length);
       }
       scratch.base = input;
       scratch.touched = [];
@@ -265,4 +247,28 @@ export class Mutator {
       }
     }
   }
+}
+
+/** What a mutant is made from: the corpus entry, the corpus size then, the generator's seed. */
+export interface Recipe {
+  parent: number;
+  n: number;
+  seed: number;
+}
+
+/**
+ * The mutant of a recipe, from the corpus entries `entry` gives: the worker's (into its scratch
+ * buffer), and the parent's when it saves the input of a thread that hung or died.
+ */
+export function remake(
+  rec: Recipe,
+  entry: (i: number) => Buffer | undefined,
+  dict: Dictionary,
+  maxLen: number,
+  into?: Scratch,
+): Buffer {
+  const mr = rng(rec.seed);
+  const parent = entry(rec.parent);
+  if (parent === undefined) throw new Error(`no corpus entry ${rec.parent}`);
+  return new Mutator(mr, dict, maxLen).mutate(parent, () => entry(Math.floor(mr() * rec.n)), into);
 }
