@@ -5,7 +5,8 @@
  * PBKDF2 (async: it runs on libuv's thread pool, off the main thread) and the anti-forensic
  * split.
  */
-import { createCipheriv, createDecipheriv, createHash, hash as oneShotHash, pbkdf2 } from 'node:crypto';
+import * as nodeCrypto from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHash, pbkdf2 } from 'node:crypto';
 import { VdiskError } from '../../core/errors.js';
 import { Cast5 } from './cast5.js';
 import { Serpent } from './serpent.js';
@@ -374,6 +375,12 @@ export async function pbkdf2IterationsPerSecond(
   }
 }
 
+// crypto.hash exists from Node 20.12 (package.json allows 20.0): read off the namespace, since a
+// named import of a missing export would fail to link the module.
+const oneShotHash = (nodeCrypto as { hash?: (alg: string, data: Uint8Array, enc: 'buffer') => Buffer }).hash;
+const digestOf = (hash: string, data: Uint8Array): Buffer =>
+  oneShotHash !== undefined ? oneShotHash(hash, data, 'buffer') : createHash(hash).update(data).digest();
+
 /**
  * AF diffusion (crypto/afsplit.c qcrypto_afsplit_hash): hash the block in digest-sized pieces,
  * each prefixed with its index (big-endian 32 bits). One-shot hashing of one reused buffer: a
@@ -387,7 +394,7 @@ function diffuse(hash: string, block: Buffer): void {
     const len = Math.min(d, block.length - i * d);
     piece.writeUInt32BE(i, 0);
     block.copy(piece, 4, i * d, i * d + len);
-    oneShotHash(hash, piece.subarray(0, 4 + len), 'buffer').copy(block, i * d, 0, len);
+    digestOf(hash, piece.subarray(0, 4 + len)).copy(block, i * d, 0, len);
   }
 }
 
