@@ -5,6 +5,7 @@
  * PBKDF2 (async: it runs on libuv's thread pool, off the main thread) and the anti-forensic
  * split.
  */
+import * as nodeCrypto from 'node:crypto';
 import { createCipheriv, createDecipheriv, createHash, pbkdf2 } from 'node:crypto';
 import { VdiskError } from '../../core/errors.js';
 import { Cast5 } from './cast5.js';
@@ -374,19 +375,26 @@ export async function pbkdf2IterationsPerSecond(
   }
 }
 
-/** AF diffusion (crypto/afsplit.c qcrypto_afsplit_hash): hash the block in digest-sized pieces. */
+// crypto.hash exists from Node 20.12 (package.json allows 20.0): read off the namespace, since a
+// named import of a missing export would fail to link the module.
+const oneShotHash = (nodeCrypto as { hash?: (alg: string, data: Uint8Array, enc: 'buffer') => Buffer }).hash;
+const digestOf = (hash: string, data: Uint8Array): Buffer =>
+  oneShotHash !== undefined ? oneShotHash(hash, data, 'buffer') : createHash(hash).update(data).digest();
+
+/**
+ * AF diffusion (crypto/afsplit.c qcrypto_afsplit_hash): hash the block in digest-sized pieces,
+ * each prefixed with its index (big-endian 32 bits). One-shot hashing of one reused buffer: a
+ * merge of 4000 stripes hashes 8000 pieces, and a Hash object per piece cost a third more.
+ */
 function diffuse(hash: string, block: Buffer): void {
   const d = HASH_LEN[hash]!;
   const n = Math.ceil(block.length / d);
-  const iv = Buffer.alloc(4);
+  const piece = Buffer.alloc(4 + d);
   for (let i = 0; i < n; i++) {
     const len = Math.min(d, block.length - i * d);
-    iv.writeUInt32BE(i);
-    const h = createHash(hash)
-      .update(iv)
-      .update(block.subarray(i * d, i * d + len))
-      .digest();
-    h.copy(block, i * d, 0, len);
+    piece.writeUInt32BE(i, 0);
+    block.copy(piece, 4, i * d, i * d + len);
+    digestOf(hash, piece.subarray(0, 4 + len)).copy(block, i * d, 0, len);
   }
 }
 

@@ -60,6 +60,13 @@ type CryptoModule = typeof import('./crypto.js');
 type CompressModule = typeof import('./compress.js');
 let compressModule: Promise<CompressModule> | null = null;
 const loadCompress = (): Promise<CompressModule> => (compressModule ??= import('./compress.js'));
+// Kept once loaded, as compress.js: an import() resolves its specifier again on every call (a
+// round trip to the loader thread under tsx), which the fuzzer paid on every input it checked.
+let cryptoModule: Promise<CryptoModule> | null = null;
+export const loadCrypto = (): Promise<CryptoModule> => (cryptoModule ??= import('./crypto.js'));
+type CheckModule = typeof import('./check.js');
+let checkModule: Promise<CheckModule> | null = null;
+export const loadCheck = (): Promise<CheckModule> => (checkModule ??= import('./check.js'));
 
 /** Run kinds of the guest address space. */
 /** UnallocAlloc: an unallocated subcluster of an allocated cluster (extended L2). */
@@ -1303,7 +1310,7 @@ export class Qcow2Image implements FormatImage {
     const release = await this.writeLock.lock();
     try {
       await this.meta.flushMetadata();
-      const { checkImage } = await import('./check.js');
+      const { checkImage } = await loadCheck();
       return await checkImage(this.meta, repair);
     } finally {
       release();

@@ -21,7 +21,7 @@ import {
   parseHeader,
   setU64,
 } from './header.js';
-import { Qcow2Image } from './image.js';
+import { loadCheck, loadCrypto, Qcow2Image } from './image.js';
 import { readL1 } from './metadata.js';
 import { readSnapshots } from './snapshot.js';
 
@@ -93,7 +93,7 @@ export async function openQcow2(file: HostFile, opts: DriverOpenOptions): Promis
 
 async function loadMetadata(img: Qcow2Image, opts: DriverOpenOptions): Promise<void> {
   const h = img.header;
-  if (h.cryptMethod !== 0) img.crypto = await import('./crypto.js');
+  if (h.cryptMethod !== 0) img.crypto = await loadCrypto();
   img.meta.luks = await img.crypto?.openQcow2Luks(img.file, h, opts);
   if (h.cryptMethod === 1) {
     const { legacyAesReadOnly, openLegacyAes } = await import('../luks/legacy-aes.js');
@@ -138,7 +138,7 @@ async function loadMetadata(img: Qcow2Image, opts: DriverOpenOptions): Promise<v
   await img.meta.loadRefcounts();
   if (img.meta.dirty && opts.repairOnOpen !== false) {
     // QEMU rebuilds the refcounts of a dirty lazy-refcounts image on a writable open.
-    const { checkImage } = await import('./check.js');
+    const { checkImage } = await loadCheck();
     await checkImage(img.meta, 'all');
     await img.meta.setIncompatible(img.header.incompatible & ~INCOMPAT_DIRTY);
   }

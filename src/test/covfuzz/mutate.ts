@@ -6,6 +6,8 @@
  * anywhere; splices with another corpus entry; truncation and extension; chunk copies.
  */
 
+import { rng } from '../rng.js';
+
 export interface Dictionary {
   /** Byte strings worth writing: magic numbers, signatures, header-field values, keywords. */
   tokens: Buffer[];
@@ -35,8 +37,11 @@ const B64 = [
  */
 export class Scratch {
   base: Buffer | undefined;
-  lo = 0;
-  hi = 0;
+  /**
+   * The ranges [a, b) (flat pairs) edits have changed since the buffer last held `base` whole:
+   * restored one by one, not as one hull (two edits at 100 and at 10 MiB restored 10 MiB).
+   */
+  touched: number[] = [];
   constructor(readonly buf: Buffer) {}
 }
 
@@ -65,8 +70,7 @@ export class Mutator {
   private touch(a: number, b: number): void {
     const s = this.sc;
     if (s === undefined) return;
-    s.lo = Math.min(s.lo, a);
-    s.hi = Math.max(s.hi, b);
+    s.touched.push(a, b);
   }
 
   private pick<T>(xs: readonly T[]): T {
@@ -97,11 +101,18 @@ export class Mutator {
     if (scratch !== undefined && input.length <= scratch.buf.length) {
       const sb = scratch.buf;
       if (scratch.base === input) {
-        if (scratch.lo < input.length) sb.set(input.subarray(scratch.lo, scratch.hi), scratch.lo);
-      } else sb.set(input);
+        const t = scratch.touched;
+        for (let i = 0; i < t.length; i += 2) {
+          const lo = t[i]!;
+          const hi = Math.min(t[i + 1]!, input.length);
+          if (lo >= hi) continue;
+          sb.set(input.subarray(lo, hi), lo);
+        }
+      } else {
+        sb.set(input);
+      }
       scratch.base = input;
-      scratch.lo = Number.POSITIVE_INFINITY;
-      scratch.hi = 0;
+      scratch.touched = [];
       this.sc = scratch;
       buf = sb.subarray(0, input.length);
     } else buf = Buffer.from(input);
@@ -236,4 +247,28 @@ export class Mutator {
       }
     }
   }
+}
+
+/** What a mutant is made from: the corpus entry, the corpus size then, the generator's seed. */
+export interface Recipe {
+  parent: number;
+  n: number;
+  seed: number;
+}
+
+/**
+ * The mutant of a recipe, from the corpus entries `entry` gives: the worker's (into its scratch
+ * buffer), and the parent's when it saves the input of a thread that hung or died.
+ */
+export function remake(
+  rec: Recipe,
+  entry: (i: number) => Buffer | undefined,
+  dict: Dictionary,
+  maxLen: number,
+  into?: Scratch,
+): Buffer {
+  const mr = rng(rec.seed);
+  const parent = entry(rec.parent);
+  if (parent === undefined) throw new Error(`no corpus entry ${rec.parent}`);
+  return new Mutator(mr, dict, maxLen).mutate(parent, () => entry(Math.floor(mr() * rec.n)), into);
 }

@@ -20,12 +20,14 @@ import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { bufferIo } from '../../cli/io.js';
 import { main } from '../../cli/main.js';
+import { remake } from './mutate.js';
 import { nbdTarget } from './nbd-target.js';
 import { TARGETS, type Target } from './targets.js';
 import type { WorkerConfig, WorkerMessage } from './worker.js';
 
-/** worker.ts's phases (not imported: importing worker.ts would run it). */
+/** worker.ts's phases and header size (not imported: importing worker.ts would run it). */
 const PHASES = ['starting', 'running the target', 'taking coverage', 'mutating', 'saving'];
+const HEADER = 32;
 /**
  * Before its first input a worker loads the target's modules (compiled by tsx) and makes its
  * seeds' coverage: more than 10 s at load 20 and nice 19 (two empty "hang" findings in the
@@ -201,8 +203,10 @@ export async function fuzzTarget(
   let rngSeed = o.rng;
   // A worker ends its budget, or dies on an input (hang, heap, crash): a new one goes on.
   while (res.execs < o.execs && performance.now() - t0 < o.seconds * 1000) {
-    const shared = new SharedArrayBuffer(16 + t.maxLen);
-    const counter = new Int32Array(shared, 0, 3);
+    const shared = new SharedArrayBuffer(HEADER + t.maxLen);
+    const counter = new Int32Array(shared, 0, 8);
+    /** The worker's corpus files, by index ('entry' messages): a mutant's recipe refers to them. */
+    const paths: string[] = [];
     const cfg: WorkerConfig = {
       target: t.name,
       seedDir,
@@ -228,7 +232,33 @@ export async function fuzzTarget(
     let done = false;
     let execsBefore = res.execs;
     const pending: Promise<void>[] = [];
-    const current = () => Buffer.from(new Uint8Array(shared, 16, Atomics.load(counter, 1)));
+    /** The input the thread was running: its bytes, or a mutant remade from its recipe. */
+    const current = (): Buffer => {
+      const len = Atomics.load(counter, 1);
+      if (Atomics.load(counter, 3) !== 1) return Buffer.from(new Uint8Array(shared, HEADER, len));
+      const rec = {
+        parent: Atomics.load(counter, 4),
+        n: Atomics.load(counter, 5),
+        seed: Atomics.load(counter, 6) >>> 0,
+      };
+      const files = new Map<number, Buffer>();
+      const entry = (i: number) => {
+        const p = paths[i];
+        if (p === undefined) return undefined;
+        let b = files.get(i);
+        if (b === undefined) {
+          b = readFileSync(p);
+          files.set(i, b);
+        }
+        return b;
+      };
+      try {
+        return remake(rec, entry, t.dict(), t.maxLen);
+      } catch (e) {
+        log(`${t.name}: could not remake the input (${(e as Error).message}): saved empty`);
+        return Buffer.alloc(0);
+      }
+    };
     await new Promise<void>((resolve) => {
       let last = -1;
       let since = performance.now();
@@ -257,6 +287,8 @@ export async function fuzzTarget(
           started = true;
           if (res.blocksStart < 0) res.blocksStart = m.blocks;
           log(`${t.name}: start: ${m.corpus} corpus entries, ${m.blocks} blocks`);
+        } else if (m.type === 'entry') {
+          paths[m.index] = m.path;
         } else if (m.type === 'stats') {
           res.execs = execsBefore + m.execs;
           res.blocksEnd = m.blocks;

@@ -95,6 +95,41 @@ function dmgSeeds(): Buffer[] {
 
 // --------------------------------------------------------------------------- helpers
 
+/**
+ * A module loaded on first use (in the worker: after coverage has started, so its scripts carry
+ * block counters) and kept. An `await import()` per input cost more than most parses: each one
+ * resolves its specifier again, and under tsx resolution is a message round trip to the loader's
+ * hooks thread (40% of a qcow2 run's CPU, in two threads; docs/fuzzing.md).
+ */
+function lazy<T>(load: () => Promise<T>): () => T | Promise<T> {
+  let mod: T | undefined;
+  let loading: Promise<T> | undefined;
+  return () => {
+    if (mod !== undefined) return mod;
+    loading ??= load().then((m) => {
+      mod = m;
+      return m;
+    });
+    return loading;
+  };
+}
+
+const imageModule = lazy(() => import('../../core/image.js'));
+const formatsModule = lazy(async () => {
+  const { registerBuiltinFormats } = await import('../../formats/index.js');
+  const { getDriver } = await import('../../core/formats.js');
+  registerBuiltinFormats();
+  return { getDriver };
+});
+const luksHeaderModule = lazy(() => import('../../formats/luks/header.js'));
+const secretsModule = lazy(() => import('../../core/secrets.js'));
+const descriptorModule = lazy(() => import('../../formats/vmdk/descriptor.js'));
+const plistModule = lazy(() => import('../../formats/dmg/plist.js'));
+const inspectModule = lazy(() => import('../../server/image/inspect.js'));
+const apiModule = lazy(() => import('../../server/image/api.js'));
+const schemasModule = lazy(() => import('../../server/image/schemas.js'));
+const listModule = lazy(() => import('../../server/image/list.js'));
+
 /** A read-only HostFile over a Buffer. */
 export function bufferFile(name: string, buf: Buffer): HostFile {
   return HostFile.fromSource(name, {
@@ -128,7 +163,7 @@ async function exercise(
   name: string,
   opts: Partial<DriverOpenOptions> = {},
 ) {
-  const { Image } = await import('../../core/image.js');
+  const { Image } = await imageModule();
   const drv = await driver.open(bufferFile(name, input), { writable: false, forceShare: true, ...opts });
   const img = new Image(drv, name);
   try {
@@ -156,9 +191,7 @@ async function exercise(
 }
 
 async function driverOf(name: string): Promise<FormatDriver> {
-  const { registerBuiltinFormats } = await import('../../formats/index.js');
-  const { getDriver } = await import('../../core/formats.js');
-  registerBuiltinFormats();
+  const { getDriver } = await formatsModule();
   return getDriver(name);
 }
 
@@ -205,9 +238,9 @@ const UNLOCK_ITERS = 4096;
 let luksDriver: FormatDriver | undefined;
 let luksSecrets: import('../../core/secrets.js').Secrets | undefined;
 async function runLuks(input: Buffer): Promise<void> {
-  const { Secrets } = await import('../../core/secrets.js');
-  const { parseHeader, HEADER_SIZE, MAX_ITERS, SLOT_ENABLED } = await import('../../formats/luks/header.js');
+  const { parseHeader, HEADER_SIZE, MAX_ITERS, SLOT_ENABLED } = await luksHeaderModule();
   if (luksDriver === undefined) {
+    const { Secrets } = await secretsModule();
     luksDriver = await driverOf('luks');
     luksSecrets = new Secrets().define('sec0', Buffer.from('fuzz-pass'));
   }
@@ -391,7 +424,7 @@ export const TARGETS: Target[] = [
       offsets: [],
     }),
     async run(input) {
-      const d = await import('../../formats/vmdk/descriptor.js');
+      const d = await descriptorModule();
       const desc = d.parseDescriptor(d.descriptorText(input));
       d.createTypeOf(desc);
       d.cidOf(desc, 'CID', 'fuzz.vmdk');
@@ -624,7 +657,7 @@ export const TARGETS: Target[] = [
       offsets: [],
     }),
     async run(input) {
-      const p = await import('../../formats/dmg/plist.js');
+      const p = await plistModule();
       p.blkxBlobs(input.toString('latin1'));
     },
     expected: isVdisk,
@@ -708,7 +741,7 @@ export const TARGETS: Target[] = [
     }),
     async run(input) {
       if (input.length < 2) return;
-      const { inspectUpload } = await import('../../server/image/inspect.js');
+      const { inspectUpload } = await inspectModule();
       const fmts = ['qcow2', 'vmdk', 'qed', 'vhd', 'raw', 'vdi', 'iso', 'vhdx'];
       const diskFormat = fmts[input[0]! % fmts.length]!;
       const chunk = [1, 512, 4096, 65536, 1 << 20][input[1]! % 5]!;
@@ -774,8 +807,8 @@ export const TARGETS: Target[] = [
       } catch {
         return;
       }
-      const { parseChange } = await import('../../server/image/api.js');
-      const { DISK_FORMATS, CONTAINER_FORMATS } = await import('../../server/image/schemas.js');
+      const { parseChange } = await apiModule();
+      const { DISK_FORMATS, CONTAINER_FORMATS } = await schemasModule();
       const formats = { diskFormats: DISK_FORMATS, containerFormats: CONTAINER_FORMATS };
       for (const op of Array.isArray(doc) ? doc : [doc]) {
         for (const draft of [4, 10] as const) {
@@ -824,7 +857,7 @@ export const TARGETS: Target[] = [
       offsets: [],
     }),
     async run(input) {
-      const { sortParams, splitQuoted } = await import('../../server/image/list.js');
+      const { sortParams, splitQuoted } = await listModule();
       const params = new URLSearchParams(input.toString('utf8'));
       for (const [, v] of params) splitQuoted(v);
       sortParams(params);

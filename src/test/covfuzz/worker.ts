@@ -18,6 +18,7 @@ import { runInNewContext } from 'node:vm';
 import { parentPort, workerData } from 'node:worker_threads';
 import { rng } from '../rng.js';
 import { Coverage } from './coverage.js';
+import type { Recipe } from './mutate.js';
 
 export interface WorkerConfig {
   target: string;
@@ -27,7 +28,11 @@ export interface WorkerConfig {
   execs: number;
   seconds: number;
   rngSeed: number;
-  /** [0]: inputs started, [1]: length of the current input, [2]: phase; bytes from 16 on. */
+  /**
+   * Int32 [0]: inputs started, [1]: length of the current input, [2]: phase, [3]: 1 when the
+   * input is a mutant given by its recipe in [4] parent, [5] corpus size, [6] seed (remade by the
+   * parent from the corpus files `entry` messages name), else 0: its bytes from HEADER on.
+   */
   shared: SharedArrayBuffer;
   slowMs: number;
   /** External (ArrayBuffer) memory allowed after one input, bytes. */
@@ -38,17 +43,19 @@ export interface WorkerConfig {
 
 export type WorkerMessage =
   | { type: 'start'; corpus: number; blocks: number }
+  /** Corpus entry `index` is the file `path` (the parent remakes a recipe from these). */
+  | { type: 'entry'; index: number; path: string }
   | { type: 'stats'; execs: number; corpus: number; blocks: number }
   | { type: 'finding'; problem: string; input: Uint8Array }
   | { type: 'done'; execs: number; corpus: number; blocks: number; ms: number };
 
 const BATCH = 32;
 const STINT = 16;
-const HEADER = 16;
+const HEADER = 32;
 // counter[2]: what the thread is doing (run.ts PHASES), for the parent's report of a hang.
 
 const cfg = workerData as WorkerConfig;
-const counter = new Int32Array(cfg.shared, 0, 3);
+const counter = new Int32Array(cfg.shared, 0, 8);
 const phase = (p: number) => Atomics.store(counter, 2, p);
 const bytes = new Uint8Array(cfg.shared, HEADER);
 const post = (m: WorkerMessage) => parentPort!.postMessage(m);
@@ -63,17 +70,27 @@ const cov = new Coverage(
     !url.includes('/covfuzz/') &&
     target.scripts.some((s) => url.includes(s)),
 );
-const { Mutator, Scratch } = await import('./mutate.js');
+const { Scratch, remake } = await import('./mutate.js');
 
-/** The mutation buffer: the shared bytes themselves, so announcing a mutant copies nothing. */
-const scratch = new Scratch(Buffer.from(cfg.shared, HEADER, cfg.shared.byteLength - HEADER));
+/**
+ * The mutation buffer, private memory. The parent is given a mutant's recipe, not its bytes:
+ * mutants were once made in the shared buffer itself, then mirrored into it, but V8 copies into
+ * and within a SharedArrayBuffer with relaxed atomic byte copies (copyWithin of 8 MiB: 5 ms,
+ * against 0.23 ms in private memory), and the copy of what a vhdx mutant (11 MiB) wrote was 39%
+ * of the run.
+ */
+const scratch = new Scratch(Buffer.alloc(cfg.shared.byteLength - HEADER));
 
-function announce(input: Buffer): void {
+function announce(input: Buffer, rec?: Recipe): void {
   const n = Math.min(input.length, bytes.length);
-  if (!(input.buffer === cfg.shared && input.byteOffset === HEADER)) {
+  if (rec !== undefined) {
+    Atomics.store(counter, 4, rec.parent);
+    Atomics.store(counter, 5, rec.n);
+    Atomics.store(counter, 6, rec.seed | 0);
+    Atomics.store(counter, 3, 1);
+  } else {
     bytes.set(input.subarray(0, n));
-    // The scratch buffer no longer holds its entry: the next mutant copies it whole.
-    scratch.base = undefined;
+    Atomics.store(counter, 3, 0);
   }
   Atomics.store(counter, 1, n);
   Atomics.add(counter, 0, 1);
@@ -88,8 +105,8 @@ const external = () => getHeapStatistics().external_memory;
 let settled = 0;
 
 /** Run one input; a problem (text) or null. */
-async function runOne(input: Buffer): Promise<string | null> {
-  announce(input);
+async function runOne(input: Buffer, rec?: Recipe): Promise<string | null> {
+  announce(input, rec);
   // A full collection when earlier inputs have left garbage, not whenever external memory is
   // large: with multi-MiB images (vdi, vpc, vhdx) the corpus and the batch alone hold more than
   // the threshold, and a collection per input took 80% of the time.
@@ -128,10 +145,13 @@ function report(problem: string, input: Buffer): void {
 }
 
 const corpus: Buffer[] = [];
+/** The file of each corpus entry. */
+const paths: string[] = [];
 const hash = (b: Buffer) => createHash('sha1').update(b).digest('hex').slice(0, 16);
 mkdirSync(cfg.corpusDir, { recursive: true });
 
-async function keepIfNew(input: Buffer, save: boolean): Promise<void> {
+/** Run an input and keep it when it reached new blocks; `from`: the file it was read from. */
+async function keepIfNew(input: Buffer, from?: string): Promise<void> {
   const problem = await runOne(input);
   if (problem !== null) report(problem, input);
   phase(2);
@@ -139,7 +159,10 @@ async function keepIfNew(input: Buffer, save: boolean): Promise<void> {
   phase(4);
   if (fresh > 0 || corpus.length === 0) {
     corpus.push(input);
-    if (save) writeFileSync(join(cfg.corpusDir, hash(input)), input);
+    const path = from ?? join(cfg.corpusDir, hash(input));
+    if (from === undefined) writeFileSync(path, input);
+    paths.push(path);
+    post({ type: 'entry', index: corpus.length - 1, path });
   }
 }
 
@@ -147,7 +170,7 @@ async function keepIfNew(input: Buffer, save: boolean): Promise<void> {
 let seeding = true;
 cov.take(false);
 for (const dir of [cfg.seedDir, cfg.corpusDir]) {
-  for (const f of readdirSync(dir).sort()) await keepIfNew(readFileSync(join(dir, f)), false);
+  for (const f of readdirSync(dir).sort()) await keepIfNew(readFileSync(join(dir, f)), join(dir, f));
 }
 seeding = false;
 post({ type: 'start', corpus: corpus.length, blocks: cov.covered });
@@ -158,16 +181,26 @@ const dict = target.dict();
  * A mutant is remade from its recipe (parent, corpus size then, generator seed) rather than
  * kept: a batch of 32 multi-MiB images held 100+ MiB, and each mutant was a fresh allocation.
  */
-interface Recipe {
-  parent: number;
-  n: number;
-  seed: number;
-}
-function make(rec: Recipe, into?: InstanceType<typeof Scratch>): Buffer {
-  const mr = rng(rec.seed);
-  const mut = new Mutator(mr, dict, target.maxLen);
-  return mut.mutate(corpus[rec.parent]!, () => corpus[Math.floor(mr() * rec.n)], into);
-}
+const make = (rec: Recipe, into?: InstanceType<typeof Scratch>): Buffer =>
+  remake(rec, (i) => corpus[i], dict, target.maxLen, into);
+/** The recipe as the parent would remake it: from the corpus files (verifyRecipes). */
+const onDisk = new Map<number, Buffer>();
+const fromFiles = (rec: Recipe): Buffer =>
+  remake(
+    rec,
+    (i) => {
+      const p = paths[i];
+      if (p === undefined) return undefined;
+      let b = onDisk.get(i);
+      if (b === undefined) {
+        b = readFileSync(p);
+        onDisk.set(i, b);
+      }
+      return b;
+    },
+    dict,
+    target.maxLen,
+  );
 // Image targets read their input through a HostFile (copies out of it); the text targets may
 // decode it (TextDecoder refuses shared memory), so they get a private copy.
 const inPlace = target.sharedInputOk === true;
@@ -192,13 +225,16 @@ while (execs < cfg.execs && performance.now() < deadline) {
   const input = make(rec, inPlace ? scratch : undefined);
   if (cfg.verifyRecipes && !input.equals(make(rec)))
     report(`internal error: mutant ${execs} differs from its recipe (harness)`, input);
-  const problem = await runOne(input);
+  const problem = await runOne(input, rec);
+  // What the parent would save is the input itself.
+  if (cfg.verifyRecipes && !input.equals(fromFiles(rec)))
+    report(`internal error: mutant ${execs} remade from the corpus files differs (harness)`, input);
   execs++;
   if (problem !== null) report(problem, input);
   batch.push(rec);
   if (batch.length === BATCH || execs === cfg.execs) {
     phase(2);
-    if (cov.take(false) > 0) for (const b of batch) await keepIfNew(make(b), true);
+    if (cov.take(false) > 0) for (const b of batch) await keepIfNew(make(b));
     batch.length = 0;
   }
   const now = performance.now();
@@ -207,7 +243,7 @@ while (execs < cfg.execs && performance.now() < deadline) {
     post({ type: 'stats', execs, corpus: corpus.length, blocks: cov.covered });
   }
 }
-if (batch.length > 0 && cov.take(false) > 0) for (const b of batch) await keepIfNew(make(b), true);
+if (batch.length > 0 && cov.take(false) > 0) for (const b of batch) await keepIfNew(make(b));
 post({ type: 'done', execs, corpus: corpus.length, blocks: cov.covered, ms: performance.now() - t0 });
 cov.close();
 // Servers a target started (nbd) would keep the thread alive.
