@@ -27,6 +27,8 @@ const ALLOWED_STATE: Record<string, string> = {
   // no data between calls) is the same for every caller; loading it at start-up would cost
   // every command the time only a few need.
   'formats/qcow2/image.ts: compressModule': 'lazy import of ./compress.js',
+  'formats/qcow2/image.ts: cryptoModule': 'lazy import of ./crypto.js',
+  'formats/qcow2/image.ts: checkModule': 'lazy import of ./check.js',
   'formats/qcow2/compress.ts: zstdReady': 'lazy init of the zstd WASM module',
   'formats/dmg/bzip2.ts: decoder': 'lazy init of the bzip2 WASM module',
   // The registry of the built-in format drivers: code, not data. Registration is idempotent
