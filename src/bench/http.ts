@@ -7,13 +7,18 @@
  * qemu-img runs twice over: with its defaults (-m 8), which with Debian's libcurl 7.88 now and
  * then stalls for good (such a run is stopped after HANG_SECONDS and counted, not timed), and
  * with -m 1 (one request at a time), which does not.
+ *
+ * Two floors run with them: `curl` of the whole file to /dev/null (the bytes over loopback,
+ * nothing else) and `cat` of it (the bytes from the page cache). With /usr/bin/time present,
+ * each case's CPU (user + sys, median) is reported beside its wall time: on the shared 2-core
+ * machine the wall figures are mostly the scheduler's.
  */
 
 import { spawnSync } from 'node:child_process';
-import { rmSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { startNginx } from '../test/http-servers.js';
-import { median } from './stats.js';
+import { markdownTable, median } from './stats.js';
 
 const HANG_SECONDS = 60;
 
@@ -26,21 +31,39 @@ export interface HttpBenchOptions {
   vdisk: string;
 }
 
-function run(cmd: string, args: string[], cwd: string): number | null {
+const TIME = '/usr/bin/time';
+
+/** Wall seconds and CPU seconds (user + sys; NaN without /usr/bin/time), or null on a hang. */
+function run(cmd: string, args: string[], cwd: string): { wall: number; cpu: number } | null {
   spawnSync('sync');
+  const timed = existsSync(TIME);
+  const out = join(cwd, 'http-bench-time.txt');
   const t0 = performance.now();
-  const r = spawnSync(cmd, args, { cwd, encoding: 'utf8', timeout: HANG_SECONDS * 1000 });
-  const s = (performance.now() - t0) / 1000;
+  const r = timed
+    ? spawnSync(TIME, ['-f', '%U %S', '-o', out, cmd, ...args], {
+        cwd,
+        encoding: 'utf8',
+        timeout: HANG_SECONDS * 1000,
+      })
+    : spawnSync(cmd, args, { cwd, encoding: 'utf8', timeout: HANG_SECONDS * 1000 });
+  const wall = (performance.now() - t0) / 1000;
   if (r.signal !== null) return null;
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr}`);
-  return s;
+  let cpu = Number.NaN;
+  if (timed) {
+    const last = readFileSync(out, 'utf8').trim().split('\n').pop() ?? '';
+    const [u, sys] = last.split(' ').map(Number);
+    if (u !== undefined && sys !== undefined) cpu = u + sys;
+    rmSync(out, { force: true });
+  }
+  return { wall, cpu };
 }
 
 export async function runHttpBench(o: HttpBenchOptions): Promise<string> {
   const ngx = await startNginx(o.dir);
   try {
     const url = `${ngx.url}/${o.image}`;
-    const cases: Array<{ name: string; cmd: string; args: string[] }> = [
+    const cases: Array<{ name: string; cmd: string; args: string[]; floor?: boolean }> = [
       { name: 'qemu-img (curl, -m 8)', cmd: 'qemu-img', args: ['convert', '-O', 'raw', url, 'OUT'] },
       {
         name: 'qemu-img (curl, -m 1)',
@@ -49,8 +72,11 @@ export async function runHttpBench(o: HttpBenchOptions): Promise<string> {
       },
       { name: 'vdisk (http)', cmd: o.vdisk, args: ['convert', '-O', 'raw', url, 'OUT'] },
       { name: 'vdisk (local file)', cmd: o.vdisk, args: ['convert', '-O', 'raw', o.image, 'OUT'] },
+      { name: 'floor: curl the file', cmd: 'curl', args: ['-s', '-o', '/dev/null', url], floor: true },
+      { name: 'floor: cat the file', cmd: 'sh', args: ['-c', `cat '${o.image}' > /dev/null`], floor: true },
     ];
     const times = cases.map(() => [] as number[]);
+    const cpus = cases.map(() => [] as number[]);
     const hangs = cases.map(() => 0);
     for (let i = 0; i < o.repeat; i++) {
       const order = cases.map((_, k) => k);
@@ -65,8 +91,11 @@ export async function runHttpBench(o: HttpBenchOptions): Promise<string> {
           o.dir,
         );
         if (s === null) hangs[k]!++;
-        else times[k]!.push(s);
-        if (s !== null && k > 0) {
+        else {
+          times[k]!.push(s.wall);
+          cpus[k]!.push(s.cpu);
+        }
+        if (s !== null && k > 0 && c.floor !== true) {
           const cmp = spawnSync(
             'qemu-img',
             ['compare', '-F', 'qcow2', join(o.dir, `http-${k}.raw`), o.image],
@@ -81,14 +110,19 @@ export async function runHttpBench(o: HttpBenchOptions): Promise<string> {
       }
     }
     const m = times.map((t) => (t.length > 0 ? median(t) : Number.NaN));
+    const cpu = cpus.map((t) => (t.length > 0 ? median(t) : Number.NaN));
     const [q8, q1, vh, vl] = m as [number, number, number, number];
-    const rows = cases.map(
-      (c, k) =>
-        `| ${c.name.padEnd(22)} | ${Number.isNaN(m[k]!) ? '—' : m[k]!.toFixed(3).padStart(8)} | ${String(times[k]!.length).padStart(4)} | ${String(hangs[k]!).padStart(5)} |`,
-    );
+    const fig = (x: number, d: number) => (Number.isNaN(x) ? '—' : x.toFixed(d));
+    const rows = cases.map((c, k) => [
+      c.name,
+      fig(m[k]!, 3),
+      fig(cpu[k]!, 2),
+      String(times[k]!.length),
+      String(hangs[k]!),
+    ]);
     return (
-      `convert -O raw of a ${o.label} served by nginx on loopback (median wall s of ${o.repeat} runs, alternating):\n` +
-      `| source                 |   median | runs | hangs |\n|------------------------|---------:|-----:|------:|\n${rows.join('\n')}\n` +
+      `convert -O raw of a ${o.label} served by nginx on loopback (median wall s and CPU s, user + sys, of ${o.repeat} runs, alternating; load average ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')} at the end):\n` +
+      `${markdownTable(['source', 'median s', 'CPU s', 'runs', 'hangs'], rows)}\n` +
       `vdisk http / qemu-img -m 8: ${(vh / q8).toFixed(2)}; vdisk http / qemu-img -m 1: ${(vh / q1).toFixed(2)}; ` +
       `vdisk http / vdisk local: ${(vh / vl).toFixed(2)} (a hang: a run stopped after ${HANG_SECONDS} s)\n`
     );

@@ -145,6 +145,60 @@ describe('cachedSource', () => {
     await src.close();
   });
 
+  it("direct: large reads among others in flight are fetched into the caller's buffers", async () => {
+    const requests: Array<[number, number]> = [];
+    let intoCaller = 0;
+    const bufs = new Set<ArrayBufferLike>();
+    const src = cachedSource(
+      {
+        size: data.length,
+        async fetch(start, end, into) {
+          requests.push([start, end]);
+          await new Promise((res) => setTimeout(res, 1));
+          if (into === undefined) return Buffer.from(data.subarray(start, end));
+          if (bufs.has(into.buffer)) intoCaller++;
+          into.set(data.subarray(start, end));
+          return into;
+        },
+      },
+      { readAhead: 16 * MiB, aheadRequest: 4 * MiB, cacheBlocks: 8, direct: true },
+    );
+    // Four workers reading 2 MiB each in turn, as convert's do: after the first read (the cache
+    // and its read-ahead), each read is one request of its own range, into its own buffer.
+    let next = 0;
+    const worker = async () => {
+      const b = Buffer.alloc(2 * MiB);
+      bufs.add(b.buffer);
+      const got: Array<[number, Buffer]> = [];
+      while (next < data.length) {
+        const off = next;
+        next += b.length;
+        const n = await src.read(b, off);
+        got.push([off, Buffer.from(b.subarray(0, n))]);
+      }
+      return got;
+    };
+    const all = (await Promise.all([worker(), worker(), worker(), worker()])).flat();
+    all.sort((a, b) => a[0] - b[0]);
+    expect(Buffer.concat(all.map(([, b]) => b)).equals(data)).toBe(true);
+    expect(intoCaller).toBeGreaterThanOrEqual(8);
+    // Nothing fetched twice, and no read-ahead past what was read.
+    expect(requests.reduce((n, [s, e]) => n + (e - s), 0)).toBe(data.length);
+    // One reader alone goes back to the cache's read-ahead after 8 reads without another in
+    // flight: its next reads are served by the window's requests (4 MiB), not one per read.
+    const before = requests.length;
+    const one = Buffer.alloc(2 * MiB);
+    bufs.add(one.buffer);
+    const was = intoCaller;
+    for (let off = 0; off < 24 * MiB; off += one.length) {
+      await src.read(one, off);
+      expect(one.equals(data.subarray(off, off + one.length))).toBe(true);
+    }
+    expect(intoCaller - was).toBeLessThanOrEqual(8);
+    expect(requests.slice(before).filter(([s, e]) => e - s === 4 * MiB).length).toBeGreaterThanOrEqual(2);
+    await src.close();
+  });
+
   it('a failed request fails its read and is retried by the next one', async () => {
     const r = reader();
     const src = cachedSource(r, { readAhead: 0 });

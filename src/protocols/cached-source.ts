@@ -43,6 +43,13 @@ export interface CachedSourceOptions {
   maxRequest?: number;
   /** Largest read-ahead request (default: `readAhead`, one request in flight). */
   aheadRequest?: number;
+  /**
+   * While the caller keeps several reads in flight (convert's workers), a read of at least a
+   * block that the cache does not hold whole is fetched straight into the caller's buffer
+   * (`into`), around the cache, and nothing is read ahead: such a caller fetches ahead by
+   * itself, and the bytes are not copied out of a cache block.
+   */
+  direct?: boolean;
 }
 
 const MiB = 1 << 20;
@@ -74,6 +81,17 @@ export function cachedSource(r: RangeReader, opts: CachedSourceOptions = {}): Re
   const cache = new Map<number, Entry>();
   let nextExpected = -1;
   let closed = false;
+  /** Reads in progress. */
+  let reading = 0;
+  /** Reads of at least a block so far, and the count at the last one made while another ran. */
+  let large = 0;
+  let lastOverlap = Number.NEGATIVE_INFINITY;
+  /**
+   * `direct` applies while the caller keeps several reads in flight: one of the last 8 large
+   * reads began while another ran. A caller with workers that wait on their writes may find
+   * no read running at a given moment; one reading alone goes back to the cache's read-ahead.
+   */
+  const parallelCaller = () => opts.direct === true && large - lastOverlap <= 8;
   /** Free buffers of read-ahead requests (`pooled` bytes each). */
   const pooled = aheadBlocks * block;
   const free: Buffer[] = [];
@@ -169,22 +187,43 @@ export function cachedSource(r: RangeReader, opts: CachedSourceOptions = {}): Re
       const last = Math.floor((offset + n - 1) / block);
       const sequential = first === nextExpected || first === nextExpected - 1;
       nextExpected = last + 1;
-      // A read larger than half the cache goes to the store directly, around the cache.
-      if (last - first + 1 > capacity / 2) {
-        const b = await r.fetch(offset, offset + n);
-        buf.set(b.subarray(0, n), 0);
+      // A read larger than half the cache goes to the store directly, around the cache, and so
+      // does a large one among others in flight (`direct`) that no cached block overlaps.
+      if (n >= block) {
+        large++;
+        if (reading > 0) lastOverlap = large;
+      }
+      let around = last - first + 1 > capacity / 2;
+      if (!around && n >= block && parallelCaller()) {
+        // Unless the cache has (or is fetching) all of it: reads that do not start on a block
+        // share their first and last blocks with their neighbours, which would otherwise keep
+        // every read in the cache.
+        for (let i = first; i <= last && !around; i++) around = !cache.has(i);
+      }
+      if (around) {
+        const into = Buffer.from(buf.buffer, buf.byteOffset, n);
+        reading++;
+        try {
+          const b = await r.fetch(offset, offset + n, into);
+          if (b !== into) into.set(b.subarray(0, n), 0);
+        } finally {
+          reading--;
+        }
         return n;
       }
       const parts = blocksOf(first, last);
       // Walking forward: when `refill` blocks or more of the window [last+1, last+ahead] are not
       // requested yet (or only the object's tail is left), request them, `aheadBlocks` a request.
-      if (sequential && ahead > 0 && last + 1 < blocks) {
+      // A caller with reads in flight (`direct`) does not read ahead: the window would stay
+      // ahead of its reads for good, and their bytes would all be copied out of the cache.
+      if (sequential && ahead > 0 && last + 1 < blocks && !parallelCaller()) {
         const to = Math.min(blocks - 1, last + ahead);
         let from = last + 1;
         while (from <= to && cache.has(from)) from++;
         if (from <= to && (to - from + 1 >= refill || to === blocks - 1))
           for (const e of blocksOf(from, to, aheadBlocks)) release(e.req);
       }
+      reading++;
       try {
         let done = 0;
         for (let k = 0; k < parts.length; k++) {
@@ -197,6 +236,7 @@ export function cachedSource(r: RangeReader, opts: CachedSourceOptions = {}): Re
         }
         return done;
       } finally {
+        reading--;
         for (const e of parts) release(e.req);
       }
     },

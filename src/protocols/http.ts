@@ -109,7 +109,11 @@ class HttpClient {
               if (err !== null && typeof err === 'object') this.hookErrors.add(err);
               (cb as (...a: unknown[]) => void)(err, ...rest);
             }) as typeof cb);
-    this.wire = url.protocol === 'http:' ? new RangeWire((opts.parallel ?? 4) + 1, this.lookup) : null;
+    // Connections kept open between requests: the read-ahead's, and one per read of a caller
+    // with several in flight (convert's -m workers, at most 16), whose large reads go around
+    // the cache (cached-source.ts, `direct`): fewer, and each burst would connect again.
+    this.wire =
+      url.protocol === 'http:' ? new RangeWire(Math.max(16, (opts.parallel ?? 4) + 1), this.lookup) : null;
   }
 
   /** The keep-alive pool for `protocol` (a redirect may change it when `redirect` allows). */
@@ -476,7 +480,7 @@ export async function openHttpSource(
   };
   const source = cachedSource(
     { size, fetch: fetchRange, close: async () => client.close() },
-    { readAhead, aheadRequest, maxRequest: 16 * MiB, cacheBlocks: 8 },
+    { readAhead, aheadRequest, maxRequest: 16 * MiB, cacheBlocks: 8, direct: true },
   );
   return Object.assign(source, { allocationUnknown: true });
 }
