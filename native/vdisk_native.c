@@ -288,6 +288,7 @@ static napi_value cached(napi_env env, napi_callback_info info) {
 }
 
 napi_value vdisk_install_oom_handler(napi_env env, napi_callback_info info); /* vdisk_oom.cc */
+napi_value vdisk_memory_pressure(napi_env env, napi_callback_info info);     /* vdisk_oom.cc */
 
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
@@ -307,6 +308,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"sendfileStart", NULL, vdisk_sendfile_start, NULL, NULL, NULL, napi_default, NULL},
       {"sendfileCancel", NULL, vdisk_sendfile_cancel, NULL, NULL, NULL, napi_default, NULL},
       {"installOomHandler", NULL, vdisk_install_oom_handler, NULL, NULL, NULL, napi_default, NULL},
+      {"memoryPressure", NULL, vdisk_memory_pressure, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -65,3 +65,20 @@ extern "C" napi_value vdisk_install_oom_handler(napi_env env, napi_callback_info
   napi_get_boolean(env, true, &out);
   return out;
 }
+
+// V8's young generation back to its initial size, and a full collection, now (issue 16): what
+// `vdisk serve` asks for once idle, so that it keeps a small heap without running every command
+// under --max-semi-space-size=1 (which slows the CLI's start-up with scavenges). kCritical makes
+// V8 collect at once, on this thread, and shrink the new space (Heap::CheckMemoryPressure).
+extern "C" napi_value vdisk_memory_pressure(napi_env env, napi_callback_info info) {
+  (void)info;
+  v8::Isolate *isolate = v8::Isolate::GetCurrent();
+  napi_value out;
+  if (isolate == nullptr) {
+    napi_get_boolean(env, false, &out);
+    return out;
+  }
+  isolate->MemoryPressureNotification(v8::MemoryPressureLevel::kCritical);
+  napi_get_boolean(env, true, &out);
+  return out;
+}

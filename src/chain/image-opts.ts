@@ -8,7 +8,7 @@
 import { VdiskError } from '../core/errors.js';
 import { qdictOrder } from '../core/qdict.js';
 import { parseQemuOpts } from '../core/secrets.js';
-import { nbdCanonicalName, nbdFromOptions } from '../protocols/nbd.js';
+import { nbdCanonicalName, nbdFromOptions } from '../protocols/nbd-name.js';
 
 export interface ImageOpts {
   driver: string | undefined;

@@ -1,3 +1,4 @@
+import { writeSync } from 'node:fs';
 import type { Readable, Writable } from 'node:stream';
 
 /** Where a command writes. Tests pass their own; the CLI passes the process streams. */
@@ -11,23 +12,57 @@ export interface Io {
   readonly stdoutStream?: Writable & { isTTY?: boolean };
 }
 
-export const processIo: Io = {
-  out: (t) => {
-    process.stdout.write(t);
-  },
-  err: (t) => {
-    process.stderr.write(t);
-  },
-  get isTTY() {
-    return process.stderr.isTTY === true;
-  },
-  get stdinStream() {
-    return process.stdin;
-  },
-  get stdoutStream() {
-    return process.stdout;
-  },
-};
+/**
+ * Text goes to fds 1 and 2 with fs.writeSync: a command that only prints (info, check, map…)
+ * then never creates process.stdout/stderr, whose pipe and socket streams load node:net and
+ * its dependencies (start-up; docs/benchmarks.md, "Start-up"). Text goes through the stream
+ * instead once a command has taken the stream behind `-` (stdoutStream), so that the two keep
+ * their order, and after EAGAIN (a non-blocking pipe that is full: the stream waits for it).
+ * Other write errors (EPIPE: the reader is gone; ENOSPC; EBADF: fd closed) drop the text, as
+ * qemu-img's printf does, where the stream raised an uncaught 'error' (a stack trace, status 1).
+ * qemu-img itself dies of SIGPIPE on EPIPE, which Node ignores.
+ */
+function processIoOf(): Io {
+  // Per fd: 'fd' until text has to go through the stream, or 'none' after a write error.
+  const how: Record<1 | 2, 'fd' | 'stream' | 'none'> = { 1: 'fd', 2: 'fd' };
+  const writer =
+    (fd: 1 | 2, stream: () => NodeJS.WriteStream) =>
+    (text: string): void => {
+      if (how[fd] === 'stream') {
+        stream().write(text);
+        return;
+      }
+      if (how[fd] === 'none') return;
+      const buf = Buffer.from(text);
+      let done = 0;
+      try {
+        while (done < buf.length) done += writeSync(fd, buf, done);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') {
+          how[fd] = 'none';
+          return;
+        }
+        how[fd] = 'stream';
+        stream().write(buf.subarray(done));
+      }
+    };
+  return {
+    out: writer(1, () => process.stdout),
+    err: writer(2, () => process.stderr),
+    get isTTY() {
+      return process.stderr.isTTY === true;
+    },
+    get stdinStream() {
+      return process.stdin;
+    },
+    get stdoutStream() {
+      if (how[1] === 'fd') how[1] = 'stream';
+      return process.stdout;
+    },
+  };
+}
+
+export const processIo: Io = processIoOf();
 
 /** An Io that collects what is written (for tests). */
 export function bufferIo(): Io & { stdout: string; stderr: string } {

@@ -4,7 +4,7 @@
  * When it is absent (not built), callers fall back to portable but slower paths, so vdisk
  * still works; `hasNative` tells which one runs.
  */
-import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
 
 export interface NativeFs {
   /** Next data offset at or after off, or -1 when there is none before end of file (ENXIO). */
@@ -75,6 +75,12 @@ export interface NativeFs {
    * before it existed.
    */
   installOomHandler?(): boolean;
+  /**
+   * V8's memory-pressure notification at its critical level (native/vdisk_oom.cc): a full
+   * collection now and the young generation back to its initial size. `vdisk serve` calls it
+   * once idle. false without an isolate; absent from an addon built before it existed.
+   */
+  memoryPressure?(): boolean;
 }
 
 /** An opaque handle of a transfer in progress. */
@@ -83,9 +89,15 @@ export type SendfileJob = { readonly __sendfileJob: unique symbol };
 function load(): NativeFs | null {
   if (process.env['VDISK_NO_NATIVE'] === '1') return null;
   try {
-    const require = createRequire(import.meta.url);
-    // dist/native/index.js and src/native/index.ts both sit two levels below the package root.
-    return require('../../native/build/Release/vdisk_native.node') as NativeFs;
+    // dist/native/index.js, src/native/index.ts and the CLI bundle's dist/cli/*.mjs all sit two
+    // levels below the package root. process.dlopen is what require() does for a .node file,
+    // without loading node:module (start-up, docs/benchmarks.md).
+    const addon = { exports: {} as NativeFs };
+    process.dlopen(
+      addon,
+      fileURLToPath(new URL('../../native/build/Release/vdisk_native.node', import.meta.url)),
+    );
+    return addon.exports;
   } catch {
     return null;
   }

@@ -11,6 +11,7 @@ import { mkdir, open } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
+import { getHeapSpaceStatistics } from 'node:v8';
 import { VdiskError } from '../core/errors.js';
 import { native } from '../native/index.js';
 import { defaultSettings, type ServerSettings, type Services } from './context.js';
@@ -55,7 +56,9 @@ export interface RunningServer {
 }
 
 /** Idle time after which the server gives free heap memory back (see startServer). */
-const IDLE_TRIM_MS = 2000;
+const IDLE_TRIM_MS = 1000;
+/** V8 starts its young generation at 1 MiB and doubles it up to 16 (Node 20, 64-bit). */
+const YOUNG_GROWN = 2 << 20;
 /** When a first start loads the metadefs, unless a request under /v2/metadefs asks first. */
 const METADEFS_DELAY_MS = 1000;
 
@@ -241,17 +244,22 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
   const ops = await Ops.create(svc, lease, opts.accessLog);
 
   const inflight = new Set<Promise<void>>();
-  // Once no request has come for IDLE_TRIM_MS: glibc's free heap pages go back to the system
-  // (malloc_trim). glibc returns only the top of its main heap by itself; the pages freed in
-  // the middle of it and of the other arena stay resident, ~50 MiB after an upload and 1000
-  // images created (173 → 117 MiB; docs/decisions.md, "Embedded database memory").
+  // Once no request has come for IDLE_TRIM_MS: V8's young generation back to its initial
+  // size if it grew (memoryPressure: a full collection, ~30-100 ms of CPU, so only then; what
+  // bin/vdisk's --max-semi-space-size=1 did for every command until issue 16), then glibc's
+  // free heap pages back to the system (malloc_trim). glibc returns only the top of its main
+  // heap by itself; the pages freed in the middle of it and of the other arena stay resident,
+  // ~50 MiB after an upload and 1000 images created (173 → 117 MiB; docs/decisions.md,
+  // "Embedded database memory").
   let lastRequest = Date.now();
   let trimmed = false;
   const trimTimer = setInterval(() => {
     if (trimmed || inflight.size > 0 || Date.now() - lastRequest < IDLE_TRIM_MS) return;
     trimmed = true;
+    const young = getHeapSpaceStatistics().find((s) => s.space_name === 'new_space');
+    if (young !== undefined && young.space_size > YOUNG_GROWN) native?.memoryPressure?.();
     native?.mallocTrim?.();
-  }, IDLE_TRIM_MS / 2);
+  }, IDLE_TRIM_MS / 4);
   trimTimer.unref();
   const handle = async (req: IncomingMessage, res: ServerResponse) => {
     lastRequest = Date.now();

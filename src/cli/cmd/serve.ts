@@ -2,6 +2,7 @@
  * `vdisk serve`: the image registry. Its options come from one table (src/server/settings.ts:
  * flag, environment variable, config-file key, default, help), loaded only when the command runs.
  */
+import { setFlagsFromString } from 'node:v8';
 import { VdiskError } from '../../core/errors.js';
 import { resolveConfig, settingsHelp, settingsOptions } from '../../server/settings.js';
 import { getopt } from '../getopt.js';
@@ -21,6 +22,12 @@ const command: CliCommand = {
   // This module loads only for `vdisk serve` (and its --help): the table costs nothing elsewhere.
   help: [...HELP_HEAD, ...settingsHelp()].join('\n'),
   async run(argv, io) {
+    // The server's young generation stays at V8's initial 1 MiB (it doubles up to 16 MiB when
+    // many objects survive, and stays grown): what bin/vdisk's `--max-semi-space-size=1` did
+    // for every command until issue 16, now for this process only. V8 reads the growth factor
+    // each time it would grow; set before the server allocates anything. The server also
+    // shrinks it once idle (memoryPressure in server.ts). docs/decisions.md, "Start-up of the CLI".
+    setFlagsFromString('--semi-space-growth-factor=1');
     const { opts, args } = getopt(argv, { short: '', long: settingsOptions() });
     // Repeatable flags (--store, --store-description) keep every value, in order.
     const flags = new Map<string, string | string[]>();

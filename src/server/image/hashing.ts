@@ -186,8 +186,9 @@ const MAX_SPARE = 8;
  * A young-generation collection (V8's scavenge) every MINOR_GC_BYTES of upload. node:http hands
  * each body chunk over in a new 64 KiB Buffer (its parser copies it out of the socket's read
  * buffer), which push() copies into a block and drops. Those Buffers are external memory:
- * only ~300 bytes of JavaScript objects each, so the 1 MiB young generation (bin/vdisk's
- * `--max-semi-space-size=1`) fills only every ~200 MiB of chunks, and V8's external-memory
+ * only ~300 bytes of JavaScript objects each, so even a 1 MiB young generation (bin/vdisk's
+ * `--max-semi-space-size=1` until issue 16; V8 grows it up to 16 MiB) fills only every ~200 MiB
+ * of chunks, and V8's external-memory
  * limit (64 MiB above the level after the last full collection) is reached first: a full
  * mark-compact of the whole heap every ~30–60 MiB of upload, 40 per GiB, ~1 s of CPU per GiB
  * (perf: 15 % of the upload's CPU; `--trace-gc`: "finalize incremental marking", the heap
