@@ -164,6 +164,13 @@ export class SectorCipher {
     const { family } = splitAlg(spec.alg);
     this.block = cipherBlockLen(spec.alg);
     this.ivLen = spec.mode === 'ecb' ? 0 : this.block;
+    // qcrypto_cipher_validate_key_length, in its words: a header's key_bytes picks the
+    // algorithm by halving (xts) and rounding down, so an odd length gets this far.
+    const want = cipherKeyLen(spec.alg) * (spec.mode === 'xts' ? 2 : 1);
+    if (spec.mode === 'xts' && key.length % 2 !== 0)
+      throw new VdiskError('INVALID_IMAGE', 'XTS cipher key length should be a multiple of 2');
+    if (key.length !== want)
+      throw new VdiskError('INVALID_IMAGE', `Cipher key length ${key.length} should be ${want}`);
     if (spec.mode === 'xts') {
       if (!LITTLE_ENDIAN) throw new VdiskError('UNSUPPORTED', 'XTS needs a little-endian host in vdisk');
       // QEMU's XTS is for 16-byte blocks only (cipher-nettle.c.inc has no CAST5 XTS).

@@ -167,4 +167,27 @@ describe('luks cipher errors as qemu-img', () => {
       expect(r.stderr.replace('vdisk:', 'qemu-img:')).toBe(qemuImg(args).stderr);
     }
   });
+
+  it('an odd key_bytes with xts (fuzzer finding): the key-length words of QEMU, not an internal error', async () => {
+    // covfuzz (luks, third campaign): key_bytes 49 with aes xts-plain64 halves, rounded down, to
+    // aes-192, then handed a 25-byte tweak key to OpenSSL ("Unknown cipher", an internal
+    // error). qemu-img opens the header (info needs no key) and refuses the key on unlock.
+    const p = join(dir, 'x.luks');
+    qemuCreateLuks(['-o', 'key-secret=s0,iter-time=10,cipher-alg=aes-256,cipher-mode=xts', p, '1M']);
+    const buf = readFileSync(p);
+    for (const keyBytes of [49, 47, 64]) {
+      const b = Buffer.from(buf);
+      b.writeUInt32BE(keyBytes, 108);
+      writeFileSync(p, b);
+      for (const args of [
+        ['info', ...OBJ, '--image-opts', luksOpts(p)],
+        ['convert', ...OBJ, '--image-opts', luksOpts(p), '-O', 'raw', join(dir, 'o.raw')],
+      ]) {
+        const q = qemuImg(args);
+        const r = await vdisk(args);
+        expect(r.stderr.replace('vdisk:', 'qemu-img:'), `${keyBytes} ${args[0]}`).toBe(q.stderr);
+        expect(r.code, `${keyBytes} ${args[0]}`).toBe(q.code);
+      }
+    }
+  });
 });
