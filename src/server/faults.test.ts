@@ -321,6 +321,110 @@ describe('the database connection dropped (pg_terminate_backend on the real Post
     expect((await a.req('GET', `/v2/images/${master.id}`)).json.status).toBe('active');
     expect(s.p.exitCode).toBe(null);
   }, 180_000);
+
+  /**
+   * Hold image `id`'s row (SELECT … FOR NO KEY UPDATE in a transaction of our own: UPDATEs wait for it, the foreign-key
+   * checks of new tasks do not) and let the
+   * server's UPDATEs of it through one at a time until the one that claims the data (it sets
+   * os_hash_value) waits for the row; then end every other connection to the database, so that
+   * statement is lost after the data was written, and release the row. The moment the timed
+   * cuts above only hit on a loaded machine (CI found the blob left behind there).
+   */
+  async function cutBeforeClaim(id: string): Promise<void> {
+    const c = new pg.Client({ connectionString: pgs.url(db) });
+    await c.connect();
+    try {
+      const end = Date.now() + 30_000;
+      for (;;) {
+        await c.query('BEGIN');
+        await c.query('SELECT 1 FROM images WHERE id = $1 FOR NO KEY UPDATE', [id]);
+        let waiting: string | undefined;
+        while (waiting === undefined) {
+          if (Date.now() > end) throw new Error('no UPDATE claiming the data ever waited for the row');
+          // (pg_stat_activity is read once per transaction unless the snapshot is cleared.)
+          await c.query('SELECT pg_stat_clear_snapshot()');
+          const r = await c.query(
+            "SELECT query FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'",
+            [db],
+          );
+          waiting = r.rows.map((x) => String(x.query)).find((q) => /^update "images"/i.test(q));
+          if (waiting === undefined) await new Promise((r) => setTimeout(r, 2));
+        }
+        if (waiting.includes('"os_hash_value"')) {
+          await c.query(
+            'SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()',
+            [db],
+          );
+          await c.query('ROLLBACK');
+          return;
+        }
+        await c.query('COMMIT');
+      }
+    } finally {
+      await c.end();
+    }
+  }
+
+  it('upload: the statement claiming the written data lost with the connection: an error, queued, no blob left', async () => {
+    const img = await a.createImage({ name: 'claim-upload', disk_format: 'raw', container_format: 'bare' });
+    const cut = cutBeforeClaim(img.id);
+    const status = await a.upload(img.id, DATA);
+    await cut;
+    expect(status).toBeGreaterThanOrEqual(500);
+    const end = (await a.req('GET', `/v2/images/${img.id}`)).json;
+    expect(end.status).toBe('queued');
+    expect(end.size).toBe(null);
+    expect(await stored()).not.toContain(img.id);
+    expect(await readdir(join(store, '.tmp'))).toEqual([]);
+    expect(await a.upload(img.id, Buffer.from('after the cut'))).toBe(204);
+  }, 90_000);
+
+  for (const what of ['glance-direct', 'web-download', 'flatten'] as const)
+    it(`${what}: the statement claiming the written data lost with the connection: queued, task failed, no blob left`, async () => {
+      let id: string;
+      if (what === 'flatten') {
+        const master = await a.createImage({
+          name: 'claim-master',
+          disk_format: 'raw',
+          container_format: 'bare',
+        });
+        expect(await a.upload(master.id, DATA)).toBe(204);
+        const f = await a.req('POST', `/v2/images/${master.id}/actions/flatten`, { name: 'claim-flat' });
+        expect(f.status, f.text).toBe(202);
+        id = f.json.id;
+      } else {
+        const img = await a.createImage({
+          name: `claim-${what}`,
+          disk_format: 'raw',
+          container_format: 'bare',
+        });
+        id = img.id;
+        if (what === 'glance-direct')
+          expect((await a.req('PUT', `/v2/images/${id}/stage`, DATA)).status).toBe(204);
+      }
+      const cut = cutBeforeClaim(id);
+      if (what !== 'flatten') {
+        const r = await a.req('POST', `/v2/images/${id}/import`, {
+          method:
+            what === 'glance-direct'
+              ? { name: 'glance-direct' }
+              : { name: 'web-download', uri: `http://127.0.0.1:${webPort}/data` },
+        });
+        expect(r.status, r.text).toBe(202);
+      }
+      await cut;
+      const { img: end, task } = await ended(id);
+      expect(end.status).toBe('queued');
+      expect(task.status).toBe('failure');
+      expect(end.size).toBe(null);
+      const files = await stored();
+      expect(files).not.toContain(id);
+      expect(files).not.toContain(`staging-${id}`);
+      expect(await readdir(join(store, '.tmp'))).toEqual([]);
+      // The image takes data again.
+      if (what !== 'flatten') expect(await a.upload(id, Buffer.from('after the cut'))).toBe(204);
+      expect(s.p.exitCode).toBe(null);
+    }, 90_000);
 });
 
 /**

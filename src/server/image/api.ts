@@ -19,7 +19,7 @@ import type { Identity } from '../identity/keystone.js';
 import { baseUrl } from '../identity/keystone.js';
 import type { BlobStore } from '../store/store.js';
 import { UUID_RE, uuid } from '../util.js';
-import { finishUpload, receiveData, sendData } from './data.js';
+import { finishUpload, receiveData, sendData, settleUpload } from './data.js';
 import type { InspectorFactory } from './inspect.js';
 import {
   BACKING_PROP,
@@ -504,7 +504,12 @@ export class ImageApi {
         throw err;
       }
     }
-    await finishUpload(this.svc, img, out, 'saving', 'active', img.id, target.id);
+    try {
+      await finishUpload(this.svc, img, out, 'saving', 'active', img.id, target.id);
+    } catch (err) {
+      if (err instanceof HttpError || !(await settleUpload(this.svc, img, out, 'saving', target.store)))
+        throw err;
+    }
     sendEmpty(c.res, 204);
   }
 

@@ -260,6 +260,46 @@ export async function finishUpload(
   }
 }
 
+/**
+ * An upload whose finishUpload failed with the database (the connection lost with the
+ * statement, or only with its answer): what the row says decides, at once rather than a lease
+ * later. Active with this upload's data: the statement landed (true). Still `fromStatus` and
+ * written by this node: back to queued, and the blob no row claims goes (false). Tried three
+ * times; left undecided (the database unreachable throughout), the node's recovery ends it.
+ */
+export async function settleUpload(
+  svc: Services,
+  img: ImageRow,
+  out: UploadOutcome,
+  fromStatus: string,
+  store: BlobStore,
+): Promise<boolean> {
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      const cur = await svc.db
+        .selectFrom('images')
+        .select(['status', 'os_hash_value', 'blob', 'writer'])
+        .where('id', '=', img.id)
+        .executeTakeFirst();
+      if (cur?.status === 'active' && cur.os_hash_value === out.hash && cur.blob === img.id) return true;
+      if (cur === undefined || (cur.status === fromStatus && cur.writer === svc.instanceId)) {
+        const r = await svc.db
+          .updateTable('images')
+          .set({ status: 'queued', writer: null, updated_at: new Date() })
+          .where('id', '=', img.id)
+          .where('status', '=', fromStatus)
+          .where('writer', '=', svc.instanceId)
+          .executeTakeFirst();
+        if (cur === undefined || r.numUpdatedRows > 0n) await store.delete(img.id);
+      }
+      return false;
+    } catch {
+      await new Promise((r) => setTimeout(r, 250 * (attempt + 1)));
+    }
+  }
+  return false;
+}
+
 /** GET /file: 204 without data, Range (one range) → 206, Content-MD5 = checksum. */
 export async function sendData(
   svc: Services,

@@ -789,6 +789,7 @@ export class ImportApi {
         e,
         targets,
         added,
+        current,
         failing,
         convertedFrom,
       );
@@ -891,13 +892,17 @@ export class ImportApi {
     e: unknown,
     targets: string[],
     added: string[],
+    current: string | null,
     failing: string[],
     diskFormat: string | null,
   ): Promise<void> {
     const svc = this.svc;
+    // The stores this task wrote to: the ones completed and the one it was writing.
+    const made = current !== null && !added.includes(current) ? [...added, current] : added;
     try {
       const cur = await this.db.selectFrom('images').selectAll().where('id', '=', imageId).executeTakeFirst();
       let ours = false;
+      let kept: string[] = [];
       if (cur !== undefined && cur.properties[LOCK] === task.id) {
         const props = {
           [IMPORTING]: storeList(listOf(cur.properties[IMPORTING]).filter((x) => !targets.includes(x))),
@@ -905,7 +910,7 @@ export class ImportApi {
         };
         // copy-image: its copies go; an import already active (all_stores_must_succeed false,
         // then stopped by a shutdown) keeps what it made.
-        const kept = copy ? cur.stores.filter((x) => !added.includes(x)) : active ? cur.stores : [];
+        kept = copy ? cur.stores.filter((x) => !made.includes(x)) : active ? cur.stores : [];
         const r = await this.db
           .updateTable('images')
           .set({
@@ -933,9 +938,11 @@ export class ImportApi {
         ours = r.numUpdatedRows > 0n;
       }
       // Ours to clean, or the image was deleted meanwhile (its delete removed what it claimed).
+      // The copies no row claims go, the one being written when the failure came included
+      // (its blob may be complete, the statement claiming it lost with the database).
       if (ours || cur === undefined) {
-        if (copy || !active)
-          for (const sid of added)
+        for (const sid of made)
+          if (!kept.includes(sid))
             await storeById(svc, sid)
               .delete(imageId)
               .catch(() => {});
@@ -1128,9 +1135,14 @@ export class ImportApi {
       return cur.size ?? 0;
     }
     // Ours to clean: put back now, or by an earlier attempt whose answer was lost (the lock is
-    // still ours), or the image was deleted meanwhile (its staged data may be newer).
-    if (r.numUpdatedRows > 0n || cur === undefined || (ours && cur.status === 'queued'))
+    // still ours), or the image was deleted meanwhile (its staged data may be newer). The
+    // image's own blob goes too: the task may have written it before the statement that
+    // would have claimed it failed (pg_terminate_backend between the copy and finishUpload,
+    // faults.test.ts), and a queued row claims none.
+    if (r.numUpdatedRows > 0n || cur === undefined || (ours && cur.status === 'queued')) {
+      await svc.store.delete(imageId);
       await svc.store.delete(stagingKey(imageId));
+    }
     return -1;
   }
 }
