@@ -207,6 +207,40 @@ describe('http sources against qemu-img (curl driver)', () => {
     expect(qemuImg(['compare', '-F', 'raw', join(www, 'disk.raw'), v]).code).toBe(0);
   });
 
+  it('https: the CAs of NODE_EXTRA_CA_CERTS are trusted as Node trusts them, read at the first connection (bin/vdisk)', () => {
+    const url = `${ngx.httpsUrl!}/disk.qcow2`;
+    const env = (ca?: string) => {
+      const e: NodeJS.ProcessEnv = { ...process.env };
+      delete e['NODE_EXTRA_CA_CERTS'];
+      if (ca !== undefined) e['NODE_EXTRA_CA_CERTS'] = ca;
+      return e;
+    };
+    const bin = (ca?: string) =>
+      spawnSync(join(process.cwd(), 'bin', 'vdisk'), ['info', url], { env: env(ca), encoding: 'utf8' });
+    const refused = bin();
+    expect(refused.status).toBe(1);
+    expect(refused.stderr).toContain('server certificate verification failed');
+    const trusted = bin(ngx.certFile!);
+    expect(trusted.status, trusted.stderr).toBe(0);
+    expect(trusted.stderr).toBe('');
+    // Node reading the variable itself at start-up (the bundle run by node, not bin/vdisk).
+    const native = spawnSync(
+      process.execPath,
+      [join(process.cwd(), 'dist', 'cli', 'vdisk.mjs'), 'info', url],
+      {
+        env: env(ngx.certFile!),
+        encoding: 'utf8',
+      },
+    );
+    expect(native.status, native.stderr).toBe(0);
+    expect(trusted.stdout).toBe(native.stdout);
+    // A file that cannot be read: Node's warning, and the connection refused as without it.
+    const missing = bin(join(out, 'no-such-ca.pem'));
+    expect(missing.status).toBe(1);
+    expect(missing.stderr).toContain('Ignoring extra certs from');
+    expect(missing.stderr).toContain('server certificate verification failed');
+  });
+
   it('a server that resets every third request mid-transfer: vdisk retries and reads every byte', async () => {
     const before = flaky.stats.dropped;
     for (const name of ['disk.qcow2', 'disk.vmdk']) {

@@ -24,6 +24,7 @@ import { lookupSecretUtf8, type Secrets } from '../core/secrets.js';
 import { parseSize } from '../core/size.js';
 import { cachedSource } from './cached-source.js';
 import { RangeWire, WireError } from './http-wire.js';
+import { tlsCa } from './tls-ca.js';
 
 /** qemu's curl runtime options (block/curl.c runtime_opts), as given by json:/--image-opts. */
 export interface HttpSourceOptions {
@@ -123,7 +124,12 @@ class HttpClient {
       const maxSockets = (this.opts.parallel ?? 4) + 1;
       a =
         protocol === 'https:'
-          ? new HttpsAgent({ keepAlive: true, maxSockets, rejectUnauthorized: this.opts.sslverify !== false })
+          ? new HttpsAgent({
+              keepAlive: true,
+              maxSockets,
+              rejectUnauthorized: this.opts.sslverify !== false,
+              ...tlsCa(),
+            })
           : new HttpAgent({ keepAlive: true, maxSockets });
       this.agents.set(protocol, a);
     }

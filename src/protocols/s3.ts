@@ -13,6 +13,7 @@ import type { Readable } from 'node:stream';
 import { VdiskError } from '../core/errors.js';
 import type { ReadSource } from '../core/host-file.js';
 import { cachedSource } from './cached-source.js';
+import { tlsAgentOption } from './tls-ca.js';
 
 const MiB = 1 << 20;
 
@@ -48,6 +49,7 @@ export async function openS3Source(name: string, opts: S3SourceOptions = {}): Pr
     pathStyle !== undefined ? /^(1|true|yes|on)$/i.test(pathStyle) : endpoint !== undefined;
   const s3 = await import('@aws-sdk/client-s3');
   const parallel = Math.max(1, opts.parallel ?? 4);
+  const agent = tlsAgentOption(env);
   const client = new s3.S3Client({
     ...(endpoint !== undefined ? { endpoint } : {}),
     region: env['AWS_REGION'] ?? env['AWS_DEFAULT_REGION'] ?? 'us-east-1',
@@ -56,6 +58,7 @@ export async function openS3Source(name: string, opts: S3SourceOptions = {}): Pr
     requestChecksumCalculation: 'WHEN_REQUIRED',
     responseChecksumValidation: 'WHEN_REQUIRED',
     maxAttempts: 5,
+    ...(agent.httpsAgent !== undefined ? { requestHandler: agent } : {}),
   });
   const fail = (what: string, err: unknown) =>
     new VdiskError('EIO', `S3: Error ${what} s3://${bucket}/${key}: ${s3Message(err)}`, { cause: err });

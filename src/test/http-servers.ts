@@ -85,6 +85,8 @@ export interface Nginx {
   url: string;
   /** https://127.0.0.1:PORT when started with tls. */
   httpsUrl: string | undefined;
+  /** The https server's self-signed certificate (PEM) when started with tls. */
+  certFile: string | undefined;
   stop(): Promise<void>;
 }
 
@@ -139,6 +141,7 @@ http {
   return {
     url: `http://127.0.0.1:${port}`,
     httpsUrl: tls !== null ? `https://127.0.0.1:${tlsPort}` : undefined,
+    certFile: tls?.cert,
     async stop() {
       if (child.exitCode === null) {
         const exited = new Promise((r) => child.once('exit', r));

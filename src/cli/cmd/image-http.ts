@@ -12,6 +12,7 @@ import { request as httpsRequest } from 'node:https';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { VdiskError } from '../../core/errors.js';
+import { tlsCa } from '../../protocols/tls-ca.js';
 import type { Io } from '../io.js';
 import { Progress } from '../progress.js';
 
@@ -149,7 +150,10 @@ export function send(
   body?: Buffer | NodeJS.ReadableStream,
 ): Promise<IncomingMessage> {
   const u = new URL(url);
-  const req = (u.protocol === 'https:' ? httpsRequest : httpRequest)(u, { method, headers });
+  const req =
+    u.protocol === 'https:'
+      ? httpsRequest(u, { method, headers, ...tlsCa() })
+      : httpRequest(u, { method, headers });
   return new Promise((resolve, reject) => {
     req.on('response', resolve);
     req.on('error', (e) =>

@@ -21,6 +21,7 @@ import type { S3Client } from '@aws-sdk/client-s3';
 import { VdiskError } from '../../core/errors.js';
 import type { ReadSource } from '../../core/host-file.js';
 import { cachedSource } from '../../protocols/cached-source.js';
+import { tlsAgentOption } from '../../protocols/tls-ca.js';
 import type { BlobEntry, BlobStore, BlobWriter, CleanupOptions } from './store.js';
 
 const KEY_RE = /^[A-Za-z0-9._-]+$/;
@@ -134,7 +135,7 @@ export class S3Store implements BlobStore {
       requestChecksumCalculation: 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',
       maxAttempts: 3,
-      requestHandler: { connectionTimeout: timeoutMs, socketTimeout: timeoutMs },
+      requestHandler: { connectionTimeout: timeoutMs, socketTimeout: timeoutMs, ...tlsAgentOption() },
     });
     const store = new S3Store(s3, client, loc);
     try {
