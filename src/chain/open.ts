@@ -17,6 +17,7 @@ import type { Secrets } from '../core/secrets.js';
 import { registerBuiltinFormats } from '../formats/index.js';
 import { openProtocol, protocolOf } from '../protocols/index.js';
 import { type ImageOpts, parseImageOpts, parseJsonName } from './image-opts.js';
+import { driverOptions } from './runtime-options.js';
 
 /** QEMU refuses chains deeper than this (block.c: BDRV_MAX_BACKING_DEPTH... qemu-img uses 1000 for
  * info; we keep a tighter, still generous bound). */
@@ -163,7 +164,9 @@ async function openLayer(path: string, opts: OpenOptions, depth: number, seen: S
       writable,
       forceShare: opts.forceShare === true,
       repairOnOpen: writable,
-      ...(depth === 0 && opts.driverOptions !== undefined ? { options: opts.driverOptions } : {}),
+      ...(depth === 0 && opts.driverOptions !== undefined
+        ? { options: driverOptions(format, opts.driverOptions) }
+        : {}),
       ...(opts.secrets !== undefined ? { secrets: opts.secrets } : {}),
       ...(depth === 0 && opts.noIo === true ? { noIo: true } : {}),
       ...(opts.forCheck === true && depth === 0 ? { forCheck: true } : {}),

@@ -195,28 +195,13 @@ export class RawImage implements FormatImage {
 export const PREALLOC_MODES = ['off', 'falloc', 'full'] as const;
 
 /**
- * Options any block node takes (QEMU's bdrv_runtime_opts), which the raw format accepts
- * beside its own `offset` and `size`; vdisk has nothing to do for them here.
+ * raw-format.c raw_read_options and raw_apply_options: the offset and size, checked (other
+ * options were refused or set aside by chain/runtime-options.ts).
  */
-const GENERIC_OPTIONS = new Set([
-  'node-name',
-  'read-only',
-  'auto-read-only',
-  'discard',
-  'cache.direct',
-  'cache.no-flush',
-  'detect-zeroes',
-  'force-share',
-]);
-
-/** raw-format.c raw_read_options and raw_apply_options: the offset and size, checked. */
 function rawOptions(
   options: Readonly<Record<string, string>>,
   fileSize: number,
 ): { offset: number; size?: number } {
-  for (const k of Object.keys(options))
-    if (k !== 'offset' && k !== 'size' && !GENERIC_OPTIONS.has(k))
-      throw new VdiskError('INVALID_ARGUMENT', `Block format 'raw' does not support the option '${k}'`);
   const num = (name: string): number | undefined => {
     const text = options[name];
     if (text === undefined) return undefined;
