@@ -19,7 +19,7 @@
  * With lazy_refcounts the dirty bit goes to the header first and step 3's ordering is
  * relaxed, as in QEMU; opening a dirty image for writing rebuilds the refcounts.
  */
-import type { Extent } from '../../core/device.js';
+import { type Extent, isAllZero } from '../../core/device.js';
 import type {
   AmendValues,
   CheckResult,
@@ -731,9 +731,23 @@ export class Qcow2Image implements FormatImage {
           addPiece(host + a, chunk);
         } else {
           let whole = chunk;
+          // QEMU's handle_alloc_space: a new cluster whose copy-on-write areas read as zeros
+          // is zeroed by the host (fallocate ZERO_RANGE) and only the data is written, instead
+          // of a whole cluster of mostly zeros (frag2→qcow2: 4 KiB writes into 64 KiB clusters).
+          let zeroCow = false;
           if (a !== 0 || b !== cs) {
-            whole = await this.readCluster(clusterStart);
-            whole.set(chunk, a);
+            const cur =
+              !hh && !compressed && !this.ctx.hasBacking ? null : await this.readCluster(clusterStart);
+            zeroCow =
+              !hh &&
+              !compressed &&
+              !dataFile &&
+              this.meta.luks === undefined &&
+              (cur === null || (isAllZero(cur.subarray(0, a)) && isAllZero(cur.subarray(b))));
+            if (!zeroCow) {
+              whole = cur ?? new Uint8Array(cs);
+              whole.set(chunk, a);
+            }
           }
           let fresh: number;
           if (dataFile) fresh = clusterStart;
@@ -743,7 +757,14 @@ export class Qcow2Image implements FormatImage {
           else fresh = await rc.allocClusters(1);
           this.meta.noteAlloc(fresh, cs);
           if (fresh !== host) this.meta.assertNotMetadata(fresh, cs);
-          addPiece(fresh, whole);
+          if (zeroCow && this.file.zeroRange(fresh, cs)) addPiece(fresh + a, chunk);
+          else {
+            if (zeroCow) {
+              whole = new Uint8Array(cs);
+              whole.set(chunk, a);
+            }
+            addPiece(fresh, whole);
+          }
           updates.push(copiedUpdate(ci, fresh, 0, 0));
           if (compressed) frees.push(this.meta.compressedFreeRange(hi, lo, l2off, ci));
           else if (hh && fresh !== host && !dataFile) frees.push([host, cs]);
