@@ -79,6 +79,8 @@ export interface OpenOptions extends OpenContext {
   noIo?: boolean;
   /** cache=unsafe for the top image and its own files: flushes do nothing (HostOpenOptions). */
   noFlush?: boolean;
+  /** Small writes to the top image's files on the calling thread (HostOpenOptions): batch commands. */
+  inlineSmallWrites?: boolean;
   /** The top image's protocol options (http(s): readahead, sslverify, …; see image-opts.ts). */
   protocolOptions?: Readonly<Record<string, string>>;
 }
@@ -134,10 +136,12 @@ async function openLayer(path: string, opts: OpenOptions, depth: number, seen: S
   const writable =
     depth === 0 ? opts.writable === true : (opts.writableBackingDepths?.includes(depth) ?? false);
   const noFlush = depth === 0 && opts.noFlush === true;
+  const inlineSmallWrites = depth === 0 && opts.inlineSmallWrites === true;
   const hostOpts = {
     writable,
     lock: opts.forceShare ? ('none' as const) : writable ? ('write' as const) : ('read' as const),
     noFlush,
+    inlineSmallWrites,
   };
   const file =
     (await openProtocol(path, hostOpts, depth === 0 ? opts.protocolOptions : undefined, opts.secrets)) ??
@@ -186,6 +190,7 @@ async function openLayer(path: string, opts: OpenOptions, depth: number, seen: S
           writable: w,
           lock: opts.forceShare ? 'none' : w ? 'write' : 'read',
           noFlush,
+          inlineSmallWrites,
         });
       },
       openExtentFile: async (name: string, w: boolean) => {
@@ -201,6 +206,7 @@ async function openLayer(path: string, opts: OpenOptions, depth: number, seen: S
           writable: w,
           lock: opts.forceShare ? 'none' : w ? 'write' : 'read',
           noFlush,
+          inlineSmallWrites,
         });
       },
     });

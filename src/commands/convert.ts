@@ -48,6 +48,11 @@ export interface ConvertOptions extends OpenContext {
   output: string;
   /** -O (default raw). */
   outputFormat?: string | undefined;
+  /**
+   * The target's small writes on the calling thread (HostOpenOptions.inlineSmallWrites): the
+   * CLI, where the conversion is all the process does; not the registry's conversions.
+   */
+  inlineSmallWrites?: boolean;
   /** -o: creation options of the target. */
   options?: Record<string, string>;
   /** -B / -F: make the target an overlay of this backing file (only the source's top layer is copied). */
@@ -248,6 +253,7 @@ export async function convertCommand(o: ConvertOptions): Promise<void> {
       imageOpts: targetImageOpts,
       secrets: o.secrets,
       noFlush: cache === 'unsafe',
+      ...(o.inlineSmallWrites === true ? { inlineSmallWrites: true } : {}),
       ...(skipCreate ? {} : { driverOptions: keySecrets }),
     });
     if (compressed && target.driver.writeCompressed === undefined)

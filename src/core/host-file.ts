@@ -10,7 +10,7 @@
  * - hole punching, zeroing and preallocation through fallocate(2);
  * - QEMU-compatible OFD byte-range locks, so that vdisk and qemu see each other's locks.
  */
-import { fstatSync } from 'node:fs';
+import { fstatSync, writeSync } from 'node:fs';
 import { type FileHandle, constants as fsc, open as fsOpen, stat } from 'node:fs/promises';
 import { native } from '../native/index.js';
 import { fromHostError, strerror, VdiskError } from './errors.js';
@@ -69,6 +69,14 @@ export interface HostOpenOptions {
    * metadata protocol flushes (vhdx's log) would otherwise write the whole copy back to disk.
    */
   noFlush?: boolean;
+  /**
+   * Writes of up to 128 KiB go to the page cache on the calling thread (pwrite), not through
+   * Node's thread pool: ~5 us against ~15-20 us of wake-ups and promise work each (frag2→qcow2
+   * writes 200,000 clusters of 4 KiB). For batch commands, where nothing else waits on the event
+   * loop; a server keeps every write on the pool (a write the kernel throttles for its dirty
+   * page limit would stall every client).
+   */
+  inlineSmallWrites?: boolean;
 }
 
 // QEMU (block/file-posix.c) locks one byte per permission at 100 + bit ("I use it") and at
@@ -80,6 +88,8 @@ const PERM_WRITE = 1;
 const PERM_RESIZE = 3;
 /** Largest single read/write: Node's fs asserts (aborts the process) on lengths of 2 GiB and more. */
 const MAX_IO = 1 << 30;
+/** Reads up to this size try the page cache on the calling thread first (HostFile.read). */
+const NOWAIT_MAX = 128 * 1024;
 
 export class HostFile {
   private constructor(
@@ -116,6 +126,7 @@ export class HostFile {
   }
 
   private noFlush = false;
+  private inlineWrites = false;
 
   static async open(path: string, opts: HostOpenOptions = {}): Promise<HostFile> {
     const writable = opts.writable === true || opts.create === true;
@@ -134,6 +145,7 @@ export class HostFile {
     }
     const file = new HostFile(path, handle, writable);
     if (opts.noFlush === true) file.noFlush = true;
+    if (opts.inlineSmallWrites === true) file.inlineWrites = true;
     try {
       const st = await handle.stat();
       if (st.isDirectory())
@@ -209,6 +221,20 @@ export class HostFile {
   /** Read exactly buf.length bytes at offset; bytes past end of file read as zeros. */
   async read(buf: Uint8Array, offset: number): Promise<void> {
     let done = 0;
+    // A small read the page cache holds is served at once on this thread (preadv2 RWF_NOWAIT:
+    // ~1.5 us for 4 KiB) instead of a round trip through the thread pool (~10-20 us of wake-ups
+    // and promise work, which made small scattered I/O, as in frag2's 200,000 clusters, cost
+    // several times qemu-img's CPU); what the cache does not hold (EAGAIN) goes to the pool.
+    // Large reads stay on the pool: there several run side by side.
+    if (native !== null && this.fh !== null && buf.length <= NOWAIT_MAX) {
+      const r = native.preadNowait(this.fh.fd, buf, offset);
+      if (r === buf.length) return;
+      if (r === 0) {
+        buf.fill(0);
+        return;
+      }
+      if (r > 0) done = r;
+    }
     while (done < buf.length) {
       let n: number;
       try {
@@ -241,6 +267,19 @@ export class HostFile {
       throw new VdiskError('READ_ONLY', `'${this.path}' is open read-only`, { path: this.path });
     if (this.source?.write !== undefined) return this.source.write(buf, offset);
     let done = 0;
+    if (this.inlineWrites && this.fh !== null && buf.length <= NOWAIT_MAX) {
+      try {
+        while (done < buf.length) done += writeSync(this.fh.fd, buf, done, buf.length - done, offset + done);
+        return;
+      } catch (err) {
+        throw fromHostError(err, {
+          path: this.path,
+          offset: offset + done,
+          op: 'write',
+          message: `Could not write '${this.path}' at offset ${offset + done}: ${(err as Error).message}`,
+        });
+      }
+    }
     while (done < buf.length) {
       try {
         const { bytesWritten } = await this.handle.write(

@@ -13,6 +13,13 @@ export interface NativeFs {
   seekHole(fd: number, off: number): number;
   /** mode 0 allocate, 1 punch hole (keep size), 2 zero range. Returns 0 or -errno. */
   fallocate(fd: number, mode: 0 | 1 | 2, off: number, len: number): number;
+  /**
+   * preadv2(RWF_NOWAIT) on this thread: bytes read from the page cache (short or 0 at the end
+   * of the file), or -errno: -EAGAIN when it would wait for the device.
+   */
+  preadNowait(fd: number, buf: Uint8Array, off: number): number;
+  /** pwritev2(RWF_NOWAIT): bytes written or -errno (-EOPNOTSUPP where buffered NOWAIT is not taken). */
+  pwriteNowait(fd: number, buf: Uint8Array, off: number): number;
   /** type 0 unlock, 1 shared, 2 exclusive. Returns 0 or -errno. */
   ofdLock(fd: number, type: 0 | 1 | 2, start: number, len: number): number;
   /** 1 when another open file description holds a conflicting lock on the range. */

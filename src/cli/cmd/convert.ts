@@ -229,6 +229,8 @@ const command: CliCommand = {
     try {
       await convertPipe({
         ...o,
+        // The conversion is all this process does: small writes need no thread pool.
+        inlineSmallWrites: true,
         ...(salvage
           ? { salvage: true, onWarning: (m: string) => quiet || io.err(`vdisk: warning: ${m}\n`) }
           : {}),
