@@ -220,6 +220,21 @@ export class Qcow2Image implements FormatImage {
     const unit = this.meta.subclusterSize;
     let pos = offset;
     let started = false;
+    // Entries that are all zero (unallocated, no flags) in a row, the common case of a sparse
+    // image (frag2: 16.7 M entries, 200,000 in use), skipped two words at a time.
+    if (!this.meta.extL2 && table.byteOffset % 4 === 0) {
+      const u = new Uint32Array(table.buffer, table.byteOffset, table.length >>> 2);
+      const base = l1i * span;
+      let ci = Math.floor((offset - base) / cs);
+      const last = Math.ceil((spanEnd - base) / cs);
+      if (u[2 * ci] === 0 && u[2 * ci + 1] === 0) {
+        do ci++;
+        while (ci < last && u[2 * ci] === 0 && u[2 * ci + 1] === 0);
+        pos = Math.min(spanEnd, base + ci * cs);
+        run.length = pos - offset;
+        started = true;
+      }
+    }
     while (pos < spanEnd) {
       const ci = Math.floor((pos % span) / cs);
       const inCluster = pos % cs;
