@@ -351,10 +351,17 @@ async function main(): Promise<void> {
       'vdisk MiB',
       'output MiB q / v',
     ];
-    const node = timed(process.execPath, ['-e', '0'], dir).seconds;
+    // bin/vdisk starts node without NODE_EXTRA_CA_CERTS (it reads that file when TLS is first
+    // used: src/protocols/tls-ca.ts); the floor is Node started the same way, and Node in this
+    // environment beside it when the two differ.
+    const node = timed('env', ['-u', 'NODE_EXTRA_CA_CERTS', process.execPath, '-e', '0'], dir).seconds;
+    const nodeHere =
+      process.env['NODE_EXTRA_CA_CERTS'] !== undefined
+        ? ` (${timed(process.execPath, ['-e', '0'], dir).seconds.toFixed(3)} s with this environment's NODE_EXTRA_CA_CERTS, which bin/vdisk hands over instead)`
+        : '';
     process.stdout.write(
       `${markdownTable(head, rows)}\n\nmedian wall time of ${REPEAT} runs per tool (alternating, sync before each), ` +
-        `process start included (\`node -e 0\` alone: ${node.toFixed(3)} s); CPU: median user + system ` +
+        `process start included (\`node -e 0\` alone: ${node.toFixed(3)} s${nodeHere}); CPU: median user + system ` +
         `seconds (/usr/bin/time -f '%U %S', all threads); RSS: peak of /usr/bin/time -f %M; ` +
         `output: the last run's output file, allocated MiB (qemu-img / vdisk)\n`,
     );
