@@ -218,6 +218,16 @@ export class HostFile {
     return st.blocks * 512;
   }
 
+  /** A failed read or write at `at`, in the words every caller of this file shows. */
+  private hostError(err: unknown, op: 'read' | 'write', at: number): VdiskError {
+    return fromHostError(err, {
+      path: this.path,
+      offset: at,
+      op,
+      message: `Could not ${op} '${this.path}' at offset ${at}: ${(err as Error).message}`,
+    });
+  }
+
   /** Read exactly buf.length bytes at offset; bytes past end of file read as zeros. */
   async read(buf: Uint8Array, offset: number): Promise<void> {
     let done = 0;
@@ -247,12 +257,7 @@ export class HostFile {
             offset + done,
           ));
       } catch (err) {
-        throw fromHostError(err, {
-          path: this.path,
-          offset: offset + done,
-          op: 'read',
-          message: `Could not read '${this.path}' at offset ${offset + done}: ${(err as Error).message}`,
-        });
+        throw this.hostError(err, 'read', offset + done);
       }
       if (n === 0) {
         buf.fill(0, done);
@@ -267,35 +272,17 @@ export class HostFile {
       throw new VdiskError('READ_ONLY', `'${this.path}' is open read-only`, { path: this.path });
     if (this.source?.write !== undefined) return this.source.write(buf, offset);
     let done = 0;
-    if (this.inlineWrites && this.fh !== null && buf.length <= NOWAIT_MAX) {
-      try {
-        while (done < buf.length) done += writeSync(this.fh.fd, buf, done, buf.length - done, offset + done);
-        return;
-      } catch (err) {
-        throw fromHostError(err, {
-          path: this.path,
-          offset: offset + done,
-          op: 'write',
-          message: `Could not write '${this.path}' at offset ${offset + done}: ${(err as Error).message}`,
-        });
-      }
-    }
+    // Small writes of a file opened for it go to the page cache on this thread (HostOpenOptions).
+    const inlineFd = this.inlineWrites && this.fh !== null && buf.length <= NOWAIT_MAX ? this.fh.fd : null;
     while (done < buf.length) {
+      const n = Math.min(buf.length - done, MAX_IO);
       try {
-        const { bytesWritten } = await this.handle.write(
-          buf,
-          done,
-          Math.min(buf.length - done, MAX_IO),
-          offset + done,
-        );
-        done += bytesWritten;
+        done +=
+          inlineFd !== null
+            ? writeSync(inlineFd, buf, done, n, offset + done)
+            : (await this.handle.write(buf, done, n, offset + done)).bytesWritten;
       } catch (err) {
-        throw fromHostError(err, {
-          path: this.path,
-          offset: offset + done,
-          op: 'write',
-          message: `Could not write '${this.path}' at offset ${offset + done}: ${(err as Error).message}`,
-        });
+        throw this.hostError(err, 'write', offset + done);
       }
     }
   }
@@ -319,12 +306,7 @@ export class HostFile {
     try {
       ({ bytesWritten: written } = await this.handle.writev(bufs, offset));
     } catch (err) {
-      throw fromHostError(err, {
-        path: this.path,
-        offset,
-        op: 'write',
-        message: `Could not write '${this.path}' at offset ${offset}: ${(err as Error).message}`,
-      });
+      throw this.hostError(err, 'write', offset);
     }
     // A short vectored write: finish buffer by buffer.
     let pos = 0;

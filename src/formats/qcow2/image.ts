@@ -745,39 +745,35 @@ export class Qcow2Image implements FormatImage {
           this.meta.assertNotMetadata(host + a, b - a);
           addPiece(host + a, chunk);
         } else {
-          let whole = chunk;
+          // The cluster's content around a partial write (null: zeros, with nothing below).
           // QEMU's handle_alloc_space: a new cluster whose copy-on-write areas read as zeros
           // is zeroed by the host (fallocate ZERO_RANGE) and only the data is written, instead
           // of a whole cluster of mostly zeros (frag2→qcow2: 4 KiB writes into 64 KiB clusters).
-          let zeroCow = false;
-          if (a !== 0 || b !== cs) {
-            const cur =
-              !hh && !compressed && !this.ctx.hasBacking ? null : await this.readCluster(clusterStart);
-            zeroCow =
-              !hh &&
-              !compressed &&
-              !dataFile &&
-              this.meta.luks === undefined &&
-              (cur === null || (isAllZero(cur.subarray(0, a)) && isAllZero(cur.subarray(b))));
-            if (!zeroCow) {
-              whole = cur ?? new Uint8Array(cs);
-              whole.set(chunk, a);
-            }
-          }
+          const partial = a !== 0 || b !== cs;
+          const cur =
+            !partial || (!hh && !compressed && !this.ctx.hasBacking)
+              ? null
+              : await this.readCluster(clusterStart);
+          const zeroCow =
+            partial &&
+            !hh &&
+            !compressed &&
+            !dataFile &&
+            this.meta.luks === undefined &&
+            (cur === null || (isAllZero(cur.subarray(0, a)) && isAllZero(cur.subarray(b))));
           let fresh: number;
           if (dataFile) fresh = clusterStart;
           else if (hh && copied)
             fresh = host; // a zero cluster that keeps its allocation
-          else if (!hh && !compressed && a === 0 && b === cs) fresh = await freshRun(ci, pos);
+          else if (!hh && !compressed && !partial) fresh = await freshRun(ci, pos);
           else fresh = await rc.allocClusters(1);
           this.meta.noteAlloc(fresh, cs);
           if (fresh !== host) this.meta.assertNotMetadata(fresh, cs);
           if (zeroCow && this.file.zeroRange(fresh, cs)) addPiece(fresh + a, chunk);
+          else if (!partial) addPiece(fresh, chunk);
           else {
-            if (zeroCow) {
-              whole = new Uint8Array(cs);
-              whole.set(chunk, a);
-            }
+            const whole = cur ?? new Uint8Array(cs);
+            whole.set(chunk, a);
             addPiece(fresh, whole);
           }
           updates.push(copiedUpdate(ci, fresh, 0, 0));
