@@ -96,7 +96,7 @@ export type SendfileJob = { readonly __sendfileJob: unique symbol };
 function load(): NativeFs | null {
   if (process.env['VDISK_NO_NATIVE'] === '1') return null;
   try {
-    // dist/native/index.js, src/native/index.ts and the CLI bundle's dist/cli/*.mjs all sit two
+    // dist/native/index.js, src/native/index.ts and the CLI script dist/cli/vdisk.cjs all sit two
     // levels below the package root. process.dlopen is what require() does for a .node file,
     // without loading node:module (start-up, docs/benchmarks.md).
     const addon = { exports: {} as NativeFs };

@@ -223,15 +223,11 @@ describe('http sources against qemu-img (curl driver)', () => {
     const trusted = bin(ngx.certFile!);
     expect(trusted.status, trusted.stderr).toBe(0);
     expect(trusted.stderr).toBe('');
-    // Node reading the variable itself at start-up (the bundle run by node, not bin/vdisk).
-    const native = spawnSync(
-      process.execPath,
-      [join(process.cwd(), 'dist', 'cli', 'vdisk.mjs'), 'info', url],
-      {
-        env: env(ngx.certFile!),
-        encoding: 'utf8',
-      },
-    );
+    // Node reading the variable itself at start-up (tsc's entry run by node, not bin/vdisk).
+    const native = spawnSync(process.execPath, [join(process.cwd(), 'dist', 'cli', 'bin.js'), 'info', url], {
+      env: env(ngx.certFile!),
+      encoding: 'utf8',
+    });
     expect(native.status, native.stderr).toBe(0);
     expect(trusted.stdout).toBe(native.stdout);
     // A file that cannot be read: Node's warning, and the connection refused as without it.

@@ -9,6 +9,7 @@ import { readFile, unlink, writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { openImage } from '../../chain/open.js';
 import { loadSnapshot, type SnapshotRef } from '../../commands/convert.js';
+import { inCliScript } from '../../core/bundle.js';
 import { VdiskError } from '../../core/errors.js';
 import type { Image } from '../../core/image.js';
 import { findExportBitmaps } from '../../nbd/bitmaps.js';
@@ -337,8 +338,8 @@ function reportReady(): void {
  * stdout are /dev/null.
  */
 async function forkServer(argv: string[], io: Io): Promise<number> {
-  // From the CLI bundle (dist/cli/*.mjs, scripts/build-cli.mjs) bin/ is two levels up, else three.
-  const rel = import.meta.url.endsWith('.mjs') ? '../../bin/vdisk' : '../../../bin/vdisk';
+  // From the CLI script (dist/cli/vdisk.cjs) bin/ is two levels up, else three.
+  const rel = inCliScript(import.meta.url) ? '../../bin/vdisk' : '../../../bin/vdisk';
   const bin = fileURLToPath(new URL(rel, import.meta.url));
   const child = spawn(process.execPath, [bin, 'nbd', ...argv], {
     detached: true,

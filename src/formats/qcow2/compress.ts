@@ -13,6 +13,7 @@ import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
+import { inCliScript } from '../../core/bundle.js';
 import { deflateCluster, inflateCluster } from '../../core/deflate.js';
 import { VdiskError } from '../../core/errors.js';
 import { native } from '../../native/index.js';
@@ -139,9 +140,9 @@ class ZstdPool {
   private failed = false;
 
   static scriptPath(): string | null {
-    // In the CLI bundle (dist/cli/*.mjs, scripts/build-cli.mjs) this module sits in dist/cli/;
-    // the worker is tsc's dist/formats/qcow2/zstd-worker.js.
-    const rel = import.meta.url.endsWith('.mjs') ? '../formats/qcow2/zstd-worker.js' : './zstd-worker.js';
+    // In the CLI script (dist/cli/vdisk.cjs) this module sits in dist/cli/; the worker is tsc's
+    // dist/formats/qcow2/zstd-worker.js.
+    const rel = inCliScript(import.meta.url) ? '../formats/qcow2/zstd-worker.js' : './zstd-worker.js';
     const p = fileURLToPath(new URL(rel, import.meta.url));
     return existsSync(p) ? p : null;
   }

@@ -10,6 +10,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setFlagsFromString } from 'node:v8';
 import { Kysely, PostgresDialect } from 'kysely';
+import { inCliScript } from '../../core/bundle.js';
 import { VdiskError } from '../../core/errors.js';
 import { type Database, migrate } from './schema.js';
 import { unpackTemplate } from './template.js';
@@ -108,8 +109,8 @@ PGlite.create(process.argv[2], { startParams: [...PGlite.defaultStartParams, ...
  * `npm run build`; null when absent.
  */
 export function defaultTemplate(): string | null {
-  // From the CLI bundle (dist/cli/*.mjs, scripts/build-cli.mjs): the template in dist/server/db/.
-  const rel = import.meta.url.endsWith('.mjs') ? '../server/db/pgdata.tar.gz' : './pgdata.tar.gz';
+  // From the CLI script (dist/cli/vdisk.cjs): the template in dist/server/db/.
+  const rel = inCliScript(import.meta.url) ? '../server/db/pgdata.tar.gz' : './pgdata.tar.gz';
   const path = fileURLToPath(new URL(rel, import.meta.url));
   return existsSync(path) ? path : null;
 }
