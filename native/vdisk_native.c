@@ -132,6 +132,79 @@ static napi_value do_fallocate(napi_env env, napi_callback_info info) {
   return num(env, r < 0 ? -(double)errno : 0.0);
 }
 
+/*
+ * allocatedSectorsMin(buf, n, min, sectorNum, alignment): qemu-img's is_allocated_sectors_min
+ * over the first n 512-byte sectors of buf, as src/commands/buffers.ts does it in JavaScript
+ * (the same rules; tested against it): the count of sectors of the first run, positive for data
+ * and negative for zeros. convert scans every byte it copies; in JavaScript the scan and its
+ * optimisation cost ~50 ms of CPU for a 650 MiB disk.
+ */
+static int sector_is_zero(const uint8_t *p) {
+  if (p[0] | p[511]) return 0;
+  uint64_t acc = 0;
+  for (int i = 0; i < 64; i++) {
+    uint64_t v;
+    memcpy(&v, p + 8 * i, 8);
+    acc |= v;
+  }
+  return acc == 0;
+}
+
+/* is_allocated_sectors: 1 for data, 0 for zeros; *pnum sectors share the first one's state. */
+static int allocated_sectors(const uint8_t *b, int64_t n, int64_t sector, int64_t alignment, int64_t *pnum) {
+  if (n <= 0) {
+    *pnum = 0;
+    return 0;
+  }
+  int is_zero = sector_is_zero(b);
+  int64_t i = 1;
+  while (i < n && sector_is_zero(b + i * 512) == is_zero) i++;
+  int64_t tail = (sector + i) & (alignment - 1);
+  if (tail) {
+    if (is_zero && i <= tail) is_zero = 0; /* a small zero tail counts as data */
+    if (!is_zero) {
+      i += alignment - tail;
+      if (i > n) i = n;
+    } else {
+      i -= tail;
+    }
+  }
+  *pnum = i;
+  return !is_zero;
+}
+
+static napi_value allocated_sectors_min(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  int64_t n, min, sector, alignment;
+  void *data;
+  size_t len;
+  napi_typedarray_type type;
+  napi_value ab;
+  size_t boff;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 5 || napi_get_typedarray_info(env, argv[0], &type, &len, &data, &ab, &boff) != napi_ok ||
+      !get_i64(env, argv[1], &n) || !get_i64(env, argv[2], &min) || !get_i64(env, argv[3], &sector) ||
+      !get_i64(env, argv[4], &alignment) || n < 0 || (uint64_t)n * 512 > len || alignment <= 0 ||
+      (alignment & (alignment - 1)) != 0)
+    return fail(env, "allocatedSectorsMin(buf, n, min, sectorNum, alignment)");
+  const uint8_t *b = data;
+  if (n < min) min = n;
+  int64_t pnum;
+  int ret = allocated_sectors(b, n, sector, alignment, &pnum);
+  if (!ret) return num(env, -(double)pnum);
+  /* A data run swallows the zero runs shorter than min that follow it. */
+  int64_t used = pnum, pos = pnum, checked = pnum;
+  while (pos < n) {
+    ret = allocated_sectors(b + pos * 512, n - pos, sector + pos, alignment, &pnum);
+    pos += pnum;
+    checked += pnum;
+    if (ret) used = checked;
+    else if (pnum >= min) break;
+  }
+  return num(env, (double)used);
+}
+
 static napi_value do_lock(napi_env env, napi_callback_info info, int test) {
   size_t argc = 4;
   napi_value argv[4];
@@ -337,6 +410,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"sendBytes", NULL, send_bytes, NULL, NULL, NULL, napi_default, NULL},
       {"setSendBuffer", NULL, set_send_buffer, NULL, NULL, NULL, napi_default, NULL},
       {"cached", NULL, cached, NULL, NULL, NULL, napi_default, NULL},
+      {"allocatedSectorsMin", NULL, allocated_sectors_min, NULL, NULL, NULL, napi_default, NULL},
       {"deflateCluster", NULL, vdisk_deflate_cluster, NULL, NULL, NULL, napi_default, NULL},
       {"zstdCluster", NULL, vdisk_zstd_cluster, NULL, NULL, NULL, napi_default, NULL},
       {"sendfileStart", NULL, vdisk_sendfile_start, NULL, NULL, NULL, napi_default, NULL},

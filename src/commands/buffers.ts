@@ -4,6 +4,7 @@
  * zero or all equal costs one native call, and only a mismatch is looked at per sector.
  */
 import { isAllZero } from '../core/device.js';
+import { native } from '../native/index.js';
 
 export const SECTOR = 512;
 
@@ -96,9 +97,25 @@ export function allocatedSectors(
 
 /**
  * is_allocated_sectors_min(): like allocatedSectors, but a data run swallows zero runs shorter
- * than `min` sectors so that writes are not broken up for small sparse areas.
+ * than `min` sectors so that writes are not broken up for small sparse areas. The native addon
+ * does the same scan where it is built (convert scans every byte it copies).
  */
 export function allocatedSectorsMin(
+  buf: Uint8Array,
+  n: number,
+  min: number,
+  sectorNum: number,
+  alignment: number,
+): [boolean, number] {
+  if (n > 0 && native?.allocatedSectorsMin !== undefined) {
+    const r = native.allocatedSectorsMin(buf, n, min, sectorNum, alignment);
+    return r > 0 ? [true, r] : [false, -r];
+  }
+  return allocatedSectorsMinJs(buf, n, min, sectorNum, alignment);
+}
+
+/** allocatedSectorsMin in JavaScript (without the native addon; the reference its tests use). */
+export function allocatedSectorsMinJs(
   buf: Uint8Array,
   n: number,
   min: number,

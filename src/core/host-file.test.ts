@@ -5,7 +5,7 @@
  * end of the file, reads past it (zeros), and sizes on either side of the limit.
  */
 import { randomBytes } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tempDir } from '../test/oracle.js';
@@ -83,5 +83,36 @@ describe('HostFile reads and writes', () => {
     } finally {
       await f.close();
     }
+  });
+});
+
+describe('untouched space and reserveZeroed', () => {
+  it('knows where nothing was written, allocates ahead, and gives back at close what no write reached', async () => {
+    const p = join(dir, 'reserve.bin');
+    writeFileSync(p, Buffer.alloc(8192, 1));
+    const f = await HostFile.open(p, { writable: true });
+    // Before the size is known nothing counts as untouched.
+    expect(f.untouchedFrom()).toBe(Number.POSITIVE_INFINITY);
+    expect(f.reserveZeroed(1 << 20, 65536, 1 << 20)).toBe(false);
+    expect(await f.size()).toBe(8192);
+    expect(f.untouchedFrom()).toBe(8192);
+    expect(f.reserveZeroed(4096, 4096, 1 << 20)).toBe(false); // inside the file
+    // A write moves it as soon as it is issued.
+    const w = f.write(Buffer.alloc(4096, 2), 65536);
+    expect(f.untouchedFrom()).toBe(69632);
+    await w;
+    expect(f.reserveZeroed(65536, 65536, 1 << 20)).toBe(false); // written
+    // 64 KiB at 128 KiB, allocated 1 MiB ahead: the next ones inside cost nothing.
+    expect(f.reserveZeroed(131072, 65536, 1 << 20)).toBe(true);
+    expect(statSync(p).size).toBe(131072 + (1 << 20));
+    expect(f.reserveZeroed(196608, 65536, 1 << 20)).toBe(true);
+    expect(statSync(p).size).toBe(131072 + (1 << 20));
+    await f.write(Buffer.alloc(4096, 3), 196608 + 8192);
+    await f.close();
+    // The end of the last reservation; what was allocated past it is given back.
+    expect(statSync(p).size).toBe(262144);
+    const back = readFileSync(p);
+    expect(back.subarray(131072, 196608 + 8192).every((b) => b === 0)).toBe(true);
+    expect(back.subarray(196608 + 8192, 196608 + 12288).every((b) => b === 3)).toBe(true);
   });
 });

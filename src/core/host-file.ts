@@ -127,6 +127,44 @@ export class HostFile {
 
   private noFlush = false;
   private inlineWrites = false;
+  /** The size size() first returned (-1: never asked), and the end of every write issued since open. */
+  private seenSize = -1;
+  private writeEnd = 0;
+  /** reserveZeroed(): the end of what callers reserved, and of what was allocated ahead of it. */
+  private reservedEnd = 0;
+  private allocatedTo = 0;
+
+  /**
+   * Where untouched space begins: bytes at or past it were past the end of the file when
+   * size() first looked and nothing was written there through this handle since (writes count
+   * from the moment they are issued; allocate() and truncate() leave zeros), so they read as
+   * zeros. Infinity before size() was asked, and for sources.
+   */
+  untouchedFrom(): number {
+    if (this.source !== null || this.seenSize < 0) return Number.POSITIVE_INFINITY;
+    return Math.max(this.seenSize, this.writeEnd);
+  }
+
+  /**
+   * Give [offset, offset + length) of untouched space host blocks that read as zeros, as
+   * QEMU's fallocate(ZERO_RANGE) of each new qcow2 cluster does, but `ahead` bytes at a time: a
+   * run of new clusters costs one system call instead of one each. close() truncates what was
+   * allocated past every write and every reservation. False where the range is not in
+   * untouched space or the host cannot allocate: the caller zeroes it itself. (Where it lies
+   * below what was allocated ahead it is already zeros: true, with nothing to do.)
+   */
+  reserveZeroed(offset: number, length: number, ahead: number): boolean {
+    if (offset < this.untouchedFrom()) return false;
+    const end = offset + length;
+    if (end > this.allocatedTo) {
+      const from = Math.max(offset, this.allocatedTo);
+      const to = Math.max(end, from + ahead);
+      if (!this.allocate(from, to - from)) return false;
+      this.allocatedTo = to;
+    }
+    this.reservedEnd = Math.max(this.reservedEnd, end);
+    return true;
+  }
 
   static async open(path: string, opts: HostOpenOptions = {}): Promise<HostFile> {
     const writable = opts.writable === true || opts.create === true;
@@ -199,7 +237,9 @@ export class HostFile {
     try {
       // fstat on an open descriptor never waits on the disk: called synchronously, it costs
       // ~2 µs instead of a trip through libuv's pool (block status asks on every extent).
-      return fstatSync(this.handle.fd).size;
+      const size = fstatSync(this.handle.fd).size;
+      if (this.seenSize < 0) this.seenSize = size;
+      return size;
     } catch (err) {
       throw fromHostError(err, { path: this.path, op: 'stat', message: `Could not stat '${this.path}': ` });
     }
@@ -271,6 +311,7 @@ export class HostFile {
     if (!this.writable)
       throw new VdiskError('READ_ONLY', `'${this.path}' is open read-only`, { path: this.path });
     if (this.source?.write !== undefined) return this.source.write(buf, offset);
+    this.writeEnd = Math.max(this.writeEnd, offset + buf.length);
     let done = 0;
     // Small writes of a file opened for it go to the page cache on this thread (HostOpenOptions).
     const inlineFd = this.inlineWrites && this.fh !== null && buf.length <= NOWAIT_MAX ? this.fh.fd : null;
@@ -302,6 +343,9 @@ export class HostFile {
       await Promise.all(jobs);
       return;
     }
+    let end = offset;
+    for (const b of bufs) end += b.length;
+    this.writeEnd = Math.max(this.writeEnd, end);
     let written: number;
     try {
       ({ bytesWritten: written } = await this.handle.writev(bufs, offset));
@@ -457,7 +501,19 @@ export class HostFile {
       } finally {
         await this.source.close();
       }
-    } else await this.handle.close();
+    } else {
+      // Allocated ahead by reserveZeroed() and reached by no write or reservation: given back
+      // (never growing a file that was truncated since).
+      const end = Math.max(this.seenSize, this.writeEnd, this.reservedEnd);
+      if (this.allocatedTo > end) {
+        try {
+          if (fstatSync(this.handle.fd).size > end) await this.handle.truncate(end);
+        } catch {
+          // The file keeps the space; nothing in it is lost.
+        }
+      }
+      await this.handle.close();
+    }
   }
 }
 

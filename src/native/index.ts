@@ -20,6 +20,12 @@ export interface NativeFs {
   preadNowait(fd: number, buf: Uint8Array, off: number): number;
   /** pwritev2(RWF_NOWAIT): bytes written or -errno (-EOPNOTSUPP where buffered NOWAIT is not taken). */
   pwriteNowait(fd: number, buf: Uint8Array, off: number): number;
+  /**
+   * qemu-img's is_allocated_sectors_min over the first n sectors of buf (as
+   * src/commands/buffers.ts allocatedSectorsMin): the first run's sector count, negative for
+   * zeros. Absent from an addon built before it existed.
+   */
+  allocatedSectorsMin?(buf: Uint8Array, n: number, min: number, sectorNum: number, alignment: number): number;
   /** type 0 unlock, 1 shared, 2 exclusive. Returns 0 or -errno. */
   ofdLock(fd: number, type: 0 | 1 | 2, start: number, len: number): number;
   /** 1 when another open file description holds a conflicting lock on the range. */

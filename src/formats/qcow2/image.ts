@@ -70,6 +70,9 @@ export const loadCheck = (): Promise<CheckModule> => (checkModule ??= import('./
 
 /** Run kinds of the guest address space. */
 /** UnallocAlloc: an unallocated subcluster of an allocated cluster (extended L2). */
+/** New clusters in untouched space get their host blocks this far ahead (prepareInTable). */
+const RESERVE_AHEAD = 1 << 20;
+
 export const Kind = { Unalloc: 0, Zero: 1, ZeroAlloc: 2, Data: 3, Compressed: 4, UnallocAlloc: 5 } as const;
 export type Kind = (typeof Kind)[keyof typeof Kind];
 
@@ -749,6 +752,9 @@ export class Qcow2Image implements FormatImage {
           // QEMU's handle_alloc_space: a new cluster whose copy-on-write areas read as zeros
           // is zeroed by the host (fallocate ZERO_RANGE) and only the data is written, instead
           // of a whole cluster of mostly zeros (frag2→qcow2: 4 KiB writes into 64 KiB clusters).
+          // A cluster in untouched space (past the file's end, never written: a new image's
+          // clusters) already reads as zeros; it gets its host blocks as QEMU's zeroing gives
+          // them (the same map and disk size), but 1 MiB ahead at a time (HostFile.reserveZeroed).
           const partial = a !== 0 || b !== cs;
           const cur =
             !partial || (!hh && !compressed && !this.ctx.hasBacking)
@@ -767,9 +773,10 @@ export class Qcow2Image implements FormatImage {
             fresh = host; // a zero cluster that keeps its allocation
           else if (!hh && !compressed && !partial) fresh = await freshRun(ci, pos);
           else fresh = await rc.allocClusters(1);
+          const zeroed = zeroCow && this.file.reserveZeroed(fresh, cs, Math.max(cs, RESERVE_AHEAD));
           this.meta.noteAlloc(fresh, cs);
           if (fresh !== host) this.meta.assertNotMetadata(fresh, cs);
-          if (zeroCow && this.file.zeroRange(fresh, cs)) addPiece(fresh + a, chunk);
+          if (zeroCow && (zeroed || this.file.zeroRange(fresh, cs))) addPiece(fresh + a, chunk);
           else if (!partial) addPiece(fresh, chunk);
           else {
             const whole = cur ?? new Uint8Array(cs);

@@ -12,6 +12,7 @@ import {
   ftruncateSync,
   openSync,
   readFileSync,
+  statSync,
   writeFileSync,
   writeSync,
 } from 'node:fs';
@@ -238,6 +239,36 @@ describe('qcow2 write path against qemu', () => {
       [3 * 65536, 6 * 65536],
       [5 * 65536, 7 * 65536],
     ]);
+  });
+
+  it('partial writes into new clusters past the end of the file: zeroed 1 MiB ahead, with the content, map, length and disk size qemu-io gives', async () => {
+    const writes: Array<[number, number, number]> = [];
+    for (let i = 0; i < 48; i++) writes.push([(i * 7919) % 2048, 4096, (i % 250) + 1]);
+    const ours = join(dir, 'untouched-vdisk.qcow2');
+    const theirs = join(dir, 'untouched-qemu.qcow2');
+    for (const p of [ours, theirs]) qemuImgOk(['create', '-f', 'qcow2', p, '128M']);
+    const img = await openImage(ours, { writable: true });
+    // 4 KiB at scattered 64 KiB-aligned offsets + 12 KiB: each a new cluster, written in part.
+    for (const [c, n, v] of writes) await img.writeAt(Buffer.alloc(n, v), c * 65536 + 12288);
+    // The last one at a cluster's start: the file must still end after that cluster.
+    await img.writeAt(Buffer.alloc(4096, 0xee), 2040 * 65536);
+    await img.close();
+    qemuIo(
+      theirs,
+      [
+        ...writes.map(([c, n, v]) => `write -P ${v} ${c * 65536 + 12288} ${n}`),
+        `write -P 0xee ${2040 * 65536} 4k`,
+      ],
+      'qcow2',
+    );
+    expect(qemuImg(['compare', ours, theirs]).code).toBe(0);
+    const check = qemuImg(['check', ours]);
+    expect(check.stdout + check.stderr).not.toMatch(/ERROR|Leaked/);
+    // The same host layout: each new cluster has its host blocks (QEMU's fallocate ZERO_RANGE;
+    // here allocated 1 MiB ahead and the rest given back at close), the same length and space.
+    expect(qemuImgOk(['map', '--output=json', ours])).toBe(qemuImgOk(['map', '--output=json', theirs]));
+    expect(statSync(ours).size).toBe(statSync(theirs).size);
+    expect(Math.abs(statSync(ours).blocks - statSync(theirs).blocks) * 512).toBeLessThanOrEqual(65536);
   });
 
   it('writes an image with an external data file that qemu reads back', async () => {
