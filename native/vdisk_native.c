@@ -205,6 +205,23 @@ static napi_value allocated_sectors_min(napi_env env, napi_callback_info info) {
   return num(env, (double)used);
 }
 
+/* misalignment(buf, align): the address of buf's first byte modulo align (a power of two). */
+static napi_value misalignment(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  int64_t align;
+  void *data;
+  size_t len;
+  napi_typedarray_type type;
+  napi_value ab;
+  size_t boff;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 2 || napi_get_typedarray_info(env, argv[0], &type, &len, &data, &ab, &boff) != napi_ok ||
+      !get_i64(env, argv[1], &align) || align <= 0 || (align & (align - 1)) != 0)
+    return fail(env, "misalignment(buf, align)");
+  return num(env, (double)((uintptr_t)data & (uintptr_t)(align - 1)));
+}
+
 static napi_value do_lock(napi_env env, napi_callback_info info, int test) {
   size_t argc = 4;
   napi_value argv[4];
@@ -411,6 +428,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"setSendBuffer", NULL, set_send_buffer, NULL, NULL, NULL, napi_default, NULL},
       {"cached", NULL, cached, NULL, NULL, NULL, napi_default, NULL},
       {"allocatedSectorsMin", NULL, allocated_sectors_min, NULL, NULL, NULL, napi_default, NULL},
+      {"misalignment", NULL, misalignment, NULL, NULL, NULL, napi_default, NULL},
       {"deflateCluster", NULL, vdisk_deflate_cluster, NULL, NULL, NULL, napi_default, NULL},
       {"zstdCluster", NULL, vdisk_zstd_cluster, NULL, NULL, NULL, napi_default, NULL},
       {"sendfileStart", NULL, vdisk_sendfile_start, NULL, NULL, NULL, napi_default, NULL},

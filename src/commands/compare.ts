@@ -11,6 +11,7 @@
 import { type OpenContext, openContext, openImage } from '../chain/open.js';
 import { strerror, VdiskError } from '../core/errors.js';
 import type { Image } from '../core/image.js';
+import { ioBuffer } from '../core/io-buffer.js';
 import { findNonzero, firstDifference } from './buffers.js';
 import { type ChainStatus, statusAbove, statusFlags } from './status.js';
 
@@ -148,7 +149,7 @@ export async function compareCommand(o: CompareOptions): Promise<CompareResult> 
 class BufferPool {
   private free: Uint8Array[] = [];
   take(): Uint8Array {
-    return this.free.pop() ?? Buffer.allocUnsafe(IO_BUF_SIZE);
+    return this.free.pop() ?? ioBuffer(IO_BUF_SIZE);
   }
   give(...bufs: Uint8Array[]): void {
     this.free.push(...bufs);

@@ -20,6 +20,7 @@ import type { FormatImage } from '../core/driver.js';
 import { strerror, VdiskError } from '../core/errors.js';
 import { getDriver } from '../core/formats.js';
 import { Image, roundUp } from '../core/image.js';
+import { ioBuffer } from '../core/io-buffer.js';
 import { Mutex } from '../core/lock.js';
 import { registerBuiltinFormats } from '../formats/index.js';
 import { allocatedSectorsMin, SECTOR } from './buffers.js';
@@ -591,10 +592,10 @@ class Copier {
       }
       try {
         if (status === 'data') {
-          buf ??= Buffer.allocUnsafe(c.bufSize);
+          buf ??= ioBuffer(c.bufSize);
           await this.read(buf.subarray(0, item.length), item.offset);
         } else if (c.minSparse === 0 && status === 'zero') {
-          buf ??= Buffer.allocUnsafe(c.bufSize);
+          buf ??= ioBuffer(c.bufSize);
           buf.fill(0, 0, item.length);
           status = 'data';
         }

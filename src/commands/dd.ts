@@ -11,6 +11,7 @@
 import { type OpenContext, openContext, openImage } from '../chain/open.js';
 import { VdiskError } from '../core/errors.js';
 import type { Image } from '../core/image.js';
+import { ioBuffer } from '../core/io-buffer.js';
 import { registerBuiltinFormats } from '../formats/index.js';
 import { createTarget, prepareCreate } from './create.js';
 
@@ -89,7 +90,7 @@ export async function ddCommand(o: DdOptions): Promise<DdResult> {
 
 /** Copy input [from, to) to output offset 0.., data extents only (the output is new: zeros). */
 async function copyExtents(input: Image, output: Image, from: number, to: number): Promise<void> {
-  const buf = Buffer.allocUnsafe(Math.min(CHUNK, Math.max(to - from, 1)));
+  const buf = ioBuffer(Math.min(CHUNK, Math.max(to - from, 1)));
   let pos = from;
   while (pos < to) {
     const e = await input.blockStatus(pos, to - pos);

@@ -26,6 +26,8 @@ export interface NativeFs {
    * zeros. Absent from an addon built before it existed.
    */
   allocatedSectorsMin?(buf: Uint8Array, n: number, min: number, sectorNum: number, alignment: number): number;
+  /** The address of buf's first byte modulo align (a power of two). Absent from older addons. */
+  misalignment?(buf: Uint8Array, align: number): number;
   /** type 0 unlock, 1 shared, 2 exclusive. Returns 0 or -errno. */
   ofdLock(fd: number, type: 0 | 1 | 2, start: number, len: number): number;
   /** 1 when another open file description holds a conflicting lock on the range. */
