@@ -61,6 +61,16 @@ static int get_i64(napi_env env, napi_value v, int64_t *out) {
   return 1;
 }
 
+/* The bytes of a typed array (a Buffer): 1, or 0 when v is not one. */
+static int get_bytes(napi_env env, napi_value v, void **data, size_t *len) {
+  napi_typedarray_type type;
+  napi_value ab;
+  size_t boff;
+  return napi_get_typedarray_info(env, v, &type, len, data, &ab, &boff) == napi_ok;
+}
+
+static int is_pow2(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
+
 static napi_value num(napi_env env, double d) {
   napi_value r;
   napi_create_double(env, d, &r);
@@ -103,11 +113,7 @@ static napi_value do_rw_nowait(napi_env env, napi_callback_info info, int write)
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   if (argc < 3 || !get_i64(env, argv[0], &fd) || !get_i64(env, argv[2], &off))
     return fail(env, write ? "pwriteNowait(fd, buf, off)" : "preadNowait(fd, buf, off)");
-  napi_typedarray_type type;
-  napi_value ab;
-  size_t boff;
-  if (napi_get_typedarray_info(env, argv[1], &type, &len, &data, &ab, &boff) != napi_ok)
-    return fail(env, "a Uint8Array");
+  if (!get_bytes(env, argv[1], &data, &len)) return fail(env, "a Uint8Array");
   struct iovec iov = {data, len};
   ssize_t r = write ? pwritev2((int)fd, &iov, 1, (off_t)off, RWF_NOWAIT)
                     : preadv2((int)fd, &iov, 1, (off_t)off, RWF_NOWAIT);
@@ -179,14 +185,10 @@ static napi_value allocated_sectors_min(napi_env env, napi_callback_info info) {
   int64_t n, min, sector, alignment;
   void *data;
   size_t len;
-  napi_typedarray_type type;
-  napi_value ab;
-  size_t boff;
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 5 || napi_get_typedarray_info(env, argv[0], &type, &len, &data, &ab, &boff) != napi_ok ||
-      !get_i64(env, argv[1], &n) || !get_i64(env, argv[2], &min) || !get_i64(env, argv[3], &sector) ||
-      !get_i64(env, argv[4], &alignment) || n < 0 || (uint64_t)n * 512 > len || alignment <= 0 ||
-      (alignment & (alignment - 1)) != 0)
+  if (argc < 5 || !get_bytes(env, argv[0], &data, &len) || !get_i64(env, argv[1], &n) ||
+      !get_i64(env, argv[2], &min) || !get_i64(env, argv[3], &sector) || !get_i64(env, argv[4], &alignment) ||
+      n < 0 || (uint64_t)n * 512 > len || !is_pow2(alignment))
     return fail(env, "allocatedSectorsMin(buf, n, min, sectorNum, alignment)");
   const uint8_t *b = data;
   if (n < min) min = n;
@@ -212,12 +214,8 @@ static napi_value misalignment(napi_env env, napi_callback_info info) {
   int64_t align;
   void *data;
   size_t len;
-  napi_typedarray_type type;
-  napi_value ab;
-  size_t boff;
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 2 || napi_get_typedarray_info(env, argv[0], &type, &len, &data, &ab, &boff) != napi_ok ||
-      !get_i64(env, argv[1], &align) || align <= 0 || (align & (align - 1)) != 0)
+  if (argc < 2 || !get_bytes(env, argv[0], &data, &len) || !get_i64(env, argv[1], &align) || !is_pow2(align))
     return fail(env, "misalignment(buf, align)");
   return num(env, (double)((uintptr_t)data & (uintptr_t)(align - 1)));
 }
