@@ -147,13 +147,18 @@ static napi_value do_fallocate(napi_env env, napi_callback_info info) {
  */
 static int sector_is_zero(const uint8_t *p) {
   if (p[0] | p[511]) return 0;
-  uint64_t acc = 0;
-  for (int i = 0; i < 64; i++) {
-    uint64_t v;
-    memcpy(&v, p + 8 * i, 8);
-    acc |= v;
+  /* 64 bytes at a time (the compiler makes it two vector ORs), leaving at the first non-zero
+     line: a data sector rarely gets past its first. */
+  for (int i = 0; i < 512; i += 64) {
+    uint64_t acc = 0;
+    for (int j = 0; j < 64; j += 8) {
+      uint64_t v;
+      memcpy(&v, p + i + j, 8);
+      acc |= v;
+    }
+    if (acc) return 0;
   }
-  return acc == 0;
+  return 1;
 }
 
 /* is_allocated_sectors: 1 for data, 0 for zeros; *pnum sectors share the first one's state. */
