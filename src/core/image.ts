@@ -251,7 +251,12 @@ export class Image implements BlockDevice {
     const e = await this.layerStatus(offset, length);
     // As qemu-img map (get_block_status): stop at the first layer that allocates the range or
     // knows it reads as zeros (no backing, or past the backing's end); depth is that layer's.
-    if (e.allocated || e.zero || this.backing === null) return { ...e, depth };
+    if (e.allocated) return { ...e, depth };
+    // Not allocated here: layerStatus made a fresh object (not the driver's), depth goes on it.
+    if (e.zero || this.backing === null) {
+      e.depth = depth;
+      return e;
+    }
     const b = this.backing;
     return b.statusAt(offset, Math.min(e.length, b.size - offset), depth + 1);
   }
