@@ -77,6 +77,11 @@ export interface OpenOptions extends OpenContext {
   driverOptions?: Readonly<Record<string, string>>;
   /** Open for metadata only (qemu-img info): see DriverOpenOptions.noIo. */
   noIo?: boolean;
+  /**
+   * The top image is opened as QEMU opens it without its backing (qemu-img info, with or
+   * without --backing-chain): `backing` and `backing.*` options are refused (runtime-options.ts).
+   */
+  noBackingOptions?: boolean;
   /** cache=unsafe for the top image and its own files: flushes do nothing (HostOpenOptions). */
   noFlush?: boolean;
   /** Small writes to the top image's files on the calling thread (HostOpenOptions): batch commands. */
@@ -169,7 +174,9 @@ async function openLayer(path: string, opts: OpenOptions, depth: number, seen: S
       forceShare: opts.forceShare === true,
       repairOnOpen: writable,
       ...(depth === 0 && opts.driverOptions !== undefined
-        ? { options: driverOptions(format, opts.driverOptions) }
+        ? {
+            options: driverOptions(format, opts.driverOptions, { noBacking: opts.noBackingOptions === true }),
+          }
         : {}),
       ...(opts.secrets !== undefined ? { secrets: opts.secrets } : {}),
       ...(depth === 0 && opts.noIo === true ? { noIo: true } : {}),

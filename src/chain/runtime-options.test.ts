@@ -51,6 +51,10 @@ const OPTIONS = [
   'size=1048576',
   'table_size=4',
   'bogus=1',
+  // info opens the image as QEMU does without its backing: nothing takes these.
+  'backing.driver=qcow2',
+  'backing.foo=1',
+  'backing=null',
 ];
 
 describe('--image-opts options, each format, as qemu-img 7.2', () => {

@@ -77,12 +77,16 @@ const FORMAT: Record<string, readonly string[]> = {
 
 /**
  * Check `options` for an image of `format` and return those its driver takes. `file.*` keys
- * are the local file's (file-posix); `backing` and `backing.*` are left to the backing file's
- * open, as before (vdisk opens backing files by their names); `data-file.*` go with `data-file`.
+ * are the local file's (file-posix); `data-file.*` go with `data-file`. `backing` and
+ * `backing.*` are left to the backing file's open (vdisk opens backing files by their names),
+ * except where the image is opened as QEMU opens it without its backing (BDRV_O_NO_BACKING:
+ * `info`, also with --backing-chain, which opens each layer on its own): nothing takes them
+ * there, and qemu-img 7.2 refuses them as any unknown option.
  */
 export function driverOptions(
   format: string,
   options: Readonly<Record<string, string>>,
+  how: { noBacking?: boolean } = {},
 ): Record<string, string> {
   const own = new Set(FORMAT[format] ?? []);
   const out: Record<string, string> = {};
@@ -93,7 +97,7 @@ export function driverOptions(
         throw new VdiskError('INVALID_ARGUMENT', `Block protocol 'file' doesn't support the option '${opt}'`);
       continue;
     }
-    if (k === 'backing' || k.startsWith('backing.')) continue;
+    if ((k === 'backing' || k.startsWith('backing.')) && how.noBacking !== true) continue;
     if (GENERIC.has(k)) continue;
     if (own.has(k) || (own.has('data-file') && k.startsWith('data-file.'))) {
       out[k] = v;

@@ -45,6 +45,7 @@ export async function infoCommand(o: InfoOptions): Promise<ImageInfo[]> {
     format: o.format,
     forceShare: o.forceShare === true,
     backing: o.backingChain ? 'follow' : 'ignore',
+    noBackingOptions: true,
     allowDataFile: true,
     noIo: true,
     onWarning: o.onOpenWarning,
