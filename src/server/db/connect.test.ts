@@ -264,6 +264,9 @@ await unpackTemplate(process.argv[1], process.argv[2]);`;
         ['--import', 'tsx', '--input-type=module', '-e', script, tgz, pgdir],
         { stdio: ['ignore', 'pipe', 'inherit'] },
       );
+      // Listened for from the start: a child that finishes before the kill has already sent
+      // 'exit' by then (waiting for it afterwards hung until the test's timeout).
+      const exited = new Promise((r) => child.once('exit', r));
       await new Promise<void>((res) => child.stdout.once('data', () => res()));
       if (delayMs >= 0) {
         while (!existsSync(`${pgdir}.new`) && child.exitCode === null)
@@ -271,7 +274,7 @@ await unpackTemplate(process.argv[1], process.argv[2]);`;
         await new Promise((r) => setTimeout(r, delayMs));
       }
       child.kill('SIGKILL');
-      await new Promise((r) => child.once('exit', r));
+      await exited;
       if (existsSync(`${pgdir}.new`)) sawNew++;
       // Either nothing, or all of it: the directory opens and has the schema.
       const meta = await openPglite(pgdir, { template: tgz });
