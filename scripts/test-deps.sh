@@ -25,6 +25,8 @@ command -v nbdcopy >/dev/null 2>&1 || need+=(libnbd-bin)
 command -v nbdkit >/dev/null 2>&1 || need+=(nbdkit)
 command -v openstack >/dev/null 2>&1 || need+=(python3-openstackclient)
 command -v glance >/dev/null 2>&1 || need+=(python3-glanceclient)
+# mkfs.xfs: a loop-mounted XFS, where convert's reflinks and copy offloading (-C) are tested.
+command -v mkfs.xfs >/dev/null 2>&1 || need+=(xfsprogs)
 command -v bzip2 >/dev/null 2>&1 || need+=(bzip2)
 command -v dmg2img >/dev/null 2>&1 || need+=(dmg2img)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)

@@ -80,6 +80,9 @@ export function allocatedSectors(
     if (sectorIsZero(b, pos + i * SECTOR, SECTOR) !== isZero) break;
     i++;
   }
+  // The rest of the buffer is all of one kind: no end to align (qemu-img 7.2 returns here, so
+  // a request that ends inside a zero run leaves the run's unaligned end a hole).
+  if (i === n) return [!isZero, i];
   const tail = (sectorNum + i) & (alignment - 1);
   if (tail) {
     if (isZero && i <= tail) {

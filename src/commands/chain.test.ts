@@ -6,7 +6,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { qemuImg, qemuImgOk, qemuIo, tempDir } from '../test/oracle.js';
-import { convertBoth as convertBothIn, runBoth } from '../test/same.js';
+import { convertBoth as convertBothIn, runBoth, runEach } from '../test/same.js';
 
 let dir: string;
 let cleanup: () => void;
@@ -106,8 +106,17 @@ describe('convert over chains and formats', () => {
     ));
   it('-B onto a backing that is smaller than the source', () =>
     convertBoth(['-O', 'qed', '-B', join(dir, 'base.raw'), '-F', 'raw', 'top.qed', 'OUT'], 'o.qed', 'qed'));
+  // Two new clusters get 4 KiB of data followed by zeros: qemu-img writes the 4 KiB alone,
+  // vdisk writes the whole cluster and then punches the zero run out of it. The same content
+  // and map; 2 × 60 KiB of host blocks differ.
   it('-B on a flat source writes what differs', () =>
-    convertBoth(['-O', 'qed', '-B', join(dir, 'base.raw'), '-F', 'raw', 'flat.qed', 'OUT'], 'o.qed', 'qed'));
+    convertBothIn(
+      dir,
+      ['-O', 'qed', '-B', join(dir, 'base.raw'), '-F', 'raw', 'flat.qed', 'OUT'],
+      'o.qed',
+      'qed',
+      { info: true, actualSlack: 2 * 61440 },
+    ));
   it('-B without -F', () =>
     convertBoth(['-O', 'qed', '-B', join(dir, 'base.raw'), 'top.qed', 'OUT'], 'o.qed', 'qed'));
   it('-B with a missing backing', () =>
@@ -124,8 +133,11 @@ describe('convert over chains and formats', () => {
     n--;
     const q = join(dir, `q${n + 1}`);
     const v = join(dir, `v${n + 1}`);
-    const { qemu } = await runBoth(['convert', '-n', '-O', 'qed', 'top.qed', join(q, 'o.qed')], dir);
-    const { ours } = await runBoth(['convert', '-n', '-O', 'qed', 'top.qed', join(v, 'o.qed')], dir);
+    const { qemu, ours } = await runEach(
+      ['convert', '-n', '-O', 'qed', 'top.qed', join(q, 'o.qed')],
+      ['convert', '-n', '-O', 'qed', 'top.qed', join(v, 'o.qed')],
+      dir,
+    );
     expect(ours).toEqual(qemu);
     expect(qemuImg(['compare', join(v, 'o.qed'), 'top.qed'], dir).stdout).toBe('Images are identical.\n');
     expect(qemuImgOk(['map', '--output=json', join(v, 'o.qed')])).toBe(

@@ -14,11 +14,14 @@
  *
  * Memory is bounded by workers × chunk size (16 MiB by default), whatever the image size.
  */
+
+import { layerAt } from '../chain/allocation.js';
 import { type OpenContext, openContext, openImage } from '../chain/open.js';
-import { isAllZero } from '../core/device.js';
-import type { FormatImage } from '../core/driver.js';
+import { type Extent, isAllZero } from '../core/device.js';
+import type { FormatImage, WriteSource } from '../core/driver.js';
 import { strerror, VdiskError } from '../core/errors.js';
 import { getDriver } from '../core/formats.js';
+import type { HostFile } from '../core/host-file.js';
 import { Image, roundUp } from '../core/image.js';
 import { ioBuffer } from '../core/io-buffer.js';
 import { Mutex } from '../core/lock.js';
@@ -73,6 +76,13 @@ export interface ConvertOptions extends OpenContext {
   coroutines?: number;
   /** -W: allow writes out of order. */
   outOfOrder?: boolean;
+  /**
+   * -C, qemu-img's copy offloading: data the source stores as it is (a raw file, uncompressed
+   * qcow2 clusters) goes from file to file by copy_file_range(2), unread, so without zero
+   * detection (as qemu-img -C: zeros inside data are copied as data). Where the host cannot
+   * copy (another file system, not local files), the data is read and written after all.
+   */
+  copyOffload?: boolean;
   /** -l: read the source from an internal snapshot. */
   snapshot?: SnapshotRef | undefined;
   /** -U: open the sources without taking their locks. */
@@ -288,6 +298,7 @@ export async function convertCommand(o: ConvertOptions): Promise<void> {
       clusterSize,
       coroutines,
       inOrder: o.outOfOrder !== true,
+      copyOffload: o.copyOffload === true,
       targetHasBacking,
       hasZeroInit:
         o.targetIsZero === true ||
@@ -420,6 +431,8 @@ interface CopierConfig {
   clusterSize: number;
   coroutines: number;
   inOrder: boolean;
+  /** -C (ConvertOptions.copyOffload). */
+  copyOffload: boolean;
   targetHasBacking: boolean;
   hasZeroInit: boolean;
   targetBackingSize: number;
@@ -443,6 +456,8 @@ interface Item {
   offset: number;
   length: number;
   status: Status;
+  /** Data that a source file holds as it is (FormatImage.directFile), here. */
+  src?: { file: HostFile; offset: number } | undefined;
 }
 
 /**
@@ -452,6 +467,10 @@ interface Item {
 class Planner {
   private status: Status = 'data';
   private statusEnd = 0;
+  /** The source file holding the current data extent as it is, and where its first byte lies in it. */
+  private srcFile: HostFile | undefined;
+  private srcHost = 0;
+  private srcStart = 0;
 
   constructor(private readonly c: CopierConfig) {}
 
@@ -473,10 +492,10 @@ class Planner {
     if (this.statusEnd <= pos) {
       const off = pos - part.start;
       const count = Math.min(n, part.span - off);
-      let st: { length: number; zero: boolean; data: boolean };
+      let st: Extent;
       if (off >= part.size) {
         // The sector tail past an image's odd size reads as zeros.
-        st = { length: part.span - off, zero: true, data: false };
+        st = { offset: off, length: part.span - off, allocated: true, zero: true, data: false };
       } else {
         const len = Math.min(count, part.size - off);
         const query = (n: number) =>
@@ -490,7 +509,7 @@ class Planner {
             st = await query(Math.min(SECTOR, len));
           } catch (err1) {
             c.onWarning?.(`error while reading block status at offset ${pos}: ${errnoText(err1)}`);
-            st = { length: SECTOR, zero: false, data: true };
+            st = { offset: off, length: SECTOR, allocated: true, zero: false, data: true };
           }
         }
       }
@@ -499,6 +518,12 @@ class Planner {
       else if (st.data) this.status = 'data';
       else this.status = c.targetHasBacking ? 'backing' : 'data';
       this.statusEnd = pos + len;
+      this.srcFile = undefined;
+      if (this.status === 'data' && st.hostOffset !== undefined && !c.salvage) {
+        this.srcFile = layerAt(part.image, st.depth ?? 0)?.driver.directFile?.(st);
+        this.srcHost = st.hostOffset;
+        this.srcStart = pos;
+      }
     }
     n = Math.min(n, this.statusEnd - pos);
     if (this.status === 'data') n = Math.min(n, c.bufSize);
@@ -512,7 +537,17 @@ class Planner {
       }
     }
     if (c.minSparse === 0 && this.status === 'zero') n = Math.min(n, c.bufSize);
-    return { offset: pos, length: n, status: this.status };
+    // Whole data within the image's bytes (not the sector tail past an odd size) may be copied
+    // from the source file by the host; compressed output is written from the buffer.
+    const src =
+      this.status === 'data' &&
+      this.srcFile !== undefined &&
+      !c.compressed &&
+      !c.precompress &&
+      pos + n <= part.start + part.size
+        ? { file: this.srcFile, offset: this.srcHost + (pos - this.srcStart) }
+        : undefined;
+    return { offset: pos, length: n, status: this.status, src };
   }
 }
 
@@ -590,10 +625,13 @@ class Copier {
         this.done += item.length;
         c.onProgress?.(this.done, this.allocated);
       }
+      // Under copy offloading, data a source file holds is not read (unless a write needs it).
+      let filled = true;
       try {
         if (status === 'data') {
           buf ??= ioBuffer(c.bufSize);
-          await this.read(buf.subarray(0, item.length), item.offset);
+          if (c.copyOffload && item.src !== undefined) filled = false;
+          else await this.read(buf.subarray(0, item.length), item.offset);
         } else if (c.minSparse === 0 && status === 'zero') {
           buf ??= ioBuffer(c.bufSize);
           buf.fill(0, 0, item.length);
@@ -614,7 +652,7 @@ class Copier {
       let runs: WriteRun[];
       const prepare = c.target.driver.prepareCompressed?.bind(c.target.driver);
       try {
-        runs = this.plan(item, status, buf);
+        runs = this.plan(item, status, buf, filled);
         if (c.compressed && status === 'data' && prepare !== undefined) {
           const b = buf!.subarray(0, item.length);
           if (runs.some((r) => r.kind === 'data')) prepared = await prepare(b, item.offset);
@@ -646,7 +684,7 @@ class Copier {
       // so the file's layout is qemu-img's); its data I/O then overlaps with the next requests'.
       const finishing: Promise<void>[] = [];
       try {
-        await this.write(item, runs, buf, prepared, finishing);
+        await this.write(item, runs, buf, prepared, finishing, this.writeSource(item, buf, filled));
       } catch (err) {
         await Promise.allSettled(finishing);
         this.setError(writeError(err));
@@ -715,7 +753,7 @@ class Copier {
    * ranges left to the backing file. Computed before the request's turn to write comes, so the
    * zero scan runs outside the ordered part.
    */
-  private plan(item: Item, status: Status, buf: Buffer | null): WriteRun[] {
+  private plan(item: Item, status: Status, buf: Buffer | null, filled: boolean): WriteRun[] {
     const c = this.c;
     const runs: WriteRun[] = [];
     let sector = item.offset / SECTOR;
@@ -727,7 +765,8 @@ class Copier {
       if (status === 'data') {
         const b = buf!.subarray(pos, pos + left);
         let allocated = true;
-        if (c.minSparse > 0) {
+        // Unread data (copy offloading) is all data, as qemu-img -C copies it.
+        if (c.minSparse > 0 && filled) {
           if (c.compressed) {
             allocated = !isAllZero(b);
           } else {
@@ -790,6 +829,25 @@ class Copier {
     return out;
   }
 
+  /**
+   * Where a data run of the item also lies (WriteSource): the target may have the host copy
+   * it, by a reflink where the file systems allow (the bytes were read for the zero scan, but
+   * the target then shares the source's blocks instead of taking a copy) or, under copy
+   * offloading, by copy_file_range. `fill` reads the item's buffer when it was not read.
+   */
+  private writeSource(
+    item: Item,
+    buf: Buffer | null,
+    filled: boolean,
+  ): ((pos: number) => WriteSource) | undefined {
+    const src = item.src;
+    if (src === undefined || buf === null) return undefined;
+    let filling: Promise<void> | null = filled ? Promise.resolve() : null;
+    const fill = () => (filling ??= this.read(buf.subarray(0, item.length), item.offset));
+    const how = this.c.copyOffload ? 'copy' : 'clone';
+    return (pos) => ({ file: src.file, offset: src.offset + pos, how, fill });
+  }
+
   /** convert_co_write(). */
   private async write(
     item: Item,
@@ -797,6 +855,7 @@ class Copier {
     buf: Buffer | null,
     prepared: (() => Promise<void>) | null,
     finishing: Promise<void>[],
+    from: ((pos: number) => WriteSource) | undefined,
   ): Promise<void> {
     const c = this.c;
     const t = c.target;
@@ -808,7 +867,7 @@ class Copier {
         else if (r.commit !== null) await r.commit();
         else if (c.compressed) await t.driver.writeCompressed!(data, off);
         else {
-          const finish = await t.prepareWrite(data, off);
+          const finish = await t.prepareWrite(data, off, from?.(r.pos));
           const p = finish();
           // Handled by the caller (Promise.all): no unhandled rejection in the meantime.
           p.catch(() => {});

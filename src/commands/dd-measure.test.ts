@@ -2,7 +2,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { qemuImg, qemuImgOk, qemuIo, tempDir } from '../test/oracle.js';
-import { runBoth } from '../test/same.js';
+import { runBoth, runEach } from '../test/same.js';
 
 let dir: string;
 let cleanup: () => void;
@@ -29,8 +29,7 @@ async function ddBoth(args: string[], out: string, fmt = 'raw'): Promise<void> {
   mkdirSync(q);
   mkdirSync(v);
   const at = (d: string) => args.map((a) => (a === 'of=OUT' ? `of=${join(d, out)}` : a));
-  const { qemu } = await runBoth(['dd', ...at(q)], dir);
-  const { ours } = await runBoth(['dd', ...at(v)], dir);
+  const { qemu, ours } = await runEach(['dd', ...at(q)], ['dd', ...at(v)], dir);
   expect(ours).toEqual({ ...qemu, stderr: qemu.stderr.replaceAll(q, v) });
   if (qemu.code !== 0) return;
   // Same guest content and size (vdisk leaves zero ranges unwritten: allocation may differ).

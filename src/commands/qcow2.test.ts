@@ -7,7 +7,7 @@ import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { qemuImg, qemuImgOk, qemuIo, tempDir } from '../test/oracle.js';
-import { type ConvertBothOptions, convertBoth as convertBothIn, runBoth } from '../test/same.js';
+import { type ConvertBothOptions, convertBoth as convertBothIn, runBoth, runEach } from '../test/same.js';
 
 let dir: string;
 let cleanup: () => void;
@@ -168,11 +168,8 @@ describe('convert with qcow2', () => {
       mkdirSync(d);
       qemuImgOk(['create', '-f', 'qcow2', join(d, 'o.qcow2'), '48M']);
     }
-    const { qemu } = await runBoth(
+    const { qemu, ours } = await runEach(
       ['convert', '-c', '-n', '-O', 'qcow2', 'a.qcow2', join(q, 'o.qcow2')],
-      dir,
-    );
-    const { ours } = await runBoth(
       ['convert', '-c', '-n', '-O', 'qcow2', 'a.qcow2', join(v, 'o.qcow2')],
       dir,
     );
@@ -202,8 +199,11 @@ describe('convert with qcow2', () => {
       qemuImgOk(['create', '-f', 'qcow2', join(d, 'o.qcow2'), '32M']);
       qemuIo(join(d, 'o.qcow2'), ['write -P 0xee 0 32M'], 'qcow2');
     }
-    const { qemu } = await runBoth(['convert', '-n', '-O', 'qcow2', 'a.qcow2', join(q, 'o.qcow2')], dir);
-    const { ours } = await runBoth(['convert', '-n', '-O', 'qcow2', 'a.qcow2', join(v, 'o.qcow2')], dir);
+    const { qemu, ours } = await runEach(
+      ['convert', '-n', '-O', 'qcow2', 'a.qcow2', join(q, 'o.qcow2')],
+      ['convert', '-n', '-O', 'qcow2', 'a.qcow2', join(v, 'o.qcow2')],
+      dir,
+    );
     expect(ours).toEqual(qemu);
     expect(qemuImg(['compare', join(v, 'o.qcow2'), 'a.qcow2'], dir).stdout).toBe('Images are identical.\n');
     expect(qemuImg(['check', join(v, 'o.qcow2')]).code).toBe(0);
@@ -231,8 +231,7 @@ describe('dd and measure with qcow2', () => {
       'if=top.qcow2',
       `of=${join(d, 'o.qcow2')}`,
     ];
-    const { qemu } = await runBoth(args(q), dir);
-    const { ours } = await runBoth(args(v), dir);
+    const { qemu, ours } = await runEach(args(q), args(v), dir);
     expect(ours).toEqual(qemu);
     expect(qemuImg(['compare', join(q, 'o.qcow2'), join(v, 'o.qcow2')]).stdout).toBe(
       'Images are identical.\n',

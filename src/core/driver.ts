@@ -147,6 +147,20 @@ export interface SnapshotInfo {
   diskSize?: number;
 }
 
+/**
+ * Where the bytes of a write also lie (convert's source): `file` holds them at `offset`. A
+ * driver may have the host copy them there (HostFile.copyFrom, `how`) instead of writing the
+ * buffer, and falls back to the buffer where the host cannot. Before it uses any byte of the
+ * buffer it awaits `fill()`: under copy offloading (convert -C) the buffer is read only then.
+ */
+export interface WriteSource {
+  file: HostFile;
+  offset: number;
+  how: 'clone' | 'copy';
+  /** The buffer's bytes, read from the source (once; a no-op when it already holds them). */
+  fill(): Promise<void>;
+}
+
 export interface FormatImage {
   readonly format: string;
   /** Virtual size in bytes. */
@@ -204,9 +218,11 @@ export interface FormatImage {
    * are in flight (convert): the returned promise settles once the write has its place in the
    * file (clusters allocated, in call order); the returned function does the data I/O and the
    * metadata updates that follow it, and must be called exactly once. offset and length are
-   * multiples of `alignment`.
+   * multiples of `alignment`. With `from`, the data may come from a file (WriteSource).
    */
-  prepareWrite?(buf: Uint8Array, offset: number): Promise<() => Promise<void>>;
+  prepareWrite?(buf: Uint8Array, offset: number, from?: WriteSource): Promise<() => Promise<void>>;
+  /** prepareWrite honours `from` (WriteSource); other drivers get a filled buffer and no `from`. */
+  readonly takesWriteSource?: boolean;
   /**
    * Write one whole cluster compressed (convert -c). offset is cluster-aligned; buf is one
    * cluster long, or shorter only for the last cluster of the image.

@@ -12,6 +12,7 @@
  */
 import { fstatSync, writeSync } from 'node:fs';
 import { type FileHandle, constants as fsc, open as fsOpen, stat } from 'node:fs/promises';
+import { constants as osc } from 'node:os';
 import { native } from '../native/index.js';
 import { fromHostError, strerror, VdiskError } from './errors.js';
 
@@ -126,6 +127,9 @@ export class HostFile {
   }
 
   private noFlush = false;
+  /** copyFrom(): the file system refused reflinks (clone) or copy_file_range (copy) for this file. */
+  private noClone = false;
+  private noCopy = false;
   private inlineWrites = false;
   /** The size size() first returned (-1: never asked), and the end of every write issued since open. */
   private seenSize = -1;
@@ -326,6 +330,44 @@ export class HostFile {
         throw this.hostError(err, 'write', offset + done);
       }
     }
+  }
+
+  /**
+   * Copy [srcOffset, srcOffset + length) of `src` to this file at `offset` inside the kernel
+   * (native/vdisk_copy.c): 'clone' makes this file share the source's blocks (FICLONERANGE: a
+   * reflink on XFS and btrfs, no data moved; offsets and length block-aligned), 'copy' is
+   * copy_file_range(2), which qemu-img's copy offloading (convert -C) uses. True once done;
+   * false when this way is not open for these files or offsets (no reflinks, not the same file
+   * system, unaligned, the source ended first, not local files, no addon): the caller then
+   * writes the bytes itself. A way the file system refuses outright is not tried again.
+   */
+  async copyFrom(
+    src: HostFile,
+    srcOffset: number,
+    offset: number,
+    length: number,
+    how: 'clone' | 'copy',
+  ): Promise<boolean> {
+    if (!this.writable)
+      throw new VdiskError('READ_ONLY', `'${this.path}' is open read-only`, { path: this.path });
+    const copyRange = native?.copyRange;
+    const inFd = src.localFd;
+    if (copyRange === undefined || this.fh === null || inFd === null || length <= 0) return false;
+    if (how === 'clone' ? this.noClone : this.noCopy) return false;
+    this.writeEnd = Math.max(this.writeEnd, offset + length);
+    const r = await copyRange(inFd, srcOffset, this.fh.fd, offset, length, how === 'clone' ? 0 : 1);
+    if (r === length) return true;
+    if (r >= 0) return false; // the source ended: the rest reads as zeros, which the caller writes
+    const e = osc.errno;
+    if (-r === e.EINVAL) return false;
+    if (-r === e.EOPNOTSUPP || -r === e.EXDEV || -r === e.ENOSYS || -r === e.ETXTBSY || -r === e.EBADF) {
+      if (how === 'clone') this.noClone = true;
+      else this.noCopy = true;
+      return false;
+    }
+    const code = Object.entries(e).find(([, v]) => v === -r)?.[0] ?? 'EIO';
+    const err = Object.assign(new Error(code), { code });
+    throw this.hostError(Object.assign(err, { message: strerror(err) }), 'write', offset);
   }
 
   /** Write several buffers back to back at offset (one pwritev where the host allows). */

@@ -5,7 +5,7 @@
  * zeros past its end) and chain-aware block status with depth.
  */
 import type { BlockDevice, Extent } from './device.js';
-import type { AmendValues, FileRef, FormatImage, SnapshotInfo } from './driver.js';
+import type { AmendValues, FileRef, FormatImage, SnapshotInfo, WriteSource } from './driver.js';
 import { VdiskError } from './errors.js';
 import { RwLock } from './lock.js';
 
@@ -150,12 +150,17 @@ export class Image implements BlockDevice {
   /**
    * writeAt in two steps (see FormatImage.prepareWrite): resolves once the write has its place
    * in the file; the returned function finishes it. Drivers without prepareWrite, and
-   * unaligned requests, are written in full before this resolves.
+   * unaligned requests, are written in full before this resolves. `from`: see WriteSource.
    */
-  async prepareWrite(buf: Uint8Array, offset: number): Promise<() => Promise<void>> {
+  async prepareWrite(buf: Uint8Array, offset: number, from?: WriteSource): Promise<() => Promise<void>> {
     const a = this.driver.alignment;
     const prepare = this.driver.prepareWrite;
+    if (from !== undefined && this.driver.takesWriteSource !== true) {
+      await from.fill();
+      from = undefined;
+    }
     if (prepare === undefined || buf.length === 0 || (a > 1 && (offset % a !== 0 || buf.length % a !== 0))) {
+      await from?.fill();
       await this.writeAt(buf, offset);
       return async () => {};
     }
@@ -164,7 +169,7 @@ export class Image implements BlockDevice {
     const release = await this.rmw.shared();
     let finish: () => Promise<void>;
     try {
-      finish = await prepare.call(this.driver, buf, offset);
+      finish = await prepare.call(this.driver, buf, offset, from);
     } catch (err) {
       release();
       throw err;

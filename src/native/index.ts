@@ -84,6 +84,20 @@ export interface NativeFs {
   /** Stop a transfer: its `done` follows soon with ECANCELED (or its real outcome). */
   sendfileCancel?(job: SendfileJob): void;
   /**
+   * [inOff, inOff + len) of one file to outOff of another inside the kernel, on libuv's pool
+   * (native/vdisk_copy.c): mode 0 FICLONERANGE (a reflink, all or nothing), mode 1
+   * copy_file_range(2). Resolves to the bytes done (fewer only when the source ended) or
+   * -errno. Absent from an addon built before it existed.
+   */
+  copyRange?(
+    inFd: number,
+    inOff: number,
+    outFd: number,
+    outOff: number,
+    len: number,
+    mode: 0 | 1,
+  ): Promise<number>;
+  /**
    * Replace Node's out-of-memory report (a GC trace, a stack, abort: exit 134) for this
    * isolate with one `vdisk: Cannot allocate memory …` line and exit status 1
    * (native/vdisk_oom.cc). Only the CLI's process entry calls it. Absent from an addon built

@@ -185,6 +185,7 @@ const command: CliCommand = {
     if (o.compressed && copyRange) throw fail('Cannot enable copy offloading when -c is used');
     if (explicitSparse && copyRange) throw fail('Cannot enable copy offloading when -S is used');
     if (copyRange && salvage) throw fail('Cannot use copy offloading in salvaging mode');
+    if (copyRange) o.copyOffload = true;
     if (targetImageOpts && !o.skipCreate) throw fail('--target-image-opts requires use of -n flag');
     if (o.skipCreate && optionStrings.length > 0) throw fail('-o has no effect when skipping image creation');
     if (o.targetIsZero && !o.skipCreate) throw fail('--target-is-zero requires use of -n flag');

@@ -28,6 +28,7 @@ import type {
   FormatImage,
   FormatSpecific,
   SnapshotInfo,
+  WriteSource,
 } from '../../core/driver.js';
 import { VdiskError } from '../../core/errors.js';
 import type { HostFile } from '../../core/host-file.js';
@@ -90,6 +91,8 @@ interface Piece {
   host: number;
   bufs: Uint8Array[];
   length: number;
+  /** Where the piece's bytes lie in the write's source file (WriteSource), or null. */
+  src: number | null;
 }
 
 interface Prepared {
@@ -97,6 +100,8 @@ interface Prepared {
   pieces: Piece[];
   updates: L2Update[];
   frees: Array<[number, number]>;
+  /** The write's source (WriteSource): pieces with `src` may be copied from it by the host. */
+  from?: WriteSource | undefined;
 }
 
 interface Claim {
@@ -522,16 +527,24 @@ export class Qcow2Image implements FormatImage {
    * the claim and the allocation now, in call order; the data and the L2 update when the
    * returned function runs.
    */
-  async prepareWrite(buf: Uint8Array, offset: number): Promise<() => Promise<void>> {
+  readonly takesWriteSource = true;
+
+  async prepareWrite(buf: Uint8Array, offset: number, from?: WriteSource): Promise<() => Promise<void>> {
     const unclaim = await this.claim(offset, buf.length);
     const prepared: Prepared[] = [];
+    // Encrypted clusters are written from the buffer (encryptAt reads it).
+    if (from !== undefined && this.meta.luks !== undefined) {
+      await from.fill();
+      from = undefined;
+    }
     try {
       const release = await this.writeLock.lock();
       try {
         await this.beginWrite();
         this.meta.persistentBitmaps?.noteWrite(offset, buf.length);
         await this.forEachTableChunk(buf, offset, async (l1i, chunk, g) => {
-          prepared.push(await this.prepareInTable(l1i, chunk, g));
+          const at = from === undefined ? undefined : { ...from, offset: from.offset + (g - offset) };
+          prepared.push(await this.prepareInTable(l1i, chunk, g, at));
         });
       } finally {
         release();
@@ -609,15 +622,23 @@ export class Qcow2Image implements FormatImage {
     });
   }
 
-  /** Data first... */
+  /** Data first (copied by the host from the write's source where it can)... */
   private async writePieces(p: Prepared): Promise<void> {
     if (p.pieces.length === 0) return;
     const target = await this.data();
     const luks = this.meta.luks;
+    const from = p.from;
     await Promise.all(
-      p.pieces.map((x) =>
-        target.writev(luks === undefined ? x.bufs : this.crypto!.encryptAt(luks.vol, x.bufs, x.host), x.host),
-      ),
+      p.pieces.map(async (x) => {
+        if (from !== undefined && x.src !== null) {
+          if (await target.copyFrom(from.file, x.src, x.host, x.length, from.how)) return;
+          await from.fill();
+        }
+        await target.writev(
+          luks === undefined ? x.bufs : this.crypto!.encryptAt(luks.vol, x.bufs, x.host),
+          x.host,
+        );
+      }),
     );
   }
 
@@ -645,7 +666,12 @@ export class Qcow2Image implements FormatImage {
    * refcounts go up now), gather the data pieces (with copy-on-write content around partial
    * (sub)clusters) and the L2 updates to make once the data is on disk.
    */
-  private async prepareInTable(l1i: number, data: Uint8Array, offset: number): Promise<Prepared> {
+  private async prepareInTable(
+    l1i: number,
+    data: Uint8Array,
+    offset: number,
+    from?: WriteSource,
+  ): Promise<Prepared> {
     const rc = this.meta.refcounts!;
     const cs = this.meta.clusterSize;
     const [l2off, table] = await this.meta.l2ForWrite(l1i);
@@ -654,14 +680,26 @@ export class Qcow2Image implements FormatImage {
     const pieces: Piece[] = [];
     const updates: L2Update[] = [];
     const frees: Array<[number, number]> = [];
-    const addPiece = (host: number, b: Uint8Array) => {
+    // src: the piece is data[pos, …) as it is, which lies in the source at from.offset + pos
+    // (null: bytes put together here, which only the buffer holds).
+    const addPiece = (host: number, b: Uint8Array, src: number | null) => {
       const last = pieces[pieces.length - 1];
-      if (last !== undefined && last.host + last.length === host && last.bufs.length < 512) {
+      if (
+        last !== undefined &&
+        last.host + last.length === host &&
+        last.bufs.length < 512 &&
+        (src === null ? last.src === null : last.src !== null && last.src + last.length === src)
+      ) {
         last.bufs.push(b);
         last.length += b.length;
       } else {
-        pieces.push({ host, bufs: [b], length: b.length });
+        pieces.push({ host, bufs: [b], length: b.length, src });
       }
+    };
+    const srcAt = (pos: number) => (from === undefined ? null : from.offset + pos);
+    // The buffer's bytes, before a piece is put together from them.
+    const bytes = async () => {
+      if (from !== undefined) await from.fill();
     };
     // Whole unallocated clusters in a row get their host clusters in one allocation, as
     // QEMU's handle_alloc does (one refcount update instead of one per cluster).
@@ -710,14 +748,17 @@ export class Qcow2Image implements FormatImage {
         mask >>>= 0;
         // The written range widened to whole subclusters, with the current content around it.
         let piece = chunk;
+        let pieceSrc = srcAt(pos);
         if (ea !== a || eb !== b) {
           const cur = await this.readCluster(clusterStart);
           piece = cur.slice(ea, eb);
+          await bytes();
           piece.set(chunk, a - ea);
+          pieceSrc = null;
         }
         if (hh && (copied || dataFile)) {
           this.meta.assertNotMetadata(host + ea, eb - ea);
-          addPiece(host + ea, piece);
+          addPiece(host + ea, piece, pieceSrc);
           updates.push({
             index: ci,
             hi,
@@ -731,8 +772,9 @@ export class Qcow2Image implements FormatImage {
           if (hh || compressed) {
             // The whole old cluster moves (shared or compressed): copy it with the new data.
             const cur = await this.readCluster(clusterStart);
+            await bytes();
             cur.set(chunk, a);
-            addPiece(fresh, cur);
+            addPiece(fresh, cur, null);
             updates.push(
               copiedUpdate(
                 ci,
@@ -744,7 +786,7 @@ export class Qcow2Image implements FormatImage {
             if (compressed) frees.push(this.meta.compressedFreeRange(hi, lo, l2off, ci));
             else if (!dataFile) frees.push([host, cs]);
           } else {
-            addPiece(fresh + ea, piece);
+            addPiece(fresh + ea, piece, pieceSrc);
             updates.push(copiedUpdate(ci, fresh, (zbits & ~mask) >>> 0, (abits | mask) >>> 0));
           }
         }
@@ -752,7 +794,7 @@ export class Qcow2Image implements FormatImage {
         const zeroFlag = isZero(lo);
         if (hh && (copied || dataFile) && !zeroFlag) {
           this.meta.assertNotMetadata(host + a, b - a);
-          addPiece(host + a, chunk);
+          addPiece(host + a, chunk, srcAt(pos));
         } else {
           // The cluster's content around a partial write (null: zeros, with nothing below).
           // QEMU's handle_alloc_space: a new cluster whose copy-on-write areas read as zeros
@@ -782,12 +824,13 @@ export class Qcow2Image implements FormatImage {
           const zeroed = zeroCow && this.file.reserveZeroed(fresh, cs, Math.max(cs, RESERVE_AHEAD));
           this.meta.noteAlloc(fresh, cs);
           if (fresh !== host) this.meta.assertNotMetadata(fresh, cs);
-          if (zeroCow && (zeroed || this.file.zeroRange(fresh, cs))) addPiece(fresh + a, chunk);
-          else if (!partial) addPiece(fresh, chunk);
+          if (zeroCow && (zeroed || this.file.zeroRange(fresh, cs))) addPiece(fresh + a, chunk, srcAt(pos));
+          else if (!partial) addPiece(fresh, chunk, srcAt(pos));
           else {
             const whole = cur ?? new Uint8Array(cs);
+            await bytes();
             whole.set(chunk, a);
-            addPiece(fresh, whole);
+            addPiece(fresh, whole, null);
           }
           updates.push(copiedUpdate(ci, fresh, 0, 0));
           if (compressed) frees.push(this.meta.compressedFreeRange(hi, lo, l2off, ci));
@@ -796,7 +839,7 @@ export class Qcow2Image implements FormatImage {
       }
       pos += b - a;
     }
-    return { l2off, pieces, updates, frees };
+    return { l2off, pieces, updates, frees, from };
   }
 
   private setEntry(v: DataView, u: L2Update): void {

@@ -12,6 +12,7 @@ import type {
   DriverOpenOptions,
   FormatDriver,
   FormatImage,
+  WriteSource,
 } from '../../core/driver.js';
 import { VdiskError } from '../../core/errors.js';
 import type { HostFile } from '../../core/host-file.js';
@@ -125,9 +126,20 @@ export class RawImage implements FormatImage {
     return this.file.write(buf, this.base + offset);
   }
 
-  /** No allocation to order: the write itself may overlap with the ones around it. */
-  async prepareWrite(buf: Uint8Array, offset: number): Promise<() => Promise<void>> {
-    return () => this.file.write(buf, this.base + offset);
+  readonly takesWriteSource = true;
+
+  /**
+   * No allocation to order: the write itself may overlap with the ones around it. With `from`,
+   * the host copies the bytes where it can (a reflink, copy_file_range under convert -C).
+   */
+  async prepareWrite(buf: Uint8Array, offset: number, from?: WriteSource): Promise<() => Promise<void>> {
+    const at = this.base + offset;
+    if (from === undefined) return () => this.file.write(buf, at);
+    return async () => {
+      if (await this.file.copyFrom(from.file, from.offset, at, buf.length, from.how)) return;
+      await from.fill();
+      await this.file.write(buf, at);
+    };
   }
 
   async writeZeroes(imageOffset: number, length: number, unmap: boolean): Promise<void> {
