@@ -170,6 +170,41 @@ function makeFrag2(dir: string): void {
   if (r.status !== 0) throw new Error(`qemu-io failed to make frag2 (${r.status})`);
 }
 
+/**
+ * The Debian-like disk again on a loop-mounted XFS (reflinks on), where vdisk's convert shares
+ * the source's blocks and -C is copy_file_range: `xfs/` under dir, or null (not root, no
+ * mkfs.xfs, no loop device) with the reason on stderr. unmountXfs undoes it.
+ */
+function mountXfs(dir: string): string | null {
+  const img = join(dir, 'xfs.img');
+  const at = join(dir, 'xfs');
+  const say = (why: string) => {
+    process.stderr.write(`bench: no XFS cases (${why})\n`);
+    return null;
+  };
+  if (process.getuid?.() !== 0) return say('not root');
+  closeSync(openSync(img, 'w'));
+  spawnSync('truncate', ['-s', '6G', img]);
+  const mk = spawnSync('mkfs.xfs', ['-q', '-f', img], { encoding: 'utf8' });
+  if (mk.status !== 0) return say(`mkfs.xfs: ${mk.error?.message ?? mk.stderr.trim()}`);
+  spawnSync('mkdir', ['-p', at]);
+  const m = spawnSync('mount', ['-o', 'loop', img, at], { encoding: 'utf8' });
+  if (m.status !== 0) return say(`mount: ${m.stderr.trim()}`);
+  spawnSync('cp', ['--sparse=always', join(dir, 'debian.raw'), join(dir, 'debian.qcow2'), at]);
+  spawnSync('sync');
+  return at;
+}
+
+function unmountXfs(at: string | null): void {
+  if (at !== null) spawnSync('umount', [at]);
+}
+
+/** OUT for one tool: `q-NAME` or `v-NAME`, in NAME's directory. */
+function outFor(who: 'q' | 'v', name: string): string {
+  const i = name.lastIndexOf('/');
+  return `${name.slice(0, i + 1)}${who}-${name.slice(i + 1)}`;
+}
+
 interface Case {
   name: string;
   /** Arguments for both tools; OUT stands for a per-tool output file (removed before each run). */
@@ -185,6 +220,7 @@ function vdiskFormats(): string {
 
 async function main(): Promise<void> {
   const dir = mkdtempSync(join(process.env['BENCH_DIR'] ?? tmpdir(), 'vdisk-bench-'));
+  let xfs: string | null = null;
   try {
     const gib = (SIZE / 2 ** 30).toFixed(SIZE % 2 ** 30 === 0 ? 0 : 2);
     process.stderr.write(`bench: making a ${gib} GiB mixed raw image and a 1 TiB sparse one in ${dir}\n`);
@@ -198,8 +234,9 @@ async function main(): Promise<void> {
     }
     // Inputs that take a while to build are built when one of their cases is selected.
     const wants = (tag: string) => ONLY === undefined || tag.includes(ONLY) || ONLY.includes(tag);
-    const debian = qcow2 && wants('Debian-like ext4') && makeDebianLike(dir);
+    const debian = qcow2 && (wants('Debian-like ext4') || wants('XFS')) && makeDebianLike(dir);
     const frag2 = qcow2 && wants('frag2');
+    xfs = debian && wants('XFS') ? mountXfs(dir) : null;
     if (frag2) {
       process.stderr.write('bench: making frag2 (qemu-io, ~2 min)\n');
       makeFrag2(dir);
@@ -273,6 +310,20 @@ async function main(): Promise<void> {
         },
       );
     }
+    if (xfs !== null) {
+      const x = (name: string, args: string[], out?: string): Case => ({
+        name: `${name} (Debian-like, XFS)`,
+        args,
+        ...(out === undefined ? {} : { out }),
+      });
+      cases.push(
+        x('convert raw→raw', ['convert', '-O', 'raw', 'xfs/debian.raw', 'OUT'], 'xfs/o.raw'),
+        x('convert raw→qcow2', ['convert', '-O', 'qcow2', 'xfs/debian.raw', 'OUT'], 'xfs/o.qcow2'),
+        x('convert qcow2→raw', ['convert', '-O', 'raw', 'xfs/debian.qcow2', 'OUT'], 'xfs/o.raw'),
+        x('convert -C raw→raw', ['convert', '-C', '-O', 'raw', 'xfs/debian.raw', 'OUT'], 'xfs/o.raw'),
+        x('convert -C raw→qcow2', ['convert', '-C', '-O', 'qcow2', 'xfs/debian.raw', 'OUT'], 'xfs/o.qcow2'),
+      );
+    }
     if (frag2) {
       cases.push(
         {
@@ -298,7 +349,7 @@ async function main(): Promise<void> {
       const cpu: Record<'q' | 'v', number[]> = { q: [], v: [] };
       for (let i = 0; i < REPEAT; i++) {
         for (const who of i % 2 === 0 ? (['q', 'v'] as const) : (['v', 'q'] as const)) {
-          const out = c.out !== undefined ? `${who}-${c.out}` : '';
+          const out = c.out !== undefined ? outFor(who, c.out) : '';
           if (out !== '') rmSync(join(dir, out), { force: true });
           const args = c.args.map((a) => (a === 'OUT' ? out : a));
           const r = timed(who === 'q' ? 'qemu-img' : VDISK, args, dir);
@@ -312,15 +363,15 @@ async function main(): Promise<void> {
         // Output files' allocated size (du), qemu-img's / vdisk's: a faster compressed convert
         // must not be a worse-compressed one.
         const du = (f: string) => (statSync(join(dir, f)).blocks * 512) / MiB;
-        outSizes = `${du(`q-${c.out}`).toFixed(0)} / ${du(`v-${c.out}`).toFixed(0)}`;
+        outSizes = `${du(outFor('q', c.out)).toFixed(0)} / ${du(outFor('v', c.out)).toFixed(0)}`;
         // The outputs must hold the same content.
-        const cmp = spawnSync('qemu-img', ['compare', `q-${c.out}`, `v-${c.out}`], {
+        const cmp = spawnSync('qemu-img', ['compare', outFor('q', c.out), outFor('v', c.out)], {
           cwd: dir,
           encoding: 'utf8',
         });
         if (cmp.status !== 0) throw new Error(`${c.name}: outputs differ: ${cmp.stdout}${cmp.stderr}`);
-        rmSync(join(dir, `q-${c.out}`), { force: true });
-        rmSync(join(dir, `v-${c.out}`), { force: true });
+        rmSync(join(dir, outFor('q', c.out)), { force: true });
+        rmSync(join(dir, outFor('v', c.out)), { force: true });
       }
       const q = median(times.q);
       const v = median(times.v);
@@ -411,6 +462,7 @@ async function main(): Promise<void> {
       process.stdout.write(`\n${http}`);
     }
   } finally {
+    unmountXfs(xfs);
     rmSync(dir, { recursive: true, force: true });
   }
 }
