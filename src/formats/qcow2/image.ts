@@ -52,7 +52,7 @@ import {
   isCopied,
   isZero,
 } from './l2-entry.js';
-import { type L1Table, Qcow2Metadata, readL1 } from './metadata.js';
+import { type L1Table, type L2EntryView, Qcow2Metadata, readL1 } from './metadata.js';
 import type { Refcounts } from './refcount.js';
 
 // Loaded when an image needs them (encrypted images, compressed clusters): they pull in
@@ -102,6 +102,73 @@ interface Prepared {
   frees: Array<[number, number]>;
   /** The write's source (WriteSource): pieces with `src` may be copied from it by the host. */
   from?: WriteSource | undefined;
+}
+
+/** One cluster's part of a write and its L2 entry (prepareInTable). */
+interface ClusterPart extends L2EntryView {
+  hh: boolean;
+  copied: boolean;
+  cs: number;
+  /** Guest offset of the cluster, and the part's start and end within it. */
+  clusterStart: number;
+  a: number;
+  b: number;
+  /** The part's data, at byte `pos` of the write; `ci` its entry in the table. */
+  chunk: Uint8Array;
+  pos: number;
+  ci: number;
+}
+
+/** What prepareInTable gathers for one L2 table: data pieces, L2 updates, clusters to free. */
+class TablePlan {
+  readonly pieces: Piece[] = [];
+  readonly updates: L2Update[] = [];
+  readonly frees: Array<[number, number]> = [];
+
+  constructor(
+    readonly l2off: number,
+    readonly v: DataView,
+    readonly from: WriteSource | undefined,
+  ) {}
+
+  /**
+   * Data for the host at `host`. src: the piece is the write's data[pos, …) as it is, which
+   * lies in the source at from.offset + pos (null: bytes put together here, which only the
+   * buffer holds).
+   */
+  addPiece(host: number, b: Uint8Array, src: number | null): void {
+    const last = this.pieces[this.pieces.length - 1];
+    if (
+      last !== undefined &&
+      last.host + last.length === host &&
+      last.bufs.length < 512 &&
+      (src === null ? last.src === null : last.src !== null && last.src + last.length === src)
+    ) {
+      last.bufs.push(b);
+      last.length += b.length;
+    } else {
+      this.pieces.push({ host, bufs: [b], length: b.length, src });
+    }
+  }
+
+  srcAt(pos: number): number | null {
+    return this.from === undefined ? null : this.from.offset + pos;
+  }
+
+  /** The write's bytes, before a piece is put together from them. */
+  async bytes(): Promise<void> {
+    if (this.from !== undefined) await this.from.fill();
+  }
+
+  prepared(): Prepared {
+    return {
+      l2off: this.l2off,
+      pieces: this.pieces,
+      updates: this.updates,
+      frees: this.frees,
+      from: this.from,
+    };
+  }
 }
 
 interface Claim {
@@ -675,171 +742,189 @@ export class Qcow2Image implements FormatImage {
     const rc = this.meta.refcounts!;
     const cs = this.meta.clusterSize;
     const [l2off, table] = await this.meta.l2ForWrite(l1i);
-    const v = new DataView(table.buffer, table.byteOffset, table.length);
+    const plan = new TablePlan(l2off, new DataView(table.buffer, table.byteOffset, table.length), from);
     const span = this.meta.l2Entries * cs;
-    const pieces: Piece[] = [];
-    const updates: L2Update[] = [];
-    const frees: Array<[number, number]> = [];
-    // src: the piece is data[pos, …) as it is, which lies in the source at from.offset + pos
-    // (null: bytes put together here, which only the buffer holds).
-    const addPiece = (host: number, b: Uint8Array, src: number | null) => {
-      const last = pieces[pieces.length - 1];
-      if (
-        last !== undefined &&
-        last.host + last.length === host &&
-        last.bufs.length < 512 &&
-        (src === null ? last.src === null : last.src !== null && last.src + last.length === src)
-      ) {
-        last.bufs.push(b);
-        last.length += b.length;
-      } else {
-        pieces.push({ host, bufs: [b], length: b.length, src });
-      }
-    };
-    const srcAt = (pos: number) => (from === undefined ? null : from.offset + pos);
-    // The buffer's bytes, before a piece is put together from them.
-    const bytes = async () => {
-      if (from !== undefined) await from.fill();
-    };
-    // Whole unallocated clusters in a row get their host clusters in one allocation, as
-    // QEMU's handle_alloc does (one refcount update instead of one per cluster).
-    let batchNext = 0;
-    let batchLeft = 0;
-    const freshRun = async (ci: number, pos: number): Promise<number> => {
-      if (batchLeft === 0) {
-        let k = 1;
-        while (
-          ci + k < this.meta.l2Entries &&
-          pos + (k + 1) * cs <= data.length &&
-          !this.meta.entryAt(v, ci + k).compressed &&
-          !this.meta.entryAt(v, ci + k).hasHost
-        )
-          k++;
-        batchNext = await rc.allocClusters(k);
-        batchLeft = k;
-      }
-      const fresh = batchNext;
-      batchNext += cs;
-      batchLeft--;
-      return fresh;
-    };
+    const wholeRuns = !this.meta.extL2 && !this.meta.hasDataFile;
     let pos = 0;
     while (pos < data.length) {
       const g = offset + pos;
       const ci = Math.floor((g % span) / cs);
-      const clusterStart = g - (g % cs);
-      const a = g - clusterStart;
-      const b = Math.min(cs, a + data.length - pos);
-      const chunk = data.subarray(pos, pos + (b - a));
-      const { e, hi, lo, compressed, host, hasHost: hh } = this.meta.entryAt(v, ci);
-      const copied = isCopied(hi);
-      if (hh) this.meta.checkDataCluster(host, l2off, ci);
-      const dataFile = this.meta.hasDataFile;
-      if (this.meta.extL2) {
-        const zbits = v.getUint32(e + 8);
-        const abits = v.getUint32(e + 12);
-        const sc = this.meta.subclusterSize;
-        const sa = Math.floor(a / sc);
-        const sb = Math.ceil(b / sc);
-        const ea = sa * sc;
-        const eb = sb * sc;
-        let mask = 0;
-        for (let i = sa; i < sb; i++) mask |= 1 << i;
-        mask >>>= 0;
-        // The written range widened to whole subclusters, with the current content around it.
-        let piece = chunk;
-        let pieceSrc = srcAt(pos);
-        if (ea !== a || eb !== b) {
-          const cur = await this.readCluster(clusterStart);
-          piece = cur.slice(ea, eb);
-          await bytes();
-          piece.set(chunk, a - ea);
-          pieceSrc = null;
-        }
-        if (hh && (copied || dataFile)) {
-          this.meta.assertNotMetadata(host + ea, eb - ea);
-          addPiece(host + ea, piece, pieceSrc);
-          updates.push({
-            index: ci,
-            hi,
-            lo,
-            bhi: (zbits & ~mask) >>> 0,
-            blo: (abits | mask) >>> 0,
-          });
-        } else {
-          const fresh = dataFile ? clusterStart : await rc.allocClusters(1);
-          this.meta.noteAlloc(fresh, cs);
-          if (hh || compressed) {
-            // The whole old cluster moves (shared or compressed): copy it with the new data.
-            const cur = await this.readCluster(clusterStart);
-            await bytes();
-            cur.set(chunk, a);
-            addPiece(fresh, cur, null);
-            updates.push(
-              copiedUpdate(
-                ci,
-                fresh,
-                compressed ? 0 : (zbits & ~mask) >>> 0,
-                compressed ? ALL_SUBCLUSTERS : (abits | mask) >>> 0,
-              ),
-            );
-            if (compressed) frees.push(this.meta.compressedFreeRange(hi, lo, l2off, ci));
-            else if (!dataFile) frees.push([host, cs]);
-          } else {
-            addPiece(fresh + ea, piece, pieceSrc);
-            updates.push(copiedUpdate(ci, fresh, (zbits & ~mask) >>> 0, (abits | mask) >>> 0));
-          }
-        }
-      } else {
-        const zeroFlag = isZero(lo);
-        if (hh && (copied || dataFile) && !zeroFlag) {
-          this.meta.assertNotMetadata(host + a, b - a);
-          addPiece(host + a, chunk, srcAt(pos));
-        } else {
-          // The cluster's content around a partial write (null: zeros, with nothing below).
-          // QEMU's handle_alloc_space: a new cluster whose copy-on-write areas read as zeros
-          // is zeroed by the host (fallocate ZERO_RANGE) and only the data is written, instead
-          // of a whole cluster of mostly zeros (frag2→qcow2: 4 KiB writes into 64 KiB clusters).
-          // A cluster in untouched space (past the file's end, never written: a new image's
-          // clusters) already reads as zeros; it gets its host blocks as QEMU's zeroing gives
-          // them (the same map and disk size), but 1 MiB ahead at a time (HostFile.reserveZeroed).
-          const partial = a !== 0 || b !== cs;
-          const cur =
-            !partial || (!hh && !compressed && !this.ctx.hasBacking)
-              ? null
-              : await this.readCluster(clusterStart);
-          const zeroCow =
-            partial &&
-            !hh &&
-            !compressed &&
-            !dataFile &&
-            this.meta.luks === undefined &&
-            (cur === null || (isAllZero(cur.subarray(0, a)) && isAllZero(cur.subarray(b))));
-          let fresh: number;
-          if (dataFile) fresh = clusterStart;
-          else if (hh && copied)
-            fresh = host; // a zero cluster that keeps its allocation
-          else if (!hh && !compressed && !partial) fresh = await freshRun(ci, pos);
-          else fresh = await rc.allocClusters(1);
-          const zeroed = zeroCow && this.file.reserveZeroed(fresh, cs, Math.max(cs, RESERVE_AHEAD));
-          this.meta.noteAlloc(fresh, cs);
-          if (fresh !== host) this.meta.assertNotMetadata(fresh, cs);
-          if (zeroCow && (zeroed || this.file.zeroRange(fresh, cs))) addPiece(fresh + a, chunk, srcAt(pos));
-          else if (!partial) addPiece(fresh, chunk, srcAt(pos));
-          else {
-            const whole = cur ?? new Uint8Array(cs);
-            await bytes();
-            whole.set(chunk, a);
-            addPiece(fresh, whole, null);
-          }
-          updates.push(copiedUpdate(ci, fresh, 0, 0));
-          if (compressed) frees.push(this.meta.compressedFreeRange(hi, lo, l2off, ci));
-          else if (hh && fresh !== host && !dataFile) frees.push([host, cs]);
+      // Whole unallocated clusters in a row (a new image's, convert's) get their host clusters
+      // in one allocation, as QEMU's handle_alloc does (one refcount update instead of one per
+      // cluster), and one piece: what prepareCluster would do cluster by cluster.
+      if (wholeRuns && g % cs === 0) {
+        const k = this.unallocatedRun(plan.v, ci, data.length - pos);
+        if (k > 0) {
+          const fresh = await rc.allocClusters(k);
+          this.meta.noteAlloc(fresh, k * cs);
+          this.meta.assertNotMetadata(fresh, k * cs);
+          plan.addPiece(fresh, data.subarray(pos, pos + k * cs), plan.srcAt(pos));
+          for (let j = 0; j < k; j++) plan.updates.push(copiedUpdate(ci + j, fresh + j * cs, 0, 0));
+          pos += k * cs;
+          continue;
         }
       }
-      pos += b - a;
+      // Kept out of this loop, so that what runs for every cluster of a large write stays small.
+      const part = this.clusterPart(plan, data, pos, g, ci);
+      pos += this.meta.extL2
+        ? await this.prepareSubclusters(plan, part)
+        : await this.prepareCluster(plan, part);
     }
-    return { l2off, pieces, updates, frees, from };
+    return plan.prepared();
+  }
+
+  /** The cluster that byte `pos` of a write (guest offset `g`, L2 entry `ci`) falls in, and its entry. */
+  private clusterPart(plan: TablePlan, data: Uint8Array, pos: number, g: number, ci: number): ClusterPart {
+    const cs = this.meta.clusterSize;
+    const clusterStart = g - (g % cs);
+    const a = g - clusterStart;
+    const b = Math.min(cs, a + data.length - pos);
+    const x = this.meta.entryAt(plan.v, ci);
+    if (x.hasHost) this.meta.checkDataCluster(x.host, plan.l2off, ci);
+    return {
+      ...x,
+      hh: x.hasHost,
+      copied: isCopied(x.hi),
+      cs,
+      clusterStart,
+      a,
+      b,
+      chunk: data.subarray(pos, pos + (b - a)),
+      pos,
+      ci,
+    };
+  }
+
+  /** One cluster's part of a write (prepareInTable), with extended L2 entries: the bytes it took. */
+  private async prepareSubclusters(plan: TablePlan, part: ClusterPart): Promise<number> {
+    const { e, hi, lo, compressed, host, hh, copied, cs, clusterStart, a, b, chunk, pos, ci } = part;
+    const { v, l2off } = plan;
+    const rc = this.meta.refcounts!;
+    const dataFile = this.meta.hasDataFile;
+    const zbits = v.getUint32(e + 8);
+    const abits = v.getUint32(e + 12);
+    const sc = this.meta.subclusterSize;
+    const sa = Math.floor(a / sc);
+    const sb = Math.ceil(b / sc);
+    const ea = sa * sc;
+    const eb = sb * sc;
+    let mask = 0;
+    for (let i = sa; i < sb; i++) mask |= 1 << i;
+    mask >>>= 0;
+    // The written range widened to whole subclusters, with the current content around it.
+    let piece = chunk;
+    let pieceSrc = plan.srcAt(pos);
+    if (ea !== a || eb !== b) {
+      const cur = await this.readCluster(clusterStart);
+      piece = cur.slice(ea, eb);
+      await plan.bytes();
+      piece.set(chunk, a - ea);
+      pieceSrc = null;
+    }
+    if (hh && (copied || dataFile)) {
+      this.meta.assertNotMetadata(host + ea, eb - ea);
+      plan.addPiece(host + ea, piece, pieceSrc);
+      plan.updates.push({
+        index: ci,
+        hi,
+        lo,
+        bhi: (zbits & ~mask) >>> 0,
+        blo: (abits | mask) >>> 0,
+      });
+    } else {
+      const fresh = dataFile ? clusterStart : await rc.allocClusters(1);
+      this.meta.noteAlloc(fresh, cs);
+      if (hh || compressed) {
+        // The whole old cluster moves (shared or compressed): copy it with the new data.
+        const cur = await this.readCluster(clusterStart);
+        await plan.bytes();
+        cur.set(chunk, a);
+        plan.addPiece(fresh, cur, null);
+        plan.updates.push(
+          copiedUpdate(
+            ci,
+            fresh,
+            compressed ? 0 : (zbits & ~mask) >>> 0,
+            compressed ? ALL_SUBCLUSTERS : (abits | mask) >>> 0,
+          ),
+        );
+        if (compressed) plan.frees.push(this.meta.compressedFreeRange(hi, lo, l2off, ci));
+        else if (!dataFile) plan.frees.push([host, cs]);
+      } else {
+        plan.addPiece(fresh + ea, piece, pieceSrc);
+        plan.updates.push(copiedUpdate(ci, fresh, (zbits & ~mask) >>> 0, (abits | mask) >>> 0));
+      }
+    }
+    return b - a;
+  }
+
+  /** One cluster's part of a write (prepareInTable): the bytes it took. */
+  private async prepareCluster(plan: TablePlan, part: ClusterPart): Promise<number> {
+    const { hi, lo, compressed, host, hh, copied, cs, clusterStart, a, b, chunk, pos, ci } = part;
+    const { l2off } = plan;
+    const rc = this.meta.refcounts!;
+    const dataFile = this.meta.hasDataFile;
+    const zeroFlag = isZero(lo);
+    if (hh && (copied || dataFile) && !zeroFlag) {
+      this.meta.assertNotMetadata(host + a, b - a);
+      plan.addPiece(host + a, chunk, plan.srcAt(pos));
+    } else {
+      // The cluster's content around a partial write (null: zeros, with nothing below).
+      // QEMU's handle_alloc_space: a new cluster whose copy-on-write areas read as zeros
+      // is zeroed by the host (fallocate ZERO_RANGE) and only the data is written, instead
+      // of a whole cluster of mostly zeros (frag2→qcow2: 4 KiB writes into 64 KiB clusters).
+      // A cluster in untouched space (past the file's end, never written: a new image's
+      // clusters) already reads as zeros; it gets its host blocks as QEMU's zeroing gives
+      // them (the same map and disk size), but 1 MiB ahead at a time (HostFile.reserveZeroed).
+      const partial = a !== 0 || b !== cs;
+      const cur =
+        !partial || (!hh && !compressed && !this.ctx.hasBacking)
+          ? null
+          : await this.readCluster(clusterStart);
+      const zeroCow =
+        partial &&
+        !hh &&
+        !compressed &&
+        !dataFile &&
+        this.meta.luks === undefined &&
+        (cur === null || (isAllZero(cur.subarray(0, a)) && isAllZero(cur.subarray(b))));
+      let fresh: number;
+      if (dataFile) fresh = clusterStart;
+      else if (hh && copied)
+        fresh = host; // a zero cluster that keeps its allocation
+      else fresh = await rc.allocClusters(1);
+      const zeroed = zeroCow && this.file.reserveZeroed(fresh, cs, Math.max(cs, RESERVE_AHEAD));
+      this.meta.noteAlloc(fresh, cs);
+      if (fresh !== host) this.meta.assertNotMetadata(fresh, cs);
+      if (zeroCow && (zeroed || this.file.zeroRange(fresh, cs)))
+        plan.addPiece(fresh + a, chunk, plan.srcAt(pos));
+      else if (!partial) plan.addPiece(fresh, chunk, plan.srcAt(pos));
+      else {
+        const whole = cur ?? new Uint8Array(cs);
+        await plan.bytes();
+        whole.set(chunk, a);
+        plan.addPiece(fresh, whole, null);
+      }
+      plan.updates.push(copiedUpdate(ci, fresh, 0, 0));
+      if (compressed) plan.frees.push(this.meta.compressedFreeRange(hi, lo, l2off, ci));
+      else if (hh && fresh !== host && !dataFile) plan.frees.push([host, cs]);
+    }
+    return b - a;
+  }
+
+  /**
+   * How many whole clusters from entry `ci` on (at most `bytes` of them, within the table) have
+   * no host cluster and are not compressed: what a write allocates fresh, in one go.
+   */
+  private unallocatedRun(v: DataView, ci: number, bytes: number): number {
+    const cs = this.meta.clusterSize;
+    let k = 0;
+    while (ci + k < this.meta.l2Entries && (k + 1) * cs <= bytes) {
+      const x = this.meta.entryAt(v, ci + k);
+      if (x.compressed || x.hasHost) break;
+      k++;
+    }
+    return k;
   }
 
   private setEntry(v: DataView, u: L2Update): void {
