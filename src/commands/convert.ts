@@ -14,7 +14,6 @@
  *
  * Memory is bounded by workers × chunk size (16 MiB by default), whatever the image size.
  */
-
 import { layerAt } from '../chain/allocation.js';
 import { type OpenContext, openContext, openImage } from '../chain/open.js';
 import { type Extent, isAllZero } from '../core/device.js';

@@ -4,6 +4,7 @@
  * The CLI prints `vdisk: <message>` and maps the code to an exit status in one place
  * (src/cli/errors.ts); the server maps it to an HTTP status in one place.
  */
+import { constants as osConstants } from 'node:os';
 export type ErrorCode =
   | 'ENOENT' // a named file does not exist
   | 'EACCES' // permission denied by the host
@@ -73,6 +74,11 @@ const hostText: Record<string, string> = {
   EIO: 'Input/output error',
   EINVAL: 'Invalid argument',
 };
+
+/** The symbolic name of an errno number ("ENOSPC"), or undefined for one the host does not know. */
+export function errnoName(errno: number): string | undefined {
+  return Object.entries(osConstants.errno).find(([, v]) => v === errno)?.[0];
+}
 
 /** Host error text as strerror(3) words it, the way qemu-img prints it. */
 export function strerror(err: unknown): string {

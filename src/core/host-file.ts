@@ -12,9 +12,8 @@
  */
 import { fstatSync, writeSync } from 'node:fs';
 import { type FileHandle, constants as fsc, open as fsOpen, stat } from 'node:fs/promises';
-import { constants as osc } from 'node:os';
 import { native } from '../native/index.js';
-import { fromHostError, strerror, VdiskError } from './errors.js';
+import { errnoName, fromHostError, strerror, VdiskError } from './errors.js';
 
 export interface HostExtent {
   offset: number;
@@ -358,14 +357,14 @@ export class HostFile {
     const r = await copyRange(inFd, srcOffset, this.fh.fd, offset, length, how === 'clone' ? 0 : 1);
     if (r === length) return true;
     if (r >= 0) return false; // the source ended: the rest reads as zeros, which the caller writes
-    const e = osc.errno;
-    if (-r === e.EINVAL) return false;
-    if (-r === e.EOPNOTSUPP || -r === e.EXDEV || -r === e.ENOSYS || -r === e.ETXTBSY || -r === e.EBADF) {
+    const code = errnoName(-r) ?? 'EIO';
+    if (code === 'EINVAL') return false;
+    // (EOPNOTSUPP and ENOTSUP are one number on Linux; errnoName gives the first, ENOTSUP.)
+    if (['ENOTSUP', 'EOPNOTSUPP', 'EXDEV', 'ENOSYS', 'ETXTBSY', 'EBADF'].includes(code)) {
       if (how === 'clone') this.noClone = true;
       else this.noCopy = true;
       return false;
     }
-    const code = Object.entries(e).find(([, v]) => v === -r)?.[0] ?? 'EIO';
     const err = Object.assign(new Error(code), { code });
     throw this.hostError(Object.assign(err, { message: strerror(err) }), 'write', offset);
   }

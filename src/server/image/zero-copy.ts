@@ -22,6 +22,7 @@ import type { FileHandle } from 'node:fs/promises';
 import type { ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { constants } from 'node:os';
+import { errnoName } from '../../core/errors.js';
 import { native, type SendfileJob } from '../../native/index.js';
 
 export const ZERO_COPY_MIN = 256 << 10;
@@ -129,7 +130,7 @@ export async function sendZeroCopy(
     if (errno !== 0) {
       socket.destroy();
       if (errno === constants.errno.ENODATA) throw new Error('image data shorter than its recorded size');
-      const name = Object.entries(constants.errno).find(([, v]) => v === errno)?.[0] ?? `errno ${errno}`;
+      const name = errnoName(errno) ?? `errno ${errno}`;
       if (['ECANCELED', 'EPIPE', 'ECONNRESET', 'ETIMEDOUT'].includes(name)) throw new ClientGone(name);
       throw new Error(`sendfile: ${name}`);
     }
