@@ -366,6 +366,19 @@ static napi_value set_send_buffer(napi_env env, napi_callback_info info) {
   return num(env, setsockopt((int)fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof v) < 0 ? -(double)errno : 0.0);
 }
 
+/* fcntl(F_SETPIPE_SZ): the pipe's new capacity, or -errno (EPERM past the user's limit,
+ * /proc/sys/fs/pipe-max-size; EBADF/EINVAL on what is not a pipe). */
+static napi_value set_pipe_size(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  int64_t fd, bytes;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 2 || !get_i64(env, argv[0], &fd) || !get_i64(env, argv[1], &bytes) || bytes <= 0 || bytes > INT32_MAX)
+    return fail(env, "setPipeSize(fd, bytes)");
+  int r = fcntl((int)fd, F_SETPIPE_SZ, (int)bytes);
+  return num(env, r < 0 ? -(double)errno : (double)r);
+}
+
 #ifndef __NR_cachestat
 #define __NR_cachestat 451
 #endif
@@ -436,6 +449,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"sendFile", NULL, send_file, NULL, NULL, NULL, napi_default, NULL},
       {"sendBytes", NULL, send_bytes, NULL, NULL, NULL, napi_default, NULL},
       {"setSendBuffer", NULL, set_send_buffer, NULL, NULL, NULL, napi_default, NULL},
+      {"setPipeSize", NULL, set_pipe_size, NULL, NULL, NULL, napi_default, NULL},
       {"cached", NULL, cached, NULL, NULL, NULL, napi_default, NULL},
       {"allocatedSectorsMin", NULL, allocated_sectors_min, NULL, NULL, NULL, napi_default, NULL},
       {"misalignment", NULL, misalignment, NULL, NULL, NULL, napi_default, NULL},

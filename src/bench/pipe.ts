@@ -1,6 +1,6 @@
 /**
  * The pipe phase of `npm run bench`: `vdisk convert … -` against the same convert to or from a
- * file, in the same run, on a qcow2 image made by qemu-img. qemu-img has no pipe mode (it
+ * file, in the same run, on a qcow2 image made by qemu-img (and the raw image it was made from). qemu-img has no pipe mode (it
  * seeks in its output), so the reference is vdisk's own file-to-file convert: the ratio says
  * what streaming costs. Each case runs `repeat` times per side, alternating, `sync` before
  * each; wall time is measured around `bash -c` (the pipeline's `cat` included) and the peak RSS
@@ -16,6 +16,8 @@ export interface PipeBenchOptions {
   dir: string;
   /** A qcow2 image made by qemu-img, in `dir`. */
   image: string;
+  /** The raw image it was made from, in `dir`. */
+  raw: string;
   label: string;
   repeat: number;
   only?: string | undefined;
@@ -23,7 +25,7 @@ export interface PipeBenchOptions {
 }
 
 interface Side {
-  /** A bash command; $V is vdisk, $IMG the image, $RSS where time writes the peak RSS. */
+  /** A bash command; $V is vdisk, $IMG the image, $RAW the raw one, $RSS where time writes the peak RSS. */
   script: string;
   out: string;
 }
@@ -35,7 +37,7 @@ function run(dir: string, side: Side, o: PipeBenchOptions): { seconds: number; r
   const r = spawnSync('bash', ['-c', `set -eo pipefail\n${side.script}`], {
     cwd: dir,
     encoding: 'utf8',
-    env: { ...process.env, V: o.vdisk, IMG: o.image, RSS: 'rss.txt' },
+    env: { ...process.env, V: o.vdisk, IMG: o.image, RAW: o.raw, RSS: 'rss.txt' },
   });
   const seconds = (performance.now() - t0) / 1000;
   if (r.status !== 0) throw new Error(`${side.script} failed (${r.status}): ${r.stderr}`);
@@ -61,6 +63,12 @@ export function runPipeBench(o: PipeBenchOptions): string {
         script: `${T} convert -f qcow2 -O vmdk -o subformat=streamOptimized "$IMG" - | cat > p.vmdk`,
         out: 'p.vmdk',
       },
+    },
+    {
+      // No temporary file: the target is made at a provisional size and set to the length.
+      name: `raw→qcow2 from stdin (${o.label})`,
+      file: { script: `${T} convert -f raw -O qcow2 "$RAW" f.qcow2`, out: 'f.qcow2' },
+      pipe: { script: `cat "$RAW" | ${T} convert -f raw -O qcow2 - p.qcow2`, out: 'p.qcow2' },
     },
     {
       name: `qcow2→raw from stdin, in order (${o.label})`,

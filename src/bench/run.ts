@@ -420,6 +420,7 @@ async function main(): Promise<void> {
       const pipe = runPipeBench({
         dir,
         image: 'mixed.qcow2',
+        raw: 'mixed.raw',
         label: `${gib} GiB mixed, made by qemu-img`,
         repeat: REPEAT,
         only: ONLY,

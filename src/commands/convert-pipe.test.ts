@@ -155,7 +155,8 @@ describe('convert - … (standard input)', () => {
   // How each is read: in order (nothing on stderr), in order with what was skipped kept, or
   // spilled whole first.
   const inputs: Array<{ file: string; fmt: string; note: RegExp }> = [
-    { file: 'src.raw', fmt: 'raw', note: SPILL },
+    // Raw into qcow2: the target is made at a provisional size and set to the stream's length.
+    { file: 'src.raw', fmt: 'raw', note: /^$/ },
     { file: 'src.vmdk', fmt: 'vmdk', note: /^$/ },
     { file: 'sparse.vmdk', fmt: 'vmdk', note: SPILL },
     { file: 'src.vhd', fmt: 'vpc', note: /^$/ },
@@ -261,7 +262,7 @@ describe('convert - … (standard input)', () => {
   });
 
   it('a spill over --spill-limit stops with one line and is removed', () => {
-    const r = sh('cat src.raw | vdisk convert --spill-limit=1M -f raw -O qcow2 - lim.qcow2');
+    const r = sh('cat src.raw | vdisk convert --spill-limit=1M -f raw -O vdi - lim.vdi');
     expect(r.code).toBe(1);
     expect(r.stderr.split('\n')[1]).toBe(
       'vdisk: standard input needs more than 1048576 bytes of temporary space',
@@ -326,14 +327,112 @@ describe('convert - … (standard input)', () => {
     // The holes stay holes; memory stays small.
     expect(Number(run('du -k piped.raw').stdout.split('\t')[0])).toBeLessThan(20 * 1024);
     expect(Number(readFileSync(p('rss-raw.txt'), 'utf8').trim())).toBeLessThan(200 * 1024);
-    // The same input to qcow2 still needs the temporary directory, and cannot have it here.
+    // To qcow2 neither (the target is resized to the stream's length at the end).
     const q = run(`${input} | ${JSON.stringify(BIN)} convert -f raw -O qcow2 - piped.qcow2`);
-    expect(q.status).toBe(1);
-    expect(q.stderr).toContain('vdisk: ');
+    expect(q.stderr).toBe('');
+    expect(q.status).toBe(0);
+    same(big, 'piped.qcow2', 'raw', 'qcow2');
+    // To vdi (no shrinking resize) the input is spilled first, and the spill cannot be made here.
+    const v = run(`${input} | ${JSON.stringify(BIN)} convert -f raw -O vdi - piped.vdi`);
+    expect(v.status).toBe(1);
+    expect(v.stderr).toBe(
+      `vdisk: cannot make a temporary directory in ${ro} for standard input: No such file or directory (set TMPDIR)\n`,
+    );
+  });
+
+  describe('raw into qcow2 without a temporary file: what qemu-img makes from the file', () => {
+    // Layout, allocation and content as qemu-img's convert of the same bytes read from a file;
+    // the stream's length is known only at its end, so the target is made at a provisional size
+    // and shrunk to it (the L1 table keeps its provisional length, as QEMU's shrink keeps it).
+    const mixed = 'mixed.raw';
+    beforeAll(() => {
+      // 37 MiB + 1234 bytes: data, a hole, a partial cluster of zeros and data, an odd tail.
+      const r = sh(
+        `{ head -c 3M src.raw; head -c 30M /dev/zero; head -c 100K src.raw | tail -c 60K; head -c 4M /dev/zero; head -c 1234 /dev/urandom; } > ${mixed}`,
+      );
+      expect(r.code).toBe(0);
+    });
+    // l1: the provisional L1 table's bytes (qcow2StreamTargetSize): the target keeps them, where
+    // qemu-img's L1 table of a small image takes one 4 KiB block. With one cluster of L1 table
+    // the clusters are qemu-img's; with more (small clusters) the data comes after them.
+    const cases: Array<{ name: string; input: string; args: string; l1: number }> = [
+      { name: 'default options', input: mixed, args: '', l1: 65536 },
+      {
+        name: 'cluster_size=4096 (an L1 table of 1024 clusters)',
+        input: mixed,
+        args: '-o cluster_size=4096',
+        l1: 4 * MiB,
+      },
+      { name: 'extended_l2=on, compat=1.1', input: mixed, args: '-o extended_l2=on,compat=1.1', l1: 65536 },
+      { name: 'compat=0.10 and -S 64k', input: mixed, args: '-o compat=0.10 -S 64k', l1: 65536 },
+      { name: 'the 2 GiB sparse image', input: 'big.raw', args: '', l1: 65536 },
+    ];
+    for (const c of cases) {
+      it(c.name, () => {
+        const out = `grown-${cases.indexOf(c)}`;
+        const r = sh(`cat ${c.input} | vdisk convert -f raw -O qcow2 ${c.args} - ${out}.v.qcow2`);
+        expect(r.stderr).toBe('');
+        expect(r.code).toBe(0);
+        const q = sh(`qemu-img convert -f raw -O qcow2 ${c.args} ${c.input} ${out}.q.qcow2`);
+        expect(q.code).toBe(0);
+        same(c.input, `${out}.v.qcow2`, 'raw', 'qcow2');
+        checked(`${out}.v.qcow2`, 'qcow2');
+        const info = (f: string) => JSON.parse(qemuImgOk(['info', '--output=json', p(f)]));
+        const [vi, qi] = [info(`${out}.v.qcow2`), info(`${out}.q.qcow2`)];
+        expect(vi['virtual-size']).toBe(qi['virtual-size']);
+        expect(vi['format-specific']).toEqual(qi['format-specific']);
+        const extra = vi['actual-size'] - qi['actual-size'];
+        expect(extra).toBeGreaterThanOrEqual(0);
+        expect(extra).toBeLessThanOrEqual(c.l1 - 4096);
+        const map = (f: string, offsets: boolean) =>
+          JSON.parse(qemuImgOk(['map', '--output=json', '-f', 'qcow2', p(f)])).map(
+            (e: Record<string, unknown>) => (offsets ? e : { ...e, offset: e['offset'] !== undefined }),
+          );
+        const one = c.l1 === 65536;
+        expect(map(`${out}.v.qcow2`, one)).toEqual(map(`${out}.q.qcow2`, one));
+        noSpill();
+      });
+    }
+
+    it('-c: compressed clusters, content and check as qemu-img -c', () => {
+      const r = sh(`cat ${mixed} | vdisk convert -c -f raw -O qcow2 - grown-c.qcow2`);
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+      same(mixed, 'grown-c.qcow2', 'raw', 'qcow2');
+      checked('grown-c.qcow2', 'qcow2');
+      const q = sh(`qemu-img convert -c -f raw -O qcow2 ${mixed} grown-c.q.qcow2`);
+      expect(q.code).toBe(0);
+      const check = (f: string) => JSON.parse(qemuImgOk(['check', '--output=json', p(f)]));
+      const [vc, qc] = [check('grown-c.qcow2'), check('grown-c.q.qcow2')];
+      expect(vc['allocated-clusters']).toBe(qc['allocated-clusters']);
+      expect(vc['compressed-clusters']).toBe(qc['compressed-clusters']);
+      noSpill();
+    });
+
+    it('an empty stream: a qcow2 of size 0', () => {
+      const r = sh('vdisk convert -f raw -O qcow2 - empty.qcow2 < /dev/null');
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+      expect(JSON.parse(qemuImgOk(['info', '--output=json', p('empty.qcow2')]))['virtual-size']).toBe(0);
+      checked('empty.qcow2', 'qcow2');
+    });
+
+    it('options that need the size first (preallocation, -S 0, -B) still spill, and say so', () => {
+      for (const [args, out] of [
+        ['-o preallocation=metadata', 'pre.qcow2'],
+        ['-S 0', 's0.qcow2'],
+      ] as const) {
+        const r = sh(`cat src.raw | vdisk convert -f raw -O qcow2 ${args} - ${out}`);
+        expect(r.code).toBe(0);
+        expect(r.stderr).toMatch(SPILL);
+        same('src.raw', out, 'raw', 'qcow2');
+        noSpill();
+      }
+    });
   });
 
   it('a signal while reading removes the temporary file', async () => {
-    const child = spawn(BIN, ['convert', '-f', 'raw', '-O', 'qcow2', '-', p('sig.qcow2')], {
+    const child = spawn(BIN, ['convert', '-f', 'raw', '-O', 'vdi', '-', p('sig.vdi')], {
       cwd: dir,
       env: { ...process.env, TMPDIR: tmp },
       stdio: ['pipe', 'ignore', 'pipe'],

@@ -32,6 +32,8 @@ import { Image } from '../core/image.js';
 import { imageSeqSource, type SeqSource } from '../core/seq.js';
 import { StreamSource } from '../core/stream-source.js';
 import { registerBuiltinFormats } from '../formats/index.js';
+import { RawStreamImage } from '../formats/raw/stream-read.js';
+import { protocolOf } from '../protocols/index.js';
 import { type ConvertOptions, convertCommand } from './convert.js';
 import { createTarget, prepareCreate } from './create.js';
 
@@ -51,6 +53,11 @@ export interface ConvertPipeOptions extends ConvertOptions {
   onNote?: ((line: string) => void) | undefined;
   /** The temporary directory in use (to remove on a signal), then null once removed. */
   onTemp?: ((dir: string | null) => void) | undefined;
+  /**
+   * A raw stream into a target that can be resized: the provisional size to create it at, in
+   * place of the format's (FormatDriver.streamTargetSize). For tests of a stream longer than it.
+   */
+  provisionalSize?: number | undefined;
 }
 
 /**
@@ -88,16 +95,48 @@ export async function convertPipe(o: ConvertPipeOptions): Promise<void> {
         await streamRawInto(o, o.input);
         return;
       }
-      const dir = await mkdtemp(join(o.tmpDir ?? tmpdir(), 'vdisk-stdin-'));
+      const { head, stream: input } = await peek(o.input, PROBE_BYTES);
+      const format = o.sourceFormat ?? probeBytes(head, STDIO_NAME);
+      const provisional = format === 'raw' ? await streamTargetSize(o) : undefined;
+      if (provisional !== undefined) {
+        // Raw, in order, into a target created at a provisional size and then set to the
+        // stream's length: no temporary file.
+        const source = new RawStreamImage(input, provisional);
+        const image = new Image(source, STDIO_NAME);
+        closers.push(() => image.close());
+        const finalSize = async () => {
+          if (await source.longer())
+            throw new VdiskError(
+              'TOO_LARGE',
+              `standard input is longer than the ${provisional} bytes a ${o.outputFormat ?? 'raw'} target read from a stream can hold; convert from a file instead`,
+            );
+          return Math.ceil((source.length ?? 0) / 512) * 512;
+        };
+        try {
+          await convertCommand({ ...o, sourceImages: [image], onProgress: undefined, finalSize });
+        } catch (err) {
+          // The target was made for this copy at a size that is not the image's: no half image
+          // is left behind (as a spill that fails leaves no target).
+          await rm(o.output, { force: true }).catch(() => {});
+          throw err;
+        }
+        return;
+      }
+      const base = o.tmpDir ?? tmpdir();
+      const dir = await mkdtemp(join(base, 'vdisk-stdin-')).catch((err: unknown) => {
+        throw new VdiskError(
+          'EIO',
+          `cannot make a temporary directory in ${base} for standard input: ${strerror(err)} (set TMPDIR)`,
+          { cause: err },
+        );
+      });
       o.onTemp?.(dir);
       closers.push(async () => {
         await rm(dir, { recursive: true, force: true });
         o.onTemp?.(null);
       });
       const limit = o.spillLimit ?? (await freeSpace(dir)) - SPILL_MARGIN;
-      const where = `${o.tmpDir ?? tmpdir()} (at most ${Math.max(limit, 0)} bytes stored)`;
-      const { head, stream: input } = await peek(o.input, PROBE_BYTES);
-      const format = o.sourceFormat ?? probeBytes(head, STDIO_NAME);
+      const where = `${base} (at most ${Math.max(limit, 0)} bytes stored)`;
       const dynamicVpc = head.subarray(0, 8).toString('latin1') === 'conectix';
       const { isStreamOptimizedHead, openVmdkStream } = await import('../formats/vmdk/stream-read.js');
       const streamVmdk = format === 'vmdk' && isStreamOptimizedHead(head);
@@ -191,6 +230,33 @@ function rawToRaw(o: ConvertPipeOptions): boolean {
     minSparse <= RAW_WRITE &&
     o.targetImageOpts !== true
   );
+}
+
+/**
+ * The provisional size of a target that a raw stream goes into without a spill
+ * (FormatDriver.streamTargetSize), or undefined where the options need the source's size up
+ * front or its content twice: -n, -B, -S 0 (every zero written), --bitmaps, --target-image-opts,
+ * preallocation, and formats that cannot be resized down (those are spilled), and a target
+ * that is not a local file.
+ */
+async function streamTargetSize(o: ConvertPipeOptions): Promise<number | undefined> {
+  const options = o.options ?? {};
+  if (
+    o.outputStream !== undefined ||
+    o.skipCreate === true ||
+    o.backingFile !== undefined ||
+    options['backing_file'] !== undefined ||
+    o.bitmaps === true ||
+    o.targetImageOpts === true ||
+    (o.minSparse ?? 4096) === 0 ||
+    // A local file (it is removed if the copy fails), not an export or json:{…}.
+    protocolOf(o.output) !== null ||
+    o.output.startsWith('json:')
+  )
+    return undefined;
+  const driver = await getDriver(o.outputFormat ?? 'raw').catch(() => undefined);
+  const size = driver?.streamTargetSize?.(options);
+  return size === undefined ? undefined : (o.provisionalSize ?? size);
 }
 
 /** The most bytes written to a raw target at once. */

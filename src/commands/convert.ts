@@ -102,6 +102,12 @@ export interface ConvertOptions extends OpenContext {
   skipBrokenBitmaps?: boolean;
   /** Warnings qemu-img prints with warn_report (without the program prefix). */
   onWarning?: (message: string) => void;
+  /**
+   * A source whose length was not known when the target was created (a raw stream, read at a
+   * provisional size: FormatDriver.streamTargetSize): the target's size once the copy is
+   * done. The target is resized (shrunk) to it before it is closed.
+   */
+  finalSize?: (() => Promise<number>) | undefined;
 }
 
 type Status = 'data' | 'zero' | 'backing';
@@ -313,6 +319,7 @@ export async function convertCommand(o: ConvertOptions): Promise<void> {
       onWarning: o.onWarning,
     });
     await copier.run();
+    if (o.finalSize !== undefined) await target.resize(await o.finalSize(), { shrink: true });
     if (o.bitmaps === true) {
       await copyBitmaps(parts[0]!.image, target, o.skipBrokenBitmaps === true, o.onWarning);
     }

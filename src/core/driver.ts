@@ -351,4 +351,12 @@ export interface FormatDriver {
    * the block map up front have it; others are written to a file and copied.
    */
   createSequential?(source: SeqSource, options: CreateOptions): Promise<SeqOutput>;
+  /**
+   * A target for a source whose length is not known yet (a raw stream) is created at this
+   * size, filled, then resized to the source's length (a shrink: the image's resize must allow
+   * it, and cost nothing when nothing lies past the new end). The largest size that makes the
+   * image no bigger than a small one; undefined where the options rule the way out
+   * (preallocation, an external data file, options that are not valid).
+   */
+  streamTargetSize?(options: CreateOptions): number | undefined;
 }

@@ -46,14 +46,63 @@ interface Piece {
   data: Buffer;
 }
 
+/**
+ * A Readable's bytes pulled in pieces of at most `max` bytes, one at a time (StreamSource, and
+ * the raw stream convert reads: src/formats/raw/stream-read.ts). A failing stream becomes one
+ * VdiskError line.
+ */
+export class ChunkReader {
+  private leftover: Buffer | null = null;
+  private done = false;
+  private readonly it: AsyncIterator<unknown>;
+
+  constructor(input: Readable) {
+    this.it = input[Symbol.asyncIterator]();
+  }
+
+  /** The stream's end has been read. */
+  get ended(): boolean {
+    return this.done;
+  }
+
+  /** Up to `max` bytes from the stream, or null at its end. */
+  async next(max: number): Promise<Buffer | null> {
+    let chunk = this.leftover;
+    this.leftover = null;
+    while (chunk === null || chunk.length === 0) {
+      if (this.done) return null;
+      let r: IteratorResult<unknown>;
+      try {
+        r = await this.it.next();
+      } catch (err) {
+        throw new VdiskError('EIO', `error while reading standard input: ${strerror(err)}`, { cause: err });
+      }
+      if (r.done === true) {
+        this.done = true;
+        return null;
+      }
+      const v = r.value;
+      chunk = Buffer.isBuffer(v) ? v : Buffer.from(v as Uint8Array);
+    }
+    if (chunk.length > max) {
+      this.leftover = chunk.subarray(max);
+      chunk = chunk.subarray(0, max);
+    }
+    return chunk;
+  }
+
+  /** Put bytes taken by next() back in front of the rest. */
+  unread(chunk: Buffer): void {
+    this.leftover = this.leftover === null ? chunk : Buffer.concat([chunk, this.leftover]);
+  }
+}
+
 export class StreamSource implements ReadSource {
   readonly size: number;
   readonly sequential = true;
   /** Bytes consumed from the stream. */
   private pos = 0;
-  private ended = false;
-  private leftover: Buffer | null = null;
-  private readonly it: AsyncIterator<unknown>;
+  private readonly reader: ChunkReader;
   /** Recent small reads (offset order irrelevant; most recent last). */
   private recent: Piece[] = [];
   private recentBytes = 0;
@@ -73,7 +122,7 @@ export class StreamSource implements ReadSource {
     private readonly o: StreamSourceOptions,
   ) {
     this.size = o.size;
-    this.it = input[Symbol.asyncIterator]();
+    this.reader = new ChunkReader(input);
   }
 
   /** Bytes consumed so far. */
@@ -140,28 +189,8 @@ export class StreamSource implements ReadSource {
 
   /** Up to `max` bytes from the stream, or null at its end. */
   private async next(max: number): Promise<Buffer | null> {
-    let chunk = this.leftover;
-    this.leftover = null;
-    while (chunk === null || chunk.length === 0) {
-      if (this.ended) return null;
-      let r: IteratorResult<unknown>;
-      try {
-        r = await this.it.next();
-      } catch (err) {
-        throw new VdiskError('EIO', `error while reading standard input: ${strerror(err)}`, { cause: err });
-      }
-      if (r.done === true) {
-        this.ended = true;
-        return null;
-      }
-      const v = r.value;
-      chunk = Buffer.isBuffer(v) ? v : Buffer.from(v as Uint8Array);
-    }
-    if (chunk.length > max) {
-      this.leftover = chunk.subarray(max);
-      chunk = chunk.subarray(0, max);
-    }
-    this.pos += chunk.length;
+    const chunk = await this.reader.next(max);
+    if (chunk !== null) this.pos += chunk.length;
     return chunk;
   }
 

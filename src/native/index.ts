@@ -42,6 +42,8 @@ export interface NativeFs {
   sendBytes?(fd: number, buf: Uint8Array, off: number, len: number, more?: 0 | 1): number;
   /** setsockopt(SO_SNDBUF): 0 or -errno. */
   setSendBuffer?(fd: number, bytes: number): number;
+  /** fcntl(F_SETPIPE_SZ): the pipe's new capacity, or -errno. Absent from an older addon. */
+  setPipeSize?(fd: number, bytes: number): number;
   /**
    * malloc_trim(0): glibc's free heap pages of every arena back to the system (1 when some
    * were, 0 when none, -1 without glibc). Absent from an addon built before it existed.

@@ -3,7 +3,7 @@
  * laid out as qemu lays it out (header, refcount table, refcount block, L1 table, then
  * preallocated metadata and data): `disk size`, `info` and `check` then agree with qemu's.
  */
-import type { CreateOptionSpec, CreateRequest, FileRef } from '../../core/driver.js';
+import type { CreateOptionSpec, CreateOptions, CreateRequest, FileRef } from '../../core/driver.js';
 import { VdiskError } from '../../core/errors.js';
 import { HostFile } from '../../core/host-file.js';
 import { parseBoolOption } from '../../core/options.js';
@@ -177,6 +177,27 @@ export function parseCreateOptions(
     dataFile,
     dataFileRaw,
   };
+}
+
+/**
+ * FormatDriver.streamTargetSize. What one cluster of L1 table reaches (an empty image that
+ * large has the clusters a small one has: 4 TiB with 64 KiB clusters); with small clusters
+ * the L1 table grows to reach 1 TiB, up to 4 MiB of it (4 KiB clusters: 1 TiB, 512 bytes:
+ * 16 GiB); at most 2^50. The resize to the stream's length keeps the L1 table's size (as
+ * QEMU's shrink does), so its clusters are those of a convert from a file whenever one
+ * cluster holds both.
+ */
+export function qcow2StreamTargetSize(options: CreateOptions): number | undefined {
+  let s: Qcow2CreateSettings;
+  try {
+    s = parseCreateOptions(options, false, false);
+  } catch {
+    return undefined;
+  }
+  if (s.preallocation !== 'off' || s.dataFile !== undefined) return undefined;
+  const cs = 2 ** s.clusterBits;
+  const reach = (l1Bytes: number) => (l1Bytes / 8) * (cs / (s.extendedL2 ? 16 : 8)) * cs;
+  return Math.min(2 ** 50, Math.max(reach(cs), Math.min(2 ** 40, reach(4 << 20))));
 }
 
 export async function createQcow2(

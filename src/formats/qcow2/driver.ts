@@ -1,7 +1,7 @@
 /** The qcow2 format driver: probe, open, create (also sequentially), measure. */
 import type { FormatDriver } from '../../core/driver.js';
 import { QCOW2_AMEND_OPTIONS } from './amend-options.js';
-import { createQcow2, QCOW2_CREATE_OPTIONS } from './create.js';
+import { createQcow2, QCOW2_CREATE_OPTIONS, qcow2StreamTargetSize } from './create.js';
 import { measureQcow2 } from './measure.js';
 import { openQcow2 } from './open.js';
 import { probeQcow2 } from './probe.js';
@@ -19,4 +19,5 @@ export const qcow2Driver: FormatDriver = {
   compressedWrites: true,
   measure: measureQcow2,
   amendOptions: QCOW2_AMEND_OPTIONS,
+  streamTargetSize: qcow2StreamTargetSize,
 };
