@@ -365,6 +365,8 @@ describe('convert - … (standard input)', () => {
       },
       { name: 'extended_l2=on, compat=1.1', input: mixed, args: '-o extended_l2=on,compat=1.1', l1: 65536 },
       { name: 'compat=0.10 and -S 64k', input: mixed, args: '-o compat=0.10 -S 64k', l1: 65536 },
+      { name: 'lazy_refcounts=on', input: mixed, args: '-o lazy_refcounts=on', l1: 65536 },
+
       { name: 'the 2 GiB sparse image', input: 'big.raw', args: '', l1: 65536 },
     ];
     for (const c of cases) {
@@ -409,6 +411,21 @@ describe('convert - … (standard input)', () => {
       noSpill();
     });
 
+    it('encrypted (luks in qcow2): content and check with the key, through the shrink', () => {
+      const r = sh(
+        `cat ${mixed} | vdisk convert -f raw -O qcow2 --object secret,id=s0,data=pw -o encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10 - grown-e.qcow2`,
+      );
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+      const opts = `driver=qcow2,file.filename=${p('grown-e.qcow2')},encrypt.key-secret=s0`;
+      const secret = ['--object', 'secret,id=s0,data=pw'];
+      const raw = `driver=raw,file.filename=${p(mixed)}`;
+      const cmp = qemuImg(['compare', ...secret, '--image-opts', raw, opts]);
+      expect(cmp.stdout + cmp.stderr).toBe('Images are identical.\n');
+      expect(qemuImg(['check', ...secret, '--image-opts', opts]).code).toBe(0);
+      noSpill();
+    });
+
     it('an empty stream: a qcow2 of size 0', () => {
       const r = sh('vdisk convert -f raw -O qcow2 - empty.qcow2 < /dev/null');
       expect(r.stderr).toBe('');
@@ -417,7 +434,7 @@ describe('convert - … (standard input)', () => {
       checked('empty.qcow2', 'qcow2');
     });
 
-    it('options that need the size first (preallocation, -S 0, -B) still spill, and say so', () => {
+    it('options that need the size first (preallocation, -S 0) still spill, and say so', () => {
       for (const [args, out] of [
         ['-o preallocation=metadata', 'pre.qcow2'],
         ['-S 0', 's0.qcow2'],
