@@ -1,6 +1,6 @@
 /**
  * A minimal HTTP/1.1 client for the one request a remote image source makes by the million:
- * `GET` with `Range: bytes=a-b` over plain TCP, its body read straight into the caller's buffer.
+ * `GET` with `Range: bytes=a-b` over TCP or TLS, its body read straight into the caller's buffer.
  *
  * node:http costs about as much CPU as the copy itself at loopback speed: its parser, one
  * 64 KiB Buffer per socket read (and the GC of them), and one more copy. Here each keep-alive
@@ -10,6 +10,11 @@
  * still expected, so there is no per-read allocation and no copy of the body (but for the few
  * bytes that came with the headers).
  *
+ * https goes the same way over a `tls.TLSSocket`, which takes `onread` too: the records are
+ * decrypted into the memory handed over, where node:https hands out a Buffer per 16 KiB record
+ * and the caller copies it (a 603 MiB qcow2 over https on loopback: 2.4–2.9 s of user CPU that
+ * way; docs/benchmarks.md, "https"). The certificate checks are node:tls's, as node:https's.
+ *
  * Only the answer a good range server gives is handled here: `206` with a `Content-Length`
  * equal to the range's length and a `Content-Range` starting at its first byte, no
  * `Transfer-Encoding`. Anything else (a redirect, `200` with the whole object, a chunked
@@ -18,6 +23,7 @@
  * error messages. `4xx`/`5xx` statuses reject with the status, as node:http's path would.
  */
 import { connect, type LookupFunction, type Socket } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 
 /** An error of one wire request: `retry` when trying again may succeed. */
 export class WireError extends Error {
@@ -63,14 +69,32 @@ class Conn {
   used = false;
   dead = false;
 
-  constructor(host: string, port: number, onIdleGone: (c: Conn) => void, lookup?: LookupFunction) {
-    this.socket = connect({
+  constructor(
+    readonly key: string,
+    host: string,
+    port: number,
+    onIdleGone: (c: Conn) => void,
+    lookup: LookupFunction | undefined,
+    tls: WireTls | null,
+  ) {
+    const options = {
       host,
       port,
       noDelay: true,
       ...(lookup !== undefined ? { lookup } : {}),
       onread: { buffer: () => this.next, callback: (n: number, buf: Uint8Array) => this.onData(n, buf) },
-    });
+    };
+    // TLS: the request written at once is sent once the handshake is done.
+    this.socket =
+      tls === null
+        ? connect(options)
+        : tlsConnect({
+            ...options,
+            rejectUnauthorized: tls.rejectUnauthorized,
+            ...(tls.ca !== undefined ? { ca: tls.ca } : {}),
+            // SNI and the certificate's name check take the host name, not an address.
+            ...(isIpLiteral(host) ? {} : { servername: host }),
+          });
     this.socket.on('error', (err) => this.fail(err));
     this.socket.on('close', () => {
       this.dead = true;
@@ -234,16 +258,35 @@ function parseHead(head: string, start: number, length: number): HeadVerdict {
   return { kind: 'body', keepAlive };
 }
 
-/** Keep-alive connections to one host:port, at most `maxIdle` kept between requests. */
+/** How https connections are checked (node:tls's options, as node:https's agent takes them). */
+export interface WireTls {
+  rejectUnauthorized: boolean;
+  /** The trusted certificate authorities (default: Node's). */
+  ca?: string[] | undefined;
+}
+
+function isIpLiteral(host: string): boolean {
+  return /^[\d.]+$/.test(host) || host.includes(':');
+}
+
+/**
+ * Keep-alive connections, by scheme, host and port, at most `maxIdle` of them kept between
+ * requests.
+ */
 export class RangeWire {
   private readonly idleConns: Conn[] = [];
   private readonly busy = new Set<Conn>();
   private closed = false;
+  private tlsOptions: WireTls | null = null;
 
-  /** `lookup` resolves host names instead of node's (a caller that pins the address). */
+  /**
+   * `lookup` resolves host names instead of node's (a caller that pins the address); `tls`
+   * gives https connections their checks, asked for when the first one is made.
+   */
   constructor(
     private readonly maxIdle: number,
     private readonly lookup?: LookupFunction,
+    private readonly tls?: () => WireTls,
   ) {}
 
   /**
@@ -261,12 +304,25 @@ export class RangeWire {
     let req = `GET ${url.pathname}${url.search} HTTP/1.1\r\nHost: ${url.host}\r\n`;
     for (const [k, v] of Object.entries(headers)) req += `${k}: ${v}\r\n`;
     req += `Range: bytes=${start}-${start + into.length - 1}\r\nConnection: keep-alive\r\n\r\n`;
-    let conn = this.idleConns.pop();
-    while (conn?.dead) conn = this.idleConns.pop();
+    const secure = url.protocol === 'https:';
+    if (!secure && url.protocol !== 'http:')
+      return Promise.resolve({ kind: 'fallback', final: false } as WireResult);
+    const host = url.hostname.replace(/^\[|\]$/g, '');
+    const port = url.port !== '' ? Number(url.port) : secure ? 443 : 80;
+    const key = `${url.protocol}//${host}:${port}`;
+    let conn: Conn | undefined;
+    for (let i = this.idleConns.length - 1; i >= 0 && conn === undefined; i--) {
+      const c = this.idleConns[i]!;
+      if (c.dead || c.key === key) {
+        this.idleConns.splice(i, 1);
+        if (!c.dead) conn = c;
+      }
+    }
     if (conn === undefined) {
-      const host = url.hostname.replace(/^\[|\]$/g, '');
-      const port = url.port !== '' ? Number(url.port) : 80;
+      let tls: WireTls | null = null;
+      if (secure) tls = this.tlsOptions ??= this.tls?.() ?? { rejectUnauthorized: true };
       conn = new Conn(
+        key,
         host,
         port,
         (c) => {
@@ -274,6 +330,7 @@ export class RangeWire {
           if (i >= 0) this.idleConns.splice(i, 1);
         },
         this.lookup,
+        tls,
       );
     }
     const c = conn;

@@ -92,7 +92,7 @@ interface Response {
 /** The open connection pool and request settings of one source. */
 class HttpClient {
   private readonly agents = new Map<string, HttpAgent>();
-  /** Range GETs over plain http go by the minimal client of http-wire.ts while it will do. */
+  /** Range GETs go by the minimal client of http-wire.ts while it will do. */
   private wire: RangeWire | null;
   /** The caller's lookup, with its failures noted so that they are thrown as they are. */
   private readonly lookup: LookupFunction | undefined;
@@ -113,8 +113,10 @@ class HttpClient {
     // Connections kept open between requests: the read-ahead's, and one per read of a caller
     // with several in flight (convert's -m workers, at most 16), whose large reads go around
     // the cache (cached-source.ts, `direct`): fewer, and each burst would connect again.
-    this.wire =
-      url.protocol === 'http:' ? new RangeWire(Math.max(16, (opts.parallel ?? 4) + 1), this.lookup) : null;
+    this.wire = new RangeWire(Math.max(16, (opts.parallel ?? 4) + 1), this.lookup, () => ({
+      rejectUnauthorized: opts.sslverify !== false,
+      ...tlsCa(),
+    }));
   }
 
   /** The keep-alive pool for `protocol` (a redirect may change it when `redirect` allows). */
