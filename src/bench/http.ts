@@ -8,6 +8,9 @@
  * then stalls for good (such a run is stopped after HANG_SECONDS and counted, not timed), and
  * with -m 1 (one request at a time), which does not.
  *
+ * The same image over https (nginx's self-signed certificate, not checked: sslverify off) by
+ * qemu-img -m 1 and by vdisk: the TLS record decryption on top of the same copy.
+ *
  * Two floors run with them: `curl` of the whole file to /dev/null (the bytes over loopback,
  * nothing else) and `cat` of it (the bytes from the page cache). With /usr/bin/time present,
  * each case's CPU (user + sys, median) is reported beside its wall time: on the shared 2-core
@@ -60,9 +63,11 @@ function run(cmd: string, args: string[], cwd: string): { wall: number; cpu: num
 }
 
 export async function runHttpBench(o: HttpBenchOptions): Promise<string> {
-  const ngx = await startNginx(o.dir);
+  const ngx = await startNginx(o.dir, { tls: true });
   try {
     const url = `${ngx.url}/${o.image}`;
+    // The self-signed certificate is not checked (qemu's sslverify=off, as both take it).
+    const tlsUrl = `${ngx.httpsUrl!}/${o.image}`;
     const cases: Array<{ name: string; cmd: string; args: string[]; floor?: boolean }> = [
       { name: 'qemu-img (curl, -m 8)', cmd: 'qemu-img', args: ['convert', '-O', 'raw', url, 'OUT'] },
       {
@@ -72,6 +77,30 @@ export async function runHttpBench(o: HttpBenchOptions): Promise<string> {
       },
       { name: 'vdisk (http)', cmd: o.vdisk, args: ['convert', '-O', 'raw', url, 'OUT'] },
       { name: 'vdisk (local file)', cmd: o.vdisk, args: ['convert', '-O', 'raw', o.image, 'OUT'] },
+      {
+        name: 'qemu-img https (curl, -m 1)',
+        cmd: 'qemu-img',
+        args: [
+          'convert',
+          '-m',
+          '1',
+          '-O',
+          'raw',
+          `json:{"file.driver":"https","file.url":"${tlsUrl}","file.sslverify":"off"}`,
+          'OUT',
+        ],
+      },
+      {
+        name: 'vdisk https',
+        cmd: o.vdisk,
+        args: [
+          'convert',
+          '-O',
+          'raw',
+          `json:{"file.driver":"https","file.url":"${tlsUrl}","file.sslverify":false}`,
+          'OUT',
+        ],
+      },
       { name: 'floor: curl the file', cmd: 'curl', args: ['-s', '-o', '/dev/null', url], floor: true },
       { name: 'floor: cat the file', cmd: 'sh', args: ['-c', `cat '${o.image}' > /dev/null`], floor: true },
     ];
@@ -111,7 +140,7 @@ export async function runHttpBench(o: HttpBenchOptions): Promise<string> {
     }
     const m = times.map((t) => (t.length > 0 ? median(t) : Number.NaN));
     const cpu = cpus.map((t) => (t.length > 0 ? median(t) : Number.NaN));
-    const [q8, q1, vh, vl] = m as [number, number, number, number];
+    const [q8, q1, vh, vl, qs, vs] = m as [number, number, number, number, number, number];
     const fig = (x: number, d: number) => (Number.isNaN(x) ? '—' : x.toFixed(d));
     const rows = cases.map((c, k) => [
       c.name,
@@ -124,7 +153,8 @@ export async function runHttpBench(o: HttpBenchOptions): Promise<string> {
       `convert -O raw of a ${o.label} served by nginx on loopback (median wall s and CPU s, user + sys, of ${o.repeat} runs, alternating; load average ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')} at the end):\n` +
       `${markdownTable(['source', 'median s', 'CPU s', 'runs', 'hangs'], rows)}\n` +
       `vdisk http / qemu-img -m 8: ${(vh / q8).toFixed(2)}; vdisk http / qemu-img -m 1: ${(vh / q1).toFixed(2)}; ` +
-      `vdisk http / vdisk local: ${(vh / vl).toFixed(2)} (a hang: a run stopped after ${HANG_SECONDS} s)\n`
+      `vdisk http / vdisk local: ${(vh / vl).toFixed(2)}; vdisk https / qemu-img https -m 1: ${(vs / qs).toFixed(2)} ` +
+      `(a hang: a run stopped after ${HANG_SECONDS} s)\n`
     );
   } finally {
     await ngx.stop();
