@@ -112,12 +112,22 @@ export async function convertPipe(o: ConvertPipeOptions): Promise<void> {
             );
           return Math.ceil((source.length ?? 0) / 512) * 512;
         };
+        let created = false;
         try {
-          await convertCommand({ ...o, sourceImages: [image], onProgress: undefined, finalSize });
+          await convertCommand({
+            ...o,
+            sourceImages: [image],
+            onProgress: undefined,
+            finalSize,
+            onCreated: () => {
+              created = true;
+            },
+          });
         } catch (err) {
-          // The target was made for this copy at a size that is not the image's: no half image
-          // is left behind (as a spill that fails leaves no target).
-          await rm(o.output, { force: true }).catch(() => {});
+          // A target this copy made, at a size that is not the image's, is not left behind half
+          // written (as a spill that fails leaves no target). One it did not make yet (an
+          // option refused first) is not touched.
+          if (created) await rm(o.output, { force: true }).catch(() => {});
           throw err;
         }
         return;

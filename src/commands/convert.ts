@@ -108,6 +108,8 @@ export interface ConvertOptions extends OpenContext {
    * done. The target is resized (shrunk) to it before it is closed.
    */
   finalSize?: (() => Promise<number>) | undefined;
+  /** Called once the target has been created (not with -n): from then on it is this copy's. */
+  onCreated?: (() => void) | undefined;
 }
 
 type Status = 'data' | 'zero' | 'backing';
@@ -247,6 +249,7 @@ export async function convertCommand(o: ConvertOptions): Promise<void> {
         secrets: o.secrets,
       });
       await createTarget(prepared, o.output, `converting ${outFmt}`);
+      o.onCreated?.();
     }
     const cache = o.cache ?? 'unsafe';
     if (!['none', 'off', 'writeback', 'writethrough', 'directsync', 'unsafe'].includes(cache))

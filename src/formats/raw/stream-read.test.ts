@@ -2,7 +2,7 @@
  * RawStreamImage: a raw stream read front to back at a provisional size, and the raw → qcow2
  * conversion built on it (convertPipe), in process, on streams that end early, late or badly.
  */
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -135,6 +135,20 @@ describe('convertPipe: a raw stream into qcow2 without a temporary file', () => 
     expect((err as VdiskError).message).toBe(
       'standard input is longer than the 1048576 bytes a qcow2 target read from a stream can hold; convert from a file instead',
     );
+  });
+
+  it('an option refused before the target is made: an existing file is left alone', async () => {
+    writeFileSync(p('keep.qcow2'), "the user's own file");
+    const err = await convertPipe({
+      sources: ['-'],
+      input: streamOf(pattern(MiB)),
+      sourceFormat: 'raw',
+      output: p('keep.qcow2'),
+      outputFormat: 'qcow2',
+      options: { foo: '1' },
+    }).catch((e: unknown) => e);
+    expect((err as VdiskError).message).toBe("Invalid parameter 'foo'");
+    expect(readFileSync(p('keep.qcow2'), 'utf8')).toBe("the user's own file");
   });
 
   it('a stream that fails half way: one line, and no half image left behind', async () => {
