@@ -10,6 +10,12 @@ import { qdictOrder } from '../core/qdict.js';
 import { parseQemuOpts } from '../core/secrets.js';
 import { nbdCanonicalName, nbdFromOptions } from '../protocols/nbd-name.js';
 
+/**
+ * JSON's null as an option value (`"backing": null` in a json:{…} name), told apart from the
+ * string "null" (`backing=null` names a block node): a NUL cannot come from the command line.
+ */
+export const JSON_NULL = '\u0000null';
+
 export interface ImageOpts {
   driver: string | undefined;
   filename: string;
@@ -24,6 +30,13 @@ export interface ImageOpts {
   protocolOptions?: Record<string, string>;
   /** qemu's name for an image over a protocol, given the format that was opened. */
   protocolDisplayName?: (format: string) => string;
+}
+
+/** A JSON option value as the string the drivers take (a backing's null as JSON_NULL). */
+function optionText(key: string, v: unknown): string {
+  if (typeof v === 'string') return v;
+  if (v === null && (key === 'backing' || key.endsWith('.backing'))) return JSON_NULL;
+  return JSON.stringify(v);
 }
 
 /** block/curl.c's runtime options besides `url`. */
@@ -61,7 +74,7 @@ function curlImageOpts(protocol: string, pairs: Array<[string, unknown]>): Image
   const protocolOptions: Record<string, string> = { driver: protocol };
   const given: Record<string, unknown> = {};
   for (const [k, v] of pairs) {
-    const text = typeof v === 'string' ? v : JSON.stringify(v);
+    const text = optionText(k, v);
     if (k === 'driver') driver = text;
     else if (k === 'file.driver' || k === 'file.filename') continue;
     else if (k === 'file.url') url = text;
@@ -122,7 +135,7 @@ export function parseJsonName(name: string): ImageOpts {
   flatten(v as Record<string, unknown>, '');
   const protocol = pairs.find(([k]) => k === 'file.driver')?.[1];
   if (protocol === 'http' || protocol === 'https') return curlImageOpts(protocol, pairs);
-  const io = imageOptsOf(pairs.map(([k, x]) => [k, typeof x === 'string' ? x : JSON.stringify(x)]));
+  const io = imageOptsOf(pairs.map(([k, x]) => [k, optionText(k, x)]));
   // qemu names a plain file opened by json:{…} by its file name.
   return { ...io, displayName: io.filename };
 }

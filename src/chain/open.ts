@@ -16,7 +16,7 @@ import { Image } from '../core/image.js';
 import type { Secrets } from '../core/secrets.js';
 import { registerBuiltinFormats } from '../formats/index.js';
 import { openProtocol, protocolOf } from '../protocols/index.js';
-import { type ImageOpts, parseImageOpts, parseJsonName } from './image-opts.js';
+import { type ImageOpts, JSON_NULL, parseImageOpts, parseJsonName } from './image-opts.js';
 import { driverOptions } from './runtime-options.js';
 
 /** QEMU refuses chains deeper than this (block.c: BDRV_MAX_BACKING_DEPTH... qemu-img uses 1000 for
@@ -151,6 +151,9 @@ async function openLayer(path: string, opts: OpenOptions, depth: number, seen: S
   const file =
     (await openProtocol(path, hostOpts, depth === 0 ? opts.protocolOptions : undefined, opts.secrets)) ??
     (await HostFile.open(path, hostOpts));
+  // `backing` and `backing.*`: this layer's backing, as QEMU's bdrv_open_inherit and
+  // bdrv_open_backing_file take them (measured on qemu-img 7.2, src/chain/backing-options.test.ts).
+  const layer = backingOptions(opts.driverOptions, opts.onWarning);
   let driverImage: FormatImage;
   try {
     const format = opts.format ?? (await probeFormat(file));
@@ -173,9 +176,11 @@ async function openLayer(path: string, opts: OpenOptions, depth: number, seen: S
       writable,
       forceShare: opts.forceShare === true,
       repairOnOpen: writable,
-      ...(depth === 0 && opts.driverOptions !== undefined
+      ...(layer.own !== undefined
         ? {
-            options: driverOptions(format, opts.driverOptions, { noBacking: opts.noBackingOptions === true }),
+            options: driverOptions(format, layer.own, {
+              noBacking: layer.none || (depth === 0 && opts.noBackingOptions === true),
+            }),
           }
         : {}),
       ...(opts.secrets !== undefined ? { secrets: opts.secrets } : {}),
@@ -225,49 +230,124 @@ async function openLayer(path: string, opts: OpenOptions, depth: number, seen: S
   // qemu names an image on a protocol by its canonical name (nbd_refresh_filename).
   if (file.remote && file.path !== path) image.displayName = file.path;
   const ref = driverImage.backing;
-  if (ref === undefined || opts.backing === 'ignore') return image;
-  if (opts.backing !== 'follow') {
-    await image.close().catch(() => {});
-    throw new VdiskError(
-      'NOT_ALLOWED',
-      `'${path}' names the backing file '${ref.filename}', which was not allowed to be opened`,
-      { path },
-    );
-  }
+  if (layer.none) return image;
+  if (ref === undefined && layer.node === undefined && layer.sub === undefined) return image;
+  if (opts.backing === 'ignore') return image;
+  let backingPath: string | null = null;
+  let unprefixed: VdiskError | undefined;
   try {
-    const backingPath = backingPathOf(file.remote ? file.path : path, ref.filename);
+    if (layer.node !== undefined) {
+      // qemu-img has no block nodes to name.
+      throw new VdiskError('NOT_FOUND', `Cannot find device='${layer.node}' nor node-name='${layer.node}'`, {
+        path,
+      });
+    }
+    const sub = layer.sub ?? {};
+    const given = sub['file.filename'];
+    if (given === undefined && ref === undefined) throw missingBackingFile(sub, opts.onWarning);
+    const fileDriver = sub['file.driver'];
+    if (fileDriver !== undefined && fileDriver !== 'file') {
+      throw new VdiskError('UNSUPPORTED', `Protocol driver '${fileDriver}' is not supported`);
+    }
+    backingPath = given ?? backingPathOf(file.remote ? file.path : path, ref?.filename ?? '');
+    if (opts.backing !== 'follow') {
+      throw new VdiskError(
+        'NOT_ALLOWED',
+        `'${path}' names the backing file '${given ?? ref?.filename}', which was not allowed to be opened`,
+        { path },
+      );
+    }
     if (backingPath === null) {
       // qemu's words (bdrv_dirname): a relative backing name has no directory on an NBD export.
-      throw new VdiskError('INVALID_ARGUMENT', 'Cannot generate a base directory for NBD nodes', { path });
+      // QEMU finds that before it opens the backing: no "Could not open backing file" prefix.
+      unprefixed = new VdiskError('INVALID_ARGUMENT', 'Cannot generate a base directory for NBD nodes', {
+        path,
+      });
+      throw unprefixed;
     }
-    const backingFormat = ref.format ?? (depth === 0 ? opts.backingFormat : undefined);
+    const { driver: subFormat, 'file.filename': _, ...childOptions } = sub;
+    const backingFormat = subFormat ?? ref?.format ?? (depth === 0 ? opts.backingFormat : undefined);
     const backing = await openLayer(
       backingPath,
       {
         ...opts,
         format: backingFormat,
         backingFormat: undefined,
-        driverOptions: undefined,
+        driverOptions: layer.sub !== undefined ? childOptions : undefined,
+        noBackingOptions: false,
         protocolOptions: undefined,
         noIo: false,
       },
       depth + 1,
       seen,
-    ).catch((err: unknown) => {
-      if (err instanceof VdiskError && (err.code === 'ENOENT' || err.code === 'EACCES')) {
-        throw new VdiskError(err.code, `Could not open backing file: ${err.message}`, {
-          path: backingPath,
-          cause: err,
-        });
-      }
-      throw err;
-    });
+    );
     image.setBacking(backing);
   } catch (err) {
     await image.close().catch(() => {});
+    // QEMU prefixes whatever failed in the backing's open (bdrv_open_backing_file), at each
+    // level of the chain; the refusal to follow is vdisk's own and names the image.
+    if (
+      err instanceof VdiskError &&
+      err !== unprefixed &&
+      err.code !== 'NOT_ALLOWED' &&
+      err.code !== 'CHAIN_TOO_DEEP'
+    ) {
+      throw new VdiskError(err.code, `Could not open backing file: ${err.message}`, {
+        path: backingPath ?? path,
+        cause: err,
+      });
+    }
     throw err;
   }
   return image;
+}
+
+/** One layer's options split as QEMU splits them before it opens the layer's backing. */
+interface LayerOptions {
+  /** The options of the layer itself (with `backing.*` when it takes no backing: refused). */
+  own: Readonly<Record<string, string>> | undefined;
+  /** `backing` null (json:) or empty: the layer is opened without its backing. */
+  none: boolean;
+  /** `backing=NAME`: a block node, which qemu-img cannot have. */
+  node: string | undefined;
+  /** `backing.*` without the prefix: the backing's own options. */
+  sub: Record<string, string> | undefined;
+}
+
+function backingOptions(
+  options: Readonly<Record<string, string>> | undefined,
+  onWarning: ((message: string) => void) | undefined,
+): LayerOptions {
+  if (options === undefined) return { own: undefined, none: false, node: undefined, sub: undefined };
+  const { backing, ...rest } = options;
+  if (backing === JSON_NULL || backing === '') {
+    if (backing === '') warnEmptyBacking(onWarning);
+    // The backing.* left over are then nobody's: driverOptions refuses them (noBacking).
+    return { own: rest, none: true, node: undefined, sub: undefined };
+  }
+  const nested = Object.entries(rest).filter(([k]) => k.startsWith('backing.'));
+  const sub = nested.length > 0 ? Object.fromEntries(nested.map(([k, v]) => [k.slice(8), v])) : undefined;
+  return { own: options, none: false, node: backing, sub };
+}
+
+function warnEmptyBacking(onWarning: ((message: string) => void) | undefined): void {
+  onWarning?.('vdisk: warning: Use of "backing": "" is deprecated; use "backing": null instead');
+}
+
+/** Backing options on an image that names no backing file, without one of their own: QEMU's
+ * words for what is missing (bdrv_fill_options, raw-posix's open). */
+function missingBackingFile(
+  sub: Readonly<Record<string, string>>,
+  onWarning: ((message: string) => void) | undefined,
+): VdiskError {
+  if (sub.backing === '') warnEmptyBacking(onWarning);
+  if (sub.driver !== undefined) {
+    return new VdiskError('INVALID_ARGUMENT', 'A block device must be specified for "file"');
+  }
+  if (sub['file.driver'] === 'file') {
+    return new VdiskError('INVALID_ARGUMENT', "The 'file' block driver requires a file name");
+  }
+  return new VdiskError('INVALID_ARGUMENT', 'Must specify either driver or file');
 }
 
 /** Does `target` (after resolving symlinks) lie inside directory `dir`? */

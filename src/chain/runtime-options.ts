@@ -78,10 +78,10 @@ const FORMAT: Record<string, readonly string[]> = {
 /**
  * Check `options` for an image of `format` and return those its driver takes. `file.*` keys
  * are the local file's (file-posix); `data-file.*` go with `data-file`. `backing` and
- * `backing.*` are left to the backing file's open (vdisk opens backing files by their names),
- * except where the image is opened as QEMU opens it without its backing (BDRV_O_NO_BACKING:
- * `info`, also with --backing-chain, which opens each layer on its own): nothing takes them
- * there, and qemu-img 7.2 refuses them as any unknown option.
+ * `backing.*` are the backing's open's (chain/open.ts), except where the image is opened as
+ * QEMU opens it without its backing (BDRV_O_NO_BACKING: `info`, bitmap, rebase -u, or
+ * `backing` null): nothing takes them there, and qemu-img 7.2 refuses them as any unknown
+ * option.
  */
 export function driverOptions(
   format: string,

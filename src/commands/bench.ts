@@ -25,6 +25,8 @@ export interface BenchOptions extends OpenContext {
   forceShare?: boolean;
   /** cache=unsafe: flushes do nothing. */
   noFlush?: boolean;
+  /** Warnings printed while opening the images (chain/open.ts onWarning), whole lines. */
+  onOpenWarning?: ((message: string) => void) | undefined;
 }
 
 /** What qemu-img bench prints before it starts. */
@@ -62,6 +64,7 @@ export async function benchCommand(
     forceShare: o.forceShare === true,
     backing: 'follow',
     allowDataFile: true,
+    onWarning: o.onOpenWarning,
     ...(o.noFlush === true ? { noFlush: true } : {}),
   });
   try {

@@ -81,6 +81,7 @@ export async function bitmapCommand(o: BitmapCommandOptions): Promise<void> {
     format: o.format,
     writable: true,
     backing: 'ignore',
+    noBackingOptions: true,
     allowDataFile: true,
     onWarning: o.onWarning,
   });

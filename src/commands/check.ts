@@ -46,7 +46,8 @@ export async function checkCommand(o: CheckCommandOptions): Promise<CheckCommand
     writable: o.repair !== 'none',
     forCheck: true, // QEMU's BDRV_O_CHECK: formats that refuse a damaged image still open for repair
     forceShare: o.forceShare === true,
-    backing: 'ignore',
+    // qemu-img 7.2 opens the backing too: a missing one fails the check as it fails any open.
+    backing: 'follow',
     allowDataFile: true,
     onWarning: o.onOpenWarning,
   });

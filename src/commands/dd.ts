@@ -31,6 +31,8 @@ export interface DdOptions extends OpenContext {
   /** skip= in blocks. */
   skip?: bigint | undefined;
   forceShare?: boolean;
+  /** Warnings printed while opening the images (chain/open.ts onWarning), whole lines. */
+  onOpenWarning?: ((message: string) => void) | undefined;
 }
 
 export interface DdResult {
@@ -50,6 +52,7 @@ export async function ddCommand(o: DdOptions): Promise<DdResult> {
     forceShare: o.forceShare === true,
     backing: 'follow',
     allowDataFile: true,
+    onWarning: o.onOpenWarning,
   });
   let output: Image | null = null;
   try {
@@ -74,8 +77,10 @@ export async function ddCommand(o: DdOptions): Promise<DdResult> {
       throw err;
     }
     await createTarget(prepared, o.output, 'creating output image');
+    // qemu-img 7.2 opens the output by its name, --image-opts or not (img_dd: image_opts false).
     output = await openImage(o.output, {
       ...openContext(o),
+      imageOpts: false,
       format: outFmt,
       writable: true,
       backing: 'refuse',

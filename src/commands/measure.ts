@@ -26,6 +26,8 @@ export interface MeasureOptions extends OpenContext {
   outputFormat?: string | undefined;
   /** -o: creation options of the new image. */
   options?: Record<string, string>;
+  /** Warnings printed while opening the images (chain/open.ts onWarning), whole lines. */
+  onOpenWarning?: ((message: string) => void) | undefined;
 }
 
 export async function measureCommand(o: MeasureOptions): Promise<MeasureResult> {
@@ -50,6 +52,7 @@ export async function measureCommand(o: MeasureOptions): Promise<MeasureResult> 
         forceShare: o.forceShare === true,
         backing: 'follow',
         allowDataFile: true,
+        onWarning: o.onOpenWarning,
       });
       if (o.snapshot !== undefined) snapshot = await loadSnapshot(source, o.snapshot);
     }

@@ -15,6 +15,8 @@ export interface RebaseCommandOptions extends OpenContext {
   forceShare?: boolean;
   /** Percent done (0..100). */
   onProgress?: (percent: number) => void;
+  /** Warnings printed while opening the images (chain/open.ts onWarning), whole lines. */
+  onOpenWarning?: ((message: string) => void) | undefined;
 }
 
 export async function rebaseCommand(o: RebaseCommandOptions): Promise<void> {
@@ -33,7 +35,10 @@ export async function rebaseCommand(o: RebaseCommandOptions): Promise<void> {
     format: o.format,
     writable: true,
     backing: o.unsafe ? 'ignore' : 'follow',
+    // -u opens the image without its backing (BDRV_O_NO_BACKING): backing options are refused.
+    noBackingOptions: o.unsafe === true,
     allowDataFile: true,
+    onWarning: o.onOpenWarning,
   });
   try {
     if (o.unsafe || !image.supports('backingFile')) {

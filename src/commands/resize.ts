@@ -19,7 +19,7 @@ export async function resizeCommand(o: ResizeCommandOptions): Promise<{ oldSize:
     ...openContext(o),
     format: o.format,
     writable: true,
-    backing: 'ignore',
+    backing: 'follow', // as qemu-img 7.2 opens it: a missing backing file fails the resize
     allowDataFile: true,
     ...(o.onWarning ? { onWarning: o.onWarning } : {}),
   });

@@ -70,14 +70,14 @@ export async function snapshotCommand(o: SnapshotCommandOptions): Promise<Snapsh
       `Could not open '${o.filename}': force-share=on can only be used with read-only images`,
     );
   }
-  // qemu-img opens with BDRV_O_NO_BACKING: the backing file is not needed.
+  // qemu-img 7.2 opens the backing file too (no BDRV_O_NO_BACKING): a missing one fails.
   const warnings: string[] = [];
   const image = await openImage(o.filename, {
     ...openContext(o),
     format: o.format,
     writable: !list,
     forceShare: o.forceShare === true,
-    backing: 'ignore',
+    backing: 'follow',
     allowDataFile: true,
     onWarning: (m) => {
       warnings.push(m);

@@ -108,6 +108,7 @@ const command: CliCommand = {
         {
           imageOpts,
           secrets,
+          onOpenWarning: (m) => io.err(`${m}\n`),
           filename,
           format,
           count,

@@ -60,6 +60,7 @@ const command: CliCommand = {
     const res = await ddCommand({
       imageOpts,
       secrets,
+      onOpenWarning: (m) => io.err(`${m}\n`),
       input,
       output,
       inputFormat,

@@ -77,6 +77,7 @@ const command: CliCommand = {
     const res = await measureCommand({
       imageOpts,
       secrets,
+      onOpenWarning: (m) => io.err(`${m}\n`),
       size,
       filename: args[0],
       format,

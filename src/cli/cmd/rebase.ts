@@ -58,6 +58,7 @@ const command: CliCommand = {
     await rebaseCommand({
       imageOpts,
       secrets,
+      onOpenWarning: (m) => io.err(`${m}\n`),
       filename,
       format,
       backingFile,
