@@ -41,16 +41,16 @@ function run(cmd: string, args: string[], cwd: string): { wall: number; cpu: num
   spawnSync('sync');
   const timed = existsSync(TIME);
   const out = join(cwd, 'http-bench-time.txt');
+  // coreutils' timeout kills the tool itself: a timeout of spawnSync's own would kill only
+  // /usr/bin/time and leave a stalled qemu-img running through the rest of the bench.
+  const limited = ['timeout', '-s', 'KILL', String(HANG_SECONDS), cmd, ...args];
   const t0 = performance.now();
   const r = timed
-    ? spawnSync(TIME, ['-f', '%U %S', '-o', out, cmd, ...args], {
-        cwd,
-        encoding: 'utf8',
-        timeout: HANG_SECONDS * 1000,
-      })
-    : spawnSync(cmd, args, { cwd, encoding: 'utf8', timeout: HANG_SECONDS * 1000 });
+    ? spawnSync(TIME, ['-f', '%U %S', '-o', out, ...limited], { cwd, encoding: 'utf8' })
+    : spawnSync(limited[0]!, limited.slice(1), { cwd, encoding: 'utf8' });
   const wall = (performance.now() - t0) / 1000;
-  if (r.signal !== null) return null;
+  // timeout exits 137 (128 + SIGKILL) when it stopped the tool.
+  if (r.signal !== null || r.status === 137) return null;
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr}`);
   let cpu = Number.NaN;
   if (timed) {
