@@ -352,6 +352,10 @@ export class Refcounts {
       if (ti !== oldTi || block === null) {
         const got = await this.blockForUpdate(ci);
         if (got === AGAIN) {
+          // The caller searches again from the clusters it chose, as QEMU's update_refcount
+          // has it try them first: they are still free unless the new block took one. (A search
+          // from past the new block would leave a free cluster before it at every new block.)
+          if (this.freeClusterIndex > start) this.freeClusterIndex = start;
           // Undo what this call did (QEMU does the same), then let the caller search again.
           if (ci > start) await this.update(start * cs, (ci - start) * cs, addend, !decrease);
           return AGAIN;

@@ -271,6 +271,30 @@ describe('qcow2 write path against qemu', () => {
     expect(Math.abs(statSync(ours).blocks - statSync(theirs).blocks) * 512).toBeLessThanOrEqual(65536);
   });
 
+  it('a new refcount block takes the cluster after the data that needed it, as in QEMU 7.2 (no free cluster left before it)', async () => {
+    // 4 KiB clusters: a refcount block covers 8 MiB of the file, so these 5,462 new clusters
+    // need three. QEMU's update_refcount has the allocation search again from the clusters it
+    // had chosen; vdisk searched from past the new block and left a free cluster before it.
+    const ours = join(dir, 'refblock-vdisk.qcow2');
+    const theirs = join(dir, 'refblock-qemu.qcow2');
+    for (const p of [ours, theirs])
+      qemuImgOk(['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4096', p, '64M']);
+    const clusters: number[] = [];
+    for (let c = 0; c < 16384; c += 3) clusters.push(c);
+    const img = await openImage(ours, { writable: true });
+    for (const c of clusters) await img.writeAt(Buffer.alloc(4096, (c % 250) + 1), c * 4096);
+    await img.close();
+    qemuIo(
+      theirs,
+      clusters.map((c) => `write -P ${(c % 250) + 1} ${c * 4096} 4k`),
+      'qcow2',
+    );
+    expect(qemuImg(['compare', ours, theirs]).code).toBe(0);
+    expect(qemuImgOk(['map', '--output=json', ours])).toBe(qemuImgOk(['map', '--output=json', theirs]));
+    const check = qemuImg(['check', ours]);
+    expect(check.stdout + check.stderr).not.toMatch(/ERROR|Leaked/);
+  });
+
   it('writes an image with an external data file that qemu reads back', async () => {
     for (const rawFlag of [false, true]) {
       const p = join(dir, `df-${rawFlag}.qcow2`);
