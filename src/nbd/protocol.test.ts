@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../chain/open.js';
 import { type Served, serveNbdkit, serveQemu, serveVdisk } from '../test/nbd-helpers.js';
-import { qemuImgOk, qemuIo, tempDir } from '../test/oracle.js';
+import { hostFileMap, qemuImgOk, qemuIo, tempDir } from '../test/oracle.js';
 import { NbdClient, NbdRequestError, openSocket } from './client.js';
 import { NbdExport } from './export.js';
 import { SocketReader } from './io.js';
@@ -586,6 +586,9 @@ describe('transmission', () => {
     expect(qemuImgOk(['map', '--output=json', p('dzv.qcow2')]).replaceAll('dzv', 'dz')).toBe(
       qemuImgOk(['map', '--output=json', p('dzq.qcow2')]).replaceAll('dzq', 'dz'),
     );
+    // The clusters the discards freed go back to the host (QCOW2_DISCARD_REQUEST passes
+    // through under --discard=unmap): the files keep the same blocks.
+    expect(hostFileMap(p('dzv.qcow2'))).toBe(hostFileMap(p('dzq.qcow2')));
   });
 });
 

@@ -51,6 +51,46 @@ export function qemuImgOk(args: string[], cwd?: string): string {
 }
 
 /** Run qemu-io commands (-c each) on an image. */
+/** Copies the data ranges SEEK_DATA/SEEK_HOLE find, nothing else, and the size. */
+const COPY_SPARSE_PY = `
+import os, sys
+src, dst = sys.argv[1], sys.argv[2]
+i = os.open(src, os.O_RDONLY)
+o = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+size = os.fstat(i).st_size
+off = 0
+while off < size:
+    try:
+        d = os.lseek(i, off, os.SEEK_DATA)
+    except OSError:
+        break
+    h = os.lseek(i, d, os.SEEK_HOLE)
+    while d < h:
+        n = min(h - d, 1 << 20)
+        os.pwrite(o, os.pread(i, n, d), d)
+        d += n
+    off = h
+os.ftruncate(o, size)
+`;
+
+/**
+ * Copy an image with the same data and holes as SEEK_DATA sees them (what hostFileMap
+ * compares): Node's copyFileSync writes every block, and cp's --sparse=auto also turns runs
+ * of zeros into holes.
+ */
+export function copySparse(src: string, dst: string): void {
+  const r = spawnSync('python3', ['-c', COPY_SPARSE_PY, src, dst], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`copy ${src} to ${dst}: ${r.stderr}`);
+}
+
+/**
+ * The image file's own allocation as qemu-img maps it (`-f raw`: data and holes of the host
+ * file), to compare the space two tools leave allocated, not only what the image reads.
+ */
+export function hostFileMap(path: string): string {
+  return qemuImgOk(['map', '--output=json', '-f', 'raw', path]);
+}
+
 export function qemuIo(image: string, commands: string[], format?: string): string {
   const args = [...(format ? ['-f', format] : []), ...commands.flatMap((c) => ['-c', c]), image];
   const r = run('qemu-io', args);

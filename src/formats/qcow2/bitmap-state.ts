@@ -361,6 +361,13 @@ export class PersistentBitmaps implements DirtyBitmaps {
    */
   async close(): Promise<void> {
     if (!this.changed && !this.markedInUse) return;
+    if (this.slots.length === 0 && this.ext === undefined) {
+      // No bitmaps before or after (a resize of an image without any): nothing to store, and
+      // the header stays as it was (QEMU's resize writes the size field alone).
+      this.changed = false;
+      this.markedInUse = false;
+      return;
+    }
     const drop: BitmapEntry[] = [];
     for (const s of this.slots) {
       if (s.inconsistent) continue;

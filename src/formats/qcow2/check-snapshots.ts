@@ -252,7 +252,7 @@ export async function fixSnapshotTable(
   if (bytes.length > 0) {
     // qcow2_write_snapshots' overlap check; on failure the new clusters are given back.
     if (!(await writeAllowed(at, bytes.length))) {
-      await rc.free(at, bytes.length);
+      await rc.free(at, bytes.length, true);
       await rc.flush();
       return 'Input/output error';
     }
@@ -273,7 +273,8 @@ export async function fixSnapshotTable(
     const cs1 = Math.ceil((old.offset + old.length) / cs);
     let free = true;
     for (let c = cs0; c < cs1 && free; c++) if ((await rc.get(c)) === 0) free = false;
-    if (free) await rc.free(old.offset, old.length);
+    // (QCOW2_DISCARD_SNAPSHOT: the old table's clusters go back to the host.)
+    if (free) await rc.free(old.offset, old.length, true);
     else messages.push('qcow2_free_clusters failed: Invalid argument');
   }
   await rc.flush();

@@ -766,8 +766,9 @@ async function compareRefcounts(
       `${fixed !== null ? 'Repairing' : stored < refs ? 'ERROR' : 'Leaked'} cluster ${i} refcount=${stored} reference=${refs}`,
     );
     if (fixed !== null) {
-      // A missing refcount block gets allocated first (update answers "again" then).
-      while ((await rc.update(i * cs, 1, Math.abs(stored - refs), stored > refs)) !== undefined) {}
+      // A missing refcount block gets allocated first (update answers "again" then). A leak
+      // repaired to 0 goes back to the host (QCOW2_DISCARD_ALWAYS).
+      while ((await rc.update(i * cs, 1, Math.abs(stored - refs), stored > refs, true)) !== undefined) {}
       if (fixed === 'leaks') res.leaksFixed++;
       else res.corruptionsFixed++;
       continue;

@@ -944,7 +944,10 @@ export class Qcow2Image implements FormatImage {
       await this.beginWrite();
       this.meta.persistentBitmaps?.noteWrite(offset, length);
       await this.zeroLocked(offset, length, unmap);
-      await this.meta.settleFrees();
+      // Clusters freed where unmapping is allowed go back to the host (QEMU's
+      // zero_in_l2_slice frees them with QCOW2_DISCARD_REQUEST, passed through under
+      // BDRV_O_UNMAP, which is what lets a zero write unmap at all).
+      await this.meta.settleFrees(unmap);
     } finally {
       release();
       unclaim();
@@ -1120,7 +1123,9 @@ export class Qcow2Image implements FormatImage {
         this.discardInTable(l2off, table, Math.floor((g % span) / cs), n / cs, false, dataDrops);
         g += n;
       }
-      await this.meta.settleFrees();
+      // The clusters freed go back to the host: QEMU passes QCOW2_DISCARD_REQUEST through
+      // when discards are honoured at all (BDRV_O_UNMAP), the only case this is called in.
+      await this.meta.settleFrees(true);
       // A discard request passes on to the data file's clusters it drops (QEMU's
       // qcow2_free_any_cluster with discard passthrough, on when discards are honoured at all:
       // BDRV_O_UNMAP), so a raw data file reads zeros there too. Advisory, as every discard.
@@ -1282,13 +1287,15 @@ export class Qcow2Image implements FormatImage {
           }
           g += n;
         }
-        await this.meta.settleFrees();
+        await this.meta.settleFrees(true);
         await this.meta.flushMetadata();
         // The size first: the L2 tables past the new end are not reachable from it any more.
         await this.meta.writeSize(newSize);
         // QEMU's qcow2_shrink_l1_table: the entries past the new size are zeroed (the L1
         // table keeps its size), then the L2 tables they named are freed.
         await this.meta.dropL2Tables(Math.ceil(newSize / span));
+        await rc.shrinkTable();
+        await rc.flush();
         await this.meta.truncateUnused(rc);
       } else if (newSize > old) {
         const need = l1EntriesFor(newSize, this.meta.clusterBits, this.meta.extL2);

@@ -43,7 +43,7 @@ import {
   isCopied,
   putEntry,
 } from './l2-entry.js';
-import { Refcounts } from './refcount.js';
+import { DiscardRuns, Refcounts } from './refcount.js';
 import type { Qcow2Snapshot } from './snapshot.js';
 
 /** L2 cache bound (QEMU's default maximum is 32 MiB). */
@@ -381,13 +381,19 @@ export class Qcow2Metadata {
     return [start, size + (off % 512)];
   }
 
-  /** Apply pending decrements once the L2 tables that dropped the clusters are on disk. */
-  async settleFrees(): Promise<void> {
+  /**
+   * Apply pending decrements once the L2 tables that dropped the clusters are on disk.
+   * `discard`: what reaches refcount 0 goes back to the host (a shrink's frees,
+   * QCOW2_DISCARD_ALWAYS; see Refcounts.update).
+   */
+  async settleFrees(discard = false): Promise<void> {
     if (this.pendingFrees.length === 0) return;
-    if (!this.lazy) await this.l2Cache.flush();
+    if (!this.lazy || discard) await this.l2Cache.flush();
     const frees = this.pendingFrees;
     this.pendingFrees = [];
-    for (const [off, len] of frees) await this.refcounts!.free(off, len);
+    const freed = discard ? new DiscardRuns(this.clusterSize) : false;
+    for (const [off, len] of frees) await this.refcounts!.free(off, len, freed);
+    if (freed !== false) freed.punch(this.file);
   }
 
   // ---------------------------------------------------------------- zero, discard

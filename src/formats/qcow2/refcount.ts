@@ -12,6 +12,7 @@
  * cache (the owner flushes them before any L2 table that references the clusters), and the
  * owner applies decrements only after the referencing metadata has left the disk.
  */
+import { isAllZero } from '../../core/device.js';
 import { VdiskError } from '../../core/errors.js';
 import type { HostFile } from '../../core/host-file.js';
 import { TableCache } from './cache.js';
@@ -78,6 +79,33 @@ export function setRefcountIn(buf: Uint8Array, i: number, value: number, bits: n
 }
 
 const AGAIN = Symbol('again');
+
+/**
+ * Clusters freed by refcount updates, to go back to the host: QEMU's update_refcount_discard
+ * queues them and merges adjacent ranges, qcow2_process_discards then discards each range
+ * (a hole in a local file) when the operation ends. Merging matters below the host's block
+ * size: 512-byte clusters punched one by one free nothing. Nothing is punched where the host
+ * cannot (the blocks then stay, as before).
+ */
+export class DiscardRuns {
+  private readonly clusters: number[] = [];
+  constructor(private readonly clusterSize: number) {}
+
+  add(cluster: number): void {
+    this.clusters.push(cluster);
+  }
+
+  punch(file: HostFile): void {
+    const c = this.clusters.sort((a, b) => a - b);
+    for (let i = 0; i < c.length; ) {
+      let j = i + 1;
+      while (j < c.length && c[j]! <= c[j - 1]! + 1) j++;
+      file.punchHole(c[i]! * this.clusterSize, (c[j - 1]! - c[i]! + 1) * this.clusterSize);
+      i = j;
+    }
+    this.clusters.length = 0;
+  }
+}
 
 export interface RefcountHost {
   file: HostFile;
@@ -328,19 +356,38 @@ export class Refcounts {
     return offset;
   }
 
-  /** Decrement the refcounts of every cluster touched by [offset, offset+length). */
-  async free(offset: number, length: number): Promise<void> {
-    await this.update(offset, length, 1, true);
+  /**
+   * Decrement the refcounts of every cluster touched by [offset, offset+length). With
+   * `discard`, clusters whose refcount reaches 0 are deallocated in the file (see update).
+   */
+  async free(offset: number, length: number, discard: boolean | DiscardRuns = false): Promise<void> {
+    await this.update(offset, length, 1, true, discard);
   }
 
-  /** Add (or subtract) `addend` to the refcount of every cluster touched by the range. */
+  /**
+   * Add (or subtract) `addend` to the refcount of every cluster touched by the range.
+   * `discard` (true, or a DiscardRuns the caller punches when its operation ends): QEMU's
+   * discard types that qemu-img passes to the file by default
+   * (QCOW2_DISCARD_ALWAYS: check's repairs, a shrink; QCOW2_DISCARD_SNAPSHOT, pass-discard-
+   * snapshot=on: snapshot and snapshot-table frees): a cluster whose refcount reaches 0 gets
+   * a hole punched, so that the space goes back to the host (measured: `qemu-img check -r
+   * leaks` and `snapshot -d` leave holes there; the other frees, QCOW2_DISCARD_OTHER and
+   * _REQUEST, are off by default and keep the blocks).
+   */
   async update(
     offset: number,
     length: number,
     addend: number,
     decrease: boolean,
+    discard: boolean | DiscardRuns = false,
   ): Promise<typeof AGAIN | undefined> {
     if (length <= 0) return undefined;
+    const freed =
+      !decrease || discard === false
+        ? undefined
+        : discard === true
+          ? new DiscardRuns(this.clusterSize)
+          : discard;
     const cs = this.clusterSize;
     const start = Math.floor(offset / cs);
     const last = Math.floor((offset + length - 1) / cs);
@@ -381,8 +428,61 @@ export class Refcounts {
       }
       this.setIn(block, bi, next);
       this.cache.markDirty(blockOff, block);
+      if (next === 0) freed?.add(ci);
     }
+    if (discard === true) freed?.punch(this.host.file);
     return undefined;
+  }
+
+  /**
+   * QEMU's qcow2_shrink_reftable, the last step of a shrink: refcount blocks that count
+   * nothing but themselves leave the table, which is rewritten whole (measured: qemu-img's
+   * shrink leaves the table's whole cluster written); each such block's own refcount goes
+   * to 0 and its cluster back to the host (qcow2_discard_refcount_block).
+   */
+  async shrinkTable(): Promise<void> {
+    const cs = this.clusterSize;
+    const next = new Float64Array(this.table.length);
+    for (let i = 0; i < this.table.length; i++) {
+      const off = this.table[i]!;
+      if (off === 0) continue;
+      const block = await this.loadBlock(off);
+      const self = off / cs;
+      let unused: boolean;
+      if (Math.floor(self / this.blockEntries) === i) {
+        // The block's count of itself does not keep it.
+        const bi = self % this.blockEntries;
+        const own = this.getIn(block, bi);
+        this.setIn(block, bi, 0);
+        unused = isAllZero(block);
+        this.setIn(block, bi, own);
+      } else {
+        unused = isAllZero(block);
+      }
+      next[i] = unused ? 0 : off;
+    }
+    const raw = new Uint8Array(this.tableClusters * cs);
+    const v = new DataView(raw.buffer);
+    for (let i = 0; i < next.length; i++) setU64(v, i * 8, next[i]!);
+    await this.host.file.write(raw, this.tableOffset);
+    await this.host.file.flush();
+    const freed = new DiscardRuns(cs);
+    for (let i = 0; i < this.table.length; i++) {
+      const off = this.table[i]!;
+      if (off === 0 || next[i] !== 0) continue;
+      this.table[i] = 0;
+      this.cache.drop(off);
+      const k = off / cs;
+      const cover = this.table[Math.floor(k / this.blockEntries)] ?? 0;
+      if (cover !== 0) {
+        const block = await this.loadBlock(cover);
+        this.setIn(block, k % this.blockEntries, 0);
+        this.cache.markDirty(cover, block);
+      }
+      if (k < this.freeClusterIndex) this.freeClusterIndex = k;
+      freed.add(k);
+    }
+    freed.punch(this.host.file);
   }
 
   /** The refcount block covering a cluster, allocating it (QEMU's alloc_refcount_block). */

@@ -28,6 +28,7 @@ import { VdiskError } from '../../core/errors.js';
 import { l1EntriesFor, MAX_SNAPSHOTS, setU64 } from './header.js';
 import { decodeL1, entryOffset, isCompressed, isCopied, setCopiedAt, withCopied } from './l2-entry.js';
 import type { Qcow2Metadata } from './metadata.js';
+import { DiscardRuns } from './refcount.js';
 import { type Qcow2Snapshot, readSnapshots } from './snapshot.js';
 
 /** QEMU's QCOW_MAX_SNAPSHOTS_SIZE. */
@@ -158,6 +159,7 @@ class Shadow {
     }
     // New block contents: the old counts plus the deltas, checked before anything is written.
     const blocks: Array<[number, Uint8Array]> = [];
+    const freed = new DiscardRuns(cs);
     for (const [b, at] of newBlocks) {
       const old = b < rc.table.length ? rc.table[b]! : 0;
       const buf = new Uint8Array(cs);
@@ -182,6 +184,7 @@ class Shadow {
           });
         }
         rc.setIn(buf, i, v);
+        if (v === 0) freed.add(k);
       }
       blocks.push([at, buf]);
     }
@@ -208,6 +211,10 @@ class Shadow {
     setU64(hv, 40, next.snapshotsOffset);
     await meta.file.write(hb, 24);
     await meta.file.flush();
+    // What the new state released goes back to the host, as QEMU's snapshot operations
+    // discard what they free (QCOW2_DISCARD_SNAPSHOT, on by default): only now, when nothing
+    // on disk names it any more.
+    freed.punch(meta.file);
     h.size = next.size;
     h.l1Size = next.l1Size;
     h.l1TableOffset = next.l1TableOffset;
