@@ -4,7 +4,7 @@
  * unaligned requests, the backing rule (unallocated ranges read from the backing image,
  * zeros past its end) and chain-aware block status with depth.
  */
-import type { BlockDevice, Extent } from './device.js';
+import { type BlockDevice, type Extent, extentAtDepth } from './device.js';
 import type { AmendValues, FileRef, FormatImage, SnapshotInfo, WriteSource } from './driver.js';
 import { VdiskError } from './errors.js';
 import { RwLock } from './lock.js';
@@ -256,7 +256,7 @@ export class Image implements BlockDevice {
     const e = await this.layerStatus(offset, length);
     // As qemu-img map (get_block_status): stop at the first layer that allocates the range or
     // knows it reads as zeros (no backing, or past the backing's end); depth is that layer's.
-    if (e.allocated) return { ...e, depth };
+    if (e.allocated) return extentAtDepth(e, depth);
     // Not allocated here: layerStatus made a fresh object (not the driver's), depth goes on it.
     if (e.zero || this.backing === null) {
       e.depth = depth;
