@@ -255,6 +255,13 @@ export interface FormatImage {
   makeEmpty?(): Promise<void>;
   /** Change the virtual size (resize). Shrinking discards what lies past the new end. */
   resize?(size: number, opts: { preallocation?: string; shrink: boolean }): Promise<void>;
+  /**
+   * Whether a growth can be made to read as zeros where a longer backing file would show
+   * through (QEMU's BDRV_REQ_ZERO_WRITE on truncate): undefined when it can (Image.resize then
+   * zeroes the new area with writeZeroes), else the error QEMU gives. Left out: QEMU's "Block
+   * driver does not support requested flags".
+   */
+  zeroGrowthError?(): string | undefined;
   /** A read-only view of the image as it was at an internal snapshot (convert -s/-l). */
   openSnapshot?(idOrName: { id?: string; name?: string }): Promise<FormatImage>;
   /**

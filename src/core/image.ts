@@ -323,9 +323,25 @@ export class Image implements BlockDevice {
   /** Change the virtual size (qemu-img resize; shrinking drops what lies past the new end). */
   async resize(size: number, opts: { preallocation?: string; shrink: boolean }): Promise<void> {
     const d = this.driver;
+    // qemu-img 7.2's words (bdrv_co_truncate).
     if (d.resize === undefined)
-      throw new VdiskError('UNSUPPORTED', `Image format '${this.format}' does not support resizing`);
-    await this.metadataOp('resize', () => d.resize!(size, opts));
+      throw new VdiskError('UNSUPPORTED', 'Image format driver does not support resize');
+    // QEMU's bdrv_co_truncate: growing an image whose backing file is longer than it was asks
+    // the driver to make the new area read as zeros (BDRV_REQ_ZERO_WRITE), not as the backing
+    // file's data there; a driver that cannot fails before anything changes.
+    const old = this.size;
+    const zeroNew = size > old && this.backing !== null && this.backing.size > old;
+    if (zeroNew) {
+      const why =
+        d.zeroGrowthError === undefined
+          ? 'Block driver does not support requested flags'
+          : d.zeroGrowthError();
+      if (why !== undefined) throw new VdiskError('UNSUPPORTED', why);
+    }
+    await this.metadataOp('resize', async () => {
+      await d.resize!(size, opts);
+      if (zeroNew) await d.writeZeroes(old, size - old, false);
+    });
   }
 
   /** Change format-specific options (qemu-img amend); onProgress(done, total) in any unit. */

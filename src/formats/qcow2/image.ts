@@ -1316,14 +1316,18 @@ export class Qcow2Image implements FormatImage {
           // QEMU's qcow2_co_truncate preallocates the new area (see prealloc.ts).
           const { preallocateGrowth } = await import('./prealloc.js');
           const oldEnd = Math.floor(old / cs) * cs;
-          const oldEndUsed =
-            oldEnd < old && ((await this.mapRun(oldEnd, cs)).kind !== Kind.Unalloc || this.ctx.hasBacking);
+          const allocated = oldEnd < old && (await this.mapRun(oldEnd, cs)).kind !== Kind.Unalloc;
+          // metadata reallocates an old end this layer does not allocate, with a copy of its
+          // head (as QEMU does); falloc and full, which fill whole clusters, leave it alone
+          // where a backing file shows through it.
+          const metadata = mode === 'metadata';
           await preallocateGrowth(
             this.meta,
             old,
             newSize,
             mode as 'metadata' | 'falloc' | 'full',
-            oldEndUsed,
+            allocated || (!metadata && oldEnd < old && this.ctx.hasBacking),
+            metadata ? (buf, offset) => this.read(buf, offset) : undefined,
           );
         }
       }
@@ -1331,6 +1335,11 @@ export class Qcow2Image implements FormatImage {
     } finally {
       release();
     }
+  }
+
+  /** qcow2 zeroes a growth with zero flags, which v2 images lack (QEMU: -ENOTSUP). */
+  zeroGrowthError(): string | undefined {
+    return this.meta.version < 3 ? 'Failed to zero out new clusters: Operation not supported' : undefined;
   }
 
   async writeCompressed(buf: Uint8Array, offset: number): Promise<void> {

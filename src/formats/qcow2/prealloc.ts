@@ -2,21 +2,23 @@
  * Preallocation of the area a resize adds (QEMU's qcow2_co_truncate with
  * --preallocation=metadata|falloc|full):
  * - metadata: every new cluster gets an L2 entry and a host cluster; the file is extended to
- *   cover them but stays sparse (qemu-img map then shows the area as zero data);
+ *   cover them but stays sparse (qemu-img map then shows the area as zero data). As QEMU's
+ *   preallocate_co: table by table, each L2 table allocated before its clusters, a new
+ *   cluster holding the old end (unallocated in this layer) gets the guest's bytes before the
+ *   end, the last cluster zeros after the new end (cowEnds). The file is qemu-img's, byte for
+ *   byte (resize.test.ts compares both maps).
  * - falloc: the host clusters are also allocated in the file system (fallocate);
  * - full: the host clusters are written with zeros.
  * With extended L2 entries the subclusters stay unallocated, as QEMU leaves them.
  *
- * The cluster holding the old end (when the old size is not cluster-aligned) is included only
- * when it is unallocated and nothing shows through it (no backing file); QEMU reallocates it
- * with a copy of its head. Either way the guest reads the same.
+ * falloc and full: QEMU places the data area after a fresh refcount area at the end of the
+ * file (qcow2_refcount_area: the refcount table moves); vdisk allocates as for metadata, with
+ * its image's allocator. The layout differs there, not the result: same info, check clean,
+ * same content. Where a backing file shows through an unaligned old end, they leave that
+ * cluster alone (it is not reallocated).
  *
- * QEMU places the data area after a fresh refcount area at the end of the file (falloc/full);
- * we allocate it with the image's allocator, table by table, after the L2 tables it needs.
- * The layout differs, not the result: same info, check clean, same content.
- *
- * Order (crash safety): L2 tables exist first (l2ForWrite writes a new table before the L1
- * entry names it); host clusters get their refcounts and their data (zeros, or fallocate);
+ * Order (crash safety): an L2 table exists before the L1 entry names it (l2ForWrite); host
+ * clusters get their refcounts and their data (the copy-on-write ends, zeros, or fallocate);
  * refcounts reach the disk before the L2 entries that name the clusters.
  */
 
@@ -32,6 +34,12 @@ export async function preallocateGrowth(
   mode: 'metadata' | 'falloc' | 'full',
   /** The cluster holding the old end (when unaligned) is in use or shows a backing file. */
   oldEndUsed: boolean,
+  /**
+   * metadata: the guest's bytes (through this image and its backing) at an offset, for the
+   * copy-on-write of a new cluster's head. Given, the old end's cluster is reallocated
+   * whenever this layer does not allocate it (oldEndUsed then says only that).
+   */
+  readGuest?: (buf: Uint8Array, offset: number) => Promise<void>,
 ): Promise<void> {
   const rc = meta.refcounts!;
   const cs = meta.clusterSize;
@@ -43,7 +51,6 @@ export async function preallocateGrowth(
   // Clusters below the file's end before we started may hold old data; past it, the file
   // reads as zeros wherever nothing was written since.
   const oldFileSize = await meta.file.size();
-  for (let l1i = Math.floor(start / span); l1i * span < end; l1i++) await meta.l2ForWrite(l1i);
 
   for (let g = start; g < end; ) {
     const l1i = Math.floor(g / span);
@@ -71,6 +78,7 @@ export async function preallocateGrowth(
         // metadata: the file covers the clusters (sparse), as QEMU extends it.
         if (fileSize < host + bytes) await meta.file.truncate(host + bytes);
       }
+      if (mode === 'metadata') await cowEnds(meta, free, host, l1i * span, oldSize, newSize, readGuest);
       await rc.flush();
       free.forEach((ci, k) => {
         const off = host + k * cs;
@@ -85,6 +93,35 @@ export async function preallocateGrowth(
       await meta.l2Cache.flush();
     }
     g = tableEnd;
+  }
+}
+
+/**
+ * The copy-on-write QEMU's preallocate_co does through qcow2_alloc_cluster_link_l2 (which runs
+ * perform_cow even for preallocation): a new cluster holding the old end gets the guest's bytes
+ * before it (zeros, or the backing's data), and the last cluster, when the new size ends inside
+ * it, gets zeros after the end. Measured on qemu-img 7.2: those bytes are written, so its map
+ * shows them as data and the file's blocks hold them.
+ */
+async function cowEnds(
+  meta: Qcow2Metadata,
+  clusters: number[],
+  host: number,
+  tableStart: number,
+  oldSize: number,
+  newSize: number,
+  readGuest: ((buf: Uint8Array, offset: number) => Promise<void>) | undefined,
+): Promise<void> {
+  const cs = meta.clusterSize;
+  for (const [k, ci] of clusters.entries()) {
+    const g = tableStart + ci * cs;
+    const at = host + k * cs;
+    if (readGuest !== undefined && g < oldSize && oldSize < g + cs) {
+      const head = new Uint8Array(oldSize - g);
+      await readGuest(head, g);
+      await meta.file.write(head, at);
+    }
+    if (g < newSize && newSize < g + cs) await writeZeros(meta, at + (newSize - g), at + cs);
   }
 }
 
