@@ -382,12 +382,9 @@ export class Refcounts {
     discard: boolean | DiscardRuns = false,
   ): Promise<typeof AGAIN | undefined> {
     if (length <= 0) return undefined;
-    const freed =
-      !decrease || discard === false
-        ? undefined
-        : discard === true
-          ? new DiscardRuns(this.clusterSize)
-          : discard;
+    // Collected here and handed on only when the whole update stands: the undo paths below
+    // (a new block needed, a count out of range) put these clusters back in use.
+    const zeroed: number[] | undefined = decrease && discard !== false ? [] : undefined;
     const cs = this.clusterSize;
     const start = Math.floor(offset / cs);
     const last = Math.floor((offset + length - 1) / cs);
@@ -428,9 +425,13 @@ export class Refcounts {
       }
       this.setIn(block, bi, next);
       this.cache.markDirty(blockOff, block);
-      if (next === 0) freed?.add(ci);
+      if (next === 0) zeroed?.push(ci);
     }
-    if (discard === true) freed?.punch(this.host.file);
+    if (zeroed !== undefined && zeroed.length > 0) {
+      const runs = discard instanceof DiscardRuns ? discard : new DiscardRuns(this.clusterSize);
+      for (const c of zeroed) runs.add(c);
+      if (discard === true) runs.punch(this.host.file);
+    }
     return undefined;
   }
 
