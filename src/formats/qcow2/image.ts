@@ -1234,21 +1234,15 @@ export class Qcow2Image implements FormatImage {
         const [l2off, table] = await this.meta.l2ForWrite(l1i);
         this.discardInTable(l2off, table, 0, clusters, true);
       }
-      const freed = [...this.meta.pendingFrees];
-      await this.meta.settleFrees();
+      // The clusters freed go back to the host once nothing on disk names them (QEMU passes
+      // these discards through by default, pass-discard-snapshot): the data clusters after
+      // the cleared tables reach the file, the tables after the L1 entries drop them. Only
+      // clusters whose refcount reaches 0 (a snapshot may share them).
+      await this.meta.settleFrees(true);
       // The cleared tables and the lower refcounts reach the file before anything else.
       await this.meta.flushMetadata();
       // Then the L1 entries (all at once), then the tables they named.
-      const tables = await this.meta.dropL2Tables(0);
-      freed.push(...tables.map((off): [number, number] => [off, cs]));
-      // Nothing on disk names the freed clusters any more: give their space back to the host
-      // (QEMU passes these discards through to the file by default, pass-discard-snapshot).
-      // Only whole clusters nobody else holds (a snapshot may share them).
-      for (const [off, len] of freed) {
-        for (let c = Math.floor(off / cs); c * cs < off + len; c++) {
-          if ((await rc.get(c)) === 0) this.file.punchHole(c * cs, cs);
-        }
-      }
+      await this.meta.dropL2Tables(0, true);
       await this.meta.truncateUnused(rc);
     } finally {
       release();

@@ -498,9 +498,10 @@ export class Qcow2Metadata {
 
   /**
    * Clear the L1 entries from index `first` on (in memory, then on disk in one write) and
-   * free the L2 tables they named. Returns the freed tables' offsets.
+   * free the L2 tables they named (`discard`: those left unshared go back to the host).
+   * Returns the freed tables' offsets.
    */
-  async dropL2Tables(first: number): Promise<number[]> {
+  async dropL2Tables(first: number, discard = false): Promise<number[]> {
     const rc = this.checkWritable();
     const freed: number[] = [];
     for (let i = first; i < this.l1Size; i++) {
@@ -513,8 +514,10 @@ export class Qcow2Metadata {
     }
     if (freed.length > 0) {
       await this.file.write(new Uint8Array((this.l1Size - first) * 8), this.l1TableOffset + first * 8);
-      for (const off of freed) await rc.free(off, this.clusterSize);
+      const runs = discard ? new DiscardRuns(this.clusterSize) : false;
+      for (const off of freed) await rc.free(off, this.clusterSize, runs);
       await rc.flush();
+      if (runs !== false) runs.punch(this.file);
       this.indexMetadata();
     }
     return freed;
