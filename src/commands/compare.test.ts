@@ -1,8 +1,10 @@
 import { copyFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openImage } from '../chain/open.js';
 import { qemuImgOk, qemuIo, tempDir } from '../test/oracle.js';
 import { runBoth } from '../test/same.js';
+import { compareImages } from './compare.js';
 
 let dir: string;
 let cleanup: () => void;
@@ -91,4 +93,41 @@ describe('compare against qemu-img (raw)', () => {
       expect(ours).toEqual(qemu);
     });
   }
+});
+
+describe('the walk', () => {
+  it('asks for each run of block status once, not once per 2 MiB chunk', async () => {
+    // A 40 MiB run of data in a qcow2 and its raw copy, with one byte changed near the end
+    // of the run: the walk goes through 20 chunks of the run before it finds it.
+    const q = join(dir, 'run.qcow2');
+    const r = join(dir, 'run.img');
+    qemuImgOk(['create', '-f', 'qcow2', q, '64M']);
+    qemuIo(q, ['write -P 0x5a 8M 40M'], 'qcow2');
+    qemuImgOk(['convert', '-f', 'qcow2', '-O', 'raw', q, r]);
+    qemuIo(r, ['write -P 0x5b 47M 1'], 'raw');
+    const a = await openImage(q);
+    const b = await openImage(r);
+    const calls: number[] = [];
+    for (const img of [a, b]) {
+      const own = img.blockStatus.bind(img);
+      calls.push(0);
+      const i = calls.length - 1;
+      img.blockStatus = (offset, length) => {
+        calls[i]!++;
+        return own(offset, length);
+      };
+    }
+    try {
+      const res = await compareImages(a, b, { filename1: q, filename2: r });
+      expect(res.outcome).toEqual({ identical: false, reason: 'content', offset: 47 * 2 ** 20 });
+      // One question per run of each map (qcow2: hole, data, the hole after it, which the
+      // walk reaches while the reads ahead of it are compared; raw: the same, with the first
+      // 4 KiB as data, as a file qemu-img made starts). Asked again per chunk, the 40 MiB run
+      // alone took 20.
+      expect(calls).toEqual([3, 4]);
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  });
 });

@@ -89,14 +89,49 @@ async function open(
   }
 }
 
-async function status(img: Image, name: string, offset: number, length: number): Promise<ChainStatus> {
-  try {
-    return await statusAbove(img, offset, length);
-  } catch (err) {
-    throw new CompareError(
-      3,
-      new VdiskError('EIO', `Sector allocation test failed for ${name}`, { path: name, offset, cause: err }),
-    );
+/**
+ * Block status of one image through the walk, from `offset` to the image's end. A run is asked
+ * for once and handed out chunk by chunk: the walk takes at most 2 MiB of a run at a time, and
+ * asking again from each chunk re-walked the run from there (a qcow2 L2 table's entries,
+ * 256 times over for a 512 MiB run: ~70 ms of compare's ~0.3 s on a 650 MiB disk). The rest of
+ * a run is what asking again would answer (the images do not change under compare).
+ */
+class StatusWalk {
+  private last: ChainStatus | null = null;
+
+  constructor(
+    private readonly img: Image,
+    private readonly name: string,
+  ) {}
+
+  async at(offset: number): Promise<ChainStatus> {
+    const l = this.last;
+    if (l !== null && offset >= l.offset && offset < l.offset + l.length) {
+      return {
+        offset,
+        length: l.offset + l.length - offset,
+        allocated: l.allocated,
+        zero: l.zero,
+        data: l.data,
+        offsetValid: l.offsetValid,
+        eof: l.eof,
+        depth: l.depth,
+      };
+    }
+    try {
+      this.last = await statusAbove(this.img, offset, this.img.size - offset);
+      return this.last;
+    } catch (err) {
+      const name = this.name;
+      throw new CompareError(
+        3,
+        new VdiskError('EIO', `Sector allocation test failed for ${name}`, {
+          path: name,
+          offset,
+          cause: err,
+        }),
+      );
+    }
   }
 }
 
@@ -230,11 +265,13 @@ export async function compareImages(
       await settle();
   };
 
+  const walk1 = new StatusWalk(img1, name1);
+  const walk2 = new StatusWalk(img2, name2);
   try {
     let offset = 0;
     while (offset < total && mismatch === null) {
-      const s1 = await status(img1, name1, offset, size1 - offset);
-      const s2 = await status(img2, name2, offset, size2 - offset);
+      const s1 = await walk1.at(offset);
+      const s2 = await walk2.at(offset);
       let chunk = Math.min(s1.length, s2.length);
       if (o.strict && statusFlags(s1) !== statusFlags(s2)) {
         await drain();
@@ -264,9 +301,9 @@ export async function compareImages(
 
     if (size1 !== size2) {
       o.onSizeMismatch?.();
-      const [over, name] = size1 > size2 ? [img1, name1] : [img2, name2];
+      const [over, name, walk] = size1 > size2 ? [img1, name1, walk1] : [img2, name2, walk2];
       while (offset < base && mismatch === null) {
-        const s = await status(over, name, offset, base - offset);
+        const s = await walk.at(offset);
         let chunk = s.length;
         if (s.allocated && !s.zero) {
           chunk = Math.min(chunk, IO_BUF_SIZE);
