@@ -434,6 +434,7 @@ static napi_value cached(napi_env env, napi_callback_info info) {
 
 napi_value vdisk_install_oom_handler(napi_env env, napi_callback_info info); /* vdisk_oom.cc */
 napi_value vdisk_memory_pressure(napi_env env, napi_callback_info info);     /* vdisk_oom.cc */
+napi_value vdisk_set_v8_flags(napi_env env, napi_callback_info info);        /* vdisk_oom.cc */
 
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
@@ -460,6 +461,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"copyRange", NULL, vdisk_copy_range, NULL, NULL, NULL, napi_default, NULL},
       {"installOomHandler", NULL, vdisk_install_oom_handler, NULL, NULL, NULL, napi_default, NULL},
       {"memoryPressure", NULL, vdisk_memory_pressure, NULL, NULL, NULL, napi_default, NULL},
+      {"setV8Flags", NULL, vdisk_set_v8_flags, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -82,3 +82,24 @@ extern "C" napi_value vdisk_memory_pressure(napi_env env, napi_callback_info inf
   napi_get_boolean(env, true, &out);
   return out;
 }
+
+// V8 flags set while the process runs (issue 16): what `node --flag` would set, without
+// making V8 refuse the CLI's code cache, which it checks against the flags of the moment it
+// compiles the script (bin/vdisk, before any command runs). node:v8's setFlagsFromString does
+// the same but costs ~3.7 ms of start-up to load. true once V8 has taken the string.
+extern "C" napi_value vdisk_set_v8_flags(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_value out;
+  char flags[256];
+  size_t len = 0;
+  napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
+  if (argc < 1 || napi_get_value_string_utf8(env, argv[0], flags, sizeof flags, &len) != napi_ok ||
+      len + 1 >= sizeof flags) {
+    napi_throw_type_error(env, nullptr, "setV8Flags(flags: string), at most 254 bytes");
+    return nullptr;
+  }
+  v8::V8::SetFlagsFromString(flags, len);
+  napi_get_boolean(env, true, &out);
+  return out;
+}

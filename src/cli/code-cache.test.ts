@@ -66,3 +66,33 @@ describe('the CLI script and its code cache', () => {
     }
   });
 });
+
+describe("V8 flags set while the CLI runs (the addon's setV8Flags)", () => {
+  it('take effect without V8 refusing the code cache', () => {
+    // --allow-natives-syntax changes what V8 parses: a %-call compiles only once it is set.
+    const addon = join(ROOT, 'native', 'build', 'Release', 'vdisk_native.node');
+    const probe = `
+      const a = { exports: {} };
+      process.dlopen(a, ${JSON.stringify(addon)});
+      const parses = () => { try { new Function('f', 'return %GetOptimizationStatus(f)'); return true; } catch { return false; } };
+      const before = parses();
+      const took = a.exports.setV8Flags('--allow-natives-syntax');
+      const errors = [];
+      for (const bad of [undefined, 42, 'x'.repeat(300)]) {
+        try { a.exports.setV8Flags(bad); } catch (e) { errors.push(e.constructor.name); }
+      }
+      console.log(JSON.stringify({ before, took, after: parses(), errors }));`;
+    const r = spawnSync(process.execPath, ['-e', probe], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toEqual({
+      before: false,
+      took: true,
+      after: true,
+      errors: ['TypeError', 'TypeError', 'TypeError'],
+    });
+    // bin/vdisk's commands set theirs (src/cli/engine.ts) after the script was compiled with its
+    // cache: V8 still takes it (the first test), and the command still runs.
+    const v = run(join(ROOT, 'bin', 'vdisk'));
+    expect(v.stderr).toBe('vdisk: code cache taken\n');
+  });
+});

@@ -11,6 +11,12 @@ import { main } from './main.js';
 export async function run(argv: string[]): Promise<number> {
   // V8 running out of memory ends the process as any other failure does: one line, status 1.
   native?.installOomHandler?.();
+  // TurboFan takes a function after 4× V8's default interrupt budget: most commands are over
+  // in under a second, and compiling what they hardly run afterwards cost them ~0.1 CPU-s on
+  // the two cores their I/O uses (docs/decisions.md, "V8's tier-up for commands"). Set here,
+  // after bin/vdisk compiled the script with its code cache, which V8 checks against the
+  // flags of that moment; the build's warm-up (warm) runs with V8's defaults.
+  native?.setV8Flags?.(`--interrupt-budget=${4 * 66 * 1024}`);
   return main(argv);
 }
 

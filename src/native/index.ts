@@ -112,6 +112,12 @@ export interface NativeFs {
    * once idle. false without an isolate; absent from an addon built before it existed.
    */
   memoryPressure?(): boolean;
+  /**
+   * V8's SetFlagsFromString (native/vdisk_oom.cc), as node:v8's setFlagsFromString without
+   * loading that module. true once V8 took the string. Absent from an addon built before it
+   * existed.
+   */
+  setV8Flags?(flags: string): boolean;
 }
 
 /** An opaque handle of a transfer in progress. */
