@@ -11,12 +11,17 @@ import { main } from './main.js';
 export async function run(argv: string[]): Promise<number> {
   // V8 running out of memory ends the process as any other failure does: one line, status 1.
   native?.installOomHandler?.();
-  // TurboFan takes a function after 4× V8's default interrupt budget: most commands are over
-  // in under a second, and compiling what they hardly run afterwards cost them ~0.1 CPU-s on
-  // the two cores their I/O uses (docs/decisions.md, "V8's tier-up for commands"). Set here,
-  // after bin/vdisk compiled the script with its code cache, which V8 checks against the
-  // flags of that moment; the build's warm-up (warm) runs with V8's defaults.
-  native?.setV8Flags?.(`--interrupt-budget=${4 * 66 * 1024}`);
+  // V8 as commands want it (docs/decisions.md, "V8's tier-up and young generation for
+  // commands"), set here, after bin/vdisk compiled the script with its code cache, which V8
+  // checks against the flags of that moment (the build's warm-up, `warm`, runs with V8's
+  // defaults):
+  // - TurboFan takes a function after 4× the default interrupt budget: most commands are over
+  //   in under a second, and compiling what they hardly run afterwards cost them ~0.1 CPU-s
+  //   on the two cores their I/O uses;
+  // - the young generation keeps its initial size instead of growing to 2 × 16 MiB, which
+  //   it kept to the end: a command's data is in buffers outside V8's heap, and what it
+  //   allocates in the heap dies young.
+  native?.setV8Flags?.(`--interrupt-budget=${4 * 66 * 1024} --semi-space-growth-factor=1`);
   return main(argv);
 }
 
