@@ -26,6 +26,8 @@
  *                                          (cachestat(2), or mmap+mincore before Linux 6.5),
  *                                          0 when not, -errno on failure
  *
+ *   allocatedSectorsMin(...), preadScan(...) qemu-img's zero scan, and a read with it on the
+ *                                          pool: vdisk_scan.c
  *   deflateCluster(buf, mode, limit, probe)  compression on the thread pool: vdisk_deflate.c
  *   zstdCluster(buf, mode, size, level)      zstd (the system's libzstd) on the pool: vdisk_zstd.c
  *   sendfileStart(sock, file, off, n, cb)    sendfile(2) to a socket on a thread: vdisk_sendfile.c
@@ -51,36 +53,10 @@
 #include <unistd.h>
 
 #include "vdisk_deflate.h"
+#include "vdisk_napi.h"
+#include "vdisk_scan.h"
 #include "vdisk_sendfile.h"
 #include "vdisk_zstd.h"
-
-static int get_i64(napi_env env, napi_value v, int64_t *out) {
-  double d;
-  if (napi_get_value_double(env, v, &d) != napi_ok) return 0;
-  *out = (int64_t)d;
-  return 1;
-}
-
-/* The bytes of a typed array (a Buffer): 1, or 0 when v is not one. */
-static int get_bytes(napi_env env, napi_value v, void **data, size_t *len) {
-  napi_typedarray_type type;
-  napi_value ab;
-  size_t boff;
-  return napi_get_typedarray_info(env, v, &type, len, data, &ab, &boff) == napi_ok;
-}
-
-static int is_pow2(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
-
-static napi_value num(napi_env env, double d) {
-  napi_value r;
-  napi_create_double(env, d, &r);
-  return r;
-}
-
-static napi_value fail(napi_env env, const char *msg) {
-  napi_throw_type_error(env, NULL, msg);
-  return NULL;
-}
 
 static napi_value do_seek(napi_env env, napi_callback_info info, int whence) {
   size_t argc = 2;
@@ -136,85 +112,6 @@ static napi_value do_fallocate(napi_env env, napi_callback_info info) {
   else if (mode == 2) m = FALLOC_FL_ZERO_RANGE;
   int r = fallocate((int)fd, m, (off_t)off, (off_t)len);
   return num(env, r < 0 ? -(double)errno : 0.0);
-}
-
-/*
- * allocatedSectorsMin(buf, n, min, sectorNum, alignment): qemu-img's is_allocated_sectors_min
- * over the first n 512-byte sectors of buf, as src/commands/buffers.ts does it in JavaScript
- * (the same rules; tested against it): the count of sectors of the first run, positive for data
- * and negative for zeros. convert scans every byte it copies; in JavaScript the scan and its
- * optimisation cost ~50 ms of CPU for a 650 MiB disk.
- */
-static int sector_is_zero(const uint8_t *p) {
-  if (p[0] | p[511]) return 0;
-  /* 64 bytes at a time (the compiler makes it two vector ORs), leaving at the first non-zero
-     line: a data sector rarely gets past its first. */
-  for (int i = 0; i < 512; i += 64) {
-    uint64_t acc = 0;
-    for (int j = 0; j < 64; j += 8) {
-      uint64_t v;
-      memcpy(&v, p + i + j, 8);
-      acc |= v;
-    }
-    if (acc) return 0;
-  }
-  return 1;
-}
-
-/* is_allocated_sectors: 1 for data, 0 for zeros; *pnum sectors share the first one's state. */
-static int allocated_sectors(const uint8_t *b, int64_t n, int64_t sector, int64_t alignment, int64_t *pnum) {
-  if (n <= 0) {
-    *pnum = 0;
-    return 0;
-  }
-  int is_zero = sector_is_zero(b);
-  int64_t i = 1;
-  while (i < n && sector_is_zero(b + i * 512) == is_zero) i++;
-  /* The rest of the buffer is all of one kind: no end to align (qemu-img 7.2 returns here). */
-  if (i == n) {
-    *pnum = i;
-    return !is_zero;
-  }
-  int64_t tail = (sector + i) & (alignment - 1);
-  if (tail) {
-    if (is_zero && i <= tail) is_zero = 0; /* a small zero tail counts as data */
-    if (!is_zero) {
-      i += alignment - tail;
-      if (i > n) i = n;
-    } else {
-      i -= tail;
-    }
-  }
-  *pnum = i;
-  return !is_zero;
-}
-
-static napi_value allocated_sectors_min(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5];
-  int64_t n, min, sector, alignment;
-  void *data;
-  size_t len;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 5 || !get_bytes(env, argv[0], &data, &len) || !get_i64(env, argv[1], &n) ||
-      !get_i64(env, argv[2], &min) || !get_i64(env, argv[3], &sector) || !get_i64(env, argv[4], &alignment) ||
-      n < 0 || (uint64_t)n * 512 > len || !is_pow2(alignment))
-    return fail(env, "allocatedSectorsMin(buf, n, min, sectorNum, alignment)");
-  const uint8_t *b = data;
-  if (n < min) min = n;
-  int64_t pnum;
-  int ret = allocated_sectors(b, n, sector, alignment, &pnum);
-  if (!ret) return num(env, -(double)pnum);
-  /* A data run swallows the zero runs shorter than min that follow it. */
-  int64_t used = pnum, pos = pnum, checked = pnum;
-  while (pos < n) {
-    ret = allocated_sectors(b + pos * 512, n - pos, sector + pos, alignment, &pnum);
-    pos += pnum;
-    checked += pnum;
-    if (ret) used = checked;
-    else if (pnum >= min) break;
-  }
-  return num(env, (double)used);
 }
 
 /* misalignment(buf, align): the address of buf's first byte modulo align (a power of two). */
@@ -452,7 +349,8 @@ static napi_value init(napi_env env, napi_value exports) {
       {"setSendBuffer", NULL, set_send_buffer, NULL, NULL, NULL, napi_default, NULL},
       {"setPipeSize", NULL, set_pipe_size, NULL, NULL, NULL, napi_default, NULL},
       {"cached", NULL, cached, NULL, NULL, NULL, napi_default, NULL},
-      {"allocatedSectorsMin", NULL, allocated_sectors_min, NULL, NULL, NULL, napi_default, NULL},
+      {"allocatedSectorsMin", NULL, vdisk_allocated_sectors_min, NULL, NULL, NULL, napi_default, NULL},
+      {"preadScan", NULL, vdisk_pread_scan, NULL, NULL, NULL, napi_default, NULL},
       {"misalignment", NULL, misalignment, NULL, NULL, NULL, napi_default, NULL},
       {"deflateCluster", NULL, vdisk_deflate_cluster, NULL, NULL, NULL, napi_default, NULL},
       {"zstdCluster", NULL, vdisk_zstd_cluster, NULL, NULL, NULL, napi_default, NULL},

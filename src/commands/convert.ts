@@ -461,6 +461,19 @@ interface WriteRun {
   commit: (() => Promise<void>) | null;
 }
 
+/** The write runs of a data request that HostFile.readScan read and scanned (plan()'s cut). */
+function scannedRuns(counts: Int32Array, n: number, length: number): WriteRun[] {
+  const runs: WriteRun[] = [];
+  let pos = 0;
+  for (let i = 0; i < n && pos < length; i++) {
+    const sectors = counts[i]!;
+    const len = Math.min(length - pos, Math.abs(sectors) * SECTOR);
+    runs.push({ pos, length: len, kind: sectors > 0 ? 'data' : 'zero', commit: null });
+    pos += len;
+  }
+  return runs;
+}
+
 interface Item {
   offset: number;
   length: number;
@@ -615,6 +628,8 @@ class Copier {
   private async worker(): Promise<void> {
     const c = this.c;
     let buf: Buffer | null = null;
+    // The sector counts of a data request's runs when its source file read and scanned it.
+    let scanRuns: Int32Array | null = null;
     for (;;) {
       let item: Item | null;
       try {
@@ -636,11 +651,22 @@ class Copier {
       }
       // Under copy offloading, data a source file holds is not read (unless a write needs it).
       let filled = true;
+      let scanned = -1;
       try {
         if (status === 'data') {
           buf ??= ioBuffer(c.bufSize);
           if (c.copyOffload && item.src !== undefined) filled = false;
-          else await this.read(buf.subarray(0, item.length), item.offset);
+          else if (item.src !== undefined && c.minSparse > 0 && !c.compressed) {
+            scanRuns ??= new Int32Array(c.bufSize / SECTOR);
+            const b = buf.subarray(0, item.length);
+            const scan = {
+              min: c.minSparse / SECTOR,
+              sectorNum: item.offset / SECTOR,
+              alignment: c.alignment,
+            };
+            scanned = (await item.src.file.readScan(b, item.src.offset, scan, scanRuns)) ?? -1;
+            if (scanned < 0) await this.read(b, item.offset);
+          } else await this.read(buf.subarray(0, item.length), item.offset);
         } else if (c.minSparse === 0 && status === 'zero') {
           buf ??= ioBuffer(c.bufSize);
           buf.fill(0, 0, item.length);
@@ -661,7 +687,8 @@ class Copier {
       let runs: WriteRun[];
       const prepare = c.target.driver.prepareCompressed?.bind(c.target.driver);
       try {
-        runs = this.plan(item, status, buf, filled);
+        runs =
+          scanned >= 0 ? scannedRuns(scanRuns!, scanned, item.length) : this.plan(item, status, buf, filled);
         if (c.compressed && status === 'data' && prepare !== undefined) {
           const b = buf!.subarray(0, item.length);
           if (runs.some((r) => r.kind === 'data')) prepared = await prepare(b, item.offset);

@@ -310,6 +310,29 @@ export class HostFile {
     }
   }
 
+  /**
+   * read() of whole sectors with convert's zero scan done on the thread pool as the bytes
+   * arrive (native preadScan; the scan's parameters as allocatedSectorsMin takes them): the
+   * runs' sector counts (positive data, negative zeros) go into `runs`, and their number is
+   * returned. Null where it cannot be done so (no addon, not a local file, not whole sectors):
+   * the caller reads and scans itself.
+   */
+  async readScan(
+    buf: Uint8Array,
+    offset: number,
+    scan: { min: number; sectorNum: number; alignment: number },
+    runs: Int32Array,
+  ): Promise<number | null> {
+    const preadScan = native?.preadScan;
+    if (preadScan === undefined || this.fh === null || buf.length === 0 || buf.length % 512 !== 0)
+      return null;
+    const r = await preadScan(this.fh.fd, buf, offset, scan.min, scan.sectorNum, scan.alignment, runs);
+    if (r >= 0) return r;
+    const code = errnoName(-r) ?? 'EIO';
+    const err = Object.assign(new Error(code), { code });
+    throw this.hostError(Object.assign(err, { message: strerror(err) }), 'read', offset);
+  }
+
   async write(buf: Uint8Array, offset: number): Promise<void> {
     if (!this.writable)
       throw new VdiskError('READ_ONLY', `'${this.path}' is open read-only`, { path: this.path });

@@ -26,6 +26,22 @@ export interface NativeFs {
    * zeros. Absent from an addon built before it existed.
    */
   allocatedSectorsMin?(buf: Uint8Array, n: number, min: number, sectorNum: number, alignment: number): number;
+  /**
+   * Read buf.length bytes of fd at off on the thread pool (zeros past the end of the file),
+   * then cut them as convert's write does: run after run of allocatedSectorsMin over what is
+   * left, each run's sector count into `runs` (positive data, negative zeros). Resolves to the
+   * number of runs, or -errno when the read failed. buf.length is a multiple of 512; runs
+   * holds buf.length / 512 entries. Absent from older addons.
+   */
+  preadScan?(
+    fd: number,
+    buf: Uint8Array,
+    off: number,
+    min: number,
+    sectorNum: number,
+    alignment: number,
+    runs: Int32Array,
+  ): Promise<number>;
   /** The address of buf's first byte modulo align (a power of two). Absent from older addons. */
   misalignment?(buf: Uint8Array, align: number): number;
   /** type 0 unlock, 1 shared, 2 exclusive. Returns 0 or -errno. */
