@@ -6,12 +6,11 @@
  * The CLI allows an image's own chain, as qemu-img does. Backing images are always opened
  * read-only, with a depth limit and loop detection.
  */
-import { realpath } from 'node:fs/promises';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import type { FileRef, FormatImage } from '../core/driver.js';
 import { VdiskError } from '../core/errors.js';
 import { getDriver, probeFormat } from '../core/formats.js';
-import { HostFile } from '../core/host-file.js';
+import { HostFile, realPath } from '../core/host-file.js';
 import { Image } from '../core/image.js';
 import type { Secrets } from '../core/secrets.js';
 import { registerBuiltinFormats } from '../formats/index.js';
@@ -129,7 +128,7 @@ async function openLayer(path: string, opts: OpenOptions, depth: number, seen: S
   }
   let real: string;
   try {
-    real = await realpath(path);
+    real = await realPath(path);
   } catch {
     real = resolve(path);
   }
@@ -355,8 +354,8 @@ async function insideDirectory(dir: string, target: string): Promise<boolean> {
   let realDir: string;
   let realTarget: string;
   try {
-    realDir = await realpath(dir);
-    realTarget = await realpath(target);
+    realDir = await realPath(dir);
+    realTarget = await realPath(target);
   } catch {
     // A missing file: judge the name itself (the open then fails with ENOENT).
     realDir = resolve(dir);

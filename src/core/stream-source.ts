@@ -15,7 +15,7 @@
  * `size` is the file size the drivers see; the stream's length is unknown until its end, so
  * the caller gives a bound, and a read past the actual end fails as a cut-short input.
  */
-import { type FileHandle, open } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { isAllZero } from './device.js';
@@ -236,7 +236,11 @@ export class StreamSource implements ReadSource {
         `standard input needs more than ${Math.max(this.o.spillLimit, 0)} bytes of temporary space`,
       );
     if (this.spillFile === null) {
-      this.spillFile = await open(join(this.o.spillDir, 'stdin-skipped'), 'wx+', 0o600);
+      this.spillFile = await (await import('node:fs/promises')).open(
+        join(this.o.spillDir, 'stdin-skipped'),
+        'wx+',
+        0o600,
+      );
       this.o.onSpill?.();
     }
     await this.spillFile.write(data, 0, data.length, offset);
