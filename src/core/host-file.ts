@@ -372,8 +372,10 @@ export class HostFile {
    * read() of whole sectors with convert's zero scan done on the thread pool as the bytes
    * arrive (native preadScan; the scan's parameters as allocatedSectorsMin takes them): the
    * runs' sector counts (positive data, negative zeros) go into `runs`, and their number is
-   * returned. Null where it cannot be done so (no addon, not a local file, not whole sectors):
-   * the caller reads and scans itself.
+   * returned. Null where it cannot be done so (no addon, not a local file, not whole sectors)
+   * or should not: a small read (≤ 128 KiB) is served from the page cache on the calling thread
+   * (read()), ~1.5 µs against a round trip through the pool (frag2→qcow2's 200,000 requests of
+   * 4 KiB took 14.7 → 22.6 s through the pool). The caller then reads and scans itself.
    */
   async readScan(
     buf: Uint8Array,
@@ -382,7 +384,7 @@ export class HostFile {
     runs: Int32Array,
   ): Promise<number | null> {
     const preadScan = native?.preadScan;
-    if (preadScan === undefined || this.fh === null || buf.length === 0 || buf.length % 512 !== 0)
+    if (preadScan === undefined || this.fh === null || buf.length <= NOWAIT_MAX || buf.length % 512 !== 0)
       return null;
     const r = await this.fh.run((fd) =>
       preadScan(fd, buf, offset, scan.min, scan.sectorNum, scan.alignment, runs),
