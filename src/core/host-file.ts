@@ -150,6 +150,13 @@ class Descriptor {
   }
 }
 
+/** A host error for an errno number the native addon returned (as node:fs's errors look). */
+function errnoError(errno: number): Error & { code: string } {
+  const code = errnoName(errno) ?? 'EIO';
+  const err = Object.assign(new Error(code), { code });
+  return Object.assign(err, { message: strerror(err) });
+}
+
 export class HostFile {
   private constructor(
     readonly path: string,
@@ -390,9 +397,7 @@ export class HostFile {
       preadScan(fd, buf, offset, scan.min, scan.sectorNum, scan.alignment, runs),
     );
     if (r >= 0) return r;
-    const code = errnoName(-r) ?? 'EIO';
-    const err = Object.assign(new Error(code), { code });
-    throw this.hostError(Object.assign(err, { message: strerror(err) }), 'read', offset);
+    throw this.hostError(errnoError(-r), 'read', offset);
   }
 
   async write(buf: Uint8Array, offset: number): Promise<void> {
@@ -449,16 +454,15 @@ export class HostFile {
     );
     if (r === length) return true;
     if (r >= 0) return false; // the source ended: the rest reads as zeros, which the caller writes
-    const code = errnoName(-r) ?? 'EIO';
-    if (code === 'EINVAL') return false;
+    const err = errnoError(-r);
+    if (err.code === 'EINVAL') return false;
     // (EOPNOTSUPP and ENOTSUP are one number on Linux; errnoName gives the first, ENOTSUP.)
-    if (['ENOTSUP', 'EOPNOTSUPP', 'EXDEV', 'ENOSYS', 'ETXTBSY', 'EBADF'].includes(code)) {
+    if (['ENOTSUP', 'EOPNOTSUPP', 'EXDEV', 'ENOSYS', 'ETXTBSY', 'EBADF'].includes(err.code)) {
       if (how === 'clone') this.noClone = true;
       else this.noCopy = true;
       return false;
     }
-    const err = Object.assign(new Error(code), { code });
-    throw this.hostError(Object.assign(err, { message: strerror(err) }), 'write', offset);
+    throw this.hostError(err, 'write', offset);
   }
 
   /** Write several buffers back to back at offset (one pwritev where the host allows). */
