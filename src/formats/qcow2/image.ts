@@ -102,6 +102,10 @@ interface Prepared {
   frees: Array<[number, number]>;
   /** The write's source (WriteSource): pieces with `src` may be copied from it by the host. */
   from?: WriteSource | undefined;
+  /** Clusters this write takes in place beside others (Claim.shared). */
+  shares: number[];
+  /** Clusters with a pending allocation (Qcow2Image.pending) that the updates settle. */
+  pending: number[];
 }
 
 /** One cluster's part of a write and its L2 entry (prepareInTable). */
@@ -124,6 +128,8 @@ class TablePlan {
   readonly pieces: Piece[] = [];
   readonly updates: L2Update[] = [];
   readonly frees: Array<[number, number]> = [];
+  readonly shares: number[] = [];
+  readonly pending: number[] = [];
 
   constructor(
     readonly l2off: number,
@@ -167,14 +173,43 @@ class TablePlan {
       updates: this.updates,
       frees: this.frees,
       from: this.from,
+      shares: this.shares,
+      pending: this.pending,
     };
   }
 }
 
+/**
+ * An operation's hold on the clusters of [start, end) (whole clusters) while it works on the
+ * bytes [from, to). A write that has no byte in common with another may work beside it in the
+ * clusters the other has put in `shared` once prepared: those it writes in place, at a host
+ * cluster that stays where it is (an allocated cluster with refcount 1, or the fresh zeroed
+ * cluster of a pending allocation). convert's requests start and end at 4 KiB boundaries, so
+ * one request's last cluster is often the next one's first: this lets the next request's data
+ * go to the host while the last one's is still in flight, where QEMU's convert waits for it.
+ */
 interface Claim {
   start: number;
   end: number;
+  from: number;
+  to: number;
+  write: boolean;
+  /** The clusters a write takes in place (null until it is prepared). */
+  shared: Set<number> | null;
+  prepared: Promise<void>;
   done: Promise<void>;
+}
+
+interface ClaimHold {
+  /** A write's clusters taken in place, once its plan is made (Claim.shared). */
+  share(clusters: number[]): void;
+  release(): void;
+}
+
+/** Whether `shared` holds every cluster of [start, end). */
+function sharesAll(shared: Set<number>, start: number, end: number, cs: number): boolean {
+  for (let g = start; g < end; g += cs) if (!shared.has(g)) return false;
+  return true;
 }
 
 /** An L2 update naming the (refcount 1) cluster `host`. */
@@ -218,6 +253,13 @@ export class Qcow2Image implements FormatImage {
   }
   private readonly writeLock = new Mutex();
   private readonly claims = new Set<Claim>();
+  /**
+   * Pending allocations: guest clusters whose fresh host cluster a write in flight took (zeroed
+   * by the host, the write's bytes only), before its L2 update. A write beside it in the same
+   * cluster (Claim.shared) writes its bytes into that host cluster instead of waiting; the
+   * first L2 update of the cluster ends the entry.
+   */
+  private readonly pending = new Map<number, number>();
   /** Opens the external data file on first use (read-only opens). */
   dataOpener: (() => Promise<HostFile>) | null = null;
   private dataOpening: Promise<HostFile> | null = null;
@@ -597,7 +639,7 @@ export class Qcow2Image implements FormatImage {
   readonly takesWriteSource = true;
 
   async prepareWrite(buf: Uint8Array, offset: number, from?: WriteSource): Promise<() => Promise<void>> {
-    const unclaim = await this.claim(offset, buf.length);
+    const hold = await this.claim(offset, buf.length, true);
     const prepared: Prepared[] = [];
     // Encrypted clusters are written from the buffer (encryptAt reads it).
     if (from !== undefined && this.meta.luks !== undefined) {
@@ -617,9 +659,10 @@ export class Qcow2Image implements FormatImage {
         release();
       }
     } catch (err) {
-      unclaim();
+      hold.release();
       throw err;
     }
+    hold.share(prepared.flatMap((p) => p.shares));
     return async () => {
       try {
         await Promise.all(prepared.map((p) => this.writePieces(p)));
@@ -631,36 +674,67 @@ export class Qcow2Image implements FormatImage {
           release();
         }
       } finally {
-        unclaim();
+        hold.release();
       }
     };
   }
 
-  /** Wait until no other operation works on the clusters of [offset, offset+length), then own them. */
-  private async claim(offset: number, length: number): Promise<() => void> {
+  /**
+   * Wait until no other operation works on the clusters of [offset, offset+length), then own
+   * them. A write (`write`) waits only for what it cannot do beside (Claim).
+   */
+  private async claim(offset: number, length: number, write = false): Promise<ClaimHold> {
     const cs = this.meta.clusterSize;
     const start = Math.floor(offset / cs) * cs;
     const end = Math.ceil((offset + length) / cs) * cs;
+    const to = offset + length;
     for (;;) {
-      let blocker: Claim | undefined;
+      let wait: Promise<void> | undefined;
       for (const c of this.claims) {
-        if (c.start < end && start < c.end) {
-          blocker = c;
-          break;
+        if (c.end <= start || end <= c.start) continue;
+        if (write && c.write && (c.to <= offset || to <= c.from)) {
+          if (c.shared === null) {
+            wait = c.prepared;
+            break;
+          }
+          if (sharesAll(c.shared, Math.max(start, c.start), Math.min(end, c.end), cs)) continue;
         }
+        wait = c.done;
+        break;
       }
-      if (blocker === undefined) break;
-      await blocker.done;
+      if (wait === undefined) break;
+      await wait;
     }
-    let resolve!: () => void;
+    // A pending allocation that no operation in flight shares any more is one whose writes
+    // failed before an L2 update: dropped (its cluster leaks, as a failed allocation does).
+    if (this.pending.size > 0) {
+      for (let g = start; g < end; g += cs) {
+        if (!this.pending.has(g)) continue;
+        let held = false;
+        for (const c of this.claims) if (c.start <= g && g < c.end) held = true;
+        if (!held) this.pending.delete(g);
+      }
+    }
+    let resolveDone!: () => void;
+    let resolvePrepared!: () => void;
     const done = new Promise<void>((r) => {
-      resolve = r;
+      resolveDone = r;
     });
-    const c: Claim = { start, end, done };
+    const prepared = new Promise<void>((r) => {
+      resolvePrepared = r;
+    });
+    const c: Claim = { start, end, from: offset, to, write, shared: null, prepared, done };
     this.claims.add(c);
-    return () => {
-      this.claims.delete(c);
-      resolve();
+    return {
+      share: (clusters) => {
+        c.shared = new Set(clusters);
+        resolvePrepared();
+      },
+      release: () => {
+        this.claims.delete(c);
+        resolvePrepared();
+        resolveDone();
+      },
     };
   }
 
@@ -718,6 +792,7 @@ export class Qcow2Image implements FormatImage {
       for (const u of p.updates) this.setEntry(v, u);
       this.meta.l2Cache.markDirty(p.l2off, table);
     }
+    for (const g of p.pending) this.pending.delete(g);
     this.meta.pendingFrees.push(...p.frees);
   }
 
@@ -873,9 +948,20 @@ export class Qcow2Image implements FormatImage {
     const rc = this.meta.refcounts!;
     const dataFile = this.meta.hasDataFile;
     const zeroFlag = isZero(lo);
+    // Clusters taken in place may be written beside other writes (Claim): not with a data
+    // file or encryption, whose writes this does not cover.
+    const inPlace = !dataFile && this.meta.luks === undefined;
+    const pending = hh || compressed || !inPlace ? undefined : this.pending.get(clusterStart);
     if (hh && (copied || dataFile) && !zeroFlag) {
       this.meta.assertNotMetadata(host + a, b - a);
       plan.addPiece(host + a, chunk, plan.srcAt(pos));
+      if (copied && inPlace) plan.shares.push(clusterStart);
+    } else if (pending !== undefined) {
+      // The fresh cluster an earlier write in flight took for this one (Qcow2Image.pending).
+      plan.addPiece(pending + a, chunk, plan.srcAt(pos));
+      plan.updates.push(copiedUpdate(ci, pending, 0, 0));
+      plan.shares.push(clusterStart);
+      plan.pending.push(clusterStart);
     } else {
       // The cluster's content around a partial write (null: zeros, with nothing below).
       // QEMU's handle_alloc_space: a new cluster whose copy-on-write areas read as zeros
@@ -904,9 +990,14 @@ export class Qcow2Image implements FormatImage {
       const zeroed = zeroCow && this.file.reserveZeroed(fresh, cs, Math.max(cs, RESERVE_AHEAD));
       this.meta.noteAlloc(fresh, cs);
       if (fresh !== host) this.meta.assertNotMetadata(fresh, cs);
-      if (zeroCow && (zeroed || this.file.zeroRange(fresh, cs)))
+      if (zeroCow && (zeroed || this.file.zeroRange(fresh, cs))) {
         plan.addPiece(fresh + a, chunk, plan.srcAt(pos));
-      else if (!partial) plan.addPiece(fresh, chunk, plan.srcAt(pos));
+        if (fresh !== host) {
+          this.pending.set(clusterStart, fresh);
+          plan.shares.push(clusterStart);
+          plan.pending.push(clusterStart);
+        }
+      } else if (!partial) plan.addPiece(fresh, chunk, plan.srcAt(pos));
       else {
         const whole = cur ?? new Uint8Array(cs);
         await plan.bytes();
@@ -946,7 +1037,7 @@ export class Qcow2Image implements FormatImage {
   }
 
   async writeZeroes(offset: number, length: number, unmap: boolean): Promise<void> {
-    const unclaim = await this.claim(offset, length);
+    const hold = await this.claim(offset, length);
     const release = await this.writeLock.lock();
     try {
       await this.beginWrite();
@@ -958,7 +1049,7 @@ export class Qcow2Image implements FormatImage {
       await this.meta.settleFrees(unmap);
     } finally {
       release();
-      unclaim();
+      hold.release();
     }
   }
 
@@ -1117,7 +1208,7 @@ export class Qcow2Image implements FormatImage {
     let end = offset + length;
     end = end === this.meta.size ? Math.ceil(end / cs) * cs : end - (end % cs);
     if (end <= start) return;
-    const unclaim = await this.claim(start, end - start);
+    const hold = await this.claim(start, end - start);
     const release = await this.writeLock.lock();
     try {
       await this.beginWrite();
@@ -1143,7 +1234,7 @@ export class Qcow2Image implements FormatImage {
       }
     } finally {
       release();
-      unclaim();
+      hold.release();
     }
   }
 
@@ -1373,7 +1464,7 @@ export class Qcow2Image implements FormatImage {
   /** Allocate room for a compressed cluster, write it and point the L2 entry at it. */
   private async storeCompressed(out: Uint8Array, offset: number): Promise<void> {
     const cs = this.meta.clusterSize;
-    const unclaim = await this.claim(offset, cs);
+    const hold = await this.claim(offset, cs);
     const release = await this.writeLock.lock();
     try {
       const rc = await this.beginWrite();
@@ -1402,7 +1493,7 @@ export class Qcow2Image implements FormatImage {
       await this.meta.settleFrees();
     } finally {
       release();
-      unclaim();
+      hold.release();
     }
   }
 
