@@ -205,7 +205,7 @@ export class Qcow2Metadata {
       this.forCheck,
     );
     this.refcounts.cache.fileEnd = Number.POSITIVE_INFINITY;
-    for (const off of this.refcounts.table) if (off !== 0) this.metadataClusters.add(off);
+    for (const off of this.refcounts.blocks()) this.metadataClusters.add(off);
     return this.refcounts;
   }
 
@@ -232,7 +232,7 @@ export class Qcow2Metadata {
     addRange(this.header.snapshotsOffset, this.snapshotTableBytes);
     if (this.luks !== undefined) addRange(this.luks.ref.offset, this.luks.ref.length);
     for (let i = 0; i < this.l1Size; i++) if (this.l1Off[i]! !== 0) m.add(this.l1Off[i]!);
-    if (this.refcounts !== null) for (const off of this.refcounts.table) if (off !== 0) m.add(off);
+    if (this.refcounts !== null) for (const off of this.refcounts.blocks()) m.add(off);
   }
 
   /**

@@ -171,6 +171,12 @@ export class Refcounts {
     const v = new DataView(raw.buffer);
     const table = new Float64Array(bytes / 8);
     for (let i = 0; i < table.length; i++) {
+      // Runs of empty entries (most of a table) are skipped 4 KiB at a time: this loop runs
+      // cold at every open for writing, ~0.3 µs an entry (2.2 ms of a small convert's 42).
+      if (i % 512 === 0 && isAllZero(raw.subarray(i * 8, (i + 512) * 8))) {
+        i += 511;
+        continue;
+      }
       const e = getU64(v, i * 8);
       // Bits 0-8 are reserved; QEMU masks them (REFT_OFFSET_MASK).
       const off = e === Number.POSITIVE_INFINITY ? e : e - (e % 512);
@@ -231,6 +237,18 @@ export class Refcounts {
 
   setIn(buf: Uint8Array, i: number, value: number): void {
     setRefcountIn(buf, i, value, this.bits);
+  }
+
+  /** The refcount blocks the table names (its non-zero entries; empty runs skipped quickly). */
+  blocks(): number[] {
+    const t = this.table;
+    const bytes = new Uint8Array(t.buffer, t.byteOffset, t.byteLength);
+    const out: number[] = [];
+    for (let i = 0; i < t.length; i += 512) {
+      if (isAllZero(bytes.subarray(i * 8, (i + 512) * 8))) continue;
+      for (let j = i; j < Math.min(t.length, i + 512); j++) if (t[j]! !== 0) out.push(t[j]!);
+    }
+    return out;
   }
 
   /** Refcount of a cluster (0 where no refcount block covers it). */
