@@ -4,6 +4,7 @@
  * src/cli/bin.ts is the same entry for tsc's output, run when the script is absent.
  */
 import { native } from '../native/index.js';
+import { exitWhenIdle } from './exit.js';
 import { bufferIo } from './io.js';
 import { main } from './main.js';
 
@@ -22,7 +23,9 @@ export async function run(argv: string[]): Promise<number> {
   //   it kept to the end: a command's data is in buffers outside V8's heap, and what it
   //   allocates in the heap dies young.
   native?.setV8Flags?.(`--interrupt-budget=${4 * 66 * 1024} --semi-space-growth-factor=1`);
-  return main(argv);
+  const status = await main(argv);
+  exitWhenIdle(status);
+  return status;
 }
 
 /**

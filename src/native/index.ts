@@ -134,6 +134,12 @@ export interface NativeFs {
    * existed.
    */
   setV8Flags?(flags: string): boolean;
+  /**
+   * _exit(status) (native/vdisk_native.c): the process ends at once, without Node's and V8's
+   * teardown. Only for a process whose event loop has nothing left to do (src/cli/engine.ts).
+   * Absent from an addon built before it existed.
+   */
+  exitNow?(status: number): never;
 }
 
 /** An opaque handle of a transfer in progress. */
