@@ -341,6 +341,7 @@ static napi_value cached(napi_env env, napi_callback_info info) {
 }
 
 #include "vdisk_copy.h"
+#include "vdisk_lane.h"
 
 napi_value vdisk_install_oom_handler(napi_env env, napi_callback_info info); /* vdisk_oom.cc */
 napi_value vdisk_memory_pressure(napi_env env, napi_callback_info info);     /* vdisk_oom.cc */
@@ -374,6 +375,9 @@ static napi_value init(napi_env env, napi_value exports) {
       {"memoryPressure", NULL, vdisk_memory_pressure, NULL, NULL, NULL, napi_default, NULL},
       {"setV8Flags", NULL, vdisk_set_v8_flags, NULL, NULL, NULL, napi_default, NULL},
       {"exitNow", NULL, exit_now, NULL, NULL, NULL, napi_default, NULL},
+      {"laneOpen", NULL, vdisk_lane_open, NULL, NULL, NULL, napi_default, NULL},
+      {"laneWrite", NULL, vdisk_lane_write, NULL, NULL, NULL, napi_default, NULL},
+      {"laneClose", NULL, vdisk_lane_close, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -24,7 +24,7 @@ import {
   writeSync,
   writev,
 } from 'node:fs';
-import { native } from '../native/index.js';
+import { type Lane, native } from '../native/index.js';
 import { errnoName, fromHostError, strerror, VdiskError } from './errors.js';
 
 export interface HostExtent {
@@ -196,6 +196,14 @@ export class HostFile {
   private noClone = false;
   private noCopy = false;
   private inlineWrites = false;
+  /**
+   * The file's write lane (native/vdisk_lane.c), made at its first write off the main thread:
+   * its writes one after another, back to back, as the kernel takes them anyway (one inode
+   * lock per file); null without the addon (libuv's pool then takes them side by side).
+   */
+  private lane: Lane | null | undefined = undefined;
+  /** Writes queued on the lane whose end has not come back. */
+  private laneBusy = 0;
   /** The size size() first returned (-1: never asked), and the end of every write issued since open. */
   private seenSize = -1;
   private writeEnd = 0;
@@ -406,9 +414,14 @@ export class HostFile {
     if (this.source?.write !== undefined) return this.source.write(buf, offset);
     this.writeEnd = Math.max(this.writeEnd, offset + buf.length);
     let done = 0;
-    // Small writes of a file opened for it go to the page cache on this thread (HostOpenOptions).
+    // Small writes of a file opened for it go to the page cache on this thread
+    // (HostOpenOptions), unless the lane is writing: they would wait for its inode lock.
     const inlineFd =
-      this.inlineWrites && this.fh !== null && !this.fh.closed && buf.length <= NOWAIT_MAX
+      this.inlineWrites &&
+      this.fh !== null &&
+      !this.fh.closed &&
+      buf.length <= NOWAIT_MAX &&
+      this.laneBusy === 0
         ? this.fh.fd
         : null;
     while (done < buf.length) {
@@ -417,9 +430,7 @@ export class HostFile {
         done +=
           inlineFd !== null
             ? writeSync(inlineFd, buf, done, n, offset + done)
-            : await this.handle.run((fd) =>
-                promised<number>((cb) => write(fd, buf, done, n, offset + done, cb)),
-              );
+            : await this.writeOffThread([buf.subarray(done, done + n)], offset + done);
       } catch (err) {
         throw this.hostError(err, 'write', offset + done);
       }
@@ -465,6 +476,36 @@ export class HostFile {
     throw this.hostError(err, 'write', offset);
   }
 
+  /**
+   * bufs back to back at offset, off the main thread: queued on the file's lane (all of them
+   * written, or an error), else one pwrite or pwritev on libuv's pool (maybe short). Resolves
+   * to the bytes written.
+   */
+  private writeOffThread(bufs: Uint8Array[], offset: number): Promise<number> {
+    const fh = this.handle;
+    const laneWrite = native?.laneWrite;
+    if (this.lane === undefined) this.lane = native?.laneOpen?.() ?? null;
+    const lane = this.lane;
+    if (lane === null || laneWrite === undefined || bufs.length > 1024) {
+      const [first] = bufs;
+      return fh.run((fd) =>
+        bufs.length === 1 && first !== undefined
+          ? promised<number>((cb) => write(fd, first, 0, first.length, offset, cb))
+          : promised<number>((cb) => writev(fd, bufs, offset, cb)),
+      );
+    }
+    return fh.run(async (fd) => {
+      this.laneBusy++;
+      try {
+        const r = await laneWrite(lane, fd, bufs, offset);
+        if (r < 0) throw errnoError(-r);
+        return r;
+      } finally {
+        this.laneBusy--;
+      }
+    });
+  }
+
   /** Write several buffers back to back at offset (one pwritev where the host allows). */
   async writev(bufs: Uint8Array[], offset: number): Promise<void> {
     if (bufs.length === 1) return this.write(bufs[0]!, offset);
@@ -485,7 +526,7 @@ export class HostFile {
     this.writeEnd = Math.max(this.writeEnd, end);
     let written: number;
     try {
-      written = await this.handle.run((fd) => promised<number>((cb) => writev(fd, bufs, offset, cb)));
+      written = await this.writeOffThread(bufs, offset);
     } catch (err) {
       throw this.hostError(err, 'write', offset);
     }
@@ -651,6 +692,8 @@ export class HostFile {
         }
       }
       await this.handle.close();
+      if (this.lane) native?.laneClose?.(this.lane);
+      this.lane = null;
     }
   }
 }

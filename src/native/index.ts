@@ -140,7 +140,24 @@ export interface NativeFs {
    * Absent from an addon built before it existed.
    */
   exitNow?(status: number): never;
+  /**
+   * A file's write lane (native/vdisk_lane.c): writes queued in C and written one after
+   * another, back to back, by one pool job, as a buffered write holds the file's inode lock
+   * anyway. The three are absent from an addon built before they existed.
+   */
+  laneOpen?(): Lane;
+  /**
+   * bufs written back to back at off on fd, after every write queued before it on the lane:
+   * resolves to the bytes written (all of them) or -errno. The buffers stay referenced until
+   * then; fd must stay open until it settles.
+   */
+  laneWrite?(lane: Lane, fd: number, bufs: Uint8Array[], off: number): Promise<number>;
+  /** No write is queued after this (the caller awaits its writes first). */
+  laneClose?(lane: Lane): void;
 }
+
+/** An opaque handle of a write lane. */
+export type Lane = { readonly __lane: unique symbol };
 
 /** An opaque handle of a transfer in progress. */
 export type SendfileJob = { readonly __sendfileJob: unique symbol };
