@@ -348,32 +348,43 @@ async function main(): Promise<void> {
       const times: Record<'q' | 'v', number[]> = { q: [], v: [] };
       const rss: Record<'q' | 'v', number[]> = { q: [], v: [] };
       const cpu: Record<'q' | 'v', number[]> = { q: [], v: [] };
+      let outSizes = '';
+      // The outputs of the first round are checked (same content) and measured (du), then
+      // every run starts with neither tool's output on disk. A run that starts beside the other
+      // tool's output just written (and `sync` writing it out) gets memory this virtual
+      // machine's host took back in the meantime: 2–14 s for a 2 GiB convert that takes 0.3 s
+      // otherwise, for either tool (docs/benchmarks.md, stop 32).
+      const removeOutputs = () => {
+        if (c.out === undefined) return;
+        rmSync(join(dir, outFor('q', c.out)), { force: true });
+        rmSync(join(dir, outFor('v', c.out)), { force: true });
+      };
       for (let i = 0; i < REPEAT; i++) {
         for (const who of i % 2 === 0 ? (['q', 'v'] as const) : (['v', 'q'] as const)) {
           const out = c.out !== undefined ? outFor(who, c.out) : '';
-          if (out !== '') rmSync(join(dir, out), { force: true });
+          if (i > 0) removeOutputs();
+          else if (out !== '') rmSync(join(dir, out), { force: true });
           const args = c.args.map((a) => (a === 'OUT' ? out : a));
           const r = timed(who === 'q' ? 'qemu-img' : VDISK, args, dir);
           times[who].push(r.seconds);
           if (r.rssKiB !== null) rss[who].push(r.rssKiB);
           if (r.cpu !== null) cpu[who].push(r.cpu);
         }
+        if (i === 0 && c.out !== undefined) {
+          // Output files' allocated size (du), qemu-img's / vdisk's: a faster compressed convert
+          // must not be a worse-compressed one.
+          const du = (f: string) => (statSync(join(dir, f)).blocks * 512) / MiB;
+          outSizes = `${du(outFor('q', c.out)).toFixed(0)} / ${du(outFor('v', c.out)).toFixed(0)}`;
+          // The outputs must hold the same content.
+          const cmp = spawnSync('qemu-img', ['compare', outFor('q', c.out), outFor('v', c.out)], {
+            cwd: dir,
+            encoding: 'utf8',
+          });
+          if (cmp.status !== 0) throw new Error(`${c.name}: outputs differ: ${cmp.stdout}${cmp.stderr}`);
+          removeOutputs();
+        }
       }
-      let outSizes = '';
-      if (c.out !== undefined) {
-        // Output files' allocated size (du), qemu-img's / vdisk's: a faster compressed convert
-        // must not be a worse-compressed one.
-        const du = (f: string) => (statSync(join(dir, f)).blocks * 512) / MiB;
-        outSizes = `${du(outFor('q', c.out)).toFixed(0)} / ${du(outFor('v', c.out)).toFixed(0)}`;
-        // The outputs must hold the same content.
-        const cmp = spawnSync('qemu-img', ['compare', outFor('q', c.out), outFor('v', c.out)], {
-          cwd: dir,
-          encoding: 'utf8',
-        });
-        if (cmp.status !== 0) throw new Error(`${c.name}: outputs differ: ${cmp.stdout}${cmp.stderr}`);
-        rmSync(join(dir, outFor('q', c.out)), { force: true });
-        rmSync(join(dir, outFor('v', c.out)), { force: true });
-      }
+      removeOutputs();
       const q = median(times.q);
       const v = median(times.v);
       const mib = (xs: number[]) => (xs.length > 0 ? (Math.max(...xs) / 1024).toFixed(0) : '?');
@@ -392,7 +403,10 @@ async function main(): Promise<void> {
         mib(rss.v),
         outSizes,
       ]);
-      process.stderr.write(`bench: ${c.name} done\n`);
+      // Every run's wall time: on this shared machine a run sometimes takes several times its usual
+      // time (the host's lazily backed pages), and the median alone does not show it.
+      const all = (xs: number[]) => xs.map((x) => x.toFixed(3)).join(' ');
+      process.stderr.write(`bench: ${c.name} done (qemu-img ${all(times.q)}; vdisk ${all(times.v)})\n`);
     }
     const head = [
       'case',
@@ -426,7 +440,7 @@ async function main(): Promise<void> {
       `${markdownTable(head, rows)}\n\nmedian wall time of ${REPEAT} runs per tool (alternating, sync before each), ` +
         `process start included (\`node -e 0\` alone: ${node.toFixed(3)} s, median of 5${nodeHere}); (v − node) / q: vdisk's time less that, over qemu-img's; CPU: median user + system ` +
         `seconds (/usr/bin/time -f '%U %S', all threads); RSS: peak of /usr/bin/time -f %M; ` +
-        `output: the last run's output file, allocated MiB (qemu-img / vdisk)\n`,
+        `output: the first run's output file, allocated MiB (qemu-img / vdisk)\n`,
     );
     if (qcow2) {
       const pipe = runPipeBench({
